@@ -1,0 +1,1 @@
+//! The learned part of routing: embedder, selector and checkpoint format.
