@@ -1,0 +1,494 @@
+//! Text → L2-normalised sentence vector.
+//!
+//! The default model is all-MiniLM-L6-v2 (BERT, 6 layers, 384-d) run with candle on the CPU,
+//! pooled exactly like sentence-transformers does it (masked mean over the last hidden state,
+//! then L2 normalisation), so vectors match the reference PyTorch model and a selector trained
+//! on embeddings made in Python or in Rust is interchangeable.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::error::{Error, Result};
+
+/// Hub id of the default embedder.
+pub const DEFAULT_MODEL_NAME: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// Default token window. Routing needs the gist of a prompt, not all of it: on real prompts a
+/// 128-token window keeps the embedding within cosine ~0.97 of the 256-token one on average
+/// (router-model/README.md has the measurement) at half the cost of 256.
+pub const DEFAULT_MAX_TOKENS: usize = 128;
+
+/// Environment variable naming the embedder's model directory (config.json, tokenizer.json,
+/// model.safetensors).
+pub const EMBEDDER_DIR_ENV: &str = "SWITCHYARD_EMBEDDER_DIR";
+
+/// Also honoured, because `scripts/fetch-model.sh` writes to it.
+pub const MODEL_DIR_ENV: &str = "SWITCHYARD_MODEL_DIR";
+
+/// Where `scripts/fetch-model.sh` puts the model, relative to the repository root.
+pub const DEFAULT_MODEL_SUBDIR: &str = ".cache/models/all-MiniLM-L6-v2";
+
+const CONFIG_FILE: &str = "config.json";
+const TOKENIZER_FILE: &str = "tokenizer.json";
+const WEIGHTS_FILE: &str = "model.safetensors";
+const FETCH_HINT: &str =
+    "run scripts/fetch-model.sh (or point SWITCHYARD_EMBEDDER_DIR at a model directory)";
+
+/// Turns texts into unit vectors.
+///
+/// Split into [`Embedder::tokenize`] and [`Embedder::embed_tokens`] so that the embedding
+/// service can tokenise on the caller's thread and keep the model thread for matrix work only.
+pub trait Embedder: Send + Sync {
+    /// Length of every vector this embedder returns.
+    fn dim(&self) -> usize;
+
+    /// Identifies the vector space: two embedders with the same id produce comparable
+    /// vectors. Checkpoints record it and refuse to load under another embedder.
+    fn id(&self) -> &str;
+
+    /// Tokenises one text (truncating to the embedder's window).
+    fn tokenize(&self, text: &str) -> Result<Tokens>;
+
+    /// Embeds already tokenised texts as one batch; returns one unit vector per input.
+    fn embed_tokens(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>>;
+
+    /// Tokenises and embeds in one call.
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let tokens = texts
+            .iter()
+            .map(|t| self.tokenize(t))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Tokens> = tokens.iter().collect();
+        self.embed_tokens(&refs)
+    }
+
+    /// Embeds one text.
+    fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        let mut out = self.embed_batch(&[text])?;
+        out.pop()
+            .ok_or_else(|| Error::InvalidInput("embedder returned no vector".into()))
+    }
+}
+
+/// Token ids of one text, special tokens included, already truncated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    ids: Vec<u32>,
+}
+
+impl Tokens {
+    /// Wraps raw ids (used by test doubles and benches).
+    pub fn from_ids(ids: Vec<u32>) -> Self {
+        Self { ids }
+    }
+
+    /// The ids, `[CLS] … [SEP]` for BERT.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Number of tokens; what the batcher budgets by.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when there are no tokens at all.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Where the model files come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A plain directory with config.json, tokenizer.json and model.safetensors.
+    Dir(PathBuf),
+    /// A model in a Hugging Face cache (`models--org--name/{refs,snapshots}`), as the Python
+    /// `huggingface_hub` lays it out. Resolved without network; with the `hub-download`
+    /// feature and without `HF_HUB_OFFLINE`, missing files are downloaded into that cache.
+    HfHub {
+        /// e.g. `sentence-transformers/all-MiniLM-L6-v2`.
+        repo_id: String,
+        /// Branch, tag or commit hash, e.g. `main`.
+        revision: String,
+        /// The hub cache directory; `None` means `HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+        /// `~/.cache/huggingface/hub`.
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+impl ModelSource {
+    /// The default: [`default_model_dir`].
+    pub fn default_dir() -> Self {
+        ModelSource::Dir(default_model_dir())
+    }
+
+    /// The hub model `repo_id` at `revision`, from the default HF cache.
+    pub fn hub(repo_id: impl Into<String>, revision: impl Into<String>) -> Self {
+        ModelSource::HfHub {
+            repo_id: repo_id.into(),
+            revision: revision.into(),
+            cache_dir: None,
+        }
+    }
+}
+
+/// Knobs for [`BertEmbedder::load`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedderOptions {
+    /// Token window, special tokens included; longer texts are truncated from the right.
+    pub max_tokens: usize,
+    /// Model name used in [`Embedder::id`]; `None` uses the hub repo id, or
+    /// [`DEFAULT_MODEL_NAME`] for a directory.
+    pub name: Option<String>,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: DEFAULT_MAX_TOKENS,
+            name: None,
+        }
+    }
+}
+
+/// The three files a BERT embedder needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub tokenizer: PathBuf,
+    pub weights: PathBuf,
+}
+
+impl ModelFiles {
+    /// The files inside a plain directory; errors (with a hint to fetch them) if any is
+    /// missing.
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        let files = Self {
+            config: dir.join(CONFIG_FILE),
+            tokenizer: dir.join(TOKENIZER_FILE),
+            weights: dir.join(WEIGHTS_FILE),
+        };
+        for path in [&files.config, &files.tokenizer, &files.weights] {
+            if !path.is_file() {
+                return Err(Error::NotFound {
+                    what: "embedder model file",
+                    path: path.clone(),
+                    hint: FETCH_HINT.into(),
+                });
+            }
+        }
+        Ok(files)
+    }
+
+    /// Resolves `source` to local files.
+    pub fn resolve(source: &ModelSource) -> Result<Self> {
+        match source {
+            ModelSource::Dir(dir) => Self::in_dir(dir),
+            ModelSource::HfHub {
+                repo_id,
+                revision,
+                cache_dir,
+            } => {
+                let cache_dir = cache_dir.clone().unwrap_or_else(hf_cache_dir);
+                Ok(Self {
+                    config: hub_file(&cache_dir, repo_id, revision, CONFIG_FILE)?,
+                    tokenizer: hub_file(&cache_dir, repo_id, revision, TOKENIZER_FILE)?,
+                    weights: hub_file(&cache_dir, repo_id, revision, WEIGHTS_FILE)?,
+                })
+            }
+        }
+    }
+}
+
+/// The model directory used when nothing is configured: `$SWITCHYARD_EMBEDDER_DIR`, else
+/// `$SWITCHYARD_MODEL_DIR`, else `<repo root>/.cache/models/all-MiniLM-L6-v2` where the repo
+/// root is the nearest ancestor of the working directory holding that model or a `.git`
+/// (so tests, benches and binaries find the fetched model from any crate directory), else the
+/// working directory itself.
+pub fn default_model_dir() -> PathBuf {
+    for var in [EMBEDDER_DIR_ENV, MODEL_DIR_ENV] {
+        if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return PathBuf::from(dir);
+        }
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let mut git_root = None;
+    for dir in cwd.ancestors() {
+        let candidate = dir.join(DEFAULT_MODEL_SUBDIR);
+        if candidate.join(CONFIG_FILE).is_file() {
+            return candidate;
+        }
+        if git_root.is_none() && dir.join(".git").exists() {
+            git_root = Some(dir.to_path_buf());
+        }
+    }
+    git_root.unwrap_or(cwd).join(DEFAULT_MODEL_SUBDIR)
+}
+
+/// The Hugging Face hub cache, resolved the way `huggingface_hub` does.
+pub fn hf_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+/// True when `HF_HUB_OFFLINE` asks for cache-only resolution.
+pub fn hf_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+fn is_commit_hash(revision: &str) -> bool {
+    revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// One file of a hub repo from the local cache (or, with `hub-download`, from the hub).
+fn hub_file(cache_dir: &Path, repo_id: &str, revision: &str, file: &str) -> Result<PathBuf> {
+    let cache = hf_hub::Cache::new(cache_dir.to_path_buf());
+    let repo = hf_hub::Repo::with_revision(
+        repo_id.to_string(),
+        hf_hub::RepoType::Model,
+        revision.to_string(),
+    );
+    if let Some(path) = cache.repo(repo.clone()).get(file) {
+        return Ok(path);
+    }
+    // A pinned commit may have a snapshot without a ref pointing at it (that is how the Python
+    // client stores `revision=<sha>` downloads); hf-hub only follows refs.
+    let snapshot_file = cache_dir
+        .join(repo.folder_name())
+        .join("snapshots")
+        .join(revision)
+        .join(file);
+    if is_commit_hash(revision) && snapshot_file.is_file() {
+        return Ok(snapshot_file);
+    }
+    download_hub_file(cache, repo, file).map_err(|hint| Error::NotFound {
+        what: "hub model file",
+        path: cache_dir
+            .join(format!("models--{}", repo_id.replace('/', "--")))
+            .join("snapshots")
+            .join(revision)
+            .join(file),
+        hint,
+    })
+}
+
+#[cfg(feature = "hub-download")]
+fn download_hub_file(
+    cache: hf_hub::Cache,
+    repo: hf_hub::Repo,
+    file: &str,
+) -> std::result::Result<PathBuf, String> {
+    if hf_offline() {
+        return Err("not in the local HF cache and HF_HUB_OFFLINE is set".into());
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache)
+        .with_progress(false)
+        .build()
+        .map_err(|e| format!("cannot start hub client: {e}"))?;
+    api.repo(repo)
+        .get(file)
+        .map_err(|e| format!("download failed: {e}"))
+}
+
+#[cfg(not(feature = "hub-download"))]
+fn download_hub_file(
+    _cache: hf_hub::Cache,
+    _repo: hf_hub::Repo,
+    _file: &str,
+) -> std::result::Result<PathBuf, String> {
+    let why = if hf_offline() {
+        "HF_HUB_OFFLINE is set"
+    } else {
+        "this build has no hub-download feature"
+    };
+    Err(format!(
+        "not in the local HF cache and {why}; populate the cache or use a model directory"
+    ))
+}
+
+/// all-MiniLM-L6-v2 (or any BERT sentence embedder) on candle, CPU.
+pub struct BertEmbedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    id: String,
+    dim: usize,
+    max_tokens: usize,
+    device: Device,
+}
+
+impl std::fmt::Debug for BertEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BertEmbedder")
+            .field("id", &self.id)
+            .field("dim", &self.dim)
+            .field("max_tokens", &self.max_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BertEmbedder {
+    /// Loads from [`default_model_dir`] with default options.
+    pub fn load_default() -> Result<Self> {
+        Self::load(&ModelSource::default_dir(), &EmbedderOptions::default())
+    }
+
+    /// Loads from a plain model directory with default options.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load(
+            &ModelSource::Dir(dir.as_ref().to_path_buf()),
+            &EmbedderOptions::default(),
+        )
+    }
+
+    /// Resolves `source` and loads the model.
+    pub fn load(source: &ModelSource, options: &EmbedderOptions) -> Result<Self> {
+        let files = ModelFiles::resolve(source)?;
+        let name = match (&options.name, source) {
+            (Some(name), _) => name.clone(),
+            (None, ModelSource::HfHub { repo_id, .. }) => repo_id.clone(),
+            (None, ModelSource::Dir(_)) => DEFAULT_MODEL_NAME.to_string(),
+        };
+        Self::load_files(&files, &name, options.max_tokens)
+    }
+
+    /// Loads from explicit files.
+    pub fn load_files(files: &ModelFiles, name: &str, max_tokens: usize) -> Result<Self> {
+        let config_text = std::fs::read_to_string(&files.config)
+            .map_err(|e| Error::io(format!("reading {}", files.config.display()), e))?;
+        let config: BertConfig = serde_json::from_str(&config_text)
+            .map_err(|e| Error::json(format!("parsing {}", files.config.display()), e))?;
+        if max_tokens < 2 || max_tokens > config.max_position_embeddings {
+            return Err(Error::InvalidInput(format!(
+                "max_tokens {max_tokens} must be in 2..={}",
+                config.max_position_embeddings
+            )));
+        }
+
+        let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
+            .map_err(|e| Error::Tokenizer(format!("loading {}: {e}", files.tokenizer.display())))?;
+        // The shipped tokenizer.json pads every text to 128 and truncates there: padding is
+        // done per batch here (to the longest member), and the window is ours to choose.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| Error::Tokenizer(format!("setting truncation: {e}")))?;
+
+        let device = Device::Cpu;
+        // SAFETY: the weights file is memory-mapped only while the model is built (candle
+        // copies every tensor into its own storage); it must not be modified meanwhile, which
+        // holds for a model directory that nothing writes to while the process starts.
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, &device)? };
+        let model = BertModel::load(vb, &config)?;
+
+        Ok(Self {
+            model,
+            tokenizer,
+            id: format!("{name}#max_tokens={max_tokens}"),
+            dim: config.hidden_size,
+            max_tokens,
+            device,
+        })
+    }
+
+    /// The token window this embedder truncates to.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Runs BERT and pools. Inputs are right-padded with id 0 to the longest text; the mask
+    /// keeps padding out of both attention and the mean.
+    fn forward(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>> {
+        let n = batch.len();
+        let seq = batch.iter().map(|t| t.len()).max().unwrap_or(0);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if seq == 0 {
+            return Err(Error::InvalidInput(
+                "cannot embed an empty token list".into(),
+            ));
+        }
+        let mut ids = vec![0u32; n * seq];
+        let mut mask = vec![0u32; n * seq];
+        for (row, tokens) in batch.iter().enumerate() {
+            let start = row * seq;
+            ids[start..start + tokens.len()].copy_from_slice(tokens.ids());
+            mask[start..start + tokens.len()].fill(1);
+        }
+        let input_ids = Tensor::from_vec(ids, (n, seq), &self.device)?;
+        let attention_mask = Tensor::from_vec(mask, (n, seq), &self.device)?;
+        let token_type_ids = input_ids.zeros_like()?;
+        let hidden = self
+            .model
+            .forward(&input_ids, &token_type_ids, Some(&attention_mask))?;
+
+        let mask = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, seq, 1)
+        let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // (n, dim)
+        let counts = mask.sum(1)?; // (n, 1)
+        let mean = summed.broadcast_div(&counts)?;
+        let norms = mean
+            .sqr()?
+            .sum_keepdim(D::Minus1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?;
+        let unit = mean.broadcast_div(&norms)?;
+        Ok(unit.to_vec2::<f32>()?)
+    }
+}
+
+impl Embedder for BertEmbedder {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Tokens> {
+        let encoding = self
+            .tokenizer
+            .encode_fast(text, true)
+            .map_err(|e| Error::Tokenizer(format!("encoding: {e}")))?;
+        Ok(Tokens::from_ids(encoding.get_ids().to_vec()))
+    }
+
+    fn embed_tokens(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>> {
+        self.forward(batch)
+    }
+}
+
+/// Cosine similarity of two vectors (plain dot product normalised; inputs need not be unit).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        return 0.0;
+    }
+    dot / (na.sqrt() * nb.sqrt())
+}

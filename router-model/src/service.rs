@@ -1,0 +1,419 @@
+//! The embedder as a service for request handlers.
+//!
+//! Shape borrowed from text-embeddings-inference: the model lives on one dedicated OS thread
+//! (matrix work must not run on tokio's workers, and a BERT forward pass is not cancellable),
+//! fed through a bounded queue; callers tokenise on their own thread before queueing and wait
+//! on a oneshot. The model thread takes whatever is waiting, up to a token budget, and runs it
+//! as one batch. Nothing waits past its deadline: a full queue or a missed deadline is an
+//! immediate [`Error::Overloaded`], because the gateway would rather route to the default model
+//! than add latency. Repeated texts are answered from an LRU keyed by the text's blake3 hash.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::embedder::{Embedder, Tokens};
+use crate::error::{Error, OverloadReason, Result};
+
+/// A cached embedding; cheap to clone and share with the semantic cache.
+pub type Embedding = Arc<[f32]>;
+
+type CacheKey = [u8; 32];
+
+/// Knobs of the [`EmbeddingService`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Requests that may wait for the model thread; beyond this, callers get
+    /// `Overloaded(QueueFull)` at once.
+    pub queue_capacity: usize,
+    /// Largest batch, counted as padded tokens (batch size × longest member). Bounds the
+    /// latency a request adds to the others in its batch.
+    pub max_batch_tokens: usize,
+    /// Largest batch in requests.
+    pub max_batch_size: usize,
+    /// Entries in the embedding LRU (each ~1.6 KB for 384-d).
+    pub cache_capacity: u64,
+    /// Threads for the model's matrix work. These are extra OS threads beside tokio's: on a
+    /// small machine, fewer threads leave cores to the request handlers.
+    pub threads: usize,
+    /// Run a few texts through the model before accepting requests, so the first real
+    /// request does not pay for lazy initialisation.
+    pub warmup: bool,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 256,
+            max_batch_tokens: 4096,
+            max_batch_size: 32,
+            cache_capacity: 16_384,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            warmup: true,
+        }
+    }
+}
+
+/// Counters for metrics; all monotonic except `queue_depth`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Requests waiting in the queue right now.
+    pub queue_depth: usize,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Requests refused because the queue was full.
+    pub rejected_queue_full: u64,
+    /// Requests that missed their deadline (before queueing, in the queue, or waiting).
+    pub rejected_deadline: u64,
+    /// Forward passes run and texts embedded by them.
+    pub batches: u64,
+    pub embedded: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    depth: AtomicUsize,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    rejected_queue_full: AtomicU64,
+    rejected_deadline: AtomicU64,
+    batches: AtomicU64,
+    embedded: AtomicU64,
+}
+
+struct Job {
+    key: CacheKey,
+    tokens: Tokens,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Embedding>>,
+}
+
+/// The embedder behind a model thread, a bounded queue and an LRU. Clone it freely: clones
+/// share the thread, queue and cache; the thread stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct EmbeddingService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: SyncSender<Job>,
+    cache: moka::sync::Cache<CacheKey, Embedding>,
+    embedder: Arc<dyn Embedder>,
+    counters: Arc<Counters>,
+    _thread: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for EmbeddingService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingService")
+            .field("embedder", &self.inner.embedder.id())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl EmbeddingService {
+    /// Starts the model thread, warms the model up (if configured) and returns once it is
+    /// ready. Blocks for the warm-up (~0.1 s): call it at startup, not per request.
+    pub fn start(embedder: Arc<dyn Embedder>, config: ServiceConfig) -> Result<Self> {
+        if config.queue_capacity == 0 || config.max_batch_size == 0 || config.threads == 0 {
+            return Err(Error::InvalidInput(
+                "queue_capacity, max_batch_size and threads must be positive".into(),
+            ));
+        }
+        let (tx, rx) = mpsc::sync_channel::<Job>(config.queue_capacity);
+        let cache = moka::sync::Cache::new(config.cache_capacity);
+        let counters = Arc::new(Counters::default());
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+
+        let worker = Worker {
+            rx,
+            embedder: Arc::clone(&embedder),
+            cache: cache.clone(),
+            counters: Arc::clone(&counters),
+            max_batch_tokens: config.max_batch_tokens,
+            max_batch_size: config.max_batch_size,
+            pending: None,
+        };
+        let threads = config.threads;
+        let warmup = config.warmup;
+        let thread = std::thread::Builder::new()
+            .name("router-model-embed".into())
+            .spawn(move || worker.run(threads, warmup, ready_tx))
+            .map_err(|e| Error::io("spawning the embedding thread", e))?;
+
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Error::ServiceStopped),
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx,
+                cache,
+                embedder,
+                counters,
+                _thread: thread,
+            }),
+        })
+    }
+
+    /// The embedding of `text`, or `Overloaded` as soon as it is clear it cannot arrive
+    /// before `deadline`. A cached embedding is returned even past the deadline (it costs
+    /// nothing). Tokenisation runs on the caller's thread (~0.1 ms for a few hundred words).
+    pub async fn embed(&self, text: &str, deadline: Instant) -> Result<Embedding> {
+        let inner = &self.inner;
+        let key = *blake3::hash(text.as_bytes()).as_bytes();
+        if let Some(hit) = inner.cache.get(&key) {
+            inner.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        inner.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
+        if Instant::now() >= deadline {
+            return Err(self.deadline_missed());
+        }
+        let tokens = inner.embedder.tokenize(text)?;
+        let (reply, answer) = oneshot::channel();
+        // Count before sending so the model thread's decrement can never run first.
+        inner.counters.depth.fetch_add(1, Ordering::Relaxed);
+        let job = Job {
+            key,
+            tokens,
+            deadline,
+            reply,
+        };
+        if let Err(e) = inner.tx.try_send(job) {
+            inner.counters.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(match e {
+                TrySendError::Full(_) => {
+                    inner
+                        .counters
+                        .rejected_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    Error::Overloaded(OverloadReason::QueueFull)
+                }
+                TrySendError::Disconnected(_) => Error::ServiceStopped,
+            });
+        }
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::ServiceStopped),
+            // Dropping `answer` closes the oneshot; the model thread then skips the job.
+            Err(_) => Err(self.deadline_missed()),
+        }
+    }
+
+    /// A cached embedding of `text`, without queueing anything.
+    pub fn cached(&self, text: &str) -> Option<Embedding> {
+        self.inner
+            .cache
+            .get(blake3::hash(text.as_bytes()).as_bytes())
+    }
+
+    /// Requests waiting for the model thread now.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.counters.depth.load(Ordering::Relaxed)
+    }
+
+    /// Snapshot of the counters.
+    pub fn stats(&self) -> ServiceStats {
+        let c = &self.inner.counters;
+        ServiceStats {
+            queue_depth: c.depth.load(Ordering::Relaxed),
+            cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            cache_misses: c.cache_misses.load(Ordering::Relaxed),
+            rejected_queue_full: c.rejected_queue_full.load(Ordering::Relaxed),
+            rejected_deadline: c.rejected_deadline.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            embedded: c.embedded.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The embedder's vector length.
+    pub fn dim(&self) -> usize {
+        self.inner.embedder.dim()
+    }
+
+    /// The embedder's id (what checkpoints are checked against).
+    pub fn embedder_id(&self) -> &str {
+        self.inner.embedder.id()
+    }
+
+    /// The embedder itself, e.g. to embed offline without the queue.
+    pub fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.inner.embedder
+    }
+
+    fn deadline_missed(&self) -> Error {
+        self.inner
+            .counters
+            .rejected_deadline
+            .fetch_add(1, Ordering::Relaxed);
+        Error::Overloaded(OverloadReason::DeadlineExceeded)
+    }
+}
+
+/// Texts used to warm the model up: one short, one around 64 tokens.
+const WARMUP_TEXTS: [&str; 2] = [
+    "warm up",
+    "The embedding service runs a couple of texts through the model before it accepts \
+     requests, so that lazily initialised kernels, allocator pools and thread pools are ready \
+     and the first caller does not pay for them with a slow answer or a missed deadline.",
+];
+
+/// A group of queued requests for the same text (answered by one row of the batch).
+struct Row {
+    key: CacheKey,
+    tokens: Tokens,
+    replies: Vec<oneshot::Sender<Result<Embedding>>>,
+}
+
+struct Worker {
+    rx: Receiver<Job>,
+    embedder: Arc<dyn Embedder>,
+    cache: moka::sync::Cache<CacheKey, Embedding>,
+    counters: Arc<Counters>,
+    max_batch_tokens: usize,
+    max_batch_size: usize,
+    /// A job taken off the queue that did not fit the previous batch's budget.
+    pending: Option<Job>,
+}
+
+impl Worker {
+    fn run(mut self, threads: usize, warmup: bool, ready: mpsc::Sender<Result<()>>) {
+        let pool = match rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("router-model-gemm-{i}"))
+            .build()
+        {
+            Ok(pool) => pool,
+            Err(e) => {
+                let _ = ready.send(Err(Error::InvalidInput(format!(
+                    "building the model thread pool: {e}"
+                ))));
+                return;
+            }
+        };
+        if warmup {
+            let result = pool.install(|| self.embedder.embed_batch(&WARMUP_TEXTS));
+            if let Err(e) = result {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+        if ready.send(Ok(())).is_err() {
+            return;
+        }
+        while let Some(rows) = self.next_batch() {
+            let refs: Vec<&Tokens> = rows.iter().map(|r| &r.tokens).collect();
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                pool.install(|| self.embedder.embed_tokens(&refs))
+            }));
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            match result {
+                Ok(Ok(vectors)) if vectors.len() == rows.len() => {
+                    self.counters
+                        .embedded
+                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    for (row, vector) in rows.into_iter().zip(vectors) {
+                        let vector: Embedding = vector.into();
+                        self.cache.insert(row.key, Arc::clone(&vector));
+                        for reply in row.replies {
+                            let _ = reply.send(Ok(Arc::clone(&vector)));
+                        }
+                    }
+                }
+                other => {
+                    let message = match other {
+                        Ok(Ok(v)) => {
+                            format!("embedder returned {} vectors for {}", v.len(), rows.len())
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "embedder panicked".to_string(),
+                    };
+                    tracing::error!(%message, "embedding batch failed");
+                    for reply in rows.into_iter().flat_map(|r| r.replies) {
+                        let _ = reply.send(Err(Error::Model(message.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Blocks for the first live job, then adds whatever else is already queued while the
+    /// padded token count stays within budget. Returns `None` when every sender is gone.
+    fn next_batch(&mut self) -> Option<Vec<Row>> {
+        let mut rows: Vec<Row> = Vec::new();
+        let mut longest = 0usize;
+        loop {
+            let job = if let Some(job) = self.pending.take() {
+                job
+            } else if rows.is_empty() {
+                match self.rx.recv() {
+                    Ok(job) => self.took(job),
+                    Err(_) => return None,
+                }
+            } else {
+                match self.rx.try_recv() {
+                    Ok(job) => self.took(job),
+                    Err(_) => break,
+                }
+            };
+            let Some(job) = self.admit(job) else { continue };
+            if let Some(row) = rows.iter_mut().find(|r| r.key == job.key) {
+                row.replies.push(job.reply);
+                continue;
+            }
+            let new_longest = longest.max(job.tokens.len());
+            let padded = new_longest * (rows.len() + 1);
+            if !rows.is_empty() && padded > self.max_batch_tokens {
+                self.pending = Some(job);
+                break;
+            }
+            longest = new_longest;
+            rows.push(Row {
+                key: job.key,
+                tokens: job.tokens,
+                replies: vec![job.reply],
+            });
+            if rows.len() >= self.max_batch_size {
+                break;
+            }
+        }
+        Some(rows)
+    }
+
+    fn took(&self, job: Job) -> Job {
+        self.counters.depth.fetch_sub(1, Ordering::Relaxed);
+        job
+    }
+
+    /// Answers a job that needs no model work (caller gone, deadline passed, or the text was
+    /// embedded since it was queued); returns the job if it still needs embedding.
+    fn admit(&self, job: Job) -> Option<Job> {
+        if job.reply.is_closed() {
+            return None;
+        }
+        if Instant::now() >= job.deadline {
+            self.counters
+                .rejected_deadline
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = job
+                .reply
+                .send(Err(Error::Overloaded(OverloadReason::DeadlineExceeded)));
+            return None;
+        }
+        if let Some(hit) = self.cache.get(&job.key) {
+            let _ = job.reply.send(Ok(hit));
+            return None;
+        }
+        Some(job)
+    }
+}
