@@ -1,0 +1,18 @@
+//! switchyard: an OpenAI-compatible LLM gateway that learns where to send each request.
+//!
+//! The request path lives in [`app`]; upstream APIs in [`providers`]; the mock upstream used
+//! by tests, benchmarks and the no-config demo in [`mock`].
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod mock;
+pub mod openai;
+pub mod outcome;
+pub mod providers;
+pub mod registry;
+pub mod sse;
+
+pub use app::Application;
+pub use config::Config;
+pub use error::Error;

@@ -1,0 +1,195 @@
+//! The OpenAI chat-completions request as the gateway sees it.
+//!
+//! The body is kept as a JSON object so that fields the gateway does not know (new OpenAI
+//! parameters, vendor extensions) reach the upstream untouched; only the few fields the
+//! gateway acts on are read and checked.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The whole request object, as sent by the client.
+    pub body: Map<String, Value>,
+    /// What the client asked for: a model name or a route name.
+    pub model: String,
+    pub stream: bool,
+    /// Whether the client itself asked for the final usage chunk of a stream.
+    pub client_wants_usage: bool,
+}
+
+impl ChatRequest {
+    /// Parses and checks a request body. Errors name the offending parameter.
+    pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| Error::invalid(format!("request body is not valid JSON: {e}")))?;
+        let Value::Object(body) = value else {
+            return Err(Error::invalid("request body must be a JSON object"));
+        };
+        let model = match body.get("model") {
+            Some(Value::String(model)) if !model.is_empty() => model.clone(),
+            Some(_) => return Err(Error::invalid_param("model", "`model` must be a non-empty string")),
+            None => return Err(Error::invalid_param("model", "you must provide a model parameter")),
+        };
+        match body.get("messages") {
+            Some(Value::Array(messages)) if !messages.is_empty() => {
+                for (i, message) in messages.iter().enumerate() {
+                    let role = message.get("role").and_then(Value::as_str);
+                    if role.is_none() {
+                        return Err(Error::invalid_param(
+                            "messages",
+                            format!("messages[{i}] must be an object with a string `role`"),
+                        ));
+                    }
+                }
+            }
+            Some(Value::Array(_)) => {
+                return Err(Error::invalid_param("messages", "`messages` must not be empty"))
+            }
+            Some(_) => return Err(Error::invalid_param("messages", "`messages` must be an array")),
+            None => return Err(Error::invalid_param("messages", "missing required parameter: `messages`")),
+        }
+        let stream = match body.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(stream)) => *stream,
+            Some(_) => return Err(Error::invalid_param("stream", "`stream` must be a boolean")),
+        };
+        let client_wants_usage = body
+            .get("stream_options")
+            .and_then(|options| options.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Ok(Self {
+            body,
+            model,
+            stream,
+            client_wants_usage,
+        })
+    }
+
+    pub fn messages(&self) -> &[Value] {
+        self.body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The text of the last user message, which is what routing and the semantic cache
+    /// look at. Content parts of other types (images) are skipped.
+    pub fn last_user_text(&self) -> String {
+        self.messages()
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .map(|m| content_text(m.get("content")))
+            .unwrap_or_default()
+    }
+}
+
+/// The text of an OpenAI `content` field: a string, or the text parts of an array.
+pub fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            texts.join("\n")
+        }
+        _ => String::new(),
+    }
+}
+
+/// Token counts as OpenAI reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// Reads `usage` from a response body without building the rest of it.
+pub fn usage_of(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct WithUsage {
+        usage: Option<Usage>,
+    }
+    serde_json::from_slice::<WithUsage>(body).ok()?.usage
+}
+
+/// Milliseconds since the Unix epoch, as OpenAI's `created` wants seconds of.
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_param(body: &str) -> Option<String> {
+        match ChatRequest::parse(body.as_bytes()) {
+            Err(Error::InvalidRequest { param, .. }) => param.map(str::to_owned),
+            other => panic!("expected invalid request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_kept() {
+        let request = ChatRequest::parse(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logit_bias":{"1":2},"x_vendor":true}"#,
+        )
+        .expect("valid");
+        assert_eq!(request.body["x_vendor"], Value::Bool(true));
+        assert_eq!(request.body["logit_bias"]["1"], 2);
+        assert!(!request.stream);
+    }
+
+    #[test]
+    fn bad_requests_name_the_parameter() {
+        assert_eq!(error_param(r#"{"messages":[]}"#).as_deref(), Some("model"));
+        assert_eq!(error_param(r#"{"model":"m"}"#).as_deref(), Some("messages"));
+        assert_eq!(error_param(r#"{"model":"m","messages":[]}"#).as_deref(), Some("messages"));
+        assert_eq!(error_param(r#"{"model":"m","messages":[{"content":"x"}]}"#).as_deref(), Some("messages"));
+        assert_eq!(
+            error_param(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#).as_deref(),
+            Some("stream")
+        );
+        assert_eq!(error_param("{not json").as_deref(), None);
+        assert_eq!(error_param("[1,2]").as_deref(), None);
+    }
+
+    #[test]
+    fn last_user_text_reads_parts() {
+        let request = ChatRequest::parse(
+            br#"{"model":"m","messages":[{"role":"user","content":"first"},{"role":"assistant","content":"a"},{"role":"user","content":[{"type":"text","text":"second"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(request.last_user_text(), "second");
+    }
+
+    #[test]
+    fn usage_is_read_from_a_body() {
+        let usage = usage_of(br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#);
+        assert_eq!(usage, Some(Usage::new(3, 4)));
+        assert_eq!(usage_of(br#"{"id":"x"}"#), None);
+    }
+}

@@ -1,0 +1,146 @@
+//! Upstream APIs. Each provider turns an OpenAI-shaped request into its own wire format and
+//! its answer back into OpenAI JSON or OpenAI SSE chunks, so the proxy above never sees the
+//! difference.
+
+pub mod anthropic;
+pub mod openai;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http::HeaderMap;
+use reqwest::header::HeaderValue;
+
+use crate::error::Error;
+use crate::openai::{ChatRequest, Usage};
+
+/// A piece of an OpenAI-format SSE stream on its way to the client.
+#[derive(Debug, Clone)]
+pub struct StreamPiece {
+    /// Bytes to send (one or more complete SSE events).
+    pub bytes: Bytes,
+    /// Usage reported in this piece, if any.
+    pub usage: Option<Usage>,
+    /// This piece only carries usage (`choices: []`): the gateway asked for it on the
+    /// client's behalf and drops it when the client did not ask.
+    pub usage_only: bool,
+    /// This piece carries answer content (for time to first token).
+    pub has_content: bool,
+}
+
+pub type PieceStream = Pin<Box<dyn Stream<Item = Result<StreamPiece, Error>> + Send>>;
+
+pub enum UpstreamResponse {
+    /// A complete OpenAI chat.completion body.
+    Json { body: Bytes, usage: Option<Usage> },
+    Stream(PieceStream),
+}
+
+/// Timeouts applied to one upstream call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallTimeouts {
+    /// Until the response headers arrive.
+    pub first_byte: Duration,
+    /// For the whole body of a non-stream answer, and between two reads of a stream.
+    pub body: Duration,
+}
+
+/// A configured upstream. Enum dispatch: the set of API shapes is small and closed.
+pub enum Provider {
+    OpenAi(openai::OpenAiProvider),
+    Anthropic(anthropic::AnthropicProvider),
+}
+
+impl Provider {
+    /// Sends one chat request upstream. `extra_headers` are request headers the provider
+    /// forwards (the mock's fault-injection headers).
+    pub async fn chat(
+        &self,
+        http: &reqwest::Client,
+        request: &ChatRequest,
+        upstream_model: &str,
+        extra_headers: &HeaderMap,
+        timeouts: CallTimeouts,
+    ) -> Result<UpstreamResponse, Error> {
+        match self {
+            Self::OpenAi(p) => p.chat(http, request, upstream_model, extra_headers, timeouts).await,
+            Self::Anthropic(p) => p.chat(http, request, upstream_model, timeouts).await,
+        }
+    }
+}
+
+/// Sends a prepared request, applying the first-byte timeout and mapping transport errors.
+pub(crate) async fn send(
+    builder: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<reqwest::Response, Error> {
+    match tokio::time::timeout(timeout, builder.send()).await {
+        Err(_) => Err(Error::GatewayTimeout(format!(
+            "no response within {} ms",
+            timeout.as_millis()
+        ))),
+        Ok(Err(e)) if e.is_timeout() => Err(Error::GatewayTimeout(e.to_string())),
+        Ok(Err(e)) => Err(Error::BadGateway(transport_message(&e))),
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+/// Reads a whole body within a time limit.
+pub(crate) async fn read_body(response: reqwest::Response, timeout: Duration) -> Result<Bytes, Error> {
+    match tokio::time::timeout(timeout, response.bytes()).await {
+        Err(_) => Err(Error::GatewayTimeout("response body not complete in time".into())),
+        Ok(Err(e)) => Err(Error::BadGateway(transport_message(&e))),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+fn transport_message(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// Turns a non-success upstream response into an error that keeps its status and message.
+pub(crate) async fn upstream_error(response: reqwest::Response, timeout: Duration) -> Error {
+    let status = response.status();
+    let retry_after: Option<HeaderValue> = response.headers().get(reqwest::header::RETRY_AFTER).cloned();
+    let body = read_body(response, timeout).await.unwrap_or_default();
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let message = error
+        .and_then(|e| e.get("message").and_then(|m| m.as_str()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("upstream returned {status}")
+            } else {
+                text.chars().take(500).collect()
+            }
+        });
+    let kind = error
+        .and_then(|e| e.get("type").and_then(|t| t.as_str()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| if status.is_server_error() { "api_error" } else { "invalid_request_error" }.to_owned());
+    let code = error.and_then(|e| e.get("code")).and_then(|c| match c {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    Error::Upstream {
+        status,
+        message,
+        kind,
+        code,
+        retry_after,
+    }
+}

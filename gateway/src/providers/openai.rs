@@ -1,0 +1,171 @@
+//! OpenAI-compatible upstreams (OpenAI, vLLM, Ollama, Groq, Together, the mock…).
+//!
+//! The client's body goes upstream as it came, with two changes: `model` becomes the
+//! upstream's model name, and a stream always asks for usage so every request can be costed.
+//! Stream events are forwarded byte for byte except the usage-only chunk the client did not
+//! ask for.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::HeaderMap;
+use serde_json::{json, Value};
+
+use super::{read_body, send, upstream_error, CallTimeouts, StreamPiece, UpstreamResponse};
+use crate::error::Error;
+use crate::openai::{usage_of, ChatRequest, Usage};
+use crate::sse::{SseEvent, SseParser};
+
+pub struct OpenAiProvider {
+    /// `{base_url}/chat/completions`, computed once.
+    completions_url: String,
+    /// Authorization and configured headers, built once.
+    headers: HeaderMap,
+    /// Forward the client's `x-mock-*` headers (fault injection for the mock upstream).
+    forward_mock_headers: bool,
+}
+
+impl OpenAiProvider {
+    pub fn new(base_url: &str, api_key: Option<&str>, headers: HeaderMap, forward_mock_headers: bool) -> Result<Self, Error> {
+        let mut headers = headers;
+        if let Some(key) = api_key {
+            let mut value = http::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| Error::Config("API key contains characters not allowed in a header".into()))?;
+            value.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        Ok(Self {
+            completions_url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            headers,
+            forward_mock_headers,
+        })
+    }
+
+    pub async fn chat(
+        &self,
+        http: &reqwest::Client,
+        request: &ChatRequest,
+        upstream_model: &str,
+        extra_headers: &HeaderMap,
+        timeouts: CallTimeouts,
+    ) -> Result<UpstreamResponse, Error> {
+        let mut body = request.body.clone();
+        body.insert("model".into(), Value::String(upstream_model.to_owned()));
+        if request.stream {
+            let options = body.entry("stream_options").or_insert_with(|| json!({}));
+            if let Value::Object(options) = options {
+                options.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+        let payload = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut builder = http
+            .post(&self.completions_url)
+            .headers(self.headers.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(payload);
+        if self.forward_mock_headers {
+            for (name, value) in extra_headers {
+                if name.as_str().starts_with("x-mock-") {
+                    builder = builder.header(name, value);
+                }
+            }
+        }
+        let response = send(builder, timeouts.first_byte).await?;
+        if !response.status().is_success() {
+            return Err(upstream_error(response, timeouts.body).await);
+        }
+        if !request.stream {
+            let body = read_body(response, timeouts.body).await?;
+            let usage = usage_of(&body);
+            return Ok(UpstreamResponse::Json { body, usage });
+        }
+        Ok(UpstreamResponse::Stream(Box::pin(forward_stream(response, timeouts))))
+    }
+}
+
+/// Re-chunks the upstream bytes into whole SSE events and classifies each.
+fn forward_stream(
+    response: reqwest::Response,
+    timeouts: CallTimeouts,
+) -> impl futures_util::Stream<Item = Result<StreamPiece, Error>> + Send {
+    async_stream::try_stream! {
+        let mut bytes = response.bytes_stream();
+        let mut parser = SseParser::new();
+        let mut finished = false;
+        while !finished {
+            let next = tokio::time::timeout(timeouts.body, bytes.next()).await;
+            let chunk: Option<Bytes> = match next {
+                Err(_) => Err(Error::GatewayTimeout("upstream stream stalled".into()))?,
+                Ok(Some(Err(e))) => Err(Error::BadGateway(format!("upstream stream broke: {e}")))?,
+                Ok(Some(Ok(chunk))) => Some(chunk),
+                Ok(None) => None,
+            };
+            match chunk {
+                Some(chunk) => parser.push(&chunk),
+                None => finished = true,
+            }
+            loop {
+                let event = if finished { parser.finish() } else { parser.next_event() };
+                let Some(event) = event else { break };
+                yield classify(event);
+            }
+        }
+    }
+}
+
+fn classify(event: SseEvent) -> StreamPiece {
+    let skip = event.data.is_empty() || event.is_done();
+    let mut piece = StreamPiece {
+        has_content: false,
+        usage: None,
+        usage_only: false,
+        bytes: event.raw,
+    };
+    if skip {
+        return piece;
+    }
+    // Most chunks carry `"usage":null` or nothing; only parse the ones that may hold usage.
+    let may_hold_usage = event.data.contains("\"usage\"") && !event.data.contains("\"usage\":null");
+    if may_hold_usage {
+        #[derive(serde::Deserialize)]
+        struct UsageChunk {
+            #[serde(default)]
+            choices: Vec<serde::de::IgnoredAny>,
+            usage: Option<Usage>,
+        }
+        if let Ok(chunk) = serde_json::from_str::<UsageChunk>(&event.data) {
+            piece.usage = chunk.usage;
+            piece.usage_only = chunk.usage.is_some() && chunk.choices.is_empty();
+        }
+    }
+    piece.has_content = !piece.usage_only;
+    piece
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(data: &str) -> SseEvent {
+        let mut parser = SseParser::new();
+        parser.push(format!("data: {data}\n\n").as_bytes());
+        parser.next_event().expect("event")
+    }
+
+    #[test]
+    fn usage_only_chunk_is_recognised() {
+        let piece = classify(event(
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#,
+        ));
+        assert!(piece.usage_only);
+        assert_eq!(piece.usage, Some(Usage::new(5, 7)));
+    }
+
+    #[test]
+    fn content_chunk_is_forwarded_as_is() {
+        let data = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}"#;
+        let piece = classify(event(data));
+        assert!(!piece.usage_only);
+        assert!(piece.has_content);
+        assert_eq!(&piece.bytes[..], format!("data: {data}\n\n").as_bytes());
+    }
+}

@@ -1,0 +1,147 @@
+//! The resolved form of the config: model and route names mapped to ready provider clients.
+//! Built once at start, so the request path does a map lookup and nothing else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::{Config, ProviderKind};
+use crate::error::Error;
+use crate::providers::anthropic::AnthropicProvider;
+use crate::providers::openai::OpenAiProvider;
+use crate::providers::Provider;
+
+/// A model the gateway can send requests to.
+pub struct ModelEntry {
+    /// The name clients use.
+    pub name: String,
+    pub provider_name: String,
+    pub provider: Arc<Provider>,
+    pub upstream_model: String,
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+}
+
+impl ModelEntry {
+    pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_usd_per_mtok + completion_tokens as f64 * self.output_usd_per_mtok) / 1e6
+    }
+}
+
+pub struct RouteEntry {
+    pub name: String,
+    pub candidates: Vec<Arc<ModelEntry>>,
+    pub default: Arc<ModelEntry>,
+}
+
+/// What a client's `"model"` resolves to.
+pub enum Target {
+    Model(Arc<ModelEntry>),
+    Route(Arc<RouteEntry>),
+}
+
+pub struct Registry {
+    pub models: HashMap<String, Arc<ModelEntry>>,
+    pub routes: HashMap<String, Arc<RouteEntry>>,
+}
+
+impl Registry {
+    /// Builds provider clients. `mock_addr` is where the in-process mock upstream listens,
+    /// needed when a provider has `kind = "mock"`.
+    pub fn build(config: &Config, mock_addr: Option<SocketAddr>) -> Result<Self, Error> {
+        let mut providers: HashMap<String, Arc<Provider>> = HashMap::new();
+        for (name, provider) in &config.providers {
+            let api_key = match &provider.api_key_env {
+                Some(var) => match std::env::var(var) {
+                    Ok(key) if !key.is_empty() => Some(key),
+                    _ => {
+                        tracing::warn!(provider = %name, env = %var, "API key env var is not set; requests to this provider go without a key");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let mut headers = HeaderMap::new();
+            for (key, value) in &provider.headers {
+                let key = HeaderName::from_bytes(key.as_bytes())
+                    .map_err(|_| Error::Config(format!("provider `{name}`: invalid header name `{key}`")))?;
+                let value = HeaderValue::from_str(value)
+                    .map_err(|_| Error::Config(format!("provider `{name}`: invalid header value")))?;
+                headers.insert(key, value);
+            }
+            let client = match provider.kind {
+                ProviderKind::Openai => {
+                    let base_url = provider.base_url.as_deref().unwrap_or_default();
+                    Provider::OpenAi(OpenAiProvider::new(base_url, api_key.as_deref(), headers, false)?)
+                }
+                ProviderKind::Mock => {
+                    let base_url = match (&provider.base_url, mock_addr) {
+                        (Some(url), _) => url.clone(),
+                        (None, Some(addr)) => format!("http://{addr}/v1"),
+                        (None, None) => {
+                            return Err(Error::Config(format!("provider `{name}`: mock upstream is not running")))
+                        }
+                    };
+                    Provider::OpenAi(OpenAiProvider::new(&base_url, api_key.as_deref(), headers, true)?)
+                }
+                ProviderKind::Anthropic => {
+                    let base_url = provider.base_url.as_deref().unwrap_or_default();
+                    Provider::Anthropic(AnthropicProvider::new(base_url, api_key.as_deref(), headers)?)
+                }
+            };
+            providers.insert(name.clone(), Arc::new(client));
+        }
+
+        let mut models = HashMap::new();
+        for (name, model) in &config.models {
+            let provider = providers
+                .get(&model.provider)
+                .cloned()
+                .ok_or_else(|| Error::Config(format!("model `{name}`: unknown provider")))?;
+            models.insert(
+                name.clone(),
+                Arc::new(ModelEntry {
+                    name: name.clone(),
+                    provider_name: model.provider.clone(),
+                    provider,
+                    upstream_model: model.upstream_model.clone().unwrap_or_else(|| name.clone()),
+                    input_usd_per_mtok: model.input_usd_per_mtok,
+                    output_usd_per_mtok: model.output_usd_per_mtok,
+                }),
+            );
+        }
+
+        let mut routes = HashMap::new();
+        for (name, route) in &config.routes {
+            let lookup = |model: &String| {
+                models
+                    .get(model)
+                    .cloned()
+                    .ok_or_else(|| Error::Config(format!("route `{name}`: unknown model `{model}`")))
+            };
+            let candidates = route.candidates.iter().map(lookup).collect::<Result<Vec<_>, _>>()?;
+            let default = lookup(&route.default)?;
+            routes.insert(
+                name.clone(),
+                Arc::new(RouteEntry {
+                    name: name.clone(),
+                    candidates,
+                    default,
+                }),
+            );
+        }
+        Ok(Self { models, routes })
+    }
+
+    pub fn resolve(&self, name: &str) -> Result<Target, Error> {
+        if let Some(model) = self.models.get(name) {
+            return Ok(Target::Model(model.clone()));
+        }
+        if let Some(route) = self.routes.get(name) {
+            return Ok(Target::Route(route.clone()));
+        }
+        Err(Error::UnknownModel(name.to_owned()))
+    }
+}
