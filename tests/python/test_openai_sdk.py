@@ -1,0 +1,503 @@
+"""The gateway as the official `openai` Python SDK sees it.
+
+Starts `switchyard serve` (built-in demo config: in-process mock upstream, models
+`gpt-4-1106-preview`, `gpt-3.5-turbo-1106`, `mixtral-8x7b-instruct-v0.1` and the route `auto`)
+on a free loopback port and drives it with the real SDK: plain and streamed chat, tools,
+JSON mode, n>1, error mapping (400/401/404/upstream 5xx) and the gateway's headers.
+
+Binary: `$SWITCHYARD_BIN`, else the first of target/release, target/debug and
+target-bench/release under the repo root. Run:
+
+    .venv/bin/python -m pytest tests/python -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONCRETE_MODEL = "gpt-4-1106-preview"
+ROUTE = "auto"
+ROUTE_DEFAULT = "gpt-3.5-turbo-1106"
+HELLO = [{"role": "user", "content": "Say hello to the gateway test."}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def switchyard_binary() -> Path:
+    explicit = os.environ.get("SWITCHYARD_BIN")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_absolute():
+            path = REPO_ROOT / path
+        if not path.is_file():
+            pytest.fail(f"SWITCHYARD_BIN={explicit} does not exist")
+        return path
+    candidates = [
+        REPO_ROOT / "target" / "release" / "switchyard",
+        REPO_ROOT / "target" / "debug" / "switchyard",
+        REPO_ROOT / "target-bench" / "release" / "switchyard",
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    pytest.fail(
+        "switchyard binary not found; build it (`cargo build --release -p gateway`) or set SWITCHYARD_BIN. "
+        f"Looked at: {', '.join(str(c) for c in candidates)}"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    """A `switchyard serve` process on a loopback port, stopped by `stop()`."""
+
+    def __init__(self, workdir: Path, config: Path | None = None, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"switchyard-{self.port}.log"
+        args = [str(switchyard_binary()), "serve", "--listen", f"127.0.0.1:{self.port}"]
+        if config is not None:
+            args += ["--config", str(config)]
+        child_env = {k: v for k, v in os.environ.items() if k not in ("SWITCHYARD_CONFIG", "SWITCHYARD_LISTEN", "SY_TEST_KEY")}
+        child_env.setdefault("RUST_LOG", "warn")
+        child_env.update(env or {})
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT)
+        self._wait_healthy()
+
+    def _wait_healthy(self, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                pytest.fail(f"switchyard exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"switchyard not healthy within {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def client(self, api_key: str = "sk-unused", **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(api_key=api_key, base_url=f"{self.base}/v1", max_retries=0, timeout=10.0, **kwargs)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    with tempfile.TemporaryDirectory(prefix="switchyard-sdk-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def gateway(workdir):
+    gw = Gateway(workdir)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="session")
+def client(gateway) -> openai.OpenAI:
+    return gateway.client()
+
+
+def error_object(e: openai.APIStatusError) -> dict:
+    """The `error` object of an OpenAI error response, checked against `e.body`."""
+    from_response = e.response.json()["error"]
+    # The SDK puts the `error` object itself in `.body` when the response has one.
+    assert isinstance(e.body, dict), e.body
+    body = e.body.get("error", e.body)
+    assert body == from_response
+    for key in ("message", "type", "param", "code"):
+        assert key in from_response, f"error object lacks `{key}`: {from_response}"
+    assert isinstance(from_response["message"], str) and from_response["message"]
+    assert isinstance(from_response["type"], str) and from_response["type"]
+    return from_response
+
+
+# --- non-stream ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model, served_by", [(ROUTE, ROUTE_DEFAULT), (CONCRETE_MODEL, CONCRETE_MODEL)])
+def test_chat_non_stream(client, model, served_by):
+    completion = client.chat.completions.create(model=model, messages=HELLO)
+    assert isinstance(completion, ChatCompletion)
+    assert completion.object == "chat.completion"
+    assert len(completion.choices) == 1
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 0
+    assert completion.usage.completion_tokens > 0
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+
+
+@pytest.mark.parametrize("model, served_by, route", [(ROUTE, ROUTE_DEFAULT, ROUTE), (CONCRETE_MODEL, CONCRETE_MODEL, None)])
+def test_raw_response_headers(client, model, served_by, route):
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=HELLO)
+    assert raw.status_code == 200
+    assert raw.headers.get("x-switchyard-model") == served_by
+    assert raw.headers.get("x-switchyard-request-id")
+    assert raw.headers.get("x-switchyard-route") == route
+    completion = raw.parse()
+    assert isinstance(completion, ChatCompletion)
+    assert completion.choices[0].message.content
+
+
+# --- stream -------------------------------------------------------------------------------
+
+
+def collect(stream) -> tuple[list[ChatCompletionChunk], str, str | None]:
+    chunks: list[ChatCompletionChunk] = []
+    text = ""
+    finish_reason = None
+    for chunk in stream:
+        assert isinstance(chunk, ChatCompletionChunk)
+        assert chunk.object == "chat.completion.chunk"
+        chunks.append(chunk)
+        for choice in chunk.choices:
+            if choice.delta.content:
+                text += choice.delta.content
+            if choice.finish_reason is not None:
+                finish_reason = choice.finish_reason
+    return chunks, text, finish_reason
+
+
+@pytest.mark.parametrize("model", [ROUTE, CONCRETE_MODEL])
+def test_stream_without_usage(client, model):
+    stream = client.chat.completions.create(model=model, messages=HELLO, stream=True)
+    chunks, text, finish_reason = collect(stream)
+    assert chunks
+    assert text.strip()
+    assert finish_reason == "stop"
+    # The gateway asks the upstream for usage to cost the request; a client that did not ask
+    # must not see the usage-only chunk.
+    usage_only = [c for c in chunks if c.usage is not None and not c.choices]
+    assert usage_only == [], usage_only
+    assert all(c.usage is None for c in chunks)
+
+
+@pytest.mark.parametrize("model", [ROUTE, CONCRETE_MODEL])
+def test_stream_with_usage(client, model):
+    stream = client.chat.completions.create(
+        model=model, messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    chunks, text, finish_reason = collect(stream)
+    assert text.strip()
+    assert finish_reason == "stop"
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage is not None
+    assert last.usage.prompt_tokens > 0 and last.usage.completion_tokens > 0
+    # Only the last chunk carries usage.
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_stream_raw_response_headers(client):
+    with client.chat.completions.with_streaming_response.create(model=ROUTE, messages=HELLO, stream=True) as raw:
+        assert raw.status_code == 200
+        assert raw.headers.get("content-type", "").startswith("text/event-stream")
+        assert raw.headers.get("x-switchyard-model") == ROUTE_DEFAULT
+        assert raw.headers.get("x-switchyard-route") == ROUTE
+        _, text, finish_reason = collect(raw.parse())
+    assert text.strip()
+    assert finish_reason == "stop"
+
+
+# --- tools, JSON mode, n ------------------------------------------------------------------
+
+
+def test_tool_call(client):
+    completion = client.chat.completions.create(
+        model=CONCRETE_MODEL,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER_TOOL],
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls
+    assert calls, choice.message
+    call = calls[0]
+    assert call.type == "function"
+    assert call.id
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments), dict)
+
+
+def test_tool_call_stream(client):
+    stream = client.chat.completions.create(
+        model=ROUTE,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER_TOOL],
+        stream=True,
+    )
+    names, finish_reason = [], None
+    for chunk in stream:
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                if call.function and call.function.name:
+                    names.append(call.function.name)
+            if choice.finish_reason:
+                finish_reason = choice.finish_reason
+    assert names == ["get_weather"]
+    assert finish_reason == "tool_calls"
+
+
+def test_tool_result_turn_gets_text(client):
+    """After the tool answered, the conversation goes on with text."""
+    first = client.chat.completions.create(
+        model=CONCRETE_MODEL,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER_TOOL],
+    )
+    call = first.choices[0].message.tool_calls[0]
+    second = client.chat.completions.create(
+        model=CONCRETE_MODEL,
+        messages=[
+            {"role": "user", "content": "What is the weather in Paris?"},
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'},
+        ],
+        tools=[WEATHER_TOOL],
+    )
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content
+
+
+def test_json_mode(client):
+    completion = client.chat.completions.create(
+        model=ROUTE,
+        messages=[{"role": "user", "content": "Reply in JSON."}],
+        response_format={"type": "json_object"},
+    )
+    content = completion.choices[0].message.content
+    assert isinstance(json.loads(content), dict)
+
+
+def test_n_choices(client):
+    completion = client.chat.completions.create(model=CONCRETE_MODEL, messages=HELLO, n=2)
+    assert len(completion.choices) == 2
+    assert sorted(c.index for c in completion.choices) == [0, 1]
+    assert all(c.message.content for c in completion.choices)
+
+
+def test_unknown_fields_pass_through(client):
+    """Parameters the gateway does not act on (seed, temperature, user, extra_body) are accepted."""
+    completion = client.chat.completions.create(
+        model=ROUTE, messages=HELLO, temperature=0.2, seed=7, user="sdk-test", extra_body={"x_vendor_flag": True}
+    )
+    assert completion.choices[0].message.content
+
+
+def test_models_list(client):
+    ids = {m.id for m in client.models.list()}
+    assert {CONCRETE_MODEL, ROUTE_DEFAULT, "mixtral-8x7b-instruct-v0.1", ROUTE} <= ids
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="no-such-model", messages=HELLO)
+    e = info.value
+    assert isinstance(e, openai.APIStatusError)
+    assert e.status_code == 404
+    error = error_object(e)
+    assert "no-such-model" in error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "model"
+    assert error["code"] == "model_not_found"
+    assert e.code == "model_not_found"
+    assert e.param == "model"
+
+
+def test_missing_messages_is_bad_request(client):
+    # The SDK refuses to send a request without `messages`, so post the raw body.
+    with pytest.raises(openai.BadRequestError) as info:
+        client.post("/chat/completions", body={"model": ROUTE}, cast_to=ChatCompletion)
+    e = info.value
+    assert isinstance(e, openai.APIStatusError)
+    assert e.status_code == 400
+    error = error_object(e)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "messages"
+    assert "messages" in error["message"]
+
+
+def test_empty_messages_is_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=ROUTE, messages=[])
+    assert info.value.status_code == 400
+    assert error_object(info.value)["param"] == "messages"
+
+
+def test_bad_stream_type_is_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=ROUTE, messages=HELLO, extra_body={"stream": "yes"})
+    assert error_object(info.value)["param"] == "stream"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_error_passes_through(client, stream):
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(
+            model=CONCRETE_MODEL, messages=HELLO, stream=stream, extra_headers={"x-mock-fault": "503"}
+        )
+    e = info.value
+    assert isinstance(e, openai.APIStatusError)
+    assert e.status_code == 503
+    error = error_object(e)
+    assert "503" in error["message"]
+
+
+def test_upstream_rate_limit_passes_through(client):
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model=ROUTE, messages=HELLO, extra_headers={"x-mock-fault": "429:3"})
+    e = info.value
+    assert e.status_code == 429
+    assert e.response.headers.get("retry-after") == "3"
+    assert error_object(e)["type"] == "rate_limit_error"
+
+
+# --- master key ---------------------------------------------------------------------------
+
+KEYED_CONFIG = """
+[server]
+master_key_env = "SY_TEST_KEY"
+max_body_bytes = 4096
+
+[providers.mock]
+kind = "mock"
+
+[models."m1"]
+provider = "mock"
+"""
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(workdir):
+    config = workdir / "keyed.toml"
+    config.write_text(KEYED_CONFIG)
+    gw = Gateway(workdir, config=config, env={"SY_TEST_KEY": "sk-switchyard-test-key"})
+    yield gw
+    gw.stop()
+
+
+def test_wrong_key_is_unauthorized(keyed_gateway):
+    client = keyed_gateway.client(api_key="sk-wrong")
+    with pytest.raises(openai.AuthenticationError) as info:
+        client.chat.completions.create(model="m1", messages=HELLO)
+    e = info.value
+    assert isinstance(e, openai.APIStatusError)
+    assert e.status_code == 401
+    error = error_object(e)
+    assert error["code"] == "invalid_api_key"
+
+
+def test_wrong_key_is_unauthorized_for_models(keyed_gateway):
+    with pytest.raises(openai.AuthenticationError):
+        keyed_gateway.client(api_key="sk-wrong").models.list()
+
+
+def test_body_over_limit_is_413(keyed_gateway):
+    client = keyed_gateway.client(api_key="sk-switchyard-test-key")
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "x" * 8000}])
+    assert info.value.status_code == 413
+    assert error_object(info.value)["code"] == "request_too_large"
+
+
+def test_right_key_works(keyed_gateway):
+    client = keyed_gateway.client(api_key="sk-switchyard-test-key")
+    raw = client.chat.completions.with_raw_response.create(model="m1", messages=HELLO)
+    assert raw.headers.get("x-switchyard-model") == "m1"
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    chunks, text, finish_reason = collect(client.chat.completions.create(model="m1", messages=HELLO, stream=True))
+    assert text.strip() and finish_reason == "stop"
+    assert [m.id for m in client.models.list()] == ["m1"]
+
+
+def test_stream_broken_mid_way_raises(client):
+    """An upstream that drops the connection mid-stream ends the client's stream with an
+    error event, which the SDK raises as an APIError after the text received so far."""
+    # A per-token delay makes the mock flush the chunks before the break (without it they sit
+    # in its write buffer when the connection drops, and nothing reaches the gateway).
+    stream = client.chat.completions.create(
+        model=CONCRETE_MODEL,
+        messages=HELLO,
+        stream=True,
+        extra_headers={"x-mock-fault": "reset", "x-mock-per-token-ms": "5"},
+    )
+    received = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            received.append(chunk)
+    assert not isinstance(info.value, openai.APIStatusError)
+    assert received, "the chunks before the break reach the client"
+    assert info.value.body and info.value.body.get("type")
+
+
+def test_non_stream_broken_mid_way_is_bad_gateway(client):
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model=CONCRETE_MODEL, messages=HELLO, extra_headers={"x-mock-fault": "reset"})
+    assert info.value.status_code == 502
+    assert error_object(info.value)["code"] == "upstream_unreachable"
+
+
+def test_invalid_json_is_bad_request(client):
+    # The SDK always sends valid JSON; send a broken body with its HTTP client.
+    raw = client._client.post(
+        f"{client.base_url}chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert raw.status_code == 400
+    error = raw.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert set(error) >= {"message", "type", "param", "code"}
