@@ -6,6 +6,8 @@
 //! - `x-mock-fault: 500` (any status), `429` or `429:SECS` (with Retry-After), `hang`,
 //!   `reset` (connection dropped mid-answer); or per model: `x-mock-fault: gpt-4=500,b=hang`.
 //! - `x-mock-first-token-ms`, `x-mock-per-token-ms`: latency for this request.
+//! - `x-mock-echo: 1`: a non-stream answer carries the request it received under `"echo"`,
+//!   so tests can see exactly what the gateway sent upstream.
 
 pub mod replay;
 
@@ -262,10 +264,13 @@ async fn openai_chat(State(options): State<Arc<MockOptions>>, headers: HeaderMap
                 json!({"index": index, "message": message, "logprobs": null, "finish_reason": finish_reason})
             })
             .collect();
-        let response = json!({
+        let mut response = json!({
             "id": id, "object": "chat.completion", "created": created, "model": plan.model,
             "system_fingerprint": "mock", "choices": choices, "usage": usage,
         });
+        if headers.contains_key("x-mock-echo") {
+            response["echo"] = request;
+        }
         return axum::Json(response).into_response();
     }
 

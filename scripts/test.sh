@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test of the project: Rust unit and integration tests (real Postgres, real BERT
+# weights, mock upstream on loopback) and the Python tests that drive a running gateway with
+# the real `openai` SDK. Installs what it needs first; safe to run again.
+#
+# Usage: scripts/test.sh [extra nextest args]
+set -euo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+echo "== embedder weights"
+scripts/fetch-model.sh
+
+echo "== services"
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+    for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+if command -v redis-cli >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+        --dir /tmp --logfile /tmp/redis-ci.log || true
+fi
+
+echo "== python venv for SDK tests"
+if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+echo "== rust tests"
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
+# One build: the dev profile with dependencies at opt-level 3 (see Cargo.toml).
+cargo build --workspace --all-targets
+cargo nextest run --workspace --no-fail-fast "$@"
+
+echo "== python SDK tests"
+SWITCHYARD_BIN="$repo_root/target/debug/switchyard" .venv/bin/python -m pytest tests/python -q
