@@ -20,6 +20,7 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 }
 
 fn single(c: &mut Criterion) {
+    router_model::configure_cpu_threads();
     let e = common::embedder(256);
     for threads in [1, 2] {
         let pool = pool(threads);
@@ -35,6 +36,7 @@ fn single(c: &mut Criterion) {
 }
 
 fn batched(c: &mut Criterion) {
+    router_model::configure_cpu_threads();
     let e = common::embedder(256);
     let pool = pool(2);
     let mut group = c.benchmark_group("embed_batch16_2threads");
@@ -51,12 +53,16 @@ fn batched(c: &mut Criterion) {
 }
 
 fn tokenize(c: &mut Criterion) {
+    router_model::configure_cpu_threads();
     let e = common::embedder(128);
     let text = common::text(50, 0);
-    c.bench_function("tokenize_~64_tokens", |b| b.iter(|| e.tokenize(&text).expect("tok")));
+    c.bench_function("tokenize_~64_tokens", |b| {
+        b.iter(|| e.tokenize(&text).expect("tok"))
+    });
 }
 
 fn service(c: &mut Criterion) {
+    router_model::configure_cpu_threads();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -65,9 +71,13 @@ fn service(c: &mut Criterion) {
     let embedder = Arc::new(common::embedder(128));
     let service = EmbeddingService::start(embedder, ServiceConfig::default()).expect("service");
     let far = || Instant::now() + Duration::from_secs(60);
-    rt.block_on(service.embed("cached prompt", far())).expect("prime");
+    rt.block_on(service.embed("cached prompt", far()))
+        .expect("prime");
     c.bench_function("service_cache_hit", |b| {
-        b.iter(|| rt.block_on(service.embed("cached prompt", far())).expect("hit"))
+        b.iter(|| {
+            rt.block_on(service.embed("cached prompt", far()))
+                .expect("hit")
+        })
     });
 
     // Fresh ~64-token prompts, 64 in flight at once, through the whole path (hash, tokenise,

@@ -25,23 +25,34 @@ fn status(field: &str) -> String {
 }
 
 fn main() {
+    router_model::configure_cpu_threads();
     println!("start: VmRSS {}", status("VmRSS:"));
     let t = Instant::now();
     let embedder = Arc::new(BertEmbedder::load_default().expect("run scripts/fetch-model.sh"));
-    println!("embedder loaded in {:?}: VmRSS {}", t.elapsed(), status("VmRSS:"));
+    println!(
+        "embedder loaded in {:?}: VmRSS {}",
+        t.elapsed(),
+        status("VmRSS:")
+    );
     let dim = embedder.dim();
     let id = embedder.id().to_string();
 
     let candidates: Vec<String> = (0..11).map(|i| format!("model-{i}")).collect();
     let arch = Architecture::new(dim, candidates.len());
     let varmap = VarMap::new();
-    Selector::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &arch)
-        .expect("selector");
+    Selector::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        &arch,
+    )
+    .expect("selector");
     let meta = CheckpointMeta::new(
         arch,
         candidates,
         FeatureNorm::identity(RequestFeatures::LEN),
-        EmbedderRef { id: id.clone(), dim },
+        EmbedderRef {
+            id: id.clone(),
+            dim,
+        },
         "none",
     );
     let dir = std::env::temp_dir().join(format!("footprint-ckpt-{}", std::process::id()));

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::features::RequestFeatures;
-use crate::selector::{input_row, Architecture, FeatureNorm, Selector};
+use crate::selector::{input_row, Architecture, FeatureNorm, FrozenSelector, Selector};
 
 /// Version of the `selector.json` layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -175,7 +175,10 @@ pub struct Prediction {
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub meta: CheckpointMeta,
+    /// The network as candle tensors (for batch evaluation or fine-tuning).
     pub selector: Selector,
+    /// The same weights as plain arrays; what [`Checkpoint::predict`] runs.
+    frozen: FrozenSelector,
     dir: PathBuf,
 }
 
@@ -213,9 +216,11 @@ impl Checkpoint {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let selector = Selector::new(vb, &meta.architecture)
             .map_err(|e| incompatible(format!("weights do not fit the architecture: {e}")))?;
+        let frozen = FrozenSelector::new(&selector)?;
         Ok(Self {
             meta,
             selector,
+            frozen,
             dir: dir.to_path_buf(),
         })
     }
@@ -345,7 +350,7 @@ impl Checkpoint {
             )));
         }
         let row = input_row(embedding, features, &self.meta.feature_norm);
-        let (values, difficulty) = self.selector.predict_row(&row)?;
+        let (values, difficulty) = self.frozen.predict_row(&row)?;
         let predictions = self
             .meta
             .candidates

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::{BertModel, Config as BertConfig, HiddenAct};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{Error, Result};
@@ -145,6 +145,10 @@ pub struct EmbedderOptions {
     /// Model name used in [`Embedder::id`]; `None` uses the hub repo id, or
     /// [`DEFAULT_MODEL_NAME`] for a directory.
     pub name: Option<String>,
+    /// Use the tanh approximation of GELU instead of the exact erf form the model was trained
+    /// with. Cheaper on CPU (erf is evaluated by scalar libm calls); README.md reports its
+    /// effect on speed and on parity.
+    pub approximate_gelu: bool,
 }
 
 impl Default for EmbedderOptions {
@@ -152,6 +156,7 @@ impl Default for EmbedderOptions {
         Self {
             max_tokens: DEFAULT_MAX_TOKENS,
             name: None,
+            approximate_gelu: false,
         }
     }
 }
@@ -363,15 +368,19 @@ impl BertEmbedder {
             (None, ModelSource::HfHub { repo_id, .. }) => repo_id.clone(),
             (None, ModelSource::Dir(_)) => DEFAULT_MODEL_NAME.to_string(),
         };
-        Self::load_files(&files, &name, options.max_tokens)
+        Self::load_files(&files, &name, options)
     }
 
-    /// Loads from explicit files.
-    pub fn load_files(files: &ModelFiles, name: &str, max_tokens: usize) -> Result<Self> {
+    /// Loads from explicit files (`options.name` is ignored in favour of `name`).
+    pub fn load_files(files: &ModelFiles, name: &str, options: &EmbedderOptions) -> Result<Self> {
+        let max_tokens = options.max_tokens;
         let config_text = std::fs::read_to_string(&files.config)
             .map_err(|e| Error::io(format!("reading {}", files.config.display()), e))?;
-        let config: BertConfig = serde_json::from_str(&config_text)
+        let mut config: BertConfig = serde_json::from_str(&config_text)
             .map_err(|e| Error::json(format!("parsing {}", files.config.display()), e))?;
+        if options.approximate_gelu && config.hidden_act == HiddenAct::Gelu {
+            config.hidden_act = HiddenAct::GeluApproximate;
+        }
         if max_tokens < 2 || max_tokens > config.max_position_embeddings {
             return Err(Error::InvalidInput(format!(
                 "max_tokens {max_tokens} must be in 2..={}",

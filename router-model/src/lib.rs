@@ -8,11 +8,13 @@
 //! - [`selector`]: a small network predicting, per candidate model, answer quality, latency
 //!   and output tokens from the embedding plus those features.
 //! - [`checkpoint`]: the on-disk contract between training, serving and evals.
+//! - [`runtime`]: [`configure_cpu_threads`], to call first thing in a serving `main`.
 
 pub mod checkpoint;
 pub mod embedder;
 pub mod error;
 pub mod features;
+pub mod runtime;
 pub mod selector;
 pub mod service;
 
@@ -25,5 +27,8 @@ pub use embedder::{
 };
 pub use error::{Error, OverloadReason, Result};
 pub use features::{ChatTurn, RequestFeatures};
-pub use selector::{Architecture, FeatureNorm, LossWeights, Selector, SelectorOutput, Targets};
+pub use runtime::configure_cpu_threads;
+pub use selector::{
+    Architecture, FeatureNorm, FrozenSelector, LossWeights, Selector, SelectorOutput, Targets,
+};
 pub use service::{Embedding, EmbeddingService, ServiceConfig, ServiceStats};

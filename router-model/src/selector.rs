@@ -276,6 +276,152 @@ impl Selector {
     }
 }
 
+/// The selector's weights copied out of candle into plain row-major arrays, for serving.
+///
+/// A one-row forward pass through candle costs ~0.3 ms, almost all of it dispatch (a dozen
+/// tensor ops, each handing its tiny matmul to a thread pool); the same arithmetic as plain
+/// loops is ~50× cheaper. Built once when a checkpoint is loaded; it does not follow later
+/// changes to the variables, so trainers use [`Selector::forward`] instead.
+#[derive(Debug, Clone)]
+pub struct FrozenSelector {
+    trunk: Vec<Dense>,
+    heads: Dense,
+    num_candidates: usize,
+    activation: Activation,
+}
+
+#[derive(Debug, Clone)]
+struct Dense {
+    /// `[out][in]`, row-major, as candle's `Linear` stores it.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+}
+
+impl Dense {
+    fn from_linears(layers: &[&Linear]) -> Result<Self> {
+        let mut weight = Vec::new();
+        let mut bias = Vec::new();
+        let mut inputs = 0;
+        for layer in layers {
+            let (out, inp) = layer.weight().dims2()?;
+            inputs = inp;
+            weight.extend(layer.weight().flatten_all()?.to_vec1::<f32>()?);
+            match layer.bias() {
+                Some(b) => bias.extend(b.to_vec1::<f32>()?),
+                None => bias.extend(std::iter::repeat_n(0.0, out)),
+            }
+        }
+        Ok(Self {
+            weight,
+            bias,
+            inputs,
+        })
+    }
+
+    fn forward(&self, x: &[f32], out: &mut Vec<f32>) {
+        out.clear();
+        out.extend(
+            self.weight
+                .chunks_exact(self.inputs)
+                .zip(&self.bias)
+                .map(|(row, b)| b + dot(row, x)),
+        );
+    }
+}
+
+/// Dot product with eight independent accumulators, so the compiler vectorises it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let tail: f32 = a[chunks..]
+        .iter()
+        .zip(&b[chunks..])
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Exact GELU, 0.5·x·(1 + erf(x/√2)), matching candle's `gelu_erf`.
+fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2))
+}
+
+/// erf via Abramowitz–Stegun 7.1.26 refined in f64 (|error| < 1.5e-7, below f32 resolution
+/// of the activations that follow).
+fn erf(x: f32) -> f32 {
+    let x = f64::from(x);
+    let sign = if x < 0.0 { -1.0 } else { 1.0 };
+    let x = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    (sign * (1.0 - poly * (-x * x).exp())) as f32
+}
+
+impl FrozenSelector {
+    /// Copies the current weights of `selector`.
+    pub fn new(selector: &Selector) -> Result<Self> {
+        let trunk = selector
+            .trunk
+            .iter()
+            .map(|l| Dense::from_linears(&[l]))
+            .collect::<Result<Vec<_>>>()?;
+        let heads = Dense::from_linears(&[
+            &selector.quality,
+            &selector.latency,
+            &selector.tokens,
+            &selector.difficulty,
+        ])?;
+        Ok(Self {
+            trunk,
+            heads,
+            num_candidates: selector.arch.num_candidates,
+            activation: selector.arch.activation,
+        })
+    }
+
+    /// Same contract as [`Selector::predict_row`].
+    pub fn predict_row(&self, row: &[f32]) -> Result<(Vec<HeadValues>, f32)> {
+        let expected = self.trunk.first().map_or(self.heads.inputs, |d| d.inputs);
+        if row.len() != expected {
+            return Err(Error::InvalidInput(format!(
+                "selector input has {} values, expected {expected}",
+                row.len()
+            )));
+        }
+        let mut x = row.to_vec();
+        let mut y = Vec::new();
+        for layer in &self.trunk {
+            layer.forward(&x, &mut y);
+            for v in y.iter_mut() {
+                *v = match self.activation {
+                    Activation::Gelu => gelu_erf(*v),
+                    Activation::Relu => v.max(0.0),
+                };
+            }
+            std::mem::swap(&mut x, &mut y);
+        }
+        self.heads.forward(&x, &mut y);
+        let c = self.num_candidates;
+        let values = (0..c)
+            .map(|i| HeadValues {
+                quality: sigmoid(y[i]),
+                latency_ms: y[c + i].exp(),
+                output_tokens: y[2 * c + i].exp(),
+            })
+            .collect();
+        Ok((values, sigmoid(y[3 * c])))
+    }
+}
+
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }

@@ -128,6 +128,12 @@ impl EmbeddingService {
                 "queue_capacity, max_batch_size and threads must be positive".into(),
             ));
         }
+        if !crate::runtime::cpu_threads_configured() {
+            tracing::warn!(
+                "CANDLE_NUM_THREADS is not 1: candle's spinning worker pool will compete with \
+                 request handlers; call router_model::configure_cpu_threads() at the start of main"
+            );
+        }
         let (tx, rx) = mpsc::sync_channel::<Job>(config.queue_capacity);
         let cache = moka::sync::Cache::new(config.cache_capacity);
         let counters = Arc::new(Counters::default());

@@ -154,10 +154,12 @@ fn training_reduces_loss_and_checkpoint_round_trips() {
             .predict_row(&input_row(&emb, &features, &norm))
             .expect("in-memory");
         assert_eq!(predictions.len(), 3);
+        // Serving runs plain loops over copied weights, training runs candle: same numbers.
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0);
         for (p, m) in predictions.iter().zip(&in_memory) {
-            assert_eq!(p.quality, m.quality);
-            assert_eq!(p.latency_ms, m.latency_ms);
-            assert_eq!(p.output_tokens, m.output_tokens);
+            assert!(close(p.quality, m.quality), "{p:?} vs {m:?}");
+            assert!(close(p.latency_ms, m.latency_ms), "{p:?} vs {m:?}");
+            assert!(close(p.output_tokens, m.output_tokens), "{p:?} vs {m:?}");
         }
         // The rules in the data were learned: the strong model is good and slower.
         assert_eq!(predictions[0].model_id, "strong-model");

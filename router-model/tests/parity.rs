@@ -22,6 +22,16 @@ const MIN_COSINE: f32 = 0.9999;
 
 #[test]
 fn vectors_match_sentence_transformers() {
+    check(false);
+}
+
+/// The tanh-approximated GELU (a speed option) must stay within the same bound.
+#[test]
+fn approximate_gelu_stays_within_parity() {
+    check(true);
+}
+
+fn check(approximate_gelu: bool) {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/reference_embeddings.json"
@@ -36,6 +46,7 @@ fn vectors_match_sentence_transformers() {
             &ModelSource::Dir(dir.clone()),
             &EmbedderOptions {
                 max_tokens: set.max_tokens,
+                approximate_gelu,
                 ..EmbedderOptions::default()
             },
         )
@@ -63,7 +74,7 @@ fn vectors_match_sentence_transformers() {
             }
         }
         eprintln!(
-            "max_tokens={}: worst cosine {:.7} ({:?})",
+            "approximate_gelu={approximate_gelu} max_tokens={}: worst cosine {:.7} ({:?})",
             set.max_tokens,
             worst.0,
             &worst.1[..worst.1.len().min(40)]

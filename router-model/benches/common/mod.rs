@@ -44,7 +44,12 @@ pub fn tokens(e: &BertEmbedder, n: usize, offset: usize) -> Tokens {
 /// A text of roughly `n` tokens, made unique by `tag` (so caches miss).
 pub fn text(words: usize, tag: usize) -> String {
     let mut s = format!("request {tag}:");
-    for w in PARAGRAPH.split_whitespace().cycle().skip(tag % 50).take(words) {
+    for w in PARAGRAPH
+        .split_whitespace()
+        .cycle()
+        .skip(tag % 50)
+        .take(words)
+    {
         s.push(' ');
         s.push_str(w);
     }
