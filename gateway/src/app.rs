@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
@@ -26,11 +26,19 @@ use crate::openai::{ChatRequest, Usage};
 use crate::outcome::RequestOutcome;
 use crate::providers::{CallTimeouts, PieceStream, UpstreamResponse};
 use crate::registry::{ModelEntry, Registry, Target};
+use crate::routing::{Decision, RequestPolicy, RoutingEngine, Tradeoff};
 use crate::sse::data_event;
+use crate::store::{self, Authenticator, Caller, LogHandle, LogStore, LogWriter, Store, WriterConfig};
 
 pub const HEADER_REQUEST_ID: &str = "x-switchyard-request-id";
 pub const HEADER_MODEL: &str = "x-switchyard-model";
 pub const HEADER_ROUTE: &str = "x-switchyard-route";
+/// How a route's model was chosen: `selected`, `explored`, `shed` or `default`.
+pub const HEADER_DECISION: &str = "x-switchyard-decision";
+/// Per-request trade-off: a preset or `quality=1,cost=0.5,latency=0.1`.
+pub const HEADER_TRADEOFF: &str = "x-switchyard-tradeoff";
+/// Per-request ceiling on the predicted cost of the answer, in USD.
+pub const HEADER_MAX_COST: &str = "x-switchyard-max-cost-usd";
 
 /// Everything a request needs, built once at start.
 pub struct AppState {
@@ -38,7 +46,16 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub timeouts: CallTimeouts,
     pub max_body_bytes: usize,
-    master_key: Option<String>,
+    /// Open access, master key or virtual keys (cached lookups).
+    pub auth: Authenticator,
+    /// Outcome log, feedback and keys.
+    pub store: Store,
+    /// Where finished requests send their outcome row; never waits.
+    pub log: LogHandle,
+    /// Taken by [`Application::run_until`] to flush the log at shutdown.
+    log_writer: std::sync::Mutex<Option<LogWriter>>,
+    /// Embedder, selector checkpoints and policy for routes.
+    pub routing: Arc<RoutingEngine>,
     /// `/v1/models` body, rendered once.
     models_body: Bytes,
     /// Health URL of the in-process mock, checked by `/ready`.
@@ -77,7 +94,22 @@ impl AppState {
             .as_ref()
             .and_then(|var| std::env::var(var).ok())
             .filter(|key| !key.is_empty());
+        let store = Store::open(&config.database)?;
+        store.migrate().await?;
+        let log_writer = LogWriter::spawn(store.clone(), WriterConfig::from_config(&config.database))?;
+        let open = config.auth.open.unwrap_or(master_key.is_none());
+        let auth = Authenticator::new(
+            store.clone(),
+            open,
+            master_key,
+            Duration::from_millis(config.auth.key_cache_ttl_ms),
+            Duration::from_millis(config.auth.key_stale_ttl_ms),
+        );
+        tracing::info!(database = store.backend(), open_access = open, "outcome log ready");
+        let routing = RoutingEngine::start(config.router.clone(), &registry.models).await?;
+        spawn_reload_on_sighup(&routing);
         Ok(Self {
+            routing,
             models_body: models_body(config),
             registry,
             http,
@@ -86,30 +118,30 @@ impl AppState {
                 body: config.server.request_timeout(),
             },
             max_body_bytes: config.server.max_body_bytes,
-            master_key,
+            auth,
+            store,
+            log: log_writer.handle(),
+            log_writer: std::sync::Mutex::new(Some(log_writer)),
             mock_health_url: mock_addr.map(|addr| format!("http://{addr}/health")),
         })
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Error> {
-        let Some(expected) = &self.master_key else {
-            return Ok(());
-        };
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(Error::Unauthorized)?;
-        if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-            Ok(())
-        } else {
-            Err(Error::Unauthorized)
+    async fn authorize(&self, headers: &HeaderMap) -> Result<Caller, Error> {
+        self.auth.authenticate(headers).await
+    }
+
+    /// Stops the log writer after the server has drained: queued rows are written (or
+    /// spilled). Later calls do nothing.
+    pub async fn shutdown_log(&self) {
+        let writer = self
+            .log_writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            writer.shutdown().await;
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn models_body(config: &Config) -> Bytes {
@@ -131,6 +163,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(list_models))
+        .route("/v1/feedback", post(feedback))
+        .route("/admin/reload", post(reload_selector))
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
@@ -140,11 +174,44 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, Error> {
-    state.authorize(&headers)?;
+    state.authorize(&headers).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], state.models_body.clone()).into_response())
 }
 
+/// `POST /admin/reload`: reloads the selector checkpoints now. Needs the master key, except
+/// with open access and no master key configured (the local demo).
+async fn reload_selector(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, Error> {
+    let caller = state.authorize(&headers).await?;
+    let anonymous_open = !caller.master && caller.key_id.is_none();
+    if !(caller.master || anonymous_open) {
+        return Err(Error::Unauthorized);
+    }
+    state.routing.reload().await?;
+    Ok(axum::Json(json!({
+        "status": "reloaded",
+        "active": state.routing.active_version(),
+        "shadow": state.routing.shadow_version(),
+    }))
+    .into_response())
+}
+
+/// `POST /v1/feedback` (see [`store::feedback`]).
+async fn feedback(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
+    state.authorize(&headers).await?;
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let feedback = store::feedback::record(&state.store, &state.log, &bytes).await?;
+    Ok(axum::Json(json!({"status": "recorded", "request_id": feedback.request_id, "score": feedback.score})).into_response())
+}
+
+/// Ready when the mock upstream (if any) and the database answer. Requests are still served
+/// while the database is down (rows spill to disk), but an instance that cannot log should
+/// not be the one a load balancer prefers.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let database = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
+    if !matches!(database, Ok(Ok(()))) {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "database": "down"})))
+            .into_response();
+    }
     if let Some(url) = &state.mock_health_url {
         let ok = matches!(state.http.get(url).send().await, Ok(r) if r.status().is_success());
         if !ok {
@@ -178,7 +245,7 @@ async fn chat_completions(
     body: Body,
 ) -> Result<Response, Error> {
     let started = Instant::now();
-    state.authorize(&headers)?;
+    let caller = state.authorize(&headers).await?;
     if headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -189,12 +256,22 @@ async fn chat_completions(
     }
     let bytes = read_body(body, state.max_body_bytes).await?;
     let request = ChatRequest::parse(&bytes)?;
-    let (route, model) = match state.registry.resolve(&request.model)? {
-        Target::Model(model) => (None, model),
-        Target::Route(route) => (Some(route.name.clone()), route.default.clone()),
+    let (route, decision) = match state.registry.resolve(&request.model)? {
+        Target::Model(model) => (None, Decision::fixed(model)),
+        Target::Route(route) => {
+            let policy = request_policy(&headers)?;
+            (Some(route.name.clone()), state.routing.decide(&route, &request, policy).await)
+        }
     };
+    let model = decision.chosen().clone();
     let request_id = Uuid::now_v7();
-    let mut outcome = RequestOutcome::new(request_id, route.clone(), &model, request.stream);
+    let mut outcome = RequestOutcome::new(request_id, route.clone(), &model, request.stream).log_to(state.log.clone());
+    record_decision(&mut outcome, &decision);
+    outcome.tenant = caller.tenant;
+    outcome.key_id = caller.key_id;
+    if state.log.stores_prompts() {
+        outcome.prompt_text = Some(request.last_user_text());
+    }
 
     let upstream = model
         .provider
@@ -230,8 +307,64 @@ async fn chat_completions(
     }
     if let Some(value) = route.and_then(|r| HeaderValue::from_str(&r).ok()) {
         headers.insert(HEADER_ROUTE, value);
+        headers.insert(HEADER_DECISION, HeaderValue::from_static(decision.kind.as_str()));
     }
     Ok(response)
+}
+
+/// SIGHUP reloads the selector checkpoints (the usual "reload your config" signal).
+fn spawn_reload_on_sighup(routing: &Arc<RoutingEngine>) {
+    #[cfg(unix)]
+    {
+        let routing = Arc::downgrade(routing);
+        tokio::spawn(async move {
+            let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                let Some(routing) = routing.upgrade() else { break };
+                tracing::info!("SIGHUP: reloading selector checkpoints");
+                if let Err(e) = routing.reload().await {
+                    tracing::error!(error = %e, "selector reload failed; keeping the current checkpoint");
+                }
+            }
+        });
+    }
+}
+
+/// Reads the per-request routing headers.
+fn request_policy(headers: &HeaderMap) -> Result<RequestPolicy, Error> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let tradeoff = text(HEADER_TRADEOFF)
+        .map(|t| Tradeoff::parse_override(t, Tradeoff::BALANCED))
+        .transpose()?;
+    let max_cost_usd = match text(HEADER_MAX_COST) {
+        Some(t) => match t.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Some(v),
+            _ => return Err(Error::invalid(format!("{HEADER_MAX_COST} must be a non-negative number"))),
+        },
+        None => None,
+    };
+    Ok(RequestPolicy { tradeoff, max_cost_usd })
+}
+
+/// Copies what the router decided into the outcome row. The `candidates` column holds the
+/// whole decision: how it was made, the trade-off, every candidate's predictions, and the
+/// shadow checkpoint's version.
+fn record_decision(outcome: &mut RequestOutcome, decision: &Decision) {
+    outcome.propensity = Some(decision.propensity);
+    outcome.checkpoint_version = decision.checkpoint_version.clone();
+    outcome.shadow_choice = decision.shadow_choice.clone();
+    outcome.embedding = decision.embedding.clone();
+    if outcome.route.is_some() {
+        outcome.candidates = Some(json!({
+            "decision": decision.kind.as_str(),
+            "tradeoff": decision.tradeoff.map(|t| t.to_string()),
+            "decision_ms": decision.decision_ms,
+            "scores": decision.candidates,
+            "shadow_version": decision.shadow_version,
+        }));
+    }
 }
 
 /// Forwards pieces to the client as they arrive, drops the usage chunk the client did not
@@ -277,6 +410,7 @@ pub struct Application {
     addr: SocketAddr,
     listener: TcpListener,
     router: Router,
+    state: Arc<AppState>,
 }
 
 impl Application {
@@ -290,7 +424,8 @@ impl Application {
         Ok(Self {
             addr,
             listener,
-            router: router(state),
+            router: router(state.clone()),
+            state,
         })
     }
 
@@ -298,11 +433,19 @@ impl Application {
         self.addr
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    /// The state the routes share (store, log writer, auth), for tests and tools.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, lets in-flight requests finish, then flushes the
+    /// outcome log.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Error> {
-        axum::serve(self.listener, self.router)
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(|e| Error::Internal(format!("server error: {e}")))
+            .map_err(|e| Error::Internal(format!("server error: {e}")));
+        self.state.shutdown_log().await;
+        served
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -24,6 +24,90 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
+    #[serde(default)]
+    pub router: RouterConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[database]`: where the outcome log, feedback and virtual keys live, and how rows get there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://FILE` (created if missing), `sqlite::memory:`, or `postgres://…`.
+    /// `env::NAME` reads the URL from that env var, so a password never sits in config.
+    pub url: String,
+    /// Whether the log keeps the prompt text (the last user message). Off by default: prompts
+    /// may hold personal data; the embedding and the hash are enough to train on.
+    pub store_prompts: bool,
+    /// Rows per multi-row insert.
+    pub batch_size: usize,
+    /// Longest a row waits in a partial batch before it is written.
+    pub batch_interval_ms: u64,
+    /// Rows the request path can queue before it diverts rows to the spill file.
+    pub channel_capacity: usize,
+    /// Append-only JSON-lines file that holds rows while the database is unreachable.
+    /// One per gateway process.
+    pub spill_path: PathBuf,
+    /// How often the writer retries the database while rows wait in the spill file.
+    pub retry_interval_ms: u64,
+    /// Longest one insert may take before its batch is spilled (and retried later).
+    pub write_timeout_ms: u64,
+    /// Connection pool size.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://switchyard.db".into(),
+            store_prompts: false,
+            batch_size: 512,
+            batch_interval_ms: 50,
+            channel_capacity: 16_384,
+            spill_path: PathBuf::from("switchyard-spill.jsonl"),
+            retry_interval_ms: 1_000,
+            write_timeout_ms: 5_000,
+            max_connections: 8,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The URL with an `env::NAME` reference resolved.
+    pub fn resolved_url(&self) -> Result<String, Error> {
+        match self.url.strip_prefix("env::") {
+            Some(var) => std::env::var(var)
+                .map_err(|_| Error::Config(format!("[database] url: env var `{var}` is not set"))),
+            None => Ok(self.url.clone()),
+        }
+    }
+}
+
+/// `[auth]`: who may call `/v1/*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `true`: anyone may call (a valid virtual key is still attributed to its tenant).
+    /// `false`: a virtual key or the master key is required. Unset: open unless a master key
+    /// is configured (`[server] master_key_env`), which keeps the no-config demo open.
+    pub open: Option<bool>,
+    /// How long a key lookup is trusted; a revoked key stops working within this time.
+    pub key_cache_ttl_ms: u64,
+    /// How long a key checked earlier keeps working while the database is unreachable.
+    pub key_stale_ttl_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            open: None,
+            key_cache_ttl_ms: 30_000,
+            key_stale_ttl_ms: 600_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +207,59 @@ pub struct RouteConfig {
     pub candidates: Vec<String>,
     /// Model used when no better choice can be made (no selector, or the selector is late).
     pub default: String,
+    /// How the route weighs quality against cost and latency: a preset (`best`, `balanced`,
+    /// `cheap`, `fast`) or `quality=1,cost=0.05,latency=0.02`. Callers may override it per
+    /// request with the `x-switchyard-tradeoff` header.
+    #[serde(default = "default_tradeoff")]
+    pub tradeoff: String,
+    /// Probability mass given to non-best candidates (ε-greedy), so training sees outcomes
+    /// of models the policy would not pick; 0 turns exploration off for this route.
+    #[serde(default = "default_exploration")]
+    pub exploration: f64,
+}
+
+fn default_tradeoff() -> String {
+    "balanced".into()
+}
+
+fn default_exploration() -> f64 {
+    0.02
+}
+
+/// `[router]`: the learned selector and the embedder it reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Selector checkpoint directory (`selector.json` + `selector.safetensors`). Missing:
+    /// routes use their default model, with a log line saying so.
+    pub checkpoint: Option<PathBuf>,
+    /// A second checkpoint scored on every routed request and logged, never served.
+    pub shadow_checkpoint: Option<PathBuf>,
+    /// Embedder weights directory; default `SWITCHYARD_EMBEDDER_DIR` or `.cache/models/all-MiniLM-L6-v2`.
+    pub embedder_dir: Option<PathBuf>,
+    /// Token window of the embedder (the checkpoint must have been trained with the same).
+    pub embedder_max_tokens: usize,
+    /// Threads for the embedder's matrix work (default: all cores).
+    pub embedder_threads: Option<usize>,
+    /// Time allowed for embedding and scoring; past it the route's default model is used.
+    pub decision_timeout_ms: u64,
+    /// How often to check the checkpoint files for a new version (0: only on SIGHUP or
+    /// `POST /admin/reload`).
+    pub reload_poll_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint: Some(PathBuf::from("models/default")),
+            shadow_checkpoint: None,
+            embedder_dir: None,
+            embedder_max_tokens: router_model::DEFAULT_MAX_TOKENS,
+            embedder_threads: None,
+            decision_timeout_ms: 150,
+            reload_poll_ms: 2_000,
+        }
+    }
 }
 
 impl Config {
@@ -149,6 +286,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), Error> {
+        if self.database.batch_size == 0 || self.database.channel_capacity == 0 {
+            return Err(Error::Config("[database] batch_size and channel_capacity must be at least 1".into()));
+        }
         for (name, provider) in &self.providers {
             if provider.kind != ProviderKind::Mock && provider.base_url.is_none() {
                 return Err(Error::Config(format!("provider `{name}` needs a base_url")));
@@ -175,6 +315,11 @@ impl Config {
                         "route `{name}` lists unknown model `{candidate}`"
                     )));
                 }
+            }
+            crate::routing::Tradeoff::parse_override(&route.tradeoff, crate::routing::Tradeoff::BALANCED)
+                .map_err(|e| Error::Config(format!("route `{name}`: {e}")))?;
+            if !(0.0..=1.0).contains(&route.exploration) {
+                return Err(Error::Config(format!("route `{name}`: exploration must be within 0..1")));
             }
             if !route.candidates.contains(&route.default) {
                 return Err(Error::Config(format!(

@@ -3,6 +3,8 @@
 //! Every failure a client can see goes through [`Error::into_response`], so the status code
 //! and the `{"error":{"message","type","param","code"}}` shape are decided in one place.
 
+use std::sync::Arc;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -44,6 +46,13 @@ pub enum Error {
     GatewayTimeout(String),
     #[error("configuration error: {0}")]
     Config(String),
+    /// The outcome log / key database could not be used. The request path only meets this
+    /// for key lookups and feedback; outcome rows never wait on the database.
+    #[error("database unavailable while {context}: {source}")]
+    Database {
+        context: &'static str,
+        source: Arc<sqlx::Error>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -73,6 +82,7 @@ impl Error {
             Self::Upstream { status, .. } => *status,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Database { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Config(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +102,7 @@ impl Error {
             Self::BadGateway(_) => "upstream_unreachable",
             Self::GatewayTimeout(_) => "upstream_timeout",
             Self::Config(_) => "config",
+            Self::Database { .. } => "database",
             Self::Internal(_) => "internal",
         }
     }
@@ -110,6 +121,7 @@ impl Error {
             Self::Upstream { kind, code, .. } => (kind.as_str(), None, code.as_deref()),
             Self::BadGateway(_) => ("api_error", None, Some("upstream_unreachable")),
             Self::GatewayTimeout(_) => ("api_error", None, Some("upstream_timeout")),
+            Self::Database { .. } => ("api_error", None, Some("database_unavailable")),
             Self::Config(_) | Self::Internal(_) => ("api_error", None, None),
         };
         json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})

@@ -11,7 +11,9 @@ pub mod openai;
 pub mod outcome;
 pub mod providers;
 pub mod registry;
+pub mod routing;
 pub mod sse;
+pub mod store;
 
 pub use app::Application;
 pub use config::Config;

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::mock::{self, Fault, MockOptions, ReplayStore};
+use gateway::store::keys::{create_key, NewKey};
+use gateway::store::{LogStore, Store};
 use gateway::{Application, Config};
+use uuid::Uuid;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,6 +31,21 @@ enum Command {
         /// Address to listen on (overrides `[server] listen`).
         #[arg(long, env = "SWITCHYARD_LISTEN")]
         listen: Option<SocketAddr>,
+        /// Outcome log database (overrides `[database] url`).
+        #[arg(long, env = "SWITCHYARD_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Apply database migrations (`serve` also applies them at start).
+    Migrate {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Manage virtual keys.
+    Keys {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Run the OpenAI-compatible mock upstream used by tests, benchmarks and demos.
     MockUpstream {
@@ -49,6 +67,57 @@ enum Command {
     },
 }
 
+/// Which database a maintenance command talks to.
+#[derive(clap::Args)]
+struct DatabaseArgs {
+    /// Config file whose `[database] url` to use.
+    #[arg(long, env = "SWITCHYARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Database URL (`sqlite://FILE` or `postgres://…`); overrides the config file.
+    #[arg(long, env = "SWITCHYARD_DATABASE_URL", global = true)]
+    database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// Opens and migrates the database.
+    async fn open(&self) -> anyhow::Result<Store> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::builtin_default(),
+        };
+        if let Some(url) = &self.database_url {
+            config.database.url = url.clone();
+        }
+        let store = Store::open(&config.database)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (it is shown only this once).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Spend allowed, in USD.
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        /// Requests per minute allowed.
+        #[arg(long)]
+        rpm: Option<i64>,
+        /// Tokens per minute allowed.
+        #[arg(long)]
+        tpm: Option<i64>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Disable a key; requests with it fail within the key cache TTL.
+    Revoke { id: Uuid },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -57,14 +126,17 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Serve { config, listen } => {
-            let config = match config {
+        Command::Serve { config, listen, database_url } => {
+            let mut config = match config {
                 Some(path) => Config::from_file(&path)?,
                 None => {
                     tracing::info!("no config file given: using the built-in demo config (mock upstream)");
                     Config::builtin_default()
                 }
             };
+            if let Some(url) = database_url {
+                config.database.url = url;
+            }
             let app = Application::build(&config, listen).await?;
             tracing::info!(addr = %app.addr(), "switchyard listening");
             app.run_until(shutdown_signal()).await?;
@@ -87,6 +159,46 @@ async fn main() -> anyhow::Result<()> {
             let addr = mock::spawn(listen, options).await?;
             tracing::info!(%addr, "mock upstream listening");
             shutdown_signal().await;
+        }
+        Command::Migrate { db } => {
+            let store = db.open().await?;
+            println!("{} database is up to date", store.backend());
+        }
+        Command::Keys { db, command } => {
+            let store = db.open().await?;
+            match command {
+                KeysCommand::Create { tenant, name, budget_usd, rpm, tpm } => {
+                    let (record, key) = create_key(&store, NewKey { tenant, name, rpm, tpm, budget_usd }).await?;
+                    println!("id:     {}", record.id);
+                    println!("tenant: {}", record.tenant);
+                    println!("key:    {key}");
+                    eprintln!("Store the key now: it is not shown again.");
+                }
+                KeysCommand::List => {
+                    println!("{:<36}  {:<16}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}  created_at", "id", "tenant", "name", "enabled", "rpm", "tpm", "budget_usd");
+                    for key in store.list_keys().await? {
+                        let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                        println!(
+                            "{:<36}  {:<16}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}  {}",
+                            key.id,
+                            key.tenant,
+                            show(key.name.clone()),
+                            key.enabled,
+                            show(key.rpm.map(|v| v.to_string())),
+                            show(key.tpm.map(|v| v.to_string())),
+                            show(key.budget_usd.map(|v| v.to_string())),
+                            key.created_at.to_rfc3339(),
+                        );
+                    }
+                }
+                KeysCommand::Revoke { id } => {
+                    if !store.set_key_enabled(id, false).await? {
+                        anyhow::bail!("no key with id {id}");
+                    }
+                    println!("revoked {id}");
+                }
+            }
+            store.close().await;
         }
     }
     Ok(())

@@ -1,12 +1,22 @@
 //! What happened to one request: the row the outcome log stores and training learns from.
+//!
+//! `finish_ok` / `finish_error` hand the row to the log writer (see [`RequestOutcome::log_to`]).
+//! An outcome dropped unfinished (the client went away mid-stream) is recorded as status 499,
+//! so every routed request leaves a row.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::Error;
 use crate::openai::Usage;
 use crate::registry::ModelEntry;
+use crate::store::{embedding_to_bytes, LogHandle, LogRow};
+
+/// Status recorded when the client disconnected before the answer was complete.
+pub const STATUS_CLIENT_CLOSED: u16 = 499;
 
 #[derive(Debug, Clone)]
 pub struct RequestOutcome {
@@ -21,6 +31,40 @@ pub struct RequestOutcome {
     pub cost_usd: Option<f64>,
     pub latency_ms: f64,
     pub first_token_ms: Option<f64>,
+    /// When the request arrived (wall clock, for the log's time column).
+    pub created_at: DateTime<Utc>,
+    /// Caller, from the virtual key (`None` for open access and the master key).
+    pub tenant: Option<String>,
+    pub key_id: Option<Uuid>,
+    /// Candidates with their predictions, as the router saw them.
+    pub candidates: Option<serde_json::Value>,
+    /// Probability the policy gave the chosen model (for off-policy training).
+    pub propensity: Option<f64>,
+    /// Selector checkpoint / policy version that made the choice.
+    pub checkpoint_version: Option<String>,
+    /// What a shadow policy would have chosen.
+    pub shadow_choice: Option<String>,
+    /// Hex blake3 of the prompt.
+    pub prompt_hash: Option<String>,
+    /// The query embedding, stored so that training need not embed again.
+    pub embedding: Option<Arc<[f32]>>,
+    /// The prompt; kept in the log only when `[database] store_prompts = true`.
+    pub prompt_text: Option<String>,
+    /// Cache lookup result (`miss`, `exact`, `semantic`, …).
+    pub cache_result: Option<&'static str>,
+    log: LogSink,
+    started: Instant,
+}
+
+/// Where a finished outcome goes. A clone of an outcome is a snapshot and records nothing,
+/// so that one request never leaves two rows.
+#[derive(Debug, Default)]
+struct LogSink(Option<LogHandle>);
+
+impl Clone for LogSink {
+    fn clone(&self) -> Self {
+        Self(None)
+    }
 }
 
 impl RequestOutcome {
@@ -37,6 +81,55 @@ impl RequestOutcome {
             cost_usd: None,
             latency_ms: 0.0,
             first_token_ms: None,
+            created_at: Utc::now(),
+            tenant: None,
+            key_id: None,
+            candidates: None,
+            propensity: None,
+            checkpoint_version: None,
+            shadow_choice: None,
+            prompt_hash: None,
+            embedding: None,
+            prompt_text: None,
+            cache_result: None,
+            log: LogSink(None),
+            started: Instant::now(),
+        }
+    }
+
+    /// Sends the row to the outcome log when the request finishes.
+    pub fn log_to(mut self, log: LogHandle) -> Self {
+        self.log = LogSink(Some(log));
+        self
+    }
+
+    /// The row the outcome log stores.
+    pub fn to_row(&self) -> LogRow {
+        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        LogRow {
+            id: self.request_id,
+            created_at: self.created_at,
+            tenant: self.tenant.clone(),
+            key_id: self.key_id,
+            route: self.route.clone(),
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            stream: self.stream,
+            candidates: self.candidates.clone(),
+            propensity: self.propensity,
+            checkpoint_version: self.checkpoint_version.clone(),
+            shadow_choice: self.shadow_choice.clone(),
+            prompt_hash: self.prompt_hash.clone(),
+            embedding: self.embedding.as_deref().map(embedding_to_bytes),
+            prompt_text: self.prompt_text.clone(),
+            prompt_tokens: self.usage.map(|u| tokens(u.prompt_tokens)),
+            completion_tokens: self.usage.map(|u| tokens(u.completion_tokens)),
+            cost_usd: self.cost_usd,
+            latency_ms: self.latency_ms,
+            first_token_ms: self.first_token_ms,
+            status: i32::from(self.status),
+            error_class: self.error_class.map(str::to_owned),
+            cache_result: self.cache_result.map(str::to_owned),
         }
     }
 
@@ -56,7 +149,10 @@ impl RequestOutcome {
         self.record();
     }
 
-    fn record(&self) {
+    fn record(&mut self) {
+        if let Some(log) = self.log.0.take() {
+            log.push(self.to_row());
+        }
         tracing::debug!(
             request_id = %self.request_id,
             route = self.route.as_deref().unwrap_or("-"),
@@ -70,5 +166,16 @@ impl RequestOutcome {
             first_token_ms = self.first_token_ms.unwrap_or(0.0),
             "request finished"
         );
+    }
+}
+
+impl Drop for RequestOutcome {
+    fn drop(&mut self) {
+        if self.log.0.is_some() {
+            self.status = STATUS_CLIENT_CLOSED;
+            self.error_class = Some("client_closed");
+            self.latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
+            self.record();
+        }
     }
 }

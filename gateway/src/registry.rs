@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::providers::anthropic::AnthropicProvider;
 use crate::providers::openai::OpenAiProvider;
 use crate::providers::Provider;
+use crate::routing::Tradeoff;
 
 /// A model the gateway can send requests to.
 pub struct ModelEntry {
@@ -22,6 +23,8 @@ pub struct ModelEntry {
     pub upstream_model: String,
     pub input_usd_per_mtok: f64,
     pub output_usd_per_mtok: f64,
+    /// A model the selector knows whose predictions this one borrows.
+    pub like: Option<String>,
 }
 
 impl ModelEntry {
@@ -34,6 +37,9 @@ pub struct RouteEntry {
     pub name: String,
     pub candidates: Vec<Arc<ModelEntry>>,
     pub default: Arc<ModelEntry>,
+    pub tradeoff: Tradeoff,
+    /// ε of the route's ε-greedy exploration.
+    pub exploration: f64,
 }
 
 /// What a client's `"model"` resolves to.
@@ -109,6 +115,7 @@ impl Registry {
                     upstream_model: model.upstream_model.clone().unwrap_or_else(|| name.clone()),
                     input_usd_per_mtok: model.input_usd_per_mtok,
                     output_usd_per_mtok: model.output_usd_per_mtok,
+                    like: model.like.clone(),
                 }),
             );
         }
@@ -129,6 +136,8 @@ impl Registry {
                     name: name.clone(),
                     candidates,
                     default,
+                    tradeoff: Tradeoff::parse_override(&route.tradeoff, Tradeoff::BALANCED)?,
+                    exploration: route.exploration,
                 }),
             );
         }

@@ -12,10 +12,21 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub mock_addr: SocketAddr,
     pub client: reqwest::Client,
-    _stop: oneshot::Sender<()>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    served: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), gateway::Error>>>>,
 }
 
 impl TestGateway {
+    /// Graceful shutdown: drains requests and flushes the outcome log.
+    pub async fn stop(&self) {
+        if let Some(stop) = self.stop.lock().expect("lock").take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.lock().await.take() {
+            served.await.expect("server task").expect("server ran");
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -41,14 +52,15 @@ pub async fn start(config_for: impl FnOnce(SocketAddr) -> String) -> TestGateway
         .expect("gateway builds");
     let addr = app.addr();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
+    let served = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     TestGateway {
         addr,
         mock_addr,
         client: reqwest::Client::new(),
-        _stop: stop,
+        stop: std::sync::Mutex::new(Some(stop)),
+        served: tokio::sync::Mutex::new(Some(served)),
     }
 }
 
@@ -59,6 +71,9 @@ pub fn standard_config(mock: SocketAddr) -> String {
 [server]
 max_body_bytes = 65536
 first_byte_timeout_ms = 500
+
+[database]
+url = "sqlite::memory:"
 
 [providers.openai]
 kind = "openai"

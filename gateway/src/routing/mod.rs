@@ -1,0 +1,430 @@
+//! Learned routing on the request path: embed the query once, score every candidate of the
+//! route with the selector, and let the policy choose for the caller's trade-off.
+//!
+//! The checkpoint is held behind an atomic pointer: a reload swaps it in one step, and a
+//! request that already took the old one finishes with it. When the embedder cannot answer
+//! before the decision deadline, the route's default model is used at once (the request is
+//! "shed"): passthrough traffic never waits for the model thread.
+
+pub mod policy;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use router_model::{
+    BertEmbedder, ChatTurn, Checkpoint, Embedder, EmbedderOptions, Embedding, EmbeddingService,
+    ModelSource, RequestFeatures, ServiceConfig,
+};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use crate::config::RouterConfig;
+use crate::error::Error;
+use crate::openai::{content_text, ChatRequest};
+use crate::registry::{ModelEntry, RouteEntry};
+pub use policy::{choose, Scored, Tradeoff};
+
+/// A checkpoint ready to serve, with each configured model mapped to its head.
+pub struct LoadedSelector {
+    pub checkpoint: Checkpoint,
+    /// `<dir name>@<created_at>`: logged with every decision.
+    pub version: String,
+    /// Configured model name → head index (own head, or its `like` model's).
+    heads: HashMap<String, usize>,
+    /// selector.json's modification time when loaded (for the file watch).
+    modified: Option<SystemTime>,
+}
+
+/// How a decision was reached (logged, and sent back as `x-switchyard-decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionKind {
+    /// The client named a model, not a route.
+    Fixed,
+    /// The selector's best candidate for the trade-off.
+    Selected,
+    /// A non-best candidate, chosen by exploration.
+    Explored,
+    /// The embedder missed the decision deadline: the route's default model.
+    Shed,
+    /// No selector checkpoint is loaded (or it knows none of the candidates).
+    Default,
+}
+
+impl DecisionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fixed => "fixed",
+            Self::Selected => "selected",
+            Self::Explored => "explored",
+            Self::Shed => "shed",
+            Self::Default => "default",
+        }
+    }
+}
+
+/// The routing decision for one request.
+pub struct Decision {
+    /// Chosen model first, then the fallback order.
+    pub ranking: Vec<Arc<ModelEntry>>,
+    pub kind: DecisionKind,
+    /// Probability the policy had of choosing `ranking[0]` (1 for fixed/default/shed).
+    pub propensity: f64,
+    /// Every scored candidate with its predictions.
+    pub candidates: Option<Value>,
+    pub checkpoint_version: Option<String>,
+    /// What the shadow checkpoint would have chosen (never served).
+    pub shadow_choice: Option<String>,
+    pub shadow_version: Option<String>,
+    /// The query embedding, when one was computed (reused by the semantic cache and logged).
+    pub embedding: Option<Embedding>,
+    pub tradeoff: Option<Tradeoff>,
+    pub decision_ms: f64,
+}
+
+impl Decision {
+    pub fn fixed(model: Arc<ModelEntry>) -> Self {
+        Self::plain(vec![model], DecisionKind::Fixed)
+    }
+
+    fn plain(ranking: Vec<Arc<ModelEntry>>, kind: DecisionKind) -> Self {
+        Self {
+            ranking,
+            kind,
+            propensity: 1.0,
+            candidates: None,
+            checkpoint_version: None,
+            shadow_choice: None,
+            shadow_version: None,
+            embedding: None,
+            tradeoff: None,
+            decision_ms: 0.0,
+        }
+    }
+
+    pub fn chosen(&self) -> &Arc<ModelEntry> {
+        // Every constructor puts at least one model in the ranking.
+        &self.ranking[0]
+    }
+}
+
+/// Per-request routing options from headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestPolicy {
+    pub tradeoff: Option<Tradeoff>,
+    pub max_cost_usd: Option<f64>,
+}
+
+struct ModelInfo {
+    name: String,
+    upstream_model: String,
+    like: Option<String>,
+}
+
+pub struct RoutingEngine {
+    config: RouterConfig,
+    models: Vec<ModelInfo>,
+    embedding: std::sync::OnceLock<EmbeddingService>,
+    active: ArcSwapOption<LoadedSelector>,
+    shadow: ArcSwapOption<LoadedSelector>,
+    /// Serialises reloads (the file watch, SIGHUP and the admin endpoint may race).
+    reload_lock: Mutex<()>,
+}
+
+impl RoutingEngine {
+    /// Loads the configured checkpoints (and the embedder, when a checkpoint needs it).
+    /// A missing checkpoint is not an error: routes then use their default model.
+    pub async fn start(config: RouterConfig, models: &HashMap<String, Arc<ModelEntry>>) -> Result<Arc<Self>, Error> {
+        let models = models
+            .values()
+            .map(|m| ModelInfo {
+                name: m.name.clone(),
+                upstream_model: m.upstream_model.clone(),
+                like: m.like.clone(),
+            })
+            .collect();
+        let engine = Arc::new(Self {
+            config,
+            models,
+            embedding: std::sync::OnceLock::new(),
+            active: ArcSwapOption::empty(),
+            shadow: ArcSwapOption::empty(),
+            reload_lock: Mutex::new(()),
+        });
+        engine.reload().await?;
+        if engine.config.reload_poll_ms > 0 {
+            let watched = Arc::downgrade(&engine);
+            let period = Duration::from_millis(engine.config.reload_poll_ms);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(engine) = watched.upgrade() else { break };
+                    if engine.checkpoint_changed() {
+                        if let Err(e) = engine.reload().await {
+                            tracing::error!(error = %e, "selector reload failed; keeping the current checkpoint");
+                        }
+                    }
+                }
+            });
+        }
+        Ok(engine)
+    }
+
+    pub fn active_version(&self) -> Option<String> {
+        self.active.load().as_ref().map(|s| s.version.clone())
+    }
+
+    pub fn shadow_version(&self) -> Option<String> {
+        self.shadow.load().as_ref().map(|s| s.version.clone())
+    }
+
+    /// The embedding service, once a checkpoint has needed it.
+    pub fn embedding_service(&self) -> Option<&EmbeddingService> {
+        self.embedding.get()
+    }
+
+    fn checkpoint_changed(&self) -> bool {
+        let changed = |path: &Option<PathBuf>, loaded: &ArcSwapOption<LoadedSelector>| {
+            let Some(path) = path else { return false };
+            let now = modified(path);
+            let before = loaded.load().as_ref().and_then(|s| s.modified);
+            now.is_some() && now != before
+        };
+        changed(&self.config.checkpoint, &self.active) || changed(&self.config.shadow_checkpoint, &self.shadow)
+    }
+
+    /// (Re)loads the active and shadow checkpoints from their paths and swaps them in
+    /// atomically. A checkpoint that fails to load leaves the current one in place.
+    pub async fn reload(&self) -> Result<(), Error> {
+        let _guard = self.reload_lock.lock().await;
+        for (path, slot, role) in [
+            (&self.config.checkpoint, &self.active, "active"),
+            (&self.config.shadow_checkpoint, &self.shadow, "shadow"),
+        ] {
+            let Some(path) = path else { continue };
+            if !path.join("selector.json").is_file() {
+                if role == "active" {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "no selector checkpoint: routes send every request to their default model until one is trained (switchyard train) and reloaded"
+                    );
+                }
+                continue;
+            }
+            let service = self.ensure_embedder().await?;
+            let (embedder_id, dim) = (service.embedder_id().to_owned(), service.dim());
+            let dir = path.clone();
+            let checkpoint = tokio::task::spawn_blocking(move || Checkpoint::load(&dir, &embedder_id, dim))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(|e| Error::Config(format!("{role} checkpoint {}: {e}", path.display())))?;
+            let loaded = self.prepare(checkpoint, path);
+            tracing::info!(role, version = %loaded.version, candidates = ?loaded.checkpoint.candidates(), "selector checkpoint loaded");
+            slot.store(Some(Arc::new(loaded)));
+        }
+        Ok(())
+    }
+
+    async fn ensure_embedder(&self) -> Result<&EmbeddingService, Error> {
+        if let Some(service) = self.embedding.get() {
+            return Ok(service);
+        }
+        let source = match &self.config.embedder_dir {
+            Some(dir) => ModelSource::Dir(dir.clone()),
+            None => ModelSource::default_dir(),
+        };
+        let options = EmbedderOptions {
+            max_tokens: self.config.embedder_max_tokens,
+            ..EmbedderOptions::default()
+        };
+        let service_config = ServiceConfig {
+            threads: self.config.embedder_threads.unwrap_or(ServiceConfig::default().threads),
+            ..ServiceConfig::default()
+        };
+        let service = tokio::task::spawn_blocking(move || {
+            let embedder = BertEmbedder::load(&source, &options)?;
+            tracing::info!(embedder = %embedder.id(), "embedder loaded");
+            EmbeddingService::start(Arc::new(embedder), service_config)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(|e| Error::Config(format!("embedder: {e} (run scripts/fetch-model.sh)")))?;
+        Ok(self.embedding.get_or_init(|| service))
+    }
+
+    fn prepare(&self, checkpoint: Checkpoint, path: &Path) -> LoadedSelector {
+        let mut heads = HashMap::new();
+        for model in &self.models {
+            // A model is known by its own name, its upstream name, or its `like`.
+            let resolved = checkpoint
+                .resolve_candidate(&model.name, model.like.as_deref())
+                .or_else(|| checkpoint.resolve_candidate(&model.upstream_model, None))
+                .or_else(|| checkpoint.resolve_candidate(&crate::mock::replay::canonical_model_id(&model.upstream_model), None));
+            match resolved {
+                Some(resolved) => {
+                    heads.insert(model.name.clone(), resolved.index);
+                }
+                None => tracing::debug!(model = %model.name, "model unknown to the selector; it is only used as a route default or fallback"),
+            }
+        }
+        let dir_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let version = format!("{dir_name}@{}", checkpoint.meta.created_at);
+        LoadedSelector {
+            checkpoint,
+            version,
+            heads,
+            modified: modified(path),
+        }
+    }
+
+    /// Chooses a model of `route` for `request`.
+    pub async fn decide(&self, route: &RouteEntry, request: &ChatRequest, options: RequestPolicy) -> Decision {
+        let started = Instant::now();
+        let default_first = || {
+            let mut ranking = vec![route.default.clone()];
+            ranking.extend(route.candidates.iter().filter(|c| c.name != route.default.name).cloned());
+            ranking
+        };
+        let active = self.active.load_full();
+        let shadow = self.shadow.load_full();
+        let (Some(service), true) = (self.embedding.get(), active.is_some() || shadow.is_some()) else {
+            return Decision::plain(default_first(), DecisionKind::Default);
+        };
+        let text = request.last_user_text();
+        let deadline = started + Duration::from_millis(self.config.decision_timeout_ms);
+        let embedding = match service.embed(&text, deadline).await {
+            Ok(embedding) => embedding,
+            Err(e) => {
+                if !e.is_overloaded() {
+                    tracing::warn!(error = %e, "embedding failed; using the route default");
+                }
+                let mut decision = Decision::plain(default_first(), DecisionKind::Shed);
+                decision.checkpoint_version = active.as_ref().map(|a| a.version.clone());
+                decision.decision_ms = started.elapsed().as_secs_f64() * 1e3;
+                return decision;
+            }
+        };
+        let features = request_features(request);
+        let tradeoff = options.tradeoff.unwrap_or(route.tradeoff);
+
+        let mut decision = match active.as_deref().and_then(|a| score(a, route, &embedding, &features, tradeoff)) {
+            Some(scored) => {
+                let draw: f64 = rand::random();
+                match choose(&scored, options.max_cost_usd, route.exploration, draw) {
+                    Some(choice) => {
+                        let mut ranking: Vec<Arc<ModelEntry>> =
+                            choice.ranking.iter().map(|&i| route.candidates[i].clone()).collect();
+                        // Models the selector cannot score still serve as last-resort fallbacks.
+                        for candidate in &route.candidates {
+                            if !ranking.iter().any(|m| m.name == candidate.name) {
+                                ranking.push(candidate.clone());
+                            }
+                        }
+                        let mut decision = Decision::plain(
+                            ranking,
+                            if choice.explored { DecisionKind::Explored } else { DecisionKind::Selected },
+                        );
+                        decision.propensity = choice.propensity;
+                        decision.candidates = Some(candidates_json(route, &scored));
+                        decision
+                    }
+                    None => Decision::plain(default_first(), DecisionKind::Default),
+                }
+            }
+            None => Decision::plain(default_first(), DecisionKind::Default),
+        };
+        decision.checkpoint_version = active.as_ref().map(|a| a.version.clone());
+        if let Some(shadow) = shadow.as_deref() {
+            if let Some(scored) = score(shadow, route, &embedding, &features, tradeoff) {
+                decision.shadow_choice = choose(&scored, options.max_cost_usd, 0.0, 0.0)
+                    .map(|c| route.candidates[c.ranking[0]].name.clone());
+                decision.shadow_version = Some(shadow.version.clone());
+            }
+        }
+        decision.embedding = Some(embedding);
+        decision.tradeoff = Some(tradeoff);
+        decision.decision_ms = started.elapsed().as_secs_f64() * 1e3;
+        decision
+    }
+}
+
+fn modified(checkpoint_dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(checkpoint_dir.join("selector.json")).and_then(|m| m.modified()).ok()
+}
+
+/// Selector predictions for the route's candidates that the checkpoint knows.
+fn score(
+    selector: &LoadedSelector,
+    route: &RouteEntry,
+    embedding: &[f32],
+    features: &RequestFeatures,
+    tradeoff: Tradeoff,
+) -> Option<Vec<Scored>> {
+    let predictions = match selector.checkpoint.predict(embedding, features) {
+        Ok(predictions) => predictions,
+        Err(e) => {
+            tracing::warn!(error = %e, "selector failed; using the route default");
+            return None;
+        }
+    };
+    let scored: Vec<Scored> = route
+        .candidates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, model)| {
+            let p = predictions.get(*selector.heads.get(&model.name)?)?;
+            let cost_usd = model.cost_usd(u64::from(features.prompt_tokens), p.output_tokens.max(0.0).round() as u64);
+            let (quality, latency_ms) = (f64::from(p.quality), f64::from(p.latency_ms));
+            Some(Scored {
+                candidate: i,
+                quality,
+                cost_usd,
+                latency_ms,
+                utility: tradeoff.utility(quality, cost_usd, latency_ms),
+            })
+        })
+        .collect();
+    (!scored.is_empty()).then_some(scored)
+}
+
+fn candidates_json(route: &RouteEntry, scored: &[Scored]) -> Value {
+    Value::Array(
+        scored
+            .iter()
+            .map(|s| {
+                json!({
+                    "model": route.candidates[s.candidate].name,
+                    "quality": s.quality,
+                    "cost_usd": s.cost_usd,
+                    "latency_ms": s.latency_ms,
+                    "utility": s.utility,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The selector's request features, from the OpenAI request.
+pub fn request_features(request: &ChatRequest) -> RequestFeatures {
+    let texts: Vec<(String, String)> = request
+        .messages()
+        .iter()
+        .map(|m| {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or_default().to_owned();
+            (role, content_text(m.get("content")))
+        })
+        .collect();
+    let turns: Vec<ChatTurn<'_>> = texts.iter().map(|(role, content)| ChatTurn { role, content }).collect();
+    let has_tools = request.body.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+    let max_tokens = request
+        .body
+        .get("max_completion_tokens")
+        .or_else(|| request.body.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok());
+    RequestFeatures::compute(&turns, has_tools, max_tokens, None)
+}

@@ -1,0 +1,611 @@
+//! The outcome log, feedback and virtual keys: what the gateway remembers.
+//!
+//! One logical schema (`migrations/postgres`, `migrations/sqlite`) behind the [`LogStore`]
+//! trait, with a Postgres implementation for production and an embedded SQLite one so that
+//! the no-config demo needs no server. [`Store`] picks one at run time from the URL.
+//!
+//! The request path never waits on the database: it hands finished rows to the
+//! [`writer::LogWriter`], which batches them, and spills them to a local file while the
+//! database is unreachable. Key checks go through the cache in [`keys::Authenticator`].
+
+pub mod feedback;
+pub mod keys;
+mod spill;
+pub mod writer;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+use uuid::Uuid;
+
+use crate::config::DatabaseConfig;
+use crate::error::Error;
+
+pub use keys::{ApiKey, Authenticator, Caller, NewKey};
+pub use writer::{LogHandle, LogWriter, WriterConfig, WriterStats};
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How long a pool waits for a connection. Short, so that a dead database turns into a
+/// spilled batch or a 503 quickly instead of a stuck writer or request.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One row of the outcome log, as stored (and as written to the spill file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct LogRow {
+    /// The request id clients see (UUIDv7, so rows sort by time).
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub tenant: Option<String>,
+    pub key_id: Option<Uuid>,
+    pub route: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub stream: bool,
+    /// Candidates with their predictions when the choice was made.
+    #[sqlx(json(nullable))]
+    pub candidates: Option<serde_json::Value>,
+    pub propensity: Option<f64>,
+    pub checkpoint_version: Option<String>,
+    pub shadow_choice: Option<String>,
+    /// Hex blake3 of the prompt.
+    pub prompt_hash: Option<String>,
+    /// The query embedding as f32 little-endian bytes (see [`embedding_to_bytes`]), so that
+    /// training need not embed the prompts again.
+    #[serde(default, with = "hex_bytes")]
+    pub embedding: Option<Vec<u8>>,
+    pub prompt_text: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub cost_usd: Option<f64>,
+    pub latency_ms: f64,
+    pub first_token_ms: Option<f64>,
+    pub status: i32,
+    pub error_class: Option<String>,
+    pub cache_result: Option<String>,
+}
+
+/// Columns of `request_log` in insert order; must match [`push_row`].
+const LOG_COLUMNS: &[&str] = &[
+    "id",
+    "created_at",
+    "tenant",
+    "key_id",
+    "route",
+    "provider",
+    "model",
+    "stream",
+    "candidates",
+    "propensity",
+    "checkpoint_version",
+    "shadow_choice",
+    "prompt_hash",
+    "embedding",
+    "prompt_text",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_ms",
+    "first_token_ms",
+    "status",
+    "error_class",
+    "cache_result",
+];
+
+/// Feedback on one request: 0 is bad, 1 is good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Feedback {
+    pub request_id: Uuid,
+    pub score: f64,
+    /// Who gave it (`user`, `api`, `eval`, …).
+    pub source: String,
+    pub comment: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The embedding as stored: f32 little-endian, 4 bytes per dimension.
+pub fn embedding_to_bytes(embedding: &[f32]) -> Vec<u8> {
+    embedding.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Inverse of [`embedding_to_bytes`]; a trailing partial value is ignored.
+pub fn embedding_from_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// What the gateway stores. Postgres and SQLite implement it with the same SQL where the
+/// dialects agree; [`Store`] dispatches between them.
+pub trait LogStore: Send + Sync {
+    /// Applies pending migrations.
+    fn migrate(&self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Cheap round trip, for `/ready`.
+    fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Inserts rows in multi-row statements, all or nothing. Rows whose id is already stored
+    /// are skipped, which makes replaying a spilled batch safe when an earlier attempt did
+    /// commit but its answer was lost.
+    fn insert_rows(&self, rows: &[LogRow]) -> impl Future<Output = Result<(), Error>> + Send;
+    fn fetch_row(&self, id: Uuid) -> impl Future<Output = Result<Option<LogRow>, Error>> + Send;
+    fn request_exists(&self, id: Uuid) -> impl Future<Output = Result<bool, Error>> + Send;
+    fn count_rows(&self) -> impl Future<Output = Result<i64, Error>> + Send;
+    fn insert_feedback(&self, feedback: &Feedback) -> impl Future<Output = Result<(), Error>> + Send;
+    fn feedback_for(&self, request_id: Uuid) -> impl Future<Output = Result<Vec<Feedback>, Error>> + Send;
+    fn insert_key(&self, key: &ApiKey) -> impl Future<Output = Result<(), Error>> + Send;
+    fn key_by_hash(&self, hash: &[u8]) -> impl Future<Output = Result<Option<ApiKey>, Error>> + Send;
+    fn list_keys(&self) -> impl Future<Output = Result<Vec<ApiKey>, Error>> + Send;
+    /// Enables or disables a key; `false` when no key has that id.
+    fn set_key_enabled(&self, id: Uuid, enabled: bool) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+fn db_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Database {
+        context,
+        source: Arc::new(source),
+    }
+}
+
+/// Binds one row's values in [`LOG_COLUMNS`] order. A macro because sqlx's per-database
+/// `Encode` bounds make a generic function noisier than the two expansions.
+macro_rules! push_row {
+    ($builder:expr, $row:expr) => {{
+        let row: &LogRow = $row;
+        $builder
+            .push_bind(row.id)
+            .push_bind(row.created_at)
+            .push_bind(row.tenant.as_deref())
+            .push_bind(row.key_id)
+            .push_bind(row.route.as_deref())
+            .push_bind(row.provider.as_str())
+            .push_bind(row.model.as_str())
+            .push_bind(row.stream)
+            .push_bind(row.candidates.as_ref().map(Json))
+            .push_bind(row.propensity)
+            .push_bind(row.checkpoint_version.as_deref())
+            .push_bind(row.shadow_choice.as_deref())
+            .push_bind(row.prompt_hash.as_deref())
+            .push_bind(row.embedding.as_deref())
+            .push_bind(row.prompt_text.as_deref())
+            .push_bind(row.prompt_tokens)
+            .push_bind(row.completion_tokens)
+            .push_bind(row.cost_usd)
+            .push_bind(row.latency_ms)
+            .push_bind(row.first_token_ms)
+            .push_bind(row.status)
+            .push_bind(row.error_class.as_deref())
+            .push_bind(row.cache_result.as_deref());
+    }};
+}
+
+/// One implementation of [`LogStore`] per database. The SQL is shared; `QueryBuilder` writes
+/// the placeholders each dialect wants (`$1` or `?`).
+macro_rules! sql_store {
+    ($(#[$meta:meta])* $name:ident, $db:ty, $pool:ty, $migrator:expr, $max_binds:expr) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: $pool,
+        }
+
+        impl $name {
+            pub fn new(pool: $pool) -> Self {
+                Self { pool }
+            }
+
+            pub fn pool(&self) -> &$pool {
+                &self.pool
+            }
+
+            fn insert_query(rows: &[LogRow]) -> QueryBuilder<'_, $db> {
+                let mut query = QueryBuilder::<$db>::new("INSERT INTO request_log (");
+                query.push(LOG_COLUMNS.join(", ")).push(") ");
+                query.push_values(rows, |mut values, row| push_row!(values, row));
+                query.push(" ON CONFLICT (id) DO NOTHING");
+                query
+            }
+        }
+
+        impl LogStore for $name {
+            async fn migrate(&self) -> Result<(), Error> {
+                // Two processes migrating one fresh SQLite file race on the first migration;
+                // the loser sees the winner's work when it tries again.
+                let mut attempt: u64 = 0;
+                loop {
+                    match $migrator.run(&self.pool).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) if attempt < 3 => {
+                            attempt += 1;
+                            tracing::debug!(error = %e, attempt, "migration failed, retrying");
+                            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                        }
+                        Err(e) => return Err(db_error("running migrations")(e.into())),
+                    }
+                }
+            }
+
+            async fn ping(&self) -> Result<(), Error> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(db_error("pinging the database"))
+            }
+
+            async fn insert_rows(&self, rows: &[LogRow]) -> Result<(), Error> {
+                const PER_STATEMENT: usize = $max_binds / LOG_COLUMNS.len();
+                let context = "writing the outcome log";
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                if rows.len() <= PER_STATEMENT {
+                    Self::insert_query(rows).build().execute(&self.pool).await.map_err(db_error(context))?;
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin().await.map_err(db_error(context))?;
+                for chunk in rows.chunks(PER_STATEMENT) {
+                    Self::insert_query(chunk).build().execute(&mut *tx).await.map_err(db_error(context))?;
+                }
+                tx.commit().await.map_err(db_error(context))
+            }
+
+            async fn fetch_row(&self, id: Uuid) -> Result<Option<LogRow>, Error> {
+                let mut query = QueryBuilder::<$db>::new("SELECT ");
+                query.push(LOG_COLUMNS.join(", ")).push(" FROM request_log WHERE id = ").push_bind(id);
+                query
+                    .build_query_as::<LogRow>()
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("reading the outcome log"))
+            }
+
+            async fn request_exists(&self, id: Uuid) -> Result<bool, Error> {
+                let mut query = QueryBuilder::<$db>::new("SELECT 1 FROM request_log WHERE id = ");
+                query.push_bind(id);
+                let found = query
+                    .build()
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("reading the outcome log"))?;
+                Ok(found.is_some())
+            }
+
+            async fn count_rows(&self) -> Result<i64, Error> {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM request_log")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("counting the outcome log"))
+            }
+
+            async fn insert_feedback(&self, feedback: &Feedback) -> Result<(), Error> {
+                let mut query = QueryBuilder::<$db>::new(
+                    "INSERT INTO feedback (request_id, score, source, comment, created_at) ",
+                );
+                query.push_values([feedback], |mut values, f| {
+                    values
+                        .push_bind(f.request_id)
+                        .push_bind(f.score)
+                        .push_bind(f.source.as_str())
+                        .push_bind(f.comment.as_deref())
+                        .push_bind(f.created_at);
+                });
+                query
+                    .build()
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(db_error("writing feedback"))
+            }
+
+            async fn feedback_for(&self, request_id: Uuid) -> Result<Vec<Feedback>, Error> {
+                let mut query = QueryBuilder::<$db>::new(
+                    "SELECT request_id, score, source, comment, created_at FROM feedback WHERE request_id = ",
+                );
+                query.push_bind(request_id).push(" ORDER BY id");
+                query
+                    .build_query_as::<Feedback>()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("reading feedback"))
+            }
+
+            async fn insert_key(&self, key: &ApiKey) -> Result<(), Error> {
+                let mut query = QueryBuilder::<$db>::new(
+                    "INSERT INTO api_keys (id, key_hash, tenant, name, rpm, tpm, budget_usd, enabled, created_at) ",
+                );
+                query.push_values([key], |mut values, k| {
+                    values
+                        .push_bind(k.id)
+                        .push_bind(k.key_hash.as_slice())
+                        .push_bind(k.tenant.as_str())
+                        .push_bind(k.name.as_deref())
+                        .push_bind(k.rpm)
+                        .push_bind(k.tpm)
+                        .push_bind(k.budget_usd)
+                        .push_bind(k.enabled)
+                        .push_bind(k.created_at);
+                });
+                query
+                    .build()
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(db_error("creating a key"))
+            }
+
+            async fn key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKey>, Error> {
+                let mut query = QueryBuilder::<$db>::new(keys::SELECT_KEYS);
+                query.push(" WHERE key_hash = ").push_bind(hash);
+                query
+                    .build_query_as::<ApiKey>()
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("looking up a key"))
+            }
+
+            async fn list_keys(&self) -> Result<Vec<ApiKey>, Error> {
+                let mut query = QueryBuilder::<$db>::new(keys::SELECT_KEYS);
+                query.push(" ORDER BY created_at, id");
+                query
+                    .build_query_as::<ApiKey>()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("listing keys"))
+            }
+
+            async fn set_key_enabled(&self, id: Uuid, enabled: bool) -> Result<bool, Error> {
+                let mut query = QueryBuilder::<$db>::new("UPDATE api_keys SET enabled = ");
+                query.push_bind(enabled).push(" WHERE id = ").push_bind(id);
+                let done = query
+                    .build()
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("updating a key"))?;
+                Ok(done.rows_affected() > 0)
+            }
+        }
+    };
+}
+
+sql_store!(
+    /// Postgres: the production store.
+    PgStore, Postgres, PgPool, POSTGRES_MIGRATIONS, 65_535
+);
+sql_store!(
+    /// Embedded SQLite: the default, so the gateway runs with nothing else installed.
+    SqliteStore, Sqlite, SqlitePool, SQLITE_MIGRATIONS, 32_766
+);
+
+/// The store the URL names.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $store:ident => $call:expr) => {
+        match $self {
+            Store::Postgres($store) => $call,
+            Store::Sqlite($store) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the database `[database] url` names (without migrating it).
+    pub fn open(config: &DatabaseConfig) -> Result<Self, Error> {
+        Self::connect(&config.resolved_url()?, config.max_connections)
+    }
+
+    /// Opens a pool for `url`. Connections are made lazily, so a database that is down at
+    /// this moment is an error at first use, not here.
+    pub fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
+        let max_connections = max_connections.max(1);
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url).map_err(db_error("parsing the database url"))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options);
+            Ok(Self::Postgres(PgStore::new(pool)))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(db_error("parsing the database url"))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5));
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let pool = if in_memory {
+                // An in-memory database lives as long as one of its connections: keep one.
+                SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+            } else {
+                SqlitePoolOptions::new().max_connections(max_connections)
+            };
+            let pool = pool.acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(options);
+            Ok(Self::Sqlite(SqliteStore::new(pool)))
+        } else {
+            Err(Error::Config(format!(
+                "[database] url must start with sqlite: or postgres:, got `{}`",
+                url.split(':').next().unwrap_or_default()
+            )))
+        }
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        dispatch!(self, s => s.pool().close().await)
+    }
+}
+
+impl LogStore for Store {
+    async fn migrate(&self) -> Result<(), Error> {
+        dispatch!(self, s => s.migrate().await)
+    }
+    async fn ping(&self) -> Result<(), Error> {
+        dispatch!(self, s => s.ping().await)
+    }
+    async fn insert_rows(&self, rows: &[LogRow]) -> Result<(), Error> {
+        dispatch!(self, s => s.insert_rows(rows).await)
+    }
+    async fn fetch_row(&self, id: Uuid) -> Result<Option<LogRow>, Error> {
+        dispatch!(self, s => s.fetch_row(id).await)
+    }
+    async fn request_exists(&self, id: Uuid) -> Result<bool, Error> {
+        dispatch!(self, s => s.request_exists(id).await)
+    }
+    async fn count_rows(&self) -> Result<i64, Error> {
+        dispatch!(self, s => s.count_rows().await)
+    }
+    async fn insert_feedback(&self, feedback: &Feedback) -> Result<(), Error> {
+        dispatch!(self, s => s.insert_feedback(feedback).await)
+    }
+    async fn feedback_for(&self, request_id: Uuid) -> Result<Vec<Feedback>, Error> {
+        dispatch!(self, s => s.feedback_for(request_id).await)
+    }
+    async fn insert_key(&self, key: &ApiKey) -> Result<(), Error> {
+        dispatch!(self, s => s.insert_key(key).await)
+    }
+    async fn key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKey>, Error> {
+        dispatch!(self, s => s.key_by_hash(hash).await)
+    }
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, Error> {
+        dispatch!(self, s => s.list_keys().await)
+    }
+    async fn set_key_enabled(&self, id: Uuid, enabled: bool) -> Result<bool, Error> {
+        dispatch!(self, s => s.set_key_enabled(id, enabled).await)
+    }
+}
+
+/// Whether a failed write failed because of the rows themselves (a value the database
+/// refuses), not because the database is unreachable or misconfigured. Only such batches
+/// are split to find the bad row; anything else waits in the spill file and is retried.
+pub(crate) fn is_row_error(error: &Error) -> bool {
+    let Error::Database { source, .. } = error else {
+        return false;
+    };
+    let Some(db) = source.as_database_error() else {
+        return false;
+    };
+    use sqlx::error::ErrorKind;
+    match db.kind() {
+        ErrorKind::UniqueViolation
+        | ErrorKind::ForeignKeyViolation
+        | ErrorKind::NotNullViolation
+        | ErrorKind::CheckViolation => true,
+        // Postgres class 22: data exception (bad encoding, NUL in text, out of range).
+        _ => db.code().is_some_and(|code| code.starts_with("22")),
+    }
+}
+
+/// `Option<Vec<u8>>` as a hex string in the spill file: a third of the size of a JSON array.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => {
+                let mut text = String::with_capacity(bytes.len() * 2);
+                for b in bytes {
+                    text.push(char::from(HEX[usize::from(b >> 4)]));
+                    text.push(char::from(HEX[usize::from(b & 0xf)]));
+                }
+                serializer.serialize_some(&text)
+            }
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(deserializer)? else {
+            return Ok(None);
+        };
+        let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+        text.as_bytes()
+            .chunks(2)
+            .map(|pair| match pair {
+                [hi, lo] => Some((digit(*hi)? << 4) | digit(*lo)?),
+                _ => None,
+            })
+            .collect::<Option<Vec<u8>>>()
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("invalid hex in `embedding`"))
+    }
+
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedding_bytes_round_trip() {
+        let embedding = vec![0.25f32, -1.5, f32::MIN_POSITIVE, 3.0e7];
+        let bytes = embedding_to_bytes(&embedding);
+        assert_eq!(bytes.len(), 16);
+        assert_eq!(&bytes[..4], &0.25f32.to_le_bytes());
+        assert_eq!(embedding_from_bytes(&bytes), embedding);
+    }
+
+    #[test]
+    fn spill_json_round_trips_embedding_as_hex() {
+        let row = LogRow {
+            id: Uuid::now_v7(),
+            created_at: Utc::now(),
+            tenant: None,
+            key_id: None,
+            route: None,
+            provider: "p".into(),
+            model: "m".into(),
+            stream: false,
+            candidates: None,
+            propensity: None,
+            checkpoint_version: None,
+            shadow_choice: None,
+            prompt_hash: None,
+            embedding: Some(vec![0, 1, 0xab, 0xff]),
+            prompt_text: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cost_usd: None,
+            latency_ms: 1.0,
+            first_token_ms: None,
+            status: 200,
+            error_class: None,
+            cache_result: None,
+        };
+        let text = serde_json::to_string(&row).unwrap_or_default();
+        assert!(text.contains("\"0001abff\""), "{text}");
+        let back: Option<LogRow> = serde_json::from_str(&text).ok();
+        assert_eq!(back, Some(row));
+    }
+
+    #[test]
+    fn unknown_scheme_is_a_config_error() {
+        assert!(matches!(Store::connect("mysql://x", 1), Err(Error::Config(_))));
+    }
+}

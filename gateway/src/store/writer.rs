@@ -1,0 +1,652 @@
+//! The log writer: gets outcome rows off the request path and into the database in batches.
+//!
+//! - The request path calls [`LogHandle::push`], which never waits: it `try_send`s into a
+//!   bounded channel.
+//! - One task takes rows off the channel and inserts them in multi-row statements, when a
+//!   batch is full (`batch_size`) or its first row has waited `batch_interval`.
+//! - When an insert fails (database down, timeout), the batch is appended to the spill file
+//!   (JSON lines, synced) and the database is retried every `retry_interval`. While the spill
+//!   file holds rows, new batches are appended to it too, so rows reach the database in the
+//!   order they arrived; the replay reads the file front to back and removes it when done.
+//!   Inserts skip ids already stored, so a batch whose commit succeeded but whose answer was
+//!   lost is replayed without duplicates.
+//! - When the channel is full (the database is slower than the traffic), `push` hands the row
+//!   to a dedicated spill thread over an unbounded channel instead of dropping it. That
+//!   thread only appends to a local file, which keeps up with any request rate, so the
+//!   unbounded queue stays short while the request never waits on disk or database.
+//! - A row the database refuses for its content (not for being unreachable) is written to
+//!   `<spill_path>.rejected` instead of blocking the replay forever.
+//!
+//! Every row is counted by where it went ([`WriterStats`]); only when the database *and* the
+//! local disk fail is a row dropped, and then it is counted and logged as an error.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::spill::{self, SpillFile};
+use super::{is_row_error, LogRow, LogStore, Store};
+use crate::config::DatabaseConfig;
+use crate::error::Error;
+
+/// Rows whose ids are remembered for feedback before they reach the database; past this,
+/// feedback for a row still on its way gets a 404 until the row is written.
+const MAX_PENDING_IDS: usize = 1_000_000;
+/// How long shutdown keeps replaying the spill file; the rest waits for the next start.
+const SHUTDOWN_REPLAY_BUDGET: Duration = Duration::from_secs(5);
+/// How long one replay pass may run before the writer goes back to the channel.
+const REPLAY_PASS_BUDGET: Duration = Duration::from_millis(250);
+
+/// How the writer batches and where it spills.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub batch_size: usize,
+    pub batch_interval: Duration,
+    pub channel_capacity: usize,
+    pub spill_path: PathBuf,
+    pub retry_interval: Duration,
+    pub write_timeout: Duration,
+    /// When false, `prompt_text` is removed from every row before it is queued.
+    pub store_prompts: bool,
+}
+
+impl WriterConfig {
+    pub fn from_config(config: &DatabaseConfig) -> Self {
+        Self {
+            batch_size: config.batch_size.max(1),
+            batch_interval: Duration::from_millis(config.batch_interval_ms),
+            channel_capacity: config.channel_capacity.max(1),
+            spill_path: config.spill_path.clone(),
+            retry_interval: Duration::from_millis(config.retry_interval_ms.max(1)),
+            write_timeout: Duration::from_millis(config.write_timeout_ms.max(1)),
+            store_prompts: config.store_prompts,
+        }
+    }
+}
+
+/// Where rows went, counted since start. With an empty spill file at start and the writer
+/// idle, `accepted == written + replayed + rejected + dropped_channel_full + dropped_spill_failed`
+/// once the spill file is empty again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WriterStats {
+    /// Rows handed to the writer.
+    pub accepted: u64,
+    /// Rows inserted straight from a batch.
+    pub written: u64,
+    /// Rows appended to the spill file (database down, backlog being replayed, or channel full).
+    pub spilled: u64,
+    /// Of the spilled rows, those that took the spill thread because the channel was full.
+    pub overflowed: u64,
+    /// Rows inserted from the spill file (including rows an earlier run left there).
+    pub replayed: u64,
+    /// Rows the database refused for their content; kept in `<spill_path>.rejected`.
+    pub rejected: u64,
+    /// Rows lost: the channel was full and the spill file could not be written.
+    pub dropped_channel_full: u64,
+    /// Rows lost: the database and the spill file both failed.
+    pub dropped_spill_failed: u64,
+    /// Lines of the spill file that could not be read back (cut short by a crash).
+    pub unreadable: u64,
+    /// Insert attempts that failed (each spills or keeps its batch in the spill file).
+    pub write_failures: u64,
+    /// Rows in the channel now.
+    pub queued: u64,
+    /// Bytes in the spill file now.
+    pub spill_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    written: AtomicU64,
+    spilled: AtomicU64,
+    overflowed: AtomicU64,
+    replayed: AtomicU64,
+    rejected: AtomicU64,
+    dropped_channel_full: AtomicU64,
+    dropped_spill_failed: AtomicU64,
+    unreadable: AtomicU64,
+    write_failures: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// Why rows are going to the spill file; decides which counter a failure lands in.
+#[derive(Debug, Clone, Copy)]
+enum SpillReason {
+    DatabaseDown,
+    ChannelFull,
+}
+
+struct Shared {
+    counters: Counters,
+    /// Ids accepted but not in the database yet (queued, batched or spilled), so that
+    /// feedback for a request answered a moment ago is not refused.
+    pending: Mutex<HashSet<Uuid>>,
+    spill: Mutex<SpillFile>,
+    /// The spill thread's inbox; taken at shutdown, which ends the thread.
+    overflow: Mutex<Option<std::sync::mpsc::Sender<LogRow>>>,
+    store_prompts: bool,
+}
+
+/// A poisoned lock only means another thread panicked mid-update; the data is still the
+/// best we have, and losing the log over it would be worse.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    fn mark_pending(&self, id: Uuid) {
+        let mut pending = lock(&self.pending);
+        if pending.len() < MAX_PENDING_IDS {
+            pending.insert(id);
+        }
+    }
+
+    fn unmark_pending(&self, rows: &[LogRow]) {
+        let mut pending = lock(&self.pending);
+        for row in rows {
+            pending.remove(&row.id);
+        }
+    }
+
+    /// Appends rows to the spill file (blocking). Rows that cannot be written are counted
+    /// as dropped and logged: the one place a row can be lost.
+    fn spill_rows(&self, rows: &[LogRow], reason: SpillReason) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut spill = lock(&self.spill);
+        match spill.append(rows) {
+            Ok(()) => add(&self.counters.spilled, rows.len()),
+            Err(error) => {
+                let counter = match reason {
+                    SpillReason::DatabaseDown => &self.counters.dropped_spill_failed,
+                    SpillReason::ChannelFull => &self.counters.dropped_channel_full,
+                };
+                add(counter, rows.len());
+                drop(spill);
+                self.unmark_pending(rows);
+                tracing::error!(%error, rows = rows.len(), ?reason, "outcome rows lost: cannot write the spill file");
+            }
+        }
+    }
+
+    fn spill_bytes(&self) -> u64 {
+        lock(&self.spill).len()
+    }
+}
+
+enum Msg {
+    Row(LogRow),
+    /// Reply once everything queued before has been written or spilled.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The request path's side of the writer: cheap to clone, never waits.
+#[derive(Clone)]
+pub struct LogHandle {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHandle").field("stats", &self.stats()).finish()
+    }
+}
+
+impl LogHandle {
+    /// Queues a row without waiting. When the channel is full or closed the row goes to the
+    /// spill file instead (via the spill thread, or directly once the writer has stopped).
+    pub fn push(&self, mut row: LogRow) {
+        self.prepare(&mut row);
+        let row = match self.tx.try_send(Msg::Row(row)) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(Msg::Row(row))) => {
+                add(&self.shared.counters.overflowed, 1);
+                match self.to_spill_thread(row) {
+                    Ok(()) => return,
+                    Err(row) => row,
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(Msg::Row(row))) => row,
+            // Only rows are ever `try_send`.
+            Err(_) => return,
+        };
+        // The writer or the spill thread has stopped (shutdown): append right here, for
+        // the next start to replay.
+        self.shared.spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
+    }
+
+    fn to_spill_thread(&self, row: LogRow) -> Result<(), LogRow> {
+        match lock(&self.shared.overflow).as_ref() {
+            Some(tx) => tx.send(row).map_err(|e| e.0),
+            None => Err(row),
+        }
+    }
+
+    /// Queues a row, waiting for room in the channel. For bulk loaders and benchmarks, not
+    /// for the request path.
+    pub async fn send(&self, mut row: LogRow) -> Result<(), Error> {
+        self.prepare(&mut row);
+        match self.tx.send(Msg::Row(row)).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(msg)) => {
+                if let Msg::Row(row) = msg {
+                    self.shared.spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until every row queued before this call is in the database or the spill file.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(done))
+            .await
+            .map_err(|_| Error::Internal("the log writer has stopped".into()))?;
+        wait.await.map_err(|_| Error::Internal("the log writer has stopped".into()))
+    }
+
+    /// Whether `id` was accepted by this process and is still on its way to the database.
+    pub fn is_pending(&self, id: Uuid) -> bool {
+        lock(&self.shared.pending).contains(&id)
+    }
+
+    /// Whether rows keep their prompt text (`[database] store_prompts`).
+    pub fn stores_prompts(&self) -> bool {
+        self.shared.store_prompts
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WriterStats {
+            accepted: get(&c.accepted),
+            written: get(&c.written),
+            spilled: get(&c.spilled),
+            overflowed: get(&c.overflowed),
+            replayed: get(&c.replayed),
+            rejected: get(&c.rejected),
+            dropped_channel_full: get(&c.dropped_channel_full),
+            dropped_spill_failed: get(&c.dropped_spill_failed),
+            unreadable: get(&c.unreadable),
+            write_failures: get(&c.write_failures),
+            queued: (self.tx.max_capacity() - self.tx.capacity()) as u64,
+            spill_bytes: self.shared.spill_bytes(),
+        }
+    }
+
+    fn prepare(&self, row: &mut LogRow) {
+        if !self.shared.store_prompts {
+            row.prompt_text = None;
+        } else if let Some(text) = &mut row.prompt_text {
+            // Postgres text cannot hold NUL; without this one prompt would be refused.
+            if text.contains('\0') {
+                *text = text.replace('\0', "");
+            }
+        }
+        add(&self.shared.counters.accepted, 1);
+        self.shared.mark_pending(row.id);
+    }
+}
+
+/// The writer task and its spill thread; [`LogWriter::shutdown`] flushes and stops them.
+pub struct LogWriter {
+    handle: LogHandle,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    overflow_thread: std::thread::JoinHandle<()>,
+}
+
+impl LogWriter {
+    /// Starts the writer. Rows an earlier run left in the spill file are replayed as soon as
+    /// the database answers.
+    pub fn spawn(store: Store, config: WriterConfig) -> Result<Self, Error> {
+        let spill = SpillFile::open(&config.spill_path).map_err(|e| {
+            Error::Config(format!("cannot open the spill file {}: {e}", config.spill_path.display()))
+        })?;
+        if spill.len() > 0 {
+            tracing::info!(path = %spill.path().display(), bytes = spill.len(), "outcome rows left in the spill file will be replayed");
+        }
+        let (overflow_tx, overflow_rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
+            counters: Counters::default(),
+            pending: Mutex::new(HashSet::new()),
+            spill: Mutex::new(spill),
+            overflow: Mutex::new(Some(overflow_tx)),
+            store_prompts: config.store_prompts,
+        });
+        let overflow_thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("switchyard-spill".into())
+                .spawn(move || overflow_loop(&overflow_rx, &shared))
+                .map_err(|e| Error::Internal(format!("cannot start the spill thread: {e}")))?
+        };
+        let (tx, rx) = mpsc::channel(config.channel_capacity);
+        let (stop, stopped) = oneshot::channel();
+        let writer = Writer {
+            store,
+            rx,
+            shared: shared.clone(),
+            rejected_path: rejected_path(&config.spill_path),
+            config,
+            replay_offset: 0,
+            retry_at: None,
+        };
+        let task = tokio::spawn(writer.run(stopped));
+        Ok(Self {
+            handle: LogHandle { tx, shared },
+            stop,
+            task,
+            overflow_thread,
+        })
+    }
+
+    pub fn handle(&self) -> LogHandle {
+        self.handle.clone()
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        self.handle.stats()
+    }
+
+    /// Stops taking rows, writes everything queued (or spills it), replays the spill file
+    /// for up to a few seconds, and returns the final counts. Rows pushed after this go
+    /// straight to the spill file for the next start.
+    pub async fn shutdown(self) -> WriterStats {
+        // The spill thread first, so that its rows are in the file before the last replay.
+        drop(lock(&self.handle.shared.overflow).take());
+        let thread = self.overflow_thread;
+        if !matches!(tokio::task::spawn_blocking(move || thread.join()).await, Ok(Ok(()))) {
+            tracing::error!("the spill thread panicked");
+        }
+        let _ = self.stop.send(());
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "the log writer task failed");
+        }
+        let stats = self.handle.stats();
+        tracing::info!(?stats, "log writer stopped");
+        stats
+    }
+}
+
+fn rejected_path(spill_path: &Path) -> PathBuf {
+    let mut name = spill_path.as_os_str().to_owned();
+    name.push(".rejected");
+    PathBuf::from(name)
+}
+
+/// The spill thread: appends what the request path could not queue.
+fn overflow_loop(rx: &std::sync::mpsc::Receiver<LogRow>, shared: &Shared) {
+    while let Ok(first) = rx.recv() {
+        let mut rows = vec![first];
+        while rows.len() < 4096 {
+            match rx.try_recv() {
+                Ok(row) => rows.push(row),
+                Err(_) => break,
+            }
+        }
+        shared.spill_rows(&rows, SpillReason::ChannelFull);
+    }
+}
+
+struct Writer {
+    store: Store,
+    rx: mpsc::Receiver<Msg>,
+    shared: Arc<Shared>,
+    config: WriterConfig,
+    rejected_path: PathBuf,
+    /// How far the replay has read the spill file.
+    replay_offset: u64,
+    /// Set after a failed write: no database attempt before then.
+    retry_at: Option<Instant>,
+}
+
+impl Writer {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let batch_size = self.config.batch_size;
+        let mut batch: Vec<LogRow> = Vec::with_capacity(batch_size);
+        let mut inbox: Vec<Msg> = Vec::with_capacity(batch_size);
+        let mut stopping = false;
+        loop {
+            let replay_due = self.replay_due();
+            tokio::select! {
+                biased;
+                _ = &mut stop, if !stopping => {
+                    // Refuse new rows; what is queued is still received below.
+                    stopping = true;
+                    self.rx.close();
+                    continue;
+                }
+                received = self.rx.recv_many(&mut inbox, batch_size) => {
+                    if received == 0 {
+                        break;
+                    }
+                }
+                _ = sleep_until_opt(replay_due), if replay_due.is_some() => {
+                    self.replay(REPLAY_PASS_BUDGET).await;
+                    continue;
+                }
+            }
+            // Fill the batch until it is full or its first row has waited long enough.
+            let deadline = Instant::now() + self.config.batch_interval;
+            loop {
+                for msg in inbox.drain(..) {
+                    match msg {
+                        Msg::Row(row) => batch.push(row),
+                        Msg::Flush(done) => {
+                            self.write(&mut batch).await;
+                            let _ = done.send(());
+                        }
+                    }
+                }
+                if batch.is_empty() || batch.len() >= batch_size {
+                    break;
+                }
+                let room = batch_size - batch.len();
+                match tokio::time::timeout_at(deadline, self.rx.recv_many(&mut inbox, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            self.write(&mut batch).await;
+            if self.replay_due().is_some_and(|at| at <= Instant::now()) {
+                self.replay(REPLAY_PASS_BUDGET).await;
+            }
+        }
+        self.replay(SHUTDOWN_REPLAY_BUDGET).await;
+        let left = self.shared.spill_bytes();
+        if left > 0 {
+            tracing::warn!(bytes = left, "outcome rows remain in the spill file; they are replayed at the next start");
+        }
+    }
+
+    /// When the spill file should next be replayed; `None` when it is empty.
+    fn replay_due(&self) -> Option<Instant> {
+        if self.shared.spill_bytes() == 0 {
+            return None;
+        }
+        Some(self.retry_at.unwrap_or_else(Instant::now))
+    }
+
+    /// Writes a batch, or spills it while the spill file has rows (to keep the order) or the
+    /// database has just failed.
+    async fn write(&mut self, batch: &mut Vec<LogRow>) {
+        if batch.is_empty() {
+            return;
+        }
+        let rows = std::mem::take(batch);
+        if self.shared.spill_bytes() > 0 {
+            *batch = self.spill(rows).await;
+            batch.clear();
+            return;
+        }
+        match self.insert(&rows).await {
+            Ok(rejected) => {
+                add(&self.shared.counters.written, rows.len() - rejected);
+                self.shared.unmark_pending(&rows);
+                *batch = rows;
+            }
+            Err(error) => {
+                self.failed(&error);
+                *batch = self.spill(rows).await;
+            }
+        }
+        batch.clear();
+    }
+
+    fn failed(&mut self, error: &Error) {
+        add(&self.shared.counters.write_failures, 1);
+        if self.retry_at.is_none() {
+            tracing::warn!(%error, "cannot write the outcome log; spilling rows to disk until the database is back");
+        } else {
+            tracing::debug!(%error, "outcome log still unreachable");
+        }
+        self.retry_at = Some(Instant::now() + self.config.retry_interval);
+    }
+
+    /// Appends rows to the spill file off the async threads; gives the buffer back.
+    async fn spill(&self, rows: Vec<LogRow>) -> Vec<LogRow> {
+        let shared = self.shared.clone();
+        let spilled = tokio::task::spawn_blocking(move || {
+            shared.spill_rows(&rows, SpillReason::DatabaseDown);
+            rows
+        })
+        .await;
+        spilled.unwrap_or_default()
+    }
+
+    /// Inserts rows with a time limit. If the database refuses the batch for its content,
+    /// rows are inserted one by one and the refused ones set aside. Returns how many were
+    /// set aside.
+    async fn insert(&self, rows: &[LogRow]) -> Result<usize, Error> {
+        let error = match self.insert_timed(rows).await {
+            Ok(()) => return Ok(0),
+            Err(error) if is_row_error(&error) => error,
+            Err(error) => return Err(error),
+        };
+        tracing::warn!(%error, rows = rows.len(), "the database refused a batch; inserting its rows one by one");
+        let mut refused = Vec::new();
+        for row in rows {
+            match self.insert_timed(std::slice::from_ref(row)).await {
+                Ok(()) => {}
+                Err(error) if is_row_error(&error) => {
+                    tracing::error!(%error, id = %row.id, "the database refused an outcome row; set aside");
+                    refused.push(row.clone());
+                }
+                // Rows inserted so far are skipped when the whole batch is retried.
+                Err(error) => return Err(error),
+            }
+        }
+        let path = self.rejected_path.clone();
+        let count = refused.len();
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let kept = SpillFile::open(&path).and_then(|mut file| file.append(&refused));
+            match kept {
+                Ok(()) => add(&shared.counters.rejected, refused.len()),
+                Err(error) => {
+                    add(&shared.counters.dropped_spill_failed, refused.len());
+                    tracing::error!(%error, path = %path.display(), "cannot keep refused outcome rows");
+                }
+            }
+        })
+        .await;
+        Ok(count)
+    }
+
+    async fn insert_timed(&self, rows: &[LogRow]) -> Result<(), Error> {
+        match tokio::time::timeout(self.config.write_timeout, self.store.insert_rows(rows)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Database {
+                context: "writing the outcome log (timed out)",
+                source: Arc::new(sqlx::Error::PoolTimedOut),
+            }),
+        }
+    }
+
+    /// Replays the spill file front to back for up to `budget`, and removes it once all of
+    /// it is in the database. Stops at the first failure and waits `retry_interval`.
+    async fn replay(&mut self, budget: Duration) {
+        let started = Instant::now();
+        loop {
+            if self.retry_at.is_some_and(|at| at > Instant::now()) {
+                return;
+            }
+            let (path, end) = {
+                let spill = lock(&self.shared.spill);
+                (spill.path().to_owned(), spill.len())
+            };
+            if end == 0 {
+                self.replay_offset = 0;
+                return;
+            }
+            if self.replay_offset >= end {
+                let mut spill = lock(&self.shared.spill);
+                match spill.remove_if_consumed(self.replay_offset) {
+                    Ok(true) => {
+                        self.replay_offset = 0;
+                        tracing::info!("spill file replayed; writing to the database again");
+                    }
+                    Ok(false) => continue,
+                    Err(error) => tracing::warn!(%error, "cannot remove the replayed spill file"),
+                }
+                return;
+            }
+            let offset = self.replay_offset;
+            let max = self.config.batch_size;
+            let read = tokio::task::spawn_blocking(move || spill::read_chunk(&path, offset, end, max)).await;
+            let chunk = match read {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "cannot read the spill file");
+                    self.retry_at = Some(Instant::now() + self.config.retry_interval);
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "spill file reader failed");
+                    return;
+                }
+            };
+            add(&self.shared.counters.unreadable, chunk.unreadable as usize);
+            match self.insert(&chunk.rows).await {
+                Ok(rejected) => {
+                    add(&self.shared.counters.replayed, chunk.rows.len() - rejected);
+                    self.shared.unmark_pending(&chunk.rows);
+                    self.replay_offset = chunk.next_offset;
+                    if self.retry_at.take().is_some() {
+                        tracing::info!("outcome log reachable again; replaying the spill file");
+                    }
+                }
+                Err(error) => {
+                    self.failed(&error);
+                    return;
+                }
+            }
+            if started.elapsed() >= budget {
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,250 @@
+//! The schema on real databases: migrations, row round trips, feedback, virtual keys.
+//! Each test runs against a fresh Postgres database and a SQLite file in a temp dir.
+
+mod store_support;
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue};
+use gateway::store::keys::{create_key, hash_key, NewKey};
+use gateway::store::{Authenticator, Feedback, LogStore, LogWriter, Store, WriterConfig};
+use gateway::Error;
+use store_support::{full_row, minimal_row, now_micros, TestPg};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+async fn postgres() -> (TestPg, Store) {
+    let db = TestPg::create().await;
+    let store = Store::connect(&db.url, 4).expect("postgres url");
+    store.migrate().await.expect("migrate postgres");
+    (db, store)
+}
+
+async fn sqlite() -> (TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let store = Store::connect(&url, 4).expect("sqlite url");
+    store.migrate().await.expect("migrate sqlite");
+    (dir, store)
+}
+
+async fn migrations_are_idempotent(store: &Store) {
+    store.migrate().await.expect("second migrate is a no-op");
+    store.ping().await.expect("ping");
+    assert_eq!(store.count_rows().await.expect("count"), 0);
+    assert!(store.list_keys().await.expect("keys").is_empty());
+}
+
+#[tokio::test]
+async fn migrations_apply_on_postgres() {
+    let (_db, store) = postgres().await;
+    migrations_are_idempotent(&store).await;
+}
+
+#[tokio::test]
+async fn migrations_apply_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    migrations_are_idempotent(&store).await;
+}
+
+async fn rows_round_trip(store: &Store) {
+    let full = full_row();
+    let minimal = minimal_row();
+    store.insert_rows(&[full.clone(), minimal.clone()]).await.expect("insert");
+    assert_eq!(store.fetch_row(full.id).await.expect("fetch"), Some(full.clone()));
+    assert_eq!(store.fetch_row(minimal.id).await.expect("fetch"), Some(minimal.clone()));
+    assert_eq!(store.fetch_row(Uuid::now_v7()).await.expect("fetch"), None);
+    let embedding = gateway::store::embedding_from_bytes(full.embedding.as_deref().unwrap_or_default());
+    assert_eq!(embedding, vec![0.1, -0.2, 0.3, 1.0e-7, -4.5]);
+
+    // Replaying a batch that did commit must not duplicate it.
+    store.insert_rows(&[full.clone(), minimal]).await.expect("re-insert");
+    assert_eq!(store.count_rows().await.expect("count"), 2);
+
+    // More rows than one statement can bind: split into statements inside one transaction.
+    let many: Vec<_> = (0..3_000).map(|_| full_row()).collect();
+    store.insert_rows(&many).await.expect("insert many");
+    assert_eq!(store.count_rows().await.expect("count"), 3_002);
+    assert!(store.request_exists(many[2_999].id).await.expect("exists"));
+    assert!(!store.request_exists(Uuid::now_v7()).await.expect("exists"));
+}
+
+#[tokio::test]
+async fn every_field_round_trips_on_postgres() {
+    let (_db, store) = postgres().await;
+    rows_round_trip(&store).await;
+}
+
+#[tokio::test]
+async fn every_field_round_trips_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    rows_round_trip(&store).await;
+}
+
+/// The SQL training runs: feedback joined to the request it rates.
+const JOIN: &str = "SELECT r.model, f.score, f.source FROM request_log r JOIN feedback f ON f.request_id = r.id ORDER BY f.id";
+
+async fn feedback_joins_its_request(store: &Store, spill_dir: &std::path::Path) {
+    let row = full_row();
+    store.insert_rows(std::slice::from_ref(&row)).await.expect("insert");
+    let first = Feedback {
+        request_id: row.id,
+        score: 0.8,
+        source: "user".into(),
+        comment: Some("good answer".into()),
+        created_at: now_micros(),
+    };
+    let second = Feedback {
+        score: 0.0,
+        source: "eval".into(),
+        comment: None,
+        ..first.clone()
+    };
+    store.insert_feedback(&first).await.expect("feedback");
+    store.insert_feedback(&second).await.expect("feedback");
+    assert_eq!(store.feedback_for(row.id).await.expect("read"), vec![first.clone(), second]);
+
+    let joined: Vec<(String, f64, String)> = match store {
+        Store::Postgres(s) => sqlx::query_as(JOIN).fetch_all(s.pool()).await,
+        Store::Sqlite(s) => sqlx::query_as(JOIN).fetch_all(s.pool()).await,
+    }
+    .expect("join");
+    assert_eq!(
+        joined,
+        vec![("gpt-4o-mini".to_owned(), 0.8, "user".to_owned()), ("gpt-4o-mini".to_owned(), 0.0, "eval".to_owned())]
+    );
+
+    // The schema itself refuses scores outside 0..1.
+    let bad = Feedback { score: 1.5, ..first };
+    assert!(store.insert_feedback(&bad).await.is_err());
+
+    // Through the endpoint's logic: unknown ids are 404s; ids still on their way are accepted.
+    let writer = LogWriter::spawn(
+        store.clone(),
+        WriterConfig {
+            batch_size: 512,
+            batch_interval: Duration::from_secs(3600),
+            channel_capacity: 1024,
+            spill_path: spill_dir.join("spill.jsonl"),
+            retry_interval: Duration::from_millis(100),
+            write_timeout: Duration::from_secs(5),
+            store_prompts: false,
+        },
+    )
+    .expect("writer");
+    let log = writer.handle();
+    let unknown = format!(r#"{{"request_id":"{}","score":0.5}}"#, Uuid::now_v7());
+    let result = gateway::store::feedback::record(store, &log, unknown.as_bytes()).await;
+    assert!(matches!(result, Err(Error::NotFound(_))), "{result:?}");
+    let queued = minimal_row();
+    log.push(queued.clone());
+    assert!(!store.request_exists(queued.id).await.expect("exists"), "the batch waits an hour");
+    let body = format!(r#"{{"request_id":"{}","thumbs":"down","comment":"wrong"}}"#, queued.id);
+    let recorded = gateway::store::feedback::record(store, &log, body.as_bytes()).await.expect("accepted");
+    assert_eq!(recorded.score, 0.0);
+    let stats = writer.shutdown().await;
+    assert_eq!(stats.written, 1);
+    assert!(store.request_exists(queued.id).await.expect("exists"));
+    assert_eq!(store.feedback_for(queued.id).await.expect("read").len(), 1);
+}
+
+#[tokio::test]
+async fn feedback_joins_its_request_on_postgres() {
+    let (_db, store) = postgres().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    feedback_joins_its_request(&store, dir.path()).await;
+}
+
+#[tokio::test]
+async fn feedback_joins_its_request_on_sqlite() {
+    let (dir, store) = sqlite().await;
+    feedback_joins_its_request(&store, dir.path()).await;
+}
+
+fn bearer(key: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).expect("header"));
+    headers
+}
+
+async fn keys_create_authenticate_revoke(store: &Store) {
+    let (record, key) = create_key(
+        store,
+        NewKey {
+            tenant: "acme".into(),
+            name: Some("ci".into()),
+            rpm: Some(60),
+            tpm: Some(100_000),
+            budget_usd: Some(12.5),
+        },
+    )
+    .await
+    .expect("create key");
+    assert!(key.starts_with("sk-sy-"));
+    assert_eq!(record.key_hash, hash_key(&key).to_vec());
+    let listed = store.list_keys().await.expect("list");
+    assert_eq!(listed, vec![record.clone()]);
+    assert!(!listed[0].key_hash.is_empty() && listed[0].key_hash != key.as_bytes());
+
+    let ttl = Duration::from_millis(300);
+    let closed = Authenticator::new(store.clone(), false, Some("master-secret".into()), ttl, Duration::from_secs(60));
+    let caller = closed.authenticate(&bearer(&key)).await.expect("valid key");
+    assert_eq!(caller.tenant.as_deref(), Some("acme"));
+    assert_eq!(caller.key_id, Some(record.id));
+    assert_eq!(caller.key.as_ref().and_then(|k| k.rpm), Some(60));
+    assert!(closed.authenticate(&bearer("master-secret")).await.expect("master").master);
+    assert!(matches!(closed.authenticate(&HeaderMap::new()).await, Err(Error::Unauthorized)));
+    assert!(matches!(closed.authenticate(&bearer("sk-sy-nope")).await, Err(Error::Unauthorized)));
+    assert!(matches!(closed.authenticate(&bearer("something-else")).await, Err(Error::Unauthorized)));
+
+    // Open access still attributes a valid key; anything else is anonymous.
+    let open = Authenticator::new(store.clone(), true, None, ttl, Duration::from_secs(60));
+    assert_eq!(open.authenticate(&bearer(&key)).await.expect("open").tenant.as_deref(), Some("acme"));
+    assert_eq!(open.authenticate(&HeaderMap::new()).await.expect("open").tenant, None);
+    assert_eq!(open.authenticate(&bearer("sk-openai-style")).await.expect("open").tenant, None);
+
+    // Revocation: honoured once the cached lookup is older than the TTL.
+    assert!(store.set_key_enabled(record.id, false).await.expect("revoke"));
+    assert!(!store.set_key_enabled(Uuid::now_v7(), false).await.expect("revoke unknown"));
+    assert!(closed.authenticate(&bearer(&key)).await.is_ok(), "still cached");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert!(matches!(closed.authenticate(&bearer(&key)).await, Err(Error::Unauthorized)));
+    assert_eq!(open.authenticate(&bearer(&key)).await.expect("open").tenant, None);
+    let listed = store.list_keys().await.expect("list");
+    assert!(!listed[0].enabled);
+}
+
+#[tokio::test]
+async fn keys_create_authenticate_revoke_on_postgres() {
+    let (_db, store) = postgres().await;
+    keys_create_authenticate_revoke(&store).await;
+}
+
+#[tokio::test]
+async fn keys_create_authenticate_revoke_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    keys_create_authenticate_revoke(&store).await;
+}
+
+/// A key checked while the database was up keeps working while it is down (stale TTL), and a
+/// key never seen gets a 503, not a 401.
+#[tokio::test]
+async fn cached_keys_survive_a_database_outage() {
+    let db = TestPg::create().await;
+    let proxy = store_support::TcpProxy::start(store_support::pg_addr()).await;
+    let store = Store::connect(&db.url_via(proxy.addr), 2).expect("url");
+    store.migrate().await.expect("migrate");
+    let (_, key) = create_key(&store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
+    let (_, unseen) = create_key(&store, NewKey { tenant: "other".into(), ..NewKey::default() }).await.expect("key");
+    let auth = Authenticator::new(store.clone(), false, None, Duration::from_millis(50), Duration::from_secs(60));
+    assert!(auth.authenticate(&bearer(&key)).await.is_ok());
+    proxy.cut().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let caller = auth.authenticate(&bearer(&key)).await.expect("stale entry used");
+    assert_eq!(caller.tenant.as_deref(), Some("acme"));
+    let error = auth.authenticate(&bearer(&unseen)).await.expect_err("database down");
+    assert_eq!(error.status().as_u16(), 503);
+    proxy.restore().await;
+    assert!(auth.authenticate(&bearer(&unseen)).await.is_ok());
+    store.close().await;
+}

@@ -1,0 +1,200 @@
+//! The batch writer against real databases: throughput-shaped loads land completely, the
+//! spill file carries rows through an outage and a restart, and a row the database refuses
+//! does not block the others.
+
+mod store_support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use gateway::store::{LogStore, LogWriter, Store, WriterConfig, WriterStats};
+use store_support::{full_row, minimal_row, wait_for, TcpProxy, TestPg};
+
+fn writer_config(dir: &Path) -> WriterConfig {
+    WriterConfig {
+        batch_size: 512,
+        batch_interval: Duration::from_millis(50),
+        channel_capacity: 16_384,
+        spill_path: dir.join("spill.jsonl"),
+        retry_interval: Duration::from_millis(100),
+        write_timeout: Duration::from_secs(2),
+        store_prompts: true,
+    }
+}
+
+fn assert_nothing_lost(stats: &WriterStats) {
+    assert_eq!(stats.dropped_channel_full, 0, "{stats:?}");
+    assert_eq!(stats.dropped_spill_failed, 0, "{stats:?}");
+    assert_eq!(stats.unreadable, 0, "{stats:?}");
+}
+
+async fn five_thousand_rows_land(store: Store, config: WriterConfig) -> WriterStats {
+    let writer = LogWriter::spawn(store.clone(), config).expect("writer");
+    let log = writer.handle();
+    for i in 0..5_000 {
+        // Alternate full rows (embedding, JSON, prompt) and minimal ones.
+        log.push(if i % 2 == 0 { full_row() } else { minimal_row() });
+    }
+    let stats = writer.shutdown().await;
+    assert_eq!(stats.accepted, 5_000);
+    assert_eq!(stats.written + stats.replayed, 5_000, "{stats:?}");
+    assert_nothing_lost(&stats);
+    assert_eq!(stats.spill_bytes, 0, "{stats:?}");
+    assert_eq!(store.count_rows().await.expect("count"), 5_000);
+    stats
+}
+
+#[tokio::test]
+async fn five_thousand_rows_land_in_postgres() {
+    let db = TestPg::create().await;
+    let store = Store::connect(&db.url, 4).expect("url");
+    store.migrate().await.expect("migrate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stats = five_thousand_rows_land(store, writer_config(dir.path())).await;
+    assert_eq!(stats.written, 5_000, "no outage, no spill: {stats:?}");
+}
+
+#[tokio::test]
+async fn five_thousand_rows_land_in_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("log.db").display()), 4).expect("url");
+    store.migrate().await.expect("migrate");
+    five_thousand_rows_land(store, writer_config(dir.path())).await;
+}
+
+/// A channel far smaller than the burst: rows that do not fit go to the spill thread and are
+/// replayed, none is dropped.
+#[tokio::test]
+async fn a_full_channel_spills_instead_of_dropping() {
+    let db = TestPg::create().await;
+    let store = Store::connect(&db.url, 4).expect("url");
+    store.migrate().await.expect("migrate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = WriterConfig {
+        channel_capacity: 16,
+        batch_size: 64,
+        ..writer_config(dir.path())
+    };
+    let stats = five_thousand_rows_land(store, config).await;
+    assert!(stats.overflowed > 0, "the burst should overflow a 16-row channel: {stats:?}");
+    assert!(stats.replayed >= stats.overflowed, "{stats:?}");
+}
+
+/// Database down: rows spill; database back: the spill file is replayed in full and removed.
+#[tokio::test]
+async fn database_down_spills_then_replays() {
+    let db = TestPg::create().await;
+    let proxy = TcpProxy::start(store_support::pg_addr()).await;
+    let store = Store::connect(&db.url_via(proxy.addr), 4).expect("url");
+    store.migrate().await.expect("migrate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = writer_config(dir.path());
+    let spill_path = config.spill_path.clone();
+    let writer = LogWriter::spawn(store.clone(), config).expect("writer");
+    let log = writer.handle();
+
+    for _ in 0..1_000 {
+        log.push(full_row());
+    }
+    log.flush().await.expect("flush");
+    assert_eq!(db.count_rows().await, 1_000);
+
+    proxy.cut().await;
+    let mut during = Vec::new();
+    for i in 0..2_000 {
+        let row = if i % 2 == 0 { full_row() } else { minimal_row() };
+        during.push(row.id);
+        log.push(row);
+    }
+    log.flush().await.expect("flush");
+    let stats = log.stats();
+    assert_eq!(stats.spilled, 2_000, "{stats:?}");
+    assert!(stats.write_failures > 0, "{stats:?}");
+    assert!(spill_path.exists());
+    assert_eq!(db.count_rows().await, 1_000, "nothing reached the database while cut off");
+    assert!(during.iter().all(|id| log.is_pending(*id)), "spilled rows still accept feedback");
+
+    // Rows that arrive while the spill file is non-empty queue behind it.
+    proxy.restore().await;
+    for _ in 0..500 {
+        log.push(minimal_row());
+    }
+    let landed = wait_for(Duration::from_secs(30), async || db.count_rows().await == 3_500).await;
+    assert!(landed, "rows in the database: {}, stats {:?}", db.count_rows().await, log.stats());
+    let replayed = wait_for(Duration::from_secs(5), async || !spill_path.exists()).await;
+    assert!(replayed, "spill file removed once replayed");
+    assert!(during.iter().all(|id| !log.is_pending(*id)));
+
+    let stats = writer.shutdown().await;
+    assert_nothing_lost(&stats);
+    assert_eq!(stats.accepted, 3_500);
+    assert_eq!(stats.written + stats.replayed, 3_500, "{stats:?}");
+    assert!(stats.replayed >= 2_000, "{stats:?}");
+    assert_eq!(db.count_rows().await, 3_500);
+    store.close().await;
+}
+
+/// Rows spilled by a run that ended while the database was down are written by the next run.
+#[tokio::test]
+async fn spill_left_by_an_earlier_run_is_replayed_at_start() {
+    let db = TestPg::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = WriterConfig {
+        write_timeout: Duration::from_millis(500),
+        ..writer_config(dir.path())
+    };
+
+    // Nothing listens on port 1: every write fails.
+    let dead = Store::connect("postgres://postgres@127.0.0.1:1/nothing", 1).expect("url");
+    let writer = LogWriter::spawn(dead, config.clone()).expect("writer");
+    let log = writer.handle();
+    for _ in 0..700 {
+        log.push(full_row());
+    }
+    let stats = writer.shutdown().await;
+    assert_eq!(stats.spilled, 700, "{stats:?}");
+    // After shutdown, rows still go to the spill file rather than nowhere.
+    log.push(minimal_row());
+    assert_eq!(log.stats().spilled, 701);
+
+    let store = Store::connect(&db.url, 2).expect("url");
+    store.migrate().await.expect("migrate");
+    let writer = LogWriter::spawn(store.clone(), config.clone()).expect("writer");
+    let landed = wait_for(Duration::from_secs(20), async || db.count_rows().await == 701).await;
+    let stats = writer.shutdown().await;
+    assert!(landed, "{stats:?}");
+    assert_eq!(stats.replayed, 701);
+    assert!(!config.spill_path.exists());
+}
+
+/// A value Postgres refuses (NUL in text) sets that one row aside; the rest of its batch lands.
+#[tokio::test]
+async fn a_row_the_database_refuses_is_set_aside() {
+    let db = TestPg::create().await;
+    let store = Store::connect(&db.url, 2).expect("url");
+    store.migrate().await.expect("migrate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = writer_config(dir.path());
+    let writer = LogWriter::spawn(store.clone(), config.clone()).expect("writer");
+    let log = writer.handle();
+    for i in 0..100 {
+        let mut row = full_row();
+        if i == 37 {
+            row.model = "bad\0model".into();
+        }
+        log.push(row);
+    }
+    // NUL in the prompt is cleaned rather than refused.
+    let mut prompt = full_row();
+    prompt.prompt_text = Some("a\0b".into());
+    log.push(prompt.clone());
+    let stats = writer.shutdown().await;
+    assert_eq!(stats.rejected, 1, "{stats:?}");
+    assert_eq!(stats.written, 100, "{stats:?}");
+    assert_eq!(db.count_rows().await, 100);
+    let kept = std::fs::read_to_string(dir.path().join("spill.jsonl.rejected")).expect("rejected file");
+    assert_eq!(kept.lines().count(), 1);
+    assert!(kept.contains(r"bad\u0000model"));
+    let stored = store.fetch_row(prompt.id).await.expect("fetch").expect("row");
+    assert_eq!(stored.prompt_text.as_deref(), Some("ab"));
+}
