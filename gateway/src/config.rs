@@ -251,7 +251,7 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
-            checkpoint: Some(PathBuf::from("models/default")),
+            checkpoint: Some(PathBuf::from("models/selector/default")),
             shadow_checkpoint: None,
             embedder_dir: None,
             embedder_max_tokens: router_model::DEFAULT_MAX_TOKENS,

@@ -22,6 +22,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -81,6 +82,10 @@ pub async fn spawn(addr: SocketAddr, options: MockOptions) -> Result<SocketAddr,
         .map_err(|e| Error::Config(format!("mock upstream cannot bind {addr}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     let app = router(Arc::new(options));
+    let listener = listener.tap_io(|tcp| {
+        // Small SSE writes must not wait for the client's delayed ACK (Nagle).
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "mock upstream stopped");
