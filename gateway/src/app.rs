@@ -12,6 +12,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -441,7 +442,11 @@ impl Application {
     /// Serves until `shutdown` resolves, lets in-flight requests finish, then flushes the
     /// outcome log.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Error> {
-        let served = axum::serve(self.listener, self.router)
+        let listener = self.listener.tap_io(|tcp| {
+            // Stream chunks go out as they come: no Nagle delay waiting on the client's ACK.
+            let _ = tcp.set_nodelay(true);
+        });
+        let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| Error::Internal(format!("server error: {e}")));
