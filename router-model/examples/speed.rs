@@ -3,7 +3,7 @@
 //! other load on a shared machine), batched throughput on both cores, and the service's
 //! fresh-request throughput.
 //!
-//!     cargo run --release -p router-model --example speed [-- MAX_TOKENS [--approx-gelu]]
+//!     cargo run --release -p router-model --example speed [-- MAX_TOKENS]
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -54,18 +54,16 @@ fn main() {
     let max_tokens: usize = std::env::args()
         .nth(1)
         .map_or(256, |s| s.parse().expect("number"));
-    let approximate_gelu = std::env::args().any(|a| a == "--approx-gelu");
     let e = BertEmbedder::load(
         &ModelSource::default_dir(),
         &EmbedderOptions {
             max_tokens,
-            approximate_gelu,
             ..EmbedderOptions::default()
         },
     )
     .expect("run scripts/fetch-model.sh");
     println!(
-        "approximate_gelu={approximate_gelu} env: CANDLE_NUM_THREADS={:?} RAYON_NUM_THREADS={:?}",
+        "env: CANDLE_NUM_THREADS={:?} RAYON_NUM_THREADS={:?}",
         std::env::var("CANDLE_NUM_THREADS").ok(),
         std::env::var("RAYON_NUM_THREADS").ok()
     );

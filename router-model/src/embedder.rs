@@ -7,19 +7,21 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig, HiddenAct};
+use candle_transformers::models::bert::Config as BertConfig;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+use crate::bert::{self, Bert};
 use crate::error::{Error, Result};
 
 /// Hub id of the default embedder.
 pub const DEFAULT_MODEL_NAME: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
-/// Default token window. Routing needs the gist of a prompt, not all of it: on real prompts a
-/// 128-token window keeps the embedding within cosine ~0.97 of the 256-token one on average
-/// (router-model/README.md has the measurement) at half the cost of 256.
+/// Default token window. Routing needs the gist of a prompt, not all of it: on the
+/// arena-hard prompts (median 57 tokens, p90 205) a 128-token window truncates 22% of them and
+/// keeps the mean cosine to the full 512-token embedding at 0.97, at about a third of the cost
+/// of a 256-token window for long prompts (router-model/README.md has the measurement).
 pub const DEFAULT_MAX_TOKENS: usize = 128;
 
 /// Environment variable naming the embedder's model directory (config.json, tokenizer.json,
@@ -145,10 +147,6 @@ pub struct EmbedderOptions {
     /// Model name used in [`Embedder::id`]; `None` uses the hub repo id, or
     /// [`DEFAULT_MODEL_NAME`] for a directory.
     pub name: Option<String>,
-    /// Use the tanh approximation of GELU instead of the exact erf form the model was trained
-    /// with. Cheaper on CPU (erf is evaluated by scalar libm calls); README.md reports its
-    /// effect on speed and on parity.
-    pub approximate_gelu: bool,
 }
 
 impl Default for EmbedderOptions {
@@ -156,7 +154,6 @@ impl Default for EmbedderOptions {
         Self {
             max_tokens: DEFAULT_MAX_TOKENS,
             name: None,
-            approximate_gelu: false,
         }
     }
 }
@@ -328,7 +325,7 @@ fn download_hub_file(
 
 /// all-MiniLM-L6-v2 (or any BERT sentence embedder) on candle, CPU.
 pub struct BertEmbedder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     id: String,
     dim: usize,
@@ -376,11 +373,8 @@ impl BertEmbedder {
         let max_tokens = options.max_tokens;
         let config_text = std::fs::read_to_string(&files.config)
             .map_err(|e| Error::io(format!("reading {}", files.config.display()), e))?;
-        let mut config: BertConfig = serde_json::from_str(&config_text)
+        let config: BertConfig = serde_json::from_str(&config_text)
             .map_err(|e| Error::json(format!("parsing {}", files.config.display()), e))?;
-        if options.approximate_gelu && config.hidden_act == HiddenAct::Gelu {
-            config.hidden_act = HiddenAct::GeluApproximate;
-        }
         if max_tokens < 2 || max_tokens > config.max_position_embeddings {
             return Err(Error::InvalidInput(format!(
                 "max_tokens {max_tokens} must be in 2..={}",
@@ -408,7 +402,7 @@ impl BertEmbedder {
         // holds for a model directory that nothing writes to while the process starts.
         let vb =
             unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, &device)? };
-        let model = BertModel::load(vb, &config)?;
+        let model = Bert::load(vb, &config)?;
 
         Ok(Self {
             model,
@@ -428,41 +422,18 @@ impl BertEmbedder {
     /// Runs BERT and pools. Inputs are right-padded with id 0 to the longest text; the mask
     /// keeps padding out of both attention and the mean.
     fn forward(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>> {
-        let n = batch.len();
-        let seq = batch.iter().map(|t| t.len()).max().unwrap_or(0);
-        if n == 0 {
+        if batch.is_empty() {
             return Ok(Vec::new());
         }
-        if seq == 0 {
+        if batch.iter().any(|t| t.is_empty()) {
             return Err(Error::InvalidInput(
                 "cannot embed an empty token list".into(),
             ));
         }
-        let mut ids = vec![0u32; n * seq];
-        let mut mask = vec![0u32; n * seq];
-        for (row, tokens) in batch.iter().enumerate() {
-            let start = row * seq;
-            ids[start..start + tokens.len()].copy_from_slice(tokens.ids());
-            mask[start..start + tokens.len()].fill(1);
-        }
-        let input_ids = Tensor::from_vec(ids, (n, seq), &self.device)?;
-        let attention_mask = Tensor::from_vec(mask, (n, seq), &self.device)?;
-        let token_type_ids = input_ids.zeros_like()?;
-        let hidden = self
-            .model
-            .forward(&input_ids, &token_type_ids, Some(&attention_mask))?;
-
-        let mask = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, seq, 1)
-        let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // (n, dim)
-        let counts = mask.sum(1)?; // (n, 1)
-        let mean = summed.broadcast_div(&counts)?;
-        let norms = mean
-            .sqr()?
-            .sum_keepdim(D::Minus1)?
-            .sqrt()?
-            .clamp(1e-12, f64::MAX)?;
-        let unit = mean.broadcast_div(&norms)?;
-        Ok(unit.to_vec2::<f32>()?)
+        let rows: Vec<&[u32]> = batch.iter().map(|t| t.ids()).collect();
+        let (ids, mask) = bert::batch_inputs(&rows, &self.device)?;
+        let hidden = self.model.forward(&ids, mask.as_ref())?;
+        bert::pool(&hidden, mask.as_ref())
     }
 }
 

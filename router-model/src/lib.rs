@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: the on-disk contract between training, serving and evals.
 //! - [`runtime`]: [`configure_cpu_threads`], to call first thing in a serving `main`.
 
+mod bert;
 pub mod checkpoint;
 pub mod embedder;
 pub mod error;

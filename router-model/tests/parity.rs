@@ -22,16 +22,6 @@ const MIN_COSINE: f32 = 0.9999;
 
 #[test]
 fn vectors_match_sentence_transformers() {
-    check(false);
-}
-
-/// The tanh-approximated GELU (a speed option) must stay within the same bound.
-#[test]
-fn approximate_gelu_stays_within_parity() {
-    check(true);
-}
-
-fn check(approximate_gelu: bool) {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/reference_embeddings.json"
@@ -46,7 +36,6 @@ fn check(approximate_gelu: bool) {
             &ModelSource::Dir(dir.clone()),
             &EmbedderOptions {
                 max_tokens: set.max_tokens,
-                approximate_gelu,
                 ..EmbedderOptions::default()
             },
         )
@@ -74,7 +63,7 @@ fn check(approximate_gelu: bool) {
             }
         }
         eprintln!(
-            "approximate_gelu={approximate_gelu} max_tokens={}: worst cosine {:.7} ({:?})",
+            "max_tokens={}: worst cosine {:.7} ({:?})",
             set.max_tokens,
             worst.0,
             &worst.1[..worst.1.len().min(40)]
