@@ -36,6 +36,8 @@ pub const HEADER_MODEL: &str = "x-switchyard-model";
 pub const HEADER_ROUTE: &str = "x-switchyard-route";
 /// How a route's model was chosen: `selected`, `explored`, `shed` or `default`.
 pub const HEADER_DECISION: &str = "x-switchyard-decision";
+/// Time spent embedding and scoring, in ms (routes only).
+pub const HEADER_DECISION_MS: &str = "x-switchyard-decision-ms";
 /// Per-request trade-off: a preset or `quality=1,cost=0.5,latency=0.1`.
 pub const HEADER_TRADEOFF: &str = "x-switchyard-tradeoff";
 /// Per-request ceiling on the predicted cost of the answer, in USD.
@@ -309,6 +311,9 @@ async fn chat_completions(
     if let Some(value) = route.and_then(|r| HeaderValue::from_str(&r).ok()) {
         headers.insert(HEADER_ROUTE, value);
         headers.insert(HEADER_DECISION, HeaderValue::from_static(decision.kind.as_str()));
+        if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", decision.decision_ms)) {
+            headers.insert(HEADER_DECISION_MS, value);
+        }
     }
     Ok(response)
 }

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Routing benchmark: routed requests with fresh ~64-token prompts (no embedding-cache help)
+# against the mock upstream, with passthrough traffic (a named model, no routing) measured
+# alone and at the same time, so the cost routing imposes on other traffic is visible.
+#
+#   bench/routing.sh            (from anywhere; builds release binaries first)
+# Env: CONNS (default 32), SECONDS_PER_RUN (default 10), CHECKPOINT (default models/selector/default)
+# Prints a Markdown table; raw JSON lines are kept in $OUT_DIR.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CONNS="${CONNS:-32}"
+SECS="${SECONDS_PER_RUN:-10}"
+CHECKPOINT="${CHECKPOINT:-models/selector/default}"
+OUT_DIR="${OUT_DIR:-$(mktemp -d /tmp/switchyard-routing-bench.XXXXXX)}"
+MOCK_PORT="${MOCK_PORT:-19190}"
+GW_PORT="${GW_PORT:-19180}"
+
+scripts/fetch-model.sh >/dev/null
+[[ -f "$CHECKPOINT/selector.json" ]] || { echo "no checkpoint at $CHECKPOINT" >&2; exit 1; }
+cargo build --release -p gateway --bin switchyard --example loadgen >&2
+BIN=target/release/switchyard
+LOADGEN=target/release/examples/loadgen
+
+cat > "$OUT_DIR/switchyard.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GW_PORT"
+[database]
+url = "sqlite://$OUT_DIR/log.db?mode=rwc"
+spill_path = "$OUT_DIR/spill.jsonl"
+[providers.mock]
+kind = "openai"
+base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+[models."gpt-4-1106-preview"]
+provider = "mock"
+input_usd_per_mtok = 10.0
+output_usd_per_mtok = 30.0
+[models."gpt-3.5-turbo-1106"]
+provider = "mock"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[models."mixtral-8x7b-instruct-v0.1"]
+provider = "mock"
+input_usd_per_mtok = 0.6
+output_usd_per_mtok = 0.6
+[routes.auto]
+candidates = ["gpt-4-1106-preview", "gpt-3.5-turbo-1106", "mixtral-8x7b-instruct-v0.1"]
+default = "gpt-3.5-turbo-1106"
+[router]
+checkpoint = "$ROOT/$CHECKPOINT"
+reload_poll_ms = 0
+TOML
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+"$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 & pids+=($!)
+RUST_LOG=warn "$BIN" serve --config "$OUT_DIR/switchyard.toml" >"$OUT_DIR/gateway.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$GW_PORT/ready" >/dev/null && break; sleep 0.2; done
+curl -sf "http://127.0.0.1:$GW_PORT/ready" >/dev/null || { echo "gateway did not become ready" >&2; cat "$OUT_DIR/gateway.log" >&2; exit 1; }
+
+URL="http://127.0.0.1:$GW_PORT"
+run() { "$LOADGEN" --url "$URL" --connections "$CONNS" --seconds "$SECS" "$@"; }
+echo "passthrough alone..." >&2
+run --model gpt-3.5-turbo-1106 > "$OUT_DIR/passthrough_alone.json"
+echo "routed alone..." >&2
+run --model auto --fresh-tokens 64 > "$OUT_DIR/routed_alone.json"
+echo "routed + passthrough together..." >&2
+run --model auto --fresh-tokens 64 > "$OUT_DIR/routed_mixed.json" &
+mixed=$!
+run --model gpt-3.5-turbo-1106 > "$OUT_DIR/passthrough_mixed.json"
+wait "$mixed"
+
+python3 - "$OUT_DIR" <<'PY'
+import json, sys, os
+d = sys.argv[1]
+r = {n: json.load(open(os.path.join(d, n + ".json"))) for n in ["passthrough_alone", "routed_alone", "routed_mixed", "passthrough_mixed"]}
+print("| run | req/s | p50 ms | p99 ms | decision p50 ms | decision p99 ms | decisions | errors |")
+print("|---|---|---|---|---|---|---|---|")
+for name, x in r.items():
+    dec = ", ".join(f"{k}={v}" for k, v in x["decisions"].items()) or "-"
+    def f(v): return "-" if v != v else f"{v:.2f}"
+    print(f"| {name} | {x['rps']:.0f} | {f(x['latency_ms']['p50'])} | {f(x['latency_ms']['p99'])} | {f(x['decision_ms']['p50'])} | {f(x['decision_ms']['p99'])} | {dec} | {x['errors']} |")
+ratio = r["passthrough_mixed"]["rps"] / r["passthrough_alone"]["rps"]
+print(f"\npassthrough throughput under routed load: {ratio*100:.0f}% of alone (target >= 90%)")
+PY
+echo "raw results: $OUT_DIR" >&2
