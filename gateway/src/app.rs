@@ -27,6 +27,7 @@ use crate::openai::{ChatRequest, Usage};
 use crate::outcome::RequestOutcome;
 use crate::providers::{CallTimeouts, PieceStream, UpstreamResponse};
 use crate::registry::{ModelEntry, Registry, Target};
+use crate::breaker::{Breakers, Failure};
 use crate::routing::{Decision, RequestPolicy, RoutingEngine, Tradeoff};
 use crate::sse::data_event;
 use crate::store::{self, Authenticator, Caller, LogHandle, LogStore, LogWriter, Store, WriterConfig};
@@ -57,6 +58,8 @@ pub struct AppState {
     pub log: LogHandle,
     /// Taken by [`Application::run_until`] to flush the log at shutdown.
     log_writer: std::sync::Mutex<Option<LogWriter>>,
+    /// Circuit breakers per model.
+    pub breakers: Breakers,
     /// Embedder, selector checkpoints and policy for routes.
     pub routing: Arc<RoutingEngine>,
     /// `/v1/models` body, rendered once.
@@ -112,6 +115,10 @@ impl AppState {
         let routing = RoutingEngine::start(config.router.clone(), &registry.models).await?;
         spawn_reload_on_sighup(&routing);
         Ok(Self {
+            breakers: Breakers::new(
+                config.server.breaker_failures,
+                Duration::from_millis(config.server.breaker_open_ms),
+            ),
             routing,
             models_body: models_body(config),
             registry,
@@ -266,9 +273,9 @@ async fn chat_completions(
             (Some(route.name.clone()), state.routing.decide(&route, &request, policy).await)
         }
     };
-    let model = decision.chosen().clone();
     let request_id = Uuid::now_v7();
-    let mut outcome = RequestOutcome::new(request_id, route.clone(), &model, request.stream).log_to(state.log.clone());
+    let mut outcome =
+        RequestOutcome::new(request_id, route.clone(), decision.chosen(), request.stream).log_to(state.log.clone());
     record_decision(&mut outcome, &decision);
     outcome.tenant = caller.tenant;
     outcome.key_id = caller.key_id;
@@ -276,12 +283,8 @@ async fn chat_completions(
         outcome.prompt_text = Some(request.last_user_text());
     }
 
-    let upstream = model
-        .provider
-        .chat(&state.http, &request, &model.upstream_model, &headers, state.timeouts)
-        .await;
-    let upstream = match upstream {
-        Ok(upstream) => upstream,
+    let (model, upstream) = match call_with_fallback(&state, &decision, &request, &headers, &mut outcome).await {
+        Ok(answered) => answered,
         Err(error) => {
             outcome.finish_error(&error, started);
             return Err(error);
@@ -335,6 +338,72 @@ fn spawn_reload_on_sighup(routing: &Arc<RoutingEngine>) {
                 }
             }
         });
+    }
+}
+
+/// Sends the request to the decision's models in ranking order until one answers. Only
+/// failures that happen before anything reached the client (connection errors, timeouts to
+/// the first byte, 5xx, 429) move on to the next model; a model whose breaker is open is
+/// skipped. Every failed attempt is recorded in the outcome's decision details.
+async fn call_with_fallback(
+    state: &AppState,
+    decision: &Decision,
+    request: &ChatRequest,
+    headers: &HeaderMap,
+    outcome: &mut RequestOutcome,
+) -> Result<(Arc<ModelEntry>, UpstreamResponse), Error> {
+    let mut attempts: Vec<serde_json::Value> = Vec::new();
+    let mut last_error = None;
+    for model in &decision.ranking {
+        if !state.breakers.try_acquire(&model.name) {
+            attempts.push(json!({"model": model.name, "skipped": "breaker_open_or_cooldown"}));
+            continue;
+        }
+        outcome.model = model.name.clone();
+        outcome.provider = model.provider_name.clone();
+        let attempt_started = Instant::now();
+        let result = model
+            .provider
+            .chat(&state.http, request, &model.upstream_model, headers, state.timeouts)
+            .await;
+        match result {
+            Ok(upstream) => {
+                state.breakers.record_success(&model.name);
+                record_attempts(outcome, attempts);
+                return Ok((model.clone(), upstream));
+            }
+            Err(error) => {
+                let failure = Failure::of(&error);
+                attempts.push(json!({
+                    "model": model.name,
+                    "error_class": error.class(),
+                    "latency_ms": attempt_started.elapsed().as_secs_f64() * 1e3,
+                }));
+                match failure {
+                    Some(failure) => state.breakers.record_failure(&model.name, failure),
+                    None => {
+                        // The request itself is at fault: another model would refuse it too.
+                        state.breakers.release(&model.name);
+                        record_attempts(outcome, attempts);
+                        return Err(error);
+                    }
+                }
+                tracing::debug!(model = %model.name, error = %error, "upstream failed; trying the next model");
+                last_error = Some(error);
+            }
+        }
+    }
+    record_attempts(outcome, attempts);
+    Err(last_error.unwrap_or_else(|| Error::Unavailable("every candidate model is cooling down or its circuit is open".into())))
+}
+
+fn record_attempts(outcome: &mut RequestOutcome, attempts: Vec<serde_json::Value>) {
+    if attempts.is_empty() {
+        return;
+    }
+    let details = outcome.candidates.get_or_insert_with(|| json!({}));
+    if let Some(object) = details.as_object_mut() {
+        object.insert("failed_attempts".into(), serde_json::Value::Array(attempts));
     }
 }
 

@@ -126,6 +126,11 @@ pub struct ServerConfig {
     /// Name of an env var holding a master key. When the variable is set, every `/v1/*`
     /// request must present it as `Authorization: Bearer …`; when unset, access is open.
     pub master_key_env: Option<String>,
+    /// Consecutive upstream failures (5xx, timeouts, connection errors) that open a model's
+    /// circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps a model out before one probe request is let through.
+    pub breaker_open_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -137,6 +142,8 @@ impl Default for ServerConfig {
             first_byte_timeout_ms: 60_000,
             request_timeout_ms: 600_000,
             master_key_env: None,
+            breaker_failures: 5,
+            breaker_open_ms: 30_000,
         }
     }
 }

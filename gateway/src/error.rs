@@ -44,6 +44,9 @@ pub enum Error {
     BadGateway(String),
     #[error("upstream timed out: {0}")]
     GatewayTimeout(String),
+    /// No upstream may be tried now (every candidate's breaker is open or cooling down).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("configuration error: {0}")]
     Config(String),
     /// The outcome log / key database could not be used. The request path only meets this
@@ -82,6 +85,7 @@ impl Error {
             Self::Upstream { status, .. } => *status,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Config(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -101,6 +105,7 @@ impl Error {
             Self::Upstream { .. } => "upstream_4xx",
             Self::BadGateway(_) => "upstream_unreachable",
             Self::GatewayTimeout(_) => "upstream_timeout",
+            Self::Unavailable(_) => "circuit_open",
             Self::Config(_) => "config",
             Self::Database { .. } => "database",
             Self::Internal(_) => "internal",
@@ -121,6 +126,7 @@ impl Error {
             Self::Upstream { kind, code, .. } => (kind.as_str(), None, code.as_deref()),
             Self::BadGateway(_) => ("api_error", None, Some("upstream_unreachable")),
             Self::GatewayTimeout(_) => ("api_error", None, Some("upstream_timeout")),
+            Self::Unavailable(_) => ("api_error", None, Some("circuit_open")),
             Self::Database { .. } => ("api_error", None, Some("database_unavailable")),
             Self::Config(_) | Self::Internal(_) => ("api_error", None, None),
         };

@@ -4,6 +4,7 @@
 //! by tests, benchmarks and the no-config demo in [`mock`].
 
 pub mod app;
+pub mod breaker;
 pub mod config;
 pub mod error;
 pub mod mock;

@@ -1,0 +1,121 @@
+//! Upstream failures with two candidates: the client should not notice.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::start;
+use serde_json::{json, Value};
+
+fn config(mock: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+first_byte_timeout_ms = 400
+breaker_failures = 3
+breaker_open_ms = 60000
+
+[database]
+url = "sqlite::memory:"
+
+[providers.mock]
+kind = "mock"
+base_url = "http://{mock}/v1"
+
+[providers.down]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+
+[models.primary]
+provider = "mock"
+
+[models.secondary]
+provider = "mock"
+
+[models.dead]
+provider = "down"
+
+[routes.pair]
+candidates = ["primary", "secondary"]
+default = "primary"
+
+[routes.dead-first]
+candidates = ["dead", "secondary"]
+default = "dead"
+"#
+    )
+}
+
+async fn ask(gw: &common::TestGateway, route: &str, fault: Option<&str>, stream: bool) -> (u16, String, String) {
+    let mut request = gw.client.post(gw.url("/v1/chat/completions")).json(&json!({
+        "model": route, "stream": stream, "messages": [{"role": "user", "content": "hello"}],
+    }));
+    if let Some(fault) = fault {
+        request = request.header("x-mock-fault", fault);
+    }
+    let response = request.send().await.expect("reachable");
+    let status = response.status().as_u16();
+    let model = response
+        .headers()
+        .get("x-switchyard-model")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, model, response.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn server_errors_fall_back_and_open_the_breaker() {
+    let gw = start(config).await;
+    for _ in 0..8 {
+        let (status, model, body) = ask(&gw, "pair", Some("primary=500"), false).await;
+        assert_eq!((status, model.as_str()), (200, "secondary"), "{body}");
+    }
+    // The breaker is open now: even a healthy primary is skipped until its probe time.
+    let (status, model, _) = ask(&gw, "pair", None, false).await;
+    assert_eq!((status, model.as_str()), (200, "secondary"));
+    // A request naming the broken model directly gets a fast 503, not a timeout.
+    let (status, _, body) = ask(&gw, "primary", None, false).await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["error"]["code"], "circuit_open");
+}
+
+#[tokio::test]
+async fn rate_limit_falls_back_without_opening_the_breaker() {
+    let gw = start(config).await;
+    for _ in 0..5 {
+        let (status, model, _) = ask(&gw, "pair", Some("primary=429:1"), false).await;
+        assert_eq!((status, model.as_str()), (200, "secondary"));
+    }
+    // Cooldown is Retry-After long; afterwards the primary serves again (breaker closed).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (status, model, _) = ask(&gw, "pair", None, false).await;
+    assert_eq!((status, model.as_str()), (200, "primary"));
+}
+
+#[tokio::test]
+async fn hung_upstream_hits_the_first_byte_timeout_then_falls_back() {
+    let gw = start(config).await;
+    let started = Instant::now();
+    let (status, model, _) = ask(&gw, "pair", Some("primary=hang"), true).await;
+    assert_eq!((status, model.as_str()), (200, "secondary"));
+    assert!(started.elapsed() >= Duration::from_millis(400), "waited for the timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn unreachable_upstream_falls_back_for_streams_too() {
+    let gw = start(config).await;
+    let (status, model, body) = ask(&gw, "dead-first", None, true).await;
+    assert_eq!((status, model.as_str()), (200, "secondary"));
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+}
+
+#[tokio::test]
+async fn client_errors_do_not_fall_back() {
+    let gw = start(config).await;
+    let (status, _, _) = ask(&gw, "pair", Some("primary=400"), false).await;
+    assert_eq!(status, 400, "a request the upstream rejects is the client's to fix");
+}
