@@ -27,7 +27,7 @@ use crate::openai::{ChatRequest, Usage};
 use crate::outcome::RequestOutcome;
 use crate::providers::{CallTimeouts, PieceStream, UpstreamResponse};
 use crate::registry::{ModelEntry, Registry, Target};
-use crate::breaker::{Breakers, Failure};
+use crate::breaker::{BreakerState, Breakers, Failure};
 use crate::routing::{Decision, RequestPolicy, RoutingEngine, Tradeoff};
 use crate::sse::data_event;
 use crate::store::{self, Authenticator, Caller, LogHandle, LogStore, LogWriter, Store, WriterConfig};
@@ -175,6 +175,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/feedback", post(feedback))
         .route("/admin/reload", post(reload_selector))
+        .route("/metrics", get(metrics))
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
@@ -186,6 +187,46 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, Error> {
     state.authorize(&headers).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], state.models_body.clone()).into_response())
+}
+
+/// `GET /metrics`: Prometheus text format. Component gauges are read now.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let m = &crate::metrics::METRICS;
+    if let Some(service) = state.routing.embedding_service() {
+        let stats = service.stats();
+        m.embed_queue_depth.set(i64::try_from(stats.queue_depth).unwrap_or(i64::MAX));
+        m.embed_cache_hits.set(i64::try_from(stats.cache_hits).unwrap_or(i64::MAX));
+    }
+    for name in state.registry.models.keys() {
+        let breaker = state.breakers.state(name);
+        for candidate in [BreakerState::Open, BreakerState::HalfOpen] {
+            let value = if breaker == candidate { 1.0 } else { 0.0 };
+            m.breaker_state.with_label_values(&[name.as_str(), candidate.as_str()]).set(value);
+        }
+    }
+    let log = state.log.stats();
+    for (outcome, value) in [
+        ("accepted", log.accepted),
+        ("written", log.written),
+        ("spilled", log.spilled),
+        ("replayed", log.replayed),
+        ("rejected", log.rejected),
+        ("dropped", log.dropped_channel_full + log.dropped_spill_failed),
+    ] {
+        m.log_rows.with_label_values(&[outcome]).set(value as f64);
+    }
+    m.log_queued.set(i64::try_from(log.queued).unwrap_or(i64::MAX));
+    if let Some((size, idle)) = state.store.pool_usage() {
+        m.db_pool_connections.with_label_values(&["open"]).set(f64::from(size));
+        m.db_pool_connections.with_label_values(&["idle"]).set(idle as f64);
+    }
+    m.selector_loaded.reset();
+    for (role, version) in [("active", state.routing.active_version()), ("shadow", state.routing.shadow_version())] {
+        if let Some(version) = version {
+            m.selector_loaded.with_label_values(&[role, version.as_str()]).set(1.0);
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
 }
 
 /// `POST /admin/reload`: reloads the selector checkpoints now. Needs the master key, except

@@ -7,6 +7,7 @@ pub mod app;
 pub mod breaker;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod mock;
 pub mod openai;
 pub mod outcome;

@@ -151,6 +151,7 @@ impl RequestOutcome {
 
     fn record(&mut self) {
         if let Some(log) = self.log.0.take() {
+            crate::metrics::METRICS.observe(self);
             log.push(self.to_row());
         }
         tracing::debug!(

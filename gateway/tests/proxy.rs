@@ -268,3 +268,18 @@ async fn master_key_is_required_when_configured() {
     let right = gw.client.post(gw.url("/v1/chat/completions")).bearer_auth("sk-test-master").json(&body).send().await.expect("ok");
     assert_eq!(right.status(), 200);
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_model_and_status() {
+    let gw = start(standard_config).await;
+    assert_eq!(gw.chat(json!({"model": "gpt-4o-mini", "messages": user("x")})).await.status(), 200);
+    let text = gw.client.get(gw.url("/metrics")).send().await.expect("ok").text().await.expect("text");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("switchyard_request_duration_seconds_count") && l.contains("model=\"gpt-4o-mini\"") && l.contains("status=\"200\""))
+        .unwrap_or_else(|| panic!("no request series in\n{text}"));
+    let count: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("count");
+    assert!(count >= 1.0);
+    assert!(text.contains("switchyard_tokens_total"), "{text}");
+    assert!(text.contains("switchyard_log_rows"), "{text}");
+}

@@ -455,6 +455,11 @@ impl Store {
         }
     }
 
+    /// Open and idle connections of the pool (for metrics).
+    pub fn pool_usage(&self) -> Option<(u32, usize)> {
+        dispatch!(self, s => Some((s.pool().size(), s.pool().num_idle())))
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         dispatch!(self, s => s.pool().close().await)

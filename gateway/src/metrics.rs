@@ -1,0 +1,172 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Per-request series are updated when a request's outcome is recorded (one place, so every
+//! request is counted once, whatever path it took). Gauges that describe a component's state
+//! (embedding queue depth, breaker states, log writer backlog) are read at scrape time.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::outcome::RequestOutcome;
+
+pub struct Metrics {
+    registry: Registry,
+    request_duration: HistogramVec,
+    first_token: HistogramVec,
+    tokens: IntCounterVec,
+    cost_usd: prometheus::CounterVec,
+    cache_results: IntCounterVec,
+    decisions: IntCounterVec,
+    decision_seconds: HistogramVec,
+    pub embed_queue_depth: IntGauge,
+    pub embed_cache_hits: IntGauge,
+    pub breaker_state: GaugeVec,
+    pub log_rows: GaugeVec,
+    pub log_queued: IntGauge,
+    pub db_pool_connections: GaugeVec,
+    pub selector_loaded: GaugeVec,
+    pub up: Gauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+const DECISION_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new_custom(Some("switchyard".into()), None)?;
+    let labels = &["route", "model", "provider", "status"];
+    let request_duration = HistogramVec::new(
+        HistogramOpts::new("request_duration_seconds", "Time from request to last byte").buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )?;
+    let first_token = HistogramVec::new(
+        HistogramOpts::new("time_to_first_token_seconds", "Time from request to the first answer byte")
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )?;
+    let tokens = IntCounterVec::new(Opts::new("tokens_total", "Tokens by direction"), &["route", "model", "direction"])?;
+    let cost_usd = prometheus::CounterVec::new(Opts::new("cost_usd_total", "Upstream cost in USD"), &["route", "model"])?;
+    let cache_results = IntCounterVec::new(Opts::new("cache_results_total", "Cache lookups by result"), &["result"])?;
+    let decisions = IntCounterVec::new(
+        Opts::new("routing_decisions_total", "Routing decisions by kind (selected, explored, shed, default)"),
+        &["route", "kind"],
+    )?;
+    let decision_seconds = HistogramVec::new(
+        HistogramOpts::new("routing_decision_seconds", "Embedding + scoring time per routed request")
+            .buckets(DECISION_BUCKETS.to_vec()),
+        &["route"],
+    )?;
+    let embed_queue_depth = IntGauge::new("embed_queue_depth", "Requests waiting for the embedding thread")?;
+    let embed_cache_hits = IntGauge::new("embed_cache_hits", "Embedding LRU hits since start")?;
+    let breaker_state = GaugeVec::new(
+        Opts::new("breaker_open", "1 when a model's circuit breaker is open or half-open"),
+        &["model", "state"],
+    )?;
+    let log_rows = GaugeVec::new(Opts::new("log_rows", "Outcome log rows by what became of them"), &["outcome"])?;
+    let log_queued = IntGauge::new("log_writer_queued_rows", "Rows waiting in the log writer's channel (lag)")?;
+    let db_pool_connections =
+        GaugeVec::new(Opts::new("db_pool_connections", "Database pool connections"), &["state"])?;
+    let selector_loaded =
+        GaugeVec::new(Opts::new("selector_checkpoint_info", "Loaded selector checkpoints"), &["role", "version"])?;
+    let up = Gauge::new("up", "1 while the gateway runs")?;
+    up.set(1.0);
+    for collector in [
+        Box::new(request_duration.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(first_token.clone()),
+        Box::new(tokens.clone()),
+        Box::new(cost_usd.clone()),
+        Box::new(cache_results.clone()),
+        Box::new(decisions.clone()),
+        Box::new(decision_seconds.clone()),
+        Box::new(embed_queue_depth.clone()),
+        Box::new(embed_cache_hits.clone()),
+        Box::new(breaker_state.clone()),
+        Box::new(log_rows.clone()),
+        Box::new(log_queued.clone()),
+        Box::new(db_pool_connections.clone()),
+        Box::new(selector_loaded.clone()),
+        Box::new(up.clone()),
+    ] {
+        registry.register(collector)?;
+    }
+    Ok(Metrics {
+        registry,
+        request_duration,
+        first_token,
+        tokens,
+        cost_usd,
+        cache_results,
+        decisions,
+        decision_seconds,
+        embed_queue_depth,
+        embed_cache_hits,
+        breaker_state,
+        log_rows,
+        log_queued,
+        db_pool_connections,
+        selector_loaded,
+        up,
+    })
+}
+
+/// The process-wide metrics. Registration only fails on duplicate names, which the unit
+/// test below rules out.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    #[allow(clippy::expect_used)]
+    build().expect("metric definitions are valid")
+});
+
+impl Metrics {
+    /// Counts one finished request.
+    pub fn observe(&self, outcome: &RequestOutcome) {
+        let route = outcome.route.as_deref().unwrap_or("");
+        let status = outcome.status.to_string();
+        let labels = [route, outcome.model.as_str(), outcome.provider.as_str(), status.as_str()];
+        self.request_duration.with_label_values(&labels).observe(outcome.latency_ms / 1e3);
+        if let Some(first) = outcome.first_token_ms {
+            self.first_token.with_label_values(&labels).observe(first / 1e3);
+        }
+        if let Some(usage) = outcome.usage {
+            self.tokens.with_label_values(&[route, &outcome.model, "prompt"]).inc_by(usage.prompt_tokens);
+            self.tokens.with_label_values(&[route, &outcome.model, "completion"]).inc_by(usage.completion_tokens);
+        }
+        if let Some(cost) = outcome.cost_usd {
+            self.cost_usd.with_label_values(&[route, &outcome.model]).inc_by(cost);
+        }
+        if let Some(result) = outcome.cache_result {
+            self.cache_results.with_label_values(&[result]).inc();
+        }
+        if let Some(details) = &outcome.candidates {
+            if let Some(kind) = details.get("decision").and_then(|k| k.as_str()) {
+                self.decisions.with_label_values(&[route, kind]).inc();
+            }
+            if let Some(ms) = details.get("decision_ms").and_then(|v| v.as_f64()) {
+                self.decision_seconds.with_label_values(&[route]).observe(ms / 1e3);
+            }
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register_and_render() {
+        let text = METRICS.render();
+        assert!(text.contains("switchyard_up 1"), "{text}");
+    }
+}
