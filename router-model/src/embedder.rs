@@ -449,13 +449,31 @@ impl Embedder for BertEmbedder {
     fn tokenize(&self, text: &str) -> Result<Tokens> {
         let encoding = self
             .tokenizer
-            .encode_fast(text, true)
+            .encode_fast(window_prefix(text, self.max_tokens), true)
             .map_err(|e| Error::Tokenizer(format!("encoding: {e}")))?;
         Ok(Tokens::from_ids(encoding.get_ids().to_vec()))
     }
 
     fn embed_tokens(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>> {
         self.forward(batch)
+    }
+}
+
+/// Upper bound on characters per word piece that we budget for. Real text averages 3–5
+/// characters per token; only runs of very long "words" (URLs, base64) come near this.
+const MAX_CHARS_PER_TOKEN: usize = 32;
+
+/// The prefix of `text` that can possibly fall inside a `max_tokens` window. The tokenizer
+/// encodes the whole text before truncating, so a 1 MB prompt would otherwise cost tens of
+/// milliseconds on the caller's (async) thread for tokens that are then thrown away.
+fn window_prefix(text: &str, max_tokens: usize) -> &str {
+    let budget = max_tokens.saturating_mul(MAX_CHARS_PER_TOKEN);
+    if text.len() <= budget {
+        return text;
+    }
+    match text.char_indices().nth(budget) {
+        Some((end, _)) => &text[..end],
+        None => text,
     }
 }
 

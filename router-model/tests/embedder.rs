@@ -61,6 +61,26 @@ fn truncates_to_the_configured_window() {
 }
 
 #[test]
+fn huge_inputs_tokenize_quickly_and_identically() {
+    let e = common::embedder();
+    let huge = "The quick brown fox jumps over the lazy dog. ".repeat(50_000); // 2.2 MB
+    let start = std::time::Instant::now();
+    let t = e.tokenize(&huge).expect("tokenize");
+    let elapsed = start.elapsed();
+    assert_eq!(t.len(), 128);
+    let prefix = &huge[..2000];
+    assert_eq!(
+        t,
+        e.tokenize(prefix).expect("prefix"),
+        "same window as a shorter text"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_millis(50),
+        "{elapsed:?}"
+    );
+}
+
+#[test]
 fn missing_model_dir_is_a_clear_error() {
     let err = router_model::BertEmbedder::from_dir("/nonexistent/model").expect_err("must fail");
     let msg = err.to_string();
