@@ -80,15 +80,19 @@ class Gateway:
     def __init__(self, workdir: Path, config: Path | None = None, env: dict[str, str] | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"switchyard-{self.port}.log"
+        # Its own working directory: the gateway keeps its outcome log (`switchyard.db`) and
+        # spill file relative to it by default.
+        self.cwd = workdir / f"gateway-{self.port}"
+        self.cwd.mkdir()
+        self.log_path = self.cwd / "switchyard.log"
         args = [str(switchyard_binary()), "serve", "--listen", f"127.0.0.1:{self.port}"]
         if config is not None:
-            args += ["--config", str(config)]
+            args += ["--config", str(Path(config).resolve())]
         child_env = {k: v for k, v in os.environ.items() if k not in ("SWITCHYARD_CONFIG", "SWITCHYARD_LISTEN", "SY_TEST_KEY")}
         child_env.setdefault("RUST_LOG", "warn")
         child_env.update(env or {})
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT)
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env, cwd=self.cwd)
         self._wait_healthy()
 
     def _wait_healthy(self, timeout_s: float = 20.0) -> None:
@@ -143,6 +147,16 @@ def gateway(workdir):
 @pytest.fixture(scope="session")
 def client(gateway) -> openai.OpenAI:
     return gateway.client()
+
+
+@pytest.fixture
+def fresh_client(workdir):
+    """A client of a gateway of its own, for tests that inject upstream faults: a failing
+    upstream may open the model's circuit or start a cool-down, which must not leak into
+    other tests."""
+    gw = Gateway(workdir)
+    yield gw.client()
+    gw.stop()
 
 
 def error_object(e: openai.APIStatusError) -> dict:
@@ -385,9 +399,9 @@ def test_bad_stream_type_is_bad_request(client):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_upstream_error_passes_through(client, stream):
+def test_upstream_error_passes_through(fresh_client, stream):
     with pytest.raises(openai.InternalServerError) as info:
-        client.chat.completions.create(
+        fresh_client.chat.completions.create(
             model=CONCRETE_MODEL, messages=HELLO, stream=stream, extra_headers={"x-mock-fault": "503"}
         )
     e = info.value
@@ -397,9 +411,9 @@ def test_upstream_error_passes_through(client, stream):
     assert "503" in error["message"]
 
 
-def test_upstream_rate_limit_passes_through(client):
+def test_upstream_rate_limit_passes_through(fresh_client):
     with pytest.raises(openai.RateLimitError) as info:
-        client.chat.completions.create(model=ROUTE, messages=HELLO, extra_headers={"x-mock-fault": "429:3"})
+        fresh_client.chat.completions.create(model=ROUTE, messages=HELLO, extra_headers={"x-mock-fault": "429:3"})
     e = info.value
     assert e.status_code == 429
     assert e.response.headers.get("retry-after") == "3"
@@ -465,12 +479,12 @@ def test_right_key_works(keyed_gateway):
     assert [m.id for m in client.models.list()] == ["m1"]
 
 
-def test_stream_broken_mid_way_raises(client):
+def test_stream_broken_mid_way_raises(fresh_client):
     """An upstream that drops the connection mid-stream ends the client's stream with an
     error event, which the SDK raises as an APIError after the text received so far."""
     # A per-token delay makes the mock flush the chunks before the break (without it they sit
     # in its write buffer when the connection drops, and nothing reaches the gateway).
-    stream = client.chat.completions.create(
+    stream = fresh_client.chat.completions.create(
         model=CONCRETE_MODEL,
         messages=HELLO,
         stream=True,
@@ -485,9 +499,9 @@ def test_stream_broken_mid_way_raises(client):
     assert info.value.body and info.value.body.get("type")
 
 
-def test_non_stream_broken_mid_way_is_bad_gateway(client):
+def test_non_stream_broken_mid_way_is_bad_gateway(fresh_client):
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model=CONCRETE_MODEL, messages=HELLO, extra_headers={"x-mock-fault": "reset"})
+        fresh_client.chat.completions.create(model=CONCRETE_MODEL, messages=HELLO, extra_headers={"x-mock-fault": "reset"})
     assert info.value.status_code == 502
     assert error_object(info.value)["code"] == "upstream_unreachable"
 
@@ -509,14 +523,11 @@ def test_invalid_json_is_bad_request(client):
 def test_stream_first_token_is_not_held_back(client):
     """The first content chunk of a stream reaches the client without a delayed-ACK stall.
 
-    KNOWN GATEWAY BUG (fails as of this writing): the gateway's accepted client sockets (and
-    the in-process mock's) keep Nagle's algorithm on. The response headers leave alone, the
-    first body chunk follows a moment later, and the kernel holds it until the client's
-    delayed ACK (~40 ms on Linux). Every streamed answer on a kept-alive connection gets
-    ~40 ms of time-to-first-token added; with the zero-latency mock the median is ~45-50 ms
-    instead of ~5 ms. Fix: set TCP_NODELAY on accepted sockets, e.g.
-    `TcpListener::bind(addr).await?.tap_io(|tcp| { let _ = tcp.set_nodelay(true); })`
-    (axum::serve::ListenerExt) in `Application::build` and `mock::spawn`.
+    Regression guard: with Nagle's algorithm on the gateway's accepted sockets (and the
+    mock's), the response headers leave alone, the first body chunk follows a moment later,
+    and the kernel holds it until the client's delayed ACK (~40 ms on Linux): every streamed
+    answer on a kept-alive connection got ~40 ms of time to first token (median ~46 ms
+    instead of ~5 ms against the zero-latency mock). TCP_NODELAY on accepted sockets fixes it.
     """
     ttft_ms = []
     for _ in range(10):
