@@ -179,7 +179,7 @@ pub struct Checkpoint {
     pub selector: Selector,
     /// The same weights as plain arrays; what [`Checkpoint::predict`] runs.
     frozen: FrozenSelector,
-    dir: PathBuf,
+    dir: Option<PathBuf>,
 }
 
 impl Checkpoint {
@@ -221,7 +221,26 @@ impl Checkpoint {
             meta,
             selector,
             frozen,
-            dir: dir.to_path_buf(),
+            dir: Some(dir.to_path_buf()),
+        })
+    }
+
+    /// A checkpoint from an in-memory network (e.g. to evaluate right after training without
+    /// a round trip through the disk). Copies the selector's current weights.
+    pub fn from_parts(meta: CheckpointMeta, selector: Selector) -> Result<Self> {
+        meta.validate()
+            .map_err(|reason| Error::InvalidInput(format!("checkpoint metadata: {reason}")))?;
+        if selector.architecture() != &meta.architecture {
+            return Err(Error::InvalidInput(
+                "the selector's architecture differs from the metadata's".into(),
+            ));
+        }
+        let frozen = FrozenSelector::new(&selector)?;
+        Ok(Self {
+            meta,
+            selector,
+            frozen,
+            dir: None,
         })
     }
 
@@ -312,9 +331,9 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Where this checkpoint was loaded from.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where this checkpoint was loaded from (`None` when built with `from_parts`).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 
     /// Candidate ids in head order.

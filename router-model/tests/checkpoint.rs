@@ -170,6 +170,15 @@ fn training_reduces_loss_and_checkpoint_round_trips() {
         );
     }
 
+    // The same predictions from the in-memory network, without the disk.
+    let in_memory_ckpt = Checkpoint::from_parts(meta.clone(), selector.clone()).expect("parts");
+    assert!(in_memory_ckpt.dir().is_none());
+    let emb: Vec<f32> = (0..DIM).map(|i| (i as f32 * 0.37).sin()).collect();
+    assert_eq!(
+        in_memory_ckpt.predict(&emb, &features).expect("predict"),
+        loaded.predict(&emb, &features).expect("predict")
+    );
+
     // Saving again replaces the checkpoint in place.
     let mut meta2 = meta.clone();
     meta2.training_data_hash = "blake3:other".into();

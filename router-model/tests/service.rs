@@ -83,6 +83,18 @@ async fn cache_hit_returns_the_same_vector() {
     assert!(service.cached("never embedded").is_none());
 }
 
+/// Polls `condition` until it holds; fails the test after 5 s.
+async fn wait_until(condition: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "condition never held"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A test double whose forward pass blocks until the test opens a gate, so queue states are
 /// reproducible. Records the size of every batch it runs.
 struct GatedEmbedder {
@@ -112,14 +124,7 @@ impl GatedEmbedder {
         *self.entered.lock().expect("lock")
     }
     async fn wait_entered(&self, n: usize) {
-        let t = Instant::now();
-        while self.entered() < n {
-            assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "model thread never started"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        wait_until(|| self.entered() >= n).await;
     }
 }
 
@@ -164,11 +169,7 @@ async fn full_queue_is_overloaded_at_once() {
     gated.wait_entered(1).await; // the model thread is busy with "first"
     let s2 = service.clone();
     let second = tokio::spawn(async move { s2.embed("second", far()).await });
-    let t = Instant::now();
-    while service.queue_depth() < 1 {
-        assert!(t.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_until(|| service.queue_depth() >= 1).await;
     let started = Instant::now();
     let err = service
         .embed("third", far())
@@ -210,11 +211,7 @@ async fn deadline_passing_in_the_queue_is_overloaded_without_waiting() {
     gated.open();
     first.await.expect("join").expect("first");
     // The abandoned job is skipped by the model thread, not embedded.
-    let t = Instant::now();
-    while service.queue_depth() > 0 {
-        assert!(t.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_until(|| service.queue_depth() == 0).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(service.stats().embedded, 1);
     assert!(service.cached("second").is_none());
@@ -237,11 +234,7 @@ async fn waiting_requests_form_one_batch_and_duplicates_share_a_row() {
         let s = service.clone();
         waiting.push(tokio::spawn(async move { s.embed(text, far()).await }));
     }
-    let t = Instant::now();
-    while service.queue_depth() < 5 {
-        assert!(t.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_until(|| service.queue_depth() >= 5).await;
     gated.open();
     blocker.await.expect("join").expect("blocker");
     let mut results = Vec::new();
@@ -281,11 +274,7 @@ async fn token_budget_splits_batches() {
             s.embed(&format!("text-{i:05}"), far()).await
         }));
     }
-    let t = Instant::now();
-    while service.queue_depth() < 5 {
-        assert!(t.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_until(|| service.queue_depth() >= 5).await;
     gated.open();
     blocker.await.expect("join").expect("blocker");
     for w in waiting {
