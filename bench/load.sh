@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# Load benchmark: the mock upstream alone ("direct") vs the same mock behind switchyard
+# ("gateway"), non-stream and stream, in one run on loopback.
+#
+# Two measurements per case:
+#   1. saturation: closed loop, $CONNS connections, as fast as it goes -> throughput.
+#      At saturation latency is ~ connections / throughput, so its percentiles say little
+#      about the gateway's own cost.
+#   2. fixed rate: $RATE requests/s in total over $CONNS connections, capped at 40% of the
+#      lower of the two saturation throughputs so that neither side queues -> latency
+#      percentiles; "added latency" = gateway minus direct. Direct and gateway alternate in
+#      $ROUNDS rounds of $ROUND_SECONDS s and per-request latencies (oha CSV) are pooled.
+#
+# Prints Markdown tables on stdout (progress goes to stderr). Raw oha output is kept in
+# $OUT_DIR (default: a temp dir, printed at the end).
+#
+# Env: SWITCHYARD_BIN (default target-bench/release/switchyard, then target/release/switchyard),
+#      DURATION (s, saturation runs, default 10), WARMUP (s, default 2), CONNS (default 32),
+#      RATE (fixed-rate cap, default 2000), ROUNDS (default 2), ROUND_SECONDS (default 5),
+#      OHA (path to oha; default: PATH, then .cache/tools/bin/oha, installed there if absent),
+#      OUT_DIR,
+#      MOCK_NODELAY, GATEWAY_NODELAY (default 0): 1 = LD_PRELOAD bench/nodelay_preload.c into
+#        the mock / the gateway, which sets TCP_NODELAY on every accepted socket. Builds from
+#        before TCP_NODELAY was set on accepted sockets stall every streamed response ~40 ms
+#        (Nagle + the client's delayed ACK); the shim measures such a build as if it were set.
+# Usage: bench/load.sh            (from the repo root or anywhere)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-2}"
+CONNS="${CONNS:-32}"
+RATE="${RATE:-2000}"
+ROUNDS="${ROUNDS:-2}"
+ROUND_SECONDS="${ROUND_SECONDS:-5}"
+MODEL="gpt-4o-mini"
+
+log() { echo "[load.sh] $*" >&2; }
+
+# --- binaries ------------------------------------------------------------------------------
+BIN="${SWITCHYARD_BIN:-}"
+if [[ -z "$BIN" ]]; then
+  for candidate in target-bench/release/switchyard target/release/switchyard; do
+    if [[ -x "$candidate" ]]; then BIN="$candidate"; break; fi
+  done
+fi
+if [[ -z "$BIN" || ! -x "$BIN" ]]; then
+  log "no release switchyard binary; build it with:"
+  log "  CARGO_TARGET_DIR=$ROOT/target-bench cargo build --release -p gateway"
+  exit 1
+fi
+if [[ "$BIN" == *"/debug/"* ]]; then
+  log "warning: $BIN is a debug build; numbers will not mean much"
+fi
+
+OHA="${OHA:-}"
+if [[ -z "$OHA" ]]; then
+  if command -v oha >/dev/null 2>&1; then
+    OHA="$(command -v oha)"
+  elif [[ -x .cache/tools/bin/oha ]]; then
+    OHA=.cache/tools/bin/oha
+  else
+    log "installing oha into .cache/tools (one-off, several minutes)"
+    cargo install oha --locked --root .cache/tools >&2
+    OHA=.cache/tools/bin/oha
+  fi
+fi
+command -v python3 >/dev/null || { log "python3 is needed to read oha's JSON"; exit 1; }
+command -v curl >/dev/null || { log "curl is needed for health checks"; exit 1; }
+
+OUT_DIR="${OUT_DIR:-$(mktemp -d -t switchyard-load.XXXXXX)}"
+mkdir -p "$OUT_DIR"
+
+MOCK_NODELAY="${MOCK_NODELAY:-0}"
+GATEWAY_NODELAY="${GATEWAY_NODELAY:-0}"
+SHIM=""
+if [[ "$MOCK_NODELAY" == 1 || "$GATEWAY_NODELAY" == 1 ]]; then
+  SHIM="$ROOT/.cache/bench/nodelay_preload.so"
+  if [[ ! -f "$SHIM" || "$ROOT/bench/nodelay_preload.c" -nt "$SHIM" ]]; then
+    mkdir -p "$(dirname "$SHIM")"
+    cc -O2 -shared -fPIC -o "$SHIM" "$ROOT/bench/nodelay_preload.c" -ldl
+  fi
+fi
+MOCK_PRELOAD=""; [[ "$MOCK_NODELAY" == 1 ]] && MOCK_PRELOAD="$SHIM"
+GATEWAY_PRELOAD=""; [[ "$GATEWAY_NODELAY" == 1 ]] && GATEWAY_PRELOAD="$SHIM"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT INT TERM
+
+wait_healthy() {
+  local url="$1" name="$2" pid="$3"
+  for _ in $(seq 1 200); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited early; log:"; cat "$OUT_DIR/$name.log" >&2; exit 1
+    fi
+    if curl -fsS -o /dev/null --max-time 1 "$url"; then return 0; fi
+    sleep 0.05
+  done
+  log "$name not healthy at $url"; cat "$OUT_DIR/$name.log" >&2; exit 1
+}
+
+# --- servers -------------------------------------------------------------------------------
+MOCK_PORT="$(free_port)"
+GW_PORT="$(free_port)"
+while [[ "$GW_PORT" == "$MOCK_PORT" ]]; do GW_PORT="$(free_port)"; done
+
+cat >"$OUT_DIR/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GW_PORT"
+
+[providers.up]
+kind = "openai"
+base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+
+[models."$MODEL"]
+provider = "up"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.6
+
+# The outcome log is on the request path (one row per request, batched off it): keep it, in
+# a throwaway SQLite file.
+[database]
+url = "sqlite://$OUT_DIR/outcomes.db"
+spill_path = "$OUT_DIR/spill.jsonl"
+EOF
+
+# Logs at warn: per-request logging is not what we measure.
+LD_PRELOAD="$MOCK_PRELOAD" RUST_LOG=warn "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
+MOCK_PID=$!
+PIDS+=("$MOCK_PID")
+env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN LD_PRELOAD="$GATEWAY_PRELOAD" RUST_LOG=warn \
+  "$BIN" serve --config "$OUT_DIR/gateway.toml" >"$OUT_DIR/gateway.log" 2>&1 &
+GW_PID=$!
+PIDS+=("$GW_PID")
+wait_healthy "http://127.0.0.1:$MOCK_PORT/health" mock "$MOCK_PID"
+wait_healthy "http://127.0.0.1:$GW_PORT/health" gateway "$GW_PID"
+
+DIRECT_URL="http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
+GATEWAY_URL="http://127.0.0.1:$GW_PORT/v1/chat/completions"
+
+# Same body both ways. The stream body asks for usage itself, so that the mock does the same
+# work and the client reads the same events whether or not the gateway is in between (the
+# gateway always asks its upstream for usage, to cost the request).
+PROMPT="Summarise in one sentence why an LLM gateway is useful."
+NONSTREAM_BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}]}"
+STREAM_BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}],\"stream\":true,\"stream_options\":{\"include_usage\":true}}"
+
+# Sanity: both paths answer 200 with the expected shape before we time anything.
+for url in "$DIRECT_URL" "$GATEWAY_URL"; do
+  curl -fsS --max-time 5 -H 'content-type: application/json' -d "$NONSTREAM_BODY" "$url" | grep -q '"chat.completion"' \
+    || { log "non-stream sanity request to $url failed"; exit 1; }
+  curl -fsS --max-time 5 -N -H 'content-type: application/json' -d "$STREAM_BODY" "$url" | grep -q 'data: \[DONE\]' \
+    || { log "stream sanity request to $url failed"; exit 1; }
+done
+
+# CPU time (user + system, clock ticks) a process has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+run_oha() { # name format url body seconds [extra oha args...]
+  local name="$1" format="$2" url="$3" body="$4" seconds="$5"
+  shift 5
+  local gw0 mock0
+  gw0="$(cpu_ticks "$GW_PID")"; mock0="$(cpu_ticks "$MOCK_PID")"
+  timeout $((seconds + 30)) "$OHA" --no-tui --output-format "$format" -z "${seconds}s" -c "$CONNS" \
+    -m POST -T application/json -d "$body" "$@" "$url" >"$OUT_DIR/$name.$format" 2>"$OUT_DIR/$name.err"
+  echo "$(( $(cpu_ticks "$GW_PID") - gw0 )) $(( $(cpu_ticks "$MOCK_PID") - mock0 )) $(getconf CLK_TCK)" >"$OUT_DIR/$name.cpu"
+}
+
+log "binary: $BIN; oha: $("$OHA" --version 2>/dev/null | head -1); $CONNS connections; TCP_NODELAY shim: mock=$MOCK_NODELAY gateway=$GATEWAY_NODELAY"
+log "mock on :$MOCK_PORT (pid $MOCK_PID), gateway on :$GW_PORT (pid $GW_PID); raw results in $OUT_DIR"
+
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n * 0.75) }'; then
+  log "warning: load average $LOAD_BEFORE on $(nproc) CPUs: other work will skew the numbers"
+fi
+
+# Warm-up: connection pools, allocator, page cache.
+for target in direct gateway; do
+  url="$DIRECT_URL"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
+  run_oha "warmup-$target" json "$url" "$STREAM_BODY" "$WARMUP"
+done
+
+declare -A FIXED_RATE
+for kind in nonstream stream; do
+  body="$NONSTREAM_BODY"; [[ "$kind" == stream ]] && body="$STREAM_BODY"
+  # 1. Saturation: closed loop, as fast as it goes.
+  for target in direct gateway; do
+    url="$DIRECT_URL"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
+    log "$kind / $target: saturation, ${DURATION}s"
+    run_oha "$kind-$target-sat" json "$url" "$body" "$DURATION"
+  done
+  # 2. Fixed rate: $RATE, but at most 40% of the lower saturation throughput, so that neither
+  #    side queues. Direct and gateway alternate in $ROUNDS rounds (so drifting background load
+  #    hits both alike) and per-request latencies are pooled.
+  rate="$(python3 - "$OUT_DIR" "$kind" "$RATE" <<'PY'
+import json, os, sys
+out, kind, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def rps(t):
+    d = json.load(open(os.path.join(out, f"{kind}-{t}-sat.json")))
+    return sum(v for k, v in d["statusCodeDistribution"].items() if k.startswith("2")) / d["summary"]["total"]
+rate = min(cap, 0.4 * min(rps("direct"), rps("gateway")))
+print(max(50, int(rate // 50 * 50)))
+PY
+)"
+  FIXED_RATE[$kind]="$rate"
+  for round in $(seq 1 "$ROUNDS"); do
+    for target in direct gateway; do
+      url="$DIRECT_URL"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
+      log "$kind / $target: fixed rate $rate/s, round $round/$ROUNDS, ${ROUND_SECONDS}s"
+      run_oha "$kind-$target-rate-$round" csv "$url" "$body" "$ROUND_SECONDS" -q "$rate"
+    done
+  done
+done
+
+# --- report --------------------------------------------------------------------------------
+echo "Gateway: \`$("$BIN" --version 2>/dev/null)\` ($BIN); oha $("$OHA" --version 2>/dev/null | awk '{print $2}'); $(nproc) CPUs; $CONNS connections; saturation runs ${DURATION} s, fixed-rate runs ${ROUNDS} x ${ROUND_SECONDS} s per side, interleaved; TCP_NODELAY shim on mock: $MOCK_NODELAY, on gateway: $GATEWAY_NODELAY; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo
+python3 - "$OUT_DIR" "$CONNS" "$ROUNDS" "${FIXED_RATE[nonstream]}" "${FIXED_RATE[stream]}" <<'PY'
+import csv, json, os, sys
+out, conns, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fixed = {"nonstream": int(sys.argv[4]), "stream": int(sys.argv[5])}
+LABEL = {"nonstream": "non-stream", "stream": "stream"}
+
+def cpu(name):
+    with open(os.path.join(out, name + ".cpu")) as f:
+        gw, mock, hz = (int(x) for x in f.read().split())
+    return gw / hz, mock / hz
+
+def pct(sorted_ms, q):
+    if not sorted_ms:
+        return float("nan")
+    i = min(len(sorted_ms) - 1, max(0, round(q / 100 * len(sorted_ms) + 0.5) - 1))
+    return sorted_ms[i]
+
+def saturation(kind, target):
+    name = f"{kind}-{target}-sat"
+    d = json.load(open(os.path.join(out, name + ".json")))
+    codes = {int(k): v for k, v in d.get("statusCodeDistribution", {}).items()}
+    ok = sum(v for k, v in codes.items() if 200 <= k < 300)
+    # Requests still in flight when the run's time is up are cut off by oha: not failures.
+    errors = {k: v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k}
+    gw_s, mock_s = cpu(name)
+    p = d["latencyPercentiles"]
+    return {
+        "rps": ok / d["summary"]["total"], "p50": p["p50"] * 1e3, "p99": p["p99"] * 1e3,
+        "failed": sum(v for k, v in codes.items() if not 200 <= k < 300) + sum(errors.values()),
+        "gw_cpu_us": gw_s * 1e6 / ok if ok else 0.0, "mock_cpu_us": mock_s * 1e6 / ok if ok else 0.0,
+    }
+
+def fixed_rate(kind, target):
+    lat, ok, failed, seconds = [], 0, 0, 0.0
+    for r in range(1, rounds + 1):
+        with open(os.path.join(out, f"{kind}-{target}-rate-{r}.csv")) as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            if row["status"].startswith("2"):
+                ok += 1
+                lat.append(float(row["request-duration"]) * 1e3)
+            else:
+                failed += 1
+        if rows:
+            seconds += max(float(row["request-start"]) + float(row["request-duration"]) for row in rows)
+    lat.sort()
+    return {"rps": ok / seconds if seconds else 0.0, "p50": pct(lat, 50), "p99": pct(lat, 99), "failed": failed}
+
+rows = {}
+for kind in ("nonstream", "stream"):
+    rows[(kind, "sat")] = (saturation(kind, "direct"), saturation(kind, "gateway"))
+    rows[(kind, "rate")] = (fixed_rate(kind, "direct"), fixed_rate(kind, "gateway"))
+
+print("| case | load | direct req/s | gateway req/s | gateway % of direct | direct p50 / p99 (ms) | gateway p50 / p99 (ms) | added p50 / p99 (ms) | failed (direct / gateway) |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+for kind in ("nonstream", "stream"):
+    for mode in ("sat", "rate"):
+        d, g = rows[(kind, mode)]
+        load = f"closed loop, {conns} conns" if mode == "sat" else f"fixed {fixed[kind]:,} req/s"
+        share = f"{100 * g['rps'] / d['rps']:.0f}%" if mode == "sat" and d["rps"] else "-"
+        print(
+            f"| {LABEL[kind]} | {load} | {d['rps']:,.0f} | {g['rps']:,.0f} | {share} "
+            f"| {d['p50']:.2f} / {d['p99']:.2f} | {g['p50']:.2f} / {g['p99']:.2f} "
+            f"| {g['p50'] - d['p50']:+.2f} / {g['p99'] - d['p99']:+.2f} | {d['failed']} / {g['failed']} |"
+        )
+print()
+print("CPU time per request at saturation (user + system, from /proc):")
+print()
+print("| case | mock, direct (us) | mock, via gateway (us) | gateway (us) |")
+print("|---|---:|---:|---:|")
+for kind in ("nonstream", "stream"):
+    d, g = rows[(kind, "sat")]
+    print(f"| {LABEL[kind]} | {d['mock_cpu_us']:.0f} | {g['mock_cpu_us']:.0f} | {g['gw_cpu_us']:.0f} |")
+print()
+for kind in ("nonstream", "stream"):
+    (ds, gs), (dr, gr) = rows[(kind, "sat")], rows[(kind, "rate")]
+    share = 100 * gs["rps"] / ds["rps"] if ds["rps"] else 0.0
+    added = gr["p99"] - dr["p99"]
+    print(f"- {LABEL[kind]}: gateway throughput {share:.0f}% of direct (target >= 25%: {'met' if share >= 25 else 'MISSED'}); "
+          f"added p99 at {fixed[kind]:,} req/s {added:+.2f} ms (target < 1 ms: {'met' if added < 1 else 'MISSED'})")
+PY
+log "raw oha output, CPU counters and server logs: $OUT_DIR"
