@@ -1,0 +1,450 @@
+//! Learning from the gateway's own outcome log, and deciding whether the result may replace
+//! the active checkpoint.
+//!
+//! Training rows: `request_log` joined with `feedback` (mean score per request). Only the
+//! chosen model's outcome is observed, and the policy chose it with a logged propensity, so
+//! the quality loss of each row is weighted by its clipped inverse propensity
+//! min(1/p, [`IPS_CLIP`]); the loss is a weighted mean over the batch, i.e. a self-normalised
+//! (SNIPS-style) clipped-IPS estimator of the full-information loss. Latency and output-token
+//! heads learn from every successful row, with or without feedback (no selection weighting:
+//! they describe the model, not the choice).
+//!
+//! Off-policy evaluation on held-out rows (the newest [`HOLDOUT_SHARE`] by time): each policy
+//! greedily picks the candidate with the best utility, where utility is the logged one with
+//! its quality term replaced by the policy's own prediction (quality weight 1, as in every
+//! preset; cost and latency terms as logged). Estimators:
+//! - IPS: 1[π(x)=a]·min(1/p, clip)·r
+//! - doubly robust: q̂(x, π(x)) + 1[π(x)=a]·min(1/p, clip)·(r − q̂(x, a)), with the new
+//!   model's quality head as q̂ (fit without the held-out rows) for both policies.
+//!
+//! Promotion needs the paired per-row difference (new − active) of the DR estimate to have a
+//! one-sided 95% lower confidence bound (mean − 1.645·s.e.) above the margin.
+
+use std::path::{Path, PathBuf};
+
+use router_model::{Checkpoint, RequestFeatures};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::Row as _;
+
+use crate::error::{Error, Result};
+
+/// Inverse propensities are clipped here (a propensity below 0.1 counts as 0.1).
+pub const IPS_CLIP: f64 = 10.0;
+/// Share of logged rows, the newest, held out for off-policy evaluation.
+pub const HOLDOUT_SHARE: f64 = 0.3;
+/// z of a one-sided 95% bound.
+const Z95: f64 = 1.645;
+
+/// One logged candidate with the predictions it was scored with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoggedCandidate {
+    pub model: String,
+    pub quality: f64,
+    pub cost_usd: f64,
+    pub latency_ms: f64,
+    pub utility: f64,
+}
+
+/// One request from the outcome log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedRequest {
+    pub id: String,
+    pub created_at: String,
+    /// The model that served it (configured name).
+    pub model: String,
+    pub candidates: Vec<LoggedCandidate>,
+    /// Probability the policy gave `model`; `None` for fixed/default decisions.
+    pub propensity: Option<f64>,
+    pub embedding: Option<Vec<f32>>,
+    pub prompt_text: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub latency_ms: f64,
+    pub status: i64,
+    /// Mean feedback score (0..1), if any arrived.
+    pub feedback: Option<f64>,
+}
+
+impl LoggedRequest {
+    pub fn succeeded(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// Features as the gateway computed them, as far as the log tells: from the prompt text
+    /// when stored, with the logged exact token count.
+    pub fn features(&self) -> RequestFeatures {
+        let mut f = match &self.prompt_text {
+            Some(text) => RequestFeatures::for_prompt(text),
+            None => RequestFeatures {
+                prompt_tokens: 0,
+                turns: 1,
+                has_code: false,
+                has_tools: false,
+                max_tokens: None,
+            },
+        };
+        if let Some(t) = self.prompt_tokens.and_then(|t| u32::try_from(t).ok()) {
+            f.prompt_tokens = t;
+        }
+        f
+    }
+
+    /// Clipped inverse propensity of the logged choice.
+    pub fn ips_weight(&self) -> f64 {
+        self.propensity
+            .filter(|p| p.is_finite() && *p > 0.0)
+            .map_or(1.0, |p| (1.0 / p).min(IPS_CLIP))
+    }
+}
+
+/// Parses the `candidates` column: either a list of scored candidates or an object with a
+/// `scores` list (and the decision beside it).
+pub fn parse_candidates(value: &Value) -> Vec<LoggedCandidate> {
+    let list = match value {
+        Value::Array(items) => items.as_slice(),
+        Value::Object(map) => map.get("scores").and_then(Value::as_array).map_or(&[][..], Vec::as_slice),
+        _ => &[],
+    };
+    list.iter()
+        .filter_map(|c| {
+            Some(LoggedCandidate {
+                model: c.get("model")?.as_str()?.to_owned(),
+                quality: c.get("quality").and_then(Value::as_f64).unwrap_or(0.0),
+                cost_usd: c.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
+                latency_ms: c.get("latency_ms").and_then(Value::as_f64).unwrap_or(0.0),
+                utility: c.get("utility").and_then(Value::as_f64).unwrap_or(0.0),
+            })
+        })
+        .collect()
+}
+
+fn embedding_from_blob(blob: &[u8]) -> Option<Vec<f32>> {
+    (!blob.is_empty() && blob.len() % 4 == 0).then(|| {
+        blob.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    })
+}
+
+/// Reads logged requests (oldest first) with their mean feedback, from SQLite or Postgres.
+/// `since` is an RFC 3339 time; rows before it are skipped.
+pub async fn load_logged(url: &str, since: Option<&str>) -> Result<Vec<LoggedRequest>> {
+    sqlx::any::install_default_drivers();
+    let postgres = url.starts_with("postgres");
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(url).await?;
+    // Cast everything to plain types both backends hand to `Any` the same way.
+    let sql = if postgres {
+        "SELECT r.id::text AS id, to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at, \
+         r.model, r.candidates::text AS candidates, r.propensity, r.embedding, r.prompt_text, r.prompt_tokens, \
+         r.completion_tokens, r.latency_ms, r.status::bigint AS status, \
+         (SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback \
+         FROM request_log r WHERE ($1::text IS NULL OR r.created_at >= $1::timestamptz) ORDER BY r.created_at, r.id"
+    } else {
+        "SELECT lower(hex(r.id)) AS id, r.created_at, r.model, r.candidates, r.propensity, r.embedding, r.prompt_text, \
+         r.prompt_tokens, r.completion_tokens, r.latency_ms, CAST(r.status AS INTEGER) AS status, \
+         (SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback \
+         FROM request_log r WHERE (?1 IS NULL OR r.created_at >= ?1) ORDER BY r.created_at, r.id"
+    };
+    let rows: Vec<AnyRow> = sqlx::query(sql).bind(since.map(str::to_owned)).fetch_all(&pool).await?;
+    pool.close().await;
+    rows.iter().map(logged_from_row).collect()
+}
+
+fn logged_from_row(row: &AnyRow) -> Result<LoggedRequest> {
+    let candidates: Option<String> = row.try_get("candidates")?;
+    let candidates = candidates
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .map(|v| parse_candidates(&v))
+        .unwrap_or_default();
+    let embedding: Option<Vec<u8>> = row.try_get("embedding")?;
+    Ok(LoggedRequest {
+        id: row.try_get("id")?,
+        created_at: row.try_get("created_at")?,
+        model: row.try_get("model")?,
+        candidates,
+        propensity: row.try_get("propensity")?,
+        embedding: embedding.as_deref().and_then(embedding_from_blob),
+        prompt_text: row.try_get("prompt_text")?,
+        prompt_tokens: row.try_get("prompt_tokens")?,
+        completion_tokens: row.try_get("completion_tokens")?,
+        latency_ms: row.try_get("latency_ms")?,
+        status: row.try_get("status")?,
+        feedback: row.try_get("feedback")?,
+    })
+}
+
+/// Splits logged rows by time: the oldest `1 − HOLDOUT_SHARE` train, the newest evaluate.
+pub fn time_split(rows: &[LoggedRequest]) -> (Vec<&LoggedRequest>, Vec<&LoggedRequest>) {
+    let mut sorted: Vec<&LoggedRequest> = rows.iter().collect();
+    sorted.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    let cut = ((sorted.len() as f64) * (1.0 - HOLDOUT_SHARE)).round() as usize;
+    let held = sorted.split_off(cut.min(sorted.len()));
+    (sorted, held)
+}
+
+/// Maps a logged (configured) model name to a head of `candidates`: exact, then canonical.
+pub fn head_of(candidates: &[String], model: &str) -> Option<usize> {
+    candidates
+        .iter()
+        .position(|c| c == model)
+        .or_else(|| {
+            let canonical = crate::data::canonical_model_id(model);
+            candidates.iter().position(|c| *c == canonical)
+        })
+}
+
+/// One policy's value on the held-out rows, under each estimator.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyValue {
+    pub ips: f64,
+    pub doubly_robust: f64,
+    /// Share of rows where the policy agrees with the logged choice.
+    pub agreement: f64,
+}
+
+/// The comparison and the decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpeReport {
+    pub rows: usize,
+    pub estimator: String,
+    pub ips_clip: f64,
+    pub new: PolicyValue,
+    pub active: PolicyValue,
+    /// Mean paired difference new − active (DR) and its one-sided 95% lower bound.
+    pub dr_difference: f64,
+    pub dr_difference_lcb95: f64,
+    pub ips_difference: f64,
+    pub ips_difference_lcb95: f64,
+    pub margin: f64,
+    pub better: bool,
+}
+
+/// Predicted quality of every candidate for one row (a policy's view).
+pub type QualityFn<'a> = dyn Fn(&LoggedRequest) -> Result<Vec<f32>> + 'a;
+
+/// A greedy policy's pick among the row's logged candidates, by logged utility with the
+/// quality term replaced by `quality` (index into the checkpoint's candidates via `heads`).
+fn greedy_pick(row: &LoggedRequest, quality: &[f32], candidates: &[String]) -> Option<usize> {
+    row.candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let u = match head_of(candidates, &c.model) {
+                Some(h) => c.utility - c.quality + f64::from(quality[h]),
+                None => c.utility,
+            };
+            (i, u)
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i)
+}
+
+/// Off-policy evaluation of `new` against `active` (each: candidate ids + quality function)
+/// on `rows`; `reward_model` gives q̂ for DR, indexed like `reward_candidates`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_policies(
+    rows: &[&LoggedRequest],
+    new_candidates: &[String],
+    new_quality: &QualityFn<'_>,
+    active_candidates: &[String],
+    active_quality: &QualityFn<'_>,
+    margin: f64,
+) -> Result<OpeReport> {
+    let usable: Vec<&&LoggedRequest> = rows
+        .iter()
+        .filter(|r| r.feedback.is_some() && r.candidates.len() >= 2 && r.propensity.is_some_and(|p| p > 0.0))
+        .collect();
+    let mut contributions: Vec<[f64; 4]> = Vec::new(); // ips_new, dr_new, ips_active, dr_active
+    let (mut agree_new, mut agree_active) = (0usize, 0usize);
+    for row in &usable {
+        let r = row.feedback.unwrap_or(0.0);
+        let w = row.ips_weight();
+        let q_new = new_quality(row)?;
+        let q_active = active_quality(row)?;
+        let reward_hat = |model: &str| head_of(new_candidates, model).map_or(0.0, |h| f64::from(q_new[h]));
+        let logged_hat = reward_hat(&row.model);
+        let mut values = [0.0; 4];
+        for (k, (candidates, q)) in [(new_candidates, &q_new), (active_candidates, &q_active)].into_iter().enumerate() {
+            let Some(pick) = greedy_pick(row, q, candidates) else { continue };
+            let picked = &row.candidates[pick].model;
+            let matches = *picked == row.model;
+            if matches {
+                if k == 0 {
+                    agree_new += 1;
+                } else {
+                    agree_active += 1;
+                }
+            }
+            let indicator = if matches { w } else { 0.0 };
+            values[2 * k] = indicator * r;
+            values[2 * k + 1] = reward_hat(picked) + indicator * (r - logged_hat);
+        }
+        contributions.push(values);
+    }
+    let n = contributions.len();
+    if n < 2 {
+        return Err(Error::InvalidInput(format!(
+            "{n} held-out logged rows with feedback, propensity and ≥2 candidates: too few to evaluate"
+        )));
+    }
+    let column = |k: usize| contributions.iter().map(|c| c[k]).collect::<Vec<_>>();
+    let diff = |a: usize, b: usize| contributions.iter().map(|c| c[a] - c[b]).collect::<Vec<_>>();
+    let (dr_mean, dr_se) = mean_se(&diff(1, 3));
+    let (ips_mean, ips_se) = mean_se(&diff(0, 2));
+    let value = |ips: usize, dr: usize, agree: usize| PolicyValue {
+        ips: mean_se(&column(ips)).0,
+        doubly_robust: mean_se(&column(dr)).0,
+        agreement: agree as f64 / n as f64,
+    };
+    let lcb = dr_mean - Z95 * dr_se;
+    Ok(OpeReport {
+        rows: n,
+        estimator: format!("doubly robust (q̂ = new quality head), clipped IPS weights min(1/p, {IPS_CLIP})"),
+        ips_clip: IPS_CLIP,
+        new: value(0, 1, agree_new),
+        active: value(2, 3, agree_active),
+        dr_difference: dr_mean,
+        dr_difference_lcb95: lcb,
+        ips_difference: ips_mean,
+        ips_difference_lcb95: ips_mean - Z95 * ips_se,
+        margin,
+        better: lcb > margin,
+    })
+}
+
+fn mean_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (0.0, f64::INFINITY);
+    }
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, (var / n).sqrt())
+}
+
+/// A promotion decision, appended to `<active>.promotions.jsonl` beside the checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromotionRecord {
+    pub decided_at: String,
+    pub candidate_checkpoint: String,
+    pub active_checkpoint: String,
+    pub promoted: bool,
+    pub reason: String,
+    pub ope: OpeReport,
+}
+
+/// Where decisions about `active` are recorded.
+pub fn promotion_log(active: &Path) -> PathBuf {
+    let name = active.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
+    active.with_file_name(format!("{name}.promotions.jsonl"))
+}
+
+/// Appends `record` to the promotion log.
+pub fn record_decision(active: &Path, record: &PromotionRecord) -> Result<PathBuf> {
+    use std::io::Write;
+    let path = promotion_log(active);
+    let mut line = serde_json::to_vec(record)?;
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&line).and_then(|()| f.sync_all()))
+        .map_err(|e| Error::io(format!("appending to {}", path.display()), e))?;
+    Ok(path)
+}
+
+/// Replaces the checkpoint directory `active` with a copy of `candidate` in one step: the
+/// copy is written to a temporary sibling, then swapped in with `renameat2(RENAME_EXCHANGE)`
+/// (Linux), so a reader sees either the old or the new directory, never none; elsewhere two
+/// renames. The previous checkpoint is kept as `<active>.previous`.
+pub fn promote(candidate: &Path, active: &Path) -> Result<()> {
+    let parent = active.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = active.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = parent.join(format!(".{name}.promote-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+    for file in [router_model::checkpoint::WEIGHTS_FILE, router_model::checkpoint::META_FILE] {
+        let (from, to) = (candidate.join(file), tmp.join(file));
+        std::fs::copy(&from, &to).map_err(|e| Error::io(format!("copying {}", from.display()), e))?;
+        std::fs::File::open(&to)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(format!("syncing {}", to.display()), e))?;
+    }
+    // The copy must load before it may replace anything.
+    let meta = Checkpoint::read_meta(&tmp)?;
+    Checkpoint::load(&tmp, &meta.embedder.id, meta.embedder.dim)?;
+    let previous = parent.join(format!("{name}.previous"));
+    if active.exists() {
+        if exchange(&tmp, active).is_ok() {
+            let _ = std::fs::remove_dir_all(&previous);
+            std::fs::rename(&tmp, &previous).map_err(|e| Error::io(format!("keeping {}", previous.display()), e))?;
+            return Ok(());
+        }
+        let _ = std::fs::remove_dir_all(&previous);
+        std::fs::rename(active, &previous).map_err(|e| Error::io(format!("moving aside {}", active.display()), e))?;
+    }
+    std::fs::rename(&tmp, active).map_err(|e| Error::io(format!("renaming into {}", active.display()), e))?;
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::other("no atomic exchange on this platform"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_both_candidate_shapes() {
+        let list = json!([{"model": "a", "quality": 0.5, "cost_usd": 0.1, "latency_ms": 10.0, "utility": 0.4}]);
+        let object = json!({"decision": "selected", "scores": list.clone()});
+        assert_eq!(parse_candidates(&list), parse_candidates(&object));
+        assert_eq!(parse_candidates(&list)[0].model, "a");
+    }
+
+    #[test]
+    fn clips_inverse_propensity() {
+        let mut r = LoggedRequest {
+            id: "x".into(),
+            created_at: "t".into(),
+            model: "a".into(),
+            candidates: vec![],
+            propensity: Some(0.01),
+            embedding: None,
+            prompt_text: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            latency_ms: 1.0,
+            status: 200,
+            feedback: None,
+        };
+        assert_eq!(r.ips_weight(), IPS_CLIP);
+        r.propensity = Some(0.5);
+        assert_eq!(r.ips_weight(), 2.0);
+        r.propensity = None;
+        assert_eq!(r.ips_weight(), 1.0);
+    }
+}
