@@ -419,22 +419,57 @@ impl BertEmbedder {
         self.max_tokens
     }
 
-    /// Runs BERT and pools. Inputs are right-padded with id 0 to the longest text; the mask
-    /// keeps padding out of both attention and the mean.
+    /// Runs BERT and pools. Texts are grouped by length so that padding stays a small share
+    /// of each forward pass (a 16-token prompt batched with a 128-token one would otherwise
+    /// cost as much as a second long prompt); within a group, inputs are right-padded with
+    /// id 0 and the mask keeps padding out of both attention and the mean.
     fn forward(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
         if batch.iter().any(|t| t.is_empty()) {
             return Err(Error::InvalidInput(
                 "cannot embed an empty token list".into(),
             ));
         }
-        let rows: Vec<&[u32]> = batch.iter().map(|t| t.ids()).collect();
-        let (ids, mask) = bert::batch_inputs(&rows, &self.device)?;
-        let hidden = self.model.forward(&ids, mask.as_ref())?;
-        bert::pool(&hidden, mask.as_ref())
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
+        for group in length_groups(batch) {
+            let rows: Vec<&[u32]> = group.iter().map(|&i| batch[i].ids()).collect();
+            let (ids, mask) = bert::batch_inputs(&rows, &self.device)?;
+            let hidden = self.model.forward(&ids, mask.as_ref())?;
+            for (i, vector) in group.into_iter().zip(bert::pool(&hidden, mask.as_ref())?) {
+                out[i] = vector;
+            }
+        }
+        Ok(out)
     }
+}
+
+/// Padded tokens allowed per real token in one forward pass.
+const MAX_PADDING_RATIO: f64 = 1.25;
+
+/// Splits a batch into groups of similar length (indices into `batch`, shortest first) such
+/// that each group's padded size stays within [`MAX_PADDING_RATIO`] of its real tokens.
+fn length_groups(batch: &[&Tokens]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| batch[i].len());
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut real = 0usize;
+    for i in order {
+        let len = batch[i].len();
+        let fits = groups.last().is_some_and(|g| {
+            let padded = len * (g.len() + 1);
+            padded as f64 <= MAX_PADDING_RATIO * (real + len) as f64
+        });
+        match groups.last_mut() {
+            Some(group) if fits => {
+                group.push(i);
+                real += len;
+            }
+            _ => {
+                groups.push(vec![i]);
+                real = len;
+            }
+        }
+    }
+    groups
 }
 
 impl Embedder for BertEmbedder {
@@ -456,6 +491,39 @@ impl Embedder for BertEmbedder {
 
     fn embed_tokens(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>> {
         self.forward(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_keep_padding_bounded_and_cover_every_text() {
+        let lens = [16usize, 128, 17, 20, 120, 64, 16];
+        let tokens: Vec<Tokens> = lens.iter().map(|&n| Tokens::from_ids(vec![1; n])).collect();
+        let refs: Vec<&Tokens> = tokens.iter().collect();
+        let groups = length_groups(&refs);
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
+        for g in &groups {
+            let longest = g.iter().map(|&i| lens[i]).max().unwrap_or(0);
+            let real: usize = g.iter().map(|&i| lens[i]).sum();
+            assert!(
+                (longest * g.len()) as f64 <= MAX_PADDING_RATIO * real as f64,
+                "{g:?}"
+            );
+        }
+        assert_eq!(groups, vec![vec![0, 6, 2, 3], vec![5], vec![4, 1]]);
+    }
+
+    #[test]
+    fn window_prefix_cuts_on_a_char_boundary() {
+        let text = "é".repeat(10_000);
+        let cut = window_prefix(&text, 4);
+        assert_eq!(cut.chars().count(), 4 * MAX_CHARS_PER_TOKEN);
+        assert_eq!(window_prefix("short", 4), "short");
     }
 }
 
