@@ -494,6 +494,38 @@ impl Embedder for BertEmbedder {
     }
 }
 
+/// Upper bound on characters per word piece that we budget for. Real text averages 3–5
+/// characters per token; only runs of very long "words" (URLs, base64) come near this.
+const MAX_CHARS_PER_TOKEN: usize = 32;
+
+/// The prefix of `text` that can possibly fall inside a `max_tokens` window. The tokenizer
+/// encodes the whole text before truncating, so a 1 MB prompt would otherwise cost tens of
+/// milliseconds on the caller's (async) thread for tokens that are then thrown away.
+fn window_prefix(text: &str, max_tokens: usize) -> &str {
+    let budget = max_tokens.saturating_mul(MAX_CHARS_PER_TOKEN);
+    if text.len() <= budget {
+        return text;
+    }
+    match text.char_indices().nth(budget) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// Cosine similarity of two vectors (plain dot product normalised; inputs need not be unit).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        return 0.0;
+    }
+    dot / (na.sqrt() * nb.sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,36 +557,4 @@ mod tests {
         assert_eq!(cut.chars().count(), 4 * MAX_CHARS_PER_TOKEN);
         assert_eq!(window_prefix("short", 4), "short");
     }
-}
-
-/// Upper bound on characters per word piece that we budget for. Real text averages 3–5
-/// characters per token; only runs of very long "words" (URLs, base64) come near this.
-const MAX_CHARS_PER_TOKEN: usize = 32;
-
-/// The prefix of `text` that can possibly fall inside a `max_tokens` window. The tokenizer
-/// encodes the whole text before truncating, so a 1 MB prompt would otherwise cost tens of
-/// milliseconds on the caller's (async) thread for tokens that are then thrown away.
-fn window_prefix(text: &str, max_tokens: usize) -> &str {
-    let budget = max_tokens.saturating_mul(MAX_CHARS_PER_TOKEN);
-    if text.len() <= budget {
-        return text;
-    }
-    match text.char_indices().nth(budget) {
-        Some((end, _)) => &text[..end],
-        None => text,
-    }
-}
-
-/// Cosine similarity of two vectors (plain dot product normalised; inputs need not be unit).
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
-    for (x, y) in a.iter().zip(b) {
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
-    }
-    if na == 0.0 || nb == 0.0 {
-        return 0.0;
-    }
-    dot / (na.sqrt() * nb.sqrt())
 }
