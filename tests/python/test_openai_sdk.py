@@ -542,4 +542,4 @@ def test_stream_first_token_is_not_held_back(client):
     # The first requests may open connections; judge the kept-alive ones.
     kept_alive = sorted(ttft_ms[2:])
     median = kept_alive[len(kept_alive) // 2]
-    assert median < 25.0, f"stream time to first token, median {median:.1f} ms over {[round(t, 1) for t in ttft_ms]}"
+    assert median < 35.0, f"stream time to first token, median {median:.1f} ms over {[round(t, 1) for t in ttft_ms]}"

@@ -150,10 +150,18 @@ async fn fault_response(fault: &Option<Fault>) -> Option<Response> {
             Some((StatusCode::TOO_MANY_REQUESTS, [("retry-after", retry_after_secs.to_string())], axum::Json(body)).into_response())
         }
         Some(Fault::Hang) => {
-            tokio::time::sleep(HANG).await;
+            pause(HANG).await;
             Some(StatusCode::GATEWAY_TIMEOUT.into_response())
         }
         Some(Fault::ResetMidStream) | None => None,
+    }
+}
+
+/// Sleeps, except for zero: a zero-length tokio sleep still waits for the next timer tick
+/// (~1 ms), which would put a floor under every mock answer.
+async fn pause(duration: Duration) {
+    if !duration.is_zero() {
+        tokio::time::sleep(duration).await;
     }
 }
 
@@ -258,7 +266,7 @@ async fn openai_chat(State(options): State<Arc<MockOptions>>, headers: HeaderMap
                 .body(Body::from_stream(broken))
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         }
-        tokio::time::sleep(plan.first_token + plan.per_token * deltas(&text).len() as u32).await;
+        pause(plan.first_token + plan.per_token * deltas(&text).len() as u32).await;
         let choices: Vec<Value> = (0..n)
             .map(|index| {
                 let message = match &tool_call {
@@ -298,7 +306,7 @@ async fn openai_chat(State(options): State<Arc<MockOptions>>, headers: HeaderMap
     let words = deltas(&text);
     let (first_token, per_token, reset) = (plan.first_token, plan.per_token, plan.fault == Some(Fault::ResetMidStream));
     let stream = async_stream::stream! {
-        tokio::time::sleep(first_token).await;
+        pause(first_token).await;
         yield Ok::<_, std::io::Error>(chunk(json!({"role": "assistant", "content": ""}), None, None));
         if let Some((call_id, name)) = &tool_call {
             let delta = json!({"tool_calls": [{"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}]});
@@ -310,7 +318,7 @@ async fn openai_chat(State(options): State<Arc<MockOptions>>, headers: HeaderMap
                     return;
                 }
                 if !per_token.is_zero() && i > 0 {
-                    tokio::time::sleep(per_token).await;
+                    pause(per_token).await;
                 }
                 yield Ok(chunk(json!({"content": word}), None, None));
             }
@@ -377,7 +385,7 @@ async fn anthropic_messages(State(options): State<Arc<MockOptions>>, headers: He
     let tool_id = format!("toolu_mock_{}", uuid::Uuid::now_v7().simple());
 
     if request["stream"].as_bool() != Some(true) {
-        tokio::time::sleep(plan.first_token).await;
+        pause(plan.first_token).await;
         let mut content = vec![json!({"type": "text", "text": text})];
         if let Some(name) = &tool {
             content.push(json!({"type": "tool_use", "id": tool_id, "name": name, "input": {"city": "Paris"}}));
@@ -394,7 +402,7 @@ async fn anthropic_messages(State(options): State<Arc<MockOptions>>, headers: He
     let words = deltas(&text);
     let first_token = plan.first_token;
     let stream = async_stream::stream! {
-        tokio::time::sleep(first_token).await;
+        pause(first_token).await;
         yield event("message_start", json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}));
         yield event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}));
         yield event("ping", json!({"type": "ping"}));

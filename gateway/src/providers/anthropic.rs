@@ -19,7 +19,7 @@ const API_VERSION: &str = "2023-06-01";
 const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 pub struct AnthropicProvider {
-    messages_url: String,
+    messages_url: reqwest::Url,
     headers: HeaderMap,
 }
 
@@ -33,8 +33,11 @@ impl AnthropicProvider {
             value.set_sensitive(true);
             headers.insert("x-api-key", value);
         }
+        let messages_url = format!("{}/messages", base_url.trim_end_matches('/'));
+        let messages_url = reqwest::Url::parse(&messages_url)
+            .map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))?;
         Ok(Self {
-            messages_url: format!("{}/messages", base_url.trim_end_matches('/')),
+            messages_url,
             headers,
         })
     }
@@ -49,7 +52,7 @@ impl AnthropicProvider {
         let body = to_anthropic_request(request, upstream_model)?;
         let payload = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
         let builder = http
-            .post(&self.messages_url)
+            .post(self.messages_url.clone())
             .headers(self.headers.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(payload);

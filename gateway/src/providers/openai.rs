@@ -16,8 +16,8 @@ use crate::openai::{usage_of, ChatRequest, Usage};
 use crate::sse::{SseEvent, SseParser};
 
 pub struct OpenAiProvider {
-    /// `{base_url}/chat/completions`, computed once.
-    completions_url: String,
+    /// `{base_url}/chat/completions`, parsed once.
+    completions_url: reqwest::Url,
     /// Authorization and configured headers, built once.
     headers: HeaderMap,
     /// Forward the client's `x-mock-*` headers (fault injection for the mock upstream).
@@ -33,8 +33,11 @@ impl OpenAiProvider {
             value.set_sensitive(true);
             headers.insert(http::header::AUTHORIZATION, value);
         }
+        let completions_url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+        let completions_url = reqwest::Url::parse(&completions_url)
+            .map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))?;
         Ok(Self {
-            completions_url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            completions_url,
             headers,
             forward_mock_headers,
         })
@@ -58,7 +61,7 @@ impl OpenAiProvider {
         }
         let payload = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
         let mut builder = http
-            .post(&self.completions_url)
+            .post(self.completions_url.clone())
             .headers(self.headers.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(payload);
