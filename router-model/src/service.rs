@@ -44,6 +44,11 @@ pub struct ServiceConfig {
     /// Run a few texts through the model before accepting requests, so the first real
     /// request does not pay for lazy initialisation.
     pub warmup: bool,
+    /// Scheduling niceness of the model thread and its matrix pool (Linux; 0 = unchanged).
+    /// Positive values let the request-handling threads run first when cores are scarce, so
+    /// passthrough traffic does not slow down while the model is busy: a late embedding just
+    /// sheds the routing decision to the route's default model.
+    pub nice: i32,
 }
 
 impl Default for ServiceConfig {
@@ -57,6 +62,7 @@ impl Default for ServiceConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             warmup: true,
+            nice: 10,
         }
     }
 }
@@ -150,9 +156,13 @@ impl EmbeddingService {
         };
         let threads = config.threads;
         let warmup = config.warmup;
+        let nice = config.nice;
         let thread = std::thread::Builder::new()
             .name("router-model-embed".into())
-            .spawn(move || worker.run(threads, warmup, ready_tx))
+            .spawn(move || {
+                lower_thread_priority(nice);
+                worker.run(threads, warmup, ready_tx)
+            })
             .map_err(|e| Error::io("spawning the embedding thread", e))?;
 
         match ready_rx.recv() {
@@ -290,6 +300,21 @@ struct Worker {
     max_batch_size: usize,
     /// A job taken off the queue that did not fit the previous batch's budget.
     pending: Option<Job>,
+}
+
+/// Renices the calling thread (threads it starts afterwards inherit the value). On Linux
+/// `setpriority(PRIO_PROCESS, 0, …)` applies to the calling thread only.
+fn lower_thread_priority(nice: i32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if nice != 0 {
+        // SAFETY: setpriority takes plain integers and only affects this thread's scheduling.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        if rc != 0 {
+            tracing::debug!(nice, "could not lower the model thread's priority");
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = nice;
 }
 
 impl Worker {
