@@ -65,6 +65,83 @@ enum Command {
         #[arg(long = "fault")]
         faults: Vec<String>,
     },
+    /// Train a selector checkpoint from routing datasets and/or the outcome log.
+    Train(Box<TrainArgs>),
+}
+
+/// `switchyard train`: parsed here, done by the `training` crate.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// A dataset as KIND:PATH (routerbench, arena-hard, llmrouter, routerdc); repeatable.
+    #[arg(long = "dataset")]
+    datasets: Vec<String>,
+    /// Learn from the outcome log (`sqlite://FILE` or `postgres://…`) joined with feedback.
+    #[arg(long, env = "SWITCHYARD_TRAIN_DATABASE_URL")]
+    from_db: Option<String>,
+    /// Only logged requests from this RFC 3339 time on.
+    #[arg(long)]
+    since: Option<String>,
+    /// Directory the new checkpoint is written to.
+    #[arg(long)]
+    out: PathBuf,
+    /// Candidates to train heads for: `all`, or a comma-separated list of model ids.
+    #[arg(long, default_value = "all")]
+    candidates: String,
+    /// Maximum epochs (early stopping usually ends sooner).
+    #[arg(long, default_value_t = 40)]
+    epochs: usize,
+    /// Seed of initialisation, shuffling, dropout and the validation split.
+    #[arg(long, default_value_t = 17)]
+    seed: u64,
+    /// Width of the hidden layer(s), comma-separated.
+    #[arg(long, default_value = "256")]
+    hidden: String,
+    /// Also run leave-one-dataset-out evaluation.
+    #[arg(long)]
+    lodo: bool,
+    /// The serving checkpoint: baseline for off-policy evaluation, start of log-only training.
+    #[arg(long, env = "SWITCHYARD_ACTIVE_CHECKPOINT")]
+    active: Option<PathBuf>,
+    /// Replace --active with the new checkpoint if off-policy evaluation says it is better.
+    #[arg(long)]
+    promote: bool,
+    /// Improvement (0..1 quality) the 95% lower bound must clear to promote.
+    #[arg(long, default_value_t = 0.01)]
+    promote_margin: f64,
+    /// Embedder model directory (default: .cache/models/all-MiniLM-L6-v2).
+    #[arg(long, env = "SWITCHYARD_EMBEDDER_DIR")]
+    embedder_dir: Option<PathBuf>,
+    /// Embedding cache directory.
+    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
+    cache_dir: PathBuf,
+    /// Also write the full report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    fn options(&self) -> anyhow::Result<training::TrainOptions> {
+        let mut options = training::TrainOptions::new(self.out.clone());
+        options.datasets = self.datasets.iter().map(|d| d.parse()).collect::<Result<_, _>>()?;
+        options.from_db = self.from_db.clone();
+        options.since = self.since.clone();
+        options.candidates = self.candidates.parse()?;
+        options.train.max_epochs = self.epochs;
+        options.train.seed = self.seed;
+        options.train.hidden_dims = self
+            .hidden
+            .split(',')
+            .map(|w| w.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .context("--hidden wants widths like 256 or 256,128")?;
+        options.lodo = self.lodo;
+        options.active = self.active.clone();
+        options.promote = self.promote;
+        options.promote_margin = self.promote_margin;
+        options.embedder_dir = self.embedder_dir.clone();
+        options.cache_dir = self.cache_dir.clone();
+        Ok(options)
+    }
 }
 
 /// Which database a maintenance command talks to.
@@ -168,6 +245,13 @@ async fn run() -> anyhow::Result<()> {
             let addr = mock::spawn(listen, options).await?;
             tracing::info!(%addr, "mock upstream listening");
             shutdown_signal().await;
+        }
+        Command::Train(args) => {
+            let report = training::run(&args.options()?).await?;
+            print!("{}", report.summary);
+            if let Some(path) = &args.report {
+                std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+            }
         }
         Command::Migrate { db } => {
             let store = db.open().await?;
