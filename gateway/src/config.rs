@@ -55,6 +55,8 @@ pub struct DatabaseConfig {
     pub retry_interval_ms: u64,
     /// Longest one insert may take before its batch is spilled (and retried later).
     pub write_timeout_ms: u64,
+    /// Batch inserts that may run at the same time (Postgres spreads them over cores).
+    pub write_concurrency: usize,
     /// Connection pool size.
     pub max_connections: u32,
 }
@@ -70,6 +72,7 @@ impl Default for DatabaseConfig {
             spill_path: PathBuf::from("switchyard-spill.jsonl"),
             retry_interval_ms: 1_000,
             write_timeout_ms: 5_000,
+            write_concurrency: 2,
             max_connections: 8,
         }
     }

@@ -81,7 +81,7 @@ impl RequestOutcome {
             cost_usd: None,
             latency_ms: 0.0,
             first_token_ms: None,
-            created_at: Utc::now(),
+            created_at: crate::store::now(),
             tenant: None,
             key_id: None,
             candidates: None,

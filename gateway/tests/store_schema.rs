@@ -128,6 +128,7 @@ async fn feedback_joins_its_request(store: &Store, spill_dir: &std::path::Path) 
             spill_path: spill_dir.join("spill.jsonl"),
             retry_interval: Duration::from_millis(100),
             write_timeout: Duration::from_secs(5),
+            concurrency: 2,
             store_prompts: false,
         },
     )

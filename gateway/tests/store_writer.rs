@@ -18,6 +18,7 @@ fn writer_config(dir: &Path) -> WriterConfig {
         spill_path: dir.join("spill.jsonl"),
         retry_interval: Duration::from_millis(100),
         write_timeout: Duration::from_secs(2),
+        concurrency: 2,
         store_prompts: true,
     }
 }

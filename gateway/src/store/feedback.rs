@@ -10,7 +10,6 @@
 //! cannot be lost. Any other id is a 404. A row waiting in a spill file that an earlier run
 //! left is unknown until it is replayed.
 
-use chrono::Utc;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -57,7 +56,7 @@ pub fn parse(bytes: &[u8]) -> Result<Feedback, Error> {
         score,
         source: source.replace('\0', ""),
         comment: body.comment.map(|c| c.replace('\0', "")),
-        created_at: Utc::now(),
+        created_at: super::now(),
     })
 }
 

@@ -87,7 +87,7 @@ pub async fn create_key(store: &impl LogStore, new: NewKey) -> Result<(ApiKey, S
         tpm: new.tpm,
         budget_usd: new.budget_usd,
         enabled: true,
-        created_at: Utc::now(),
+        created_at: super::now(),
     };
     store.insert_key(&record).await?;
     Ok((record, key))

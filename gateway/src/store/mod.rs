@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -75,7 +75,7 @@ pub struct LogRow {
     pub cache_result: Option<String>,
 }
 
-/// Columns of `request_log` in insert order; must match [`push_row`].
+/// Columns of `request_log` in insert order; must match `push_row!` and `PG_INSERT_UNNEST`.
 const LOG_COLUMNS: &[&str] = &[
     "id",
     "created_at",
@@ -111,6 +111,13 @@ pub struct Feedback {
     pub source: String,
     pub comment: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// The current time at the precision both databases keep (microseconds), so that a record
+/// returned by a create call equals the one read back.
+pub fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    now.duration_trunc(chrono::TimeDelta::microseconds(1)).unwrap_or(now)
 }
 
 /// The embedding as stored: f32 little-endian, 4 bytes per dimension.
@@ -156,8 +163,7 @@ fn db_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     }
 }
 
-/// Binds one row's values in [`LOG_COLUMNS`] order. A macro because sqlx's per-database
-/// `Encode` bounds make a generic function noisier than the two expansions.
+/// Binds one row's values in [`LOG_COLUMNS`] order (SQLite's multi-row `VALUES`).
 macro_rules! push_row {
     ($builder:expr, $row:expr) => {{
         let row: &LogRow = $row;
@@ -191,7 +197,7 @@ macro_rules! push_row {
 /// One implementation of [`LogStore`] per database. The SQL is shared; `QueryBuilder` writes
 /// the placeholders each dialect wants (`$1` or `?`).
 macro_rules! sql_store {
-    ($(#[$meta:meta])* $name:ident, $db:ty, $pool:ty, $migrator:expr, $max_binds:expr) => {
+    ($(#[$meta:meta])* $name:ident, $db:ty, $pool:ty, $migrator:expr, $rows_per_statement:expr) => {
         $(#[$meta])*
         #[derive(Debug, Clone)]
         pub struct $name {
@@ -205,14 +211,6 @@ macro_rules! sql_store {
 
             pub fn pool(&self) -> &$pool {
                 &self.pool
-            }
-
-            fn insert_query(rows: &[LogRow]) -> QueryBuilder<'_, $db> {
-                let mut query = QueryBuilder::<$db>::new("INSERT INTO request_log (");
-                query.push(LOG_COLUMNS.join(", ")).push(") ");
-                query.push_values(rows, |mut values, row| push_row!(values, row));
-                query.push(" ON CONFLICT (id) DO NOTHING");
-                query
             }
         }
 
@@ -243,18 +241,17 @@ macro_rules! sql_store {
             }
 
             async fn insert_rows(&self, rows: &[LogRow]) -> Result<(), Error> {
-                const PER_STATEMENT: usize = $max_binds / LOG_COLUMNS.len();
                 let context = "writing the outcome log";
                 if rows.is_empty() {
                     return Ok(());
                 }
-                if rows.len() <= PER_STATEMENT {
-                    Self::insert_query(rows).build().execute(&self.pool).await.map_err(db_error(context))?;
-                    return Ok(());
+                if rows.len() <= $rows_per_statement {
+                    let mut conn = self.pool.acquire().await.map_err(db_error(context))?;
+                    return Self::insert_chunk(&mut conn, rows).await.map_err(db_error(context));
                 }
                 let mut tx = self.pool.begin().await.map_err(db_error(context))?;
-                for chunk in rows.chunks(PER_STATEMENT) {
-                    Self::insert_query(chunk).build().execute(&mut *tx).await.map_err(db_error(context))?;
+                for chunk in rows.chunks($rows_per_statement) {
+                    Self::insert_chunk(&mut tx, chunk).await.map_err(db_error(context))?;
                 }
                 tx.commit().await.map_err(db_error(context))
             }
@@ -379,12 +376,77 @@ macro_rules! sql_store {
 
 sql_store!(
     /// Postgres: the production store.
-    PgStore, Postgres, PgPool, POSTGRES_MIGRATIONS, 65_535
+    PgStore, Postgres, PgPool, POSTGRES_MIGRATIONS, 10_000
 );
 sql_store!(
     /// Embedded SQLite: the default, so the gateway runs with nothing else installed.
-    SqliteStore, Sqlite, SqlitePool, SQLITE_MIGRATIONS, 32_766
+    SqliteStore, Sqlite, SqlitePool, SQLITE_MIGRATIONS, SQLITE_MAX_BINDS / LOG_COLUMNS.len()
 );
+
+/// SQLite's limit on bound parameters in one statement (since 3.32).
+const SQLITE_MAX_BINDS: usize = 32_766;
+
+/// `INSERT … SELECT * FROM UNNEST($1::uuid[], …)`: one array per column, so the statement
+/// text (and its prepared plan) is the same for every batch size, and Postgres parses 23
+/// parameters instead of 23 per row. About three times the rows per second of a multi-row
+/// `VALUES` list.
+static PG_INSERT_UNNEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    const TYPES: [&str; 23] = [
+        "uuid", "timestamptz", "text", "uuid", "text", "text", "text", "bool", "jsonb", "float8", "text", "text",
+        "text", "bytea", "text", "int8", "int8", "float8", "float8", "float8", "int4", "text", "text",
+    ];
+    let arrays: Vec<String> = TYPES.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", i + 1)).collect();
+    format!(
+        "INSERT INTO request_log ({}) SELECT * FROM UNNEST({}) ON CONFLICT (id) DO NOTHING",
+        LOG_COLUMNS.join(", "),
+        arrays.join(", ")
+    )
+});
+
+impl PgStore {
+    async fn insert_chunk(conn: &mut sqlx::PgConnection, rows: &[LogRow]) -> Result<(), sqlx::Error> {
+        fn column<'a, T>(rows: &'a [LogRow], f: impl Fn(&'a LogRow) -> T) -> Vec<T> {
+            rows.iter().map(f).collect()
+        }
+        sqlx::query(&PG_INSERT_UNNEST)
+            .bind(column(rows, |r| r.id))
+            .bind(column(rows, |r| r.created_at))
+            .bind(column(rows, |r| r.tenant.as_deref()))
+            .bind(column(rows, |r| r.key_id))
+            .bind(column(rows, |r| r.route.as_deref()))
+            .bind(column(rows, |r| r.provider.as_str()))
+            .bind(column(rows, |r| r.model.as_str()))
+            .bind(column(rows, |r| r.stream))
+            .bind(column(rows, |r| r.candidates.as_ref().map(Json)))
+            .bind(column(rows, |r| r.propensity))
+            .bind(column(rows, |r| r.checkpoint_version.as_deref()))
+            .bind(column(rows, |r| r.shadow_choice.as_deref()))
+            .bind(column(rows, |r| r.prompt_hash.as_deref()))
+            .bind(column(rows, |r| r.embedding.as_deref()))
+            .bind(column(rows, |r| r.prompt_text.as_deref()))
+            .bind(column(rows, |r| r.prompt_tokens))
+            .bind(column(rows, |r| r.completion_tokens))
+            .bind(column(rows, |r| r.cost_usd))
+            .bind(column(rows, |r| r.latency_ms))
+            .bind(column(rows, |r| r.first_token_ms))
+            .bind(column(rows, |r| r.status))
+            .bind(column(rows, |r| r.error_class.as_deref()))
+            .bind(column(rows, |r| r.cache_result.as_deref()))
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+}
+
+impl SqliteStore {
+    async fn insert_chunk(conn: &mut sqlx::SqliteConnection, rows: &[LogRow]) -> Result<(), sqlx::Error> {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO request_log (");
+        query.push(LOG_COLUMNS.join(", ")).push(") ");
+        query.push_values(rows, |mut values, row| push_row!(values, row));
+        query.push(" ON CONFLICT (id) DO NOTHING");
+        query.build().execute(conn).await.map(|_| ())
+    }
+}
 
 /// The store the URL names.
 #[derive(Debug, Clone)]

@@ -3,7 +3,8 @@
 //! - The request path calls [`LogHandle::push`], which never waits: it `try_send`s into a
 //!   bounded channel.
 //! - One task takes rows off the channel and inserts them in multi-row statements, when a
-//!   batch is full (`batch_size`) or its first row has waited `batch_interval`.
+//!   batch is full (`batch_size`) or its first row has waited `batch_interval`; up to
+//!   `concurrency` inserts run at once.
 //! - When an insert fails (database down, timeout), the batch is appended to the spill file
 //!   (JSON lines, synced) and the database is retried every `retry_interval`. While the spill
 //!   file holds rows, new batches are appended to it too, so rows reach the database in the
@@ -53,6 +54,8 @@ pub struct WriterConfig {
     pub spill_path: PathBuf,
     pub retry_interval: Duration,
     pub write_timeout: Duration,
+    /// Batch inserts allowed to run at the same time.
+    pub concurrency: usize,
     /// When false, `prompt_text` is removed from every row before it is queued.
     pub store_prompts: bool,
 }
@@ -66,6 +69,7 @@ impl WriterConfig {
             spill_path: config.spill_path.clone(),
             retry_interval: Duration::from_millis(config.retry_interval_ms.max(1)),
             write_timeout: Duration::from_millis(config.write_timeout_ms.max(1)),
+            concurrency: config.write_concurrency.max(1),
             store_prompts: config.store_prompts,
         }
     }
@@ -186,6 +190,8 @@ impl Shared {
     }
 }
 
+// Rows are nearly every message; boxing them would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Row(LogRow),
     /// Reply once everything queued before has been written or spilled.
@@ -215,8 +221,8 @@ impl LogHandle {
             Err(mpsc::error::TrySendError::Full(Msg::Row(row))) => {
                 add(&self.shared.counters.overflowed, 1);
                 match self.to_spill_thread(row) {
-                    Ok(()) => return,
-                    Err(row) => row,
+                    None => return,
+                    Some(row) => row,
                 }
             }
             Err(mpsc::error::TrySendError::Closed(Msg::Row(row))) => row,
@@ -228,10 +234,11 @@ impl LogHandle {
         self.shared.spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
     }
 
-    fn to_spill_thread(&self, row: LogRow) -> Result<(), LogRow> {
+    /// Hands a row to the spill thread; gives it back if the thread has stopped.
+    fn to_spill_thread(&self, row: LogRow) -> Option<LogRow> {
         match lock(&self.shared.overflow).as_ref() {
-            Some(tx) => tx.send(row).map_err(|e| e.0),
-            None => Err(row),
+            Some(tx) => tx.send(row).err().map(|e| e.0),
+            None => Some(row),
         }
     }
 
@@ -339,11 +346,16 @@ impl LogWriter {
         let (tx, rx) = mpsc::channel(config.channel_capacity);
         let (stop, stopped) = oneshot::channel();
         let writer = Writer {
-            store,
             rx,
             shared: shared.clone(),
-            rejected_path: rejected_path(&config.spill_path),
+            inserter: Inserter {
+                store,
+                shared: shared.clone(),
+                write_timeout: config.write_timeout,
+                rejected_path: rejected_path(&config.spill_path),
+            },
             config,
+            in_flight: InFlight::new(),
             replay_offset: 0,
             retry_at: None,
         };
@@ -404,132 +416,16 @@ fn overflow_loop(rx: &std::sync::mpsc::Receiver<LogRow>, shared: &Shared) {
     }
 }
 
-struct Writer {
+/// Inserts batches; cheap to clone into the tasks that run inserts side by side.
+#[derive(Clone)]
+struct Inserter {
     store: Store,
-    rx: mpsc::Receiver<Msg>,
     shared: Arc<Shared>,
-    config: WriterConfig,
+    write_timeout: Duration,
     rejected_path: PathBuf,
-    /// How far the replay has read the spill file.
-    replay_offset: u64,
-    /// Set after a failed write: no database attempt before then.
-    retry_at: Option<Instant>,
 }
 
-impl Writer {
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
-        let batch_size = self.config.batch_size;
-        let mut batch: Vec<LogRow> = Vec::with_capacity(batch_size);
-        let mut inbox: Vec<Msg> = Vec::with_capacity(batch_size);
-        let mut stopping = false;
-        loop {
-            let replay_due = self.replay_due();
-            tokio::select! {
-                biased;
-                _ = &mut stop, if !stopping => {
-                    // Refuse new rows; what is queued is still received below.
-                    stopping = true;
-                    self.rx.close();
-                    continue;
-                }
-                received = self.rx.recv_many(&mut inbox, batch_size) => {
-                    if received == 0 {
-                        break;
-                    }
-                }
-                _ = sleep_until_opt(replay_due), if replay_due.is_some() => {
-                    self.replay(REPLAY_PASS_BUDGET).await;
-                    continue;
-                }
-            }
-            // Fill the batch until it is full or its first row has waited long enough.
-            let deadline = Instant::now() + self.config.batch_interval;
-            loop {
-                for msg in inbox.drain(..) {
-                    match msg {
-                        Msg::Row(row) => batch.push(row),
-                        Msg::Flush(done) => {
-                            self.write(&mut batch).await;
-                            let _ = done.send(());
-                        }
-                    }
-                }
-                if batch.is_empty() || batch.len() >= batch_size {
-                    break;
-                }
-                let room = batch_size - batch.len();
-                match tokio::time::timeout_at(deadline, self.rx.recv_many(&mut inbox, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-            self.write(&mut batch).await;
-            if self.replay_due().is_some_and(|at| at <= Instant::now()) {
-                self.replay(REPLAY_PASS_BUDGET).await;
-            }
-        }
-        self.replay(SHUTDOWN_REPLAY_BUDGET).await;
-        let left = self.shared.spill_bytes();
-        if left > 0 {
-            tracing::warn!(bytes = left, "outcome rows remain in the spill file; they are replayed at the next start");
-        }
-    }
-
-    /// When the spill file should next be replayed; `None` when it is empty.
-    fn replay_due(&self) -> Option<Instant> {
-        if self.shared.spill_bytes() == 0 {
-            return None;
-        }
-        Some(self.retry_at.unwrap_or_else(Instant::now))
-    }
-
-    /// Writes a batch, or spills it while the spill file has rows (to keep the order) or the
-    /// database has just failed.
-    async fn write(&mut self, batch: &mut Vec<LogRow>) {
-        if batch.is_empty() {
-            return;
-        }
-        let rows = std::mem::take(batch);
-        if self.shared.spill_bytes() > 0 {
-            *batch = self.spill(rows).await;
-            batch.clear();
-            return;
-        }
-        match self.insert(&rows).await {
-            Ok(rejected) => {
-                add(&self.shared.counters.written, rows.len() - rejected);
-                self.shared.unmark_pending(&rows);
-                *batch = rows;
-            }
-            Err(error) => {
-                self.failed(&error);
-                *batch = self.spill(rows).await;
-            }
-        }
-        batch.clear();
-    }
-
-    fn failed(&mut self, error: &Error) {
-        add(&self.shared.counters.write_failures, 1);
-        if self.retry_at.is_none() {
-            tracing::warn!(%error, "cannot write the outcome log; spilling rows to disk until the database is back");
-        } else {
-            tracing::debug!(%error, "outcome log still unreachable");
-        }
-        self.retry_at = Some(Instant::now() + self.config.retry_interval);
-    }
-
-    /// Appends rows to the spill file off the async threads; gives the buffer back.
-    async fn spill(&self, rows: Vec<LogRow>) -> Vec<LogRow> {
-        let shared = self.shared.clone();
-        let spilled = tokio::task::spawn_blocking(move || {
-            shared.spill_rows(&rows, SpillReason::DatabaseDown);
-            rows
-        })
-        .await;
-        spilled.unwrap_or_default()
-    }
-
+impl Inserter {
     /// Inserts rows with a time limit. If the database refuses the batch for its content,
     /// rows are inserted one by one and the refused ones set aside. Returns how many were
     /// set aside.
@@ -552,8 +448,8 @@ impl Writer {
                 Err(error) => return Err(error),
             }
         }
-        let path = self.rejected_path.clone();
         let count = refused.len();
+        let path = self.rejected_path.clone();
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let kept = SpillFile::open(&path).and_then(|mut file| file.append(&refused));
@@ -570,13 +466,177 @@ impl Writer {
     }
 
     async fn insert_timed(&self, rows: &[LogRow]) -> Result<(), Error> {
-        match tokio::time::timeout(self.config.write_timeout, self.store.insert_rows(rows)).await {
+        match tokio::time::timeout(self.write_timeout, self.store.insert_rows(rows)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Database {
                 context: "writing the outcome log (timed out)",
                 source: Arc::new(sqlx::Error::PoolTimedOut),
             }),
         }
+    }
+}
+
+/// A batch insert running in its own task: the rows come back with the result.
+type InFlight = tokio::task::JoinSet<(Vec<LogRow>, Result<usize, Error>)>;
+
+struct Writer {
+    rx: mpsc::Receiver<Msg>,
+    shared: Arc<Shared>,
+    config: WriterConfig,
+    inserter: Inserter,
+    /// Inserts running now, at most `config.concurrency`: Postgres spreads them over cores,
+    /// and one batch is encoded while another commits.
+    in_flight: InFlight,
+    /// How far the replay has read the spill file.
+    replay_offset: u64,
+    /// Set after a failed write: no database attempt before then.
+    retry_at: Option<Instant>,
+}
+
+impl Writer {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let batch_size = self.config.batch_size;
+        let mut batch: Vec<LogRow> = Vec::with_capacity(batch_size);
+        let mut inbox: Vec<Msg> = Vec::with_capacity(batch_size);
+        let mut stopping = false;
+        loop {
+            let replay_due = self.replay_due();
+            tokio::select! {
+                biased;
+                _ = &mut stop, if !stopping => {
+                    // Refuse new rows; what is queued is still received below.
+                    stopping = true;
+                    self.rx.close();
+                    continue;
+                }
+                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    self.finished(done).await;
+                    continue;
+                }
+                received = self.rx.recv_many(&mut inbox, batch_size) => {
+                    if received == 0 {
+                        break;
+                    }
+                }
+                _ = sleep_until_opt(replay_due), if replay_due.is_some() => {
+                    self.replay(REPLAY_PASS_BUDGET).await;
+                    continue;
+                }
+            }
+            // Fill the batch until it is full or its first row has waited long enough.
+            let deadline = Instant::now() + self.config.batch_interval;
+            loop {
+                for msg in inbox.drain(..) {
+                    match msg {
+                        Msg::Row(row) => batch.push(row),
+                        Msg::Flush(done) => {
+                            self.write(std::mem::take(&mut batch)).await;
+                            self.drain_in_flight().await;
+                            let _ = done.send(());
+                        }
+                    }
+                }
+                if batch.is_empty() || batch.len() >= batch_size {
+                    break;
+                }
+                let room = batch_size - batch.len();
+                let received = tokio::select! {
+                    biased;
+                    // Shutdown does not wait out the batch interval: once the channel is
+                    // closed, `recv_many` returns what is left at once.
+                    _ = &mut stop, if !stopping => {
+                        stopping = true;
+                        self.rx.close();
+                        continue;
+                    }
+                    received = tokio::time::timeout_at(deadline, self.rx.recv_many(&mut inbox, room)) => received,
+                };
+                match received {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+            self.write(full).await;
+            if self.replay_due().is_some_and(|at| at <= Instant::now()) {
+                self.replay(REPLAY_PASS_BUDGET).await;
+            }
+        }
+        self.drain_in_flight().await;
+        self.replay(SHUTDOWN_REPLAY_BUDGET).await;
+        let left = self.shared.spill_bytes();
+        if left > 0 {
+            tracing::warn!(bytes = left, "outcome rows remain in the spill file; they are replayed at the next start");
+        }
+    }
+
+    /// When the spill file should next be replayed; `None` when it is empty.
+    fn replay_due(&self) -> Option<Instant> {
+        if self.shared.spill_bytes() == 0 {
+            return None;
+        }
+        Some(self.retry_at.unwrap_or_else(Instant::now))
+    }
+
+    /// Starts inserting a batch, or spills it while the spill file has rows (to keep the
+    /// order) or the database has just failed.
+    async fn write(&mut self, rows: Vec<LogRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        if self.shared.spill_bytes() > 0 {
+            self.spill(rows).await;
+            return;
+        }
+        while self.in_flight.len() >= self.config.concurrency {
+            match self.in_flight.join_next().await {
+                Some(done) => self.finished(done).await,
+                None => break,
+            }
+        }
+        let inserter = self.inserter.clone();
+        self.in_flight.spawn(async move {
+            let result = inserter.insert(&rows).await;
+            (rows, result)
+        });
+    }
+
+    /// Counts a finished insert, or spills its rows if it failed.
+    async fn finished(&mut self, done: Result<(Vec<LogRow>, Result<usize, Error>), tokio::task::JoinError>) {
+        match done {
+            Ok((rows, Ok(rejected))) => {
+                add(&self.shared.counters.written, rows.len() - rejected);
+                self.shared.unmark_pending(&rows);
+            }
+            Ok((rows, Err(error))) => {
+                self.failed(&error);
+                self.spill(rows).await;
+            }
+            // The insert task panicked or was cancelled: its rows are gone with it.
+            Err(error) => tracing::error!(%error, "an outcome log insert task failed"),
+        }
+    }
+
+    async fn drain_in_flight(&mut self) {
+        while let Some(done) = self.in_flight.join_next().await {
+            self.finished(done).await;
+        }
+    }
+
+    fn failed(&mut self, error: &Error) {
+        add(&self.shared.counters.write_failures, 1);
+        if self.retry_at.is_none() {
+            tracing::warn!(%error, "cannot write the outcome log; spilling rows to disk until the database is back");
+        } else {
+            tracing::debug!(%error, "outcome log still unreachable");
+        }
+        self.retry_at = Some(Instant::now() + self.config.retry_interval);
+    }
+
+    /// Appends rows to the spill file off the async threads.
+    async fn spill(&self, rows: Vec<LogRow>) {
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.spill_rows(&rows, SpillReason::DatabaseDown)).await;
     }
 
     /// Replays the spill file front to back for up to `budget`, and removes it once all of
@@ -623,7 +683,7 @@ impl Writer {
                 }
             };
             add(&self.shared.counters.unreadable, chunk.unreadable as usize);
-            match self.insert(&chunk.rows).await {
+            match self.inserter.insert(&chunk.rows).await {
                 Ok(rejected) => {
                     add(&self.shared.counters.replayed, chunk.rows.len() - rejected);
                     self.shared.unmark_pending(&chunk.rows);
