@@ -343,6 +343,11 @@ impl LogWriter {
                 .spawn(move || overflow_loop(&overflow_rx, &shared))
                 .map_err(|e| Error::Internal(format!("cannot start the spill thread: {e}")))?
         };
+        let mut config = config;
+        if matches!(store, Store::Sqlite(_)) {
+            // SQLite has one writer at a time: a second insert would only wait for the lock.
+            config.concurrency = 1;
+        }
         let (tx, rx) = mpsc::channel(config.channel_capacity);
         let (stop, stopped) = oneshot::channel();
         let writer = Writer {
