@@ -316,6 +316,17 @@ pub struct LogWriter {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
     overflow_thread: std::thread::JoinHandle<()>,
+    _close_overflow: CloseOverflow,
+}
+
+/// Ends the spill thread when the writer is dropped without [`LogWriter::shutdown`] (the
+/// thread holds the shared state, so it would otherwise wait forever).
+struct CloseOverflow(Arc<Shared>);
+
+impl Drop for CloseOverflow {
+    fn drop(&mut self) {
+        drop(lock(&self.0.overflow).take());
+    }
 }
 
 impl LogWriter {
@@ -366,10 +377,11 @@ impl LogWriter {
         };
         let task = tokio::spawn(writer.run(stopped));
         Ok(Self {
-            handle: LogHandle { tx, shared },
+            handle: LogHandle { tx, shared: shared.clone() },
             stop,
             task,
             overflow_thread,
+            _close_overflow: CloseOverflow(shared),
         })
     }
 
