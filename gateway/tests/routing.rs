@@ -156,6 +156,9 @@ fn copy_checkpoint(from: &Path, to: &Path) {
 }
 
 fn routing_config(mock: SocketAddr, checkpoint: &Path, extra_router: &str, database: &str) -> String {
+    // Tests run in parallel on small machines: a generous deadline keeps a slow embed from
+    // being shed (the shed test sets its own).
+    let deadline = if extra_router.contains("decision_timeout_ms") { "" } else { "decision_timeout_ms = 10000" };
     format!(
         r#"
 [providers.mock]
@@ -181,6 +184,7 @@ exploration = 0.0
 [router]
 checkpoint = "{}"
 reload_poll_ms = 0
+{deadline}
 {extra_router}
 
 [database]
