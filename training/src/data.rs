@@ -541,6 +541,9 @@ fn load_llmrouter(path: &Path) -> Result<Dataset> {
     for file in data_files(DatasetKind::Llmrouter, path, "json", &mut skipped)? {
         let (_, split) = task_and_split(&file);
         let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if stem == "default_llm" {
+            continue; // the price list, read below
+        }
         let split = match (split, stem.as_str()) {
             (Some(s), _) => s,
             (None, "train") => Split::Train,

@@ -427,10 +427,11 @@ fn restore(varmap: &VarMap, saved: &[(String, Tensor)]) -> Result<()> {
     Ok(())
 }
 
-/// A head output with no training target at all would serve whatever its random weights say:
-/// for such a candidate the row is zeroed and the bias set to a constant (the mean of what
-/// other candidates observed, or [`NEUTRAL_LATENCY_MS`] / a median answer length when nobody
-/// observed anything), so at least it cannot reorder candidates at random.
+/// A head output with no training target at all would serve whatever its random weights say.
+/// For such a candidate the head's row becomes the average of the rows of the candidates that
+/// did have data (so it predicts, per prompt, the mean of what those models do: short for a
+/// multiple-choice question, long for code); when no candidate had data, a constant
+/// ([`NEUTRAL_LATENCY_MS`], or 200 tokens) that cannot reorder candidates.
 fn neutralise_unobserved_heads(varmap: &VarMap, examples: &[Example], c: usize) -> Result<Vec<String>> {
     let vars: HashMap<String, Var> = sorted_vars(varmap)?.into_iter().collect();
     let mut notes = Vec::new();
@@ -440,18 +441,8 @@ fn neutralise_unobserved_heads(varmap: &VarMap, examples: &[Example], c: usize) 
         ("tokens", |e, j| e.log_output_tokens[j], 200f32.ln()),
     ];
     for (head, get, fallback) in heads {
-        let mut sums = vec![(0f64, 0usize); c];
-        for e in examples {
-            for (j, s) in sums.iter_mut().enumerate() {
-                if let Some(v) = get(e, j) {
-                    s.0 += f64::from(v);
-                    s.1 += 1;
-                }
-            }
-        }
-        let (total, count) = sums.iter().fold((0f64, 0usize), |a, s| (a.0 + s.0, a.1 + s.1));
-        let constant = if count > 0 { (total / count as f64) as f32 } else { fallback };
-        let unobserved: Vec<usize> = (0..c).filter(|&j| sums[j].1 == 0).collect();
+        let observed: Vec<bool> = (0..c).map(|j| examples.iter().any(|e| get(e, j).is_some())).collect();
+        let unobserved: Vec<usize> = (0..c).filter(|&j| !observed[j]).collect();
         if unobserved.is_empty() {
             continue;
         }
@@ -460,20 +451,35 @@ fn neutralise_unobserved_heads(varmap: &VarMap, examples: &[Example], c: usize) 
         };
         let mut w = weight.as_tensor().to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let mut b = bias.as_tensor().to_vec1::<f32>()?;
+        let donors: Vec<usize> = (0..c).filter(|&j| observed[j]).collect();
+        let cols = w.first().map_or(0, Vec::len);
+        let (row, constant) = if donors.is_empty() {
+            (vec![0.0; cols], fallback)
+        } else {
+            let k = donors.len() as f32;
+            let row = (0..cols).map(|i| donors.iter().map(|&d| w[d][i]).sum::<f32>() / k).collect();
+            (row, donors.iter().map(|&d| b[d]).sum::<f32>() / k)
+        };
         for &j in &unobserved {
-            w[j].iter_mut().for_each(|x| *x = 0.0);
+            w[j].clone_from(&row);
             b[j] = constant;
         }
         let rows = w.len();
-        let cols = w.first().map_or(0, Vec::len);
         weight.set(&Tensor::from_vec(w.into_iter().flatten().collect::<Vec<_>>(), (rows, cols), &Device::Cpu)?)?;
         bias.set(&Tensor::from_vec(b, rows, &Device::Cpu)?)?;
-        notes.push(format!(
-            "{head} head: no data for {} of {c} candidates; they predict the constant {:.1}{}",
-            unobserved.len(),
-            constant.exp(),
-            if head == "latency" { " ms" } else { " tokens" }
-        ));
+        notes.push(if donors.is_empty() {
+            format!(
+                "{head} head: no data for any candidate; all predict the constant {:.0}{}",
+                constant.exp(),
+                if head == "latency" { " ms" } else { " tokens" }
+            )
+        } else {
+            format!(
+                "{head} head: no data for {} of {c} candidates; they predict the mean of the {} candidates with data",
+                unobserved.len(),
+                donors.len()
+            )
+        });
     }
     Ok(notes)
 }

@@ -53,14 +53,13 @@ fn recovers_a_known_routing_rule() {
         let a = auc(&scores, &labels).expect("both classes");
         assert!(a > 0.95, "candidate {j}: quality AUC {a}");
     }
-    // The token head learned `a`'s answer lengths; `b` had none, so it predicts one constant
-    // (the mean of what was observed) instead of noise.
+    // The token head learned `a`'s answer lengths; `b` had none, so it borrows `a`'s head
+    // (the mean of the candidates with data) instead of serving noise.
     let long: Vec<f32> = test.iter().zip(&pred.log_tokens).filter(|(e, _)| e.embedding[1] > 0.3).map(|(_, t)| t[0].exp()).collect();
     let short: Vec<f32> = test.iter().zip(&pred.log_tokens).filter(|(e, _)| e.embedding[1] < -0.3).map(|(_, t)| t[0].exp()).collect();
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
     assert!(mean(&long) > 200.0 && mean(&short) < 50.0, "long {} short {}", mean(&long), mean(&short));
-    let b_tokens: Vec<f32> = pred.log_tokens.iter().map(|t| t[1]).collect();
-    assert!(b_tokens.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-5));
+    assert!(pred.log_tokens.iter().all(|t| (t[0] - t[1]).abs() < 1e-4));
     assert!(trained.notes.iter().any(|n| n.starts_with("tokens head")), "{:?}", trained.notes);
 }
 
