@@ -9,16 +9,13 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use router_model::selector::{input_row, loss};
-use router_model::{Architecture, Checkpoint, CheckpointMeta, EmbedderRef, FeatureNorm, LossWeights, RequestFeatures, Selector, Targets};
+use router_model::{Checkpoint, CheckpointMeta, EmbedderRef, RequestFeatures};
 use serde_json::json;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::SqlitePool;
-use training::{TrainConfig, TrainOptions};
+use training::{Example, Init, TrainConfig, TrainOptions};
 
 const DIM: usize = 16;
 const MODELS: [&str; 2] = ["strong", "weak"];
@@ -35,47 +32,34 @@ fn vector(rng: &mut StdRng) -> Vec<f32> {
     (0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
-/// An active checkpoint that believes `weak` (0.9) always beats `strong` (0.1).
+/// Features of every logged request (no prompt text stored; 12 prompt tokens).
+fn logged_features() -> RequestFeatures {
+    RequestFeatures { prompt_tokens: 12, turns: 1, has_code: false, has_tools: false, max_tokens: None }
+}
+
+/// An active checkpoint that believes `weak` (0.9) always beats `strong` (0.1); seeded, so
+/// the whole test is deterministic.
 fn write_wrong_checkpoint(dir: &Path) {
-    let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(5);
-    let n = 200;
-    let norm = FeatureNorm::identity(RequestFeatures::LEN);
-    let features = RequestFeatures::for_prompt("hello there");
-    let mut rows = Vec::new();
-    for _ in 0..n {
-        rows.extend(input_row(&vector(&mut rng), &features, &norm));
-    }
-    let arch = Architecture { hidden_dims: vec![16], dropout: 0.0, ..Architecture::new(DIM, 2) };
-    let varmap = VarMap::new();
-    let selector = Selector::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &arch).expect("selector");
-    let ones = Tensor::ones((n, 2), DType::F32, &dev).expect("t");
-    let quality: Vec<f32> = (0..n).flat_map(|_| [0.1f32, 0.9]).collect();
-    let targets = Targets {
-        quality: Tensor::from_vec(quality, (n, 2), &dev).expect("t"),
-        quality_mask: ones.clone(),
-        log_latency_ms: (ones.clone() * 500f64.ln()).expect("t"),
-        latency_mask: ones.clone(),
-        log_output_tokens: (ones.clone() * 100f64.ln()).expect("t"),
-        tokens_mask: ones.clone(),
-        difficulty: Tensor::full(0.5f32, n, &dev).expect("t"),
-        difficulty_mask: Tensor::ones(n, DType::F32, &dev).expect("t"),
-    };
-    let input = Tensor::from_vec(rows, (n, arch.input_dim()), &dev).expect("t");
-    let mut opt = candle_nn::AdamW::new_lr(varmap.all_vars(), 1e-2).expect("opt");
-    for _ in 0..200 {
-        let out = selector.forward_t(&input, true).expect("fwd");
-        let l = loss(&out, &targets, &LossWeights::default()).expect("loss");
-        candle_nn::Optimizer::backward_step(&mut opt, &l).expect("step");
-    }
+    let examples: Vec<Example> = (0..200)
+        .map(|i| {
+            let mut e = Example::empty(vector(&mut rng), logged_features(), 2, format!("w{i}"));
+            e.quality = vec![Some(0.1), Some(0.9)];
+            e.log_latency_ms = vec![Some(500f32.ln()); 2];
+            e.log_output_tokens = vec![Some(100f32.ln()); 2];
+            e
+        })
+        .collect();
+    let config = TrainConfig { hidden_dims: vec![16], max_epochs: 30, progress: false, ..TrainConfig::default() };
+    let trained = training::train::train(&examples, 2, &config, Init::Random).expect("train wrong checkpoint");
     let meta = CheckpointMeta::new(
-        arch,
+        trained.architecture.clone(),
         MODELS.iter().map(|s| s.to_string()).collect(),
-        norm,
+        trained.feature_norm.clone(),
         EmbedderRef { id: "test/synthetic".into(), dim: DIM },
         "test:wrong",
     );
-    Checkpoint::save(dir, &varmap, &meta).expect("save");
+    Checkpoint::save(dir, &trained.varmap, &meta).expect("save");
 }
 
 async fn create_log(path: &Path, active: &Checkpoint, n: usize) {
@@ -92,8 +76,7 @@ async fn create_log(path: &Path, active: &Checkpoint, n: usize) {
     let epsilon = 0.5;
     for i in 0..n {
         let v = vector(&mut rng);
-        let features = RequestFeatures::for_prompt("hello there");
-        let preds = active.predict(&v, &features).expect("predict");
+        let preds = active.predict(&v, &logged_features()).expect("predict");
         let greedy = if preds[0].quality >= preds[1].quality { 0 } else { 1 };
         let explore = rng.random::<f64>() < epsilon;
         let chosen = if explore { rng.random_range(0..2) } else { greedy };
@@ -179,7 +162,7 @@ async fn learns_from_the_log_evaluates_off_policy_and_promotes() {
     // The latency head learned from every row: strong is the slow one (2,000 vs 400 ms
     // logged; the head is still converging when early stopping ends on the quality loss).
     let promoted = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load promoted");
-    let p = promoted.predict(&[0.1; DIM], &RequestFeatures::for_prompt("hello there")).expect("predict");
+    let p = promoted.predict(&[0.1; DIM], &logged_features()).expect("predict");
     assert!(p[0].latency_ms > 2.0 * p[1].latency_ms, "{p:?}");
 
     // Against the promoted checkpoint, a retrain on the same log is no better: kept.
