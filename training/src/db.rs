@@ -121,7 +121,7 @@ pub fn parse_candidates(value: &Value) -> Vec<LoggedCandidate> {
 }
 
 fn embedding_from_blob(blob: &[u8]) -> Option<Vec<f32>> {
-    (!blob.is_empty() && blob.len() % 4 == 0).then(|| {
+    (!blob.is_empty() && blob.len().is_multiple_of(4)).then(|| {
         blob.chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()

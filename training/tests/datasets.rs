@@ -1,6 +1,8 @@
 //! The importers on the real shared datasets (`../shared/data` beside the checkout): row
 //! counts, splits, and a few values read by hand from the files.
 
+#![allow(clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 
 use training::data::{self, DatasetKind, DatasetSpec, Split};

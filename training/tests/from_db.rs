@@ -7,6 +7,8 @@
 //! Training on the log must find the better policy, OPE must say so, and `--promote` must
 //! swap it in; a second round against the promoted checkpoint must not promote again.
 
+#![allow(clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 
 use rand::rngs::StdRng;

@@ -1,5 +1,7 @@
 //! The trainer recovers a task whose answer is known, deterministically.
 
+#![allow(clippy::expect_used, clippy::panic)]
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use router_model::RequestFeatures;
