@@ -30,6 +30,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `[cache]`: exact and semantic response cache.
+    #[serde(default)]
+    pub cache: cache::CacheConfig,
 }
 
 /// `[database]`: where the outcome log, feedback and virtual keys live, and how rows get there.

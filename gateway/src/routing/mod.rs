@@ -123,6 +123,17 @@ struct ModelInfo {
     like: Option<String>,
 }
 
+/// A request's query embedding, computed once and shared by the semantic cache and the
+/// selector.
+#[derive(Debug, Clone)]
+pub enum QueryEmbedding {
+    Ready(Embedding),
+    /// The embedder missed the decision deadline (overloaded) or failed: shed.
+    Missed,
+    /// No embedder is loaded.
+    Unavailable,
+}
+
 pub struct RoutingEngine {
     config: RouterConfig,
     models: Vec<ModelInfo>,
@@ -281,9 +292,55 @@ impl RoutingEngine {
         }
     }
 
+    /// Whether a selector checkpoint (active or shadow) is loaded, so routes embed queries.
+    pub fn has_selector(&self) -> bool {
+        self.active.load().is_some() || self.shadow.load().is_some()
+    }
+
+    /// Loads the embedder now if no checkpoint did (the semantic cache needs it too).
+    pub async fn start_embedder(&self) -> Result<(), Error> {
+        self.ensure_embedder().await.map(|_| ())
+    }
+
+    /// Embeds the request's last user message within the decision deadline counted from
+    /// `started`. Computed once per request: the semantic cache and the selector share it.
+    pub async fn embed_query(&self, request: &ChatRequest, started: Instant) -> QueryEmbedding {
+        let Some(service) = self.embedding.get() else {
+            return QueryEmbedding::Unavailable;
+        };
+        let deadline = started + Duration::from_millis(self.config.decision_timeout_ms);
+        match service.embed(&request.last_user_text(), deadline).await {
+            Ok(embedding) => QueryEmbedding::Ready(embedding),
+            Err(e) => {
+                if !e.is_overloaded() {
+                    tracing::warn!(error = %e, "embedding failed; using the route default");
+                }
+                QueryEmbedding::Missed
+            }
+        }
+    }
+
     /// Chooses a model of `route` for `request`.
     pub async fn decide(&self, route: &RouteEntry, request: &ChatRequest, options: RequestPolicy) -> Decision {
         let started = Instant::now();
+        let embedding = if self.has_selector() {
+            self.embed_query(request, started).await
+        } else {
+            QueryEmbedding::Unavailable
+        };
+        self.decide_with(route, request, options, started, embedding)
+    }
+
+    /// Chooses a model of `route` given the query's embedding (see [`Self::embed_query`]);
+    /// `started` is when the decision began, for the decision time.
+    pub fn decide_with(
+        &self,
+        route: &RouteEntry,
+        request: &ChatRequest,
+        options: RequestPolicy,
+        started: Instant,
+        embedding: QueryEmbedding,
+    ) -> Decision {
         let default_first = || {
             let mut ranking = vec![route.default.clone()];
             ranking.extend(route.candidates.iter().filter(|c| c.name != route.default.name).cloned());
@@ -291,17 +348,13 @@ impl RoutingEngine {
         };
         let active = self.active.load_full();
         let shadow = self.shadow.load_full();
-        let (Some(service), true) = (self.embedding.get(), active.is_some() || shadow.is_some()) else {
+        if active.is_none() && shadow.is_none() {
             return Decision::plain(default_first(), DecisionKind::Default);
-        };
-        let text = request.last_user_text();
-        let deadline = started + Duration::from_millis(self.config.decision_timeout_ms);
-        let embedding = match service.embed(&text, deadline).await {
-            Ok(embedding) => embedding,
-            Err(e) => {
-                if !e.is_overloaded() {
-                    tracing::warn!(error = %e, "embedding failed; using the route default");
-                }
+        }
+        let embedding = match embedding {
+            QueryEmbedding::Ready(embedding) => embedding,
+            QueryEmbedding::Unavailable => return Decision::plain(default_first(), DecisionKind::Default),
+            QueryEmbedding::Missed => {
                 let mut decision = Decision::plain(default_first(), DecisionKind::Shed);
                 decision.checkpoint_version = active.as_ref().map(|a| a.version.clone());
                 decision.decision_ms = started.elapsed().as_secs_f64() * 1e3;

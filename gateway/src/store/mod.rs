@@ -8,6 +8,7 @@
 //! [`writer::LogWriter`], which batches them, and spills them to a local file while the
 //! database is unreachable. Key checks go through the cache in [`keys::Authenticator`].
 
+pub mod cache_entries;
 pub mod feedback;
 pub mod keys;
 mod spill;
