@@ -28,7 +28,8 @@ use crate::outcome::RequestOutcome;
 use crate::providers::{CallTimeouts, PieceStream, UpstreamResponse};
 use crate::registry::{ModelEntry, Registry, Target};
 use crate::breaker::{BreakerState, Breakers, Failure};
-use crate::routing::{Decision, RequestPolicy, RoutingEngine, Tradeoff};
+use crate::response_cache::{hit_response, CachePlan, GatewayCache, HitKind, StreamCapture, HEADER_CACHE};
+use crate::routing::{Decision, QueryEmbedding, RequestPolicy, RoutingEngine, Tradeoff};
 use crate::sse::data_event;
 use crate::store::{self, Authenticator, Caller, LogHandle, LogStore, LogWriter, Store, WriterConfig};
 
@@ -62,6 +63,8 @@ pub struct AppState {
     pub breakers: Breakers,
     /// Embedder, selector checkpoints and policy for routes.
     pub routing: Arc<RoutingEngine>,
+    /// Response cache (`None` when `[cache]` turns both tiers off).
+    pub cache: Option<Arc<GatewayCache>>,
     /// `/v1/models` body, rendered once.
     models_body: Bytes,
     /// Health URL of the in-process mock, checked by `/ready`.
@@ -114,7 +117,9 @@ impl AppState {
         tracing::info!(database = store.backend(), open_access = open, "outcome log ready");
         let routing = RoutingEngine::start(config.router.clone(), &registry.models).await?;
         spawn_reload_on_sighup(&routing);
+        let cache = GatewayCache::build(config, &store, &routing).await?;
         Ok(Self {
+            cache,
             breakers: Breakers::new(
                 config.server.breaker_failures,
                 Duration::from_millis(config.server.breaker_open_ms),
@@ -289,7 +294,8 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
     }
 }
 
-/// socket → auth → parse → resolve model/route → provider → stream to client → outcome.
+/// socket → auth → parse → exact cache → embed (once) → semantic cache → selector/policy →
+/// provider (fallback, breakers) → stream to client → outcome row → cache insert.
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -307,22 +313,60 @@ async fn chat_completions(
     }
     let bytes = read_body(body, state.max_body_bytes).await?;
     let request = ChatRequest::parse(&bytes)?;
-    let (route, decision) = match state.registry.resolve(&request.model)? {
-        Target::Model(model) => (None, Decision::fixed(model)),
-        Target::Route(route) => {
-            let policy = request_policy(&headers)?;
-            (Some(route.name.clone()), state.routing.decide(&route, &request, policy).await)
-        }
+    let target = state.registry.resolve(&request.model)?;
+    let route = match &target {
+        Target::Route(route) => Some(route.clone()),
+        Target::Model(_) => None,
     };
     let request_id = Uuid::now_v7();
-    let mut outcome =
-        RequestOutcome::new(request_id, route.clone(), decision.chosen(), request.stream).log_to(state.log.clone());
+    let plan = state.cache.as_ref().map(|c| c.plan(&request, caller.tenant.as_deref(), route.is_some(), &headers));
+
+    if let (Some(cache), Some(plan)) = (&state.cache, &plan) {
+        if let Some(answer) = cache.lookup_exact(plan) {
+            if let Some(response) = hit_response(&answer, &request, &HitKind::Exact) {
+                return Ok(serve_hit(response, "exact", &answer, &target, &request, &caller, request_id, &state, started));
+            }
+        }
+    }
+
+    let policy = if route.is_some() { request_policy(&headers)? } else { RequestPolicy::default() };
+    let wants_semantic = plan.as_ref().is_some_and(|p| p.semantic);
+    let decision_started = Instant::now();
+    let embedding = if (route.is_some() && state.routing.has_selector()) || wants_semantic {
+        state.routing.embed_query(&request, decision_started).await
+    } else {
+        QueryEmbedding::Unavailable
+    };
+    let query_vector = match &embedding {
+        QueryEmbedding::Ready(vector) => Some(vector.clone()),
+        _ => None,
+    };
+    if let (Some(cache), Some(plan), Some(vector), true) = (&state.cache, &plan, &query_vector, wants_semantic) {
+        if let Ok(hit) = cache.lookup_semantic(plan, vector, &request.last_user_text()) {
+            if let Some(response) = hit_response(&hit.answer, &request, &HitKind::Semantic(&hit)) {
+                return Ok(serve_hit(response, "semantic", &hit.answer, &target, &request, &caller, request_id, &state, started));
+            }
+        }
+    }
+
+    let decision = match &target {
+        Target::Model(model) => Decision::fixed(model.clone()),
+        Target::Route(route) => state.routing.decide_with(route, &request, policy, decision_started, embedding),
+    };
+    let route_name = route.as_ref().map(|r| r.name.clone());
+    let mut outcome = RequestOutcome::new(request_id, route_name.clone(), decision.chosen(), request.stream)
+        .log_to(state.log.clone());
     record_decision(&mut outcome, &decision);
     outcome.tenant = caller.tenant;
     outcome.key_id = caller.key_id;
+    if outcome.embedding.is_none() {
+        outcome.embedding = query_vector.clone();
+    }
     if state.log.stores_prompts() {
         outcome.prompt_text = Some(request.last_user_text());
     }
+    let cache_status = plan.as_ref().map(|p| if p.eligibility.read { "miss" } else { "bypass" });
+    outcome.cache_result = cache_status;
 
     let (model, upstream) = match call_with_fallback(&state, &decision, &request, &headers, &mut outcome).await {
         Ok(answered) => answered,
@@ -331,13 +375,28 @@ async fn chat_completions(
             return Err(error);
         }
     };
+    // What the cache needs to keep this answer once it is complete.
+    let keep = match (&state.cache, plan) {
+        (Some(cache), Some(plan)) if plan.eligibility.write => Some(CacheWrite {
+            cache: cache.clone(),
+            plan,
+            embedding: query_vector,
+            query: request.last_user_text(),
+        }),
+        _ => None,
+    };
     let mut response = match upstream {
         UpstreamResponse::Json { body, usage } => {
             outcome.finish_ok(usage, &model, started, None);
+            if let Some(keep) = keep {
+                if let Some(answer) = cache::CachedAnswer::from_json(&model.name, &body) {
+                    keep.store(answer);
+                }
+            }
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         UpstreamResponse::Stream(pieces) => {
-            let stream = client_stream(pieces, request.client_wants_usage, model.clone(), outcome, started);
+            let stream = client_stream(pieces, request.client_wants_usage, model.clone(), outcome, started, keep);
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/event-stream")
                 .header(header::CACHE_CONTROL, "no-cache")
@@ -346,20 +405,78 @@ async fn chat_completions(
         }
     };
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
-        headers.insert(HEADER_REQUEST_ID, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&model.name) {
-        headers.insert(HEADER_MODEL, value);
-    }
-    if let Some(value) = route.and_then(|r| HeaderValue::from_str(&r).ok()) {
-        headers.insert(HEADER_ROUTE, value);
+    set_identity_headers(headers, request_id, &model.name, route_name.as_deref());
+    if route_name.is_some() {
         headers.insert(HEADER_DECISION, HeaderValue::from_static(decision.kind.as_str()));
         if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", decision.decision_ms)) {
             headers.insert(HEADER_DECISION_MS, value);
         }
     }
+    if let Some(status) = cache_status {
+        headers.insert(HEADER_CACHE, HeaderValue::from_static(status));
+    }
     Ok(response)
+}
+
+fn set_identity_headers(headers: &mut HeaderMap, request_id: Uuid, model: &str, route: Option<&str>) {
+    if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
+        headers.insert(HEADER_REQUEST_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(model) {
+        headers.insert(HEADER_MODEL, value);
+    }
+    if let Some(value) = route.and_then(|r| HeaderValue::from_str(r).ok()) {
+        headers.insert(HEADER_ROUTE, value);
+    }
+}
+
+/// An answer to keep in the cache once it is complete.
+struct CacheWrite {
+    cache: Arc<GatewayCache>,
+    plan: CachePlan,
+    embedding: Option<router_model::Embedding>,
+    query: String,
+}
+
+impl CacheWrite {
+    fn store(self, answer: cache::CachedAnswer) {
+        self.cache.store(&self.plan, answer, self.embedding.as_deref(), self.query);
+    }
+}
+
+/// Answers from the cache: logs the hit (no upstream, no cost) and sets the usual headers.
+#[allow(clippy::too_many_arguments)]
+fn serve_hit(
+    mut response: Response,
+    kind: &'static str,
+    answer: &cache::CachedAnswer,
+    target: &Target,
+    request: &ChatRequest,
+    caller: &Caller,
+    request_id: Uuid,
+    state: &AppState,
+    started: Instant,
+) -> Response {
+    let (route, nominal) = match target {
+        Target::Model(model) => (None, model),
+        Target::Route(route) => (Some(route.name.clone()), &route.default),
+    };
+    let mut outcome = RequestOutcome::new(request_id, route.clone(), nominal, request.stream).log_to(state.log.clone());
+    outcome.model = answer.model.clone();
+    outcome.provider = "cache".into();
+    outcome.tenant = caller.tenant.clone();
+    outcome.key_id = caller.key_id;
+    outcome.cache_result = Some(kind);
+    if state.log.stores_prompts() {
+        outcome.prompt_text = Some(request.last_user_text());
+    }
+    outcome.finish_cache_hit(started);
+    let headers = response.headers_mut();
+    set_identity_headers(headers, request_id, &answer.model, route.as_deref());
+    if route.is_some() {
+        headers.insert(HEADER_DECISION, HeaderValue::from_static("cache"));
+    }
+    response
 }
 
 /// SIGHUP reloads the selector checkpoints (the usual "reload your config" signal).
@@ -491,8 +608,10 @@ fn client_stream(
     model: Arc<ModelEntry>,
     mut outcome: RequestOutcome,
     started: Instant,
+    keep: Option<CacheWrite>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
     async_stream::stream! {
+        let mut capture = keep.as_ref().map(|_| StreamCapture::new());
         let mut usage: Option<Usage> = None;
         let mut first_token_ms: Option<f64> = None;
         while let Some(piece) = pieces.next().await {
@@ -503,6 +622,9 @@ fn client_stream(
                     }
                     if piece.has_content && first_token_ms.is_none() {
                         first_token_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+                    }
+                    if let Some(capture) = capture.as_mut() {
+                        capture.push(&piece.bytes);
                     }
                     if piece.usage_only && !client_wants_usage {
                         continue;
@@ -518,6 +640,11 @@ fn client_stream(
             }
         }
         outcome.finish_ok(usage, &model, started, first_token_ms);
+        if let (Some(keep), Some(capture)) = (keep, capture) {
+            if let Some(answer) = capture.finish(&model.name) {
+                keep.store(answer);
+            }
+        }
     }
 }
 

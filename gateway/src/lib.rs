@@ -13,6 +13,7 @@ pub mod openai;
 pub mod outcome;
 pub mod providers;
 pub mod registry;
+pub mod response_cache;
 pub mod routing;
 pub mod sse;
 pub mod store;

@@ -142,6 +142,15 @@ impl RequestOutcome {
         self.record();
     }
 
+    /// Served from the cache: no upstream call, nothing spent.
+    pub fn finish_cache_hit(&mut self, started: Instant) {
+        self.status = 200;
+        self.cost_usd = Some(0.0);
+        self.latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.first_token_ms = Some(self.latency_ms);
+        self.record();
+    }
+
     pub fn finish_error(&mut self, error: &Error, started: Instant) {
         self.status = error.status().as_u16();
         self.error_class = Some(error.class());

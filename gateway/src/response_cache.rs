@@ -1,0 +1,277 @@
+//! The response cache on the request path: what a request may use, hits as responses, and
+//! answers stored (in memory at once, in the database off the request path).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use cache::{
+    eligibility, exact_key, now_ms, semantic_scope, CachedAnswer, Digest, Eligibility, HitVerifier, RequestParts,
+    ResponseCache, SemanticHit, SemanticMiss, Settings, StoredEntry,
+};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::openai::ChatRequest;
+use crate::routing::RoutingEngine;
+use crate::sse::SseParser;
+use crate::store::Store;
+
+/// `exact`, `semantic`, `miss` or `bypass` (not eligible).
+pub const HEADER_CACHE: &str = "x-switchyard-cache";
+/// Cosine between the query and the cached question (semantic hits).
+pub const HEADER_CACHE_SIMILARITY: &str = "x-switchyard-cache-similarity";
+/// The verifier's probability that both ask the same (semantic hits).
+pub const HEADER_CACHE_VERIFIER: &str = "x-switchyard-cache-verifier";
+
+/// Streams larger than this are not kept for the cache (the answer is still served).
+const MAX_STREAM_CAPTURE_BYTES: usize = 1 << 20;
+/// How often expired entries are dropped from memory and the database.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// Where the shipped verifier checkpoint lives.
+pub const DEFAULT_VERIFIER_DIR: &str = "models/verifier/default";
+
+/// The cache and where its entries are persisted.
+pub struct GatewayCache {
+    cache: ResponseCache,
+    store: Option<Store>,
+}
+
+/// What the cache may do for one request, decided once before any lookup.
+pub struct CachePlan {
+    pub settings: Settings,
+    pub eligibility: Eligibility,
+    pub exact_key: Digest,
+    pub scope: Option<Digest>,
+    pub tenant: Option<String>,
+    /// Semantic lookup wanted (eligible, tier on, route or allowed direct model).
+    pub semantic: bool,
+}
+
+impl GatewayCache {
+    /// Builds the cache when `[cache]` turns a tier on; loads persisted entries.
+    pub async fn build(
+        config: &Config,
+        store: &Store,
+        routing: &RoutingEngine,
+    ) -> Result<Option<Arc<Self>>, Error> {
+        let settings = &config.cache;
+        if !settings.exact && !settings.semantic {
+            return Ok(None);
+        }
+        let verifier = if settings.semantic { load_verifier(settings.verifier.clone())? } else { None };
+        let semantic_possible = settings.semantic && (verifier.is_some() || !settings.require_verifier);
+        if settings.semantic && !semantic_possible {
+            tracing::warn!("semantic cache: no verifier checkpoint; only exact hits are served (set [cache] verifier or require_verifier = false)");
+        }
+        let mut embedding_dim = 0;
+        if semantic_possible {
+            routing.start_embedder().await?;
+            embedding_dim = routing.embedding_service().map_or(0, |s| s.dim());
+        }
+        let cache = ResponseCache::new(settings.clone(), embedding_dim, verifier)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let store = settings.persist.then(|| store.clone());
+        let this = Arc::new(Self { cache, store });
+        if let Some(store) = &this.store {
+            match store.load_cache_entries(now_ms()).await {
+                Ok(entries) => {
+                    let loaded = this.cache.restore(entries, now_ms());
+                    tracing::info!(loaded, "response cache restored from the database");
+                }
+                Err(e) => tracing::warn!(error = %e, "could not load the response cache; starting cold"),
+            }
+        }
+        spawn_purge(Arc::downgrade(&this));
+        tracing::info!(exact = settings.exact, semantic = this.cache.semantic_enabled(), "response cache on");
+        Ok(Some(this))
+    }
+
+    pub fn semantic_enabled(&self) -> bool {
+        self.cache.semantic_enabled()
+    }
+
+    pub fn plan(&self, request: &ChatRequest, tenant: Option<&str>, is_route: bool, headers: &HeaderMap) -> CachePlan {
+        let config = self.cache.config();
+        let parts = RequestParts::from_body(&request.body);
+        let settings = config.settings(&request.model, tenant);
+        let cache_control = headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
+        let eligibility = eligibility(config, &settings, &parts, cache_control);
+        let tenant_key = tenant.unwrap_or("");
+        let semantic = eligibility.semantic
+            && self.cache.semantic_enabled()
+            && (is_route || config.semantic_direct_models);
+        CachePlan {
+            settings,
+            eligibility,
+            exact_key: exact_key(tenant_key, &parts),
+            scope: if semantic { semantic_scope(tenant_key, &parts) } else { None },
+            tenant: tenant.map(str::to_owned),
+            semantic,
+        }
+    }
+
+    pub fn lookup_exact(&self, plan: &CachePlan) -> Option<Arc<CachedAnswer>> {
+        if !plan.eligibility.read || !self.cache.config().exact {
+            return None;
+        }
+        self.cache.lookup_exact(&plan.exact_key, now_ms())
+    }
+
+    pub fn lookup_semantic(&self, plan: &CachePlan, embedding: &[f32], query: &str) -> Result<SemanticHit, SemanticMiss> {
+        match (&plan.scope, plan.eligibility.read) {
+            (Some(scope), true) => self.cache.lookup_semantic(scope, embedding, query, &plan.settings, now_ms()),
+            _ => Err(SemanticMiss::NoNeighbour),
+        }
+    }
+
+    /// Keeps an answer: in memory now, in the database on a spawned task.
+    pub fn store(self: &Arc<Self>, plan: &CachePlan, answer: CachedAnswer, embedding: Option<&[f32]>, query: String) {
+        if !plan.eligibility.write {
+            return;
+        }
+        let now = now_ms();
+        let ttl_ms = u64::try_from(plan.settings.ttl.as_millis()).unwrap_or(u64::MAX);
+        let semantic = plan.scope.is_some() && embedding.is_some();
+        let entry = StoredEntry {
+            exact_key: plan.exact_key,
+            scope: plan.scope.filter(|_| semantic),
+            query: semantic.then_some(query),
+            embedding: embedding.filter(|_| semantic).map(<[f32]>::to_vec),
+            answer,
+            expires_at_ms: now.saturating_add(ttl_ms),
+        };
+        self.cache.insert(&entry, now);
+        if let Some(store) = self.store.clone() {
+            let tenant = plan.tenant.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.save_cache_entry(&entry, tenant.as_deref(), now).await {
+                    tracing::debug!(error = %e, "cache entry not persisted");
+                }
+            });
+        }
+    }
+}
+
+/// The verifier checkpoint named in config, else the shipped one when present.
+fn load_verifier(dir: Option<PathBuf>) -> Result<Option<Arc<dyn HitVerifier>>, Error> {
+    let explicit = dir.is_some();
+    let dir = dir.unwrap_or_else(|| PathBuf::from(DEFAULT_VERIFIER_DIR));
+    if !dir.exists() {
+        if explicit {
+            return Err(Error::Config(format!("[cache] verifier {} does not exist", dir.display())));
+        }
+        return Ok(None);
+    }
+    Err(Error::Config(format!("cannot load the verifier at {}: no verifier format is known yet", dir.display())))
+}
+
+fn spawn_purge(cache: Weak<GatewayCache>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PURGE_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(cache) = cache.upgrade() else { break };
+            let now = now_ms();
+            cache.cache.purge_expired(now);
+            if let Some(store) = &cache.store {
+                if let Err(e) = store.purge_cache_entries(now).await {
+                    tracing::debug!(error = %e, "expired cache entries not purged");
+                }
+            }
+        }
+    });
+}
+
+/// How a hit was found, for the response headers.
+pub enum HitKind<'a> {
+    Exact,
+    Semantic(&'a SemanticHit),
+}
+
+/// The response for a cache hit: the stored body, or its chunks replayed as an SSE stream.
+/// `None` when the entry lacks the form the client wants (then the request goes upstream).
+pub fn hit_response(answer: &CachedAnswer, request: &ChatRequest, kind: &HitKind<'_>) -> Option<Response> {
+    let mut response = if request.stream {
+        let events = answer.sse_events(request.client_wants_usage);
+        if events.len() <= 1 {
+            return None;
+        }
+        let stream = futures_util::stream::iter(events.into_iter().map(Ok::<Bytes, std::convert::Infallible>));
+        Response::builder()
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(Body::from_stream(stream))
+            .ok()?
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], answer.json_body()?).into_response()
+    };
+    let headers = response.headers_mut();
+    match kind {
+        HitKind::Exact => {
+            headers.insert(HEADER_CACHE, HeaderValue::from_static("exact"));
+        }
+        HitKind::Semantic(hit) => {
+            headers.insert(HEADER_CACHE, HeaderValue::from_static("semantic"));
+            if let Ok(v) = HeaderValue::from_str(&format!("{:.4}", hit.cosine)) {
+                headers.insert(HEADER_CACHE_SIMILARITY, v);
+            }
+            if let Some(v) = hit.verifier_score.and_then(|s| HeaderValue::from_str(&format!("{s:.4}")).ok()) {
+                headers.insert(HEADER_CACHE_VERIFIER, v);
+            }
+        }
+    }
+    Some(response)
+}
+
+/// Collects a stream's `data:` payloads as they pass, to cache the answer once it completes.
+pub struct StreamCapture {
+    parser: SseParser,
+    payloads: Vec<String>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+impl StreamCapture {
+    pub fn new() -> Self {
+        Self { parser: SseParser::new(), payloads: Vec::new(), bytes: 0, overflowed: false }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        self.bytes += bytes.len();
+        if self.bytes > MAX_STREAM_CAPTURE_BYTES {
+            self.overflowed = true;
+            self.payloads.clear();
+            return;
+        }
+        self.parser.push(bytes);
+        while let Some(event) = self.parser.next_event() {
+            if !event.is_done() && !event.data.is_empty() {
+                self.payloads.push(event.data);
+            }
+        }
+    }
+
+    /// The answer, when the stream was captured whole and ended properly.
+    pub fn finish(self, model: &str) -> Option<CachedAnswer> {
+        if self.overflowed {
+            return None;
+        }
+        let payloads: Vec<&str> = self.payloads.iter().map(String::as_str).collect();
+        CachedAnswer::from_stream(model, &payloads)
+    }
+}
+
+impl Default for StreamCapture {
+    fn default() -> Self {
+        Self::new()
+    }
+}

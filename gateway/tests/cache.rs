@@ -1,0 +1,316 @@
+//! The response cache over HTTP: exact hits as JSON and as replayed streams, scoping by
+//! tenant, parameters and conversation, Cache-Control, TTL, persistence across a restart, and
+//! semantic hits with the real MiniLM embedder.
+//!
+//! The mock upstream gives every answer a fresh `id`, so an answer with an id seen before
+//! came from the cache, and one with a new id came from the upstream.
+
+mod store_support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::app::AppState;
+use gateway::store::keys::{create_key, NewKey};
+use gateway::store::LogStore;
+use gateway::{Application, Config};
+use serde_json::{json, Value};
+use store_support::wait_for;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+struct Gateway {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<Result<(), gateway::Error>>>,
+}
+
+const BASE: &str = r#"
+[providers.mock]
+kind = "mock"
+
+[models.m]
+provider = "mock"
+
+[models.other]
+provider = "mock"
+
+[routes.auto]
+candidates = ["m", "other"]
+default = "m"
+exploration = 0
+"#;
+
+impl Gateway {
+    async fn start(dir: &Path, cache: &str) -> Self {
+        let config = Config::from_toml(&format!(
+            "[database]\nurl = \"sqlite://{db}\"\nspill_path = \"{spill}\"\nbatch_interval_ms = 10\n\n[cache]\n{cache}\n{BASE}",
+            db = dir.join("log.db").display(),
+            spill = dir.join("spill.jsonl").display(),
+        ))
+        .expect("config");
+        let app = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+            .await
+            .expect("gateway builds");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let addr = app.addr();
+        let state = app.state();
+        let served = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self { addr, state, client: reqwest::Client::new(), stop: Some(stop), served: Some(served) }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            served.await.expect("server task").expect("server ran");
+        }
+    }
+
+    async fn post(&self, body: &Value, key: Option<&str>, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.client.post(format!("http://{}/v1/chat/completions", self.addr)).json(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("gateway answers")
+    }
+
+    /// Sends a request and returns (x-switchyard-cache, answer id, body).
+    async fn ask(&self, body: &Value, key: Option<&str>, headers: &[(&str, &str)]) -> (String, String, Value) {
+        let response = self.post(body, key, headers).await;
+        assert_eq!(response.status(), 200);
+        let cache = header(&response, "x-switchyard-cache");
+        let body: Value = response.json().await.expect("json body");
+        (cache, body["id"].as_str().expect("id").to_owned(), body)
+    }
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+}
+
+fn chat(model: &str, text: &str) -> Value {
+    json!({"model": model, "temperature": 0, "messages": [{"role": "user", "content": text}]})
+}
+
+fn sse_payloads(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn streamed_text(payloads: &[String]) -> String {
+    payloads
+        .iter()
+        .filter(|p| p.as_str() != "[DONE]")
+        .filter_map(|p| serde_json::from_str::<Value>(p).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn exact_hits_replay_as_json_and_as_stream_and_are_logged() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gateway = Gateway::start(dir.path(), "exact = true").await;
+    let request = chat("m", "Name three prime numbers.");
+
+    let (first, id, body) = gateway.ask(&request, None, &[]).await;
+    assert_eq!(first, "miss");
+    let response = gateway.post(&request, None, &[]).await;
+    assert_eq!(header(&response, "x-switchyard-cache"), "exact");
+    assert_eq!(header(&response, "x-switchyard-model"), "m");
+    let hit_id = header(&response, "x-switchyard-request-id");
+    let replay: Value = response.json().await.expect("json");
+    assert_eq!(replay, body, "the stored answer, byte for byte");
+    assert_eq!(replay["id"], id);
+
+    // A streaming client gets the JSON answer as chunks with the same text.
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let response = gateway.post(&streamed, None, &[]).await;
+    assert_eq!(header(&response, "x-switchyard-cache"), "exact");
+    assert!(header(&response, "content-type").starts_with("text/event-stream"));
+    let payloads = sse_payloads(&response.text().await.expect("stream"));
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(streamed_text(&payloads), body["choices"][0]["message"]["content"].as_str().expect("content"));
+
+    // An answer that arrived as a stream is replayed chunk for chunk, and as JSON.
+    let mut streamed_first = chat("m", "Count from one to five.");
+    streamed_first["stream"] = json!(true);
+    let original = gateway.post(&streamed_first, None, &[]).await;
+    assert_eq!(header(&original, "x-switchyard-cache"), "miss");
+    let original = sse_payloads(&original.text().await.expect("stream"));
+    let replayed = gateway.post(&streamed_first, None, &[]).await;
+    assert_eq!(header(&replayed, "x-switchyard-cache"), "exact");
+    let replayed = sse_payloads(&replayed.text().await.expect("stream"));
+    assert_eq!(replayed, original, "same chunks, same split");
+    let (kind, _, as_json) = gateway.ask(&chat("m", "Count from one to five."), None, &[]).await;
+    assert_eq!(kind, "exact");
+    assert_eq!(as_json["choices"][0]["message"]["content"].as_str(), Some(streamed_text(&original).as_str()));
+
+    // The hit is in the outcome log as a hit, with no upstream cost.
+    let hit_id = Uuid::parse_str(&hit_id).expect("request id");
+    let store = gateway.state.store.clone();
+    assert!(
+        wait_for(Duration::from_secs(5), async || matches!(store.fetch_row(hit_id).await, Ok(Some(_)))).await,
+        "hit row written"
+    );
+    let row = store.fetch_row(hit_id).await.expect("read").expect("row");
+    assert_eq!(row.cache_result.as_deref(), Some("exact"));
+    assert_eq!(row.provider, "cache");
+    assert_eq!(row.cost_usd, Some(0.0));
+    assert_eq!(row.status, 200);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn tenants_parameters_and_history_scope_exact_hits() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gateway = Gateway::start(dir.path(), "exact = true").await;
+    let store = gateway.state.store.clone();
+    let (_, acme) = create_key(&store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
+    let (_, globex) = create_key(&store, NewKey { tenant: "globex".into(), ..NewKey::default() }).await.expect("key");
+    let request = chat("m", "Summarise the plot of Hamlet in one line.");
+
+    let (_, acme_id, _) = gateway.ask(&request, Some(&acme), &[]).await;
+    let (kind, id, _) = gateway.ask(&request, Some(&globex), &[]).await;
+    assert_eq!(kind, "miss", "another tenant never sees acme's answer");
+    assert_ne!(id, acme_id);
+    let (kind, _, _) = gateway.ask(&request, None, &[]).await;
+    assert_eq!(kind, "miss", "nor does anonymous access");
+    let (kind, id, _) = gateway.ask(&request, Some(&acme), &[]).await;
+    assert_eq!((kind.as_str(), id.as_str()), ("exact", acme_id.as_str()));
+
+    // Any answer-changing parameter is a different question.
+    for (field, value) in [("temperature", json!(0.2)), ("max_tokens", json!(5)), ("seed", json!(3)),
+        ("tools", json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]))] {
+        let mut changed = request.clone();
+        changed[field] = value;
+        let (kind, _, _) = gateway.ask(&changed, Some(&acme), &[]).await;
+        assert_eq!(kind, "miss", "{field} changes the answer");
+    }
+    // Same last message, different conversation before it.
+    let with_history = |history: &str| {
+        json!({"model": "m", "temperature": 0, "messages": [
+            {"role": "user", "content": history}, {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": "Summarise the plot of Hamlet in one line."}]})
+    };
+    gateway.ask(&with_history("We are talking about Shakespeare."), Some(&acme), &[]).await;
+    let (kind, _, _) = gateway.ask(&with_history("Answer as a pirate would."), Some(&acme), &[]).await;
+    assert_eq!(kind, "miss");
+    // Delivery-only fields do not matter.
+    let mut with_user = request.clone();
+    with_user["user"] = json!("end-user-42");
+    assert_eq!(gateway.ask(&with_user, Some(&acme), &[]).await.0, "exact");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn cache_control_and_temperature_decide_what_is_cached() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gateway = Gateway::start(dir.path(), "exact = true\nmax_temperature = 0.5").await;
+    let request = chat("m", "What is the boiling point of water at sea level?");
+    let (kind, _, _) = gateway.ask(&request, None, &[("cache-control", "no-store")]).await;
+    assert_eq!(kind, "bypass");
+    assert_eq!(gateway.ask(&request, None, &[]).await.0, "miss", "no-store kept nothing");
+    let (kind, fresh_id, _) = gateway.ask(&request, None, &[("cache-control", "no-cache")]).await;
+    assert_eq!(kind, "bypass", "no-cache fetches a fresh answer");
+    let (kind, id, _) = gateway.ask(&request, None, &[]).await;
+    assert_eq!((kind.as_str(), id.as_str()), ("exact", fresh_id.as_str()), "and stores it");
+
+    let hot = json!({"model": "m", "temperature": 0.9, "messages": [{"role": "user", "content": "Write a haiku."}]});
+    gateway.ask(&hot, None, &[]).await;
+    assert_eq!(gateway.ask(&hot, None, &[]).await.0, "bypass", "high temperature asks for variety");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_is_warm_and_expired_entries_are_never_served() {
+    let dir = tempfile::tempdir().expect("dir");
+    let request = chat("m", "Which planet is the largest?");
+    let first = Gateway::start(dir.path(), "exact = true\nttl_secs = 3").await;
+    let (_, id, _) = first.ask(&request, None, &[]).await;
+    let store = first.state.store.clone();
+    let persisted = wait_for(Duration::from_secs(5), async || {
+        store.load_cache_entries(cache::now_ms()).await.is_ok_and(|entries| !entries.is_empty())
+    })
+    .await;
+    assert!(persisted, "entry reached the database");
+    first.stop().await;
+
+    let second = Gateway::start(dir.path(), "exact = true\nttl_secs = 3").await;
+    let (kind, replay_id, _) = second.ask(&request, None, &[]).await;
+    assert_eq!((kind.as_str(), replay_id.as_str()), ("exact", id.as_str()), "served from the restored cache");
+    second.stop().await;
+
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let third = Gateway::start(dir.path(), "exact = true\nttl_secs = 3").await;
+    let (kind, fresh_id, _) = third.ask(&request, None, &[]).await;
+    assert_eq!(kind, "miss", "expired entries are not restored");
+    assert_ne!(fresh_id, id);
+    third.stop().await;
+}
+
+/// Semantic hits with the real embedder, cosine only (no verifier): scoping must hold even
+/// when the similarity threshold alone decides.
+#[tokio::test]
+async fn semantic_hits_stay_within_tenant_route_and_conversation() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gateway = Gateway::start(dir.path(), "semantic = true\nrequire_verifier = false\nmin_cosine = 0.9").await;
+    let store = gateway.state.store.clone();
+    let (_, acme) = create_key(&store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
+    let (_, globex) = create_key(&store, NewKey { tenant: "globex".into(), ..NewKey::default() }).await.expect("key");
+
+    let (kind, id, _) = gateway.ask(&chat("auto", "What is the capital city of France?"), Some(&acme), &[]).await;
+    assert_eq!(kind, "miss");
+    let response = gateway.post(&chat("auto", "what is the capital city of france"), Some(&acme), &[]).await;
+    assert_eq!(header(&response, "x-switchyard-cache"), "semantic");
+    let similarity: f32 = header(&response, "x-switchyard-cache-similarity").parse().expect("similarity header");
+    assert!(similarity >= 0.9);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["id"].as_str(), Some(id.as_str()));
+
+    let other_tenant = gateway.ask(&chat("auto", "what is the capital city of france"), Some(&globex), &[]).await;
+    assert_eq!(other_tenant.0, "miss", "semantic scope includes the tenant");
+    let unrelated = gateway.ask(&chat("auto", "How do I bake sourdough bread?"), Some(&acme), &[]).await;
+    assert_eq!(unrelated.0, "miss");
+    let other_history = json!({"model": "auto", "temperature": 0, "messages": [
+        {"role": "system", "content": "Answer in German."},
+        {"role": "user", "content": "what is the capital city of france"}]});
+    assert_eq!(gateway.ask(&other_history, Some(&acme), &[]).await.0, "miss", "conversation is part of the scope");
+    let mut other_params = chat("auto", "what is the capital city of france");
+    other_params["max_tokens"] = json!(3);
+    assert_eq!(gateway.ask(&other_params, Some(&acme), &[]).await.0, "miss", "parameters are part of the scope");
+    gateway.stop().await;
+}
+
+/// Without a verifier checkpoint, the default refuses semantic hits (cosine alone serves
+/// wrong answers), and a verifier path that does not exist is an error at start.
+#[tokio::test]
+async fn semantic_tier_needs_a_verifier_by_default() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gateway = Gateway::start(dir.path(), "exact = true\nsemantic = true").await;
+    gateway.ask(&chat("auto", "What is the capital city of France?"), None, &[]).await;
+    let (kind, _, _) = gateway.ask(&chat("auto", "what is the capital city of france"), None, &[]).await;
+    assert_eq!(kind, "miss");
+    gateway.stop().await;
+
+    let config = Config::from_toml(&format!(
+        "[database]\nurl = \"sqlite::memory:\"\n[cache]\nsemantic = true\nverifier = \"{}\"\n{BASE}",
+        dir.path().join("no-such-verifier").display()
+    ))
+    .expect("config parses");
+    let built = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await;
+    assert!(matches!(built, Err(gateway::Error::Config(message)) if message.contains("verifier")));
+}
