@@ -369,6 +369,10 @@ output_usd_per_mtok = 0.6
 [routes.auto]
 candidates = ["gpt-4-1106-preview", "gpt-3.5-turbo-1106", "mixtral-8x7b-instruct-v0.1"]
 default = "gpt-3.5-turbo-1106"
+
+[cache]
+exact = true
+semantic = true
 "#;
 
 #[cfg(test)]

@@ -543,3 +543,40 @@ def test_stream_first_token_is_not_held_back(client):
     kept_alive = sorted(ttft_ms[2:])
     median = kept_alive[len(kept_alive) // 2]
     assert median < 35.0, f"stream time to first token, median {median:.1f} ms over {[round(t, 1) for t in ttft_ms]}"
+
+
+# --- response cache -----------------------------------------------------------------------
+
+
+def test_cached_stream_replays_the_original_content(client):
+    """The demo config caches answers: a repeated streamed request is replayed from the
+    cache, chunk for chunk, and the SDK sees the same content and finish reason."""
+    messages = [{"role": "user", "content": "List the first four prime numbers, please."}]
+    with client.chat.completions.with_streaming_response.create(
+        model=ROUTE, messages=messages, stream=True, temperature=0
+    ) as raw:
+        assert raw.headers.get("x-switchyard-cache") == "miss"
+        original = [c.model_dump() for c in raw.parse()]
+    with client.chat.completions.with_streaming_response.create(
+        model=ROUTE, messages=messages, stream=True, temperature=0
+    ) as raw:
+        assert raw.headers.get("x-switchyard-cache") == "exact"
+        replayed = [c.model_dump() for c in raw.parse()]
+    assert replayed == original
+    text = "".join(c["choices"][0]["delta"]["content"] or "" for c in replayed if c["choices"])
+    assert text.strip()
+
+    # The same question as JSON gets the same text back, assembled from the chunks.
+    raw = client.chat.completions.with_raw_response.create(model=ROUTE, messages=messages, temperature=0)
+    assert raw.headers.get("x-switchyard-cache") == "exact"
+    assert raw.parse().choices[0].message.content == text
+
+
+def test_no_store_bypasses_the_cache(client):
+    messages = [{"role": "user", "content": "Give me a random-looking word."}]
+    first = client.chat.completions.create(model=CONCRETE_MODEL, messages=messages, temperature=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=CONCRETE_MODEL, messages=messages, temperature=0, extra_headers={"cache-control": "no-store"}
+    )
+    assert raw.headers.get("x-switchyard-cache") == "bypass"
+    assert raw.parse().id != first.id
