@@ -249,3 +249,53 @@ async fn cached_keys_survive_a_database_outage() {
     assert!(auth.authenticate(&bearer(&unseen)).await.is_ok());
     store.close().await;
 }
+
+async fn cache_entries_round_trip(store: &Store) {
+    use cache::{CachedAnswer, StoredEntry};
+    let entry = |key: u8, expires_at_ms: u64, semantic: bool| StoredEntry {
+        exact_key: [key; 32],
+        scope: semantic.then_some([key.wrapping_add(100); 32]),
+        query: semantic.then(|| format!("question {key}?")),
+        embedding: semantic.then(|| vec![0.25, -0.5, 1.0e-7]),
+        answer: CachedAnswer {
+            model: "m".into(),
+            json: Some(format!(r#"{{"id":"c{key}","choices":[]}}"#)),
+            chunks: semantic.then(|| vec![r#"{"choices":[{"index":0,"delta":{"content":"hi"}}]}"#.to_owned()]),
+            usage_chunk: None,
+        },
+        expires_at_ms,
+    };
+    let now = 1_700_000_000_000u64;
+    store.save_cache_entry(&entry(1, now + 60_000, true), Some("acme"), now).await.expect("save");
+    store.save_cache_entry(&entry(2, now + 60_000, false), None, now).await.expect("save");
+    store.save_cache_entry(&entry(3, now - 1, false), None, now).await.expect("save expired");
+    // Saving the same key again replaces the entry.
+    store.save_cache_entry(&entry(2, now + 120_000, false), None, now + 1).await.expect("replace");
+    let mut loaded = store.load_cache_entries(now).await.expect("load");
+    loaded.sort_by_key(|e| e.exact_key);
+    assert_eq!(loaded.len(), 2, "the expired entry is not loaded");
+    let (first, second) = (&loaded[0], &loaded[1]);
+    let original = entry(1, now + 60_000, true);
+    assert_eq!(first.exact_key, original.exact_key);
+    assert_eq!(first.scope, original.scope);
+    assert_eq!(first.query, original.query);
+    assert_eq!(first.embedding, original.embedding);
+    assert_eq!(first.answer, original.answer);
+    assert_eq!(first.expires_at_ms, original.expires_at_ms);
+    assert_eq!((second.scope, second.expires_at_ms), (None, now + 120_000));
+    assert_eq!(store.purge_cache_entries(now).await.expect("purge"), 1);
+    assert_eq!(store.purge_cache_entries(now + 200_000).await.expect("purge"), 2);
+    assert!(store.load_cache_entries(now).await.expect("load").is_empty());
+}
+
+#[tokio::test]
+async fn cache_entries_round_trip_on_postgres() {
+    let (_db, store) = postgres().await;
+    cache_entries_round_trip(&store).await;
+}
+
+#[tokio::test]
+async fn cache_entries_round_trip_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    cache_entries_round_trip(&store).await;
+}
