@@ -58,6 +58,18 @@ impl ScopeIndex {
         self.entries.len()
     }
 
+    /// Grows by an eighth (at least 256 entries) rather than doubling: at 100k entries a
+    /// doubled vector buffer would waste up to 150 MB.
+    fn reserve_one(&mut self, dim: usize, words: usize) {
+        if self.entries.len() == self.entries.capacity() {
+            let more = (self.entries.len() / 8).max(256);
+            self.entries.reserve_exact(more);
+            self.sequence.reserve_exact(more);
+            self.vectors.reserve_exact(more * dim);
+            self.bits.reserve_exact(more * words);
+        }
+    }
+
     fn remove(&mut self, i: usize, dim: usize, words: usize) {
         let last = self.entries.len() - 1;
         self.entries.swap(i, last);
@@ -131,6 +143,7 @@ impl SemanticIndex {
         if index.len() >= self.max_per_scope {
             state.total -= evict(index, dim, words, now_ms, index.len() + 1 - self.max_per_scope);
         }
+        index.reserve_one(dim, words);
         index.entries.push(Arc::new(entry));
         index.vectors.extend_from_slice(embedding);
         push_sign_bits(&mut index.bits, embedding, words);
@@ -295,43 +308,90 @@ fn push_sign_bits(out: &mut Vec<u64>, vector: &[f32], words: usize) {
 }
 
 /// Indexes of the `keep` entries with the smallest Hamming distance to `query` (ties at the
-/// cut-off included). Two passes over the bits — a histogram of distances to find the
-/// cut-off, then the selection — so nothing proportional to the index is allocated.
+/// cut-off included). One pass computes every distance (2 bytes per entry, in a buffer kept
+/// per thread) and their histogram; the cut-off comes from the histogram, and a pass over
+/// the distances selects.
 fn hamming_candidates(bits: &[u64], query: &[u64], words: usize, keep: usize) -> Vec<usize> {
-    let n = bits.len() / words.max(1);
-    let mut histogram = vec![0usize; words * 64 + 1];
-    for i in 0..n {
-        histogram[hamming(&bits[i * words..(i + 1) * words], query)] += 1;
+    thread_local! {
+        static DISTANCES: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let mut cutoff = 0;
-    let mut count = 0;
-    for (distance, c) in histogram.iter().enumerate() {
-        count += c;
-        cutoff = distance;
-        if count >= keep {
-            break;
+    let n = bits.len() / words.max(1);
+    DISTANCES.with(|cell| {
+        let mut distances = cell.borrow_mut();
+        distances.clear();
+        distances.resize(n, 0);
+        let mut histogram = vec![0usize; words * 64 + 1];
+        hamming_all(bits, query, words, &mut distances, &mut histogram);
+        let mut cutoff = 0u16;
+        let mut count = 0;
+        for (distance, c) in histogram.iter().enumerate() {
+            count += c;
+            cutoff = u16::try_from(distance).unwrap_or(u16::MAX);
+            if count >= keep {
+                break;
+            }
+        }
+        distances.iter().enumerate().filter(|(_, &d)| d <= cutoff).map(|(i, _)| i).collect()
+    })
+}
+
+/// Distances from `query` to every entry, with the hardware `popcnt` when the CPU has it
+/// (without `-C target-cpu`, `count_ones` compiles to a bit-twiddling sequence).
+fn hamming_all(bits: &[u64], query: &[u64], words: usize, distances: &mut [u16], histogram: &mut [usize]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("popcnt") {
+            // SAFETY: the CPU supports popcnt (checked just above).
+            unsafe { hamming_all_popcnt(bits, query, words, distances, histogram) };
+            return;
         }
     }
-    (0..n)
-        .filter(|&i| hamming(&bits[i * words..(i + 1) * words], query) <= cutoff)
-        .collect()
+    hamming_all_portable(bits, query, words, distances, histogram);
 }
 
-#[inline]
-fn hamming(a: &[u64], b: &[u64]) -> usize {
-    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones() as usize).sum()
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+unsafe fn hamming_all_popcnt(bits: &[u64], query: &[u64], words: usize, distances: &mut [u16], histogram: &mut [usize]) {
+    hamming_all_portable(bits, query, words, distances, histogram);
 }
 
-/// Dot product with eight independent accumulators, so the compiler emits packed SIMD
-/// without needing `-C target-cpu`.
+#[inline(always)]
+fn hamming_all_portable(bits: &[u64], query: &[u64], words: usize, distances: &mut [u16], histogram: &mut [usize]) {
+    for (entry, distance) in bits.chunks_exact(words).zip(distances.iter_mut()) {
+        let d: u32 = entry.iter().zip(query).map(|(x, y)| (x ^ y).count_ones()).sum();
+        *distance = d as u16;
+        histogram[d as usize] += 1;
+    }
+}
+
+/// Dot product: AVX2+FMA when the CPU has them, else eight independent accumulators, which
+/// compile to packed SSE.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks_a = a.chunks_exact(8);
-    let chunks_b = b.chunks_exact(8);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks_a = a.chunks_exact(16);
+    let chunks_b = b.chunks_exact(16);
     let tail: f32 = chunks_a.remainder().iter().zip(chunks_b.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in chunks_a.zip(chunks_b) {
-        for k in 0..8 {
+        for k in 0..16 {
             acc[k] += x[k] * y[k];
         }
     }
