@@ -82,6 +82,8 @@ struct Tally {
     decision_ms: Vec<f64>,
     decisions: BTreeMap<String, u64>,
     models: BTreeMap<String, u64>,
+    /// `x-switchyard-cache` values seen.
+    cache: BTreeMap<String, u64>,
     errors: u64,
 }
 
@@ -127,6 +129,7 @@ async fn main() {
                         let decision = header("x-switchyard-decision");
                         let decision_ms = header("x-switchyard-decision-ms").and_then(|v| v.parse::<f64>().ok());
                         let model = header("x-switchyard-model");
+                        let cache = header("x-switchyard-cache");
                         if response.bytes().await.is_err() {
                             tally.errors += 1;
                             continue;
@@ -137,6 +140,9 @@ async fn main() {
                         }
                         if let Some(m) = model {
                             *tally.models.entry(m).or_default() += 1;
+                        }
+                        if let Some(c) = cache {
+                            *tally.cache.entry(c).or_default() += 1;
                         }
                         if let Some(ms) = decision_ms {
                             tally.decision_ms.push(ms);
@@ -160,6 +166,9 @@ async fn main() {
         for (k, v) in tally.models {
             *total.models.entry(k).or_default() += v;
         }
+        for (k, v) in tally.cache {
+            *total.cache.entry(k).or_default() += v;
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     total.latencies_ms.sort_by(f64::total_cmp);
@@ -177,6 +186,7 @@ async fn main() {
         "decision_ms": {"p50": percentile(&total.decision_ms, 0.5), "p99": percentile(&total.decision_ms, 0.99)},
         "decisions": total.decisions,
         "models": total.models,
+        "cache": total.cache,
     });
     println!("{summary}");
 }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Cache-hit latency end to end: the release gateway with the built-in demo config (exact and
+# semantic cache on, in-process mock upstream), one request to fill the cache, then
+# $CONNS connections sending that same request for $SECONDS s: every answer after the first is
+# an exact hit. Prints loadgen's JSON (latency p50/p99, requests/s, x-switchyard-cache counts).
+#
+# Env: SWITCHYARD_BIN (default target/release/switchyard), LOADGEN (default
+#      target/release/examples/loadgen), CONNS (32), SECONDS (10), STREAM (0|1).
+# Build: cargo build --release -p gateway --bin switchyard --example loadgen
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}"
+LOADGEN="${LOADGEN:-$ROOT/target/release/examples/loadgen}"
+CONNS="${CONNS:-32}"
+SECONDS_RUN="${SECONDS:-10}"
+STREAM="${STREAM:-0}"
+PORT="${PORT:-18480}"
+WORK="$(mktemp -d)"
+trap 'kill "${GW_PID:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+cd "$WORK"
+RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" >"$WORK/gateway.log" 2>&1 &
+GW_PID=$!
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+stream_flag=()
+[[ "$STREAM" == 1 ]] && stream_flag=(--stream)
+# Fill: loadgen's fixed prompt ("Say hello").
+"$LOADGEN" --url "http://127.0.0.1:$PORT" --model gpt-4-1106-preview --connections 1 --seconds 0.5 "${stream_flag[@]}" >/dev/null
+"$LOADGEN" --url "http://127.0.0.1:$PORT" --model gpt-4-1106-preview --connections "$CONNS" --seconds "$SECONDS_RUN" "${stream_flag[@]}"
