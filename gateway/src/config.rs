@@ -30,6 +30,83 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: requests/min, tokens/min and USD budgets per virtual key (from the key's row)
+/// and per tenant (from `[limits.tenants.NAME]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// `redis://host:port/db`: counters shared by every replica. Unset: in-process counters
+    /// (one gateway process). `env::NAME` reads the URL from that env var.
+    pub redis_url: Option<String>,
+    /// Longest a Redis call may take before the request goes on without it.
+    pub redis_timeout_ms: u64,
+    /// What to do while Redis cannot be reached: `open` (serve, unlimited; counted in
+    /// `switchyard_limit_backend_errors_total` and logged) or `closed` (refuse with 503).
+    pub on_backend_error: FailureMode,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// When budgets start again: `month` (calendar month, UTC), `day` (UTC) or `total` (never).
+    pub budget_period: BudgetPeriod,
+    /// Limits per tenant, shared by all of the tenant's keys.
+    pub tenants: BTreeMap<String, TenantLimits>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_timeout_ms: 50,
+            on_backend_error: FailureMode::Open,
+            key_prefix: "switchyard:limits".into(),
+            budget_period: BudgetPeriod::Month,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The Redis URL with an `env::NAME` reference resolved.
+    pub fn resolved_redis_url(&self) -> Result<Option<String>, Error> {
+        match &self.redis_url {
+            None => Ok(None),
+            Some(url) => match url.strip_prefix("env::") {
+                Some(var) => std::env::var(var)
+                    .map(Some)
+                    .map_err(|_| Error::Config(format!("[limits] redis_url: env var `{var}` is not set"))),
+                None => Ok(Some(url.clone())),
+            },
+        }
+    }
+}
+
+/// `[limits.tenants.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub budget_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    #[default]
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    #[default]
+    Month,
+    Day,
+    Total,
 }
 
 /// `[database]`: where the outcome log, feedback and virtual keys live, and how rows get there.
@@ -134,6 +211,9 @@ pub struct ServerConfig {
     pub breaker_failures: u32,
     /// How long an open breaker keeps a model out before one probe request is let through.
     pub breaker_open_ms: u64,
+    /// At shutdown, how long in-flight requests and streams may run on; streams still open
+    /// after it are cut (their outcome rows are still written before the process exits).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +227,7 @@ impl Default for ServerConfig {
             master_key_env: None,
             breaker_failures: 5,
             breaker_open_ms: 30_000,
+            shutdown_grace_ms: 10_000,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod breaker;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod mock;
 pub mod openai;
@@ -14,6 +15,7 @@ pub mod outcome;
 pub mod providers;
 pub mod registry;
 pub mod routing;
+pub mod shutdown;
 pub mod sse;
 pub mod store;
 
