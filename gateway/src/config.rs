@@ -484,6 +484,27 @@ default = "a"
     }
 
     #[test]
+    fn limits_section_parses_and_rejects_typos() {
+        let text = "[limits]\nredis_url = \"redis://127.0.0.1:6379\"\nbudget_period = \"day\"\non_backend_error = \"closed\"\n[limits.tenants.acme]\nrpm = 5\nbudget_usd = 1.5\n";
+        let config = Config::from_toml(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.limits.budget_period, BudgetPeriod::Day);
+        assert_eq!(config.limits.on_backend_error, FailureMode::Closed);
+        assert_eq!(config.limits.tenants["acme"].rpm, Some(5));
+        assert_eq!(config.limits.redis_timeout_ms, 50);
+        assert_eq!(Config::builtin_default().limits.redis_url, None);
+        assert_eq!(Config::builtin_default().server.shutdown_grace_ms, 10_000);
+        assert!(Config::from_toml("[limits.tenants.acme]\nrps = 5\n").is_err());
+        assert!(Config::from_toml("[limits]\nbudget_period = \"week\"\n").is_err());
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../switchyard.example.toml");
+        let config = Config::from_toml(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.limits.tenants["acme"].rpm, Some(600));
+    }
+
+    #[test]
     fn openai_provider_needs_base_url() {
         let text = "[providers.p]\nkind = \"openai\"\n";
         assert!(Config::from_toml(text).is_err());

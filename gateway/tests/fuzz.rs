@@ -193,8 +193,11 @@ fn sse_bytes(events: &[(String, Value)], crlf: bool) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// Bytes and usage of what the decoder emits for `chunks`, or the error that ended it.
-fn decode(chunks: &[&[u8]]) -> (Vec<u8>, Vec<Option<(u64, u64)>>, bool) {
+/// What a decoder emitted: the bytes, each piece's usage, and whether an error ended it.
+type Decoded = (Vec<u8>, Vec<Option<(u64, u64)>>, bool);
+
+/// What the decoder emits for `chunks`.
+fn decode(chunks: &[&[u8]]) -> Decoded {
     let mut decoder = StreamDecoder::new(StreamTranslator::new(true).created_at(1_700_000_000));
     let (mut bytes, mut usage, mut failed) = (Vec::new(), Vec::new(), false);
     for chunk in chunks {
