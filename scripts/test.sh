@@ -16,6 +16,10 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
     for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
 fi
+# The limits tests (gateway/tests/limits.rs) need a real Redis.
+if ! command -v redis-server >/dev/null && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || echo "could not install redis-server"
+fi
 if command -v redis-cli >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
         --dir /tmp --logfile /tmp/redis-ci.log || true

@@ -3,6 +3,7 @@
 //! `Application::build` binds the listener (port 0 in tests) and `run_until_stopped` serves
 //! until a shutdown signal, draining in-flight requests.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, ProviderKind};
 use crate::error::Error;
+use crate::limits::Limiter;
 use crate::mock::{self, MockOptions};
 use crate::openai::{ChatRequest, Usage};
 use crate::outcome::RequestOutcome;
@@ -65,6 +67,11 @@ pub struct AppState {
     pub routing: Arc<RoutingEngine>,
     /// Response cache (`None` when `[cache]` turns both tiers off).
     pub cache: Option<Arc<GatewayCache>>,
+    /// Per-key and per-tenant limits.
+    pub limits: Arc<Limiter>,
+    /// Cancelled when the shutdown grace is over: open streams end.
+    cut_streams: tokio_util::sync::CancellationToken,
+    shutdown_grace: Duration,
     /// `/v1/models` body, rendered once.
     models_body: Bytes,
     /// Health URL of the in-process mock, checked by `/ready`.
@@ -118,8 +125,13 @@ impl AppState {
         let routing = RoutingEngine::start(config.router.clone(), &registry.models).await?;
         spawn_reload_on_sighup(&routing);
         let cache = GatewayCache::build(config, &store, &routing).await?;
+        let limits = Arc::new(Limiter::from_config(&config.limits)?);
+        tracing::info!(backend = limits.backend_name(), "limits ready");
         Ok(Self {
             cache,
+            limits,
+            cut_streams: tokio_util::sync::CancellationToken::new(),
+            shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
             breakers: Breakers::new(
                 config.server.breaker_failures,
                 Duration::from_millis(config.server.breaker_open_ms),
@@ -313,6 +325,7 @@ async fn chat_completions(
     }
     let bytes = read_body(body, state.max_body_bytes).await?;
     let request = ChatRequest::parse(&bytes)?;
+    let admission = state.limits.admit(&caller).await?;
     let target = state.registry.resolve(&request.model)?;
     let route = match &target {
         Target::Route(route) => Some(route.clone()),
@@ -355,7 +368,8 @@ async fn chat_completions(
     };
     let route_name = route.as_ref().map(|r| r.name.clone());
     let mut outcome = RequestOutcome::new(request_id, route_name.clone(), decision.chosen(), request.stream)
-        .log_to(state.log.clone());
+        .log_to(state.log.clone())
+        .charge_limits(admission);
     record_decision(&mut outcome, &decision);
     outcome.tenant = caller.tenant;
     outcome.key_id = caller.key_id;
@@ -396,6 +410,7 @@ async fn chat_completions(
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         UpstreamResponse::Stream(pieces) => {
+            let pieces = crate::shutdown::cut_on(pieces, state.cut_streams.clone());
             let stream = client_stream(pieces, request.client_wants_usage, model.clone(), outcome, started, keep);
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/event-stream")
@@ -681,17 +696,44 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` resolves, lets in-flight requests finish, then flushes the
-    /// outcome log.
+    /// Serves until `shutdown` resolves, lets in-flight requests finish for up to
+    /// `[server] shutdown_grace_ms`, cuts the streams still open, then flushes the outcome log.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+        /// How long cut streams get to send their last event and close.
+        const AFTER_CUT: Duration = Duration::from_secs(2);
         let listener = self.listener.tap_io(|tcp| {
             // Stream chunks go out as they come: no Nagle delay waiting on the client's ACK.
             let _ = tcp.set_nodelay(true);
         });
-        let served = axum::serve(listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::Internal(format!("server error: {e}")));
+        let (requested, shutdown_requested) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = requested.send(());
+        });
+        let mut server = std::pin::pin!(server.into_future());
+        let grace = self.state.shutdown_grace;
+        let grace_over = async move {
+            if shutdown_requested.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tracing::info!(grace_ms = grace.as_millis(), "shutting down: draining in-flight requests");
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            served = &mut server => served,
+            () = grace_over => {
+                tracing::warn!("shutdown grace over; cutting the streams still open");
+                self.state.cut_streams.cancel();
+                match tokio::time::timeout(AFTER_CUT, &mut server).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        tracing::warn!("connections still open after the cut; closing without them");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let served = served.map_err(|e| Error::Internal(format!("server error: {e}")));
         self.state.shutdown_log().await;
         served
     }

@@ -33,6 +33,83 @@ pub struct Config {
     /// `[cache]`: exact and semantic response cache.
     #[serde(default)]
     pub cache: cache::CacheConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: requests/min, tokens/min and USD budgets per virtual key (from the key's row)
+/// and per tenant (from `[limits.tenants.NAME]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// `redis://host:port/db`: counters shared by every replica. Unset: in-process counters
+    /// (one gateway process). `env::NAME` reads the URL from that env var.
+    pub redis_url: Option<String>,
+    /// Longest a Redis call may take before the request goes on without it.
+    pub redis_timeout_ms: u64,
+    /// What to do while Redis cannot be reached: `open` (serve, unlimited; counted in
+    /// `switchyard_limit_backend_errors_total` and logged) or `closed` (refuse with 503).
+    pub on_backend_error: FailureMode,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// When budgets start again: `month` (calendar month, UTC), `day` (UTC) or `total` (never).
+    pub budget_period: BudgetPeriod,
+    /// Limits per tenant, shared by all of the tenant's keys.
+    pub tenants: BTreeMap<String, TenantLimits>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_timeout_ms: 50,
+            on_backend_error: FailureMode::Open,
+            key_prefix: "switchyard:limits".into(),
+            budget_period: BudgetPeriod::Month,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The Redis URL with an `env::NAME` reference resolved.
+    pub fn resolved_redis_url(&self) -> Result<Option<String>, Error> {
+        match &self.redis_url {
+            None => Ok(None),
+            Some(url) => match url.strip_prefix("env::") {
+                Some(var) => std::env::var(var)
+                    .map(Some)
+                    .map_err(|_| Error::Config(format!("[limits] redis_url: env var `{var}` is not set"))),
+                None => Ok(Some(url.clone())),
+            },
+        }
+    }
+}
+
+/// `[limits.tenants.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub budget_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    #[default]
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    #[default]
+    Month,
+    Day,
+    Total,
 }
 
 /// `[database]`: where the outcome log, feedback and virtual keys live, and how rows get there.
@@ -137,6 +214,9 @@ pub struct ServerConfig {
     pub breaker_failures: u32,
     /// How long an open breaker keeps a model out before one probe request is let through.
     pub breaker_open_ms: u64,
+    /// At shutdown, how long in-flight requests and streams may run on; streams still open
+    /// after it are cut (their outcome rows are still written before the process exits).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -150,6 +230,7 @@ impl Default for ServerConfig {
             master_key_env: None,
             breaker_failures: 5,
             breaker_open_ms: 30_000,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -407,6 +488,27 @@ candidates = ["a", "b"]
 default = "a"
 "#;
         assert!(Config::from_toml(text).is_err());
+    }
+
+    #[test]
+    fn limits_section_parses_and_rejects_typos() {
+        let text = "[limits]\nredis_url = \"redis://127.0.0.1:6379\"\nbudget_period = \"day\"\non_backend_error = \"closed\"\n[limits.tenants.acme]\nrpm = 5\nbudget_usd = 1.5\n";
+        let config = Config::from_toml(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.limits.budget_period, BudgetPeriod::Day);
+        assert_eq!(config.limits.on_backend_error, FailureMode::Closed);
+        assert_eq!(config.limits.tenants["acme"].rpm, Some(5));
+        assert_eq!(config.limits.redis_timeout_ms, 50);
+        assert_eq!(Config::builtin_default().limits.redis_url, None);
+        assert_eq!(Config::builtin_default().server.shutdown_grace_ms, 10_000);
+        assert!(Config::from_toml("[limits.tenants.acme]\nrps = 5\n").is_err());
+        assert!(Config::from_toml("[limits]\nbudget_period = \"week\"\n").is_err());
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../switchyard.example.toml");
+        let config = Config::from_toml(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.limits.tenants["acme"].rpm, Some(600));
     }
 
     #[test]

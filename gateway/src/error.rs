@@ -30,6 +30,19 @@ pub enum Error {
         message: String,
         retry_after_secs: Option<u64>,
     },
+    /// A per-key or per-tenant limit (see [`crate::limits`]) refused the request.
+    #[error("{} limit of this {scope} reached; retry in {retry_after_secs} s", kind.as_str())]
+    LimitExceeded {
+        kind: crate::limits::LimitKind,
+        scope: &'static str,
+        retry_after_secs: u64,
+    },
+    /// The gateway is shutting down and its grace period for open streams is over.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// The shared limiter (Redis) could not be asked.
+    #[error("rate limiter unavailable: {0}")]
+    LimiterUnavailable(String),
     /// The upstream answered with an error; its status and message are kept.
     #[error("{message}")]
     Upstream {
@@ -81,7 +94,8 @@ impl Error {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::LimiterUnavailable(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { status, .. } => *status,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -100,6 +114,10 @@ impl Error {
             Self::UnknownModel(_) => "unknown_model",
             Self::NotFound(_) => "not_found",
             Self::RateLimited { .. } => "rate_limited",
+            Self::LimitExceeded { kind: crate::limits::LimitKind::Budget, .. } => "budget_exceeded",
+            Self::LimitExceeded { .. } => "rate_limit_exceeded",
+            Self::LimiterUnavailable(_) => "limiter_unavailable",
+            Self::ShuttingDown => "shutdown",
             Self::Upstream { status, .. } if status.as_u16() == 429 => "upstream_429",
             Self::Upstream { status, .. } if status.is_server_error() => "upstream_5xx",
             Self::Upstream { .. } => "upstream_4xx",
@@ -123,6 +141,12 @@ impl Error {
             Self::UnknownModel(_) => ("invalid_request_error", Some("model"), Some("model_not_found")),
             Self::NotFound(_) => ("invalid_request_error", None, Some("not_found")),
             Self::RateLimited { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
+            Self::LimitExceeded { kind: crate::limits::LimitKind::Budget, .. } => {
+                ("rate_limit_exceeded", None, Some("budget_exceeded"))
+            }
+            Self::LimitExceeded { .. } => ("rate_limit_exceeded", None, Some("rate_limit_exceeded")),
+            Self::LimiterUnavailable(_) => ("api_error", None, Some("limiter_unavailable")),
+            Self::ShuttingDown => ("api_error", None, Some("shutting_down")),
             Self::Upstream { kind, code, .. } => (kind.as_str(), None, code.as_deref()),
             Self::BadGateway(_) => ("api_error", None, Some("upstream_unreachable")),
             Self::GatewayTimeout(_) => ("api_error", None, Some("upstream_timeout")),
@@ -148,6 +172,7 @@ impl IntoResponse for Error {
                 retry_after_secs: Some(secs),
                 ..
             } => HeaderValue::from_str(&secs.to_string()).ok(),
+            Self::LimitExceeded { retry_after_secs, .. } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
             Self::Upstream { retry_after, .. } => retry_after.clone(),
             _ => None,
         };

@@ -7,6 +7,7 @@ pub mod app;
 pub mod breaker;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod mock;
 pub mod openai;
@@ -15,6 +16,7 @@ pub mod providers;
 pub mod registry;
 pub mod response_cache;
 pub mod routing;
+pub mod shutdown;
 pub mod sse;
 pub mod store;
 

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub db_pool_connections: GaugeVec,
     pub selector_loaded: GaugeVec,
     pub up: Gauge,
+    /// Requests refused by a per-key or per-tenant limit, by kind and scope.
+    pub limit_rejections: IntCounterVec,
+    /// Limiter backend (Redis) calls that failed or timed out.
+    pub limit_backend_errors: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -74,6 +78,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         GaugeVec::new(Opts::new("selector_checkpoint_info", "Loaded selector checkpoints"), &["role", "version"])?;
     let up = Gauge::new("up", "1 while the gateway runs")?;
     up.set(1.0);
+    let limit_rejections = IntCounterVec::new(
+        Opts::new("limit_rejections_total", "Requests refused by a limit (kind: rpm, tpm, budget; scope: key, tenant)"),
+        &["kind", "scope"],
+    )?;
+    let limit_backend_errors = IntCounterVec::new(
+        Opts::new("limit_backend_errors_total", "Rate limiter backend calls that failed or timed out"),
+        &["op"],
+    )?;
     for collector in [
         Box::new(request_duration.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(first_token.clone()),
@@ -90,6 +102,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(db_pool_connections.clone()),
         Box::new(selector_loaded.clone()),
         Box::new(up.clone()),
+        Box::new(limit_rejections.clone()),
+        Box::new(limit_backend_errors.clone()),
     ] {
         registry.register(collector)?;
     }
@@ -110,6 +124,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         db_pool_connections,
         selector_loaded,
         up,
+        limit_rejections,
+        limit_backend_errors,
     })
 }
 

@@ -119,7 +119,8 @@ impl Usage {
         Self {
             prompt_tokens,
             completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
+            // Counts come from upstreams: saturate rather than overflow on absurd ones.
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
         }
     }
 }

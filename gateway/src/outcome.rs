@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::Error;
+use crate::limits::Admission;
 use crate::openai::Usage;
 use crate::registry::ModelEntry;
 use crate::store::{embedding_to_bytes, LogHandle, LogRow};
@@ -53,7 +54,19 @@ pub struct RequestOutcome {
     /// Cache lookup result (`miss`, `exact`, `semantic`, …).
     pub cache_result: Option<&'static str>,
     log: LogSink,
+    limits: LimitCharge,
     started: Instant,
+}
+
+/// Limits to charge with this request's tokens and cost; like [`LogSink`], a clone charges
+/// nothing.
+#[derive(Debug, Default)]
+struct LimitCharge(Option<Admission>);
+
+impl Clone for LimitCharge {
+    fn clone(&self) -> Self {
+        Self(None)
+    }
 }
 
 /// Where a finished outcome goes. A clone of an outcome is a snapshot and records nothing,
@@ -93,6 +106,7 @@ impl RequestOutcome {
             prompt_text: None,
             cache_result: None,
             log: LogSink(None),
+            limits: LimitCharge(None),
             started: Instant::now(),
         }
     }
@@ -100,6 +114,12 @@ impl RequestOutcome {
     /// Sends the row to the outcome log when the request finishes.
     pub fn log_to(mut self, log: LogHandle) -> Self {
         self.log = LogSink(Some(log));
+        self
+    }
+
+    /// Charges the request's tokens and cost to these limits when it finishes.
+    pub fn charge_limits(mut self, admission: Option<Admission>) -> Self {
+        self.limits = LimitCharge(admission);
         self
     }
 
@@ -159,6 +179,9 @@ impl RequestOutcome {
     }
 
     fn record(&mut self) {
+        if let (Some(admission), Some(usage)) = (self.limits.0.take(), self.usage) {
+            admission.charge(usage.prompt_tokens.saturating_add(usage.completion_tokens), self.cost_usd.unwrap_or(0.0));
+        }
         if let Some(log) = self.log.0.take() {
             crate::metrics::METRICS.observe(self);
             log.push(self.to_row());

@@ -29,7 +29,12 @@ struct Gateway {
     served: Option<tokio::task::JoinHandle<Result<(), gateway::Error>>>,
 }
 
+/// A generous decision deadline: a test machine under parallel load must not shed the
+/// embedding (a shed request skips the semantic lookup).
 const BASE: &str = r#"
+[router]
+decision_timeout_ms = 10000
+
 [providers.mock]
 kind = "mock"
 

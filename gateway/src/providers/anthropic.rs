@@ -255,7 +255,9 @@ pub fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
 
 fn anthropic_usage(usage: Option<&Value>) -> Usage {
     let field = |name: &str| usage.and_then(|u| u.get(name)).and_then(Value::as_u64).unwrap_or(0);
-    let prompt = field("input_tokens") + field("cache_read_input_tokens") + field("cache_creation_input_tokens");
+    let prompt = field("input_tokens")
+        .saturating_add(field("cache_read_input_tokens"))
+        .saturating_add(field("cache_creation_input_tokens"));
     Usage::new(prompt, field("output_tokens"))
 }
 
@@ -321,6 +323,12 @@ impl StreamTranslator {
             created: unix_seconds(),
             ..Self::default()
         }
+    }
+
+    /// Fixes the `created` timestamp of the chunks (tests compare two translations).
+    pub fn created_at(mut self, created: u64) -> Self {
+        self.created = created;
+        self
     }
 
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Bytes {
@@ -446,31 +454,60 @@ fn translate_stream(
     include_usage: bool,
 ) -> impl futures_util::Stream<Item = Result<StreamPiece, Error>> + Send {
     async_stream::try_stream! {
-        let mut translator = StreamTranslator::new(include_usage);
+        let mut decoder = StreamDecoder::new(StreamTranslator::new(include_usage));
         let mut bytes = response.bytes_stream();
-        let mut parser = SseParser::new();
         loop {
             let next = tokio::time::timeout(timeouts.body, bytes.next()).await;
-            match next {
+            let chunk = match next {
                 Err(_) => Err(Error::GatewayTimeout("upstream stream stalled".into()))?,
                 Ok(Some(Err(e))) => Err(Error::BadGateway(format!("upstream stream broke: {e}")))?,
-                Ok(Some(Ok(chunk))) => parser.push(&chunk),
+                Ok(Some(Ok(chunk))) => chunk,
                 Ok(None) => break,
-            }
-            while let Some(event) = parser.next_event() {
-                if event.data.is_empty() {
-                    continue;
-                }
-                let data: Value = serde_json::from_str(&event.data)
-                    .map_err(|e| Error::BadGateway(format!("Anthropic sent an invalid event: {e}")))?;
-                let name = event.event.clone()
-                    .or_else(|| data["type"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                for piece in translator.translate(&name, &data) {
-                    yield piece;
-                }
+            };
+            for piece in decoder.push(&chunk) {
+                yield piece?;
             }
         }
+    }
+}
+
+/// An Anthropic event stream's bytes in, OpenAI pieces out. Bytes may be split anywhere:
+/// events are reassembled before they are translated.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    parser: SseParser,
+    translator: StreamTranslator,
+}
+
+impl StreamDecoder {
+    pub fn new(translator: StreamTranslator) -> Self {
+        Self { parser: SseParser::new(), translator }
+    }
+
+    /// The pieces of every event completed by `chunk`; an event that is not JSON ends the
+    /// list with an error (the stream is broken from there on).
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Result<StreamPiece, Error>> {
+        self.parser.push(chunk);
+        let mut out = Vec::new();
+        while let Some(event) = self.parser.next_event() {
+            if event.data.is_empty() {
+                continue;
+            }
+            let data: Value = match serde_json::from_str(&event.data) {
+                Ok(data) => data,
+                Err(e) => {
+                    out.push(Err(Error::BadGateway(format!("Anthropic sent an invalid event: {e}"))));
+                    return out;
+                }
+            };
+            let name = event
+                .event
+                .clone()
+                .or_else(|| data["type"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            out.extend(self.translator.translate(&name, &data).into_iter().map(Ok));
+        }
+        out
     }
 }
 

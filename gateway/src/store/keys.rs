@@ -37,11 +37,11 @@ pub struct ApiKey {
     pub key_hash: Vec<u8>,
     pub tenant: String,
     pub name: Option<String>,
-    /// Requests per minute allowed (not enforced yet).
+    /// Requests per minute allowed (see [`crate::limits`]).
     pub rpm: Option<i64>,
-    /// Tokens per minute allowed (not enforced yet).
+    /// Tokens per minute allowed, prompt + completion.
     pub tpm: Option<i64>,
-    /// Spend allowed, in USD (not enforced yet).
+    /// Spend allowed per `[limits] budget_period`, in USD.
     pub budget_usd: Option<f64>,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
