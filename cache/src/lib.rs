@@ -67,6 +67,13 @@ pub struct CacheConfig {
     pub cache_tool_results: bool,
     /// Keep entries in the database so a restart is warm.
     pub persist: bool,
+    /// `redis://…` (or `env::NAME`): an exact-match tier shared by every replica, asked when
+    /// the in-process tier misses.
+    pub redis_url: Option<String>,
+    /// Longest a Redis lookup may take before the request goes on without it.
+    pub redis_timeout_ms: u64,
+    /// Prefix of the shared tier's Redis keys.
+    pub redis_prefix: String,
     /// Also look up requests that name a model directly (not a route) semantically. Off by
     /// default: it embeds every such request, which routes do anyway but passthrough does not.
     pub semantic_direct_models: bool,
@@ -103,6 +110,9 @@ impl Default for CacheConfig {
             max_temperature: 1.0,
             cache_tool_results: false,
             persist: true,
+            redis_url: None,
+            redis_timeout_ms: 50,
+            redis_prefix: "switchyard".into(),
             semantic_direct_models: false,
             routes: Default::default(),
             tenants: Default::default(),

@@ -335,7 +335,7 @@ async fn chat_completions(
     let plan = state.cache.as_ref().map(|c| c.plan(&request, caller.tenant.as_deref(), route.is_some(), &headers));
 
     if let (Some(cache), Some(plan)) = (&state.cache, &plan) {
-        if let Some(answer) = cache.lookup_exact(plan) {
+        if let Some(answer) = cache.lookup_exact(plan).await {
             if let Some(response) = hit_response(&answer, &request, &HitKind::Exact) {
                 return Ok(serve_hit(response, "exact", &answer, &target, &request, &caller, request_id, &state, started));
             }

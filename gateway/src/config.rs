@@ -74,15 +74,7 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// The Redis URL with an `env::NAME` reference resolved.
     pub fn resolved_redis_url(&self) -> Result<Option<String>, Error> {
-        match &self.redis_url {
-            None => Ok(None),
-            Some(url) => match url.strip_prefix("env::") {
-                Some(var) => std::env::var(var)
-                    .map(Some)
-                    .map_err(|_| Error::Config(format!("[limits] redis_url: env var `{var}` is not set"))),
-                None => Ok(Some(url.clone())),
-            },
-        }
+        self.redis_url.as_deref().map(|url| resolve_env_ref("[limits] redis_url", url)).transpose()
     }
 }
 
@@ -161,11 +153,16 @@ impl Default for DatabaseConfig {
 impl DatabaseConfig {
     /// The URL with an `env::NAME` reference resolved.
     pub fn resolved_url(&self) -> Result<String, Error> {
-        match self.url.strip_prefix("env::") {
-            Some(var) => std::env::var(var)
-                .map_err(|_| Error::Config(format!("[database] url: env var `{var}` is not set"))),
-            None => Ok(self.url.clone()),
-        }
+        resolve_env_ref("[database] url", &self.url)
+    }
+}
+
+/// A setting's value, where `env::NAME` stands for the value of the env var NAME (so URLs
+/// with passwords never sit in the config file).
+pub fn resolve_env_ref(setting: &str, value: &str) -> Result<String, Error> {
+    match value.strip_prefix("env::") {
+        Some(var) => std::env::var(var).map_err(|_| Error::Config(format!("{setting}: env var `{var}` is not set"))),
+        None => Ok(value.to_owned()),
     }
 }
 

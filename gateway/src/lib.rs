@@ -13,6 +13,7 @@ pub mod mock;
 pub mod openai;
 pub mod outcome;
 pub mod providers;
+pub mod redis_client;
 pub mod registry;
 pub mod response_cache;
 pub mod routing;

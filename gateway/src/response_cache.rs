@@ -14,7 +14,8 @@ use cache::{
     ResponseCache, SemanticHit, SemanticMiss, Settings, StoredEntry,
 };
 
-use crate::config::Config;
+use crate::config::{resolve_env_ref, Config};
+use crate::redis_client::BoundedRedis;
 use crate::error::Error;
 use crate::openai::ChatRequest;
 use crate::routing::RoutingEngine;
@@ -35,10 +36,58 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 /// Where the shipped verifier checkpoint lives.
 pub const DEFAULT_VERIFIER_DIR: &str = "models/verifier/default";
 
-/// The cache and where its entries are persisted.
+/// The cache, the Redis tier replicas share, and where entries are persisted.
 pub struct GatewayCache {
     cache: ResponseCache,
+    shared: Option<SharedTier>,
     store: Option<Store>,
+}
+
+/// Exact entries in Redis, so one replica's answer is a hit on every replica.
+struct SharedTier {
+    redis: BoundedRedis,
+    prefix: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedEntry {
+    answer: CachedAnswer,
+    expires_at_ms: u64,
+}
+
+impl SharedTier {
+    fn key(&self, digest: &Digest) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 7 + 64);
+        key.push_str(&self.prefix);
+        key.push_str(":cache:");
+        for b in digest {
+            key.push_str(&format!("{b:02x}"));
+        }
+        key
+    }
+
+    async fn get(&self, digest: &Digest) -> Option<SharedEntry> {
+        let key = self.key(digest);
+        let value: Option<String> = match self.redis.call(|mut c| async move { redis::AsyncCommands::get(&mut c, key).await }).await {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::debug!(error = %e, "shared cache tier unavailable");
+                return None;
+            }
+        };
+        serde_json::from_str(&value?).ok()
+    }
+
+    async fn set(&self, digest: &Digest, entry: &SharedEntry, ttl_ms: u64) {
+        let (key, Ok(value)) = (self.key(digest), serde_json::to_string(entry)) else { return };
+        let result: Result<(), String> = self
+            .redis
+            .call(|mut c| async move { redis::AsyncCommands::pset_ex(&mut c, key, value, ttl_ms).await })
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "answer not shared through Redis");
+        }
+    }
 }
 
 /// What the cache may do for one request, decided once before any lookup.
@@ -76,7 +125,16 @@ impl GatewayCache {
         let cache = ResponseCache::new(settings.clone(), embedding_dim, verifier)
             .map_err(|e| Error::Config(e.to_string()))?;
         let store = settings.persist.then(|| store.clone());
-        let this = Arc::new(Self { cache, store });
+        let shared = match &settings.redis_url {
+            Some(url) => {
+                let url = resolve_env_ref("[cache] redis_url", url)?;
+                let redis = BoundedRedis::open(&url, Duration::from_millis(settings.redis_timeout_ms))
+                    .map_err(|e| Error::Config(format!("[cache] redis_url: {e}")))?;
+                Some(SharedTier { redis, prefix: settings.redis_prefix.clone() })
+            }
+            None => None,
+        };
+        let this = Arc::new(Self { cache, shared, store });
         if let Some(store) = &this.store {
             match store.load_cache_entries(now_ms()).await {
                 Ok(entries) => {
@@ -115,11 +173,29 @@ impl GatewayCache {
         }
     }
 
-    pub fn lookup_exact(&self, plan: &CachePlan) -> Option<Arc<CachedAnswer>> {
+    /// The in-process tier, then the Redis tier (whose hit is kept in process too).
+    pub async fn lookup_exact(&self, plan: &CachePlan) -> Option<Arc<CachedAnswer>> {
         if !plan.eligibility.read || !self.cache.config().exact {
             return None;
         }
-        self.cache.lookup_exact(&plan.exact_key, now_ms())
+        let now = now_ms();
+        if let Some(answer) = self.cache.lookup_exact(&plan.exact_key, now) {
+            return Some(answer);
+        }
+        let shared = self.shared.as_ref()?.get(&plan.exact_key).await?;
+        if shared.expires_at_ms <= now {
+            return None;
+        }
+        let entry = StoredEntry {
+            exact_key: plan.exact_key,
+            scope: None,
+            query: None,
+            embedding: None,
+            answer: shared.answer,
+            expires_at_ms: shared.expires_at_ms,
+        };
+        self.cache.insert(&entry, now);
+        self.cache.lookup_exact(&plan.exact_key, now)
     }
 
     pub fn lookup_semantic(&self, plan: &CachePlan, embedding: &[f32], query: &str) -> Result<SemanticHit, SemanticMiss> {
@@ -146,11 +222,19 @@ impl GatewayCache {
             expires_at_ms: now.saturating_add(ttl_ms),
         };
         self.cache.insert(&entry, now);
-        if let Some(store) = self.store.clone() {
+        let persist = self.store.is_some() || (self.shared.is_some() && self.cache.config().exact);
+        if persist {
+            let this = self.clone();
             let tenant = plan.tenant.clone();
             tokio::spawn(async move {
-                if let Err(e) = store.save_cache_entry(&entry, tenant.as_deref(), now).await {
-                    tracing::debug!(error = %e, "cache entry not persisted");
+                if let (Some(shared), true) = (&this.shared, this.cache.config().exact) {
+                    let value = SharedEntry { answer: entry.answer.clone(), expires_at_ms: entry.expires_at_ms };
+                    shared.set(&entry.exact_key, &value, ttl_ms).await;
+                }
+                if let Some(store) = &this.store {
+                    if let Err(e) = store.save_cache_entry(&entry, tenant.as_deref(), now).await {
+                        tracing::debug!(error = %e, "cache entry not persisted");
+                    }
                 }
             });
         }

@@ -319,3 +319,37 @@ async fn semantic_tier_needs_a_verifier_by_default() {
     let built = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await;
     assert!(matches!(built, Err(gateway::Error::Config(message)) if message.contains("verifier")));
 }
+
+/// Two replicas sharing the real Redis at 127.0.0.1:6379: one replica's answer is an exact
+/// hit on the other (no database persistence, so only Redis can carry it).
+#[tokio::test]
+async fn exact_hits_are_shared_across_replicas_through_redis() {
+    let prefix = format!("switchyard-test-{}", Uuid::now_v7().simple());
+    let settings = format!("exact = true\npersist = false\nttl_secs = 60\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\nredis_timeout_ms = 500");
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let a = Gateway::start(dir_a.path(), &settings).await;
+    let b = Gateway::start(dir_b.path(), &settings).await;
+    let request = chat("m", "What is the tallest mountain on Earth?");
+    let (kind, id, _) = a.ask(&request, None, &[]).await;
+    assert_eq!(kind, "miss");
+    // The write to Redis is off the request path: wait (bounded) until the key is there.
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("Redis at 127.0.0.1:6379");
+    let mut stored = false;
+    for _ in 0..100 {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:cache:*")).query_async(&mut conn).await.expect("KEYS");
+        if !keys.is_empty() {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stored, "answer reached Redis");
+    let (kind, replay_id, _) = b.ask(&request, None, &[]).await;
+    assert_eq!((kind.as_str(), replay_id.as_str()), ("exact", id.as_str()), "replica B serves replica A's answer");
+    let mut other = request.clone();
+    other["seed"] = json!(1);
+    assert_eq!(b.ask(&other, None, &[]).await.0, "miss");
+    a.stop().await;
+    b.stop().await;
+}

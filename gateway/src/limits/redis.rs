@@ -1,20 +1,17 @@
 //! Redis counters, shared by every gateway replica. Admission is one Lua script, so checking
 //! every limit and bumping the request counters is atomic across replicas.
 //!
-//! Every call is bounded by a short timeout; after a failure Redis is not asked again for a
-//! second (callers fail open or closed at once instead of each waiting out the timeout).
+//! Every call is bounded (see [`BoundedRedis`]): callers fail open or closed at once instead
+//! of each waiting out a dead Redis.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
+use redis::aio::ConnectionManager;
 
 use super::{Counters, LimitKind, Refusal};
 use crate::error::Error;
+use crate::redis_client::BoundedRedis;
 
-/// After a failed call, Redis is skipped for this long.
-const BACKOFF_MS: u64 = 1_000;
 /// rpm/tpm counters outlive their minute a little (clock skew between replicas).
 const MINUTE_TTL_SECS: u64 = 120;
 
@@ -62,20 +59,9 @@ return 0
 ";
 
 pub struct RedisCounters {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
-    timeout: Duration,
+    redis: BoundedRedis,
     admit: redis::Script,
     charge: redis::Script,
-    /// Unix ms before which Redis is not tried (after a failure).
-    skip_until_ms: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn redis_error(what: impl std::fmt::Display) -> Error {
@@ -84,48 +70,20 @@ fn redis_error(what: impl std::fmt::Display) -> Error {
 
 impl RedisCounters {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, Error> {
-        let client = redis::Client::open(url).map_err(|e| Error::Config(format!("[limits] redis_url: {e}")))?;
+        let redis = BoundedRedis::open(url, timeout).map_err(|e| Error::Config(format!("[limits] redis_url: {e}")))?;
         Ok(Self {
-            client,
-            connection: OnceCell::new(),
-            timeout,
+            redis,
             admit: redis::Script::new(ADMIT),
             charge: redis::Script::new(CHARGE),
-            skip_until_ms: AtomicU64::new(0),
         })
     }
 
-    /// Runs one Redis call within the timeout, connecting first if needed.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        if now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
-            return Err(redis_error("Redis failed less than a second ago"));
-        }
-        let attempt = async {
-            let connection = self
-                .connection
-                .get_or_try_init(|| async {
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(self.timeout))
-                        .set_response_timeout(Some(self.timeout))
-                        .set_number_of_retries(1);
-                    ConnectionManager::new_with_config(self.client.clone(), config).await
-                })
-                .await
-                .map_err(redis_error)?;
-            f(connection.clone()).await.map_err(redis_error)
-        };
-        let result = match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(redis_error(format!("no answer within {} ms", self.timeout.as_millis()))),
-        };
-        if result.is_err() {
-            self.skip_until_ms.store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
-        }
-        result
+        self.redis.call(f).await.map_err(redis_error)
     }
 
     pub async fn admit(&self, subjects: &[Counters]) -> Result<Option<Refusal>, Error> {
