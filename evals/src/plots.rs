@@ -1,0 +1,188 @@
+//! SVG figures of a report (plotters, SVG backend only: no fonts or native libraries needed).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::metrics::{upper_hull, Calibration, Point};
+use crate::report::{DatasetReport, PairSummary};
+
+fn plot_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> Error + '_ {
+    move |e| Error::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// USD per request → USD per 1,000 requests (the unit the gateway's trade-off uses).
+fn per_1k(p: &Point) -> (f64, f64) {
+    (p.cost * 1_000.0, p.quality)
+}
+
+const ROUTER: RGBColor = RGBColor(31, 119, 180);
+const ORACLE: RGBColor = RGBColor(44, 160, 44);
+const LENGTH: RGBColor = RGBColor(255, 127, 14);
+const MIX: RGBColor = RGBColor(127, 127, 127);
+
+/// Quality against cost: the router's sweep, the oracle's, every single model, the best
+/// random mixes of pairs (their hull) and the prompt-length baseline.
+pub fn quality_cost(path: &Path, report: &DatasetReport) -> Result<()> {
+    let err = plot_err(path);
+    let router: Vec<(f64, f64)> = report.router.iter().map(|s| per_1k(&s.point())).collect();
+    let oracle: Vec<(f64, f64)> = report.oracle.iter().map(|s| per_1k(&s.point())).collect();
+    let singles: Vec<(String, (f64, f64))> = report.singles.iter().map(|m| (m.model.clone(), per_1k(&m.point()))).collect();
+    let mix: Vec<(f64, f64)> = upper_hull(&report.singles.iter().map(|m| m.point()).collect::<Vec<_>>()).iter().map(per_1k).collect();
+    let length: Vec<(f64, f64)> = report.pair.as_ref().map(|p| p.length_points.iter().map(per_1k).collect()).unwrap_or_default();
+    let all: Vec<(f64, f64)> = router.iter().chain(&oracle).chain(singles.iter().map(|s| &s.1)).chain(&length).copied().collect();
+    let (xlo, xhi) = all.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
+    let (ylo, yhi) = all.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+    let (xlo, xhi) = (xlo.max(1e-6) / 1.5, xhi * 1.5);
+    let (ylo, yhi) = ((ylo - 0.05).max(0.0), (yhi + 0.05).min(1.0));
+
+    let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{} {}: quality vs cost", report.dataset, report.split), ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d((xlo..xhi).log_scale(), ylo..yhi)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("mean cost, USD per 1,000 requests (log scale)")
+        .y_desc("mean quality")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(mix.clone(), MIX.stroke_width(1)))
+        .map_err(|e| err(&e))?
+        .label("random mix of two models (best pairs)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MIX));
+    if !length.is_empty() {
+        chart
+            .draw_series(LineSeries::new(length.clone(), LENGTH.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label("prompt length (longer → strong model)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], LENGTH));
+    }
+    chart
+        .draw_series(LineSeries::new(oracle.clone(), ORACLE.stroke_width(2)))
+        .map_err(|e| err(&e))?
+        .label("oracle (realised labels)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ORACLE));
+    chart
+        .draw_series(LineSeries::new(router.clone(), ROUTER.stroke_width(3)))
+        .map_err(|e| err(&e))?
+        .label("router (selector + gateway policy)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ROUTER));
+    chart
+        .draw_series(router.iter().map(|&p| Circle::new(p, 3, ROUTER.filled())))
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(singles.iter().map(|(name, p)| {
+            EmptyElement::at(*p) + Circle::new((0, 0), 4, BLACK.filled()) + Text::new(name.clone(), (6, -4), ("sans-serif", 11))
+        }))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// PGR against the share of calls to the strong model.
+pub fn pgr(path: &Path, dataset: &str, pair: &PairSummary) -> Result<()> {
+    let err = plot_err(path);
+    let series = |v: &[f64]| -> Vec<(f64, f64)> { pair.shares.iter().copied().zip(v.iter().copied()).collect() };
+    let all = pair.pgr_router.iter().chain(&pair.pgr_length).chain(&pair.pgr_oracle);
+    let (ylo, yhi) = all.fold((0.0f64, 1.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let root = SVGBackend::new(path, (800, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{dataset}: {} vs {}", pair.report.strong, pair.report.weak), ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..1.0, (ylo - 0.05)..(yhi + 0.05))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("share of calls to the strong model")
+        .y_desc("performance gap recovered (PGR)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (name, values, color, width) in [
+        (format!("oracle (APGR {:.3})", pair.oracle_apgr), &pair.pgr_oracle, ORACLE, 2),
+        ("random (expected: PGR = share)".to_owned(), &pair.pgr_random, MIX, 1),
+        (format!("prompt length (APGR {:.3})", pair.report.length_baseline.apgr), &pair.pgr_length, LENGTH, 2),
+        (format!("router (APGR {:.3})", pair.report.router.apgr), &pair.pgr_router, ROUTER, 3),
+    ] {
+        chart
+            .draw_series(LineSeries::new(series(values), color.stroke_width(width)))
+            .map_err(|e| err(&e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Reliability diagram: mean observed quality per bin of predicted quality.
+pub fn calibration(path: &Path, dataset: &str, cal: &Calibration) -> Result<()> {
+    let err = plot_err(path);
+    let root = SVGBackend::new(path, (640, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{dataset}: calibration (ECE {:.3})", cal.ece), ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("predicted quality (bin mean)")
+        .y_desc("observed quality")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], MIX))
+        .map_err(|e| err(&e))?
+        .label("perfect calibration")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MIX));
+    let points: Vec<(f64, f64)> = cal.bins.iter().map(|b| (b.mean_predicted, b.mean_observed)).collect();
+    chart
+        .draw_series(LineSeries::new(points.clone(), ROUTER.stroke_width(2)))
+        .map_err(|e| err(&e))?
+        .label("selector (all candidates, test prompts)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ROUTER));
+    chart
+        .draw_series(cal.bins.iter().map(|b| {
+            EmptyElement::at((b.mean_predicted, b.mean_observed))
+                + Circle::new((0, 0), 4, ROUTER.filled())
+                + Text::new(format!("{}", b.count), (6, 4), ("sans-serif", 10))
+        }))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
