@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use plotters::coord::ranged1d::{AsRangedCoord, Ranged};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
@@ -13,6 +15,57 @@ fn plot_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> Error + '_ {
         path: path.to_path_buf(),
         reason: e.to_string(),
     }
+}
+
+type Chart<'a, X> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, RangedCoordf64>>;
+
+/// A white canvas with a captioned, labelled chart on it.
+fn chart<'a, X>(
+    root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    caption: String,
+    x: impl AsRangedCoord<CoordDescType = X, Value = f64>,
+    y: std::ops::Range<f64>,
+    labels: (&str, &str),
+    path: &Path,
+) -> Result<Chart<'a, X>>
+where
+    X: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    let err = plot_err(path);
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(labels.0).y_desc(labels.1).draw().map_err(|e| err(&e))?;
+    Ok(chart)
+}
+
+/// A labelled line.
+fn line<X: Ranged<ValueType = f64>>(chart: &mut Chart<'_, X>, points: Vec<(f64, f64)>, color: RGBColor, width: u32, label: String, path: &Path) -> Result<()> {
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(width)))
+        .map_err(|e| plot_err(path)(&e))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    Ok(())
+}
+
+/// The legend, then the file.
+fn finish<X: Ranged<ValueType = f64>>(mut chart: Chart<'_, X>, position: SeriesLabelPosition, path: &Path) -> Result<()> {
+    let err = plot_err(path);
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart.plotting_area().present().map_err(|e| err(&e))?;
+    Ok(())
 }
 
 /// USD per request → USD per 1,000 requests (the unit the gateway's trade-off uses).
@@ -41,42 +94,20 @@ pub fn quality_cost(path: &Path, report: &DatasetReport) -> Result<()> {
     let (ylo, yhi) = ((ylo - 0.05).max(0.0), (yhi + 0.05).min(1.0));
 
     let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{} {}: quality vs cost", report.dataset, report.split), ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(55)
-        .build_cartesian_2d((xlo..xhi).log_scale(), ylo..yhi)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("mean cost, USD per 1,000 requests (log scale)")
-        .y_desc("mean quality")
-        .draw()
-        .map_err(|e| err(&e))?;
-    chart
-        .draw_series(LineSeries::new(mix.clone(), MIX.stroke_width(1)))
-        .map_err(|e| err(&e))?
-        .label("random mix of two models (best pairs)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MIX));
+    let mut chart = chart(
+        &root,
+        format!("{} {}: quality vs cost", report.dataset, report.split),
+        (xlo..xhi).log_scale(),
+        ylo..yhi,
+        ("mean cost, USD per 1,000 requests (log scale)", "mean quality"),
+        path,
+    )?;
+    line(&mut chart, mix, MIX, 1, "random mix of two models (best pairs)".into(), path)?;
     if !length.is_empty() {
-        chart
-            .draw_series(LineSeries::new(length.clone(), LENGTH.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label("prompt length (longer → strong model)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], LENGTH));
+        line(&mut chart, length, LENGTH, 2, "prompt length (longer → strong model)".into(), path)?;
     }
-    chart
-        .draw_series(LineSeries::new(oracle.clone(), ORACLE.stroke_width(2)))
-        .map_err(|e| err(&e))?
-        .label("oracle (realised labels)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ORACLE));
-    chart
-        .draw_series(LineSeries::new(router.clone(), ROUTER.stroke_width(3)))
-        .map_err(|e| err(&e))?
-        .label("router (selector + gateway policy)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ROUTER));
+    line(&mut chart, oracle, ORACLE, 2, "oracle (realised labels)".into(), path)?;
+    line(&mut chart, router.clone(), ROUTER, 3, "router (selector + gateway policy)".into(), path)?;
     chart
         .draw_series(router.iter().map(|&p| Circle::new(p, 3, ROUTER.filled())))
         .map_err(|e| err(&e))?;
@@ -85,104 +116,50 @@ pub fn quality_cost(path: &Path, report: &DatasetReport) -> Result<()> {
             EmptyElement::at(*p) + Circle::new((0, 0), 4, BLACK.filled()) + Text::new(name.clone(), (6, -4), ("sans-serif", 11))
         }))
         .map_err(|e| err(&e))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    finish(chart, SeriesLabelPosition::LowerRight, path)
 }
 
 /// PGR against the share of calls to the strong model.
 pub fn pgr(path: &Path, dataset: &str, pair: &PairSummary) -> Result<()> {
-    let err = plot_err(path);
     let series = |v: &[f64]| -> Vec<(f64, f64)> { pair.shares.iter().copied().zip(v.iter().copied()).collect() };
     let all = pair.pgr_router.iter().chain(&pair.pgr_length).chain(&pair.pgr_oracle);
     let (ylo, yhi) = all.fold((0.0f64, 1.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let root = SVGBackend::new(path, (800, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{dataset}: {} vs {}", pair.report.strong, pair.report.weak), ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..1.0, (ylo - 0.05)..(yhi + 0.05))
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("share of calls to the strong model")
-        .y_desc("performance gap recovered (PGR)")
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (name, values, color, width) in [
-        (format!("oracle (APGR {:.3})", pair.oracle_apgr), &pair.pgr_oracle, ORACLE, 2),
-        ("random (expected: PGR = share)".to_owned(), &pair.pgr_random, MIX, 1),
-        (format!("prompt length (APGR {:.3})", pair.report.length_baseline.apgr), &pair.pgr_length, LENGTH, 2),
-        (format!("router (APGR {:.3})", pair.report.router.apgr), &pair.pgr_router, ROUTER, 3),
-    ] {
-        chart
-            .draw_series(LineSeries::new(series(values), color.stroke_width(width)))
-            .map_err(|e| err(&e))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    let mut chart = chart(
+        &root,
+        format!("{dataset}: {} vs {}", pair.report.strong, pair.report.weak),
+        0.0..1.0,
+        (ylo - 0.05)..(yhi + 0.05),
+        ("share of calls to the strong model", "performance gap recovered (PGR)"),
+        path,
+    )?;
+    line(&mut chart, series(&pair.pgr_oracle), ORACLE, 2, format!("oracle (APGR {:.3})", pair.oracle_apgr), path)?;
+    line(&mut chart, series(&pair.pgr_random), MIX, 1, "random (expected: PGR = share)".into(), path)?;
+    line(&mut chart, series(&pair.pgr_length), LENGTH, 2, format!("prompt length (APGR {:.3})", pair.report.length_baseline.apgr), path)?;
+    line(&mut chart, series(&pair.pgr_router), ROUTER, 3, format!("router (APGR {:.3})", pair.report.router.apgr), path)?;
+    finish(chart, SeriesLabelPosition::LowerRight, path)
 }
 
 /// Reliability diagram: mean observed quality per bin of predicted quality.
 pub fn calibration(path: &Path, dataset: &str, cal: &Calibration) -> Result<()> {
-    let err = plot_err(path);
     let root = SVGBackend::new(path, (640, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{dataset}: calibration (ECE {:.3})", cal.ece), ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..1.0, 0.0..1.0)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("predicted quality (bin mean)")
-        .y_desc("observed quality")
-        .draw()
-        .map_err(|e| err(&e))?;
-    chart
-        .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], MIX))
-        .map_err(|e| err(&e))?
-        .label("perfect calibration")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MIX));
+    let mut chart = chart(
+        &root,
+        format!("{dataset}: calibration (ECE {:.3})", cal.ece),
+        0.0..1.0,
+        0.0..1.0,
+        ("predicted quality (bin mean)", "observed quality"),
+        path,
+    )?;
+    line(&mut chart, vec![(0.0, 0.0), (1.0, 1.0)], MIX, 1, "perfect calibration".into(), path)?;
     let points: Vec<(f64, f64)> = cal.bins.iter().map(|b| (b.mean_predicted, b.mean_observed)).collect();
-    chart
-        .draw_series(LineSeries::new(points.clone(), ROUTER.stroke_width(2)))
-        .map_err(|e| err(&e))?
-        .label("selector (all candidates, test prompts)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ROUTER));
+    line(&mut chart, points, ROUTER, 2, "selector (all candidates, test prompts)".into(), path)?;
     chart
         .draw_series(cal.bins.iter().map(|b| {
             EmptyElement::at((b.mean_predicted, b.mean_observed))
                 + Circle::new((0, 0), 4, ROUTER.filled())
                 + Text::new(format!("{}", b.count), (6, 4), ("sans-serif", 10))
         }))
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+        .map_err(|e| plot_err(path)(&e))?;
+    finish(chart, SeriesLabelPosition::UpperLeft, path)
 }
