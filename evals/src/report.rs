@@ -45,14 +45,17 @@ impl ModelPoint {
     }
 }
 
-/// AIQ of each curve over one common cost range (cheapest to dearest single model).
+/// AIQ of each curve over one common cost range (cheapest to dearest single model). Every
+/// curve is joined with the cheapest single model first: any router can send a share of its
+/// traffic there at random, so the hull reaches the range's low end by a policy one could
+/// actually run (instead of crediting a curve with its cheapest point's quality below it).
 #[derive(Debug, Clone, Serialize)]
 pub struct AiqSummary {
     pub cost_lo: f64,
     pub cost_hi: f64,
     pub router: f64,
     pub oracle: f64,
-    /// The best single model is one point; flat over the range, its AIQ is its quality.
+    /// The best single model mixed at random with the cheapest one.
     pub best_single: f64,
     /// The hull of all single models: the best a random mix of two models reaches.
     pub random_mix: f64,
@@ -191,15 +194,20 @@ pub fn evaluate(set: &EvalSet, strong: &str, weak: &str, split: &str) -> Dataset
 
     let single_points: Vec<Point> = singles.iter().map(ModelPoint::point).collect();
     let (lo, hi) = single_points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.cost), hi.max(p.cost)));
+    let joined = |points: Vec<Point>| {
+        let mut points = points;
+        points.push(cheapest_single.point());
+        aiq(&points, lo, hi)
+    };
     let curve = |s: &[SweepPoint]| s.iter().map(SweepPoint::point).collect::<Vec<_>>();
     let aiq = AiqSummary {
         cost_lo: lo,
         cost_hi: hi,
-        router: aiq(&curve(&router), lo, hi),
-        oracle: aiq(&curve(&oracle), lo, hi),
-        best_single: aiq(&[best_single.point()], lo, hi),
-        random_mix: aiq(&single_points, lo, hi),
-        length_baseline: pair.as_ref().map(|p| aiq(&p.length_points, lo, hi)),
+        router: joined(curve(&router)),
+        oracle: joined(curve(&oracle)),
+        best_single: joined(vec![best_single.point()]),
+        random_mix: joined(single_points.clone()),
+        length_baseline: pair.as_ref().map(|p| joined(p.length_points.clone())),
     };
 
     let (mut predicted, mut observed) = (Vec::new(), Vec::new());
@@ -254,9 +262,12 @@ pub fn markdown(summary: &Summary) -> String {
          (`router_model::policy::{score, choose}`, exploration 0) at utility = quality − λ·cost for a sweep of λ \
          (cost in USD per 1,000 requests, latency weight 0); realised quality and cost are the dataset's labels for the model chosen. \
          The oracle is the same policy fed the realised labels and costs. AIQ is the mean of the non-decreasing convex hull of a curve \
-         over the cost range from the cheapest to the dearest single model (RouterBench, arXiv 2403.12031). \
+         over the cost range from the cheapest to the dearest single model (RouterBench, arXiv 2403.12031); every curve is first \
+         joined with the cheapest single model (any router can send a share of traffic there at random), so a curve that starts \
+         higher up is not credited with quality it cannot reach at the low end. \
          PGR/APGR/CPT follow RouteLLM (arXiv 2406.18665): APGR is the mean PGR at 10 evenly spaced strong-call shares 0, 1/9, …, 1, \
-         so random routing scores 0.5 and even the oracle stays below 1 (PGR is 0 at share 0).\n\n",
+         so random routing scores 0.5 and PGR is 0 at share 0; the oracle's APGR can still pass 1, because at middle shares it \
+         has sent every prompt the strong model wins to it and kept every prompt the weak model wins (PGR above 1 there).\n\n",
     );
     for d in &summary.datasets {
         s.push_str(&format!("## {} ({} split)\n\n", d.dataset, d.split));
@@ -275,7 +286,10 @@ pub fn markdown(summary: &Summary) -> String {
         ));
         s.push_str(&format!("| router | {:.4} |\n", d.aiq.router));
         s.push_str(&format!("| oracle | {:.4} |\n", d.aiq.oracle));
-        s.push_str(&format!("| best single model ({}) | {:.4} |\n", d.best_single.model, d.aiq.best_single));
+        s.push_str(&format!(
+            "| best single model ({}, mixed at random with {}) | {:.4} |\n",
+            d.best_single.model, d.cheapest_single.model, d.aiq.best_single
+        ));
         s.push_str(&format!("| random mix of two models (hull of all single models) | {:.4} |\n", d.aiq.random_mix));
         if let Some(l) = d.aiq.length_baseline {
             s.push_str(&format!("| prompt length ({STRONG} / {WEAK}) | {l:.4} |\n"));
