@@ -73,7 +73,7 @@ pub fn aiq(points: &[Point], lo: f64, hi: f64) -> f64 {
     if hull.is_empty() {
         return 0.0;
     }
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return hull_quality(&hull, lo);
     }
     // Exact integral of a piecewise-linear function: breakpoints are the range ends and the

@@ -21,6 +21,9 @@ use crate::prices::PriceTable;
 pub const COST_RECORDED: &str = "recorded per prompt by the dataset";
 pub const COST_DERIVED: &str = "list price × (prompt tokens + answer tokens), tokens estimated at 4 characters";
 
+/// Texts → embeddings (e.g. [`cached`]).
+pub type Embed<'a> = dyn FnMut(&[&str]) -> Result<Vec<Vec<f32>>> + 'a;
+
 /// Test prompts of one dataset, ready to route.
 pub struct EvalSet {
     pub dataset: String,
@@ -53,7 +56,7 @@ impl EvalSet {
         prices: &PriceTable,
         only: Option<&[String]>,
         limit: Option<usize>,
-        embed: &mut dyn FnMut(&[&str]) -> Result<Vec<Vec<f32>>>,
+        embed: &mut Embed<'_>,
     ) -> Result<Self> {
         let candidates: Vec<String> = checkpoint
             .candidates()

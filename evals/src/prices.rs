@@ -50,6 +50,7 @@ impl PriceTable {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,7 @@
 //! The metric functions against small cases computed by hand.
 
+#![allow(clippy::expect_used, clippy::panic)]
+
 use evals::metrics::{aiq, calibration, percentile, pgr, random_curve, ranking, routing_curve, upper_hull, Point};
 
 fn p(cost: f64, quality: f64) -> Point {
@@ -29,7 +31,7 @@ fn when_strong_wins_everywhere_by_the_same_margin_no_ranking_beats_random() {
     // oracle's APGR is (0 + .2 + .3 + … + .9 + 1) / 10 = 0.54, the same as any ranking.
     let strong = vec![1.0; 10];
     let weak = vec![0.0; 10];
-    let oracle = routing_curve(&vec![1.0; 10], &strong, &weak);
+    let oracle = routing_curve(&[1.0; 10], &strong, &weak);
     assert!((oracle.apgr - 0.54).abs() < 1e-12, "{}", oracle.apgr);
     let order = ranking(&(0..10).map(f64::from).collect::<Vec<_>>());
     assert!((pgr(&order, &strong, &weak, 0.5) - 0.5).abs() < 1e-12);

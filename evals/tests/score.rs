@@ -1,6 +1,8 @@
 //! `eval score` end to end: the real embedder (`.cache/models/all-MiniLM-L6-v2`, fetched by
 //! scripts/fetch-model.sh) and the shipped checkpoint.
 
+#![allow(clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 
 use evals::{run_score, Error, ModelOptions, ScoreOptions};

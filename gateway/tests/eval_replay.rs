@@ -3,6 +3,8 @@
 //! and compares what was served with the offline choice. Needs the shared data beside the
 //! checkout (`../shared/data`) and the embedder weights.
 
+#![allow(clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

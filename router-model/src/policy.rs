@@ -199,6 +199,7 @@ pub fn choose(scored: &[Scored], max_cost_usd: Option<f64>, epsilon: f64, draw: 
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -210,6 +211,31 @@ mod tests {
             latency_ms: 1000.0,
             utility: tradeoff.utility(quality, cost_usd, 1000.0),
         }
+    }
+
+    #[test]
+    fn score_prices_the_predicted_tokens() {
+        let prediction = |quality: f32, output_tokens: f32| Prediction {
+            model_id: String::new(),
+            quality,
+            latency_ms: 2_000.0,
+            output_tokens,
+        };
+        let predictions = [prediction(0.9, 99.6), prediction(0.6, 10.0)];
+        let price = Price { input_usd_per_mtok: 10.0, output_usd_per_mtok: 30.0 };
+        // Candidate 0 of the route uses head 1, candidate 1 head 0, a third an unknown head.
+        let route = [
+            Candidate { index: 0, head: 1, price },
+            Candidate { index: 1, head: 0, price },
+            Candidate { index: 2, head: 7, price },
+        ];
+        let scored = score(&predictions, &route, 1_000, Tradeoff::BALANCED);
+        assert_eq!(scored.len(), 2);
+        // 1,000 prompt tokens at 10 + round(99.6) = 100 output tokens at 30, per million.
+        assert!((scored[1].cost_usd - (10_000.0 + 3_000.0) / 1e6).abs() < 1e-15);
+        assert!((scored[0].cost_usd - (10_000.0 + 300.0) / 1e6).abs() < 1e-15);
+        let expected = 0.9f32 as f64 - 0.05 * 0.013 * 1_000.0 - 0.02 * 2.0;
+        assert!((scored[1].utility - expected).abs() < 1e-9, "{}", scored[1].utility);
     }
 
     #[test]
