@@ -126,8 +126,11 @@ pub fn run_routing(options: &RoutingOptions) -> Result<Summary> {
                 p50_ms: metrics::percentile(&ms, 0.5).unwrap_or(0.0),
                 p99_ms: metrics::percentile(&ms, 0.99).unwrap_or(0.0),
                 mean_ms: ms.iter().sum::<f64>() / ms.len().max(1) as f64,
-                how: "embed one prompt (candle MiniLM, this process's threads) + selector + policy, first prompts of the split, sequential"
-                    .into(),
+                how: format!(
+                    "embed one prompt (candle MiniLM, this process's threads) + selector + policy, first prompts of the split, sequential; \
+                     load average {} when measured",
+                    load_average()
+                ),
             });
         }
         plots::quality_cost(&options.out.join(format!("{}-quality-cost.svg", set.dataset)), &report)?;
@@ -151,6 +154,14 @@ pub fn run_routing(options: &RoutingOptions) -> Result<Summary> {
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
     write("summary.json", &json)?;
     Ok(summary)
+}
+
+/// The 1-minute load average (Linux), to say how busy the machine was when latency was timed.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Options of `switchyard eval score`.

@@ -249,6 +249,31 @@ fn usd_1k(cost: f64) -> String {
     format!("{:.3}", cost * 1_000.0)
 }
 
+/// One paragraph saying, from the numbers, where the router stands against the baselines.
+fn verdict(d: &DatasetReport) -> String {
+    let a = &d.aiq;
+    let versus = |x: f64, y: f64| if x > y { format!("above by {:.4}", x - y) } else { format!("below by {:.4}", y - x) };
+    let mut s = format!(
+        "**Reading:** the router's AIQ is {} the best random mix of two models, {} the best single model mixed with the cheapest, \
+         and {:.4} under the oracle.",
+        versus(a.router, a.random_mix),
+        versus(a.router, a.best_single),
+        a.oracle - a.router
+    );
+    if let Some(p) = &d.pair {
+        let r = &p.report;
+        s.push_str(&format!(
+            " On {} vs {} its APGR is {:.3} against {:.3} for prompt length and {:.3} for random.",
+            r.strong, r.weak, r.router.apgr, r.length_baseline.apgr, r.random.apgr
+        ));
+    }
+    if d.prompts < 200 {
+        s.push_str(&format!(" With {} test prompts, differences of a few hundredths are within noise.", d.prompts));
+    }
+    s.push_str(" Random mixes of any other pair lie under the grey hull; every single model's point is in `summary.json`.\n\n");
+    s
+}
+
 /// The Markdown report; `figures(dataset)` names the SVG files beside it.
 pub fn markdown(summary: &Summary) -> String {
     let mut s = String::new();
@@ -278,6 +303,7 @@ pub fn markdown(summary: &Summary) -> String {
             d.candidates.len(),
             d.cost_source
         ));
+        s.push_str(&verdict(d));
         s.push_str(&format!("![quality vs cost]({}-quality-cost.svg)\n\n", d.dataset));
         s.push_str(&format!(
             "| curve | AIQ (USD {}–{} per 1k requests) |\n|---|---|\n",
