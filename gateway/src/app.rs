@@ -584,7 +584,7 @@ fn record_attempts(outcome: &mut RequestOutcome, attempts: Vec<serde_json::Value
 fn request_policy(headers: &HeaderMap) -> Result<RequestPolicy, Error> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let tradeoff = text(HEADER_TRADEOFF)
-        .map(|t| Tradeoff::parse_override(t, Tradeoff::BALANCED))
+        .map(|t| crate::routing::parse_tradeoff(t, Tradeoff::BALANCED))
         .transpose()?;
     let max_cost_usd = match text(HEADER_MAX_COST) {
         Some(t) => match t.trim().parse::<f64>() {

@@ -407,7 +407,7 @@ impl Config {
                     )));
                 }
             }
-            crate::routing::Tradeoff::parse_override(&route.tradeoff, crate::routing::Tradeoff::BALANCED)
+            crate::routing::parse_tradeoff(&route.tradeoff, crate::routing::Tradeoff::BALANCED)
                 .map_err(|e| Error::Config(format!("route `{name}`: {e}")))?;
             if !(0.0..=1.0).contains(&route.exploration) {
                 return Err(Error::Config(format!("route `{name}`: exploration must be within 0..1")));

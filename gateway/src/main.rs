@@ -67,6 +67,210 @@ enum Command {
     },
     /// Train a selector checkpoint from routing datasets and/or the outcome log.
     Train(Box<TrainArgs>),
+    /// Evaluate a selector checkpoint: reports against baselines, batch scores, replay.
+    Eval(EvalArgs),
+}
+
+/// `switchyard eval`: parsed here, done by the `evals` crate (the replay's gateway is
+/// started here, the one place that links both).
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[command(subcommand)]
+    command: EvalCommand,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Quality–cost curves, AIQ, APGR/CPT, calibration and decision latency on a split, as
+    /// report.md + SVGs + summary.json.
+    Routing(Box<EvalRoutingArgs>),
+    /// The selector's quality, cost and latency predictions for a JSONL file of prompts.
+    Score(Box<EvalScoreArgs>),
+    /// Send a split's prompts through a running gateway (mock upstream in replay mode) and
+    /// compare what it served with the offline choice.
+    Replay(Box<EvalReplayArgs>),
+}
+
+/// The checkpoint and what turns its predictions into choices.
+#[derive(clap::Args)]
+struct EvalModelArgs {
+    /// Selector checkpoint directory.
+    #[arg(long, default_value = "models/selector/default")]
+    checkpoint: PathBuf,
+    /// Embedder model directory (default: .cache/models/all-MiniLM-L6-v2).
+    #[arg(long, env = "SWITCHYARD_EMBEDDER_DIR")]
+    embedder_dir: Option<PathBuf>,
+    /// Price table (TOML, `[models."id"] input_usd_per_mtok, output_usd_per_mtok`);
+    /// default: the shipped evals/prices.toml.
+    #[arg(long)]
+    prices: Option<PathBuf>,
+}
+
+impl EvalModelArgs {
+    fn options(&self) -> evals::ModelOptions {
+        evals::ModelOptions {
+            checkpoint: self.checkpoint.clone(),
+            embedder_dir: self.embedder_dir.clone(),
+            prices: self.prices.clone(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct EvalRoutingArgs {
+    #[command(flatten)]
+    model: EvalModelArgs,
+    /// A dataset as KIND:PATH (routerbench, arena-hard, llmrouter, routerdc); repeatable.
+    #[arg(long = "dataset", required = true)]
+    datasets: Vec<String>,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Directory for report.md, the SVGs and summary.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Strong model of the APGR/CPT pair.
+    #[arg(long, default_value = evals::report::STRONG)]
+    strong: String,
+    /// Weak model of the APGR/CPT pair.
+    #[arg(long, default_value = evals::report::WEAK)]
+    weak: String,
+    /// Prompts per dataset timed for decision latency (0: skip).
+    #[arg(long, default_value_t = 200)]
+    latency_prompts: usize,
+    /// Embedding cache directory.
+    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
+    cache_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct EvalScoreArgs {
+    #[command(flatten)]
+    model: EvalModelArgs,
+    /// JSON lines `{"id": ..., "prompt": "..."}`.
+    #[arg(long)]
+    input: PathBuf,
+    /// JSON lines `{"id", "quality": {model: p}, "cost": {model: usd}, "latency_ms": {model: ms}}`.
+    #[arg(long)]
+    output: PathBuf,
+    /// Comma-separated candidate ids (default: every checkpoint candidate with a price).
+    #[arg(long, value_delimiter = ',')]
+    candidates: Option<Vec<String>>,
+}
+
+#[derive(clap::Args)]
+struct EvalReplayArgs {
+    #[command(flatten)]
+    model: EvalModelArgs,
+    /// The dataset as KIND:PATH (routerbench or arena-hard: the mock replays their answers).
+    #[arg(long)]
+    dataset: String,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Only the first N prompts of the split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The route's trade-off: a preset (best, balanced, cheap, fast) or quality=1,cost=0.05,latency=0.
+    #[arg(long, default_value = "balanced")]
+    tradeoff: String,
+    /// Directory for replay.md and replay.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Embedding cache directory.
+    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
+    cache_dir: PathBuf,
+}
+
+fn command_line() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(first) = args.first_mut() {
+        *first = "switchyard".into();
+    }
+    args.join(" ")
+}
+
+async fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    match args.command {
+        EvalCommand::Routing(a) => {
+            let options = evals::RoutingOptions {
+                model: a.model.options(),
+                datasets: a.datasets.iter().map(|d| d.parse()).collect::<Result<_, _>>()?,
+                split: evals::parse_split(&a.split)?,
+                out: a.out.clone(),
+                strong: a.strong.clone(),
+                weak: a.weak.clone(),
+                cache_dir: a.cache_dir.clone(),
+                latency_prompts: a.latency_prompts,
+                command: command_line(),
+            };
+            let summary = tokio::task::spawn_blocking(move || evals::run_routing(&options)).await??;
+            for d in &summary.datasets {
+                println!(
+                    "{}: {} prompts, AIQ router {:.4} oracle {:.4} best single {:.4} random mix {:.4}",
+                    d.dataset, d.prompts, d.aiq.router, d.aiq.oracle, d.aiq.best_single, d.aiq.random_mix
+                );
+                if let Some(p) = &d.pair {
+                    println!(
+                        "  APGR router {:.3} length {:.3} random {:.3} oracle {:.3}",
+                        p.report.router.apgr, p.report.length_baseline.apgr, p.report.random.apgr, p.oracle_apgr
+                    );
+                }
+            }
+            println!("report: {}", a.out.join("report.md").display());
+        }
+        EvalCommand::Score(a) => {
+            let options = evals::ScoreOptions {
+                model: a.model.options(),
+                input: a.input.clone(),
+                output: a.output.clone(),
+                candidates: a.candidates.clone(),
+            };
+            let n = tokio::task::spawn_blocking(move || evals::run_score(&options)).await??;
+            println!("scored {n} prompts into {}", a.output.display());
+        }
+        EvalCommand::Replay(a) => eval_replay(*a).await?,
+    }
+    Ok(())
+}
+
+/// Starts the mock upstream (replaying the dataset's answers) and a gateway over the
+/// checkpoint's candidates, both in-process on loopback port 0, and drives it.
+async fn eval_replay(a: EvalReplayArgs) -> anyhow::Result<()> {
+    let dataset: training::DatasetSpec = a.dataset.parse()?;
+    let split = evals::parse_split(&a.split)?;
+    let tradeoff = gateway::routing::parse_tradeoff(&a.tradeoff, gateway::routing::Tradeoff::BALANCED)?;
+    let model = a.model.options();
+    let (spec, limit, cache_dir) = (dataset.clone(), a.limit, a.cache_dir.clone());
+    let setup = tokio::task::spawn_blocking(move || evals::prepare_replay(&model, &spec, split, limit, tradeoff, &cache_dir)).await??;
+
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let store = ReplayStore::load(&dataset.path)?;
+    let mock_addr = mock::spawn(loopback, MockOptions { replay: Some(store), ..MockOptions::default() }).await?;
+    let toml = setup.plan.gateway_config(&setup.set, mock_addr, &setup.checkpoint, setup.embedder_dir.as_deref());
+    let config = Config::from_toml(&toml).context("generated replay config")?;
+    let app = Application::build(&config, Some(loopback)).await?;
+    let addr = app.addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let answers = evals::replay::drive(addr, &setup.set).await;
+    let _ = stop.send(());
+    served.await??;
+    let report = evals::replay::compare(&setup.set, &setup.plan, &answers?)?;
+
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    std::fs::write(a.out.join("replay.md"), report.markdown(&command_line()))?;
+    std::fs::write(a.out.join("replay.json"), serde_json::to_vec_pretty(&report)?)?;
+    println!(
+        "{} prompts: served = offline on {:.1}%; quality offline {:.4} served {:.4}; USD/1k offline {:.4} served {:.4}",
+        report.prompts,
+        report.agreement * 100.0,
+        report.offline.quality,
+        report.served.quality,
+        report.offline.cost * 1e3,
+        report.served.cost * 1e3
+    );
+    Ok(())
 }
 
 /// `switchyard train`: parsed here, done by the `training` crate.
@@ -253,6 +457,7 @@ async fn run() -> anyhow::Result<()> {
                 std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
             }
         }
+        Command::Eval(args) => eval(args).await?,
         Command::Migrate { db } => {
             let store = db.open().await?;
             println!("{} database is up to date", store.backend());

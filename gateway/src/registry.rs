@@ -28,8 +28,15 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
+    pub fn price(&self) -> crate::routing::policy::Price {
+        crate::routing::policy::Price {
+            input_usd_per_mtok: self.input_usd_per_mtok,
+            output_usd_per_mtok: self.output_usd_per_mtok,
+        }
+    }
+
     pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.input_usd_per_mtok + completion_tokens as f64 * self.output_usd_per_mtok) / 1e6
+        self.price().cost_usd(prompt_tokens, completion_tokens)
     }
 }
 
@@ -136,7 +143,7 @@ impl Registry {
                     name: name.clone(),
                     candidates,
                     default,
-                    tradeoff: Tradeoff::parse_override(&route.tradeoff, Tradeoff::BALANCED)?,
+                    tradeoff: crate::routing::parse_tradeoff(&route.tradeoff, Tradeoff::BALANCED)?,
                     exploration: route.exploration,
                 }),
             );

@@ -79,6 +79,10 @@ pub enum Error {
     /// The caller passed something unusable (wrong vector length, empty candidate list, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    /// A trade-off the policy cannot read (the message says what to write instead).
+    #[error("{0}")]
+    Policy(String),
 }
 
 impl Error {

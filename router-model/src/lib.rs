@@ -8,6 +8,7 @@
 //! - [`selector`]: a small network predicting, per candidate model, answer quality, latency
 //!   and output tokens from the embedding plus those features.
 //! - [`checkpoint`]: the on-disk contract between training, serving and evals.
+//! - [`policy`]: predictions + the caller's trade-off → a choice (shared by serving and evals).
 //! - [`runtime`]: [`configure_cpu_threads`], to call first thing in a serving `main`.
 
 mod bert;
@@ -15,6 +16,7 @@ pub mod checkpoint;
 pub mod embedder;
 pub mod error;
 pub mod features;
+pub mod policy;
 pub mod runtime;
 pub mod selector;
 pub mod service;

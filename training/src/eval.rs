@@ -136,8 +136,9 @@ fn routed_quality(order: &[usize], strong: &[f64], weak: &[f64], k: usize) -> f6
     total / n
 }
 
-/// PGR at `share` for a ranking (`order`: prompt indices, highest score first).
-fn pgr(order: &[usize], strong: &[f64], weak: &[f64], share: f64) -> f64 {
+/// PGR at `share` for a ranking (`order`: prompt indices, highest score first; see
+/// [`ranking`]).
+pub fn pgr(order: &[usize], strong: &[f64], weak: &[f64], share: f64) -> f64 {
     let n = order.len();
     let k = ((share * n as f64).ceil() as usize).min(n);
     let (qs, qw) = (mean(strong), mean(weak));
@@ -158,9 +159,14 @@ fn mean(v: &[f64]) -> f64 {
 /// Routing curve for `scores` (higher = send to the strong model). Ties are broken by prompt
 /// order, which is fixed.
 pub fn routing_curve(scores: &[f64], strong: &[f64], weak: &[f64]) -> RoutingCurve {
+    curve_for_order(&ranking(scores), strong, weak)
+}
+
+/// Prompt indices, highest score first (ties by prompt order).
+pub fn ranking(scores: &[f64]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    curve_for_order(&order, strong, weak)
+    order
 }
 
 fn curve_for_order(order: &[usize], strong: &[f64], weak: &[f64]) -> RoutingCurve {

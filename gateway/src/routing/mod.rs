@@ -25,7 +25,7 @@ use crate::config::RouterConfig;
 use crate::error::Error;
 use crate::openai::{content_text, ChatRequest};
 use crate::registry::{ModelEntry, RouteEntry};
-pub use policy::{choose, Scored, Tradeoff};
+pub use policy::{choose, parse_tradeoff, Scored, Tradeoff};
 
 /// A checkpoint ready to serve, with each configured model mapped to its head.
 pub struct LoadedSelector {
@@ -424,23 +424,19 @@ fn score(
             return None;
         }
     };
-    let scored: Vec<Scored> = route
+    let candidates: Vec<policy::Candidate> = route
         .candidates
         .iter()
         .enumerate()
-        .filter_map(|(i, model)| {
-            let p = predictions.get(*selector.heads.get(&model.name)?)?;
-            let cost_usd = model.cost_usd(u64::from(features.prompt_tokens), p.output_tokens.max(0.0).round() as u64);
-            let (quality, latency_ms) = (f64::from(p.quality), f64::from(p.latency_ms));
-            Some(Scored {
-                candidate: i,
-                quality,
-                cost_usd,
-                latency_ms,
-                utility: tradeoff.utility(quality, cost_usd, latency_ms),
+        .filter_map(|(index, model)| {
+            Some(policy::Candidate {
+                index,
+                head: *selector.heads.get(&model.name)?,
+                price: model.price(),
             })
         })
         .collect();
+    let scored = policy::score(&predictions, &candidates, features.prompt_tokens, tradeoff);
     (!scored.is_empty()).then_some(scored)
 }
 

@@ -1,0 +1,369 @@
+//! `switchyard eval routing`: the numbers of one dataset's test split (router, baselines,
+//! oracle), and their Markdown rendering.
+
+use serde::Serialize;
+
+use crate::metrics::{self, aiq, calibration, Calibration, PairReport, Point};
+use crate::offline::{cost_weights, tradeoff_at, EvalSet};
+
+/// Strong/weak pair reported by default (RouteLLM's pair, both in RouterBench and Arena-Hard).
+pub use training::eval::{STRONG, WEAK};
+
+/// One point of a trade-off sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    /// λ of utility = quality − λ·cost (cost in USD per 1,000 requests).
+    pub cost_weight: f64,
+    pub cost: f64,
+    pub quality: f64,
+    /// Share of prompts served by each candidate (only those above 0).
+    pub shares: Vec<(String, f64)>,
+}
+
+impl SweepPoint {
+    pub fn point(&self) -> Point {
+        Point {
+            cost: self.cost,
+            quality: self.quality,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelPoint {
+    pub model: String,
+    pub cost: f64,
+    pub quality: f64,
+}
+
+impl ModelPoint {
+    pub fn point(&self) -> Point {
+        Point {
+            cost: self.cost,
+            quality: self.quality,
+        }
+    }
+}
+
+/// AIQ of each curve over one common cost range (cheapest to dearest single model). Every
+/// curve is joined with the cheapest single model first: any router can send a share of its
+/// traffic there at random, so the hull reaches the range's low end by a policy one could
+/// actually run (instead of crediting a curve with its cheapest point's quality below it).
+#[derive(Debug, Clone, Serialize)]
+pub struct AiqSummary {
+    pub cost_lo: f64,
+    pub cost_hi: f64,
+    pub router: f64,
+    pub oracle: f64,
+    /// The best single model mixed at random with the cheapest one.
+    pub best_single: f64,
+    /// The hull of all single models: the best a random mix of two models reaches.
+    pub random_mix: f64,
+    pub length_baseline: Option<f64>,
+}
+
+/// The strong/weak pair: APGR/CPT of router, length baseline and random, and the PGR curves.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairSummary {
+    pub report: PairReport,
+    pub oracle_apgr: f64,
+    /// Strong-call shares of the PGR curves.
+    pub shares: Vec<f64>,
+    pub pgr_router: Vec<f64>,
+    pub pgr_length: Vec<f64>,
+    pub pgr_oracle: Vec<f64>,
+    /// Random routing's expected PGR at each share.
+    pub pgr_random: Vec<f64>,
+    /// The length baseline on the quality–cost plane (same shares).
+    pub length_points: Vec<Point>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummary {
+    pub prompts: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    pub how: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetReport {
+    pub dataset: String,
+    pub split: String,
+    pub prompts: usize,
+    pub dropped: usize,
+    pub cost_source: String,
+    pub candidates: Vec<String>,
+    pub singles: Vec<ModelPoint>,
+    /// Highest test-split quality among single models (chosen on test: flatters the baseline).
+    pub best_single: ModelPoint,
+    pub cheapest_single: ModelPoint,
+    pub router: Vec<SweepPoint>,
+    pub oracle: Vec<SweepPoint>,
+    pub aiq: AiqSummary,
+    pub pair: Option<PairSummary>,
+    pub calibration: Calibration,
+    pub latency: Option<LatencySummary>,
+}
+
+fn sweep(set: &EvalSet, choose: impl Fn(f64) -> Vec<usize>) -> Vec<SweepPoint> {
+    cost_weights()
+        .into_iter()
+        .map(|lambda| {
+            let choices = choose(lambda);
+            let p = set.point(&choices);
+            let mut counts = vec![0usize; set.candidates.len()];
+            for &c in &choices {
+                counts[c] += 1;
+            }
+            let shares = set
+                .candidates
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(m, n)| (m.clone(), n as f64 / choices.len().max(1) as f64))
+                .collect();
+            SweepPoint {
+                cost_weight: lambda,
+                cost: p.cost,
+                quality: p.quality,
+                shares,
+            }
+        })
+        .collect()
+}
+
+fn pair_summary(set: &EvalSet, strong_id: &str, weak_id: &str) -> Option<PairSummary> {
+    let (strong, weak) = (set.index_of(strong_id)?, set.index_of(weak_id)?);
+    let (sh, sw) = (set.route[strong].head, set.route[weak].head);
+    let gap: Vec<f64> = set
+        .predictions
+        .iter()
+        .map(|p| f64::from(p[sh].quality) - f64::from(p[sw].quality))
+        .collect();
+    let rows: Vec<&training::Row> = set.rows.iter().collect();
+    let report = metrics::pair_report(&set.dataset, &rows, &gap, "quality-gap", strong_id, weak_id)?;
+    let (qs, qw) = set.pair_columns(strong, weak);
+    let true_gap: Vec<f64> = qs.iter().zip(&qw).map(|(s, w)| s - w).collect();
+    let shares: Vec<f64> = (0..=20).map(|i| f64::from(i) / 20.0).collect();
+    let (router_order, length_order, oracle_order) =
+        (metrics::ranking(&gap), metrics::ranking(&set.lengths()), metrics::ranking(&true_gap));
+    let curve = |order: &[usize]| -> Vec<f64> { shares.iter().map(|&s| metrics::pgr(order, &qs, &qw, s)).collect() };
+    let n = set.len();
+    let length_points = shares
+        .iter()
+        .map(|&s| set.split_point(&length_order, ((s * n as f64).ceil() as usize).min(n), strong, weak))
+        .collect();
+    Some(PairSummary {
+        oracle_apgr: metrics::routing_curve(&true_gap, &qs, &qw).apgr,
+        pgr_router: curve(&router_order),
+        pgr_length: curve(&length_order),
+        pgr_oracle: curve(&oracle_order),
+        pgr_random: shares.iter().map(|&s| ((s * n as f64).ceil()).min(n as f64) / n.max(1) as f64).collect(),
+        shares,
+        length_points,
+        report,
+    })
+}
+
+/// Everything but latency (measured separately, it needs the embedder).
+pub fn evaluate(set: &EvalSet, strong: &str, weak: &str, split: &str) -> DatasetReport {
+    let singles: Vec<ModelPoint> = (0..set.candidates.len())
+        .map(|j| {
+            let p = set.single(j);
+            ModelPoint {
+                model: set.candidates[j].clone(),
+                cost: p.cost,
+                quality: p.quality,
+            }
+        })
+        .collect();
+    let pick = |better: &dyn Fn(&ModelPoint, &ModelPoint) -> std::cmp::Ordering| {
+        singles.iter().max_by(|a, b| better(a, b)).cloned().unwrap_or(ModelPoint {
+            model: String::new(),
+            cost: 0.0,
+            quality: 0.0,
+        })
+    };
+    let best_single = pick(&|a, b| a.quality.total_cmp(&b.quality).then(b.cost.total_cmp(&a.cost)));
+    let cheapest_single = pick(&|a, b| b.cost.total_cmp(&a.cost));
+    let router = sweep(set, |l| set.choices(tradeoff_at(l)));
+    let oracle = sweep(set, |l| set.oracle_choices(tradeoff_at(l)));
+    let pair = pair_summary(set, strong, weak);
+
+    let single_points: Vec<Point> = singles.iter().map(ModelPoint::point).collect();
+    let (lo, hi) = single_points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.cost), hi.max(p.cost)));
+    let joined = |points: Vec<Point>| {
+        let mut points = points;
+        points.push(cheapest_single.point());
+        aiq(&points, lo, hi)
+    };
+    let curve = |s: &[SweepPoint]| s.iter().map(SweepPoint::point).collect::<Vec<_>>();
+    let aiq = AiqSummary {
+        cost_lo: lo,
+        cost_hi: hi,
+        router: joined(curve(&router)),
+        oracle: joined(curve(&oracle)),
+        best_single: joined(vec![best_single.point()]),
+        random_mix: joined(single_points.clone()),
+        length_baseline: pair.as_ref().map(|p| joined(p.length_points.clone())),
+    };
+
+    let (mut predicted, mut observed) = (Vec::new(), Vec::new());
+    for (i, p) in set.predictions.iter().enumerate() {
+        for (j, c) in set.route.iter().enumerate() {
+            predicted.push(f64::from(p[c.head].quality));
+            observed.push(set.quality[i][j]);
+        }
+    }
+    DatasetReport {
+        dataset: set.dataset.clone(),
+        split: split.to_owned(),
+        prompts: set.len(),
+        dropped: set.dropped,
+        cost_source: set.cost_source.to_owned(),
+        candidates: set.candidates.clone(),
+        singles,
+        best_single,
+        cheapest_single,
+        router,
+        oracle,
+        aiq,
+        pair,
+        calibration: calibration(&predicted, &observed, 10),
+        latency: None,
+    }
+}
+
+/// The whole `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub checkpoint: String,
+    pub checkpoint_created_at: String,
+    pub command: String,
+    pub datasets: Vec<DatasetReport>,
+}
+
+fn usd_1k(cost: f64) -> String {
+    format!("{:.3}", cost * 1_000.0)
+}
+
+/// One paragraph saying, from the numbers, where the router stands against the baselines.
+fn verdict(d: &DatasetReport) -> String {
+    let a = &d.aiq;
+    let versus = |x: f64, y: f64| if x > y { format!("above by {:.4}", x - y) } else { format!("below by {:.4}", y - x) };
+    let mut s = format!(
+        "**Reading:** the router's AIQ is {} the best random mix of two models, {} the best single model mixed with the cheapest, \
+         and {:.4} under the oracle.",
+        versus(a.router, a.random_mix),
+        versus(a.router, a.best_single),
+        a.oracle - a.router
+    );
+    if let Some(p) = &d.pair {
+        let r = &p.report;
+        s.push_str(&format!(
+            " On {} vs {} its APGR is {:.3} against {:.3} for prompt length and {:.3} for random.",
+            r.strong, r.weak, r.router.apgr, r.length_baseline.apgr, r.random.apgr
+        ));
+    }
+    if d.prompts < 200 {
+        s.push_str(&format!(" With {} test prompts, differences of a few hundredths are within noise.", d.prompts));
+    }
+    s.push_str(" Random mixes of any other pair lie under the grey hull; every single model's point is in `summary.json`.\n\n");
+    s
+}
+
+/// The Markdown report; `figures(dataset)` names the SVG files beside it.
+pub fn markdown(summary: &Summary) -> String {
+    let mut s = String::new();
+    s.push_str("# Routing evaluation\n\n");
+    s.push_str(&format!(
+        "Checkpoint `{}` (created {}). Produced by\n\n```sh\n{}\n```\n\n",
+        summary.checkpoint, summary.checkpoint_created_at, summary.command
+    ));
+    s.push_str(
+        "Every curve is measured on the test split: the router is the selector's predictions fed to the gateway's own policy \
+         (`router_model::policy::{score, choose}`, exploration 0) at utility = quality − λ·cost for a sweep of λ \
+         (cost in USD per 1,000 requests, latency weight 0); realised quality and cost are the dataset's labels for the model chosen. \
+         The oracle is the same policy fed the realised labels and costs. AIQ is the mean of the non-decreasing convex hull of a curve \
+         over the cost range from the cheapest to the dearest single model (RouterBench, arXiv 2403.12031); every curve is first \
+         joined with the cheapest single model (any router can send a share of traffic there at random), so a curve that starts \
+         higher up is not credited with quality it cannot reach at the low end. \
+         PGR/APGR/CPT follow RouteLLM (arXiv 2406.18665): APGR is the mean PGR at 10 evenly spaced strong-call shares 0, 1/9, …, 1, \
+         so random routing scores 0.5 and PGR is 0 at share 0; the oracle's APGR can still pass 1, because at middle shares it \
+         has sent every prompt the strong model wins to it and kept every prompt the weak model wins (PGR above 1 there).\n\n",
+    );
+    for d in &summary.datasets {
+        s.push_str(&format!("## {} ({} split)\n\n", d.dataset, d.split));
+        s.push_str(&format!(
+            "{} prompts ({} left out: a candidate had no label or cost). {} candidates. Cost: {}.\n\n",
+            d.prompts,
+            d.dropped,
+            d.candidates.len(),
+            d.cost_source
+        ));
+        s.push_str(&verdict(d));
+        s.push_str(&format!("![quality vs cost]({}-quality-cost.svg)\n\n", d.dataset));
+        s.push_str(&format!(
+            "| curve | AIQ (USD {}–{} per 1k requests) |\n|---|---|\n",
+            usd_1k(d.aiq.cost_lo),
+            usd_1k(d.aiq.cost_hi)
+        ));
+        s.push_str(&format!("| router | {:.4} |\n", d.aiq.router));
+        s.push_str(&format!("| oracle | {:.4} |\n", d.aiq.oracle));
+        s.push_str(&format!(
+            "| best single model ({}, mixed at random with {}) | {:.4} |\n",
+            d.best_single.model, d.cheapest_single.model, d.aiq.best_single
+        ));
+        s.push_str(&format!("| random mix of two models (hull of all single models) | {:.4} |\n", d.aiq.random_mix));
+        if let Some(l) = d.aiq.length_baseline {
+            s.push_str(&format!("| prompt length ({STRONG} / {WEAK}) | {l:.4} |\n"));
+        }
+        s.push_str("\n| model | quality | USD per 1k requests |\n|---|---|---|\n");
+        let mut singles = d.singles.clone();
+        singles.sort_by(|a, b| b.quality.total_cmp(&a.quality));
+        for m in &singles {
+            s.push_str(&format!("| {} | {:.3} | {} |\n", m.model, m.quality, usd_1k(m.cost)));
+        }
+        s.push_str("\nRouter sweep (selected points):\n\n| λ | quality | USD per 1k | served (share) |\n|---|---|---|---|\n");
+        let step = (d.router.len() / 12).max(1);
+        for p in d.router.iter().step_by(step) {
+            let mut shares = p.shares.clone();
+            shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let served: Vec<String> = shares.iter().take(3).map(|(m, v)| format!("{m} {:.0}%", v * 100.0)).collect();
+            s.push_str(&format!("| {:.3} | {:.3} | {} | {} |\n", p.cost_weight, p.quality, usd_1k(p.cost), served.join(", ")));
+        }
+        if let Some(p) = &d.pair {
+            let r = &p.report;
+            s.push_str(&format!(
+                "\n### {} vs {}\n\nStrong quality {:.3}, weak {:.3} on {} prompts.\n\n![PGR]({}-pgr.svg)\n\n",
+                r.strong, r.weak, r.strong_quality, r.weak_quality, r.prompts, d.dataset
+            ));
+            s.push_str("| router | APGR | CPT(50%) | CPT(80%) |\n|---|---|---|---|\n");
+            for (name, c) in [
+                ("selector (P(strong) − P(weak))", &r.router),
+                ("prompt length (longer → strong)", &r.length_baseline),
+                ("random (200 seeded draws)", &r.random),
+            ] {
+                s.push_str(&format!("| {name} | {:.3} | {:.2} | {:.2} |\n", c.apgr, c.cpt50, c.cpt80));
+            }
+            s.push_str(&format!("| oracle (realised gap) | {:.3} | | |\n", p.oracle_apgr));
+        }
+        s.push_str(&format!(
+            "\n### Calibration\n\n![calibration]({}-calibration.svg)\n\nExpected calibration error {:.3} over {} (prompt, candidate) pairs.\n\n| predicted | n | mean predicted | mean observed |\n|---|---|---|---|\n",
+            d.dataset, d.calibration.ece, d.calibration.pairs
+        ));
+        for b in &d.calibration.bins {
+            s.push_str(&format!("| {:.1}–{:.1} | {} | {:.3} | {:.3} |\n", b.lo, b.hi, b.count, b.mean_predicted, b.mean_observed));
+        }
+        if let Some(l) = &d.latency {
+            s.push_str(&format!(
+                "\n### Decision latency\n\n{} prompts, {}: p50 {:.1} ms, p99 {:.1} ms, mean {:.1} ms.\n",
+                l.prompts, l.how, l.p50_ms, l.p99_ms, l.mean_ms
+            ));
+        }
+        s.push('\n');
+    }
+    s
+}
