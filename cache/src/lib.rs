@@ -1,0 +1,2 @@
+//! Response cache for switchyard. This branch holds only the semantic cache's verifier.
+pub mod verifier;
