@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use cache::verifier::{
     cosine, feature_names, lexical_veto, pair_features, pair_split, pr_at, threshold_for_precision,
-    Logistic, Split, TokenPair, VerifierCheckpoint, BASE_FEATURES, FORMAT_VERSION,
+    Logistic, Split, TokenPair, VerifierCheckpoint, BASE_FEATURES, FORMAT_VERSION, TOKEN_FEATURES,
 };
 use router_model::{BertEmbedder, Embedder};
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,8 @@ struct Args {
     out: PathBuf,
     token_alignment: bool,
     max_pairs: usize,
+    min_cos: f32,
+    target_precision: f32,
 }
 
 fn parse_args() -> anyhow_like::Result<Args> {
@@ -63,6 +65,8 @@ fn parse_args() -> anyhow_like::Result<Args> {
         out: PathBuf::from("models/verifier/default"),
         token_alignment: false,
         max_pairs: 16_000,
+        min_cos: 0.0,
+        target_precision: TARGET_PRECISION,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -76,6 +80,16 @@ fn parse_args() -> anyhow_like::Result<Args> {
                     .ok_or("--max-pairs needs a number")?
                     .parse()
                     .map_err(|_| "--max-pairs needs a number")?
+            }
+            "--min-cos" => {
+                args.min_cos = it.next().ok_or("--min-cos needs a number")?.parse().map_err(|_| "--min-cos needs a number")?
+            }
+            "--target-precision" => {
+                args.target_precision = it
+                    .next()
+                    .ok_or("--target-precision needs a number")?
+                    .parse()
+                    .map_err(|_| "--target-precision needs a number")?
             }
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -176,7 +190,21 @@ fn main() -> anyhow_like::Result<()> {
     let args = parse_args()?;
     let data = std::fs::read(&args.pairs)?;
     let data_hash = blake3::hash(&data).to_hex().to_string();
-    let rows = load_rows(&args, &data_hash)?;
+    let mut rows = load_rows(&args, &data_hash)?;
+    // Lexical features and guards are cheap: recompute them from the texts so that changes
+    // to them need no re-embedding (the cache keeps cosine and token alignment).
+    let texts: Vec<Pair> = std::io::BufReader::new(std::fs::File::open(&args.pairs)?)
+        .lines()
+        .map(|l| Ok(serde_json::from_str(&l?)?))
+        .collect::<anyhow_like::Result<_>>()?;
+    for r in &mut rows {
+        let p = texts.get(r.line).ok_or("feature cache does not match the pairs file")?;
+        // The cache's last TOKEN_FEATURES entries are the token alignment.
+        let tokens = r.x.split_off(r.x.len().saturating_sub(TOKEN_FEATURES.len()));
+        r.x = pair_features(&p.text_a, &p.text_b, r.cos, false, None);
+        r.x.extend(tokens);
+        r.veto = lexical_veto(&p.text_a, &p.text_b).map(str::to_string);
+    }
     let width = feature_names(args.token_alignment).len();
     let part = |s: Split| rows.iter().filter(move |r| r.split == s);
     let count = |s: Split| part(s).count();
@@ -205,7 +233,9 @@ fn main() -> anyhow_like::Result<()> {
         eprintln!("veto {reason:32} duplicates {dup:5}  non-duplicates {non:5}");
     }
 
-    let fit: Vec<&Row> = part(Split::Fit).filter(|r| r.veto.is_none()).collect();
+    let fit: Vec<&Row> = part(Split::Fit)
+        .filter(|r| r.veto.is_none() && r.cos >= args.min_cos)
+        .collect();
     let x: Vec<Vec<f32>> = fit.iter().map(|r| r.x[..width].to_vec()).collect();
     let y: Vec<bool> = fit.iter().map(|r| r.label).collect();
     let model = Logistic::fit(&x, &y, L2, 50).ok_or("logistic fit failed")?;
@@ -214,7 +244,7 @@ fn main() -> anyhow_like::Result<()> {
     }
 
     let score = |r: &Row| -> f32 {
-        if r.veto.is_some() {
+        if r.veto.is_some() || r.cos < args.min_cos {
             0.0
         } else {
             model.predict(&r.x[..width])
@@ -234,10 +264,28 @@ fn main() -> anyhow_like::Result<()> {
     };
     let (cal_v, cal_c, cal_g, cal_y) = eval(Split::Calibrate);
     let (val_v, val_c, val_g, val_y) = eval(Split::Validate);
-    let threshold = threshold_for_precision(&cal_v, &cal_y, TARGET_PRECISION, MIN_PREDICTED)
+    for (name, sc, ys) in [
+        ("calibration verifier", &cal_v, &cal_y),
+        ("calibration cosine", &cal_c, &cal_y),
+        ("calibration guards+cos", &cal_g, &cal_y),
+        ("validation verifier", &val_v, &val_y),
+        ("validation cosine", &val_c, &val_y),
+        ("validation guards+cos", &val_g, &val_y),
+    ] {
+        let mut order: Vec<usize> = (0..sc.len()).collect();
+        order.sort_by(|&a, &b| sc[b].total_cmp(&sc[a]));
+        let pos = ys.iter().filter(|&&l| l).count();
+        let mut line = format!("{name:24} precision@k:");
+        for k in [25usize, 50, 100, 200, 400, 800] {
+            let tp = order.iter().take(k).filter(|&&i| ys[i]).count();
+            line += &format!("  {k}:{:.3} (R {:.3})", tp as f32 / k as f32, tp as f32 / pos as f32);
+        }
+        eprintln!("{line}");
+    }
+    let threshold = threshold_for_precision(&cal_v, &cal_y, args.target_precision, MIN_PREDICTED)
         .ok_or("verifier never reaches the target precision on calibration")?;
-    let cos_threshold = threshold_for_precision(&cal_c, &cal_y, TARGET_PRECISION, MIN_PREDICTED);
-    let guard_threshold = threshold_for_precision(&cal_g, &cal_y, TARGET_PRECISION, MIN_PREDICTED);
+    let cos_threshold = threshold_for_precision(&cal_c, &cal_y, args.target_precision, MIN_PREDICTED);
+    let guard_threshold = threshold_for_precision(&cal_g, &cal_y, args.target_precision, MIN_PREDICTED);
     let v_cal = pr_at(&cal_v, &cal_y, threshold);
     let v_val = pr_at(&val_v, &val_y, threshold);
     println!("verifier   threshold {threshold:.4}  calibration P {:.3} R {:.3} | validation P {:.3} R {:.3} F1 {:.3} (tp {} fp {})",
@@ -245,7 +293,7 @@ fn main() -> anyhow_like::Result<()> {
     let cos_val = cos_threshold.map(|t| pr_at(&val_c, &val_y, t));
     match (cos_threshold, &cos_val) {
         (Some(t), Some(p)) => println!("cosine     threshold {t:.4}  validation P {:.3} R {:.3} F1 {:.3} (tp {} fp {})", p.precision, p.recall, p.f1, p.true_pos, p.false_pos),
-        _ => println!("cosine     never reaches {TARGET_PRECISION} precision on calibration with ≥ {MIN_PREDICTED} hits"),
+        _ => println!("cosine     never reaches {} precision on calibration with ≥ {MIN_PREDICTED} hits", args.target_precision),
     }
     let guard_val = guard_threshold.map(|t| pr_at(&val_g, &val_y, t));
     if let (Some(t), Some(p)) = (guard_threshold, &guard_val) {
@@ -285,6 +333,7 @@ fn main() -> anyhow_like::Result<()> {
         features: feature_names(args.token_alignment),
         token_alignment: args.token_alignment,
         lexical_veto: true,
+        min_cos: args.min_cos,
         model,
         threshold,
         embedder: format!("{}#max_tokens={}", router_model::DEFAULT_MODEL_NAME, router_model::DEFAULT_MAX_TOKENS),
@@ -298,7 +347,8 @@ fn main() -> anyhow_like::Result<()> {
             "fit_pairs_after_veto": fit.len(),
             "model": "logistic regression, Newton's method, L2 on standardised weights",
             "l2": L2,
-            "target_precision": TARGET_PRECISION,
+            "target_precision": args.target_precision,
+            "min_cos": args.min_cos,
             "min_predicted_for_threshold": MIN_PREDICTED,
             "base_features": BASE_FEATURES.len(),
         }),

@@ -4,6 +4,8 @@
 //! Real MiniLM weights (`.cache/models/all-MiniLM-L6-v2`, see scripts/fetch-model.sh) and the
 //! real checkpoint in `models/verifier/default`.
 
+#![allow(clippy::expect_used)]
+
 use cache::verifier::{cosine, default_checkpoint_dir, lexical_veto, Verifier};
 use router_model::{BertEmbedder, Embedder};
 use serde::Deserialize;

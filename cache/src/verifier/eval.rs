@@ -154,6 +154,7 @@ pub fn pair_split(a: &str, b: &str) -> Option<Split> {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -235,6 +236,7 @@ pub fn pr_svg(title: &str, curves: &[(&str, &[PrPoint])]) -> Result<String, Stri
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod svg_tests {
     use super::*;
 

@@ -141,6 +141,7 @@ pub(crate) fn token_features(tokens: TokenPair<'_>) -> Vec<f32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 

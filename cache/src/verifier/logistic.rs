@@ -145,6 +145,7 @@ fn solve(a: &mut [f64], b: &[f64], k: usize) -> Option<Vec<f64>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -14,6 +14,7 @@
 //! The checkpoint is a directory with `verifier.json` (see [`VerifierCheckpoint`]).
 
 mod eval;
+mod eval_file;
 mod features;
 mod logistic;
 mod text;
@@ -28,6 +29,7 @@ pub use eval::{
     normalise_question, pair_scores, pair_split, pr_at, pr_curve, pr_svg, question_split,
     threshold_for_precision, thresholds, EvalPair, PrPoint, Split,
 };
+pub use eval_file::{eval_cache, EvalCacheOptions, EvalCacheReport};
 pub use features::{TokenPair, BASE_FEATURES, TOKEN_FEATURES};
 pub use logistic::Logistic;
 pub use text::lexical_veto;
@@ -58,6 +60,8 @@ pub enum VerifierError {
     },
     #[error("invalid verifier checkpoint {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("embedder: {0}")]
+    Embedder(#[source] router_model::Error),
     #[error("verifier checkpoint {0} uses token alignment: load it with Verifier::load_with_embedder")]
     NeedsEmbedder(PathBuf),
 }
@@ -73,6 +77,10 @@ pub struct VerifierCheckpoint {
     pub token_alignment: bool,
     /// Whether [`lexical_veto`] runs first (score 0 on a veto).
     pub lexical_veto: bool,
+    /// Pairs below this cosine score 0: the model was fitted only on the candidates above
+    /// it (what the nearest-neighbour step passes on), not on easy negatives.
+    #[serde(default)]
+    pub min_cos: f32,
     pub model: Logistic,
     /// The shipped operating point: serve the cached answer when `score >= threshold`.
     pub threshold: f32,
@@ -117,7 +125,7 @@ impl VerifierCheckpoint {
         if ck.model.weights.len() != d || ck.model.mean.len() != d || ck.model.std.len() != d {
             return Err(invalid(format!("model has the wrong width for {d} features")));
         }
-        if ck.model.std.iter().any(|s| !(*s > 0.0)) || !ck.threshold.is_finite() {
+        if ck.model.std.iter().any(|s| s.is_nan() || *s <= 0.0) || !ck.threshold.is_finite() {
             return Err(invalid("non-positive std or non-finite threshold".into()));
         }
         Ok(ck)
@@ -250,7 +258,15 @@ impl Verifier {
                 };
             }
         }
+        // Same words after case and punctuation are dropped: the same question. (Quora's
+        // labels teach the model to distrust near-identical pairs; this overrides that.)
+        if normalise_question(query) == normalise_question(cached) && !normalise_question(query).is_empty() {
+            return Verdict { score: 1.0, veto: None };
+        }
         let cos = cosine(query_emb, cached_emb);
+        if cos < self.checkpoint.min_cos {
+            return Verdict { score: 0.0, veto: None };
+        }
         let states = match (&self.embedder, self.checkpoint.token_alignment) {
             (Some(e), true) => e.embed_with_token_states(&[query, cached]).ok(),
             _ => None,
@@ -293,6 +309,7 @@ pub fn default_checkpoint_dir() -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -305,6 +322,7 @@ mod tests {
             features: feature_names(false),
             token_alignment: false,
             lexical_veto: true,
+            min_cos: 0.0,
             model: Logistic {
                 mean: vec![0.0; d],
                 std: vec![1.0; d],
@@ -329,6 +347,9 @@ mod tests {
         let flipped = v.verdict("Sort the list ascending", "Sort the list descending", &e, &e);
         assert_eq!(flipped.score, 0.0);
         assert_eq!(flipped.veto, Some("opposite direction words"));
+        let far = [0.0f32, 1.0];
+        assert_eq!(v.score("Why is the sky blue?", "why is the sky  blue", &e, &far), 1.0);
+        assert!(v.score("Why is the sky blue?", "Why is the sea blue?", &e, &far) < 0.5);
     }
 
     #[test]

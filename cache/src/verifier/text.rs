@@ -17,6 +17,8 @@ pub(crate) struct Word {
     pub capitalised: bool,
     /// Not a stop word, not a number, not punctuation.
     pub content: bool,
+    /// Canonical name when the word names a language.
+    pub language: Option<&'static str>,
 }
 
 /// A text cut into words, with the sets the guards and features need.
@@ -397,6 +399,8 @@ impl Analysed {
             // "C" and "R" as languages only when written as a capital letter on their own.
             let lang = if lower == "c" && !tok.starts_with('C') {
                 None
+            } else if tok == "Go" && !*sentence_start {
+                Some("go")
             } else {
                 lookup(LANGUAGES, &lower)
             };
@@ -434,13 +438,14 @@ impl Analysed {
                 lemma: lem,
                 capitalised,
                 content,
+                language: lang,
             });
         }
         let content = words.iter().filter(|w| w.content).map(|w| w.lemma.clone()).collect();
         let mut roles = Vec::new();
         for (i, w) in words.iter().enumerate() {
             if let Some(role) = ROLES.iter().find(|r| **r == w.lower) {
-                if let Some(next) = words[i + 1..].iter().take(3).find(|n| n.content || lookup(LANGUAGES, &n.lower).is_some()) {
+                if let Some(next) = words[i + 1..].iter().take(3).find(|n| n.content || n.language.is_some()) {
                     roles.push((*role, next.lemma.clone()));
                 }
             }
@@ -624,6 +629,7 @@ pub(crate) fn veto_analysed(a: &Analysed, b: &Analysed) -> Option<&'static str> 
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
