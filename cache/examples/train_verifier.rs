@@ -57,6 +57,7 @@ struct Args {
     max_pairs: usize,
     min_cos: f32,
     target_precision: f32,
+    dump_errors: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow_like::Result<Args> {
@@ -67,6 +68,7 @@ fn parse_args() -> anyhow_like::Result<Args> {
         max_pairs: 16_000,
         min_cos: 0.0,
         target_precision: TARGET_PRECISION,
+        dump_errors: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -81,6 +83,7 @@ fn parse_args() -> anyhow_like::Result<Args> {
                     .parse()
                     .map_err(|_| "--max-pairs needs a number")?
             }
+            "--dump-errors" => args.dump_errors = Some(it.next().ok_or("--dump-errors needs a path")?.into()),
             "--min-cos" => {
                 args.min_cos = it.next().ok_or("--min-cos needs a number")?.parse().map_err(|_| "--min-cos needs a number")?
             }
@@ -284,6 +287,18 @@ fn main() -> anyhow_like::Result<()> {
     }
     let threshold = threshold_for_precision(&cal_v, &cal_y, args.target_precision, MIN_PREDICTED)
         .ok_or("verifier never reaches the target precision on calibration")?;
+    if let Some(path) = &args.dump_errors {
+        // Validation non-duplicates served at the operating point, for a hand audit.
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for r in part(Split::Validate) {
+            let s = score(r);
+            if !r.label && s >= threshold {
+                let p = &texts[r.line];
+                writeln!(w, "{}", serde_json::json!({"line": r.line, "score": s, "cos": r.cos, "text_a": p.text_a, "text_b": p.text_b}))?;
+            }
+        }
+        w.flush()?;
+    }
     let cos_threshold = threshold_for_precision(&cal_c, &cal_y, args.target_precision, MIN_PREDICTED);
     let guard_threshold = threshold_for_precision(&cal_g, &cal_y, args.target_precision, MIN_PREDICTED);
     let v_cal = pr_at(&cal_v, &cal_y, threshold);

@@ -7,6 +7,8 @@
 #![allow(clippy::expect_used)]
 
 use cache::verifier::{cosine, default_checkpoint_dir, lexical_veto, Verifier};
+use std::sync::Arc;
+
 use router_model::{BertEmbedder, Embedder};
 use serde::Deserialize;
 
@@ -20,6 +22,8 @@ struct Case {
 
 /// Paraphrase share the shipped checkpoint must keep (measured: see cache/README.md).
 const PARAPHRASE_RECALL_FLOOR: f32 = 0.60;
+/// Same for the token-alignment checkpoint.
+const TOKEN_ALIGN_RECALL_FLOOR: f32 = 0.40;
 
 fn cases() -> Vec<Case> {
     let text = include_str!("fixtures/minimal_edits.jsonl");
@@ -41,6 +45,39 @@ fn fixture_has_enough_of_both_kinds() {
 fn minimal_edits_never_hit_and_paraphrases_do() {
     let embedder = BertEmbedder::load_default().expect("MiniLM weights (scripts/fetch-model.sh)");
     let verifier = Verifier::load(&default_checkpoint_dir()).expect("shipped verifier checkpoint");
+    check_fixture(&embedder, &verifier, PARAPHRASE_RECALL_FLOOR);
+}
+
+/// The token-alignment checkpoint (one extra embedder pass per check) holds the same line.
+#[test]
+fn token_alignment_checkpoint_never_hits_minimal_edits() {
+    let embedder = Arc::new(BertEmbedder::load_default().expect("MiniLM weights (scripts/fetch-model.sh)"));
+    let dir = default_checkpoint_dir().with_file_name("token-align");
+    let verifier = Verifier::load_with_embedder(&dir, embedder.clone()).expect("token-align checkpoint");
+    assert!(verifier.checkpoint().token_alignment);
+    assert!(Verifier::load(&dir).is_err(), "a token-alignment checkpoint needs an embedder");
+    check_fixture(&embedder, &verifier, TOKEN_ALIGN_RECALL_FLOOR);
+}
+
+/// Token vectors come from the same forward pass as the pooled vector.
+#[test]
+fn token_states_pool_to_the_sentence_embedding() {
+    let embedder = BertEmbedder::load_default().expect("MiniLM weights (scripts/fetch-model.sh)");
+    let texts = ["Why do Poles dislike Russians?", "Sort a list in descending order, please, in Rust"];
+    let states = embedder.embed_with_token_states(&texts).expect("token states");
+    for (text, s) in texts.iter().zip(&states) {
+        let pooled = embedder.embed(text).expect("embed");
+        assert!(cosine(&pooled, &s.pooled) > 0.99999, "{text}");
+        let ids = embedder.tokenize(text).expect("tokenize");
+        assert_eq!(s.tokens.len(), ids.len() - 2, "{text}");
+        for t in &s.tokens {
+            let norm: f32 = t.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4);
+        }
+    }
+}
+
+fn check_fixture(embedder: &BertEmbedder, verifier: &Verifier, floor: f32) {
     let t = verifier.threshold();
     let cases = cases();
     let mut false_hits = Vec::new();
@@ -98,7 +135,7 @@ fn minimal_edits_never_hit_and_paraphrases_do() {
     }
     assert!(false_hits.is_empty(), "false hits: {false_hits:#?}");
     assert!(
-        recall >= PARAPHRASE_RECALL_FLOOR,
-        "paraphrase recall {recall:.2} below {PARAPHRASE_RECALL_FLOOR}"
+        recall >= floor,
+        "paraphrase recall {recall:.2} below {floor}"
     );
 }
