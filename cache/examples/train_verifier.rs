@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use cache::verifier::{
-    cosine, feature_names, lexical_veto, pair_features, pair_split, pr_at, threshold_for_precision,
+    cosine, feature_names, lexical_veto, normalise_question, pair_features, pair_split, pr_at, threshold_for_precision,
     Logistic, Split, TokenPair, VerifierCheckpoint, BASE_FEATURES, FORMAT_VERSION, TOKEN_FEATURES,
 };
 use router_model::{BertEmbedder, Embedder};
@@ -246,8 +246,15 @@ fn main() -> anyhow_like::Result<()> {
         eprintln!("  {name:28} {w:+.3}");
     }
 
+    // Exactly what `Verifier::verdict` does, on cached features.
     let score = |r: &Row| -> f32 {
-        if r.veto.is_some() || r.cos < args.min_cos {
+        let p = &texts[r.line];
+        let (na, nb) = (normalise_question(&p.text_a), normalise_question(&p.text_b));
+        if r.veto.is_some() {
+            0.0
+        } else if na == nb && !na.is_empty() {
+            1.0
+        } else if r.cos < args.min_cos {
             0.0
         } else {
             model.predict(&r.x[..width])

@@ -258,9 +258,11 @@ impl Verifier {
                 };
             }
         }
-        // Same words after case and punctuation are dropped: the same question. (Quora's
-        // labels teach the model to distrust near-identical pairs; this overrides that.)
-        if normalise_question(query) == normalise_question(cached) && !normalise_question(query).is_empty() {
+        // Same words once case and punctuation are dropped, and no guard fired (so "C++" vs
+        // "C#" is not this case): the same question. Quora's labels teach the model to
+        // distrust near-identical pairs; this overrides that.
+        let nq = normalise_question(query);
+        if !nq.is_empty() && nq == normalise_question(cached) {
             return Verdict { score: 1.0, veto: None };
         }
         let cos = cosine(query_emb, cached_emb);
@@ -349,6 +351,7 @@ mod tests {
         assert_eq!(flipped.veto, Some("opposite direction words"));
         let far = [0.0f32, 1.0];
         assert_eq!(v.score("Why is the sky blue?", "why is the sky  blue", &e, &far), 1.0);
+        assert_eq!(v.score("Learn C++ first?", "Learn C# first?", &e, &e), 0.0);
         assert!(v.score("Why is the sky blue?", "Why is the sea blue?", &e, &far) < 0.5);
     }
 
