@@ -171,7 +171,19 @@ pub fn pair_features(
 ) -> Vec<f32> {
     let qa = text::Analysed::new(query);
     let ca = text::Analysed::new(cached);
-    let mut f = features::base_features(&qa, &ca, query, cached, cos);
+    features_of(&qa, &ca, query, cached, cos, token_alignment, tokens)
+}
+
+fn features_of(
+    qa: &text::Analysed,
+    ca: &text::Analysed,
+    query: &str,
+    cached: &str,
+    cos: f32,
+    token_alignment: bool,
+    tokens: Option<TokenPair<'_>>,
+) -> Vec<f32> {
+    let mut f = features::base_features(qa, ca, query, cached, cos);
     if token_alignment {
         match tokens {
             Some(t) => f.extend(features::token_features(t)),
@@ -250,8 +262,11 @@ impl Verifier {
 
     /// [`Verifier::score`] with the veto reason.
     pub fn verdict(&self, query: &str, cached: &str, query_emb: &[f32], cached_emb: &[f32]) -> Verdict {
+        // Each text is analysed once, for the guards and the features.
+        let qa = text::Analysed::new(query);
+        let ca = text::Analysed::new(cached);
         if self.checkpoint.lexical_veto {
-            if let Some(reason) = lexical_veto(query, cached) {
+            if let Some(reason) = text::veto_analysed(&qa, &ca) {
                 return Verdict {
                     score: 0.0,
                     veto: Some(reason),
@@ -281,7 +296,7 @@ impl Verifier {
             query: &s[0].tokens,
             cached: &s[1].tokens,
         });
-        let x = pair_features(query, cached, cos, self.checkpoint.token_alignment, tokens);
+        let x = features_of(&qa, &ca, query, cached, cos, self.checkpoint.token_alignment, tokens);
         Verdict {
             score: self.checkpoint.model.predict(&x),
             veto: None,
