@@ -23,7 +23,9 @@ fn bench(c: &mut Criterion) {
     };
     let qe = embedder.embed(QUERY).unwrap_or_default();
     let ce = embedder.embed(CACHED).unwrap_or_default();
-    c.bench_function("lexical_veto", |b| b.iter(|| lexical_veto(black_box(QUERY), black_box(CACHED))));
+    c.bench_function("lexical_veto", |b| {
+        b.iter(|| lexical_veto(black_box(QUERY), black_box(CACHED)))
+    });
     if let Ok(v) = Verifier::load(&default_checkpoint_dir()) {
         c.bench_function("verifier_score_default", |b| {
             b.iter(|| v.score(black_box(QUERY), black_box(CACHED), &qe, &ce))
@@ -43,7 +45,10 @@ fn bench(c: &mut Criterion) {
                     black_box(CACHED),
                     0.9,
                     true,
-                    Some(TokenPair { query: &states[0].tokens, cached: &states[1].tokens }),
+                    Some(TokenPair {
+                        query: &states[0].tokens,
+                        cached: &states[1].tokens,
+                    }),
                 )
             })
         });

@@ -21,8 +21,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use cache::verifier::{
-    cosine, feature_names, lexical_veto, normalise_question, pair_features, pair_split, pr_at, threshold_for_precision,
-    Logistic, Split, TokenPair, VerifierCheckpoint, BASE_FEATURES, FORMAT_VERSION, TOKEN_FEATURES,
+    cosine, feature_names, lexical_veto, normalise_question, pair_features, pair_split, pr_at,
+    threshold_for_precision, Logistic, Split, TokenPair, VerifierCheckpoint, BASE_FEATURES,
+    FORMAT_VERSION, TOKEN_FEATURES,
 };
 use router_model::{BertEmbedder, Embedder};
 use serde::{Deserialize, Serialize};
@@ -83,9 +84,15 @@ fn parse_args() -> anyhow_like::Result<Args> {
                     .parse()
                     .map_err(|_| "--max-pairs needs a number")?
             }
-            "--dump-errors" => args.dump_errors = Some(it.next().ok_or("--dump-errors needs a path")?.into()),
+            "--dump-errors" => {
+                args.dump_errors = Some(it.next().ok_or("--dump-errors needs a path")?.into())
+            }
             "--min-cos" => {
-                args.min_cos = it.next().ok_or("--min-cos needs a number")?.parse().map_err(|_| "--min-cos needs a number")?
+                args.min_cos = it
+                    .next()
+                    .ok_or("--min-cos needs a number")?
+                    .parse()
+                    .map_err(|_| "--min-cos needs a number")?
             }
             "--target-precision" => {
                 args.target_precision = it
@@ -201,9 +208,12 @@ fn main() -> anyhow_like::Result<()> {
         .map(|l| Ok(serde_json::from_str(&l?)?))
         .collect::<anyhow_like::Result<_>>()?;
     for r in &mut rows {
-        let p = texts.get(r.line).ok_or("feature cache does not match the pairs file")?;
+        let p = texts
+            .get(r.line)
+            .ok_or("feature cache does not match the pairs file")?;
         // The cache's last TOKEN_FEATURES entries are the token alignment.
-        let tokens = r.x.split_off(r.x.len().saturating_sub(TOKEN_FEATURES.len()));
+        let tokens =
+            r.x.split_off(r.x.len().saturating_sub(TOKEN_FEATURES.len()));
         r.x = pair_features(&p.text_a, &p.text_b, r.cos, false, None);
         r.x.extend(tokens);
         r.veto = lexical_veto(&p.text_a, &p.text_b).map(str::to_string);
@@ -242,7 +252,10 @@ fn main() -> anyhow_like::Result<()> {
     let x: Vec<Vec<f32>> = fit.iter().map(|r| r.x[..width].to_vec()).collect();
     let y: Vec<bool> = fit.iter().map(|r| r.label).collect();
     let model = Logistic::fit(&x, &y, L2, 50).ok_or("logistic fit failed")?;
-    for (name, w) in feature_names(args.token_alignment).iter().zip(&model.weights) {
+    for (name, w) in feature_names(args.token_alignment)
+        .iter()
+        .zip(&model.weights)
+    {
         eprintln!("  {name:28} {w:+.3}");
     }
 
@@ -288,7 +301,11 @@ fn main() -> anyhow_like::Result<()> {
         let mut line = format!("{name:24} precision@k:");
         for k in [25usize, 50, 100, 200, 400, 800] {
             let tp = order.iter().take(k).filter(|&&i| ys[i]).count();
-            line += &format!("  {k}:{:.3} (R {:.3})", tp as f32 / k as f32, tp as f32 / pos as f32);
+            line += &format!(
+                "  {k}:{:.3} (R {:.3})",
+                tp as f32 / k as f32,
+                tp as f32 / pos as f32
+            );
         }
         eprintln!("{line}");
     }
@@ -301,25 +318,40 @@ fn main() -> anyhow_like::Result<()> {
             let s = score(r);
             if !r.label && s >= threshold {
                 let p = &texts[r.line];
-                writeln!(w, "{}", serde_json::json!({"line": r.line, "score": s, "cos": r.cos, "text_a": p.text_a, "text_b": p.text_b}))?;
+                writeln!(
+                    w,
+                    "{}",
+                    serde_json::json!({"line": r.line, "score": s, "cos": r.cos, "text_a": p.text_a, "text_b": p.text_b})
+                )?;
             }
         }
         w.flush()?;
     }
-    let cos_threshold = threshold_for_precision(&cal_c, &cal_y, args.target_precision, MIN_PREDICTED);
-    let guard_threshold = threshold_for_precision(&cal_g, &cal_y, args.target_precision, MIN_PREDICTED);
+    let cos_threshold =
+        threshold_for_precision(&cal_c, &cal_y, args.target_precision, MIN_PREDICTED);
+    let guard_threshold =
+        threshold_for_precision(&cal_g, &cal_y, args.target_precision, MIN_PREDICTED);
     let v_cal = pr_at(&cal_v, &cal_y, threshold);
     let v_val = pr_at(&val_v, &val_y, threshold);
     println!("verifier   threshold {threshold:.4}  calibration P {:.3} R {:.3} | validation P {:.3} R {:.3} F1 {:.3} (tp {} fp {})",
         v_cal.precision, v_cal.recall, v_val.precision, v_val.recall, v_val.f1, v_val.true_pos, v_val.false_pos);
     let cos_val = cos_threshold.map(|t| pr_at(&val_c, &val_y, t));
     match (cos_threshold, &cos_val) {
-        (Some(t), Some(p)) => println!("cosine     threshold {t:.4}  validation P {:.3} R {:.3} F1 {:.3} (tp {} fp {})", p.precision, p.recall, p.f1, p.true_pos, p.false_pos),
-        _ => println!("cosine     never reaches {} precision on calibration with ≥ {MIN_PREDICTED} hits", args.target_precision),
+        (Some(t), Some(p)) => println!(
+            "cosine     threshold {t:.4}  validation P {:.3} R {:.3} F1 {:.3} (tp {} fp {})",
+            p.precision, p.recall, p.f1, p.true_pos, p.false_pos
+        ),
+        _ => println!(
+            "cosine     never reaches {} precision on calibration with ≥ {MIN_PREDICTED} hits",
+            args.target_precision
+        ),
     }
     let guard_val = guard_threshold.map(|t| pr_at(&val_g, &val_y, t));
     if let (Some(t), Some(p)) = (guard_threshold, &guard_val) {
-        println!("guards+cos threshold {t:.4}  validation P {:.3} R {:.3} F1 {:.3}", p.precision, p.recall, p.f1);
+        println!(
+            "guards+cos threshold {t:.4}  validation P {:.3} R {:.3} F1 {:.3}",
+            p.precision, p.recall, p.f1
+        );
     }
     // Plain cosine at the verifier's validation recall, and at its own best F1.
     let mut cos_sorted = val_c.clone();
@@ -331,7 +363,10 @@ fn main() -> anyhow_like::Result<()> {
         .map(|&t| pr_at(&val_c, &val_y, t))
         .find(|p| p.true_pos >= want);
     if let Some(p) = &same_recall {
-        println!("cosine at the verifier's recall: threshold {:.4} P {:.3} R {:.3} (fp {})", p.threshold, p.precision, p.recall, p.false_pos);
+        println!(
+            "cosine at the verifier's recall: threshold {:.4} P {:.3} R {:.3} (fp {})",
+            p.threshold, p.precision, p.recall, p.false_pos
+        );
     }
     let grid: Vec<f32> = (0..=100).map(|i| 0.5 + 0.005 * i as f32).collect();
     let best_cos_f1 = grid
@@ -339,15 +374,24 @@ fn main() -> anyhow_like::Result<()> {
         .map(|&t| pr_at(&val_c, &val_y, t))
         .max_by(|a, b| a.f1.total_cmp(&b.f1));
     if let Some(p) = &best_cos_f1 {
-        println!("cosine best F1 on validation: threshold {:.3} P {:.3} R {:.3} F1 {:.3}", p.threshold, p.precision, p.recall, p.f1);
+        println!(
+            "cosine best F1 on validation: threshold {:.3} P {:.3} R {:.3} F1 {:.3}",
+            p.threshold, p.precision, p.recall, p.f1
+        );
     }
     for t in [0.90f32, 0.95, 0.97] {
         let p = pr_at(&val_c, &val_y, t);
-        println!("cosine {t:.2} on validation: P {:.3} R {:.3}", p.precision, p.recall);
+        println!(
+            "cosine {t:.2} on validation: P {:.3} R {:.3}",
+            p.precision, p.recall
+        );
     }
     for t in [0.5f32, 0.7, 0.8, 0.9, 0.95] {
         let p = pr_at(&val_v, &val_y, t);
-        println!("verifier {t:.2} on validation: P {:.3} R {:.3}", p.precision, p.recall);
+        println!(
+            "verifier {t:.2} on validation: P {:.3} R {:.3}",
+            p.precision, p.recall
+        );
     }
 
     let checkpoint = VerifierCheckpoint {
@@ -358,7 +402,11 @@ fn main() -> anyhow_like::Result<()> {
         min_cos: args.min_cos,
         model,
         threshold,
-        embedder: format!("{}#max_tokens={}", router_model::DEFAULT_MODEL_NAME, router_model::DEFAULT_MAX_TOKENS),
+        embedder: format!(
+            "{}#max_tokens={}",
+            router_model::DEFAULT_MODEL_NAME,
+            router_model::DEFAULT_MAX_TOKENS
+        ),
         training: serde_json::json!({
             "data": args.pairs.display().to_string(),
             "data_blake3": data_hash,

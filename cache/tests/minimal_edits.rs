@@ -48,8 +48,13 @@ fn minimal_edits_never_hit_and_paraphrases_do() {
 #[test]
 fn token_states_pool_to_the_sentence_embedding() {
     let embedder = BertEmbedder::load_default().expect("MiniLM weights (scripts/fetch-model.sh)");
-    let texts = ["Why do Poles dislike Russians?", "Sort a list in descending order, please, in Rust"];
-    let states = embedder.embed_with_token_states(&texts).expect("token states");
+    let texts = [
+        "Why do Poles dislike Russians?",
+        "Sort a list in descending order, please, in Rust",
+    ];
+    let states = embedder
+        .embed_with_token_states(&texts)
+        .expect("token states");
     for (text, s) in texts.iter().zip(&states) {
         let pooled = embedder.embed(text).expect("embed");
         assert!(cosine(&pooled, &s.pooled) > 0.99999, "{text}");
@@ -82,7 +87,10 @@ fn check_fixture(embedder: &BertEmbedder, verifier: &Verifier, floor: f32) {
         if c.label == 0 {
             cos_neg.push(cos);
             if s >= t {
-                false_hits.push(format!("{:?} / {:?} ({}, score {s:.3})", c.text_a, c.text_b, c.kind));
+                false_hits.push(format!(
+                    "{:?} / {:?} ({}, score {s:.3})",
+                    c.text_a, c.text_b, c.kind
+                ));
             }
         } else {
             positives += 1;

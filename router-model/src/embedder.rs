@@ -476,7 +476,11 @@ impl BertEmbedder {
             let states: Vec<Vec<Vec<f32>>> = hidden.to_vec3()?;
             for ((k, &i), vector) in group.iter().enumerate().zip(pooled) {
                 let len = batch[i].len();
-                let inner = if len > 2 { &states[k][1..len - 1] } else { &states[k][..len] };
+                let inner = if len > 2 {
+                    &states[k][1..len - 1]
+                } else {
+                    &states[k][..len]
+                };
                 let tokens = inner
                     .iter()
                     .map(|v| {

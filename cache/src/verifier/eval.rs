@@ -49,8 +49,16 @@ pub fn pr_at(scores: &[f32], labels: &[bool], threshold: f32) -> PrPoint {
             (false, false) => {}
         }
     }
-    let precision = if tp + fp == 0 { 1.0 } else { tp as f32 / (tp + fp) as f32 };
-    let recall = if tp + fn_ == 0 { 0.0 } else { tp as f32 / (tp + fn_) as f32 };
+    let precision = if tp + fp == 0 {
+        1.0
+    } else {
+        tp as f32 / (tp + fp) as f32
+    };
+    let recall = if tp + fn_ == 0 {
+        0.0
+    } else {
+        tp as f32 / (tp + fn_) as f32
+    };
     let f1 = if precision + recall > 0.0 {
         2.0 * precision * recall / (precision + recall)
     } else {
@@ -69,7 +77,10 @@ pub fn pr_at(scores: &[f32], labels: &[bool], threshold: f32) -> PrPoint {
 
 /// Points at each of `thresholds`.
 pub fn pr_curve(scores: &[f32], labels: &[bool], thresholds: &[f32]) -> Vec<PrPoint> {
-    thresholds.iter().map(|&t| pr_at(scores, labels, t)).collect()
+    thresholds
+        .iter()
+        .map(|&t| pr_at(scores, labels, t))
+        .collect()
 }
 
 /// `steps + 1` evenly spaced thresholds from `lo` to `hi`.
@@ -166,7 +177,10 @@ mod tests {
         assert_eq!((p.true_pos, p.false_pos, p.false_neg), (2, 1, 1));
         assert!((p.precision - 2.0 / 3.0).abs() < 1e-6);
         assert_eq!(threshold_for_precision(&scores, &labels, 1.0, 1), Some(0.8));
-        assert_eq!(threshold_for_precision(&scores, &labels, 0.75, 1), Some(0.6));
+        assert_eq!(
+            threshold_for_precision(&scores, &labels, 0.75, 1),
+            Some(0.6)
+        );
         assert_eq!(threshold_for_precision(&scores, &labels, 1.0, 3), None);
         assert_eq!(pr_at(&scores, &labels, 2.0).precision, 1.0);
     }
@@ -178,7 +192,10 @@ mod tests {
             question_split("what is the purpose of life?")
         );
         let qs: Vec<String> = (0..1000).map(|i| format!("question number {i}")).collect();
-        let val = qs.iter().filter(|q| question_split(q) == Split::Validate).count();
+        let val = qs
+            .iter()
+            .filter(|q| question_split(q) == Split::Validate)
+            .count();
         assert!((220..380).contains(&val), "{val}");
         for q in &qs {
             if let Some(s) = pair_split(q, q) {

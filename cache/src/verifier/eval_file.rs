@@ -84,8 +84,9 @@ pub fn eval_cache(options: &EvalCacheOptions) -> Result<EvalCacheReport, Verifie
         }
         let parsed: Line = serde_json::from_str(&line)
             .map_err(|e| data_err(path, format!("line {}: {e}", i + 1)))?;
-        let label = label_of(&parsed.label)
-            .ok_or_else(|| data_err(path, format!("line {}: label must be 0/1 or a bool", i + 1)))?;
+        let label = label_of(&parsed.label).ok_or_else(|| {
+            data_err(path, format!("line {}: label must be 0/1 or a bool", i + 1))
+        })?;
         lines.push((i, parsed, label));
     }
     if lines.is_empty() {
@@ -109,7 +110,10 @@ pub fn eval_cache(options: &EvalCacheOptions) -> Result<EvalCacheReport, Verifie
             .flat_map(|(_, l, _)| [l.text_a.as_str(), l.text_b.as_str()])
             .map(|t| if t.trim().is_empty() { "?" } else { t })
             .collect();
-        let mut vs = embedder.embed_batch(&texts).map_err(VerifierError::Embedder)?.into_iter();
+        let mut vs = embedder
+            .embed_batch(&texts)
+            .map_err(VerifierError::Embedder)?
+            .into_iter();
         while let (Some(a), Some(b)) = (vs.next(), vs.next()) {
             embeddings.push((a, b));
         }
@@ -144,15 +148,24 @@ pub fn eval_cache(options: &EvalCacheOptions) -> Result<EvalCacheReport, Verifie
     let grid = thresholds(0.0, 1.0, 100);
     let curve = pr_curve(&scores, &labels, &grid);
     let cosine_curve = pr_curve(&cos, &labels, &grid);
-    let operating_point = verifier.as_ref().map(|v| pr_at(&scores, &labels, v.threshold()));
-    let score_kind = if verifier.is_some() { "verifier" } else { "cosine" };
+    let operating_point = verifier
+        .as_ref()
+        .map(|v| pr_at(&scores, &labels, v.threshold()));
+    let score_kind = if verifier.is_some() {
+        "verifier"
+    } else {
+        "cosine"
+    };
     if let Some(plot) = &options.plot {
         let mut curves: Vec<(&str, &[PrPoint])> = vec![("plain cosine", &cosine_curve)];
         if verifier.is_some() {
             curves.push(("verifier", &curve));
         }
-        let svg = pr_svg(&format!("{} pairs: precision vs recall", lines.len()), &curves)
-            .map_err(|e| data_err(plot, e))?;
+        let svg = pr_svg(
+            &format!("{} pairs: precision vs recall", lines.len()),
+            &curves,
+        )
+        .map_err(|e| data_err(plot, e))?;
         std::fs::write(plot, svg).map_err(|source| VerifierError::Io {
             path: plot.clone(),
             source,

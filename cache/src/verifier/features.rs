@@ -50,7 +50,10 @@ fn jaccard<T: Eq + std::hash::Hash>(a: &HashSet<T>, b: &HashSet<T>) -> f32 {
 }
 
 fn bigrams(words: &[String]) -> HashSet<(&str, &str)> {
-    words.windows(2).map(|w| (w[0].as_str(), w[1].as_str())).collect()
+    words
+        .windows(2)
+        .map(|w| (w[0].as_str(), w[1].as_str()))
+        .collect()
 }
 
 fn trigrams(text: &str) -> HashSet<[char; 3]> {
@@ -63,14 +66,28 @@ fn trigrams(text: &str) -> HashSet<[char; 3]> {
 }
 
 /// Base features of a pair (see [`BASE_FEATURES`]).
-pub(crate) fn base_features(qa: &Analysed, ca: &Analysed, query: &str, cached: &str, cos: f32) -> Vec<f32> {
+pub(crate) fn base_features(
+    qa: &Analysed,
+    ca: &Analysed,
+    query: &str,
+    cached: &str,
+    cos: f32,
+) -> Vec<f32> {
     let la = qa.lemma_set();
     let lb = ca.lemma_set();
     let sa = qa.content_set();
     let sb = ca.content_set();
     let shared = sa.intersection(&sb).count() as f32;
-    let cover_a = if sa.is_empty() { 1.0 } else { shared / sa.len() as f32 };
-    let cover_b = if sb.is_empty() { 1.0 } else { shared / sb.len() as f32 };
+    let cover_a = if sa.is_empty() {
+        1.0
+    } else {
+        shared / sa.len() as f32
+    };
+    let cover_b = if sb.is_empty() {
+        1.0
+    } else {
+        shared / sb.len() as f32
+    };
     let un_a = (sa.len() as f32 - shared).max(0.0);
     let un_b = (sb.len() as f32 - shared).max(0.0);
     let order = shared_order(qa, ca);
@@ -131,7 +148,11 @@ pub(crate) fn token_features(tokens: TokenPair<'_>) -> Vec<f32> {
     }
     let p = best_a.iter().sum::<f32>() / a.len() as f32;
     let r = best_b.iter().sum::<f32>() / b.len() as f32;
-    let f1 = if p + r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 };
+    let f1 = if p + r > 0.0 {
+        2.0 * p * r / (p + r)
+    } else {
+        0.0
+    };
     let worst = best_a
         .iter()
         .chain(best_b.iter())
@@ -148,7 +169,13 @@ mod tests {
     #[test]
     fn identical_texts_have_full_overlap() {
         let a = Analysed::new("How do I learn Rust quickly?");
-        let f = base_features(&a, &a, "How do I learn Rust quickly?", "How do I learn Rust quickly?", 1.0);
+        let f = base_features(
+            &a,
+            &a,
+            "How do I learn Rust quickly?",
+            "How do I learn Rust quickly?",
+            1.0,
+        );
         assert_eq!(f.len(), BASE_FEATURES.len());
         assert_eq!(f[2], 1.0);
         assert_eq!(f[3], 1.0);
@@ -165,11 +192,17 @@ mod tests {
         };
         let a = vec![e(0), e(1)];
         let b = vec![e(0), e(2)];
-        let f = token_features(TokenPair { query: &a, cached: &b });
+        let f = token_features(TokenPair {
+            query: &a,
+            cached: &b,
+        });
         assert_eq!(f.len(), TOKEN_FEATURES.len());
         assert!((f[0] - 0.5).abs() < 1e-6);
         assert!((f[4] - 0.0).abs() < 1e-6);
-        let same = token_features(TokenPair { query: &a, cached: &a });
+        let same = token_features(TokenPair {
+            query: &a,
+            cached: &a,
+        });
         assert!((same[2] - 1.0).abs() < 1e-6);
     }
 }

@@ -57,7 +57,12 @@ impl Logistic {
             .iter()
             .map(|r| {
                 std::iter::once(1.0)
-                    .chain(r.iter().zip(&mean).zip(&std).map(|((v, m), s)| (f64::from(*v) - m) / s))
+                    .chain(
+                        r.iter()
+                            .zip(&mean)
+                            .zip(&std)
+                            .map(|((v, m), s)| (f64::from(*v) - m) / s),
+                    )
                     .collect()
             })
             .collect();
@@ -112,7 +117,8 @@ impl Logistic {
 fn solve(a: &mut [f64], b: &[f64], k: usize) -> Option<Vec<f64>> {
     let mut b = b.to_vec();
     for col in 0..k {
-        let pivot = (col..k).max_by(|&i, &j| a[i * k + col].abs().total_cmp(&a[j * k + col].abs()))?;
+        let pivot =
+            (col..k).max_by(|&i, &j| a[i * k + col].abs().total_cmp(&a[j * k + col].abs()))?;
         if a[pivot * k + col].abs() < 1e-12 {
             return None;
         }
@@ -156,7 +162,9 @@ mod tests {
         let mut y = Vec::new();
         let mut state = 12345u64;
         let mut rand = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) as f32 / (1u64 << 31) as f32
         };
         for _ in 0..2000 {

@@ -62,7 +62,9 @@ pub enum VerifierError {
     Invalid { path: PathBuf, reason: String },
     #[error("embedder: {0}")]
     Embedder(#[source] router_model::Error),
-    #[error("verifier checkpoint {0} uses token alignment: load it with Verifier::load_with_embedder")]
+    #[error(
+        "verifier checkpoint {0} uses token alignment: load it with Verifier::load_with_embedder"
+    )]
     NeedsEmbedder(PathBuf),
 }
 
@@ -123,7 +125,9 @@ impl VerifierCheckpoint {
         }
         let d = expected.len();
         if ck.model.weights.len() != d || ck.model.mean.len() != d || ck.model.std.len() != d {
-            return Err(invalid(format!("model has the wrong width for {d} features")));
+            return Err(invalid(format!(
+                "model has the wrong width for {d} features"
+            )));
         }
         if ck.model.std.iter().any(|s| s.is_nan() || *s <= 0.0) || !ck.threshold.is_finite() {
             return Err(invalid("non-positive std or non-finite threshold".into()));
@@ -232,7 +236,10 @@ impl Verifier {
 
     /// Loads any checkpoint; `embedder` supplies token vectors when the model aligns tokens
     /// (one extra forward pass over both texts per [`Verifier::score`]).
-    pub fn load_with_embedder(dir: &Path, embedder: Arc<BertEmbedder>) -> Result<Self, VerifierError> {
+    pub fn load_with_embedder(
+        dir: &Path,
+        embedder: Arc<BertEmbedder>,
+    ) -> Result<Self, VerifierError> {
         let checkpoint = VerifierCheckpoint::read(dir)?;
         Ok(Self {
             checkpoint,
@@ -241,8 +248,14 @@ impl Verifier {
     }
 
     /// Builds from an in-memory checkpoint (training and tests).
-    pub fn from_checkpoint(checkpoint: VerifierCheckpoint, embedder: Option<Arc<BertEmbedder>>) -> Self {
-        Self { checkpoint, embedder }
+    pub fn from_checkpoint(
+        checkpoint: VerifierCheckpoint,
+        embedder: Option<Arc<BertEmbedder>>,
+    ) -> Self {
+        Self {
+            checkpoint,
+            embedder,
+        }
     }
 
     /// The checkpoint it runs.
@@ -261,7 +274,13 @@ impl Verifier {
     }
 
     /// [`Verifier::score`] with the veto reason.
-    pub fn verdict(&self, query: &str, cached: &str, query_emb: &[f32], cached_emb: &[f32]) -> Verdict {
+    pub fn verdict(
+        &self,
+        query: &str,
+        cached: &str,
+        query_emb: &[f32],
+        cached_emb: &[f32],
+    ) -> Verdict {
         // Each text is analysed once, for the guards and the features.
         let qa = text::Analysed::new(query);
         let ca = text::Analysed::new(cached);
@@ -278,11 +297,17 @@ impl Verifier {
         // distrust near-identical pairs; this overrides that.
         let nq = normalise_question(query);
         if !nq.is_empty() && nq == normalise_question(cached) {
-            return Verdict { score: 1.0, veto: None };
+            return Verdict {
+                score: 1.0,
+                veto: None,
+            };
         }
         let cos = cosine(query_emb, cached_emb);
         if cos < self.checkpoint.min_cos {
-            return Verdict { score: 0.0, veto: None };
+            return Verdict {
+                score: 0.0,
+                veto: None,
+            };
         }
         let states = match (&self.embedder, self.checkpoint.token_alignment) {
             (Some(e), true) => e.embed_with_token_states(&[query, cached]).ok(),
@@ -290,13 +315,24 @@ impl Verifier {
         };
         if self.checkpoint.token_alignment && states.as_ref().is_none_or(|s| s.len() != 2) {
             // No token vectors: do not guess, do not hit.
-            return Verdict { score: 0.0, veto: None };
+            return Verdict {
+                score: 0.0,
+                veto: None,
+            };
         }
         let tokens = states.as_ref().map(|s| TokenPair {
             query: &s[0].tokens,
             cached: &s[1].tokens,
         });
-        let x = features_of(&qa, &ca, query, cached, cos, self.checkpoint.token_alignment, tokens);
+        let x = features_of(
+            &qa,
+            &ca,
+            query,
+            cached,
+            cos,
+            self.checkpoint.token_alignment,
+            tokens,
+        );
         Verdict {
             score: self.checkpoint.model.predict(&x),
             veto: None,
@@ -361,13 +397,27 @@ mod tests {
         let e = [1.0f32, 0.0];
         let same = v.verdict("Sort the list ascending", "Sort the list ascending", &e, &e);
         assert!(same.score > 0.8 && same.veto.is_none(), "{same:?}");
-        let flipped = v.verdict("Sort the list ascending", "Sort the list descending", &e, &e);
+        let flipped = v.verdict(
+            "Sort the list ascending",
+            "Sort the list descending",
+            &e,
+            &e,
+        );
         assert_eq!(flipped.score, 0.0);
         assert_eq!(flipped.veto, Some("opposite direction words"));
         let far = [0.0f32, 1.0];
-        assert_eq!(v.score("Why is the sky blue?", "why is the sky  blue", &e, &far), 1.0);
+        assert_eq!(
+            v.score("Why is the sky blue?", "why is the sky  blue", &e, &far),
+            1.0
+        );
         assert_eq!(v.score("Learn C++ first?", "Learn C# first?", &e, &e), 0.0);
         assert!(v.score("Why is the sky blue?", "Why is the sea blue?", &e, &far) < 0.5);
+    }
+
+    #[test]
+    fn verifier_is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Verifier>();
     }
 
     #[test]
@@ -376,7 +426,10 @@ mod tests {
         let mut ck = toy_checkpoint();
         ck.features.pop();
         ck.write(dir.path()).expect("write");
-        assert!(matches!(Verifier::load(dir.path()), Err(VerifierError::Invalid { .. })));
+        assert!(matches!(
+            Verifier::load(dir.path()),
+            Err(VerifierError::Invalid { .. })
+        ));
         let mut ck = toy_checkpoint();
         ck.token_alignment = true;
         ck.features = feature_names(true);
@@ -385,6 +438,9 @@ mod tests {
         ck.model.mean = vec![0.0; d];
         ck.model.std = vec![1.0; d];
         ck.write(dir.path()).expect("write");
-        assert!(matches!(Verifier::load(dir.path()), Err(VerifierError::NeedsEmbedder(_))));
+        assert!(matches!(
+            Verifier::load(dir.path()),
+            Err(VerifierError::NeedsEmbedder(_))
+        ));
     }
 }
