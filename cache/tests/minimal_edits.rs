@@ -132,3 +132,44 @@ fn check_fixture(embedder: &BertEmbedder, verifier: &Verifier, floor: f32) {
         "paraphrase recall {recall:.2} below {floor}"
     );
 }
+
+/// `switchyard eval-cache` end to end on the fixture: one `{"i", "sim"}` line per pair, an SVG,
+/// and the shipped operating point serving no wrong answer.
+#[test]
+fn eval_cache_writes_scores_and_plot() {
+    use cache::verifier::{eval_cache, EvalCacheOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pairs =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minimal_edits.jsonl");
+    let options = EvalCacheOptions {
+        pairs,
+        output: Some(dir.path().join("sims.jsonl")),
+        plot: Some(dir.path().join("pr.svg")),
+        verifier_dir: Some(default_checkpoint_dir()),
+        ..Default::default()
+    };
+    let report = eval_cache(&options).expect("eval");
+    assert_eq!((report.pairs, report.positives), (100, 40));
+    assert_eq!(report.score_kind, "verifier");
+    let op = report.operating_point.expect("operating point");
+    assert_eq!(op.false_pos, 0, "{op:?}");
+    let sims = std::fs::read_to_string(dir.path().join("sims.jsonl")).expect("sims");
+    let lines: Vec<serde_json::Value> = sims
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 100);
+    assert_eq!(lines[99]["i"], 99);
+    assert!(lines
+        .iter()
+        .all(|l| l["sim"].as_f64().is_some_and(|s| (0.0..=1.0).contains(&s))));
+    let svg = std::fs::read_to_string(dir.path().join("pr.svg")).expect("svg");
+    assert!(svg.starts_with("<svg") && svg.contains("verifier") && svg.contains("plain cosine"));
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text_a\": \"x\"}\n").expect("write");
+    let err = eval_cache(&EvalCacheOptions {
+        pairs: bad,
+        ..Default::default()
+    });
+    assert!(err.is_err());
+}
