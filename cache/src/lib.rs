@@ -15,6 +15,7 @@
 pub mod answer;
 pub mod key;
 pub mod semantic;
+pub mod verifier;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,8 +228,6 @@ pub trait HitVerifier: Send + Sync {
     fn score(&self, query: &str, cached: &str, query_embedding: &[f32], cached_embedding: &[f32]) -> f32;
     /// The shipped operating point.
     fn threshold(&self) -> f32;
-    /// Version string for the log.
-    fn version(&self) -> &str;
 }
 
 /// A semantic hit.
@@ -459,9 +458,6 @@ mod tests {
         }
         fn threshold(&self) -> f32 {
             0.5
-        }
-        fn version(&self) -> &str {
-            "fixed"
         }
     }
 

@@ -89,6 +89,8 @@ enum EvalCommand {
     /// Send a split's prompts through a running gateway (mock upstream in replay mode) and
     /// compare what it served with the offline choice.
     Replay(Box<EvalReplayArgs>),
+    /// Precision/recall of semantic-cache hits (verifier or plain cosine) on labelled pairs.
+    Cache(Box<EvalCacheArgs>),
 }
 
 /// The checkpoint and what turns its predictions into choices.
@@ -228,6 +230,7 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
             println!("scored {n} prompts into {}", a.output.display());
         }
         EvalCommand::Replay(a) => eval_replay(*a).await?,
+        EvalCommand::Cache(a) => tokio::task::spawn_blocking(move || run_eval_cache(*a)).await??,
     }
     Ok(())
 }
@@ -270,6 +273,62 @@ async fn eval_replay(a: EvalReplayArgs) -> anyhow::Result<()> {
         report.offline.cost * 1e3,
         report.served.cost * 1e3
     );
+    Ok(())
+}
+
+/// `switchyard eval cache`: precision/recall of semantic-cache hits on labelled pairs.
+#[derive(clap::Args)]
+struct EvalCacheArgs {
+    /// JSONL of {"text_a", "text_b", "label"} pairs (label 1 = same question).
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Write {"i": line_index, "sim": score} per pair here.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Write a precision-recall SVG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Verifier checkpoint directory.
+    #[arg(long, env = "SWITCHYARD_VERIFIER_DIR", default_value = "models/verifier/default")]
+    verifier: PathBuf,
+    /// Score with plain cosine only (no verifier).
+    #[arg(long)]
+    no_verifier: bool,
+    /// Embedder model directory (default: .cache/models/all-MiniLM-L6-v2).
+    #[arg(long, env = "SWITCHYARD_EMBEDDER_DIR")]
+    embedder_dir: Option<PathBuf>,
+    /// Read at most this many pairs.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+fn run_eval_cache(args: EvalCacheArgs) -> anyhow::Result<()> {
+    use cache::verifier::{eval_cache, EvalCacheOptions};
+    let report = eval_cache(&EvalCacheOptions {
+        pairs: args.pairs,
+        output: args.output,
+        plot: args.plot,
+        verifier_dir: (!args.no_verifier).then_some(args.verifier),
+        embedder_dir: args.embedder_dir,
+        limit: args.limit,
+    })?;
+    println!(
+        "{} pairs ({} duplicates), score = {}",
+        report.pairs, report.positives, report.score_kind
+    );
+    println!("threshold  precision  recall     f1  |  cosine: precision  recall     f1");
+    for (v, c) in report.curve.iter().zip(&report.cosine_curve).step_by(5) {
+        println!(
+            "{:9.2}  {:9.3}  {:6.3}  {:5.3}  |          {:9.3}  {:6.3}  {:5.3}",
+            v.threshold, v.precision, v.recall, v.f1, c.precision, c.recall, c.f1
+        );
+    }
+    if let Some(p) = report.operating_point {
+        println!(
+            "verifier at its shipped threshold {:.3}: precision {:.3} recall {:.3} f1 {:.3} ({} hits, {} wrong)",
+            p.threshold, p.precision, p.recall, p.f1, p.true_pos + p.false_pos, p.false_pos
+        );
+    }
     Ok(())
 }
 

@@ -251,7 +251,10 @@ fn load_verifier(dir: Option<PathBuf>) -> Result<Option<Arc<dyn HitVerifier>>, E
         }
         return Ok(None);
     }
-    Err(Error::Config(format!("cannot load the verifier at {}: no verifier format is known yet", dir.display())))
+    let verifier = cache::verifier::Verifier::load(&dir)
+        .map_err(|e| Error::Config(format!("[cache] verifier {}: {e}", dir.display())))?;
+    tracing::info!(path = %dir.display(), threshold = verifier.threshold(), "semantic cache verifier loaded");
+    Ok(Some(Arc::new(verifier)))
 }
 
 fn spawn_purge(cache: Weak<GatewayCache>) {

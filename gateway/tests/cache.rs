@@ -353,3 +353,42 @@ async fn exact_hits_are_shared_across_replicas_through_redis() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The shipped verifier on the request path: every pair of the minimal-edit fixture is
+/// asked through the gateway (first text stored, second text asked, each pair in a scope of
+/// its own). Answer-changing edits must never be served from the cache; a fair share of the
+/// paraphrases must be.
+#[tokio::test]
+async fn minimal_edits_never_hit_through_the_gateway_and_paraphrases_do() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let verifier = repo.join("models/verifier/default");
+    let fixture = std::fs::read_to_string(repo.join("cache/tests/fixtures/minimal_edits.jsonl")).expect("fixture");
+    let dir = tempfile::tempdir().expect("dir");
+    let gateway = Gateway::start(dir.path(), &format!("semantic = true\nverifier = \"{}\"", verifier.display())).await;
+    let (mut wrong, mut paraphrases, mut paraphrase_hits) = (Vec::new(), 0, 0);
+    for (i, line) in fixture.lines().enumerate() {
+        let pair: Value = serde_json::from_str(line).expect("fixture line");
+        let ask = |text: &str| {
+            json!({"model": "auto", "temperature": 0, "messages": [
+                {"role": "system", "content": format!("pair {i}")},
+                {"role": "user", "content": text}]})
+        };
+        let text_a = pair["text_a"].as_str().expect("text_a");
+        let text_b = pair["text_b"].as_str().expect("text_b");
+        assert_eq!(gateway.ask(&ask(text_a), None, &[]).await.0, "miss");
+        let (kind, _, _) = gateway.ask(&ask(text_b), None, &[]).await;
+        match pair["label"].as_u64() {
+            Some(0) if kind != "miss" => wrong.push(format!("{text_a} | {text_b} ({kind})")),
+            Some(1) => {
+                paraphrases += 1;
+                paraphrase_hits += usize::from(kind == "semantic");
+            }
+            _ => {}
+        }
+    }
+    assert!(wrong.is_empty(), "answers served for different questions: {wrong:#?}");
+    let share = paraphrase_hits as f64 / paraphrases as f64;
+    eprintln!("paraphrases served from the cache: {paraphrase_hits}/{paraphrases}");
+    assert!(share >= 0.6, "only {paraphrase_hits}/{paraphrases} paraphrases hit");
+    gateway.stop().await;
+}

@@ -442,6 +442,64 @@ impl BertEmbedder {
     }
 }
 
+/// One text's pooled unit vector and its last-layer token vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenStates {
+    /// The sentence embedding, exactly what [`Embedder::embed`] returns.
+    pub pooled: Vec<f32>,
+    /// Last hidden state of every token between `[CLS]` and `[SEP]` (those two are left
+    /// out), in text order, each L2-normalised. What mean pooling averages away: which word
+    /// sits where, used by the semantic cache's verifier for token alignment.
+    pub tokens: Vec<Vec<f32>>,
+}
+
+impl BertEmbedder {
+    /// Like [`Embedder::embed_batch`], also returning each text's token vectors. Same cost
+    /// as embedding (one forward pass per length group) plus copying the hidden states out.
+    pub fn embed_with_token_states(&self, texts: &[&str]) -> Result<Vec<TokenStates>> {
+        let tokens = texts
+            .iter()
+            .map(|t| self.tokenize(t))
+            .collect::<Result<Vec<_>>>()?;
+        let batch: Vec<&Tokens> = tokens.iter().collect();
+        if batch.iter().any(|t| t.is_empty()) {
+            return Err(Error::InvalidInput(
+                "cannot embed an empty token list".into(),
+            ));
+        }
+        let mut out: Vec<Option<TokenStates>> = vec![None; batch.len()];
+        for group in length_groups(&batch) {
+            let rows: Vec<&[u32]> = group.iter().map(|&i| batch[i].ids()).collect();
+            let (ids, mask) = bert::batch_inputs(&rows, &self.device)?;
+            let hidden = self.model.forward(&ids, mask.as_ref())?;
+            let pooled = bert::pool(&hidden, mask.as_ref())?;
+            let states: Vec<Vec<Vec<f32>>> = hidden.to_vec3()?;
+            for ((k, &i), vector) in group.iter().enumerate().zip(pooled) {
+                let len = batch[i].len();
+                let inner = if len > 2 {
+                    &states[k][1..len - 1]
+                } else {
+                    &states[k][..len]
+                };
+                let tokens = inner
+                    .iter()
+                    .map(|v| {
+                        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                        v.iter().map(|x| x / norm).collect()
+                    })
+                    .collect();
+                out[i] = Some(TokenStates {
+                    pooled: vector,
+                    tokens,
+                });
+            }
+        }
+        out.into_iter()
+            .map(|s| s.ok_or_else(|| Error::InvalidInput("embedder skipped a text".into())))
+            .collect()
+    }
+}
+
 /// Padded tokens allowed per real token in one forward pass.
 const MAX_PADDING_RATIO: f64 = 1.25;
 

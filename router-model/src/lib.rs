@@ -26,7 +26,7 @@ pub use checkpoint::{
 };
 pub use embedder::{
     cosine, default_model_dir, BertEmbedder, Embedder, EmbedderOptions, ModelFiles, ModelSource,
-    Tokens, DEFAULT_MAX_TOKENS, DEFAULT_MODEL_NAME,
+    TokenStates, Tokens, DEFAULT_MAX_TOKENS, DEFAULT_MODEL_NAME,
 };
 pub use error::{Error, OverloadReason, Result};
 pub use features::{ChatTurn, RequestFeatures};
