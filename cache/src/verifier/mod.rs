@@ -361,6 +361,17 @@ pub fn default_checkpoint_dir() -> PathBuf {
     cwd.join(DEFAULT_CHECKPOINT_SUBDIR)
 }
 
+/// The semantic cache asks the learned verifier for its second opinion.
+impl crate::HitVerifier for Verifier {
+    fn score(&self, query: &str, cached: &str, query_embedding: &[f32], cached_embedding: &[f32]) -> f32 {
+        Verifier::score(self, query, cached, query_embedding, cached_embedding)
+    }
+
+    fn threshold(&self) -> f32 {
+        Verifier::threshold(self)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::expect_used)]
 mod tests {
@@ -445,13 +456,3 @@ mod tests {
     }
 }
 
-/// The semantic cache asks the learned verifier for its second opinion.
-impl crate::HitVerifier for Verifier {
-    fn score(&self, query: &str, cached: &str, query_embedding: &[f32], cached_embedding: &[f32]) -> f32 {
-        Verifier::score(self, query, cached, query_embedding, cached_embedding)
-    }
-
-    fn threshold(&self) -> f32 {
-        Verifier::threshold(self)
-    }
-}
