@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Cache-hit latency end to end: the release gateway with the built-in demo config (exact and
 # semantic cache on, in-process mock upstream), one request to fill the cache, then
-# $CONNS connections sending that same request for $SECONDS s: every answer after the first is
+# $CONNS connections sending that same request for $DURATION s: every answer after the first is
 # an exact hit. Prints loadgen's JSON (latency p50/p99, requests/s, x-switchyard-cache counts).
 #
 # Env: SWITCHYARD_BIN (default target/release/switchyard), LOADGEN (default
-#      target/release/examples/loadgen), CONNS (32), SECONDS (10), STREAM (0|1).
+#      target/release/examples/loadgen), CONNS (32), DURATION (10 s), STREAM (0|1).
 # Build: cargo build --release -p gateway --bin switchyard --example loadgen
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}"
 LOADGEN="${LOADGEN:-$ROOT/target/release/examples/loadgen}"
 CONNS="${CONNS:-32}"
-SECONDS_RUN="${SECONDS:-10}"
+SECONDS_RUN="${DURATION:-10}"
 STREAM="${STREAM:-0}"
 PORT="${PORT:-18480}"
 WORK="$(mktemp -d)"
