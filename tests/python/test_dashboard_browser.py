@@ -50,8 +50,14 @@ def seeded_gateway():
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
         pytest.fail("chromium / chromedriver missing: apt-get install -y chromium chromium-driver")
     with tempfile.TemporaryDirectory(prefix="switchyard-dash-") as d:
-        gw = Gateway(Path(d))
+        embedder = REPO_ROOT / ".cache" / "models" / "all-MiniLM-L6-v2"
+        gw = Gateway(Path(d), env={"SWITCHYARD_EMBEDDER_DIR": str(embedder)})
         try:
+            # The demo config names the shipped checkpoint relative to the working directory.
+            (gw.cwd / "models").symlink_to(REPO_ROOT / "models")
+            reload = urllib.request.Request(f"{gw.base}/admin/reload", data=b"", method="POST")
+            with urllib.request.urlopen(reload, timeout=30) as r:
+                assert json.load(r)["active"], "shipped checkpoint loaded"
             sent = 0
             for i in range(6):
                 for model in ("gpt-4-1106-preview", "gpt-3.5-turbo-1106", "auto"):
@@ -104,6 +110,9 @@ def test_dashboard_renders_charts_from_the_log(seeded_gateway):
         hit_rate = summary["cache"]["hit_rate"]
         assert hit_rate is not None and hit_rate > 0, summary
         assert driver.find_element(By.ID, "s-hit").text == f"{100 * hit_rate:.1f}%"
+
+        active = driver.find_elements(By.CSS_SELECTOR, "#c-ckpt rect.bar")
+        assert len(active) >= 1, "the active checkpoint's APGR bars"
 
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
