@@ -25,11 +25,21 @@ if command -v redis-cli >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/null 2
         --dir /tmp --logfile /tmp/redis-ci.log || true
 fi
 
+# The dashboard browser test (tests/python/test_dashboard_browser.py) drives headless Chromium.
+if { ! [[ -x /usr/bin/chromium ]] || ! [[ -x /usr/bin/chromedriver ]]; } && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+        || echo "could not install chromium / chromium-driver"
+fi
+
 echo "== python venv for SDK tests"
 if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+echo "== deploy lint (Dockerfile, Helm chart)"
+.venv/bin/hadolint Dockerfile
+.venv/bin/python -m pytest deploy/tests -q
 
 echo "== rust tests"
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod breaker;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod limits;
 pub mod metrics;

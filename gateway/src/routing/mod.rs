@@ -193,6 +193,16 @@ impl RoutingEngine {
         self.shadow.load().as_ref().map(|s| s.version.clone())
     }
 
+    /// The serving checkpoint, for read-only views (the dashboard shows its metrics).
+    pub fn active(&self) -> Option<Arc<LoadedSelector>> {
+        self.active.load_full()
+    }
+
+    /// The shadow checkpoint, for read-only views.
+    pub fn shadow(&self) -> Option<Arc<LoadedSelector>> {
+        self.shadow.load_full()
+    }
+
     /// The embedding service, once a checkpoint has needed it.
     pub fn embedding_service(&self) -> Option<&EmbeddingService> {
         self.embedding.get()
