@@ -307,6 +307,11 @@ pub struct RouteConfig {
     /// of models the policy would not pick; 0 turns exploration off for this route.
     #[serde(default = "default_exploration")]
     pub exploration: f64,
+    /// Time to the first byte for this route's upstream calls; unset: `[server]`'s. Lets a
+    /// latency-sensitive route fail over sooner than a batch one.
+    pub first_byte_timeout_ms: Option<u64>,
+    /// Whole-body / between-reads timeout for this route; unset: `[server]`'s.
+    pub request_timeout_ms: Option<u64>,
 }
 
 fn default_tradeoff() -> String {

@@ -47,6 +47,9 @@ pub struct RouteEntry {
     pub tradeoff: Tradeoff,
     /// ε of the route's ε-greedy exploration.
     pub exploration: f64,
+    /// Per-route overrides of the server's upstream timeouts.
+    pub first_byte_timeout: Option<std::time::Duration>,
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// What a client's `"model"` resolves to.
@@ -145,6 +148,8 @@ impl Registry {
                     default,
                     tradeoff: crate::routing::parse_tradeoff(&route.tradeoff, Tradeoff::BALANCED)?,
                     exploration: route.exploration,
+                    first_byte_timeout: route.first_byte_timeout_ms.map(std::time::Duration::from_millis),
+                    request_timeout: route.request_timeout_ms.map(std::time::Duration::from_millis),
                 }),
             );
         }

@@ -119,3 +119,91 @@ async fn client_errors_do_not_fall_back() {
     let (status, _, _) = ask(&gw, "pair", Some("primary=400"), false).await;
     assert_eq!(status, 400, "a request the upstream rejects is the client's to fix");
 }
+
+fn timeout_config(mock: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+first_byte_timeout_ms = 5000
+
+[database]
+url = "sqlite::memory:"
+
+[providers.mock]
+kind = "mock"
+base_url = "http://{mock}/v1"
+
+[models.primary]
+provider = "mock"
+
+[models.secondary]
+provider = "mock"
+
+[routes.quick]
+candidates = ["primary", "secondary"]
+default = "primary"
+first_byte_timeout_ms = 500
+"#
+    )
+}
+
+async fn ask_with_timeout(gw: &common::TestGateway, timeout: &str) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-fault", "primary=hang")
+        .header("x-switchyard-timeout-ms", timeout)
+        .json(&json!({"model": "quick", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .expect("reachable");
+    let status = response.status().as_u16();
+    let model = response
+        .headers()
+        .get("x-switchyard-model")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let _ = response.text().await;
+    (status, model, started.elapsed())
+}
+
+#[tokio::test]
+async fn timeout_header_shortens_the_first_byte_wait() {
+    let gw = start(timeout_config).await;
+    let (status, model, took) = ask_with_timeout(&gw, "200").await;
+    assert_eq!((status, model.as_str()), (200, "secondary"));
+    assert!(took >= Duration::from_millis(200), "waited for the asked timeout: {took:?}");
+    assert!(took < Duration::from_millis(450), "did not wait for the route's 500 ms: {took:?}");
+}
+
+#[tokio::test]
+async fn timeout_header_cannot_exceed_the_route_timeout() {
+    let gw = start(timeout_config).await;
+    // The route says 500 ms (the server 5 s); asking for a minute is clamped to the route's.
+    let (status, model, took) = ask_with_timeout(&gw, "60000").await;
+    assert_eq!((status, model.as_str()), (200, "secondary"));
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(took < Duration::from_millis(3_000), "clamped to the route's 500 ms, not 60 s or 5 s: {took:?}");
+}
+
+#[tokio::test]
+async fn bad_timeout_header_is_a_400_naming_it() {
+    let gw = start(timeout_config).await;
+    for bad in ["soon", "0", "-5"] {
+        let (status, _, _) = ask_with_timeout(&gw, bad).await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-switchyard-timeout-ms", "soon")
+        .json(&json!({"model": "quick", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .expect("reachable");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["param"], "x-switchyard-timeout-ms");
+}
