@@ -532,6 +532,16 @@ async fn call_with_fallback(
     let mut attempts: Vec<serde_json::Value> = Vec::new();
     let mut last_error = None;
     for model in &decision.ranking {
+        let permit = match &model.bulkhead {
+            Some(bulkhead) => match bulkhead.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    attempts.push(json!({"model": model.name, "skipped": "bulkhead_full"}));
+                    continue;
+                }
+            },
+            None => None,
+        };
         if !state.breakers.try_acquire(&model.name) {
             attempts.push(json!({"model": model.name, "skipped": "breaker_open_or_cooldown"}));
             continue;
@@ -546,6 +556,16 @@ async fn call_with_fallback(
         match result {
             Ok(upstream) => {
                 state.breakers.record_success(&model.name);
+                // A stream keeps its provider's bulkhead permit until it ends or is dropped.
+                let upstream = match (upstream, permit) {
+                    (UpstreamResponse::Stream(pieces), Some(permit)) => UpstreamResponse::Stream(Box::pin(
+                        futures_util::StreamExt::map(pieces, move |piece| {
+                            let _held = &permit;
+                            piece
+                        }),
+                    )),
+                    (upstream, _) => upstream,
+                };
                 record_attempts(outcome, attempts);
                 return Ok((model.clone(), upstream));
             }
@@ -571,7 +591,7 @@ async fn call_with_fallback(
         }
     }
     record_attempts(outcome, attempts);
-    Err(last_error.unwrap_or_else(|| Error::Unavailable("every candidate model is cooling down or its circuit is open".into())))
+    Err(last_error.unwrap_or_else(|| Error::Unavailable("every candidate model is cooling down, its circuit is open or its provider is at max_concurrent".into())))
 }
 
 fn record_attempts(outcome: &mut RequestOutcome, attempts: Vec<serde_json::Value>) {

@@ -272,6 +272,9 @@ pub struct ProviderConfig {
     pub mock_first_token_ms: u64,
     #[serde(default)]
     pub mock_per_token_ms: u64,
+    /// Bulkhead: at most this many requests in flight to this provider (until the body or
+    /// stream ends); when full the candidate is skipped like an open breaker. Unset: no cap.
+    pub max_concurrent: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
