@@ -46,6 +46,8 @@ pub const HEADER_DECISION_MS: &str = "x-switchyard-decision-ms";
 pub const HEADER_TRADEOFF: &str = "x-switchyard-tradeoff";
 /// Per-request ceiling on the predicted cost of the answer, in USD.
 pub const HEADER_MAX_COST: &str = "x-switchyard-max-cost-usd";
+/// Per-request first-byte timeout in ms; clamped to the route's (or server's) value.
+pub const HEADER_TIMEOUT: &str = "x-switchyard-timeout-ms";
 
 /// Everything a request needs, built once at start.
 pub struct AppState {
@@ -347,6 +349,7 @@ async fn chat_completions(
     }
 
     let policy = if route.is_some() { request_policy(&headers)? } else { RequestPolicy::default() };
+    let timeouts = request_timeouts(state.timeouts, route.as_deref(), &headers)?;
     let wants_semantic = plan.as_ref().is_some_and(|p| p.semantic);
     let decision_started = Instant::now();
     let embedding = if (route.is_some() && state.routing.has_selector()) || wants_semantic {
@@ -386,7 +389,7 @@ async fn chat_completions(
     let cache_status = plan.as_ref().map(|p| if p.eligibility.read { "miss" } else { "bypass" });
     outcome.cache_result = cache_status;
 
-    let (model, upstream) = match call_with_fallback(&state, &decision, &request, &headers, &mut outcome).await {
+    let (model, upstream) = match call_with_fallback(&state, &decision, &request, &headers, timeouts, &mut outcome).await {
         Ok(answered) => answered,
         Err(error) => {
             outcome.finish_error(&error, started);
@@ -527,11 +530,22 @@ async fn call_with_fallback(
     decision: &Decision,
     request: &ChatRequest,
     headers: &HeaderMap,
+    timeouts: CallTimeouts,
     outcome: &mut RequestOutcome,
 ) -> Result<(Arc<ModelEntry>, UpstreamResponse), Error> {
     let mut attempts: Vec<serde_json::Value> = Vec::new();
     let mut last_error = None;
     for model in &decision.ranking {
+        let permit = match &model.bulkhead {
+            Some(bulkhead) => match bulkhead.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    attempts.push(json!({"model": model.name, "skipped": "bulkhead_full"}));
+                    continue;
+                }
+            },
+            None => None,
+        };
         if !state.breakers.try_acquire(&model.name) {
             attempts.push(json!({"model": model.name, "skipped": "breaker_open_or_cooldown"}));
             continue;
@@ -541,11 +555,21 @@ async fn call_with_fallback(
         let attempt_started = Instant::now();
         let result = model
             .provider
-            .chat(&state.http, request, &model.upstream_model, headers, state.timeouts)
+            .chat(&state.http, request, &model.upstream_model, headers, timeouts)
             .await;
         match result {
             Ok(upstream) => {
                 state.breakers.record_success(&model.name);
+                // A stream keeps its provider's bulkhead permit until it ends or is dropped.
+                let upstream = match (upstream, permit) {
+                    (UpstreamResponse::Stream(pieces), Some(permit)) => UpstreamResponse::Stream(Box::pin(
+                        futures_util::StreamExt::map(pieces, move |piece| {
+                            let _held = &permit;
+                            piece
+                        }),
+                    )),
+                    (upstream, _) => upstream,
+                };
                 record_attempts(outcome, attempts);
                 return Ok((model.clone(), upstream));
             }
@@ -571,7 +595,7 @@ async fn call_with_fallback(
         }
     }
     record_attempts(outcome, attempts);
-    Err(last_error.unwrap_or_else(|| Error::Unavailable("every candidate model is cooling down or its circuit is open".into())))
+    Err(last_error.unwrap_or_else(|| Error::Unavailable("every candidate model is cooling down, its circuit is open or its provider is at max_concurrent".into())))
 }
 
 fn record_attempts(outcome: &mut RequestOutcome, attempts: Vec<serde_json::Value>) {
@@ -582,6 +606,27 @@ fn record_attempts(outcome: &mut RequestOutcome, attempts: Vec<serde_json::Value
     if let Some(object) = details.as_object_mut() {
         object.insert("failed_attempts".into(), serde_json::Value::Array(attempts));
     }
+}
+
+/// The upstream timeouts for one request: the route's overrides of the server's, then the
+/// client's `x-switchyard-timeout-ms`, which may shorten the first-byte wait but never
+/// lengthen it (a client must not hold upstream connections longer than the operator allows).
+fn request_timeouts(server: CallTimeouts, route: Option<&crate::registry::RouteEntry>, headers: &HeaderMap) -> Result<CallTimeouts, Error> {
+    let mut timeouts = server;
+    if let Some(route) = route {
+        timeouts.first_byte = route.first_byte_timeout.unwrap_or(timeouts.first_byte);
+        timeouts.body = route.request_timeout.unwrap_or(timeouts.body);
+    }
+    if let Some(value) = headers.get(HEADER_TIMEOUT) {
+        let asked = value
+            .to_str()
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| Error::invalid_param(HEADER_TIMEOUT, format!("{HEADER_TIMEOUT} must be a positive whole number of milliseconds")))?;
+        timeouts.first_byte = timeouts.first_byte.min(Duration::from_millis(asked));
+    }
+    Ok(timeouts)
 }
 
 /// Reads the per-request routing headers.

@@ -272,6 +272,9 @@ pub struct ProviderConfig {
     pub mock_first_token_ms: u64,
     #[serde(default)]
     pub mock_per_token_ms: u64,
+    /// Bulkhead: at most this many requests in flight to this provider (until the body or
+    /// stream ends); when full the candidate is skipped like an open breaker. Unset: no cap.
+    pub max_concurrent: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +310,11 @@ pub struct RouteConfig {
     /// of models the policy would not pick; 0 turns exploration off for this route.
     #[serde(default = "default_exploration")]
     pub exploration: f64,
+    /// Time to the first byte for this route's upstream calls; unset: `[server]`'s. Lets a
+    /// latency-sensitive route fail over sooner than a batch one.
+    pub first_byte_timeout_ms: Option<u64>,
+    /// Whole-body / between-reads timeout for this route; unset: `[server]`'s.
+    pub request_timeout_ms: Option<u64>,
 }
 
 fn default_tradeoff() -> String {

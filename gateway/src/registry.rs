@@ -20,6 +20,8 @@ pub struct ModelEntry {
     pub name: String,
     pub provider_name: String,
     pub provider: Arc<Provider>,
+    /// The provider's bulkhead (`max_concurrent`), shared by all its models.
+    pub bulkhead: Option<Arc<tokio::sync::Semaphore>>,
     pub upstream_model: String,
     pub input_usd_per_mtok: f64,
     pub output_usd_per_mtok: f64,
@@ -47,6 +49,9 @@ pub struct RouteEntry {
     pub tradeoff: Tradeoff,
     /// ε of the route's ε-greedy exploration.
     pub exploration: f64,
+    /// Per-route overrides of the server's upstream timeouts.
+    pub first_byte_timeout: Option<std::time::Duration>,
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// What a client's `"model"` resolves to.
@@ -65,6 +70,7 @@ impl Registry {
     /// needed when a provider has `kind = "mock"`.
     pub fn build(config: &Config, mock_addr: Option<SocketAddr>) -> Result<Self, Error> {
         let mut providers: HashMap<String, Arc<Provider>> = HashMap::new();
+        let mut bulkheads: HashMap<String, Arc<tokio::sync::Semaphore>> = HashMap::new();
         for (name, provider) in &config.providers {
             let api_key = match &provider.api_key_env {
                 Some(var) => match std::env::var(var) {
@@ -105,6 +111,9 @@ impl Registry {
                 }
             };
             providers.insert(name.clone(), Arc::new(client));
+            if let Some(n) = provider.max_concurrent {
+                bulkheads.insert(name.clone(), Arc::new(tokio::sync::Semaphore::new(n)));
+            }
         }
 
         let mut models = HashMap::new();
@@ -119,6 +128,7 @@ impl Registry {
                     name: name.clone(),
                     provider_name: model.provider.clone(),
                     provider,
+                    bulkhead: bulkheads.get(&model.provider).cloned(),
                     upstream_model: model.upstream_model.clone().unwrap_or_else(|| name.clone()),
                     input_usd_per_mtok: model.input_usd_per_mtok,
                     output_usd_per_mtok: model.output_usd_per_mtok,
@@ -145,6 +155,8 @@ impl Registry {
                     default,
                     tradeoff: crate::routing::parse_tradeoff(&route.tradeoff, Tradeoff::BALANCED)?,
                     exploration: route.exploration,
+                    first_byte_timeout: route.first_byte_timeout_ms.map(std::time::Duration::from_millis),
+                    request_timeout: route.request_timeout_ms.map(std::time::Duration::from_millis),
                 }),
             );
         }

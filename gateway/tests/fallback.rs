@@ -119,3 +119,185 @@ async fn client_errors_do_not_fall_back() {
     let (status, _, _) = ask(&gw, "pair", Some("primary=400"), false).await;
     assert_eq!(status, 400, "a request the upstream rejects is the client's to fix");
 }
+
+fn timeout_config(mock: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+first_byte_timeout_ms = 5000
+
+[database]
+url = "sqlite::memory:"
+
+[providers.mock]
+kind = "mock"
+base_url = "http://{mock}/v1"
+
+[models.primary]
+provider = "mock"
+
+[models.secondary]
+provider = "mock"
+
+[routes.quick]
+candidates = ["primary", "secondary"]
+default = "primary"
+first_byte_timeout_ms = 500
+"#
+    )
+}
+
+async fn ask_with_timeout(gw: &common::TestGateway, timeout: &str) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-fault", "primary=hang")
+        .header("x-switchyard-timeout-ms", timeout)
+        .json(&json!({"model": "quick", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .expect("reachable");
+    let status = response.status().as_u16();
+    let model = response
+        .headers()
+        .get("x-switchyard-model")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let _ = response.text().await;
+    (status, model, started.elapsed())
+}
+
+#[tokio::test]
+async fn timeout_header_shortens_the_first_byte_wait() {
+    let gw = start(timeout_config).await;
+    let (status, model, took) = ask_with_timeout(&gw, "200").await;
+    assert_eq!((status, model.as_str()), (200, "secondary"));
+    assert!(took >= Duration::from_millis(200), "waited for the asked timeout: {took:?}");
+    assert!(took < Duration::from_millis(450), "did not wait for the route's 500 ms: {took:?}");
+}
+
+#[tokio::test]
+async fn timeout_header_cannot_exceed_the_route_timeout() {
+    let gw = start(timeout_config).await;
+    // The route says 500 ms (the server 5 s); asking for a minute is clamped to the route's.
+    let (status, model, took) = ask_with_timeout(&gw, "60000").await;
+    assert_eq!((status, model.as_str()), (200, "secondary"));
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(took < Duration::from_millis(3_000), "clamped to the route's 500 ms, not 60 s or 5 s: {took:?}");
+}
+
+#[tokio::test]
+async fn bad_timeout_header_is_a_400_naming_it() {
+    let gw = start(timeout_config).await;
+    for bad in ["soon", "0", "-5"] {
+        let (status, _, _) = ask_with_timeout(&gw, bad).await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-switchyard-timeout-ms", "soon")
+        .json(&json!({"model": "quick", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .expect("reachable");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["param"], "x-switchyard-timeout-ms");
+}
+
+fn bulkhead_config(_mock: SocketAddr) -> String {
+    r#"
+[database]
+url = "sqlite::memory:"
+
+[providers.small]
+kind = "mock"
+max_concurrent = 2
+
+[providers.big]
+kind = "mock"
+
+[models.first]
+provider = "small"
+
+[models.second]
+provider = "big"
+
+[routes.bulk]
+candidates = ["first", "second"]
+default = "first"
+exploration = 0
+
+[routes.only-small]
+candidates = ["first"]
+default = "first"
+exploration = 0
+"#
+    .to_owned()
+}
+
+async fn slow_stream(gw: &common::TestGateway, route: &str) -> (u16, String, String) {
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-per-token-ms", "40")
+        .json(&json!({"model": route, "stream": true, "messages": [{"role": "user", "content": "hello there"}]}))
+        .send()
+        .await
+        .expect("reachable");
+    let status = response.status().as_u16();
+    let model = response
+        .headers()
+        .get("x-switchyard-model")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, model, response.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn full_bulkhead_skips_to_the_next_candidate() {
+    let gw = std::sync::Arc::new(start(bulkhead_config).await);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { slow_stream(&gw, "bulk").await })
+        })
+        .collect();
+    let mut on_first = 0;
+    for client in clients {
+        let (status, model, body) = client.await.expect("join");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        on_first += usize::from(model == "first");
+    }
+    assert!(on_first <= 2, "{on_first} requests on a provider capped at 2");
+    assert!(on_first >= 1, "the first model served some");
+}
+
+#[tokio::test]
+async fn full_bulkhead_with_no_candidate_left_is_a_503() {
+    let gw = std::sync::Arc::new(start(bulkhead_config).await);
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { slow_stream(&gw, "only-small").await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    let mut unavailable_bodies = Vec::new();
+    for client in clients {
+        let (status, _, body) = client.await.expect("join");
+        if status == 503 {
+            unavailable_bodies.push(body);
+        }
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 200, 503]);
+    let body: Value = serde_json::from_str(&unavailable_bodies[0]).expect("json");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("max_concurrent")), "{body}");
+}
