@@ -351,9 +351,11 @@ async fn chat_completions(
     let policy = if route.is_some() { request_policy(&headers)? } else { RequestPolicy::default() };
     let timeouts = request_timeouts(state.timeouts, route.as_deref(), &headers)?;
     let wants_semantic = plan.as_ref().is_some_and(|p| p.semantic);
+    // What the embedder, the semantic cache and the log look at, extracted once.
+    let query_text = request.last_user_text();
     let decision_started = Instant::now();
     let embedding = if (route.is_some() && state.routing.has_selector()) || wants_semantic {
-        state.routing.embed_query(&request, decision_started).await
+        state.routing.embed_query(&query_text, decision_started).await
     } else {
         QueryEmbedding::Unavailable
     };
@@ -362,7 +364,7 @@ async fn chat_completions(
         _ => None,
     };
     if let (Some(cache), Some(plan), Some(vector), true) = (&state.cache, &plan, &query_vector, wants_semantic) {
-        if let Ok(hit) = cache.lookup_semantic(plan, vector, &request.last_user_text()) {
+        if let Ok(hit) = cache.lookup_semantic(plan, vector, &query_text) {
             if let Some(response) = hit_response(&hit.answer, &request, &HitKind::Semantic(&hit)) {
                 return Ok(serve_hit(response, "semantic", &hit.answer, &target, &request, &caller, request_id, &state, started));
             }
@@ -384,7 +386,7 @@ async fn chat_completions(
         outcome.embedding = query_vector.clone();
     }
     if state.log.stores_prompts() {
-        outcome.prompt_text = Some(request.last_user_text());
+        outcome.prompt_text = Some(query_text.clone());
     }
     let cache_status = plan.as_ref().map(|p| if p.eligibility.read { "miss" } else { "bypass" });
     outcome.cache_result = cache_status;
@@ -402,7 +404,7 @@ async fn chat_completions(
             cache: cache.clone(),
             plan,
             embedding: query_vector,
-            query: request.last_user_text(),
+            query: query_text,
         }),
         _ => None,
     };

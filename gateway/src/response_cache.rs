@@ -1,6 +1,7 @@
 //! The response cache on the request path: what a request may use, hits as responses, and
 //! answers stored (in memory at once, in the database off the request path).
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -61,7 +62,7 @@ impl SharedTier {
         key.push_str(&self.prefix);
         key.push_str(":cache:");
         for b in digest {
-            key.push_str(&format!("{b:02x}"));
+            let _ = write!(key, "{b:02x}");
         }
         key
     }

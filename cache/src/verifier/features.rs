@@ -121,10 +121,6 @@ pub(crate) fn base_features(
     ]
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// Greedy token alignment (BERTScore without idf): for each token of one text, its best
 /// cosine in the other. A word with no counterpart shows up as a low maximum, which a mean
 /// over all tokens hides.
@@ -137,7 +133,7 @@ pub(crate) fn token_features(tokens: TokenPair<'_>) -> Vec<f32> {
     let mut best_b = vec![f32::MIN; b.len()];
     for (i, x) in a.iter().enumerate() {
         for (j, y) in b.iter().enumerate() {
-            let s = dot(x, y);
+            let s = crate::semantic::dot(x, y);
             if s > best_a[i] {
                 best_a[i] = s;
             }

@@ -312,14 +312,14 @@ impl RoutingEngine {
         self.ensure_embedder().await.map(|_| ())
     }
 
-    /// Embeds the request's last user message within the decision deadline counted from
-    /// `started`. Computed once per request: the semantic cache and the selector share it.
-    pub async fn embed_query(&self, request: &ChatRequest, started: Instant) -> QueryEmbedding {
+    /// Embeds the request's last user message (`query`) within the decision deadline counted
+    /// from `started`. Computed once per request: the semantic cache and the selector share it.
+    pub async fn embed_query(&self, query: &str, started: Instant) -> QueryEmbedding {
         let Some(service) = self.embedding.get() else {
             return QueryEmbedding::Unavailable;
         };
         let deadline = started + Duration::from_millis(self.config.decision_timeout_ms);
-        match service.embed(&request.last_user_text(), deadline).await {
+        match service.embed(query, deadline).await {
             Ok(embedding) => QueryEmbedding::Ready(embedding),
             Err(e) => {
                 if !e.is_overloaded() {
@@ -334,7 +334,7 @@ impl RoutingEngine {
     pub async fn decide(&self, route: &RouteEntry, request: &ChatRequest, options: RequestPolicy) -> Decision {
         let started = Instant::now();
         let embedding = if self.has_selector() {
-            self.embed_query(request, started).await
+            self.embed_query(&request.last_user_text(), started).await
         } else {
             QueryEmbedding::Unavailable
         };
