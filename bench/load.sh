@@ -18,7 +18,7 @@
 #      DURATION (s, saturation runs, default 10), WARMUP (s, default 2), CONNS (default 32),
 #      RATE (fixed-rate cap, default 2000), ROUNDS (default 2), ROUND_SECONDS (default 5),
 #      OHA (path to oha; default: PATH, then .cache/tools/bin/oha, installed there if absent),
-#      OUT_DIR,
+#      OUT_DIR, LOG_REQUESTS (default true; false: `[database] log_requests = false`),
 #      MOCK_NODELAY, GATEWAY_NODELAY (default 0): 1 = LD_PRELOAD bench/nodelay_preload.c into
 #        the mock / the gateway, which sets TCP_NODELAY on every accepted socket. Builds from
 #        before TCP_NODELAY was set on accepted sockets stall every streamed response ~40 ms
@@ -136,6 +136,7 @@ output_usd_per_mtok = 0.6
 [database]
 url = "sqlite://$OUT_DIR/outcomes.db"
 spill_path = "$OUT_DIR/spill.jsonl"
+log_requests = ${LOG_REQUESTS:-true}
 EOF
 
 # Logs at warn: per-request logging is not what we measure.

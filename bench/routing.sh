@@ -3,7 +3,8 @@
 # against the mock upstream, with passthrough traffic (a named model, no routing) measured
 # alone and at the same time, so the cost routing imposes on other traffic is visible.
 #
-#   bench/routing.sh            (from anywhere; builds release binaries first)
+#   bench/routing.sh            (from anywhere; builds release binaries first, into
+#                                $CARGO_TARGET_DIR when set)
 # Env: CONNS (default 32), SECONDS_PER_RUN (default 10), CHECKPOINT (default models/selector/default)
 # Prints a Markdown table; raw JSON lines are kept in $OUT_DIR.
 set -euo pipefail
@@ -13,14 +14,16 @@ CONNS="${CONNS:-32}"
 SECS="${SECONDS_PER_RUN:-10}"
 CHECKPOINT="${CHECKPOINT:-models/selector/default}"
 OUT_DIR="${OUT_DIR:-$(mktemp -d /tmp/switchyard-routing-bench.XXXXXX)}"
+mkdir -p "$OUT_DIR"
 MOCK_PORT="${MOCK_PORT:-19190}"
 GW_PORT="${GW_PORT:-19180}"
 
 scripts/fetch-model.sh >/dev/null
 [[ -f "$CHECKPOINT/selector.json" ]] || { echo "no checkpoint at $CHECKPOINT" >&2; exit 1; }
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release -p gateway --bin switchyard --example loadgen >&2
-BIN=target/release/switchyard
-LOADGEN=target/release/examples/loadgen
+BIN="$TARGET_DIR/release/switchyard"
+LOADGEN="$TARGET_DIR/release/examples/loadgen"
 
 cat > "$OUT_DIR/switchyard.toml" <<TOML
 [server]

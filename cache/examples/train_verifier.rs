@@ -58,7 +58,7 @@ struct Args {
     max_pairs: usize,
     min_cos: f32,
     target_precision: f32,
-    dump_errors: Option<PathBuf>,
+    dump_hits: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow_like::Result<Args> {
@@ -69,7 +69,7 @@ fn parse_args() -> anyhow_like::Result<Args> {
         max_pairs: 16_000,
         min_cos: 0.0,
         target_precision: TARGET_PRECISION,
-        dump_errors: None,
+        dump_hits: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -84,8 +84,8 @@ fn parse_args() -> anyhow_like::Result<Args> {
                     .parse()
                     .map_err(|_| "--max-pairs needs a number")?
             }
-            "--dump-errors" => {
-                args.dump_errors = Some(it.next().ok_or("--dump-errors needs a path")?.into())
+            "--dump-hits" => {
+                args.dump_hits = Some(it.next().ok_or("--dump-hits needs a path")?.into())
             }
             "--min-cos" => {
                 args.min_cos = it
@@ -311,17 +311,18 @@ fn main() -> anyhow_like::Result<()> {
     }
     let threshold = threshold_for_precision(&cal_v, &cal_y, args.target_precision, MIN_PREDICTED)
         .ok_or("verifier never reaches the target precision on calibration")?;
-    if let Some(path) = &args.dump_errors {
-        // Validation non-duplicates served at the operating point, for a hand audit.
+    if let Some(path) = &args.dump_hits {
+        // Every validation pair served at the operating point, with Quora's label, for a
+        // hand audit of what a hit would really serve.
         let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
         for r in part(Split::Validate) {
             let s = score(r);
-            if !r.label && s >= threshold {
+            if s >= threshold {
                 let p = &texts[r.line];
                 writeln!(
                     w,
                     "{}",
-                    serde_json::json!({"line": r.line, "score": s, "cos": r.cos, "text_a": p.text_a, "text_b": p.text_b})
+                    serde_json::json!({"line": r.line, "label": u8::from(r.label), "score": s, "cos": r.cos, "text_a": p.text_a, "text_b": p.text_b})
                 )?;
             }
         }

@@ -68,6 +68,9 @@ pub struct CacheConfig {
     pub cache_tool_results: bool,
     /// Keep entries in the database so a restart is warm.
     pub persist: bool,
+    /// How often (ms) entries other replicas wrote to the database are loaded into this
+    /// replica's memory, so a semantic hit on one replica is a hit on all; 0 = only at start.
+    pub refresh_ms: u64,
     /// `redis://…` (or `env::NAME`): an exact-match tier shared by every replica, asked when
     /// the in-process tier misses.
     pub redis_url: Option<String>,
@@ -111,6 +114,7 @@ impl Default for CacheConfig {
             max_temperature: 1.0,
             cache_tool_results: false,
             persist: true,
+            refresh_ms: 5_000,
             redis_url: None,
             redis_timeout_ms: 50,
             redis_prefix: "switchyard".into(),

@@ -63,6 +63,7 @@ async fn run(store: &Store, rows: Vec<LogRow>, batch_size: usize, concurrency: u
             write_timeout: Duration::from_secs(30),
             concurrency,
             store_prompts: false,
+            log_requests: true,
         },
     )?;
     let log = writer.handle();

@@ -220,6 +220,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         m.embed_queue_depth.set(i64::try_from(stats.queue_depth).unwrap_or(i64::MAX));
         m.embed_cache_hits.set(i64::try_from(stats.cache_hits).unwrap_or(i64::MAX));
     }
+    if let Some(cache) = &state.cache {
+        let (exact, semantic) = cache.len();
+        m.cache_entries.with_label_values(&["exact"]).set(i64::try_from(exact).unwrap_or(i64::MAX));
+        m.cache_entries.with_label_values(&["semantic"]).set(i64::try_from(semantic).unwrap_or(i64::MAX));
+    }
     for name in state.registry.models.keys() {
         let breaker = state.breakers.state(name);
         for candidate in [BreakerState::Open, BreakerState::HalfOpen] {
@@ -235,6 +240,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         ("replayed", log.replayed),
         ("rejected", log.rejected),
         ("dropped", log.dropped_channel_full + log.dropped_spill_failed),
+        ("not_logged", log.not_logged),
     ] {
         m.log_rows.with_label_values(&[outcome]).set(value as f64);
     }
@@ -680,29 +686,60 @@ fn client_stream(
         let mut capture = keep.as_ref().map(|_| StreamCapture::new());
         let mut usage: Option<Usage> = None;
         let mut first_token_ms: Option<f64> = None;
-        while let Some(piece) = pieces.next().await {
-            match piece {
-                Ok(piece) => {
-                    if piece.usage.is_some() {
-                        usage = piece.usage;
+        // Events that are ready together (a fast upstream sends many at once) leave as one
+        // body frame: one write to the client instead of one per event.
+        let mut ready: Vec<Bytes> = Vec::new();
+        let mut ended = false;
+        while !ended {
+            let Some(mut next) = pieces.next().await else { break };
+            loop {
+                match next {
+                    Ok(piece) => {
+                        if piece.usage.is_some() {
+                            usage = piece.usage;
+                        }
+                        if piece.has_content && first_token_ms.is_none() {
+                            first_token_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+                        }
+                        if let Some(capture) = capture.as_mut() {
+                            capture.push(&piece.bytes);
+                        }
+                        if !(piece.usage_only && !client_wants_usage) {
+                            ready.push(piece.bytes);
+                        }
                     }
-                    if piece.has_content && first_token_ms.is_none() {
-                        first_token_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+                    Err(error) => {
+                        // Headers are gone already: end the stream with an error event.
+                        if let Some(frame) = coalesce(&mut ready) {
+                            yield Ok(frame);
+                        }
+                        outcome.finish_error(&error, started);
+                        yield Ok(data_event(&error.body().to_string()));
+                        return;
                     }
-                    if let Some(capture) = capture.as_mut() {
-                        capture.push(&piece.bytes);
-                    }
-                    if piece.usage_only && !client_wants_usage {
-                        continue;
-                    }
-                    yield Ok(piece.bytes);
                 }
-                Err(error) => {
-                    // Headers are gone already: end the stream with an error event.
-                    outcome.finish_error(&error, started);
-                    yield Ok(data_event(&error.body().to_string()));
-                    return;
+                if ready.iter().map(Bytes::len).sum::<usize>() >= MAX_COALESCED_BYTES {
+                    break;
                 }
+                // The upstream client hands over one HTTP chunk at a time: let its connection
+                // task run once, then take what it has (nothing, for an upstream generating
+                // tokens in real time; the rest of a burst, for a fast one).
+                let mut polled = futures_util::FutureExt::now_or_never(pieces.next());
+                if polled.is_none() {
+                    tokio::task::yield_now().await;
+                    polled = futures_util::FutureExt::now_or_never(pieces.next());
+                }
+                match polled {
+                    Some(Some(piece)) => next = piece,
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if let Some(frame) = coalesce(&mut ready) {
+                yield Ok(frame);
             }
         }
         outcome.finish_ok(usage, &model, started, first_token_ms);
@@ -710,6 +747,24 @@ fn client_stream(
             if let Some(answer) = capture.finish(&model.name) {
                 keep.store(answer);
             }
+        }
+    }
+}
+
+/// Largest body frame built from events that were ready together.
+const MAX_COALESCED_BYTES: usize = 64 * 1024;
+
+/// The events in `ready` as one frame (without a copy when there is one), emptying it.
+fn coalesce(ready: &mut Vec<Bytes>) -> Option<Bytes> {
+    match ready.len() {
+        0 => None,
+        1 => ready.pop(),
+        _ => {
+            let mut frame = bytes::BytesMut::with_capacity(ready.iter().map(Bytes::len).sum());
+            for event in ready.drain(..) {
+                frame.extend_from_slice(&event);
+            }
+            Some(frame.freeze())
         }
     }
 }

@@ -114,6 +114,10 @@ pub struct DatabaseConfig {
     /// Whether the log keeps the prompt text (the last user message). Off by default: prompts
     /// may hold personal data; the embedding and the hash are enough to train on.
     pub store_prompts: bool,
+    /// Whether requests are logged at all. Off loses what training and the dashboard learn
+    /// from; it exists to measure what the log costs and for deployments that must not keep
+    /// a record. Keys and feedback still use the database.
+    pub log_requests: bool,
     /// Rows per multi-row insert.
     pub batch_size: usize,
     /// Longest a row waits in a partial batch before it is written.
@@ -138,6 +142,7 @@ impl Default for DatabaseConfig {
         Self {
             url: "sqlite://switchyard.db".into(),
             store_prompts: false,
+            log_requests: true,
             batch_size: 512,
             batch_interval_ms: 50,
             channel_capacity: 16_384,

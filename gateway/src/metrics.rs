@@ -23,6 +23,8 @@ pub struct Metrics {
     decision_seconds: HistogramVec,
     pub embed_queue_depth: IntGauge,
     pub embed_cache_hits: IntGauge,
+    /// Response-cache entries held in this process, by tier.
+    pub cache_entries: prometheus::IntGaugeVec,
     pub breaker_state: GaugeVec,
     pub log_rows: GaugeVec,
     pub log_queued: IntGauge,
@@ -66,6 +68,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     let embed_queue_depth = IntGauge::new("embed_queue_depth", "Requests waiting for the embedding thread")?;
     let embed_cache_hits = IntGauge::new("embed_cache_hits", "Embedding LRU hits since start")?;
+    let cache_entries = prometheus::IntGaugeVec::new(
+        Opts::new("cache_entries", "Response-cache entries held in this process"),
+        &["tier"],
+    )?;
     let breaker_state = GaugeVec::new(
         Opts::new("breaker_open", "1 when a model's circuit breaker is open or half-open"),
         &["model", "state"],
@@ -96,6 +102,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(decision_seconds.clone()),
         Box::new(embed_queue_depth.clone()),
         Box::new(embed_cache_hits.clone()),
+        Box::new(cache_entries.clone()),
         Box::new(breaker_state.clone()),
         Box::new(log_rows.clone()),
         Box::new(log_queued.clone()),
@@ -118,6 +125,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         decision_seconds,
         embed_queue_depth,
         embed_cache_hits,
+        cache_entries,
         breaker_state,
         log_rows,
         log_queued,

@@ -34,6 +34,10 @@ pub const HEADER_CACHE_VERIFIER: &str = "x-switchyard-cache-verifier";
 const MAX_STREAM_CAPTURE_BYTES: usize = 1 << 20;
 /// How often expired entries are dropped from memory and the database.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// A refresh also reads entries written this long before the previous one started: another
+/// replica persists an answer after serving it, so a row can land with an earlier
+/// `created_at_ms` than rows already read (and replica clocks differ a little).
+const REFRESH_OVERLAP_MS: u64 = 30_000;
 /// Where the shipped verifier checkpoint lives.
 pub const DEFAULT_VERIFIER_DIR: &str = "models/verifier/default";
 
@@ -137,12 +141,16 @@ impl GatewayCache {
         };
         let this = Arc::new(Self { cache, shared, store });
         if let Some(store) = &this.store {
-            match store.load_cache_entries(now_ms()).await {
+            let started = now_ms();
+            match store.load_cache_entries(started, 0).await {
                 Ok(entries) => {
-                    let loaded = this.cache.restore(entries, now_ms());
+                    let loaded = this.cache.restore(entries.into_iter().map(|(entry, _)| entry), now_ms());
                     tracing::info!(loaded, "response cache restored from the database");
                 }
                 Err(e) => tracing::warn!(error = %e, "could not load the response cache; starting cold"),
+            }
+            if settings.refresh_ms > 0 {
+                spawn_refresh(Arc::downgrade(&this), Duration::from_millis(settings.refresh_ms), started);
             }
         }
         spawn_purge(Arc::downgrade(&this));
@@ -152,6 +160,11 @@ impl GatewayCache {
 
     pub fn semantic_enabled(&self) -> bool {
         self.cache.semantic_enabled()
+    }
+
+    /// Entries held in this process: (exact tier, semantic index).
+    pub fn len(&self) -> (u64, usize) {
+        (self.cache.exact_len(), self.cache.semantic_len())
     }
 
     pub fn plan(&self, request: &ChatRequest, tenant: Option<&str>, is_route: bool, headers: &HeaderMap) -> CachePlan {
@@ -271,6 +284,45 @@ fn spawn_purge(cache: Weak<GatewayCache>) {
                 if let Err(e) = store.purge_cache_entries(now).await {
                     tracing::debug!(error = %e, "expired cache entries not purged");
                 }
+            }
+        }
+    });
+}
+
+/// Loads what other replicas persisted since the last look, so their answers (semantic ones
+/// too, which the Redis tier does not carry) become hits here without a restart. An entry
+/// already held with the same expiry is skipped; a newer version of a key replaces it.
+fn spawn_refresh(cache: Weak<GatewayCache>, every: Duration, restored_at_ms: u64) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut since_ms = restored_at_ms.saturating_sub(REFRESH_OVERLAP_MS);
+        // Expiry of every key read in the overlap window, to skip re-inserting it.
+        let mut seen: std::collections::HashMap<Digest, (u64, u64)> = std::collections::HashMap::new();
+        loop {
+            tick.tick().await;
+            let Some(cache) = cache.upgrade() else { break };
+            let Some(store) = &cache.store else { break };
+            let started = now_ms();
+            match store.load_cache_entries(started, since_ms).await {
+                Ok(entries) => {
+                    let mut loaded = 0usize;
+                    for (entry, created_at_ms) in entries {
+                        if seen.get(&entry.exact_key).is_some_and(|&(expires, _)| expires == entry.expires_at_ms) {
+                            continue;
+                        }
+                        seen.insert(entry.exact_key, (entry.expires_at_ms, created_at_ms));
+                        cache.cache.insert(&entry, started);
+                        loaded += 1;
+                    }
+                    since_ms = started.saturating_sub(REFRESH_OVERLAP_MS);
+                    seen.retain(|_, &mut (_, created)| created >= since_ms);
+                    if loaded > 0 {
+                        tracing::debug!(loaded, "response cache refreshed from the database");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "response cache not refreshed"),
             }
         }
     });

@@ -248,7 +248,7 @@ async fn a_restart_is_warm_and_expired_entries_are_never_served() {
     let (_, id, _) = first.ask(&request, None, &[]).await;
     let store = first.state.store.clone();
     let persisted = wait_for(Duration::from_secs(5), async || {
-        store.load_cache_entries(cache::now_ms()).await.is_ok_and(|entries| !entries.is_empty())
+        store.load_cache_entries(cache::now_ms(), 0).await.is_ok_and(|entries| !entries.is_empty())
     })
     .await;
     assert!(persisted, "entry reached the database");

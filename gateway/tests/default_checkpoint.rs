@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use gateway::mock::replay::canonical_model_id;
+use router_model::canonical_model_id;
 use router_model::{BertEmbedder, Checkpoint, Embedder, RequestFeatures};
 
 fn default_dir() -> PathBuf {

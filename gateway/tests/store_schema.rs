@@ -130,6 +130,7 @@ async fn feedback_joins_its_request(store: &Store, spill_dir: &std::path::Path) 
             write_timeout: Duration::from_secs(5),
             concurrency: 2,
             store_prompts: false,
+            log_requests: true,
         },
     )
     .expect("writer");
@@ -271,10 +272,11 @@ async fn cache_entries_round_trip(store: &Store) {
     store.save_cache_entry(&entry(3, now - 1, false), None, now).await.expect("save expired");
     // Saving the same key again replaces the entry.
     store.save_cache_entry(&entry(2, now + 120_000, false), None, now + 1).await.expect("replace");
-    let mut loaded = store.load_cache_entries(now).await.expect("load");
-    loaded.sort_by_key(|e| e.exact_key);
+    let mut loaded = store.load_cache_entries(now, 0).await.expect("load");
+    loaded.sort_by_key(|(e, _)| e.exact_key);
     assert_eq!(loaded.len(), 2, "the expired entry is not loaded");
-    let (first, second) = (&loaded[0], &loaded[1]);
+    let ((first, first_written), (second, second_written)) = (&loaded[0], &loaded[1]);
+    assert_eq!((*first_written, *second_written), (now, now + 1), "each with the time it was written");
     let original = entry(1, now + 60_000, true);
     assert_eq!(first.exact_key, original.exact_key);
     assert_eq!(first.scope, original.scope);
@@ -283,9 +285,13 @@ async fn cache_entries_round_trip(store: &Store) {
     assert_eq!(first.answer, original.answer);
     assert_eq!(first.expires_at_ms, original.expires_at_ms);
     assert_eq!((second.scope, second.expires_at_ms), (None, now + 120_000));
+    // Only what was written since a time: what a replica's refresh reads.
+    let since: Vec<u8> =
+        store.load_cache_entries(now, now + 1).await.expect("load since").iter().map(|(e, _)| e.exact_key[0]).collect();
+    assert_eq!(since, [2]);
     assert_eq!(store.purge_cache_entries(now).await.expect("purge"), 1);
     assert_eq!(store.purge_cache_entries(now + 200_000).await.expect("purge"), 2);
-    assert!(store.load_cache_entries(now).await.expect("load").is_empty());
+    assert!(store.load_cache_entries(now, 0).await.expect("load").is_empty());
 }
 
 #[tokio::test]

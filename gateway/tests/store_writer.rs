@@ -20,6 +20,7 @@ fn writer_config(dir: &Path) -> WriterConfig {
         write_timeout: Duration::from_secs(2),
         concurrency: 2,
         store_prompts: true,
+        log_requests: true,
     }
 }
 

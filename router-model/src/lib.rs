@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod embedder;
 pub mod error;
 pub mod features;
+pub mod model_id;
 pub mod policy;
 pub mod runtime;
 pub mod selector;
@@ -30,6 +31,7 @@ pub use embedder::{
 };
 pub use error::{Error, OverloadReason, Result};
 pub use features::{ChatTurn, RequestFeatures};
+pub use model_id::canonical_model_id;
 pub use runtime::configure_cpu_threads;
 pub use selector::{
     Architecture, FeatureNorm, FrozenSelector, LossWeights, Selector, SelectorOutput, Targets,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -47,7 +47,9 @@ pub struct ServiceConfig {
     /// Scheduling niceness of the model thread and its matrix pool (Linux; 0 = unchanged).
     /// Positive values let the request-handling threads run first when cores are scarce, so
     /// passthrough traffic does not slow down while the model is busy: a late embedding just
-    /// sheds the routing decision to the route's default model.
+    /// sheds the routing decision to the route's default model. The default, 19, gives the
+    /// model the cycles request handlers leave idle and almost nothing they want (CFS weight
+    /// 15 against 1024 for each handler thread; 10 would still take ~10%).
     pub nice: i32,
 }
 
@@ -62,7 +64,7 @@ impl Default for ServiceConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             warmup: true,
-            nice: 10,
+            nice: 19,
         }
     }
 }
@@ -153,6 +155,7 @@ impl EmbeddingService {
             max_batch_tokens: config.max_batch_tokens,
             max_batch_size: config.max_batch_size,
             pending: None,
+            cost: BatchCost::default(),
         };
         let threads = config.threads;
         let warmup = config.warmup;
@@ -300,6 +303,43 @@ struct Worker {
     max_batch_size: usize,
     /// A job taken off the queue that did not fit the previous batch's budget.
     pending: Option<Job>,
+    cost: BatchCost,
+}
+
+/// What a batch costs, learnt from the batches run so far. A batch is only as large as its
+/// members' deadlines allow, and a job that cannot be embedded in time even alone is answered
+/// `Overloaded` at once: under overload, the oldest jobs in a FIFO queue are the ones nearest
+/// their deadline, and running a batch that finishes after every member gave up would make
+/// every later job late too (a full-shed collapse).
+#[derive(Debug, Default)]
+struct BatchCost {
+    /// Smoothed wall time per padded token of recent batches (0 until one has run).
+    ns_per_token: f64,
+    /// When the last batch finished.
+    last_batch: Option<Instant>,
+}
+
+impl BatchCost {
+    /// After this long without a batch the estimate is not trusted (it may come from a
+    /// moment the cores were busy elsewhere): the next batch runs regardless and re-measures.
+    const STALE: Duration = Duration::from_millis(500);
+
+    /// Projected wall time of a batch of `padded_tokens`, when the estimate is fresh.
+    fn estimate(&self, padded_tokens: usize) -> Option<Duration> {
+        let fresh = self.last_batch.is_some_and(|t| t.elapsed() < Self::STALE);
+        (fresh && self.ns_per_token > 0.0)
+            .then(|| Duration::from_nanos((self.ns_per_token * padded_tokens as f64) as u64))
+    }
+
+    fn observe(&mut self, padded_tokens: usize, elapsed: Duration) {
+        let sample = elapsed.as_nanos() as f64 / padded_tokens.max(1) as f64;
+        self.ns_per_token = if self.ns_per_token > 0.0 {
+            0.7 * self.ns_per_token + 0.3 * sample
+        } else {
+            sample
+        };
+        self.last_batch = Some(Instant::now());
+    }
 }
 
 /// Renices the calling thread (threads it starts afterwards inherit the value). On Linux
@@ -344,9 +384,12 @@ impl Worker {
         }
         while let Some(rows) = self.next_batch() {
             let refs: Vec<&Tokens> = rows.iter().map(|r| &r.tokens).collect();
+            let padded = refs.iter().map(|t| t.len()).max().unwrap_or(0) * refs.len();
+            let started = Instant::now();
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 pool.install(|| self.embedder.embed_tokens(&refs))
             }));
+            self.cost.observe(padded, started.elapsed());
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
             match result {
                 Ok(Ok(vectors)) if vectors.len() == rows.len() => {
@@ -383,6 +426,7 @@ impl Worker {
     fn next_batch(&mut self) -> Option<Vec<Row>> {
         let mut rows: Vec<Row> = Vec::new();
         let mut longest = 0usize;
+        let mut earliest_deadline: Option<Instant> = None;
         loop {
             let job = if let Some(job) = self.pending.take() {
                 job
@@ -408,6 +452,18 @@ impl Worker {
                 self.pending = Some(job);
                 break;
             }
+            let deadline = earliest_deadline.map_or(job.deadline, |d| d.min(job.deadline));
+            if let Some(cost) = self.cost.estimate(padded) {
+                if Instant::now() + cost > deadline {
+                    if rows.is_empty() {
+                        self.reject_late(job);
+                        continue;
+                    }
+                    self.pending = Some(job);
+                    break;
+                }
+            }
+            earliest_deadline = Some(deadline);
             longest = new_longest;
             rows.push(Row {
                 key: job.key,
@@ -426,6 +482,13 @@ impl Worker {
         job
     }
 
+    /// Answers a job that cannot be embedded before its deadline, so its caller sheds now
+    /// rather than at the deadline.
+    fn reject_late(&self, job: Job) {
+        self.counters.rejected_deadline.fetch_add(1, Ordering::Relaxed);
+        let _ = job.reply.send(Err(Error::Overloaded(OverloadReason::DeadlineExceeded)));
+    }
+
     /// Answers a job that needs no model work (caller gone, deadline passed, or the text was
     /// embedded since it was queued); returns the job if it still needs embedding.
     fn admit(&self, job: Job) -> Option<Job> {
@@ -433,12 +496,7 @@ impl Worker {
             return None;
         }
         if Instant::now() >= job.deadline {
-            self.counters
-                .rejected_deadline
-                .fetch_add(1, Ordering::Relaxed);
-            let _ = job
-                .reply
-                .send(Err(Error::Overloaded(OverloadReason::DeadlineExceeded)));
+            self.reject_late(job);
             return None;
         }
         if let Some(hit) = self.cache.get(&job.key) {

@@ -282,3 +282,48 @@ async fn token_budget_splits_batches() {
     }
     assert_eq!(*gated.batches.lock().expect("lock"), vec![1, 2, 2, 1]);
 }
+
+/// A test double that takes a fixed wall time per padded token, like a real forward pass.
+struct PacedEmbedder {
+    per_token: Duration,
+    calls: Mutex<Vec<usize>>,
+}
+
+impl Embedder for PacedEmbedder {
+    fn dim(&self) -> usize {
+        2
+    }
+    fn id(&self) -> &str {
+        "paced-test-double"
+    }
+    fn tokenize(&self, text: &str) -> router_model::Result<Tokens> {
+        Ok(Tokens::from_ids(text.bytes().map(u32::from).collect()))
+    }
+    fn embed_tokens(&self, batch: &[&Tokens]) -> router_model::Result<Vec<Vec<f32>>> {
+        let padded = batch.iter().map(|t| t.len()).max().unwrap_or(0) * batch.len();
+        self.calls.lock().expect("lock").push(batch.len());
+        std::thread::sleep(self.per_token * padded as u32);
+        Ok(batch.iter().map(|t| vec![t.len() as f32, 1.0]).collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_cannot_finish_in_time_is_refused_at_once() {
+    let paced = Arc::new(PacedEmbedder { per_token: Duration::from_millis(2), calls: Mutex::new(Vec::new()) });
+    let service = EmbeddingService::start(paced.clone(), gated_config()).expect("start");
+    // One batch teaches the service the cost: 20 tokens, ~40 ms.
+    service.embed(&"a".repeat(20), far()).await.expect("first embed");
+    // Another 20-token text with 15 ms left cannot be done in time: refused without running.
+    let started = Instant::now();
+    let err = service
+        .embed(&"b".repeat(20), Instant::now() + Duration::from_millis(15))
+        .await
+        .expect_err("cannot finish in time");
+    assert!(matches!(err, Error::Overloaded(OverloadReason::DeadlineExceeded)), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(12), "answered before its deadline: {:?}", started.elapsed());
+    // One with room to spare is embedded.
+    let ok = service.embed(&"c".repeat(20), Instant::now() + Duration::from_millis(500)).await.expect("fits");
+    assert_eq!(ok[0], 20.0);
+    assert_eq!(*paced.calls.lock().expect("lock"), vec![1, 1], "the refused text never reached the model");
+    assert_eq!(service.stats().rejected_deadline, 1);
+}

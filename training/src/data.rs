@@ -10,6 +10,7 @@
 //! Held-out hygiene: GSM8K-test, MMLU and MT-Bench questions are never imported (the router is
 //! scored on them independently); files named after them are refused.
 
+use router_model::canonical_model_id;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -597,27 +598,6 @@ fn load_routerdc(path: &Path) -> Result<Dataset> {
 // ---------------------------------------------------------------------------------------------
 // Model ids, question identity and splits
 
-/// One lower-case id per model across datasets (`mistralai/mixtral-8x7b-chat` and
-/// `Mixtral-8x7B-Instruct-v0.1` are the same model; `gpt-4-1106-preview` stays).
-///
-/// Must agree with `gateway::mock::replay::canonical_model_id`, which the gateway uses to map
-/// configured models to the checkpoint's heads (`gateway/tests/default_checkpoint.rs` checks
-/// that every shipped candidate id is a fixed point of the gateway's function).
-pub fn canonical_model_id(name: &str) -> String {
-    let lower = name.trim().to_ascii_lowercase();
-    let base = lower.rsplit('/').next().unwrap_or(&lower);
-    let canonical = match base {
-        "mixtral-8x7b-chat" => "mixtral-8x7b-instruct-v0.1",
-        "mistral-7b-chat" => "mistral-7b-instruct-v0.1",
-        "claude-instant-v1" => "claude-instant-1",
-        "claude-v1" => "claude-1",
-        "claude-v2" => "claude-2",
-        "code-llama-instruct-34b-chat" => "codellama-34b-instruct",
-        other => other,
-    };
-    canonical.to_owned()
-}
-
 /// The question itself, stripped of the wrappers each dataset puts around it (`Question:` …
 /// `Answer:`, answer options, `"""` and `assert` lines, the RouterBench instruction line),
 /// lower-cased, punctuation and spacing removed. Two rows with the same key ask the same
@@ -745,20 +725,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn canonical_ids() {
-        assert_eq!(canonical_model_id("mistralai/mixtral-8x7b-chat"), "mixtral-8x7b-instruct-v0.1");
-        assert_eq!(canonical_model_id("Mixtral-8x7B-Instruct-v0.1"), "mixtral-8x7b-instruct-v0.1");
-        assert_eq!(canonical_model_id("gpt-4-1106-preview"), "gpt-4-1106-preview");
-        assert_eq!(canonical_model_id("meta/llama-2-70b-chat"), "llama-2-70b-chat");
-        assert_eq!(canonical_model_id("Llama-2-70b-chat"), "llama-2-70b-chat");
-        assert_eq!(canonical_model_id("zero-one-ai/Yi-34B-Chat"), "yi-34b-chat");
-    }
-
-    #[test]
     fn python_list_literals() {
         assert_eq!(parse_python_str_list(r#"['a\'b', "c\nd"]"#), "a'b\nc\nd");
         assert_eq!(parse_python_str_list("['same', 'same']"), "same");
         assert_eq!(parse_python_str_list("plain"), "plain");
+        assert_eq!(parse_python_str_list(r"['caf\xe9 \\ ok']"), "café \\ ok");
     }
 
     #[test]

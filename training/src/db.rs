@@ -190,7 +190,7 @@ pub fn head_of(candidates: &[String], model: &str) -> Option<usize> {
         .iter()
         .position(|c| c == model)
         .or_else(|| {
-            let canonical = crate::data::canonical_model_id(model);
+            let canonical = router_model::canonical_model_id(model);
             candidates.iter().position(|c| *c == canonical)
         })
 }

@@ -52,7 +52,7 @@ impl std::str::FromStr for CandidateChoice {
         match s {
             "all" => Ok(Self::All),
             list => Ok(Self::Only(
-                list.split(',').map(|m| data::canonical_model_id(m.trim())).filter(|m| !m.is_empty()).collect(),
+                list.split(',').map(|m| router_model::canonical_model_id(m.trim())).filter(|m| !m.is_empty()).collect(),
             )),
         }
     }
@@ -212,7 +212,7 @@ fn choose_candidates(choice: &CandidateChoice, datasets: &[Dataset], logged: &[L
         }
         CandidateChoice::All => match active {
             Some(a) => a.candidates().to_vec(),
-            None => logged.iter().map(|r| data::canonical_model_id(&r.model)).collect::<BTreeSet<_>>().into_iter().collect(),
+            None => logged.iter().map(|r| router_model::canonical_model_id(&r.model)).collect::<BTreeSet<_>>().into_iter().collect(),
         },
     };
     if candidates.is_empty() {

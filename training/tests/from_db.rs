@@ -15,8 +15,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use router_model::{Checkpoint, CheckpointMeta, EmbedderRef, RequestFeatures};
 use serde_json::json;
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::SqlitePool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Connection, Executor, PgConnection};
 use training::{Example, Init, TrainConfig, TrainOptions};
 
 const DIM: usize = 16;
@@ -64,16 +64,42 @@ fn write_wrong_checkpoint(dir: &Path) {
     Checkpoint::save(dir, &trained.varmap, &meta).expect("save");
 }
 
-async fn create_log(path: &Path, active: &Checkpoint, n: usize) {
-    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path).create_if_missing(true))
-        .await
-        .expect("sqlite");
-    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
+/// Where a simulated log is written: the two backends the gateway logs to.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Applies the gateway's migrations for `backend`, then writes `n` logged requests and their
+/// feedback, drawn with a fixed seed (so both backends get the same log).
+async fn create_log(url: &str, backend: Backend, active: &Checkpoint, n: usize) {
+    sqlx::any::install_default_drivers();
+    let pool = AnyPoolOptions::new().max_connections(1).connect(url).await.expect("connect to the log database");
+    let dir = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(dir);
     let mut files: Vec<_> = std::fs::read_dir(&migrations).expect("migrations").flatten().map(|e| e.path()).collect();
     files.sort();
     for file in files {
         sqlx::raw_sql(&std::fs::read_to_string(&file).expect("sql")).execute(&pool).await.expect("migrate");
     }
+    let (insert_request, insert_feedback) = match backend {
+        Backend::Sqlite => (
+            "INSERT INTO request_log (id, created_at, route, provider, model, stream, candidates, propensity, checkpoint_version, \
+             embedding, prompt_tokens, completion_tokens, cost_usd, latency_ms, status) \
+             VALUES (unhex(?), ?, 'auto', 'mock', ?, 0, ?, ?, 'active@test', ?, 12, ?, 0.0, ?, 200)",
+            "INSERT INTO feedback (request_id, score, source, created_at) VALUES (unhex(?), ?, 'test', ?)",
+        ),
+        Backend::Postgres => (
+            "INSERT INTO request_log (id, created_at, route, provider, model, stream, candidates, propensity, checkpoint_version, \
+             embedding, prompt_tokens, completion_tokens, cost_usd, latency_ms, status) \
+             VALUES ($1::uuid, $2::timestamptz, 'auto', 'mock', $3, false, $4::jsonb, $5, 'active@test', $6, 12, $7, 0.0, $8, 200)",
+            "INSERT INTO feedback (request_id, score, source, created_at) VALUES ($1::uuid, $2, 'test', $3::timestamptz)",
+        ),
+    };
     let mut rng = StdRng::seed_from_u64(11);
     let epsilon = 0.5;
     for i in 0..n {
@@ -88,41 +114,66 @@ async fn create_log(path: &Path, active: &Checkpoint, n: usize) {
             .map(|p| json!({"model": p.model_id, "quality": p.quality, "cost_usd": 0.0, "latency_ms": p.latency_ms, "utility": p.quality}))
             .collect::<Vec<_>>());
         let reward = if rng.random::<f64>() < true_quality(&v, chosen) { 1.0 } else { 0.0 };
-        let id = uuid_bytes(i);
+        let id = request_id(i, backend);
         let created = format!("2026-01-01T00:{:02}:{:02}.{:03}Z", (i / 60) % 60, i % 60, i % 1000);
         let blob: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         let latency = if chosen == 0 { 2000.0 } else { 400.0 };
-        sqlx::query(
-            "INSERT INTO request_log (id, created_at, route, provider, model, stream, candidates, propensity, checkpoint_version, \
-             embedding, prompt_tokens, completion_tokens, cost_usd, latency_ms, status) \
-             VALUES (?, ?, 'auto', 'mock', ?, 0, ?, ?, 'active@test', ?, 12, ?, 0.0, ?, 200)",
-        )
-        .bind(id.to_vec())
-        .bind(&created)
-        .bind(MODELS[chosen])
-        .bind(candidates.to_string())
-        .bind(propensity)
-        .bind(blob)
-        .bind(if chosen == 0 { 300i64 } else { 60 })
-        .bind(latency)
-        .execute(&pool)
-        .await
-        .expect("insert");
-        sqlx::query("INSERT INTO feedback (request_id, score, source, created_at) VALUES (?, ?, 'test', ?)")
-            .bind(id.to_vec())
-            .bind(reward)
-            .bind(&created)
+        sqlx::query(insert_request)
+            .bind(id.clone())
+            .bind(created.clone())
+            .bind(MODELS[chosen])
+            .bind(candidates.to_string())
+            .bind(propensity)
+            .bind(blob)
+            .bind(if chosen == 0 { 300i64 } else { 60 })
+            .bind(latency)
             .execute(&pool)
             .await
-            .expect("feedback");
+            .expect("insert");
+        sqlx::query(insert_feedback).bind(id).bind(reward).bind(created).execute(&pool).await.expect("feedback");
     }
     pool.close().await;
 }
 
-fn uuid_bytes(i: usize) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[8..].copy_from_slice(&(i as u64).to_be_bytes());
-    b
+/// The `i`-th request id as each backend's SQL takes it: hex for SQLite's `unhex`, the UUID
+/// text form for Postgres.
+fn request_id(i: usize, backend: Backend) -> String {
+    let hex = format!("{:032x}", i as u128);
+    match backend {
+        Backend::Sqlite => hex,
+        Backend::Postgres => format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]),
+    }
+}
+
+/// A uniquely named Postgres database on the test server (`SWITCHYARD_TEST_PG` overrides
+/// `postgres://postgres@127.0.0.1:5432`), dropped at the end.
+struct TestPg {
+    server: String,
+    name: String,
+}
+
+impl TestPg {
+    async fn create() -> Self {
+        let server = std::env::var("SWITCHYARD_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let name = format!("switchyard_train_{}_{}", std::process::id(), rand::random::<u32>());
+        let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .expect("Postgres at 127.0.0.1:5432 (start it: pg_ctlcluster --skip-systemctl-redirect 15 main start)");
+        admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create database");
+        let _ = admin.close().await;
+        Self { server, name }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+
+    async fn drop_database(self) {
+        if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", self.server)).await {
+            let _ = admin.execute(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str()).await;
+            let _ = admin.close().await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,12 +182,12 @@ async fn learns_from_the_log_evaluates_off_policy_and_promotes() {
     let active_dir = tmp.path().join("active");
     write_wrong_checkpoint(&active_dir);
     let active = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load active");
-    let db = tmp.path().join("log.db");
-    create_log(&db, &active, 3000).await;
+    let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
+    create_log(&db, Backend::Sqlite, &active, 3000).await;
     let before = Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash;
 
     let mut options = TrainOptions::new(tmp.path().join("new"));
-    options.from_db = Some(format!("sqlite://{}", db.display()));
+    options.from_db = Some(db);
     options.active = Some(active_dir.clone());
     options.promote = true;
     options.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
@@ -176,4 +227,44 @@ async fn learns_from_the_log_evaluates_off_policy_and_promotes() {
     let log = std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log");
     assert_eq!(log.lines().count(), 2);
     assert_eq!(Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash, after.training_data_hash);
+}
+
+/// The same simulated log written to Postgres reads back row for row as from SQLite, and
+/// training from it reaches the same decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trains_from_a_postgres_log_as_from_sqlite() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let active_dir = tmp.path().join("active");
+    write_wrong_checkpoint(&active_dir);
+    let active = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load active");
+    let sqlite = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
+    create_log(&sqlite, Backend::Sqlite, &active, 3000).await;
+    let pg = TestPg::create().await;
+    create_log(&pg.url(), Backend::Postgres, &active, 3000).await;
+
+    let from_sqlite = training::db::load_logged(&sqlite, None).await.expect("read SQLite log");
+    let from_pg = training::db::load_logged(&pg.url(), None).await.expect("read Postgres log");
+    assert_eq!(from_pg.len(), 3000);
+    assert_eq!(from_sqlite.len(), from_pg.len());
+    for (s, p) in from_sqlite.iter().zip(&from_pg) {
+        assert_eq!(s.id, p.id.replace('-', ""), "ids in the same order");
+        // Postgres renders microseconds, SQLite keeps the text it was given.
+        assert_eq!(s.created_at.trim_end_matches('Z'), &p.created_at[..23], "{} vs {}", s.created_at, p.created_at);
+        let p_same_keys = training::db::LoggedRequest { id: s.id.clone(), created_at: s.created_at.clone(), ..p.clone() };
+        assert_eq!(s, &p_same_keys);
+    }
+    // Feedback joined: every row carries its 0/1 reward.
+    assert!(from_pg.iter().all(|r| matches!(r.feedback, Some(f) if f == 0.0 || f == 1.0)));
+
+    let mut options = TrainOptions::new(tmp.path().join("from-pg"));
+    options.from_db = Some(pg.url());
+    options.active = Some(active_dir.clone());
+    options.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
+    let report = training::run(&options).await.expect("train from Postgres");
+    let ope = report.ope.expect("ope");
+    assert!(ope.rows > 500, "{} rows", ope.rows);
+    assert!(ope.new.doubly_robust > ope.active.doubly_robust + 0.05, "{ope:?}");
+    assert!(ope.better, "{ope:?}");
+    assert!(tmp.path().join("from-pg/selector.json").is_file());
+    pg.drop_database().await;
 }

@@ -4,6 +4,8 @@
 //! Reads RouterBench CSVs (`prompt` plus `<model>|model_response` columns) and Arena-Hard
 //! folders (`question.jsonl` plus `model_answer/<model>.jsonl`).
 
+use router_model::canonical_model_id;
+use training::data::parse_python_str_list;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -132,87 +134,4 @@ impl ReplayStore {
 /// Whitespace-insensitive prompt key.
 pub fn normalise_prompt(prompt: &str) -> String {
     prompt.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// One lower-case id per model across datasets (`mistralai/mixtral-8x7b-chat` and
-/// `Mixtral-8x7B-Instruct-v0.1` are the same model).
-pub fn canonical_model_id(name: &str) -> String {
-    let lower = name.trim().to_ascii_lowercase();
-    let base = lower.rsplit('/').next().unwrap_or(&lower);
-    let canonical = match base {
-        "mixtral-8x7b-chat" => "mixtral-8x7b-instruct-v0.1",
-        "mistral-7b-chat" => "mistral-7b-instruct-v0.1",
-        "claude-instant-v1" => "claude-instant-1",
-        "claude-v1" => "claude-1",
-        "claude-v2" => "claude-2",
-        "yi-34b-chat" => "yi-34b-chat",
-        "code-llama-instruct-34b-chat" => "codellama-34b-instruct",
-        other => other,
-    };
-    canonical.to_owned()
-}
-
-/// RouterBench stores texts as Python list literals (`['first', 'second']`); returns the
-/// strings joined by newlines, or the input itself when it is not such a literal.
-pub fn parse_python_str_list(literal: &str) -> String {
-    let trimmed = literal.trim();
-    if !(trimmed.starts_with('[') && trimmed.ends_with(']')) {
-        return trimmed.to_owned();
-    }
-    let mut items: Vec<String> = Vec::new();
-    let mut chars = trimmed[1..trimmed.len() - 1].chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\'' && c != '"' {
-            continue; // separators and whitespace between items
-        }
-        let quote = c;
-        let mut item = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some('n') => item.push('\n'),
-                    Some('t') => item.push('\t'),
-                    Some('r') => item.push('\r'),
-                    Some('x') => {
-                        let hex: String = chars.by_ref().take(2).collect();
-                        if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                            item.push(ch);
-                        }
-                    }
-                    Some('u') => {
-                        let hex: String = chars.by_ref().take(4).collect();
-                        if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                            item.push(ch);
-                        }
-                    }
-                    Some(other) => item.push(other),
-                    None => {}
-                },
-                c if c == quote => break,
-                c => item.push(c),
-            }
-        }
-        items.push(item);
-    }
-    items.join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn python_list_literals() {
-        assert_eq!(parse_python_str_list(r#"['Here\'s a\nline']"#), "Here's a\nline");
-        assert_eq!(parse_python_str_list(r#"["it's", 'two']"#), "it's\ntwo");
-        assert_eq!(parse_python_str_list("plain text"), "plain text");
-        assert_eq!(parse_python_str_list(r"['caf\xe9 \\ ok']"), "café \\ ok");
-    }
-
-    #[test]
-    fn model_ids_are_canonical() {
-        assert_eq!(canonical_model_id("mistralai/mixtral-8x7b-chat"), "mixtral-8x7b-instruct-v0.1");
-        assert_eq!(canonical_model_id("Mixtral-8x7B-Instruct-v0.1"), "mixtral-8x7b-instruct-v0.1");
-        assert_eq!(canonical_model_id("gpt-4-1106-preview"), "gpt-4-1106-preview");
-    }
 }

@@ -284,7 +284,7 @@ impl RoutingEngine {
             let resolved = checkpoint
                 .resolve_candidate(&model.name, model.like.as_deref())
                 .or_else(|| checkpoint.resolve_candidate(&model.upstream_model, None))
-                .or_else(|| checkpoint.resolve_candidate(&crate::mock::replay::canonical_model_id(&model.upstream_model), None));
+                .or_else(|| checkpoint.resolve_candidate(&router_model::canonical_model_id(&model.upstream_model), None));
             match resolved {
                 Some(resolved) => {
                     heads.insert(model.name.clone(), resolved.index);

@@ -20,11 +20,12 @@ struct CacheRow {
     query_text: Option<String>,
     embedding: Option<Vec<u8>>,
     answer: Json<CachedAnswer>,
+    created_at_ms: i64,
     expires_at_ms: i64,
 }
 
 impl CacheRow {
-    fn into_entry(self) -> Option<StoredEntry> {
+    fn into_entry(self) -> Option<(StoredEntry, u64)> {
         let digest = |bytes: Vec<u8>| -> Option<Digest> { bytes.try_into().ok() };
         Some(StoredEntry {
             exact_key: digest(self.exact_key)?,
@@ -37,6 +38,7 @@ impl CacheRow {
             answer: self.answer.0,
             expires_at_ms: u64::try_from(self.expires_at_ms).ok()?,
         })
+        .zip(u64::try_from(self.created_at_ms).ok())
     }
 }
 
@@ -70,11 +72,13 @@ macro_rules! cache_sql {
         );
         query.build().execute($pool).await.map(|_| ()).map_err(db_error("saving a cache entry"))
     }};
-    ($db:ty, $pool:expr, load, $now_ms:expr) => {{
+    ($db:ty, $pool:expr, load, $now_ms:expr, $since_ms:expr) => {{
         let mut query = QueryBuilder::<$db>::new(
-            "SELECT exact_key, scope, query_text, embedding, answer, expires_at_ms FROM cache_entries WHERE expires_at_ms > ",
+            "SELECT exact_key, scope, query_text, embedding, answer, created_at_ms, expires_at_ms FROM cache_entries \
+             WHERE expires_at_ms > ",
         );
-        query.push_bind(ms($now_ms)).push(" ORDER BY created_at_ms DESC LIMIT ").push_bind(RESTORE_LIMIT);
+        query.push_bind(ms($now_ms)).push(" AND created_at_ms >= ").push_bind(ms($since_ms));
+        query.push(" ORDER BY created_at_ms DESC LIMIT ").push_bind(RESTORE_LIMIT);
         let rows: Vec<CacheRow> = query.build_query_as().fetch_all($pool).await.map_err(db_error("loading the cache"))?;
         Ok(rows.into_iter().filter_map(CacheRow::into_entry).collect())
     }};
@@ -95,11 +99,12 @@ impl Store {
         }
     }
 
-    /// Live entries, newest first (at most [`RESTORE_LIMIT`]).
-    pub async fn load_cache_entries(&self, now_ms: u64) -> Result<Vec<StoredEntry>, Error> {
+    /// Live entries written at or after `since_ms` (0: all), newest first, at most
+    /// [`RESTORE_LIMIT`], each with the time it was written.
+    pub async fn load_cache_entries(&self, now_ms: u64, since_ms: u64) -> Result<Vec<(StoredEntry, u64)>, Error> {
         match self {
-            Store::Postgres(s) => cache_sql!(sqlx::Postgres, s.pool(), load, now_ms),
-            Store::Sqlite(s) => cache_sql!(sqlx::Sqlite, s.pool(), load, now_ms),
+            Store::Postgres(s) => cache_sql!(sqlx::Postgres, s.pool(), load, now_ms, since_ms),
+            Store::Sqlite(s) => cache_sql!(sqlx::Sqlite, s.pool(), load, now_ms, since_ms),
         }
     }
 

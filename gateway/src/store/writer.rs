@@ -58,6 +58,8 @@ pub struct WriterConfig {
     pub concurrency: usize,
     /// When false, `prompt_text` is removed from every row before it is queued.
     pub store_prompts: bool,
+    /// When false, request rows are counted as `not_logged` and never queued.
+    pub log_requests: bool,
 }
 
 impl WriterConfig {
@@ -71,6 +73,7 @@ impl WriterConfig {
             write_timeout: Duration::from_millis(config.write_timeout_ms.max(1)),
             concurrency: config.write_concurrency.max(1),
             store_prompts: config.store_prompts,
+            log_requests: config.log_requests,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct WriterStats {
     pub unreadable: u64,
     /// Insert attempts that failed (each spills or keeps its batch in the spill file).
     pub write_failures: u64,
+    /// Rows not kept because `[database] log_requests = false` (not counted as accepted).
+    pub not_logged: u64,
     /// Rows in the channel now.
     pub queued: u64,
     /// Bytes in the spill file now.
@@ -118,6 +123,7 @@ struct Counters {
     dropped_spill_failed: AtomicU64,
     unreadable: AtomicU64,
     write_failures: AtomicU64,
+    not_logged: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: usize) {
@@ -140,6 +146,7 @@ struct Shared {
     /// The spill thread's inbox; taken at shutdown, which ends the thread.
     overflow: Mutex<Option<std::sync::mpsc::Sender<LogRow>>>,
     store_prompts: bool,
+    log_requests: bool,
 }
 
 /// A poisoned lock only means another thread panicked mid-update; the data is still the
@@ -215,6 +222,10 @@ impl LogHandle {
     /// Queues a row without waiting. When the channel is full or closed the row goes to the
     /// spill file instead (via the spill thread, or directly once the writer has stopped).
     pub fn push(&self, mut row: LogRow) {
+        if !self.shared.log_requests {
+            add(&self.shared.counters.not_logged, 1);
+            return;
+        }
         self.prepare(&mut row);
         let row = match self.tx.try_send(Msg::Row(row)) {
             Ok(()) => return,
@@ -291,6 +302,7 @@ impl LogHandle {
             dropped_spill_failed: get(&c.dropped_spill_failed),
             unreadable: get(&c.unreadable),
             write_failures: get(&c.write_failures),
+            not_logged: get(&c.not_logged),
             queued: (self.tx.max_capacity() - self.tx.capacity()) as u64,
             spill_bytes: self.shared.spill_bytes(),
         }
@@ -346,6 +358,7 @@ impl LogWriter {
             spill: Mutex::new(spill),
             overflow: Mutex::new(Some(overflow_tx)),
             store_prompts: config.store_prompts,
+            log_requests: config.log_requests,
         });
         let overflow_thread = {
             let shared = shared.clone();

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# What the outcome log costs: the same gateway config twice, once with the log on and once
+# with `[database] log_requests = false`, both in front of one mock upstream, loaded in
+# alternating closed-loop rounds (on, off, on, off, ...) so drifting background load hits
+# both alike. Prints req/s per round and the ratio of the pooled figures.
+#
+# Env: SWITCHYARD_BIN (default target-bench/release/switchyard, then target/release/switchyard),
+#      LOG_DB (sqlite | postgres; default sqlite; postgres creates a throwaway database on
+#      PG_SERVER, default postgres://postgres@127.0.0.1:5432, and drops it at the end),
+#      CONNS (32), ROUNDS (3), ROUND_SECONDS (8), STREAM (0 | 1), OHA, OUT_DIR.
+# Every address is 127.0.0.1; every run is bounded in time; servers are stopped on exit.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+LOG_DB="${LOG_DB:-sqlite}"
+CONNS="${CONNS:-32}"
+ROUNDS="${ROUNDS:-3}"
+ROUND_SECONDS="${ROUND_SECONDS:-8}"
+STREAM="${STREAM:-0}"
+PG_SERVER="${PG_SERVER:-postgres://postgres@127.0.0.1:5432}"
+MODEL="gpt-4o-mini"
+log() { echo "[logging.sh] $*" >&2; }
+
+BIN="${SWITCHYARD_BIN:-}"
+for candidate in target-bench/release/switchyard target/release/switchyard; do
+  [[ -z "$BIN" && -x "$candidate" ]] && BIN="$candidate"
+done
+[[ -n "$BIN" && -x "$BIN" ]] || { log "build first: CARGO_TARGET_DIR=target-bench cargo build --release -p gateway"; exit 1; }
+OHA="${OHA:-$(command -v oha || echo .cache/tools/bin/oha)}"
+[[ -x "$OHA" ]] || { log "oha not found (bench/load.sh installs it into .cache/tools)"; exit 1; }
+
+OUT_DIR="${OUT_DIR:-$(mktemp -d -t switchyard-logging.XXXXXX)}"
+mkdir -p "$OUT_DIR"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+PIDS=()
+PG_DB=""
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ -n "$PG_DB" ]]; then
+    psql "$PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS \"$PG_DB\" WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT INT TERM
+
+wait_healthy() {
+  for _ in $(seq 1 200); do
+    curl -fsS -o /dev/null --max-time 1 "$1" && return 0
+    sleep 0.05
+  done
+  log "not healthy: $1"; exit 1
+}
+
+case "$LOG_DB" in
+  sqlite) DB_URL="sqlite://$OUT_DIR/outcomes.db" ;;
+  postgres)
+    PG_DB="switchyard_bench_$$"
+    psql "$PG_SERVER/postgres" -qc "CREATE DATABASE \"$PG_DB\"" >/dev/null
+    DB_URL="$PG_SERVER/$PG_DB" ;;
+  *) log "LOG_DB must be sqlite or postgres"; exit 1 ;;
+esac
+
+MOCK_PORT="$(free_port)"
+RUST_LOG=warn "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
+PIDS+=($!)
+wait_healthy "http://127.0.0.1:$MOCK_PORT/health"
+
+declare -A PORT
+for mode in on off; do
+  PORT[$mode]="$(free_port)"
+  flag=true; [[ "$mode" == off ]] && flag=false
+  cat >"$OUT_DIR/gateway-$mode.toml" <<EOF
+[server]
+listen = "127.0.0.1:${PORT[$mode]}"
+[providers.up]
+kind = "openai"
+base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+[models."$MODEL"]
+provider = "up"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.6
+[database]
+url = "$DB_URL"
+spill_path = "$OUT_DIR/spill-$mode.jsonl"
+log_requests = $flag
+EOF
+  env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN RUST_LOG=warn "$BIN" serve --config "$OUT_DIR/gateway-$mode.toml" \
+    >"$OUT_DIR/gateway-$mode.log" 2>&1 &
+  PIDS+=($!)
+  wait_healthy "http://127.0.0.1:${PORT[$mode]}/health"
+done
+
+BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"Summarise in one sentence why an LLM gateway is useful.\"}]}"
+[[ "$STREAM" == 1 ]] && BODY="{\"model\":\"$MODEL\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Summarise in one sentence why an LLM gateway is useful.\"}]}"
+
+log "binary $BIN, log database $LOG_DB, $CONNS connections, $ROUNDS x ${ROUND_SECONDS}s per side, stream=$STREAM; raw: $OUT_DIR"
+for mode in on off; do # warm-up
+  timeout 30 "$OHA" --no-tui --output-format json -z 2s -c "$CONNS" -m POST -T application/json -d "$BODY" \
+    "http://127.0.0.1:${PORT[$mode]}/v1/chat/completions" >/dev/null
+done
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in on off; do
+    log "round $round: log $mode"
+    timeout $((ROUND_SECONDS + 30)) "$OHA" --no-tui --output-format json -z "${ROUND_SECONDS}s" -c "$CONNS" \
+      -m POST -T application/json -d "$BODY" "http://127.0.0.1:${PORT[$mode]}/v1/chat/completions" \
+      >"$OUT_DIR/$mode-$round.json"
+  done
+done
+# Rows the logging gateway wrote, read from its own metrics once the writer has caught up.
+sleep 1
+WRITTEN="$(curl -fsS "http://127.0.0.1:${PORT[on]}/metrics" | awk '/^switchyard_log_rows\{outcome="written"\}/ {print $2}')"
+NOT_LOGGED="$(curl -fsS "http://127.0.0.1:${PORT[off]}/metrics" | awk '/^switchyard_log_rows\{outcome="not_logged"\}/ {print $2}')"
+
+python3 - "$OUT_DIR" "$ROUNDS" "$LOG_DB" "$STREAM" "${WRITTEN:-?}" "${NOT_LOGGED:-?}" <<'PY'
+import json, os, sys
+out, rounds, db, stream, written, not_logged = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+def run(mode, r):
+    d = json.load(open(os.path.join(out, f"{mode}-{r}.json")))
+    ok = sum(v for k, v in d["statusCodeDistribution"].items() if k.startswith("2"))
+    bad = sum(v for k, v in d["statusCodeDistribution"].items() if not k.startswith("2"))
+    return ok, d["summary"]["total"], bad, d["latencyPercentiles"]["p99"] * 1e3
+print(f"Outcome log on vs off ({db}, {'stream' if stream == '1' else 'non-stream'}):\n")
+print("| round | log on req/s | log off req/s | on / off | on p99 ms | off p99 ms |")
+print("|---|---:|---:|---:|---:|---:|")
+tot = {"on": [0, 0.0, 0], "off": [0, 0.0, 0]}
+for r in range(1, rounds + 1):
+    row = {}
+    for mode in ("on", "off"):
+        ok, secs, bad, p99 = run(mode, r)
+        tot[mode][0] += ok; tot[mode][1] += secs; tot[mode][2] += bad
+        row[mode] = (ok / secs, p99)
+    print(f"| {r} | {row['on'][0]:,.0f} | {row['off'][0]:,.0f} | {100 * row['on'][0] / row['off'][0]:.1f}% | {row['on'][1]:.2f} | {row['off'][1]:.2f} |")
+on, off = tot["on"][0] / tot["on"][1], tot["off"][0] / tot["off"][1]
+print(f"| all | {on:,.0f} | {off:,.0f} | {100 * on / off:.1f}% | | |")
+print(f"\nnon-2xx: on {tot['on'][2]}, off {tot['off'][2]}; rows written by the logging gateway: {written}; rows not logged by the other: {not_logged}")
+print(f"logging on = {100 * on / off:.1f}% of logging off (target >= 90%: {'met' if on / off >= 0.9 else 'MISSED'})")
+PY
