@@ -725,7 +725,10 @@ fn client_stream(
                 // task run once, then take what it has (nothing, for an upstream generating
                 // tokens in real time; the rest of a burst, for a fast one).
                 let mut polled = futures_util::FutureExt::now_or_never(pieces.next());
-                if polled.is_none() {
+                for _ in 0..COALESCE_YIELDS {
+                    if polled.is_some() {
+                        break;
+                    }
                     tokio::task::yield_now().await;
                     polled = futures_util::FutureExt::now_or_never(pieces.next());
                 }
@@ -750,6 +753,10 @@ fn client_stream(
         }
     }
 }
+
+/// How many times a stream lets other tasks run while waiting to add an event to a frame:
+/// the upstream's connection task needs a turn per event it hands over.
+const COALESCE_YIELDS: usize = 4;
 
 /// Largest body frame built from events that were ready together.
 const MAX_COALESCED_BYTES: usize = 64 * 1024;

@@ -3,11 +3,13 @@
 //! Shape borrowed from text-embeddings-inference: the model lives on one dedicated OS thread
 //! (matrix work must not run on tokio's workers, and a BERT forward pass is not cancellable),
 //! fed through a bounded queue; callers tokenise on their own thread before queueing and wait
-//! on a oneshot. The model thread takes whatever is waiting, up to a token budget, and runs it
-//! as one batch. Nothing waits past its deadline: a full queue or a missed deadline is an
-//! immediate [`Error::Overloaded`], because the gateway would rather route to the default model
-//! than add latency. Repeated texts are answered from an LRU keyed by the text's blake3 hash.
+//! on a oneshot. The model thread takes whatever is waiting and runs the newest of it, up to a
+//! token budget and as many as can finish before their deadlines, as one batch. Nothing waits
+//! past its deadline: a full queue, a missed deadline or one that cannot be met is an
+//! immediate [`Error::Overloaded`], because the gateway would rather route to the default
+//! model than add latency. Repeated texts are answered from an LRU keyed by the text's blake3 hash.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -28,8 +30,9 @@ type CacheKey = [u8; 32];
 /// Knobs of the [`EmbeddingService`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
-    /// Requests that may wait for the model thread; beyond this, callers get
-    /// `Overloaded(QueueFull)` at once.
+    /// Requests that may wait in the queue for the model thread; beyond this, callers get
+    /// `Overloaded(QueueFull)` at once. The model thread holds at most as many again that it
+    /// has taken off the queue to choose a batch from.
     pub queue_capacity: usize,
     /// Largest batch, counted as padded tokens (batch size × longest member). Bounds the
     /// latency a request adds to the others in its batch.
@@ -154,7 +157,8 @@ impl EmbeddingService {
             counters: Arc::clone(&counters),
             max_batch_tokens: config.max_batch_tokens,
             max_batch_size: config.max_batch_size,
-            pending: None,
+            backlog: VecDeque::new(),
+            queue_capacity: config.queue_capacity,
             cost: BatchCost::default(),
         };
         let threads = config.threads;
@@ -301,8 +305,10 @@ struct Worker {
     counters: Arc<Counters>,
     max_batch_tokens: usize,
     max_batch_size: usize,
-    /// A job taken off the queue that did not fit the previous batch's budget.
-    pending: Option<Job>,
+    /// Jobs taken off the queue and not answered yet, oldest first.
+    backlog: VecDeque<Job>,
+    /// Most jobs held in `backlog` (the queue's capacity again).
+    queue_capacity: usize,
     cost: BatchCost,
 }
 
@@ -421,48 +427,76 @@ impl Worker {
         }
     }
 
-    /// Blocks for the first live job, then adds whatever else is already queued while the
-    /// padded token count stays within budget. Returns `None` when every sender is gone.
+    /// Blocks until a job is waiting, moves what is queued into the backlog, answers what needs
+    /// no model work, and returns the largest batch of the newest jobs that fits the token
+    /// budget and, by the cost estimate, finishes before every member's deadline. Under
+    /// overload the newest jobs are the ones with time left (all share one deadline budget):
+    /// taking the oldest first would make small, late batches while everyone waits. The
+    /// oldest are refused as soon as they cannot make it even alone. `None` when every
+    /// sender is gone.
     fn next_batch(&mut self) -> Option<Vec<Row>> {
+        loop {
+            if self.backlog.is_empty() {
+                match self.rx.recv() {
+                    Ok(job) => self.backlog.push_back(job),
+                    Err(_) => return None,
+                }
+            }
+            while self.backlog.len() < self.queue_capacity {
+                match self.rx.try_recv() {
+                    Ok(job) => self.backlog.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            self.triage();
+            let rows = self.pick_batch();
+            if !rows.is_empty() {
+                return Some(rows);
+            }
+        }
+    }
+
+    /// Answers the backlog's jobs that need no model work or cannot be embedded before their
+    /// deadline even alone.
+    fn triage(&mut self) {
+        let now = Instant::now();
+        let mut kept = VecDeque::with_capacity(self.backlog.len());
+        while let Some(job) = self.backlog.pop_front() {
+            match self.admit(job) {
+                None => self.left(),
+                Some(job) if self.cost.estimate(job.tokens.len()).is_some_and(|c| now + c > job.deadline) => {
+                    self.left();
+                    self.reject_late(job);
+                }
+                Some(job) => kept.push_back(job),
+            }
+        }
+        self.backlog = kept;
+    }
+
+    /// Takes jobs newest first while the batch stays within the budgets; identical texts
+    /// share a row.
+    fn pick_batch(&mut self) -> Vec<Row> {
         let mut rows: Vec<Row> = Vec::new();
         let mut longest = 0usize;
         let mut earliest_deadline: Option<Instant> = None;
-        loop {
-            let job = if let Some(job) = self.pending.take() {
-                job
-            } else if rows.is_empty() {
-                match self.rx.recv() {
-                    Ok(job) => self.took(job),
-                    Err(_) => return None,
-                }
-            } else {
-                match self.rx.try_recv() {
-                    Ok(job) => self.took(job),
-                    Err(_) => break,
-                }
-            };
-            let Some(job) = self.admit(job) else { continue };
+        while let Some(job) = self.backlog.pop_back() {
             if let Some(row) = rows.iter_mut().find(|r| r.key == job.key) {
                 row.replies.push(job.reply);
+                self.left();
                 continue;
             }
             let new_longest = longest.max(job.tokens.len());
             let padded = new_longest * (rows.len() + 1);
-            if !rows.is_empty() && padded > self.max_batch_tokens {
-                self.pending = Some(job);
+            let deadline = earliest_deadline.map_or(job.deadline, |d| d.min(job.deadline));
+            let too_big = !rows.is_empty() && padded > self.max_batch_tokens;
+            let too_late =
+                !rows.is_empty() && self.cost.estimate(padded).is_some_and(|c| Instant::now() + c > deadline);
+            if too_big || too_late {
+                self.backlog.push_back(job);
                 break;
             }
-            let deadline = earliest_deadline.map_or(job.deadline, |d| d.min(job.deadline));
-            if let Some(cost) = self.cost.estimate(padded) {
-                if Instant::now() + cost > deadline {
-                    if rows.is_empty() {
-                        self.reject_late(job);
-                        continue;
-                    }
-                    self.pending = Some(job);
-                    break;
-                }
-            }
+            self.left();
             earliest_deadline = Some(deadline);
             longest = new_longest;
             rows.push(Row {
@@ -474,12 +508,12 @@ impl Worker {
                 break;
             }
         }
-        Some(rows)
+        rows
     }
 
-    fn took(&self, job: Job) -> Job {
+    /// A job left the queue (batched or answered).
+    fn left(&self) {
         self.counters.depth.fetch_sub(1, Ordering::Relaxed);
-        job
     }
 
     /// Answers a job that cannot be embedded before its deadline, so its caller sheds now

@@ -327,3 +327,36 @@ async fn a_job_that_cannot_finish_in_time_is_refused_at_once() {
     assert_eq!(*paced.calls.lock().expect("lock"), vec![1, 1], "the refused text never reached the model");
     assert_eq!(service.stats().rejected_deadline, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_overload_the_newest_jobs_are_batched_and_the_oldest_refused() {
+    let paced = Arc::new(PacedEmbedder { per_token: Duration::from_millis(1), calls: Mutex::new(Vec::new()) });
+    let config = ServiceConfig { queue_capacity: 64, ..gated_config() };
+    let service = EmbeddingService::start(paced.clone(), config).expect("start");
+    // Teach the cost (10 tokens, ~10 ms), then keep the model busy with a 60-token text.
+    service.embed(&"w".repeat(10), far()).await.expect("warm");
+    let s = service.clone();
+    let busy = tokio::spawn(async move { s.embed(&"x".repeat(60), far()).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // While it runs (~60 ms): an old job with 70 ms left, then four newer ones with 200 ms.
+    let s = service.clone();
+    let old = tokio::spawn(async move { s.embed(&"o".repeat(10), Instant::now() + Duration::from_millis(70)).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut newer = Vec::new();
+    for i in 0..4 {
+        let s = service.clone();
+        newer.push(tokio::spawn(async move {
+            s.embed(&format!("new-{i}-{}", "n".repeat(4)), Instant::now() + Duration::from_millis(200)).await
+        }));
+    }
+    busy.await.expect("join").expect("busy");
+    for job in newer {
+        job.await.expect("join").expect("newer jobs are embedded");
+    }
+    // The old job had ~20 ms left when the model came free: a batch with it could not meet
+    // its deadline, so the newer ones went first and it was refused, not run late.
+    let err = old.await.expect("join").expect_err("the old job cannot make it");
+    assert!(matches!(err, Error::Overloaded(OverloadReason::DeadlineExceeded)), "{err}");
+    let calls = paced.calls.lock().expect("lock").clone();
+    assert_eq!(calls, vec![1, 1, 4], "warm-up, the busy text, then the four newer texts as one batch");
+}
