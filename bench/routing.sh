@@ -5,7 +5,8 @@
 #
 #   bench/routing.sh            (from anywhere; builds release binaries first, into
 #                                $CARGO_TARGET_DIR when set)
-# Env: CONNS (default 32), SECONDS_PER_RUN (default 10), CHECKPOINT (default models/selector/default)
+# Env: CONNS (default 32), SECONDS_PER_RUN (default 10), CHECKPOINT (default models/selector/default),
+#      EMBEDDER_THREADS (`[router] embedder_threads`; default: the gateway's)
 # Prints a Markdown table; raw JSON lines are kept in $OUT_DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,6 +53,7 @@ default = "gpt-3.5-turbo-1106"
 [router]
 checkpoint = "$ROOT/$CHECKPOINT"
 reload_poll_ms = 0
+${EMBEDDER_THREADS:+embedder_threads = $EMBEDDER_THREADS}
 TOML
 
 pids=()
