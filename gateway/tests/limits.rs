@@ -2,6 +2,8 @@
 //! (`SWITCHYARD_TEST_REDIS` overrides the URL). Every test uses its own key prefix and
 //! deletes its keys at the end.
 
+mod redis_support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,42 +14,8 @@ use gateway::store::keys::{create_key, NewKey};
 use gateway::{Application, Config};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use redis_support::{redis_url, Prefix};
 use tokio::sync::oneshot;
-
-fn redis_url() -> String {
-    std::env::var("SWITCHYARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// Deletes the test's Redis keys when dropped.
-struct Prefix(String);
-
-impl Prefix {
-    fn new() -> Self {
-        Self(format!("switchyard-test:{}", uuid::Uuid::now_v7().simple()))
-    }
-
-    async fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(redis_url()).expect("redis url");
-        let mut conn = client.get_multiplexed_async_connection().await.expect("Redis at 127.0.0.1:6379");
-        redis::cmd("KEYS").arg(format!("{}:*", self.0)).query_async(&mut conn).await.expect("KEYS")
-    }
-}
-
-impl Drop for Prefix {
-    fn drop(&mut self) {
-        let pattern = format!("{}:*", self.0);
-        // A fresh thread: Drop may run inside the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(client) = redis::Client::open(redis_url()) else { return };
-            let Ok(mut conn) = client.get_connection() else { return };
-            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-            }
-        })
-        .join();
-    }
-}
 
 struct Gateway {
     addr: SocketAddr,

@@ -3,6 +3,7 @@
 //! limits and budgets hold across them, a semantic cache entry one replica wrote becomes a hit
 //! on the other without a restart, and a checkpoint promoted once is picked up by both.
 
+mod redis_support;
 mod selector_support;
 mod store_support;
 
@@ -15,16 +16,13 @@ use std::time::Duration;
 use gateway::app::AppState;
 use gateway::store::keys::{create_key, NewKey};
 use gateway::{Application, Config};
+use redis_support::{redis_url, Prefix};
 use selector_support::{checkpoints, copy_checkpoint, TEST_CODE};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use store_support::{wait_for, TestPg};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-
-fn redis_url() -> String {
-    std::env::var("SWITCHYARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 /// One replica: the same config as its sibling, its own spill file.
 struct Replica {
@@ -127,24 +125,6 @@ async fn balance(backends: [SocketAddr; 2]) -> Balancer {
     Balancer { addr, connections }
 }
 
-/// Deletes the test's Redis keys when dropped.
-struct RedisPrefix(String);
-
-impl Drop for RedisPrefix {
-    fn drop(&mut self) {
-        let pattern = format!("{}:*", self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(client) = redis::Client::open(redis_url()) else { return };
-            let Ok(mut conn) = client.get_connection() else { return };
-            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-            }
-        })
-        .join();
-    }
-}
-
 fn chat(model: &str, text: &str) -> Value {
     json!({"model": model, "temperature": 0, "messages": [{"role": "user", "content": text}]})
 }
@@ -194,7 +174,7 @@ async fn cache_rows(pg: &TestPg) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_limits_cache_entries_and_promotions() {
     let pg = TestPg::create().await;
-    let prefix = RedisPrefix(format!("switchyard-test:{}", uuid::Uuid::now_v7().simple()));
+    let prefix = Prefix::new();
     let dir = tempfile::tempdir().expect("dir");
     let (normal, swapped) = checkpoints();
     let live = dir.path().join("active");
