@@ -149,12 +149,16 @@ impl Embedder for GatedEmbedder {
     }
 }
 
+/// Normal scheduling: these tests time the queue's logic, and a `SCHED_IDLE` model thread
+/// could wait behind the other tests nextest runs at the same time.
 fn gated_config() -> ServiceConfig {
     ServiceConfig {
         queue_capacity: 1,
         max_batch_size: 8,
         threads: 1,
         warmup: false,
+        nice: 0,
+        idle_scheduling: false,
         ..ServiceConfig::default()
     }
 }
