@@ -70,11 +70,14 @@ echo "passthrough alone..." >&2
 run --model gpt-3.5-turbo-1106 > "$OUT_DIR/passthrough_alone.json"
 echo "routed alone..." >&2
 run --model auto --fresh-tokens 64 > "$OUT_DIR/routed_alone.json"
+metrics() { curl -sf "$URL/metrics" | grep -E '^switchyard_(embed|routing_decisions_total)' > "$OUT_DIR/metrics_$1.txt" || true; }
+metrics after_routed_alone
 echo "routed + passthrough together..." >&2
 run --model auto --fresh-tokens 64 > "$OUT_DIR/routed_mixed.json" &
 mixed=$!
 run --model gpt-3.5-turbo-1106 > "$OUT_DIR/passthrough_mixed.json"
 wait "$mixed"
+metrics after_mixed
 
 python3 - "$OUT_DIR" <<'PY'
 import json, sys, os
@@ -84,7 +87,7 @@ print("| run | req/s | p50 ms | p99 ms | decision p50 ms | decision p99 ms | dec
 print("|---|---|---|---|---|---|---|---|")
 for name, x in r.items():
     dec = ", ".join(f"{k}={v}" for k, v in x["decisions"].items()) or "-"
-    def f(v): return "-" if v != v else f"{v:.2f}"
+    def f(v): return "-" if v is None or v != v else f"{v:.2f}"
     print(f"| {name} | {x['rps']:.0f} | {f(x['latency_ms']['p50'])} | {f(x['latency_ms']['p99'])} | {f(x['decision_ms']['p50'])} | {f(x['decision_ms']['p99'])} | {dec} | {x['errors']} |")
 ratio = r["passthrough_mixed"]["rps"] / r["passthrough_alone"]["rps"]
 print(f"\npassthrough throughput under routed load: {ratio*100:.0f}% of alone (target >= 90%)")

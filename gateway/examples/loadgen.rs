@@ -104,7 +104,13 @@ async fn main() {
         .build()
         .expect("client");
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Seeds start from the clock so consecutive runs against one gateway send different
+    // prompts (its embedding cache must not answer a second run from the first).
+    let first_seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(first_seed));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for connection in 0..args.connections {

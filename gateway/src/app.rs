@@ -219,6 +219,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         let stats = service.stats();
         m.embed_queue_depth.set(i64::try_from(stats.queue_depth).unwrap_or(i64::MAX));
         m.embed_cache_hits.set(i64::try_from(stats.cache_hits).unwrap_or(i64::MAX));
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        m.embed_rejected.with_label_values(&["queue_full"]).set(count(stats.rejected_queue_full));
+        m.embed_rejected.with_label_values(&["deadline"]).set(count(stats.rejected_deadline));
+        m.embed_batches.set(count(stats.batches));
+        m.embed_texts.set(count(stats.embedded));
     }
     if let Some(cache) = &state.cache {
         let (exact, semantic) = cache.len();

@@ -23,6 +23,11 @@ pub struct Metrics {
     decision_seconds: HistogramVec,
     pub embed_queue_depth: IntGauge,
     pub embed_cache_hits: IntGauge,
+    /// Embedding requests refused since start, by reason (`queue_full`, `deadline`).
+    pub embed_rejected: prometheus::IntGaugeVec,
+    /// Forward passes run and texts embedded by them since start.
+    pub embed_batches: IntGauge,
+    pub embed_texts: IntGauge,
     /// Response-cache entries held in this process, by tier.
     pub cache_entries: prometheus::IntGaugeVec,
     pub breaker_state: GaugeVec,
@@ -68,6 +73,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     let embed_queue_depth = IntGauge::new("embed_queue_depth", "Requests waiting for the embedding thread")?;
     let embed_cache_hits = IntGauge::new("embed_cache_hits", "Embedding LRU hits since start")?;
+    let embed_rejected = prometheus::IntGaugeVec::new(
+        Opts::new("embed_rejected", "Embedding requests refused since start (the decision was shed)"),
+        &["reason"],
+    )?;
+    let embed_batches = IntGauge::new("embed_batches", "Embedding forward passes since start")?;
+    let embed_texts = IntGauge::new("embed_texts", "Texts embedded by the model since start")?;
     let cache_entries = prometheus::IntGaugeVec::new(
         Opts::new("cache_entries", "Response-cache entries held in this process"),
         &["tier"],
@@ -102,6 +113,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(decision_seconds.clone()),
         Box::new(embed_queue_depth.clone()),
         Box::new(embed_cache_hits.clone()),
+        Box::new(embed_rejected.clone()),
+        Box::new(embed_batches.clone()),
+        Box::new(embed_texts.clone()),
         Box::new(cache_entries.clone()),
         Box::new(breaker_state.clone()),
         Box::new(log_rows.clone()),
@@ -125,6 +139,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         decision_seconds,
         embed_queue_depth,
         embed_cache_hits,
+        embed_rejected,
+        embed_batches,
+        embed_texts,
         cache_entries,
         breaker_state,
         log_rows,

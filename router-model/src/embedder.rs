@@ -55,6 +55,13 @@ pub trait Embedder: Send + Sync {
     /// Tokenises one text (truncating to the embedder's window).
     fn tokenize(&self, text: &str) -> Result<Tokens>;
 
+    /// The part of `text` that can fall inside the embedder's token window (what
+    /// [`Self::tokenize`] would look at); callers that copy a text for later tokenising
+    /// copy only this.
+    fn window_prefix<'a>(&self, text: &'a str) -> &'a str {
+        text
+    }
+
     /// Embeds already tokenised texts as one batch; returns one unit vector per input.
     fn embed_tokens(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>>;
 
@@ -545,6 +552,10 @@ impl Embedder for BertEmbedder {
             .encode_fast(window_prefix(text, self.max_tokens), true)
             .map_err(|e| Error::Tokenizer(format!("encoding: {e}")))?;
         Ok(Tokens::from_ids(encoding.get_ids().to_vec()))
+    }
+
+    fn window_prefix<'a>(&self, text: &'a str) -> &'a str {
+        window_prefix(text, self.max_tokens)
     }
 
     fn embed_tokens(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>> {

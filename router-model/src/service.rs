@@ -2,8 +2,9 @@
 //!
 //! Shape borrowed from text-embeddings-inference: the model lives on one dedicated OS thread
 //! (matrix work must not run on tokio's workers, and a BERT forward pass is not cancellable),
-//! fed through a bounded queue; callers tokenise on their own thread before queueing and wait
-//! on a oneshot. The model thread takes whatever is waiting and runs the newest of it, up to a
+//! fed through a bounded queue; callers hash the text, queue it and wait on a oneshot, and the
+//! model thread tokenises (at its low priority, so a request handler never pays for it). The
+//! model thread takes whatever is waiting and runs the newest of it, up to a
 //! token budget and as many as can finish before their deadlines, as one batch. Nothing waits
 //! past its deadline: a full queue, a missed deadline or one that cannot be met is an
 //! immediate [`Error::Overloaded`], because the gateway would rather route to the default
@@ -11,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -30,9 +31,9 @@ type CacheKey = [u8; 32];
 /// Knobs of the [`EmbeddingService`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
-    /// Requests that may wait in the queue for the model thread; beyond this, callers get
-    /// `Overloaded(QueueFull)` at once. The model thread holds at most as many again that it
-    /// has taken off the queue to choose a batch from.
+    /// Callers that may wait for the model thread to take their text into a batch; beyond
+    /// this, callers get `Overloaded(QueueFull)` at once. Callers that gave up (deadline
+    /// passed, request gone) no longer count, even before the model thread drains their jobs.
     pub queue_capacity: usize,
     /// Largest batch, counted as padded tokens (batch size × longest member). Bounds the
     /// latency a request adds to the others in its batch.
@@ -81,7 +82,7 @@ impl Default for ServiceConfig {
 /// Counters for metrics; all monotonic except `queue_depth`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServiceStats {
-    /// Requests waiting in the queue right now.
+    /// Callers waiting for the model thread to take their text into a batch right now.
     pub queue_depth: usize,
     pub cache_hits: u64,
     pub cache_misses: u64,
@@ -105,12 +106,61 @@ struct Counters {
     embedded: AtomicU64,
 }
 
+/// A text on its way to the model thread. It is tokenised there, not by the caller:
+/// tokenising a 64-token prompt (BERT normalisation, word pieces) costs ~75 µs, which on the
+/// request handler's thread was half the handler's work for a routed request, and at the
+/// model thread's low priority it only uses cycles the handlers leave idle. A job whose
+/// caller gave up is never tokenised.
 struct Job {
+    key: CacheKey,
+    text: Box<str>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Embedding>>,
+    slot: Arc<QueueSlot>,
+}
+
+/// A job in the model thread's backlog, tokenised.
+struct Pending {
     key: CacheKey,
     tokens: Tokens,
     deadline: Instant,
     reply: oneshot::Sender<Result<Embedding>>,
+    slot: Arc<QueueSlot>,
 }
+
+/// A caller's place in the queue, counted in `Counters::depth` from admission until the
+/// model thread takes the job into a batch (or answers it) or the caller stops waiting,
+/// whichever comes first. Admission counts these live waiters, not the jobs in the channel:
+/// while request handlers starve the low-priority model thread, the channel fills with jobs
+/// whose callers already shed, and refusing live requests because of them made every routed
+/// request shed at once (and clients retry at once, adding load).
+struct QueueSlot {
+    counters: Arc<Counters>,
+    released: AtomicBool,
+}
+
+impl QueueSlot {
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.counters.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Releases the caller's slot however its wait ends (answer, deadline, or the request
+/// handler's future dropped).
+struct SlotGuard(Arc<QueueSlot>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// Jobs the channel holds per unit of `queue_capacity`: room for jobs whose callers gave up
+/// while the model thread could not run (they are skipped when it drains them). Bounds the
+/// memory of a long-starved model thread (a job is its token ids, well under 2 KB).
+const CHANNEL_SLACK: usize = 16;
 
 /// The embedder behind a model thread, a bounded queue and an LRU. Clone it freely: clones
 /// share the thread, queue and cache; the thread stops when the last clone is dropped.
@@ -121,6 +171,7 @@ pub struct EmbeddingService {
 
 struct Inner {
     tx: SyncSender<Job>,
+    queue_capacity: usize,
     cache: moka::sync::Cache<CacheKey, Embedding>,
     embedder: Arc<dyn Embedder>,
     counters: Arc<Counters>,
@@ -151,7 +202,7 @@ impl EmbeddingService {
                  request handlers; call router_model::configure_cpu_threads() at the start of main"
             );
         }
-        let (tx, rx) = mpsc::sync_channel::<Job>(config.queue_capacity);
+        let (tx, rx) = mpsc::sync_channel::<Job>(config.queue_capacity.saturating_mul(CHANNEL_SLACK));
         let cache = moka::sync::Cache::new(config.cache_capacity);
         let counters = Arc::new(Counters::default());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
@@ -186,6 +237,7 @@ impl EmbeddingService {
         Ok(Self {
             inner: Arc::new(Inner {
                 tx,
+                queue_capacity: config.queue_capacity,
                 cache,
                 embedder,
                 counters,
@@ -196,7 +248,7 @@ impl EmbeddingService {
 
     /// The embedding of `text`, or `Overloaded` as soon as it is clear it cannot arrive
     /// before `deadline`. A cached embedding is returned even past the deadline (it costs
-    /// nothing). Tokenisation runs on the caller's thread (~0.1 ms for a few hundred words).
+    /// nothing). The caller only hashes the text; the model thread tokenises it.
     pub async fn embed(&self, text: &str, deadline: Instant) -> Result<Embedding> {
         let inner = &self.inner;
         let key = *blake3::hash(text.as_bytes()).as_bytes();
@@ -208,26 +260,26 @@ impl EmbeddingService {
         if Instant::now() >= deadline {
             return Err(self.deadline_missed());
         }
-        let tokens = inner.embedder.tokenize(text)?;
+        if inner.counters.depth.fetch_add(1, Ordering::Relaxed) >= inner.queue_capacity {
+            inner.counters.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(self.queue_full());
+        }
+        let slot = Arc::new(QueueSlot {
+            counters: Arc::clone(&inner.counters),
+            released: AtomicBool::new(false),
+        });
+        let _guard = SlotGuard(Arc::clone(&slot));
         let (reply, answer) = oneshot::channel();
-        // Count before sending so the model thread's decrement can never run first.
-        inner.counters.depth.fetch_add(1, Ordering::Relaxed);
         let job = Job {
             key,
-            tokens,
+            text: inner.embedder.window_prefix(text).into(),
             deadline,
             reply,
+            slot,
         };
         if let Err(e) = inner.tx.try_send(job) {
-            inner.counters.depth.fetch_sub(1, Ordering::Relaxed);
             return Err(match e {
-                TrySendError::Full(_) => {
-                    inner
-                        .counters
-                        .rejected_queue_full
-                        .fetch_add(1, Ordering::Relaxed);
-                    Error::Overloaded(OverloadReason::QueueFull)
-                }
+                TrySendError::Full(_) => self.queue_full(),
                 TrySendError::Disconnected(_) => Error::ServiceStopped,
             });
         }
@@ -280,6 +332,14 @@ impl EmbeddingService {
         &self.inner.embedder
     }
 
+    fn queue_full(&self) -> Error {
+        self.inner
+            .counters
+            .rejected_queue_full
+            .fetch_add(1, Ordering::Relaxed);
+        Error::Overloaded(OverloadReason::QueueFull)
+    }
+
     fn deadline_missed(&self) -> Error {
         self.inner
             .counters
@@ -312,7 +372,7 @@ struct Worker {
     max_batch_tokens: usize,
     max_batch_size: usize,
     /// Jobs taken off the queue and not answered yet, oldest first.
-    backlog: VecDeque<Job>,
+    backlog: VecDeque<Pending>,
     /// Most jobs held in `backlog` (the queue's capacity again).
     queue_capacity: usize,
     cost: BatchCost,
@@ -456,13 +516,24 @@ impl Worker {
         loop {
             if self.backlog.is_empty() {
                 match self.rx.recv() {
-                    Ok(job) => self.backlog.push_back(job),
+                    Ok(job) if job.reply.is_closed() => job.slot.release(),
+                    Ok(job) => {
+                        if let Some(pending) = self.tokenize(job) {
+                            self.backlog.push_back(pending);
+                        }
+                    }
                     Err(_) => return None,
                 }
             }
             while self.backlog.len() < self.queue_capacity {
                 match self.rx.try_recv() {
-                    Ok(job) => self.backlog.push_back(job),
+                    // Callers that gave up cost nothing more than this.
+                    Ok(job) if job.reply.is_closed() => job.slot.release(),
+                    Ok(job) => {
+                        if let Some(pending) = self.tokenize(job) {
+                            self.backlog.push_back(pending);
+                        }
+                    }
                     Err(_) => break,
                 }
             }
@@ -481,9 +552,8 @@ impl Worker {
         let mut kept = VecDeque::with_capacity(self.backlog.len());
         while let Some(job) = self.backlog.pop_front() {
             match self.admit(job) {
-                None => self.left(),
+                None => {}
                 Some(job) if self.cost.estimate(job.tokens.len()).is_some_and(|c| now + c > job.deadline) => {
-                    self.left();
                     self.reject_late(job);
                 }
                 Some(job) => kept.push_back(job),
@@ -500,8 +570,8 @@ impl Worker {
         let mut earliest_deadline: Option<Instant> = None;
         while let Some(job) = self.backlog.pop_back() {
             if let Some(row) = rows.iter_mut().find(|r| r.key == job.key) {
+                job.slot.release();
                 row.replies.push(job.reply);
-                self.left();
                 continue;
             }
             let new_longest = longest.max(job.tokens.len());
@@ -514,7 +584,7 @@ impl Worker {
                 self.backlog.push_back(job);
                 break;
             }
-            self.left();
+            job.slot.release();
             earliest_deadline = Some(deadline);
             longest = new_longest;
             rows.push(Row {
@@ -529,22 +599,37 @@ impl Worker {
         rows
     }
 
-    /// A job left the queue (batched or answered).
-    fn left(&self) {
-        self.counters.depth.fetch_sub(1, Ordering::Relaxed);
+    /// Tokenises a job for the backlog; a text the tokenizer rejects is answered with the error.
+    fn tokenize(&self, job: Job) -> Option<Pending> {
+        match self.embedder.tokenize(&job.text) {
+            Ok(tokens) => Some(Pending {
+                key: job.key,
+                tokens,
+                deadline: job.deadline,
+                reply: job.reply,
+                slot: job.slot,
+            }),
+            Err(e) => {
+                job.slot.release();
+                let _ = job.reply.send(Err(e));
+                None
+            }
+        }
     }
 
     /// Answers a job that cannot be embedded before its deadline, so its caller sheds now
     /// rather than at the deadline.
-    fn reject_late(&self, job: Job) {
+    fn reject_late(&self, job: Pending) {
+        job.slot.release();
         self.counters.rejected_deadline.fetch_add(1, Ordering::Relaxed);
         let _ = job.reply.send(Err(Error::Overloaded(OverloadReason::DeadlineExceeded)));
     }
 
     /// Answers a job that needs no model work (caller gone, deadline passed, or the text was
     /// embedded since it was queued); returns the job if it still needs embedding.
-    fn admit(&self, job: Job) -> Option<Job> {
+    fn admit(&self, job: Pending) -> Option<Pending> {
         if job.reply.is_closed() {
+            job.slot.release();
             return None;
         }
         if Instant::now() >= job.deadline {
@@ -552,6 +637,7 @@ impl Worker {
             return None;
         }
         if let Some(hit) = self.cache.get(&job.key) {
+            job.slot.release();
             let _ = job.reply.send(Ok(hit));
             return None;
         }

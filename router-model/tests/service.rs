@@ -221,6 +221,38 @@ async fn deadline_passing_in_the_queue_is_overloaded_without_waiting() {
     assert!(service.cached("second").is_none());
 }
 
+/// While the model thread cannot run, jobs of callers that gave up pile up in the channel;
+/// they must not hold the queue's places, or every later request is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_gave_up_do_not_hold_queue_places() {
+    let gated = GatedEmbedder::new();
+    gated.close();
+    let service = EmbeddingService::start(gated.clone(), gated_config()).expect("start");
+    let s1 = service.clone();
+    let first = tokio::spawn(async move { s1.embed("first", far()).await });
+    gated.wait_entered(1).await; // the model thread is stuck in "first"
+    for i in 0..3 {
+        let err = service
+            .embed(&format!("gave up {i}"), Instant::now() + Duration::from_millis(20))
+            .await
+            .expect_err("the model thread is busy");
+        assert!(
+            matches!(err, Error::Overloaded(OverloadReason::DeadlineExceeded)),
+            "{err}"
+        );
+    }
+    assert_eq!(service.queue_depth(), 0);
+    let s2 = service.clone();
+    let live = tokio::spawn(async move { s2.embed("live", far()).await });
+    wait_until(|| service.queue_depth() == 1).await;
+    gated.open();
+    first.await.expect("join").expect("first");
+    assert_eq!(&*live.await.expect("join").expect("live"), &[4.0, 1.0]);
+    let stats = service.stats();
+    assert_eq!(stats.rejected_queue_full, 0);
+    assert_eq!(stats.embedded, 2, "the abandoned texts are skipped, not embedded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_requests_form_one_batch_and_duplicates_share_a_row() {
     let gated = GatedEmbedder::new();
