@@ -342,13 +342,18 @@ async fn chat_completions(
     }
     let bytes = read_body(body, state.max_body_bytes).await?;
     let request = ChatRequest::parse(&bytes)?;
-    let admission = state.limits.admit(&caller).await?;
     let target = state.registry.resolve(&request.model)?;
+    let request_id = Uuid::now_v7();
+    // From here on the request is for a configured model or route: a refusal leaves a row.
+    let refused = |error: Error| {
+        log_refused(&state, &target, &request, &caller, request_id, &error, started);
+        error
+    };
+    let admission = state.limits.admit(&caller).await.map_err(refused)?;
     let route = match &target {
         Target::Route(route) => Some(route.clone()),
         Target::Model(_) => None,
     };
-    let request_id = Uuid::now_v7();
     let plan = state.cache.as_ref().map(|c| c.plan(&request, caller.tenant.as_deref(), route.is_some(), &headers));
 
     if let (Some(cache), Some(plan)) = (&state.cache, &plan) {
@@ -359,8 +364,8 @@ async fn chat_completions(
         }
     }
 
-    let policy = if route.is_some() { request_policy(&headers)? } else { RequestPolicy::default() };
-    let timeouts = request_timeouts(state.timeouts, route.as_deref(), &headers)?;
+    let policy = if route.is_some() { request_policy(&headers).map_err(refused)? } else { RequestPolicy::default() };
+    let timeouts = request_timeouts(state.timeouts, route.as_deref(), &headers).map_err(refused)?;
     let wants_semantic = plan.as_ref().is_some_and(|p| p.semantic);
     // What the embedder, the semantic cache and the log look at, extracted once.
     let query_text = request.last_user_text();
@@ -481,6 +486,28 @@ impl CacheWrite {
 
 /// Answers from the cache: logs the hit (no upstream, no cost) and sets the usual headers.
 #[allow(clippy::too_many_arguments)]
+/// Records a request refused before any upstream call (a limit, a bad routing header) under
+/// the model it asked for (a route's default for a route), with provider `gateway`.
+fn log_refused(
+    state: &AppState,
+    target: &Target,
+    request: &ChatRequest,
+    caller: &Caller,
+    request_id: Uuid,
+    error: &Error,
+    started: Instant,
+) {
+    let (route, nominal) = match target {
+        Target::Model(model) => (None, model),
+        Target::Route(route) => (Some(route.name.clone()), &route.default),
+    };
+    let mut outcome = RequestOutcome::new(request_id, route, nominal, request.stream).log_to(state.log.clone());
+    outcome.provider = "gateway".into();
+    outcome.tenant = caller.tenant.clone();
+    outcome.key_id = caller.key_id;
+    outcome.finish_error(error, started);
+}
+
 fn serve_hit(
     mut response: Response,
     kind: &'static str,

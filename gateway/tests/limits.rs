@@ -146,6 +146,34 @@ async fn rpm_limit_answers_429_with_retry_after_and_openai_body() {
         "{metrics}"
     );
     assert!(!prefix.keys().await.is_empty(), "counters live in Redis under the test prefix");
+    // Each refusal leaves a row in the outcome log, under the caller's tenant.
+    let rows = refused_rows(dir.path(), 2).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (status, class, provider, tenant, model) in rows {
+        assert_eq!((status, class.as_str(), provider.as_str()), (429, "rate_limit_exceeded", "gateway"));
+        assert_eq!((tenant.as_deref(), model.as_str()), (Some("acme"), "m"));
+    }
+}
+
+/// Refused rows (status ≥ 400) in the gateway's SQLite log, once at least `want` are written
+/// (bounded at 5 s).
+async fn refused_rows(dir: &Path, want: usize) -> Vec<(i64, String, String, Option<String>, String)> {
+    let url = format!("sqlite://{}", dir.join("log.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open log");
+    let mut rows = Vec::new();
+    for _ in 0..250 {
+        rows = sqlx::query_as(
+            "SELECT status, error_class, provider, tenant, model FROM request_log WHERE status >= 400 ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("query log");
+        if rows.len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rows
 }
 
 #[tokio::test]
