@@ -71,8 +71,9 @@ pub struct AppState {
     pub cache: Option<Arc<GatewayCache>>,
     /// Per-key and per-tenant limits.
     pub limits: Arc<Limiter>,
-    /// Cancelled when the shutdown grace is over: open streams end.
-    cut_streams: tokio_util::sync::CancellationToken,
+    /// Cancelled when the shutdown grace is over: open streams end, and requests still
+    /// waiting for an upstream answer are answered 503.
+    cut_in_flight: tokio_util::sync::CancellationToken,
     shutdown_grace: Duration,
     /// `/v1/models` body, rendered once.
     models_body: Bytes,
@@ -132,7 +133,7 @@ impl AppState {
         Ok(Self {
             cache,
             limits,
-            cut_streams: tokio_util::sync::CancellationToken::new(),
+            cut_in_flight: tokio_util::sync::CancellationToken::new(),
             shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
             breakers: Breakers::new(
                 config.server.breaker_failures,
@@ -435,7 +436,7 @@ async fn chat_completions(
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         UpstreamResponse::Stream(pieces) => {
-            let pieces = crate::shutdown::cut_on(pieces, state.cut_streams.clone());
+            let pieces = crate::shutdown::cut_on(pieces, state.cut_in_flight.clone());
             let stream = client_stream(pieces, request.client_wants_usage, model.clone(), outcome, started, keep);
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/event-stream")
@@ -593,10 +594,15 @@ async fn call_with_fallback(
         outcome.model = model.name.clone();
         outcome.provider = model.provider_name.clone();
         let attempt_started = Instant::now();
-        let result = model
-            .provider
-            .chat(&state.http, request, &model.upstream_model, headers, timeouts)
-            .await;
+        let result = tokio::select! {
+            result = model.provider.chat(&state.http, request, &model.upstream_model, headers, timeouts) => result,
+            // The shutdown grace is over: answer now (503) rather than be dropped unlogged.
+            () = state.cut_in_flight.cancelled() => {
+                state.breakers.release(&model.name);
+                record_attempts(outcome, attempts);
+                return Err(Error::ShuttingDown);
+            }
+        };
         match result {
             Ok(upstream) => {
                 state.breakers.record_success(&model.name);
@@ -842,7 +848,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, lets in-flight requests finish for up to
-    /// `[server] shutdown_grace_ms`, cuts the streams still open, then flushes the outcome log.
+    /// `[server] shutdown_grace_ms`, cuts the streams still open and answers 503 to requests
+    /// still waiting upstream (both logged), then flushes the outcome log.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Error> {
         /// How long cut streams get to send their last event and close.
         const AFTER_CUT: Duration = Duration::from_secs(2);
@@ -867,8 +874,8 @@ impl Application {
         let served = tokio::select! {
             served = &mut server => served,
             () = grace_over => {
-                tracing::warn!("shutdown grace over; cutting the streams still open");
-                self.state.cut_streams.cancel();
+                tracing::warn!("shutdown grace over; cutting the streams and upstream calls still open");
+                self.state.cut_in_flight.cancel();
                 match tokio::time::timeout(AFTER_CUT, &mut server).await {
                     Ok(served) => served,
                     Err(_) => {

@@ -1,5 +1,6 @@
 //! Bounded graceful shutdown: streams in flight finish within `[server] shutdown_grace_ms`,
-//! longer ones are cut, and the outcome log is flushed either way (rows counted in SQLite).
+//! longer ones are cut, a request still waiting upstream is answered 503, and the outcome log
+//! is flushed either way (rows counted in SQLite).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -122,5 +123,34 @@ async fn a_stream_longer_than_the_grace_is_cut_and_still_logged() {
     let stopped_after = asked.elapsed();
     assert!(cut_after >= Duration::from_millis(300), "cut before the grace was over: {cut_after:?}");
     assert!(stopped_after < Duration::from_secs(4), "shutdown is bounded: {stopped_after:?}");
+    assert_eq!(rows(dir.path()).await, vec![(503, Some("shutdown".to_owned()))]);
+}
+
+#[tokio::test]
+async fn a_request_still_waiting_upstream_when_the_grace_ends_gets_503_and_a_row() {
+    let dir = TempDir::new().expect("temp dir");
+    let gateway = start(dir.path(), 300).await;
+    let addr = gateway.addr;
+    // The upstream takes 20 s to answer: far past the 300 ms grace.
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .header("x-mock-first-token-ms", "20000")
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "take your time"}]}))
+            .send()
+            .await
+            .expect("gateway reachable")
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await; // surely waiting upstream now
+    let asked = Instant::now();
+    gateway.stop.send(()).expect("server running");
+    let response = waiting.await.expect("client task");
+    let answered_after = asked.elapsed();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
+    gateway.served.await.expect("server task").expect("clean shutdown");
+    assert!(answered_after >= Duration::from_millis(300), "answered before the grace was over: {answered_after:?}");
+    assert!(answered_after < Duration::from_secs(4), "shutdown is bounded: {answered_after:?}");
     assert_eq!(rows(dir.path()).await, vec![(503, Some("shutdown".to_owned()))]);
 }
