@@ -64,11 +64,12 @@ const WORDS: &[&str] = &[
     "trip", "Japan", "budget", "travel", "tips", "prove", "that", "square", "root", "two", "irrational",
 ];
 
-/// A prompt of ~`tokens` tokens that was never sent before (seeded by a counter).
-fn fresh_prompt(tokens: usize, seed: u64) -> String {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+/// A prompt of ~`tokens` tokens that was never sent before: numbered by a counter, its words
+/// drawn from the counter mixed with a per-run `salt`.
+fn fresh_prompt(tokens: usize, n: u64, salt: u64) -> String {
+    let mut state = (n ^ salt).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut words = Vec::with_capacity(tokens);
-    words.push(format!("Request {seed}:"));
+    words.push(format!("Request {n}:"));
     for _ in 0..tokens.saturating_sub(3) {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         words.push(WORDS[(state >> 33) as usize % WORDS.len()].to_owned());
@@ -104,13 +105,13 @@ async fn main() {
         .build()
         .expect("client");
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-    // Seeds start from the clock so consecutive runs against one gateway send different
-    // prompts (its embedding cache must not answer a second run from the first).
-    let first_seed = std::time::SystemTime::now()
+    // Salted by the clock so consecutive runs against one gateway send different prompts (its
+    // embedding cache must not answer a second run from the first).
+    let salt = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
-    let counter = Arc::new(std::sync::atomic::AtomicU64::new(first_seed));
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for connection in 0..args.connections {
@@ -125,7 +126,7 @@ async fn main() {
                     next += interval;
                 }
                 let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let prompt = if args.fresh_tokens > 0 { fresh_prompt(args.fresh_tokens, n) } else { "Say hello".to_owned() };
+                let prompt = if args.fresh_tokens > 0 { fresh_prompt(args.fresh_tokens, n, salt) } else { "Say hello".to_owned() };
                 let body = json!({"model": args.model, "stream": args.stream, "messages": [{"role": "user", "content": prompt}]});
                 let sent = Instant::now();
                 let result = client.post(format!("{}/v1/chat/completions", args.url)).json(&body).send().await;
