@@ -517,24 +517,13 @@ impl Worker {
         loop {
             if self.backlog.is_empty() {
                 match self.rx.recv() {
-                    Ok(job) if job.reply.is_closed() => job.slot.release(),
-                    Ok(job) => {
-                        if let Some(pending) = self.tokenize(job) {
-                            self.backlog.push_back(pending);
-                        }
-                    }
+                    Ok(job) => self.take(job),
                     Err(_) => return None,
                 }
             }
             while self.backlog.len() < self.queue_capacity {
                 match self.rx.try_recv() {
-                    // Callers that gave up cost nothing more than this.
-                    Ok(job) if job.reply.is_closed() => job.slot.release(),
-                    Ok(job) => {
-                        if let Some(pending) = self.tokenize(job) {
-                            self.backlog.push_back(pending);
-                        }
-                    }
+                    Ok(job) => self.take(job),
                     Err(_) => break,
                 }
             }
@@ -600,10 +589,15 @@ impl Worker {
         rows
     }
 
-    /// Tokenises a job for the backlog; a text the tokenizer rejects is answered with the error.
-    fn tokenize(&self, job: Job) -> Option<Pending> {
+    /// Moves a job off the queue into the backlog, tokenised. A job whose caller gave up
+    /// costs nothing more than this; a text the tokenizer rejects is answered with the error.
+    fn take(&mut self, job: Job) {
+        if job.reply.is_closed() {
+            job.slot.release();
+            return;
+        }
         match self.embedder.tokenize(&job.text) {
-            Ok(tokens) => Some(Pending {
+            Ok(tokens) => self.backlog.push_back(Pending {
                 key: job.key,
                 tokens,
                 deadline: job.deadline,
@@ -613,7 +607,6 @@ impl Worker {
             Err(e) => {
                 job.slot.release();
                 let _ = job.reply.send(Err(e));
-                None
             }
         }
     }
