@@ -83,12 +83,14 @@ python3 - "$OUT_DIR" <<'PY'
 import json, sys, os
 d = sys.argv[1]
 r = {n: json.load(open(os.path.join(d, n + ".json"))) for n in ["passthrough_alone", "routed_alone", "routed_mixed", "passthrough_mixed"]}
-print("| run | req/s | p50 ms | p99 ms | decision p50 ms | decision p99 ms | decisions | errors |")
-print("|---|---|---|---|---|---|---|---|")
+print("| run | req/s | p50 ms | p99 ms | decision p50 ms | decision p99 ms | selected: decision p50 / p99 ms | decisions | errors |")
+print("|---|---|---|---|---|---|---|---|---|")
 for name, x in r.items():
     dec = ", ".join(f"{k}={v}" for k, v in x["decisions"].items()) or "-"
     def f(v): return "-" if v is None or v != v else f"{v:.2f}"
-    print(f"| {name} | {x['rps']:.0f} | {f(x['latency_ms']['p50'])} | {f(x['latency_ms']['p99'])} | {f(x['decision_ms']['p50'])} | {f(x['decision_ms']['p99'])} | {dec} | {x['errors']} |")
+    sel = x.get("decision_ms_by_kind", {}).get("selected")
+    sel = f"{f(sel['p50'])} / {f(sel['p99'])}" if sel else "-"
+    print(f"| {name} | {x['rps']:.0f} | {f(x['latency_ms']['p50'])} | {f(x['latency_ms']['p99'])} | {f(x['decision_ms']['p50'])} | {f(x['decision_ms']['p99'])} | {sel} | {dec} | {x['errors']} |")
 ratio = r["passthrough_mixed"]["rps"] / r["passthrough_alone"]["rps"]
 print(f"\npassthrough throughput under routed load: {ratio*100:.0f}% of alone (target >= 90%)")
 PY

@@ -81,6 +81,9 @@ fn fresh_prompt(tokens: usize, n: u64, salt: u64) -> String {
 struct Tally {
     latencies_ms: Vec<f64>,
     decision_ms: Vec<f64>,
+    /// Decision times by decision kind (`selected` ones are the model's own speed; `shed`
+    /// ones sit at the deadline).
+    decision_ms_by_kind: BTreeMap<String, Vec<f64>>,
     decisions: BTreeMap<String, u64>,
     models: BTreeMap<String, u64>,
     /// `x-switchyard-cache` values seen.
@@ -142,6 +145,9 @@ async fn main() {
                             continue;
                         }
                         tally.latencies_ms.push(sent.elapsed().as_secs_f64() * 1e3);
+                        if let (Some(d), Some(ms)) = (&decision, decision_ms) {
+                            tally.decision_ms_by_kind.entry(d.clone()).or_default().push(ms);
+                        }
                         if let Some(d) = decision {
                             *tally.decisions.entry(d).or_default() += 1;
                         }
@@ -167,6 +173,9 @@ async fn main() {
         total.latencies_ms.extend(tally.latencies_ms);
         total.decision_ms.extend(tally.decision_ms);
         total.errors += tally.errors;
+        for (k, v) in tally.decision_ms_by_kind {
+            total.decision_ms_by_kind.entry(k).or_default().extend(v);
+        }
         for (k, v) in tally.decisions {
             *total.decisions.entry(k).or_default() += v;
         }
@@ -180,6 +189,14 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     total.latencies_ms.sort_by(f64::total_cmp);
     total.decision_ms.sort_by(f64::total_cmp);
+    let by_kind: BTreeMap<&str, serde_json::Value> = total
+        .decision_ms_by_kind
+        .iter_mut()
+        .map(|(kind, times)| {
+            times.sort_by(f64::total_cmp);
+            (kind.as_str(), json!({"p50": percentile(times, 0.5), "p99": percentile(times, 0.99)}))
+        })
+        .collect();
     let summary = json!({
         "model": args.model,
         "connections": args.connections,
@@ -191,6 +208,7 @@ async fn main() {
         "rps": total.latencies_ms.len() as f64 / elapsed,
         "latency_ms": {"p50": percentile(&total.latencies_ms, 0.5), "p99": percentile(&total.latencies_ms, 0.99)},
         "decision_ms": {"p50": percentile(&total.decision_ms, 0.5), "p99": percentile(&total.decision_ms, 0.99)},
+        "decision_ms_by_kind": by_kind,
         "decisions": total.decisions,
         "models": total.models,
         "cache": total.cache,
