@@ -43,7 +43,8 @@ const FETCH_HINT: &str =
 /// Turns texts into unit vectors.
 ///
 /// Split into [`Embedder::tokenize`] and [`Embedder::embed_tokens`] so that the embedding
-/// service can tokenise on the caller's thread and keep the model thread for matrix work only.
+/// service can tokenise texts as it takes them off its queue (skipping those whose callers
+/// gave up) and batch them by token count.
 pub trait Embedder: Send + Sync {
     /// Length of every vector this embedder returns.
     fn dim(&self) -> usize;

@@ -394,7 +394,8 @@ struct BatchCost {
 
 impl BatchCost {
     /// After this long without a batch the estimate is not trusted (it may come from a
-    /// moment the cores were busy elsewhere): the next batch runs regardless and re-measures.
+    /// moment the cores were busy elsewhere): the next batch, one job, runs regardless and
+    /// re-measures.
     const STALE: Duration = Duration::from_millis(500);
 
     /// Projected wall time of a batch of `padded_tokens`, when the estimate is fresh.
@@ -558,6 +559,10 @@ impl Worker {
         let mut rows: Vec<Row> = Vec::new();
         let mut longest = 0usize;
         let mut earliest_deadline: Option<Instant> = None;
+        // Without a fresh cost estimate (the first batch, or none for a while) the newest job
+        // runs alone to measure: on cores busy with request handlers a full batch would take
+        // long, finish after its callers shed, and waste the cycles it took from them.
+        let probing = self.cost.estimate(1).is_none();
         while let Some(job) = self.backlog.pop_back() {
             if let Some(row) = rows.iter_mut().find(|r| r.key == job.key) {
                 job.slot.release();
@@ -582,7 +587,7 @@ impl Worker {
                 tokens: job.tokens,
                 replies: vec![job.reply],
             });
-            if rows.len() >= self.max_batch_size {
+            if probing || rows.len() >= self.max_batch_size {
                 break;
             }
         }
@@ -636,5 +641,80 @@ impl Worker {
             return None;
         }
         Some(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens are the text's bytes; never asked to embed (these tests only plan batches).
+    struct Bytes;
+
+    impl Embedder for Bytes {
+        fn dim(&self) -> usize {
+            1
+        }
+        fn id(&self) -> &str {
+            "bytes"
+        }
+        fn tokenize(&self, text: &str) -> Result<Tokens> {
+            Ok(Tokens::from_ids(text.bytes().map(u32::from).collect()))
+        }
+        fn embed_tokens(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>> {
+            Ok(batch.iter().map(|_| vec![1.0]).collect())
+        }
+    }
+
+    /// A worker with `texts` waiting in its backlog (their receivers returned to keep the
+    /// callers alive).
+    fn worker_with(texts: &[&str]) -> (Worker, Vec<oneshot::Receiver<Result<Embedding>>>, SyncSender<Job>) {
+        let (tx, rx) = mpsc::sync_channel(16);
+        let counters = Arc::new(Counters::default());
+        let mut worker = Worker {
+            rx,
+            embedder: Arc::new(Bytes),
+            cache: moka::sync::Cache::new(16),
+            counters: Arc::clone(&counters),
+            max_batch_tokens: 4096,
+            max_batch_size: 32,
+            backlog: VecDeque::new(),
+            queue_capacity: 16,
+            cost: BatchCost::default(),
+        };
+        let mut receivers = Vec::new();
+        for text in texts {
+            let (reply, answer) = oneshot::channel();
+            receivers.push(answer);
+            counters.depth.fetch_add(1, Ordering::Relaxed);
+            worker.take(Job {
+                key: *blake3::hash(text.as_bytes()).as_bytes(),
+                text: (*text).into(),
+                deadline: Instant::now() + Duration::from_secs(60),
+                reply,
+                slot: Arc::new(QueueSlot { counters: Arc::clone(&counters), released: AtomicBool::new(false) }),
+            });
+        }
+        (worker, receivers, tx)
+    }
+
+    #[test]
+    fn without_a_fresh_cost_estimate_one_job_runs_alone_to_measure() {
+        let (mut worker, _callers, _tx) = worker_with(&["a", "b", "c", "d", "e"]);
+        assert_eq!(worker.backlog.len(), 5);
+        let probe = worker.pick_batch();
+        assert_eq!(probe.len(), 1, "no estimate yet: one job");
+        assert_eq!(probe[0].tokens.len(), 1);
+        worker.cost.observe(1, Duration::from_micros(50));
+        assert_eq!(worker.pick_batch().len(), 4, "a fresh estimate: the rest in one batch");
+        assert_eq!(worker.counters.depth.load(Ordering::Relaxed), 0, "every batched job left the queue");
+    }
+
+    #[test]
+    fn a_stale_estimate_is_probed_again_with_one_job() {
+        let (mut worker, _callers, _tx) = worker_with(&["a", "b", "c"]);
+        worker.cost.observe(1, Duration::from_micros(50));
+        worker.cost.last_batch = Some(Instant::now() - BatchCost::STALE - Duration::from_millis(1));
+        assert_eq!(worker.pick_batch().len(), 1);
     }
 }
