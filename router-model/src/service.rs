@@ -57,9 +57,9 @@ pub struct ServiceConfig {
     pub nice: i32,
     /// Also put the model thread and its pool in Linux's `SCHED_IDLE` class, which gets a
     /// core only when no normal thread wants it (it takes precedence over `nice`). Measured
-    /// on 2 cores (`bench/routing.sh`, bench/README.md): passthrough kept 88–101% (median 97.5%) of its
-    /// throughput beside a busy model; on an earlier build, 89% with this and 79% at nice 19
-    /// alone.
+    /// on 2 cores (`bench/routing.sh`, bench/README.md): passthrough kept 88–101% (median
+    /// 97.5%) of its throughput beside a busy model; on an earlier build, 89% with this and 79%
+    /// at nice 19 alone.
     pub idle_scheduling: bool,
 }
 
@@ -160,7 +160,9 @@ impl Drop for SlotGuard {
 
 /// Jobs the channel holds per unit of `queue_capacity`: room for jobs whose callers gave up
 /// while the model thread could not run (they are skipped when it drains them). Bounds the
-/// memory of a long-starved model thread (a job is its token ids, well under 2 KB).
+/// memory of a long-starved model thread: a job holds its text cut to what the token window
+/// can use (32 bytes per window token, 4 KB for the default 128-token window), so 4,096 jobs
+/// (the default) hold at most 16 MB, and usually a few hundred bytes each.
 const CHANNEL_SLACK: usize = 16;
 
 /// The embedder behind a model thread, a bounded queue and an LRU. Clone it freely: clones
