@@ -7,7 +7,9 @@
 #   bench/routing.sh            (from anywhere; builds release binaries first, into
 #                                $CARGO_TARGET_DIR when set)
 # Env: CONNS (default 32), SECONDS_PER_RUN (default 10), CHECKPOINT (default models/selector/default),
-#      EMBEDDER_THREADS (`[router] embedder_threads`; default: the gateway's)
+#      EMBEDDER_THREADS (`[router] embedder_threads`; default: the gateway's),
+#      OPEN_LOOP_RATES (default "20 40 60": routed requests/s sent open-loop after the rest, to
+#      see decision time where the model keeps up; empty skips them)
 # Prints a Markdown table; raw JSON lines are kept in $OUT_DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -81,8 +83,13 @@ wait "$mixed"
 metrics after_mixed
 echo "passthrough alone again..." >&2
 run --model gpt-3.5-turbo-1106 > "$OUT_DIR/passthrough_alone_after.json"
+OPEN_LOOP_RATES="${OPEN_LOOP_RATES-20 40 60}"
+for rate in $OPEN_LOOP_RATES; do
+    echo "routed alone, open loop at $rate/s..." >&2
+    run --model auto --fresh-tokens 64 --rate "$rate" > "$OUT_DIR/routed_rate_$rate.json"
+done
 
-python3 - "$OUT_DIR" <<'PY'
+python3 - "$OUT_DIR" $OPEN_LOOP_RATES <<'PY'
 import json, sys, os
 d = sys.argv[1]
 r = {n: json.load(open(os.path.join(d, n + ".json"))) for n in ["passthrough_alone", "routed_alone", "routed_mixed", "passthrough_mixed", "passthrough_alone_after"]}
@@ -99,5 +106,12 @@ alone = (r["passthrough_alone"]["rps"] + r["passthrough_alone_after"]["rps"]) / 
 ratio = r["passthrough_mixed"]["rps"] / alone
 print(f"\npassthrough throughput under routed load: {ratio*100:.0f}% of alone (mean of before and after; target >= 90%)")
 print(f"against alone before only: {r['passthrough_mixed']['rps'] / r['passthrough_alone']['rps'] * 100:.0f}%")
+if len(sys.argv) > 2:
+    print("\n| routed, open loop | req/s | decision p50 ms | decision p99 ms | decisions |")
+    print("|---|---|---|---|---|")
+    for rate in sys.argv[2:]:
+        x = json.load(open(os.path.join(d, f"routed_rate_{rate}.json")))
+        dec = ", ".join(f"{k}={v}" for k, v in x["decisions"].items()) or "-"
+        print(f"| {rate}/s | {x['rps']:.1f} | {f(x['decision_ms']['p50'])} | {f(x['decision_ms']['p99'])} | {dec} |")
 PY
 echo "raw results: $OUT_DIR" >&2

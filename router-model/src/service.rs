@@ -58,7 +58,7 @@ pub struct ServiceConfig {
     /// Also put the model thread and its pool in Linux's `SCHED_IDLE` class, which gets a
     /// core only when no normal thread wants it (it takes precedence over `nice`). Measured
     /// on 2 cores (`bench/routing.sh`, bench/README.md): passthrough kept 88–101% (median
-    /// 97.5%) of its throughput beside a busy model; on an earlier build, 89% with this and 79%
+    /// 97%) of its throughput beside a busy model; on an earlier build, 89% with this and 79%
     /// at nice 19 alone.
     pub idle_scheduling: bool,
 }
