@@ -218,9 +218,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let m = &crate::metrics::METRICS;
     if let Some(service) = state.routing.embedding_service() {
         let stats = service.stats();
-        m.embed_queue_depth.set(i64::try_from(stats.queue_depth).unwrap_or(i64::MAX));
-        m.embed_cache_hits.set(i64::try_from(stats.cache_hits).unwrap_or(i64::MAX));
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        m.embed_queue_depth.set(count(stats.queue_depth as u64));
+        m.embed_cache_hits.set(count(stats.cache_hits));
         m.embed_rejected.with_label_values(&["queue_full"]).set(count(stats.rejected_queue_full));
         m.embed_rejected.with_label_values(&["deadline"]).set(count(stats.rejected_deadline));
         m.embed_batches.set(count(stats.batches));
@@ -485,10 +485,29 @@ impl CacheWrite {
     }
 }
 
-/// Answers from the cache: logs the hit (no upstream, no cost) and sets the usual headers.
-#[allow(clippy::too_many_arguments)]
-/// Records a request refused before any upstream call (a limit, a bad routing header) under
-/// the model it asked for (a route's default for a route), with provider `gateway`.
+/// The outcome row of a request the gateway answers without an upstream call, under the
+/// model it asked for (a route's default for a route); `provider` says who answered.
+fn own_answer_outcome(
+    state: &AppState,
+    target: &Target,
+    request: &ChatRequest,
+    caller: &Caller,
+    request_id: Uuid,
+    provider: &str,
+) -> RequestOutcome {
+    let (route, nominal) = match target {
+        Target::Model(model) => (None, model),
+        Target::Route(route) => (Some(route.name.clone()), &route.default),
+    };
+    let mut outcome = RequestOutcome::new(request_id, route, nominal, request.stream).log_to(state.log.clone());
+    outcome.provider = provider.into();
+    outcome.tenant = caller.tenant.clone();
+    outcome.key_id = caller.key_id;
+    outcome
+}
+
+/// Records a request refused before any upstream call (a limit, a bad routing header), with
+/// provider `gateway`.
 fn log_refused(
     state: &AppState,
     target: &Target,
@@ -498,17 +517,11 @@ fn log_refused(
     error: &Error,
     started: Instant,
 ) {
-    let (route, nominal) = match target {
-        Target::Model(model) => (None, model),
-        Target::Route(route) => (Some(route.name.clone()), &route.default),
-    };
-    let mut outcome = RequestOutcome::new(request_id, route, nominal, request.stream).log_to(state.log.clone());
-    outcome.provider = "gateway".into();
-    outcome.tenant = caller.tenant.clone();
-    outcome.key_id = caller.key_id;
-    outcome.finish_error(error, started);
+    own_answer_outcome(state, target, request, caller, request_id, "gateway").finish_error(error, started);
 }
 
+/// Answers from the cache: logs the hit (no upstream, no cost) and sets the usual headers.
+#[allow(clippy::too_many_arguments)]
 fn serve_hit(
     mut response: Response,
     kind: &'static str,
@@ -520,15 +533,9 @@ fn serve_hit(
     state: &AppState,
     started: Instant,
 ) -> Response {
-    let (route, nominal) = match target {
-        Target::Model(model) => (None, model),
-        Target::Route(route) => (Some(route.name.clone()), &route.default),
-    };
-    let mut outcome = RequestOutcome::new(request_id, route.clone(), nominal, request.stream).log_to(state.log.clone());
+    let mut outcome = own_answer_outcome(state, target, request, caller, request_id, "cache");
+    let route = outcome.route.clone();
     outcome.model = answer.model.clone();
-    outcome.provider = "cache".into();
-    outcome.tenant = caller.tenant.clone();
-    outcome.key_id = caller.key_id;
     outcome.cache_result = Some(kind);
     if state.log.stores_prompts() {
         outcome.prompt_text = Some(request.last_user_text());

@@ -107,6 +107,18 @@ struct Counters {
     embedded: AtomicU64,
 }
 
+impl Counters {
+    /// Counts a refusal and returns the error that tells the caller.
+    fn refuse(&self, reason: OverloadReason) -> Error {
+        let counter = match reason {
+            OverloadReason::QueueFull => &self.rejected_queue_full,
+            OverloadReason::DeadlineExceeded => &self.rejected_deadline,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Error::Overloaded(reason)
+    }
+}
+
 /// A text on its way to the model thread. It is tokenised there, not by the caller:
 /// tokenising a 64-token prompt (BERT normalisation, word pieces) costs ~75 µs, which on the
 /// request handler's thread was half the handler's work for a routed request, and at the
@@ -117,7 +129,7 @@ struct Job {
     text: Box<str>,
     deadline: Instant,
     reply: oneshot::Sender<Result<Embedding>>,
-    slot: Arc<QueueSlot>,
+    slot: SlotGuard,
 }
 
 /// A job in the model thread's backlog, tokenised.
@@ -126,7 +138,8 @@ struct Pending {
     tokens: Tokens,
     deadline: Instant,
     reply: oneshot::Sender<Result<Embedding>>,
-    slot: Arc<QueueSlot>,
+    /// Held for its drop: the queue place is freed when the job is batched or answered.
+    _slot: SlotGuard,
 }
 
 /// A caller's place in the queue, counted in `Counters::depth` from admission until the
@@ -140,21 +153,15 @@ struct QueueSlot {
     released: AtomicBool,
 }
 
-impl QueueSlot {
-    fn release(&self) {
-        if !self.released.swap(true, Ordering::AcqRel) {
-            self.counters.depth.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Releases the caller's slot however its wait ends (answer, deadline, or the request
-/// handler's future dropped).
+/// A hold on a [`QueueSlot`]: the caller keeps one while it waits and the job carries one
+/// until it is batched or answered; the first of them to be dropped frees the place.
 struct SlotGuard(Arc<QueueSlot>);
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.0.release();
+        if !self.0.released.swap(true, Ordering::AcqRel) {
+            self.0.counters.depth.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -261,28 +268,28 @@ impl EmbeddingService {
         }
         inner.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
         if Instant::now() >= deadline {
-            return Err(self.deadline_missed());
+            return Err(inner.counters.refuse(OverloadReason::DeadlineExceeded));
         }
         if inner.counters.depth.fetch_add(1, Ordering::Relaxed) >= inner.queue_capacity {
             inner.counters.depth.fetch_sub(1, Ordering::Relaxed);
-            return Err(self.queue_full());
+            return Err(inner.counters.refuse(OverloadReason::QueueFull));
         }
         let slot = Arc::new(QueueSlot {
             counters: Arc::clone(&inner.counters),
             released: AtomicBool::new(false),
         });
-        let _guard = SlotGuard(Arc::clone(&slot));
+        let _waiting = SlotGuard(Arc::clone(&slot));
         let (reply, answer) = oneshot::channel();
         let job = Job {
             key,
             text: inner.embedder.window_prefix(text).into(),
             deadline,
             reply,
-            slot,
+            slot: SlotGuard(slot),
         };
         if let Err(e) = inner.tx.try_send(job) {
             return Err(match e {
-                TrySendError::Full(_) => self.queue_full(),
+                TrySendError::Full(_) => inner.counters.refuse(OverloadReason::QueueFull),
                 TrySendError::Disconnected(_) => Error::ServiceStopped,
             });
         }
@@ -290,7 +297,7 @@ impl EmbeddingService {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::ServiceStopped),
             // Dropping `answer` closes the oneshot; the model thread then skips the job.
-            Err(_) => Err(self.deadline_missed()),
+            Err(_) => Err(inner.counters.refuse(OverloadReason::DeadlineExceeded)),
         }
     }
 
@@ -335,21 +342,6 @@ impl EmbeddingService {
         &self.inner.embedder
     }
 
-    fn queue_full(&self) -> Error {
-        self.inner
-            .counters
-            .rejected_queue_full
-            .fetch_add(1, Ordering::Relaxed);
-        Error::Overloaded(OverloadReason::QueueFull)
-    }
-
-    fn deadline_missed(&self) -> Error {
-        self.inner
-            .counters
-            .rejected_deadline
-            .fetch_add(1, Ordering::Relaxed);
-        Error::Overloaded(OverloadReason::DeadlineExceeded)
-    }
 }
 
 /// Texts used to warm the model up: one short, one around 64 tokens.
@@ -567,7 +559,6 @@ impl Worker {
         let probing = self.cost.estimate(1).is_none();
         while let Some(job) = self.backlog.pop_back() {
             if let Some(row) = rows.iter_mut().find(|r| r.key == job.key) {
-                job.slot.release();
                 row.replies.push(job.reply);
                 continue;
             }
@@ -581,7 +572,6 @@ impl Worker {
                 self.backlog.push_back(job);
                 break;
             }
-            job.slot.release();
             earliest_deadline = Some(deadline);
             longest = new_longest;
             rows.push(Row {
@@ -598,9 +588,9 @@ impl Worker {
 
     /// Moves a job off the queue into the backlog, tokenised. A job whose caller gave up
     /// costs nothing more than this; a text the tokenizer rejects is answered with the error.
+    /// (A job leaving the backlog frees its queue place by dropping its [`SlotGuard`].)
     fn take(&mut self, job: Job) {
         if job.reply.is_closed() {
-            job.slot.release();
             return;
         }
         match self.embedder.tokenize(&job.text) {
@@ -609,10 +599,9 @@ impl Worker {
                 tokens,
                 deadline: job.deadline,
                 reply: job.reply,
-                slot: job.slot,
+                _slot: job.slot,
             }),
             Err(e) => {
-                job.slot.release();
                 let _ = job.reply.send(Err(e));
             }
         }
@@ -621,16 +610,13 @@ impl Worker {
     /// Answers a job that cannot be embedded before its deadline, so its caller sheds now
     /// rather than at the deadline.
     fn reject_late(&self, job: Pending) {
-        job.slot.release();
-        self.counters.rejected_deadline.fetch_add(1, Ordering::Relaxed);
-        let _ = job.reply.send(Err(Error::Overloaded(OverloadReason::DeadlineExceeded)));
+        let _ = job.reply.send(Err(self.counters.refuse(OverloadReason::DeadlineExceeded)));
     }
 
     /// Answers a job that needs no model work (caller gone, deadline passed, or the text was
     /// embedded since it was queued); returns the job if it still needs embedding.
     fn admit(&self, job: Pending) -> Option<Pending> {
         if job.reply.is_closed() {
-            job.slot.release();
             return None;
         }
         if Instant::now() >= job.deadline {
@@ -638,7 +624,6 @@ impl Worker {
             return None;
         }
         if let Some(hit) = self.cache.get(&job.key) {
-            job.slot.release();
             let _ = job.reply.send(Ok(hit));
             return None;
         }
@@ -694,7 +679,7 @@ mod tests {
                 text: (*text).into(),
                 deadline: Instant::now() + Duration::from_secs(60),
                 reply,
-                slot: Arc::new(QueueSlot { counters: Arc::clone(&counters), released: AtomicBool::new(false) }),
+                slot: SlotGuard(Arc::new(QueueSlot { counters: Arc::clone(&counters), released: AtomicBool::new(false) })),
             });
         }
         (worker, receivers, tx)
