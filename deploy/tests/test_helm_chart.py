@@ -121,6 +121,44 @@ def test_flags_turn_parts_on_and_off():
     assert any(p["name"] == "http" for p in objects["Service"]["spec"]["ports"])
 
 
+def test_learning_cronjob_shares_the_checkpoint_with_the_gateway():
+    vals = copy.deepcopy(values())
+    vals["learning"]["enabled"] = True
+    vals["config"] = vals["config"].replace(
+        'checkpoint = "/opt/switchyard/models/selector/default"',
+        f'checkpoint = "{vals["learning"]["checkpointPath"]}"',
+    )
+    objects = render_chart(vals)
+    assert "CronJob" in objects
+    validate(objects)
+    cron = objects["CronJob"]["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid"
+    assert cron["schedule"] == vals["learning"]["schedule"]
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    job = pod["containers"][0]
+    assert job["args"][0] == "learn"
+    args = dict(zip(job["args"][1::2], job["args"][2::2]))
+    assert args["--active"] == vals["learning"]["checkpointPath"]
+    assert args["--min-rows"] == str(vals["learning"]["minRows"])
+    assert job["image"] == container(objects)["image"]
+    env = {e["name"]: e for e in job["env"]}
+    assert env["SWITCHYARD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "switchyard-database"
+    # The job writes the checkpoint where the gateway reads it (read-only there).
+    job_mounts = {m["name"]: m for m in job["volumeMounts"]}
+    gateway_mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    assert job_mounts["checkpoints"]["mountPath"] == gateway_mounts["checkpoints"]["mountPath"]
+    assert gateway_mounts["checkpoints"]["readOnly"] is True and not job_mounts["checkpoints"].get("readOnly")
+    claims = lambda spec: {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+    assert claims(pod)["checkpoints"] == claims(objects["Deployment"]["spec"]["template"]["spec"])["checkpoints"]
+    config = tomllib.loads(objects["ConfigMap"]["data"]["switchyard.toml"])
+    assert config["router"]["checkpoint"] == args["--active"]
+    assert args["--active"].startswith(job_mounts["checkpoints"]["mountPath"] + "/")
+    # Off by default: no CronJob, no claim on the gateway.
+    default = render_chart(values())
+    assert "CronJob" not in default
+    assert all(v["name"] != "checkpoints" for v in default["Deployment"]["spec"]["template"]["spec"]["volumes"])
+
+
 def test_schema_validation_catches_a_broken_object():
     """The validator is not a rubber stamp: a bad field type is refused."""
     objects = render_chart(values())

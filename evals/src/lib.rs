@@ -12,6 +12,7 @@
 //! `router_model::policy`, the code the gateway serves with.
 
 pub mod error;
+pub mod learning;
 pub mod metrics;
 pub mod offline;
 pub mod plots;

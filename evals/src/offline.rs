@@ -162,7 +162,7 @@ impl EvalSet {
     /// The candidate the policy serves for each prompt at `tradeoff`, exploration off.
     pub fn choices(&self, tradeoff: Tradeoff) -> Vec<usize> {
         (0..self.len())
-            .map(|i| policy::choose(&self.scored(i, tradeoff), None, 0.0, 0.0).map_or(0, |c| c.ranking[0]))
+            .map(|i| policy::choose(&self.scored(i, tradeoff), None, &policy::Exploration::OFF, 0.0).map_or(0, |c| c.ranking[0]))
             .collect()
     }
 
@@ -179,7 +179,7 @@ impl EvalSet {
                         utility: tradeoff.utility(self.quality[i][j], self.cost[i][j], 0.0),
                     })
                     .collect();
-                policy::choose(&scored, None, 0.0, 0.0).map_or(0, |c| c.ranking[0])
+                policy::choose(&scored, None, &policy::Exploration::OFF, 0.0).map_or(0, |c| c.ranking[0])
             })
             .collect()
     }
@@ -255,7 +255,7 @@ pub fn decision_latency_ms(
         let embedding = embedder.embed(prompt)?;
         let predictions = checkpoint.predict(&embedding, &features)?;
         let scored = policy::score(&predictions, route, features.prompt_tokens, tradeoff);
-        let choice = policy::choose(&scored, None, 0.0, 0.0);
+        let choice = policy::choose(&scored, None, &policy::Exploration::OFF, 0.0);
         std::hint::black_box(choice);
         out.push(started.elapsed().as_secs_f64() * 1e3);
     }

@@ -163,3 +163,35 @@ pub fn calibration(path: &Path, dataset: &str, cal: &Calibration) -> Result<()> 
         .map_err(|e| plot_err(path)(&e))?;
     finish(chart, SeriesLabelPosition::UpperLeft, path)
 }
+
+/// Test-split quality after each round of the learning loop, with its 95% interval, beside
+/// reference levels (e.g. a selector trained offline on the same prompts with full labels).
+pub fn learning_curve(path: &Path, title: &str, rounds: &[(f64, crate::learning::Estimate)], references: &[(String, f64)]) -> Result<()> {
+    let values = rounds.iter().flat_map(|(_, e)| [e.lo95, e.hi95]).chain(references.iter().map(|r| r.1));
+    let (ylo, yhi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let xhi = rounds.iter().map(|r| r.0).fold(1.0, f64::max);
+    let root = SVGBackend::new(path, (800, 560)).into_drawing_area();
+    let mut chart = chart(
+        &root,
+        title.to_owned(),
+        -0.2..(xhi + 0.2),
+        (ylo - 0.02)..(yhi + 0.02),
+        ("round of the loop (0 = the weak start)", "realised test quality (exploration off)"),
+        path,
+    )?;
+    let palette = [ORACLE, LENGTH, MIX];
+    for (k, (name, level)) in references.iter().enumerate() {
+        line(&mut chart, vec![(-0.2, *level), (xhi + 0.2, *level)], palette[k % palette.len()], 1, format!("{name} ({level:.4})"), path)?;
+    }
+    let points: Vec<(f64, f64)> = rounds.iter().map(|(x, e)| (*x, e.mean)).collect();
+    line(&mut chart, points, ROUTER, 3, "served by the gateway".into(), path)?;
+    chart
+        .draw_series(rounds.iter().map(|(x, e)| {
+            PathElement::new(vec![(*x, e.lo95), (*x, e.hi95)], ROUTER.stroke_width(1))
+        }))
+        .map_err(|e| plot_err(path)(&e))?;
+    chart
+        .draw_series(rounds.iter().map(|(x, e)| Circle::new((*x, e.mean), 4, ROUTER.filled())))
+        .map_err(|e| plot_err(path)(&e))?;
+    finish(chart, SeriesLabelPosition::LowerRight, path)
+}

@@ -283,9 +283,10 @@ async fn reload_selector(State(state): State<Arc<AppState>>, headers: HeaderMap)
 
 /// `POST /v1/feedback` (see [`store::feedback`]).
 async fn feedback(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
-    state.authorize(&headers).await?;
+    let caller = state.authorize(&headers).await?;
     let bytes = read_body(body, state.max_body_bytes).await?;
-    let feedback = store::feedback::record(&state.store, &state.log, &bytes).await?;
+    let tenant = (!caller.master).then_some(caller.tenant.as_deref());
+    let feedback = store::feedback::record(&state.store, &state.log, tenant, &bytes).await?;
     Ok(axum::Json(json!({"status": "recorded", "request_id": feedback.request_id, "score": feedback.score})).into_response())
 }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use router_model::policy::{Exploration, ExplorationPolicy};
 
 use crate::error::Error;
 
@@ -311,10 +312,21 @@ pub struct RouteConfig {
     /// request with the `x-switchyard-tradeoff` header.
     #[serde(default = "default_tradeoff")]
     pub tradeoff: String,
-    /// Probability mass given to non-best candidates (ε-greedy), so training sees outcomes
-    /// of models the policy would not pick; 0 turns exploration off for this route.
+    /// Most of the route's requests (0..1) sent to a candidate other than the predicted best,
+    /// so training sees outcomes of models the policy would not pick; 0 turns exploration off.
     #[serde(default = "default_exploration")]
     pub exploration: f64,
+    /// `softmax` (default): explore in proportion to exp((utility − best) / temperature), so
+    /// near ties are tried and clear choices hardly ever; `epsilon_greedy`: spread
+    /// `exploration` evenly over the candidates.
+    #[serde(default = "default_exploration_policy")]
+    pub exploration_policy: ExplorationPolicy,
+    /// Softmax temperature in utility units (default 0.05).
+    #[serde(default = "default_exploration_temperature")]
+    pub exploration_temperature: f64,
+    /// An explored request may cost at most this much (USD, predicted) above the best
+    /// candidate; dearer candidates are never explored.
+    pub exploration_max_extra_cost_usd: Option<f64>,
     /// Time to the first byte for this route's upstream calls; unset: `[server]`'s. Lets a
     /// latency-sensitive route fail over sooner than a batch one.
     pub first_byte_timeout_ms: Option<u64>,
@@ -327,7 +339,27 @@ fn default_tradeoff() -> String {
 }
 
 fn default_exploration() -> f64 {
-    0.02
+    0.05
+}
+
+fn default_exploration_policy() -> ExplorationPolicy {
+    ExplorationPolicy::Softmax
+}
+
+fn default_exploration_temperature() -> f64 {
+    router_model::policy::DEFAULT_TEMPERATURE
+}
+
+impl RouteConfig {
+    /// The route's exploration as the policy takes it.
+    pub fn exploration(&self) -> Exploration {
+        Exploration {
+            policy: self.exploration_policy,
+            max_share: self.exploration,
+            temperature: self.exploration_temperature,
+            max_extra_cost_usd: self.exploration_max_extra_cost_usd,
+        }
+    }
 }
 
 /// `[router]`: the learned selector and the embedder it reads.
@@ -424,6 +456,12 @@ impl Config {
                 .map_err(|e| Error::Config(format!("route `{name}`: {e}")))?;
             if !(0.0..=1.0).contains(&route.exploration) {
                 return Err(Error::Config(format!("route `{name}`: exploration must be within 0..1")));
+            }
+            if !(route.exploration_temperature.is_finite() && route.exploration_temperature > 0.0) {
+                return Err(Error::Config(format!("route `{name}`: exploration_temperature must be a positive number")));
+            }
+            if route.exploration_max_extra_cost_usd.is_some_and(|c| !(c.is_finite() && c >= 0.0)) {
+                return Err(Error::Config(format!("route `{name}`: exploration_max_extra_cost_usd must be a non-negative number")));
             }
             if !route.candidates.contains(&route.default) {
                 return Err(Error::Config(format!(

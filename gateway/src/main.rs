@@ -1,5 +1,7 @@
 //! The `switchyard` binary: a thin CLI over the `gateway` library.
 
+mod eval_learning;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -67,6 +69,10 @@ enum Command {
     },
     /// Train a selector checkpoint from routing datasets and/or the outcome log.
     Train(Box<TrainArgs>),
+    /// Learn from the gateway's own traffic: when the outcome log has new rows or feedback,
+    /// train a candidate warm-started from the serving checkpoint, evaluate both off-policy
+    /// and promote the candidate only if it is significantly better. Safe to run on a schedule.
+    Learn(Box<LearnArgs>),
     /// Evaluate a selector checkpoint: reports against baselines, batch scores, replay.
     Eval(EvalArgs),
 }
@@ -91,6 +97,10 @@ enum EvalCommand {
     Replay(Box<EvalReplayArgs>),
     /// Precision/recall of semantic-cache hits (verifier or plain cosine) on labelled pairs.
     Cache(Box<EvalCacheArgs>),
+    /// The learning loop end to end: a gateway starting from a weak checkpoint serves a
+    /// dataset's training prompts with exploration, gets each answer's label as feedback,
+    /// learns, reloads, and is measured on the test prompts; repeated for some rounds.
+    Learning(Box<eval_learning::EvalLearningArgs>),
 }
 
 /// The checkpoint and what turns its predictions into choices.
@@ -231,6 +241,7 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         }
         EvalCommand::Replay(a) => eval_replay(*a).await?,
         EvalCommand::Cache(a) => tokio::task::spawn_blocking(move || run_eval_cache(*a)).await??,
+        EvalCommand::Learning(a) => eval_learning::run(*a, command_line()).await?,
     }
     Ok(())
 }
@@ -407,6 +418,85 @@ impl TrainArgs {
     }
 }
 
+/// `switchyard learn`: parsed here, done by `training::learn`.
+#[derive(clap::Args)]
+struct LearnArgs {
+    /// Outcome log (`sqlite://FILE` or `postgres://…`); default: `[database] url` of --config.
+    #[arg(long, env = "SWITCHYARD_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Gateway config whose `[database] url` and `[router] checkpoint` to use.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// The serving checkpoint (default: `[router] checkpoint` of --config, else models/selector/default).
+    #[arg(long, env = "SWITCHYARD_ACTIVE_CHECKPOINT")]
+    active: Option<PathBuf>,
+    /// Where the candidate checkpoint is written (default: `<active>.candidate`).
+    #[arg(long)]
+    candidate: Option<PathBuf>,
+    /// Only logged requests from this RFC 3339 time on.
+    #[arg(long)]
+    since: Option<String>,
+    /// Learn only from requests to this route (repeatable; default: every row).
+    #[arg(long = "route")]
+    routes: Vec<String>,
+    /// Rated rows needed before a candidate is trained.
+    #[arg(long, default_value_t = training::learn::DEFAULT_MIN_ROWS)]
+    min_rows: usize,
+    /// Improvement (0..1 quality) the 95% lower bound of the DR difference must clear.
+    #[arg(long, default_value_t = 0.0)]
+    promote_margin: f64,
+    /// Train and evaluate, never promote.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run even if nothing changed since the last run.
+    #[arg(long)]
+    force: bool,
+    /// Maximum epochs (early stopping usually ends sooner).
+    #[arg(long, default_value_t = 40)]
+    epochs: usize,
+    /// Seed of shuffling, dropout and the validation split.
+    #[arg(long, default_value_t = 17)]
+    seed: u64,
+    /// Embedder model directory (default: .cache/models/all-MiniLM-L6-v2).
+    #[arg(long, env = "SWITCHYARD_EMBEDDER_DIR")]
+    embedder_dir: Option<PathBuf>,
+    /// Embedding cache directory.
+    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
+    cache_dir: PathBuf,
+    /// Also write the training and off-policy report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+impl LearnArgs {
+    fn options(&self) -> anyhow::Result<training::learn::LearnOptions> {
+        let config = self.config.as_deref().map(Config::from_file).transpose()?;
+        let database_url = match (&self.database_url, &config) {
+            (Some(url), _) => url.clone(),
+            (None, Some(c)) => c.database.url.clone(),
+            (None, None) => anyhow::bail!("give --database-url (or --config with a [database] url)"),
+        };
+        let active = self
+            .active
+            .clone()
+            .or_else(|| config.as_ref().and_then(|c| c.router.checkpoint.clone()))
+            .unwrap_or_else(|| PathBuf::from("models/selector/default"));
+        let mut options = training::learn::LearnOptions::new(database_url, active);
+        options.candidate = self.candidate.clone();
+        options.since = self.since.clone();
+        options.routes = self.routes.clone();
+        options.min_rows = self.min_rows;
+        options.promote_margin = self.promote_margin;
+        options.dry_run = self.dry_run;
+        options.force = self.force;
+        options.train.max_epochs = self.epochs;
+        options.train.seed = self.seed;
+        options.embedder_dir = self.embedder_dir.clone();
+        options.cache_dir = self.cache_dir.clone();
+        Ok(options)
+    }
+}
+
 /// Which database a maintenance command talks to.
 #[derive(clap::Args)]
 struct DatabaseArgs {
@@ -515,6 +605,17 @@ async fn run() -> anyhow::Result<()> {
             if let Some(path) = &args.report {
                 std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
             }
+        }
+        Command::Learn(args) => {
+            let options = args.options()?;
+            let outcome = training::learn::run(&options).await?;
+            if let training::learn::LearnOutcome::Evaluated(report) = &outcome {
+                print!("{}", report.summary);
+                if let Some(path) = &args.report {
+                    std::fs::write(path, serde_json::to_vec_pretty(report.as_ref())?).with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+            println!("learn: {}", outcome.describe());
         }
         Command::Eval(args) => eval(args).await?,
         Command::Migrate { db } => {

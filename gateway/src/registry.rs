@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::providers::anthropic::AnthropicProvider;
 use crate::providers::openai::OpenAiProvider;
 use crate::providers::Provider;
-use crate::routing::Tradeoff;
+use crate::routing::{Exploration, Tradeoff};
 
 /// A model the gateway can send requests to.
 pub struct ModelEntry {
@@ -47,8 +47,8 @@ pub struct RouteEntry {
     pub candidates: Vec<Arc<ModelEntry>>,
     pub default: Arc<ModelEntry>,
     pub tradeoff: Tradeoff,
-    /// ε of the route's ε-greedy exploration.
-    pub exploration: f64,
+    /// How the route explores (share, policy, temperature, extra-cost budget).
+    pub exploration: Exploration,
     /// Per-route overrides of the server's upstream timeouts.
     pub first_byte_timeout: Option<std::time::Duration>,
     pub request_timeout: Option<std::time::Duration>,
@@ -154,7 +154,7 @@ impl Registry {
                     candidates,
                     default,
                     tradeoff: crate::routing::parse_tradeoff(&route.tradeoff, Tradeoff::BALANCED)?,
-                    exploration: route.exploration,
+                    exploration: route.exploration(),
                     first_byte_timeout: route.first_byte_timeout_ms.map(std::time::Duration::from_millis),
                     request_timeout: route.request_timeout_ms.map(std::time::Duration::from_millis),
                 }),

@@ -164,3 +164,90 @@ async fn hot_reload_switches_behaviour_without_dropping_requests() {
     assert_eq!(sent.load(Ordering::Relaxed), 200);
     assert_eq!(failures.load(Ordering::Relaxed), 0);
 }
+
+/// Every row of a SQLite outcome log: (model, propensity, candidates JSON).
+async fn logged_decisions(db: &str) -> Vec<(String, f64, Value)> {
+    let pool = sqlx::SqlitePool::connect(db).await.expect("db");
+    let rows: Vec<(String, Option<f64>, Option<String>)> =
+        sqlx::query_as("SELECT model, propensity, candidates FROM request_log").fetch_all(&pool).await.expect("rows");
+    rows.into_iter()
+        .map(|(model, p, c)| (model, p.expect("propensity"), serde_json::from_str(&c.expect("candidates")).expect("json")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logged_propensities_are_the_frequencies_the_gateway_explores_with() {
+    let (normal, _) = checkpoints();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
+    // A hot softmax with no share cap: both candidates are served often.
+    let gw = start(|mock| {
+        routing_config(mock, normal, "", &db).replace("exploration = 0.0", "exploration = 1.0\nexploration_temperature = 0.5")
+    })
+    .await;
+    let prompt = TEST_CODE[0];
+    let n = 400;
+    let mut served = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..n {
+        let (model, decision) = routed_model(&gw, prompt, None).await;
+        assert!(decision == "selected" || decision == "explored", "{decision}");
+        *served.entry(model).or_default() += 1;
+    }
+    gw.stop().await;
+    let rows = logged_decisions(&db).await;
+    assert_eq!(rows.len(), n);
+    // Same prompt, same predictions: every row logs the same distribution.
+    let mut logged = std::collections::HashMap::<String, f64>::new();
+    for (model, propensity, candidates) in &rows {
+        let scores = candidates["scores"].as_array().expect("scores");
+        let total: f64 = scores.iter().map(|s| s["probability"].as_f64().expect("probability")).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{candidates}");
+        let own = scores.iter().find(|s| s["model"] == model.as_str()).expect("chosen is scored");
+        assert_eq!(own["probability"].as_f64(), Some(*propensity), "the propensity is the chosen one's probability");
+        let before = *logged.entry(model.clone()).or_insert(*propensity);
+        assert!((before - propensity).abs() < 1e-9);
+    }
+    for (model, count) in &served {
+        let p = logged[model];
+        let empirical = *count as f64 / n as f64;
+        // Four standard errors of a binomial share.
+        let tolerance = 4.0 * (p * (1.0 - p) / n as f64).sqrt();
+        assert!((empirical - p).abs() <= tolerance, "{model}: served {empirical:.3}, logged propensity {p:.3} (±{tolerance:.3})");
+    }
+    assert_eq!(served.len(), 2, "a hot softmax explores: {served:?}");
+    assert!(logged["coder"] > logged["chatter"], "the selector's best (coder, for code) stays the likeliest: {logged:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_cost_header_leaves_out_candidates_predicted_above_it() {
+    let (normal, _) = checkpoints();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
+    let gw = start(|mock| routing_config(mock, normal, "", &db)).await;
+    let prompt = TEST_CODE[1];
+    assert_eq!(routed_model(&gw, prompt, None).await.0, "coder");
+    let send = |max: &'static str| {
+        gw.client
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-switchyard-max-cost-usd", max)
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": prompt}]}))
+            .send()
+    };
+    // coder is priced 100× chatter: a ceiling between their predicted costs leaves chatter.
+    let capped = send("0.001").await.expect("reachable");
+    assert_eq!(capped.status(), 200);
+    assert_eq!(capped.headers()["x-switchyard-model"], "chatter");
+    assert_eq!(capped.headers()["x-switchyard-decision"], "selected");
+    let bad = send("-1").await.expect("reachable");
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.expect("error body");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    gw.stop().await;
+    let rows = logged_decisions(&db).await;
+    let capped_row = rows.iter().find(|(m, _, _)| m == "chatter").expect("the capped request's row");
+    let scores = capped_row.2["scores"].as_array().expect("scores");
+    let coder = scores.iter().find(|s| s["model"] == "coder").expect("coder is still scored");
+    assert!(coder["cost_usd"].as_f64().expect("cost") > 0.001, "{coder}");
+    assert_eq!(coder["probability"].as_f64(), Some(0.0), "above the ceiling: never chosen");
+    assert_eq!(capped_row.1, 1.0);
+}

@@ -94,6 +94,35 @@ fn request_id(response: &reqwest::Response) -> Uuid {
 }
 
 #[tokio::test]
+async fn feedback_is_accepted_only_from_the_tenant_that_made_the_request() {
+    let gateway = Gateway::start("[auth]\nopen = false\n").await;
+    let store = gateway.state.store.clone();
+    let (_, acme) = create_key(&store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
+    let (_, acme_other) = create_key(&store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
+    let (_, globex) = create_key(&store, NewKey { tenant: "globex".into(), ..NewKey::default() }).await.expect("key");
+
+    let response = gateway.chat(Some(&acme), false).await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    // At once (the row may still be queued) and after the row is in the database.
+    for flushed in [false, true] {
+        if flushed {
+            gateway.state.log.flush().await.expect("flush");
+        }
+        let foreign = gateway.feedback(Some(&globex), json!({"request_id": id, "score": 0.0})).await;
+        assert_eq!(foreign.status(), 404, "flushed {flushed}");
+        let body: Value = foreign.json().await.expect("error body");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("no request")), "{body}");
+    }
+    assert!(store.feedback_for(id).await.expect("read").is_empty(), "a refused rating changes nothing");
+    // Any key of the same tenant may rate it.
+    let ok = gateway.feedback(Some(&acme_other), json!({"request_id": id, "score": 1.0})).await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(store.feedback_for(id).await.expect("read").len(), 1);
+}
+
+#[tokio::test]
 async fn virtual_keys_gate_requests_and_name_the_tenant() {
     let gateway = Gateway::start("[auth]\nopen = false\nkey_cache_ttl_ms = 200\n").await;
     let store = gateway.state.store.clone();

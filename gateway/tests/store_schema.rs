@@ -136,18 +136,29 @@ async fn feedback_joins_its_request(store: &Store, spill_dir: &std::path::Path) 
     .expect("writer");
     let log = writer.handle();
     let unknown = format!(r#"{{"request_id":"{}","score":0.5}}"#, Uuid::now_v7());
-    let result = gateway::store::feedback::record(store, &log, unknown.as_bytes()).await;
+    let result = gateway::store::feedback::record(store, &log, None, unknown.as_bytes()).await;
     assert!(matches!(result, Err(Error::NotFound(_))), "{result:?}");
-    let queued = minimal_row();
+    let mut queued = minimal_row();
+    queued.tenant = Some("acme".into());
     log.push(queued.clone());
     assert!(!store.request_exists(queued.id).await.expect("exists"), "the batch waits an hour");
     let body = format!(r#"{{"request_id":"{}","thumbs":"down","comment":"wrong"}}"#, queued.id);
-    let recorded = gateway::store::feedback::record(store, &log, body.as_bytes()).await.expect("accepted");
+    // Another tenant, or a caller without one, cannot rate acme's request while it is queued.
+    for foreign in [Some(Some("globex")), Some(None)] {
+        let result = gateway::store::feedback::record(store, &log, foreign, body.as_bytes()).await;
+        assert!(matches!(result, Err(Error::NotFound(_))), "{foreign:?}: {result:?}");
+    }
+    let recorded = gateway::store::feedback::record(store, &log, Some(Some("acme")), body.as_bytes()).await.expect("accepted");
     assert_eq!(recorded.score, 0.0);
     let stats = writer.shutdown().await;
     assert_eq!(stats.written, 1);
     assert!(store.request_exists(queued.id).await.expect("exists"));
-    assert_eq!(store.feedback_for(queued.id).await.expect("read").len(), 1);
+    assert_eq!(store.request_tenant(queued.id).await.expect("tenant"), Some(Some("acme".to_owned())));
+    // Once stored, the same rule holds; the master key (None) may rate any request.
+    let result = gateway::store::feedback::record(store, &log, Some(Some("globex")), body.as_bytes()).await;
+    assert!(matches!(result, Err(Error::NotFound(_))), "{result:?}");
+    gateway::store::feedback::record(store, &log, None, body.as_bytes()).await.expect("master key");
+    assert_eq!(store.feedback_for(queued.id).await.expect("read").len(), 2);
 }
 
 #[tokio::test]

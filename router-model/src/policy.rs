@@ -4,8 +4,8 @@
 //! Utility of a candidate = w_q · quality − w_c · cost − w_l · latency, with quality in 0..1,
 //! cost in USD per 1,000 requests and latency in seconds, so the weights read as "how much
 //! quality (probability of a good answer) is one dollar per thousand requests, or one second,
-//! worth". Exploration is ε-greedy: the best candidate with probability 1 − ε + ε/n, any
-//! other with ε/n; the chosen candidate's probability is logged as its propensity so
+//! worth". Exploration ([`Exploration`]) is a softmax over utility, capped in share and extra
+//! cost (or ε-greedy); the chosen candidate's probability is logged as its propensity so
 //! training can correct for the policy that produced the data.
 //!
 //! It lives here, beside the selector, because serving (the gateway) and offline evaluation
@@ -148,6 +148,117 @@ pub struct Scored {
     pub utility: f64,
 }
 
+/// How a route explores: which non-best candidates it may try, how often, and at what
+/// extra cost. Every choice's probability is computed exactly and logged as its propensity.
+///
+/// - [`ExplorationPolicy::Softmax`] (the default) gives each candidate a weight
+///   exp((utility − best utility) / temperature): a candidate whose predicted utility is close
+///   to the best is tried often, one far below it almost never. Exploration therefore goes
+///   where the selector cannot tell candidates apart — where a label is worth most — and
+///   costs little where the choice is clear. The share of non-best choices is then capped at
+///   `max_share`.
+/// - [`ExplorationPolicy::EpsilonGreedy`] spreads `max_share` evenly over the candidates
+///   (the best keeps 1 − ε + ε/n): simple, but it pays the same for a hopeless candidate as
+///   for a near tie.
+///
+/// `max_extra_cost_usd` bounds what one explored request may cost above the best candidate
+/// (predicted); dearer candidates are never explored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Exploration {
+    pub policy: ExplorationPolicy,
+    /// Most probability mass that non-best candidates get, 0..1 (0: never explore).
+    pub max_share: f64,
+    /// Softmax temperature in utility units (quality points): at 0.05, a candidate 0.05 below
+    /// the best gets e⁻¹ of its weight.
+    pub temperature: f64,
+    pub max_extra_cost_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExplorationPolicy {
+    Softmax,
+    EpsilonGreedy,
+}
+
+impl Exploration {
+    /// No exploration: always the best candidate.
+    pub const OFF: Self = Self {
+        policy: ExplorationPolicy::Softmax,
+        max_share: 0.0,
+        temperature: DEFAULT_TEMPERATURE,
+        max_extra_cost_usd: None,
+    };
+
+    pub fn epsilon_greedy(epsilon: f64) -> Self {
+        Self {
+            policy: ExplorationPolicy::EpsilonGreedy,
+            max_share: epsilon,
+            ..Self::OFF
+        }
+    }
+
+    pub fn softmax(temperature: f64, max_share: f64) -> Self {
+        Self {
+            policy: ExplorationPolicy::Softmax,
+            max_share,
+            temperature,
+            max_extra_cost_usd: None,
+        }
+    }
+
+    /// The probability of each of `eligible` (sorted best utility first).
+    fn probabilities(&self, eligible: &[&Scored]) -> Vec<f64> {
+        let n = eligible.len();
+        let mut p = vec![0.0; n];
+        if n == 0 {
+            return p;
+        }
+        p[0] = 1.0;
+        let share = self.max_share.clamp(0.0, 1.0);
+        if n == 1 || share == 0.0 {
+            return p;
+        }
+        let best = eligible[0];
+        let explorable: Vec<usize> = (1..n)
+            .filter(|&i| self.max_extra_cost_usd.is_none_or(|max| eligible[i].cost_usd - best.cost_usd <= max))
+            .collect();
+        if explorable.is_empty() {
+            return p;
+        }
+        match self.policy {
+            ExplorationPolicy::EpsilonGreedy => {
+                let each = share / (explorable.len() + 1) as f64;
+                p[0] = 1.0 - share + each;
+                for &i in &explorable {
+                    p[i] = each;
+                }
+            }
+            ExplorationPolicy::Softmax => {
+                let t = self.temperature.max(1e-9);
+                let weight = |s: &Scored| ((s.utility - best.utility) / t).exp();
+                let total: f64 = 1.0 + explorable.iter().map(|&i| weight(eligible[i])).sum::<f64>();
+                let mut others = 0.0;
+                for &i in &explorable {
+                    p[i] = weight(eligible[i]) / total;
+                    others += p[i];
+                }
+                if others > share {
+                    for &i in &explorable {
+                        p[i] *= share / others;
+                    }
+                    others = share;
+                }
+                p[0] = 1.0 - others;
+            }
+        }
+        p
+    }
+}
+
+/// Softmax temperature when a route sets none.
+pub const DEFAULT_TEMPERATURE: f64 = 0.05;
+
 /// The policy's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
@@ -158,12 +269,16 @@ pub struct Choice {
     pub propensity: f64,
     /// A candidate other than the best was chosen.
     pub explored: bool,
+    /// `(candidate, probability)` for every eligible candidate, best utility first: the
+    /// whole distribution the choice was drawn from (logged, so a later policy can be
+    /// evaluated against it exactly).
+    pub probabilities: Vec<(usize, f64)>,
 }
 
 /// Picks among scored, available candidates. `draw` is a uniform sample in [0, 1)
 /// (injected so tests are deterministic). Candidates above `max_cost_usd` are dropped unless
 /// none is left, in which case the cheapest is used.
-pub fn choose(scored: &[Scored], max_cost_usd: Option<f64>, epsilon: f64, draw: f64) -> Option<Choice> {
+pub fn choose(scored: &[Scored], max_cost_usd: Option<f64>, exploration: &Exploration, draw: f64) -> Option<Choice> {
     let mut eligible: Vec<&Scored> = scored
         .iter()
         .filter(|s| max_cost_usd.is_none_or(|max| s.cost_usd <= max))
@@ -173,28 +288,28 @@ pub fn choose(scored: &[Scored], max_cost_usd: Option<f64>, epsilon: f64, draw: 
         eligible.push(cheapest);
     }
     eligible.sort_by(|a, b| b.utility.total_cmp(&a.utility));
-    let n = eligible.len();
-    let epsilon = if n > 1 { epsilon.clamp(0.0, 1.0) } else { 0.0 };
-    let share = epsilon / n as f64;
-    // Walk the cumulative distribution: best gets 1 − ε + ε/n, every other ε/n.
+    let probabilities = exploration.probabilities(&eligible);
+    // Walk the cumulative distribution; rounding leaves the last positive one as the catch-all.
     let mut chosen = 0;
     let mut cumulative = 0.0;
-    for i in 0..n {
-        cumulative += if i == 0 { 1.0 - epsilon + share } else { share };
-        if draw < cumulative {
-            chosen = i;
-            break;
+    for (i, p) in probabilities.iter().enumerate() {
+        if *p <= 0.0 {
+            continue;
         }
         chosen = i;
+        cumulative += p;
+        if draw < cumulative {
+            break;
+        }
     }
-    let propensity = if chosen == 0 { 1.0 - epsilon + share } else { share };
     let mut ranking: Vec<usize> = eligible.iter().map(|s| s.candidate).collect();
     let picked = ranking.remove(chosen);
     ranking.insert(0, picked);
     Some(Choice {
         ranking,
-        propensity,
+        propensity: probabilities[chosen],
         explored: chosen != 0,
+        probabilities: eligible.iter().map(|s| s.candidate).zip(probabilities.iter().copied()).collect(),
     })
 }
 
@@ -242,7 +357,7 @@ mod tests {
     fn tradeoff_flips_the_choice_when_costs_differ() {
         let pick = |t: Tradeoff| {
             let s = [scored(0, 0.9, 0.02, t), scored(1, 0.7, 0.0005, t)];
-            choose(&s, None, 0.0, 0.5).map(|c| c.ranking[0])
+            choose(&s, None, &Exploration::OFF, 0.5).map(|c| c.ranking[0])
         };
         assert_eq!(pick(Tradeoff::BEST), Some(0));
         assert_eq!(pick(Tradeoff::CHEAP), Some(1));
@@ -264,15 +379,15 @@ mod tests {
     fn propensities_match_epsilon_greedy() {
         let t = Tradeoff::BEST;
         let s = [scored(0, 0.9, 0.0, t), scored(1, 0.5, 0.0, t), scored(2, 0.4, 0.0, t)];
-        let best = choose(&s, None, 0.3, 0.0).expect("choice");
+        let best = choose(&s, None, &Exploration::epsilon_greedy(0.3), 0.0).expect("choice");
         assert_eq!(best.ranking, vec![0, 1, 2]);
         assert!((best.propensity - 0.8).abs() < 1e-12);
         assert!(!best.explored);
-        let explored = choose(&s, None, 0.3, 0.95).expect("choice");
+        let explored = choose(&s, None, &Exploration::epsilon_greedy(0.3), 0.95).expect("choice");
         assert_eq!(explored.ranking, vec![2, 0, 1]);
         assert!((explored.propensity - 0.1).abs() < 1e-12);
         assert!(explored.explored);
-        let off = choose(&s, None, 0.0, 0.999).expect("choice");
+        let off = choose(&s, None, &Exploration::OFF, 0.999).expect("choice");
         assert_eq!((off.ranking[0], off.propensity), (0, 1.0));
     }
 
@@ -284,18 +399,76 @@ mod tests {
         let n = 10_000;
         for i in 0..n {
             let draw = (i as f64 + 0.5) / n as f64;
-            let choice = choose(&s, None, 0.2, draw).expect("choice");
+            let choice = choose(&s, None, &Exploration::epsilon_greedy(0.2), draw).expect("choice");
             counts[choice.ranking[0]] += 1;
         }
         assert_eq!(counts[1], 1_000); // ε/n = 0.1 of the mass
     }
 
     #[test]
+    fn softmax_explores_near_ties_more_than_clear_choices() {
+        let t = Tradeoff::BEST;
+        let explore = Exploration::softmax(0.05, 0.5);
+        let near = [scored(0, 0.80, 0.0, t), scored(1, 0.79, 0.0, t)];
+        let far = [scored(0, 0.80, 0.0, t), scored(1, 0.40, 0.0, t)];
+        let explored_share = |s: &[Scored]| {
+            let c = choose(s, None, &explore, 0.0).expect("choice");
+            c.probabilities.iter().skip(1).map(|(_, p)| p).sum::<f64>()
+        };
+        // exp(-0.2) / (1 + exp(-0.2)) = 0.450 against exp(-8) / (1 + exp(-8)) = 0.000335.
+        assert!((explored_share(&near) - 0.4502).abs() < 1e-3, "{}", explored_share(&near));
+        assert!(explored_share(&far) < 1e-3, "{}", explored_share(&far));
+    }
+
+    #[test]
+    fn exploration_budget_caps_share_and_extra_cost() {
+        let t = Tradeoff::BEST;
+        // Three near-equal candidates would share the mass; the cap leaves the best 0.9.
+        let s = [scored(0, 0.80, 0.001, t), scored(1, 0.80, 0.002, t), scored(2, 0.80, 0.010, t)];
+        let capped = choose(&s, None, &Exploration::softmax(0.05, 0.1), 0.0).expect("choice");
+        let p: Vec<f64> = capped.probabilities.iter().map(|(_, p)| *p).collect();
+        assert!((p[0] - 0.9).abs() < 1e-12 && (p[1] - 0.05).abs() < 1e-12 && (p[2] - 0.05).abs() < 1e-12, "{p:?}");
+        // Candidate 2 costs 0.009 more than the best: above a 0.005 budget, never explored.
+        let budget = Exploration { max_extra_cost_usd: Some(0.005), ..Exploration::softmax(0.05, 1.0) };
+        let c = choose(&s, None, &budget, 0.0).expect("choice");
+        let of = |k: usize| c.probabilities.iter().find(|(i, _)| *i == k).map(|(_, p)| *p);
+        assert_eq!(of(2), Some(0.0));
+        assert!((of(0).unwrap_or(0.0) - 0.5).abs() < 1e-12);
+        for i in 0..1_000 {
+            let pick = choose(&s, None, &budget, (i as f64 + 0.5) / 1_000.0).expect("choice");
+            assert_ne!(pick.ranking[0], 2);
+        }
+    }
+
+    #[test]
+    fn softmax_propensities_are_the_empirical_frequencies() {
+        let t = Tradeoff::BEST;
+        let s = [scored(0, 0.8, 0.0, t), scored(1, 0.75, 0.0, t), scored(2, 0.7, 0.0, t)];
+        let explore = Exploration::softmax(0.05, 0.6);
+        let n = 100_000;
+        let mut counts = [0usize; 3];
+        let mut logged = [0.0f64; 3];
+        for i in 0..n {
+            let choice = choose(&s, None, &explore, (i as f64 + 0.5) / n as f64).expect("choice");
+            counts[choice.ranking[0]] += 1;
+            logged[choice.ranking[0]] = choice.propensity;
+            let total: f64 = choice.probabilities.iter().map(|(_, p)| p).sum();
+            assert!((total - 1.0).abs() < 1e-12);
+        }
+        for k in 0..3 {
+            let empirical = counts[k] as f64 / n as f64;
+            assert!((empirical - logged[k]).abs() < 1e-4, "candidate {k}: {empirical} vs {}", logged[k]);
+        }
+        // Weights 1, e^-1, e^-2 → 0.665, 0.245, 0.090.
+        assert!((logged[0] - 0.6652).abs() < 1e-3, "{logged:?}");
+    }
+
+    #[test]
     fn max_cost_drops_expensive_candidates_but_never_all() {
         let t = Tradeoff::BEST;
         let s = [scored(0, 0.9, 0.02, t), scored(1, 0.7, 0.001, t)];
-        assert_eq!(choose(&s, Some(0.005), 0.0, 0.0).map(|c| c.ranking), Some(vec![1]));
-        assert_eq!(choose(&s, Some(0.0001), 0.0, 0.0).map(|c| c.ranking), Some(vec![1]));
-        assert_eq!(choose(&[], None, 0.0, 0.0), None);
+        assert_eq!(choose(&s, Some(0.005), &Exploration::OFF, 0.0).map(|c| c.ranking), Some(vec![1]));
+        assert_eq!(choose(&s, Some(0.0001), &Exploration::OFF, 0.0).map(|c| c.ranking), Some(vec![1]));
+        assert_eq!(choose(&[], None, &Exploration::OFF, 0.0), None);
     }
 }

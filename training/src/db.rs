@@ -9,7 +9,8 @@
 //! heads learn from every successful row, with or without feedback (no selection weighting:
 //! they describe the model, not the choice).
 //!
-//! Off-policy evaluation on held-out rows (the newest [`HOLDOUT_SHARE`] by time): each policy
+//! Off-policy evaluation on held-out rows (the newest [`HOLDOUT_SHARE`] of the rated rows, by
+//! time; unrated rows carry no reward and always train the latency and token heads): each policy
 //! greedily picks the candidate with the best utility, where utility is the logged one with
 //! its quality term replaced by the policy's own prediction (quality weight 1, as in every
 //! preset; cost and latency terms as logged). Estimators:
@@ -52,6 +53,8 @@ pub struct LoggedCandidate {
 pub struct LoggedRequest {
     pub id: String,
     pub created_at: String,
+    /// The route it was sent to (`None`: a model named directly).
+    pub route: Option<String>,
     /// The model that served it (configured name).
     pub model: String,
     pub candidates: Vec<LoggedCandidate>,
@@ -131,18 +134,31 @@ fn embedding_from_blob(blob: &[u8]) -> Option<Vec<f32>> {
 /// Reads logged requests (oldest first) with their mean feedback, from SQLite or Postgres.
 /// `since` is an RFC 3339 time; rows before it are skipped.
 pub async fn load_logged(url: &str, since: Option<&str>) -> Result<Vec<LoggedRequest>> {
+    load_logged_routes(url, since, &[]).await
+}
+
+/// [`load_logged`], keeping only rows of `routes` (all rows when empty).
+pub async fn load_logged_routes(url: &str, since: Option<&str>, routes: &[String]) -> Result<Vec<LoggedRequest>> {
+    let mut rows = load_all(url, since).await?;
+    if !routes.is_empty() {
+        rows.retain(|r| r.route.as_ref().is_some_and(|route| routes.contains(route)));
+    }
+    Ok(rows)
+}
+
+async fn load_all(url: &str, since: Option<&str>) -> Result<Vec<LoggedRequest>> {
     sqlx::any::install_default_drivers();
     let postgres = url.starts_with("postgres");
     let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(url).await?;
     // Cast everything to plain types both backends hand to `Any` the same way.
     let sql = if postgres {
         "SELECT r.id::text AS id, to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at, \
-         r.model, r.candidates::text AS candidates, r.propensity, r.embedding, r.prompt_text, r.prompt_tokens, \
+         r.route, r.model, r.candidates::text AS candidates, r.propensity, r.embedding, r.prompt_text, r.prompt_tokens, \
          r.completion_tokens, r.latency_ms, r.status::bigint AS status, \
          (SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback \
          FROM request_log r WHERE ($1::text IS NULL OR r.created_at >= $1::timestamptz) ORDER BY r.created_at, r.id"
     } else {
-        "SELECT lower(hex(r.id)) AS id, r.created_at, r.model, r.candidates, r.propensity, r.embedding, r.prompt_text, \
+        "SELECT lower(hex(r.id)) AS id, r.created_at, r.route, r.model, r.candidates, r.propensity, r.embedding, r.prompt_text, \
          r.prompt_tokens, r.completion_tokens, r.latency_ms, CAST(r.status AS INTEGER) AS status, \
          (SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback \
          FROM request_log r WHERE (?1 IS NULL OR r.created_at >= ?1) ORDER BY r.created_at, r.id"
@@ -162,6 +178,7 @@ fn logged_from_row(row: &AnyRow) -> Result<LoggedRequest> {
     Ok(LoggedRequest {
         id: row.try_get("id")?,
         created_at: row.try_get("created_at")?,
+        route: row.try_get("route")?,
         model: row.try_get("model")?,
         candidates,
         propensity: row.try_get("propensity")?,
@@ -175,13 +192,18 @@ fn logged_from_row(row: &AnyRow) -> Result<LoggedRequest> {
     })
 }
 
-/// Splits logged rows by time: the oldest `1 − HOLDOUT_SHARE` train, the newest evaluate.
+/// Splits logged rows by time: the newest `HOLDOUT_SHARE` of the rated rows evaluate, every
+/// other row trains. Unrated rows (no reward to evaluate with) always train, so a burst of
+/// unrated traffic cannot push the rated rows out of the evaluation.
 pub fn time_split(rows: &[LoggedRequest]) -> (Vec<&LoggedRequest>, Vec<&LoggedRequest>) {
-    let mut sorted: Vec<&LoggedRequest> = rows.iter().collect();
-    sorted.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-    let cut = ((sorted.len() as f64) * (1.0 - HOLDOUT_SHARE)).round() as usize;
-    let held = sorted.split_off(cut.min(sorted.len()));
-    (sorted, held)
+    let mut rated: Vec<&LoggedRequest> = rows.iter().filter(|r| r.feedback.is_some()).collect();
+    rated.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    let cut = ((rated.len() as f64) * (1.0 - HOLDOUT_SHARE)).round() as usize;
+    let held = rated.split_off(cut.min(rated.len()));
+    let held_ids: std::collections::HashSet<&str> = held.iter().map(|r| r.id.as_str()).collect();
+    let mut train: Vec<&LoggedRequest> = rows.iter().filter(|r| !held_ids.contains(r.id.as_str())).collect();
+    train.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    (train, held)
 }
 
 /// Maps a logged (configured) model name to a head of `candidates`: exact, then canonical.
@@ -200,6 +222,8 @@ pub fn head_of(candidates: &[String], model: &str) -> Option<usize> {
 pub struct PolicyValue {
     pub ips: f64,
     pub doubly_robust: f64,
+    /// Standard error of the DR estimate (its 95% interval is ±1.96 of it).
+    pub doubly_robust_se: f64,
     /// Share of rows where the policy agrees with the logged choice.
     pub agreement: f64,
 }
@@ -296,6 +320,7 @@ pub fn evaluate_policies(
     let value = |ips: usize, dr: usize, agree: usize| PolicyValue {
         ips: mean_se(&column(ips)).0,
         doubly_robust: mean_se(&column(dr)).0,
+        doubly_robust_se: mean_se(&column(dr)).1,
         agreement: agree as f64 / n as f64,
     };
     let lcb = dr_mean - Z95 * dr_se;
@@ -430,6 +455,7 @@ mod tests {
         let mut r = LoggedRequest {
             id: "x".into(),
             created_at: "t".into(),
+            route: None,
             model: "a".into(),
             candidates: vec![],
             propensity: Some(0.01),

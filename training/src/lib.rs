@@ -9,6 +9,8 @@
 //!   baselines; [`run`] adds leave-one-dataset-out.
 //! - [`db`]: training rows from `request_log` + `feedback` (clipped-IPS weighted), off-policy
 //!   evaluation (IPS, doubly robust) against the active checkpoint, atomic promotion.
+//! - [`learn`]: `switchyard learn`, the scheduled turn of the loop: only when the log changed,
+//!   warm-started, promoted only on a significant off-policy improvement.
 //!
 //! [`run`] is the whole command; the binary only parses arguments into [`TrainOptions`].
 
@@ -17,6 +19,7 @@ pub mod db;
 pub mod embed_cache;
 pub mod error;
 pub mod eval;
+pub mod learn;
 pub mod train;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -66,6 +69,8 @@ pub struct TrainOptions {
     pub from_db: Option<String>,
     /// Only logged rows from this RFC 3339 time on.
     pub since: Option<String>,
+    /// Only logged rows of these routes (all when empty).
+    pub routes: Vec<String>,
     /// Where the new checkpoint is written.
     pub out: PathBuf,
     pub candidates: CandidateChoice,
@@ -89,6 +94,7 @@ impl TrainOptions {
             datasets: Vec::new(),
             from_db: None,
             since: None,
+            routes: Vec::new(),
             out,
             candidates: CandidateChoice::All,
             train: TrainConfig::default(),
@@ -281,7 +287,7 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
 
     // Logged traffic and the active checkpoint.
     let logged = match &opts.from_db {
-        Some(url) => db::load_logged(url, opts.since.as_deref()).await?,
+        Some(url) => db::load_logged_routes(url, opts.since.as_deref(), &opts.routes).await?,
         None => Vec::new(),
     };
     let active = match &opts.active {

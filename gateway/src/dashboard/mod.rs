@@ -147,7 +147,30 @@ fn checkpoint_view(loaded: Option<Arc<LoadedSelector>>) -> Value {
     }
 }
 
-/// `GET /dashboard/api/checkpoints`: the active and shadow selector and their metrics.
+/// Most recent promotion decisions shown.
+const PROMOTIONS_SHOWN: usize = 20;
+
+/// The promotion decisions `switchyard learn` / `train --promote` recorded beside the active
+/// checkpoint (newest first), and the learn step's last run. Missing files are no decisions.
+fn learning_view(checkpoint: Option<&std::path::Path>) -> Value {
+    let Some(dir) = checkpoint else { return json!({"promotions": [], "last_learn": null}) };
+    let promotions: Vec<Value> = std::fs::read_to_string(training::db::promotion_log(dir))
+        .map(|text| {
+            let mut records: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            records.reverse();
+            records.truncate(PROMOTIONS_SHOWN);
+            records
+        })
+        .unwrap_or_default();
+    let last_learn = std::fs::read(training::learn::state_path(dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .unwrap_or(Value::Null);
+    json!({"promotions": promotions, "last_learn": last_learn})
+}
+
+/// `GET /dashboard/api/checkpoints`: the active and shadow selector and their metrics, and
+/// the learning loop's promotion decisions.
 pub async fn checkpoints(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -157,6 +180,7 @@ pub async fn checkpoints(
     Ok(axum::Json(json!({
         "active": checkpoint_view(state.routing.active()),
         "shadow": checkpoint_view(state.routing.shadow()),
+        "learning": learning_view(state.routing.checkpoint_path()),
     }))
     .into_response())
 }

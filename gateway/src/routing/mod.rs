@@ -25,7 +25,7 @@ use crate::config::RouterConfig;
 use crate::error::Error;
 use crate::openai::{content_text, ChatRequest};
 use crate::registry::{ModelEntry, RouteEntry};
-pub use policy::{choose, parse_tradeoff, Scored, Tradeoff};
+pub use policy::{choose, parse_tradeoff, Exploration, Scored, Tradeoff};
 
 /// A checkpoint ready to serve, with each configured model mapped to its head.
 pub struct LoadedSelector {
@@ -191,6 +191,11 @@ impl RoutingEngine {
 
     pub fn shadow_version(&self) -> Option<String> {
         self.shadow.load().as_ref().map(|s| s.version.clone())
+    }
+
+    /// Where the serving checkpoint is read from (`[router] checkpoint`).
+    pub fn checkpoint_path(&self) -> Option<&Path> {
+        self.config.checkpoint.as_deref()
     }
 
     /// The serving checkpoint, for read-only views (the dashboard shows its metrics).
@@ -377,7 +382,7 @@ impl RoutingEngine {
         let mut decision = match active.as_deref().and_then(|a| score(a, route, &embedding, &features, tradeoff)) {
             Some(scored) => {
                 let draw: f64 = rand::random();
-                match choose(&scored, options.max_cost_usd, route.exploration, draw) {
+                match choose(&scored, options.max_cost_usd, &route.exploration, draw) {
                     Some(choice) => {
                         let mut ranking: Vec<Arc<ModelEntry>> =
                             choice.ranking.iter().map(|&i| route.candidates[i].clone()).collect();
@@ -392,7 +397,7 @@ impl RoutingEngine {
                             if choice.explored { DecisionKind::Explored } else { DecisionKind::Selected },
                         );
                         decision.propensity = choice.propensity;
-                        decision.candidates = Some(candidates_json(route, &scored));
+                        decision.candidates = Some(candidates_json(route, &scored, &choice.probabilities));
                         decision
                     }
                     None => Decision::plain(default_first(), DecisionKind::Default),
@@ -403,7 +408,7 @@ impl RoutingEngine {
         decision.checkpoint_version = active.as_ref().map(|a| a.version.clone());
         if let Some(shadow) = shadow.as_deref() {
             if let Some(scored) = score(shadow, route, &embedding, &features, tradeoff) {
-                decision.shadow_choice = choose(&scored, options.max_cost_usd, 0.0, 0.0)
+                decision.shadow_choice = choose(&scored, options.max_cost_usd, &Exploration::OFF, 0.0)
                     .map(|c| route.candidates[c.ranking[0]].name.clone());
                 decision.shadow_version = Some(shadow.version.clone());
             }
@@ -450,17 +455,21 @@ fn score(
     (!scored.is_empty()).then_some(scored)
 }
 
-fn candidates_json(route: &RouteEntry, scored: &[Scored]) -> Value {
+/// Every scored candidate with the probability the policy gave it (0 when the cost ceiling
+/// removed it), so a later policy can be evaluated against the logged one exactly.
+fn candidates_json(route: &RouteEntry, scored: &[Scored], probabilities: &[(usize, f64)]) -> Value {
     Value::Array(
         scored
             .iter()
             .map(|s| {
+                let probability = probabilities.iter().find(|(i, _)| *i == s.candidate).map_or(0.0, |(_, p)| *p);
                 json!({
                     "model": route.candidates[s.candidate].name,
                     "quality": s.quality,
                     "cost_usd": s.cost_usd,
                     "latency_ms": s.latency_ms,
                     "utility": s.utility,
+                    "probability": probability,
                 })
             })
             .collect(),

@@ -60,12 +60,25 @@ pub fn parse(bytes: &[u8]) -> Result<Feedback, Error> {
     })
 }
 
-/// Parses, checks that the request exists, and stores the feedback.
-pub async fn record(store: &Store, log: &LogHandle, bytes: &[u8]) -> Result<Feedback, Error> {
+/// Parses, checks that the request exists and was made by the caller's tenant, and stores
+/// the feedback. `caller_tenant` is `None` for the master key, which may rate any request;
+/// `Some(None)` is a caller without a tenant (open access), which may rate only requests
+/// made without one. A request of another tenant is answered like an unknown id, so that
+/// ids do not leak across tenants.
+pub async fn record(store: &Store, log: &LogHandle, caller_tenant: Option<Option<&str>>, bytes: &[u8]) -> Result<Feedback, Error> {
     let feedback = parse(bytes)?;
-    let known = log.is_pending(feedback.request_id) || store.request_exists(feedback.request_id).await?;
-    if !known {
-        return Err(Error::NotFound(format!("no request with id {}", feedback.request_id)));
+    let id = feedback.request_id;
+    let row_tenant = match log.pending_tenant(id) {
+        Some(tenant) => Some(tenant),
+        None => store.request_tenant(id).await?,
+    };
+    let allowed = match (&row_tenant, caller_tenant) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(row), Some(caller)) => row.as_deref() == caller,
+    };
+    if !allowed {
+        return Err(Error::NotFound(format!("no request with id {id} for this key")));
     }
     store.insert_feedback(&feedback).await?;
     Ok(feedback)

@@ -147,6 +147,9 @@ pub trait LogStore: Send + Sync {
     fn insert_rows(&self, rows: &[LogRow]) -> impl Future<Output = Result<(), Error>> + Send;
     fn fetch_row(&self, id: Uuid) -> impl Future<Output = Result<Option<LogRow>, Error>> + Send;
     fn request_exists(&self, id: Uuid) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// The tenant of a logged request: `None` when no row has that id, `Some(None)` when the
+    /// request was made without a tenant (open access or the master key).
+    fn request_tenant(&self, id: Uuid) -> impl Future<Output = Result<Option<Option<String>>, Error>> + Send;
     fn count_rows(&self) -> impl Future<Output = Result<i64, Error>> + Send;
     fn insert_feedback(&self, feedback: &Feedback) -> impl Future<Output = Result<(), Error>> + Send;
     fn feedback_for(&self, request_id: Uuid) -> impl Future<Output = Result<Vec<Feedback>, Error>> + Send;
@@ -276,6 +279,16 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_error("reading the outcome log"))?;
                 Ok(found.is_some())
+            }
+
+            async fn request_tenant(&self, id: Uuid) -> Result<Option<Option<String>>, Error> {
+                let mut query = QueryBuilder::<$db>::new("SELECT tenant FROM request_log WHERE id = ");
+                query.push_bind(id);
+                query
+                    .build_query_scalar::<Option<String>>()
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("reading the outcome log"))
             }
 
             async fn count_rows(&self) -> Result<i64, Error> {
@@ -583,6 +596,9 @@ impl LogStore for Store {
     }
     async fn request_exists(&self, id: Uuid) -> Result<bool, Error> {
         dispatch!(self, s => s.request_exists(id).await)
+    }
+    async fn request_tenant(&self, id: Uuid) -> Result<Option<Option<String>>, Error> {
+        dispatch!(self, s => s.request_tenant(id).await)
     }
     async fn count_rows(&self) -> Result<i64, Error> {
         dispatch!(self, s => s.count_rows().await)

@@ -21,7 +21,7 @@
 //! Every row is counted by where it went ([`WriterStats`]); only when the database *and* the
 //! local disk fail is a row dropped, and then it is counted and logged as an error.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -139,9 +139,10 @@ enum SpillReason {
 
 struct Shared {
     counters: Counters,
-    /// Ids accepted but not in the database yet (queued, batched or spilled), so that
-    /// feedback for a request answered a moment ago is not refused.
-    pending: Mutex<HashSet<Uuid>>,
+    /// Ids accepted but not in the database yet (queued, batched or spilled), with the
+    /// tenant that made each request, so that feedback for a request answered a moment ago
+    /// is neither refused nor accepted from another tenant.
+    pending: Mutex<HashMap<Uuid, Option<String>>>,
     spill: Mutex<SpillFile>,
     /// The spill thread's inbox; taken at shutdown, which ends the thread.
     overflow: Mutex<Option<std::sync::mpsc::Sender<LogRow>>>,
@@ -156,10 +157,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn mark_pending(&self, id: Uuid) {
+    fn mark_pending(&self, id: Uuid, tenant: Option<String>) {
         let mut pending = lock(&self.pending);
         if pending.len() < MAX_PENDING_IDS {
-            pending.insert(id);
+            pending.insert(id, tenant);
         }
     }
 
@@ -280,7 +281,13 @@ impl LogHandle {
 
     /// Whether `id` was accepted by this process and is still on its way to the database.
     pub fn is_pending(&self, id: Uuid) -> bool {
-        lock(&self.shared.pending).contains(&id)
+        lock(&self.shared.pending).contains_key(&id)
+    }
+
+    /// The tenant of a pending request (`Some(None)`: made without a tenant), or `None` when
+    /// `id` is not pending.
+    pub fn pending_tenant(&self, id: Uuid) -> Option<Option<String>> {
+        lock(&self.shared.pending).get(&id).cloned()
     }
 
     /// Whether rows keep their prompt text (`[database] store_prompts`).
@@ -318,7 +325,7 @@ impl LogHandle {
             }
         }
         add(&self.shared.counters.accepted, 1);
-        self.shared.mark_pending(row.id);
+        self.shared.mark_pending(row.id, row.tenant.clone());
     }
 }
 
@@ -354,7 +361,7 @@ impl LogWriter {
         let (overflow_tx, overflow_rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             counters: Counters::default(),
-            pending: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
             spill: Mutex::new(spill),
             overflow: Mutex::new(Some(overflow_tx)),
             store_prompts: config.store_prompts,

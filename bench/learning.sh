@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The learning loop end to end, on loopback: a gateway starts from a deliberately weak
+# selector (trained on Arena-Hard only: it knows the models, not RouterBench's tasks), serves
+# the RouterBench *training* prompts through an exploring route with the mock upstream
+# replaying each model's recorded answer, gets each answer's recorded correctness as feedback
+# (POST /v1/feedback), runs `switchyard learn` against its own outcome log, hot-reloads, and
+# is measured on the RouterBench *test* prompts with exploration off. Repeated for ROUNDS
+# rounds; then the same loop once with shuffled feedback, which must promote nothing.
+#
+#   bench/learning.sh                 (from anywhere; builds the release binary first, into
+#                                      $CARGO_TARGET_DIR when set)
+# Env: DATA (default ../shared/data beside the checkout), ROUNDS (3), OUT (default
+#      evals/reports/learning), WORK (scratch; default a new /tmp dir), TRAIN_LIMIT / TEST_LIMIT
+#      (default: every prompt), EXPLORATION (max explored share of training traffic, 0.3),
+#      TEMPERATURE (softmax temperature, 0.1), TRADEOFF (balanced), SKIP_SHUFFLED=1.
+# Writes learning.md, learning.json and learning_curve.svg into $OUT (and $OUT/shuffled).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+DATA="${DATA:-$ROOT/../shared/data}"
+ROUNDS="${ROUNDS:-3}"
+OUT="${OUT:-evals/reports/learning}"
+WORK="${WORK:-$(mktemp -d /tmp/switchyard-learning.XXXXXX)}"
+TRADEOFF="${TRADEOFF:-balanced}"
+CANDIDATES="gpt-4-1106-preview,gpt-3.5-turbo-1106,mixtral-8x7b-instruct-v0.1"
+LIMITS=()
+[[ -n "${TRAIN_LIMIT:-}" ]] && LIMITS+=(--train-limit "$TRAIN_LIMIT")
+[[ -n "${TEST_LIMIT:-}" ]] && LIMITS+=(--test-limit "$TEST_LIMIT")
+
+scripts/fetch-model.sh >/dev/null
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+cargo build --release -p gateway --bin switchyard >&2
+BIN="$TARGET_DIR/release/switchyard"
+mkdir -p "$WORK" "$OUT"
+
+echo "== weak start: trained on Arena-Hard only" >&2
+"$BIN" train --dataset "arena-hard:$DATA/arena-hard-v1" --candidates "$CANDIDATES" --out "$WORK/weak" >&2
+echo "== reference: trained offline on the RouterBench training prompts with every label" >&2
+"$BIN" train --dataset "routerbench:$DATA/routerbench-subset" --candidates "$CANDIDATES" --out "$WORK/reference" >&2
+
+echo "== the loop ($ROUNDS rounds)" >&2
+"$BIN" eval learning --dataset "routerbench:$DATA/routerbench-subset" --start "$WORK/weak" \
+    --reference "$WORK/reference" --candidates "$CANDIDATES" --rounds "$ROUNDS" --tradeoff "$TRADEOFF" \
+    --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.1}" "${LIMITS[@]}" \
+    --work "$WORK/loop" --out "$OUT"
+
+if [[ -z "${SKIP_SHUFFLED:-}" ]]; then
+    echo "== control: the same loop with shuffled feedback (must not promote)" >&2
+    "$BIN" eval learning --dataset "routerbench:$DATA/routerbench-subset" --start "$WORK/weak" \
+        --candidates "$CANDIDATES" --rounds 1 --tradeoff "$TRADEOFF" --shuffle-feedback \
+        --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.1}" "${LIMITS[@]}" \
+        --work "$WORK/shuffled" --out "$OUT/shuffled"
+fi
+cat "$OUT/learning.md"

@@ -1,0 +1,599 @@
+//! `switchyard eval learning`: the loop from served traffic to a better selector, measured
+//! end to end over HTTP.
+//!
+//! A gateway (started by the binary, which links the gateway; this crate does not) serves two
+//! routes over the same candidates and the same checkpoint: [`LEARN_ROUTE`] explores,
+//! [`EVAL_ROUTE`] does not. Each round sends the training prompts through the exploring route,
+//! rates every answer with the dataset's label for the model that answered
+//! (`POST /v1/feedback`), runs the learn step ([`training::learn`]) against the gateway's
+//! outcome log, asks the gateway to reload (`POST /admin/reload`), and sends the test prompts
+//! through the non-exploring route. Realised quality and cost are the dataset's label and
+//! recorded cost for the model named by `x-switchyard-model`: what users of that deployment
+//! would have got.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use router_model::policy::{Exploration, ExplorationPolicy, Price, Tradeoff};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use training::learn::{LearnOptions, LearnOutcome};
+use training::{Dataset, Split};
+
+use crate::error::{Error, Result};
+
+/// The route that explores (training traffic).
+pub const LEARN_ROUTE: &str = "learn";
+/// The route that does not (measurement traffic).
+pub const EVAL_ROUTE: &str = "eval";
+/// A route with the gateway's default exploration, to measure what it costs users.
+pub const DEFAULT_EXPLORATION_ROUTE: &str = "explore-default";
+
+/// One prompt with every candidate's realised quality and cost.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub text: String,
+    pub quality: Vec<f64>,
+    pub cost: Vec<f64>,
+}
+
+/// The prompts of one split of `dataset` that have a label and a recorded cost for every
+/// candidate (the first `limit`, after a seeded shuffle when `limit` is given, so a short run
+/// still mixes the dataset's tasks).
+pub fn prompts(dataset: &Dataset, split: Split, candidates: &[String], limit: Option<usize>, seed: u64) -> Vec<Prompt> {
+    let mut out: Vec<Prompt> = dataset
+        .rows
+        .iter()
+        .filter(|r| r.split == split)
+        .filter_map(|r| {
+            let mut quality = Vec::with_capacity(candidates.len());
+            let mut cost = Vec::with_capacity(candidates.len());
+            for c in candidates {
+                let o = r.outcomes.get(c)?;
+                quality.push(f64::from(o.quality?));
+                cost.push(o.cost_usd?);
+            }
+            Some(Prompt { text: r.prompt.clone(), quality, cost })
+        })
+        .collect();
+    if let Some(limit) = limit {
+        out.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        out.truncate(limit);
+    }
+    out
+}
+
+/// What the loop is run with.
+#[derive(Debug, Clone)]
+pub struct LoopPlan {
+    pub candidates: Vec<String>,
+    pub prices: Vec<Price>,
+    pub tradeoff: Tradeoff,
+    /// The exploring route's exploration.
+    pub exploration: Exploration,
+    pub rounds: usize,
+    /// Requests in flight at once (the embedder batches them).
+    pub concurrency: usize,
+    /// Rate answers with labels drawn from other prompts (for the same model): feedback
+    /// that carries no information, which must never lead to a promotion.
+    pub shuffle_feedback: bool,
+    pub seed: u64,
+}
+
+impl LoopPlan {
+    /// The gateway's config: the outcome log in `database` (SQLite, prompts stored so that
+    /// training sees the features serving saw), the response cache off (every request is a
+    /// decision), a decision deadline no request misses, and the two routes.
+    pub fn gateway_config(&self, mock: SocketAddr, database: &Path, checkpoint: &Path, embedder_dir: Option<&Path>) -> String {
+        let quote = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+        let mut toml = format!(
+            "[database]\nurl = {}\nstore_prompts = true\nbatch_interval_ms = 20\n\n[cache]\nexact = false\nsemantic = false\n\n",
+            quote(&format!("sqlite://{}", database.display()))
+        );
+        toml.push_str(&format!(
+            "[router]\ncheckpoint = {}\ndecision_timeout_ms = 60000\nreload_poll_ms = 0\n",
+            quote(&checkpoint.to_string_lossy())
+        ));
+        if let Some(dir) = embedder_dir {
+            toml.push_str(&format!("embedder_dir = {}\n", quote(&dir.to_string_lossy())));
+        }
+        toml.push_str(&format!("\n[providers.replay]\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\n\n"));
+        for (name, price) in self.candidates.iter().zip(&self.prices) {
+            toml.push_str(&format!(
+                "[models.{}]\nprovider = \"replay\"\ninput_usd_per_mtok = {:?}\noutput_usd_per_mtok = {:?}\n\n",
+                quote(name),
+                price.input_usd_per_mtok,
+                price.output_usd_per_mtok
+            ));
+        }
+        let list: Vec<String> = self.candidates.iter().map(|c| quote(c)).collect();
+        let policy = match self.exploration.policy {
+            ExplorationPolicy::Softmax => "softmax",
+            ExplorationPolicy::EpsilonGreedy => "epsilon_greedy",
+        };
+        for (route, share) in [(LEARN_ROUTE, self.exploration.max_share), (EVAL_ROUTE, 0.0)] {
+            toml.push_str(&format!(
+                "[routes.{route}]\ncandidates = [{}]\ndefault = {}\ntradeoff = {}\nexploration = {share:?}\nexploration_policy = \"{policy}\"\nexploration_temperature = {:?}\n\n",
+                list.join(", "),
+                list[0],
+                quote(&self.tradeoff.to_string()),
+                self.exploration.temperature,
+            ));
+        }
+        toml.push_str(&format!(
+            "[routes.{DEFAULT_EXPLORATION_ROUTE}]\ncandidates = [{}]\ndefault = {}\ntradeoff = {}\n",
+            list.join(", "),
+            list[0],
+            quote(&self.tradeoff.to_string()),
+        ));
+        toml
+    }
+}
+
+/// One answer of the gateway.
+#[derive(Debug, Clone)]
+struct Answer {
+    prompt: usize,
+    request_id: String,
+    candidate: usize,
+    decision: String,
+}
+
+fn client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| Error::Replay(e.to_string()))
+}
+
+/// Sends every prompt to `route`, `concurrency` at a time.
+async fn send_all(addr: SocketAddr, route: &str, prompts: &[Prompt], candidates: &[String], concurrency: usize) -> Result<Vec<Answer>> {
+    let client = client()?;
+    let url = format!("http://{addr}/v1/chat/completions");
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let (client, url, gate, route) = (client.clone(), url.clone(), gate.clone(), route.to_owned());
+        let body = json!({"model": route, "messages": [{"role": "user", "content": p.text}]});
+        let candidates = candidates.to_vec();
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.map_err(|e| Error::Replay(e.to_string()))?;
+            let response = client.post(&url).json(&body).send().await.map_err(|e| Error::Replay(format!("prompt {i}: {e}")))?;
+            let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let (status, model, id, decision) = (
+                response.status(),
+                header("x-switchyard-model"),
+                header("x-switchyard-request-id"),
+                header("x-switchyard-decision"),
+            );
+            let text = response.text().await.unwrap_or_default();
+            if !status.is_success() {
+                return Err(Error::Replay(format!("prompt {i}: gateway answered {status}: {text}")));
+            }
+            let model = model.ok_or_else(|| Error::Replay(format!("prompt {i}: no x-switchyard-model header")))?;
+            let candidate = candidates
+                .iter()
+                .position(|c| *c == model)
+                .ok_or_else(|| Error::Replay(format!("prompt {i}: served `{model}`, not a candidate")))?;
+            Ok(Answer {
+                prompt: i,
+                request_id: id.ok_or_else(|| Error::Replay(format!("prompt {i}: no request id")))?,
+                candidate,
+                decision: decision.unwrap_or_default(),
+            })
+        });
+    }
+    let mut out = Vec::with_capacity(prompts.len());
+    while let Some(joined) = tasks.join_next().await {
+        out.push(joined.map_err(|e| Error::Replay(e.to_string()))??);
+    }
+    out.sort_by_key(|a| a.prompt);
+    Ok(out)
+}
+
+/// Rates each answer with `score(answer)`.
+async fn send_feedback(addr: SocketAddr, answers: &[Answer], score: impl Fn(&Answer) -> f64, concurrency: usize) -> Result<()> {
+    let client = client()?;
+    let url = format!("http://{addr}/v1/feedback");
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in answers {
+        let body = json!({"request_id": a.request_id, "score": score(a), "source": "eval"});
+        let (client, url, gate) = (client.clone(), url.clone(), gate.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.map_err(|e| Error::Replay(e.to_string()))?;
+            let response = client.post(&url).json(&body).send().await.map_err(|e| Error::Replay(e.to_string()))?;
+            if !response.status().is_success() {
+                let status = response.status();
+                return Err(Error::Replay(format!("feedback answered {status}: {}", response.text().await.unwrap_or_default())));
+            }
+            Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| Error::Replay(e.to_string()))??;
+    }
+    Ok(())
+}
+
+/// Waits until the outcome log holds `rows` rows and `rated` rated ones (the gateway writes
+/// off the request path), for at most a minute.
+async fn wait_for_log(database_url: &str, rows: usize, rated: usize) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let logged = training::db::load_logged_routes(database_url, None, &[LEARN_ROUTE.to_owned()]).await?;
+        let have_rated = logged.iter().filter(|r| r.feedback.is_some()).count();
+        if logged.len() >= rows && have_rated >= rated {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(Error::Replay(format!(
+                "the outcome log holds {} rows ({have_rated} rated) after a minute; expected {rows} ({rated} rated)",
+                logged.len()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn reload(addr: SocketAddr) -> Result<String> {
+    let response = client()?
+        .post(format!("http://{addr}/admin/reload"))
+        .send()
+        .await
+        .map_err(|e| Error::Replay(e.to_string()))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.map_err(|e| Error::Replay(e.to_string()))?;
+    if !status.is_success() {
+        return Err(Error::Replay(format!("reload answered {status}: {body}")));
+    }
+    Ok(body["active"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Mean with a 95% bootstrap interval (percentile, 2,000 resamples, seeded).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Estimate {
+    pub mean: f64,
+    pub lo95: f64,
+    pub hi95: f64,
+}
+
+pub fn bootstrap(values: &[f64], seed: u64) -> Estimate {
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n.max(1) as f64;
+    if n < 2 {
+        return Estimate { mean, lo95: mean, hi95: mean };
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut means: Vec<f64> = (0..2_000)
+        .map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    Estimate {
+        mean,
+        lo95: means[(0.025 * means.len() as f64) as usize],
+        hi95: means[((0.975 * means.len() as f64) as usize).min(means.len() - 1)],
+    }
+}
+
+/// The test prompts served at one point of the loop.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestResult {
+    pub checkpoint: String,
+    pub quality: Estimate,
+    /// USD per 1,000 requests.
+    pub cost_per_1k: Estimate,
+    /// Paired difference in quality against the weak start (same prompts).
+    pub quality_gain: Option<Estimate>,
+    pub shares: BTreeMap<String, f64>,
+    pub decisions: BTreeMap<String, usize>,
+}
+
+/// One round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    pub round: usize,
+    pub train_prompts: usize,
+    /// Realised on the exploring route: what exploration cost while it ran.
+    pub served_quality: f64,
+    pub served_cost_per_1k: f64,
+    pub explored_share: f64,
+    pub learn_outcome: String,
+    pub promoted: bool,
+    pub learn_seconds: f64,
+    /// The candidate's DR value on the held-out log rows, ±1.96 s.e.
+    pub ope_new: Option<Estimate>,
+    pub ope_active: Option<Estimate>,
+    pub test: TestResult,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopReport {
+    pub dataset: String,
+    pub candidates: Vec<String>,
+    pub tradeoff: String,
+    pub exploration: String,
+    pub shuffle_feedback: bool,
+    pub test_prompts: usize,
+    pub start: TestResult,
+    pub rounds: Vec<Round>,
+    /// Each single candidate on the test prompts (quality, USD per 1k).
+    pub singles: Vec<(String, f64, f64)>,
+    pub oracle_quality: f64,
+    /// The final checkpoint on the test prompts through a route with the gateway's default
+    /// exploration; `quality_gain` is against exploration off (same prompts, paired).
+    pub default_exploration: TestResult,
+}
+
+/// The test prompts through [`EVAL_ROUTE`].
+async fn measure(addr: SocketAddr, plan: &LoopPlan, test: &[Prompt], checkpoint: String, start: Option<&[f64]>) -> Result<(TestResult, Vec<f64>)> {
+    measure_on(addr, EVAL_ROUTE, plan, test, checkpoint, start).await
+}
+
+async fn measure_on(addr: SocketAddr, route: &str, plan: &LoopPlan, test: &[Prompt], checkpoint: String, start: Option<&[f64]>) -> Result<(TestResult, Vec<f64>)> {
+    let answers = send_all(addr, route, test, &plan.candidates, plan.concurrency).await?;
+    let quality: Vec<f64> = answers.iter().map(|a| test[a.prompt].quality[a.candidate]).collect();
+    let cost: Vec<f64> = answers.iter().map(|a| test[a.prompt].cost[a.candidate] * 1e3).collect();
+    let gain = start.map(|s| {
+        let diff: Vec<f64> = quality.iter().zip(s).map(|(q, s)| q - s).collect();
+        bootstrap(&diff, plan.seed ^ 0x9e37)
+    });
+    let mut shares = BTreeMap::new();
+    let mut decisions = BTreeMap::new();
+    for a in &answers {
+        *shares.entry(plan.candidates[a.candidate].clone()).or_insert(0.0) += 1.0 / answers.len() as f64;
+        *decisions.entry(a.decision.clone()).or_insert(0) += 1;
+    }
+    Ok((
+        TestResult {
+            checkpoint,
+            quality: bootstrap(&quality, plan.seed),
+            cost_per_1k: bootstrap(&cost, plan.seed ^ 1),
+            quality_gain: gain,
+            shares,
+            decisions,
+        },
+        quality,
+    ))
+}
+
+/// Where the learn step works.
+#[derive(Debug, Clone)]
+pub struct LearnSetup {
+    pub database_url: String,
+    /// The gateway's `[router] checkpoint` (a copy of the weak start).
+    pub active: PathBuf,
+    pub embedder_dir: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+    pub min_rows: usize,
+    pub promote_margin: f64,
+    /// After each round the active checkpoint is copied to `<snapshots>/round-N`.
+    pub snapshots: Option<PathBuf>,
+}
+
+fn snapshot(active: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
+    for file in [router_model::checkpoint::WEIGHTS_FILE, router_model::checkpoint::META_FILE] {
+        std::fs::copy(active.join(file), to.join(file)).map_err(|e| Error::io(format!("copying {}", active.join(file).display()), e))?;
+    }
+    Ok(())
+}
+
+/// A checkpoint's test-split AIQ over `candidates` (the offline sweep of `switchyard eval
+/// routing`), and its offline quality and cost (USD per 1k) at `tradeoff`.
+pub fn test_aiq(model: &crate::ModelOptions, dataset: &training::DatasetSpec, candidates: &[String], tradeoff: Tradeoff, cache_dir: &Path) -> Result<(f64, f64, f64)> {
+    let loaded = model.load()?;
+    let data = training::data::load(dataset)?;
+    let mut cache = training::embed_cache::EmbeddingCache::open(cache_dir, router_model::Embedder::id(&loaded.embedder), router_model::Embedder::dim(&loaded.embedder))?;
+    let mut embed = crate::offline::cached(&mut cache, &loaded.embedder);
+    let set = crate::offline::EvalSet::build(&data, Split::Test, &loaded.checkpoint, &loaded.prices, Some(candidates), None, &mut embed)?;
+    let report = crate::report::evaluate(&set, crate::report::STRONG, crate::report::WEAK, "test");
+    let point = set.point(&set.choices(tradeoff));
+    Ok((report.aiq.router, point.quality, point.cost * 1e3))
+}
+
+/// Runs the loop against the gateway at `addr` (see the module doc).
+pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, train: &[Prompt], test: &[Prompt], dataset: &str) -> Result<LoopReport> {
+    let version = reload(addr).await?;
+    let (start, start_quality) = measure(addr, plan, test, version, None).await?;
+    eprintln!(
+        "start ({}): test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}",
+        start.checkpoint, start.quality.mean, start.quality.lo95, start.quality.hi95, start.cost_per_1k.mean
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed ^ 0x5eed);
+    let mut rounds = Vec::new();
+    let mut sent = 0usize;
+    for round in 1..=plan.rounds {
+        let answers = send_all(addr, LEARN_ROUTE, train, &plan.candidates, plan.concurrency).await?;
+        sent += answers.len();
+        let served_quality = answers.iter().map(|a| train[a.prompt].quality[a.candidate]).sum::<f64>() / answers.len().max(1) as f64;
+        let served_cost = answers.iter().map(|a| train[a.prompt].cost[a.candidate]).sum::<f64>() * 1e3 / answers.len().max(1) as f64;
+        let explored = answers.iter().filter(|a| a.decision == "explored").count() as f64 / answers.len().max(1) as f64;
+        // Shuffled feedback: the label of a random other prompt for the same model.
+        let donors: Vec<usize> = (0..answers.len()).map(|_| rng.random_range(0..train.len())).collect();
+        send_feedback(
+            addr,
+            &answers,
+            |a| {
+                if plan.shuffle_feedback {
+                    train[donors[a.prompt]].quality[a.candidate]
+                } else {
+                    train[a.prompt].quality[a.candidate]
+                }
+            },
+            plan.concurrency,
+        )
+        .await?;
+        wait_for_log(&learn.database_url, sent, sent).await?;
+
+        let mut options = LearnOptions::new(learn.database_url.clone(), learn.active.clone());
+        // Measurement traffic (the test prompts) is never learned from.
+        options.routes = vec![LEARN_ROUTE.to_owned()];
+        options.min_rows = learn.min_rows;
+        options.promote_margin = learn.promote_margin;
+        options.embedder_dir = learn.embedder_dir.clone();
+        options.cache_dir = learn.cache_dir.clone();
+        options.train.progress = false;
+        options.train.seed = plan.seed.wrapping_add(round as u64);
+        let started = Instant::now();
+        let outcome = training::learn::run(&options).await?;
+        let learn_seconds = started.elapsed().as_secs_f64();
+        let (ope_new, ope_active) = match &outcome {
+            LearnOutcome::Evaluated(r) => r
+                .ope
+                .as_ref()
+                .map(|o| {
+                    let e = |v: &training::db::PolicyValue| Estimate {
+                        mean: v.doubly_robust,
+                        lo95: v.doubly_robust - 1.96 * v.doubly_robust_se,
+                        hi95: v.doubly_robust + 1.96 * v.doubly_robust_se,
+                    };
+                    (Some(e(&o.new)), Some(e(&o.active)))
+                })
+                .unwrap_or((None, None)),
+            _ => (None, None),
+        };
+        if let Some(dir) = &learn.snapshots {
+            snapshot(&learn.active, &dir.join(format!("round-{round}")))?;
+        }
+        let version = reload(addr).await?;
+        let (test_result, _) = measure(addr, plan, test, version, Some(&start_quality)).await?;
+        eprintln!(
+            "round {round}: served {served_quality:.4} (explored {:.1}%), learn: {} ({learn_seconds:.1} s); test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}",
+            explored * 100.0,
+            outcome.describe(),
+            test_result.quality.mean,
+            test_result.quality.lo95,
+            test_result.quality.hi95,
+            test_result.cost_per_1k.mean
+        );
+        rounds.push(Round {
+            round,
+            train_prompts: train.len(),
+            served_quality,
+            served_cost_per_1k: served_cost,
+            explored_share: explored,
+            learn_outcome: outcome.describe(),
+            promoted: outcome.promoted(),
+            learn_seconds,
+            ope_new,
+            ope_active,
+            test: test_result,
+        });
+    }
+    let final_version = rounds.last().map_or_else(|| start.checkpoint.clone(), |r: &Round| r.test.checkpoint.clone());
+    let (off, off_quality) = measure(addr, plan, test, final_version.clone(), None).await?;
+    let (default_exploration, _) = measure_on(addr, DEFAULT_EXPLORATION_ROUTE, plan, test, final_version, Some(&off_quality)).await?;
+    eprintln!(
+        "final checkpoint, exploration off {:.4} / at the gateway's default {:.4} (paired difference {:+.4})",
+        off.quality.mean,
+        default_exploration.quality.mean,
+        default_exploration.quality_gain.map_or(0.0, |g| g.mean)
+    );
+    let singles = plan
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let n = test.len().max(1) as f64;
+            (c.clone(), test.iter().map(|p| p.quality[j]).sum::<f64>() / n, test.iter().map(|p| p.cost[j]).sum::<f64>() * 1e3 / n)
+        })
+        .collect();
+    let oracle_quality = test
+        .iter()
+        .map(|p| {
+            (0..p.quality.len())
+                .map(|j| plan.tradeoff.utility(p.quality[j], p.cost[j], 0.0))
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(0.0, |(j, _)| p.quality[j])
+        })
+        .sum::<f64>()
+        / test.len().max(1) as f64;
+    Ok(LoopReport {
+        dataset: dataset.to_owned(),
+        candidates: plan.candidates.clone(),
+        tradeoff: plan.tradeoff.to_string(),
+        exploration: format!(
+            "{:?}, max share {}, temperature {}",
+            plan.exploration.policy, plan.exploration.max_share, plan.exploration.temperature
+        ),
+        shuffle_feedback: plan.shuffle_feedback,
+        test_prompts: test.len(),
+        start,
+        rounds,
+        singles,
+        oracle_quality,
+        default_exploration,
+    })
+}
+
+impl LoopReport {
+    pub fn markdown(&self, command: &str, extra: &str) -> String {
+        let e = |x: &Estimate| format!("{:.4} [{:.4}, {:.4}]", x.mean, x.lo95, x.hi95);
+        let mut s = format!("# The learning loop through the gateway: {}\n\nProduced by\n\n```sh\n{command}\n```\n\n", self.dataset);
+        s.push_str(&format!(
+            "Candidates {}; trade-off `{}`; training traffic through route `{LEARN_ROUTE}` ({}), measurement through route \
+             `{EVAL_ROUTE}` (exploration off) on {} test prompts the selector never trained on. Feedback: {}.\n\n",
+            self.candidates.join(", "),
+            self.tradeoff,
+            self.exploration,
+            self.test_prompts,
+            if self.shuffle_feedback { "**shuffled labels** (no information: nothing may be promoted)" } else { "the dataset's label for the model that answered" }
+        ));
+        s.push_str("| after | checkpoint | test quality [95%] | gain vs start [95%, paired] | USD / 1k req | learn step | off-policy DR of candidate [95%] | served while exploring | explored |\n|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str(&format!(
+            "| start | {} | {} | | {:.4} | | | | |\n",
+            self.start.checkpoint,
+            e(&self.start.quality),
+            self.start.cost_per_1k.mean
+        ));
+        for r in &self.rounds {
+            s.push_str(&format!(
+                "| round {} | {} | {} | {} | {:.4} | {} | {} | {:.4} | {:.1}% |\n",
+                r.round,
+                r.test.checkpoint,
+                e(&r.test.quality),
+                r.test.quality_gain.as_ref().map(e).unwrap_or_default(),
+                r.test.cost_per_1k.mean,
+                r.learn_outcome.replace('|', "/"),
+                r.ope_new.as_ref().map(e).unwrap_or_else(|| "-".into()),
+                r.served_quality,
+                r.explored_share * 100.0
+            ));
+        }
+        s.push_str("\nSingle models on the test prompts: ");
+        s.push_str(
+            &self
+                .singles
+                .iter()
+                .map(|(m, q, c)| format!("{m} {q:.4} at {c:.4} USD/1k"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+        s.push_str(&format!(
+            ". Oracle at this trade-off (realised labels and costs): {:.4}.\n\n![learning curve](learning_curve.svg)\n",
+            self.oracle_quality
+        ));
+        let d = &self.default_exploration;
+        s.push_str(&format!(
+            "\nWhat exploration at the gateway's default (route `{DEFAULT_EXPLORATION_ROUTE}`: no exploration keys set) costs \
+             with the final checkpoint: test quality {} against exploration off, paired difference {} ({:.2}% of quality); \
+             USD / 1k {:.4}; decisions {:?}.\n",
+            e(&d.quality),
+            d.quality_gain.as_ref().map(e).unwrap_or_default(),
+            d.quality_gain.map_or(0.0, |g| 100.0 * g.mean / d.quality.mean.max(1e-9)),
+            d.cost_per_1k.mean,
+            d.decisions
+        ));
+        s.push_str(extra);
+        s
+    }
+}
