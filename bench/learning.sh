@@ -12,7 +12,8 @@
 # Env: DATA (default ../shared/data beside the checkout), ROUNDS (3), OUT (default
 #      evals/reports/learning), WORK (scratch; default a new /tmp dir), TRAIN_LIMIT / TEST_LIMIT
 #      (default: every prompt), EXPLORATION (max explored share of training traffic, 0.3),
-#      TEMPERATURE (softmax temperature, 0.1), TRADEOFF (balanced), SKIP_SHUFFLED=1.
+#      TEMPERATURE (softmax temperature, 0.1), TRADEOFF (balanced), SKIP_SHUFFLED=1,
+#      SWITCHYARD_BIN (use this binary instead of building the release one).
 # Writes learning.md, learning.json and learning_curve.svg into $OUT (and $OUT/shuffled).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,8 +30,12 @@ LIMITS=()
 
 scripts/fetch-model.sh >/dev/null
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p gateway --bin switchyard >&2
-BIN="$TARGET_DIR/release/switchyard"
+if [[ -n "${SWITCHYARD_BIN:-}" ]]; then
+    BIN="$SWITCHYARD_BIN"   # e.g. the test build's target/debug/switchyard: its model code is optimised too
+else
+    cargo build --release -p gateway --bin switchyard >&2
+    BIN="$TARGET_DIR/release/switchyard"
+fi
 mkdir -p "$WORK" "$OUT"
 
 echo "== weak start: trained on Arena-Hard only" >&2

@@ -289,8 +289,12 @@ pub struct TestResult {
     pub quality: Estimate,
     /// USD per 1,000 requests.
     pub cost_per_1k: Estimate,
-    /// Paired difference in quality against the weak start (same prompts).
+    /// The route's objective on what was served: quality − cost and latency terms of the
+    /// trade-off (realised cost; the mock's latency is not a model's, so latency counts 0).
+    pub utility: Estimate,
+    /// Paired differences against the weak start (same prompts).
     pub quality_gain: Option<Estimate>,
+    pub utility_gain: Option<Estimate>,
     pub shares: BTreeMap<String, f64>,
     pub decisions: BTreeMap<String, usize>,
 }
@@ -307,8 +311,9 @@ pub struct Round {
     pub learn_outcome: String,
     pub promoted: bool,
     pub learn_seconds: f64,
-    /// The candidate's DR value on the held-out log rows, ±1.96 s.e.
+    /// The candidate's DR quality and utility on the held-out log rows, ±1.96 s.e.
     pub ope_new: Option<Estimate>,
+    pub ope_new_utility: Option<Estimate>,
     pub ope_active: Option<Estimate>,
     pub test: TestResult,
 }
@@ -333,18 +338,30 @@ pub struct LoopReport {
 }
 
 /// The test prompts through [`EVAL_ROUTE`].
-async fn measure(addr: SocketAddr, plan: &LoopPlan, test: &[Prompt], checkpoint: String, start: Option<&[f64]>) -> Result<(TestResult, Vec<f64>)> {
+async fn measure(addr: SocketAddr, plan: &LoopPlan, test: &[Prompt], checkpoint: String, start: Option<&Served>) -> Result<(TestResult, Served)> {
     measure_on(addr, EVAL_ROUTE, plan, test, checkpoint, start).await
 }
 
-async fn measure_on(addr: SocketAddr, route: &str, plan: &LoopPlan, test: &[Prompt], checkpoint: String, start: Option<&[f64]>) -> Result<(TestResult, Vec<f64>)> {
+/// Per test prompt, the realised quality and utility of what was served.
+pub struct Served {
+    quality: Vec<f64>,
+    utility: Vec<f64>,
+}
+
+async fn measure_on(addr: SocketAddr, route: &str, plan: &LoopPlan, test: &[Prompt], checkpoint: String, start: Option<&Served>) -> Result<(TestResult, Served)> {
     let answers = send_all(addr, route, test, &plan.candidates, plan.concurrency).await?;
     let quality: Vec<f64> = answers.iter().map(|a| test[a.prompt].quality[a.candidate]).collect();
     let cost: Vec<f64> = answers.iter().map(|a| test[a.prompt].cost[a.candidate] * 1e3).collect();
-    let gain = start.map(|s| {
-        let diff: Vec<f64> = quality.iter().zip(s).map(|(q, s)| q - s).collect();
-        bootstrap(&diff, plan.seed ^ 0x9e37)
-    });
+    let utility: Vec<f64> = answers
+        .iter()
+        .map(|a| plan.tradeoff.utility(test[a.prompt].quality[a.candidate], test[a.prompt].cost[a.candidate], 0.0))
+        .collect();
+    let paired = |now: &[f64], before: &[f64], seed: u64| {
+        let diff: Vec<f64> = now.iter().zip(before).map(|(n, b)| n - b).collect();
+        bootstrap(&diff, seed)
+    };
+    let gain = start.map(|s| paired(&quality, &s.quality, plan.seed ^ 0x9e37));
+    let utility_gain = start.map(|s| paired(&utility, &s.utility, plan.seed ^ 0x9e38));
     let mut shares = BTreeMap::new();
     let mut decisions = BTreeMap::new();
     for a in &answers {
@@ -356,11 +373,13 @@ async fn measure_on(addr: SocketAddr, route: &str, plan: &LoopPlan, test: &[Prom
             checkpoint,
             quality: bootstrap(&quality, plan.seed),
             cost_per_1k: bootstrap(&cost, plan.seed ^ 1),
+            utility: bootstrap(&utility, plan.seed ^ 2),
             quality_gain: gain,
+            utility_gain,
             shares,
             decisions,
         },
-        quality,
+        Served { quality, utility },
     ))
 }
 
@@ -402,10 +421,10 @@ pub fn test_aiq(model: &crate::ModelOptions, dataset: &training::DatasetSpec, ca
 /// Runs the loop against the gateway at `addr` (see the module doc).
 pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, train: &[Prompt], test: &[Prompt], dataset: &str) -> Result<LoopReport> {
     let version = reload(addr).await?;
-    let (start, start_quality) = measure(addr, plan, test, version, None).await?;
+    let (start, start_served) = measure(addr, plan, test, version, None).await?;
     eprintln!(
-        "start ({}): test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}",
-        start.checkpoint, start.quality.mean, start.quality.lo95, start.quality.hi95, start.cost_per_1k.mean
+        "start ({}): test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}, utility {:.4}",
+        start.checkpoint, start.quality.mean, start.quality.lo95, start.quality.hi95, start.cost_per_1k.mean, start.utility.mean
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed ^ 0x5eed);
     let mut rounds = Vec::new();
@@ -445,34 +464,31 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         let started = Instant::now();
         let outcome = training::learn::run(&options).await?;
         let learn_seconds = started.elapsed().as_secs_f64();
-        let (ope_new, ope_active) = match &outcome {
-            LearnOutcome::Evaluated(r) => r
-                .ope
-                .as_ref()
-                .map(|o| {
-                    let e = |v: &training::db::PolicyValue| Estimate {
-                        mean: v.doubly_robust,
-                        lo95: v.doubly_robust - 1.96 * v.doubly_robust_se,
-                        hi95: v.doubly_robust + 1.96 * v.doubly_robust_se,
-                    };
-                    (Some(e(&o.new)), Some(e(&o.active)))
-                })
-                .unwrap_or((None, None)),
-            _ => (None, None),
+        let interval = |mean: f64, se: f64| Estimate { mean, lo95: mean - 1.96 * se, hi95: mean + 1.96 * se };
+        let ope = match &outcome {
+            LearnOutcome::Evaluated(r) => r.ope.clone(),
+            _ => None,
         };
+        let ope_new = ope.as_ref().map(|o| interval(o.new.doubly_robust, o.new.doubly_robust_se));
+        let ope_new_utility = ope.as_ref().map(|o| interval(o.new.utility_dr, o.new.utility_dr_se));
+        let ope_active = ope.as_ref().map(|o| interval(o.active.doubly_robust, o.active.doubly_robust_se));
         if let Some(dir) = &learn.snapshots {
             snapshot(&learn.active, &dir.join(format!("round-{round}")))?;
         }
         let version = reload(addr).await?;
-        let (test_result, _) = measure(addr, plan, test, version, Some(&start_quality)).await?;
+        let (test_result, _) = measure(addr, plan, test, version, Some(&start_served)).await?;
         eprintln!(
-            "round {round}: served {served_quality:.4} (explored {:.1}%), learn: {} ({learn_seconds:.1} s); test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}",
+            "round {round}: served {served_quality:.4} (explored {:.1}%), learn: {} ({learn_seconds:.1} s); test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}, utility {:.4} (gain {:+.4} [{:+.4}, {:+.4}])",
             explored * 100.0,
             outcome.describe(),
             test_result.quality.mean,
             test_result.quality.lo95,
             test_result.quality.hi95,
-            test_result.cost_per_1k.mean
+            test_result.cost_per_1k.mean,
+            test_result.utility.mean,
+            test_result.utility_gain.map_or(0.0, |g| g.mean),
+            test_result.utility_gain.map_or(0.0, |g| g.lo95),
+            test_result.utility_gain.map_or(0.0, |g| g.hi95),
         );
         rounds.push(Round {
             round,
@@ -484,13 +500,14 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
             promoted: outcome.promoted(),
             learn_seconds,
             ope_new,
+            ope_new_utility,
             ope_active,
             test: test_result,
         });
     }
     let final_version = rounds.last().map_or_else(|| start.checkpoint.clone(), |r: &Round| r.test.checkpoint.clone());
-    let (off, off_quality) = measure(addr, plan, test, final_version.clone(), None).await?;
-    let (default_exploration, _) = measure_on(addr, DEFAULT_EXPLORATION_ROUTE, plan, test, final_version, Some(&off_quality)).await?;
+    let (off, off_served) = measure(addr, plan, test, final_version.clone(), None).await?;
+    let (default_exploration, _) = measure_on(addr, DEFAULT_EXPLORATION_ROUTE, plan, test, final_version, Some(&off_served)).await?;
     eprintln!(
         "final checkpoint, exploration off {:.4} / at the gateway's default {:.4} (paired difference {:+.4})",
         off.quality.mean,
@@ -548,21 +565,24 @@ impl LoopReport {
             self.test_prompts,
             if self.shuffle_feedback { "**shuffled labels** (no information: nothing may be promoted)" } else { "the dataset's label for the model that answered" }
         ));
-        s.push_str("| after | checkpoint | test quality [95%] | gain vs start [95%, paired] | USD / 1k req | learn step | off-policy DR of candidate [95%] | served while exploring | explored |\n|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str("| after | checkpoint | test quality [95%] | quality gain vs start [95%, paired] | USD / 1k req | utility [95%] | utility gain vs start [95%, paired] | learn step | off-policy DR quality of candidate [95%] | served while exploring | explored |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         s.push_str(&format!(
-            "| start | {} | {} | | {:.4} | | | | |\n",
+            "| start | {} | {} | | {:.4} | {} | | | | | |\n",
             self.start.checkpoint,
             e(&self.start.quality),
-            self.start.cost_per_1k.mean
+            self.start.cost_per_1k.mean,
+            e(&self.start.utility)
         ));
         for r in &self.rounds {
             s.push_str(&format!(
-                "| round {} | {} | {} | {} | {:.4} | {} | {} | {:.4} | {:.1}% |\n",
+                "| round {} | {} | {} | {} | {:.4} | {} | {} | {} | {} | {:.4} | {:.1}% |\n",
                 r.round,
                 r.test.checkpoint,
                 e(&r.test.quality),
                 r.test.quality_gain.as_ref().map(e).unwrap_or_default(),
                 r.test.cost_per_1k.mean,
+                e(&r.test.utility),
+                r.test.utility_gain.as_ref().map(e).unwrap_or_default(),
                 r.learn_outcome.replace('|', "/"),
                 r.ope_new.as_ref().map(e).unwrap_or_else(|| "-".into()),
                 r.served_quality,

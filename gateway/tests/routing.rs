@@ -165,11 +165,11 @@ async fn hot_reload_switches_behaviour_without_dropping_requests() {
     assert_eq!(failures.load(Ordering::Relaxed), 0);
 }
 
-/// Every row of a SQLite outcome log: (model, propensity, candidates JSON).
+/// Every answered row of a SQLite outcome log: (model, propensity, candidates JSON).
 async fn logged_decisions(db: &str) -> Vec<(String, f64, Value)> {
     let pool = sqlx::SqlitePool::connect(db).await.expect("db");
     let rows: Vec<(String, Option<f64>, Option<String>)> =
-        sqlx::query_as("SELECT model, propensity, candidates FROM request_log").fetch_all(&pool).await.expect("rows");
+        sqlx::query_as("SELECT model, propensity, candidates FROM request_log WHERE status = 200").fetch_all(&pool).await.expect("rows");
     rows.into_iter()
         .map(|(model, p, c)| (model, p.expect("propensity"), serde_json::from_str(&c.expect("candidates")).expect("json")))
         .collect()

@@ -12,17 +12,22 @@
 //! Off-policy evaluation on held-out rows (the newest [`HOLDOUT_SHARE`] of the rated rows, by
 //! time; unrated rows carry no reward and always train the latency and token heads): each policy
 //! greedily picks the candidate with the best utility, where utility is the logged one with
-//! its quality term replaced by the policy's own prediction (quality weight 1, as in every
-//! preset; cost and latency terms as logged). Estimators:
+//! its quality term replaced by the policy's own prediction (cost and latency terms as
+//! logged). The reward is what the route optimises: the realised utility r = w_q·feedback −
+//! w_c·cost − w_l·latency at the row's logged trade-off (quality alone for rows without one),
+//! so a candidate that is as good for less money wins. Estimators:
 //! - IPS: 1[π(x)=a]·min(1/p, clip)·r
-//! - doubly robust: q̂(x, π(x)) + 1[π(x)=a]·min(1/p, clip)·(r − q̂(x, a)), with the new
-//!   model's quality head as q̂ (fit without the held-out rows) for both policies.
+//! - doubly robust: r̂(x, π(x)) + 1[π(x)=a]·min(1/p, clip)·(r − r̂(x, a)), with the new
+//!   model's predicted utility as r̂ (fit without the held-out rows) for both policies.
+//! Quality alone is estimated the same way and reported beside it.
 //!
-//! Promotion needs the paired per-row difference (new − active) of the DR estimate to have a
-//! one-sided 95% lower confidence bound (mean − 1.645·s.e.) above the margin.
+//! Promotion needs the paired per-row difference (new − active) of the DR utility estimate to
+//! have a one-sided 95% lower confidence bound (mean − 1.645·s.e.) above the margin.
 
 use std::path::{Path, PathBuf};
 
+use router_model::policy::{Price, Tradeoff};
+use router_model::Prediction;
 use router_model::{Checkpoint, RequestFeatures};
 use serde::Serialize;
 use serde_json::Value;
@@ -46,6 +51,9 @@ pub struct LoggedCandidate {
     pub cost_usd: f64,
     pub latency_ms: f64,
     pub utility: f64,
+    /// The model's price when the decision was made (rows logged before prices were logged
+    /// have none: their cost and latency terms are taken as logged).
+    pub price: Option<Price>,
 }
 
 /// One request from the outcome log.
@@ -68,6 +76,12 @@ pub struct LoggedRequest {
     pub status: i64,
     /// Mean feedback score (0..1), if any arrived.
     pub feedback: Option<f64>,
+    /// How many ratings arrived.
+    pub feedback_count: i64,
+    /// Realised cost of the answer (USD).
+    pub cost_usd: Option<f64>,
+    /// The trade-off the decision was made for (routed rows).
+    pub tradeoff: Option<Tradeoff>,
 }
 
 impl LoggedRequest {
@@ -94,6 +108,11 @@ impl LoggedRequest {
         f
     }
 
+    /// The route's utility of what was served: feedback quality, realised cost and latency.
+    pub fn realised_utility(&self, tradeoff: Tradeoff) -> f64 {
+        tradeoff.utility(self.feedback.unwrap_or(0.0), self.cost_usd.unwrap_or(0.0), self.latency_ms)
+    }
+
     /// Clipped inverse propensity of the logged choice.
     pub fn ips_weight(&self) -> f64 {
         self.propensity
@@ -118,6 +137,10 @@ pub fn parse_candidates(value: &Value) -> Vec<LoggedCandidate> {
                 cost_usd: c.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
                 latency_ms: c.get("latency_ms").and_then(Value::as_f64).unwrap_or(0.0),
                 utility: c.get("utility").and_then(Value::as_f64).unwrap_or(0.0),
+                price: match (c.get("input_usd_per_mtok").and_then(Value::as_f64), c.get("output_usd_per_mtok").and_then(Value::as_f64)) {
+                    (Some(input_usd_per_mtok), Some(output_usd_per_mtok)) => Some(Price { input_usd_per_mtok, output_usd_per_mtok }),
+                    _ => None,
+                },
             })
         })
         .collect()
@@ -154,13 +177,15 @@ async fn load_all(url: &str, since: Option<&str>) -> Result<Vec<LoggedRequest>> 
     let sql = if postgres {
         "SELECT r.id::text AS id, to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at, \
          r.route, r.model, r.candidates::text AS candidates, r.propensity, r.embedding, r.prompt_text, r.prompt_tokens, \
-         r.completion_tokens, r.latency_ms, r.status::bigint AS status, \
-         (SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback \
+         r.completion_tokens, r.cost_usd, r.latency_ms, r.status::bigint AS status, \
+         (SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback, \
+         (SELECT COUNT(*) FROM feedback f WHERE f.request_id = r.id)::bigint AS feedback_count \
          FROM request_log r WHERE ($1::text IS NULL OR r.created_at >= $1::timestamptz) ORDER BY r.created_at, r.id"
     } else {
         "SELECT lower(hex(r.id)) AS id, r.created_at, r.route, r.model, r.candidates, r.propensity, r.embedding, r.prompt_text, \
-         r.prompt_tokens, r.completion_tokens, r.latency_ms, CAST(r.status AS INTEGER) AS status, \
-         (SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback \
+         r.prompt_tokens, r.completion_tokens, r.cost_usd, r.latency_ms, CAST(r.status AS INTEGER) AS status, \
+         (SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback, \
+         (SELECT COUNT(*) FROM feedback f WHERE f.request_id = r.id) AS feedback_count \
          FROM request_log r WHERE (?1 IS NULL OR r.created_at >= ?1) ORDER BY r.created_at, r.id"
     };
     let rows: Vec<AnyRow> = sqlx::query(sql).bind(since.map(str::to_owned)).fetch_all(&pool).await?;
@@ -170,10 +195,13 @@ async fn load_all(url: &str, since: Option<&str>) -> Result<Vec<LoggedRequest>> 
 
 fn logged_from_row(row: &AnyRow) -> Result<LoggedRequest> {
     let candidates: Option<String> = row.try_get("candidates")?;
-    let candidates = candidates
-        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-        .map(|v| parse_candidates(&v))
-        .unwrap_or_default();
+    let decision = candidates.and_then(|text| serde_json::from_str::<Value>(&text).ok());
+    let tradeoff = decision
+        .as_ref()
+        .and_then(|d| d.get("tradeoff"))
+        .and_then(Value::as_str)
+        .and_then(|t| Tradeoff::parse_override(t, Tradeoff::BALANCED).ok());
+    let candidates = decision.map(|v| parse_candidates(&v)).unwrap_or_default();
     let embedding: Option<Vec<u8>> = row.try_get("embedding")?;
     Ok(LoggedRequest {
         id: row.try_get("id")?,
@@ -189,6 +217,9 @@ fn logged_from_row(row: &AnyRow) -> Result<LoggedRequest> {
         latency_ms: row.try_get("latency_ms")?,
         status: row.try_get("status")?,
         feedback: row.try_get("feedback")?,
+        feedback_count: row.try_get("feedback_count")?,
+        cost_usd: row.try_get("cost_usd")?,
+        tradeoff,
     })
 }
 
@@ -220,10 +251,16 @@ pub fn head_of(candidates: &[String], model: &str) -> Option<usize> {
 /// One policy's value on the held-out rows, under each estimator.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyValue {
+    /// Quality (the feedback score) the policy would get.
     pub ips: f64,
     pub doubly_robust: f64,
-    /// Standard error of the DR estimate (its 95% interval is ±1.96 of it).
+    /// Standard error of the DR quality estimate (its 95% interval is ±1.96 of it).
     pub doubly_robust_se: f64,
+    /// The routes' objective: quality − cost − latency at each row's trade-off, with the
+    /// realised cost and latency of the logged answer.
+    pub utility_ips: f64,
+    pub utility_dr: f64,
+    pub utility_dr_se: f64,
     /// Share of rows where the policy agrees with the logged choice.
     pub agreement: f64,
 }
@@ -236,64 +273,82 @@ pub struct OpeReport {
     pub ips_clip: f64,
     pub new: PolicyValue,
     pub active: PolicyValue,
-    /// Mean paired difference new − active (DR) and its one-sided 95% lower bound.
+    /// Mean paired difference new − active of the DR utility estimate, and its one-sided 95%
+    /// lower bound: what promotion is decided on.
     pub dr_difference: f64,
     pub dr_difference_lcb95: f64,
     pub ips_difference: f64,
     pub ips_difference_lcb95: f64,
+    /// The same paired DR difference in quality alone (a cheaper policy may trade some).
+    pub quality_dr_difference: f64,
     pub margin: f64,
     pub better: bool,
 }
 
-/// Predicted quality of every candidate for one row (a policy's view).
-pub type QualityFn<'a> = dyn Fn(&LoggedRequest) -> Result<Vec<f32>> + 'a;
+/// A policy's predictions for every head of its checkpoint on one row.
+pub type PredictFn<'a> = dyn Fn(&LoggedRequest) -> Result<Vec<Prediction>> + 'a;
 
-/// A greedy policy's pick among the row's logged candidates, by logged utility with the
-/// quality term replaced by `quality` (index into the checkpoint's candidates via `heads`).
-fn greedy_pick(row: &LoggedRequest, quality: &[f32], candidates: &[String]) -> Option<usize> {
+/// (quality, utility) a policy predicts for each logged candidate, as the gateway would score
+/// it with that policy's checkpoint: its quality, its output tokens at the logged price, its
+/// latency. Candidates logged without a price, and models the checkpoint has no head for,
+/// keep the logged terms (with the quality replaced where there is a head).
+fn predicted_utilities(row: &LoggedRequest, tradeoff: Tradeoff, predictions: &[Prediction], candidates: &[String]) -> Vec<(f64, f64)> {
+    let prompt_tokens = u64::from(row.features().prompt_tokens);
     row.candidates
         .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let u = match head_of(candidates, &c.model) {
-                Some(h) => c.utility - c.quality + f64::from(quality[h]),
-                None => c.utility,
-            };
-            (i, u)
+        .map(|c| match (head_of(candidates, &c.model).and_then(|h| predictions.get(h)), c.price) {
+            (Some(p), Some(price)) => {
+                let q = f64::from(p.quality);
+                let cost = price.cost_usd(prompt_tokens, p.output_tokens.max(0.0).round() as u64);
+                (q, tradeoff.utility(q, cost, f64::from(p.latency_ms)))
+            }
+            (Some(p), None) => {
+                let q = f64::from(p.quality);
+                (q, c.utility + tradeoff.quality * (q - c.quality))
+            }
+            (None, _) => (c.quality, c.utility),
         })
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(i, _)| i)
+        .collect()
+}
+
+fn argmax(values: &[(f64, f64)]) -> Option<usize> {
+    values.iter().enumerate().max_by(|a, b| a.1 .1.total_cmp(&b.1 .1)).map(|(i, _)| i)
 }
 
 /// Off-policy evaluation of `new` against `active` (each: candidate ids + quality function)
-/// on `rows`; `reward_model` gives q̂ for DR, indexed like `reward_candidates`.
-#[allow(clippy::too_many_arguments)]
+/// on `rows`. Each policy greedily picks the candidate of best predicted utility; its value
+/// is estimated for the realised utility (and quality) by IPS and by doubly robust with the
+/// new model's predictions as the reward model.
 pub fn evaluate_policies(
     rows: &[&LoggedRequest],
     new_candidates: &[String],
-    new_quality: &QualityFn<'_>,
+    new_predict: &PredictFn<'_>,
     active_candidates: &[String],
-    active_quality: &QualityFn<'_>,
+    active_predict: &PredictFn<'_>,
     margin: f64,
 ) -> Result<OpeReport> {
     let usable: Vec<&&LoggedRequest> = rows
         .iter()
         .filter(|r| r.feedback.is_some() && r.candidates.len() >= 2 && r.propensity.is_some_and(|p| p > 0.0))
         .collect();
-    let mut contributions: Vec<[f64; 4]> = Vec::new(); // ips_new, dr_new, ips_active, dr_active
+    // Per row: [ips_q, dr_q, ips_u, dr_u] for new, then for active.
+    let mut contributions: Vec<[f64; 8]> = Vec::new();
     let (mut agree_new, mut agree_active) = (0usize, 0usize);
     for row in &usable {
-        let r = row.feedback.unwrap_or(0.0);
+        let quality = row.feedback.unwrap_or(0.0);
+        let tradeoff = row.tradeoff.unwrap_or(Tradeoff::BEST);
+        let utility = row.realised_utility(tradeoff);
         let w = row.ips_weight();
-        let q_new = new_quality(row)?;
-        let q_active = active_quality(row)?;
-        let reward_hat = |model: &str| head_of(new_candidates, model).map_or(0.0, |h| f64::from(q_new[h]));
-        let logged_hat = reward_hat(&row.model);
-        let mut values = [0.0; 4];
+        let q_new = new_predict(row)?;
+        let q_active = active_predict(row)?;
+        // The reward model: the new checkpoint's predictions, for both policies.
+        let hat = predicted_utilities(row, tradeoff, &q_new, new_candidates);
+        let Some(logged) = row.candidates.iter().position(|c| c.model == row.model) else { continue };
+        let (logged_q_hat, logged_u_hat) = hat[logged];
+        let mut values = [0.0; 8];
         for (k, (candidates, q)) in [(new_candidates, &q_new), (active_candidates, &q_active)].into_iter().enumerate() {
-            let Some(pick) = greedy_pick(row, q, candidates) else { continue };
-            let picked = &row.candidates[pick].model;
-            let matches = *picked == row.model;
+            let Some(pick) = argmax(&predicted_utilities(row, tradeoff, q, candidates)) else { continue };
+            let matches = pick == logged;
             if matches {
                 if k == 0 {
                     agree_new += 1;
@@ -302,8 +357,11 @@ pub fn evaluate_policies(
                 }
             }
             let indicator = if matches { w } else { 0.0 };
-            values[2 * k] = indicator * r;
-            values[2 * k + 1] = reward_hat(picked) + indicator * (r - logged_hat);
+            let (q_hat, u_hat) = hat[pick];
+            values[4 * k] = indicator * quality;
+            values[4 * k + 1] = q_hat + indicator * (quality - logged_q_hat);
+            values[4 * k + 2] = indicator * utility;
+            values[4 * k + 3] = u_hat + indicator * (utility - logged_u_hat);
         }
         contributions.push(values);
     }
@@ -315,25 +373,35 @@ pub fn evaluate_policies(
     }
     let column = |k: usize| contributions.iter().map(|c| c[k]).collect::<Vec<_>>();
     let diff = |a: usize, b: usize| contributions.iter().map(|c| c[a] - c[b]).collect::<Vec<_>>();
-    let (dr_mean, dr_se) = mean_se(&diff(1, 3));
-    let (ips_mean, ips_se) = mean_se(&diff(0, 2));
-    let value = |ips: usize, dr: usize, agree: usize| PolicyValue {
-        ips: mean_se(&column(ips)).0,
-        doubly_robust: mean_se(&column(dr)).0,
-        doubly_robust_se: mean_se(&column(dr)).1,
-        agreement: agree as f64 / n as f64,
+    let (dr_mean, dr_se) = mean_se(&diff(3, 7));
+    let (ips_mean, ips_se) = mean_se(&diff(2, 6));
+    let value = |k: usize, agree: usize| {
+        let (dr_q, dr_q_se) = mean_se(&column(4 * k + 1));
+        let (dr_u, dr_u_se) = mean_se(&column(4 * k + 3));
+        PolicyValue {
+            ips: mean_se(&column(4 * k)).0,
+            doubly_robust: dr_q,
+            doubly_robust_se: dr_q_se,
+            utility_ips: mean_se(&column(4 * k + 2)).0,
+            utility_dr: dr_u,
+            utility_dr_se: dr_u_se,
+            agreement: agree as f64 / n as f64,
+        }
     };
     let lcb = dr_mean - Z95 * dr_se;
     Ok(OpeReport {
         rows: n,
-        estimator: format!("doubly robust (q̂ = new quality head), clipped IPS weights min(1/p, {IPS_CLIP})"),
+        estimator: format!(
+            "doubly robust on the routes' utility (q̂ = new quality head, cost and latency as logged), clipped IPS weights min(1/p, {IPS_CLIP})"
+        ),
         ips_clip: IPS_CLIP,
-        new: value(0, 1, agree_new),
-        active: value(2, 3, agree_active),
+        new: value(0, agree_new),
+        active: value(1, agree_active),
         dr_difference: dr_mean,
         dr_difference_lcb95: lcb,
         ips_difference: ips_mean,
         ips_difference_lcb95: ips_mean - Z95 * ips_se,
+        quality_dr_difference: mean_se(&diff(1, 5)).0,
         margin,
         better: lcb > margin,
     })
@@ -466,6 +534,9 @@ mod tests {
             latency_ms: 1.0,
             status: 200,
             feedback: None,
+            feedback_count: 0,
+            cost_usd: None,
+            tradeoff: None,
         };
         assert_eq!(r.ips_weight(), IPS_CLIP);
         r.propensity = Some(0.5);

@@ -40,6 +40,8 @@ pub struct LearnOptions {
     pub routes: Vec<String>,
     /// Rows with feedback and an embedding needed to train.
     pub min_rows: usize,
+    /// See [`TrainOptions::prior_weight`].
+    pub prior_weight: f32,
     /// DR improvement the 95% lower bound must clear.
     pub promote_margin: f64,
     /// Train and evaluate, but never replace the active checkpoint.
@@ -60,6 +62,7 @@ impl LearnOptions {
             since: None,
             routes: Vec::new(),
             min_rows: DEFAULT_MIN_ROWS,
+            prior_weight: crate::DEFAULT_PRIOR_WEIGHT,
             promote_margin: 0.0,
             dry_run: false,
             force: false,
@@ -85,6 +88,8 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
 pub struct Watermark {
     pub rows: usize,
     pub rows_with_feedback: usize,
+    /// Ratings in all (a second rating of a row is new information too).
+    pub ratings: i64,
     pub newest_row_at: Option<String>,
     /// Sum of the per-row mean feedback, to 6 decimals: catches a late rating of an old row.
     pub feedback_sum: String,
@@ -96,6 +101,7 @@ impl Watermark {
         Self {
             rows: rows.len(),
             rows_with_feedback: rated.len(),
+            ratings: rows.iter().map(|r| r.feedback_count).sum(),
             newest_row_at: rows.iter().map(|r| r.created_at.clone()).max(),
             feedback_sum: format!("{:.6}", rated.iter().sum::<f64>()),
         }
@@ -201,6 +207,7 @@ pub async fn run(opts: &LearnOptions) -> Result<LearnOutcome> {
         train.from_db = Some(opts.database_url.clone());
         train.since = opts.since.clone();
         train.routes = opts.routes.clone();
+        train.prior_weight = opts.prior_weight;
         train.active = Some(opts.active.clone());
         train.promote = !opts.dry_run;
         train.promote_margin = opts.promote_margin;

@@ -40,6 +40,9 @@ pub use train::{Example, Init, TrainConfig, Trained};
 use crate::db::LoggedRequest;
 use crate::embed_cache::EmbeddingCache;
 
+/// Default of [`TrainOptions::prior_weight`].
+pub const DEFAULT_PRIOR_WEIGHT: f32 = 0.0;
+
 /// Which candidates the checkpoint gets heads for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CandidateChoice {
@@ -71,6 +74,9 @@ pub struct TrainOptions {
     pub since: Option<String>,
     /// Only logged rows of these routes (all when empty).
     pub routes: Vec<String>,
+    /// Weight of the active checkpoint's predictions as soft quality targets for the models a
+    /// logged row did not observe (0: none); see `examples_from_log`.
+    pub prior_weight: f32,
     /// Where the new checkpoint is written.
     pub out: PathBuf,
     pub candidates: CandidateChoice,
@@ -95,6 +101,7 @@ impl TrainOptions {
             from_db: None,
             since: None,
             routes: Vec::new(),
+            prior_weight: DEFAULT_PRIOR_WEIGHT,
             out,
             candidates: CandidateChoice::All,
             train: TrainConfig::default(),
@@ -177,9 +184,16 @@ fn examples_from_rows(corpus: &Corpus, rows: &[&Row], candidates: &[String]) -> 
         .collect()
 }
 
+/// Quality the active checkpoint predicts for every candidate of a logged row (indexed like the
+/// new checkpoint's candidates), or `None` where it cannot say.
+type PriorFn<'a> = dyn Fn(&LoggedRequest) -> Option<Vec<f32>> + 'a;
+
 /// Examples from logged traffic: the served model's feedback (weighted by clipped inverse
-/// propensity), latency and output tokens.
-fn examples_from_log(rows: &[&LoggedRequest], candidates: &[String], dim: usize) -> (Vec<Example>, usize) {
+/// propensity), latency and output tokens. With a `prior`, every candidate the row did not
+/// observe gets the active checkpoint's predicted quality as a soft target of weight
+/// `prior_weight`: a log only ever shows one model per prompt, and without an anchor the heads
+/// of the models it did not show drift wherever the shared layers take them.
+fn examples_from_log(rows: &[&LoggedRequest], candidates: &[String], dim: usize, prior: Option<&PriorFn<'_>>, prior_weight: f32) -> (Vec<Example>, usize) {
     let mut skipped = 0;
     let mut out = Vec::new();
     for row in rows {
@@ -188,6 +202,14 @@ fn examples_from_log(rows: &[&LoggedRequest], candidates: &[String], dim: usize)
             continue;
         };
         let mut e = Example::empty(embedding.clone(), row.features(), candidates.len(), row.id.clone());
+        if let Some(q) = prior.filter(|_| prior_weight > 0.0).and_then(|p| p(row)) {
+            for (j, q) in q.into_iter().enumerate().take(candidates.len()) {
+                if j != head && q.is_finite() {
+                    e.quality[j] = Some(q.clamp(0.0, 1.0));
+                    e.quality_weight[j] = prior_weight;
+                }
+            }
+        }
         if row.succeeded() {
             if let Some(score) = row.feedback {
                 e.quality[head] = Some(score.clamp(0.0, 1.0) as f32);
@@ -341,7 +363,15 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
     let mut examples = examples_from_rows(&corpus, &train_rows, &candidates)?;
     let (log_train, log_held) = db::time_split(&logged);
     if opts.from_db.is_some() {
-        let (log_examples, skipped) = examples_from_log(&log_train, &candidates, embedder_ref.dim);
+        let prior = |row: &LoggedRequest| -> Option<Vec<f32>> {
+            let a = active.as_ref()?;
+            let predictions = a.predict(row.embedding.as_deref()?, &row.features()).ok()?;
+            candidates
+                .iter()
+                .map(|c| db::head_of(a.candidates(), c).map(|h| predictions[h].quality))
+                .collect()
+        };
+        let (log_examples, skipped) = examples_from_log(&log_train, &candidates, embedder_ref.dim, Some(&prior), opts.prior_weight);
         summary.push_str(&format!(
             "outcome log: {} rows ({} for training, {} held out for off-policy evaluation; {} training rows without a usable embedding or known model skipped)\n",
             logged.len(),
@@ -392,22 +422,32 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
                 .copied()
                 .filter(|r| r.embedding.as_ref().is_some_and(|e| e.len() == embedder_ref.dim))
                 .collect();
-            let new_quality = |r: &LoggedRequest| -> Result<Vec<f32>> {
+            let new_predict = |r: &LoggedRequest| -> Result<Vec<router_model::Prediction>> {
                 let e = r.embedding.as_deref().unwrap_or(&[]);
                 let p = eval::predict(&trained.selector, &trained.feature_norm, &[(e, r.features())])?;
-                Ok(p.quality.into_iter().next().unwrap_or_default())
+                let at = |v: &[Vec<f32>], j: usize| v.first().and_then(|row| row.get(j)).copied().unwrap_or_default();
+                Ok(candidates
+                    .iter()
+                    .enumerate()
+                    .map(|(j, model_id)| router_model::Prediction {
+                        model_id: model_id.clone(),
+                        quality: at(&p.quality, j),
+                        latency_ms: at(&p.log_latency, j).exp(),
+                        output_tokens: at(&p.log_tokens, j).exp(),
+                    })
+                    .collect())
             };
-            let active_quality = |r: &LoggedRequest| -> Result<Vec<f32>> {
+            let active_predict = |r: &LoggedRequest| -> Result<Vec<router_model::Prediction>> {
                 let e = r.embedding.as_deref().unwrap_or(&[]);
-                Ok(a.predict(e, &r.features())?.into_iter().map(|p| p.quality).collect())
+                Ok(a.predict(e, &r.features())?)
             };
-            match db::evaluate_policies(&held, &candidates, &new_quality, a.candidates(), &active_quality, opts.promote_margin) {
+            match db::evaluate_policies(&held, &candidates, &new_predict, a.candidates(), &active_predict, opts.promote_margin) {
                 Ok(report) => {
                     summary.push_str(&format!(
-                        "\nOff-policy evaluation on {} held-out logged rows ({}):\n  new:    IPS {:.4}  DR {:.4}  agrees with log {:.2}\n  active: IPS {:.4}  DR {:.4}  agrees with log {:.2}\n  DR difference {:+.4} (95% lower bound {:+.4}, margin {:.3}); IPS difference {:+.4} (lower bound {:+.4})\n",
-                        report.rows, report.estimator, report.new.ips, report.new.doubly_robust, report.new.agreement,
-                        report.active.ips, report.active.doubly_robust, report.active.agreement,
-                        report.dr_difference, report.dr_difference_lcb95, report.margin, report.ips_difference, report.ips_difference_lcb95
+                        "\nOff-policy evaluation on {} held-out logged rows ({}):\n  new:    utility IPS {:.4}  DR {:.4}   quality IPS {:.4}  DR {:.4}   agrees with log {:.2}\n  active: utility IPS {:.4}  DR {:.4}   quality IPS {:.4}  DR {:.4}   agrees with log {:.2}\n  utility DR difference {:+.4} (95% lower bound {:+.4}, margin {:.3}); IPS difference {:+.4} (lower bound {:+.4}); quality DR difference {:+.4}\n",
+                        report.rows, report.estimator, report.new.utility_ips, report.new.utility_dr, report.new.ips, report.new.doubly_robust, report.new.agreement,
+                        report.active.utility_ips, report.active.utility_dr, report.active.ips, report.active.doubly_robust, report.active.agreement,
+                        report.dr_difference, report.dr_difference_lcb95, report.margin, report.ips_difference, report.ips_difference_lcb95, report.quality_dr_difference
                     ));
                     Some(report)
                 }
@@ -493,9 +533,9 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
         let report = ope.clone().ok_or_else(|| Error::InvalidInput("--promote needs held-out logged rows to evaluate on".into()))?;
         let promoted = report.better;
         let reason = if promoted {
-            format!("DR improvement {:+.4} has 95% lower bound {:+.4} > margin {:.3}", report.dr_difference, report.dr_difference_lcb95, report.margin)
+            format!("utility DR improvement {:+.4} has 95% lower bound {:+.4} > margin {:.3}", report.dr_difference, report.dr_difference_lcb95, report.margin)
         } else {
-            format!("DR improvement {:+.4} has 95% lower bound {:+.4} ≤ margin {:.3}: keeping the active checkpoint", report.dr_difference, report.dr_difference_lcb95, report.margin)
+            format!("utility DR improvement {:+.4} has 95% lower bound {:+.4} ≤ margin {:.3}: keeping the active checkpoint", report.dr_difference, report.dr_difference_lcb95, report.margin)
         };
         if promoted {
             db::promote(&opts.out, &active_dir)?;

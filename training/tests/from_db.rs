@@ -268,3 +268,54 @@ async fn trains_from_a_postgres_log_as_from_sqlite() {
     assert!(tmp.path().join("from-pg/selector.json").is_file());
     pg.drop_database().await;
 }
+
+/// `switchyard learn`: a log too small to learn from promotes nothing and says so; a run
+/// promotes the better policy once; running again with nothing new does nothing; one new
+/// rating makes the next run train again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learn_is_idempotent_and_refuses_a_log_too_small() {
+    use training::learn::{LearnOptions, LearnOutcome};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let active_dir = tmp.path().join("active");
+    write_wrong_checkpoint(&active_dir);
+    let active = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load active");
+    let options = |db: &str| {
+        let mut o = LearnOptions::new(db.to_owned(), active_dir.clone());
+        o.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
+        o
+    };
+
+    let small = format!("sqlite://{}?mode=rwc", tmp.path().join("small.db").display());
+    create_log(&small, Backend::Sqlite, &active, 40).await;
+    let outcome = training::learn::run(&options(&small)).await.expect("learn on a small log");
+    assert!(matches!(outcome, LearnOutcome::TooFew { usable: 40, needed: 100 }), "{outcome:?}");
+    assert!(outcome.describe().contains("no promotion"), "{}", outcome.describe());
+    assert!(!tmp.path().join("active.promotions.jsonl").exists());
+    let before = Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash;
+
+    let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
+    create_log(&db, Backend::Sqlite, &active, 3000).await;
+    let outcome = training::learn::run(&options(&db)).await.expect("learn");
+    assert!(outcome.promoted(), "{}", outcome.describe());
+    let promoted = Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash;
+    assert_ne!(promoted, before);
+    let decisions = || std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log").lines().count();
+    assert_eq!(decisions(), 1);
+
+    let again = training::learn::run(&options(&db)).await.expect("learn again");
+    assert!(matches!(again, LearnOutcome::NothingNew(_)), "{again:?}");
+    assert_eq!(decisions(), 1, "nothing new: no decision recorded");
+    assert_eq!(Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash, promoted);
+
+    // A late rating of an old request is new information.
+    let pool = sqlx::SqlitePool::connect(&db).await.expect("db");
+    sqlx::query("INSERT INTO feedback (request_id, score, source, created_at) VALUES (unhex(?), 0.0, 'test', '2026-01-02T00:00:00Z')")
+        .bind(request_id(7, Backend::Sqlite))
+        .execute(&pool)
+        .await
+        .expect("feedback");
+    pool.close().await;
+    let third = training::learn::run(&options(&db)).await.expect("learn a third time");
+    assert!(matches!(third, LearnOutcome::Evaluated(_)), "{third:?}");
+    assert_eq!(decisions(), 2);
+}

@@ -455,16 +455,21 @@ fn score(
     (!scored.is_empty()).then_some(scored)
 }
 
-/// Every scored candidate with the probability the policy gave it (0 when the cost ceiling
-/// removed it), so a later policy can be evaluated against the logged one exactly.
+/// Every scored candidate with its price and the probability the policy gave it (0 when the
+/// cost ceiling removed it), so a later policy can be evaluated against the logged one
+/// exactly, with its own predictions.
 fn candidates_json(route: &RouteEntry, scored: &[Scored], probabilities: &[(usize, f64)]) -> Value {
     Value::Array(
         scored
             .iter()
             .map(|s| {
                 let probability = probabilities.iter().find(|(i, _)| *i == s.candidate).map_or(0.0, |(_, p)| *p);
+                let model = &route.candidates[s.candidate];
+                let price = model.price();
                 json!({
-                    "model": route.candidates[s.candidate].name,
+                    "model": model.name,
+                    "input_usd_per_mtok": price.input_usd_per_mtok,
+                    "output_usd_per_mtok": price.output_usd_per_mtok,
                     "quality": s.quality,
                     "cost_usd": s.cost_usd,
                     "latency_ms": s.latency_ms,
