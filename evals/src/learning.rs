@@ -80,8 +80,10 @@ pub struct LoopPlan {
     pub rounds: usize,
     /// Requests in flight at once (the embedder batches them).
     pub concurrency: usize,
-    /// Rate answers with labels drawn from other prompts (for the same model): feedback
-    /// that carries no information, which must never lead to a promotion.
+    /// Rate each answer with the label of a random other prompt for the same model: feedback
+    /// that keeps each model's average quality but says nothing about which prompt suits
+    /// which model. A candidate fit to it has learned nothing about routing; the gate must
+    /// not promote it.
     pub shuffle_feedback: bool,
     pub seed: u64,
 }
@@ -563,7 +565,7 @@ impl LoopReport {
             self.tradeoff,
             self.exploration,
             self.test_prompts,
-            if self.shuffle_feedback { "**shuffled labels** (no information: nothing may be promoted)" } else { "the dataset's label for the model that answered" }
+            if self.shuffle_feedback { "**shuffled labels** (each answer rated with a random other prompt's label for the same model: nothing about which prompt suits which model; nothing may be promoted)" } else { "the dataset's label for the model that answered" }
         ));
         s.push_str("| after | checkpoint | test quality [95%] | quality gain vs start [95%, paired] | USD / 1k req | utility [95%] | utility gain vs start [95%, paired] | learn step | off-policy DR quality of candidate [95%] | served while exploring | explored |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         s.push_str(&format!(

@@ -268,8 +268,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 /// with open access and no master key configured (the local demo).
 async fn reload_selector(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, Error> {
     let caller = state.authorize(&headers).await?;
-    let anonymous_open = !caller.master && caller.key_id.is_none();
-    if !(caller.master || anonymous_open) {
+    if !state.auth.may_administer(&caller) {
         return Err(Error::Unauthorized);
     }
     state.routing.reload().await?;

@@ -271,3 +271,60 @@ async fn checkpoints_show_the_shipped_selector_and_its_metrics() {
     assert_eq!(summary["totals"]["requests"], 0, "{summary}");
     assert_eq!(summary["cache"]["hit_rate"], Value::Null, "{summary}");
 }
+
+/// Open access lets anyone call `/v1/*`, but once a master key is configured the admin
+/// endpoints and the dashboard need it: open access is not admin access.
+#[tokio::test]
+async fn open_access_with_a_master_key_keeps_admin_closed() {
+    std::env::set_var("SWITCHYARD_DASHBOARD_OPEN_KEY", "sk-open-master");
+    let gw = Gateway::start(None, "master_key_env = \"SWITCHYARD_DASHBOARD_OPEN_KEY\"\n[auth]\nopen = true", "", &seeded()).await;
+    for path in ["/dashboard", "/dashboard/api/summary", "/dashboard/api/checkpoints"] {
+        assert_eq!(gw.get(path, None).await.status(), 401, "{path} without a key");
+        assert_eq!(gw.get(path, Some("sk-open-master")).await.status(), 200, "{path} with the master key");
+    }
+    let client = reqwest::Client::new();
+    let reload = |key: Option<&'static str>| {
+        let mut request = client.post(format!("http://{}/admin/reload", gw.addr));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    assert_eq!(reload(None).await.expect("reachable").status(), 401);
+    assert_eq!(reload(Some("sk-open-master")).await.expect("reachable").status(), 200);
+    // `/v1/*` stays open.
+    let models = client.get(format!("http://{}/v1/models", gw.addr)).send().await.expect("reachable");
+    assert_eq!(models.status(), 200);
+}
+
+#[tokio::test]
+async fn checkpoints_view_lists_the_promotion_decisions_newest_first() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let live = dir.path().join("selector");
+    std::fs::create_dir_all(&live).expect("dir");
+    for file in ["selector.json", "selector.safetensors"] {
+        std::fs::copy(repo().join("models/selector/default").join(file), live.join(file)).expect("copy");
+    }
+    let record = |promoted: bool, at: &str| {
+        serde_json::json!({"decided_at": at, "candidate_checkpoint": "c", "active_checkpoint": "a", "promoted": promoted,
+            "reason": "r", "ope": {"rows": 10, "dr_difference": 0.01, "dr_difference_lcb95": -0.01}})
+        .to_string()
+    };
+    std::fs::write(
+        dir.path().join("selector.promotions.jsonl"),
+        format!("{}\n{}\n", record(true, "2026-12-01T00:00:00Z"), record(false, "2026-12-02T00:00:00Z")),
+    )
+    .expect("write");
+    let router = format!(
+        "checkpoint = \"{}\"\nembedder_dir = \"{}\"",
+        live.display(),
+        repo().join(".cache/models/all-MiniLM-L6-v2").display()
+    );
+    let gw = Gateway::start(None, "", &router, &[]).await;
+    let view = gw.json("/dashboard/api/checkpoints").await;
+    let promotions = view["learning"]["promotions"].as_array().expect("promotions");
+    assert_eq!(promotions.len(), 2, "{view}");
+    assert_eq!(promotions[0]["promoted"], false, "newest first");
+    assert_eq!(promotions[1]["decided_at"], "2026-12-01T00:00:00Z");
+    assert_eq!(view["learning"]["last_learn"], Value::Null, "learn has not run");
+}

@@ -26,7 +26,8 @@ pub const MAX_HOURS: i64 = 720;
 /// Buckets a window is cut into for the time charts (about).
 const TARGET_BUCKETS: i64 = 48;
 
-/// Master key or open access; a `?key=` query parameter counts as a bearer token.
+/// See [`crate::store::Authenticator::may_administer`]; a `?key=` query parameter counts as
+/// a bearer token.
 async fn authorize(state: &AppState, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Error> {
     let mut headers = headers.clone();
     if let Some(key) = query.get("key").filter(|k| !k.is_empty()) {
@@ -34,8 +35,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, query: &HashMap<String
         headers.insert(header::AUTHORIZATION, value);
     }
     let caller = state.auth.authenticate(&headers).await?;
-    let anonymous_open = !caller.master && caller.key_id.is_none();
-    if caller.master || anonymous_open {
+    if state.auth.may_administer(&caller) {
         Ok(())
     } else {
         Err(Error::Unauthorized)

@@ -163,6 +163,13 @@ impl Authenticator {
         self.open
     }
 
+    /// Who may use the admin endpoints and the dashboard: the master key; or, only when open
+    /// access is on **and** no master key is configured (the local demo), anyone without a
+    /// virtual key. Configuring a master key always closes them to callers without it.
+    pub fn may_administer(&self, caller: &Caller) -> bool {
+        caller.master || (self.open && self.master_key.is_none() && caller.key_id.is_none())
+    }
+
     /// Open access lets everyone in, but a valid virtual key is still attributed to its
     /// tenant. Otherwise the bearer token must be the master key or an enabled virtual key.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Error> {
