@@ -37,6 +37,7 @@ fn row(i: usize, embedding: &[u8]) -> LogRow {
         prompt_hash: Some(format!("{:064x}", i)),
         embedding: Some(embedding.to_vec()),
         prompt_text: None,
+        answer_text: None,
         prompt_tokens: Some(120 + (i % 50) as i64),
         completion_tokens: Some(300 + (i % 80) as i64),
         cost_usd: Some(0.00042),

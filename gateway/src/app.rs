@@ -427,6 +427,9 @@ async fn chat_completions(
     };
     let mut response = match upstream {
         UpstreamResponse::Json { body, usage } => {
+            if state.log.stores_prompts() {
+                outcome.answer_text = crate::openai::answer_text(&body);
+            }
             outcome.finish_ok(usage, &model, started, None);
             if let Some(keep) = keep {
                 if let Some(answer) = cache::CachedAnswer::from_json(&model.name, &body) {

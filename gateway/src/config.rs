@@ -36,6 +36,17 @@ pub struct Config {
     pub cache: cache::CacheConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[judge]`: the model `switchyard judge` asks to rate logged answers.
+    #[serde(default)]
+    pub judge: JudgeConfig,
+}
+
+/// `[judge]`: offline labelling of logged answers by a model (LLM-as-a-judge).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeConfig {
+    /// A `[models.NAME]` entry (any provider); unset: `switchyard judge` needs `--model`.
+    pub model: Option<String>,
 }
 
 /// `[limits]`: requests/min, tokens/min and USD budgets per virtual key (from the key's row)

@@ -7,6 +7,7 @@ pub mod app;
 pub mod breaker;
 pub mod config;
 pub mod dashboard;
+pub mod judge;
 pub mod error;
 pub mod limits;
 pub mod metrics;

@@ -69,6 +69,19 @@ enum Command {
     },
     /// Train a selector checkpoint from routing datasets and/or the outcome log.
     Train(Box<TrainArgs>),
+    /// Rate logged answers with a judge model (`[judge] model`): feedback with source `judge`
+    /// for answered requests whose prompt and answer the log kept (`store_prompts = true`).
+    Judge {
+        /// Gateway config: its `[database]`, `[providers]`, `[models]` and `[judge]`.
+        #[arg(long, env = "SWITCHYARD_CONFIG")]
+        config: PathBuf,
+        /// The judge (a configured model); overrides `[judge] model`.
+        #[arg(long)]
+        model: Option<String>,
+        /// Rate at most this many answers (the newest unrated first).
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+    },
     /// Learn from the gateway's own traffic: when the outcome log has new rows or feedback,
     /// train a candidate warm-started from the serving checkpoint, evaluate both off-policy
     /// and promote the candidate only if it is significantly better. Safe to run on a schedule.
@@ -614,6 +627,14 @@ async fn run() -> anyhow::Result<()> {
             if let Some(path) = &args.report {
                 std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
             }
+        }
+        Command::Judge { config, model, limit } => {
+            let config = Config::from_file(&config)?;
+            let report = gateway::judge::run(&config, model.as_deref(), limit).await?;
+            println!(
+                "judge: {} answers considered, {} rated, {} replies without a score, {} calls failed",
+                report.considered, report.rated, report.unparsed, report.failed
+            );
         }
         Command::Learn(args) => {
             let options = args.options()?;

@@ -135,6 +135,14 @@ pub fn usage_of(body: &[u8]) -> Option<Usage> {
 }
 
 /// Milliseconds since the Unix epoch, as OpenAI's `created` wants seconds of.
+/// The first choice's message text of a chat.completion body, if it has one.
+pub fn answer_text(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let message = value.get("choices")?.get(0)?.get("message")?;
+    let text = content_text(message.get("content"));
+    (!text.is_empty()).then_some(text)
+}
+
 pub fn unix_seconds() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -51,6 +51,8 @@ pub struct RequestOutcome {
     pub embedding: Option<Arc<[f32]>>,
     /// The prompt; kept in the log only when `[database] store_prompts = true`.
     pub prompt_text: Option<String>,
+    /// The answer text (non-stream answers), kept under the same rule.
+    pub answer_text: Option<String>,
     /// Cache lookup result (`miss`, `exact`, `semantic`, …).
     pub cache_result: Option<&'static str>,
     log: LogSink,
@@ -104,6 +106,7 @@ impl RequestOutcome {
             prompt_hash: None,
             embedding: None,
             prompt_text: None,
+            answer_text: None,
             cache_result: None,
             log: LogSink(None),
             limits: LimitCharge(None),
@@ -142,6 +145,7 @@ impl RequestOutcome {
             prompt_hash: self.prompt_hash.clone(),
             embedding: self.embedding.as_deref().map(embedding_to_bytes),
             prompt_text: self.prompt_text.clone(),
+            answer_text: self.answer_text.clone(),
             prompt_tokens: self.usage.map(|u| tokens(u.prompt_tokens)),
             completion_tokens: self.usage.map(|u| tokens(u.completion_tokens)),
             cost_usd: self.cost_usd,

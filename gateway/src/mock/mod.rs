@@ -174,13 +174,28 @@ fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4).max(1)
 }
 
-/// The answer text: a recorded one when replaying a known prompt, else a short synthetic one.
+/// The answer text: a recorded one when replaying a known prompt, the judge's verdict when
+/// asked to judge (see [`mock_judge_score`]), else a short synthetic one.
 fn answer_text(options: &MockOptions, model: &str, prompt: &str) -> String {
     if let Some(answer) = options.replay.as_ref().and_then(|r| r.answer(model, prompt)) {
         return answer.to_owned();
     }
+    if let Some(score) = mock_judge_score(prompt) {
+        return format!("The answer is adequate. Score: {score}");
+    }
     let gist: String = prompt.chars().take(48).collect();
     format!("Mock answer from {model}: you asked about \"{gist}\".")
+}
+
+/// The mock plays the judge of `switchyard judge`: asked with its instruction, it scores an
+/// answer by a fixed rule tests can recompute — its word count modulo 11.
+pub fn mock_judge_score(prompt: &str) -> Option<usize> {
+    if !prompt.contains(crate::judge::SCORE_INSTRUCTION) {
+        return None;
+    }
+    let start = prompt.find("<answer>\n")? + "<answer>\n".len();
+    let end = prompt.rfind("\n</answer>")?;
+    Some(prompt.get(start..end)?.split_whitespace().count() % 11)
 }
 
 /// Splits an answer into stream deltas (a word and its trailing space each).

@@ -66,6 +66,9 @@ pub struct LogRow {
     #[serde(default, with = "hex_bytes")]
     pub embedding: Option<Vec<u8>>,
     pub prompt_text: Option<String>,
+    /// The answer of a non-stream request (only with `store_prompts`), for `switchyard judge`.
+    #[serde(default)]
+    pub answer_text: Option<String>,
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
     pub cost_usd: Option<f64>,
@@ -93,6 +96,7 @@ const LOG_COLUMNS: &[&str] = &[
     "prompt_hash",
     "embedding",
     "prompt_text",
+    "answer_text",
     "prompt_tokens",
     "completion_tokens",
     "cost_usd",
@@ -151,6 +155,9 @@ pub trait LogStore: Send + Sync {
     /// request was made without a tenant (open access or the master key).
     fn request_tenant(&self, id: Uuid) -> impl Future<Output = Result<Option<Option<String>>, Error>> + Send;
     fn count_rows(&self) -> impl Future<Output = Result<i64, Error>> + Send;
+    /// Up to `limit` answered requests, newest first, with their prompt and answer text and
+    /// no rating from `source` yet: what `switchyard judge` labels next.
+    fn unrated_answers(&self, source: &str, limit: i64) -> impl Future<Output = Result<Vec<(Uuid, String, String)>, Error>> + Send;
     fn insert_feedback(&self, feedback: &Feedback) -> impl Future<Output = Result<(), Error>> + Send;
     fn feedback_for(&self, request_id: Uuid) -> impl Future<Output = Result<Vec<Feedback>, Error>> + Send;
     fn insert_key(&self, key: &ApiKey) -> impl Future<Output = Result<(), Error>> + Send;
@@ -187,6 +194,7 @@ macro_rules! push_row {
             .push_bind(row.prompt_hash.as_deref())
             .push_bind(row.embedding.as_deref())
             .push_bind(row.prompt_text.as_deref())
+            .push_bind(row.answer_text.as_deref())
             .push_bind(row.prompt_tokens)
             .push_bind(row.completion_tokens)
             .push_bind(row.cost_usd)
@@ -289,6 +297,20 @@ macro_rules! sql_store {
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(db_error("reading the outcome log"))
+            }
+
+            async fn unrated_answers(&self, source: &str, limit: i64) -> Result<Vec<(Uuid, String, String)>, Error> {
+                let mut query = QueryBuilder::<$db>::new(
+                    "SELECT r.id, r.prompt_text, r.answer_text FROM request_log r \
+                     WHERE r.status = 200 AND r.prompt_text IS NOT NULL AND r.answer_text IS NOT NULL \
+                     AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.request_id = r.id AND f.source = ",
+                );
+                query.push_bind(source).push(") ORDER BY r.created_at DESC LIMIT ").push_bind(limit);
+                query
+                    .build_query_as::<(Uuid, String, String)>()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("reading answers to judge"))
             }
 
             async fn count_rows(&self) -> Result<i64, Error> {
@@ -435,9 +457,9 @@ const SQLITE_MAX_BINDS: usize = 32_766;
 /// parameters instead of 23 per row. About three times the rows per second of a multi-row
 /// `VALUES` list.
 static PG_INSERT_UNNEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    const TYPES: [&str; 23] = [
+    const TYPES: [&str; 24] = [
         "uuid", "timestamptz", "text", "uuid", "text", "text", "text", "bool", "jsonb", "float8", "text", "text",
-        "text", "bytea", "text", "int8", "int8", "float8", "float8", "float8", "int4", "text", "text",
+        "text", "bytea", "text", "text", "int8", "int8", "float8", "float8", "float8", "int4", "text", "text",
     ];
     let arrays: Vec<String> = TYPES.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", i + 1)).collect();
     format!(
@@ -468,6 +490,7 @@ impl PgStore {
             .bind(column(rows, |r| r.prompt_hash.as_deref()))
             .bind(column(rows, |r| r.embedding.as_deref()))
             .bind(column(rows, |r| r.prompt_text.as_deref()))
+            .bind(column(rows, |r| r.answer_text.as_deref()))
             .bind(column(rows, |r| r.prompt_tokens))
             .bind(column(rows, |r| r.completion_tokens))
             .bind(column(rows, |r| r.cost_usd))
@@ -600,6 +623,9 @@ impl LogStore for Store {
     async fn request_tenant(&self, id: Uuid) -> Result<Option<Option<String>>, Error> {
         dispatch!(self, s => s.request_tenant(id).await)
     }
+    async fn unrated_answers(&self, source: &str, limit: i64) -> Result<Vec<(Uuid, String, String)>, Error> {
+        dispatch!(self, s => s.unrated_answers(source, limit).await)
+    }
     async fn count_rows(&self) -> Result<i64, Error> {
         dispatch!(self, s => s.count_rows().await)
     }
@@ -712,6 +738,7 @@ mod tests {
             prompt_hash: None,
             embedding: Some(vec![0, 1, 0xab, 0xff]),
             prompt_text: None,
+            answer_text: None,
             prompt_tokens: None,
             completion_tokens: None,
             cost_usd: None,

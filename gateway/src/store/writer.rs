@@ -318,10 +318,13 @@ impl LogHandle {
     fn prepare(&self, row: &mut LogRow) {
         if !self.shared.store_prompts {
             row.prompt_text = None;
-        } else if let Some(text) = &mut row.prompt_text {
-            // Postgres text cannot hold NUL; without this one prompt would be refused.
-            if text.contains('\0') {
-                *text = text.replace('\0', "");
+            row.answer_text = None;
+        } else {
+            for text in [&mut row.prompt_text, &mut row.answer_text].into_iter().flatten() {
+                // Postgres text cannot hold NUL; without this one prompt would be refused.
+                if text.contains('\0') {
+                    *text = text.replace('\0', "");
+                }
             }
         }
         add(&self.shared.counters.accepted, 1);

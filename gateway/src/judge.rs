@@ -1,0 +1,124 @@
+//! `switchyard judge`: offline labelling of logged answers by a model (LLM-as-a-judge), so
+//! the learning loop has feedback even where users send none.
+//!
+//! It reads answered requests whose prompt and answer the log kept (`[database]
+//! store_prompts = true`; streamed answers are not kept) and that carry no judge rating yet,
+//! asks the `[judge] model` (any configured model, through its provider) to score each from 0
+//! to 10, and stores score / 10 as feedback with source `judge`. Re-running rates only what
+//! is new. A reply without a readable score is counted and skipped, never stored as a guess.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::openai::ChatRequest;
+use crate::providers::{CallTimeouts, UpstreamResponse};
+use crate::registry::{Registry, Target};
+use crate::store::{Feedback, LogStore, Store};
+
+/// The feedback source judge ratings are stored under.
+pub const SOURCE: &str = "judge";
+
+/// The line the judge is asked to end with; the mock upstream recognises it and plays judge.
+pub const SCORE_INSTRUCTION: &str = "Reply with one line: \"Score: N\", N an integer from 0 (useless or wrong) to 10 (correct and helpful).";
+
+/// What one run did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct JudgeReport {
+    pub considered: usize,
+    pub rated: usize,
+    /// Replies without a readable score.
+    pub unparsed: usize,
+    /// Judge calls that failed (upstream errors, timeouts).
+    pub failed: usize,
+}
+
+/// The judge's prompt for one logged exchange.
+pub fn judge_messages(prompt: &str, answer: &str) -> Value {
+    json!([
+        {"role": "system", "content": "You grade answers of an AI assistant. Judge correctness first, then helpfulness. Be strict."},
+        {"role": "user", "content": format!(
+            "Rate how well the answer serves the request.\n<request>\n{prompt}\n</request>\n<answer>\n{answer}\n</answer>\n{SCORE_INSTRUCTION}"
+        )},
+    ])
+}
+
+/// `Score: N` (0..10, decimals allowed) anywhere in the reply, as 0..1.
+pub fn parse_score(reply: &str) -> Option<f64> {
+    let at = reply.rfind("Score:")?;
+    let rest = reply[at + "Score:".len()..].trim_start();
+    let number: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let value: f64 = number.parse().ok()?;
+    (0.0..=10.0).contains(&value).then_some(value / 10.0)
+}
+
+/// Rates up to `limit` unrated logged answers with `model` (default: `[judge] model`).
+pub async fn run(config: &Config, model: Option<&str>, limit: usize) -> Result<JudgeReport, Error> {
+    let name = model
+        .map(str::to_owned)
+        .or_else(|| config.judge.model.clone())
+        .ok_or_else(|| Error::Config("no judge model: set [judge] model or pass --model".into()))?;
+    let registry = Registry::build(config, None)?;
+    let Target::Model(judge) = registry.resolve(&name)? else {
+        return Err(Error::Config(format!("judge `{name}` is a route; name a model")));
+    };
+    let store = Store::open(&config.database)?;
+    store.migrate().await?;
+    let http = reqwest::Client::new();
+    let timeouts = CallTimeouts {
+        first_byte: Duration::from_secs(60),
+        body: Duration::from_secs(120),
+    };
+    let mut report = JudgeReport::default();
+    let rows = store.unrated_answers(SOURCE, i64::try_from(limit).unwrap_or(i64::MAX)).await?;
+    for (request_id, prompt, answer) in rows {
+        report.considered += 1;
+        let body = json!({"model": judge.upstream_model, "messages": judge_messages(&prompt, &answer), "temperature": 0});
+        let request = ChatRequest::parse(body.to_string().as_bytes())?;
+        let reply = match judge.provider.chat(&http, &request, &judge.upstream_model, &HeaderMap::new(), timeouts).await {
+            Ok(UpstreamResponse::Json { body, .. }) => crate::openai::answer_text(&body),
+            Ok(UpstreamResponse::Stream(_)) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, %request_id, "judge call failed");
+                report.failed += 1;
+                continue;
+            }
+        };
+        let Some(score) = reply.as_deref().and_then(parse_score) else {
+            tracing::warn!(%request_id, reply = reply.as_deref().unwrap_or(""), "judge reply has no score");
+            report.unparsed += 1;
+            continue;
+        };
+        store
+            .insert_feedback(&Feedback {
+                request_id,
+                score,
+                source: SOURCE.into(),
+                comment: Some(format!("{name}: {}", reply.unwrap_or_default().chars().take(200).collect::<String>())),
+                created_at: crate::store::now(),
+            })
+            .await?;
+        report.rated += 1;
+    }
+    store.close().await;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_score_and_refuses_what_is_not_one() {
+        assert_eq!(parse_score("Score: 7"), Some(0.7));
+        assert_eq!(parse_score("Thinking… Score: 10\n"), Some(1.0));
+        assert_eq!(parse_score("Score: 2.5"), Some(0.25));
+        assert_eq!(parse_score("Score: 11"), None);
+        assert_eq!(parse_score("Score: high"), None);
+        assert_eq!(parse_score("7/10"), None);
+    }
+}
