@@ -399,7 +399,8 @@ pub struct LearnSetup {
     pub snapshots: Option<PathBuf>,
 }
 
-fn snapshot(active: &Path, to: &Path) -> Result<()> {
+/// Copies the checkpoint in `active` (its two files) to `to`.
+pub fn snapshot(active: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
     for file in [router_model::checkpoint::WEIGHTS_FILE, router_model::checkpoint::META_FILE] {
         std::fs::copy(active.join(file), to.join(file)).map_err(|e| Error::io(format!("copying {}", active.join(file).display()), e))?;
@@ -601,7 +602,7 @@ impl LoopReport {
                 .join("; "),
         );
         s.push_str(&format!(
-            ". Oracle at this trade-off (realised labels and costs): {:.4}.\n\n![learning curve](learning_curve.svg)\n",
+            ". Oracle at this trade-off (realised labels and costs): {:.4}.\n\n![learning curve: test utility per round](learning_curve.svg)\n",
             self.oracle_quality
         ));
         let d = &self.default_exploration;

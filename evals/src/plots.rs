@@ -164,8 +164,9 @@ pub fn calibration(path: &Path, dataset: &str, cal: &Calibration) -> Result<()> 
     finish(chart, SeriesLabelPosition::UpperLeft, path)
 }
 
-/// Test-split quality after each round of the learning loop, with its 95% interval, beside
-/// reference levels (e.g. a selector trained offline on the same prompts with full labels).
+/// Test-split utility (the route's objective) after each round of the learning loop, with its
+/// 95% interval, beside reference levels (e.g. a selector trained offline on the same prompts
+/// with full labels).
 pub fn learning_curve(path: &Path, title: &str, rounds: &[(f64, crate::learning::Estimate)], references: &[(String, f64)]) -> Result<()> {
     let values = rounds.iter().flat_map(|(_, e)| [e.lo95, e.hi95]).chain(references.iter().map(|r| r.1));
     let (ylo, yhi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
@@ -176,7 +177,7 @@ pub fn learning_curve(path: &Path, title: &str, rounds: &[(f64, crate::learning:
         title.to_owned(),
         -0.2..(xhi + 0.2),
         (ylo - 0.02)..(yhi + 0.02),
-        ("round of the loop (0 = the weak start)", "realised test quality (exploration off)"),
+        ("round of the loop (0 = the weak start)", "realised test utility: quality − cost term (exploration off)"),
         path,
     )?;
     let palette = [ORACLE, LENGTH, MIX];

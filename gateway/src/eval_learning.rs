@@ -79,14 +79,6 @@ pub struct EvalLearningArgs {
     cache_dir: PathBuf,
 }
 
-fn copy_checkpoint(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    for file in [router_model::checkpoint::WEIGHTS_FILE, router_model::checkpoint::META_FILE] {
-        std::fs::copy(from.join(file), to.join(file)).with_context(|| format!("copying {}", from.join(file).display()))?;
-    }
-    Ok(())
-}
-
 pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
     let spec: training::DatasetSpec = a.dataset.parse()?;
     let candidates: Vec<String> = a.candidates.iter().map(|c| router_model::canonical_model_id(c.trim())).collect();
@@ -125,7 +117,7 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
     }
     let active = work.join("active");
-    copy_checkpoint(&a.start, &active)?;
+    learning::snapshot(&a.start, &active)?;
     let database = work.join("log.db");
     let embedder_dir = a.embedder_dir.clone().or_else(|| Some(router_model::default_model_dir())).map(|d| std::path::absolute(&d).unwrap_or(d));
 
@@ -185,11 +177,30 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
         a.out.join("learning.json"),
         serde_json::to_vec_pretty(&serde_json::json!({"loop": report, "aiq": aiq_rows}))?,
     )?;
-    let mut curve = vec![(0.0, report.start.quality)];
-    curve.extend(report.rounds.iter().map(|r| (r.round as f64, r.test.quality)));
-    let mut references = vec![("oracle".to_owned(), report.oracle_quality)];
-    references.extend(report.singles.iter().map(|(m, q, _)| (format!("always {m}"), *q)).take(2));
-    evals::plots::learning_curve(&a.out.join("learning_curve.svg"), &format!("{}: learning from the gateway's own traffic", report.dataset), &curve, &references)?;
+    // The curve is the route's objective (what learning optimises): utility at the trade-off,
+    // beside the best single model's and the offline reference's, on the same test prompts.
+    let mut curve = vec![(0.0, report.start.utility)];
+    curve.extend(report.rounds.iter().map(|r| (r.round as f64, r.test.utility)));
+    let mut references: Vec<(String, f64)> = report
+        .singles
+        .iter()
+        .map(|(m, q, c)| (format!("always {m}"), tradeoff.utility(*q, c / 1e3, 0.0)))
+        .collect();
+    references.sort_by(|a, b| b.1.total_cmp(&a.1));
+    references.truncate(1);
+    for row in &aiq_rows {
+        if row["checkpoint"].as_str().is_some_and(|n| n.starts_with("offline reference")) {
+            if let (Some(q), Some(c)) = (row["quality"].as_f64(), row["cost_per_1k"].as_f64()) {
+                references.push(("offline reference, every label".into(), tradeoff.utility(q, c / 1e3, 0.0)));
+            }
+        }
+    }
+    evals::plots::learning_curve(
+        &a.out.join("learning_curve.svg"),
+        &format!("{}: learning from the gateway's own traffic ({})", report.dataset, a.tradeoff),
+        &curve,
+        &references,
+    )?;
     println!("report written to {}", a.out.join("learning.md").display());
     Ok(())
 }
