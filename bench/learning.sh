@@ -5,7 +5,9 @@
 # replaying each model's recorded answer, gets each answer's recorded correctness as feedback
 # (POST /v1/feedback), runs `switchyard learn` against its own outcome log, hot-reloads, and
 # is measured on the RouterBench *test* prompts with exploration off. Repeated for ROUNDS
-# rounds; then the same loop once with shuffled feedback, which must promote nothing.
+# rounds; then the same loop once with shuffled feedback (each answer rated with a random other
+# prompt's label for the same model), whose promotion decision is reported: the gate should
+# refuse it, and a promotion must never make the served routing worse.
 #
 #   bench/learning.sh                 (from anywhere; builds the release binary first, into
 #                                      $CARGO_TARGET_DIR when set)
@@ -50,7 +52,7 @@ echo "== the loop ($ROUNDS rounds)" >&2
     --work "$WORK/loop" --out "$OUT"
 
 if [[ -z "${SKIP_SHUFFLED:-}" ]]; then
-    echo "== control: the same loop with shuffled feedback (must not promote)" >&2
+    echo "== control: the same loop with shuffled feedback" >&2
     "$BIN" eval learning --dataset "routerbench:$DATA/routerbench-subset" --start "$WORK/weak" \
         --candidates "$CANDIDATES" --rounds 1 --tradeoff "$TRADEOFF" --shuffle-feedback \
         --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.1}" "${LIMITS[@]}" \

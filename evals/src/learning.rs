@@ -82,8 +82,8 @@ pub struct LoopPlan {
     pub concurrency: usize,
     /// Rate each answer with the label of a random other prompt for the same model: feedback
     /// that keeps each model's average quality but says nothing about which prompt suits
-    /// which model. A candidate fit to it has learned nothing about routing; the gate must
-    /// not promote it.
+    /// which model. A candidate fit to it has learned nothing about which prompt goes where;
+    /// the gate should refuse it, and a promotion must never make the served routing worse.
     pub shuffle_feedback: bool,
     pub seed: u64,
 }
@@ -566,7 +566,7 @@ impl LoopReport {
             self.tradeoff,
             self.exploration,
             self.test_prompts,
-            if self.shuffle_feedback { "**shuffled labels** (each answer rated with a random other prompt's label for the same model: nothing about which prompt suits which model; nothing may be promoted)" } else { "the dataset's label for the model that answered" }
+            if self.shuffle_feedback { "**shuffled labels** (each answer rated with a random other prompt's label for the same model: each model's average kept, nothing about which prompt suits which model)" } else { "the dataset's label for the model that answered" }
         ));
         s.push_str("| after | checkpoint | test quality [95%] | quality gain vs start [95%, paired] | USD / 1k req | utility [95%] | utility gain vs start [95%, paired] | learn step | off-policy DR quality of candidate [95%] | served while exploring | explored |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         s.push_str(&format!(

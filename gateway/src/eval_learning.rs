@@ -51,8 +51,8 @@ pub struct EvalLearningArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Rate each answer with a random other prompt's label for the same model (nothing about
-    /// which prompt suits which model: nothing may be promoted).
+    /// Rate each answer with a random other prompt's label for the same model (each model's
+    /// average kept, nothing about which prompt suits which model).
     #[arg(long)]
     shuffle_feedback: bool,
     /// Rated rows the learn step needs.
