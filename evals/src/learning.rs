@@ -425,6 +425,8 @@ pub fn test_aiq(model: &crate::ModelOptions, dataset: &training::DatasetSpec, ca
 pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, train: &[Prompt], test: &[Prompt], dataset: &str) -> Result<LoopReport> {
     let version = reload(addr).await?;
     let (start, start_served) = measure(addr, plan, test, version, None).await?;
+    // What the checkpoint serving after the latest round got on the test prompts.
+    let mut latest_served: Option<Served> = None;
     eprintln!(
         "start ({}): test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}, utility {:.4}",
         start.checkpoint, start.quality.mean, start.quality.lo95, start.quality.hi95, start.cost_per_1k.mean, start.utility.mean
@@ -479,7 +481,8 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
             snapshot(&learn.active, &dir.join(format!("round-{round}")))?;
         }
         let version = reload(addr).await?;
-        let (test_result, _) = measure(addr, plan, test, version, Some(&start_served)).await?;
+        let (test_result, served) = measure(addr, plan, test, version, Some(&start_served)).await?;
+        latest_served = Some(served);
         eprintln!(
             "round {round}: served {served_quality:.4} (explored {:.1}%), learn: {} ({learn_seconds:.1} s); test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}, utility {:.4} (gain {:+.4} [{:+.4}, {:+.4}])",
             explored * 100.0,
@@ -509,11 +512,11 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         });
     }
     let final_version = rounds.last().map_or_else(|| start.checkpoint.clone(), |r: &Round| r.test.checkpoint.clone());
-    let (off, off_served) = measure(addr, plan, test, final_version.clone(), None).await?;
+    let off_served = latest_served.unwrap_or(start_served);
     let (default_exploration, _) = measure_on(addr, DEFAULT_EXPLORATION_ROUTE, plan, test, final_version, Some(&off_served)).await?;
     eprintln!(
         "final checkpoint, exploration off {:.4} / at the gateway's default {:.4} (paired difference {:+.4})",
-        off.quality.mean,
+        off_served.quality.iter().sum::<f64>() / off_served.quality.len().max(1) as f64,
         default_exploration.quality.mean,
         default_exploration.quality_gain.map_or(0.0, |g| g.mean)
     );

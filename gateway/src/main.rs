@@ -458,10 +458,6 @@ struct LearnArgs {
     /// Improvement (0..1 quality) the 95% lower bound of the DR difference must clear.
     #[arg(long, default_value_t = 0.0)]
     promote_margin: f64,
-    /// Weight of the serving checkpoint's predictions as soft targets for the models a logged
-    /// request did not observe (keeps what it knew where the log says nothing; 0: off).
-    #[arg(long, default_value_t = training::DEFAULT_PRIOR_WEIGHT)]
-    prior_weight: f32,
     /// Learning rate of the fine-tuning.
     #[arg(long, default_value_t = 1e-3)]
     learning_rate: f64,
@@ -506,7 +502,6 @@ impl LearnArgs {
         options.since = self.since.clone();
         options.routes = self.routes.clone();
         options.min_rows = self.min_rows;
-        options.prior_weight = self.prior_weight;
         options.train.learning_rate = self.learning_rate;
         options.promote_margin = self.promote_margin;
         options.dry_run = self.dry_run;

@@ -40,8 +40,6 @@ pub struct LearnOptions {
     pub routes: Vec<String>,
     /// Rows with feedback and an embedding needed to train.
     pub min_rows: usize,
-    /// See [`TrainOptions::prior_weight`].
-    pub prior_weight: f32,
     /// DR improvement the 95% lower bound must clear.
     pub promote_margin: f64,
     /// Train and evaluate, but never replace the active checkpoint.
@@ -62,7 +60,6 @@ impl LearnOptions {
             since: None,
             routes: Vec::new(),
             min_rows: DEFAULT_MIN_ROWS,
-            prior_weight: crate::DEFAULT_PRIOR_WEIGHT,
             promote_margin: 0.0,
             dry_run: false,
             force: false,
@@ -207,7 +204,6 @@ pub async fn run(opts: &LearnOptions) -> Result<LearnOutcome> {
         train.from_db = Some(opts.database_url.clone());
         train.since = opts.since.clone();
         train.routes = opts.routes.clone();
-        train.prior_weight = opts.prior_weight;
         train.active = Some(opts.active.clone());
         train.promote = !opts.dry_run;
         train.promote_margin = opts.promote_margin;

@@ -40,9 +40,6 @@ pub use train::{Example, Init, TrainConfig, Trained};
 use crate::db::LoggedRequest;
 use crate::embed_cache::EmbeddingCache;
 
-/// Default of [`TrainOptions::prior_weight`].
-pub const DEFAULT_PRIOR_WEIGHT: f32 = 0.0;
-
 /// Which candidates the checkpoint gets heads for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CandidateChoice {
@@ -74,9 +71,6 @@ pub struct TrainOptions {
     pub since: Option<String>,
     /// Only logged rows of these routes (all when empty).
     pub routes: Vec<String>,
-    /// Weight of the active checkpoint's predictions as soft quality targets for the models a
-    /// logged row did not observe (0: none); see `examples_from_log`.
-    pub prior_weight: f32,
     /// Where the new checkpoint is written.
     pub out: PathBuf,
     pub candidates: CandidateChoice,
@@ -101,7 +95,6 @@ impl TrainOptions {
             from_db: None,
             since: None,
             routes: Vec::new(),
-            prior_weight: DEFAULT_PRIOR_WEIGHT,
             out,
             candidates: CandidateChoice::All,
             train: TrainConfig::default(),
@@ -184,16 +177,9 @@ fn examples_from_rows(corpus: &Corpus, rows: &[&Row], candidates: &[String]) -> 
         .collect()
 }
 
-/// Quality the active checkpoint predicts for every candidate of a logged row (indexed like the
-/// new checkpoint's candidates), or `None` where it cannot say.
-type PriorFn<'a> = dyn Fn(&LoggedRequest) -> Option<Vec<f32>> + 'a;
-
 /// Examples from logged traffic: the served model's feedback (weighted by clipped inverse
-/// propensity), latency and output tokens. With a `prior`, every candidate the row did not
-/// observe gets the active checkpoint's predicted quality as a soft target of weight
-/// `prior_weight`: a log only ever shows one model per prompt, and without an anchor the heads
-/// of the models it did not show drift wherever the shared layers take them.
-fn examples_from_log(rows: &[&LoggedRequest], candidates: &[String], dim: usize, prior: Option<&PriorFn<'_>>, prior_weight: f32) -> (Vec<Example>, usize) {
+/// propensity), latency and output tokens.
+fn examples_from_log(rows: &[&LoggedRequest], candidates: &[String], dim: usize) -> (Vec<Example>, usize) {
     let mut skipped = 0;
     let mut out = Vec::new();
     for row in rows {
@@ -202,14 +188,6 @@ fn examples_from_log(rows: &[&LoggedRequest], candidates: &[String], dim: usize,
             continue;
         };
         let mut e = Example::empty(embedding.clone(), row.features(), candidates.len(), row.id.clone());
-        if let Some(q) = prior.filter(|_| prior_weight > 0.0).and_then(|p| p(row)) {
-            for (j, q) in q.into_iter().enumerate().take(candidates.len()) {
-                if j != head && q.is_finite() {
-                    e.quality[j] = Some(q.clamp(0.0, 1.0));
-                    e.quality_weight[j] = prior_weight;
-                }
-            }
-        }
         if row.succeeded() {
             if let Some(score) = row.feedback {
                 e.quality[head] = Some(score.clamp(0.0, 1.0) as f32);
@@ -363,15 +341,7 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
     let mut examples = examples_from_rows(&corpus, &train_rows, &candidates)?;
     let (log_train, log_held) = db::time_split(&logged);
     if opts.from_db.is_some() {
-        let prior = |row: &LoggedRequest| -> Option<Vec<f32>> {
-            let a = active.as_ref()?;
-            let predictions = a.predict(row.embedding.as_deref()?, &row.features()).ok()?;
-            candidates
-                .iter()
-                .map(|c| db::head_of(a.candidates(), c).map(|h| predictions[h].quality))
-                .collect()
-        };
-        let (log_examples, skipped) = examples_from_log(&log_train, &candidates, embedder_ref.dim, Some(&prior), opts.prior_weight);
+        let (log_examples, skipped) = examples_from_log(&log_train, &candidates, embedder_ref.dim);
         summary.push_str(&format!(
             "outcome log: {} rows ({} for training, {} held out for off-policy evaluation; {} training rows without a usable embedding or known model skipped)\n",
             logged.len(),
