@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use gateway::store::{embedding_to_bytes, LogRow, LogStore, LogWriter, Store, WriterConfig};
+use gateway::store::{embedding_to_bytes, DecisionRecord, LogRow, ScoredCandidate, LogStore, LogWriter, Store, WriterConfig};
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
@@ -26,11 +26,25 @@ fn row(i: usize, embedding: &[u8]) -> LogRow {
         provider: "openai".into(),
         model: ["gpt-4o-mini", "claude-3-5-haiku", "mixtral-8x7b"][i % 3].into(),
         stream: i % 2 == 0,
-        candidates: Some(serde_json::json!([
-            {"model": "gpt-4o-mini", "quality": 0.71, "latency_ms": 420.0, "cost_usd": 0.0002},
-            {"model": "claude-3-5-haiku", "quality": 0.78, "latency_ms": 610.0, "cost_usd": 0.0009},
-            {"model": "mixtral-8x7b", "quality": 0.64, "latency_ms": 380.0, "cost_usd": 0.0001}
-        ])),
+        candidates: Some(DecisionRecord {
+            decision: Some("selected".into()),
+            tradeoff: Some("quality=1,cost=0.05,latency=0.02".into()),
+            decision_ms: Some(3.2),
+            scores: [("gpt-4o-mini", 0.71, 420.0, 0.0002), ("claude-3-5-haiku", 0.78, 610.0, 0.0009), ("mixtral-8x7b", 0.64, 380.0, 0.0001)]
+                .into_iter()
+                .map(|(model, quality, latency_ms, cost_usd)| ScoredCandidate {
+                    model: model.into(),
+                    quality,
+                    cost_usd,
+                    latency_ms,
+                    utility: quality - cost_usd * 50.0,
+                    probability: 0.8,
+                    input_usd_per_mtok: 0.15,
+                    output_usd_per_mtok: 0.6,
+                })
+                .collect(),
+            ..DecisionRecord::default()
+        }),
         propensity: Some(0.8),
         checkpoint_version: Some("selector-v3".into()),
         shadow_choice: Some("claude-3-5-haiku".into()),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use router_model::policy::{Exploration, ExplorationPolicy};
+use router_model::policy::{Exploration, ExplorationPolicy, Tradeoff};
 
 use crate::error::Error;
 
@@ -309,6 +309,29 @@ pub struct ModelConfig {
     /// A model the router already knows whose learned profile this one borrows until it has
     /// data of its own.
     pub like: Option<String>,
+    /// Same-model retries after a transient failure (connection error, timeout to the first
+    /// byte, 5xx, 429), before anything reached the client; 0 turns them off.
+    #[serde(default)]
+    pub retries: u32,
+    /// First retry waits about this long (ms); each further one doubles it, with jitter.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Longest wait before a retry (ms). A 429 whose Retry-After asks for longer is not
+    /// retried on this model: the request moves on to the next one.
+    #[serde(default = "default_retry_max_backoff_ms")]
+    pub retry_max_backoff_ms: u64,
+    /// Models to try, in order, when a request naming this model directly fails (after its
+    /// retries). Routes fall back along their own ranking instead.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+}
+
+fn default_retry_backoff_ms() -> u64 {
+    100
+}
+
+fn default_retry_max_backoff_ms() -> u64 {
+    2_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -321,8 +344,8 @@ pub struct RouteConfig {
     /// How the route weighs quality against cost and latency: a preset (`best`, `balanced`,
     /// `cheap`, `fast`) or `quality=1,cost=0.05,latency=0.02`. Callers may override it per
     /// request with the `x-switchyard-tradeoff` header.
-    #[serde(default = "default_tradeoff")]
-    pub tradeoff: String,
+    #[serde(default = "default_tradeoff", deserialize_with = "tradeoff_from_text")]
+    pub tradeoff: Tradeoff,
     /// Most of the route's requests (0..1) sent to a candidate other than the predicted best,
     /// so training sees outcomes of models the policy would not pick; 0 turns exploration off.
     #[serde(default = "default_exploration")]
@@ -345,8 +368,14 @@ pub struct RouteConfig {
     pub request_timeout_ms: Option<u64>,
 }
 
-fn default_tradeoff() -> String {
-    "balanced".into()
+fn default_tradeoff() -> Tradeoff {
+    Tradeoff::BALANCED
+}
+
+/// Parses a route's trade-off once, when the config is read.
+fn tradeoff_from_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Tradeoff, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Tradeoff::parse_override(&text, Tradeoff::BALANCED).map_err(serde::de::Error::custom)
 }
 
 fn default_exploration() -> f64 {
@@ -448,6 +477,19 @@ impl Config {
                     model.provider
                 )));
             }
+            for fallback in &model.fallbacks {
+                if fallback == name || !self.models.contains_key(fallback) {
+                    return Err(Error::Config(format!(
+                        "model `{name}`: fallback `{fallback}` must be another configured model"
+                    )));
+                }
+            }
+            if model.retries > 10 {
+                return Err(Error::Config(format!("model `{name}`: retries must be at most 10")));
+            }
+            if model.retry_max_backoff_ms < model.retry_backoff_ms {
+                return Err(Error::Config(format!("model `{name}`: retry_max_backoff_ms is below retry_backoff_ms")));
+            }
         }
         for (name, route) in &self.routes {
             if self.models.contains_key(name) {
@@ -463,8 +505,6 @@ impl Config {
                     )));
                 }
             }
-            crate::routing::parse_tradeoff(&route.tradeoff, crate::routing::Tradeoff::BALANCED)
-                .map_err(|e| Error::Config(format!("route `{name}`: {e}")))?;
             if !(0.0..=1.0).contains(&route.exploration) {
                 return Err(Error::Config(format!("route `{name}`: exploration must be within 0..1")));
             }

@@ -33,7 +33,7 @@ pub enum Error {
     /// A per-key or per-tenant limit (see [`crate::limits`]) refused the request.
     #[error("{} limit of this {scope} reached; retry in {retry_after_secs} s", kind.as_str())]
     LimitExceeded {
-        kind: crate::limits::LimitKind,
+        kind: LimitKind,
         scope: &'static str,
         retry_after_secs: u64,
     },
@@ -71,6 +71,25 @@ pub enum Error {
     },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What a limit that refused a request counts (see [`crate::limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Requests,
+    Tokens,
+    Budget,
+}
+
+impl LimitKind {
+    /// Label value in metrics and the error message.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requests => "rpm",
+            Self::Tokens => "tpm",
+            Self::Budget => "budget",
+        }
+    }
 }
 
 impl Error {
@@ -114,7 +133,7 @@ impl Error {
             Self::UnknownModel(_) => "unknown_model",
             Self::NotFound(_) => "not_found",
             Self::RateLimited { .. } => "rate_limited",
-            Self::LimitExceeded { kind: crate::limits::LimitKind::Budget, .. } => "budget_exceeded",
+            Self::LimitExceeded { kind: LimitKind::Budget, .. } => "budget_exceeded",
             Self::LimitExceeded { .. } => "rate_limit_exceeded",
             Self::LimiterUnavailable(_) => "limiter_unavailable",
             Self::ShuttingDown => "shutdown",
@@ -141,7 +160,7 @@ impl Error {
             Self::UnknownModel(_) => ("invalid_request_error", Some("model"), Some("model_not_found")),
             Self::NotFound(_) => ("invalid_request_error", None, Some("not_found")),
             Self::RateLimited { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
-            Self::LimitExceeded { kind: crate::limits::LimitKind::Budget, .. } => {
+            Self::LimitExceeded { kind: LimitKind::Budget, .. } => {
                 ("rate_limit_exceeded", None, Some("budget_exceeded"))
             }
             Self::LimitExceeded { .. } => ("rate_limit_exceeded", None, Some("rate_limit_exceeded")),

@@ -1,14 +1,16 @@
 //! switchyard: an OpenAI-compatible LLM gateway that learns where to send each request.
 //!
-//! The request path lives in [`app`]; upstream APIs in [`providers`]; the mock upstream used
+//! The request path lives in [`chat`], wired up in [`app`]; upstream APIs in [`providers`]; the mock upstream used
 //! by tests, benchmarks and the no-config demo in [`mock`].
 
 pub mod app;
 pub mod breaker;
+pub mod chat;
 pub mod config;
 pub mod dashboard;
 pub mod judge;
 pub mod error;
+pub mod handlers;
 pub mod limits;
 pub mod metrics;
 pub mod mock;
@@ -22,6 +24,7 @@ pub mod routing;
 pub mod shutdown;
 pub mod sse;
 pub mod store;
+pub mod tasks;
 
 pub use app::Application;
 pub use config::Config;

@@ -182,10 +182,10 @@ impl Metrics {
             self.cache_results.with_label_values(&[result]).inc();
         }
         if let Some(details) = &outcome.candidates {
-            if let Some(kind) = details.get("decision").and_then(|k| k.as_str()) {
+            if let Some(kind) = details.decision.as_deref() {
                 self.decisions.with_label_values(&[route, kind]).inc();
             }
-            if let Some(ms) = details.get("decision_ms").and_then(|v| v.as_f64()) {
+            if let Some(ms) = details.decision_ms {
                 self.decision_seconds.with_label_values(&[route]).observe(ms / 1e3);
             }
         }

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::limits::Admission;
 use crate::openai::Usage;
 use crate::registry::ModelEntry;
-use crate::store::{embedding_to_bytes, LogHandle, LogRow};
+use crate::store::{embedding_to_bytes, DecisionRecord, LogHandle, LogRow};
 
 /// Status recorded when the client disconnected before the answer was complete.
 pub const STATUS_CLIENT_CLOSED: u16 = 499;
@@ -37,8 +37,8 @@ pub struct RequestOutcome {
     /// Caller, from the virtual key (`None` for open access and the master key).
     pub tenant: Option<String>,
     pub key_id: Option<Uuid>,
-    /// Candidates with their predictions, as the router saw them.
-    pub candidates: Option<serde_json::Value>,
+    /// How the router decided (candidates with their predictions) and failed tries.
+    pub candidates: Option<DecisionRecord>,
     /// Probability the policy gave the chosen model (for off-policy training).
     pub propensity: Option<f64>,
     /// Selector checkpoint / policy version that made the choice.

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::providers::anthropic::AnthropicProvider;
 use crate::providers::openai::OpenAiProvider;
 use crate::providers::Provider;
-use crate::routing::{Exploration, Tradeoff};
+use router_model::policy::{Exploration, Price, Tradeoff};
 
 /// A model the gateway can send requests to.
 pub struct ModelEntry {
@@ -27,11 +27,40 @@ pub struct ModelEntry {
     pub output_usd_per_mtok: f64,
     /// A model the selector knows whose predictions this one borrows.
     pub like: Option<String>,
+    /// Same-model retries after transient failures.
+    pub retry: RetryPolicy,
+}
+
+/// How often and how patiently one model is retried before the request moves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub retries: u32,
+    pub backoff: std::time::Duration,
+    pub max_backoff: std::time::Duration,
+}
+
+impl RetryPolicy {
+    pub const NONE: Self = Self {
+        retries: 0,
+        backoff: std::time::Duration::ZERO,
+        max_backoff: std::time::Duration::ZERO,
+    };
+
+    /// The wait before retry number `retry` (1-based): the exponential step, halved and
+    /// topped up by a random share of the other half, so that clients that failed together
+    /// do not retry together. `jitter` is a draw in 0..1.
+    pub fn backoff(&self, retry: u32, jitter: f64) -> std::time::Duration {
+        let step = self
+            .backoff
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
+            .min(self.max_backoff);
+        step / 2 + step.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+    }
 }
 
 impl ModelEntry {
-    pub fn price(&self) -> crate::routing::policy::Price {
-        crate::routing::policy::Price {
+    pub fn price(&self) -> Price {
+        Price {
             input_usd_per_mtok: self.input_usd_per_mtok,
             output_usd_per_mtok: self.output_usd_per_mtok,
         }
@@ -62,6 +91,8 @@ pub enum Target {
 
 pub struct Registry {
     pub models: HashMap<String, Arc<ModelEntry>>,
+    /// `fallbacks` of each model that has some, resolved.
+    pub fallbacks: HashMap<String, Vec<Arc<ModelEntry>>>,
     pub routes: HashMap<String, Arc<RouteEntry>>,
 }
 
@@ -133,8 +164,25 @@ impl Registry {
                     input_usd_per_mtok: model.input_usd_per_mtok,
                     output_usd_per_mtok: model.output_usd_per_mtok,
                     like: model.like.clone(),
+                    retry: RetryPolicy {
+                        retries: model.retries,
+                        backoff: std::time::Duration::from_millis(model.retry_backoff_ms),
+                        max_backoff: std::time::Duration::from_millis(model.retry_max_backoff_ms),
+                    },
                 }),
             );
+        }
+        let mut fallbacks = HashMap::new();
+        for (name, model) in &config.models {
+            if model.fallbacks.is_empty() {
+                continue;
+            }
+            let resolved = model
+                .fallbacks
+                .iter()
+                .map(|f| models.get(f).cloned().ok_or_else(|| Error::Config(format!("model `{name}`: unknown fallback `{f}`"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            fallbacks.insert(name.clone(), resolved);
         }
 
         let mut routes = HashMap::new();
@@ -153,14 +201,19 @@ impl Registry {
                     name: name.clone(),
                     candidates,
                     default,
-                    tradeoff: crate::routing::parse_tradeoff(&route.tradeoff, Tradeoff::BALANCED)?,
+                    tradeoff: route.tradeoff,
                     exploration: route.exploration(),
                     first_byte_timeout: route.first_byte_timeout_ms.map(std::time::Duration::from_millis),
                     request_timeout: route.request_timeout_ms.map(std::time::Duration::from_millis),
                 }),
             );
         }
-        Ok(Self { models, routes })
+        Ok(Self { models, fallbacks, routes })
+    }
+
+    /// A directly named model's fallbacks, in order (none unless configured).
+    pub fn fallbacks_of(&self, model: &str) -> &[Arc<ModelEntry>] {
+        self.fallbacks.get(model).map_or(&[], Vec::as_slice)
     }
 
     pub fn resolve(&self, name: &str) -> Result<Target, Error> {
@@ -171,5 +224,22 @@ impl Registry {
             return Ok(Target::Route(route.clone()));
         }
         Err(Error::UnknownModel(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stops_at_the_cap() {
+        let policy = RetryPolicy { retries: 5, backoff: Duration::from_millis(100), max_backoff: Duration::from_millis(300) };
+        assert_eq!(policy.backoff(1, 0.0), Duration::from_millis(50));
+        assert_eq!(policy.backoff(1, 1.0), Duration::from_millis(100));
+        assert_eq!(policy.backoff(2, 0.5), Duration::from_millis(150));
+        // 400 ms capped at 300 ms.
+        assert_eq!(policy.backoff(3, 1.0), Duration::from_millis(300));
+        assert_eq!(policy.backoff(30, 1.0), Duration::from_millis(300));
     }
 }

@@ -19,9 +19,9 @@ use crate::config::{resolve_env_ref, Config};
 use crate::redis_client::BoundedRedis;
 use crate::error::Error;
 use crate::openai::ChatRequest;
-use crate::routing::RoutingEngine;
 use crate::sse::SseParser;
 use crate::store::Store;
+use crate::tasks::Background;
 
 /// `exact`, `semantic`, `miss` or `bypass` (not eligible).
 pub const HEADER_CACHE: &str = "x-switchyard-cache";
@@ -46,6 +46,8 @@ pub struct GatewayCache {
     cache: ResponseCache,
     shared: Option<SharedTier>,
     store: Option<Store>,
+    /// Where writes to the shared tier and the database run (drained at shutdown).
+    background: Background,
 }
 
 /// Exact entries in Redis, so one replica's answer is a hit on every replica.
@@ -111,7 +113,8 @@ impl GatewayCache {
     pub async fn build(
         config: &Config,
         store: &Store,
-        routing: &RoutingEngine,
+        embedding_dim: Option<usize>,
+        background: &Background,
     ) -> Result<Option<Arc<Self>>, Error> {
         let settings = &config.cache;
         if !settings.exact && !settings.semantic {
@@ -122,11 +125,7 @@ impl GatewayCache {
         if settings.semantic && !semantic_possible {
             tracing::warn!("semantic cache: no verifier checkpoint; only exact hits are served (set [cache] verifier or require_verifier = false)");
         }
-        let mut embedding_dim = 0;
-        if semantic_possible {
-            routing.start_embedder().await?;
-            embedding_dim = routing.embedding_service().map_or(0, |s| s.dim());
-        }
+        let embedding_dim = if semantic_possible { embedding_dim.unwrap_or(0) } else { 0 };
         let cache = ResponseCache::new(settings.clone(), embedding_dim, verifier)
             .map_err(|e| Error::Config(e.to_string()))?;
         let store = settings.persist.then(|| store.clone());
@@ -139,7 +138,7 @@ impl GatewayCache {
             }
             None => None,
         };
-        let this = Arc::new(Self { cache, shared, store });
+        let this = Arc::new(Self { cache, shared, store, background: background.clone() });
         if let Some(store) = &this.store {
             let started = now_ms();
             match store.load_cache_entries(started, 0).await {
@@ -150,10 +149,10 @@ impl GatewayCache {
                 Err(e) => tracing::warn!(error = %e, "could not load the response cache; starting cold"),
             }
             if settings.refresh_ms > 0 {
-                spawn_refresh(Arc::downgrade(&this), Duration::from_millis(settings.refresh_ms), started);
+                spawn_refresh(background, Arc::downgrade(&this), Duration::from_millis(settings.refresh_ms), started);
             }
         }
-        spawn_purge(Arc::downgrade(&this));
+        spawn_purge(background, Arc::downgrade(&this));
         tracing::info!(exact = settings.exact, semantic = this.cache.semantic_enabled(), "response cache on");
         Ok(Some(this))
     }
@@ -240,7 +239,7 @@ impl GatewayCache {
         if persist {
             let this = self.clone();
             let tenant = plan.tenant.clone();
-            tokio::spawn(async move {
+            self.background.spawn_work(async move {
                 if let (Some(shared), true) = (&this.shared, this.cache.config().exact) {
                     let value = SharedEntry { answer: entry.answer.clone(), expires_at_ms: entry.expires_at_ms };
                     shared.set(&entry.exact_key, &value, ttl_ms).await;
@@ -271,8 +270,8 @@ fn load_verifier(dir: Option<PathBuf>) -> Result<Option<Arc<dyn HitVerifier>>, E
     Ok(Some(Arc::new(verifier)))
 }
 
-fn spawn_purge(cache: Weak<GatewayCache>) {
-    tokio::spawn(async move {
+fn spawn_purge(background: &Background, cache: Weak<GatewayCache>) {
+    background.spawn_loop("cache purge", async move {
         let mut tick = tokio::time::interval(PURGE_INTERVAL);
         tick.tick().await;
         loop {
@@ -292,8 +291,8 @@ fn spawn_purge(cache: Weak<GatewayCache>) {
 /// Loads what other replicas persisted since the last look, so their answers (semantic ones
 /// too, which the Redis tier does not carry) become hits here without a restart. An entry
 /// already held with the same expiry is skipped; a newer version of a key replaces it.
-fn spawn_refresh(cache: Weak<GatewayCache>, every: Duration, restored_at_ms: u64) {
-    tokio::spawn(async move {
+fn spawn_refresh(background: &Background, cache: Weak<GatewayCache>, every: Duration, restored_at_ms: u64) {
+    background.spawn_loop("cache refresh", async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;

@@ -392,3 +392,35 @@ async fn minimal_edits_never_hit_through_the_gateway_and_paraphrases_do() {
     assert!(share >= 0.6, "only {paraphrase_hits}/{paraphrases} paraphrases hit");
     gateway.stop().await;
 }
+
+/// A malformed `x-switchyard-*` header is the same 400 whether or not the cache holds the
+/// answer, and the refusal is logged like any other.
+#[tokio::test]
+async fn client_headers_are_checked_before_the_cache() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gateway = Gateway::start(dir.path(), "exact = true").await;
+    let routed = chat("auto", "Which river is the longest?");
+    let direct = chat("m", "Name a prime number.");
+    for body in [&routed, &direct] {
+        gateway.ask(body, None, &[]).await;
+        let (cache, _, _) = gateway.ask(body, None, &[]).await;
+        assert_eq!(cache, "exact", "the answer is cached now");
+    }
+    let bad = [
+        (&routed, "x-switchyard-tradeoff", "quality=lots"),
+        (&routed, "x-switchyard-max-cost-usd", "-1"),
+        (&routed, "x-switchyard-timeout-ms", "soon"),
+        (&direct, "x-switchyard-timeout-ms", "0"),
+    ];
+    for (body, name, value) in bad {
+        let response = gateway.post(body, None, &[(name, value)]).await;
+        assert_eq!(response.status(), 400, "{name}: {value} on a cached request");
+        let error: Value = response.json().await.expect("error body");
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+        assert_eq!(error["error"]["param"], name);
+    }
+    gateway.state.log.flush().await.expect("flush");
+    let rows = gateway.state.store.count_rows().await.expect("count");
+    assert_eq!(rows, 4 + bad.len() as i64, "two requests and one hit per body, and every refusal");
+    gateway.stop().await;
+}

@@ -104,7 +104,7 @@ fn row(minutes_ago: i64, tenant: Option<&str>, model: &str, cost: f64, latency: 
         cost_usd: Some(cost),
         latency_ms: latency,
         cache_result: cache.map(str::to_owned),
-        candidates,
+        candidates: candidates.map(|v| serde_json::from_value(v).expect("a valid decision record")),
         status,
         error_class: None,
         ..minimal_row()
@@ -119,7 +119,7 @@ fn row(minutes_ago: i64, tenant: Option<&str>, model: &str, cost: f64, latency: 
 /// - one fallback (failed_attempts), two shed decisions, one 502
 fn seeded() -> Vec<LogRow> {
     let routed = |decision: &str| Some(json!({"decision": decision, "scores": []}));
-    let fallback = Some(json!({"decision": "selected", "failed_attempts": [{"model": "big", "error": "upstream_5xx"}]}));
+    let fallback = Some(json!({"decision": "selected", "failed_attempts": [{"model": "big", "error_class": "upstream_5xx"}]}));
     vec![
         row(5, Some("acme"), "big", 0.25, 800.0, Some("miss"), routed("selected"), 200),
         row(65, Some("acme"), "big", 0.25, 900.0, Some("miss"), fallback, 200),

@@ -301,3 +301,87 @@ async fn full_bulkhead_with_no_candidate_left_is_a_503() {
     let body: Value = serde_json::from_str(&unavailable_bodies[0]).expect("json");
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("max_concurrent")), "{body}");
 }
+
+fn retry_config(mock: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+first_byte_timeout_ms = 400
+
+[database]
+url = "sqlite::memory:"
+
+[providers.mock]
+kind = "mock"
+base_url = "http://{mock}/v1"
+
+[providers.down]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+
+[models.flaky]
+provider = "mock"
+retries = 2
+retry_backoff_ms = 20
+retry_max_backoff_ms = 1500
+
+[models.impatient]
+provider = "mock"
+retries = 2
+retry_backoff_ms = 20
+retry_max_backoff_ms = 500
+
+[models.secondary]
+provider = "mock"
+
+[models.dead]
+provider = "down"
+fallbacks = ["secondary"]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_named_model_is_retried_after_transient_failures() {
+    let gw = start(retry_config).await;
+    // Two 5xx, then an answer: within the two retries.
+    let (status, model, body) = ask(&gw, "flaky", Some("flaky=500@2#json"), false).await;
+    assert_eq!((status, model.as_str()), (200, "flaky"), "{body}");
+    let (status, model, body) = ask(&gw, "flaky", Some("flaky=502@2#stream"), true).await;
+    assert_eq!((status, model.as_str()), (200, "flaky"), "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    // Three failures exhaust them: the upstream's error reaches the client.
+    let (status, _, body) = ask(&gw, "flaky", Some("flaky=500@3#exhausted"), false).await;
+    assert_eq!(status, 500, "{body}");
+}
+
+#[tokio::test]
+async fn retries_honour_retry_after_up_to_the_cap() {
+    let gw = start(retry_config).await;
+    let started = Instant::now();
+    let (status, model, body) = ask(&gw, "flaky", Some("flaky=429:1@1#wait"), false).await;
+    assert_eq!((status, model.as_str()), (200, "flaky"), "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(1_000), "waited the asked second: {:?}", started.elapsed());
+    // A Retry-After above the model's cap is not waited for.
+    let started = Instant::now();
+    let (status, _, body) = ask(&gw, "impatient", Some("impatient=429:1@1#cap"), false).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn client_errors_are_never_retried() {
+    let gw = start(retry_config).await;
+    // A retry would succeed (the fault hits only the first request), so a 400 proves none ran.
+    let (status, _, body) = ask(&gw, "flaky", Some("flaky=400@1#client"), false).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn a_named_model_falls_back_to_its_configured_fallbacks() {
+    let gw = start(retry_config).await;
+    for stream in [false, true] {
+        let (status, model, body) = ask(&gw, "dead", None, stream).await;
+        assert_eq!((status, model.as_str()), (200, "secondary"), "stream={stream}: {body}");
+    }
+}

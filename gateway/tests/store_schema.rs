@@ -55,7 +55,7 @@ async fn rows_round_trip(store: &Store) {
     assert_eq!(store.fetch_row(minimal.id).await.expect("fetch"), Some(minimal.clone()));
     assert_eq!(store.fetch_row(Uuid::now_v7()).await.expect("fetch"), None);
     let embedding = gateway::store::embedding_from_bytes(full.embedding.as_deref().unwrap_or_default());
-    assert_eq!(embedding, vec![0.1, -0.2, 0.3, 1.0e-7, -4.5]);
+    assert_eq!(embedding, Some(vec![0.1, -0.2, 0.3, 1.0e-7, -4.5]));
 
     // Replaying a batch that did commit must not duplicate it.
     store.insert_rows(&[full.clone(), minimal]).await.expect("re-insert");
@@ -315,4 +315,68 @@ async fn cache_entries_round_trip_on_postgres() {
 async fn cache_entries_round_trip_on_sqlite() {
     let (_dir, store) = sqlite().await;
     cache_entries_round_trip(&store).await;
+}
+
+/// The outcome row is one contract: what the gateway writes, training reads back field for
+/// field, and a `candidates` value training does not know is an error, not a silent zero.
+async fn training_reads_what_the_gateway_writes(store: &Store, url: &str) {
+    let full = full_row();
+    let minimal = minimal_row();
+    store.insert_rows(&[full.clone(), minimal.clone()]).await.expect("insert");
+    store
+        .insert_feedback(&Feedback { request_id: full.id, score: 0.75, source: "user".into(), comment: None, created_at: now_micros() })
+        .await
+        .expect("feedback");
+    let logged = training::db::load_logged(url, None).await.expect("training reads the log");
+    assert_eq!(logged.len(), 2);
+    let read = logged.iter().find(|r| r.id == full.id.simple().to_string()).expect("full row read");
+    assert_eq!(*read, training::db::LoggedRequest::from_outcome(full.clone(), Some(0.75), 1));
+    let decision = full.candidates.clone().expect("decision");
+    assert_eq!(read.candidates.len(), decision.scores.len());
+    for (got, sent) in read.candidates.iter().zip(&decision.scores) {
+        assert_eq!((got.model.as_str(), got.quality, got.utility), (sent.model.as_str(), sent.quality, sent.utility));
+        assert_eq!(got.price.map(|p| p.output_usd_per_mtok), Some(sent.output_usd_per_mtok));
+    }
+    assert_eq!(read.tradeoff.map(|t| t.to_string()), decision.tradeoff);
+    assert_eq!(read.embedding.as_deref(), Some(&[0.1f32, -0.2, 0.3, 1.0e-7, -4.5][..]));
+    let bare = logged.iter().find(|r| r.id == minimal.id.simple().to_string()).expect("minimal row read");
+    assert_eq!((bare.feedback, bare.feedback_count, bare.candidates.len()), (None, 0, 0));
+
+    // A field renamed on one side only: training refuses the log instead of reading zeros.
+    let mut renamed = full_row();
+    let text = serde_json::to_string(&renamed.candidates).expect("json").replace("\"utility\"", "\"utility_score\"");
+    renamed.candidates = None;
+    store.insert_rows(&[renamed.clone()]).await.expect("insert");
+    let sql = if url.starts_with("postgres") {
+        format!("UPDATE request_log SET candidates = '{text}'::jsonb WHERE id = '{}'", renamed.id)
+    } else {
+        format!("UPDATE request_log SET candidates = '{text}' WHERE id = x'{}'", renamed.id.simple())
+    };
+    execute(url, &sql).await;
+    let error = training::db::load_logged(url, None).await.expect_err("an unknown field is an error");
+    assert!(error.to_string().contains("utility"), "{error}");
+}
+
+#[tokio::test]
+async fn training_reads_what_the_gateway_writes_on_postgres() {
+    let (db, store) = postgres().await;
+    training_reads_what_the_gateway_writes(&store, &db.url).await;
+}
+
+#[tokio::test]
+async fn training_reads_what_the_gateway_writes_on_sqlite() {
+    let (dir, store) = sqlite().await;
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    training_reads_what_the_gateway_writes(&store, &url).await;
+}
+
+async fn execute(url: &str, sql: &str) {
+    use sqlx::{Connection, Executor};
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        conn.execute(sql).await.expect("update");
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
+        conn.execute(sql).await.expect("update");
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`selector`]: a small network predicting, per candidate model, answer quality, latency
 //!   and output tokens from the embedding plus those features.
 //! - [`checkpoint`]: the on-disk contract between training, serving and evals.
+//! - [`outcome`]: the outcome-log row the gateway writes and training reads.
 //! - [`policy`]: predictions + the caller's trade-off → a choice (shared by serving and evals).
 //! - [`runtime`]: [`configure_cpu_threads`], to call first thing in a serving `main`.
 
@@ -17,6 +18,7 @@ pub mod embedder;
 pub mod error;
 pub mod features;
 pub mod model_id;
+pub mod outcome;
 pub mod policy;
 pub mod runtime;
 pub mod selector;

@@ -29,10 +29,9 @@ use std::path::{Path, PathBuf};
 use router_model::policy::{Price, Tradeoff};
 use router_model::Prediction;
 use router_model::{Checkpoint, RequestFeatures};
+use router_model::outcome::{embedding_from_bytes, OutcomeRow};
 use serde::Serialize;
-use serde_json::Value;
-use sqlx::any::AnyRow;
-use sqlx::Row as _;
+use sqlx::FromRow as _;
 
 use crate::error::{Error, Result};
 
@@ -121,39 +120,6 @@ impl LoggedRequest {
     }
 }
 
-/// Parses the `candidates` column: either a list of scored candidates or an object with a
-/// `scores` list (and the decision beside it).
-pub fn parse_candidates(value: &Value) -> Vec<LoggedCandidate> {
-    let list = match value {
-        Value::Array(items) => items.as_slice(),
-        Value::Object(map) => map.get("scores").and_then(Value::as_array).map_or(&[][..], Vec::as_slice),
-        _ => &[],
-    };
-    list.iter()
-        .filter_map(|c| {
-            Some(LoggedCandidate {
-                model: c.get("model")?.as_str()?.to_owned(),
-                quality: c.get("quality").and_then(Value::as_f64).unwrap_or(0.0),
-                cost_usd: c.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
-                latency_ms: c.get("latency_ms").and_then(Value::as_f64).unwrap_or(0.0),
-                utility: c.get("utility").and_then(Value::as_f64).unwrap_or(0.0),
-                price: match (c.get("input_usd_per_mtok").and_then(Value::as_f64), c.get("output_usd_per_mtok").and_then(Value::as_f64)) {
-                    (Some(input_usd_per_mtok), Some(output_usd_per_mtok)) => Some(Price { input_usd_per_mtok, output_usd_per_mtok }),
-                    _ => None,
-                },
-            })
-        })
-        .collect()
-}
-
-fn embedding_from_blob(blob: &[u8]) -> Option<Vec<f32>> {
-    (!blob.is_empty() && blob.len().is_multiple_of(4)).then(|| {
-        blob.chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    })
-}
-
 /// Reads logged requests (oldest first) with their mean feedback, from SQLite or Postgres.
 /// `since` is an RFC 3339 time; rows before it are skipped.
 pub async fn load_logged(url: &str, since: Option<&str>) -> Result<Vec<LoggedRequest>> {
@@ -169,58 +135,98 @@ pub async fn load_logged_routes(url: &str, since: Option<&str>, routes: &[String
     Ok(rows)
 }
 
+/// Reads `request_log` as [`OutcomeRow`]s, the type the gateway writes, with each row's mean
+/// feedback and number of ratings.
 async fn load_all(url: &str, since: Option<&str>) -> Result<Vec<LoggedRequest>> {
-    sqlx::any::install_default_drivers();
-    let postgres = url.starts_with("postgres");
-    let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(url).await?;
-    // Cast everything to plain types both backends hand to `Any` the same way.
-    let sql = if postgres {
-        "SELECT r.id::text AS id, to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at, \
-         r.route, r.model, r.candidates::text AS candidates, r.propensity, r.embedding, r.prompt_text, r.prompt_tokens, \
-         r.completion_tokens, r.cost_usd, r.latency_ms, r.status::bigint AS status, \
-         (SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback, \
-         (SELECT COUNT(*) FROM feedback f WHERE f.request_id = r.id)::bigint AS feedback_count \
-         FROM request_log r WHERE ($1::text IS NULL OR r.created_at >= $1::timestamptz) ORDER BY r.created_at, r.id"
-    } else {
-        "SELECT lower(hex(r.id)) AS id, r.created_at, r.route, r.model, r.candidates, r.propensity, r.embedding, r.prompt_text, \
-         r.prompt_tokens, r.completion_tokens, r.cost_usd, r.latency_ms, CAST(r.status AS INTEGER) AS status, \
-         (SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback, \
-         (SELECT COUNT(*) FROM feedback f WHERE f.request_id = r.id) AS feedback_count \
-         FROM request_log r WHERE (?1 IS NULL OR r.created_at >= ?1) ORDER BY r.created_at, r.id"
+    let since = match since {
+        Some(text) => Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|e| Error::InvalidInput(format!("--since `{text}` is not an RFC 3339 time: {e}")))?
+                .with_timezone(&chrono::Utc),
+        ),
+        None => None,
     };
-    let rows: Vec<AnyRow> = sqlx::query(sql).bind(since.map(str::to_owned)).fetch_all(&pool).await?;
-    pool.close().await;
-    rows.iter().map(logged_from_row).collect()
+    let columns = router_model::outcome::COLUMNS.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");
+    let feedback = "(SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback_mean, \
+                    (SELECT COUNT(*) FROM feedback f WHERE f.request_id = r.id) AS feedback_count";
+    if url.starts_with("postgres") {
+        let sql = format!(
+            "SELECT {columns}, {feedback} FROM request_log r \
+             WHERE ($1::timestamptz IS NULL OR r.created_at >= $1) ORDER BY r.created_at, r.id"
+        );
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await?;
+        let rows = sqlx::query(&sql).bind(since).fetch_all(&pool).await;
+        pool.close().await;
+        rows?.iter().map(logged_from_row).collect()
+    } else {
+        let sql = format!(
+            "SELECT {columns}, {feedback} FROM request_log r \
+             WHERE (?1 IS NULL OR r.created_at >= ?1) ORDER BY r.created_at, r.id"
+        );
+        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(url).await?;
+        let rows = sqlx::query(&sql).bind(since).fetch_all(&pool).await;
+        pool.close().await;
+        rows?.iter().map(logged_from_row).collect()
+    }
 }
 
-fn logged_from_row(row: &AnyRow) -> Result<LoggedRequest> {
-    let candidates: Option<String> = row.try_get("candidates")?;
-    let decision = candidates.and_then(|text| serde_json::from_str::<Value>(&text).ok());
-    let tradeoff = decision
-        .as_ref()
-        .and_then(|d| d.get("tradeoff"))
-        .and_then(Value::as_str)
-        .and_then(|t| Tradeoff::parse_override(t, Tradeoff::BALANCED).ok());
-    let candidates = decision.map(|v| parse_candidates(&v)).unwrap_or_default();
-    let embedding: Option<Vec<u8>> = row.try_get("embedding")?;
-    Ok(LoggedRequest {
-        id: row.try_get("id")?,
-        created_at: row.try_get("created_at")?,
-        route: row.try_get("route")?,
-        model: row.try_get("model")?,
-        candidates,
-        propensity: row.try_get("propensity")?,
-        embedding: embedding.as_deref().and_then(embedding_from_blob),
-        prompt_text: row.try_get("prompt_text")?,
-        prompt_tokens: row.try_get("prompt_tokens")?,
-        completion_tokens: row.try_get("completion_tokens")?,
-        latency_ms: row.try_get("latency_ms")?,
-        status: row.try_get("status")?,
-        feedback: row.try_get("feedback")?,
-        feedback_count: row.try_get("feedback_count")?,
-        cost_usd: row.try_get("cost_usd")?,
-        tradeoff,
-    })
+/// One database row as training sees it: the typed outcome row, then its feedback.
+fn logged_from_row<'r, R>(row: &'r R) -> Result<LoggedRequest>
+where
+    R: sqlx::Row,
+    OutcomeRow: sqlx::FromRow<'r, R>,
+    Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'r str: sqlx::ColumnIndex<R>,
+{
+    let outcome = OutcomeRow::from_row(row).map_err(|e| match e {
+        sqlx::Error::ColumnDecode { index, source } => Error::InvalidInput(format!(
+            "an outcome-log row does not match the format this build reads (column {index}): {source}; \
+             rows written by another version of the gateway cannot be trained on"
+        )),
+        other => Error::Database(other),
+    })?;
+    let feedback: Option<f64> = row.try_get("feedback_mean")?;
+    let feedback_count: i64 = row.try_get("feedback_count")?;
+    Ok(LoggedRequest::from_outcome(outcome, feedback, feedback_count))
+}
+
+impl LoggedRequest {
+    /// Training's view of a logged outcome.
+    pub fn from_outcome(row: OutcomeRow, feedback: Option<f64>, feedback_count: i64) -> Self {
+        let decision = row.candidates.unwrap_or_default();
+        let tradeoff = decision.tradeoff.as_deref().and_then(|t| Tradeoff::parse_override(t, Tradeoff::BALANCED).ok());
+        let candidates = decision
+            .scores
+            .into_iter()
+            .map(|c| LoggedCandidate {
+                model: c.model,
+                quality: c.quality,
+                cost_usd: c.cost_usd,
+                latency_ms: c.latency_ms,
+                utility: c.utility,
+                price: Some(Price { input_usd_per_mtok: c.input_usd_per_mtok, output_usd_per_mtok: c.output_usd_per_mtok }),
+            })
+            .collect();
+        Self {
+            id: row.id.simple().to_string(),
+            created_at: row.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            route: row.route,
+            model: row.model,
+            candidates,
+            propensity: row.propensity,
+            embedding: row.embedding.as_deref().and_then(embedding_from_bytes),
+            prompt_text: row.prompt_text,
+            prompt_tokens: row.prompt_tokens,
+            completion_tokens: row.completion_tokens,
+            latency_ms: row.latency_ms,
+            status: i64::from(row.status),
+            feedback,
+            feedback_count,
+            cost_usd: row.cost_usd,
+            tradeoff,
+        }
+    }
 }
 
 /// Splits logged rows by time: the newest `HOLDOUT_SHARE` of the rated rows evaluate, every
@@ -508,15 +514,6 @@ fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn parses_both_candidate_shapes() {
-        let list = json!([{"model": "a", "quality": 0.5, "cost_usd": 0.1, "latency_ms": 10.0, "utility": 0.4}]);
-        let object = json!({"decision": "selected", "scores": list.clone()});
-        assert_eq!(parse_candidates(&list), parse_candidates(&object));
-        assert_eq!(parse_candidates(&list)[0].model, "a");
-    }
 
     #[test]
     fn clips_inverse_propensity() {

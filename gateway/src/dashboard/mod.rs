@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::{TimeDelta, Utc};
 use serde_json::{json, Value};
 
-use crate::app::AppState;
 use crate::error::Error;
-use crate::routing::LoadedSelector;
+use crate::routing::{LoadedSelector, RoutingEngine};
+use crate::store::{Authenticator, Store};
 
 const PAGE: &str = include_str!("page.html");
 
@@ -26,9 +26,28 @@ pub const MAX_HOURS: i64 = 720;
 /// Buckets a window is cut into for the time charts (about).
 const TARGET_BUCKETS: i64 = 48;
 
+/// What the dashboard reads: who may see it, the outcome log, the loaded checkpoints.
+#[derive(Clone)]
+pub struct DashboardState {
+    pub auth: Arc<Authenticator>,
+    pub store: Store,
+    pub routing: Arc<RoutingEngine>,
+}
+
+/// The page and its JSON API, with their own state (the dashboard knows nothing of the
+/// request path).
+pub fn router<S: Clone + Send + Sync + 'static>(state: DashboardState) -> axum::Router<S> {
+    axum::Router::new()
+        .route("/dashboard", axum::routing::get(page))
+        .route("/dashboard/api/summary", axum::routing::get(summary))
+        .route("/dashboard/api/timeseries", axum::routing::get(timeseries))
+        .route("/dashboard/api/checkpoints", axum::routing::get(checkpoints))
+        .with_state(state)
+}
+
 /// See [`crate::store::Authenticator::may_administer`]; a `?key=` query parameter counts as
 /// a bearer token.
-async fn authorize(state: &AppState, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Error> {
+async fn authorize(state: &DashboardState, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Error> {
     let mut headers = headers.clone();
     if let Some(key) = query.get("key").filter(|k| !k.is_empty()) {
         let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::Unauthorized)?;
@@ -56,8 +75,8 @@ fn window(query: &HashMap<String, String>) -> Result<(i64, i64), Error> {
 }
 
 /// `GET /dashboard`
-pub async fn page(
-    State(state): State<Arc<AppState>>,
+async fn page(
+    State(state): State<DashboardState>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Error> {
@@ -78,8 +97,8 @@ pub async fn page(
 }
 
 /// `GET /dashboard/api/summary?hours=N`: totals, per-model share, cache results, top tenants.
-pub async fn summary(
-    State(state): State<Arc<AppState>>,
+async fn summary(
+    State(state): State<DashboardState>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Error> {
@@ -114,8 +133,8 @@ pub async fn summary(
 
 /// `GET /dashboard/api/timeseries?hours=N`: requests, spend and mean latency per time bucket,
 /// route and model.
-pub async fn timeseries(
-    State(state): State<Arc<AppState>>,
+async fn timeseries(
+    State(state): State<DashboardState>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Error> {
@@ -171,8 +190,8 @@ fn learning_view(checkpoint: Option<&std::path::Path>) -> Value {
 
 /// `GET /dashboard/api/checkpoints`: the active and shadow selector and their metrics, and
 /// the learning loop's promotion decisions.
-pub async fn checkpoints(
-    State(state): State<Arc<AppState>>,
+async fn checkpoints(
+    State(state): State<DashboardState>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Error> {

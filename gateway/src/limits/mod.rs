@@ -31,24 +31,7 @@ const NANO_PER_USD: f64 = 1e9;
 /// At most one "limiter backend failed" log line per this many seconds.
 const FAILURE_LOG_EVERY_SECS: u64 = 10;
 
-/// What a limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    Requests,
-    Tokens,
-    Budget,
-}
-
-impl LimitKind {
-    /// Label value in metrics and the error message.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requests => "rpm",
-            Self::Tokens => "tpm",
-            Self::Budget => "budget",
-        }
-    }
-}
+pub use crate::error::LimitKind;
 
 /// Limits of one subject; `None` means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

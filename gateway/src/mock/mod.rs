@@ -5,6 +5,9 @@
 //! Headers a request may carry:
 //! - `x-mock-fault: 500` (any status), `429` or `429:SECS` (with Retry-After), `hang`,
 //!   `reset` (connection dropped mid-answer); or per model: `x-mock-fault: gpt-4=500,b=hang`.
+//!   A fault followed by `@N` hits only the first N requests that carry the same header value
+//!   for the same model, then the model answers (a transient failure, for retry tests); a
+//!   trailing `#tag` makes the value, and so its count, unique to one test.
 //! - `x-mock-first-token-ms`, `x-mock-per-token-ms`: latency for this request.
 //! - `x-mock-echo: 1`: a non-stream answer carries the request it received under `"echo"`,
 //!   so tests can see exactly what the gateway sent upstream.
@@ -73,6 +76,8 @@ pub struct MockOptions {
     /// Faults applied to every request for a model.
     pub faults: HashMap<String, Fault>,
     pub replay: Option<ReplayStore>,
+    /// Requests seen per (`x-mock-fault` value, model), for `@N` faults.
+    pub fault_counts: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 /// Binds the mock on `addr` and serves it in the background; returns the bound address.
@@ -124,9 +129,24 @@ fn plan(options: &MockOptions, headers: &HeaderMap, model: &str) -> Result<Plan,
             Some(spec)
         };
         if let Some(text) = chosen {
-            fault = Some(text.parse().map_err(|e: String| {
-                (StatusCode::BAD_REQUEST, axum::Json(Error::invalid(e).body())).into_response()
-            })?);
+            let text = text.split_once('#').map_or(text, |(fault, _tag)| fault);
+            let (text, first_n) = match text.split_once('@') {
+                Some((fault, n)) => (fault, Some(n.trim().parse::<u32>().map_err(|_| bad_fault(format!("bad count in `{spec}`")))?)),
+                None => (text, None),
+            };
+            let parsed: Fault = text.parse().map_err(bad_fault)?;
+            let applies = match first_n {
+                Some(n) => {
+                    let mut counts = options.fault_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let seen = counts.entry(format!("{spec}\u{0}{model}")).or_insert(0);
+                    *seen += 1;
+                    *seen <= n
+                }
+                None => true,
+            };
+            if applies {
+                fault = Some(parsed);
+            }
         }
     }
     Ok(Plan {
@@ -135,6 +155,10 @@ fn plan(options: &MockOptions, headers: &HeaderMap, model: &str) -> Result<Plan,
         per_token: Duration::from_millis(header_ms("x-mock-per-token-ms").unwrap_or(options.per_token_ms)),
         fault,
     })
+}
+
+fn bad_fault(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, axum::Json(Error::invalid(message).body())).into_response()
 }
 
 /// Applies a fault that happens before any answer byte; `None` means answer normally.

@@ -18,13 +18,15 @@ use router_model::{
     BertEmbedder, ChatTurn, Checkpoint, Embedder, EmbedderOptions, Embedding, EmbeddingService,
     ModelSource, RequestFeatures, ServiceConfig,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::config::RouterConfig;
 use crate::error::Error;
 use crate::openai::{content_text, ChatRequest};
 use crate::registry::{ModelEntry, RouteEntry};
+use crate::store::ScoredCandidate;
+use crate::tasks::Background;
 pub use policy::{choose, parse_tradeoff, Exploration, Scored, Tradeoff};
 
 /// A checkpoint ready to serve, with each configured model mapped to its head.
@@ -73,7 +75,7 @@ pub struct Decision {
     /// Probability the policy had of choosing `ranking[0]` (1 for fixed/default/shed).
     pub propensity: f64,
     /// Every scored candidate with its predictions.
-    pub candidates: Option<Value>,
+    pub candidates: Option<Vec<ScoredCandidate>>,
     pub checkpoint_version: Option<String>,
     /// What the shadow checkpoint would have chosen (never served).
     pub shadow_choice: Option<String>,
@@ -85,8 +87,9 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub fn fixed(model: Arc<ModelEntry>) -> Self {
-        Self::plain(vec![model], DecisionKind::Fixed)
+    /// A model the client named: tried first, then `fallbacks` in order.
+    pub fn fixed(ranking: Vec<Arc<ModelEntry>>) -> Self {
+        Self::plain(ranking, DecisionKind::Fixed)
     }
 
     fn plain(ranking: Vec<Arc<ModelEntry>>, kind: DecisionKind) -> Self {
@@ -147,7 +150,7 @@ pub struct RoutingEngine {
 impl RoutingEngine {
     /// Loads the configured checkpoints (and the embedder, when a checkpoint needs it).
     /// A missing checkpoint is not an error: routes then use their default model.
-    pub async fn start(config: RouterConfig, models: &HashMap<String, Arc<ModelEntry>>) -> Result<Arc<Self>, Error> {
+    pub async fn start(config: RouterConfig, models: &HashMap<String, Arc<ModelEntry>>, background: &Background) -> Result<Arc<Self>, Error> {
         let models = models
             .values()
             .map(|m| ModelInfo {
@@ -168,7 +171,7 @@ impl RoutingEngine {
         if engine.config.reload_poll_ms > 0 {
             let watched = Arc::downgrade(&engine);
             let period = Duration::from_millis(engine.config.reload_poll_ms);
-            tokio::spawn(async move {
+            background.spawn_loop("selector reload watch", async move {
                 let mut tick = tokio::time::interval(period);
                 tick.tick().await;
                 loop {
@@ -312,9 +315,10 @@ impl RoutingEngine {
         self.active.load().is_some() || self.shadow.load().is_some()
     }
 
-    /// Loads the embedder now if no checkpoint did (the semantic cache needs it too).
-    pub async fn start_embedder(&self) -> Result<(), Error> {
-        self.ensure_embedder().await.map(|_| ())
+    /// Loads the embedder now if no checkpoint did (the semantic cache needs it too) and
+    /// returns its dimension.
+    pub async fn start_embedder(&self) -> Result<usize, Error> {
+        Ok(self.ensure_embedder().await?.dim())
     }
 
     /// Embeds the request's last user message (`query`) within the decision deadline counted
@@ -333,17 +337,6 @@ impl RoutingEngine {
                 QueryEmbedding::Missed
             }
         }
-    }
-
-    /// Chooses a model of `route` for `request`.
-    pub async fn decide(&self, route: &RouteEntry, request: &ChatRequest, options: RequestPolicy) -> Decision {
-        let started = Instant::now();
-        let embedding = if self.has_selector() {
-            self.embed_query(&request.last_user_text(), started).await
-        } else {
-            QueryEmbedding::Unavailable
-        };
-        self.decide_with(route, request, options, started, embedding)
     }
 
     /// Chooses a model of `route` given the query's embedding (see [`Self::embed_query`]);
@@ -397,7 +390,7 @@ impl RoutingEngine {
                             if choice.explored { DecisionKind::Explored } else { DecisionKind::Selected },
                         );
                         decision.propensity = choice.propensity;
-                        decision.candidates = Some(candidates_json(route, &scored, &choice.probabilities));
+                        decision.candidates = Some(logged_candidates(route, &scored, &choice.probabilities));
                         decision
                     }
                     None => Decision::plain(default_first(), DecisionKind::Default),
@@ -458,27 +451,24 @@ fn score(
 /// Every scored candidate with its price and the probability the policy gave it (0 when the
 /// cost ceiling removed it), so a later policy can be evaluated against the logged one
 /// exactly, with its own predictions.
-fn candidates_json(route: &RouteEntry, scored: &[Scored], probabilities: &[(usize, f64)]) -> Value {
-    Value::Array(
-        scored
-            .iter()
-            .map(|s| {
-                let probability = probabilities.iter().find(|(i, _)| *i == s.candidate).map_or(0.0, |(_, p)| *p);
-                let model = &route.candidates[s.candidate];
-                let price = model.price();
-                json!({
-                    "model": model.name,
-                    "input_usd_per_mtok": price.input_usd_per_mtok,
-                    "output_usd_per_mtok": price.output_usd_per_mtok,
-                    "quality": s.quality,
-                    "cost_usd": s.cost_usd,
-                    "latency_ms": s.latency_ms,
-                    "utility": s.utility,
-                    "probability": probability,
-                })
-            })
-            .collect(),
-    )
+fn logged_candidates(route: &RouteEntry, scored: &[Scored], probabilities: &[(usize, f64)]) -> Vec<ScoredCandidate> {
+    scored
+        .iter()
+        .map(|s| {
+            let model = &route.candidates[s.candidate];
+            let price = model.price();
+            ScoredCandidate {
+                model: model.name.clone(),
+                quality: s.quality,
+                cost_usd: s.cost_usd,
+                latency_ms: s.latency_ms,
+                utility: s.utility,
+                probability: probabilities.iter().find(|(i, _)| *i == s.candidate).map_or(0.0, |(_, p)| *p),
+                input_usd_per_mtok: price.input_usd_per_mtok,
+                output_usd_per_mtok: price.output_usd_per_mtok,
+            }
+        })
+        .collect()
 }
 
 /// The selector's request features, from the OpenAI request.

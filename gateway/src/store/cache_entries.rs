@@ -34,7 +34,7 @@ impl CacheRow {
                 None => None,
             },
             query: self.query_text,
-            embedding: self.embedding.as_deref().map(embedding_from_bytes),
+            embedding: self.embedding.as_deref().and_then(embedding_from_bytes),
             answer: self.answer.0,
             expires_at_ms: u64::try_from(self.expires_at_ms).ok()?,
         })

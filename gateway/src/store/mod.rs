@@ -41,71 +41,10 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 /// spilled batch or a 503 quickly instead of a stuck writer or request.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One row of the outcome log, as stored (and as written to the spill file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct LogRow {
-    /// The request id clients see (UUIDv7, so rows sort by time).
-    pub id: Uuid,
-    pub created_at: DateTime<Utc>,
-    pub tenant: Option<String>,
-    pub key_id: Option<Uuid>,
-    pub route: Option<String>,
-    pub provider: String,
-    pub model: String,
-    pub stream: bool,
-    /// Candidates with their predictions when the choice was made.
-    #[sqlx(json(nullable))]
-    pub candidates: Option<serde_json::Value>,
-    pub propensity: Option<f64>,
-    pub checkpoint_version: Option<String>,
-    pub shadow_choice: Option<String>,
-    /// Hex blake3 of the prompt.
-    pub prompt_hash: Option<String>,
-    /// The query embedding as f32 little-endian bytes (see [`embedding_to_bytes`]), so that
-    /// training need not embed the prompts again.
-    #[serde(default, with = "hex_bytes")]
-    pub embedding: Option<Vec<u8>>,
-    pub prompt_text: Option<String>,
-    /// The answer of a non-stream request (only with `store_prompts`), for `switchyard judge`.
-    #[serde(default)]
-    pub answer_text: Option<String>,
-    pub prompt_tokens: Option<i64>,
-    pub completion_tokens: Option<i64>,
-    pub cost_usd: Option<f64>,
-    pub latency_ms: f64,
-    pub first_token_ms: Option<f64>,
-    pub status: i32,
-    pub error_class: Option<String>,
-    pub cache_result: Option<String>,
-}
-
-/// Columns of `request_log` in insert order; must match `push_row!` and `PG_INSERT_UNNEST`.
-const LOG_COLUMNS: &[&str] = &[
-    "id",
-    "created_at",
-    "tenant",
-    "key_id",
-    "route",
-    "provider",
-    "model",
-    "stream",
-    "candidates",
-    "propensity",
-    "checkpoint_version",
-    "shadow_choice",
-    "prompt_hash",
-    "embedding",
-    "prompt_text",
-    "answer_text",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "latency_ms",
-    "first_token_ms",
-    "status",
-    "error_class",
-    "cache_result",
-];
+/// One row of the outcome log, as stored (and as written to the spill file): the typed
+/// contract shared with training.
+pub use router_model::outcome::{embedding_from_bytes, embedding_to_bytes, OutcomeRow as LogRow, COLUMNS as LOG_COLUMNS};
+pub use router_model::outcome::{DecisionRecord, FailedAttempt, ScoredCandidate};
 
 /// Feedback on one request: 0 is bad, 1 is good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
@@ -123,19 +62,6 @@ pub struct Feedback {
 pub fn now() -> DateTime<Utc> {
     let now = Utc::now();
     now.duration_trunc(chrono::TimeDelta::microseconds(1)).unwrap_or(now)
-}
-
-/// The embedding as stored: f32 little-endian, 4 bytes per dimension.
-pub fn embedding_to_bytes(embedding: &[f32]) -> Vec<u8> {
-    embedding.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// Inverse of [`embedding_to_bytes`]; a trailing partial value is ignored.
-pub fn embedding_from_bytes(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 /// What the gateway stores. Postgres and SQLite implement it with the same SQL where the
@@ -670,43 +596,6 @@ pub(crate) fn is_row_error(error: &Error) -> bool {
     }
 }
 
-/// `Option<Vec<u8>>` as a hex string in the spill file: a third of the size of a JSON array.
-mod hex_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(bytes) => {
-                let mut text = String::with_capacity(bytes.len() * 2);
-                for b in bytes {
-                    text.push(char::from(HEX[usize::from(b >> 4)]));
-                    text.push(char::from(HEX[usize::from(b & 0xf)]));
-                }
-                serializer.serialize_some(&text)
-            }
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
-        let Some(text) = Option::<String>::deserialize(deserializer)? else {
-            return Ok(None);
-        };
-        let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
-        text.as_bytes()
-            .chunks(2)
-            .map(|pair| match pair {
-                [hi, lo] => Some((digit(*hi)? << 4) | digit(*lo)?),
-                _ => None,
-            })
-            .collect::<Option<Vec<u8>>>()
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom("invalid hex in `embedding`"))
-    }
-
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,7 +606,7 @@ mod tests {
         let bytes = embedding_to_bytes(&embedding);
         assert_eq!(bytes.len(), 16);
         assert_eq!(&bytes[..4], &0.25f32.to_le_bytes());
-        assert_eq!(embedding_from_bytes(&bytes), embedding);
+        assert_eq!(embedding_from_bytes(&bytes), Some(embedding));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DurationRound, TimeDelta, Utc};
-use gateway::store::{embedding_to_bytes, LogRow};
+use gateway::store::{embedding_to_bytes, DecisionRecord, FailedAttempt, LogRow, ScoredCandidate};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -182,6 +182,19 @@ pub fn now_micros() -> chrono::DateTime<Utc> {
         .expect("truncate time")
 }
 
+fn scored(model: &str, quality: f64, cost_usd: f64, latency_ms: f64, probability: f64) -> ScoredCandidate {
+    ScoredCandidate {
+        model: model.into(),
+        quality,
+        cost_usd,
+        latency_ms,
+        utility: quality - cost_usd * 50.0 - latency_ms * 2e-5,
+        probability,
+        input_usd_per_mtok: 0.15,
+        output_usd_per_mtok: 0.6,
+    }
+}
+
 /// A row with every field set.
 pub fn full_row() -> LogRow {
     LogRow {
@@ -193,10 +206,23 @@ pub fn full_row() -> LogRow {
         provider: "mock".into(),
         model: "gpt-4o-mini".into(),
         stream: true,
-        candidates: Some(serde_json::json!([
-            {"model": "gpt-4o-mini", "quality": 0.71, "latency_ms": 420.5, "cost_usd": 0.0002},
-            {"model": "claude", "quality": 0.83, "latency_ms": 910.0, "cost_usd": 0.0011}
-        ])),
+        candidates: Some(DecisionRecord {
+            decision: Some("explored".into()),
+            tradeoff: Some("quality=1,cost=0.05,latency=0.02".into()),
+            decision_ms: Some(2.75),
+            scores: vec![
+                scored("gpt-4o-mini", 0.71, 0.0002, 420.5, 0.625),
+                scored("claude", 0.83, 0.0011, 910.0, 0.375),
+            ],
+            shadow_version: Some("selector-shadow@2024-06-02".into()),
+            failed_attempts: vec![FailedAttempt {
+                model: "claude".into(),
+                skipped: None,
+                error_class: Some("upstream_5xx".into()),
+                latency_ms: Some(31.5),
+                retry: 1,
+            }],
+        }),
         propensity: Some(0.625),
         checkpoint_version: Some("selector-2024-06-01-abc123".into()),
         shadow_choice: Some("claude".into()),
