@@ -7,6 +7,8 @@
 //! the situation of a paraphrase. Random vectors are the hard case for the sign-bit
 //! prefilter (real sentence embeddings cluster, which makes neighbours stand out more).
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // benchmark harness: abort loudly
+
 use std::hint::black_box;
 use std::sync::Arc;
 

@@ -5,6 +5,8 @@
 //! `cargo bench -p cache --bench verifier` (needs the MiniLM weights and the shipped
 //! checkpoint in models/verifier/default).
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // benchmark harness: abort loudly
+
 use cache::verifier::{default_checkpoint_dir, lexical_veto, pair_features, TokenPair, Verifier};
 use criterion::{criterion_group, criterion_main, Criterion};
 use router_model::{BertEmbedder, Embedder};

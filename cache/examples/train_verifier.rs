@@ -15,6 +15,8 @@
 //! Features (including the token alignment, which needs BERT token vectors) are cached under
 //! `target/verifier-features/` keyed by the data hash, so refits do not re-embed.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // benchmark harness: abort loudly
+
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;

@@ -9,6 +9,8 @@
 //! before the clock starts; the clock covers queueing every row and the writer's shutdown,
 //! which returns once the last batch is committed.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // benchmark harness: abort loudly
+
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -25,7 +27,7 @@ fn row(i: usize, embedding: &[u8]) -> LogRow {
         route: Some("auto".into()),
         provider: "openai".into(),
         model: ["gpt-4o-mini", "claude-3-5-haiku", "mixtral-8x7b"][i % 3].into(),
-        stream: i % 2 == 0,
+        stream: i.is_multiple_of(2),
         candidates: Some(DecisionRecord {
             decision: Some("selected".into()),
             tradeoff: Some("quality=1,cost=0.05,latency=0.02".into()),

@@ -7,6 +7,8 @@
 //! cargo run --release -p gateway --example loadgen -- --url http://127.0.0.1:8080 \
 //!     --model auto --connections 32 --seconds 10 --fresh-tokens 64
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // benchmark harness: abort loudly
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@
 //! The mock upstream gives every answer a fresh `id`, so an answer with an id seen before
 //! came from the cache, and one with a new id came from the upstream.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod store_support;
 
 use std::net::SocketAddr;

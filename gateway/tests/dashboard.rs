@@ -2,6 +2,8 @@
 //! in a panel's PromQL must appear in `/metrics` after a few requests, so the dashboard
 //! cannot drift from `gateway/src/metrics.rs`.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -2,6 +2,8 @@
 //! cache results must come back as the same numbers, on SQLite and on Postgres; with a master
 //! key configured, no key or a wrong one is refused.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod store_support;
 
 use std::net::SocketAddr;

@@ -1,6 +1,8 @@
 //! The shipped selector checkpoint (`models/selector/default`, written by `switchyard train`)
 //! loads under the serving embedder and scores prompts sensibly.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 use std::path::PathBuf;
 
 use router_model::canonical_model_id;

@@ -1,5 +1,7 @@
 //! Upstream failures with two candidates: the client should not notice.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod common;
 
 use std::net::SocketAddr;

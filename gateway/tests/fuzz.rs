@@ -2,6 +2,8 @@
 //! where the gateway reads bytes it does not control: the client's request body and the
 //! Anthropic event stream.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 use gateway::openai::ChatRequest;
 use gateway::providers::anthropic::{to_anthropic_request, StreamDecoder, StreamTranslator};
 use gateway::Error;

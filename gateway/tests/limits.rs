@@ -2,6 +2,8 @@
 //! (`SWITCHYARD_TEST_REDIS` overrides the URL). Every test uses its own key prefix and
 //! deletes its keys at the end.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod redis_support;
 
 use std::net::SocketAddr;

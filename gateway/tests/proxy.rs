@@ -1,5 +1,7 @@
 //! The proxy over real HTTP: chat, streaming, Anthropic translation and every error status.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod common;
 
 use common::{sse_data, standard_config, start};

@@ -3,6 +3,8 @@
 //! limits and budgets hold across them, a semantic cache entry one replica wrote becomes a hit
 //! on the other without a restart, and a checkpoint promoted once is picked up by both.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod redis_support;
 mod selector_support;
 mod store_support;

@@ -2,6 +2,8 @@
 //! whose right answer is known (code → `coder`, chit-chat → `chatter`), and requests through
 //! the running gateway.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod common;
 mod selector_support;
 
@@ -113,7 +115,8 @@ async fn shadow_choices_are_logged_but_never_served() {
     }
     gw.stop().await;
     let pool = sqlx::SqlitePool::connect(&db).await.expect("db");
-    let rows: Vec<(String, Option<String>, Option<f64>, Option<String>)> =
+    type Row = (String, Option<String>, Option<f64>, Option<String>);
+    let rows: Vec<Row> =
         sqlx::query_as("SELECT model, shadow_choice, propensity, candidates FROM request_log")
             .fetch_all(&pool)
             .await

@@ -2,6 +2,8 @@
 //! longer ones are cut, a request still waiting upstream is answered 503, and the outcome log
 //! is flushed either way (rows counted in SQLite).
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};

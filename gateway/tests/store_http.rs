@@ -1,6 +1,8 @@
 //! The store seen over HTTP and from the CLI: virtual keys on the request path, the tenant in
 //! the log row, `POST /v1/feedback`, and `switchyard migrate` / `keys`.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod store_support;
 
 use std::net::SocketAddr;

@@ -2,6 +2,8 @@
 //! cut in the middle of a load and restored. Every request must succeed, and once the
 //! database is back every request must have exactly one row.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod store_support;
 
 use std::collections::BTreeSet;

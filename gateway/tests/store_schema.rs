@@ -1,6 +1,8 @@
 //! The schema on real databases: migrations, row round trips, feedback, virtual keys.
 //! Each test runs against a fresh Postgres database and a SQLite file in a temp dir.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod store_support;
 
 use std::time::Duration;

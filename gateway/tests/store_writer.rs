@@ -2,6 +2,8 @@
 //! spill file carries rows through an outage and a restart, and a row the database refuses
 //! does not block the others.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod store_support;
 
 use std::path::Path;

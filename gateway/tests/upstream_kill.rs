@@ -2,6 +2,8 @@
 //! notice. The primary's mock sits behind a TCP proxy that the test cuts (every open
 //! connection dropped, new ones refused) after a third of the requests.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 mod store_support;
 
 use std::net::SocketAddr;

@@ -19,6 +19,7 @@
 //! - IPS: 1[π(x)=a]·min(1/p, clip)·r
 //! - doubly robust: r̂(x, π(x)) + 1[π(x)=a]·min(1/p, clip)·(r − r̂(x, a)), with the new
 //!   model's predicted utility as r̂ (fit without the held-out rows) for both policies.
+//!
 //! Quality alone is estimated the same way and reported beside it.
 //!
 //! Promotion needs the paired per-row difference (new − active) of the DR utility estimate to

@@ -61,7 +61,7 @@ pub fn client_stream(
                         if let Some(capture) = capture.as_mut() {
                             capture.push(&piece.bytes);
                         }
-                        if !(piece.usage_only && !client_wants_usage) {
+                        if !piece.usage_only || client_wants_usage {
                             ready.push(piece.bytes);
                         }
                     }

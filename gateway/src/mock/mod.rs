@@ -116,7 +116,7 @@ struct Plan {
     fault: Option<Fault>,
 }
 
-fn plan(options: &MockOptions, headers: &HeaderMap, model: &str) -> Result<Plan, Response> {
+fn plan(options: &MockOptions, headers: &HeaderMap, model: &str) -> Result<Plan, Box<Response>> {
     let header_ms = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut fault = options.faults.get(model).cloned();
     if let Some(spec) = headers.get("x-mock-fault").and_then(|v| v.to_str().ok()) {
@@ -157,8 +157,8 @@ fn plan(options: &MockOptions, headers: &HeaderMap, model: &str) -> Result<Plan,
     })
 }
 
-fn bad_fault(message: String) -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(Error::invalid(message).body())).into_response()
+fn bad_fault(message: String) -> Box<Response> {
+    Box::new((StatusCode::BAD_REQUEST, axum::Json(Error::invalid(message).body())).into_response())
 }
 
 /// Applies a fault that happens before any answer byte; `None` means answer normally.
@@ -271,7 +271,7 @@ async fn openai_chat(State(options): State<Arc<MockOptions>>, headers: HeaderMap
     };
     let plan = match plan(&options, &headers, model) {
         Ok(plan) => plan,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if let Some(response) = fault_response(&plan.fault).await {
         return response;
@@ -392,7 +392,7 @@ async fn anthropic_messages(State(options): State<Arc<MockOptions>>, headers: He
     }
     let plan = match plan(&options, &headers, model) {
         Ok(plan) => plan,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if let Some(Fault::Status(code)) = plan.fault {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -1,5 +1,7 @@
 //! Shared test harness: a mock upstream and a gateway on loopback port 0.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 #![allow(dead_code)]
 
 use std::net::SocketAddr;

@@ -1,6 +1,8 @@
 //! The real Redis at 127.0.0.1:6379 (`SWITCHYARD_TEST_REDIS` overrides the URL) and a key
 //! prefix per test whose keys are deleted when it is dropped.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 #![allow(dead_code)]
 
 pub fn redis_url() -> String {

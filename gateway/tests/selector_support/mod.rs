@@ -2,6 +2,8 @@
 //! best served by `coder`, chit-chat by `chatter` (or the reverse, for the swapped one).
 //! Shared by the routing and the two-replica tests.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! Postgres is expected at 127.0.0.1:5432 as user `postgres` with trust auth
 //! (`SWITCHYARD_TEST_PG` overrides the server URL, without a database name).
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
