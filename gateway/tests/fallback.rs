@@ -387,3 +387,47 @@ async fn a_named_model_falls_back_to_its_configured_fallbacks() {
         assert_eq!((status, model.as_str()), (200, "secondary"), "stream={stream}: {body}");
     }
 }
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_fallback_warning_names_the_request_it_belongs_to() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber in this test process");
+    let gw = start(config).await;
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-fault", "primary=503")
+        .json(&json!({"model": "pair", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .expect("reachable");
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-switchyard-request-id"].to_str().expect("id").to_owned();
+    let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8 logs");
+    let warning = text
+        .lines()
+        .find(|line| line.contains("trying the next model"))
+        .unwrap_or_else(|| panic!("no fallback warning in {text}"));
+    assert!(warning.contains(&request_id), "the warning carries the request id {request_id}: {warning}");
+    assert!(warning.contains("primary"), "{warning}");
+}

@@ -108,6 +108,7 @@ impl UpstreamCall<'_> {
 
     /// One model: the first try, then up to `retries` more after transient failures, each
     /// after a backoff (or the upstream's Retry-After, when it asks for no more than the cap).
+    #[tracing::instrument(name = "upstream", level = "warn", skip_all, fields(model = %model.name))]
     async fn call_with_retries(&self, model: &ModelEntry, attempts: &mut Vec<FailedAttempt>) -> Result<UpstreamResponse, Error> {
         let cut = &self.state.cut_in_flight;
         let mut retry = 0;

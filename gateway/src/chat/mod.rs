@@ -52,10 +52,11 @@ pub const HEADER_DECISION_MS: &str = "x-switchyard-decision-ms";
 pub use options::{HEADER_MAX_COST, HEADER_TIMEOUT, HEADER_TRADEOFF};
 
 /// The handler: every request runs inside a span carrying its request id, so that a
-/// fallback warning or an upstream error can be tied to the request it belongs to.
+/// fallback warning or an upstream error can be tied to the request it belongs to. The span
+/// is at WARN level so that it is there whenever warnings are logged.
 pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     let request_id = Uuid::now_v7();
-    let span = tracing::info_span!("chat", %request_id, model = tracing::field::Empty);
+    let span = tracing::warn_span!("chat", %request_id, model = tracing::field::Empty);
     run(state, headers, body, request_id).instrument(span).await
 }
 
