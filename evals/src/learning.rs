@@ -416,7 +416,7 @@ pub fn test_aiq(model: &crate::ModelOptions, dataset: &training::DatasetSpec, ca
     let mut cache = training::embed_cache::EmbeddingCache::open(cache_dir, router_model::Embedder::id(&loaded.embedder), router_model::Embedder::dim(&loaded.embedder))?;
     let mut embed = crate::offline::cached(&mut cache, &loaded.embedder);
     let set = crate::offline::EvalSet::build(&data, Split::Test, &loaded.checkpoint, &loaded.prices, Some(candidates), None, &mut embed)?;
-    let report = crate::report::evaluate(&set, crate::report::STRONG, crate::report::WEAK, "test");
+    let report = crate::report::evaluate(&set, crate::report::STRONG, crate::report::WEAK, "test", None);
     let point = set.point(&set.choices(tradeoff));
     Ok((report.aiq.router, point.quality, point.cost * 1e3))
 }

@@ -2,7 +2,8 @@
 //! baselines a user would otherwise pick.
 //!
 //! - [`run_routing`]: quality–cost curves (router, single models, random mixes, prompt length,
-//!   oracle), AIQ, APGR/CPT for a strong/weak pair, calibration and decision latency, as
+//!   oracle) beside kNN and cluster routers fitted on the training prompts ([`baselines`], with
+//!   bootstrap intervals), AIQ, APGR/CPT for a strong/weak pair, calibration and decision latency, as
 //!   `report.md` + SVGs + `summary.json`.
 //! - [`run_score`]: the selector's per-candidate predictions for a JSONL file of prompts.
 //! - [`replay`]: the same prompts through a running gateway, against the offline choice.
@@ -11,6 +12,7 @@
 //! own splits), embeddings come from its on-disk cache, and every choice is made by
 //! `router_model::policy`, the code the gateway serves with.
 
+pub mod baselines;
 pub mod error;
 pub mod learning;
 pub mod metrics;
@@ -115,10 +117,16 @@ pub fn eval_sets(loaded: &Loaded, datasets: &[DatasetSpec], split: Split, cache_
 pub fn run_routing(options: &RoutingOptions) -> Result<Summary> {
     let loaded = options.model.load()?;
     let sets = eval_sets(&loaded, &options.datasets, options.split, &options.cache_dir, None)?;
+    // The kNN and cluster baselines learn from the training prompts (a test-split report only).
+    let train_sets = match options.split {
+        Split::Test => Some(eval_sets(&loaded, &options.datasets, Split::Train, &options.cache_dir, None)?),
+        Split::Train => None,
+    };
     std::fs::create_dir_all(&options.out).map_err(|e| Error::io(format!("creating {}", options.out.display()), e))?;
     let mut reports: Vec<DatasetReport> = Vec::new();
-    for set in &sets {
-        let mut report = report::evaluate(set, &options.strong, &options.weak, split_name(options.split));
+    for (i, set) in sets.iter().enumerate() {
+        let train = train_sets.as_ref().and_then(|t| t.get(i));
+        let mut report = report::evaluate(set, &options.strong, &options.weak, split_name(options.split), train);
         if options.latency_prompts > 0 {
             let prompts: Vec<&str> = set.rows.iter().take(options.latency_prompts).map(|r| r.prompt.as_str()).collect();
             let ms = offline::decision_latency_ms(&loaded.embedder, &loaded.checkpoint, &set.route, &prompts, Tradeoff::BALANCED)?;

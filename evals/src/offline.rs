@@ -36,6 +36,8 @@ pub struct EvalSet {
     pub route: Vec<Candidate>,
     /// Per prompt, the checkpoint's predictions for every head.
     pub predictions: Vec<Vec<Prediction>>,
+    /// Per prompt, the query embedding (unit length), for the kNN and cluster baselines.
+    pub embeddings: Vec<Vec<f32>>,
     pub prompt_tokens: Vec<u32>,
     /// `[prompt][candidate]` realised quality (0..1) and cost (USD).
     pub quality: Vec<Vec<f64>>,
@@ -134,6 +136,7 @@ impl EvalSet {
             candidates,
             route,
             predictions,
+            embeddings: vectors,
             prompt_tokens,
             quality,
             cost,

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::baselines::{self, CurveInterval, Labelled, Tuned};
 use crate::metrics::{self, aiq, calibration, Calibration, PairReport, Point};
 use crate::offline::{cost_weights, tradeoff_at, EvalSet};
 
@@ -105,6 +106,64 @@ pub struct DatasetReport {
     pub pair: Option<PairSummary>,
     pub calibration: Calibration,
     pub latency: Option<LatencySummary>,
+    /// kNN and cluster baselines fitted on the training split, with bootstrap intervals.
+    pub baselines: Option<BaselineSummary>,
+}
+
+/// The selector beside the simple routers, each with a bootstrap 95% interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineSummary {
+    /// Training prompts the kNN and cluster baselines were fitted on.
+    pub fitted_on: usize,
+    pub knn: Tuned,
+    pub clusters: Tuned,
+    pub resamples: usize,
+    /// Router first, then each baseline.
+    pub intervals: Vec<CurveInterval>,
+    /// APGR on the strong/weak pair with the baseline's quality gap as the score.
+    pub knn_apgr: Option<f64>,
+    pub cluster_apgr: Option<f64>,
+}
+
+/// Fits kNN and clusters on `train` (k and cluster count tuned on its validation fifth) and
+/// compares every curve with the router on the test prompts of `set`.
+fn baseline_summary(set: &EvalSet, train: &EvalSet, router: &[Vec<usize>], length: Option<&[Vec<usize>]>, best_single: usize, pair: Option<(usize, usize)>) -> Option<BaselineSummary> {
+    if train.candidates != set.candidates {
+        return None;
+    }
+    let reference = Labelled { embeddings: &train.embeddings, quality: &train.quality, cost: &train.cost };
+    let knn = baselines::tune(&reference, baselines::KNN_KS, baselines::knn);
+    let clusters = baselines::tune(&reference, baselines::CLUSTER_KS, baselines::cluster);
+    let knn_estimates = baselines::knn(&reference, &set.embeddings, knn.chosen);
+    let cluster_estimates = baselines::cluster(&reference, &set.embeddings, clusters.chosen);
+    let n = set.len();
+    let mut curves: Vec<(String, Vec<Vec<usize>>)> = vec![
+        ("router".into(), router.to_vec()),
+        (format!("kNN (k = {})", knn.chosen), knn_estimates.sweep()),
+        (format!("clusters (k-means, {} clusters)", clusters.chosen), cluster_estimates.sweep()),
+    ];
+    if let Some(length) = length {
+        curves.push((format!("prompt length ({STRONG} / {WEAK})"), length.to_vec()));
+    }
+    curves.push(("random mix of two models".into(), (0..set.candidates.len()).map(|j| vec![j; n]).collect()));
+    curves.push((format!("best single model ({})", set.candidates[best_single]), vec![vec![best_single; n]]));
+    let intervals = baselines::bootstrap(&set.quality, &set.cost, &curves, baselines::RESAMPLES);
+    let apgr = |e: &baselines::Estimates| {
+        pair.map(|(s, w)| {
+            let gap: Vec<f64> = e.quality.iter().map(|q| q[s] - q[w]).collect();
+            let (qs, qw) = set.pair_columns(s, w);
+            metrics::routing_curve(&gap, &qs, &qw).apgr
+        })
+    };
+    Some(BaselineSummary {
+        fitted_on: train.len(),
+        knn_apgr: apgr(&knn_estimates),
+        cluster_apgr: apgr(&cluster_estimates),
+        knn,
+        clusters,
+        resamples: baselines::RESAMPLES,
+        intervals,
+    })
 }
 
 fn sweep(set: &EvalSet, choose: impl Fn(f64) -> Vec<usize>) -> Vec<SweepPoint> {
@@ -167,8 +226,9 @@ fn pair_summary(set: &EvalSet, strong_id: &str, weak_id: &str) -> Option<PairSum
     })
 }
 
-/// Everything but latency (measured separately, it needs the embedder).
-pub fn evaluate(set: &EvalSet, strong: &str, weak: &str, split: &str) -> DatasetReport {
+/// Everything but latency (measured separately, it needs the embedder). With `train` (the
+/// dataset's training prompts), the kNN and cluster baselines are fitted on it.
+pub fn evaluate(set: &EvalSet, strong: &str, weak: &str, split: &str, train: Option<&EvalSet>) -> DatasetReport {
     let singles: Vec<ModelPoint> = (0..set.candidates.len())
         .map(|j| {
             let p = set.single(j);
@@ -188,6 +248,7 @@ pub fn evaluate(set: &EvalSet, strong: &str, weak: &str, split: &str) -> Dataset
     };
     let best_single = pick(&|a, b| a.quality.total_cmp(&b.quality).then(b.cost.total_cmp(&a.cost)));
     let cheapest_single = pick(&|a, b| b.cost.total_cmp(&a.cost));
+    let router_choices: Vec<Vec<usize>> = cost_weights().into_iter().map(|l| set.choices(tradeoff_at(l))).collect();
     let router = sweep(set, |l| set.choices(tradeoff_at(l)));
     let oracle = sweep(set, |l| set.oracle_choices(tradeoff_at(l)));
     let pair = pair_summary(set, strong, weak);
@@ -217,7 +278,24 @@ pub fn evaluate(set: &EvalSet, strong: &str, weak: &str, split: &str) -> Dataset
             observed.push(set.quality[i][j]);
         }
     }
+    let pair_indices = set.index_of(strong).zip(set.index_of(weak));
+    let length_choices: Option<Vec<Vec<usize>>> = pair_indices.map(|(s, w)| {
+        let order = metrics::ranking(&set.lengths());
+        (0..=20)
+            .map(|i| {
+                let k = ((f64::from(i) / 20.0 * set.len() as f64).ceil() as usize).min(set.len());
+                let mut choices = vec![w; set.len()];
+                for &p in &order[..k] {
+                    choices[p] = s;
+                }
+                choices
+            })
+            .collect()
+    });
+    let best_index = set.index_of(&best_single.model).unwrap_or(0);
+    let baselines = train.and_then(|t| baseline_summary(set, t, &router_choices, length_choices.as_deref(), best_index, pair_indices));
     DatasetReport {
+        baselines,
         dataset: set.dataset.clone(),
         split: split.to_owned(),
         prompts: set.len(),
@@ -243,6 +321,11 @@ pub struct Summary {
     pub checkpoint_created_at: String,
     pub command: String,
     pub datasets: Vec<DatasetReport>,
+}
+
+fn tuned_text(t: &Tuned) -> String {
+    let tried: Vec<String> = t.validation_aiq.iter().map(|(k, a)| format!("{k}: {a:.4}")).collect();
+    format!("{} (validation AIQ {})", t.chosen, tried.join(", "))
 }
 
 fn usd_1k(cost: f64) -> String {
@@ -320,6 +403,24 @@ pub fn markdown(summary: &Summary) -> String {
         if let Some(l) = d.aiq.length_baseline {
             s.push_str(&format!("| prompt length ({STRONG} / {WEAK}) | {l:.4} |\n"));
         }
+        if let Some(b) = &d.baselines {
+            s.push_str(&format!(
+                "\nBeside the simple routers (kNN and clusters over the same MiniLM embeddings, fitted on the {} training prompts; \
+                 k chosen on a validation fifth of them: kNN {}, clusters {}). 95% intervals from {} bootstrap resamples of the test \
+                 prompts; the last column is the paired difference router − curve over the same resamples.\n\n\
+                 | curve | AIQ | 95% interval | router − curve [95%] |\n|---|---|---|---|\n",
+                b.fitted_on,
+                tuned_text(&b.knn),
+                tuned_text(&b.clusters),
+                b.resamples
+            ));
+            for c in &b.intervals {
+                s.push_str(&format!(
+                    "| {} | {:.4} | {:.4}–{:.4} | {:+.4} [{:+.4}, {:+.4}] |\n",
+                    c.name, c.aiq, c.lo95, c.hi95, c.router_minus, c.router_minus_lo95, c.router_minus_hi95
+                ));
+            }
+        }
         s.push_str("\n| model | quality | USD per 1k requests |\n|---|---|---|\n");
         let mut singles = d.singles.clone();
         singles.sort_by(|a, b| b.quality.total_cmp(&a.quality));
@@ -347,6 +448,13 @@ pub fn markdown(summary: &Summary) -> String {
                 ("random (200 seeded draws)", &r.random),
             ] {
                 s.push_str(&format!("| {name} | {:.3} | {:.2} | {:.2} |\n", c.apgr, c.cpt50, c.cpt80));
+            }
+            if let Some(b) = &d.baselines {
+                for (name, apgr) in [("kNN (quality gap of the neighbours)", b.knn_apgr), ("clusters (quality gap of the cluster)", b.cluster_apgr)] {
+                    if let Some(apgr) = apgr {
+                        s.push_str(&format!("| {name} | {apgr:.3} | | |\n"));
+                    }
+                }
             }
             s.push_str(&format!("| oracle (realised gap) | {:.3} | | |\n", p.oracle_apgr));
         }

@@ -239,7 +239,8 @@ mod tests {
             "probability":1,"input_usd_per_mtok":1,"output_usd_per_mtok":1}]}"#;
         assert!(serde_json::from_str::<DecisionRecord>(missing).is_err());
         // The list form of older builds is refused rather than guessed at.
-        assert!(serde_json::from_str::<DecisionRecord>("[]").is_err());
+        let list = r#"[{"model":"a","quality":0.5,"cost_usd":0,"latency_ms":1,"utility":0.5}]"#;
+        assert!(serde_json::from_str::<DecisionRecord>(list).is_err());
     }
 
     #[test]

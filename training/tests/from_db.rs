@@ -14,7 +14,6 @@ use std::path::Path;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use router_model::{Checkpoint, CheckpointMeta, EmbedderRef, RequestFeatures};
-use serde_json::json;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Connection, Executor, PgConnection};
 use training::{Example, Init, TrainConfig, TrainOptions};
@@ -109,10 +108,27 @@ async fn create_log(url: &str, backend: Backend, active: &Checkpoint, n: usize) 
         let explore = rng.random::<f64>() < epsilon;
         let chosen = if explore { rng.random_range(0..2) } else { greedy };
         let propensity = if chosen == greedy { 1.0 - epsilon + epsilon / 2.0 } else { epsilon / 2.0 };
-        let candidates = json!(preds
-            .iter()
-            .map(|p| json!({"model": p.model_id, "quality": p.quality, "cost_usd": 0.0, "latency_ms": p.latency_ms, "utility": p.quality}))
-            .collect::<Vec<_>>());
+        let candidates = serde_json::to_value(router_model::outcome::DecisionRecord {
+            decision: Some(if chosen == greedy { "selected" } else { "explored" }.into()),
+            tradeoff: Some("quality=1,cost=0,latency=0".into()),
+            decision_ms: Some(1.0),
+            scores: preds
+                .iter()
+                .enumerate()
+                .map(|(j, p)| router_model::outcome::ScoredCandidate {
+                    model: p.model_id.clone(),
+                    quality: f64::from(p.quality),
+                    cost_usd: 0.0,
+                    latency_ms: f64::from(p.latency_ms),
+                    utility: f64::from(p.quality),
+                    probability: if j == greedy { 1.0 - epsilon / 2.0 } else { epsilon / 2.0 },
+                    input_usd_per_mtok: 0.0,
+                    output_usd_per_mtok: 0.0,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .expect("decision json");
         let reward = if rng.random::<f64>() < true_quality(&v, chosen) { 1.0 } else { 0.0 };
         let id = request_id(i, backend);
         let created = format!("2026-01-01T00:{:02}:{:02}.{:03}Z", (i / 60) % 60, i % 60, i % 1000);
@@ -246,12 +262,9 @@ async fn trains_from_a_postgres_log_as_from_sqlite() {
     let from_pg = training::db::load_logged(&pg.url(), None).await.expect("read Postgres log");
     assert_eq!(from_pg.len(), 3000);
     assert_eq!(from_sqlite.len(), from_pg.len());
+    // Both backends decode into the same typed row: ids, times and the rest agree exactly.
     for (s, p) in from_sqlite.iter().zip(&from_pg) {
-        assert_eq!(s.id, p.id.replace('-', ""), "ids in the same order");
-        // Postgres renders microseconds, SQLite keeps the text it was given.
-        assert_eq!(s.created_at.trim_end_matches('Z'), &p.created_at[..23], "{} vs {}", s.created_at, p.created_at);
-        let p_same_keys = training::db::LoggedRequest { id: s.id.clone(), created_at: s.created_at.clone(), ..p.clone() };
-        assert_eq!(s, &p_same_keys);
+        assert_eq!(s, p);
     }
     // Feedback joined: every row carries its 0/1 reward.
     assert!(from_pg.iter().all(|r| matches!(r.feedback, Some(f) if f == 0.0 || f == 1.0)));
