@@ -24,6 +24,8 @@ use crate::store::FailedAttempt;
 
 /// What the upstream call needs from the request.
 pub struct UpstreamCall<'a> {
+    /// Named in warnings, so that one can be tied to its request at any log level.
+    pub request_id: uuid::Uuid,
     pub state: &'a AppState,
     pub request: &'a ChatRequest,
     /// The client's headers (a provider forwards the ones it passes through).
@@ -89,7 +91,7 @@ impl UpstreamCall<'_> {
                 Err(error) => match Failure::of(&error) {
                     Some(failure) => {
                         breakers.record_failure(&model.name, failure);
-                        tracing::warn!(model = %model.name, error = %error, "upstream failed; trying the next model");
+                        tracing::warn!(request_id = %self.request_id, model = %model.name, error = %error, "upstream failed; trying the next model");
                         last_error = Some(error);
                     }
                     _ => {
@@ -108,7 +110,6 @@ impl UpstreamCall<'_> {
 
     /// One model: the first try, then up to `retries` more after transient failures, each
     /// after a backoff (or the upstream's Retry-After, when it asks for no more than the cap).
-    #[tracing::instrument(name = "upstream", level = "warn", skip_all, fields(model = %model.name))]
     async fn call_with_retries(&self, model: &ModelEntry, attempts: &mut Vec<FailedAttempt>) -> Result<UpstreamResponse, Error> {
         let cut = &self.state.cut_in_flight;
         let mut retry = 0;

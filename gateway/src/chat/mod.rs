@@ -51,12 +51,12 @@ pub const HEADER_DECISION: &str = "x-switchyard-decision";
 pub const HEADER_DECISION_MS: &str = "x-switchyard-decision-ms";
 pub use options::{HEADER_MAX_COST, HEADER_TIMEOUT, HEADER_TRADEOFF};
 
-/// The handler: every request runs inside a span carrying its request id, so that a
-/// fallback warning or an upstream error can be tied to the request it belongs to. The span
-/// is at WARN level so that it is there whenever warnings are logged.
+/// The handler: every request runs inside a span carrying its request id (at INFO, so that
+/// it costs nothing when only warnings are logged; the warnings of the request path name the
+/// request id themselves).
 pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     let request_id = Uuid::now_v7();
-    let span = tracing::warn_span!("chat", %request_id, model = tracing::field::Empty);
+    let span = tracing::info_span!("chat", %request_id, model = tracing::field::Empty);
     run(state, headers, body, request_id).instrument(span).await
 }
 
@@ -256,6 +256,7 @@ impl RequestContext {
         outcome: &mut RequestOutcome,
     ) -> Result<(Arc<ModelEntry>, UpstreamResponse), Error> {
         let call = UpstreamCall {
+            request_id: self.request_id,
             state: &self.state,
             request: &self.request,
             headers: &self.headers,
