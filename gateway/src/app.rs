@@ -118,7 +118,7 @@ impl AppState {
         let routing = RoutingEngine::start(config.router.clone(), &registry.models, &background).await?;
         spawn_reload_on_sighup(&background, &routing);
         // The semantic cache embeds queries with the router's embedder.
-        let embedding_dim = if config.cache.semantic { Some(routing.start_embedder().await?) } else { None };
+        let embedding_dim = if GatewayCache::wants_embedder(config) { Some(routing.start_embedder().await?) } else { None };
         let cache = GatewayCache::build(config, &store, embedding_dim, &background).await?;
         let limits = Arc::new(Limiter::from_config(&config.limits)?);
         tracing::info!(backend = limits.backend_name(), "limits ready");

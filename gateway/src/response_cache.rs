@@ -109,6 +109,14 @@ pub struct CachePlan {
 }
 
 impl GatewayCache {
+    /// Whether `[cache]` can serve semantic hits (and so needs the embedder): the tier is on
+    /// and a verifier is configured or shipped, or the verifier is not required.
+    pub fn wants_embedder(config: &Config) -> bool {
+        let settings = &config.cache;
+        settings.semantic
+            && (!settings.require_verifier || settings.verifier.is_some() || std::path::Path::new(DEFAULT_VERIFIER_DIR).exists())
+    }
+
     /// Builds the cache when `[cache]` turns a tier on; loads persisted entries.
     pub async fn build(
         config: &Config,
