@@ -21,7 +21,7 @@ use crate::metrics::{aiq, Point};
 use crate::offline::{cost_weights, tradeoff_at};
 
 /// k values tried for kNN, and cluster counts tried for k-means.
-pub const KNN_KS: &[usize] = &[5, 10, 20, 40, 80];
+pub const KNN_KS: &[usize] = &[5, 10, 20, 40, 80, 160, 320];
 pub const CLUSTER_KS: &[usize] = &[4, 8, 16, 32, 64];
 /// Bootstrap resamples of the test prompts.
 pub const RESAMPLES: usize = 500;
