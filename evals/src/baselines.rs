@@ -45,6 +45,9 @@ impl Labelled<'_> {
     }
 }
 
+/// Embeddings with their quality and cost rows, owned (a subset of [`Labelled`]).
+type Owned = (Vec<Vec<f32>>, Vec<Vec<f64>>, Vec<Vec<f64>>);
+
 /// Per prompt, per candidate: what a baseline expects.
 #[derive(Debug, Clone, Default)]
 pub struct Estimates {
@@ -218,7 +221,7 @@ pub struct Tuned {
 /// (every fifth prompt), and keeps the best.
 pub fn tune(train: &Labelled<'_>, grid: &[usize], fit: impl Fn(&Labelled<'_>, &[Vec<f32>], usize) -> Estimates) -> Tuned {
     let (fit_rows, val_rows): (Vec<usize>, Vec<usize>) = (0..train.len()).partition(|i| i % 5 != 0);
-    let pick = |rows: &[usize]| -> (Vec<Vec<f32>>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let pick = |rows: &[usize]| -> Owned {
         (
             rows.iter().map(|&i| train.embeddings[i].clone()).collect(),
             rows.iter().map(|&i| train.quality[i].clone()).collect(),
@@ -297,7 +300,7 @@ mod tests {
 
     /// Two kinds of prompt (two directions); model 0 is right on the first kind only, model 1
     /// on the second, both cost the same.
-    fn two_kinds(n: usize) -> (Vec<Vec<f32>>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    fn two_kinds(n: usize) -> Owned {
         let mut rng = StdRng::seed_from_u64(7);
         let (mut e, mut q, mut c) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..n {
