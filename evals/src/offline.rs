@@ -208,11 +208,16 @@ impl EvalSet {
 
     /// Sending the prompts ranked first by `order` (the first `k`) to `strong`, the rest to `weak`.
     pub fn split_point(&self, order: &[usize], k: usize, strong: usize, weak: usize) -> Point {
+        self.point(&self.split_choices(order, k, strong, weak))
+    }
+
+    /// The choices behind [`Self::split_point`].
+    pub fn split_choices(&self, order: &[usize], k: usize, strong: usize, weak: usize) -> Vec<usize> {
         let mut choices = vec![weak; self.len()];
         for &i in &order[..k.min(order.len())] {
             choices[i] = strong;
         }
-        self.point(&choices)
+        choices
     }
 
     /// Prompt length in characters, the "longer prompt → stronger model" baseline's score.

@@ -166,14 +166,15 @@ fn baseline_summary(set: &EvalSet, train: &EvalSet, router: &[Vec<usize>], lengt
     })
 }
 
-fn sweep(set: &EvalSet, choose: impl Fn(f64) -> Vec<usize>) -> Vec<SweepPoint> {
+/// The sweep's points from the choices made at each λ of [`cost_weights`].
+fn sweep(set: &EvalSet, choices_at: &[Vec<usize>]) -> Vec<SweepPoint> {
     cost_weights()
         .into_iter()
-        .map(|lambda| {
-            let choices = choose(lambda);
-            let p = set.point(&choices);
+        .zip(choices_at)
+        .map(|(lambda, choices)| {
+            let p = set.point(choices);
             let mut counts = vec![0usize; set.candidates.len()];
-            for &c in &choices {
+            for &c in choices {
                 counts[c] += 1;
             }
             let shares = set
@@ -249,8 +250,9 @@ pub fn evaluate(set: &EvalSet, strong: &str, weak: &str, split: &str, train: Opt
     let best_single = pick(&|a, b| a.quality.total_cmp(&b.quality).then(b.cost.total_cmp(&a.cost)));
     let cheapest_single = pick(&|a, b| b.cost.total_cmp(&a.cost));
     let router_choices: Vec<Vec<usize>> = cost_weights().into_iter().map(|l| set.choices(tradeoff_at(l))).collect();
-    let router = sweep(set, |l| set.choices(tradeoff_at(l)));
-    let oracle = sweep(set, |l| set.oracle_choices(tradeoff_at(l)));
+    let oracle_choices: Vec<Vec<usize>> = cost_weights().into_iter().map(|l| set.oracle_choices(tradeoff_at(l))).collect();
+    let router = sweep(set, &router_choices);
+    let oracle = sweep(set, &oracle_choices);
     let pair = pair_summary(set, strong, weak);
 
     let single_points: Vec<Point> = singles.iter().map(ModelPoint::point).collect();
@@ -282,14 +284,7 @@ pub fn evaluate(set: &EvalSet, strong: &str, weak: &str, split: &str, train: Opt
     let length_choices: Option<Vec<Vec<usize>>> = pair_indices.map(|(s, w)| {
         let order = metrics::ranking(&set.lengths());
         (0..=20)
-            .map(|i| {
-                let k = ((f64::from(i) / 20.0 * set.len() as f64).ceil() as usize).min(set.len());
-                let mut choices = vec![w; set.len()];
-                for &p in &order[..k] {
-                    choices[p] = s;
-                }
-                choices
-            })
+            .map(|i| set.split_choices(&order, ((f64::from(i) / 20.0 * set.len() as f64).ceil() as usize).min(set.len()), s, w))
             .collect()
     });
     let best_index = set.index_of(&best_single.model).unwrap_or(0);
