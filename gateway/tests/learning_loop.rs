@@ -35,13 +35,13 @@ fn switchyard(args: &[&str], dir: &Path) {
     assert!(status.success(), "switchyard {args:?} failed");
 }
 
-fn run_loop(dir: &Path, weak: &Path, name: &str, train_prompts: &str, extra: &[&str]) -> Value {
+fn run_loop(dir: &Path, weak: &Path, name: &str, train_prompts: &str, test_prompts: &str, extra: &[&str]) -> Value {
     let data = repo().join("../shared/data/routerbench-subset");
     let dataset = format!("routerbench:{}", data.display());
     let (work, out) = (dir.join(format!("{name}-work")), dir.join(format!("{name}-out")));
     let mut args = vec![
         "eval", "learning", "--dataset", &dataset, "--candidates", CANDIDATES, "--rounds", "1", "--train-limit", train_prompts,
-        "--test-limit", "300", "--skip-offline", "--min-rows", "100",
+        "--test-limit", test_prompts, "--skip-offline", "--min-rows", "100",
     ];
     args.extend_from_slice(extra);
     let (start, work_s, out_s) = (weak.display().to_string(), work.display().to_string(), out.display().to_string());
@@ -64,7 +64,10 @@ fn the_gateway_learns_from_its_own_traffic_and_noise_never_makes_it_worse() {
 
     // A trade-off where cost matters (the weak start overpays), and broad exploration.
     let labelled = ["--tradeoff", "quality=1,cost=0.1,latency=0", "--exploration", "0.5", "--temperature", "0.3", "--promote-margin=-1"];
-    let report = run_loop(dir.path(), &weak, "labels", "1000", &labelled);
+    // The whole test split (945 prompts): how far one round of 1,000 explored answers moves the
+    // selector varies from run to run (test gains of +0.03 to +0.14 measured), and on 300
+    // prompts the interval of a small real gain reaches below zero.
+    let report = run_loop(dir.path(), &weak, "labels", "1000", "945", &labelled);
     let round = &report["loop"]["rounds"][0];
     assert_eq!(round["promoted"], true, "{round:#}");
     // Served better at the route's trade-off on prompts it never trained on: the paired
@@ -83,7 +86,7 @@ fn the_gateway_learns_from_its_own_traffic_and_noise_never_makes_it_worse() {
     // At a cost-aware trade-off that average alone can justify a cheaper policy, so a
     // promotion is not wrong by itself; what the gate must never do is let the served routing
     // get worse.
-    let shuffled = run_loop(dir.path(), &weak, "shuffled", "600", &["--shuffle-feedback"]);
+    let shuffled = run_loop(dir.path(), &weak, "shuffled", "600", "300", &["--shuffle-feedback"]);
     let round = &shuffled["loop"]["rounds"][0];
     let decisions = std::fs::read_to_string(dir.path().join("shuffled-work/active.promotions.jsonl")).expect("decision log");
     assert_eq!(decisions.lines().count(), 1, "one decision recorded: {decisions}");
