@@ -120,6 +120,16 @@ impl AppState {
         // The semantic cache embeds queries with the router's embedder.
         let embedding_dim = if GatewayCache::wants_embedder(config) { Some(routing.start_embedder().await?) } else { None };
         let cache = GatewayCache::build(config, &store, embedding_dim, &background).await?;
+        // A local embedding model loads its weights in the background: the server is up at
+        // once and the first `/v1/embeddings` request waits only for what is left.
+        if registry.models.values().any(|m| matches!(m.provider.as_ref(), crate::providers::Provider::Local)) {
+            let warm = routing.clone();
+            background.spawn_loop("embedder warm-up", async move {
+                if let Err(e) = warm.start_embedder().await {
+                    tracing::warn!(error = %e, "the local embedding model is unavailable until its weights are fetched");
+                }
+            });
+        }
         let limits = Arc::new(Limiter::from_config(&config.limits)?);
         tracing::info!(backend = limits.backend_name(), "limits ready");
         Ok(Self {
@@ -167,7 +177,10 @@ fn models_body(config: &Config) -> Bytes {
     let mut data: Vec<serde_json::Value> = config
         .models
         .iter()
-        .map(|(name, model)| json!({"id": name, "object": "model", "created": 0, "owned_by": model.provider}))
+        .map(|(name, model)| {
+            let owner = if model.provider == crate::config::LOCAL_PROVIDER { "switchyard" } else { model.provider.as_str() };
+            json!({"id": name, "object": "model", "created": 0, "owned_by": owner})
+        })
         .collect();
     data.extend(
         config
@@ -183,6 +196,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let dashboard = DashboardState { auth: state.auth.clone(), store: state.store.clone(), routing: state.routing.clone() };
     Router::new()
         .route("/v1/chat/completions", post(crate::chat::completions))
+        .route("/v1/embeddings", post(crate::embeddings::embeddings))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/feedback", post(handlers::feedback))
         .route("/admin/reload", post(handlers::reload_selector))

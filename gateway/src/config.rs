@@ -297,7 +297,12 @@ pub struct ProviderConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// A configured provider, or `local` (embedding models only): the in-process embedder
+    /// of `[router]`, which needs no provider entry.
     pub provider: String,
+    /// `chat` (default) or `embedding` (served on `/v1/embeddings`, never routed).
+    #[serde(default)]
+    pub kind: ModelKind,
     /// Model name sent upstream; defaults to the model's own name.
     pub upstream_model: Option<String>,
     /// USD per million prompt tokens.
@@ -325,6 +330,18 @@ pub struct ModelConfig {
     #[serde(default)]
     pub fallbacks: Vec<String>,
 }
+
+/// What a model answers: chat completions, or embeddings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    #[default]
+    Chat,
+    Embedding,
+}
+
+/// The provider name of the in-process embedder (embedding models only).
+pub const LOCAL_PROVIDER: &str = "local";
 
 fn default_retry_backoff_ms() -> u64 {
     100
@@ -471,16 +488,35 @@ impl Config {
             }
         }
         for (name, model) in &self.models {
-            if !self.providers.contains_key(&model.provider) {
+            let local = model.provider == LOCAL_PROVIDER && !self.providers.contains_key(LOCAL_PROVIDER);
+            if local && model.kind != ModelKind::Embedding {
+                return Err(Error::Config(format!(
+                    "model `{name}`: provider `local` (the in-process embedder) serves embedding models only; add kind = \"embedding\""
+                )));
+            }
+            if !local && !self.providers.contains_key(&model.provider) {
                 return Err(Error::Config(format!(
                     "model `{name}` uses unknown provider `{}`",
                     model.provider
                 )));
             }
+            if local && model.upstream_model.is_some() {
+                return Err(Error::Config(format!(
+                    "model `{name}`: the local embedder is set in [router] embedder_dir, not with upstream_model"
+                )));
+            }
+            if model.kind == ModelKind::Embedding && self.providers.get(&model.provider).is_some_and(|p| p.kind == ProviderKind::Anthropic) {
+                return Err(Error::Config(format!("model `{name}`: Anthropic has no embeddings API")));
+            }
             for fallback in &model.fallbacks {
                 if fallback == name || !self.models.contains_key(fallback) {
                     return Err(Error::Config(format!(
                         "model `{name}`: fallback `{fallback}` must be another configured model"
+                    )));
+                }
+                if self.models[fallback].kind != model.kind {
+                    return Err(Error::Config(format!(
+                        "model `{name}`: fallback `{fallback}` is not the same kind of model (chat / embedding)"
                     )));
                 }
             }
@@ -499,10 +535,18 @@ impl Config {
                 return Err(Error::Config(format!("route `{name}` has no candidates")));
             }
             for candidate in &route.candidates {
-                if !self.models.contains_key(candidate) {
-                    return Err(Error::Config(format!(
-                        "route `{name}` lists unknown model `{candidate}`"
-                    )));
+                match self.models.get(candidate) {
+                    None => {
+                        return Err(Error::Config(format!(
+                            "route `{name}` lists unknown model `{candidate}`"
+                        )))
+                    }
+                    Some(model) if model.kind != ModelKind::Chat => {
+                        return Err(Error::Config(format!(
+                            "route `{name}` lists embedding model `{candidate}`: routes choose between chat models"
+                        )))
+                    }
+                    Some(_) => {}
                 }
             }
             if !(0.0..=1.0).contains(&route.exploration) {
@@ -545,6 +589,10 @@ provider = "mock"
 upstream_model = "mistralai/mixtral-8x7b-chat"
 input_usd_per_mtok = 0.6
 output_usd_per_mtok = 0.6
+
+[models."all-MiniLM-L6-v2"]
+provider = "local"
+kind = "embedding"
 
 [routes.auto]
 candidates = ["gpt-4-1106-preview", "gpt-3.5-turbo-1106", "mixtral-8x7b-instruct-v0.1"]

@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod chat;
 pub mod config;
 pub mod dashboard;
+pub mod embeddings;
 pub mod judge;
 pub mod error;
 pub mod handlers;

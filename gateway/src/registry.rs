@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, ModelKind, ProviderKind, LOCAL_PROVIDER};
 use crate::error::Error;
 use crate::providers::anthropic::AnthropicProvider;
 use crate::providers::openai::OpenAiProvider;
@@ -29,6 +29,8 @@ pub struct ModelEntry {
     pub like: Option<String>,
     /// Same-model retries after transient failures.
     pub retry: RetryPolicy,
+    /// Chat or embedding: each endpoint serves only its own kind.
+    pub kind: ModelKind,
 }
 
 /// How often and how patiently one model is retried before the request moves on.
@@ -148,11 +150,13 @@ impl Registry {
         }
 
         let mut models = HashMap::new();
+        let local = Arc::new(Provider::Local);
         for (name, model) in &config.models {
-            let provider = providers
-                .get(&model.provider)
-                .cloned()
-                .ok_or_else(|| Error::Config(format!("model `{name}`: unknown provider")))?;
+            let provider = match providers.get(&model.provider) {
+                Some(provider) => provider.clone(),
+                None if model.provider == LOCAL_PROVIDER => local.clone(),
+                None => return Err(Error::Config(format!("model `{name}`: unknown provider"))),
+            };
             models.insert(
                 name.clone(),
                 Arc::new(ModelEntry {
@@ -169,6 +173,7 @@ impl Registry {
                         backoff: std::time::Duration::from_millis(model.retry_backoff_ms),
                         max_backoff: std::time::Duration::from_millis(model.retry_max_backoff_ms),
                     },
+                    kind: model.kind,
                 }),
             );
         }
@@ -216,14 +221,33 @@ impl Registry {
         self.fallbacks.get(model).map_or(&[], Vec::as_slice)
     }
 
+    /// A chat model or route by the name a client sent.
     pub fn resolve(&self, name: &str) -> Result<Target, Error> {
         if let Some(model) = self.models.get(name) {
+            if model.kind != ModelKind::Chat {
+                return Err(Error::invalid_param(
+                    "model",
+                    format!("`{name}` is an embedding model; send it to /v1/embeddings"),
+                ));
+            }
             return Ok(Target::Model(model.clone()));
         }
         if let Some(route) = self.routes.get(name) {
             return Ok(Target::Route(route.clone()));
         }
         Err(Error::UnknownModel(name.to_owned()))
+    }
+
+    /// An embedding model by the name a client sent.
+    pub fn resolve_embedding(&self, name: &str) -> Result<Arc<ModelEntry>, Error> {
+        match self.models.get(name) {
+            Some(model) if model.kind == ModelKind::Embedding => Ok(model.clone()),
+            Some(_) => Err(Error::invalid_param("model", format!("`{name}` is a chat model, not an embedding model"))),
+            None if self.routes.contains_key(name) => {
+                Err(Error::invalid_param("model", format!("`{name}` is a chat route, not an embedding model")))
+            }
+            None => Err(Error::UnknownModel(name.to_owned())),
+        }
     }
 }
 

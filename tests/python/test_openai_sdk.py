@@ -580,3 +580,55 @@ def test_no_store_bypasses_the_cache(client):
     )
     assert raw.headers.get("x-switchyard-cache") == "bypass"
     assert raw.parse().id != first.id
+
+
+# --- embeddings ---------------------------------------------------------------------------
+
+LOCAL_EMBEDDER = "all-MiniLM-L6-v2"
+EMBEDDER_DIR = REPO_ROOT / ".cache" / "models" / "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def embedding_client(workdir):
+    """The demo gateway with the fetched MiniLM weights (`scripts/fetch-model.sh`): its
+    `all-MiniLM-L6-v2` embedding model is the in-process embedder."""
+    if not (EMBEDDER_DIR / "model.safetensors").is_file():
+        pytest.fail(f"{EMBEDDER_DIR} missing: run scripts/fetch-model.sh")
+    gw = Gateway(workdir, env={"SWITCHYARD_EMBEDDER_DIR": str(EMBEDDER_DIR)})
+    yield gw.client()
+    gw.stop()
+
+
+def cosine(a, b) -> float:
+    return sum(x * y for x, y in zip(a, b))
+
+
+def test_embeddings_from_the_local_model(embedding_client):
+    texts = [
+        "How do I reset my password?",
+        "I forgot my password, how can I change it?",
+        "What is the boiling point of water at sea level?",
+    ]
+    # The SDK asks for base64 unless told otherwise, and decodes it.
+    result = embedding_client.embeddings.create(model=LOCAL_EMBEDDER, input=texts)
+    assert result.model == LOCAL_EMBEDDER
+    assert [d.index for d in result.data] == [0, 1, 2]
+    vectors = [d.embedding for d in result.data]
+    assert all(len(v) == 384 for v in vectors)
+    assert all(abs(cosine(v, v) - 1.0) < 1e-4 for v in vectors)
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2
+    assert result.usage.prompt_tokens == result.usage.total_tokens > len(texts)
+    floats = embedding_client.embeddings.create(model=LOCAL_EMBEDDER, input=texts[0], encoding_format="float")
+    assert max(abs(a - b) for a, b in zip(floats.data[0].embedding, vectors[0])) < 1e-6
+
+
+def test_embeddings_refuse_a_chat_model(embedding_client):
+    with pytest.raises(openai.BadRequestError) as e:
+        embedding_client.embeddings.create(model=CONCRETE_MODEL, input="hello")
+    assert error_object(e.value)["param"] == "model"
+
+
+def test_chat_refuses_an_embedding_model(embedding_client):
+    with pytest.raises(openai.BadRequestError) as e:
+        embedding_client.chat.completions.create(model=LOCAL_EMBEDDER, messages=HELLO)
+    assert error_object(e.value)["param"] == "model"

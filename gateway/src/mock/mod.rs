@@ -103,6 +103,7 @@ pub fn router(options: Arc<MockOptions>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1/embeddings", post(openai_embeddings))
         .route("/v1/models", get(|| async { axum::Json(json!({"object": "list", "data": []})) }))
         .route("/health", get(|| async { "ok" }))
         .with_state(options)
@@ -257,6 +258,54 @@ fn sse_response(stream: impl futures_util::Stream<Item = Result<Bytes, std::io::
         .header("cache-control", "no-cache")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Dimensions of the mock's embeddings.
+pub const MOCK_EMBEDDING_DIM: usize = 8;
+
+/// A deterministic unit vector per text (from its hash), so tests can recompute it.
+pub fn mock_embedding(text: &str) -> Vec<f32> {
+    let hash = blake3::hash(text.as_bytes());
+    let raw: Vec<f32> = hash.as_bytes()[..MOCK_EMBEDDING_DIM].iter().map(|b| f32::from(*b) - 127.5).collect();
+    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    raw.into_iter().map(|x| x / norm).collect()
+}
+
+/// OpenAI's embeddings API, for upstream embedding models in tests: texts get
+/// [`mock_embedding`], token arrays the embedding of their ids written out; faults apply.
+async fn openai_embeddings(State(options): State<Arc<MockOptions>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("mock upstream: body is not JSON");
+    };
+    let Some(model) = request["model"].as_str() else {
+        return bad_request("mock upstream: missing model");
+    };
+    let plan = match plan(&options, &headers, model) {
+        Ok(plan) => plan,
+        Err(response) => return *response,
+    };
+    if let Some(response) = fault_response(&plan.fault).await {
+        return response;
+    }
+    let texts: Vec<String> = match &request["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) if items.iter().all(Value::is_number) => vec![Value::Array(items.clone()).to_string()],
+        Value::Array(items) => items.iter().map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned)).collect(),
+        _ => return bad_request("mock upstream: input must be a string or an array"),
+    };
+    let base64 = request["encoding_format"] == "base64";
+    let data: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let vector = mock_embedding(text);
+            let embedding = if base64 { json!(crate::embeddings::to_base64(&vector)) } else { json!(vector) };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let tokens: u64 = texts.iter().map(|t| estimate_tokens(t)).sum();
+    axum::Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+        .into_response()
 }
 
 async fn openai_chat(State(options): State<Arc<MockOptions>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -51,6 +51,8 @@ pub struct CallTimeouts {
 pub enum Provider {
     OpenAi(openai::OpenAiProvider),
     Anthropic(anthropic::AnthropicProvider),
+    /// The in-process embedder (`provider = "local"`): embeddings only, no network.
+    Local,
 }
 
 impl Provider {
@@ -67,6 +69,23 @@ impl Provider {
         match self {
             Self::OpenAi(p) => p.chat(http, request, upstream_model, extra_headers, timeouts).await,
             Self::Anthropic(p) => p.chat(http, request, upstream_model, timeouts).await,
+            Self::Local => Err(Error::invalid_param("model", "the local embedder answers /v1/embeddings only")),
+        }
+    }
+
+    /// Sends an OpenAI-shaped embeddings request upstream (its `model` already set to the
+    /// upstream's name) and returns the upstream's JSON body as it came.
+    pub async fn embeddings(
+        &self,
+        http: &reqwest::Client,
+        body: &serde_json::Map<String, serde_json::Value>,
+        extra_headers: &HeaderMap,
+        timeouts: CallTimeouts,
+    ) -> Result<Bytes, Error> {
+        match self {
+            Self::OpenAi(p) => p.embeddings(http, body, extra_headers, timeouts).await,
+            Self::Anthropic(_) => Err(Error::invalid_param("model", "Anthropic has no embeddings API")),
+            Self::Local => Err(Error::Internal("the local embedder is not called over HTTP".into())),
         }
     }
 }

@@ -18,6 +18,8 @@ use crate::sse::{SseEvent, SseParser};
 pub struct OpenAiProvider {
     /// `{base_url}/chat/completions`, parsed once.
     completions_url: reqwest::Url,
+    /// `{base_url}/embeddings`.
+    embeddings_url: reqwest::Url,
     /// Authorization and configured headers, built once.
     headers: HeaderMap,
     /// Forward the client's `x-mock-*` headers (fault injection for the mock upstream).
@@ -33,11 +35,13 @@ impl OpenAiProvider {
             value.set_sensitive(true);
             headers.insert(http::header::AUTHORIZATION, value);
         }
-        let completions_url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
-        let completions_url = reqwest::Url::parse(&completions_url)
-            .map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))?;
+        let endpoint = |path: &str| {
+            reqwest::Url::parse(&format!("{}/{path}", base_url.trim_end_matches('/')))
+                .map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))
+        };
         Ok(Self {
-            completions_url,
+            completions_url: endpoint("chat/completions")?,
+            embeddings_url: endpoint("embeddings")?,
             headers,
             forward_mock_headers,
         })
@@ -59,19 +63,7 @@ impl OpenAiProvider {
                 options.insert("include_usage".into(), Value::Bool(true));
             }
         }
-        let payload = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut builder = http
-            .post(self.completions_url.clone())
-            .headers(self.headers.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(payload);
-        if self.forward_mock_headers {
-            for (name, value) in extra_headers {
-                if name.as_str().starts_with("x-mock-") {
-                    builder = builder.header(name, value);
-                }
-            }
-        }
+        let builder = self.post(http, &self.completions_url, &body, extra_headers)?;
         let response = send(builder, timeouts.first_byte).await?;
         if !response.status().is_success() {
             return Err(upstream_error(response, timeouts.body).await);
@@ -82,6 +74,46 @@ impl OpenAiProvider {
             return Ok(UpstreamResponse::Json { body, usage });
         }
         Ok(UpstreamResponse::Stream(Box::pin(forward_stream(response, timeouts))))
+    }
+
+    /// `POST {base_url}/embeddings` with the client's body (model already rewritten).
+    pub async fn embeddings(
+        &self,
+        http: &reqwest::Client,
+        body: &serde_json::Map<String, Value>,
+        extra_headers: &HeaderMap,
+        timeouts: CallTimeouts,
+    ) -> Result<Bytes, Error> {
+        let builder = self.post(http, &self.embeddings_url, body, extra_headers)?;
+        let response = send(builder, timeouts.first_byte).await?;
+        if !response.status().is_success() {
+            return Err(upstream_error(response, timeouts.body).await);
+        }
+        read_body(response, timeouts.body).await
+    }
+
+    /// A JSON POST with the provider's headers (and the mock's fault headers, for the mock).
+    fn post(
+        &self,
+        http: &reqwest::Client,
+        url: &reqwest::Url,
+        body: &serde_json::Map<String, Value>,
+        extra_headers: &HeaderMap,
+    ) -> Result<reqwest::RequestBuilder, Error> {
+        let payload = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut builder = http
+            .post(url.clone())
+            .headers(self.headers.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(payload);
+        if self.forward_mock_headers {
+            for (name, value) in extra_headers {
+                if name.as_str().starts_with("x-mock-") {
+                    builder = builder.header(name, value);
+                }
+            }
+        }
+        Ok(builder)
     }
 }
 

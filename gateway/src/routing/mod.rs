@@ -145,6 +145,8 @@ pub struct RoutingEngine {
     shadow: ArcSwapOption<LoadedSelector>,
     /// Serialises reloads (the file watch, SIGHUP and the admin endpoint may race).
     reload_lock: Mutex<()>,
+    /// Serialises loading the embedder: a warm-up and the first requests load it once.
+    embedder_lock: Mutex<()>,
 }
 
 impl RoutingEngine {
@@ -166,6 +168,7 @@ impl RoutingEngine {
             active: ArcSwapOption::empty(),
             shadow: ArcSwapOption::empty(),
             reload_lock: Mutex::new(()),
+            embedder_lock: Mutex::new(()),
         });
         engine.reload().await?;
         if engine.config.reload_poll_ms > 0 {
@@ -259,6 +262,10 @@ impl RoutingEngine {
     }
 
     async fn ensure_embedder(&self) -> Result<&EmbeddingService, Error> {
+        if let Some(service) = self.embedding.get() {
+            return Ok(service);
+        }
+        let _loading = self.embedder_lock.lock().await;
         if let Some(service) = self.embedding.get() {
             return Ok(service);
         }
