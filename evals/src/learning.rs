@@ -192,9 +192,12 @@ async fn send_all(addr: SocketAddr, route: &str, prompts: &[Prompt], candidates:
         });
     }
     let mut out = Vec::with_capacity(prompts.len());
+    let bar = training::progress::bar(prompts.len(), route);
     while let Some(joined) = tasks.join_next().await {
         out.push(joined.map_err(|e| Error::Replay(e.to_string()))??);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     out.sort_by_key(|a| a.prompt);
     Ok(out)
 }

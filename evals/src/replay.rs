@@ -90,7 +90,9 @@ pub async fn drive(addr: SocketAddr, set: &EvalSet) -> Result<Vec<Served>> {
         .map_err(|e| Error::Replay(e.to_string()))?;
     let url = format!("http://{addr}/v1/chat/completions");
     let mut out = Vec::with_capacity(set.len());
+    let bar = training::progress::bar(set.len(), "replaying");
     for (i, row) in set.rows.iter().enumerate() {
+        bar.inc(1);
         let body = json!({"model": ROUTE, "messages": [{"role": "user", "content": row.prompt}]});
         let response = client
             .post(&url)
@@ -113,6 +115,7 @@ pub async fn drive(addr: SocketAddr, set: &EvalSet) -> Result<Vec<Served>> {
             decision_ms: decision_ms.and_then(|d| d.parse().ok()),
         });
     }
+    bar.finish_and_clear();
     Ok(out)
 }
 

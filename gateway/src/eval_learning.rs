@@ -28,6 +28,7 @@ pub struct EvalLearningArgs {
     /// Candidate models (the route's), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "gpt-4-1106-preview,gpt-3.5-turbo-1106,mixtral-8x7b-instruct-v0.1")]
     candidates: Vec<String>,
+    /// Rounds of serve → feedback → learn → reload → measure.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// The routes' trade-off (preset or quality=1,cost=0.05,latency=0).
@@ -58,8 +59,11 @@ pub struct EvalLearningArgs {
     /// Rated rows the learn step needs.
     #[arg(long, default_value_t = 100)]
     min_rows: usize,
+    /// The learn step's promotion margin: the lower bound of the utility gain must exceed it
+    /// (negative: promote even a candidate estimated slightly worse).
     #[arg(long, default_value_t = 0.0)]
     promote_margin: f64,
+    /// Seed of the prompt samples, the feedback shuffle and training.
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Skip the offline AIQ of each checkpoint (it embeds the whole test split).

@@ -51,6 +51,7 @@ enum Command {
     },
     /// Run the OpenAI-compatible mock upstream used by tests, benchmarks and demos.
     MockUpstream {
+        /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: SocketAddr,
         /// Answer known prompts with recorded answers from a dataset folder
@@ -148,6 +149,7 @@ struct EvalRoutingArgs {
     /// A dataset as KIND:PATH (routerbench, arena-hard, llmrouter, routerdc); repeatable.
     #[arg(long = "dataset", required = true)]
     datasets: Vec<String>,
+    /// The split to report on: `test` (held out from training), `validation` or `train`.
     #[arg(long, default_value = "test")]
     split: String,
     /// Directory for report.md, the SVGs and summary.json.
@@ -189,6 +191,7 @@ struct EvalReplayArgs {
     /// The dataset as KIND:PATH (routerbench or arena-hard: the mock replays their answers).
     #[arg(long)]
     dataset: String,
+    /// The split whose prompts are sent: `test`, `validation` or `train`.
     #[arg(long, default_value = "test")]
     split: String,
     /// Only the first N prompts of the split.
@@ -545,8 +548,10 @@ impl DatabaseArgs {
 enum KeysCommand {
     /// Create a key and print it (it is shown only this once).
     Create {
+        /// The tenant the key belongs to: its rows, limits and feedback are scoped to it.
         #[arg(long)]
         tenant: String,
+        /// A label for people (shown by `keys list`).
         #[arg(long)]
         name: Option<String>,
         /// Spend allowed, in USD.
@@ -562,7 +567,10 @@ enum KeysCommand {
     /// List keys (never the keys themselves).
     List,
     /// Disable a key; requests with it fail within the key cache TTL.
-    Revoke { id: Uuid },
+    Revoke {
+        /// The key's id (from `keys create` or `keys list`).
+        id: Uuid,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -707,4 +715,32 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand and every option says what it is for in `--help`.
+    #[test]
+    fn every_option_has_help_text() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{name} (no about)"));
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "switchyard", &mut missing);
+        assert!(missing.is_empty(), "no --help text for:\n{}", missing.join("\n"));
+    }
 }

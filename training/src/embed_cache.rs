@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use router_model::Embedder;
 
 use crate::error::{Error, Result};
@@ -93,10 +92,7 @@ impl EmbeddingCache {
                     self.dim
                 )));
             }
-            let bar = ProgressBar::new(missing.len() as u64).with_style(
-                ProgressStyle::with_template("embedding {bar:30} {pos}/{len} {per_sec} eta {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            let bar = crate::progress::bar(missing.len(), "embedding");
             let mut out = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

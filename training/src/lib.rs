@@ -20,6 +20,7 @@ pub mod embed_cache;
 pub mod error;
 pub mod eval;
 pub mod learn;
+pub mod progress;
 pub mod train;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -104,7 +104,13 @@ pub fn eval_cache(options: &EvalCacheOptions) -> Result<EvalCacheReport, Verifie
         .transpose()?;
 
     let mut embeddings = Vec::with_capacity(lines.len());
+    // Drawn on stderr only when it is a terminal.
+    let bar = indicatif::ProgressBar::new(lines.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("embedding pairs {bar:30} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     for chunk in lines.chunks(32) {
+        bar.inc(chunk.len() as u64);
         let texts: Vec<&str> = chunk
             .iter()
             .flat_map(|(_, l, _)| [l.text_a.as_str(), l.text_b.as_str()])
@@ -118,6 +124,7 @@ pub fn eval_cache(options: &EvalCacheOptions) -> Result<EvalCacheReport, Verifie
             embeddings.push((a, b));
         }
     }
+    bar.finish_and_clear();
     let pairs: Vec<EvalPair<'_>> = lines
         .iter()
         .zip(&embeddings)
