@@ -231,6 +231,30 @@ pub struct ServerConfig {
     /// At shutdown, how long in-flight requests and streams may run on; streams still open
     /// after it are cut (their outcome rows are still written before the process exits).
     pub shutdown_grace_ms: u64,
+    /// `text` (default) or `json`: one JSON object per line, for log collectors.
+    /// `SWITCHYARD_LOG_FORMAT` overrides it.
+    pub log_format: LogFormat,
+}
+
+/// How the process writes its logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// `SWITCHYARD_LOG_FORMAT` (`text` or `json`) when set, else `configured`.
+    pub fn from_env_or(configured: Self) -> Result<Self, Error> {
+        match std::env::var("SWITCHYARD_LOG_FORMAT").ok().filter(|v| !v.is_empty()).as_deref() {
+            None => Ok(configured),
+            Some("text") => Ok(Self::Text),
+            Some("json") => Ok(Self::Json),
+            Some(other) => Err(Error::Config(format!("SWITCHYARD_LOG_FORMAT must be `text` or `json`, not `{other}`"))),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -245,6 +269,7 @@ impl Default for ServerConfig {
             breaker_failures: 5,
             breaker_open_ms: 30_000,
             shutdown_grace_ms: 10_000,
+            log_format: LogFormat::Text,
         }
     }
 }

@@ -139,7 +139,12 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     let mut outcome = RequestOutcome::new(request_id, None, &model, false).log_to(state.log.clone());
     outcome.tenant = caller.tenant.clone();
     outcome.key_id = caller.key_id;
-    let admission = match state.limits.admit(&caller).await {
+    let admitted = if caller.may_use(&model.name) {
+        state.limits.admit(&caller).await
+    } else {
+        Err(Error::ModelNotAllowed(model.name.clone()))
+    };
+    let admission = match admitted {
         Ok(admission) => admission,
         Err(error) => {
             outcome.finish_error(&error, started);

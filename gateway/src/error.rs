@@ -23,6 +23,9 @@ pub enum Error {
     Unauthorized,
     #[error("the model `{0}` does not exist")]
     UnknownModel(String),
+    /// The caller's key has a model allow-list without this model or route.
+    #[error("this key may not use the model `{0}`")]
+    ModelNotAllowed(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{message}")]
@@ -113,6 +116,7 @@ impl Error {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } | Self::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::LimiterUnavailable(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { status, .. } => *status,
@@ -131,6 +135,7 @@ impl Error {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Unauthorized => "unauthorized",
             Self::UnknownModel(_) => "unknown_model",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
             Self::NotFound(_) => "not_found",
             Self::RateLimited { .. } => "rate_limited",
             Self::LimitExceeded { kind: LimitKind::Budget, .. } => "budget_exceeded",
@@ -158,6 +163,7 @@ impl Error {
             }
             Self::Unauthorized => ("invalid_request_error", None, Some("invalid_api_key")),
             Self::UnknownModel(_) => ("invalid_request_error", Some("model"), Some("model_not_found")),
+            Self::ModelNotAllowed(_) => ("permission_error", Some("model"), Some("model_not_allowed")),
             Self::NotFound(_) => ("invalid_request_error", None, Some("not_found")),
             Self::RateLimited { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
             Self::LimitExceeded { kind: LimitKind::Budget, .. } => {

@@ -3,6 +3,7 @@
 //! The request path lives in [`chat`], wired up in [`app`]; upstream APIs in [`providers`]; the mock upstream used
 //! by tests, benchmarks and the no-config demo in [`mock`].
 
+pub mod admin;
 pub mod app;
 pub mod breaker;
 pub mod chat;

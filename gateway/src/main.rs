@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::mock::{self, Fault, MockOptions, ReplayStore};
-use gateway::store::keys::{create_key, NewKey};
+use gateway::store::keys::{create_key, update_key, KeyUpdate, ModelAllowList, NewKey};
 use gateway::store::{LogStore, Store};
+use gateway::config::LogFormat;
 use gateway::{Application, Config};
 use uuid::Uuid;
 
@@ -563,6 +564,26 @@ enum KeysCommand {
         /// Tokens per minute allowed.
         #[arg(long)]
         tpm: Option<i64>,
+        /// Models and routes the key may use, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+    },
+    /// Change a key's limits or model allow-list; options left out stay as they are.
+    Update {
+        /// The key's id (from `keys create` or `keys list`).
+        id: Uuid,
+        /// Requests per minute allowed (`none` removes the limit).
+        #[arg(long)]
+        rpm: Option<String>,
+        /// Tokens per minute allowed (`none` removes the limit).
+        #[arg(long)]
+        tpm: Option<String>,
+        /// Spend allowed, in USD (`none` removes the limit).
+        #[arg(long)]
+        budget_usd: Option<String>,
+        /// Models and routes the key may use, comma-separated (`all` removes the list).
+        #[arg(long)]
+        models: Option<String>,
     },
     /// List keys (never the keys themselves).
     List,
@@ -583,16 +604,29 @@ fn main() -> anyhow::Result<()> {
         .block_on(run())
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or one JSON object a line.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+    }
+}
+
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match Cli::parse().command {
-        Command::Serve { config, listen, database_url } => {
-            let mut config = match config {
-                Some(path) => Config::from_file(&path)?,
+    let cli = Cli::parse();
+    // `serve` reads its config first: the log format may be set there.
+    let serve_config = match &cli.command {
+        Command::Serve { config: Some(path), .. } => Some(Config::from_file(path)?),
+        _ => None,
+    };
+    let configured = serve_config.as_ref().map_or(LogFormat::Text, |c| c.server.log_format);
+    init_logging(LogFormat::from_env_or(configured)?);
+    match cli.command {
+        Command::Serve { config: _, listen, database_url } => {
+            let mut config = match serve_config {
+                Some(config) => config,
                 None => {
                     tracing::info!("no config file given: using the built-in demo config (mock upstream)");
                     Config::builtin_default()
@@ -658,19 +692,35 @@ async fn run() -> anyhow::Result<()> {
         Command::Keys { db, command } => {
             let store = db.open().await?;
             match command {
-                KeysCommand::Create { tenant, name, budget_usd, rpm, tpm } => {
-                    let (record, key) = create_key(&store, NewKey { tenant, name, rpm, tpm, budget_usd }).await?;
+                KeysCommand::Create { tenant, name, budget_usd, rpm, tpm, models } => {
+                    let models = ModelAllowList(models);
+                    let (record, key) = create_key(&store, NewKey { tenant, name, rpm, tpm, budget_usd, models }).await?;
                     println!("id:     {}", record.id);
                     println!("tenant: {}", record.tenant);
                     println!("key:    {key}");
                     eprintln!("Store the key now: it is not shown again.");
                 }
+                KeysCommand::Update { id, rpm, tpm, budget_usd, models } => {
+                    let limit = |text: Option<String>| -> anyhow::Result<Option<Option<f64>>> {
+                        text.map(|t| if t == "none" { Ok(None) } else { t.parse::<f64>().map(Some).context("a number or `none`") })
+                            .transpose()
+                    };
+                    let whole = |value: Option<Option<f64>>| value.map(|v| v.map(|n| n as i64));
+                    let change = KeyUpdate {
+                        rpm: whole(limit(rpm)?),
+                        tpm: whole(limit(tpm)?),
+                        budget_usd: limit(budget_usd)?,
+                        models: models.map(|m| (m != "all").then(|| m.split(',').map(|s| s.trim().to_owned()).collect())),
+                    };
+                    let record = update_key(&store, id, change).await?.with_context(|| format!("no key with id {id}"))?;
+                    println!("{}", serde_json::to_string_pretty(&record)?);
+                }
                 KeysCommand::List => {
-                    println!("{:<36}  {:<16}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}  created_at", "id", "tenant", "name", "enabled", "rpm", "tpm", "budget_usd");
+                    println!("{:<36}  {:<16}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}  {:<25}  models", "id", "tenant", "name", "enabled", "rpm", "tpm", "budget_usd", "created_at");
                     for key in store.list_keys().await? {
                         let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
                         println!(
-                            "{:<36}  {:<16}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}  {}",
+                            "{:<36}  {:<16}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}  {:<25}  {}",
                             key.id,
                             key.tenant,
                             show(key.name.clone()),
@@ -679,6 +729,7 @@ async fn run() -> anyhow::Result<()> {
                             show(key.tpm.map(|v| v.to_string())),
                             show(key.budget_usd.map(|v| v.to_string())),
                             key.created_at.to_rfc3339(),
+                            key.models.0.as_ref().map_or_else(|| "all".to_owned(), |m| m.join(",")),
                         );
                     }
                 }

@@ -8,8 +8,8 @@ mod store_support;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue};
-use gateway::store::keys::{create_key, hash_key, NewKey};
-use gateway::store::{Authenticator, Feedback, LogStore, LogWriter, Store, WriterConfig};
+use gateway::store::keys::{create_key, hash_key, update_key, NewKey};
+use gateway::store::{Authenticator, Feedback, KeyUpdate, LogStore, LogWriter, ModelAllowList, Store, WriterConfig};
 use gateway::Error;
 use store_support::{full_row, minimal_row, now_micros, TestPg};
 use tempfile::TempDir;
@@ -191,6 +191,7 @@ async fn keys_create_authenticate_revoke(store: &Store) {
             rpm: Some(60),
             tpm: Some(100_000),
             budget_usd: Some(12.5),
+            models: ModelAllowList(Some(vec!["m1".into(), "auto".into()])),
         },
     )
     .await
@@ -207,6 +208,7 @@ async fn keys_create_authenticate_revoke(store: &Store) {
     assert_eq!(caller.tenant.as_deref(), Some("acme"));
     assert_eq!(caller.key_id, Some(record.id));
     assert_eq!(caller.key.as_ref().and_then(|k| k.rpm), Some(60));
+    assert!(caller.may_use("m1") && caller.may_use("auto") && !caller.may_use("m2"));
     assert!(closed.authenticate(&bearer("master-secret")).await.expect("master").master);
     assert!(matches!(closed.authenticate(&HeaderMap::new()).await, Err(Error::Unauthorized)));
     assert!(matches!(closed.authenticate(&bearer("sk-sy-nope")).await, Err(Error::Unauthorized)));
@@ -227,6 +229,18 @@ async fn keys_create_authenticate_revoke(store: &Store) {
     assert_eq!(open.authenticate(&bearer(&key)).await.expect("open").tenant, None);
     let listed = store.list_keys().await.expect("list");
     assert!(!listed[0].enabled);
+
+    // An update changes only what it names; null removes a limit or the allow-list.
+    let change = KeyUpdate { rpm: Some(None), tpm: Some(Some(5)), models: Some(None), ..KeyUpdate::default() };
+    let updated = update_key(store, record.id, change).await.expect("update").expect("key exists");
+    assert_eq!((updated.rpm, updated.tpm, updated.budget_usd), (None, Some(5), Some(12.5)));
+    assert_eq!(updated.models, ModelAllowList(None));
+    let only = KeyUpdate { models: Some(Some(vec!["m2".into()])), ..KeyUpdate::default() };
+    assert_eq!(update_key(store, record.id, only).await.expect("update").expect("key").models.0, Some(vec!["m2".to_owned()]));
+    assert_eq!(update_key(store, Uuid::now_v7(), KeyUpdate { tpm: Some(Some(1)), ..KeyUpdate::default() }).await.expect("update"), None);
+    assert!(matches!(update_key(store, record.id, KeyUpdate::default()).await, Err(Error::InvalidRequest { .. })));
+    let zero = KeyUpdate { rpm: Some(Some(0)), ..KeyUpdate::default() };
+    assert!(matches!(update_key(store, record.id, zero).await, Err(Error::InvalidRequest { param: Some("rpm"), .. })));
 }
 
 #[tokio::test]

@@ -133,6 +133,9 @@ impl RequestContext {
         let options = ClientOptions::default();
         let mut ctx = Self { state, headers, caller, request, target, request_id, started, options };
         // From here on the request is for a configured model or route: a refusal leaves a row.
+        if !ctx.caller.may_use(&ctx.request.model) {
+            return Err(ctx.refuse(Error::ModelNotAllowed(ctx.request.model.clone())));
+        }
         let route = ctx.route().map(Arc::clone);
         match ClientOptions::from_headers(&ctx.headers, route.as_deref(), ctx.state.timeouts) {
             Ok(options) => ctx.options = options,

@@ -369,6 +369,7 @@ mod tests {
             budget_usd: budget,
             enabled: true,
             created_at: Utc::now(),
+            models: crate::store::ModelAllowList::default(),
         };
         Caller { tenant: Some("acme".into()), key_id: Some(key.id), key: Some(Arc::new(key)), master: false }
     }

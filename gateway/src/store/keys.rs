@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap};
 use chrono::{DateTime, Utc};
 use rand::distr::Alphanumeric;
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{LogStore, Store};
@@ -27,7 +27,7 @@ const KEY_RANDOM_CHARS: usize = 40;
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) const SELECT_KEYS: &str =
-    "SELECT id, key_hash, tenant, name, rpm, tpm, budget_usd, enabled, created_at FROM api_keys";
+    "SELECT id, key_hash, tenant, name, rpm, tpm, budget_usd, enabled, created_at, models FROM api_keys";
 
 /// A stored key (never the key itself).
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -45,16 +45,105 @@ pub struct ApiKey {
     pub budget_usd: Option<f64>,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
+    /// The models and routes this key may name.
+    #[sqlx(try_from = "Option<String>")]
+    pub models: ModelAllowList,
 }
 
-/// What `keys create` asks for.
-#[derive(Debug, Clone, Default)]
+/// The model and route names a key may use; `None`: every one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ModelAllowList(pub Option<Vec<String>>);
+
+impl ModelAllowList {
+    pub fn allows(&self, name: &str) -> bool {
+        self.0.as_ref().is_none_or(|names| names.iter().any(|n| n == name))
+    }
+
+    /// The column's value: a JSON array, or NULL.
+    pub fn to_column(&self) -> Option<String> {
+        self.0.as_ref().map(|names| serde_json::Value::from(names.clone()).to_string())
+    }
+}
+
+impl TryFrom<Option<String>> for ModelAllowList {
+    type Error = serde_json::Error;
+
+    fn try_from(column: Option<String>) -> Result<Self, Self::Error> {
+        column.as_deref().map(serde_json::from_str).transpose().map(Self)
+    }
+}
+
+/// What `keys create` and `POST /admin/keys` ask for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub tenant: String,
+    #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
     pub rpm: Option<i64>,
+    #[serde(default)]
     pub tpm: Option<i64>,
+    #[serde(default)]
     pub budget_usd: Option<f64>,
+    /// Models and routes the key may use (absent: all).
+    #[serde(default)]
+    pub models: ModelAllowList,
+}
+
+/// A change to a key's limits (`keys update`, `PATCH /admin/keys/{id}`): a field left out
+/// stays as it is; `null` removes that limit.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyUpdate {
+    #[serde(default, deserialize_with = "present")]
+    pub rpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub tpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub budget_usd: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub models: Option<Option<Vec<String>>>,
+}
+
+/// A field that is present (possibly `null`) becomes `Some`, an absent one stays `None`.
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+fn check_limits(rpm: Option<i64>, tpm: Option<i64>, budget_usd: Option<f64>, models: Option<&Vec<String>>) -> Result<(), Error> {
+    if rpm.is_some_and(|n| n < 1) {
+        return Err(Error::invalid_param("rpm", "rpm must be at least 1"));
+    }
+    if tpm.is_some_and(|n| n < 1) {
+        return Err(Error::invalid_param("tpm", "tpm must be at least 1"));
+    }
+    if budget_usd.is_some_and(|b| !(b.is_finite() && b >= 0.0)) {
+        return Err(Error::invalid_param("budget_usd", "budget_usd must be a non-negative number"));
+    }
+    if models.is_some_and(|m| m.iter().any(|name| name.trim().is_empty())) {
+        return Err(Error::invalid_param("models", "model names must not be empty"));
+    }
+    Ok(())
+}
+
+/// Applies `update` to the key `id`; the updated record, or `None` when no such key exists.
+/// Serving gateways see the change within their key cache's fresh TTL.
+pub async fn update_key(store: &impl LogStore, id: Uuid, update: KeyUpdate) -> Result<Option<ApiKey>, Error> {
+    check_limits(
+        update.rpm.flatten(),
+        update.tpm.flatten(),
+        update.budget_usd.flatten(),
+        update.models.as_ref().and_then(Option::as_ref),
+    )?;
+    if update == KeyUpdate::default() {
+        return Err(Error::invalid("nothing to update: give rpm, tpm, budget_usd or models"));
+    }
+    if !store.update_key(id, &update).await? {
+        return Ok(None);
+    }
+    Ok(store.list_keys().await?.into_iter().find(|k| k.id == id))
 }
 
 /// A fresh random key. `rand::rng()` is a CSPRNG seeded from the OS.
@@ -77,6 +166,7 @@ pub async fn create_key(store: &impl LogStore, new: NewKey) -> Result<(ApiKey, S
     if new.tenant.trim().is_empty() {
         return Err(Error::invalid_param("tenant", "a key needs a non-empty tenant"));
     }
+    check_limits(new.rpm, new.tpm, new.budget_usd, new.models.0.as_ref())?;
     let key = generate_key();
     let record = ApiKey {
         id: Uuid::now_v7(),
@@ -88,6 +178,7 @@ pub async fn create_key(store: &impl LogStore, new: NewKey) -> Result<(ApiKey, S
         budget_usd: new.budget_usd,
         enabled: true,
         created_at: super::now(),
+        models: new.models,
     };
     store.insert_key(&record).await?;
     Ok((record, key))
@@ -106,6 +197,12 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether this caller may name `model` (a model or route): a key with an allow-list
+    /// only its names; everyone else any.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.key.as_ref().is_none_or(|key| key.models.allows(model))
+    }
+
     fn anonymous() -> Self {
         Self::default()
     }

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::config::DatabaseConfig;
 use crate::error::Error;
 
-pub use keys::{ApiKey, Authenticator, Caller, NewKey};
+pub use keys::{ApiKey, Authenticator, Caller, KeyUpdate, ModelAllowList, NewKey};
 pub use writer::{LogHandle, LogWriter, WriterConfig, WriterStats};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -91,6 +91,8 @@ pub trait LogStore: Send + Sync {
     fn list_keys(&self) -> impl Future<Output = Result<Vec<ApiKey>, Error>> + Send;
     /// Enables or disables a key; `false` when no key has that id.
     fn set_key_enabled(&self, id: Uuid, enabled: bool) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Applies the fields `update` gives; `false` when no key has this id.
+    fn update_key(&self, id: Uuid, update: &KeyUpdate) -> impl Future<Output = Result<bool, Error>> + Send;
 }
 
 fn db_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
@@ -280,7 +282,7 @@ macro_rules! sql_store {
 
             async fn insert_key(&self, key: &ApiKey) -> Result<(), Error> {
                 let mut query = QueryBuilder::<$db>::new(
-                    "INSERT INTO api_keys (id, key_hash, tenant, name, rpm, tpm, budget_usd, enabled, created_at) ",
+                    "INSERT INTO api_keys (id, key_hash, tenant, name, rpm, tpm, budget_usd, enabled, created_at, models) ",
                 );
                 query.push_values([key], |mut values, k| {
                     values
@@ -292,7 +294,8 @@ macro_rules! sql_store {
                         .push_bind(k.tpm)
                         .push_bind(k.budget_usd)
                         .push_bind(k.enabled)
-                        .push_bind(k.created_at);
+                        .push_bind(k.created_at)
+                        .push_bind(k.models.to_column());
                 });
                 query
                     .build()
@@ -325,6 +328,30 @@ macro_rules! sql_store {
             async fn set_key_enabled(&self, id: Uuid, enabled: bool) -> Result<bool, Error> {
                 let mut query = QueryBuilder::<$db>::new("UPDATE api_keys SET enabled = ");
                 query.push_bind(enabled).push(" WHERE id = ").push_bind(id);
+                let done = query
+                    .build()
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("updating a key"))?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn update_key(&self, id: Uuid, update: &KeyUpdate) -> Result<bool, Error> {
+                let mut query = QueryBuilder::<$db>::new("UPDATE api_keys SET ");
+                let mut set = query.separated(", ");
+                if let Some(rpm) = update.rpm {
+                    set.push("rpm = ").push_bind_unseparated(rpm);
+                }
+                if let Some(tpm) = update.tpm {
+                    set.push("tpm = ").push_bind_unseparated(tpm);
+                }
+                if let Some(budget) = update.budget_usd {
+                    set.push("budget_usd = ").push_bind_unseparated(budget);
+                }
+                if let Some(models) = &update.models {
+                    set.push("models = ").push_bind_unseparated(keys::ModelAllowList(models.clone()).to_column());
+                }
+                query.push(" WHERE id = ").push_bind(id);
                 let done = query
                     .build()
                     .execute(&self.pool)
@@ -572,6 +599,9 @@ impl LogStore for Store {
     }
     async fn set_key_enabled(&self, id: Uuid, enabled: bool) -> Result<bool, Error> {
         dispatch!(self, s => s.set_key_enabled(id, enabled).await)
+    }
+    async fn update_key(&self, id: Uuid, update: &KeyUpdate) -> Result<bool, Error> {
+        dispatch!(self, s => s.update_key(id, update).await)
     }
 }
 
