@@ -22,6 +22,7 @@ pub mod providers;
 pub mod redis_client;
 pub mod registry;
 pub mod response_cache;
+pub mod responses;
 pub mod routing;
 pub mod shutdown;
 pub mod sse;

@@ -632,3 +632,61 @@ def test_chat_refuses_an_embedding_model(embedding_client):
     with pytest.raises(openai.BadRequestError) as e:
         embedding_client.chat.completions.create(model=LOCAL_EMBEDDER, messages=HELLO)
     assert error_object(e.value)["param"] == "model"
+
+
+# --- Responses API ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model, served_by", [(ROUTE, ROUTE_DEFAULT), (CONCRETE_MODEL, CONCRETE_MODEL)])
+def test_responses_non_stream(client, model, served_by):
+    raw = client.responses.with_raw_response.create(
+        model=model, instructions="Answer briefly.", input="Say hello to the Responses test.", max_output_tokens=64
+    )
+    assert raw.headers["x-switchyard-model"] == served_by
+    response = raw.parse()
+    assert response.object == "response" and response.status == "completed"
+    assert response.id.startswith("resp_")
+    assert response.output_text, response
+    assert response.output[0].role == "assistant"
+    assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
+    assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+    assert response.instructions == "Answer briefly."
+
+
+def test_responses_message_items(client):
+    response = client.responses.create(
+        model=CONCRETE_MODEL,
+        input=[
+            {"role": "developer", "content": "Be terse."},
+            {"role": "user", "content": [{"type": "input_text", "text": "First question about items?"}]},
+        ],
+    )
+    assert "First question about items" in response.output_text
+
+
+def test_responses_stream(client):
+    events = list(client.responses.create(model=ROUTE, input="Stream a hello for the Responses test.", stream=True))
+    types = [e.type for e in events]
+    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
+    assert types[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) > 1
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = events[-1].response
+    assert done.status == "completed"
+    assert done.output_text == "".join(deltas) == events[-4].text
+    assert done.usage.output_tokens > 0
+
+
+def test_responses_refuse_tools_naming_the_field(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(
+            model=ROUTE, input="x", tools=[{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}]
+        )
+    assert error_object(e.value)["param"] == "tools"
+
+
+def test_responses_unknown_model_is_not_found(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.create(model="no-such-model", input="x")
+    assert error_object(e.value)["code"] == "model_not_found"
