@@ -198,6 +198,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(crate::chat::completions))
         .route("/v1/embeddings", post(crate::embeddings::embeddings))
         .route("/v1/responses", post(crate::responses::create))
+        .route("/v1/messages", post(crate::messages::create))
         .route("/admin/keys", post(crate::admin::create).get(crate::admin::list))
         .route("/admin/keys/{id}", axum::routing::patch(crate::admin::update))
         .route("/admin/keys/{id}/revoke", post(crate::admin::revoke))

@@ -295,6 +295,9 @@ pub enum ProviderKind {
     Anthropic,
     /// The built-in mock upstream, started in-process on a loopback port.
     Mock,
+    /// Azure OpenAI: `{base_url}/openai/deployments/{upstream_model}/…?api-version=…` with an
+    /// `api-key` header; a model's `upstream_model` is its deployment name.
+    Azure,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -317,6 +320,8 @@ pub struct ProviderConfig {
     /// Bulkhead: at most this many requests in flight to this provider (until the body or
     /// stream ends); when full the candidate is skipped like an open breaker. Unset: no cap.
     pub max_concurrent: Option<usize>,
+    /// Azure OpenAI's `api-version` query parameter (`kind = "azure"` only).
+    pub api_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -510,6 +515,9 @@ impl Config {
         for (name, provider) in &self.providers {
             if provider.kind != ProviderKind::Mock && provider.base_url.is_none() {
                 return Err(Error::Config(format!("provider `{name}` needs a base_url")));
+            }
+            if (provider.kind == ProviderKind::Azure) != provider.api_version.is_some() {
+                return Err(Error::Config(format!("provider `{name}`: api_version is set for kind = \"azure\", and only for it")));
             }
         }
         for (name, model) in &self.models {

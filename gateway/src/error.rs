@@ -154,6 +154,16 @@ impl Error {
         }
     }
 
+    /// The `Retry-After` a client should honour, if the error has one.
+    pub fn retry_after(&self) -> Option<HeaderValue> {
+        match self {
+            Self::RateLimited { retry_after_secs: Some(secs), .. } => HeaderValue::from_str(&secs.to_string()).ok(),
+            Self::LimitExceeded { retry_after_secs, .. } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
+            Self::Upstream { retry_after, .. } => retry_after.clone(),
+            _ => None,
+        }
+    }
+
     /// The OpenAI error object: `{"error":{"message","type","param","code"}}`.
     pub fn body(&self) -> serde_json::Value {
         let (kind, param, code): (&str, Option<&str>, Option<&str>) = match self {
@@ -192,16 +202,7 @@ impl IntoResponse for Error {
             tracing::debug!(class = self.class(), error = %self, "request rejected");
         }
         let mut response = (status, axum::Json(self.body())).into_response();
-        let retry_after = match &self {
-            Self::RateLimited {
-                retry_after_secs: Some(secs),
-                ..
-            } => HeaderValue::from_str(&secs.to_string()).ok(),
-            Self::LimitExceeded { retry_after_secs, .. } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
-            Self::Upstream { retry_after, .. } => retry_after.clone(),
-            _ => None,
-        };
-        if let Some(value) = retry_after {
+        if let Some(value) = self.retry_after() {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response

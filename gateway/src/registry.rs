@@ -138,6 +138,11 @@ impl Registry {
                     };
                     Provider::OpenAi(OpenAiProvider::new(&base_url, api_key.as_deref(), headers, true)?)
                 }
+                ProviderKind::Azure => {
+                    let base_url = provider.base_url.as_deref().unwrap_or_default();
+                    let version = provider.api_version.as_deref().unwrap_or_default();
+                    Provider::OpenAi(OpenAiProvider::azure(base_url, version, api_key.as_deref(), headers)?)
+                }
                 ProviderKind::Anthropic => {
                     let base_url = provider.base_url.as_deref().unwrap_or_default();
                     Provider::Anthropic(AnthropicProvider::new(base_url, api_key.as_deref(), headers)?)

@@ -22,9 +22,8 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
 use crate::app::{read_body, AppState};
-use crate::chat::HEADER_REQUEST_ID;
 use crate::error::Error;
-use crate::sse::SseParser;
+use crate::ingress::{chunk_events, completion_parts, run_chat, unix_now, ChatBody, ChunkEvent};
 
 /// What the response object echoes back from the request.
 #[derive(Debug, Clone, Default)]
@@ -199,31 +198,17 @@ pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     let bytes = read_body(body, state.max_body_bytes).await?;
     let (chat, echo) = to_chat(&bytes)?;
     let model = chat.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let chat_body = Body::from(serde_json::to_vec(&chat).map_err(|e| Error::Internal(e.to_string()))?);
-    let mut chat_headers = headers;
-    chat_headers.remove(header::CONTENT_LENGTH);
-    let answer = crate::chat::completions(State(state.clone()), chat_headers, chat_body).await?;
-    let (parts, body) = answer.into_parts();
-    let request_id = parts.headers.get(HEADER_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().replace('-', "");
-    let ids = Ids { response: format!("resp_{request_id}"), message: format!("msg_{request_id}") };
-    let streamed = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let mut response = if streamed {
-        let events = translate_stream(body, ids, model, echo);
-        Response::builder()
+    let answer = run_chat(state, headers, &chat).await?;
+    let ids = Ids { response: format!("resp_{}", answer.request_id), message: format!("msg_{}", answer.request_id) };
+    let mut response = match answer.body {
+        ChatBody::Stream(body) => Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
             .header(header::CACHE_CONTROL, "no-cache")
-            .body(Body::from_stream(events))
-            .map_err(|e| Error::Internal(e.to_string()))?
-    } else {
-        let completion = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| Error::Internal(e.to_string()))?;
-        let completion: Value = serde_json::from_slice(&completion).map_err(|e| Error::BadGateway(format!("chat answer is not JSON: {e}")))?;
-        axum::Json(from_completion(&completion, &ids, &model, &echo)).into_response()
+            .body(Body::from_stream(translate_stream(body, ids, model, echo)))
+            .map_err(|e| Error::Internal(e.to_string()))?,
+        ChatBody::Completion(completion) => axum::Json(from_completion(&completion, &ids, &model, &echo)).into_response(),
     };
-    for (name, value) in &parts.headers {
-        if name.as_str().starts_with("x-switchyard-") {
-            response.headers_mut().insert(name.clone(), value.clone());
-        }
-    }
+    response.headers_mut().extend(answer.gateway_headers);
     Ok(response)
 }
 
@@ -279,19 +264,10 @@ fn message_item(ids: &Ids, text: &str, status: &str) -> Value {
 
 /// A chat completion → a `response` object (the first choice).
 pub fn from_completion(completion: &Value, ids: &Ids, model: &str, echo: &Echo) -> Value {
-    let choice = &completion["choices"][0];
-    let text = choice["message"]["content"].as_str().unwrap_or_default();
-    let status = if choice["finish_reason"] == "length" { "incomplete" } else { "completed" };
-    let usage = usage(
-        completion["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-        completion["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-    );
+    let (text, finish_reason, prompt_tokens, completion_tokens) = completion_parts(completion);
+    let status = if finish_reason == Some("length") { "incomplete" } else { "completed" };
     let created = completion["created"].as_u64().unwrap_or_else(unix_now);
-    response_object(ids, model, echo, status, json!([message_item(ids, text, status)]), usage, created)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    response_object(ids, model, echo, status, json!([message_item(ids, text, status)]), usage(prompt_tokens, completion_tokens), created)
 }
 
 /// Numbers the events of one stream.
@@ -322,43 +298,23 @@ fn translate_stream(body: Body, ids: Ids, model: String, echo: Echo) -> impl fut
         let mut text = String::new();
         let (mut prompt_tokens, mut completion_tokens) = (0u64, 0u64);
         let mut finish_reason: Option<String> = None;
-        let mut parser = SseParser::new();
-        let mut chunks = body.into_data_stream();
-        let mut failure: Option<Value> = None;
-        'read: while let Some(chunk) = chunks.next().await {
-            let Ok(chunk) = chunk else {
-                failure = Some(json!({"message": "the stream broke", "code": "stream_error"}));
-                break;
-            };
-            parser.push(&chunk);
-            while let Some(event) = parser.next_event() {
-                if event.is_done() {
-                    break 'read;
-                }
-                let Ok(data) = serde_json::from_str::<Value>(&event.data) else { continue };
-                if let Some(error) = data.get("error") {
-                    failure = Some(error.clone());
-                    break 'read;
-                }
-                if let Some(usage) = data.get("usage").filter(|u| u.is_object()) {
-                    prompt_tokens = usage["prompt_tokens"].as_u64().unwrap_or(prompt_tokens);
-                    completion_tokens = usage["completion_tokens"].as_u64().unwrap_or(completion_tokens);
-                }
-                let choice = &data["choices"][0];
-                if let Some(reason) = choice["finish_reason"].as_str() {
-                    finish_reason = Some(reason.to_owned());
-                }
-                if let Some(delta) = choice["delta"]["content"].as_str().filter(|d| !d.is_empty()) {
-                    text.push_str(delta);
+        let chunks = chunk_events(body);
+        futures_util::pin_mut!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                ChunkEvent::Text(delta) => {
                     yield Ok(events.event("response.output_text.delta", json!({"item_id": ids.message, "output_index": 0, "content_index": 0, "delta": delta, "logprobs": []})));
+                    text.push_str(&delta);
+                }
+                ChunkEvent::Usage { prompt_tokens: p, completion_tokens: c } => (prompt_tokens, completion_tokens) = (p, c),
+                ChunkEvent::Finish(reason) => finish_reason = Some(reason),
+                ChunkEvent::Failed { message, code } => {
+                    let mut failed = response_object(&ids, &model, &echo, "failed", json!([]), Value::Null, created);
+                    failed["error"] = json!({"code": code.unwrap_or_else(|| "server_error".into()), "message": message});
+                    yield Ok(events.event("response.failed", json!({"response": failed})));
+                    return;
                 }
             }
-        }
-        if let Some(error) = failure {
-            let mut failed = response_object(&ids, &model, &echo, "failed", json!([]), Value::Null, created);
-            failed["error"] = json!({"code": error["code"].as_str().unwrap_or("server_error"), "message": error["message"].as_str().unwrap_or("upstream error")});
-            yield Ok(events.event("response.failed", json!({"response": failed})));
-            return;
         }
         let status = if finish_reason.as_deref() == Some("length") { "incomplete" } else { "completed" };
         let part = json!({"type": "output_text", "text": text, "annotations": []});

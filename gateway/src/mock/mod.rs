@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -104,6 +104,8 @@ pub fn router(options: Arc<MockOptions>) -> Router {
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1/embeddings", post(openai_embeddings))
+        .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
+        .route("/openai/deployments/{deployment}/embeddings", post(azure_embeddings))
         .route("/v1/models", get(|| async { axum::Json(json!({"object": "list", "data": []})) }))
         .route("/health", get(|| async { "ok" }))
         .with_state(options)
@@ -258,6 +260,50 @@ fn sse_response(stream: impl futures_util::Stream<Item = Result<Bytes, std::io::
         .header("cache-control", "no-cache")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The mock as Azure OpenAI: the deployment comes from the path, an `api-version` query
+/// and an `api-key` header are required (401 / 404 like Azure without them); then it answers
+/// as the OpenAI mock would for a model named like the deployment.
+fn azure_request(deployment: &str, query: &HashMap<String, String>, headers: &HeaderMap, body: &Bytes) -> Result<Bytes, Box<Response>> {
+    if query.get("api-version").is_none_or(|v| v.is_empty()) {
+        return Err(Box::new((StatusCode::NOT_FOUND, axum::Json(json!({"error": {"code": "404", "message": "Resource not found"}}))).into_response()));
+    }
+    if headers.get("api-key").is_none_or(|v| v.is_empty()) || headers.contains_key(header::AUTHORIZATION) {
+        let error = json!({"error": {"code": "401", "message": "Access denied due to missing api-key header."}});
+        return Err(Box::new((StatusCode::UNAUTHORIZED, axum::Json(error)).into_response()));
+    }
+    let Ok(mut request) = serde_json::from_slice::<Value>(body) else {
+        return Err(Box::new(bad_request("mock upstream: body is not JSON")));
+    };
+    request["model"] = json!(deployment);
+    Ok(Bytes::from(request.to_string()))
+}
+
+async fn azure_chat(
+    State(options): State<Arc<MockOptions>>,
+    Path(deployment): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match azure_request(&deployment, &query, &headers, &body) {
+        Ok(body) => openai_chat(State(options), headers, body).await,
+        Err(response) => *response,
+    }
+}
+
+async fn azure_embeddings(
+    State(options): State<Arc<MockOptions>>,
+    Path(deployment): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match azure_request(&deployment, &query, &headers, &body) {
+        Ok(body) => openai_embeddings(State(options), headers, body).await,
+        Err(response) => *response,
+    }
 }
 
 /// Dimensions of the mock's embeddings.

@@ -16,35 +16,68 @@ use crate::openai::{usage_of, ChatRequest, Usage};
 use crate::sse::{SseEvent, SseParser};
 
 pub struct OpenAiProvider {
-    /// `{base_url}/chat/completions`, parsed once.
-    completions_url: reqwest::Url,
-    /// `{base_url}/embeddings`.
-    embeddings_url: reqwest::Url,
+    endpoints: Endpoints,
     /// Authorization and configured headers, built once.
     headers: HeaderMap,
     /// Forward the client's `x-mock-*` headers (fault injection for the mock upstream).
     forward_mock_headers: bool,
 }
 
+/// Where the APIs are.
+enum Endpoints {
+    /// `{base_url}/chat/completions` and `{base_url}/embeddings`, parsed once.
+    Fixed { completions: reqwest::Url, embeddings: reqwest::Url },
+    /// Azure OpenAI: a URL per deployment (the model's `upstream_model`), built per call.
+    Azure { base: String, api_version: String },
+}
+
+impl Endpoints {
+    fn url(&self, api: &str, deployment: &str) -> Result<reqwest::Url, Error> {
+        match self {
+            Self::Fixed { completions, .. } if api == "chat/completions" => Ok(completions.clone()),
+            Self::Fixed { embeddings, .. } => Ok(embeddings.clone()),
+            Self::Azure { base, api_version } => {
+                let mut url = reqwest::Url::parse(&format!("{base}/openai/deployments/{deployment}/{api}"))
+                    .map_err(|e| Error::Internal(format!("Azure URL for deployment `{deployment}`: {e}")))?;
+                url.query_pairs_mut().append_pair("api-version", api_version);
+                Ok(url)
+            }
+        }
+    }
+}
+
+fn secret_header(value: String) -> Result<http::HeaderValue, Error> {
+    let mut value = http::HeaderValue::from_str(&value).map_err(|_| Error::Config("API key contains characters not allowed in a header".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 impl OpenAiProvider {
     pub fn new(base_url: &str, api_key: Option<&str>, headers: HeaderMap, forward_mock_headers: bool) -> Result<Self, Error> {
         let mut headers = headers;
         if let Some(key) = api_key {
-            let mut value = http::HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| Error::Config("API key contains characters not allowed in a header".into()))?;
-            value.set_sensitive(true);
-            headers.insert(http::header::AUTHORIZATION, value);
+            headers.insert(http::header::AUTHORIZATION, secret_header(format!("Bearer {key}"))?);
         }
         let endpoint = |path: &str| {
             reqwest::Url::parse(&format!("{}/{path}", base_url.trim_end_matches('/')))
                 .map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))
         };
         Ok(Self {
-            completions_url: endpoint("chat/completions")?,
-            embeddings_url: endpoint("embeddings")?,
+            endpoints: Endpoints::Fixed { completions: endpoint("chat/completions")?, embeddings: endpoint("embeddings")? },
             headers,
             forward_mock_headers,
         })
+    }
+
+    /// Azure OpenAI at `base_url` (`https://RESOURCE.openai.azure.com`), key in `api-key`.
+    pub fn azure(base_url: &str, api_version: &str, api_key: Option<&str>, headers: HeaderMap) -> Result<Self, Error> {
+        let mut headers = headers;
+        if let Some(key) = api_key {
+            headers.insert(http::HeaderName::from_static("api-key"), secret_header(key.to_owned())?);
+        }
+        let base = base_url.trim_end_matches('/').to_owned();
+        reqwest::Url::parse(&base).map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))?;
+        Ok(Self { endpoints: Endpoints::Azure { base, api_version: api_version.to_owned() }, headers, forward_mock_headers: false })
     }
 
     pub async fn chat(
@@ -63,7 +96,7 @@ impl OpenAiProvider {
                 options.insert("include_usage".into(), Value::Bool(true));
             }
         }
-        let builder = self.post(http, &self.completions_url, &body, extra_headers)?;
+        let builder = self.post(http, self.endpoints.url("chat/completions", upstream_model)?, &body, extra_headers)?;
         let response = send(builder, timeouts.first_byte).await?;
         if !response.status().is_success() {
             return Err(upstream_error(response, timeouts.body).await);
@@ -84,7 +117,8 @@ impl OpenAiProvider {
         extra_headers: &HeaderMap,
         timeouts: CallTimeouts,
     ) -> Result<Bytes, Error> {
-        let builder = self.post(http, &self.embeddings_url, body, extra_headers)?;
+        let deployment = body.get("model").and_then(Value::as_str).unwrap_or_default();
+        let builder = self.post(http, self.endpoints.url("embeddings", deployment)?, body, extra_headers)?;
         let response = send(builder, timeouts.first_byte).await?;
         if !response.status().is_success() {
             return Err(upstream_error(response, timeouts.body).await);
@@ -96,13 +130,13 @@ impl OpenAiProvider {
     fn post(
         &self,
         http: &reqwest::Client,
-        url: &reqwest::Url,
+        url: reqwest::Url,
         body: &serde_json::Map<String, Value>,
         extra_headers: &HeaderMap,
     ) -> Result<reqwest::RequestBuilder, Error> {
         let payload = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
         let mut builder = http
-            .post(url.clone())
+            .post(url)
             .headers(self.headers.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(payload);
