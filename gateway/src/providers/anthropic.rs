@@ -115,6 +115,9 @@ pub fn to_anthropic_request(request: &ChatRequest, upstream_model: &str) -> Resu
         }
     }
 
+    if let Some(instruction) = json_mode_instruction(body.get("response_format"))? {
+        system_parts.push(instruction);
+    }
     let mut out = Map::new();
     out.insert("model".into(), Value::String(upstream_model.to_owned()));
     out.insert("messages".into(), Value::Array(messages));
@@ -191,6 +194,29 @@ pub fn to_anthropic_request(request: &ChatRequest, upstream_model: &str) -> Resu
         }
     }
     Ok(Value::Object(out))
+}
+
+/// Anthropic has no JSON mode: `response_format` becomes an instruction at the end of the
+/// system prompt (with the schema, for `json_schema`). Claude follows it reliably, but
+/// unlike OpenAI's constrained decoding nothing enforces it; clients should still parse
+/// defensively.
+fn json_mode_instruction(format: Option<&Value>) -> Result<Option<String>, Error> {
+    let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(None) };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(
+            "Respond with one valid JSON object and nothing else: no prose, no code fences.".to_owned(),
+        )),
+        Some("json_schema") => {
+            let schema = format.get("json_schema").and_then(|s| s.get("schema")).ok_or_else(|| {
+                Error::invalid_param("response_format", "`json_schema` needs `json_schema.schema`")
+            })?;
+            Ok(Some(format!(
+                "Respond with one valid JSON object that conforms to this JSON Schema, and nothing else (no prose, no code fences):\n{schema}"
+            )))
+        }
+        _ => Err(Error::invalid_param("response_format", "`response_format.type` must be text, json_object or json_schema")),
+    }
 }
 
 fn user_blocks(content: Option<&Value>) -> Vec<Value> {
@@ -550,6 +576,45 @@ mod tests {
         let results = messages[2]["content"].as_array().expect("tool results");
         assert_eq!(results.len(), 2);
         assert_eq!(results[1]["tool_use_id"], "call_2");
+    }
+
+    #[test]
+    fn json_mode_becomes_a_system_instruction_with_the_schema() {
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+        let out = to_anthropic_request(
+            &request(json!({
+                "model": "claude",
+                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "where?"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+            })),
+            "claude-x",
+        )
+        .expect("translates");
+        let system = out["system"].as_str().expect("system");
+        assert!(system.starts_with("be brief\n\n") && system.contains("JSON Schema") && system.contains(&schema.to_string()), "{system}");
+        assert!(out.get("response_format").is_none());
+        let plain = to_anthropic_request(&request(json!({"model": "c", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})), "c")
+            .expect("translates");
+        assert!(plain["system"].as_str().is_some_and(|s| s.contains("one valid JSON object")), "{plain}");
+        let bad = request(json!({"model": "c", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}}));
+        assert!(matches!(to_anthropic_request(&bad, "c"), Err(Error::InvalidRequest { param: Some("response_format"), .. })));
+    }
+
+    #[test]
+    fn images_become_base64_or_url_blocks() {
+        let out = to_anthropic_request(
+            &request(json!({"model": "c", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "compare"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+            ]}]})),
+            "c",
+        )
+        .expect("translates");
+        let blocks = &out["messages"][0]["content"];
+        assert_eq!(blocks[0], json!({"type": "text", "text": "compare"}));
+        assert_eq!(blocks[1], json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}));
+        assert_eq!(blocks[2], json!({"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}));
     }
 
     #[test]
