@@ -298,6 +298,8 @@ pub enum ProviderKind {
     /// Azure OpenAI: `{base_url}/openai/deployments/{upstream_model}/…?api-version=…` with an
     /// `api-key` header; a model's `upstream_model` is its deployment name.
     Azure,
+    /// Google Gemini's native API (`generateContent`), translated to and from the OpenAI shape.
+    Gemini,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -538,8 +540,10 @@ impl Config {
                     "model `{name}`: the local embedder is set in [router] embedder_dir, not with upstream_model"
                 )));
             }
-            if model.kind == ModelKind::Embedding && self.providers.get(&model.provider).is_some_and(|p| p.kind == ProviderKind::Anthropic) {
-                return Err(Error::Config(format!("model `{name}`: Anthropic has no embeddings API")));
+            if model.kind == ModelKind::Embedding
+                && self.providers.get(&model.provider).is_some_and(|p| matches!(p.kind, ProviderKind::Anthropic | ProviderKind::Gemini))
+            {
+                return Err(Error::Config(format!("model `{name}`: embeddings are served by local, openai, azure and mock providers")));
             }
             for fallback in &model.fallbacks {
                 if fallback == name || !self.models.contains_key(fallback) {

@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::config::{Config, ModelKind, ProviderKind, LOCAL_PROVIDER};
 use crate::error::Error;
 use crate::providers::anthropic::AnthropicProvider;
+use crate::providers::gemini::GeminiProvider;
 use crate::providers::openai::OpenAiProvider;
 use crate::providers::Provider;
 use router_model::policy::{Exploration, Price, Tradeoff};
@@ -142,6 +143,10 @@ impl Registry {
                     let base_url = provider.base_url.as_deref().unwrap_or_default();
                     let version = provider.api_version.as_deref().unwrap_or_default();
                     Provider::OpenAi(OpenAiProvider::azure(base_url, version, api_key.as_deref(), headers)?)
+                }
+                ProviderKind::Gemini => {
+                    let base_url = provider.base_url.as_deref().unwrap_or_default();
+                    Provider::Gemini(GeminiProvider::new(base_url, api_key.as_deref(), headers)?)
                 }
                 ProviderKind::Anthropic => {
                     let base_url = provider.base_url.as_deref().unwrap_or_default();

@@ -104,6 +104,7 @@ pub fn router(options: Arc<MockOptions>) -> Router {
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1/embeddings", post(openai_embeddings))
+        .route("/v1beta/models/{model_method}", post(gemini_generate))
         .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
         .route("/openai/deployments/{deployment}/embeddings", post(azure_embeddings))
         .route("/v1/models", get(|| async { axum::Json(json!({"object": "list", "data": []})) }))
@@ -304,6 +305,81 @@ async fn azure_embeddings(
         Ok(body) => openai_embeddings(State(options), headers, body).await,
         Err(response) => *response,
     }
+}
+
+/// The mock as Google Gemini: `POST /v1beta/models/{model}:generateContent`, and
+/// `:streamGenerateContent?alt=sse` (one `GenerateContentResponse` per SSE event, the last
+/// with `finishReason` and `usageMetadata`). Needs `x-goog-api-key`; faults apply.
+async fn gemini_generate(
+    State(options): State<Arc<MockOptions>>,
+    Path(model_method): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let gemini_error = |status: StatusCode, message: &str| {
+        (status, axum::Json(json!({"error": {"code": status.as_u16(), "message": message, "status": "INVALID_ARGUMENT"}}))).into_response()
+    };
+    let Some((model, method)) = model_method.split_once(':') else {
+        return gemini_error(StatusCode::NOT_FOUND, "expected models/{model}:{method}");
+    };
+    let stream = match method {
+        "generateContent" => false,
+        "streamGenerateContent" if query.get("alt").is_some_and(|a| a == "sse") => true,
+        _ => return gemini_error(StatusCode::NOT_FOUND, "unknown method (streams need alt=sse)"),
+    };
+    if headers.get("x-goog-api-key").is_none_or(|k| k.is_empty()) {
+        return gemini_error(StatusCode::FORBIDDEN, "Method doesn't allow unregistered callers. Please use an API key.");
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return gemini_error(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    let Some(contents) = request["contents"].as_array().filter(|c| !c.is_empty()) else {
+        return gemini_error(StatusCode::BAD_REQUEST, "contents is required");
+    };
+    if contents.iter().any(|c| !matches!(c["role"].as_str(), Some("user" | "model"))) {
+        return gemini_error(StatusCode::BAD_REQUEST, "roles must be user or model");
+    }
+    let plan = match plan(&options, &headers, model) {
+        Ok(plan) => plan,
+        Err(response) => return *response,
+    };
+    if let Some(response) = fault_response(&plan.fault).await {
+        return response;
+    }
+    let text_of = |content: &Value| -> String { content["parts"].as_array().map(|p| p.iter().filter_map(|p| p["text"].as_str()).collect()).unwrap_or_default() };
+    let prompt = contents.iter().rev().find(|c| c["role"] == "user").map(text_of).unwrap_or_default();
+    let mut text = answer_text(&options, model, &prompt);
+    if request["generationConfig"]["responseMimeType"] == "application/json" {
+        text = json!({"answer": text}).to_string();
+    }
+    let prompt_tokens: u64 = contents.iter().map(|c| estimate_tokens(&text_of(c))).sum::<u64>() + estimate_tokens(&text_of(&request["systemInstruction"]));
+    let usage = json!({"promptTokenCount": prompt_tokens, "candidatesTokenCount": estimate_tokens(&text), "totalTokenCount": prompt_tokens + estimate_tokens(&text)});
+    let model = model.to_owned();
+    if !stream {
+        pause(plan.first_token).await;
+        return axum::Json(json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": usage, "modelVersion": model, "responseId": uuid::Uuid::now_v7().simple().to_string(),
+        }))
+        .into_response();
+    }
+    let words = deltas(&text);
+    let (first_token, per_token) = (plan.first_token, plan.per_token);
+    let events = async_stream::stream! {
+        pause(first_token).await;
+        let last = words.len().saturating_sub(1);
+        for (i, word) in words.iter().enumerate() {
+            let mut chunk = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": word}]}, "index": 0}], "modelVersion": model});
+            if i == last {
+                chunk["candidates"][0]["finishReason"] = json!("STOP");
+                chunk["usageMetadata"] = usage.clone();
+            }
+            yield Ok::<_, std::io::Error>(Bytes::from(format!("data: {chunk}\r\n\r\n")));
+            pause(per_token).await;
+        }
+    };
+    sse_response(events)
 }
 
 /// Dimensions of the mock's embeddings.

@@ -3,6 +3,7 @@
 //! difference.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 
 use std::pin::Pin;
@@ -51,6 +52,7 @@ pub struct CallTimeouts {
 pub enum Provider {
     OpenAi(openai::OpenAiProvider),
     Anthropic(anthropic::AnthropicProvider),
+    Gemini(gemini::GeminiProvider),
     /// The in-process embedder (`provider = "local"`): embeddings only, no network.
     Local,
 }
@@ -69,6 +71,7 @@ impl Provider {
         match self {
             Self::OpenAi(p) => p.chat(http, request, upstream_model, extra_headers, timeouts).await,
             Self::Anthropic(p) => p.chat(http, request, upstream_model, timeouts).await,
+            Self::Gemini(p) => p.chat(http, request, upstream_model, timeouts).await,
             Self::Local => Err(Error::invalid_param("model", "the local embedder answers /v1/embeddings only")),
         }
     }
@@ -84,7 +87,7 @@ impl Provider {
     ) -> Result<Bytes, Error> {
         match self {
             Self::OpenAi(p) => p.embeddings(http, body, extra_headers, timeouts).await,
-            Self::Anthropic(_) => Err(Error::invalid_param("model", "Anthropic has no embeddings API")),
+            Self::Anthropic(_) | Self::Gemini(_) => Err(Error::invalid_param("model", "this provider's embeddings are not supported")),
             Self::Local => Err(Error::Internal("the local embedder is not called over HTTP".into())),
         }
     }
