@@ -39,6 +39,34 @@ pub struct Config {
     /// `[judge]`: the model `switchyard judge` asks to rate logged answers.
     #[serde(default)]
     pub judge: JudgeConfig,
+    /// `[telemetry]`: OpenTelemetry traces over OTLP.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: where OpenTelemetry traces go (see [`crate::telemetry`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector base URL (`http://127.0.0.1:4318`); unset: no traces.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` overrides it.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "switchyard".into() }
+    }
+}
+
+impl TelemetryConfig {
+    /// The exporter's settings, when traces are on.
+    pub fn otlp(&self) -> Option<crate::telemetry::OtlpConfig> {
+        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty()).or_else(|| self.otlp_endpoint.clone())?;
+        Some(crate::telemetry::OtlpConfig { endpoint, service_name: self.service_name.clone() })
+    }
 }
 
 /// `[judge]`: offline labelling of logged answers by a model (LLM-as-a-judge).

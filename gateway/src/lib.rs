@@ -30,6 +30,7 @@ pub mod shutdown;
 pub mod sse;
 pub mod store;
 pub mod tasks;
+pub mod telemetry;
 
 pub use app::Application;
 pub use config::Config;

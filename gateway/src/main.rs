@@ -604,25 +604,22 @@ fn main() -> anyhow::Result<()> {
         .block_on(run())
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or one JSON object a line.
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
-    }
-}
-
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // `serve` reads its config first: the log format may be set there.
+    // `serve` reads its config first: the log format and the trace exporter are set there.
     let serve_config = match &cli.command {
         Command::Serve { config: Some(path), .. } => Some(Config::from_file(path)?),
         _ => None,
     };
     let configured = serve_config.as_ref().map_or(LogFormat::Text, |c| c.server.log_format);
-    init_logging(LogFormat::from_env_or(configured)?);
+    let otlp = serve_config.as_ref().and_then(|c| c.telemetry.otlp());
+    let telemetry = gateway::telemetry::init(LogFormat::from_env_or(configured)?, otlp)?;
+    let outcome = run_command(cli, serve_config).await;
+    telemetry.shutdown().await;
+    outcome
+}
+
+async fn run_command(cli: Cli, serve_config: Option<Config>) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config: _, listen, database_url } => {
             let mut config = match serve_config {

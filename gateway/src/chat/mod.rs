@@ -57,23 +57,27 @@ pub use options::{HEADER_MAX_COST, HEADER_TIMEOUT, HEADER_TRADEOFF};
 pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     let request_id = Uuid::now_v7();
     let span = tracing::info_span!("chat", %request_id, model = tracing::field::Empty);
+    crate::telemetry::continue_trace(&span, &headers);
     run(state, headers, body, request_id).instrument(span).await
 }
 
+/// The steps, each in its own span (free unless traces or INFO logs are on).
 async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body, request_id: Uuid) -> Result<Response, Error> {
-    let ctx = RequestContext::parse(state, headers, body, request_id).await?;
-    let admission = ctx.admit().await?;
+    use tracing::info_span;
+    let ctx = RequestContext::parse(state, headers, body, request_id).instrument(info_span!("parse")).await?;
+    let admission = ctx.admit().instrument(info_span!("limits")).await?;
     let plan = ctx.cache_plan();
-    if let Some(hit) = ctx.exact_hit(plan.as_ref()).await {
+    if let Some(hit) = ctx.exact_hit(plan.as_ref()).instrument(info_span!("cache.exact")).await {
         return Ok(hit);
     }
-    let query = ctx.embed_query(plan.as_ref()).await;
-    if let Some(hit) = ctx.semantic_hit(plan.as_ref(), &query) {
+    let query = ctx.embed_query(plan.as_ref()).instrument(info_span!("embed")).await;
+    if let Some(hit) = info_span!("cache.semantic").in_scope(|| ctx.semantic_hit(plan.as_ref(), &query)) {
         return Ok(hit);
     }
-    let decision = ctx.decide(&query);
+    let decision = info_span!("select").in_scope(|| ctx.decide(&query));
     let mut outcome = ctx.outcome(&decision, admission, &query, plan.as_ref());
-    let (model, upstream) = match ctx.call_upstream(&decision, &mut outcome).await {
+    let upstream_span = info_span!("upstream", model = decision.chosen().name.as_str());
+    let (model, upstream) = match ctx.call_upstream(&decision, &mut outcome).instrument(upstream_span).await {
         Ok(answered) => answered,
         Err(error) => {
             outcome.finish_error(&error, ctx.started);

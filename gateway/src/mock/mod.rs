@@ -78,6 +78,9 @@ pub struct MockOptions {
     pub replay: Option<ReplayStore>,
     /// Requests seen per (`x-mock-fault` value, model), for `@N` faults.
     pub fault_counts: std::sync::Mutex<HashMap<String, u32>>,
+    /// The `traceparent` of every chat request that carried one (tests of trace propagation
+    /// keep a clone).
+    pub traceparents: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Binds the mock on `addr` and serves it in the background; returns the bound address.
@@ -431,6 +434,9 @@ async fn openai_embeddings(State(options): State<Arc<MockOptions>>, headers: Hea
 }
 
 async fn openai_chat(State(options): State<Arc<MockOptions>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        options.traceparents.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(traceparent.to_owned());
+    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return bad_request("mock upstream: body is not JSON");
     };

@@ -54,6 +54,7 @@ impl GeminiProvider {
         let builder = http
             .post(url)
             .headers(self.headers.clone())
+            .headers(crate::telemetry::trace_headers())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(payload);
         let response = send(builder, timeouts.first_byte).await?;

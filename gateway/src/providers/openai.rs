@@ -138,6 +138,7 @@ impl OpenAiProvider {
         let mut builder = http
             .post(url)
             .headers(self.headers.clone())
+            .headers(crate::telemetry::trace_headers())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(payload);
         if self.forward_mock_headers {

@@ -506,7 +506,9 @@ impl Inserter {
     }
 
     async fn insert_timed(&self, rows: &[LogRow]) -> Result<(), Error> {
-        match tokio::time::timeout(self.write_timeout, self.store.insert_rows(rows)).await {
+        use tracing::Instrument;
+        let insert = self.store.insert_rows(rows).instrument(tracing::info_span!("log write", rows = rows.len()));
+        match tokio::time::timeout(self.write_timeout, insert).await {
             Ok(result) => result,
             Err(_) => Err(Error::Database {
                 context: "writing the outcome log (timed out)",
