@@ -108,8 +108,7 @@ pub fn router(options: Arc<MockOptions>) -> Router {
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/v1beta/models/{model_method}", post(gemini_generate))
-        .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
-        .route("/openai/deployments/{deployment}/embeddings", post(azure_embeddings))
+        .route("/openai/deployments/{deployment}/{*api}", post(azure))
         .route("/v1/models", get(|| async { axum::Json(json!({"object": "list", "data": []})) }))
         .route("/health", get(|| async { "ok" }))
         .with_state(options)
@@ -284,29 +283,21 @@ fn azure_request(deployment: &str, query: &HashMap<String, String>, headers: &He
     Ok(Bytes::from(request.to_string()))
 }
 
-async fn azure_chat(
+async fn azure(
     State(options): State<Arc<MockOptions>>,
-    Path(deployment): Path<String>,
+    Path((deployment, api)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match azure_request(&deployment, &query, &headers, &body) {
-        Ok(body) => openai_chat(State(options), headers, body).await,
-        Err(response) => *response,
-    }
-}
-
-async fn azure_embeddings(
-    State(options): State<Arc<MockOptions>>,
-    Path(deployment): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match azure_request(&deployment, &query, &headers, &body) {
-        Ok(body) => openai_embeddings(State(options), headers, body).await,
-        Err(response) => *response,
+    let body = match azure_request(&deployment, &query, &headers, &body) {
+        Ok(body) => body,
+        Err(response) => return *response,
+    };
+    match api.as_str() {
+        "chat/completions" => openai_chat(State(options), headers, body).await,
+        "embeddings" => openai_embeddings(State(options), headers, body).await,
+        _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"code": "404", "message": "Resource not found"}}))).into_response(),
     }
 }
 

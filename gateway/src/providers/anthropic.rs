@@ -136,14 +136,8 @@ pub fn to_anthropic_request(request: &ChatRequest, upstream_model: &str) -> Resu
             out.insert(key.into(), value.clone());
         }
     }
-    match body.get("stop") {
-        Some(Value::String(stop)) => {
-            out.insert("stop_sequences".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) => {
-            out.insert("stop_sequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
+    if let Some(stops) = super::stop_sequences(body) {
+        out.insert("stop_sequences".into(), stops);
     }
     if request.stream {
         out.insert("stream".into(), Value::Bool(true));

@@ -117,14 +117,8 @@ pub fn to_gemini_request(request: &ChatRequest) -> Result<Value, Error> {
             config.insert(to.into(), value.clone());
         }
     }
-    match body.get("stop") {
-        Some(Value::String(stop)) => {
-            config.insert("stopSequences".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) => {
-            config.insert("stopSequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
+    if let Some(stops) = super::stop_sequences(body) {
+        config.insert("stopSequences".into(), stops);
     }
     match body.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str) {
         None | Some("text") => {}

@@ -93,6 +93,15 @@ impl Provider {
     }
 }
 
+/// OpenAI's `stop` (a string or strings) as the list Anthropic and Gemini want.
+pub(crate) fn stop_sequences(body: &serde_json::Map<String, serde_json::Value>) -> Option<serde_json::Value> {
+    match body.get("stop")? {
+        serde_json::Value::String(stop) => Some(serde_json::json!([stop])),
+        serde_json::Value::Array(stops) => Some(serde_json::Value::Array(stops.clone())),
+        _ => None,
+    }
+}
+
 /// Sends a prepared request, applying the first-byte timeout and mapping transport errors.
 pub(crate) async fn send(
     builder: reqwest::RequestBuilder,
