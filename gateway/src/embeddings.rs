@@ -32,6 +32,9 @@ pub const MAX_INPUTS: usize = 2048;
 /// How long local inputs may wait for the embedder (it batches them with routing traffic).
 const LOCAL_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Inputs of one request queued for the local embedder at a time (its batch size).
+const LOCAL_CHUNK: usize = 32;
+
 /// A parsed embeddings request. `body` is forwarded upstream as it came, `model` rewritten.
 #[derive(Debug)]
 pub struct EmbeddingRequest {
@@ -197,7 +200,12 @@ async fn embed_locally(state: &AppState, model: &ModelEntry, request: &Embedding
         tokens += counted.len() as u64;
     }
     let deadline = Instant::now() + LOCAL_DEADLINE;
-    let vectors = futures_util::future::join_all(texts.iter().map(|text| service.embed(text, deadline))).await;
+    // A few at a time: a 2,048-input request must not fill the embedder's queue (routing
+    // traffic shares it) or be refused by it.
+    let mut vectors = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(LOCAL_CHUNK) {
+        vectors.extend(futures_util::future::join_all(chunk.iter().map(|text| service.embed(text, deadline))).await);
+    }
     let mut data = Vec::with_capacity(vectors.len());
     for (index, vector) in vectors.into_iter().enumerate() {
         let vector = vector.map_err(|e| {

@@ -164,6 +164,12 @@ async fn the_local_model_answers_with_the_embedders_own_vectors_and_logs_the_tok
     assert_eq!(status, 200, "{encoded}");
     assert!(encoded["data"][0]["embedding"].is_string());
     assert_eq!(vectors(&encoded)[0], served[0]);
+
+    // More inputs than the embedder's queue holds (256): served, not refused as overloaded.
+    let many: Vec<String> = (0..300).map(|i| format!("short text number {i}")).collect();
+    let (status, body, _) = gw.post("/v1/embeddings", json!({"model": "minilm", "input": many})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(vectors(&body).len(), 300);
 }
 
 #[tokio::test]
