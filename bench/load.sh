@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Load benchmark: the mock upstream alone ("direct") vs the same mock behind switchyard
-# ("gateway"), non-stream and stream, in one run on loopback.
+# Load benchmark: an upstream alone ("direct") vs the same upstream behind switchyard
+# ("gateway"), non-stream and stream, in one run on loopback. The upstream is the project's
+# mock (default) or, with UPSTREAM=nginx, nginx answering a fixed chat completion and a fixed
+# SSE stream: a static server shows what the gateway itself costs (the mock is slow enough to
+# flatter the gateway's share).
 #
 # Two measurements per case:
 #   1. saturation: closed loop, $CONNS connections, as fast as it goes -> throughput.
@@ -19,6 +22,8 @@
 #      RATE (fixed-rate cap, default 2000), ROUNDS (default 2), ROUND_SECONDS (default 5),
 #      OHA (path to oha; default: PATH, then .cache/tools/bin/oha, installed there if absent),
 #      OUT_DIR, LOG_REQUESTS (default true; false: `[database] log_requests = false`),
+#      UPSTREAM (mock | nginx; nginx is installed with apt-get when missing),
+#      GATEWAY_WORKERS (the gateway's Tokio worker threads; default: one per CPU),
 #      MOCK_NODELAY, GATEWAY_NODELAY (default 0): 1 = LD_PRELOAD bench/nodelay_preload.c into
 #        the mock / the gateway, which sets TCP_NODELAY on every accepted socket. Builds from
 #        before TCP_NODELAY was set on accepted sockets stall every streamed response ~40 ms
@@ -36,6 +41,8 @@ RATE="${RATE:-2000}"
 ROUNDS="${ROUNDS:-2}"
 ROUND_SECONDS="${ROUND_SECONDS:-5}"
 MODEL="gpt-4o-mini"
+UPSTREAM="${UPSTREAM:-mock}"
+[[ "$UPSTREAM" == mock || "$UPSTREAM" == nginx ]] || { echo "UPSTREAM must be mock or nginx" >&2; exit 1; }
 
 log() { echo "[load.sh] $*" >&2; }
 
@@ -118,18 +125,48 @@ MOCK_PORT="$(free_port)"
 GW_PORT="$(free_port)"
 while [[ "$GW_PORT" == "$MOCK_PORT" ]]; do GW_PORT="$(free_port)"; done
 
+# The upstream's URLs: the mock answers both kinds at one URL; nginx has one location per
+# kind (it cannot look into the body), so the gateway gets one model per kind.
+if [[ "$UPSTREAM" == nginx ]]; then
+  NONSTREAM_MODEL="static-json"; STREAM_MODEL="static-sse"
+  DIRECT_NONSTREAM_URL="http://127.0.0.1:$MOCK_PORT/json/v1/chat/completions"
+  DIRECT_STREAM_URL="http://127.0.0.1:$MOCK_PORT/sse/v1/chat/completions"
+  UPSTREAM_MODELS="[providers.json]
+kind = \"openai\"
+base_url = \"http://127.0.0.1:$MOCK_PORT/json/v1\"
+
+[providers.sse]
+kind = \"openai\"
+base_url = \"http://127.0.0.1:$MOCK_PORT/sse/v1\"
+
+[models.static-json]
+provider = \"json\"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.6
+
+[models.static-sse]
+provider = \"sse\"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.6"
+else
+  NONSTREAM_MODEL="$MODEL"; STREAM_MODEL="$MODEL"
+  DIRECT_NONSTREAM_URL="http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
+  DIRECT_STREAM_URL="$DIRECT_NONSTREAM_URL"
+  UPSTREAM_MODELS="[providers.up]
+kind = \"openai\"
+base_url = \"http://127.0.0.1:$MOCK_PORT/v1\"
+
+[models.\"$MODEL\"]
+provider = \"up\"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.6"
+fi
+
 cat >"$OUT_DIR/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$GW_PORT"
 
-[providers.up]
-kind = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-
-[models."$MODEL"]
-provider = "up"
-input_usd_per_mtok = 0.15
-output_usd_per_mtok = 0.6
+$UPSTREAM_MODELS
 
 # The outcome log is on the request path (one row per request, batched off it): keep it, in
 # a throwaway SQLite file.
@@ -139,31 +176,80 @@ spill_path = "$OUT_DIR/spill.jsonl"
 log_requests = ${LOG_REQUESTS:-true}
 EOF
 
-# Logs at warn: per-request logging is not what we measure.
-LD_PRELOAD="$MOCK_PRELOAD" RUST_LOG=warn "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
+if [[ "$UPSTREAM" == nginx ]]; then
+  if ! command -v nginx >/dev/null 2>&1 && ! [[ -x /usr/sbin/nginx ]]; then
+    log "installing nginx-light (apt-get)"
+    (apt-get install -y -qq nginx-light >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }) \
+      || { log "cannot install nginx"; exit 1; }
+  fi
+  NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+  # Fixed answers the size of the mock's: one completion; a stream of 12 content chunks, a
+  # finish chunk, a usage chunk and [DONE] (written with nginx's \n escapes).
+  chunk() { printf 'data: {\\"id\\":\\"chatcmpl-static\\",\\"object\\":\\"chat.completion.chunk\\",\\"created\\":1700000000,\\"model\\":\\"static-sse\\",%s}\\n\\n' "$1"; }
+  JSON_ANSWER='{"id":"chatcmpl-static","object":"chat.completion","created":1700000000,"model":"static-json","choices":[{"index":0,"message":{"role":"assistant","content":"A gateway gives one endpoint, one key and one log for many models, and picks the model per request."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":22,"total_tokens":42}}'
+  SSE_ANSWER=""
+  for word in A gateway gives one endpoint, one key and one log for many models.; do
+    SSE_ANSWER+="$(chunk "\\\"choices\\\":[{\\\"index\\\":0,\\\"delta\\\":{\\\"content\\\":\\\"$word \\\"},\\\"finish_reason\\\":null}]")"
+  done
+  SSE_ANSWER+="$(chunk "\\\"choices\\\":[{\\\"index\\\":0,\\\"delta\\\":{},\\\"finish_reason\\\":\\\"stop\\\"}]")"
+  SSE_ANSWER+="$(chunk "\\\"choices\\\":[],\\\"usage\\\":{\\\"prompt_tokens\\\":20,\\\"completion_tokens\\\":12,\\\"total_tokens\\\":32}")"
+  SSE_ANSWER+='data: [DONE]\n\n'
+  mkdir -p "$OUT_DIR/nginx"
+  cat >"$OUT_DIR/nginx/nginx.conf" <<NGINX_CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $OUT_DIR/nginx/nginx.pid;
+error_log $OUT_DIR/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path $OUT_DIR/nginx/body;
+  proxy_temp_path $OUT_DIR/nginx/proxy;
+  fastcgi_temp_path $OUT_DIR/nginx/fastcgi;
+  uwsgi_temp_path $OUT_DIR/nginx/uwsgi;
+  scgi_temp_path $OUT_DIR/nginx/scgi;
+  server {
+    listen 127.0.0.1:$MOCK_PORT;
+    location = /health { return 200 "ok"; }
+    location = /json/v1/chat/completions { default_type application/json; return 200 '$JSON_ANSWER'; }
+    location = /sse/v1/chat/completions { default_type text/event-stream; return 200 "$SSE_ANSWER"; }
+  }
+}
+NGINX_CONF
+  "$NGINX" -p "$OUT_DIR/nginx" -c "$OUT_DIR/nginx/nginx.conf" >"$OUT_DIR/mock.log" 2>&1 &
+else
+  # Logs at warn: per-request logging is not what we measure.
+  LD_PRELOAD="$MOCK_PRELOAD" RUST_LOG=warn "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
+fi
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN LD_PRELOAD="$GATEWAY_PRELOAD" RUST_LOG=warn \
+  ${GATEWAY_WORKERS:+TOKIO_WORKER_THREADS=$GATEWAY_WORKERS} \
   "$BIN" serve --config "$OUT_DIR/gateway.toml" >"$OUT_DIR/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
 wait_healthy "http://127.0.0.1:$MOCK_PORT/health" mock "$MOCK_PID"
 wait_healthy "http://127.0.0.1:$GW_PORT/health" gateway "$GW_PID"
 
-DIRECT_URL="http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
 GATEWAY_URL="http://127.0.0.1:$GW_PORT/v1/chat/completions"
+direct_url() { if [[ "$1" == stream ]]; then echo "$DIRECT_STREAM_URL"; else echo "$DIRECT_NONSTREAM_URL"; fi; }
 
 # Same body both ways. The stream body asks for usage itself, so that the mock does the same
 # work and the client reads the same events whether or not the gateway is in between (the
 # gateway always asks its upstream for usage, to cost the request).
 PROMPT="Summarise in one sentence why an LLM gateway is useful."
-NONSTREAM_BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}]}"
-STREAM_BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}],\"stream\":true,\"stream_options\":{\"include_usage\":true}}"
+NONSTREAM_BODY="{\"model\":\"$NONSTREAM_MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}]}"
+STREAM_BODY="{\"model\":\"$STREAM_MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}],\"stream\":true,\"stream_options\":{\"include_usage\":true}}"
 
 # Sanity: both paths answer 200 with the expected shape before we time anything.
-for url in "$DIRECT_URL" "$GATEWAY_URL"; do
+for url in "$DIRECT_NONSTREAM_URL" "$GATEWAY_URL"; do
   curl -fsS --max-time 5 -H 'content-type: application/json' -d "$NONSTREAM_BODY" "$url" | grep -q '"chat.completion"' \
     || { log "non-stream sanity request to $url failed"; exit 1; }
+done
+for url in "$DIRECT_STREAM_URL" "$GATEWAY_URL"; do
   curl -fsS --max-time 5 -N -H 'content-type: application/json' -d "$STREAM_BODY" "$url" | grep -q 'data: \[DONE\]' \
     || { log "stream sanity request to $url failed"; exit 1; }
 done
@@ -182,7 +268,7 @@ run_oha() { # name format url body seconds [extra oha args...]
 }
 
 log "binary: $BIN; oha: $("$OHA" --version 2>/dev/null | head -1); $CONNS connections; TCP_NODELAY shim: mock=$MOCK_NODELAY gateway=$GATEWAY_NODELAY"
-log "mock on :$MOCK_PORT (pid $MOCK_PID), gateway on :$GW_PORT (pid $GW_PID); raw results in $OUT_DIR"
+log "$UPSTREAM upstream on :$MOCK_PORT (pid $MOCK_PID), gateway on :$GW_PORT (pid $GW_PID); raw results in $OUT_DIR"
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n * 0.75) }'; then
@@ -191,7 +277,7 @@ fi
 
 # Warm-up: connection pools, allocator, page cache.
 for target in direct gateway; do
-  url="$DIRECT_URL"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
+  url="$(direct_url stream)"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
   run_oha "warmup-$target" json "$url" "$STREAM_BODY" "$WARMUP"
 done
 
@@ -200,7 +286,7 @@ for kind in nonstream stream; do
   body="$NONSTREAM_BODY"; [[ "$kind" == stream ]] && body="$STREAM_BODY"
   # 1. Saturation: closed loop, as fast as it goes.
   for target in direct gateway; do
-    url="$DIRECT_URL"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
+    url="$(direct_url "$kind")"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
     log "$kind / $target: saturation, ${DURATION}s"
     run_oha "$kind-$target-sat" json "$url" "$body" "$DURATION"
   done
@@ -220,7 +306,7 @@ PY
   FIXED_RATE[$kind]="$rate"
   for round in $(seq 1 "$ROUNDS"); do
     for target in direct gateway; do
-      url="$DIRECT_URL"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
+      url="$(direct_url "$kind")"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
       log "$kind / $target: fixed rate $rate/s, round $round/$ROUNDS, ${ROUND_SECONDS}s"
       run_oha "$kind-$target-rate-$round" csv "$url" "$body" "$ROUND_SECONDS" -q "$rate"
     done
@@ -228,7 +314,7 @@ PY
 done
 
 # --- report --------------------------------------------------------------------------------
-echo "Gateway: \`$("$BIN" --version 2>/dev/null)\` ($BIN); oha $("$OHA" --version 2>/dev/null | awk '{print $2}'); $(nproc) CPUs; $CONNS connections; saturation runs ${DURATION} s, fixed-rate runs ${ROUNDS} x ${ROUND_SECONDS} s per side, interleaved; TCP_NODELAY shim on mock: $MOCK_NODELAY, on gateway: $GATEWAY_NODELAY; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "Upstream: $UPSTREAM. Gateway: \`$("$BIN" --version 2>/dev/null)\` ($BIN); oha $("$OHA" --version 2>/dev/null | awk '{print $2}'); $(nproc) CPUs; $CONNS connections; saturation runs ${DURATION} s, fixed-rate runs ${ROUNDS} x ${ROUND_SECONDS} s per side, interleaved; TCP_NODELAY shim on mock: $MOCK_NODELAY, on gateway: $GATEWAY_NODELAY; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
 python3 - "$OUT_DIR" "$CONNS" "$ROUNDS" "${FIXED_RATE[nonstream]}" "${FIXED_RATE[stream]}" <<'PY'
 import csv, json, os, sys
@@ -298,7 +384,7 @@ for kind in ("nonstream", "stream"):
 print()
 print("CPU time per request at saturation (user + system, from /proc):")
 print()
-print("| case | mock, direct (us) | mock, via gateway (us) | gateway (us) |")
+print("| case | upstream, direct (us) | upstream, via gateway (us) | gateway (us) |")
 print("|---|---:|---:|---:|")
 for kind in ("nonstream", "stream"):
     d, g = rows[(kind, "sat")]
