@@ -16,6 +16,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
+use uuid::Uuid;
 
 use crate::app::{read_body, AppState};
 use crate::chat::{HEADER_MODEL, HEADER_REQUEST_ID};
@@ -132,7 +133,7 @@ fn parse_input(value: Option<&Value>) -> Result<Input, Error> {
 /// The handler.
 pub async fn embeddings(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     let started = Instant::now();
-    let request_id = crate::chat::request_id(&headers);
+    let request_id = Uuid::now_v7();
     let caller = state.auth.authenticate(&headers).await?;
     let bytes = read_body(body, state.max_body_bytes).await?;
     let request = EmbeddingRequest::parse(&bytes)?;

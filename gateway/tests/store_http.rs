@@ -261,30 +261,3 @@ async fn cli_migrates_and_manages_keys() {
     assert!(!found.enabled);
     store.close().await;
 }
-
-#[tokio::test]
-async fn a_client_request_id_is_the_request_id_everywhere() {
-    let gateway = Gateway::start("").await;
-    let chosen = Uuid::new_v4();
-    let send = |id: String| {
-        gateway
-            .client
-            .post(format!("http://{}/v1/chat/completions", gateway.addr))
-            .header("x-request-id", id)
-            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hello there"}]}))
-            .send()
-    };
-    let response = send(chosen.to_string()).await.expect("gateway answers");
-    assert_eq!(response.status(), 200);
-    assert_eq!(request_id(&response), chosen, "the answer carries the client's id");
-    let store = gateway.state.store.clone();
-    assert!(wait_for(Duration::from_secs(5), async || store.fetch_row(chosen).await.ok().flatten().is_some()).await, "the row has the client's id");
-    // Feedback finds the request by the client's id.
-    let rated = gateway.feedback(None, json!({"request_id": chosen, "score": 1.0})).await;
-    assert_eq!(rated.status(), 200);
-
-    // An id that is not a UUID is not used: the gateway makes its own.
-    let response = send("req-abc-123".into()).await.expect("gateway answers");
-    assert_eq!(response.status(), 200);
-    assert_ne!(request_id(&response), chosen);
-}

@@ -43,8 +43,6 @@ pub use options::ClientOptions;
 use stream::{client_stream, CacheWrite};
 
 pub const HEADER_REQUEST_ID: &str = "x-switchyard-request-id";
-/// A request id the client chose (a UUID), kept as the request's id.
-pub const HEADER_CLIENT_REQUEST_ID: &str = "x-request-id";
 pub const HEADER_MODEL: &str = "x-switchyard-model";
 pub const HEADER_ROUTE: &str = "x-switchyard-route";
 /// How a route's model was chosen: `selected`, `explored`, `shed`, `default` or `cache`.
@@ -57,23 +55,10 @@ pub use options::{HEADER_MAX_COST, HEADER_TIMEOUT, HEADER_TRADEOFF};
 /// it costs nothing when only warnings are logged; the warnings of the request path name the
 /// request id themselves).
 pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
-    let request_id = request_id(&headers);
+    let request_id = Uuid::now_v7();
     let span = tracing::info_span!("chat", %request_id, model = tracing::field::Empty);
     crate::telemetry::continue_trace(&span, &headers);
     run(state, headers, body, request_id).instrument(span).await
-}
-
-/// The client's `x-request-id` when it is a UUID (so one id follows the request through the
-/// client's logs, the gateway's and the outcome log), else a new UUIDv7. A client must not
-/// reuse one: the log keeps the first row of an id (a repeat's row is refused by the
-/// database and kept in the rejected-rows file).
-pub fn request_id(headers: &HeaderMap) -> Uuid {
-    headers
-        .get(HEADER_CLIENT_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Uuid::parse_str(v.trim()).ok())
-        .filter(|id| !id.is_nil())
-        .unwrap_or_else(Uuid::now_v7)
 }
 
 /// The steps, each in its own span (free unless traces or INFO logs are on).
