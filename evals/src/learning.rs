@@ -398,6 +398,10 @@ pub struct LearnSetup {
     pub cache_dir: PathBuf,
     pub min_rows: usize,
     pub promote_margin: f64,
+    /// Train each round's candidate from random weights instead of the serving checkpoint's.
+    pub cold_start: bool,
+    /// Epochs without a better validation loss before training stops (`None`: the default).
+    pub patience: Option<usize>,
     /// After each round the active checkpoint is copied to `<snapshots>/round-N`.
     pub snapshots: Option<PathBuf>,
 }
@@ -469,6 +473,10 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         options.cache_dir = learn.cache_dir.clone();
         options.train.progress = false;
         options.train.seed = plan.seed.wrapping_add(round as u64);
+        options.train.warm_start = !learn.cold_start;
+        if let Some(patience) = learn.patience {
+            options.train.patience = patience;
+        }
         let started = Instant::now();
         let outcome = training::learn::run(&options).await?;
         let learn_seconds = started.elapsed().as_secs_f64();

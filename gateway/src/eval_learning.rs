@@ -66,6 +66,13 @@ pub struct EvalLearningArgs {
     /// Seed of the prompt samples, the feedback shuffle and training.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Train each round's candidate from random weights rather than warm-started from the
+    /// serving checkpoint.
+    #[arg(long)]
+    cold_start: bool,
+    /// Epochs without a better validation loss before each round's training stops.
+    #[arg(long)]
+    patience: Option<usize>,
     /// Skip the offline AIQ of each checkpoint (it embeds the whole test split).
     #[arg(long)]
     skip_offline: bool,
@@ -143,6 +150,8 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
         cache_dir: a.cache_dir.clone(),
         min_rows: a.min_rows,
         promote_margin: a.promote_margin,
+        cold_start: a.cold_start,
+        patience: a.patience,
         snapshots: Some(work.clone()),
     };
     let report = learning::run_loop(addr, &plan, &setup, &train, &test, spec.kind.name()).await;

@@ -353,7 +353,9 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
         examples.extend(log_examples);
     }
     let init = match (&active, &opts.active) {
-        (Some(a), Some(dir)) if corpus.datasets.is_empty() && a.candidates() == candidates.as_slice() => Init::From(dir),
+        (Some(a), Some(dir)) if opts.train.warm_start && corpus.datasets.is_empty() && a.candidates() == candidates.as_slice() => {
+            Init::From(dir)
+        }
         _ => Init::Random,
     };
 

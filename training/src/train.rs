@@ -79,6 +79,9 @@ pub struct TrainConfig {
     /// Dropout on the embedding part of the input while training.
     pub input_dropout: f32,
     pub loss_weights: LossWeights,
+    /// Start from the serving checkpoint's weights when it has the same candidates (`learn`);
+    /// `false` trains from random weights on the same rows.
+    pub warm_start: bool,
     /// Show progress bars (off in tests).
     pub progress: bool,
 }
@@ -96,6 +99,7 @@ impl Default for TrainConfig {
             validation_share: 0.1,
             input_dropout: 0.1,
             loss_weights: LossWeights::default(),
+            warm_start: true,
             progress: true,
         }
     }
