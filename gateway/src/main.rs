@@ -612,7 +612,12 @@ async fn run() -> anyhow::Result<()> {
         _ => None,
     };
     let configured = serve_config.as_ref().map_or(LogFormat::Text, |c| c.server.log_format);
-    let otlp = serve_config.as_ref().and_then(|c| c.telemetry.otlp());
+    // Only `serve` exports traces; without a config file `OTEL_EXPORTER_OTLP_ENDPOINT` still works.
+    let otlp = match (&cli.command, &serve_config) {
+        (_, Some(config)) => config.telemetry.otlp(),
+        (Command::Serve { .. }, None) => gateway::config::TelemetryConfig::default().otlp(),
+        _ => None,
+    };
     let telemetry = gateway::telemetry::init(LogFormat::from_env_or(configured)?, otlp)?;
     let outcome = run_command(cli, serve_config).await;
     telemetry.shutdown().await;
