@@ -62,6 +62,9 @@ pub enum ChunkEvent {
     Text(String),
     /// Token counts (the last chunk, since the translation asks for usage).
     Usage { prompt_tokens: u64, completion_tokens: u64 },
+    /// A piece of a tool call: the first piece of call `index` has its id and name, later
+    /// ones more of its arguments.
+    ToolCall { index: u64, id: Option<String>, name: Option<String>, arguments: String },
     /// Why the answer ended (`stop`, `length`, …).
     Finish(String),
     /// The stream ended with an error (the chat pipeline's error event, or a broken body).
@@ -93,6 +96,14 @@ pub fn chunk_events(body: Body) -> impl Stream<Item = ChunkEvent> + Send {
                 let choice = &data["choices"][0];
                 if let Some(text) = choice["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
                     yield ChunkEvent::Text(text.to_owned());
+                }
+                for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                    yield ChunkEvent::ToolCall {
+                        index: call["index"].as_u64().unwrap_or(0),
+                        id: call["id"].as_str().map(str::to_owned),
+                        name: call["function"]["name"].as_str().map(str::to_owned),
+                        arguments: call["function"]["arguments"].as_str().unwrap_or_default().to_owned(),
+                    };
                 }
                 if let Some(reason) = choice["finish_reason"].as_str() {
                     yield ChunkEvent::Finish(reason.to_owned());

@@ -253,6 +253,8 @@ fn translate_stream(body: Body, id: String, model: String) -> impl futures_util:
                     yield Ok(event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})));
                 }
                 ChunkEvent::Usage { prompt_tokens, completion_tokens } => (input_tokens, output_tokens) = (prompt_tokens, completion_tokens),
+                // The request carried no tools (they are refused), so no call can come back.
+                ChunkEvent::ToolCall { .. } => {}
                 ChunkEvent::Finish(reason) => finish_reason = Some(reason),
                 ChunkEvent::Failed { message, .. } => {
                     yield Ok(event("error", json!({"type": "error", "error": {"type": "api_error", "message": message}})));

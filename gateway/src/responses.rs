@@ -6,10 +6,11 @@
 //! `response.completed`).
 //!
 //! Translated: `input` (a string, or message items with `input_text` / `output_text` /
-//! `input_image` parts), `instructions` (a system message), `max_output_tokens`,
+//! `input_image` parts, and `function_call` / `function_call_output` items), `instructions`
+//! (a system message), function `tools` and `tool_choice`, `max_output_tokens`,
 //! `temperature`, `top_p`, `user`, `text.format` (JSON mode and JSON schema), `stream`.
-//! Refused with a 400 naming the field: tools and tool items, `previous_response_id` (the
-//! gateway keeps no conversation state), other item types.
+//! Refused with a 400 naming the field: hosted tools (web / file search…),
+//! `previous_response_id` (the gateway keeps no conversation state), other item types.
 
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ pub struct Echo {
 
 /// Fields of a Responses request the translation may ignore: they change nothing a
 /// stateless gateway does.
-const IGNORED: &[&str] = &["store", "metadata", "include", "truncation", "service_tier", "parallel_tool_calls", "reasoning", "background", "prompt_cache_key", "safety_identifier"];
+const IGNORED: &[&str] = &["store", "metadata", "include", "truncation", "service_tier", "reasoning", "background", "prompt_cache_key", "safety_identifier"];
 
 /// The chat completion body for a Responses request, and what to echo back.
 pub fn to_chat(bytes: &[u8]) -> Result<(Map<String, Value>, Echo), Error> {
@@ -79,8 +80,25 @@ pub fn to_chat(bytes: &[u8]) -> Result<(Map<String, Value>, Echo), Error> {
                     chat.insert("response_format".into(), format);
                 }
             }
-            "tools" | "tool_choice" if value.is_null() || value.as_array().is_some_and(Vec::is_empty) || value == "none" || value == "auto" => {}
-            "tools" | "tool_choice" => return Err(unsupported("tools", "tools")),
+            "tools" => {
+                let tools = value.as_array().ok_or_else(|| Error::invalid_param("tools", "`tools` must be an array"))?;
+                if !tools.is_empty() {
+                    chat.insert("tools".into(), Value::Array(tools.iter().map(chat_tool).collect::<Result<_, _>>()?));
+                }
+            }
+            "tool_choice" => {
+                let choice = match value {
+                    Value::String(mode) if matches!(mode.as_str(), "auto" | "none" | "required") => value.clone(),
+                    Value::Object(choice) if choice.get("type").and_then(Value::as_str) == Some("function") => {
+                        json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}})
+                    }
+                    _ => return Err(Error::invalid_param("tool_choice", "`tool_choice` must be auto, none, required or {\"type\": \"function\", \"name\"}")),
+                };
+                chat.insert("tool_choice".into(), choice);
+            }
+            "parallel_tool_calls" => {
+                chat.insert("parallel_tool_calls".into(), value.clone());
+            }
             "previous_response_id" | "conversation" if value.is_null() => {}
             "previous_response_id" => return Err(unsupported("previous_response_id", "`previous_response_id` (the gateway keeps no conversation state; send the whole `input`)")),
             "conversation" => return Err(unsupported("conversation", "`conversation` (the gateway keeps no conversation state; send the whole `input`)")),
@@ -104,7 +122,19 @@ pub fn to_chat(bytes: &[u8]) -> Result<(Map<String, Value>, Echo), Error> {
         Some(Value::String(text)) if !text.is_empty() => messages.push(json!({"role": "user", "content": text})),
         Some(Value::Array(items)) if !items.is_empty() => {
             for item in items {
-                messages.push(message(item)?);
+                match item.get("type").and_then(Value::as_str) {
+                    Some("function_call") => push_function_call(&mut messages, item)?,
+                    Some("function_call_output") => {
+                        let call_id = item.get("call_id").and_then(Value::as_str).ok_or_else(|| Error::invalid_param("input", "a `function_call_output` needs `call_id`"))?;
+                        let output = match item.get("output") {
+                            Some(Value::String(text)) => text.clone(),
+                            Some(other) => other.to_string(),
+                            None => return Err(Error::invalid_param("input", "a `function_call_output` needs `output`")),
+                        };
+                        messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
+                    }
+                    _ => messages.push(message(item)?),
+                }
             }
         }
         _ => return Err(Error::invalid_param("input", "`input` must be a non-empty string or a non-empty array of items")),
@@ -115,6 +145,37 @@ pub fn to_chat(bytes: &[u8]) -> Result<(Map<String, Value>, Echo), Error> {
         chat.insert("stream_options".into(), json!({"include_usage": true}));
     }
     Ok((chat, echo))
+}
+
+/// A Responses function tool → a chat tool.
+fn chat_tool(tool: &Value) -> Result<Value, Error> {
+    if tool.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(unsupported("tools", "tools other than `function` tools (web search, file search, …)"));
+    }
+    let name = tool.get("name").and_then(Value::as_str).ok_or_else(|| Error::invalid_param("tools", "a function tool needs `name`"))?;
+    let mut function = json!({"name": name, "parameters": tool.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}}))});
+    for key in ["description", "strict"] {
+        if let Some(value) = tool.get(key).filter(|v| !v.is_null()) {
+            function[key] = value.clone();
+        }
+    }
+    Ok(json!({"type": "function", "function": function}))
+}
+
+/// A `function_call` input item joins the assistant turn before it (or starts one).
+fn push_function_call(messages: &mut Vec<Value>, item: &Value) -> Result<(), Error> {
+    let field = |name: &str| item.get(name).and_then(Value::as_str).ok_or_else(|| Error::invalid_param("input", format!("a `function_call` needs `{name}`")));
+    let call = json!({"id": field("call_id")?, "type": "function", "function": {"name": field("name")?, "arguments": field("arguments")?}});
+    if let Some(last) = messages.last_mut().filter(|m| m["role"] == "assistant") {
+        if let Some(calls) = last.get_mut("tool_calls").and_then(Value::as_array_mut) {
+            calls.push(call);
+        } else {
+            last["tool_calls"] = json!([call]);
+        }
+        return Ok(());
+    }
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call]}));
+    Ok(())
 }
 
 fn unsupported(param: &'static str, what: &str) -> Error {
@@ -149,7 +210,7 @@ fn message(item: &Value) -> Result<Value, Error> {
     let bad = |message: String| Error::invalid_param("input", message);
     match item.get("type").and_then(Value::as_str) {
         None | Some("message") => {}
-        Some(kind @ ("function_call" | "function_call_output" | "custom_tool_call" | "custom_tool_call_output")) => {
+        Some(kind @ ("custom_tool_call" | "custom_tool_call_output")) => {
             return Err(unsupported("input", &format!("an `{kind}` item")))
         }
         Some(other) => return Err(bad(format!("input items of type `{other}` are not supported"))),
@@ -267,7 +328,22 @@ pub fn from_completion(completion: &Value, ids: &Ids, model: &str, echo: &Echo) 
     let (text, finish_reason, prompt_tokens, completion_tokens) = completion_parts(completion);
     let status = if finish_reason == Some("length") { "incomplete" } else { "completed" };
     let created = completion["created"].as_u64().unwrap_or_else(unix_now);
-    response_object(ids, model, echo, status, json!([message_item(ids, text, status)]), usage(prompt_tokens, completion_tokens), created)
+    let mut output = Vec::new();
+    let calls = completion["choices"][0]["message"]["tool_calls"].as_array().cloned().unwrap_or_default();
+    if !text.is_empty() || calls.is_empty() {
+        output.push(message_item(ids, text, status));
+    }
+    for call in &calls {
+        let call_id = call["id"].as_str().unwrap_or_default();
+        let name = call["function"]["name"].as_str().unwrap_or_default();
+        output.push(function_call_item(call_id, name, call["function"]["arguments"].as_str().unwrap_or("{}"), "completed"));
+    }
+    response_object(ids, model, echo, status, Value::Array(output), usage(prompt_tokens, completion_tokens), created)
+}
+
+/// A `function_call` output item.
+fn function_call_item(call_id: &str, name: &str, arguments: &str, status: &str) -> Value {
+    json!({"type": "function_call", "id": format!("fc_{call_id}"), "call_id": call_id, "name": name, "arguments": arguments, "status": status})
 }
 
 /// Numbers the events of one stream.
@@ -298,6 +374,8 @@ fn translate_stream(body: Body, ids: Ids, model: String, echo: Echo) -> impl fut
         let mut text = String::new();
         let (mut prompt_tokens, mut completion_tokens) = (0u64, 0u64);
         let mut finish_reason: Option<String> = None;
+        // Tool calls by their chat index: (call id, name, arguments so far).
+        let mut calls: Vec<(u64, String, String, String)> = Vec::new();
         let chunks = chunk_events(body);
         futures_util::pin_mut!(chunks);
         while let Some(chunk) = chunks.next().await {
@@ -308,6 +386,23 @@ fn translate_stream(body: Body, ids: Ids, model: String, echo: Echo) -> impl fut
                 }
                 ChunkEvent::Usage { prompt_tokens: p, completion_tokens: c } => (prompt_tokens, completion_tokens) = (p, c),
                 ChunkEvent::Finish(reason) => finish_reason = Some(reason),
+                ChunkEvent::ToolCall { index, id, name, arguments } => {
+                    let position = match calls.iter().position(|c| c.0 == index) {
+                        Some(position) => position,
+                        None => {
+                            let (call_id, name) = (id.unwrap_or_default(), name.unwrap_or_default());
+                            let item = function_call_item(&call_id, &name, "", "in_progress");
+                            yield Ok(events.event("response.output_item.added", json!({"output_index": calls.len() + 1, "item": item})));
+                            calls.push((index, call_id, name, String::new()));
+                            calls.len() - 1
+                        }
+                    };
+                    if !arguments.is_empty() {
+                        let item_id = format!("fc_{}", calls[position].1);
+                        yield Ok(events.event("response.function_call_arguments.delta", json!({"item_id": item_id, "output_index": position + 1, "delta": arguments})));
+                        calls[position].3.push_str(&arguments);
+                    }
+                }
                 ChunkEvent::Failed { message, code } => {
                     let mut failed = response_object(&ids, &model, &echo, "failed", json!([]), Value::Null, created);
                     failed["error"] = json!({"code": code.unwrap_or_else(|| "server_error".into()), "message": message});
@@ -322,7 +417,15 @@ fn translate_stream(body: Body, ids: Ids, model: String, echo: Echo) -> impl fut
         yield Ok(events.event("response.content_part.done", json!({"item_id": ids.message, "output_index": 0, "content_index": 0, "part": part})));
         let item = message_item(&ids, &text, status);
         yield Ok(events.event("response.output_item.done", json!({"output_index": 0, "item": item})));
-        let done = response_object(&ids, &model, &echo, status, json!([item]), usage(prompt_tokens, completion_tokens), created);
+        let mut output = vec![item];
+        for (position, (_, call_id, name, arguments)) in calls.iter().enumerate() {
+            let item_id = format!("fc_{call_id}");
+            yield Ok(events.event("response.function_call_arguments.done", json!({"item_id": item_id, "output_index": position + 1, "arguments": arguments})));
+            let call = function_call_item(call_id, name, arguments, "completed");
+            yield Ok(events.event("response.output_item.done", json!({"output_index": position + 1, "item": call})));
+            output.push(call);
+        }
+        let done = response_object(&ids, &model, &echo, status, Value::Array(output), usage(prompt_tokens, completion_tokens), created);
         let kind = if status == "completed" { "response.completed" } else { "response.incomplete" };
         yield Ok(events.event(kind, json!({"response": done})));
     }
@@ -363,13 +466,44 @@ mod tests {
         assert_eq!(param(json!({"input": "x"})), Some("model"));
         assert_eq!(param(json!({"model": "m"})), Some("input"));
         assert_eq!(param(json!({"model": "m", "input": []})), Some("input"));
-        assert_eq!(param(json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}]})), Some("tools"));
+        assert_eq!(param(json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]})), Some("tools"));
+        assert_eq!(param(json!({"model": "m", "input": "x", "tool_choice": "sometimes"})), Some("tool_choice"));
         assert_eq!(param(json!({"model": "m", "input": "x", "previous_response_id": "resp_1"})), Some("previous_response_id"));
-        assert_eq!(param(json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]})), Some("input"));
+        assert_eq!(param(json!({"model": "m", "input": [{"type": "function_call_output", "output": "1"}]})), Some("input"));
+        assert_eq!(param(json!({"model": "m", "input": [{"type": "custom_tool_call", "call_id": "c"}]})), Some("input"));
         assert_eq!(param(json!({"model": "m", "input": [{"role": "robot", "content": "x"}]})), Some("input"));
         assert_eq!(param(json!({"model": "m", "input": "x", "max_output_tokens": 0})), Some("max_output_tokens"));
         assert_eq!(param(json!({"model": "m", "input": "x", "text": {"format": {"type": "yaml"}}})), Some("text"));
         assert_eq!(param(json!({"model": "m", "input": "x", "colour": 1})), None);
+    }
+
+    #[test]
+    fn function_tools_and_call_items_translate() {
+        let out = chat(json!({
+            "model": "m",
+            "tools": [{"type": "function", "name": "get_weather", "description": "w", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+            "tool_choice": {"type": "function", "name": "get_weather"},
+            "input": [
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+                {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": "{\"city\":\"Rome\"}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+                {"type": "function_call_output", "call_id": "c2", "output": "rain"},
+            ],
+        }))
+        .expect("ok");
+        assert_eq!(out["tools"][0]["function"]["name"], "get_weather");
+        assert_eq!(out["tools"][0]["function"]["parameters"]["properties"]["city"]["type"], "string");
+        assert_eq!(out["tool_choice"], json!({"type": "function", "function": {"name": "get_weather"}}));
+        let messages = out["messages"].as_array().expect("messages");
+        assert_eq!(messages.len(), 4, "{messages:?}");
+        assert_eq!(messages[1]["tool_calls"].as_array().map(Vec::len), Some(2), "consecutive calls share one assistant turn");
+        assert_eq!(messages[2], json!({"role": "tool", "tool_call_id": "c1", "content": "sunny"}));
+
+        let completion = json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "c9", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]});
+        let ids = Ids { response: "resp_1".into(), message: "msg_1".into() };
+        let response = from_completion(&completion, &ids, "m", &Echo::default());
+        assert_eq!(response["output"], json!([{"type": "function_call", "id": "fc_c9", "call_id": "c9", "name": "get_weather", "arguments": "{}", "status": "completed"}]));
     }
 
     #[test]

@@ -678,11 +678,52 @@ def test_responses_stream(client):
     assert done.usage.output_tokens > 0
 
 
-def test_responses_refuse_tools_naming_the_field(client):
+RESPONSES_WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def test_responses_function_call_round_trip(client):
+    question = {"role": "user", "content": "What is the weather in Paris?"}
+    first = client.responses.create(model=CONCRETE_MODEL, input=[question], tools=[RESPONSES_WEATHER_TOOL])
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1, first.output
+    call = calls[0]
+    assert call.name == "get_weather" and call.call_id and call.status == "completed"
+    json.loads(call.arguments)
+    # The tool's result goes back as a function_call_output item; the model answers in text.
+    second = client.responses.create(
+        model=CONCRETE_MODEL,
+        tools=[RESPONSES_WEATHER_TOOL],
+        input=[
+            question,
+            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"},
+        ],
+    )
+    assert second.output_text, second.output
+    assert not [item for item in second.output if item.type == "function_call"]
+
+
+def test_responses_function_call_stream(client):
+    events = list(client.responses.create(model=CONCRETE_MODEL, input="Weather in Rome?", tools=[RESPONSES_WEATHER_TOOL], stream=True))
+    types = [e.type for e in events]
+    assert "response.function_call_arguments.delta" in types and "response.function_call_arguments.done" in types, types
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = events[-1]
+    assert done.type == "response.completed"
+    calls = [item for item in done.response.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather"
+    streamed = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert streamed == calls[0].arguments
+
+
+def test_responses_refuse_hosted_tools_naming_the_field(client):
     with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(
-            model=ROUTE, input="x", tools=[{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}]
-        )
+        client.responses.create(model=ROUTE, input="x", tools=[{"type": "web_search"}])
     assert error_object(e.value)["param"] == "tools"
 
 
