@@ -156,7 +156,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     };
     let mut outcome = outcome.charge_limits(admission);
     let answered = match model.provider.as_ref() {
-        Provider::Local => embed_locally(&state, &model, &request).await,
+        Provider::Local => embed_locally(&state, &model, request).await,
         provider => call_upstream(&state, provider, &model, request, &headers).await,
     };
     match answered {
@@ -181,8 +181,8 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, headers: HeaderMap, 
 
 /// Embeds the texts with the in-process embedder (loaded on first use). Inputs are queued
 /// one by one so the embedder batches them with each other and with routing traffic.
-async fn embed_locally(state: &AppState, model: &ModelEntry, request: &EmbeddingRequest) -> Result<(bytes::Bytes, Usage), Error> {
-    let Input::Texts(texts) = &request.input else {
+async fn embed_locally(state: &AppState, model: &ModelEntry, request: EmbeddingRequest) -> Result<(bytes::Bytes, Usage), Error> {
+    let Input::Texts(texts) = request.input else {
         return Err(Error::invalid_param("input", format!("`{}` embeds text; token ids are not accepted", model.name)));
     };
     let unavailable = |e: Error| Error::Unavailable(format!("the local embedder is unavailable: {e}"));
@@ -194,11 +194,15 @@ async fn embed_locally(state: &AppState, model: &ModelEntry, request: &Embedding
     if request.dimensions.is_some_and(|d| d != dim as u64) {
         return Err(Error::invalid_param("dimensions", format!("`{}` returns {dim} dimensions and cannot shorten them", model.name)));
     }
-    let mut tokens = 0u64;
-    for text in texts {
-        let counted = service.embedder().tokenize(text).map_err(|e| Error::Internal(format!("tokenizer: {e}")))?;
-        tokens += counted.len() as u64;
-    }
+    // Counting tokens for `usage` tokenises every input: off the async workers.
+    let texts = Arc::new(texts);
+    let (embedder, counted) = (Arc::clone(service.embedder()), Arc::clone(&texts));
+    let tokens = tokio::task::spawn_blocking(move || {
+        counted.iter().try_fold(0u64, |sum, text| Ok::<_, router_model::Error>(sum + embedder.tokenize(text)?.len() as u64))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+    .map_err(|e| Error::Internal(format!("tokenizer: {e}")))?;
     let deadline = Instant::now() + LOCAL_DEADLINE;
     // A few at a time: a 2,048-input request must not fill the embedder's queue (routing
     // traffic shares it) or be refused by it.

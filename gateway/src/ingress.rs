@@ -130,6 +130,16 @@ pub fn completion_parts(completion: &Value) -> (&str, Option<&str>, u64, u64) {
     )
 }
 
+/// A translated message's chat content: the parts, or for an assistant turn their text (chat
+/// takes assistant content as text, not parts).
+pub fn chat_content(role: &str, parts: Vec<Value>) -> Value {
+    if role == "assistant" {
+        Value::String(parts.iter().filter_map(|p| p["text"].as_str()).collect())
+    } else {
+        Value::Array(parts)
+    }
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

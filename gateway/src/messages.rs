@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 
 use crate::app::{read_body, AppState};
 use crate::error::Error;
-use crate::ingress::{chunk_events, completion_parts, run_chat, ChatBody, ChunkEvent};
+use crate::ingress::{chat_content, chunk_events, completion_parts, run_chat, ChatBody, ChunkEvent};
 
 /// The chat completion body for a Messages request.
 pub fn to_chat(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
@@ -137,11 +137,7 @@ fn message(turn: &Value) -> Result<Value, Error> {
                     other => return Err(bad(format!("content blocks of type `{}` are not supported", other.unwrap_or("?")))),
                 });
             }
-            if role == "assistant" {
-                Value::String(parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(""))
-            } else {
-                Value::Array(parts)
-            }
+            chat_content(role, parts)
         }
         _ => return Err(bad("each message needs `content`: a string or content blocks".into())),
     };

@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 
 use crate::app::{read_body, AppState};
 use crate::error::Error;
-use crate::ingress::{chunk_events, completion_parts, run_chat, unix_now, ChatBody, ChunkEvent};
+use crate::ingress::{chat_content, chunk_events, completion_parts, run_chat, unix_now, ChatBody, ChunkEvent};
 
 /// What the response object echoes back from the request.
 #[derive(Debug, Clone, Default)]
@@ -241,12 +241,7 @@ fn message(item: &Value) -> Result<Value, Error> {
                     other => return Err(bad(format!("content parts of type `{}` are not supported", other.unwrap_or("?")))),
                 });
             }
-            // Assistant turns in chat take text, not parts.
-            if role == "assistant" {
-                Value::String(out.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(""))
-            } else {
-                Value::Array(out)
-            }
+            chat_content(role, out)
         }
         _ => return Err(bad("an input message needs `content`: a string or an array of parts".into())),
     };

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
 
-use super::{read_body, send, upstream_error, CallTimeouts, StreamPiece, UpstreamResponse};
+use super::{post_json, secret_header, translated_json, CallTimeouts, StreamPiece, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{content_text, unix_seconds, ChatRequest, Usage};
 use crate::sse::{data_event, SseParser, DONE_EVENT};
@@ -28,10 +28,7 @@ impl AnthropicProvider {
         let mut headers = headers;
         headers.insert("anthropic-version", http::HeaderValue::from_static(API_VERSION));
         if let Some(key) = api_key {
-            let mut value = http::HeaderValue::from_str(key)
-                .map_err(|_| Error::Config("API key contains characters not allowed in a header".into()))?;
-            value.set_sensitive(true);
-            headers.insert("x-api-key", value);
+            headers.insert("x-api-key", secret_header(key)?);
         }
         let messages_url = format!("{}/messages", base_url.trim_end_matches('/'));
         let messages_url = reqwest::Url::parse(&messages_url)
@@ -50,27 +47,10 @@ impl AnthropicProvider {
         timeouts: CallTimeouts,
     ) -> Result<UpstreamResponse, Error> {
         let body = to_anthropic_request(request, upstream_model)?;
-        let payload = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
-        let builder = http
-            .post(self.messages_url.clone())
-            .headers(self.headers.clone())
-            .headers(crate::telemetry::trace_headers())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(payload);
-        let response = send(builder, timeouts.first_byte).await?;
-        if !response.status().is_success() {
-            return Err(upstream_error(response, timeouts.body).await);
-        }
+        let post = http.post(self.messages_url.clone()).headers(self.headers.clone());
+        let response = post_json(post, &body, timeouts).await?;
         if !request.stream {
-            let body = read_body(response, timeouts.body).await?;
-            let message: Value = serde_json::from_slice(&body)
-                .map_err(|e| Error::BadGateway(format!("Anthropic sent invalid JSON: {e}")))?;
-            let (completion, usage) = to_openai_completion(&message);
-            let body = serde_json::to_vec(&completion).map_err(|e| Error::Internal(e.to_string()))?;
-            return Ok(UpstreamResponse::Json {
-                body: Bytes::from(body),
-                usage: Some(usage),
-            });
+            return translated_json(response, timeouts, "Anthropic", to_openai_completion).await;
         }
         let include_usage = request.client_wants_usage;
         Ok(UpstreamResponse::Stream(Box::pin(translate_stream(response, timeouts, include_usage))))

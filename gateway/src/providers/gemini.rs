@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
 
-use super::{read_body, send, upstream_error, CallTimeouts, StreamPiece, UpstreamResponse};
+use super::{post_json, secret_header, translated_json, CallTimeouts, StreamPiece, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{content_text, unix_seconds, ChatRequest, Usage};
 use crate::sse::{data_event, SseParser, DONE_EVENT};
@@ -29,10 +29,7 @@ impl GeminiProvider {
     pub fn new(base_url: &str, api_key: Option<&str>, headers: HeaderMap) -> Result<Self, Error> {
         let mut headers = headers;
         if let Some(key) = api_key {
-            let mut value = http::HeaderValue::from_str(key)
-                .map_err(|_| Error::Config("API key contains characters not allowed in a header".into()))?;
-            value.set_sensitive(true);
-            headers.insert("x-goog-api-key", value);
+            headers.insert("x-goog-api-key", secret_header(key)?);
         }
         let models_url = format!("{}/models/", base_url.trim_end_matches('/'));
         reqwest::Url::parse(&models_url).map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))?;
@@ -50,24 +47,9 @@ impl GeminiProvider {
         let method = if request.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
         let url = reqwest::Url::parse(&format!("{}{upstream_model}:{method}", self.models_url))
             .map_err(|e| Error::Internal(format!("Gemini URL for `{upstream_model}`: {e}")))?;
-        let payload = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
-        let builder = http
-            .post(url)
-            .headers(self.headers.clone())
-            .headers(crate::telemetry::trace_headers())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(payload);
-        let response = send(builder, timeouts.first_byte).await?;
-        if !response.status().is_success() {
-            return Err(upstream_error(response, timeouts.body).await);
-        }
+        let response = post_json(http.post(url).headers(self.headers.clone()), &body, timeouts).await?;
         if !request.stream {
-            let body = read_body(response, timeouts.body).await?;
-            let answer: Value =
-                serde_json::from_slice(&body).map_err(|e| Error::BadGateway(format!("Gemini sent invalid JSON: {e}")))?;
-            let (completion, usage) = to_openai_completion(&answer, upstream_model);
-            let body = serde_json::to_vec(&completion).map_err(|e| Error::Internal(e.to_string()))?;
-            return Ok(UpstreamResponse::Json { body: Bytes::from(body), usage: Some(usage) });
+            return translated_json(response, timeouts, "Gemini", |answer| to_openai_completion(answer, upstream_model)).await;
         }
         Ok(UpstreamResponse::Stream(Box::pin(translate_stream(response, timeouts, upstream_model.to_owned()))))
     }

@@ -102,6 +102,42 @@ pub(crate) fn stop_sequences(body: &serde_json::Map<String, serde_json::Value>) 
     }
 }
 
+/// An API key as a header value, marked sensitive so that it is never printed.
+pub(crate) fn secret_header(value: &str) -> Result<HeaderValue, Error> {
+    let mut value = HeaderValue::from_str(value).map_err(|_| Error::Config("API key contains characters not allowed in a header".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// POSTs `body` as JSON on `request` (its URL and the provider's headers set) with the trace
+/// context, within the first-byte timeout; a non-success status becomes the upstream's error.
+pub(crate) async fn post_json(request: reqwest::RequestBuilder, body: &impl serde::Serialize, timeouts: CallTimeouts) -> Result<reqwest::Response, Error> {
+    let payload = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
+    let request = request
+        .headers(crate::telemetry::trace_headers())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(payload);
+    let response = send(request, timeouts.first_byte).await?;
+    if !response.status().is_success() {
+        return Err(upstream_error(response, timeouts.body).await);
+    }
+    Ok(response)
+}
+
+/// A whole non-stream answer in a provider's own JSON, translated to an OpenAI completion.
+pub(crate) async fn translated_json(
+    response: reqwest::Response,
+    timeouts: CallTimeouts,
+    provider: &str,
+    translate: impl FnOnce(&serde_json::Value) -> (serde_json::Value, Usage),
+) -> Result<UpstreamResponse, Error> {
+    let body = read_body(response, timeouts.body).await?;
+    let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::BadGateway(format!("{provider} sent invalid JSON: {e}")))?;
+    let (completion, usage) = translate(&answer);
+    let body = serde_json::to_vec(&completion).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(UpstreamResponse::Json { body: Bytes::from(body), usage: Some(usage) })
+}
+
 /// Sends a prepared request, applying the first-byte timeout and mapping transport errors.
 pub(crate) async fn send(
     builder: reqwest::RequestBuilder,

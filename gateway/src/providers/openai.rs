@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use http::HeaderMap;
 use serde_json::{json, Value};
 
-use super::{read_body, send, upstream_error, CallTimeouts, StreamPiece, UpstreamResponse};
+use super::{post_json, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{usage_of, ChatRequest, Usage};
 use crate::sse::{SseEvent, SseParser};
@@ -23,6 +23,22 @@ pub struct OpenAiProvider {
     forward_mock_headers: bool,
 }
 
+/// The upstream APIs the gateway calls.
+#[derive(Debug, Clone, Copy)]
+enum Api {
+    ChatCompletions,
+    Embeddings,
+}
+
+impl Api {
+    fn path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat/completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
 /// Where the APIs are.
 enum Endpoints {
     /// `{base_url}/chat/completions` and `{base_url}/embeddings`, parsed once.
@@ -32,12 +48,12 @@ enum Endpoints {
 }
 
 impl Endpoints {
-    fn url(&self, api: &str, deployment: &str) -> Result<reqwest::Url, Error> {
-        match self {
-            Self::Fixed { completions, .. } if api == "chat/completions" => Ok(completions.clone()),
-            Self::Fixed { embeddings, .. } => Ok(embeddings.clone()),
-            Self::Azure { base, api_version } => {
-                let mut url = reqwest::Url::parse(&format!("{base}/openai/deployments/{deployment}/{api}"))
+    fn url(&self, api: Api, deployment: &str) -> Result<reqwest::Url, Error> {
+        match (self, api) {
+            (Self::Fixed { completions, .. }, Api::ChatCompletions) => Ok(completions.clone()),
+            (Self::Fixed { embeddings, .. }, Api::Embeddings) => Ok(embeddings.clone()),
+            (Self::Azure { base, api_version }, _) => {
+                let mut url = reqwest::Url::parse(&format!("{base}/openai/deployments/{deployment}/{}", api.path()))
                     .map_err(|e| Error::Internal(format!("Azure URL for deployment `{deployment}`: {e}")))?;
                 url.query_pairs_mut().append_pair("api-version", api_version);
                 Ok(url)
@@ -46,24 +62,18 @@ impl Endpoints {
     }
 }
 
-fn secret_header(value: String) -> Result<http::HeaderValue, Error> {
-    let mut value = http::HeaderValue::from_str(&value).map_err(|_| Error::Config("API key contains characters not allowed in a header".into()))?;
-    value.set_sensitive(true);
-    Ok(value)
-}
-
 impl OpenAiProvider {
     pub fn new(base_url: &str, api_key: Option<&str>, headers: HeaderMap, forward_mock_headers: bool) -> Result<Self, Error> {
         let mut headers = headers;
         if let Some(key) = api_key {
-            headers.insert(http::header::AUTHORIZATION, secret_header(format!("Bearer {key}"))?);
+            headers.insert(http::header::AUTHORIZATION, secret_header(&format!("Bearer {key}"))?);
         }
         let endpoint = |path: &str| {
             reqwest::Url::parse(&format!("{}/{path}", base_url.trim_end_matches('/')))
                 .map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))
         };
         Ok(Self {
-            endpoints: Endpoints::Fixed { completions: endpoint("chat/completions")?, embeddings: endpoint("embeddings")? },
+            endpoints: Endpoints::Fixed { completions: endpoint(Api::ChatCompletions.path())?, embeddings: endpoint(Api::Embeddings.path())? },
             headers,
             forward_mock_headers,
         })
@@ -73,7 +83,7 @@ impl OpenAiProvider {
     pub fn azure(base_url: &str, api_version: &str, api_key: Option<&str>, headers: HeaderMap) -> Result<Self, Error> {
         let mut headers = headers;
         if let Some(key) = api_key {
-            headers.insert(http::HeaderName::from_static("api-key"), secret_header(key.to_owned())?);
+            headers.insert(http::HeaderName::from_static("api-key"), secret_header(key)?);
         }
         let base = base_url.trim_end_matches('/').to_owned();
         reqwest::Url::parse(&base).map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))?;
@@ -96,11 +106,8 @@ impl OpenAiProvider {
                 options.insert("include_usage".into(), Value::Bool(true));
             }
         }
-        let builder = self.post(http, self.endpoints.url("chat/completions", upstream_model)?, &body, extra_headers)?;
-        let response = send(builder, timeouts.first_byte).await?;
-        if !response.status().is_success() {
-            return Err(upstream_error(response, timeouts.body).await);
-        }
+        let post = self.post(http, self.endpoints.url(Api::ChatCompletions, upstream_model)?, extra_headers);
+        let response = post_json(post, &body, timeouts).await?;
         if !request.stream {
             let body = read_body(response, timeouts.body).await?;
             let usage = usage_of(&body);
@@ -118,29 +125,14 @@ impl OpenAiProvider {
         timeouts: CallTimeouts,
     ) -> Result<Bytes, Error> {
         let deployment = body.get("model").and_then(Value::as_str).unwrap_or_default();
-        let builder = self.post(http, self.endpoints.url("embeddings", deployment)?, body, extra_headers)?;
-        let response = send(builder, timeouts.first_byte).await?;
-        if !response.status().is_success() {
-            return Err(upstream_error(response, timeouts.body).await);
-        }
+        let post = self.post(http, self.endpoints.url(Api::Embeddings, deployment)?, extra_headers);
+        let response = post_json(post, body, timeouts).await?;
         read_body(response, timeouts.body).await
     }
 
-    /// A JSON POST with the provider's headers (and the mock's fault headers, for the mock).
-    fn post(
-        &self,
-        http: &reqwest::Client,
-        url: reqwest::Url,
-        body: &serde_json::Map<String, Value>,
-        extra_headers: &HeaderMap,
-    ) -> Result<reqwest::RequestBuilder, Error> {
-        let payload = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut builder = http
-            .post(url)
-            .headers(self.headers.clone())
-            .headers(crate::telemetry::trace_headers())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(payload);
+    /// A POST with the provider's headers (and the mock's fault headers, for the mock).
+    fn post(&self, http: &reqwest::Client, url: reqwest::Url, extra_headers: &HeaderMap) -> reqwest::RequestBuilder {
+        let mut builder = http.post(url).headers(self.headers.clone());
         if self.forward_mock_headers {
             for (name, value) in extra_headers {
                 if name.as_str().starts_with("x-mock-") {
@@ -148,7 +140,7 @@ impl OpenAiProvider {
                 }
             }
         }
-        Ok(builder)
+        builder
     }
 }
 
