@@ -15,6 +15,7 @@
 pub mod baselines;
 pub mod error;
 pub mod learning;
+pub mod lodo;
 pub mod metrics;
 pub mod offline;
 pub mod plots;

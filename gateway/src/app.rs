@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderValue;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
@@ -212,7 +214,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
         // The body limit is enforced by `read_body` so the 413 carries an OpenAI error body.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(echo_request_id))
         .with_state(state)
+}
+
+/// Longest client `x-request-id` echoed back (longer ones are ignored, not truncated).
+const MAX_CLIENT_REQUEST_ID: usize = 128;
+
+/// Every answer, errors included, carries `x-request-id`: the client's own when it sent one
+/// (visible ASCII, at most 128 characters), so one id ties the client's logs to the gateway's
+/// (the chat span records it as `client_request_id`), else the gateway's request id. The
+/// gateway's id stays the key of the outcome log and of `/v1/feedback`: clients reuse their
+/// ids (retries, batch jobs), and a repeated key would lose a row.
+async fn echo_request_id(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let client_id = request.headers().get(crate::chat::HEADER_CLIENT_REQUEST_ID).and_then(client_request_id).cloned();
+    let mut response = next.run(request).await;
+    let id = client_id.or_else(|| response.headers().get(crate::chat::HEADER_REQUEST_ID).cloned());
+    if let Some(id) = id {
+        response.headers_mut().insert(crate::chat::HEADER_CLIENT_REQUEST_ID, id);
+    }
+    response
+}
+
+/// A client's `x-request-id` worth echoing and logging.
+pub(crate) fn client_request_id(value: &HeaderValue) -> Option<&HeaderValue> {
+    let text = value.to_str().ok()?;
+    (!text.is_empty() && text.len() <= MAX_CLIENT_REQUEST_ID && text.bytes().all(|b| b.is_ascii_graphic())).then_some(value)
 }
 
 /// Reads the body up to the configured limit.

@@ -116,6 +116,36 @@ enum EvalCommand {
     /// dataset's training prompts with exploration, gets each answer's label as feedback,
     /// learns, reloads, and is measured on the test prompts; repeated for some rounds.
     Learning(Box<eval_learning::EvalLearningArgs>),
+    /// Leave one task family out: for each family (science QA, code, Winogrande, maths,
+    /// chat), train a fresh selector without any of its prompts and score it on them beside
+    /// kNN, clusters, prompt length, a random mix and the best single model.
+    Lodo(Box<EvalLodoArgs>),
+}
+
+#[derive(clap::Args)]
+struct EvalLodoArgs {
+    /// A dataset as KIND:PATH (routerbench, arena-hard, llmrouter, routerdc); repeatable.
+    #[arg(long = "dataset", required = true)]
+    datasets: Vec<String>,
+    /// Hold out only this family (science-qa, code, winogrande, maths, chat, llmrouter-qa);
+    /// repeatable; default: every family.
+    #[arg(long = "family")]
+    families: Vec<String>,
+    /// Directory for report.md and summary.json.
+    #[arg(long, default_value = "evals/reports/lodo")]
+    out: PathBuf,
+    /// Seed of each fold's training run.
+    #[arg(long, default_value_t = 17)]
+    seed: u64,
+    /// Embedder model directory (default: .cache/models/all-MiniLM-L6-v2).
+    #[arg(long, env = "SWITCHYARD_EMBEDDER_DIR")]
+    embedder_dir: Option<PathBuf>,
+    /// Price table (TOML); default: the shipped evals/prices.toml.
+    #[arg(long)]
+    prices: Option<PathBuf>,
+    /// Embedding cache directory.
+    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
+    cache_dir: PathBuf,
 }
 
 /// The checkpoint and what turns its predictions into choices.
@@ -257,6 +287,27 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
             println!("scored {n} prompts into {}", a.output.display());
         }
         EvalCommand::Replay(a) => eval_replay(*a).await?,
+        EvalCommand::Lodo(a) => {
+            let options = evals::lodo::LodoOptions {
+                datasets: a.datasets.iter().map(|d| d.parse()).collect::<Result<_, _>>()?,
+                embedder_dir: a.embedder_dir.clone(),
+                prices: a.prices.clone(),
+                cache_dir: a.cache_dir.clone(),
+                out: a.out.clone(),
+                train: training::TrainConfig { seed: a.seed, ..training::TrainConfig::default() },
+                families: a.families.clone(),
+                command: command_line(),
+            };
+            let summary = tokio::task::spawn_blocking(move || evals::lodo::run_lodo(&options)).await??;
+            for f in &summary.folds {
+                println!(
+                    "{:<12} {:<12} {:>5} prompts  selector − best baseline ({}) {:+.4} [{:+.4}, {:+.4}]  ensemble {:+.4}",
+                    f.family, f.dataset, f.test_prompts, f.best_baseline, f.selector_minus_best_baseline.value,
+                    f.selector_minus_best_baseline.lo95, f.selector_minus_best_baseline.hi95, f.ensemble_minus_best_baseline.value
+                );
+            }
+            println!("report: {}", a.out.join("report.md").display());
+        }
         EvalCommand::Cache(a) => tokio::task::spawn_blocking(move || run_eval_cache(*a)).await??,
         EvalCommand::Learning(a) => eval_learning::run(*a, command_line()).await?,
     }

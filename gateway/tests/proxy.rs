@@ -285,3 +285,32 @@ async fn metrics_count_requests_by_model_and_status() {
     assert!(text.contains("switchyard_tokens_total"), "{text}");
     assert!(text.contains("switchyard_log_rows"), "{text}");
 }
+
+#[tokio::test]
+async fn answers_echo_the_clients_request_id_or_carry_their_own() {
+    let gw = start(standard_config).await;
+    let send = |model: &'static str, id: Option<&'static str>| {
+        let mut request = gw.client.post(gw.url("/v1/chat/completions")).json(&json!({"model": model, "messages": user("hi")}));
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+    let ok = send("faulty", Some("client-trace-42")).await.expect("reachable");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["x-request-id"], "client-trace-42");
+    // The gateway's own id stays the log's key, distinct from the client's.
+    let own = ok.headers()["x-switchyard-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(own, "client-trace-42");
+
+    // Errors echo it too, and a request without one gets the gateway's id.
+    let refused = send("no-such-model", Some("client-trace-43")).await.expect("reachable");
+    assert_eq!(refused.status(), 404);
+    assert_eq!(refused.headers()["x-request-id"], "client-trace-43");
+    let anonymous = send("faulty", None).await.expect("reachable");
+    assert_eq!(anonymous.headers()["x-request-id"], anonymous.headers()["x-switchyard-request-id"]);
+    // An id with spaces or control characters is not echoed.
+    let odd = send("faulty", Some("two words")).await.expect("reachable");
+    assert_eq!(odd.headers()["x-request-id"], odd.headers()["x-switchyard-request-id"]);
+    gw.stop().await;
+}

@@ -162,9 +162,18 @@ impl Corpus {
 
 /// Turns dataset rows into examples for `candidates`.
 fn examples_from_rows(corpus: &Corpus, rows: &[&Row], candidates: &[String]) -> Result<Vec<Example>> {
+    examples_for_rows(rows, &corpus.embeddings, candidates)
+}
+
+/// Training examples from dataset rows (every labelled candidate of `candidates`, the prompt's
+/// mean quality as its difficulty), with each prompt's embedding looked up in `embeddings`.
+pub fn examples_for_rows(rows: &[&Row], embeddings: &HashMap<String, Vec<f32>>, candidates: &[String]) -> Result<Vec<Example>> {
     rows.iter()
         .map(|row| {
-            let (embedding, features) = corpus.input(row)?;
+            let embedding = embeddings
+                .get(&row.prompt)
+                .ok_or_else(|| Error::InvalidInput("prompt without embedding".into()))?;
+            let features = RequestFeatures::for_prompt(&row.prompt);
             let mut e = Example::empty(embedding.to_vec(), features, candidates.len(), row.key());
             for (j, model) in candidates.iter().enumerate() {
                 if let Some(o) = row.outcomes.get(model) {

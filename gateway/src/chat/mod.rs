@@ -43,6 +43,8 @@ pub use options::ClientOptions;
 use stream::{client_stream, CacheWrite};
 
 pub const HEADER_REQUEST_ID: &str = "x-switchyard-request-id";
+/// The client's own request id: echoed on the answer and recorded on the request's span.
+pub const HEADER_CLIENT_REQUEST_ID: &str = "x-request-id";
 pub const HEADER_MODEL: &str = "x-switchyard-model";
 pub const HEADER_ROUTE: &str = "x-switchyard-route";
 /// How a route's model was chosen: `selected`, `explored`, `shed`, `default` or `cache`.
@@ -56,7 +58,10 @@ pub use options::{HEADER_MAX_COST, HEADER_TIMEOUT, HEADER_TRADEOFF};
 /// request id themselves).
 pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     let request_id = Uuid::now_v7();
-    let span = tracing::info_span!("chat", %request_id, model = tracing::field::Empty);
+    let span = tracing::info_span!("chat", %request_id, client_request_id = tracing::field::Empty, model = tracing::field::Empty);
+    if let Some(id) = headers.get(HEADER_CLIENT_REQUEST_ID).and_then(crate::app::client_request_id).and_then(|v| v.to_str().ok()) {
+        span.record("client_request_id", id);
+    }
     crate::telemetry::continue_trace(&span, &headers);
     run(state, headers, body, request_id).instrument(span).await
 }

@@ -1,0 +1,629 @@
+//! `switchyard eval lodo`: routing quality on kinds of prompt the selector never saw.
+//!
+//! A router that only wins on prompts like its training prompts is not worth its latency, and
+//! independent router benchmarks find most published routers tie with a tuned kNN once the
+//! test data moves. So the headline evaluation holds out a whole *task family* at a time —
+//! science questions (ARC, from both RouterBench and RouterDC), code (MBPP, HumanEval, …),
+//! Winogrande, maths (MATH, GSM8K-train) and open chat (Arena-Hard) — trains a fresh selector
+//! on the training splits of every other family (no question of the held-out family, whichever
+//! dataset it came from), and scores it on every prompt of the held-out family, beside simple
+//! routers fitted on the same training prompts:
+//!
+//! - kNN and clusters over the same MiniLM embeddings (k tuned on a validation fifth),
+//! - prompt length (gpt-4-1106-preview / Mixtral-8x7B, where both are candidates),
+//! - a random mix of two models (the hull of the single models), the best single model,
+//! - and the ensemble `selector + kNN`: the mean of the two quality estimates, the selector's
+//!   cost, chosen by the same policy.
+//!
+//! Datasets with recorded or derivable costs are scored by AIQ over the cost range; datasets
+//! without costs (RouterDC's open 7–8B models, priced alike) by the quality of the best choice
+//! at equal cost. Every figure carries a 95% bootstrap interval over the held-out prompts, and
+//! every difference is paired over the same resamples.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use router_model::policy::Price;
+use router_model::{BertEmbedder, Checkpoint, CheckpointMeta, Embedder, EmbedderOptions, EmbedderRef, ModelSource};
+use serde::Serialize;
+use training::embed_cache::EmbeddingCache;
+use training::{Dataset, DatasetKind, DatasetSpec, Init, Row, Split, TrainConfig};
+
+use crate::baselines::{self, Estimates, Labelled, Tuned};
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::offline::{cost_weights, tradeoff_at, EvalSet};
+use crate::prices::PriceTable;
+use crate::report::{STRONG, WEAK};
+
+/// A candidate is scored on a held-out family only if the training prompts label it this often.
+pub const MIN_TRAINING_LABELS: usize = 50;
+/// Weight of the selector's quality estimate in the `selector + kNN` ensemble.
+pub const BLEND_SELECTOR_WEIGHT: f64 = 0.5;
+const SEED: u64 = 0x10d0;
+
+/// The task family a prompt belongs to: the unit held out together.
+pub fn family(row: &Row) -> String {
+    let task = row.task.to_ascii_lowercase();
+    match row.kind {
+        DatasetKind::ArenaHard => "chat".into(),
+        DatasetKind::Llmrouter => "llmrouter-qa".into(),
+        _ if task.contains("arc") => "science-qa".into(),
+        _ if ["mbpp", "humaneval", "javascript", "code"].iter().any(|t| task.contains(t)) => "code".into(),
+        _ if task.contains("wino") => "winogrande".into(),
+        _ if task.contains("math") || task.contains("gsm8k") => "maths".into(),
+        _ => task,
+    }
+}
+
+/// Options of `switchyard eval lodo`.
+#[derive(Debug, Clone)]
+pub struct LodoOptions {
+    pub datasets: Vec<DatasetSpec>,
+    pub embedder_dir: Option<PathBuf>,
+    /// Default: the shipped `evals/prices.toml`.
+    pub prices: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+    pub out: PathBuf,
+    pub train: TrainConfig,
+    /// Families to hold out (all that can be scored when empty).
+    pub families: Vec<String>,
+    /// The command line, quoted in the report.
+    pub command: String,
+}
+
+/// How a fold is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Area under the quality–cost hull (RouterBench), over the single models' cost range.
+    Aiq,
+    /// Mean quality of the best point of a curve: the candidates cost alike.
+    QualityAtEqualCost,
+}
+
+impl Metric {
+    fn label(self) -> &'static str {
+        match self {
+            Metric::Aiq => "AIQ",
+            Metric::QualityAtEqualCost => "quality (equal cost)",
+        }
+    }
+}
+
+/// A figure with its bootstrap 95% interval.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Interval {
+    pub value: f64,
+    pub lo95: f64,
+    pub hi95: f64,
+}
+
+impl Interval {
+    fn from_draws(value: f64, draws: &[f64]) -> Self {
+        let mut v = draws.to_vec();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+        Self { value, lo95: at(0.025), hi95: at(0.975) }
+    }
+
+    fn show(&self) -> String {
+        format!("{:+.4} [{:+.4}, {:+.4}]", self.value, self.lo95, self.hi95)
+    }
+}
+
+/// One curve of a fold.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurveResult {
+    pub name: String,
+    /// Simple baseline (kNN, clusters, length, random mix): the selector must beat the best.
+    pub baseline: bool,
+    pub score: Interval,
+    pub selector_minus: Interval,
+    pub ensemble_minus: Interval,
+}
+
+/// APGR on the strong/weak pair, by the score each router ranks prompts with.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairApgr {
+    pub prompts: usize,
+    pub selector: f64,
+    pub ensemble: f64,
+    pub knn: f64,
+    pub clusters: f64,
+    pub length: f64,
+    pub oracle: f64,
+}
+
+/// One held-out family scored on one dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoldReport {
+    pub family: String,
+    pub dataset: String,
+    pub tasks: Vec<String>,
+    pub metric: Metric,
+    pub train_examples: usize,
+    pub test_prompts: usize,
+    pub reference_prompts: usize,
+    pub candidates: Vec<String>,
+    pub knn: Tuned,
+    pub clusters: Tuned,
+    pub curves: Vec<CurveResult>,
+    /// The baseline with the highest score on the held-out prompts (chosen after the fact, in
+    /// the baselines' favour).
+    pub best_baseline: String,
+    pub selector_minus_best_baseline: Interval,
+    pub ensemble_minus_best_baseline: Interval,
+    pub pair: Option<PairApgr>,
+    #[serde(skip)]
+    draws: FoldDraws,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FoldDraws {
+    selector_minus_best: Vec<f64>,
+    ensemble_minus_best: Vec<f64>,
+    /// (strong quality, weak quality, selector gap, ensemble gap, kNN gap, cluster gap, length).
+    pair_columns: Option<[Vec<f64>; 7]>,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct LodoSummary {
+    pub command: String,
+    pub machine: String,
+    pub resamples: usize,
+    pub folds: Vec<FoldReport>,
+    /// Mean over folds of selector − best baseline, and of the ensemble.
+    pub mean_selector_minus_best_baseline: Option<Interval>,
+    pub mean_ensemble_minus_best_baseline: Option<Interval>,
+    /// APGR over every held-out prompt of every fold that has the strong/weak pair.
+    pub pooled_pair: Option<PairApgr>,
+}
+
+/// `switchyard eval lodo`: writes `report.md` and `summary.json` to `out`.
+pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
+    let prices = PriceTable::load(options.prices.as_deref())?;
+    let source = match &options.embedder_dir {
+        Some(dir) => ModelSource::Dir(dir.clone()),
+        None => ModelSource::default_dir(),
+    };
+    let embedder = BertEmbedder::load(&source, &EmbedderOptions::default())?;
+    let datasets = training::data::load_all(&options.datasets)?;
+    let mut texts: Vec<&str> = datasets.iter().flat_map(|d| d.rows.iter().map(|r| r.prompt.as_str())).collect();
+    texts.sort_unstable();
+    texts.dedup();
+    let mut cache = EmbeddingCache::open(&options.cache_dir, embedder.id(), embedder.dim())?;
+    let vectors = cache.embed_all(&texts, &embedder)?;
+    let embeddings: HashMap<String, Vec<f32>> = texts.iter().map(|t| (*t).to_owned()).zip(vectors).collect();
+    let embedder_ref = EmbedderRef { id: embedder.id().to_owned(), dim: embedder.dim() };
+
+    let all_families: BTreeSet<String> = datasets.iter().flat_map(|d| d.rows.iter().map(family)).collect();
+    let wanted: Vec<String> = if options.families.is_empty() {
+        all_families.into_iter().collect()
+    } else {
+        for f in &options.families {
+            if !all_families.contains(f) {
+                return Err(Error::InvalidInput(format!("no family `{f}` in these datasets ({all_families:?})")));
+            }
+        }
+        options.families.clone()
+    };
+    let candidates: Vec<String> = datasets.iter().flat_map(|d| d.models.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+
+    std::fs::create_dir_all(&options.out).map_err(|e| Error::io(format!("creating {}", options.out.display()), e))?;
+    let mut folds = Vec::new();
+    for held in &wanted {
+        let held_rows: Vec<&Row> = datasets.iter().flat_map(|d| d.rows.iter()).filter(|r| &family(r) == held).collect();
+        let held_keys: HashSet<String> = held_rows.iter().map(|r| r.key()).collect();
+        let train_rows: Vec<&Row> = datasets
+            .iter()
+            .flat_map(|d| d.rows.iter())
+            .filter(|r| r.split == Split::Train && &family(r) != held && !held_keys.contains(&r.key()))
+            .collect();
+        let scorable: Vec<&Dataset> = datasets.iter().filter(|d| d.rows.iter().any(|r| &family(r) == held)).collect();
+        let examples = training::examples_for_rows(&train_rows, &embeddings, &candidates)?;
+        let trained = training::train::train(&examples, candidates.len(), &TrainConfig { progress: false, ..options.train.clone() }, Init::Random)?;
+        let meta = CheckpointMeta::new(
+            trained.architecture.clone(),
+            candidates.clone(),
+            trained.feature_norm.clone(),
+            embedder_ref.clone(),
+            training::data::data_hash(train_rows.iter().copied()),
+        );
+        let checkpoint = Checkpoint::from_parts(meta, trained.selector)?;
+        for dataset in scorable {
+            match fold(held, dataset, &train_rows, examples.len(), &checkpoint, &prices, &embeddings) {
+                Ok(report) => folds.push(report),
+                Err(Error::InvalidInput(why)) => eprintln!("lodo: {held} on {}: not scored: {why}", dataset.kind),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    let mean_of = |pick: &dyn Fn(&FoldReport) -> (f64, &[f64])| -> Option<Interval> {
+        if folds.is_empty() {
+            return None;
+        }
+        let k = folds.len() as f64;
+        let value = folds.iter().map(|f| pick(f).0).sum::<f64>() / k;
+        let draws: Vec<f64> = (0..baselines::RESAMPLES).map(|r| folds.iter().map(|f| pick(f).1.get(r).copied().unwrap_or(f64::NAN)).sum::<f64>() / k).collect();
+        Some(Interval::from_draws(value, &draws))
+    };
+    let mean_selector = mean_of(&|f| (f.selector_minus_best_baseline.value, f.draws.selector_minus_best.as_slice()));
+    let mean_ensemble = mean_of(&|f| (f.ensemble_minus_best_baseline.value, f.draws.ensemble_minus_best.as_slice()));
+    let pooled_pair = pooled_apgr(&folds);
+    let summary = LodoSummary {
+        command: options.command.clone(),
+        machine: machine(),
+        resamples: baselines::RESAMPLES,
+        folds,
+        mean_selector_minus_best_baseline: mean_selector,
+        mean_ensemble_minus_best_baseline: mean_ensemble,
+        pooled_pair,
+    };
+    let write = |name: &str, bytes: &[u8]| {
+        let path = options.out.join(name);
+        std::fs::write(&path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    };
+    write("report.md", markdown(&summary).as_bytes())?;
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    write("summary.json", &json)?;
+    Ok(summary)
+}
+
+/// Rows of `dataset` as a dataset of their own (all in `split`), with `zero_cost` recorded as
+/// every outcome's cost when the dataset records none (its candidates are priced alike).
+fn subset(dataset: &Dataset, rows: Vec<Row>, split: Split, zero_cost: bool) -> Dataset {
+    let rows = rows
+        .into_iter()
+        .map(|mut r| {
+            r.split = split;
+            if zero_cost {
+                for o in r.outcomes.values_mut() {
+                    o.cost_usd = Some(0.0);
+                }
+            }
+            r
+        })
+        .collect::<Vec<_>>();
+    let models = rows.iter().flat_map(|r| r.outcomes.keys().cloned()).collect();
+    Dataset { kind: dataset.kind, path: dataset.path.clone(), rows, models, prices: dataset.prices.clone(), skipped: Vec::new() }
+}
+
+/// Scores the held-out `family` on `dataset` with the fold's checkpoint.
+fn fold(
+    held: &str,
+    dataset: &Dataset,
+    train_rows: &[&Row],
+    train_examples: usize,
+    checkpoint: &Checkpoint,
+    prices: &PriceTable,
+    embeddings: &HashMap<String, Vec<f32>>,
+) -> Result<FoldReport> {
+    let held_rows: Vec<Row> = dataset.rows.iter().filter(|r| family(r) == held).cloned().collect();
+    let tasks: Vec<String> = held_rows.iter().map(|r| r.task.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let costless = held_rows.iter().all(|r| r.outcomes.values().all(|o| o.cost_usd.is_none() && o.output_tokens.is_none()));
+    let metric = if costless { Metric::QualityAtEqualCost } else { Metric::Aiq };
+    let mut labels: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in train_rows {
+        for (m, o) in &r.outcomes {
+            if o.quality.is_some() {
+                *labels.entry(m.as_str()).or_default() += 1;
+            }
+        }
+    }
+    let mut fold_prices = prices.clone();
+    if costless {
+        for m in &dataset.models {
+            fold_prices.0.insert(m.clone(), Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 });
+        }
+    }
+    let covered: Vec<String> = dataset
+        .models
+        .iter()
+        .filter(|m| labels.get(m.as_str()).copied().unwrap_or(0) >= MIN_TRAINING_LABELS && fold_prices.get(m).is_some())
+        .cloned()
+        .collect();
+    if covered.len() < 2 {
+        return Err(Error::InvalidInput(format!("fewer than two of its models are labelled by the training prompts and priced ({covered:?})")));
+    }
+    let mut embed = |texts: &[&str]| -> Result<Vec<Vec<f32>>> {
+        texts.iter().map(|t| embeddings.get(*t).cloned().ok_or_else(|| Error::InvalidInput("prompt without embedding".into()))).collect()
+    };
+    let test_data = subset(dataset, held_rows, Split::Test, costless);
+    let set = EvalSet::build(&test_data, Split::Test, checkpoint, &fold_prices, Some(&covered), None, &mut embed)?;
+    // The simple routers learn from training prompts that label every scored candidate: of the
+    // same dataset where it has other families, else of any dataset.
+    let labels_all = |r: &Row| covered.iter().all(|m| r.quality(m).is_some());
+    let same: Vec<Row> = train_rows.iter().filter(|r| r.kind == dataset.kind && labels_all(r)).map(|r| (*r).clone()).collect();
+    let reference_rows = if same.len() >= 100 { same } else { train_rows.iter().filter(|r| labels_all(r)).map(|r| (*r).clone()).collect() };
+    let reference_data = subset(dataset, reference_rows, Split::Train, costless);
+    let reference = EvalSet::build(&reference_data, Split::Train, checkpoint, &fold_prices, Some(&covered), None, &mut embed)?;
+    if reference.candidates != set.candidates {
+        return Err(Error::InvalidInput("the reference prompts do not label the same candidates".into()));
+    }
+
+    let labelled = Labelled { embeddings: &reference.embeddings, quality: &reference.quality, cost: &reference.cost };
+    let knn = baselines::tune(&labelled, baselines::KNN_KS, baselines::knn);
+    let clusters = baselines::tune(&labelled, baselines::CLUSTER_KS, baselines::cluster);
+    let knn_estimates = baselines::knn(&labelled, &set.embeddings, knn.chosen);
+    let cluster_estimates = baselines::cluster(&labelled, &set.embeddings, clusters.chosen);
+    let ensemble = blend(&set, &knn_estimates, BLEND_SELECTOR_WEIGHT);
+
+    let n = set.len();
+    let m = set.candidates.len();
+    let sweep_of = |s: &EvalSet| -> Vec<Vec<usize>> { cost_weights().into_iter().map(|l| s.choices(tradeoff_at(l))).collect() };
+    let singles: Vec<Vec<usize>> = (0..m).map(|j| vec![j; n]).collect();
+    let best_on_reference = (0..m)
+        .max_by(|&a, &b| column_mean(&reference.quality, a).total_cmp(&column_mean(&reference.quality, b)))
+        .unwrap_or(0);
+    let pair = set.index_of(STRONG).zip(set.index_of(WEAK));
+    let mut curves: Vec<(String, bool, Vec<Vec<usize>>)> = vec![
+        ("selector".into(), false, sweep_of(&set)),
+        ("selector + kNN".into(), false, sweep_of(&ensemble)),
+        (format!("kNN (k = {})", knn.chosen), true, knn_estimates.sweep()),
+        (format!("clusters ({})", clusters.chosen), true, cluster_estimates.sweep()),
+    ];
+    if let (Some((s, w)), Metric::Aiq) = (pair, metric) {
+        let order = metrics::ranking(&set.lengths());
+        let points = (0..=20).map(|i| set.split_choices(&order, ((f64::from(i) / 20.0 * n as f64).ceil() as usize).min(n), s, w)).collect();
+        curves.push((format!("prompt length ({STRONG} / {WEAK})"), true, points));
+    }
+    match metric {
+        Metric::Aiq => curves.push(("random mix of two models".into(), true, singles)),
+        // At equal cost a mix of two models is never above the better one: the best single
+        // model, re-chosen on every resample of the held-out prompts (in its favour).
+        Metric::QualityAtEqualCost => curves.push(("best single model (chosen on the held-out prompts)".into(), true, singles)),
+    }
+    curves.push((format!("best single model on the training prompts ({})", set.candidates[best_on_reference]), false, vec![vec![best_on_reference; n]]));
+
+    let (full, draws) = score_draws(&set, metric, &curves.iter().map(|c| c.2.clone()).collect::<Vec<_>>());
+    let results: Vec<CurveResult> = curves
+        .iter()
+        .enumerate()
+        .map(|(c, (name, baseline, _))| {
+            let diff = |a: usize| -> Interval {
+                let d: Vec<f64> = draws[a].iter().zip(&draws[c]).map(|(x, y)| x - y).collect();
+                Interval::from_draws(full[a] - full[c], &d)
+            };
+            CurveResult { name: name.clone(), baseline: *baseline, score: Interval::from_draws(full[c], &draws[c]), selector_minus: diff(0), ensemble_minus: diff(1) }
+        })
+        .collect();
+    let best = (0..curves.len()).filter(|&c| curves[c].1).max_by(|&a, &b| full[a].total_cmp(&full[b])).unwrap_or(2);
+    let pair_columns = pair.map(|(s, w)| {
+        let (qs, qw) = set.pair_columns(s, w);
+        let gap = |e: &EvalSet| -> Vec<f64> {
+            let (hs, hw) = (e.route[s].head, e.route[w].head);
+            e.predictions.iter().map(|p| f64::from(p[hs].quality) - f64::from(p[hw].quality)).collect()
+        };
+        let est_gap = |e: &Estimates| -> Vec<f64> { e.quality.iter().map(|q| q[s] - q[w]).collect() };
+        [qs, qw, gap(&set), gap(&ensemble), est_gap(&knn_estimates), est_gap(&cluster_estimates), set.lengths()]
+    });
+    let fold_draws = FoldDraws {
+        selector_minus_best: draws[0].iter().zip(&draws[best]).map(|(x, y)| x - y).collect(),
+        ensemble_minus_best: draws[1].iter().zip(&draws[best]).map(|(x, y)| x - y).collect(),
+        pair_columns,
+    };
+    Ok(FoldReport {
+        family: held.to_owned(),
+        dataset: dataset.kind.name().to_owned(),
+        tasks,
+        metric,
+        train_examples,
+        test_prompts: n,
+        reference_prompts: reference.len(),
+        candidates: set.candidates.clone(),
+        knn,
+        clusters,
+        best_baseline: curves[best].0.clone(),
+        selector_minus_best_baseline: results[best].selector_minus,
+        ensemble_minus_best_baseline: results[best].ensemble_minus,
+        pair: fold_draws.pair_columns.as_ref().map(pair_apgr),
+        curves: results,
+        draws: fold_draws,
+    })
+}
+
+fn column_mean(rows: &[Vec<f64>], j: usize) -> f64 {
+    rows.iter().map(|r| r[j]).sum::<f64>() / rows.len().max(1) as f64
+}
+
+/// The evaluation set with each prediction's quality replaced by `w`·selector + (1 − `w`)·kNN.
+fn blend(set: &EvalSet, knn: &Estimates, w: f64) -> EvalSet {
+    let mut predictions = set.predictions.clone();
+    for (i, p) in predictions.iter_mut().enumerate() {
+        for (j, c) in set.route.iter().enumerate() {
+            let selector = f64::from(p[c.head].quality);
+            p[c.head].quality = (w * selector + (1.0 - w) * knn.quality[i][j]) as f32;
+        }
+    }
+    EvalSet {
+        dataset: set.dataset.clone(),
+        rows: set.rows.clone(),
+        split_index: set.split_index.clone(),
+        candidates: set.candidates.clone(),
+        route: set.route.clone(),
+        predictions,
+        embeddings: set.embeddings.clone(),
+        prompt_tokens: set.prompt_tokens.clone(),
+        quality: set.quality.clone(),
+        cost: set.cost.clone(),
+        dropped: set.dropped,
+        cost_source: set.cost_source,
+    }
+}
+
+/// Each curve's score on all prompts and on every bootstrap resample (the same resamples for
+/// every curve, so differences are paired).
+fn score_draws(set: &EvalSet, metric: Metric, curves: &[Vec<Vec<usize>>]) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let score = |rows: &[usize], curve: &[Vec<usize>]| -> f64 {
+        match metric {
+            Metric::Aiq => baselines::curve_aiq(&set.quality, &set.cost, rows, curve),
+            Metric::QualityAtEqualCost => curve
+                .iter()
+                .map(|choices| rows.iter().map(|&i| set.quality[i][choices[i]]).sum::<f64>() / rows.len().max(1) as f64)
+                .fold(f64::MIN, f64::max),
+        }
+    };
+    let n = set.len();
+    let all: Vec<usize> = (0..n).collect();
+    let full = curves.iter().map(|c| score(&all, c)).collect();
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let mut draws = vec![Vec::with_capacity(baselines::RESAMPLES); curves.len()];
+    for _ in 0..baselines::RESAMPLES {
+        let rows: Vec<usize> = (0..n).map(|_| rng.random_range(0..n.max(1))).collect();
+        for (d, c) in draws.iter_mut().zip(curves) {
+            d.push(score(&rows, c));
+        }
+    }
+    (full, draws)
+}
+
+fn pair_apgr(columns: &[Vec<f64>; 7]) -> PairApgr {
+    let [qs, qw, selector, ensemble, knn, clusters, length] = columns;
+    let apgr = |scores: &[f64]| metrics::routing_curve(scores, qs, qw).apgr;
+    let truth: Vec<f64> = qs.iter().zip(qw).map(|(s, w)| s - w).collect();
+    PairApgr {
+        prompts: qs.len(),
+        selector: apgr(selector),
+        ensemble: apgr(ensemble),
+        knn: apgr(knn),
+        clusters: apgr(clusters),
+        length: apgr(length),
+        oracle: apgr(&truth),
+    }
+}
+
+/// APGR over the held-out prompts of every fold with the pair, each ranked by its own fold's
+/// router (one threshold over all of them, as one deployed router would use).
+fn pooled_apgr(folds: &[FoldReport]) -> Option<PairApgr> {
+    let mut pooled: [Vec<f64>; 7] = Default::default();
+    let mut any = false;
+    for columns in folds.iter().filter_map(|f| f.draws.pair_columns.as_ref()) {
+        any = true;
+        for (p, c) in pooled.iter_mut().zip(columns) {
+            p.extend_from_slice(c);
+        }
+    }
+    any.then(|| pair_apgr(&pooled))
+}
+
+/// The CPU the figures came from (speed and even float results can differ between machines).
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}
+
+/// `report.md`.
+pub fn markdown(summary: &LodoSummary) -> String {
+    let mut s = String::new();
+    s.push_str("# Routing on task families the selector never saw (leave one family out)\n\n");
+    s.push_str(&format!("Produced by\n\n```sh\n{}\n```\n\non {}.\n\n", summary.command, summary.machine));
+    s.push_str(
+        "Each fold trains a fresh selector on the training splits of every *other* task family (no question of \
+         the held-out family from any dataset) and scores it on every prompt of the held-out family. kNN and \
+         clusters are fitted on the same training prompts (those that label every scored candidate; k tuned \
+         on a validation fifth of them). `selector + kNN` averages the two quality estimates. Datasets with \
+         costs are scored by AIQ; RouterDC (no costs, seven open 7–8B models) by the quality of the best \
+         choice at equal cost. The best baseline of a fold is the best of kNN, clusters, prompt length and \
+         the random mix *on the held-out prompts* (chosen after the fact, in its favour). 95% intervals from \
+         ",
+    );
+    s.push_str(&format!("{} paired bootstrap resamples of the held-out prompts.\n\n", summary.resamples));
+    s.push_str("| held-out family | dataset | metric | prompts | selector | selector + kNN | best baseline | selector − best baseline | (selector + kNN) − best baseline |\n|---|---|---|---|---|---|---|---|---|\n");
+    for f in &summary.folds {
+        let score = |name: &str| f.curves.iter().find(|c| c.name == name).map_or(f64::NAN, |c| c.score.value);
+        let best = f.curves.iter().find(|c| c.name == f.best_baseline).map_or(f64::NAN, |c| c.score.value);
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.4} | {:.4} | {} {:.4} | {} | {} |\n",
+            f.family,
+            f.dataset,
+            f.metric.label(),
+            f.test_prompts,
+            score("selector"),
+            score("selector + kNN"),
+            f.best_baseline,
+            best,
+            f.selector_minus_best_baseline.show(),
+            f.ensemble_minus_best_baseline.show()
+        ));
+    }
+    if let (Some(sel), Some(ens)) = (&summary.mean_selector_minus_best_baseline, &summary.mean_ensemble_minus_best_baseline) {
+        s.push_str(&format!("| **mean over folds** | | | | | | | **{}** | **{}** |\n\n", sel.show(), ens.show()));
+    }
+    if let Some(p) = &summary.pooled_pair {
+        s.push_str(&format!(
+            "**{STRONG} vs {WEAK}** on the {} held-out prompts of the folds that have both (each ranked by its own fold's router): APGR selector {:.3}, selector + kNN {:.3}, kNN {:.3}, clusters {:.3}, prompt length {:.3}, random 0.5, oracle {:.3}.\n\n",
+            p.prompts, p.selector, p.ensemble, p.knn, p.clusters, p.length, p.oracle
+        ));
+    }
+    for f in &summary.folds {
+        s.push_str(&format!(
+            "## {} on {} ({})\n\n{} held-out prompts (tasks: {}); selector trained on {} prompts; kNN / clusters fitted on {} prompts (k = {}, {} clusters). Candidates: {}.\n\n",
+            f.family,
+            f.dataset,
+            f.metric.label(),
+            f.test_prompts,
+            f.tasks.join(", "),
+            f.train_examples,
+            f.reference_prompts,
+            f.knn.chosen,
+            f.clusters.chosen,
+            f.candidates.join(", ")
+        ));
+        s.push_str("| curve | score [95%] | selector − curve [95%] | (selector + kNN) − curve [95%] |\n|---|---|---|---|\n");
+        for c in &f.curves {
+            s.push_str(&format!(
+                "| {}{} | {:.4} [{:.4}, {:.4}] | {} | {} |\n",
+                c.name,
+                if c.baseline { " *(baseline)*" } else { "" },
+                c.score.value,
+                c.score.lo95,
+                c.score.hi95,
+                c.selector_minus.show(),
+                c.ensemble_minus.show()
+            ));
+        }
+        if let Some(p) = &f.pair {
+            s.push_str(&format!(
+                "\n{STRONG} vs {WEAK}: APGR selector {:.3}, selector + kNN {:.3}, kNN {:.3}, clusters {:.3}, prompt length {:.3}, oracle {:.3}.\n",
+                p.selector, p.ensemble, p.knn, p.clusters, p.length, p.oracle
+            ));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: DatasetKind, task: &str) -> Row {
+        Row { prompt: "p".into(), kind, task: task.into(), split: Split::Train, outcomes: BTreeMap::new() }
+    }
+
+    #[test]
+    fn families_group_the_same_kind_of_task_across_datasets() {
+        assert_eq!(family(&row(DatasetKind::Routerbench, "arc-challenge")), family(&row(DatasetKind::Routerdc, "arc-easy")));
+        assert_eq!(family(&row(DatasetKind::Routerbench, "mbpp")), family(&row(DatasetKind::Routerdc, "humaneval")));
+        assert_eq!(family(&row(DatasetKind::Routerdc, "javascript")), "code");
+        assert_eq!(family(&row(DatasetKind::Routerdc, "math-prealgebra")), family(&row(DatasetKind::Routerdc, "gsm8k-train")));
+        assert_eq!(family(&row(DatasetKind::ArenaHard, "arena-hard")), "chat");
+        assert_ne!(family(&row(DatasetKind::Routerbench, "winogrande")), family(&row(DatasetKind::Routerbench, "arc-challenge")));
+    }
+
+    #[test]
+    fn intervals_bracket_their_draws() {
+        let draws: Vec<f64> = (0..1000).map(|i| f64::from(i) / 1000.0).collect();
+        let i = Interval::from_draws(0.5, &draws);
+        assert!((i.lo95 - 0.025).abs() < 0.002 && (i.hi95 - 0.975).abs() < 0.002, "{i:?}");
+    }
+}
