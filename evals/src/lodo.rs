@@ -42,6 +42,12 @@ use crate::report::{STRONG, WEAK};
 pub const MIN_TRAINING_LABELS: usize = 50;
 /// Weight of the selector's quality estimate in the `selector + kNN` ensemble.
 pub const BLEND_SELECTOR_WEIGHT: f64 = 0.5;
+/// The curve that sends everything to the best single model on the training prompts (a
+/// route default an operator could have picked without a router).
+pub const TRAINING_BEST: &str = "best single model on the training prompts";
+/// Predicted-utility margins below which the selector defers to the route default (here the
+/// best single model on the training prompts): an ablation of `min_advantage`.
+pub const UNSURE_MARGINS: &[f64] = &[0.02, 0.05, 0.1];
 const SEED: u64 = 0x10d0;
 
 /// The task family a prompt belongs to: the unit held out together.
@@ -66,6 +72,9 @@ pub struct LodoOptions {
     /// Default: the shipped `evals/prices.toml`.
     pub prices: Option<PathBuf>,
     pub cache_dir: PathBuf,
+    /// Where each fold's selector is kept, and reused while its training rows, candidates and
+    /// configuration are unchanged (`.cache/lodo`).
+    pub folds_dir: PathBuf,
     pub out: PathBuf,
     pub train: TrainConfig,
     /// Families to hold out (all that can be scored when empty).
@@ -154,6 +163,8 @@ pub struct FoldReport {
     /// The baseline with the highest score on the held-out prompts (chosen after the fact, in
     /// the baselines' favour).
     pub best_baseline: String,
+    /// The model behind [`TRAINING_BEST`].
+    pub training_best_model: String,
     pub selector_minus_best_baseline: Interval,
     pub ensemble_minus_best_baseline: Interval,
     pub pair: Option<PairApgr>,
@@ -165,6 +176,8 @@ pub struct FoldReport {
 struct FoldDraws {
     selector_minus_best: Vec<f64>,
     ensemble_minus_best: Vec<f64>,
+    /// Every router (not baseline) curve, by name: its score − the best baseline's, per resample.
+    routers_minus_best: BTreeMap<String, Vec<f64>>,
     /// (strong quality, weak quality, selector gap, ensemble gap, kNN gap, cluster gap, length).
     pair_columns: Option<[Vec<f64>; 7]>,
 }
@@ -181,6 +194,8 @@ pub struct LodoSummary {
     pub mean_ensemble_minus_best_baseline: Option<Interval>,
     /// APGR over every held-out prompt of every fold that has the strong/weak pair.
     pub pooled_pair: Option<PairApgr>,
+    /// Every router variant (the ablation): mean over folds of its score − the best baseline's.
+    pub ablation: Vec<(String, Interval)>,
 }
 
 /// `switchyard eval lodo`: writes `report.md` and `summary.json` to `out`.
@@ -223,17 +238,18 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
             .flat_map(|d| d.rows.iter())
             .filter(|r| r.split == Split::Train && &family(r) != held && !held_keys.contains(&r.key()))
             .collect();
-        let scorable: Vec<&Dataset> = datasets.iter().filter(|d| d.rows.iter().any(|r| &family(r) == held)).collect();
+        let scorable: Vec<&Dataset> = datasets
+            .iter()
+            .filter(|d| d.rows.iter().any(|r| &family(r) == held))
+            .filter(|d| coverage(d, held, &train_rows, &prices).0.len() >= 2)
+            .collect();
+        if scorable.is_empty() {
+            eprintln!("lodo: {held}: no dataset has two of its models labelled by the other families; not scored");
+            continue;
+        }
         let examples = training::examples_for_rows(&train_rows, &embeddings, &candidates)?;
-        let trained = training::train::train(&examples, candidates.len(), &TrainConfig { progress: false, ..options.train.clone() }, Init::Random)?;
-        let meta = CheckpointMeta::new(
-            trained.architecture.clone(),
-            candidates.clone(),
-            trained.feature_norm.clone(),
-            embedder_ref.clone(),
-            training::data::data_hash(train_rows.iter().copied()),
-        );
-        let checkpoint = Checkpoint::from_parts(meta, trained.selector)?;
+        let config = TrainConfig { progress: false, ..options.train.clone() };
+        let checkpoint = fold_checkpoint(&options.folds_dir.join(held), &train_rows, &examples, &candidates, &config, &embedder_ref)?;
         for dataset in scorable {
             match fold(held, dataset, &train_rows, examples.len(), &checkpoint, &prices, &embeddings) {
                 Ok(report) => folds.push(report),
@@ -255,6 +271,26 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
     let mean_selector = mean_of(&|f| (f.selector_minus_best_baseline.value, f.draws.selector_minus_best.as_slice()));
     let mean_ensemble = mean_of(&|f| (f.ensemble_minus_best_baseline.value, f.draws.ensemble_minus_best.as_slice()));
     let pooled_pair = pooled_apgr(&folds);
+    let names: Vec<String> = folds.first().map(|f| f.draws.routers_minus_best.keys().cloned().collect()).unwrap_or_default();
+    let ablation = names
+        .into_iter()
+        .filter_map(|name| {
+            let per_fold: Vec<(f64, &[f64])> = folds
+                .iter()
+                .filter_map(|f| {
+                    let draws = f.draws.routers_minus_best.get(&name)?;
+                    let value = f.curves.iter().find(|c| c.name == name)?.score.value - f.curves.iter().find(|c| c.name == f.best_baseline)?.score.value;
+                    Some((value, draws.as_slice()))
+                })
+                .collect();
+            (per_fold.len() == folds.len()).then(|| {
+                let k = per_fold.len() as f64;
+                let value = per_fold.iter().map(|p| p.0).sum::<f64>() / k;
+                let draws: Vec<f64> = (0..baselines::RESAMPLES).map(|r| per_fold.iter().map(|p| p.1.get(r).copied().unwrap_or(f64::NAN)).sum::<f64>() / k).collect();
+                (name, Interval::from_draws(value, &draws))
+            })
+        })
+        .collect();
     let summary = LodoSummary {
         command: options.command.clone(),
         machine: machine(),
@@ -263,6 +299,7 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
         mean_selector_minus_best_baseline: mean_selector,
         mean_ensemble_minus_best_baseline: mean_ensemble,
         pooled_pair,
+        ablation,
     };
     let write = |name: &str, bytes: &[u8]| {
         let path = options.out.join(name);
@@ -272,6 +309,24 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
     write("summary.json", &json)?;
     Ok(summary)
+}
+
+/// The fold's selector: the one saved in `dir` by an earlier run when it was trained on the
+/// same rows, candidates and configuration (its `training_data_hash` says so), else a fresh
+/// one, saved there for the next run.
+fn fold_checkpoint(dir: &std::path::Path, rows: &[&Row], examples: &[training::Example], candidates: &[String], config: &TrainConfig, embedder: &EmbedderRef) -> Result<Checkpoint> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(training::data::data_hash(rows.iter().copied()).as_bytes());
+    hasher.update(serde_json::to_string(config).map_err(|e| Error::InvalidInput(e.to_string()))?.as_bytes());
+    hasher.update(candidates.join("\n").as_bytes());
+    let key = hasher.finalize().to_hex().to_string();
+    if Checkpoint::read_meta(dir).is_ok_and(|m| m.training_data_hash == key) {
+        return Ok(Checkpoint::load(dir, &embedder.id, embedder.dim)?);
+    }
+    let trained = training::train::train(examples, candidates.len(), config, Init::Random)?;
+    let meta = CheckpointMeta::new(trained.architecture.clone(), candidates.to_vec(), trained.feature_norm.clone(), embedder.clone(), key);
+    Checkpoint::save(dir, &trained.varmap, &meta)?;
+    Ok(Checkpoint::from_parts(meta, trained.selector)?)
 }
 
 /// Rows of `dataset` as a dataset of their own (all in `split`), with `zero_cost` recorded as
@@ -293,6 +348,42 @@ fn subset(dataset: &Dataset, rows: Vec<Row>, split: Split, zero_cost: bool) -> D
     Dataset { kind: dataset.kind, path: dataset.path.clone(), rows, models, prices: dataset.prices.clone(), skipped: Vec::new() }
 }
 
+/// Whether `dataset` records no cost for the prompts of `family` (its candidates are then
+/// priced alike).
+fn costless(dataset: &Dataset, family_name: &str) -> bool {
+    dataset
+        .rows
+        .iter()
+        .filter(|r| family(r) == family_name)
+        .all(|r| r.outcomes.values().all(|o| o.cost_usd.is_none() && o.output_tokens.is_none()))
+}
+
+/// The models of `dataset` a fold can score — labelled at least [`MIN_TRAINING_LABELS`] times
+/// by the training prompts, and priced — with the prices it scores them at.
+fn coverage(dataset: &Dataset, family_name: &str, train_rows: &[&Row], prices: &PriceTable) -> (Vec<String>, PriceTable) {
+    let mut labels: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in train_rows {
+        for (m, o) in &r.outcomes {
+            if o.quality.is_some() {
+                *labels.entry(m.as_str()).or_default() += 1;
+            }
+        }
+    }
+    let mut fold_prices = prices.clone();
+    if costless(dataset, family_name) {
+        for m in &dataset.models {
+            fold_prices.0.insert(m.clone(), Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 });
+        }
+    }
+    let covered = dataset
+        .models
+        .iter()
+        .filter(|m| labels.get(m.as_str()).copied().unwrap_or(0) >= MIN_TRAINING_LABELS && fold_prices.get(m).is_some())
+        .cloned()
+        .collect();
+    (covered, fold_prices)
+}
+
 /// Scores the held-out `family` on `dataset` with the fold's checkpoint.
 fn fold(
     held: &str,
@@ -305,42 +396,23 @@ fn fold(
 ) -> Result<FoldReport> {
     let held_rows: Vec<Row> = dataset.rows.iter().filter(|r| family(r) == held).cloned().collect();
     let tasks: Vec<String> = held_rows.iter().map(|r| r.task.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-    let costless = held_rows.iter().all(|r| r.outcomes.values().all(|o| o.cost_usd.is_none() && o.output_tokens.is_none()));
-    let metric = if costless { Metric::QualityAtEqualCost } else { Metric::Aiq };
-    let mut labels: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in train_rows {
-        for (m, o) in &r.outcomes {
-            if o.quality.is_some() {
-                *labels.entry(m.as_str()).or_default() += 1;
-            }
-        }
-    }
-    let mut fold_prices = prices.clone();
-    if costless {
-        for m in &dataset.models {
-            fold_prices.0.insert(m.clone(), Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 });
-        }
-    }
-    let covered: Vec<String> = dataset
-        .models
-        .iter()
-        .filter(|m| labels.get(m.as_str()).copied().unwrap_or(0) >= MIN_TRAINING_LABELS && fold_prices.get(m).is_some())
-        .cloned()
-        .collect();
+    let equal_cost = costless(dataset, held);
+    let metric = if equal_cost { Metric::QualityAtEqualCost } else { Metric::Aiq };
+    let (covered, fold_prices) = coverage(dataset, held, train_rows, prices);
     if covered.len() < 2 {
         return Err(Error::InvalidInput(format!("fewer than two of its models are labelled by the training prompts and priced ({covered:?})")));
     }
     let mut embed = |texts: &[&str]| -> Result<Vec<Vec<f32>>> {
         texts.iter().map(|t| embeddings.get(*t).cloned().ok_or_else(|| Error::InvalidInput("prompt without embedding".into()))).collect()
     };
-    let test_data = subset(dataset, held_rows, Split::Test, costless);
+    let test_data = subset(dataset, held_rows, Split::Test, equal_cost);
     let set = EvalSet::build(&test_data, Split::Test, checkpoint, &fold_prices, Some(&covered), None, &mut embed)?;
     // The simple routers learn from training prompts that label every scored candidate: of the
     // same dataset where it has other families, else of any dataset.
     let labels_all = |r: &Row| covered.iter().all(|m| r.quality(m).is_some());
     let same: Vec<Row> = train_rows.iter().filter(|r| r.kind == dataset.kind && labels_all(r)).map(|r| (*r).clone()).collect();
     let reference_rows = if same.len() >= 100 { same } else { train_rows.iter().filter(|r| labels_all(r)).map(|r| (*r).clone()).collect() };
-    let reference_data = subset(dataset, reference_rows, Split::Train, costless);
+    let reference_data = subset(dataset, reference_rows, Split::Train, equal_cost);
     let reference = EvalSet::build(&reference_data, Split::Train, checkpoint, &fold_prices, Some(&covered), None, &mut embed)?;
     if reference.candidates != set.candidates {
         return Err(Error::InvalidInput("the reference prompts do not label the same candidates".into()));
@@ -364,9 +436,15 @@ fn fold(
     let mut curves: Vec<(String, bool, Vec<Vec<usize>>)> = vec![
         ("selector".into(), false, sweep_of(&set)),
         ("selector + kNN".into(), false, sweep_of(&ensemble)),
+    ];
+    for margin in UNSURE_MARGINS {
+        let choices = cost_weights().into_iter().map(|l| set.choices_with_default(tradeoff_at(l), best_on_reference, *margin)).collect();
+        curves.push((format!("selector, default below {margin} advantage"), false, choices));
+    }
+    curves.extend([
         (format!("kNN (k = {})", knn.chosen), true, knn_estimates.sweep()),
         (format!("clusters ({})", clusters.chosen), true, cluster_estimates.sweep()),
-    ];
+    ]);
     if let (Some((s, w)), Metric::Aiq) = (pair, metric) {
         let order = metrics::ranking(&set.lengths());
         let points = (0..=20).map(|i| set.split_choices(&order, ((f64::from(i) / 20.0 * n as f64).ceil() as usize).min(n), s, w)).collect();
@@ -378,7 +456,7 @@ fn fold(
         // model, re-chosen on every resample of the held-out prompts (in its favour).
         Metric::QualityAtEqualCost => curves.push(("best single model (chosen on the held-out prompts)".into(), true, singles)),
     }
-    curves.push((format!("best single model on the training prompts ({})", set.candidates[best_on_reference]), false, vec![vec![best_on_reference; n]]));
+    curves.push((TRAINING_BEST.into(), false, vec![vec![best_on_reference; n]]));
 
     let (full, draws) = score_draws(&set, metric, &curves.iter().map(|c| c.2.clone()).collect::<Vec<_>>());
     let results: Vec<CurveResult> = curves
@@ -402,9 +480,11 @@ fn fold(
         let est_gap = |e: &Estimates| -> Vec<f64> { e.quality.iter().map(|q| q[s] - q[w]).collect() };
         [qs, qw, gap(&set), gap(&ensemble), est_gap(&knn_estimates), est_gap(&cluster_estimates), set.lengths()]
     });
+    let minus_best = |c: usize| -> Vec<f64> { draws[c].iter().zip(&draws[best]).map(|(x, y)| x - y).collect() };
     let fold_draws = FoldDraws {
-        selector_minus_best: draws[0].iter().zip(&draws[best]).map(|(x, y)| x - y).collect(),
-        ensemble_minus_best: draws[1].iter().zip(&draws[best]).map(|(x, y)| x - y).collect(),
+        selector_minus_best: minus_best(0),
+        ensemble_minus_best: minus_best(1),
+        routers_minus_best: (0..curves.len()).filter(|&c| !curves[c].1).map(|c| (curves[c].0.clone(), minus_best(c))).collect(),
         pair_columns,
     };
     Ok(FoldReport {
@@ -419,6 +499,7 @@ fn fold(
         knn,
         clusters,
         best_baseline: curves[best].0.clone(),
+        training_best_model: set.candidates[best_on_reference].clone(),
         selector_minus_best_baseline: results[best].selector_minus,
         ensemble_minus_best_baseline: results[best].ensemble_minus,
         pair: fold_draws.pair_columns.as_ref().map(pair_apgr),
@@ -558,6 +639,13 @@ pub fn markdown(summary: &LodoSummary) -> String {
     if let (Some(sel), Some(ens)) = (&summary.mean_selector_minus_best_baseline, &summary.mean_ensemble_minus_best_baseline) {
         s.push_str(&format!("| **mean over folds** | | | | | | | **{}** | **{}** |\n\n", sel.show(), ens.show()));
     }
+    if !summary.ablation.is_empty() {
+        s.push_str("Ablation — every router variant, mean over the folds of its score − the fold's best baseline (paired 95% interval):\n\n| router | mean − best baseline [95%] |\n|---|---|\n");
+        for (name, interval) in &summary.ablation {
+            s.push_str(&format!("| {name} | {} |\n", interval.show()));
+        }
+        s.push('\n');
+    }
     if let Some(p) = &summary.pooled_pair {
         s.push_str(&format!(
             "**{STRONG} vs {WEAK}** on the {} held-out prompts of the folds that have both (each ranked by its own fold's router): APGR selector {:.3}, selector + kNN {:.3}, kNN {:.3}, clusters {:.3}, prompt length {:.3}, random 0.5, oracle {:.3}.\n\n",
@@ -566,7 +654,7 @@ pub fn markdown(summary: &LodoSummary) -> String {
     }
     for f in &summary.folds {
         s.push_str(&format!(
-            "## {} on {} ({})\n\n{} held-out prompts (tasks: {}); selector trained on {} prompts; kNN / clusters fitted on {} prompts (k = {}, {} clusters). Candidates: {}.\n\n",
+            "## {} on {} ({})\n\n{} held-out prompts (tasks: {}); selector trained on {} prompts; kNN / clusters fitted on {} prompts (k = {}, {} clusters); best single model on the training prompts: {}. Candidates: {}.\n\n",
             f.family,
             f.dataset,
             f.metric.label(),
@@ -576,6 +664,7 @@ pub fn markdown(summary: &LodoSummary) -> String {
             f.reference_prompts,
             f.knn.chosen,
             f.clusters.chosen,
+            f.training_best_model,
             f.candidates.join(", ")
         ));
         s.push_str("| curve | score [95%] | selector − curve [95%] | (selector + kNN) − curve [95%] |\n|---|---|---|---|\n");

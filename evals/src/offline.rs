@@ -169,6 +169,18 @@ impl EvalSet {
             .collect()
     }
 
+    /// Like [`Self::choices`], with the route default `default` served whenever no candidate's
+    /// predicted utility beats it by `min_advantage` ([`policy::prefer_default_when_unsure`]).
+    pub fn choices_with_default(&self, tradeoff: Tradeoff, default: usize, min_advantage: f64) -> Vec<usize> {
+        (0..self.len())
+            .map(|i| {
+                let mut scored = self.scored(i, tradeoff);
+                policy::prefer_default_when_unsure(&mut scored, default, min_advantage);
+                policy::choose(&scored, None, &policy::Exploration::OFF, 0.0).map_or(0, |c| c.ranking[0])
+            })
+            .collect()
+    }
+
     /// The oracle: the same policy fed the realised quality and cost instead of predictions.
     pub fn oracle_choices(&self, tradeoff: Tradeoff) -> Vec<usize> {
         (0..self.len())

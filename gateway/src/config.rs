@@ -438,6 +438,11 @@ pub struct RouteConfig {
     /// An explored request may cost at most this much (USD, predicted) above the best
     /// candidate; dearer candidates are never explored.
     pub exploration_max_extra_cost_usd: Option<f64>,
+    /// Predicted-utility advantage (quality points at the route's trade-off) a candidate needs
+    /// over the route's `default` to be served instead; below it the selector is unsure and
+    /// the default is served (`x-switchyard-decision: unsure`). 0 (default) turns it off.
+    #[serde(default)]
+    pub min_advantage: f64,
     /// Time to the first byte for this route's upstream calls; unset: `[server]`'s. Lets a
     /// latency-sensitive route fail over sooner than a batch one.
     pub first_byte_timeout_ms: Option<u64>,

@@ -146,6 +146,10 @@ struct EvalLodoArgs {
     /// Embedding cache directory.
     #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
     cache_dir: PathBuf,
+    /// Each fold's selector, reused by the next run while its training data and
+    /// configuration are unchanged.
+    #[arg(long, default_value = ".cache/lodo")]
+    folds_dir: PathBuf,
 }
 
 /// The checkpoint and what turns its predictions into choices.
@@ -293,6 +297,7 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
                 embedder_dir: a.embedder_dir.clone(),
                 prices: a.prices.clone(),
                 cache_dir: a.cache_dir.clone(),
+                folds_dir: a.folds_dir.clone(),
                 out: a.out.clone(),
                 train: training::TrainConfig { seed: a.seed, ..training::TrainConfig::default() },
                 families: a.families.clone(),

@@ -81,6 +81,8 @@ pub struct RouteEntry {
     pub tradeoff: Tradeoff,
     /// How the route explores (share, policy, temperature, extra-cost budget).
     pub exploration: Exploration,
+    /// Advantage over the default below which the default is served (0: off).
+    pub min_advantage: f64,
     /// Per-route overrides of the server's upstream timeouts.
     pub first_byte_timeout: Option<std::time::Duration>,
     pub request_timeout: Option<std::time::Duration>,
@@ -218,6 +220,7 @@ impl Registry {
                     default,
                     tradeoff: route.tradeoff,
                     exploration: route.exploration(),
+                    min_advantage: route.min_advantage,
                     first_byte_timeout: route.first_byte_timeout_ms.map(std::time::Duration::from_millis),
                     request_timeout: route.request_timeout_ms.map(std::time::Duration::from_millis),
                 }),

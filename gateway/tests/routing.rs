@@ -254,3 +254,18 @@ async fn max_cost_header_leaves_out_candidates_predicted_above_it() {
     assert_eq!(coder["probability"].as_f64(), Some(0.0), "above the ceiling: never chosen");
     assert_eq!(capped_row.1, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsure_selector_defers_to_the_route_default() {
+    let (normal, _) = checkpoints();
+    // Quality is 0..1, so no candidate can beat the default by 1.5 at `best`: every decision
+    // is unsure and the default serves it; a margin of zero leaves the selector's choice.
+    let unsure = start(|mock| routing_config(mock, normal, "", "sqlite::memory:").replace("exploration = 0.0", "exploration = 0.0\nmin_advantage = 1.5")).await;
+    for prompt in TEST_CODE {
+        assert_eq!(routed_model(&unsure, prompt, None).await, ("chatter".into(), "unsure".into()), "{prompt}");
+    }
+    let sure = start(|mock| routing_config(mock, normal, "", "sqlite::memory:").replace("exploration = 0.0", "exploration = 0.0\nmin_advantage = 0")).await;
+    for prompt in TEST_CODE {
+        assert_eq!(routed_model(&sure, prompt, None).await, ("coder".into(), "selected".into()), "{prompt}");
+    }
+}

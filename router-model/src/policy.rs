@@ -313,10 +313,49 @@ pub fn choose(scored: &[Scored], max_cost_usd: Option<f64>, exploration: &Explor
     })
 }
 
+/// When the selector is unsure, the route's default: if no candidate's predicted utility beats
+/// the default's by at least `min_advantage`, the default's utility is raised to the best's
+/// (ties go to it), so it is served — and explored around — as the best. Returns whether it
+/// was raised. On prompts unlike its training data the selector's small predicted gaps are
+/// mostly noise, and a route default chosen by the operator is the safer bet; `0` turns it off.
+pub fn prefer_default_when_unsure(scored: &mut [Scored], default: usize, min_advantage: f64) -> bool {
+    if min_advantage <= 0.0 {
+        return false;
+    }
+    let Some(d) = scored.iter().position(|s| s.candidate == default) else {
+        return false;
+    };
+    let best = scored.iter().map(|s| s.utility).fold(f64::NEG_INFINITY, f64::max);
+    let own = scored[d].utility;
+    if own >= best || best - own >= min_advantage {
+        return false;
+    }
+    // Just above the best, so the default sorts first whatever the candidates' order.
+    scored[d].utility = best + best.abs().max(1.0) * 1e-12;
+    true
+}
+
 #[cfg(test)]
 #[allow(clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_wins_small_predicted_gaps_only() {
+        let t = Tradeoff { quality: 1.0, cost: 0.0, latency: 0.0 };
+        let mut near = vec![scored(0, 0.70, 0.0, t), scored(1, 0.73, 0.0, t)];
+        assert!(prefer_default_when_unsure(&mut near, 0, 0.05));
+        let choice = choose(&near, None, &Exploration::OFF, 0.0).expect("a choice");
+        assert_eq!(choice.ranking, vec![0, 1]);
+
+        let mut clear = vec![scored(0, 0.60, 0.0, t), scored(1, 0.73, 0.0, t)];
+        assert!(!prefer_default_when_unsure(&mut clear, 0, 0.05));
+        assert_eq!(choose(&clear, None, &Exploration::OFF, 0.0).expect("a choice").ranking[0], 1);
+        // Off at 0, and nothing to do when the default is already the best.
+        assert!(!prefer_default_when_unsure(&mut near.clone(), 1, 0.0));
+        let mut best_already = vec![scored(0, 0.80, 0.0, t), scored(1, 0.73, 0.0, t)];
+        assert!(!prefer_default_when_unsure(&mut best_already, 0, 0.05));
+    }
 
     fn scored(candidate: usize, quality: f64, cost_usd: f64, tradeoff: Tradeoff) -> Scored {
         Scored {

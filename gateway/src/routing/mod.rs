@@ -53,6 +53,9 @@ pub enum DecisionKind {
     Shed,
     /// No selector checkpoint is loaded (or it knows none of the candidates).
     Default,
+    /// The selector predicted no candidate better than the route's default by the route's
+    /// `min_advantage`: the default.
+    Unsure,
 }
 
 impl DecisionKind {
@@ -63,6 +66,7 @@ impl DecisionKind {
             Self::Explored => "explored",
             Self::Shed => "shed",
             Self::Default => "default",
+            Self::Unsure => "unsure",
         }
     }
 }
@@ -380,7 +384,10 @@ impl RoutingEngine {
         let tradeoff = options.tradeoff.unwrap_or(route.tradeoff);
 
         let mut decision = match active.as_deref().and_then(|a| score(a, route, &embedding, &features, tradeoff)) {
-            Some(scored) => {
+            Some(mut scored) => {
+                let default_index = route.candidates.iter().position(|c| c.name == route.default.name);
+                let unsure = default_index
+                    .is_some_and(|d| policy::prefer_default_when_unsure(&mut scored, d, route.min_advantage));
                 let draw: f64 = rand::random();
                 match choose(&scored, options.max_cost_usd, &route.exploration, draw) {
                     Some(choice) => {
@@ -394,7 +401,11 @@ impl RoutingEngine {
                         }
                         let mut decision = Decision::plain(
                             ranking,
-                            if choice.explored { DecisionKind::Explored } else { DecisionKind::Selected },
+                            match (choice.explored, unsure) {
+                                (true, _) => DecisionKind::Explored,
+                                (false, true) => DecisionKind::Unsure,
+                                (false, false) => DecisionKind::Selected,
+                            },
                         );
                         decision.propensity = choice.propensity;
                         decision.candidates = Some(logged_candidates(route, &scored, &choice.probabilities));

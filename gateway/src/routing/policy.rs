@@ -1,7 +1,9 @@
 //! The routing policy is defined once, in `router_model::policy`, so that offline evaluation
 //! (`switchyard eval`) runs the very code that serves; this module only maps its errors.
 
-pub use router_model::policy::{choose, score, Candidate, Choice, Exploration, ExplorationPolicy, Price, Scored, Tradeoff};
+pub use router_model::policy::{
+    choose, prefer_default_when_unsure, score, Candidate, Choice, Exploration, ExplorationPolicy, Price, Scored, Tradeoff,
+};
 
 use crate::error::Error;
 
