@@ -105,9 +105,21 @@ pub struct DatasetReport {
     pub aiq: AiqSummary,
     pub pair: Option<PairSummary>,
     pub calibration: Calibration,
+    /// Per candidate: its expected calibration error over the prompts, and its mean predicted
+    /// and observed quality (a head that is right on average can still rank prompts badly).
+    pub calibration_by_model: Vec<ModelCalibration>,
     pub latency: Option<LatencySummary>,
     /// kNN and cluster baselines fitted on the training split, with bootstrap intervals.
     pub baselines: Option<BaselineSummary>,
+}
+
+/// One candidate's calibration on the evaluated prompts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCalibration {
+    pub model: String,
+    pub ece: f64,
+    pub mean_predicted: f64,
+    pub mean_observed: f64,
 }
 
 /// The selector beside the simple routers, each with a bootstrap 95% interval.
@@ -305,6 +317,17 @@ pub fn evaluate(set: &EvalSet, strong: &str, weak: &str, split: &str, train: Opt
         aiq,
         pair,
         calibration: calibration(&predicted, &observed, 10),
+        calibration_by_model: set
+            .route
+            .iter()
+            .enumerate()
+            .map(|(j, c)| {
+                let p: Vec<f64> = set.predictions.iter().map(|p| f64::from(p[c.head].quality)).collect();
+                let o: Vec<f64> = set.quality.iter().map(|q| q[j]).collect();
+                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+                ModelCalibration { model: set.candidates[j].clone(), ece: calibration(&p, &o, 10).ece, mean_predicted: mean(&p), mean_observed: mean(&o) }
+            })
+            .collect(),
         latency: None,
     }
 }
@@ -459,6 +482,12 @@ pub fn markdown(summary: &Summary) -> String {
         ));
         for b in &d.calibration.bins {
             s.push_str(&format!("| {:.1}–{:.1} | {} | {:.3} | {:.3} |\n", b.lo, b.hi, b.count, b.mean_predicted, b.mean_observed));
+        }
+        if !d.calibration_by_model.is_empty() {
+            s.push_str("\nPer model (10 equal-width bins each):\n\n| model | ECE | mean predicted | mean observed |\n|---|---|---|---|\n");
+            for m in &d.calibration_by_model {
+                s.push_str(&format!("| {} | {:.3} | {:.3} | {:.3} |\n", m.model, m.ece, m.mean_predicted, m.mean_observed));
+            }
         }
         if let Some(l) = &d.latency {
             s.push_str(&format!(
