@@ -178,8 +178,6 @@ struct FoldDraws {
     ensemble_minus_best: Vec<f64>,
     /// Every router (not baseline) curve, by name: its score − the best baseline's, per resample.
     routers_minus_best: BTreeMap<String, Vec<f64>>,
-    /// (strong quality, weak quality, selector gap, ensemble gap, kNN gap, cluster gap, length).
-    pair_columns: Option<[Vec<f64>; 7]>,
 }
 
 /// The whole evaluation.
@@ -192,7 +190,7 @@ pub struct LodoSummary {
     /// Mean over folds of selector − best baseline, and of the ensemble.
     pub mean_selector_minus_best_baseline: Option<Interval>,
     pub mean_ensemble_minus_best_baseline: Option<Interval>,
-    /// APGR over every held-out prompt of every fold that has the strong/weak pair.
+    /// Mean APGR over the folds that have the strong/weak pair.
     pub pooled_pair: Option<PairApgr>,
     /// Every router variant (the ablation): mean over folds of its score − the best baseline's.
     pub ablation: Vec<(String, Interval)>,
@@ -231,13 +229,7 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
     std::fs::create_dir_all(&options.out).map_err(|e| Error::io(format!("creating {}", options.out.display()), e))?;
     let mut folds = Vec::new();
     for held in &wanted {
-        let held_rows: Vec<&Row> = datasets.iter().flat_map(|d| d.rows.iter()).filter(|r| &family(r) == held).collect();
-        let held_keys: HashSet<String> = held_rows.iter().map(|r| r.key()).collect();
-        let train_rows: Vec<&Row> = datasets
-            .iter()
-            .flat_map(|d| d.rows.iter())
-            .filter(|r| r.split == Split::Train && &family(r) != held && !held_keys.contains(&r.key()))
-            .collect();
+        let train_rows = training_rows(&datasets, held);
         let scorable: Vec<&Dataset> = datasets
             .iter()
             .filter(|d| d.rows.iter().any(|r| &family(r) == held))
@@ -309,6 +301,17 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
     write("summary.json", &json)?;
     Ok(summary)
+}
+
+/// What a fold may train on: the training split of every other family, without any question
+/// that also appears (in any dataset, any split) in the held-out family.
+fn training_rows<'a>(datasets: &'a [Dataset], held: &str) -> Vec<&'a Row> {
+    let held_keys: HashSet<String> = datasets.iter().flat_map(|d| d.rows.iter()).filter(|r| family(r) == held).map(Row::key).collect();
+    datasets
+        .iter()
+        .flat_map(|d| d.rows.iter())
+        .filter(|r| r.split == Split::Train && family(r) != held && !held_keys.contains(&r.key()))
+        .collect()
 }
 
 /// The fold's selector: the one saved in `dir` by an earlier run when it was trained on the
@@ -471,21 +474,20 @@ fn fold(
         })
         .collect();
     let best = (0..curves.len()).filter(|&c| curves[c].1).max_by(|&a, &b| full[a].total_cmp(&full[b])).unwrap_or(2);
-    let pair_columns = pair.map(|(s, w)| {
+    let pair_result = pair.map(|(s, w)| {
         let (qs, qw) = set.pair_columns(s, w);
         let gap = |e: &EvalSet| -> Vec<f64> {
             let (hs, hw) = (e.route[s].head, e.route[w].head);
             e.predictions.iter().map(|p| f64::from(p[hs].quality) - f64::from(p[hw].quality)).collect()
         };
         let est_gap = |e: &Estimates| -> Vec<f64> { e.quality.iter().map(|q| q[s] - q[w]).collect() };
-        [qs, qw, gap(&set), gap(&ensemble), est_gap(&knn_estimates), est_gap(&cluster_estimates), set.lengths()]
+        pair_apgr(&[qs, qw, gap(&set), gap(&ensemble), est_gap(&knn_estimates), est_gap(&cluster_estimates), set.lengths()])
     });
     let minus_best = |c: usize| -> Vec<f64> { draws[c].iter().zip(&draws[best]).map(|(x, y)| x - y).collect() };
     let fold_draws = FoldDraws {
         selector_minus_best: minus_best(0),
         ensemble_minus_best: minus_best(1),
         routers_minus_best: (0..curves.len()).filter(|&c| !curves[c].1).map(|c| (curves[c].0.clone(), minus_best(c))).collect(),
-        pair_columns,
     };
     Ok(FoldReport {
         family: held.to_owned(),
@@ -502,7 +504,7 @@ fn fold(
         training_best_model: set.candidates[best_on_reference].clone(),
         selector_minus_best_baseline: results[best].selector_minus,
         ensemble_minus_best_baseline: results[best].ensemble_minus,
-        pair: fold_draws.pair_columns.as_ref().map(pair_apgr),
+        pair: pair_result,
         curves: results,
         draws: fold_draws,
     })
@@ -563,6 +565,8 @@ fn score_draws(set: &EvalSet, metric: Metric, curves: &[Vec<Vec<usize>>]) -> (Ve
     (full, draws)
 }
 
+/// APGR of each router from (strong quality, weak quality, selector gap, ensemble gap, kNN
+/// gap, cluster gap, prompt length) per prompt.
 fn pair_apgr(columns: &[Vec<f64>; 7]) -> PairApgr {
     let [qs, qw, selector, ensemble, knn, clusters, length] = columns;
     let apgr = |scores: &[f64]| metrics::routing_curve(scores, qs, qw).apgr;
@@ -578,18 +582,21 @@ fn pair_apgr(columns: &[Vec<f64>; 7]) -> PairApgr {
     }
 }
 
-/// APGR over the held-out prompts of every fold with the pair, each ranked by its own fold's
-/// router (one threshold over all of them, as one deployed router would use).
+/// The mean over the folds that have the pair of each router's APGR on its fold (each fold's
+/// router ranks only its own prompts, as a deployed router would).
 fn pooled_apgr(folds: &[FoldReport]) -> Option<PairApgr> {
-    let mut pooled: [Vec<f64>; 7] = Default::default();
-    let mut any = false;
-    for columns in folds.iter().filter_map(|f| f.draws.pair_columns.as_ref()) {
-        any = true;
-        for (p, c) in pooled.iter_mut().zip(columns) {
-            p.extend_from_slice(c);
-        }
-    }
-    any.then(|| pair_apgr(&pooled))
+    let pairs: Vec<&PairApgr> = folds.iter().filter_map(|f| f.pair.as_ref()).collect();
+    let k = pairs.len() as f64;
+    let mean = |pick: fn(&PairApgr) -> f64| pairs.iter().map(|p| pick(p)).sum::<f64>() / k;
+    (!pairs.is_empty()).then(|| PairApgr {
+        prompts: pairs.iter().map(|p| p.prompts).sum(),
+        selector: mean(|p| p.selector),
+        ensemble: mean(|p| p.ensemble),
+        knn: mean(|p| p.knn),
+        clusters: mean(|p| p.clusters),
+        length: mean(|p| p.length),
+        oracle: mean(|p| p.oracle),
+    })
 }
 
 /// The CPU the figures came from (speed and even float results can differ between machines).
@@ -648,7 +655,7 @@ pub fn markdown(summary: &LodoSummary) -> String {
     }
     if let Some(p) = &summary.pooled_pair {
         s.push_str(&format!(
-            "**{STRONG} vs {WEAK}** on the {} held-out prompts of the folds that have both (each ranked by its own fold's router): APGR selector {:.3}, selector + kNN {:.3}, kNN {:.3}, clusters {:.3}, prompt length {:.3}, random 0.5, oracle {:.3}.\n\n",
+            "**{STRONG} vs {WEAK}**, mean over the folds that have both ({} held-out prompts, each fold's router ranking its own): APGR selector {:.3}, selector + kNN {:.3}, kNN {:.3}, clusters {:.3}, prompt length {:.3}, random 0.5, oracle {:.3}.\n\n",
             p.prompts, p.selector, p.ensemble, p.knn, p.clusters, p.length, p.oracle
         ));
     }
@@ -707,6 +714,28 @@ mod tests {
         assert_eq!(family(&row(DatasetKind::Routerdc, "math-prealgebra")), family(&row(DatasetKind::Routerdc, "gsm8k-train")));
         assert_eq!(family(&row(DatasetKind::ArenaHard, "arena-hard")), "chat");
         assert_ne!(family(&row(DatasetKind::Routerbench, "winogrande")), family(&row(DatasetKind::Routerbench, "arc-challenge")));
+    }
+
+    #[test]
+    fn a_fold_never_trains_on_its_family_nor_on_a_question_it_shares() {
+        let at = |kind, task: &str, prompt: &str, split| Row { prompt: prompt.into(), split, ..row(kind, task) };
+        let data = |kind, rows: Vec<Row>| Dataset { kind, path: PathBuf::new(), rows, models: BTreeSet::new(), prices: BTreeMap::new(), skipped: Vec::new() };
+        let datasets = vec![
+            data(DatasetKind::Routerbench, vec![
+                at(DatasetKind::Routerbench, "arc-challenge", "Which gas do plants absorb?", Split::Test),
+                at(DatasetKind::Routerbench, "mbpp", "Write a function to reverse a list.", Split::Train),
+                at(DatasetKind::Routerbench, "mbpp", "Write a function to sort a list.", Split::Test),
+            ]),
+            data(DatasetKind::Routerdc, vec![
+                at(DatasetKind::Routerdc, "arc-easy", "What is the boiling point of water?", Split::Train),
+                // The same question as a held-out one, filed under another task: left out too.
+                at(DatasetKind::Routerdc, "mbpp", "Which gas do plants absorb?", Split::Train),
+                at(DatasetKind::Routerdc, "humaneval", "def add(a, b):", Split::Train),
+            ]),
+        ];
+        let prompts = |held: &str| training_rows(&datasets, held).iter().map(|r| r.prompt.clone()).collect::<Vec<_>>();
+        assert_eq!(prompts("science-qa"), ["Write a function to reverse a list.", "def add(a, b):"]);
+        assert_eq!(prompts("code"), ["What is the boiling point of water?"]);
     }
 
     #[test]
