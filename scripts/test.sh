@@ -45,6 +45,17 @@ echo "== rust tests"
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
+# The workspace lints (no unwrap / expect / panic outside tests; Cargo.toml, clippy.toml) are
+# deny-level: a violation fails the run here.
+echo "== clippy"
+if ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add clippy >/dev/null 2>&1 || true
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --workspace --all-targets --quiet
+else
+    echo "clippy is not installed and could not be added: lints NOT checked"
+fi
 # One build: the dev profile with dependencies at opt-level 3 (see Cargo.toml).
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast "$@"
