@@ -138,7 +138,8 @@ pub fn run_routing(options: &RoutingOptions) -> Result<Summary> {
                 mean_ms: ms.iter().sum::<f64>() / ms.len().max(1) as f64,
                 how: format!(
                     "embed one prompt (candle MiniLM, this process's threads) + selector + policy, first prompts of the split, sequential; \
-                     load average {} when measured",
+                     {}, load average {} when measured",
+                    lodo::machine(),
                     load_average()
                 ),
             });

@@ -600,13 +600,14 @@ fn pooled_apgr(folds: &[FoldReport]) -> Option<PairApgr> {
 }
 
 /// The CPU the figures came from (speed and even float results can differ between machines).
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_owned()))
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores")
+    let avx512 = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|s| s.split_whitespace().any(|flag| flag == "avx512f"));
+    format!("{cpu} ({} AVX-512), {cores} cores", if avx512 { "with" } else { "without" })
 }
 
 /// `report.md`.
