@@ -238,6 +238,14 @@ pub fn tune(train: &Labelled<'_>, grid: &[usize], fit: impl Fn(&Labelled<'_>, &[
     Tuned { chosen, validation_aiq }
 }
 
+/// The 2.5th and 97.5th percentiles of bootstrap draws: a 95% interval.
+pub fn interval95(draws: &[f64]) -> (f64, f64) {
+    let mut v = draws.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    (at(0.025), at(0.975))
+}
+
 /// A curve's AIQ with its bootstrap 95% interval, and the paired difference from the router.
 #[derive(Debug, Clone, Serialize)]
 pub struct CurveInterval {
@@ -264,11 +272,7 @@ pub fn bootstrap(quality: &[Vec<f64>], cost: &[Vec<f64>], curves: &[(String, Vec
             d.push(curve_aiq(quality, cost, &rows, curve));
         }
     }
-    let interval = |mut v: Vec<f64>| -> (f64, f64) {
-        v.sort_by(f64::total_cmp);
-        let at = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
-        (at(0.025), at(0.975))
-    };
+    let interval = |v: Vec<f64>| interval95(&v);
     curves
         .iter()
         .enumerate()

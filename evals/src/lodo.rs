@@ -112,10 +112,8 @@ pub struct Interval {
 
 impl Interval {
     fn from_draws(value: f64, draws: &[f64]) -> Self {
-        let mut v = draws.to_vec();
-        v.sort_by(f64::total_cmp);
-        let at = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
-        Self { value, lo95: at(0.025), hi95: at(0.975) }
+        let (lo95, hi95) = baselines::interval95(draws);
+        Self { value, lo95, hi95 }
     }
 
     fn show(&self) -> String {
@@ -523,20 +521,7 @@ fn blend(set: &EvalSet, knn: &Estimates, w: f64) -> EvalSet {
             p[c.head].quality = (w * selector + (1.0 - w) * knn.quality[i][j]) as f32;
         }
     }
-    EvalSet {
-        dataset: set.dataset.clone(),
-        rows: set.rows.clone(),
-        split_index: set.split_index.clone(),
-        candidates: set.candidates.clone(),
-        route: set.route.clone(),
-        predictions,
-        embeddings: set.embeddings.clone(),
-        prompt_tokens: set.prompt_tokens.clone(),
-        quality: set.quality.clone(),
-        cost: set.cost.clone(),
-        dropped: set.dropped,
-        cost_source: set.cost_source,
-    }
+    EvalSet { predictions, ..set.clone() }
 }
 
 /// Each curve's score on all prompts and on every bootstrap resample (the same resamples for

@@ -25,6 +25,7 @@ pub const COST_DERIVED: &str = "list price × (prompt tokens + answer tokens), t
 pub type Embed<'a> = dyn FnMut(&[&str]) -> Result<Vec<Vec<f32>>> + 'a;
 
 /// Test prompts of one dataset, ready to route.
+#[derive(Clone)]
 pub struct EvalSet {
     pub dataset: String,
     pub rows: Vec<Row>,
