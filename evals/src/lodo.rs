@@ -42,6 +42,9 @@ use crate::report::{STRONG, WEAK};
 pub const MIN_TRAINING_LABELS: usize = 50;
 /// Weight of the selector's quality estimate in the `selector + kNN` ensemble.
 pub const BLEND_SELECTOR_WEIGHT: f64 = 0.5;
+/// Names of the two main router curves.
+const SELECTOR: &str = "selector";
+const ENSEMBLE: &str = "selector + kNN";
 /// The curve that sends everything to the best single model on the training prompts (a
 /// route default an operator could have picked without a router).
 pub const TRAINING_BEST: &str = "best single model on the training prompts";
@@ -172,8 +175,6 @@ pub struct FoldReport {
 
 #[derive(Debug, Clone, Default)]
 struct FoldDraws {
-    selector_minus_best: Vec<f64>,
-    ensemble_minus_best: Vec<f64>,
     /// Every router (not baseline) curve, by name: its score − the best baseline's, per resample.
     routers_minus_best: BTreeMap<String, Vec<f64>>,
 }
@@ -249,20 +250,8 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
         }
     }
 
-    let mean_of = |pick: &dyn Fn(&FoldReport) -> (f64, &[f64])| -> Option<Interval> {
-        if folds.is_empty() {
-            return None;
-        }
-        let k = folds.len() as f64;
-        let value = folds.iter().map(|f| pick(f).0).sum::<f64>() / k;
-        let draws: Vec<f64> = (0..baselines::RESAMPLES).map(|r| folds.iter().map(|f| pick(f).1.get(r).copied().unwrap_or(f64::NAN)).sum::<f64>() / k).collect();
-        Some(Interval::from_draws(value, &draws))
-    };
-    let mean_selector = mean_of(&|f| (f.selector_minus_best_baseline.value, f.draws.selector_minus_best.as_slice()));
-    let mean_ensemble = mean_of(&|f| (f.ensemble_minus_best_baseline.value, f.draws.ensemble_minus_best.as_slice()));
-    let pooled_pair = pooled_apgr(&folds);
     let names: Vec<String> = folds.first().map(|f| f.draws.routers_minus_best.keys().cloned().collect()).unwrap_or_default();
-    let ablation = names
+    let ablation: Vec<(String, Interval)> = names
         .into_iter()
         .filter_map(|name| {
             let per_fold: Vec<(f64, &[f64])> = folds
@@ -273,14 +262,12 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
                     Some((value, draws.as_slice()))
                 })
                 .collect();
-            (per_fold.len() == folds.len()).then(|| {
-                let k = per_fold.len() as f64;
-                let value = per_fold.iter().map(|p| p.0).sum::<f64>() / k;
-                let draws: Vec<f64> = (0..baselines::RESAMPLES).map(|r| per_fold.iter().map(|p| p.1.get(r).copied().unwrap_or(f64::NAN)).sum::<f64>() / k).collect();
-                (name, Interval::from_draws(value, &draws))
-            })
+            (per_fold.len() == folds.len()).then(|| (name, mean_over_folds(&per_fold)))
         })
         .collect();
+    let find = |name: &str| ablation.iter().find(|(n, _)| n == name).map(|(_, i)| *i);
+    let (mean_selector, mean_ensemble) = (find(SELECTOR), find(ENSEMBLE));
+    let pooled_pair = pooled_apgr(&folds);
     let summary = LodoSummary {
         command: options.command.clone(),
         machine: machine(),
@@ -299,6 +286,15 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
     write("summary.json", &json)?;
     Ok(summary)
+}
+
+/// The mean over folds of (value, per-resample draws), with the interval of the mean: the
+/// r-th resamples of every fold averaged together, as folds are independent samples.
+fn mean_over_folds(per_fold: &[(f64, &[f64])]) -> Interval {
+    let k = per_fold.len().max(1) as f64;
+    let value = per_fold.iter().map(|p| p.0).sum::<f64>() / k;
+    let draws: Vec<f64> = (0..baselines::RESAMPLES).map(|r| per_fold.iter().map(|p| p.1.get(r).copied().unwrap_or(f64::NAN)).sum::<f64>() / k).collect();
+    Interval::from_draws(value, &draws)
 }
 
 /// What a fold may train on: the training split of every other family, without any question
@@ -435,8 +431,8 @@ fn fold(
         .unwrap_or(0);
     let pair = set.index_of(STRONG).zip(set.index_of(WEAK));
     let mut curves: Vec<(String, bool, Vec<Vec<usize>>)> = vec![
-        ("selector".into(), false, sweep_of(&set)),
-        ("selector + kNN".into(), false, sweep_of(&ensemble)),
+        (SELECTOR.into(), false, sweep_of(&set)),
+        (ENSEMBLE.into(), false, sweep_of(&ensemble)),
     ];
     for margin in UNSURE_MARGINS {
         let choices = cost_weights().into_iter().map(|l| set.choices_with_default(tradeoff_at(l), best_on_reference, *margin)).collect();
@@ -483,8 +479,6 @@ fn fold(
     });
     let minus_best = |c: usize| -> Vec<f64> { draws[c].iter().zip(&draws[best]).map(|(x, y)| x - y).collect() };
     let fold_draws = FoldDraws {
-        selector_minus_best: minus_best(0),
-        ensemble_minus_best: minus_best(1),
         routers_minus_best: (0..curves.len()).filter(|&c| !curves[c].1).map(|c| (curves[c].0.clone(), minus_best(c))).collect(),
     };
     Ok(FoldReport {
@@ -621,8 +615,8 @@ pub fn markdown(summary: &LodoSummary) -> String {
             f.dataset,
             f.metric.label(),
             f.test_prompts,
-            score("selector"),
-            score("selector + kNN"),
+            score(SELECTOR),
+            score(ENSEMBLE),
             f.best_baseline,
             best,
             f.selector_minus_best_baseline.show(),
