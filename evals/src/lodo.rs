@@ -317,7 +317,7 @@ fn fold_checkpoint(dir: &std::path::Path, rows: &[&Row], examples: &[training::E
     hasher.update(serde_json::to_string(config).map_err(|e| Error::InvalidInput(e.to_string()))?.as_bytes());
     hasher.update(candidates.join("\n").as_bytes());
     let key = hasher.finalize().to_hex().to_string();
-    if Checkpoint::read_meta(dir).is_ok_and(|m| m.training_data_hash == key) {
+    if Checkpoint::read_meta(dir).is_ok_and(|m| m.training_data_hash == key && &m.embedder == embedder) {
         return Ok(Checkpoint::load(dir, &embedder.id, embedder.dim)?);
     }
     let trained = training::train::train(examples, candidates.len(), config, Init::Random)?;
