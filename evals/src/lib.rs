@@ -139,7 +139,7 @@ pub fn run_routing(options: &RoutingOptions) -> Result<Summary> {
                 how: format!(
                     "embed one prompt (candle MiniLM, this process's threads) + selector + policy, first prompts of the split, sequential; \
                      {}, load average {} when measured",
-                    lodo::machine(),
+                    machine(),
                     load_average()
                 ),
             });
@@ -165,6 +165,19 @@ pub fn run_routing(options: &RoutingOptions) -> Result<Summary> {
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
     write("summary.json", &json)?;
     Ok(summary)
+}
+
+/// The CPU the figures came from (speed, and even float results, differ between machines).
+pub(crate) fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or_else(|| "unknown CPU".to_owned(), |s| s.trim().to_owned());
+    let avx512 = cpuinfo.split_whitespace().any(|flag| flag == "avx512f");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu} ({} AVX-512), {cores} cores", if avx512 { "with" } else { "without" })
 }
 
 /// The 1-minute load average (Linux), to say how busy the machine was when latency was timed.

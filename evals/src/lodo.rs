@@ -28,7 +28,6 @@ use rand::{Rng, SeedableRng};
 use router_model::policy::Price;
 use router_model::{BertEmbedder, Checkpoint, CheckpointMeta, Embedder, EmbedderOptions, EmbedderRef, ModelSource};
 use serde::Serialize;
-use training::embed_cache::EmbeddingCache;
 use training::{Dataset, DatasetKind, DatasetSpec, Init, Row, Split, TrainConfig};
 
 use crate::baselines::{self, Estimates, Labelled, Tuned};
@@ -204,12 +203,7 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
     };
     let embedder = BertEmbedder::load(&source, &EmbedderOptions::default())?;
     let datasets = training::data::load_all(&options.datasets)?;
-    let mut texts: Vec<&str> = datasets.iter().flat_map(|d| d.rows.iter().map(|r| r.prompt.as_str())).collect();
-    texts.sort_unstable();
-    texts.dedup();
-    let mut cache = EmbeddingCache::open(&options.cache_dir, embedder.id(), embedder.dim())?;
-    let vectors = cache.embed_all(&texts, &embedder)?;
-    let embeddings: HashMap<String, Vec<f32>> = texts.iter().map(|t| (*t).to_owned()).zip(vectors).collect();
+    let embeddings = training::embed_cache::embed_prompts(&datasets, &options.cache_dir, &embedder)?;
     let embedder_ref = EmbedderRef { id: embedder.id().to_owned(), dim: embedder.dim() };
 
     let all_families: BTreeSet<String> = datasets.iter().flat_map(|d| d.rows.iter().map(family)).collect();
@@ -229,10 +223,12 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
     let mut folds = Vec::new();
     for held in &wanted {
         let train_rows = training_rows(&datasets, held);
-        let scorable: Vec<&Dataset> = datasets
+        // Each dataset of the family with the candidates it can be scored on, and their prices.
+        let scorable: Vec<(&Dataset, Coverage)> = datasets
             .iter()
             .filter(|d| d.rows.iter().any(|r| &family(r) == held))
-            .filter(|d| coverage(d, held, &train_rows, &prices).0.len() >= 2)
+            .map(|d| (d, coverage(d, held, &train_rows, &prices)))
+            .filter(|(_, c)| c.candidates.len() >= 2)
             .collect();
         if scorable.is_empty() {
             eprintln!("lodo: {held}: no dataset has two of its models labelled by the other families; not scored");
@@ -241,8 +237,8 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
         let examples = training::examples_for_rows(&train_rows, &embeddings, &candidates)?;
         let config = TrainConfig { progress: false, ..options.train.clone() };
         let checkpoint = fold_checkpoint(&options.folds_dir.join(held), &train_rows, &examples, &candidates, &config, &embedder_ref)?;
-        for dataset in scorable {
-            match fold(held, dataset, &train_rows, examples.len(), &checkpoint, &prices, &embeddings) {
+        for (dataset, covered) in scorable {
+            match fold(held, dataset, &covered, &train_rows, examples.len(), &checkpoint, &embeddings) {
                 Ok(report) => folds.push(report),
                 Err(Error::InvalidInput(why)) => eprintln!("lodo: {held} on {}: not scored: {why}", dataset.kind),
                 Err(e) => return Err(e),
@@ -270,7 +266,7 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
     let pooled_pair = pooled_apgr(&folds);
     let summary = LodoSummary {
         command: options.command.clone(),
-        machine: machine(),
+        machine: crate::machine(),
         resamples: baselines::RESAMPLES,
         folds,
         mean_selector_minus_best_baseline: mean_selector,
@@ -357,7 +353,7 @@ fn costless(dataset: &Dataset, family_name: &str) -> bool {
 
 /// The models of `dataset` a fold can score — labelled at least [`MIN_TRAINING_LABELS`] times
 /// by the training prompts, and priced — with the prices it scores them at.
-fn coverage(dataset: &Dataset, family_name: &str, train_rows: &[&Row], prices: &PriceTable) -> (Vec<String>, PriceTable) {
+fn coverage(dataset: &Dataset, family_name: &str, train_rows: &[&Row], prices: &PriceTable) -> Coverage {
     let mut labels: BTreeMap<&str, usize> = BTreeMap::new();
     for r in train_rows {
         for (m, o) in &r.outcomes {
@@ -378,39 +374,42 @@ fn coverage(dataset: &Dataset, family_name: &str, train_rows: &[&Row], prices: &
         .filter(|m| labels.get(m.as_str()).copied().unwrap_or(0) >= MIN_TRAINING_LABELS && fold_prices.get(m).is_some())
         .cloned()
         .collect();
-    (covered, fold_prices)
+    Coverage { candidates: covered, prices: fold_prices }
+}
+
+/// What [`coverage`] found.
+struct Coverage {
+    candidates: Vec<String>,
+    prices: PriceTable,
 }
 
 /// Scores the held-out `family` on `dataset` with the fold's checkpoint.
 fn fold(
     held: &str,
     dataset: &Dataset,
+    coverage: &Coverage,
     train_rows: &[&Row],
     train_examples: usize,
     checkpoint: &Checkpoint,
-    prices: &PriceTable,
     embeddings: &HashMap<String, Vec<f32>>,
 ) -> Result<FoldReport> {
     let held_rows: Vec<Row> = dataset.rows.iter().filter(|r| family(r) == held).cloned().collect();
     let tasks: Vec<String> = held_rows.iter().map(|r| r.task.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let equal_cost = costless(dataset, held);
     let metric = if equal_cost { Metric::QualityAtEqualCost } else { Metric::Aiq };
-    let (covered, fold_prices) = coverage(dataset, held, train_rows, prices);
-    if covered.len() < 2 {
-        return Err(Error::InvalidInput(format!("fewer than two of its models are labelled by the training prompts and priced ({covered:?})")));
-    }
+    let (covered, fold_prices) = (&coverage.candidates, &coverage.prices);
     let mut embed = |texts: &[&str]| -> Result<Vec<Vec<f32>>> {
         texts.iter().map(|t| embeddings.get(*t).cloned().ok_or_else(|| Error::InvalidInput("prompt without embedding".into()))).collect()
     };
     let test_data = subset(dataset, held_rows, Split::Test, equal_cost);
-    let set = EvalSet::build(&test_data, Split::Test, checkpoint, &fold_prices, Some(&covered), None, &mut embed)?;
+    let set = EvalSet::build(&test_data, Split::Test, checkpoint, fold_prices, Some(covered), None, &mut embed)?;
     // The simple routers learn from training prompts that label every scored candidate: of the
     // same dataset where it has other families, else of any dataset.
     let labels_all = |r: &Row| covered.iter().all(|m| r.quality(m).is_some());
     let same: Vec<Row> = train_rows.iter().filter(|r| r.kind == dataset.kind && labels_all(r)).map(|r| (*r).clone()).collect();
     let reference_rows = if same.len() >= 100 { same } else { train_rows.iter().filter(|r| labels_all(r)).map(|r| (*r).clone()).collect() };
     let reference_data = subset(dataset, reference_rows, Split::Train, equal_cost);
-    let reference = EvalSet::build(&reference_data, Split::Train, checkpoint, &fold_prices, Some(&covered), None, &mut embed)?;
+    let reference = EvalSet::build(&reference_data, Split::Train, checkpoint, fold_prices, Some(covered), None, &mut embed)?;
     if reference.candidates != set.candidates {
         return Err(Error::InvalidInput("the reference prompts do not label the same candidates".into()));
     }
@@ -576,17 +575,6 @@ fn pooled_apgr(folds: &[FoldReport]) -> Option<PairApgr> {
         length: mean(|p| p.length),
         oracle: mean(|p| p.oracle),
     })
-}
-
-/// The CPU the figures came from (speed and even float results can differ between machines).
-pub(crate) fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_owned()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let avx512 = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|s| s.split_whitespace().any(|flag| flag == "avx512f"));
-    format!("{cpu} ({} AVX-512), {cores} cores", if avx512 { "with" } else { "without" })
 }
 
 /// `report.md`.

@@ -34,6 +34,17 @@ pub struct EmbeddingCache {
     vectors: HashMap<[u8; 32], Vec<f32>>,
 }
 
+/// Every distinct prompt of `datasets` → its embedding, through the cache in `cache_dir`
+/// (what `switchyard train` and `switchyard eval lodo` learn from).
+pub fn embed_prompts(datasets: &[crate::Dataset], cache_dir: &Path, embedder: &dyn Embedder) -> Result<HashMap<String, Vec<f32>>> {
+    let mut texts: Vec<&str> = datasets.iter().flat_map(|d| d.rows.iter().map(|r| r.prompt.as_str())).collect();
+    texts.sort_unstable();
+    texts.dedup();
+    let mut cache = EmbeddingCache::open(cache_dir, embedder.id(), embedder.dim())?;
+    let vectors = cache.embed_all(&texts, embedder)?;
+    Ok(texts.iter().map(|t| (*t).to_owned()).zip(vectors).collect())
+}
+
 impl EmbeddingCache {
     /// Opens (creating if needed) the cache of the embedder `embedder_id` under `root`.
     pub fn open(root: &Path, embedder_id: &str, dim: usize) -> Result<Self> {

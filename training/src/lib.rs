@@ -39,7 +39,6 @@ pub use eval::{EvalReport, PairReport};
 pub use train::{Example, Init, TrainConfig, Trained};
 
 use crate::db::LoggedRequest;
-use crate::embed_cache::EmbeddingCache;
 
 /// Which candidates the checkpoint gets heads for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,12 +315,7 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
     let mut embeddings = HashMap::new();
     let embedder_ref = if !datasets.is_empty() {
         let embedder = load_embedder(opts)?;
-        let mut cache = EmbeddingCache::open(&opts.cache_dir, embedder.id(), embedder.dim())?;
-        let mut texts: Vec<&str> = datasets.iter().flat_map(|d| d.rows.iter().map(|r| r.prompt.as_str())).collect();
-        texts.sort_unstable();
-        texts.dedup();
-        let vectors = cache.embed_all(&texts, &embedder)?;
-        embeddings = texts.iter().map(|t| t.to_string()).zip(vectors).collect();
+        embeddings = embed_cache::embed_prompts(&datasets, &opts.cache_dir, &embedder)?;
         EmbedderRef {
             id: embedder.id().to_owned(),
             dim: embedder.dim(),
