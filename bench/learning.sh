@@ -5,9 +5,9 @@
 # replaying each model's recorded answer, gets each answer's recorded correctness as feedback
 # (POST /v1/feedback), runs `switchyard learn` against its own outcome log, hot-reloads, and
 # is measured on the RouterBench *test* prompts with exploration off. Repeated for ROUNDS
-# rounds; then the same loop once with shuffled feedback (each answer rated with a random other
-# prompt's label for the same model), whose promotion decision is reported: the gate should
-# refuse it, and a promotion must never make the served routing worse.
+# rounds; then the same loop once with shuffled feedback (each answer rated with the label of
+# a random prompt for a random model) at a quality-only trade-off, whose promotion decision is
+# reported: by that feedback no policy is better, so the gate should refuse.
 #
 #   bench/learning.sh                 (from anywhere; builds the release binary first, into
 #                                      $CARGO_TARGET_DIR when set)
@@ -52,9 +52,12 @@ echo "== the loop ($ROUNDS rounds)" >&2
     --work "$WORK/loop" --out "$OUT"
 
 if [[ -z "${SKIP_SHUFFLED:-}" ]]; then
-    echo "== control: the same loop with shuffled feedback" >&2
+    # Quality only: with labels shuffled across prompts and models no policy is better by the
+    # feedback, so any promotion is a false one (at a cost-aware trade-off a cheaper policy
+    # would rightly win).
+    echo "== control: the same loop with shuffled feedback, quality-only trade-off" >&2
     "$BIN" eval learning --dataset "routerbench:$DATA/routerbench-subset" --start "$WORK/weak" \
-        --candidates "$CANDIDATES" --rounds 1 --tradeoff "$TRADEOFF" --shuffle-feedback \
+        --candidates "$CANDIDATES" --rounds 1 --tradeoff quality=1,cost=0,latency=0 --shuffle-feedback \
         --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.1}" "${LIMITS[@]}" \
         --work "$WORK/shuffled" --out "$OUT/shuffled"
 fi

@@ -447,14 +447,17 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         let served_quality = answers.iter().map(|a| train[a.prompt].quality[a.candidate]).sum::<f64>() / answers.len().max(1) as f64;
         let served_cost = answers.iter().map(|a| train[a.prompt].cost[a.candidate]).sum::<f64>() * 1e3 / answers.len().max(1) as f64;
         let explored = answers.iter().filter(|a| a.decision == "explored").count() as f64 / answers.len().max(1) as f64;
-        // Shuffled feedback: the label of a random other prompt for the same model.
-        let donors: Vec<usize> = (0..answers.len()).map(|_| rng.random_range(0..train.len())).collect();
+        // Shuffled feedback: the label of a random (prompt, model) pair, so that no policy is
+        // better than another by the feedback.
+        let donors: Vec<(usize, usize)> =
+            (0..train.len()).map(|_| (rng.random_range(0..train.len()), rng.random_range(0..plan.candidates.len()))).collect();
         send_feedback(
             addr,
             &answers,
             |a| {
                 if plan.shuffle_feedback {
-                    train[donors[a.prompt]].quality[a.candidate]
+                    let (prompt, model) = donors[a.prompt];
+                    train[prompt].quality[model]
                 } else {
                     train[a.prompt].quality[a.candidate]
                 }
@@ -580,7 +583,7 @@ impl LoopReport {
             self.tradeoff,
             self.exploration,
             self.test_prompts,
-            if self.shuffle_feedback { "**shuffled labels** (each answer rated with a random other prompt's label for the same model: each model's average kept, nothing about which prompt suits which model)" } else { "the dataset's label for the model that answered" }
+            if self.shuffle_feedback { "**shuffled labels** (each answer rated with the label of a random prompt for a random model: by the feedback every policy is as good as any other, so at a quality-only trade-off any promotion is a false one)" } else { "the dataset's label for the model that answered" }
         ));
         s.push_str("| after | checkpoint | test quality [95%] | quality gain vs start [95%, paired] | USD / 1k req | utility [95%] | utility gain vs start [95%, paired] | learn step | off-policy DR quality of candidate [95%] | served while exploring | explored |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         s.push_str(&format!(

@@ -52,8 +52,9 @@ pub struct EvalLearningArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Rate each answer with a random other prompt's label for the same model (each model's
-    /// average kept, nothing about which prompt suits which model).
+    /// Rate each answer with the label of a random prompt for a random model: the feedback
+    /// then says nothing about prompts or models, so no candidate deserves promotion (a
+    /// control for the gate; use a quality-only trade-off, where cheaper is not better).
     #[arg(long)]
     shuffle_feedback: bool,
     /// Rated rows the learn step needs.

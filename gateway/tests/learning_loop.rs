@@ -6,8 +6,8 @@
 //!
 //! Two runs: with the labels and promotion forced (`--promote-margin=-1`, so the test judges
 //! the learner, not the gate), the promoted selector must serve the route's trade-off better
-//! than the weak one on those test prompts; with shuffled labels and the default gate, the
-//! served routing must not get worse. Needs the shared data beside the checkout and the
+//! than the weak one on those test prompts; with labels that favour no policy (shuffled
+//! across prompts and models) and the default gate, nothing is promoted. Needs the shared data beside the checkout and the
 //! embedder weights.
 
 #![allow(clippy::expect_used, clippy::panic)]
@@ -81,20 +81,16 @@ fn the_gateway_learns_from_its_own_traffic_and_noise_never_makes_it_worse() {
     assert!(explored > 0.1 && explored <= 0.5 + 0.06, "{explored}");
     assert_eq!(round["test"]["decisions"].get("explored"), None, "{round:#}");
 
-    // Shuffled labels (each answer rated with a random other prompt's label for the same
-    // model) keep every model's average and say nothing about which prompt suits which model.
-    // At a cost-aware trade-off that average alone can justify a cheaper policy, so a
-    // promotion is not wrong by itself; what the gate must never do is let the served routing
-    // get worse.
-    let shuffled = run_loop(dir.path(), &weak, "shuffled", "600", "300", &["--shuffle-feedback"]);
+    // Shuffled labels (each answer rated with the label of a random prompt for a random
+    // model) at a quality-only trade-off: by the feedback no policy is better than another, so
+    // the gate at its default must keep the active checkpoint. (Its false-promotion rate on
+    // such logs is measured in `training::db::gate_calibration`: under the 5% a one-sided 95%
+    // bound allows.)
+    let shuffled = run_loop(dir.path(), &weak, "shuffled", "600", "300", &["--shuffle-feedback", "--tradeoff", "quality=1,cost=0,latency=0"]);
     let round = &shuffled["loop"]["rounds"][0];
     let decisions = std::fs::read_to_string(dir.path().join("shuffled-work/active.promotions.jsonl")).expect("decision log");
     assert_eq!(decisions.lines().count(), 1, "one decision recorded: {decisions}");
-    if round["promoted"] == true {
-        let gain = &round["test"]["utility_gain"];
-        assert!(gain["hi95"].as_f64().expect("hi95") >= 0.0, "a promotion on shuffled labels made routing worse: {round:#}");
-    } else {
-        assert_eq!(round["test"]["checkpoint"], shuffled["loop"]["start"]["checkpoint"]);
-        assert!(decisions.contains("\"promoted\":false"), "{decisions}");
-    }
+    assert_eq!(round["promoted"], false, "promoted on feedback that favours no policy: {round:#}");
+    assert!(decisions.contains("\"promoted\":false"), "{decisions}");
+    assert_eq!(round["test"]["checkpoint"], shuffled["loop"]["start"]["checkpoint"]);
 }

@@ -17,13 +17,15 @@
 //! w_c·cost − w_l·latency at the row's logged trade-off (quality alone for rows without one),
 //! so a candidate that is as good for less money wins. Estimators:
 //! - IPS: 1[π(x)=a]·min(1/p, clip)·r
-//! - doubly robust: r̂(x, π(x)) + 1[π(x)=a]·min(1/p, clip)·(r − r̂(x, a)), with the new
-//!   model's predicted utility as r̂ (fit without the held-out rows) for both policies.
+//! - doubly robust: r̂(x, π(x)) + 1[π(x)=a]·min(1/p, clip)·(r − r̂(x, a)), with the active
+//!   checkpoint's predicted utility as r̂ for both policies (where evidence is thin, the
+//!   incumbent's beliefs keep the incumbent).
 //!
 //! Quality alone is estimated the same way and reported beside it.
 //!
 //! Promotion needs the paired per-row difference (new − active) of the DR utility estimate to
-//! have a one-sided 95% lower confidence bound (mean − 1.645·s.e.) above the margin.
+//! have a one-sided 95% lower confidence bound (mean − 1.645·s.e.), less the most clipping
+//! could have added ([`OpeReport::clip_bias_allowance`]), above the margin.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +40,10 @@ use crate::error::{Error, Result};
 
 /// Inverse propensities are clipped here (a propensity below 0.1 counts as 0.1).
 pub const IPS_CLIP: f64 = 10.0;
+/// Off-policy evaluation clips inverse propensities here: higher than training's clip, since
+/// what evaluation leaves out by clipping is charged against the candidate (see
+/// [`OpeReport::clip_bias_allowance`]) while the variance it lets in shows in the interval.
+pub const OPE_CLIP: f64 = 10.0;
 /// Share of logged rows, the newest, held out for off-policy evaluation.
 pub const HOLDOUT_SHARE: f64 = 0.3;
 /// z of a one-sided 95% bound.
@@ -54,6 +60,9 @@ pub struct LoggedCandidate {
     /// The model's price when the decision was made (rows logged before prices were logged
     /// have none: their cost and latency terms are taken as logged).
     pub price: Option<Price>,
+    /// Probability the logging policy gave this candidate (its whole distribution is logged,
+    /// so the chance it had of serving what another policy would pick is known exactly).
+    pub probability: f64,
 }
 
 /// One request from the outcome log.
@@ -113,11 +122,16 @@ impl LoggedRequest {
         tradeoff.utility(self.feedback.unwrap_or(0.0), self.cost_usd.unwrap_or(0.0), self.latency_ms)
     }
 
-    /// Clipped inverse propensity of the logged choice.
+    /// Clipped inverse propensity of the logged choice (training's clip).
     pub fn ips_weight(&self) -> f64 {
+        self.ips_weight_clipped(IPS_CLIP)
+    }
+
+    /// Inverse propensity of the logged choice, clipped at `clip`.
+    pub fn ips_weight_clipped(&self, clip: f64) -> f64 {
         self.propensity
             .filter(|p| p.is_finite() && *p > 0.0)
-            .map_or(1.0, |p| (1.0 / p).min(IPS_CLIP))
+            .map_or(1.0, |p| (1.0 / p).min(clip))
     }
 }
 
@@ -207,6 +221,7 @@ impl LoggedRequest {
                 latency_ms: c.latency_ms,
                 utility: c.utility,
                 price: Some(Price { input_usd_per_mtok: c.input_usd_per_mtok, output_usd_per_mtok: c.output_usd_per_mtok }),
+                probability: c.probability,
             })
             .collect();
         Self {
@@ -284,6 +299,21 @@ pub struct OpeReport {
     /// lower bound: what promotion is decided on.
     pub dr_difference: f64,
     pub dr_difference_lcb95: f64,
+    /// Clipping leaves part of the DR correction out wherever the logging policy gave the
+    /// candidate a policy picks less than 1/clip: there the estimate leans on the reward model
+    /// (an overconfident one flatters whatever it cannot check). This is the most that could
+    /// have added to the difference (quality anywhere in 0..1 where it was not verified),
+    /// averaged over rows; promotion subtracts it from the lower bound.
+    pub clip_bias_allowance: f64,
+    /// `dr_difference_lcb95 − clip_bias_allowance`: what promotion is decided on.
+    pub gate_lower_bound: f64,
+    /// Rows where the two policies pick differently: the only rows where the difference is
+    /// not zero.
+    pub disagreements: usize,
+    /// Of those, rows the log served with the new policy's pick / the active one's: the
+    /// evidence that corrects each side's reward-model guess.
+    pub verified_new: usize,
+    pub verified_active: usize,
     pub ips_difference: f64,
     pub ips_difference_lcb95: f64,
     /// The same paired DR difference in quality alone (a cheaper policy may trade some).
@@ -325,7 +355,7 @@ fn argmax(values: &[(f64, f64)]) -> Option<usize> {
 /// Off-policy evaluation of `new` against `active` (each: candidate ids + quality function)
 /// on `rows`. Each policy greedily picks the candidate of best predicted utility; its value
 /// is estimated for the realised utility (and quality) by IPS and by doubly robust with the
-/// new model's predictions as the reward model.
+/// active model's predictions as the reward model.
 pub fn evaluate_policies(
     rows: &[&LoggedRequest],
     new_candidates: &[String],
@@ -334,27 +364,49 @@ pub fn evaluate_policies(
     active_predict: &PredictFn<'_>,
     margin: f64,
 ) -> Result<OpeReport> {
+    evaluate_policies_at(rows, new_candidates, new_predict, active_candidates, active_predict, margin, OPE_CLIP)
+}
+
+fn evaluate_policies_at(
+    rows: &[&LoggedRequest],
+    new_candidates: &[String],
+    new_predict: &PredictFn<'_>,
+    active_candidates: &[String],
+    active_predict: &PredictFn<'_>,
+    margin: f64,
+    clip: f64,
+) -> Result<OpeReport> {
     let usable: Vec<&&LoggedRequest> = rows
         .iter()
         .filter(|r| r.feedback.is_some() && r.candidates.len() >= 2 && r.propensity.is_some_and(|p| p > 0.0))
         .collect();
     // Per row: [ips_q, dr_q, ips_u, dr_u] for new, then for active.
     let mut contributions: Vec<[f64; 8]> = Vec::new();
+    // Per row: how far clipping could have biased the utility difference towards `new`.
+    let mut allowances: Vec<f64> = Vec::new();
+    let (mut disagreements, mut verified_new, mut verified_active) = (0usize, 0usize, 0usize);
     let (mut agree_new, mut agree_active) = (0usize, 0usize);
     for row in &usable {
         let quality = row.feedback.unwrap_or(0.0);
         let tradeoff = row.tradeoff.unwrap_or(Tradeoff::BEST);
         let utility = row.realised_utility(tradeoff);
-        let w = row.ips_weight();
+        let w = row.ips_weight_clipped(clip);
         let q_new = new_predict(row)?;
         let q_active = active_predict(row)?;
-        // The reward model: the new checkpoint's predictions, for both policies.
-        let hat = predicted_utilities(row, tradeoff, &q_new, new_candidates);
+        // The reward model, for both policies: the active checkpoint's predictions. DR is
+        // unbiased whatever the reward model, but where the log rarely served the new pick
+        // the estimate leans on it: the active one's beliefs then argue for the active
+        // policy (which maximises them), so thin evidence keeps the incumbent. With the new
+        // checkpoint's own beliefs, a no-better candidate passed a 95% bound 8% of the time
+        // (`gate_calibration`).
+        let hat = predicted_utilities(row, tradeoff, &q_active, active_candidates);
         let Some(logged) = row.candidates.iter().position(|c| c.model == row.model) else { continue };
         let (logged_q_hat, logged_u_hat) = hat[logged];
         let mut values = [0.0; 8];
+        let mut picks = [None; 2];
         for (k, (candidates, q)) in [(new_candidates, &q_new), (active_candidates, &q_active)].into_iter().enumerate() {
             let Some(pick) = argmax(&predicted_utilities(row, tradeoff, q, candidates)) else { continue };
+            picks[k] = Some(pick);
             let matches = pick == logged;
             if matches {
                 if k == 0 {
@@ -370,6 +422,22 @@ pub fn evaluate_policies(
             values[4 * k + 2] = indicator * utility;
             values[4 * k + 3] = u_hat + indicator * (utility - logged_u_hat);
         }
+        if let [Some(new_pick), Some(active_pick)] = picks {
+            if new_pick != active_pick {
+                disagreements += 1;
+                verified_new += usize::from(new_pick == logged);
+                verified_active += usize::from(active_pick == logged);
+            }
+        }
+        allowances.push(match picks {
+            [Some(new_pick), Some(active_pick)] if new_pick != active_pick => {
+                let mass = |pick: usize| row.candidates.get(pick).map_or(0.0, |c| c.probability);
+                let unverified = |pick: usize| 1.0 - (clip * mass(pick)).clamp(0.0, 1.0);
+                let q_hat = |pick: usize| hat[pick].0.clamp(0.0, 1.0);
+                tradeoff.quality * (unverified(new_pick) * q_hat(new_pick) + unverified(active_pick) * (1.0 - q_hat(active_pick)))
+            }
+            _ => 0.0,
+        });
         contributions.push(values);
     }
     let n = contributions.len();
@@ -396,21 +464,28 @@ pub fn evaluate_policies(
         }
     };
     let lcb = dr_mean - Z95 * dr_se;
+    let clip_bias_allowance = allowances.iter().sum::<f64>() / n as f64;
+    let gate_lower_bound = lcb - clip_bias_allowance;
     Ok(OpeReport {
         rows: n,
         estimator: format!(
-            "doubly robust on the routes' utility (q̂ = new quality head, cost and latency as logged), clipped IPS weights min(1/p, {IPS_CLIP})"
+            "doubly robust on the routes' utility (q̂ = active quality head, cost and latency as logged), clipped IPS weights min(1/p, {})", clip
         ),
-        ips_clip: IPS_CLIP,
+        ips_clip: clip,
         new: value(0, agree_new),
         active: value(1, agree_active),
         dr_difference: dr_mean,
         dr_difference_lcb95: lcb,
+        clip_bias_allowance,
+        gate_lower_bound,
+        disagreements,
+        verified_new,
+        verified_active,
         ips_difference: ips_mean,
         ips_difference_lcb95: ips_mean - Z95 * ips_se,
         quality_dr_difference: mean_se(&diff(1, 5)).0,
         margin,
-        better: lcb > margin,
+        better: gate_lower_bound > margin,
     })
 }
 
@@ -541,5 +616,185 @@ mod tests {
         assert_eq!(r.ips_weight(), 2.0);
         r.propensity = None;
         assert_eq!(r.ips_weight(), 1.0);
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    fn candidate(model: &str, probability: f64) -> LoggedCandidate {
+        LoggedCandidate {
+            model: model.into(),
+            quality: 0.5,
+            cost_usd: 0.0,
+            latency_ms: 0.0,
+            utility: 0.5,
+            price: Some(Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 }),
+            probability,
+        }
+    }
+
+    /// Rows logged by a policy that served "a" 98% of the time; "b" (2%) always got 0,
+    /// "a" always got 0.5.
+    fn rows(n: usize) -> Vec<LoggedRequest> {
+        (0..n)
+            .map(|i| {
+                let explored = i % 50 == 0;
+                LoggedRequest {
+                    id: format!("{i}"),
+                    created_at: format!("{i:06}"),
+                    route: Some("auto".into()),
+                    model: if explored { "b" } else { "a" }.into(),
+                    candidates: vec![candidate("a", 0.98), candidate("b", 0.02)],
+                    propensity: Some(if explored { 0.02 } else { 0.98 }),
+                    embedding: None,
+                    prompt_text: None,
+                    prompt_tokens: Some(10),
+                    completion_tokens: Some(10),
+                    latency_ms: 0.0,
+                    status: 200,
+                    feedback: Some(if explored { 0.0 } else { 0.5 }),
+                    feedback_count: 1,
+                    cost_usd: Some(0.0),
+                    tradeoff: Some(Tradeoff { quality: 1.0, cost: 0.0, latency: 0.0 }),
+                }
+            })
+            .collect()
+    }
+
+    fn predicts(a: f32, b: f32) -> impl Fn(&LoggedRequest) -> Result<Vec<Prediction>> {
+        move |_| {
+            Ok(["a", "b"]
+                .iter()
+                .zip([a, b])
+                .map(|(m, q)| Prediction { model_id: (*m).into(), quality: q, latency_ms: 0.0, output_tokens: 0.0 })
+                .collect())
+        }
+    }
+
+    /// An overconfident active checkpoint (a 0.9, b 0.8; truly 0.5 and 0) is the reward
+    /// model; the candidate picks "b" everywhere, which the log served too rarely (2%) for the
+    /// clipped correction to bring its estimate down to the truth, so the plain DR bound calls
+    /// it better. The gate charges the unverified mass and refuses it.
+    #[test]
+    fn a_candidate_the_log_cannot_check_is_not_promoted_on_belief() {
+        let log = rows(2000);
+        let held: Vec<&LoggedRequest> = log.iter().collect();
+        let candidates = vec!["a".to_owned(), "b".to_owned()];
+        let report = evaluate_policies(&held, &candidates, &predicts(0.1, 0.9), &candidates, &predicts(0.9, 0.8), 0.0).expect("evaluated");
+        // Truth: new serves "b" (0.0), active serves "a" (0.5).
+        assert!(report.dr_difference_lcb95 > 0.0, "the clipped DR alone is fooled: {report:?}");
+        assert!(report.clip_bias_allowance > report.dr_difference_lcb95, "{report:?}");
+        assert!(!report.better, "{report:?}");
+    }
+
+    /// Where the log explored enough, nothing is charged and a truly better candidate passes.
+    #[test]
+    fn a_candidate_the_log_can_check_is_charged_nothing() {
+        let mut log = rows(2000);
+        for (i, row) in log.iter_mut().enumerate() {
+            let explored = i % 2 == 0;
+            row.candidates = vec![candidate("a", 0.5), candidate("b", 0.5)];
+            row.model = if explored { "b" } else { "a" }.into();
+            row.propensity = Some(0.5);
+            row.feedback = Some(if explored { 0.9 } else { 0.5 });
+        }
+        let held: Vec<&LoggedRequest> = log.iter().collect();
+        let candidates = vec!["a".to_owned(), "b".to_owned()];
+        let report = evaluate_policies(&held, &candidates, &predicts(0.1, 0.9), &candidates, &predicts(0.6, 0.1), 0.0).expect("evaluated");
+        assert_eq!(report.clip_bias_allowance, 0.0);
+        assert!(report.better && (report.dr_difference - 0.4).abs() < 0.05, "{report:?}");
+    }
+}
+
+#[cfg(test)]
+mod gate_calibration {
+    use std::collections::HashMap;
+
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    const MODELS: [&str; 3] = ["a", "b", "c"];
+
+    /// One trial: `n` rows logged by a policy that serves its favourite with probability 0.7
+    /// and each other model with 0.15; every answer is rated a fair coin, whatever the model.
+    /// No policy is better than another. The active checkpoint is the logger; the candidate
+    /// is sure (0.9 against 0.3) of a random model per row.
+    fn null_trial(seed: u64, n: usize) -> OpeReport {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut rows = Vec::new();
+        let mut beliefs: HashMap<String, ([f32; 3], [f32; 3])> = HashMap::new();
+        for i in 0..n {
+            let favourite = rng.random_range(0..3);
+            let probabilities: Vec<f64> = (0..3).map(|j| if j == favourite { 0.7 } else { 0.15 }).collect();
+            let draw: f64 = rng.random();
+            let served = if draw < 0.7 { favourite } else { (favourite + 1 + usize::from(draw >= 0.85)) % 3 };
+            let pet = rng.random_range(0..3);
+            let active = std::array::from_fn(|j| if j == favourite { 0.6 } else { 0.4 });
+            let new = std::array::from_fn(|j| if j == pet { 0.9 } else { 0.3 });
+            let id = format!("{seed}-{i}");
+            beliefs.insert(id.clone(), (new, active));
+            rows.push(LoggedRequest {
+                id,
+                created_at: format!("{i:06}"),
+                route: Some("auto".into()),
+                model: MODELS[served].into(),
+                candidates: MODELS
+                    .iter()
+                    .zip(&probabilities)
+                    .enumerate()
+                    .map(|(j, (m, p))| LoggedCandidate {
+                        model: (*m).into(),
+                        quality: f64::from(active[j]),
+                        cost_usd: 0.0,
+                        latency_ms: 0.0,
+                        utility: f64::from(active[j]),
+                        price: Some(Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 }),
+                        probability: *p,
+                    })
+                    .collect(),
+                propensity: Some(probabilities[served]),
+                embedding: None,
+                prompt_text: None,
+                prompt_tokens: Some(10),
+                completion_tokens: Some(10),
+                latency_ms: 0.0,
+                status: 200,
+                feedback: Some(if rng.random::<bool>() { 1.0 } else { 0.0 }),
+                feedback_count: 1,
+                cost_usd: Some(0.0),
+                tradeoff: Some(Tradeoff { quality: 1.0, cost: 0.0, latency: 0.0 }),
+            });
+        }
+        let predict = |pick_new: bool| {
+            let beliefs = &beliefs;
+            move |row: &LoggedRequest| -> Result<Vec<Prediction>> {
+                let (new, active) = beliefs[&row.id];
+                let q = if pick_new { new } else { active };
+                Ok(MODELS
+                    .iter()
+                    .zip(q)
+                    .map(|(m, q)| Prediction { model_id: (*m).into(), quality: q, latency_ms: 0.0, output_tokens: 0.0 })
+                    .collect())
+            }
+        };
+        let held: Vec<&LoggedRequest> = rows.iter().collect();
+        let candidates: Vec<String> = MODELS.iter().map(|m| (*m).to_owned()).collect();
+        evaluate_policies(&held, &candidates, &predict(true), &candidates, &predict(false), 0.0).expect("evaluated")
+    }
+
+    /// The gate's promise: when the candidate is no better, it is promoted at most as often as
+    /// a one-sided 95% bound allows (5%, plus binomial slack over 300 trials).
+    #[test]
+    fn a_candidate_no_better_than_the_active_is_rarely_promoted() {
+        let trials = 300usize;
+        let reports: Vec<OpeReport> = (0..trials as u64).map(|seed| null_trial(seed, 180)).collect();
+        let promoted = reports.iter().filter(|r| r.better).count();
+        assert!(promoted <= trials * 7 / 100, "{promoted} of {trials} null candidates promoted");
+        // And the estimate is centred: no policy is better, so the mean difference is ~0.
+        let mean = reports.iter().map(|r| r.dr_difference).sum::<f64>() / trials as f64;
+        assert!(mean.abs() < 0.01, "mean DR difference {mean:+.4}");
     }
 }

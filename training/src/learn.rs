@@ -166,7 +166,7 @@ impl LearnOutcome {
                 (None, Some(o)) => format!(
                     "dry run: DR difference {:+.4}, 95% lower bound {:+.4} (margin {:.3}); would {}promote",
                     o.dr_difference,
-                    o.dr_difference_lcb95,
+                    o.gate_lower_bound,
                     o.margin,
                     if o.better { "" } else { "not " }
                 ),

@@ -420,10 +420,11 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
             match db::evaluate_policies(&held, &candidates, &new_predict, a.candidates(), &active_predict, opts.promote_margin) {
                 Ok(report) => {
                     summary.push_str(&format!(
-                        "\nOff-policy evaluation on {} held-out logged rows ({}):\n  new:    utility IPS {:.4}  DR {:.4}   quality IPS {:.4}  DR {:.4}   agrees with log {:.2}\n  active: utility IPS {:.4}  DR {:.4}   quality IPS {:.4}  DR {:.4}   agrees with log {:.2}\n  utility DR difference {:+.4} (95% lower bound {:+.4}, margin {:.3}); IPS difference {:+.4} (lower bound {:+.4}); quality DR difference {:+.4}\n",
+                        "\nOff-policy evaluation on {} held-out logged rows ({}):\n  new:    utility IPS {:.4}  DR {:.4}   quality IPS {:.4}  DR {:.4}   agrees with log {:.2}\n  active: utility IPS {:.4}  DR {:.4}   quality IPS {:.4}  DR {:.4}   agrees with log {:.2}\n  utility DR difference {:+.4} (95% lower bound {:+.4}, less {:.4} clipping could have added: {:+.4}, margin {:.3}; {} rows where the policies differ, the log served the new pick on {} and the active one on {}); IPS difference {:+.4} (lower bound {:+.4}); quality DR difference {:+.4}\n",
                         report.rows, report.estimator, report.new.utility_ips, report.new.utility_dr, report.new.ips, report.new.doubly_robust, report.new.agreement,
                         report.active.utility_ips, report.active.utility_dr, report.active.ips, report.active.doubly_robust, report.active.agreement,
-                        report.dr_difference, report.dr_difference_lcb95, report.margin, report.ips_difference, report.ips_difference_lcb95, report.quality_dr_difference
+                        report.dr_difference, report.dr_difference_lcb95, report.clip_bias_allowance, report.gate_lower_bound, report.margin,
+                        report.disagreements, report.verified_new, report.verified_active, report.ips_difference, report.ips_difference_lcb95, report.quality_dr_difference
                     ));
                     Some(report)
                 }
@@ -509,9 +510,9 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
         let report = ope.clone().ok_or_else(|| Error::InvalidInput("--promote needs held-out logged rows to evaluate on".into()))?;
         let promoted = report.better;
         let reason = if promoted {
-            format!("utility DR improvement {:+.4} has 95% lower bound {:+.4} > margin {:.3}", report.dr_difference, report.dr_difference_lcb95, report.margin)
+            format!("utility DR improvement {:+.4} has 95% lower bound {:+.4} > margin {:.3}", report.dr_difference, report.gate_lower_bound, report.margin)
         } else {
-            format!("utility DR improvement {:+.4} has 95% lower bound {:+.4} ≤ margin {:.3}: keeping the active checkpoint", report.dr_difference, report.dr_difference_lcb95, report.margin)
+            format!("utility DR improvement {:+.4} has 95% lower bound {:+.4} ≤ margin {:.3}: keeping the active checkpoint", report.dr_difference, report.gate_lower_bound, report.margin)
         };
         if promoted {
             db::promote(&opts.out, &active_dir)?;
