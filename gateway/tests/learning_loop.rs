@@ -53,7 +53,7 @@ fn run_loop(dir: &Path, weak: &Path, name: &str, train_prompts: &str, test_promp
 }
 
 #[test]
-fn the_gateway_learns_from_its_own_traffic_and_noise_never_makes_it_worse() {
+fn the_gateway_learns_from_its_own_traffic_and_promotes_nothing_on_noise() {
     let data = repo().join("../shared/data");
     assert!(data.is_dir(), "{} missing: the shared datasets live beside the checkout", data.display());
     let dir = tempfile::tempdir().expect("tempdir");
