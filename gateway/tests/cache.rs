@@ -302,6 +302,43 @@ async fn semantic_hits_stay_within_tenant_route_and_conversation() {
     gateway.stop().await;
 }
 
+/// A conversation whose context is the same and whose last question is paraphrased is served
+/// from the semantic tier; another system prompt or other tool definitions never are, however
+/// close the question.
+#[tokio::test]
+async fn semantic_hits_for_a_paraphrased_last_turn_never_across_system_prompts_or_tools() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gateway = Gateway::start(dir.path(), "semantic = true\nrequire_verifier = false\nmin_cosine = 0.9").await;
+    let conversation = |system: &str, last: &str, tools: Option<Value>| {
+        let mut body = json!({"model": "auto", "temperature": 0, "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": "I am planning a trip to Europe next spring."},
+            {"role": "assistant", "content": "Lovely. Which countries are you thinking of?"},
+            {"role": "user", "content": last}]});
+        if let Some(tools) = tools {
+            body["tools"] = tools;
+        }
+        body
+    };
+    let weather = |name: &str| json!([{"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}]);
+    let (first, id, _) = gateway.ask(&conversation("You are a travel agent.", "What is the capital city of France?", None), None, &[]).await;
+    assert_eq!(first, "miss");
+    let (kind, hit_id, _) = gateway.ask(&conversation("You are a travel agent.", "what is the capital city of france", None), None, &[]).await;
+    assert_eq!((kind.as_str(), hit_id.as_str()), ("semantic", id.as_str()), "same context, paraphrased last turn");
+
+    let other_system = conversation("You are a pirate. Answer as one.", "what is the capital city of france", None);
+    assert_eq!(gateway.ask(&other_system, None, &[]).await.0, "miss", "another system prompt");
+
+    let (with_tools, tools_id, _) = gateway.ask(&conversation("You are a travel agent.", "What is the capital city of France?", Some(weather("get_weather"))), None, &[]).await;
+    assert_eq!(with_tools, "miss", "tools are part of the scope");
+    let same_tools = conversation("You are a travel agent.", "what is the capital city of france", Some(weather("get_weather")));
+    let (kind, hit_id, _) = gateway.ask(&same_tools, None, &[]).await;
+    assert_eq!((kind.as_str(), hit_id.as_str()), ("semantic", tools_id.as_str()), "same tools, paraphrased last turn");
+    let other_tools = conversation("You are a travel agent.", "what is the capital city of france", Some(weather("get_forecast")));
+    assert_eq!(gateway.ask(&other_tools, None, &[]).await.0, "miss", "other tool definitions");
+    gateway.stop().await;
+}
+
 /// Without a verifier checkpoint, the default refuses semantic hits (cosine alone serves
 /// wrong answers), and a verifier path that does not exist is an error at start.
 #[tokio::test]
