@@ -14,7 +14,7 @@
 # Env: DATA (default ../shared/data beside the checkout), ROUNDS (3), OUT (default
 #      evals/reports/learning), WORK (scratch; default a new /tmp dir), TRAIN_LIMIT / TEST_LIMIT
 #      (default: every prompt), EXPLORATION (max explored share of training traffic, 0.3),
-#      TEMPERATURE (softmax temperature, 0.1), TRADEOFF (balanced), SKIP_SHUFFLED=1,
+#      TEMPERATURE (softmax temperature, 0.3), TRADEOFF (balanced), SKIP_SHUFFLED=1,
 #      SWITCHYARD_BIN (use this binary instead of building the release one).
 # Writes learning.md, learning.json and learning_curve.svg into $OUT (and $OUT/shuffled).
 set -euo pipefail
@@ -48,7 +48,7 @@ echo "== reference: trained offline on the RouterBench training prompts with eve
 echo "== the loop ($ROUNDS rounds)" >&2
 "$BIN" eval learning --dataset "routerbench:$DATA/routerbench-subset" --start "$WORK/weak" \
     --reference "$WORK/reference" --candidates "$CANDIDATES" --rounds "$ROUNDS" --tradeoff "$TRADEOFF" \
-    --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.1}" "${LIMITS[@]}" \
+    --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.3}" "${LIMITS[@]}" \
     --work "$WORK/loop" --out "$OUT"
 
 if [[ -z "${SKIP_SHUFFLED:-}" ]]; then
@@ -58,7 +58,7 @@ if [[ -z "${SKIP_SHUFFLED:-}" ]]; then
     echo "== control: the same loop with shuffled feedback, quality-only trade-off" >&2
     "$BIN" eval learning --dataset "routerbench:$DATA/routerbench-subset" --start "$WORK/weak" \
         --candidates "$CANDIDATES" --rounds 1 --tradeoff quality=1,cost=0,latency=0 --shuffle-feedback \
-        --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.1}" "${LIMITS[@]}" \
+        --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.3}" "${LIMITS[@]}" \
         --work "$WORK/shuffled" --out "$OUT/shuffled"
 fi
 cat "$OUT/learning.md"
