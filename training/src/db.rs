@@ -613,15 +613,39 @@ mod tests {
 mod gate_tests {
     use super::*;
 
-    fn candidate(model: &str, probability: f64) -> LoggedCandidate {
+    /// A candidate as logged: its predicted quality and the probability the policy gave it
+    /// (prices zero, so utility is quality).
+    pub(super) fn candidate(model: &str, quality: f64, probability: f64) -> LoggedCandidate {
         LoggedCandidate {
             model: model.into(),
-            quality: 0.5,
+            quality,
             cost_usd: 0.0,
             latency_ms: 0.0,
-            utility: 0.5,
+            utility: quality,
             price: Some(Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 }),
             probability,
+        }
+    }
+
+    /// A rated row at a quality-only trade-off: `served` was chosen with `propensity`.
+    pub(super) fn rated(id: String, order: usize, served: &str, candidates: Vec<LoggedCandidate>, propensity: f64, feedback: f64) -> LoggedRequest {
+        LoggedRequest {
+            id,
+            created_at: format!("{order:06}"),
+            route: Some("auto".into()),
+            model: served.into(),
+            candidates,
+            propensity: Some(propensity),
+            embedding: None,
+            prompt_text: None,
+            prompt_tokens: Some(10),
+            completion_tokens: Some(10),
+            latency_ms: 0.0,
+            status: 200,
+            feedback: Some(feedback),
+            feedback_count: 1,
+            cost_usd: Some(0.0),
+            tradeoff: Some(Tradeoff { quality: 1.0, cost: 0.0, latency: 0.0 }),
         }
     }
 
@@ -631,24 +655,9 @@ mod gate_tests {
         (0..n)
             .map(|i| {
                 let explored = i % 200 == 0;
-                LoggedRequest {
-                    id: format!("{i}"),
-                    created_at: format!("{i:06}"),
-                    route: Some("auto".into()),
-                    model: if explored { "b" } else { "a" }.into(),
-                    candidates: vec![candidate("a", 0.995), candidate("b", 0.005)],
-                    propensity: Some(if explored { 0.005 } else { 0.995 }),
-                    embedding: None,
-                    prompt_text: None,
-                    prompt_tokens: Some(10),
-                    completion_tokens: Some(10),
-                    latency_ms: 0.0,
-                    status: 200,
-                    feedback: Some(if explored { 0.0 } else { 0.5 }),
-                    feedback_count: 1,
-                    cost_usd: Some(0.0),
-                    tradeoff: Some(Tradeoff { quality: 1.0, cost: 0.0, latency: 0.0 }),
-                }
+                let candidates = vec![candidate("a", 0.5, 0.995), candidate("b", 0.5, 0.005)];
+                let (served, propensity, feedback) = if explored { ("b", 0.005, 0.0) } else { ("a", 0.995, 0.5) };
+                rated(format!("{i}"), i, served, candidates, propensity, feedback)
             })
             .collect()
     }
@@ -685,7 +694,7 @@ mod gate_tests {
         let mut log = rows(2000);
         for (i, row) in log.iter_mut().enumerate() {
             let explored = i % 2 == 0;
-            row.candidates = vec![candidate("a", 0.5), candidate("b", 0.5)];
+            row.candidates = vec![candidate("a", 0.5, 0.5), candidate("b", 0.5, 0.5)];
             row.model = if explored { "b" } else { "a" }.into();
             row.propensity = Some(0.5);
             row.feedback = Some(if explored { 0.9 } else { 0.5 });
@@ -704,6 +713,7 @@ mod gate_calibration {
 
     use rand::{Rng, SeedableRng};
 
+    use super::gate_tests::{candidate, rated};
     use super::*;
 
     const MODELS: [&str; 3] = ["a", "b", "c"];
@@ -726,37 +736,9 @@ mod gate_calibration {
             let new = std::array::from_fn(|j| if j == pet { 0.9 } else { 0.3 });
             let id = format!("{seed}-{i}");
             beliefs.insert(id.clone(), (new, active));
-            rows.push(LoggedRequest {
-                id,
-                created_at: format!("{i:06}"),
-                route: Some("auto".into()),
-                model: MODELS[served].into(),
-                candidates: MODELS
-                    .iter()
-                    .zip(&probabilities)
-                    .enumerate()
-                    .map(|(j, (m, p))| LoggedCandidate {
-                        model: (*m).into(),
-                        quality: f64::from(active[j]),
-                        cost_usd: 0.0,
-                        latency_ms: 0.0,
-                        utility: f64::from(active[j]),
-                        price: Some(Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 }),
-                        probability: *p,
-                    })
-                    .collect(),
-                propensity: Some(probabilities[served]),
-                embedding: None,
-                prompt_text: None,
-                prompt_tokens: Some(10),
-                completion_tokens: Some(10),
-                latency_ms: 0.0,
-                status: 200,
-                feedback: Some(if rng.random::<bool>() { 1.0 } else { 0.0 }),
-                feedback_count: 1,
-                cost_usd: Some(0.0),
-                tradeoff: Some(Tradeoff { quality: 1.0, cost: 0.0, latency: 0.0 }),
-            });
+            let candidates = MODELS.iter().zip(&probabilities).enumerate().map(|(j, (m, p))| candidate(m, f64::from(active[j]), *p)).collect();
+            let feedback = if rng.random::<bool>() { 1.0 } else { 0.0 };
+            rows.push(rated(id, i, MODELS[served], candidates, probabilities[served], feedback));
         }
         let predict = |pick_new: bool| {
             let beliefs = &beliefs;
