@@ -515,7 +515,8 @@ struct LearnArgs {
     /// Rated rows needed before a candidate is trained.
     #[arg(long, default_value_t = training::learn::DEFAULT_MIN_ROWS)]
     min_rows: usize,
-    /// Improvement (0..1 quality) the 95% lower bound of the DR difference must clear.
+    /// Improvement (0..1 quality) the 95% lower bound of the DR difference, less what clipping
+    /// could have added, must clear.
     #[arg(long, default_value_t = 0.0)]
     promote_margin: f64,
     /// Learning rate of the fine-tuning.
