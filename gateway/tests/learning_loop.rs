@@ -7,8 +7,8 @@
 //! Two runs: with the labels and promotion forced (`--promote-margin=-1`, so the test judges
 //! the learner, not the gate), the promoted selector must serve the route's trade-off better
 //! than the weak one on those test prompts; with labels that favour no policy (shuffled
-//! across prompts and models) and the default gate, nothing is promoted. Needs the shared data beside the checkout and the
-//! embedder weights.
+//! across prompts and models) and the default gate, nothing is promoted. Needs the shared
+//! data beside the checkout and the embedder weights.
 
 #![allow(clippy::expect_used, clippy::panic)]
 

@@ -365,22 +365,21 @@ pub fn evaluate_policies(
     active_predict: &PredictFn<'_>,
     margin: f64,
 ) -> Result<OpeReport> {
-    let clip = OPE_CLIP;
     let usable: Vec<&&LoggedRequest> = rows
         .iter()
         .filter(|r| r.feedback.is_some() && r.candidates.len() >= 2 && r.propensity.is_some_and(|p| p > 0.0))
         .collect();
     // Per row: [ips_q, dr_q, ips_u, dr_u] for new, then for active.
     let mut contributions: Vec<[f64; 8]> = Vec::new();
-    // Per row: how far clipping could have biased the utility difference towards `new`.
-    let mut allowances: Vec<f64> = Vec::new();
+    // Summed over rows: how far clipping could have biased the utility difference towards `new`.
+    let mut allowance_sum = 0.0;
     let (mut disagreements, mut verified_new, mut verified_active) = (0usize, 0usize, 0usize);
     let (mut agree_new, mut agree_active) = (0usize, 0usize);
     for row in &usable {
         let quality = row.feedback.unwrap_or(0.0);
         let tradeoff = row.tradeoff.unwrap_or(Tradeoff::BEST);
         let utility = row.realised_utility(tradeoff);
-        let w = row.ips_weight_clipped(clip);
+        let w = row.ips_weight_clipped(OPE_CLIP);
         let q_new = new_predict(row)?;
         let q_active = active_predict(row)?;
         // The reward model, for both policies: the active checkpoint's predictions. DR is
@@ -417,17 +416,12 @@ pub fn evaluate_policies(
                 disagreements += 1;
                 verified_new += usize::from(new_pick == logged);
                 verified_active += usize::from(active_pick == logged);
+                let mass = |pick: usize| row.candidates.get(pick).map_or(0.0, |c| c.probability);
+                let unverified = |pick: usize| 1.0 - (OPE_CLIP * mass(pick)).clamp(0.0, 1.0);
+                let q_hat = |pick: usize| hat[pick].0.clamp(0.0, 1.0);
+                allowance_sum += tradeoff.quality * (unverified(new_pick) * q_hat(new_pick) + unverified(active_pick) * (1.0 - q_hat(active_pick)));
             }
         }
-        allowances.push(match picks {
-            [Some(new_pick), Some(active_pick)] if new_pick != active_pick => {
-                let mass = |pick: usize| row.candidates.get(pick).map_or(0.0, |c| c.probability);
-                let unverified = |pick: usize| 1.0 - (clip * mass(pick)).clamp(0.0, 1.0);
-                let q_hat = |pick: usize| hat[pick].0.clamp(0.0, 1.0);
-                tradeoff.quality * (unverified(new_pick) * q_hat(new_pick) + unverified(active_pick) * (1.0 - q_hat(active_pick)))
-            }
-            _ => 0.0,
-        });
         contributions.push(values);
     }
     let n = contributions.len();
@@ -454,14 +448,14 @@ pub fn evaluate_policies(
         }
     };
     let lcb = dr_mean - Z95 * dr_se;
-    let clip_bias_allowance = allowances.iter().sum::<f64>() / n as f64;
+    let clip_bias_allowance = allowance_sum / n as f64;
     let gate_lower_bound = lcb - clip_bias_allowance;
     Ok(OpeReport {
         rows: n,
         estimator: format!(
-            "doubly robust on the routes' utility (q̂ = active quality head, cost and latency as logged), clipped IPS weights min(1/p, {})", clip
+            "doubly robust on the routes' utility (q̂ = active quality head, cost and latency as logged), clipped IPS weights min(1/p, {OPE_CLIP})"
         ),
-        ips_clip: clip,
+        ips_clip: OPE_CLIP,
         new: value(0, agree_new),
         active: value(1, agree_active),
         dr_difference: dr_mean,
@@ -581,38 +575,6 @@ fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn clips_inverse_propensity() {
-        let mut r = LoggedRequest {
-            id: "x".into(),
-            created_at: "t".into(),
-            route: None,
-            model: "a".into(),
-            candidates: vec![],
-            propensity: Some(0.01),
-            embedding: None,
-            prompt_text: None,
-            prompt_tokens: None,
-            completion_tokens: None,
-            latency_ms: 1.0,
-            status: 200,
-            feedback: None,
-            feedback_count: 0,
-            cost_usd: None,
-            tradeoff: None,
-        };
-        assert_eq!(r.ips_weight(), IPS_CLIP);
-        r.propensity = Some(0.5);
-        assert_eq!(r.ips_weight(), 2.0);
-        r.propensity = None;
-        assert_eq!(r.ips_weight(), 1.0);
-    }
-}
-
-#[cfg(test)]
-mod gate_tests {
-    use super::*;
-
     /// A candidate as logged: its predicted quality and the probability the policy gave it
     /// (prices zero, so utility is quality).
     pub(super) fn candidate(model: &str, quality: f64, probability: f64) -> LoggedCandidate {
@@ -705,6 +667,16 @@ mod gate_tests {
         assert_eq!(report.clip_bias_allowance, 0.0);
         assert!(report.better && (report.dr_difference - 0.4).abs() < 0.05, "{report:?}");
     }
+
+    #[test]
+    fn clips_inverse_propensity() {
+        let mut r = rated("x".into(), 0, "a", vec![], 0.01, 0.0);
+        assert_eq!(r.ips_weight(), IPS_CLIP);
+        r.propensity = Some(0.5);
+        assert_eq!(r.ips_weight(), 2.0);
+        r.propensity = None;
+        assert_eq!(r.ips_weight(), 1.0);
+    }
 }
 
 #[cfg(test)]
@@ -713,7 +685,7 @@ mod gate_calibration {
 
     use rand::{Rng, SeedableRng};
 
-    use super::gate_tests::{candidate, rated};
+    use super::tests::{candidate, rated};
     use super::*;
 
     const MODELS: [&str; 3] = ["a", "b", "c"];
