@@ -85,6 +85,8 @@ pub struct LoopPlan {
     /// which model. A candidate fit to it has learned nothing about which prompt goes where;
     /// the gate should refuse it, and a promotion must never make the served routing worse.
     pub shuffle_feedback: bool,
+    /// Share of the exploring route's requests a challenger (an undecided candidate) decides.
+    pub challenger_share: f64,
     pub seed: u64,
 }
 
@@ -99,8 +101,9 @@ impl LoopPlan {
             quote(&format!("sqlite://{}", database.display()))
         );
         toml.push_str(&format!(
-            "[router]\ncheckpoint = {}\ndecision_timeout_ms = 60000\nreload_poll_ms = 0\n",
-            quote(&checkpoint.to_string_lossy())
+            "[router]\ncheckpoint = {}\ndecision_timeout_ms = 60000\nreload_poll_ms = 0\nchallenger_share = {:?}\n",
+            quote(&checkpoint.to_string_lossy()),
+            self.challenger_share
         ));
         if let Some(dir) = embedder_dir {
             toml.push_str(&format!("embedder_dir = {}\n", quote(&dir.to_string_lossy())));
@@ -470,6 +473,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         let mut options = LearnOptions::new(learn.database_url.clone(), learn.active.clone());
         // Measurement traffic (the test prompts) is never learned from.
         options.routes = vec![LEARN_ROUTE.to_owned()];
+        options.install_challenger = plan.challenger_share > 0.0;
         options.min_rows = learn.min_rows;
         options.promote_margin = learn.promote_margin;
         options.embedder_dir = learn.embedder_dir.clone();
@@ -485,7 +489,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         let learn_seconds = started.elapsed().as_secs_f64();
         let interval = |mean: f64, se: f64| Estimate { mean, lo95: mean - 1.96 * se, hi95: mean + 1.96 * se };
         let ope = match &outcome {
-            LearnOutcome::Evaluated(r) => r.ope.clone(),
+            LearnOutcome::Evaluated(r, _) => r.ope.clone(),
             _ => None,
         };
         let ope_new = ope.as_ref().map(|o| interval(o.new.doubly_robust, o.new.doubly_robust_se));

@@ -493,6 +493,15 @@ pub struct RouterConfig {
     pub checkpoint: Option<PathBuf>,
     /// A second checkpoint scored on every routed request and logged, never served.
     pub shadow_checkpoint: Option<PathBuf>,
+    /// A candidate checkpoint that decides `challenger_share` of routed requests (default
+    /// `<checkpoint>.challenger`, where `switchyard learn` puts a candidate its gate could not
+    /// yet decide on). Absent: the active checkpoint decides everything.
+    pub challenger_checkpoint: Option<PathBuf>,
+    /// Share of routed requests the challenger decides on routes that explore (exploration >
+    /// 0), 0..=0.5 (0: challengers are never served). Its picks are then logged with probability ≥ share × its own, so the next
+    /// learn run can check a candidate like it without clipping; a worse challenger costs at
+    /// most this share of its loss until the next run removes it.
+    pub challenger_share: f64,
     /// Embedder weights directory; default `SWITCHYARD_EMBEDDER_DIR` or `.cache/models/all-MiniLM-L6-v2`.
     pub embedder_dir: Option<PathBuf>,
     /// Token window of the embedder (the checkpoint must have been trained with the same).
@@ -506,11 +515,28 @@ pub struct RouterConfig {
     pub reload_poll_ms: u64,
 }
 
+/// Share of routed requests a challenger checkpoint decides when the config sets none.
+pub const DEFAULT_CHALLENGER_SHARE: f64 = 0.2;
+
+impl RouterConfig {
+    /// Where the challenger checkpoint is read from: the configured path, else
+    /// `<checkpoint>.challenger` (where `switchyard learn` writes one).
+    pub fn challenger_path(&self) -> Option<PathBuf> {
+        self.challenger_checkpoint.clone().or_else(|| {
+            let active = self.checkpoint.as_ref()?;
+            let name = active.file_name()?.to_string_lossy().into_owned();
+            Some(active.with_file_name(format!("{name}.challenger")))
+        })
+    }
+}
+
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             checkpoint: Some(PathBuf::from("models/selector/default")),
             shadow_checkpoint: None,
+            challenger_checkpoint: None,
+            challenger_share: DEFAULT_CHALLENGER_SHARE,
             embedder_dir: None,
             embedder_max_tokens: router_model::DEFAULT_MAX_TOKENS,
             embedder_threads: None,
@@ -544,6 +570,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), Error> {
+        if !(0.0..=0.5).contains(&self.router.challenger_share) {
+            return Err(Error::Config("[router] challenger_share must be between 0 and 0.5".into()));
+        }
         if self.database.batch_size == 0 || self.database.channel_capacity == 0 {
             return Err(Error::Config("[database] batch_size and channel_capacity must be at least 1".into()));
         }

@@ -57,6 +57,10 @@ pub struct EvalLearningArgs {
     /// control for the gate; use a quality-only trade-off, where cheaper is not better).
     #[arg(long)]
     shuffle_feedback: bool,
+    /// Share of the exploring route's requests a challenger (a candidate the gate could not
+    /// yet decide on) decides; 0: no challengers.
+    #[arg(long, default_value_t = gateway::config::DEFAULT_CHALLENGER_SHARE)]
+    challenger_share: f64,
     /// Rated rows the learn step needs.
     #[arg(long, default_value_t = 100)]
     min_rows: usize,
@@ -113,6 +117,7 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
         rounds: a.rounds,
         concurrency: a.concurrency,
         shuffle_feedback: a.shuffle_feedback,
+        challenger_share: a.challenger_share,
         seed: a.seed,
     };
     let dataset = {

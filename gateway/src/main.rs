@@ -506,6 +506,14 @@ struct LearnArgs {
     /// Where the candidate checkpoint is written (default: `<active>.candidate`).
     #[arg(long)]
     candidate: Option<PathBuf>,
+    /// Where a candidate the gate cannot yet decide on is installed as the challenger, which
+    /// the gateway serves for `[router] challenger_share` of routed requests (default:
+    /// `[router] challenger_checkpoint` of --config, else `<active>.challenger`).
+    #[arg(long)]
+    challenger: Option<PathBuf>,
+    /// Never install or retire a challenger.
+    #[arg(long)]
+    no_challenger: bool,
     /// Only logged requests from this RFC 3339 time on.
     #[arg(long)]
     since: Option<String>,
@@ -560,6 +568,11 @@ impl LearnArgs {
             .unwrap_or_else(|| PathBuf::from("models/selector/default"));
         let mut options = training::learn::LearnOptions::new(database_url, active);
         options.candidate = self.candidate.clone();
+        options.challenger = self
+            .challenger
+            .clone()
+            .or_else(|| config.as_ref().and_then(|c| c.router.challenger_checkpoint.clone()));
+        options.install_challenger = !self.no_challenger;
         options.since = self.since.clone();
         options.routes = self.routes.clone();
         options.min_rows = self.min_rows;
@@ -735,7 +748,7 @@ async fn run_command(cli: Cli, serve_config: Option<Config>) -> anyhow::Result<(
         Command::Learn(args) => {
             let options = args.options()?;
             let outcome = training::learn::run(&options).await?;
-            if let training::learn::LearnOutcome::Evaluated(report) = &outcome {
+            if let training::learn::LearnOutcome::Evaluated(report, _) = &outcome {
                 print!("{}", report.summary);
                 if let Some(path) = &args.report {
                     std::fs::write(path, serde_json::to_vec_pretty(report.as_ref())?).with_context(|| format!("writing {}", path.display()))?;

@@ -222,6 +222,74 @@ async fn logged_propensities_are_the_frequencies_the_gateway_explores_with() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenger_decides_its_share_of_exploring_routes_and_leaves_when_removed() {
+    let (normal, swapped) = checkpoints();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
+    let live = tmp.path().join("live");
+    copy_checkpoint(normal, &live);
+    // Where `switchyard learn` puts an undecided candidate; the gateway looks there by default.
+    let challenger = tmp.path().join("live.challenger");
+    copy_checkpoint(swapped, &challenger);
+    // `auto` explores (a nearly greedy softmax: the active alone would all but always pick
+    // coder for code); `steady` does not, so no challenger may serve it.
+    let gw = start(|mock| {
+        routing_config(mock, &live, "challenger_share = 0.5", &db)
+            .replace("exploration = 0.0", "exploration = 0.05\nexploration_temperature = 0.001")
+            + "\n[routes.steady]\ncandidates = [\"coder\", \"chatter\"]\ndefault = \"chatter\"\ntradeoff = \"best\"\nexploration = 0.0\n"
+    })
+    .await;
+    let n = 60;
+    let mut served = std::collections::HashMap::<String, usize>::new();
+    for i in 0..n {
+        let (model, decision) = routed_model(&gw, TEST_CODE[i % TEST_CODE.len()], None).await;
+        let expected = if model == "chatter" { "explored" } else { "selected" };
+        assert_eq!(decision, expected, "{model}");
+        *served.entry(model).or_default() += 1;
+    }
+    // Half the decisions are the challenger's, which sends code to chatter: 30 expected;
+    // outside 15..=45 has probability below 1e-4.
+    let by_challenger = served.get("chatter").copied().unwrap_or(0);
+    assert!((15..=45).contains(&by_challenger), "{served:?}");
+    for prompt in TEST_CODE {
+        let response = gw
+            .chat(json!({"model": "steady", "messages": [{"role": "user", "content": prompt}]}))
+            .await;
+        assert_eq!(response.headers()["x-switchyard-model"], "coder", "a route that does not explore serves the active checkpoint");
+    }
+
+    // Retired (as `switchyard learn` does: renamed away, then deleted): gone after a reload.
+    std::fs::rename(&challenger, tmp.path().join("retired")).expect("retire");
+    let reload = gw.client.post(gw.url("/admin/reload")).send().await.expect("reachable");
+    assert_eq!(reload.status(), 200);
+    for prompt in TEST_CODE {
+        assert_eq!(routed_model(&gw, prompt, None).await.0, "coder", "no challenger: the active decides");
+    }
+    gw.stop().await;
+
+    // Every challenger-era row of `auto` logs the mixture: coder 0.5 × ~1 (active) + 0.5 × ~0
+    // (challenger), chatter the other half, each chosen row's propensity its own share.
+    let pool = sqlx::SqlitePool::connect(&db).await.expect("db");
+    let rows: Vec<(String, f64, String)> = sqlx::query_as(
+        "SELECT model, propensity, candidates FROM request_log WHERE route = 'auto' AND status = 200 ORDER BY created_at, id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    assert_eq!(rows.len(), n + TEST_CODE.len());
+    for (model, propensity, candidates) in rows.iter().take(n) {
+        let candidates: Value = serde_json::from_str(candidates).expect("json");
+        let scores = candidates["scores"].as_array().expect("scores");
+        let p = |m: &str| scores.iter().find(|s| s["model"] == m).and_then(|s| s["probability"].as_f64()).expect("scored");
+        assert!((p("coder") - 0.5).abs() < 0.01 && (p("chatter") - 0.5).abs() < 0.01, "{candidates}");
+        assert!((p(model) - propensity).abs() < 1e-12);
+    }
+    for (_, propensity, _) in rows.iter().skip(n) {
+        assert!(*propensity > 0.99, "after the challenger left, the active's near-greedy choice: {propensity}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_cost_header_leaves_out_candidates_predicted_above_it() {
     let (normal, _) = checkpoints();
     let tmp = tempfile::tempdir().expect("tmp");

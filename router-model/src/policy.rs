@@ -313,6 +313,58 @@ pub fn choose(scored: &[Scored], max_cost_usd: Option<f64>, exploration: &Explor
     })
 }
 
+/// Serves `share` of decisions by a challenger selector's policy and the rest by the
+/// incumbent's, with one uniform `draw`. The logged distribution is the mixture
+/// (1 − share)·p_incumbent + share·p_challenger for every candidate, so the log evaluates any
+/// later policy exactly; a challenger that picks what the incumbent would not gives those
+/// picks a logged probability of at least share·p_challenger(pick), which is what lets the
+/// next promotion gate check a candidate like it without clipping. The fallback order after
+/// the pick is the incumbent's. `explored` means the pick is not the incumbent's best.
+pub fn choose_with_challenger(
+    scored: &[Scored],
+    challenger_scored: &[Scored],
+    max_cost_usd: Option<f64>,
+    exploration: &Exploration,
+    share: f64,
+    draw: f64,
+) -> Option<Choice> {
+    let share = share.clamp(0.0, 1.0);
+    let by_challenger = draw < share;
+    // Each branch gets its own uniform draw: draw / share below the split, the rest above it.
+    let branch_draw = |d: f64| d.clamp(0.0, 1.0 - f64::EPSILON);
+    let incumbent_draw = if by_challenger { 0.0 } else { branch_draw((draw - share) / (1.0 - share)) };
+    let incumbent = choose(scored, max_cost_usd, exploration, incumbent_draw)?;
+    let Some(challenger) = choose(challenger_scored, max_cost_usd, exploration, if by_challenger { branch_draw(draw / share) } else { 0.0 })
+    else {
+        return Some(incumbent);
+    };
+    if share <= 0.0 {
+        return Some(incumbent);
+    }
+    let p_of = |c: &Choice, k: usize| c.probabilities.iter().find(|(i, _)| *i == k).map_or(0.0, |(_, p)| *p);
+    let mut probabilities: Vec<(usize, f64)> = incumbent
+        .probabilities
+        .iter()
+        .map(|&(k, p)| (k, (1.0 - share) * p + share * p_of(&challenger, k)))
+        .collect();
+    for &(k, p) in &challenger.probabilities {
+        if !probabilities.iter().any(|(i, _)| *i == k) {
+            probabilities.push((k, share * p));
+        }
+    }
+    let picked = if by_challenger { challenger.ranking[0] } else { incumbent.ranking[0] };
+    let incumbent_best = incumbent.probabilities.first().map(|(k, _)| *k);
+    let mut ranking = vec![picked];
+    ranking.extend(incumbent.probabilities.iter().map(|(k, _)| *k).filter(|&k| k != picked));
+    ranking.extend(challenger.probabilities.iter().map(|(k, _)| *k).filter(|k| !ranking.contains(k)).collect::<Vec<_>>());
+    Some(Choice {
+        ranking,
+        propensity: probabilities.iter().find(|(k, _)| *k == picked).map_or(0.0, |(_, p)| *p),
+        explored: Some(picked) != incumbent_best,
+        probabilities,
+    })
+}
+
 /// When the selector is unsure, the route's default: if no candidate's predicted utility beats
 /// the default's by at least `min_advantage`, the default's utility is raised to the best's
 /// (ties go to it), so it is served — and explored around — as the best. Returns whether it
@@ -500,6 +552,44 @@ mod tests {
         }
         // Weights 1, e^-1, e^-2 → 0.665, 0.245, 0.090.
         assert!((logged[0] - 0.6652).abs() < 1e-3, "{logged:?}");
+    }
+
+    #[test]
+    fn a_challengers_share_is_logged_as_the_mixture_and_drawn_as_logged() {
+        let t = Tradeoff::BEST;
+        // The incumbent prefers 0, the challenger 2.
+        let incumbent = [scored(0, 0.8, 0.0, t), scored(1, 0.75, 0.0, t), scored(2, 0.6, 0.0, t)];
+        let challenger = [scored(0, 0.6, 0.0, t), scored(1, 0.7, 0.0, t), scored(2, 0.9, 0.0, t)];
+        let explore = Exploration::softmax(0.05, 0.3);
+        let share = 0.2;
+        let alone = |s: &[Scored]| choose(s, None, &explore, 0.0).expect("choice");
+        let (p_inc, p_chal) = (alone(&incumbent), alone(&challenger));
+        let p = |c: &Choice, k: usize| c.probabilities.iter().find(|(i, _)| *i == k).map_or(0.0, |(_, p)| *p);
+        let n = 100_000;
+        let mut counts = [0usize; 3];
+        let mut logged = [0.0f64; 3];
+        let mut explored = 0usize;
+        for i in 0..n {
+            let c = choose_with_challenger(&incumbent, &challenger, None, &explore, share, (i as f64 + 0.5) / n as f64).expect("choice");
+            counts[c.ranking[0]] += 1;
+            logged[c.ranking[0]] = c.propensity;
+            explored += usize::from(c.explored);
+            let total: f64 = c.probabilities.iter().map(|(_, p)| p).sum();
+            assert!((total - 1.0).abs() < 1e-12, "{total}");
+            assert_eq!(c.ranking.len(), 3);
+        }
+        for k in 0..3 {
+            let mixture = (1.0 - share) * p(&p_inc, k) + share * p(&p_chal, k);
+            assert!((logged[k] - mixture).abs() < 1e-12, "candidate {k}: logged {} vs mixture {mixture}", logged[k]);
+            let empirical = counts[k] as f64 / n as f64;
+            assert!((empirical - mixture).abs() < 1e-3, "candidate {k}: drawn {empirical} vs logged {mixture}");
+        }
+        // The challenger's favourite is logged at no less than share × its own probability.
+        assert!(logged[2] >= share * p(&p_chal, 2) - 1e-12);
+        assert_eq!(explored, n - counts[0]);
+        // No share: exactly the incumbent's choice.
+        let off = choose_with_challenger(&incumbent, &challenger, None, &explore, 0.0, 0.5).expect("choice");
+        assert_eq!(off, choose(&incumbent, None, &explore, 0.5 ).expect("choice"));
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! the margin. Every decision is appended to `<active>.promotions.jsonl`, which the dashboard
 //! shows.
 //!
+//! A candidate the gate can neither accept nor reject (its 95% interval reaches both sides of
+//! zero) becomes the **challenger** (`<active>.challenger`): the gateway lets it decide
+//! `[router] challenger_share` of routed requests, so the next run's held-out rows have
+//! logged what a candidate like it would pick — the evidence the gate lacked. A promotion, or
+//! a candidate shown worse, retires it.
+//!
 //! The whole log rather than only the new rows: each row keeps the propensity of the policy
 //! that served it, so older rows stay valid training data for the clipped-IPS loss, and a
 //! warm start alone would forget what an earlier round learned.
@@ -34,6 +40,11 @@ pub struct LearnOptions {
     pub active: PathBuf,
     /// Where the candidate is written; default `<active>.candidate`.
     pub candidate: Option<PathBuf>,
+    /// Where an undecided candidate is installed as the challenger; default
+    /// `<active>.challenger` (the gateway's default `challenger_checkpoint`).
+    pub challenger: Option<PathBuf>,
+    /// Install undecided candidates as the challenger (off: the challenger is left alone).
+    pub install_challenger: bool,
     /// Only rows from this RFC 3339 time on.
     pub since: Option<String>,
     /// Only rows of these routes (all when empty).
@@ -57,6 +68,8 @@ impl LearnOptions {
             database_url,
             active,
             candidate: None,
+            challenger: None,
+            install_challenger: true,
             since: None,
             routes: Vec::new(),
             min_rows: DEFAULT_MIN_ROWS,
@@ -71,6 +84,31 @@ impl LearnOptions {
 
     fn candidate_dir(&self) -> PathBuf {
         self.candidate.clone().unwrap_or_else(|| sibling(&self.active, "candidate"))
+    }
+
+    pub fn challenger_dir(&self) -> PathBuf {
+        self.challenger.clone().unwrap_or_else(|| sibling(&self.active, "challenger"))
+    }
+}
+
+/// What a run did to the challenger checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengerChange {
+    /// The candidate is undecided (its DR interval spans zero): installed as the challenger.
+    Installed,
+    /// The candidate was promoted or shown worse: any challenger was removed.
+    Retired,
+    /// Dry run, or challengers are off: nothing touched.
+    Untouched,
+}
+
+impl ChallengerChange {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Installed => "; the candidate is now the challenger",
+            Self::Retired => "",
+            Self::Untouched => "",
+        }
     }
 }
 
@@ -142,13 +180,13 @@ pub enum LearnOutcome {
     /// Not enough rated rows to train or evaluate.
     TooFew { usable: usize, needed: usize },
     /// A candidate was trained and evaluated; `report.promotion` says whether it replaced
-    /// the active checkpoint (never under `dry_run`).
-    Evaluated(Box<RunReport>),
+    /// the active checkpoint (never under `dry_run`), the change what became of the challenger.
+    Evaluated(Box<RunReport>, ChallengerChange),
 }
 
 impl LearnOutcome {
     pub fn promoted(&self) -> bool {
-        matches!(self, Self::Evaluated(r) if r.promotion.as_ref().is_some_and(|p| p.promoted))
+        matches!(self, Self::Evaluated(r, _) if r.promotion.as_ref().is_some_and(|p| p.promoted))
     }
 
     /// One line for logs and the state file.
@@ -161,8 +199,13 @@ impl LearnOutcome {
             Self::TooFew { usable, needed } => format!(
                 "{usable} logged rows with feedback and an embedding; {needed} needed before a candidate is trained: no promotion"
             ),
-            Self::Evaluated(r) => match (&r.promotion, &r.ope) {
-                (Some(p), _) => format!("{}: {}", if p.promoted { "promoted" } else { "not promoted" }, p.reason),
+            Self::Evaluated(r, challenger) => match (&r.promotion, &r.ope) {
+                (Some(p), _) => format!(
+                    "{}: {}{}",
+                    if p.promoted { "promoted" } else { "not promoted" },
+                    p.reason,
+                    challenger.describe()
+                ),
                 (None, Some(o)) => format!(
                     "dry run: DR difference {:+.4}, 95% lower bound {:+.4} (margin {:.3}); would {}promote",
                     o.dr_difference,
@@ -211,7 +254,10 @@ pub async fn run(opts: &LearnOptions) -> Result<LearnOutcome> {
         train.embedder_dir = opts.embedder_dir.clone();
         train.cache_dir = opts.cache_dir.clone();
         match crate::run(&train).await {
-            Ok(report) => LearnOutcome::Evaluated(Box::new(report)),
+            Ok(report) => {
+                let change = update_challenger(opts, &report)?;
+                LearnOutcome::Evaluated(Box::new(report), change)
+            }
             // Too few held-out rows to evaluate is a quiet outcome, not a failure.
             Err(Error::InvalidInput(message)) if message.contains("too few") || message.contains("held-out") => {
                 LearnOutcome::TooFew {
@@ -231,4 +277,40 @@ pub async fn run(opts: &LearnOptions) -> Result<LearnOutcome> {
         },
     )?;
     Ok(outcome)
+}
+
+/// Installs the candidate as the challenger when the gate could not decide on it, and retires
+/// the challenger when it did (promoted, or shown worse: the DR difference's two-sided 90%
+/// interval lies below zero).
+fn update_challenger(opts: &LearnOptions, report: &RunReport) -> Result<ChallengerChange> {
+    let (Some(promotion), false, true) = (&report.promotion, opts.dry_run, opts.install_challenger) else {
+        return Ok(ChallengerChange::Untouched);
+    };
+    let challenger = opts.challenger_dir();
+    if undecided(promotion) {
+        db::promote(&report.checkpoint, &challenger)?;
+        // `promote` keeps the replaced checkpoint beside it; an old challenger is not worth keeping.
+        let _ = std::fs::remove_dir_all(sibling(&challenger, "previous"));
+        return Ok(ChallengerChange::Installed);
+    }
+    retire(&challenger)?;
+    Ok(ChallengerChange::Retired)
+}
+
+/// Not promoted, and not shown worse either: the DR difference's 95% upper bound (the
+/// mirror of the lower bound the gate uses) is at or above zero.
+pub fn undecided(promotion: &db::PromotionRecord) -> bool {
+    let ope = &promotion.ope;
+    let upper = 2.0 * ope.dr_difference - ope.dr_difference_lcb95;
+    !promotion.promoted && upper >= 0.0
+}
+
+/// Removes a checkpoint directory in one step the gateway's reload watch cannot see half done.
+fn retire(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let doomed = sibling(dir, &format!("retired-{}", std::process::id()));
+    std::fs::rename(dir, &doomed).map_err(|e| Error::io(format!("retiring {}", dir.display()), e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
 }

@@ -306,10 +306,14 @@ async fn learn_is_idempotent_and_refuses_a_log_too_small() {
     assert!(!tmp.path().join("active.promotions.jsonl").exists());
     let before = Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash;
 
+    // A challenger from an earlier run: a promotion retires it.
+    let challenger = tmp.path().join("active.challenger");
+    copy_dir(&active_dir, &challenger);
     let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
     create_log(&db, Backend::Sqlite, &active, 3000).await;
     let outcome = training::learn::run(&options(&db)).await.expect("learn");
     assert!(outcome.promoted(), "{}", outcome.describe());
+    assert!(!challenger.exists(), "the promotion retired the challenger");
     let promoted = Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash;
     assert_ne!(promoted, before);
     let decisions = || std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log").lines().count();
@@ -329,6 +333,26 @@ async fn learn_is_idempotent_and_refuses_a_log_too_small() {
         .expect("feedback");
     pool.close().await;
     let third = training::learn::run(&options(&db)).await.expect("learn a third time");
-    assert!(matches!(third, LearnOutcome::Evaluated(_)), "{third:?}");
+    assert!(matches!(third, LearnOutcome::Evaluated(..)), "{third:?}");
     assert_eq!(decisions(), 2);
+    // An undecided candidate becomes the challenger; a decided one leaves none.
+    let LearnOutcome::Evaluated(report, change) = &third else { unreachable!() };
+    let record = report.promotion.as_ref().expect("a promotion decision");
+    let undecided = training::learn::undecided(record);
+    assert_eq!(*change == training::learn::ChallengerChange::Installed, undecided, "{}", third.describe());
+    assert_eq!(challenger.join("selector.json").is_file(), undecided, "{}", third.describe());
+    if undecided {
+        assert_eq!(
+            Checkpoint::read_meta(&challenger).expect("challenger meta").training_data_hash,
+            Checkpoint::read_meta(&report.checkpoint).expect("candidate meta").training_data_hash
+        );
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
 }

@@ -147,6 +147,9 @@ pub struct RoutingEngine {
     embedding: std::sync::OnceLock<EmbeddingService>,
     active: ArcSwapOption<LoadedSelector>,
     shadow: ArcSwapOption<LoadedSelector>,
+    /// Decides `challenger_share` of routed requests (see [`RouterConfig::challenger_share`]).
+    challenger: ArcSwapOption<LoadedSelector>,
+    challenger_path: Option<PathBuf>,
     /// Serialises reloads (the file watch, SIGHUP and the admin endpoint may race).
     reload_lock: Mutex<()>,
     /// Serialises loading the embedder: a warm-up and the first requests load it once.
@@ -165,12 +168,15 @@ impl RoutingEngine {
                 like: m.like.clone(),
             })
             .collect();
+        let challenger_path = config.challenger_path();
         let engine = Arc::new(Self {
             config,
             models,
             embedding: std::sync::OnceLock::new(),
             active: ArcSwapOption::empty(),
             shadow: ArcSwapOption::empty(),
+            challenger: ArcSwapOption::empty(),
+            challenger_path,
             reload_lock: Mutex::new(()),
             embedder_lock: Mutex::new(()),
         });
@@ -218,6 +224,11 @@ impl RoutingEngine {
         self.shadow.load_full()
     }
 
+    /// The challenger checkpoint, for read-only views.
+    pub fn challenger(&self) -> Option<Arc<LoadedSelector>> {
+        self.challenger.load_full()
+    }
+
     /// The embedding service, once a checkpoint has needed it.
     pub fn embedding_service(&self) -> Option<&EmbeddingService> {
         self.embedding.get()
@@ -230,24 +241,36 @@ impl RoutingEngine {
             let before = loaded.load().as_ref().and_then(|s| s.modified);
             now.is_some() && now != before
         };
-        changed(&self.config.checkpoint, &self.active) || changed(&self.config.shadow_checkpoint, &self.shadow)
+        // A challenger also changes by disappearing (the learn step removes it).
+        let challenger_changed = self.challenger_path.as_ref().is_some_and(|path| {
+            modified(path) != self.challenger.load().as_ref().and_then(|s| s.modified)
+        });
+        changed(&self.config.checkpoint, &self.active) || changed(&self.config.shadow_checkpoint, &self.shadow) || challenger_changed
     }
 
-    /// (Re)loads the active and shadow checkpoints from their paths and swaps them in
-    /// atomically. A checkpoint that fails to load leaves the current one in place.
+    /// (Re)loads the active, shadow and challenger checkpoints from their paths and swaps
+    /// them in atomically. A checkpoint that fails to load leaves the current one in place; a
+    /// challenger whose directory is gone is dropped.
     pub async fn reload(&self) -> Result<(), Error> {
         let _guard = self.reload_lock.lock().await;
         for (path, slot, role) in [
             (&self.config.checkpoint, &self.active, "active"),
             (&self.config.shadow_checkpoint, &self.shadow, "shadow"),
+            (&self.challenger_path, &self.challenger, "challenger"),
         ] {
             let Some(path) = path else { continue };
             if !path.join("selector.json").is_file() {
-                if role == "active" {
-                    tracing::warn!(
+                match role {
+                    "active" => tracing::warn!(
                         path = %path.display(),
                         "no selector checkpoint: routes send every request to their default model until one is trained (switchyard train) and reloaded"
-                    );
+                    ),
+                    "challenger" => {
+                        if slot.swap(None).is_some() {
+                            tracing::info!(path = %path.display(), "challenger checkpoint removed; the active checkpoint decides every request");
+                        }
+                    }
+                    _ => {}
                 }
                 continue;
             }
@@ -389,7 +412,24 @@ impl RoutingEngine {
                 let unsure = default_index
                     .is_some_and(|d| policy::prefer_default_when_unsure(&mut scored, d, route.min_advantage));
                 let draw: f64 = rand::random();
-                match choose(&scored, options.max_cost_usd, &route.exploration, draw) {
+                // Only routes that explore run experiments: an exploration of 0 serves the
+                // active checkpoint alone.
+                let challenger_scored = match self.config.challenger_share > 0.0 && route.exploration.max_share > 0.0 {
+                    true => self.challenger.load().as_deref().and_then(|c| score(c, route, &embedding, &features, tradeoff)),
+                    false => None,
+                };
+                let choice = match &challenger_scored {
+                    Some(challenger) => policy::choose_with_challenger(
+                        &scored,
+                        challenger,
+                        options.max_cost_usd,
+                        &route.exploration,
+                        self.config.challenger_share,
+                        draw,
+                    ),
+                    None => choose(&scored, options.max_cost_usd, &route.exploration, draw),
+                };
+                match choice {
                     Some(choice) => {
                         let mut ranking: Vec<Arc<ModelEntry>> =
                             choice.ranking.iter().map(|&i| route.candidates[i].clone()).collect();
