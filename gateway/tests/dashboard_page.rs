@@ -268,6 +268,8 @@ async fn checkpoints_show_the_shipped_selector_and_its_metrics() {
     assert_eq!(view["active"]["metrics"], meta["metrics"], "metrics as stored");
     assert!(view["active"]["version"].as_str().is_some_and(|v| v.starts_with("default@")), "{view}");
     assert_eq!(view["shadow"], Value::Null);
+    assert_eq!(view["challenger"], Value::Null, "the shipped selector has no challenger beside it");
+    assert_eq!(view["challenger_share"], 0.2);
     // An empty log is zeros, not an error.
     let summary = gw.json("/dashboard/api/summary").await;
     assert_eq!(summary["totals"]["requests"], 0, "{summary}");

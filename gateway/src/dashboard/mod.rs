@@ -188,7 +188,8 @@ fn learning_view(checkpoint: Option<&std::path::Path>) -> Value {
     json!({"promotions": promotions, "last_learn": last_learn})
 }
 
-/// `GET /dashboard/api/checkpoints`: the active and shadow selector and their metrics, and
+/// `GET /dashboard/api/checkpoints`: the active, shadow and challenger selectors and their
+/// metrics (the challenger with the share of exploring traffic it decides), and
 /// the learning loop's promotion decisions.
 async fn checkpoints(
     State(state): State<DashboardState>,
@@ -199,6 +200,8 @@ async fn checkpoints(
     Ok(axum::Json(json!({
         "active": checkpoint_view(state.routing.active()),
         "shadow": checkpoint_view(state.routing.shadow()),
+        "challenger": checkpoint_view(state.routing.challenger()),
+        "challenger_share": state.routing.challenger_share(),
         "learning": learning_view(state.routing.checkpoint_path()),
     }))
     .into_response())

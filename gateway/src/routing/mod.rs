@@ -224,6 +224,11 @@ impl RoutingEngine {
         self.shadow.load_full()
     }
 
+    /// Share of an exploring route's requests the challenger decides.
+    pub fn challenger_share(&self) -> f64 {
+        self.config.challenger_share
+    }
+
     /// The challenger checkpoint, for read-only views.
     pub fn challenger(&self) -> Option<Arc<LoadedSelector>> {
         self.challenger.load_full()
