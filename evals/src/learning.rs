@@ -23,7 +23,7 @@ use router_model::policy::{Exploration, ExplorationPolicy, Price, Tradeoff};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
-use training::learn::{LearnOptions, LearnOutcome};
+use training::learn::LearnOptions;
 use training::{Dataset, Split};
 
 use crate::error::{Error, Result};
@@ -488,10 +488,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         let outcome = training::learn::run(&options).await?;
         let learn_seconds = started.elapsed().as_secs_f64();
         let interval = |mean: f64, se: f64| Estimate { mean, lo95: mean - 1.96 * se, hi95: mean + 1.96 * se };
-        let ope = match &outcome {
-            LearnOutcome::Evaluated(r, _) => r.ope.clone(),
-            _ => None,
-        };
+        let ope = outcome.estimate().cloned();
         let ope_new = ope.as_ref().map(|o| interval(o.new.doubly_robust, o.new.doubly_robust_se));
         let ope_new_utility = ope.as_ref().map(|o| interval(o.new.utility_dr, o.new.utility_dr_se));
         let ope_active = ope.as_ref().map(|o| interval(o.active.doubly_robust, o.active.doubly_robust_se));

@@ -748,7 +748,7 @@ async fn run_command(cli: Cli, serve_config: Option<Config>) -> anyhow::Result<(
         Command::Learn(args) => {
             let options = args.options()?;
             let outcome = training::learn::run(&options).await?;
-            if let training::learn::LearnOutcome::Evaluated(report, _) = &outcome {
+            if let training::learn::LearnOutcome::Evaluated { candidate: Some(report), .. } = &outcome {
                 print!("{}", report.summary);
                 if let Some(path) = &args.report {
                     std::fs::write(path, serde_json::to_vec_pretty(report.as_ref())?).with_context(|| format!("writing {}", path.display()))?;

@@ -4,11 +4,13 @@
 //! the gateway's own outcome log, the gateway reloads, and test prompts it never trained on
 //! are served with exploration off.
 //!
-//! Two runs: with the labels and promotion forced (`--promote-margin=-1`, so the test judges
-//! the learner, not the gate), the promoted selector must serve the route's trade-off better
-//! than the weak one on those test prompts; with labels that favour no policy (shuffled
-//! across prompts and models) and the default gate, nothing is promoted. Needs the shared
-//! data beside the checkout and the embedder weights.
+//! Two runs of two rounds each, with challengers (the default): round 1's candidate becomes
+//! the challenger and serves a share of round 2's exploring traffic, which judges it. With the
+//! labels and the gate forced open (`--promote-margin=-1`, so the test judges the learner, not
+//! the gate), nothing is promoted in round 1 and the challenger promoted in round 2 must serve
+//! the route's trade-off better than the weak start on those test prompts; with labels that
+//! favour no policy (shuffled across prompts and models) and the default gate, nothing is
+//! promoted in either round. Needs the shared data beside the checkout and the embedder weights.
 
 #![allow(clippy::expect_used, clippy::panic)]
 
@@ -40,7 +42,7 @@ fn run_loop(dir: &Path, weak: &Path, name: &str, train_prompts: &str, test_promp
     let dataset = format!("routerbench:{}", data.display());
     let (work, out) = (dir.join(format!("{name}-work")), dir.join(format!("{name}-out")));
     let mut args = vec![
-        "eval", "learning", "--dataset", &dataset, "--candidates", CANDIDATES, "--rounds", "1", "--train-limit", train_prompts,
+        "eval", "learning", "--dataset", &dataset, "--candidates", CANDIDATES, "--rounds", "2", "--train-limit", train_prompts,
         "--test-limit", test_prompts, "--skip-offline", "--min-rows", "100",
     ];
     args.extend_from_slice(extra);
@@ -68,17 +70,23 @@ fn the_gateway_learns_from_its_own_traffic_and_promotes_nothing_on_noise() {
     // selector varies from run to run (test gains of +0.03 to +0.14 measured), and on 300
     // prompts the interval of a small real gain reaches below zero.
     let report = run_loop(dir.path(), &weak, "labels", "1000", "945", &labelled);
-    let round = &report["loop"]["rounds"][0];
+    let first = &report["loop"]["rounds"][0];
+    assert_eq!(first["promoted"], false, "round 1 installs a challenger, never promotes: {first:#}");
+    assert!(first["learn_outcome"].as_str().is_some_and(|o| o.contains("new challenger")), "{first:#}");
+    // Exploration happened where it was asked for, and nowhere else (round 1: no challenger yet).
+    let explored = first["explored_share"].as_f64().expect("share");
+    assert!(explored > 0.1 && explored <= 0.5 + 0.06, "{explored}");
+    assert_eq!(first["test"]["decisions"].get("explored"), None, "{first:#}");
+    let round = &report["loop"]["rounds"][1];
     assert_eq!(round["promoted"], true, "{round:#}");
+    assert!(round["learn_outcome"].as_str().is_some_and(|o| o.contains("challenger promoted")), "{round:#}");
     // Served better at the route's trade-off on prompts it never trained on: the paired
     // bootstrap interval of the utility gain lies above zero.
     let gain = &round["test"]["utility_gain"];
     assert!(gain["lo95"].as_f64().expect("lo95") > 0.0, "{round:#}");
     // The promoted checkpoint is the one the gateway served after the reload.
     assert_ne!(round["test"]["checkpoint"], report["loop"]["start"]["checkpoint"]);
-    // Exploration happened where it was asked for, and nowhere else.
-    let explored = round["explored_share"].as_f64().expect("share");
-    assert!(explored > 0.1 && explored <= 0.5 + 0.06, "{explored}");
+    // The challenger served the exploring route only: measurement (exploration off) never.
     assert_eq!(round["test"]["decisions"].get("explored"), None, "{round:#}");
 
     // Shuffled labels (each answer rated with the label of a random prompt for a random
@@ -87,10 +95,11 @@ fn the_gateway_learns_from_its_own_traffic_and_promotes_nothing_on_noise() {
     // such logs is measured in `training::db::gate_calibration`: under the 5% a one-sided 95%
     // bound allows.)
     let shuffled = run_loop(dir.path(), &weak, "shuffled", "600", "300", &["--shuffle-feedback", "--tradeoff", "quality=1,cost=0,latency=0"]);
-    let round = &shuffled["loop"]["rounds"][0];
     let decisions = std::fs::read_to_string(dir.path().join("shuffled-work/active.promotions.jsonl")).expect("decision log");
-    assert_eq!(decisions.lines().count(), 1, "one decision recorded: {decisions}");
-    assert_eq!(round["promoted"], false, "promoted on feedback that favours no policy: {round:#}");
-    assert!(decisions.contains("\"promoted\":false"), "{decisions}");
-    assert_eq!(round["test"]["checkpoint"], shuffled["loop"]["start"]["checkpoint"]);
+    assert!(decisions.lines().count() >= 2, "a decision recorded each round: {decisions}");
+    assert!(!decisions.contains("\"promoted\":true"), "{decisions}");
+    for round in shuffled["loop"]["rounds"].as_array().expect("rounds") {
+        assert_eq!(round["promoted"], false, "promoted on feedback that favours no policy: {round:#}");
+        assert_eq!(round["test"]["checkpoint"], shuffled["loop"]["start"]["checkpoint"]);
+    }
 }

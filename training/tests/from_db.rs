@@ -73,6 +73,12 @@ enum Backend {
 /// Applies the gateway's migrations for `backend`, then writes `n` logged requests and their
 /// feedback, drawn with a fixed seed (so both backends get the same log).
 async fn create_log(url: &str, backend: Backend, active: &Checkpoint, n: usize) {
+    append_log(url, backend, active, 0..n, "2026-01-01", true).await;
+}
+
+/// Writes logged requests `ids` on `date` (migrating first when `migrate`), drawn with a
+/// seed of the first id.
+async fn append_log(url: &str, backend: Backend, active: &Checkpoint, ids: std::ops::Range<usize>, date: &str, migrate: bool) {
     sqlx::any::install_default_drivers();
     let pool = AnyPoolOptions::new().max_connections(1).connect(url).await.expect("connect to the log database");
     let dir = match backend {
@@ -82,8 +88,8 @@ async fn create_log(url: &str, backend: Backend, active: &Checkpoint, n: usize) 
     let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(dir);
     let mut files: Vec<_> = std::fs::read_dir(&migrations).expect("migrations").flatten().map(|e| e.path()).collect();
     files.sort();
-    for file in files {
-        sqlx::raw_sql(&std::fs::read_to_string(&file).expect("sql")).execute(&pool).await.expect("migrate");
+    for file in files.iter().filter(|_| migrate) {
+        sqlx::raw_sql(&std::fs::read_to_string(file).expect("sql")).execute(&pool).await.expect("migrate");
     }
     let (insert_request, insert_feedback) = match backend {
         Backend::Sqlite => (
@@ -99,9 +105,9 @@ async fn create_log(url: &str, backend: Backend, active: &Checkpoint, n: usize) 
             "INSERT INTO feedback (request_id, score, source, created_at) VALUES ($1::uuid, $2, 'test', $3::timestamptz)",
         ),
     };
-    let mut rng = StdRng::seed_from_u64(11);
+    let mut rng = StdRng::seed_from_u64(11 + ids.start as u64);
     let epsilon = 0.5;
-    for i in 0..n {
+    for i in ids {
         let v = vector(&mut rng);
         let preds = active.predict(&v, &logged_features()).expect("predict");
         let greedy = if preds[0].quality >= preds[1].quality { 0 } else { 1 };
@@ -131,7 +137,7 @@ async fn create_log(url: &str, backend: Backend, active: &Checkpoint, n: usize) 
         .expect("decision json");
         let reward = if rng.random::<f64>() < true_quality(&v, chosen) { 1.0 } else { 0.0 };
         let id = request_id(i, backend);
-        let created = format!("2026-01-01T00:{:02}:{:02}.{:03}Z", (i / 60) % 60, i % 60, i % 1000);
+        let created = format!("{date}T{:02}:{:02}:{:02}.{:03}Z", (i / 3600) % 24, (i / 60) % 60, i % 60, i % 1000);
         let blob: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         let latency = if chosen == 0 { 2000.0 } else { 400.0 };
         sqlx::query(insert_request)
@@ -282,6 +288,57 @@ async fn trains_from_a_postgres_log_as_from_sqlite() {
     pg.drop_database().await;
 }
 
+/// `switchyard learn` with challengers (the default): the better candidate is not promoted on
+/// the held-out rows but installed as the challenger; traffic logged after it was trained
+/// judges it — too little of it and it waits — and it is promoted then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_becomes_the_challenger_and_is_promoted_on_traffic_logged_after_it() {
+    use training::learn::{ChallengerChange, LearnOptions, LearnOutcome};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let active_dir = tmp.path().join("active");
+    write_wrong_checkpoint(&active_dir);
+    let active = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load active");
+    let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
+    let mut options = LearnOptions::new(db.clone(), active_dir.clone());
+    options.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
+    let hash = |dir: &Path| Checkpoint::read_meta(dir).expect("meta").training_data_hash;
+    let wrong = hash(&active_dir);
+    let challenger = tmp.path().join("active.challenger");
+    let decisions = || std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log");
+
+    create_log(&db, Backend::Sqlite, &active, 3000).await;
+    let first = training::learn::run(&options).await.expect("learn");
+    let LearnOutcome::Evaluated { judged: None, candidate: Some(report), challenger: ChallengerChange::Installed } = &first else {
+        panic!("expected a new challenger: {}", first.describe());
+    };
+    assert!(!first.promoted(), "never promoted on the held-out rows alone: {}", first.describe());
+    assert!(report.ope.as_ref().is_some_and(|o| o.dr_difference > 0.0), "{}", first.describe());
+    assert_eq!(hash(&active_dir), wrong, "the active checkpoint is unchanged");
+    assert_eq!(hash(&challenger), hash(&report.checkpoint), "the candidate is the challenger");
+    assert_eq!(decisions().lines().count(), 1);
+    assert!(decisions().contains("\"promoted\":false"));
+
+    // Too few rows logged since the challenger was trained: it keeps waiting.
+    append_log(&db, Backend::Sqlite, &active, 3000..3050, "2099-01-01", false).await;
+    let waiting = training::learn::run(&options).await.expect("learn while the challenger waits");
+    assert!(matches!(waiting, LearnOutcome::ChallengerWaiting { fresh: 50, needed: 100 }), "{}", waiting.describe());
+    assert_eq!(hash(&active_dir), wrong);
+    let installed = hash(&challenger);
+
+    // Enough of them: judged on those rows only, and promoted.
+    append_log(&db, Backend::Sqlite, &active, 3050..4050, "2099-01-02", false).await;
+    let judged = training::learn::run(&options).await.expect("learn with a judgement due");
+    let LearnOutcome::Evaluated { judged: Some(record), .. } = &judged else {
+        panic!("expected the challenger judged: {}", judged.describe());
+    };
+    assert!(record.promoted && judged.promoted(), "{}", judged.describe());
+    assert_eq!(record.ope.rows, 1050, "judged on the rows logged after it was trained");
+    assert!(record.ope.gate_lower_bound > 0.0, "{:?}", record.ope);
+    assert_eq!(hash(&active_dir), installed, "the challenger is now the active checkpoint");
+    assert_ne!(challenger.exists().then(|| hash(&challenger)), Some(installed), "the judged challenger was retired");
+    assert!(decisions().lines().count() >= 2);
+}
+
 /// `switchyard learn`: a log too small to learn from promotes nothing and says so; a run
 /// promotes the better policy once; running again with nothing new does nothing; one new
 /// rating makes the next run train again.
@@ -295,6 +352,8 @@ async fn learn_is_idempotent_and_refuses_a_log_too_small() {
     let options = |db: &str| {
         let mut o = LearnOptions::new(db.to_owned(), active_dir.clone());
         o.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
+        // The single-stage gate: a candidate is promoted on the held-out rows.
+        o.install_challenger = false;
         o
     };
 
@@ -306,14 +365,10 @@ async fn learn_is_idempotent_and_refuses_a_log_too_small() {
     assert!(!tmp.path().join("active.promotions.jsonl").exists());
     let before = Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash;
 
-    // A challenger from an earlier run: a promotion retires it.
-    let challenger = tmp.path().join("active.challenger");
-    copy_dir(&active_dir, &challenger);
     let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
     create_log(&db, Backend::Sqlite, &active, 3000).await;
     let outcome = training::learn::run(&options(&db)).await.expect("learn");
     assert!(outcome.promoted(), "{}", outcome.describe());
-    assert!(!challenger.exists(), "the promotion retired the challenger");
     let promoted = Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash;
     assert_ne!(promoted, before);
     let decisions = || std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log").lines().count();
@@ -333,26 +388,6 @@ async fn learn_is_idempotent_and_refuses_a_log_too_small() {
         .expect("feedback");
     pool.close().await;
     let third = training::learn::run(&options(&db)).await.expect("learn a third time");
-    assert!(matches!(third, LearnOutcome::Evaluated(..)), "{third:?}");
+    assert!(matches!(third, LearnOutcome::Evaluated { .. }), "{third:?}");
     assert_eq!(decisions(), 2);
-    // An undecided candidate becomes the challenger; a decided one leaves none.
-    let LearnOutcome::Evaluated(report, change) = &third else { unreachable!() };
-    let record = report.promotion.as_ref().expect("a promotion decision");
-    let undecided = training::learn::undecided(record);
-    assert_eq!(*change == training::learn::ChallengerChange::Installed, undecided, "{}", third.describe());
-    assert_eq!(challenger.join("selector.json").is_file(), undecided, "{}", third.describe());
-    if undecided {
-        assert_eq!(
-            Checkpoint::read_meta(&challenger).expect("challenger meta").training_data_hash,
-            Checkpoint::read_meta(&report.checkpoint).expect("candidate meta").training_data_hash
-        );
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-    }
 }
