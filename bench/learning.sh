@@ -5,9 +5,11 @@
 # replaying each model's recorded answer, gets each answer's recorded correctness as feedback
 # (POST /v1/feedback), runs `switchyard learn` against its own outcome log, hot-reloads, and
 # is measured on the RouterBench *test* prompts with exploration off. Repeated for ROUNDS
-# rounds; then the same loop once with shuffled feedback (each answer rated with the label of
-# a random prompt for a random model) at a quality-only trade-off, whose promotion decision is
-# reported: by that feedback no policy is better, so the gate should refuse.
+# rounds (a round's candidate becomes the challenger, serves CHALLENGER_SHARE of the next
+# round's exploring traffic and is judged on it); then the same loop for two rounds with
+# shuffled feedback (each answer rated with the label of a random prompt for a random model)
+# at a quality-only trade-off, whose decisions are reported: by that feedback no policy is
+# better, so the gate should refuse.
 #
 #   bench/learning.sh                 (from anywhere; builds the release binary first, into
 #                                      $CARGO_TARGET_DIR when set)
@@ -15,6 +17,7 @@
 #      evals/reports/learning), WORK (scratch; default a new /tmp dir), TRAIN_LIMIT / TEST_LIMIT
 #      (default: every prompt), EXPLORATION (max explored share of training traffic, 0.3),
 #      TEMPERATURE (softmax temperature, 0.3), TRADEOFF (balanced), SKIP_SHUFFLED=1,
+#      CHALLENGER_SHARE (0.2; 0: the single-stage gate promotes on held-out rows directly),
 #      SWITCHYARD_BIN (use this binary instead of building the release one).
 # Writes learning.md, learning.json and learning_curve.svg into $OUT (and $OUT/shuffled).
 set -euo pipefail
@@ -49,7 +52,7 @@ echo "== the loop ($ROUNDS rounds)" >&2
 "$BIN" eval learning --dataset "routerbench:$DATA/routerbench-subset" --start "$WORK/weak" \
     --reference "$WORK/reference" --candidates "$CANDIDATES" --rounds "$ROUNDS" --tradeoff "$TRADEOFF" \
     --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.3}" "${LIMITS[@]}" \
-    --work "$WORK/loop" --out "$OUT"
+    --challenger-share "${CHALLENGER_SHARE:-0.2}" --work "$WORK/loop" --out "$OUT"
 
 if [[ -z "${SKIP_SHUFFLED:-}" ]]; then
     # Quality only: with labels shuffled across prompts and models no policy is better by the
@@ -57,8 +60,9 @@ if [[ -z "${SKIP_SHUFFLED:-}" ]]; then
     # would rightly win).
     echo "== control: the same loop with shuffled feedback, quality-only trade-off" >&2
     "$BIN" eval learning --dataset "routerbench:$DATA/routerbench-subset" --start "$WORK/weak" \
-        --candidates "$CANDIDATES" --rounds 1 --tradeoff quality=1,cost=0,latency=0 --shuffle-feedback \
+        --candidates "$CANDIDATES" --rounds 2 --tradeoff quality=1,cost=0,latency=0 --shuffle-feedback \
         --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.3}" "${LIMITS[@]}" \
+        --challenger-share "${CHALLENGER_SHARE:-0.2}" \
         --work "$WORK/shuffled" --out "$OUT/shuffled"
 fi
 cat "$OUT/learning.md"
