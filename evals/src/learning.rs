@@ -148,6 +148,8 @@ struct Answer {
     request_id: String,
     candidate: usize,
     decision: String,
+    /// What the gateway billed: the answer's usage at the model's configured price.
+    cost_usd: f64,
 }
 
 fn client() -> Result<reqwest::Client> {
@@ -157,8 +159,9 @@ fn client() -> Result<reqwest::Client> {
         .map_err(|e| Error::Replay(e.to_string()))
 }
 
-/// Sends every prompt to `route`, `concurrency` at a time.
-async fn send_all(addr: SocketAddr, route: &str, prompts: &[Prompt], candidates: &[String], concurrency: usize) -> Result<Vec<Answer>> {
+/// Sends every prompt to `route` (a route or a model), `concurrency` at a time.
+async fn send_all(addr: SocketAddr, route: &str, prompts: &[Prompt], plan: &LoopPlan) -> Result<Vec<Answer>> {
+    let (candidates, concurrency) = (&plan.candidates, plan.concurrency);
     let client = client()?;
     let url = format!("http://{addr}/v1/chat/completions");
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -166,7 +169,7 @@ async fn send_all(addr: SocketAddr, route: &str, prompts: &[Prompt], candidates:
     for (i, p) in prompts.iter().enumerate() {
         let (client, url, gate, route) = (client.clone(), url.clone(), gate.clone(), route.to_owned());
         let body = json!({"model": route, "messages": [{"role": "user", "content": p.text}]});
-        let candidates = candidates.to_vec();
+        let (candidates, prices) = (candidates.to_vec(), plan.prices.clone());
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await.map_err(|e| Error::Replay(e.to_string()))?;
             let response = client.post(&url).json(&body).send().await.map_err(|e| Error::Replay(format!("prompt {i}: {e}")))?;
@@ -186,11 +189,15 @@ async fn send_all(addr: SocketAddr, route: &str, prompts: &[Prompt], candidates:
                 .iter()
                 .position(|c| *c == model)
                 .ok_or_else(|| Error::Replay(format!("prompt {i}: served `{model}`, not a candidate")))?;
+            let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Replay(format!("prompt {i}: {e}")))?;
+            let tokens = |field: &str| body["usage"][field].as_u64().ok_or_else(|| Error::Replay(format!("prompt {i}: no usage.{field}")));
+            let cost_usd = prices[candidate].cost_usd(tokens("prompt_tokens")?, tokens("completion_tokens")?);
             Ok(Answer {
                 prompt: i,
                 request_id: id.ok_or_else(|| Error::Replay(format!("prompt {i}: no request id")))?,
                 candidate,
                 decision: decision.unwrap_or_default(),
+                cost_usd,
             })
         });
     }
@@ -357,7 +364,7 @@ pub struct Served {
 }
 
 async fn measure_on(addr: SocketAddr, route: &str, plan: &LoopPlan, test: &[Prompt], checkpoint: String, start: Option<&Served>) -> Result<(TestResult, Served)> {
-    let answers = send_all(addr, route, test, &plan.candidates, plan.concurrency).await?;
+    let answers = send_all(addr, route, test, plan).await?;
     let quality: Vec<f64> = answers.iter().map(|a| test[a.prompt].quality[a.candidate]).collect();
     let cost: Vec<f64> = answers.iter().map(|a| test[a.prompt].cost[a.candidate] * 1e3).collect();
     let utility: Vec<f64> = answers
@@ -431,9 +438,25 @@ pub fn test_aiq(model: &crate::ModelOptions, dataset: &training::DatasetSpec, ca
     Ok((report.aiq.router, point.quality, point.cost * 1e3))
 }
 
+/// The test prompts with each candidate's cost as the gateway bills it (the answer's usage at
+/// the configured price) in place of the dataset's. The log — and so the learner and its
+/// off-policy estimates — sees the billed cost; the dataset's counts the benchmark's original
+/// prompts (few-shot context and all) and is 2–3× higher for every model here, so measuring
+/// with it would reward cost savings more than anything the loop was asked to optimise.
+async fn billed_by_gateway(addr: SocketAddr, plan: &LoopPlan, test: &[Prompt]) -> Result<Vec<Prompt>> {
+    let mut priced = test.to_vec();
+    for (j, model) in plan.candidates.iter().enumerate() {
+        for answer in send_all(addr, model, test, plan).await? {
+            priced[answer.prompt].cost[j] = answer.cost_usd;
+        }
+    }
+    Ok(priced)
+}
+
 /// Runs the loop against the gateway at `addr` (see the module doc).
 pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, train: &[Prompt], test: &[Prompt], dataset: &str) -> Result<LoopReport> {
     let version = reload(addr).await?;
+    let test = &billed_by_gateway(addr, plan, test).await?;
     let (start, start_served) = measure(addr, plan, test, version, None).await?;
     // What the checkpoint serving after the latest round got on the test prompts.
     let mut latest_served: Option<Served> = None;
@@ -445,10 +468,10 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
     let mut rounds = Vec::new();
     let mut sent = 0usize;
     for round in 1..=plan.rounds {
-        let answers = send_all(addr, LEARN_ROUTE, train, &plan.candidates, plan.concurrency).await?;
+        let answers = send_all(addr, LEARN_ROUTE, train, plan).await?;
         sent += answers.len();
         let served_quality = answers.iter().map(|a| train[a.prompt].quality[a.candidate]).sum::<f64>() / answers.len().max(1) as f64;
-        let served_cost = answers.iter().map(|a| train[a.prompt].cost[a.candidate]).sum::<f64>() * 1e3 / answers.len().max(1) as f64;
+        let served_cost = answers.iter().map(|a| a.cost_usd).sum::<f64>() * 1e3 / answers.len().max(1) as f64;
         let explored = answers.iter().filter(|a| a.decision == "explored").count() as f64 / answers.len().max(1) as f64;
         // Shuffled feedback: the label of a random (prompt, model) pair, so that no policy is
         // better than another by the feedback.
