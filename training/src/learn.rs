@@ -298,7 +298,7 @@ async fn decide(opts: &LearnOptions, logged: &[LoggedRequest]) -> Result<LearnOu
     if two_stage && challenger_dir.join(router_model::checkpoint::META_FILE).is_file() {
         match judge_challenger(opts, logged, &challenger_dir)? {
             Judgement::Waiting { fresh, needed } => return Ok(LearnOutcome::ChallengerWaiting { fresh, needed }),
-            Judgement::Judged(record) => judged = Some(Box::new(record)),
+            Judgement::Judged(record) => judged = Some(record),
             Judgement::Dropped => {}
         }
     }
@@ -353,7 +353,7 @@ enum Judgement {
     Waiting { fresh: usize, needed: usize },
     /// It no longer loads beside the active checkpoint (other candidates or embedder).
     Dropped,
-    Judged(db::PromotionRecord),
+    Judged(Box<db::PromotionRecord>),
 }
 
 /// Judges the challenger once, on the rated rows logged after it was trained (none of which
@@ -424,7 +424,7 @@ fn judge_challenger(opts: &LearnOptions, logged: &[LoggedRequest], challenger_di
         retire(challenger_dir)?;
         db::record_decision(&opts.active, &record)?;
     }
-    Ok(Judgement::Judged(record))
+    Ok(Judgement::Judged(Box::new(record)))
 }
 
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {

@@ -270,10 +270,8 @@ impl RoutingEngine {
                         path = %path.display(),
                         "no selector checkpoint: routes send every request to their default model until one is trained (switchyard train) and reloaded"
                     ),
-                    "challenger" => {
-                        if slot.swap(None).is_some() {
-                            tracing::info!(path = %path.display(), "challenger checkpoint removed; the active checkpoint decides every request");
-                        }
+                    "challenger" if slot.swap(None).is_some() => {
+                        tracing::info!(path = %path.display(), "challenger checkpoint removed; the active checkpoint decides every request");
                     }
                     _ => {}
                 }
