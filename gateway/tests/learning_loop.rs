@@ -71,7 +71,7 @@ fn the_gateway_learns_from_its_own_traffic_and_promotes_nothing_on_noise() {
     // The whole test split (945 prompts): how far one round of 1,000 explored answers moves the
     // selector varies from run to run (test gains of +0.03 to +0.14 measured), and on 300
     // prompts the interval of a small real gain reaches below zero.
-    let report = run_loop(dir.path(), &weak, "labels", "1000", "945", &labelled);
+    let report = run_loop(dir.path(), &weak, "labels", "2205", "945", &labelled);
     let first = &report["loop"]["rounds"][0];
     assert_eq!(first["promoted"], false, "round 1 installs a challenger, never promotes: {first:#}");
     assert!(first["learn_outcome"].as_str().is_some_and(|o| o.contains("new challenger")), "{first:#}");
