@@ -714,6 +714,19 @@ mod tests {
     }
 
     #[test]
+    fn the_challenger_sits_beside_the_checkpoint_and_its_share_is_bounded() {
+        let config = Config::from_toml("[router]\ncheckpoint = \"models/selector/live\"\n").expect("valid");
+        assert_eq!(config.router.challenger_path(), Some(PathBuf::from("models/selector/live.challenger")));
+        assert_eq!(config.router.challenger_share, DEFAULT_CHALLENGER_SHARE);
+        let named = Config::from_toml("[router]\nchallenger_checkpoint = \"/ckpt/c\"\nchallenger_share = 0.0\n").expect("valid");
+        assert_eq!(named.router.challenger_path(), Some(PathBuf::from("/ckpt/c")));
+        for share in ["0.6", "-0.1"] {
+            let err = Config::from_toml(&format!("[router]\nchallenger_share = {share}\n")).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("challenger_share"), "{share}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         let err = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n")
             .err()
