@@ -240,7 +240,7 @@ impl LearnOutcome {
             Self::Evaluated { judged, candidate, challenger } => {
                 let mut parts = Vec::new();
                 if let Some(j) = judged {
-                    parts.push(format!("challenger {}: {}", if j.promoted { "promoted" } else { "retired" }, j.reason));
+                    parts.push(format!("challenger {}", j.reason));
                 }
                 if let Some(r) = candidate {
                     parts.push(match (&r.promotion, &r.ope) {
@@ -403,8 +403,14 @@ fn judge_challenger(opts: &LearnOptions, logged: &[LoggedRequest], challenger_di
         Err(e) => return Err(e),
     };
     let promoted = ope.better;
+    let verdict = match (promoted, opts.dry_run) {
+        (true, false) => "promoted",
+        (false, false) => "retired",
+        (true, true) => "dry run, would be promoted",
+        (false, true) => "dry run, would be retired",
+    };
     let reason = format!(
-        "on {} rated rows logged since it was trained, utility DR improvement {:+.4} has 95% lower bound {:+.4} {} margin {:.3} ({} rows where the policies differ, the log served its pick on {})",
+        "{verdict}: on {} rated rows logged since it was trained, utility DR improvement {:+.4} has 95% lower bound {:+.4} {} margin {:.3} ({} rows where the policies differ, the log served its pick on {})",
         ope.rows,
         ope.dr_difference,
         ope.gate_lower_bound,
