@@ -329,6 +329,9 @@ pub fn choose_with_challenger(
     draw: f64,
 ) -> Option<Choice> {
     let share = share.clamp(0.0, 1.0);
+    if share <= 0.0 {
+        return choose(scored, max_cost_usd, exploration, draw);
+    }
     let by_challenger = draw < share;
     // Each branch gets its own uniform draw: draw / share below the split, the rest above it.
     let branch_draw = |d: f64| d.clamp(0.0, 1.0 - f64::EPSILON);
@@ -338,9 +341,6 @@ pub fn choose_with_challenger(
     else {
         return Some(incumbent);
     };
-    if share <= 0.0 {
-        return Some(incumbent);
-    }
     let p_of = |c: &Choice, k: usize| c.probabilities.iter().find(|(i, _)| *i == k).map_or(0.0, |(_, p)| *p);
     let mut probabilities: Vec<(usize, f64)> = incumbent
         .probabilities

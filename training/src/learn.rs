@@ -312,11 +312,13 @@ async fn decide(opts: &LearnOptions, logged: &[LoggedRequest]) -> Result<LearnOu
         .filter(|r| r.feedback.is_some() && r.succeeded() && r.embedding.is_some())
         .count();
     let needed = opts.min_rows.max(2);
+    // No candidate this run: what was judged (if anything) is the outcome.
+    let untrained = |judged: Option<Box<db::PromotionRecord>>| match judged {
+        Some(_) => LearnOutcome::Evaluated { judged, candidate: None, challenger: ChallengerChange::Retired },
+        None => LearnOutcome::TooFew { usable, needed },
+    };
     if usable < needed {
-        return Ok(match judged {
-            Some(_) => LearnOutcome::Evaluated { judged, candidate: None, challenger: ChallengerChange::Retired },
-            None => LearnOutcome::TooFew { usable, needed },
-        });
+        return Ok(untrained(judged));
     }
     let mut train = TrainOptions::new(opts.candidate_dir());
     train.from_db = Some(opts.database_url.clone());
@@ -334,10 +336,7 @@ async fn decide(opts: &LearnOptions, logged: &[LoggedRequest]) -> Result<LearnOu
         Ok(report) => report,
         // Too few held-out rows to evaluate is a quiet outcome, not a failure.
         Err(Error::InvalidInput(message)) if message.contains("too few") || message.contains("held-out") => {
-            return Ok(match judged {
-                Some(_) => LearnOutcome::Evaluated { judged, candidate: None, challenger: ChallengerChange::Retired },
-                None => LearnOutcome::TooFew { usable, needed },
-            });
+            return Ok(untrained(judged));
         }
         Err(e) => return Err(e),
     };
@@ -442,7 +441,7 @@ fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
 }
 
 /// The candidate's gate with challengers on: installed as the challenger unless shown worse
-/// (see [`undecided`]), recorded either way.
+/// (its DR difference's 95% upper bound below the margin), recorded either way.
 fn second_stage(opts: &LearnOptions, report: &mut RunReport, challenger_dir: &Path) -> Result<ChallengerChange> {
     let Some(ope) = report.ope.clone() else {
         return Ok(ChallengerChange::Untouched);
@@ -483,11 +482,6 @@ fn second_stage(opts: &LearnOptions, report: &mut RunReport, challenger_dir: &Pa
 /// The DR difference's one-sided 95% upper bound (the mirror of the lower bound).
 fn upper_bound(ope: &db::OpeReport) -> f64 {
     2.0 * ope.dr_difference - ope.dr_difference_lcb95
-}
-
-/// Not promoted, and not shown worse: the candidate the gate could not decide on.
-pub fn undecided(promotion: &db::PromotionRecord) -> bool {
-    !promotion.promoted && upper_bound(&promotion.ope) >= promotion.ope.margin
 }
 
 /// Removes a checkpoint directory in one step the gateway's reload watch cannot see half done.

@@ -417,9 +417,10 @@ impl RoutingEngine {
                 let draw: f64 = rand::random();
                 // Only routes that explore run experiments: an exploration of 0 serves the
                 // active checkpoint alone.
-                let challenger_scored = match self.config.challenger_share > 0.0 && route.exploration.max_share > 0.0 {
-                    true => self.challenger.load().as_deref().and_then(|c| score(c, route, &embedding, &features, tradeoff)),
-                    false => None,
+                let challenger_scored = if self.config.challenger_share > 0.0 && route.exploration.max_share > 0.0 {
+                    self.challenger.load().as_deref().and_then(|c| score(c, route, &embedding, &features, tradeoff))
+                } else {
+                    None
                 };
                 let choice = match &challenger_scored {
                     Some(challenger) => policy::choose_with_challenger(
