@@ -64,10 +64,11 @@ fn the_gateway_learns_from_its_own_traffic_and_promotes_nothing_on_noise() {
     let weak_s = weak.display().to_string();
     switchyard(&["train", "--dataset", &arena, "--candidates", CANDIDATES, "--out", &weak_s], dir.path());
 
-    // A trade-off where cost matters (the weak start overpays), and broad exploration. Costs
-    // are what the gateway bills, 2–3× below the dataset's recorded ones (its prompts carried
-    // few-shot context), hence a cost weight of 0.25 for the pressure 0.1 gave on those.
-    let labelled = ["--tradeoff", "quality=1,cost=0.25,latency=0", "--exploration", "0.5", "--temperature", "0.3", "--promote-margin=-1"];
+    // The `balanced` trade-off (cost weighs 0.05 per USD/1k; the weak start, trained where
+    // gpt-4 wins by a wide margin, sends it most prompts and overpays) at the bench's
+    // exploration. At `quality=1,cost=0.25` the start is already near the cost optimum (almost
+    // all Mixtral) and the gain left to learn is mostly Mixtral against gpt-3.5, a small one.
+    let labelled = ["--tradeoff", "quality=1,cost=0.05,latency=0", "--exploration", "0.3", "--temperature", "0.3", "--promote-margin=-1"];
     // Every training prompt (2,205) each round and the whole test split (945 prompts).
     let report = run_loop(dir.path(), &weak, "labels", "2205", "945", &labelled);
     let first = &report["loop"]["rounds"][0];
@@ -75,20 +76,27 @@ fn the_gateway_learns_from_its_own_traffic_and_promotes_nothing_on_noise() {
     assert!(first["learn_outcome"].as_str().is_some_and(|o| o.contains("new challenger")), "{first:#}");
     // Exploration happened where it was asked for, and nowhere else (round 1: no challenger yet).
     let explored = first["explored_share"].as_f64().expect("share");
-    assert!(explored > 0.1 && explored <= 0.5 + 0.06, "{explored}");
+    assert!(explored > 0.1 && explored <= 0.3 + 0.06, "{explored}");
     assert_eq!(first["test"]["decisions"].get("explored"), None, "{first:#}");
     let round = &report["loop"]["rounds"][1];
     assert_eq!(round["promoted"], true, "{round:#}");
     assert!(round["learn_outcome"].as_str().is_some_and(|o| o.contains("challenger promoted")), "{round:#}");
-    // Served better at the route's trade-off on prompts it never trained on. One round at the
-    // billed costs moves the test utility by about +0.025 with a paired standard error near
-    // 0.011 over 945 prompts (+0.0248 [+0.0027, +0.0470], +0.0247 [−0.0032, +0.0522] and
-    // +0.0251 [−0.0006, +0.0495] measured), so requiring the whole 95% interval above zero
-    // would fail a good learner in about one run in three: the gain must be positive and a
-    // loss of more than 0.01 ruled out.
+    // Served better at the route's trade-off on prompts it never trained on. One round of
+    // learning from 2,205 logged rows (30% explored) is a noisy learner: with these settings five
+    // runs on 2026-12-04 (Intel Xeon with AVX-512) moved the test utility by +0.0017 to +0.0283
+    // (paired 95% lower bounds −0.0154 to +0.0113 over 945 prompts; bench/README.md, "The loop
+    // test"), and all twelve round-2 gains measured since the costs are billed ones (three
+    // trade-offs, two explorations) were positive. So the test asks for a positive gain and
+    // rules out a loss beyond 0.02; it does not ask for significance each run, which one round
+    // does not deliver reliably.
     let gain = &round["test"]["utility_gain"];
     assert!(gain["mean"].as_f64().expect("mean") > 0.0, "not better: {round:#}");
-    assert!(gain["lo95"].as_f64().expect("lo95") > -0.01, "{round:#}");
+    assert!(gain["lo95"].as_f64().expect("lo95") > -0.02, "{round:#}");
+    // The learner changed where prompts go: the promoted checkpoint sends fewer to gpt-4, which
+    // the weak start overpays for at this trade-off.
+    let gpt4_share = |test: &Value| test["shares"]["gpt-4-1106-preview"].as_f64().unwrap_or(0.0);
+    let start_share = gpt4_share(&report["loop"]["start"]);
+    assert!(gpt4_share(&round["test"]) < start_share - 0.02, "gpt-4 share {} vs start {start_share}: {round:#}", gpt4_share(&round["test"]));
     // The promoted checkpoint is the one the gateway served after the reload.
     assert_ne!(round["test"]["checkpoint"], report["loop"]["start"]["checkpoint"]);
     // The challenger served the exploring route only: measurement (exploration off) never.
