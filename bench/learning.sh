@@ -18,6 +18,8 @@
 #      (default: every prompt), EXPLORATION (max explored share of training traffic, 0.3),
 #      TEMPERATURE (softmax temperature, 0.3), TRADEOFF (balanced), SKIP_SHUFFLED=1,
 #      CHALLENGER_SHARE (0.2; 0: the single-stage gate promotes on held-out rows directly),
+#      FRESH_PROMPTS=1 (each round sends its own slice of the training prompts, so a
+#      challenger is judged on prompts it was not trained on),
 #      SWITCHYARD_BIN (use this binary instead of building the release one).
 # Writes learning.md, learning.json and learning_curve.svg into $OUT (and $OUT/shuffled).
 set -euo pipefail
@@ -32,6 +34,7 @@ CANDIDATES="gpt-4-1106-preview,gpt-3.5-turbo-1106,mixtral-8x7b-instruct-v0.1"
 LIMITS=()
 [[ -n "${TRAIN_LIMIT:-}" ]] && LIMITS+=(--train-limit "$TRAIN_LIMIT")
 [[ -n "${TEST_LIMIT:-}" ]] && LIMITS+=(--test-limit "$TEST_LIMIT")
+[[ -n "${FRESH_PROMPTS:-}" ]] && LIMITS+=(--fresh-prompts)
 
 scripts/fetch-model.sh >/dev/null
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"

@@ -87,6 +87,10 @@ pub struct LoopPlan {
     pub shuffle_feedback: bool,
     /// Share of the exploring route's requests a challenger (an undecided candidate) decides.
     pub challenger_share: f64,
+    /// Send each round a disjoint slice of the training prompts instead of all of them, so a
+    /// challenger is judged on prompts it was not trained on (replaying the same prompts
+    /// makes the second stage's estimate an in-sample one).
+    pub fresh_prompts: bool,
     pub seed: u64,
 }
 
@@ -453,6 +457,16 @@ async fn billed_by_gateway(addr: SocketAddr, plan: &LoopPlan, test: &[Prompt]) -
     Ok(priced)
 }
 
+/// The training prompts round `round` (1-based) sends: all of them, or with
+/// [`LoopPlan::fresh_prompts`] the round's share of a split into `rounds` disjoint slices.
+fn round_prompts<'a>(train: &'a [Prompt], plan: &LoopPlan, round: usize) -> &'a [Prompt] {
+    if !plan.fresh_prompts || plan.rounds <= 1 {
+        return train;
+    }
+    let per_round = train.len() / plan.rounds;
+    &train[(round - 1) * per_round..round * per_round]
+}
+
 /// Runs the loop against the gateway at `addr` (see the module doc).
 pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, train: &[Prompt], test: &[Prompt], dataset: &str) -> Result<LoopReport> {
     let version = reload(addr).await?;
@@ -468,6 +482,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
     let mut rounds = Vec::new();
     let mut sent = 0usize;
     for round in 1..=plan.rounds {
+        let train = round_prompts(train, plan, round);
         let answers = send_all(addr, LEARN_ROUTE, train, plan).await?;
         sent += answers.len();
         let served_quality = answers.iter().map(|a| train[a.prompt].quality[a.candidate]).sum::<f64>() / answers.len().max(1) as f64;

@@ -61,6 +61,10 @@ pub struct EvalLearningArgs {
     /// yet decide on) decides; 0: no challengers.
     #[arg(long, default_value_t = gateway::config::DEFAULT_CHALLENGER_SHARE)]
     challenger_share: f64,
+    /// Send each round its own slice of the training prompts (the training split divided
+    /// into `--rounds` parts), so a challenger is judged on prompts it never trained on.
+    #[arg(long)]
+    fresh_prompts: bool,
     /// Rated rows the learn step needs.
     #[arg(long, default_value_t = 100)]
     min_rows: usize,
@@ -118,6 +122,7 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
         concurrency: a.concurrency,
         shuffle_feedback: a.shuffle_feedback,
         challenger_share: a.challenger_share,
+        fresh_prompts: a.fresh_prompts,
         seed: a.seed,
     };
     let dataset = {
