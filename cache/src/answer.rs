@@ -63,6 +63,17 @@ impl CachedAnswer {
         })
     }
 
+    /// The answer's text (the first choice's message content), for comparing answers.
+    pub fn text(&self) -> Option<String> {
+        let value: Value = serde_json::from_str(self.json.as_deref()?).ok()?;
+        let content = value.get("choices")?.get(0)?.get("message")?.get("content")?;
+        match content {
+            Value::String(text) => Some(text.clone()),
+            Value::Array(parts) => Some(parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect()),
+            _ => None,
+        }
+    }
+
     /// The JSON body to send.
     pub fn json_body(&self) -> Option<Bytes> {
         self.json.as_ref().map(|j| Bytes::from(j.clone()))

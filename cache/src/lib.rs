@@ -13,6 +13,7 @@
 //! them back at start ([`ResponseCache::restore`]).
 
 pub mod answer;
+pub mod calibration;
 pub mod key;
 pub mod semantic;
 pub mod verifier;
@@ -81,6 +82,12 @@ pub struct CacheConfig {
     /// Also look up requests that name a model directly (not a route) semantically. Off by
     /// default: it embeds every such request, which routes do anyway but passthrough does not.
     pub semantic_direct_models: bool,
+    /// Tolerated share of semantic hits that serve a wrong answer; when set, the verifier's
+    /// threshold is calibrated online to keep it ([`calibration`]). Also per route / tenant.
+    pub max_wrong_hit_rate: Option<f64>,
+    /// With a bound set, the share of would-be semantic hits answered by the upstream instead
+    /// and compared with the cached answer, so the threshold keeps following the traffic.
+    pub audit_share: f64,
     /// Per route or model: `[cache.routes.NAME]`.
     pub routes: std::collections::BTreeMap<String, ScopeOverride>,
     /// Per tenant: `[cache.tenants.NAME]` (wins over the route's setting).
@@ -96,6 +103,7 @@ pub struct ScopeOverride {
     pub min_cosine: Option<f32>,
     pub verifier_threshold: Option<f32>,
     pub ttl_secs: Option<u64>,
+    pub max_wrong_hit_rate: Option<f64>,
 }
 
 impl Default for CacheConfig {
@@ -119,6 +127,8 @@ impl Default for CacheConfig {
             redis_timeout_ms: 50,
             redis_prefix: "switchyard".into(),
             semantic_direct_models: false,
+            max_wrong_hit_rate: None,
+            audit_share: 0.05,
             routes: Default::default(),
             tenants: Default::default(),
         }
@@ -167,7 +177,30 @@ impl CacheConfig {
         if self.ttl_secs == 0 {
             return Err(CacheError::Config("ttl_secs must be positive".into()));
         }
+        let bounds = std::iter::once(self.max_wrong_hit_rate)
+            .chain(self.routes.values().chain(self.tenants.values()).map(|o| o.max_wrong_hit_rate))
+            .flatten();
+        for bound in bounds {
+            if !(bound > 0.0 && bound < 1.0) {
+                return Err(CacheError::Config(format!("max_wrong_hit_rate must be between 0 and 1 (exclusive), got {bound}")));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.audit_share) {
+            return Err(CacheError::Config(format!("audit_share must be in 0..=1, got {}", self.audit_share)));
+        }
         Ok(())
+    }
+
+    /// The wrong-hit bound that applies to a request and where it was set (`tenant:NAME`,
+    /// `route:NAME` or `all`), the tenant's winning over the route's.
+    pub fn wrong_hit_bound(&self, model_or_route: &str, tenant: Option<&str>) -> Option<(String, f64)> {
+        if let Some((name, bound)) = tenant.and_then(|t| Some((t, self.tenants.get(t)?.max_wrong_hit_rate?))) {
+            return Some((format!("tenant:{name}"), bound));
+        }
+        if let Some(bound) = self.routes.get(model_or_route).and_then(|o| o.max_wrong_hit_rate) {
+            return Some((format!("route:{model_or_route}"), bound));
+        }
+        self.max_wrong_hit_rate.map(|bound| ("all".to_owned(), bound))
     }
 }
 
@@ -452,6 +485,26 @@ mod tests {
         assert!(config.settings("auto", Some("acme")).semantic);
         assert!(config.settings("other", None).semantic);
         config.min_cosine = 2.0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn the_wrong_hit_bound_comes_from_the_tenant_then_the_route_then_the_cache() {
+        let mut config = on();
+        assert_eq!(config.wrong_hit_bound("auto", Some("acme")), None);
+        config.max_wrong_hit_rate = Some(0.05);
+        config.routes.insert("auto".into(), ScopeOverride { max_wrong_hit_rate: Some(0.02), ..Default::default() });
+        config.tenants.insert("acme".into(), ScopeOverride { max_wrong_hit_rate: Some(0.01), ..Default::default() });
+        assert_eq!(config.wrong_hit_bound("auto", Some("acme")), Some(("tenant:acme".into(), 0.01)));
+        assert_eq!(config.wrong_hit_bound("auto", Some("other")), Some(("route:auto".into(), 0.02)));
+        assert_eq!(config.wrong_hit_bound("m", None), Some(("all".into(), 0.05)));
+        assert!(config.validate().is_ok());
+        for bad in [0.0, 1.0, -0.1, f64::NAN] {
+            config.max_wrong_hit_rate = Some(bad);
+            assert!(config.validate().is_err(), "{bad}");
+        }
+        config.max_wrong_hit_rate = Some(0.05);
+        config.audit_share = 1.5;
         assert!(config.validate().is_err());
     }
 

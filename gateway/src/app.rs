@@ -195,7 +195,12 @@ fn models_body(config: &Config) -> Bytes {
 
 pub fn router(state: Arc<AppState>) -> Router {
     use crate::handlers;
-    let dashboard = DashboardState { auth: state.auth.clone(), store: state.store.clone(), routing: state.routing.clone() };
+    let dashboard = DashboardState {
+        auth: state.auth.clone(),
+        store: state.store.clone(),
+        routing: state.routing.clone(),
+        cache: state.cache.clone(),
+    };
     Router::new()
         .route("/v1/chat/completions", post(crate::chat::completions))
         .route("/v1/embeddings", post(crate::embeddings::embeddings))

@@ -93,6 +93,9 @@ pub async fn feedback(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
     let bytes = read_body(body, state.max_body_bytes).await?;
     let tenant = (!caller.master).then_some(caller.tenant.as_deref());
     let feedback = store::feedback::record(&state.store, &state.log, tenant, &bytes).await?;
+    if let Some(cache) = &state.cache {
+        cache.feedback(feedback.request_id, feedback.score);
+    }
     Ok(axum::Json(json!({"status": "recorded", "request_id": feedback.request_id, "score": feedback.score})).into_response())
 }
 

@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use cache::calibration::{answers_agree, CalibrationStatus, Calibrator, Evidence, Verdict};
 use cache::{
     eligibility, exact_key, now_ms, semantic_scope, CachedAnswer, Digest, Eligibility, HitVerifier, RequestParts,
     ResponseCache, SemanticHit, SemanticMiss, Settings, StoredEntry,
@@ -23,7 +24,8 @@ use crate::sse::SseParser;
 use crate::store::Store;
 use crate::tasks::Background;
 
-/// `exact`, `semantic`, `miss` or `bypass` (not eligible).
+/// `exact`, `semantic`, `miss`, `audit` (a semantic candidate checked against the upstream) or
+/// `bypass` (not eligible).
 pub const HEADER_CACHE: &str = "x-switchyard-cache";
 /// Cosine between the query and the cached question (semantic hits).
 pub const HEADER_CACHE_SIMILARITY: &str = "x-switchyard-cache-similarity";
@@ -48,6 +50,8 @@ pub struct GatewayCache {
     store: Option<Store>,
     /// Where writes to the shared tier and the database run (drained at shutdown).
     background: Background,
+    /// Thresholds kept within the operator's wrong-hit bounds (`max_wrong_hit_rate`).
+    calibrator: Calibrator,
 }
 
 /// Exact entries in Redis, so one replica's answer is a hit on every replica.
@@ -106,6 +110,20 @@ pub struct CachePlan {
     pub tenant: Option<String>,
     /// Semantic lookup wanted (eligible, tier on, route or allowed direct model).
     pub semantic: bool,
+    /// The wrong-hit bound that applies and where it was set (`tenant:NAME`, `route:NAME`,
+    /// `all`); semantic candidates are then served or audited by the calibrator.
+    pub wrong_hit_bound: Option<(String, f64)>,
+    /// Set when a semantic candidate was audited: the upstream answers, and its answer is
+    /// compared with this one's when stored.
+    pub audit: Option<Audit>,
+}
+
+/// A semantic candidate answered by the upstream instead, to check it.
+pub struct Audit {
+    scope: String,
+    bound: f64,
+    score: f32,
+    cached: Arc<CachedAnswer>,
 }
 
 impl GatewayCache {
@@ -146,7 +164,7 @@ impl GatewayCache {
             }
             None => None,
         };
-        let this = Arc::new(Self { cache, shared, store, background: background.clone() });
+        let this = Arc::new(Self { cache, shared, store, background: background.clone(), calibrator: Calibrator::new() });
         if let Some(store) = &this.store {
             let started = now_ms();
             match store.load_cache_entries(started, 0).await {
@@ -191,6 +209,8 @@ impl GatewayCache {
             scope: if semantic { semantic_scope(tenant_key, &parts) } else { None },
             tenant: tenant.map(str::to_owned),
             semantic,
+            wrong_hit_bound: if semantic { config.wrong_hit_bound(&request.model, tenant) } else { None },
+            audit: None,
         }
     }
 
@@ -226,8 +246,43 @@ impl GatewayCache {
         }
     }
 
-    /// Keeps an answer: in memory now, in the database on a spawned task.
+    /// Whether a semantic candidate the verifier passed is served. Under a wrong-hit bound
+    /// the calibrator decides; an audited candidate is remembered in `plan` and checked
+    /// against the upstream's answer when that is stored.
+    pub fn admit_semantic_hit(&self, plan: &mut CachePlan, hit: &SemanticHit, request_id: uuid::Uuid) -> bool {
+        let Some((scope, bound)) = plan.wrong_hit_bound.clone() else { return true };
+        // Without a verifier (require_verifier = false) the cosine is the score to calibrate.
+        let score = hit.verifier_score.unwrap_or(hit.cosine);
+        match self.calibrator.decide(&scope, bound, score, self.cache.config().audit_share, rand::random::<f64>()) {
+            Verdict::Serve => {
+                self.calibrator.remember_served(request_id.as_u128(), &scope, bound, score);
+                true
+            }
+            Verdict::Audit => {
+                plan.audit = Some(Audit { scope, bound, score, cached: hit.answer.clone() });
+                false
+            }
+        }
+    }
+
+    /// A client's score on an earlier request: evidence for the calibrator when that request
+    /// was a served semantic hit under a bound.
+    pub fn feedback(&self, request_id: uuid::Uuid, score: f64) {
+        self.calibrator.feedback(request_id.as_u128(), score);
+    }
+
+    /// Each bounded scope's threshold and evidence, for the dashboard.
+    pub fn calibration(&self) -> Vec<CalibrationStatus> {
+        self.calibrator.status()
+    }
+
+    /// Keeps an answer: in memory now, in the database on a spawned task. An audited
+    /// candidate's cached answer is compared with it first.
     pub fn store(self: &Arc<Self>, plan: &CachePlan, answer: CachedAnswer, embedding: Option<&[f32]>, query: String) {
+        if let Some(audit) = &plan.audit {
+            let agree = matches!((audit.cached.text(), answer.text()), (Some(a), Some(b)) if answers_agree(&a, &b));
+            self.calibrator.observe(&audit.scope, audit.bound, audit.score, !agree, Evidence::Audit);
+        }
         if !plan.eligibility.write {
             return;
         }

@@ -463,3 +463,97 @@ async fn client_headers_are_checked_before_the_cache() {
     assert_eq!(rows, 4 + bad.len() as i64, "two requests and one hit per body, and every refusal");
     gateway.stop().await;
 }
+
+/// Under a wrong-hit bound the cache serves no semantic hit until audits show the bound: each
+/// candidate goes upstream and the fresh answer is compared with the cached one. Once enough
+/// agree, candidates are served; a client's "wrong" on a served hit takes that back. (The
+/// mock's answer quotes the question's first 48 characters, so these paraphrases, which differ
+/// only after them, get the same answer.)
+#[tokio::test]
+async fn a_wrong_hit_bound_audits_until_the_evidence_keeps_it_and_feedback_takes_it_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let settings = "semantic = true\nrequire_verifier = false\nmin_cosine = 0.85\nsemantic_direct_models = true\nmax_wrong_hit_rate = 0.2\naudit_share = 0";
+    let gateway = Gateway::start(dir.path(), settings).await;
+    let question = "What is the capital city of France? Answer in a few words";
+    let endings = [
+        ".", ", please.", ", thanks.", " please.", " if you can.", ", thank you.", " only.", ", nothing more.", " at most.",
+        " or less.", ", kindly.", " for me.", " today.", ", briefly.", " and quickly.", ", okay?", " - thanks!", " please!",
+        ", short.", " only, please.", ", nothing else.", " max.", " (short).", " thanks!",
+    ];
+    assert_eq!(gateway.ask(&chat("m", question), None, &[]).await.0, "miss");
+    let calibration = || gateway.state.cache.as_ref().expect("cache on").calibration();
+    assert!(calibration().is_empty(), "no candidate yet");
+
+    // Learning: every candidate is audited (answered upstream, logged as `audit`), never served.
+    let mut audits = 0;
+    let mut served = None;
+    for (i, ending) in endings.iter().enumerate() {
+        let text = format!("{question}{ending}");
+        if i == 3 {
+            // A streamed audit is compared when its stream ends.
+            let mut body = chat("m", &text);
+            body["stream"] = json!(true);
+            let response = gateway.post(&body, None, &[]).await;
+            assert_eq!(header(&response, "x-switchyard-cache"), "audit");
+            assert!(streamed_text(&sse_payloads(&response.text().await.expect("stream"))).contains("capital city"));
+            audits += 1;
+            continue;
+        }
+        let response = gateway.post(&chat("m", &text), None, &[]).await;
+        let (kind, id) = (header(&response, "x-switchyard-cache"), header(&response, "x-switchyard-request-id"));
+        match kind.as_str() {
+            "audit" => audits += 1,
+            "semantic" => {
+                served = Some(id);
+                break;
+            }
+            other => panic!("{text}: {other}"),
+        }
+    }
+    let served = served.unwrap_or_else(|| panic!("never served after {audits} agreeing audits: {:?}", calibration()));
+    // With no wrong answer, the Wilson 95% bound reaches 0.2 at 11 observations.
+    assert!(audits >= 11, "served after only {audits} audits");
+    assert!(wait_for(Duration::from_secs(5), async || calibration()[0].audits >= 11).await, "{:?}", calibration());
+    let status = &calibration()[0];
+    assert_eq!((status.scope.as_str(), status.wrong), ("all", 0), "{status:?}");
+    assert!(status.threshold.is_some() && status.wrong_rate_upper95.is_some_and(|u| u <= 0.2), "{status:?}");
+    eprintln!("served after {audits} audits: {status:?}");
+    // The dashboard shows the bound and its evidence; audits count as cache lookups.
+    let summary: Value = gateway
+        .client
+        .get(format!("http://{}/dashboard/api/summary", gateway.addr))
+        .send()
+        .await
+        .expect("summary")
+        .json()
+        .await
+        .expect("summary JSON");
+    assert_eq!(summary["cache"]["calibration"][0]["scope"], "all", "{summary:#}");
+    assert_eq!(summary["cache"]["calibration"][0]["max_wrong_hit_rate"], 0.2);
+
+    // The client says the served hit was wrong: the evidence no longer keeps the bound.
+    let feedback = || async {
+        gateway
+            .client
+            .post(format!("http://{}/v1/feedback", gateway.addr))
+            .json(&json!({"request_id": served, "score": 0.0}))
+            .send()
+            .await
+            .expect("feedback answered")
+            .status()
+    };
+    let mut status_code = feedback().await;
+    for _ in 0..50 {
+        if status_code.is_success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // the row is still being written
+        status_code = feedback().await;
+    }
+    assert!(status_code.is_success(), "{status_code}");
+    let status = &calibration()[0];
+    assert_eq!((status.wrong, status.feedback, status.threshold), (1, 1, None), "{status:?}");
+    let (kind, _, _) = gateway.ask(&chat("m", &format!("{question}{}", endings[endings.len() - 1])), None, &[]).await;
+    assert_eq!(kind, "audit", "learning again");
+    gateway.stop().await;
+}

@@ -71,12 +71,12 @@ async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body, request_id: U
     use tracing::info_span;
     let ctx = RequestContext::parse(state, headers, body, request_id).instrument(info_span!("parse")).await?;
     let admission = ctx.admit().instrument(info_span!("limits")).await?;
-    let plan = ctx.cache_plan();
+    let mut plan = ctx.cache_plan();
     if let Some(hit) = ctx.exact_hit(plan.as_ref()).instrument(info_span!("cache.exact")).await {
         return Ok(hit);
     }
     let query = ctx.embed_query(plan.as_ref()).instrument(info_span!("embed")).await;
-    if let Some(hit) = info_span!("cache.semantic").in_scope(|| ctx.semantic_hit(plan.as_ref(), &query)) {
+    if let Some(hit) = info_span!("cache.semantic").in_scope(|| ctx.semantic_hit(plan.as_mut(), &query)) {
         return Ok(hit);
     }
     let decision = info_span!("select").in_scope(|| ctx.decide(&query));
@@ -200,14 +200,18 @@ impl RequestContext {
         Query { text, embedding, decision_started }
     }
 
-    /// Step 3c: an answer to a question close enough in meaning, in the same scope.
-    fn semantic_hit(&self, plan: Option<&CachePlan>, query: &Query) -> Option<Response> {
+    /// Step 3c: an answer to a question close enough in meaning, in the same scope (under a
+    /// wrong-hit bound, one the calibrator admits; an audited one goes upstream).
+    fn semantic_hit(&self, plan: Option<&mut CachePlan>, query: &Query) -> Option<Response> {
         let (cache, plan) = (self.state.cache.as_ref()?, plan?);
         let QueryEmbedding::Ready(vector) = &query.embedding else { return None };
         if !plan.semantic {
             return None;
         }
         let hit = cache.lookup_semantic(plan, vector, &query.text).ok()?;
+        if !cache.admit_semantic_hit(plan, &hit, self.request_id) {
+            return None;
+        }
         let response = hit_response(&hit.answer, &self.request, &HitKind::Semantic(&hit))?;
         Some(self.serve_hit(response, "semantic", &hit.answer))
     }
@@ -257,7 +261,11 @@ impl RequestContext {
         if self.state.log.stores_prompts() {
             outcome.prompt_text = Some(query.text.clone());
         }
-        outcome.cache_result = plan.map(|p| if p.eligibility.read { "miss" } else { "bypass" });
+        outcome.cache_result = plan.map(|p| match (p.eligibility.read, p.audit.is_some()) {
+            (true, true) => "audit",
+            (true, false) => "miss",
+            (false, _) => "bypass",
+        });
         outcome
     }
 

@@ -32,6 +32,8 @@ pub struct DashboardState {
     pub auth: Arc<Authenticator>,
     pub store: Store,
     pub routing: Arc<RoutingEngine>,
+    /// For the semantic cache's calibrated thresholds (`None`: cache off).
+    pub cache: Option<Arc<crate::response_cache::GatewayCache>>,
 }
 
 /// The page and its JSON API, with their own state (the dashboard knows nothing of the
@@ -117,7 +119,8 @@ async fn summary(
             .sum()
     };
     let hits = count("exact") + count("semantic");
-    let lookups = hits + count("miss");
+    // An audited candidate looked the cache up and was answered by the upstream.
+    let lookups = hits + count("miss") + count("audit");
     // Hit rate over requests that looked the cache up (bypass and unlogged rows excluded).
     let hit_rate = if lookups > 0 { Some(hits as f64 / lookups as f64) } else { None };
     Ok(axum::Json(json!({
@@ -125,7 +128,13 @@ async fn summary(
         "since": since.to_rfc3339(),
         "totals": totals,
         "models": models,
-        "cache": {"results": cache, "hits": hits, "lookups": lookups, "hit_rate": hit_rate},
+        "cache": {
+            "results": cache,
+            "hits": hits,
+            "lookups": lookups,
+            "hit_rate": hit_rate,
+            "calibration": state.cache.as_ref().map(|c| c.calibration()).unwrap_or_default(),
+        },
         "tenants": tenants,
     }))
     .into_response())
