@@ -1,8 +1,10 @@
 //! How the semantic cache's audits compare answers (`cache::calibration::answers_agree`), on
-//! real answers: RouterBench's test prompts (ARC-Challenge, Winogrande) answered by 11 models,
-//! each answer marked correct or not. Two correct answers to a multiple-choice prompt agree;
-//! a correct and a wrong one do not. Different models word the same answer differently, which
-//! is harder than one model answering a paraphrase, so the recall here is a floor.
+//! real answers: RouterBench's test prompts answered by 11 models, each answer marked correct
+//! or not. On ARC-Challenge and Winogrande (a letter each, written `A`, `A\n`, `(A)` …) two
+//! correct answers agree and a correct and a wrong one do not; on MBPP (code) two passing
+//! programs do the same thing in different words. Different models word the same answer
+//! differently, which is harder than one model answering a paraphrase, so recall here is a
+//! floor.
 //!
 //! An audit that calls a right hit wrong costs hits (the bound opens later); one that calls a
 //! wrong hit right lets wrong answers through. The rule must make the second kind of error
@@ -18,7 +20,7 @@ use cache::calibration::answers_agree;
 fn audits_never_call_a_right_and_a_wrong_answer_the_same() {
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/routerbench-subset");
     assert!(data.is_dir(), "{} missing: the shared datasets live beside the checkout", data.display());
-    for file in ["arc_challenge_test.csv", "winograde_test.csv"] {
+    for file in ["arc_challenge_test.csv", "winograde_test.csv", "mbpp_test.csv"] {
         let mut reader = csv::Reader::from_path(data.join(file)).expect("dataset CSV");
         let headers = reader.headers().expect("header").clone();
         let models: Vec<(usize, usize)> = headers
@@ -59,7 +61,11 @@ fn audits_never_call_a_right_and_a_wrong_answer_the_same() {
         );
         assert!(mixed_pairs > 1_000 && right_pairs > 1_000);
         assert!(mixed_agree as f64 <= 0.005 * mixed_pairs as f64, "{file}: {mixed_agree} of {mixed_pairs} mixed pairs called the same");
-        // Not so strict that nothing agrees: a bound could never open on such answers.
-        assert!(right_agree as f64 >= 0.2 * right_pairs as f64, "{file}: {right_agree} of {right_pairs}");
+        // Short answers: not so strict that nothing agrees. (On MBPP's programs nothing does:
+        // 0 of 2,716 passing pairs. On verbose answers the audits call every hit wrong and the
+        // bound never opens; that needs a judge model, not words.)
+        if file != "mbpp_test.csv" {
+            assert!(right_agree as f64 >= 0.2 * right_pairs as f64, "{file}: {right_agree} of {right_pairs}");
+        }
     }
 }
