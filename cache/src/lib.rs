@@ -88,6 +88,10 @@ pub struct CacheConfig {
     /// With a bound set, the share of would-be semantic hits answered by the upstream instead
     /// and compared with the cached answer, so the threshold keeps following the traffic.
     pub audit_share: f64,
+    /// A configured model that judges whether an audited candidate's cached answer says what
+    /// the upstream's fresh answer says, when their words differ (words alone call every
+    /// verbose answer different). Unset: answers are compared by their words only.
+    pub audit_judge: Option<String>,
     /// Per route or model: `[cache.routes.NAME]`.
     pub routes: std::collections::BTreeMap<String, ScopeOverride>,
     /// Per tenant: `[cache.tenants.NAME]` (wins over the route's setting).
@@ -129,6 +133,7 @@ impl Default for CacheConfig {
             semantic_direct_models: false,
             max_wrong_hit_rate: None,
             audit_share: 0.05,
+            audit_judge: None,
             routes: Default::default(),
             tenants: Default::default(),
         }

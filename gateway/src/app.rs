@@ -121,7 +121,19 @@ impl AppState {
         spawn_reload_on_sighup(&background, &routing);
         // The semantic cache embeds queries with the router's embedder.
         let embedding_dim = if GatewayCache::wants_embedder(config) { Some(routing.start_embedder().await?) } else { None };
-        let cache = GatewayCache::build(config, &store, embedding_dim, &background).await?;
+        let audit_judge = match &config.cache.audit_judge {
+            Some(name) => match registry
+                .resolve(name)
+                .map_err(|_| Error::Config(format!("[cache] audit_judge `{name}` is not a configured model")))?
+            {
+                crate::registry::Target::Model(model) => Some(crate::response_cache::AuditJudge { model, http: http.clone() }),
+                crate::registry::Target::Route(_) => {
+                    return Err(Error::Config(format!("[cache] audit_judge `{name}` is a route; name a model")))
+                }
+            },
+            None => None,
+        };
+        let cache = GatewayCache::build(config, &store, embedding_dim, &background, audit_judge).await?;
         // A local embedding model loads its weights in the background: the server is up at
         // once and the first `/v1/embeddings` request waits only for what is left.
         if registry.models.values().any(|m| matches!(m.provider.as_ref(), crate::providers::Provider::Local)) {

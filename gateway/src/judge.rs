@@ -26,6 +26,53 @@ pub const SOURCE: &str = "judge";
 /// The line the judge is asked to end with; the mock upstream recognises it and plays judge.
 pub const SCORE_INSTRUCTION: &str = "Reply with one line: \"Score: N\", N an integer from 0 (useless or wrong) to 10 (correct and helpful).";
 
+/// The line the cache's audit judge is asked to end with (the mock recognises it too).
+pub const VERDICT_INSTRUCTION: &str = "Reply with one line: \"Verdict: SAME\" if the candidate says what the reference says (same facts, choices, results), else \"Verdict: DIFFERENT\".";
+
+/// The prompt asking whether a cached answer (`candidate`, to a similar question) serves
+/// `question` as the upstream's fresh answer (`reference`) does.
+pub fn verdict_messages(question: &str, reference: &str, candidate: &str) -> Value {
+    json!([
+        {"role": "system", "content": "You check a cache of an AI assistant's answers. Be strict: a different number, choice, name or conclusion is DIFFERENT; wording is not."},
+        {"role": "user", "content": format!(
+            "<question>\n{question}\n</question>\n<reference>\n{reference}\n</reference>\n<candidate>\n{candidate}\n</candidate>\n{VERDICT_INSTRUCTION}"
+        )},
+    ])
+}
+
+/// `Verdict: SAME` → true, `Verdict: DIFFERENT` → false (the last verdict in the reply).
+pub fn parse_verdict(reply: &str) -> Option<bool> {
+    let at = reply.rfind("Verdict:")?;
+    let word: String = reply[at + "Verdict:".len()..].trim_start().chars().take_while(char::is_ascii_alphabetic).collect();
+    match word.to_ascii_uppercase().as_str() {
+        "SAME" => Some(true),
+        "DIFFERENT" => Some(false),
+        _ => None,
+    }
+}
+
+/// Asks `judge` whether `candidate` says what `reference` says for `question`; `None` when
+/// the call fails or the reply has no verdict.
+pub async fn same_answer(
+    http: &reqwest::Client,
+    judge: &crate::registry::ModelEntry,
+    question: &str,
+    reference: &str,
+    candidate: &str,
+) -> Option<bool> {
+    let body = json!({"model": judge.upstream_model, "messages": verdict_messages(question, reference, candidate), "temperature": 0});
+    let request = ChatRequest::parse(body.to_string().as_bytes()).ok()?;
+    let timeouts = CallTimeouts { first_byte: Duration::from_secs(60), body: Duration::from_secs(120) };
+    match judge.provider.chat(http, &request, &judge.upstream_model, &HeaderMap::new(), timeouts).await {
+        Ok(UpstreamResponse::Json { body, .. }) => crate::openai::answer_text(&body).as_deref().and_then(parse_verdict),
+        Ok(UpstreamResponse::Stream(_)) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cache audit judge call failed");
+            None
+        }
+    }
+}
+
 /// What one run did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct JudgeReport {
@@ -111,6 +158,16 @@ pub async fn run(config: &Config, model: Option<&str>, limit: usize) -> Result<J
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_verdict_and_refuses_what_is_not_one() {
+        assert_eq!(parse_verdict("Verdict: SAME"), Some(true));
+        assert_eq!(parse_verdict("They differ in the year.\nVerdict: different"), Some(false));
+        assert_eq!(parse_verdict("Verdict: maybe"), None);
+        assert_eq!(parse_verdict("SAME"), None);
+        let prompt = verdict_messages("q", "r", "c")[1]["content"].as_str().map(str::to_owned).unwrap_or_default();
+        assert!(prompt.contains("<reference>\nr\n</reference>") && prompt.ends_with(VERDICT_INSTRUCTION));
+    }
 
     #[test]
     fn reads_the_score_and_refuses_what_is_not_one() {

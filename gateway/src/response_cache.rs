@@ -52,6 +52,14 @@ pub struct GatewayCache {
     background: Background,
     /// Thresholds kept within the operator's wrong-hit bounds (`max_wrong_hit_rate`).
     calibrator: Calibrator,
+    /// `[cache] audit_judge`: compares an audit's answers when their words differ.
+    audit_judge: Option<AuditJudge>,
+}
+
+/// The model that judges audited answers, and the client to call it with.
+pub struct AuditJudge {
+    pub model: Arc<crate::registry::ModelEntry>,
+    pub http: reqwest::Client,
 }
 
 /// Exact entries in Redis, so one replica's answer is a hit on every replica.
@@ -141,6 +149,7 @@ impl GatewayCache {
         store: &Store,
         embedding_dim: Option<usize>,
         background: &Background,
+        audit_judge: Option<AuditJudge>,
     ) -> Result<Option<Arc<Self>>, Error> {
         let settings = &config.cache;
         if !settings.exact && !settings.semantic {
@@ -164,7 +173,7 @@ impl GatewayCache {
             }
             None => None,
         };
-        let this = Arc::new(Self { cache, shared, store, background: background.clone(), calibrator: Calibrator::new() });
+        let this = Arc::new(Self { cache, shared, store, background: background.clone(), calibrator: Calibrator::new(), audit_judge });
         if let Some(store) = &this.store {
             let started = now_ms();
             match store.load_cache_entries(started, 0).await {
@@ -271,6 +280,33 @@ impl GatewayCache {
         self.calibrator.feedback(request_id.as_u128(), score);
     }
 
+    /// Records whether an audited candidate's cached answer says what the upstream's fresh
+    /// one does: the same words agree at once; otherwise the audit judge decides off the
+    /// request path (without one, different words count as a wrong hit).
+    fn check_audit(self: &Arc<Self>, audit: &Audit, fresh: &CachedAnswer, question: &str) {
+        let (Some(cached), Some(fresh)) = (audit.cached.text(), fresh.text()) else {
+            self.calibrator.observe(&audit.scope, audit.bound, audit.score, true, Evidence::Audit);
+            return;
+        };
+        if answers_agree(&cached, &fresh) {
+            self.calibrator.observe(&audit.scope, audit.bound, audit.score, false, Evidence::Audit);
+            return;
+        }
+        let Some(judge) = &self.audit_judge else {
+            self.calibrator.observe(&audit.scope, audit.bound, audit.score, true, Evidence::Audit);
+            return;
+        };
+        let (this, question) = (self.clone(), question.to_owned());
+        let (scope, bound, score) = (audit.scope.clone(), audit.bound, audit.score);
+        let (model, http) = (judge.model.clone(), judge.http.clone());
+        self.background.spawn_work(async move {
+            // No verdict (the judge failed or said nothing readable): no evidence either way.
+            if let Some(same) = crate::judge::same_answer(&http, &model, &question, &fresh, &cached).await {
+                this.calibrator.observe(&scope, bound, score, !same, Evidence::Audit);
+            }
+        });
+    }
+
     /// Each bounded scope's threshold and evidence, for the dashboard.
     pub fn calibration(&self) -> Vec<CalibrationStatus> {
         self.calibrator.status()
@@ -280,8 +316,7 @@ impl GatewayCache {
     /// candidate's cached answer is compared with it first.
     pub fn store(self: &Arc<Self>, plan: &CachePlan, answer: CachedAnswer, embedding: Option<&[f32]>, query: String) {
         if let Some(audit) = &plan.audit {
-            let agree = matches!((audit.cached.text(), answer.text()), (Some(a), Some(b)) if answers_agree(&a, &b));
-            self.calibrator.observe(&audit.scope, audit.bound, audit.score, !agree, Evidence::Audit);
+            self.check_audit(audit, &answer, &query);
         }
         if !plan.eligibility.write {
             return;

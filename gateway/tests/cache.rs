@@ -557,3 +557,67 @@ async fn a_wrong_hit_bound_audits_until_the_evidence_keeps_it_and_feedback_takes
     assert_eq!(kind, "audit", "learning again");
     gateway.stop().await;
 }
+
+/// Answers in other words: the mock's answer quotes the question's first 48 characters, so
+/// these paraphrases (which differ there) get answers whose words differ. Compared by words,
+/// every audit says "wrong" and the bound never opens; with `audit_judge` (the mock plays the
+/// judge: SAME when both answers come from the same model) the audits agree and hits are
+/// served.
+#[tokio::test]
+async fn an_audit_judge_recognises_the_same_answer_in_other_words() {
+    let questions = [
+        "What is the capital city of France? A few words.",
+        "Which city is the capital of France? A few words.",
+        "Tell me the capital city of France, in a few words.",
+        "France's capital city is which one? A few words.",
+        "Name the capital city of France in a few words.",
+        "What city is France's capital? Just a few words.",
+        "In a few words: what is the capital of France?",
+        "Could you tell me France's capital city, briefly?",
+        "What's the capital of France? Keep it to a few words.",
+        "Which is the capital city of France? Briefly please.",
+        "Capital city of France? Answer in a few words.",
+        "Do you know the capital city of France? A few words.",
+        "What is France's capital city? Answer in few words.",
+        "The capital city of France is what? A few words.",
+        "Please name France's capital city in a few words.",
+        "What is the French capital city? In a few words.",
+        "Which city serves as the capital of France? Briefly.",
+        "Say the capital city of France in a few words.",
+    ];
+    for judged in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        let judge = if judged { "\naudit_judge = \"other\"" } else { "" };
+        let settings = format!(
+            "semantic = true\nrequire_verifier = false\nmin_cosine = 0.6\nsemantic_direct_models = true\nmax_wrong_hit_rate = 0.2\naudit_share = 0{judge}"
+        );
+        let gateway = Gateway::start(dir.path(), &settings).await;
+        let calibration = || gateway.state.cache.as_ref().expect("cache on").calibration();
+        assert_eq!(gateway.ask(&chat("m", questions[0]), None, &[]).await.0, "miss");
+        let (mut audits, mut served) = (0usize, false);
+        for question in &questions[1..] {
+            match gateway.ask(&chat("m", question), None, &[]).await.0.as_str() {
+                "audit" => audits += 1,
+                "semantic" => {
+                    served = true;
+                    break;
+                }
+                // No neighbour above the loose cosine: a plain miss, no evidence.
+                _ => continue,
+            }
+            // The judge answers off the request path: let its verdict land before the next.
+            let recorded = wait_for(Duration::from_secs(5), async || calibration().first().is_some_and(|s| s.audits as usize >= audits)).await;
+            assert!(recorded, "audit {audits} not recorded: {:?}", calibration());
+        }
+        let status = calibration().first().cloned().expect("a bounded scope");
+        eprintln!("audit_judge {judged}: served {served} after {audits} audits: {status:?}");
+        if judged {
+            assert!(served, "the judge's SAME verdicts should open the bound: {status:?}");
+            assert_eq!(status.wrong, 0, "{status:?}");
+        } else {
+            assert!(!served, "{status:?}");
+            assert!(audits >= 11 && status.wrong >= 11, "different words count as wrong answers: {status:?}");
+        }
+        gateway.stop().await;
+    }
+}

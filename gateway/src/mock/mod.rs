@@ -213,6 +213,9 @@ fn answer_text(options: &MockOptions, model: &str, prompt: &str) -> String {
     if let Some(score) = mock_judge_score(prompt) {
         return format!("The answer is adequate. Score: {score}");
     }
+    if let Some(same) = mock_verdict(prompt) {
+        return format!("Verdict: {}", if same { "SAME" } else { "DIFFERENT" });
+    }
     let gist: String = prompt.chars().take(48).collect();
     format!("Mock answer from {model}: you asked about \"{gist}\".")
 }
@@ -226,6 +229,20 @@ pub fn mock_judge_score(prompt: &str) -> Option<usize> {
     let start = prompt.find("<answer>\n")? + "<answer>\n".len();
     let end = prompt.rfind("\n</answer>")?;
     Some(prompt.get(start..end)?.split_whitespace().count() % 11)
+}
+
+/// The mock plays the cache's audit judge by a fixed rule tests can recompute: SAME when the
+/// reference and the candidate name the same model (their first five words agree).
+pub fn mock_verdict(prompt: &str) -> Option<bool> {
+    if !prompt.contains(crate::judge::VERDICT_INSTRUCTION) {
+        return None;
+    }
+    let between = |open: &str, close: &str| -> Option<String> {
+        let start = prompt.find(open)? + open.len();
+        let end = start + prompt[start..].find(close)?;
+        Some(prompt[start..end].split_whitespace().take(5).collect::<Vec<_>>().join(" "))
+    };
+    Some(between("<reference>\n", "\n</reference>")? == between("<candidate>\n", "\n</candidate>")?)
 }
 
 /// Splits an answer into stream deltas (a word and its trailing space each).
