@@ -28,6 +28,9 @@ pub(crate) struct Analysed {
     /// Normalised numbers ("2", "two", "2nd" → "2"; "3.50" stays).
     pub numbers: Vec<String>,
     pub negated: bool,
+    /// How many negations ("not", "no", "never", "n't" …): one added to a question that
+    /// already had one ("nobody can" → "nobody can not") flips it too.
+    pub negations: usize,
     /// Content lemmas in text order.
     pub content: Vec<String>,
     /// Named languages (natural and programming), canonical names.
@@ -358,6 +361,7 @@ const OPPOSITES: &[(&[&str], &[&str])] = &[
         &["outside", "external", "outdoor", "outdoors"],
     ),
     (&["public"], &["private"]),
+    (&["most"], &["least"]),
     (&["input", "inputs"], &["output", "outputs"]),
     (&["send", "sending"], &["receive", "receiving"]),
     (
@@ -721,6 +725,7 @@ impl Analysed {
         let mut words = Vec::with_capacity(raw.len());
         let mut numbers = Vec::new();
         let mut negated = false;
+        let mut negations = 0usize;
         let mut languages = HashSet::new();
         let mut units = HashSet::new();
         let mut directions = HashSet::new();
@@ -730,6 +735,7 @@ impl Analysed {
             let lower = tok.to_lowercase();
             if lower.ends_with("n't") || NEGATIONS.contains(&lower.as_str()) {
                 negated = true;
+                negations += 1;
             }
             let mut is_number = false;
             if let Some((qty, unit)) = split_quantity(&lower) {
@@ -823,6 +829,7 @@ impl Analysed {
             words,
             numbers,
             negated,
+            negations,
             content,
             languages,
             units,
@@ -972,7 +979,7 @@ pub(crate) fn veto_analysed(a: &Analysed, b: &Analysed) -> Option<&'static str> 
     if a.numbers != b.numbers {
         return Some("numbers or dates differ");
     }
-    if a.negated != b.negated {
+    if a.negated != b.negated || a.negations != b.negations {
         return Some("negation differs");
     }
     for &(g, side) in &a.directions {
