@@ -46,6 +46,23 @@ pub enum Evidence {
     Feedback,
 }
 
+impl Evidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Audit => "audit",
+            Self::Feedback => "feedback",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "audit" => Some(Self::Audit),
+            "feedback" => Some(Self::Feedback),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Observation {
     score: f32,
@@ -136,12 +153,31 @@ impl Calibrator {
         self.served.insert(request_id, ServedHit { scope: scope.to_owned(), bound, score });
     }
 
-    /// A client's score (0..1) on an earlier request: evidence when it was a served semantic
-    /// hit in a bounded scope (the first score counts). Returns whether it counted.
-    pub fn feedback(&self, request_id: u128, score: f64) -> bool {
-        let Some(hit) = self.served.remove(&request_id) else { return false };
-        self.observe(&hit.scope, hit.bound, hit.score, score < 0.5, Evidence::Feedback);
-        true
+    /// The served hit behind `request_id`, once: (scope, bound, score). Feedback on it is
+    /// evidence ([`Evidence::Feedback`]; the first score counts).
+    pub fn take_served(&self, request_id: u128) -> Option<(String, f64, f32)> {
+        self.served.remove(&request_id).map(|hit| (hit.scope, hit.bound, hit.score))
+    }
+
+    /// Loads evidence kept from an earlier process (oldest first). The scope's bound is
+    /// learnt, and its threshold computed, at its next [`decide`](Self::decide).
+    pub fn restore(&self, scope: &str, score: f32, wrong: bool, evidence: Evidence) {
+        if !score.is_finite() {
+            return;
+        }
+        let mut scopes = self.lock();
+        let state = scopes.entry(scope.to_owned()).or_insert_with(|| ScopeState { bound: f64::NAN, ..ScopeState::default() });
+        state.observations.push_back(Observation { score, wrong });
+        while state.observations.len() > MAX_OBSERVATIONS {
+            state.observations.pop_front();
+        }
+        match evidence {
+            Evidence::Audit => state.audits += 1,
+            Evidence::Feedback => state.feedback += 1,
+        }
+        // Recomputed by `decide` once the bound is known (NaN never equals it).
+        state.bound = f64::NAN;
+        state.threshold = None;
     }
 
     /// Serve or audit a candidate with verifier `score` in `scope` (bound `bound`); `draw` is
@@ -319,8 +355,10 @@ mod tests {
         }
         assert_eq!(c.decide("all", 0.2, 0.9, 0.0, 0.5), Verdict::Serve);
         c.remember_served(7, "all", 0.2, 0.9);
-        assert!(!c.feedback(8, 0.0), "not a served hit");
-        assert!(c.feedback(7, 1.0) && !c.feedback(7, 0.0), "the first score counts, once");
+        assert_eq!(c.take_served(8), None, "not a served hit");
+        assert_eq!(c.take_served(7), Some(("all".to_owned(), 0.2, 0.9)));
+        assert_eq!(c.take_served(7), None, "the first score counts, once");
+        c.observe("all", 0.2, 0.9, false, Evidence::Feedback);
         // Below the learned threshold, or drawn for an audit: audited.
         assert_eq!(c.decide("all", 0.2, 0.85, 0.0, 0.5), Verdict::Audit);
         assert_eq!(c.decide("all", 0.2, 0.9, 0.1, 0.05), Verdict::Audit);
@@ -332,6 +370,17 @@ mod tests {
         assert_eq!(status.len(), 1);
         assert_eq!((status[0].observations, status[0].wrong, status[0].audits, status[0].feedback, status[0].served), (16, 4, 11, 5, 1));
         assert_eq!(status[0].threshold, None);
+    }
+
+    #[test]
+    fn restored_evidence_decides_once_the_bound_is_known() {
+        let c = Calibrator::new();
+        for _ in 0..11 {
+            c.restore("route:a", 0.9, false, Evidence::Audit);
+        }
+        assert_eq!(c.status()[0].threshold, None);
+        assert_eq!(c.decide("route:a", 0.2, 0.9, 0.0, 0.5), Verdict::Serve);
+        assert_eq!(c.decide("route:a", 0.05, 0.9, 0.0, 0.5), Verdict::Audit, "a stricter bound needs more evidence");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::redis_client::BoundedRedis;
 use crate::error::Error;
 use crate::openai::ChatRequest;
 use crate::sse::SseParser;
+use crate::store::cache_entries::CalibrationRecord;
 use crate::store::Store;
 use crate::tasks::Background;
 
@@ -183,6 +184,19 @@ impl GatewayCache {
                 }
                 Err(e) => tracing::warn!(error = %e, "could not load the response cache; starting cold"),
             }
+            if settings.semantic && semantic_possible {
+                match store.load_calibration().await {
+                    Ok(records) => {
+                        let loaded = records.len();
+                        for r in records {
+                            let evidence = Evidence::parse(&r.evidence).unwrap_or(Evidence::Audit);
+                            this.calibrator.restore(&r.scope, r.score as f32, r.wrong, evidence);
+                        }
+                        tracing::info!(loaded, "semantic cache calibration evidence restored");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not load the cache's calibration evidence; bounds learn again"),
+                }
+            }
             if settings.refresh_ms > 0 {
                 spawn_refresh(background, Arc::downgrade(&this), Duration::from_millis(settings.refresh_ms), started);
             }
@@ -275,9 +289,24 @@ impl GatewayCache {
     }
 
     /// A client's score on an earlier request: evidence for the calibrator when that request
-    /// was a served semantic hit under a bound.
-    pub fn feedback(&self, request_id: uuid::Uuid, score: f64) {
-        self.calibrator.feedback(request_id.as_u128(), score);
+    /// was a served semantic hit under a bound (below 0.5: a wrong hit).
+    pub fn feedback(self: &Arc<Self>, request_id: uuid::Uuid, score: f64) {
+        if let Some((scope, bound, hit_score)) = self.calibrator.take_served(request_id.as_u128()) {
+            self.observe(&scope, bound, hit_score, score < 0.5, Evidence::Feedback);
+        }
+    }
+
+    /// Records evidence for a bound, and keeps it in the database off the request path.
+    fn observe(self: &Arc<Self>, scope: &str, bound: f64, score: f32, wrong: bool, evidence: Evidence) {
+        self.calibrator.observe(scope, bound, score, wrong, evidence);
+        if let Some(store) = self.store.clone() {
+            let record = CalibrationRecord { scope: scope.to_owned(), score: f64::from(score), wrong, evidence: evidence.as_str().to_owned() };
+            self.background.spawn_work(async move {
+                if let Err(e) = store.save_calibration(&record, now_ms()).await {
+                    tracing::debug!(error = %e, "cache calibration evidence not persisted");
+                }
+            });
+        }
     }
 
     /// Records whether an audited candidate's cached answer says what the upstream's fresh
@@ -285,15 +314,15 @@ impl GatewayCache {
     /// request path (without one, different words count as a wrong hit).
     fn check_audit(self: &Arc<Self>, audit: &Audit, fresh: &CachedAnswer, question: &str) {
         let (Some(cached), Some(fresh)) = (audit.cached.text(), fresh.text()) else {
-            self.calibrator.observe(&audit.scope, audit.bound, audit.score, true, Evidence::Audit);
+            self.observe(&audit.scope, audit.bound, audit.score, true, Evidence::Audit);
             return;
         };
         if answers_agree(&cached, &fresh) {
-            self.calibrator.observe(&audit.scope, audit.bound, audit.score, false, Evidence::Audit);
+            self.observe(&audit.scope, audit.bound, audit.score, false, Evidence::Audit);
             return;
         }
         let Some(judge) = &self.audit_judge else {
-            self.calibrator.observe(&audit.scope, audit.bound, audit.score, true, Evidence::Audit);
+            self.observe(&audit.scope, audit.bound, audit.score, true, Evidence::Audit);
             return;
         };
         let (this, question) = (self.clone(), question.to_owned());
@@ -302,7 +331,7 @@ impl GatewayCache {
         self.background.spawn_work(async move {
             // No verdict (the judge failed or said nothing readable): no evidence either way.
             if let Some(same) = crate::judge::same_answer(&http, &model, &question, &fresh, &cached).await {
-                this.calibrator.observe(&scope, bound, score, !same, Evidence::Audit);
+                this.observe(&scope, bound, score, !same, Evidence::Audit);
             }
         });
     }

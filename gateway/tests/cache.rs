@@ -464,6 +464,15 @@ async fn client_headers_are_checked_before_the_cache() {
     gateway.stop().await;
 }
 
+/// A question whose paraphrases (it plus one of the endings) get the mock's same answer.
+const BOUNDED_QUESTION: &str = "What is the capital city of France? Answer in a few words";
+const BOUNDED_ENDINGS: [&str; 24] = [
+    ".", ", please.", ", thanks.", " please.", " if you can.", ", thank you.", " only.", ", nothing more.", " at most.",
+    " or less.", ", kindly.", " for me.", " today.", ", briefly.", " and quickly.", ", okay?", " - thanks!", " please!",
+    ", short.", " only, please.", ", nothing else.", " max.", " (short).", " thanks!",
+];
+const BOUNDED: &str = "semantic = true\nrequire_verifier = false\nmin_cosine = 0.85\nsemantic_direct_models = true\nmax_wrong_hit_rate = 0.2\naudit_share = 0";
+
 /// Under a wrong-hit bound the cache serves no semantic hit until audits show the bound: each
 /// candidate goes upstream and the fresh answer is compared with the cached one. Once enough
 /// agree, candidates are served; a client's "wrong" on a served hit takes that back. (The
@@ -472,14 +481,9 @@ async fn client_headers_are_checked_before_the_cache() {
 #[tokio::test]
 async fn a_wrong_hit_bound_audits_until_the_evidence_keeps_it_and_feedback_takes_it_back() {
     let dir = tempfile::tempdir().expect("dir");
-    let settings = "semantic = true\nrequire_verifier = false\nmin_cosine = 0.85\nsemantic_direct_models = true\nmax_wrong_hit_rate = 0.2\naudit_share = 0";
-    let gateway = Gateway::start(dir.path(), settings).await;
-    let question = "What is the capital city of France? Answer in a few words";
-    let endings = [
-        ".", ", please.", ", thanks.", " please.", " if you can.", ", thank you.", " only.", ", nothing more.", " at most.",
-        " or less.", ", kindly.", " for me.", " today.", ", briefly.", " and quickly.", ", okay?", " - thanks!", " please!",
-        ", short.", " only, please.", ", nothing else.", " max.", " (short).", " thanks!",
-    ];
+    let gateway = Gateway::start(dir.path(), BOUNDED).await;
+    let question = BOUNDED_QUESTION;
+    let endings = BOUNDED_ENDINGS;
     assert_eq!(gateway.ask(&chat("m", question), None, &[]).await.0, "miss");
     let calibration = || gateway.state.cache.as_ref().expect("cache on").calibration();
     assert!(calibration().is_empty(), "no candidate yet");
@@ -620,4 +624,27 @@ async fn an_audit_judge_recognises_the_same_answer_in_other_words() {
         }
         gateway.stop().await;
     }
+}
+
+/// The evidence behind a bound is kept in the database: a restarted gateway serves at once
+/// where the last one had learnt it may.
+#[tokio::test]
+async fn a_restarted_gateway_keeps_what_its_audits_showed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gateway = Gateway::start(dir.path(), BOUNDED).await;
+    assert_eq!(gateway.ask(&chat("m", BOUNDED_QUESTION), None, &[]).await.0, "miss");
+    for (audits, ending) in BOUNDED_ENDINGS[..11].iter().enumerate() {
+        let (kind, _, _) = gateway.ask(&chat("m", &format!("{BOUNDED_QUESTION}{ending}")), None, &[]).await;
+        assert_eq!(kind, "audit", "still learning after {audits} audits");
+    }
+    let learnt = gateway.state.cache.as_ref().expect("cache on").calibration();
+    assert!(learnt[0].threshold.is_some(), "{learnt:?}");
+    gateway.stop().await;
+
+    let restarted = Gateway::start(dir.path(), BOUNDED).await;
+    let restored = restarted.state.cache.as_ref().expect("cache on").calibration();
+    assert_eq!((restored[0].observations, restored[0].audits, restored[0].wrong), (11, 11, 0), "{restored:?}");
+    let (kind, _, _) = restarted.ask(&chat("m", &format!("{BOUNDED_QUESTION}{}", BOUNDED_ENDINGS[20])), None, &[]).await;
+    assert_eq!(kind, "semantic", "{:?}", restarted.state.cache.as_ref().expect("cache on").calibration());
+    restarted.stop().await;
 }

@@ -333,6 +333,35 @@ async fn cache_entries_round_trip_on_sqlite() {
     cache_entries_round_trip(&store).await;
 }
 
+/// Wrong-hit bound evidence comes back oldest first, as it was kept.
+async fn calibration_round_trip(store: &Store) {
+    use gateway::store::cache_entries::CalibrationRecord;
+    assert!(store.load_calibration().await.expect("load").is_empty());
+    let record = |scope: &str, score: f64, wrong: bool, evidence: &str| CalibrationRecord {
+        scope: scope.into(),
+        score,
+        wrong,
+        evidence: evidence.into(),
+    };
+    let kept = [record("all", 0.93, false, "audit"), record("tenant:acme", 0.875, true, "feedback"), record("all", 0.99, false, "audit")];
+    for (i, r) in kept.iter().enumerate() {
+        store.save_calibration(r, 1_000 + i as u64).await.expect("save");
+    }
+    assert_eq!(store.load_calibration().await.expect("load"), kept);
+}
+
+#[tokio::test]
+async fn calibration_evidence_round_trips_on_postgres() {
+    let (_db, store) = postgres().await;
+    calibration_round_trip(&store).await;
+}
+
+#[tokio::test]
+async fn calibration_evidence_round_trips_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    calibration_round_trip(&store).await;
+}
+
 /// The outcome row is one contract: what the gateway writes, training reads back field for
 /// field, and a `candidates` value training does not know is an error, not a silent zero.
 async fn training_reads_what_the_gateway_writes(store: &Store, url: &str) {

@@ -12,6 +12,18 @@ use crate::error::Error;
 
 /// Entries loaded at start, newest first, at most this many.
 pub const RESTORE_LIMIT: i64 = 200_000;
+/// Calibration observations loaded at start, newest first, at most this many.
+pub const CALIBRATION_RESTORE_LIMIT: i64 = 100_000;
+
+/// One piece of evidence behind a wrong-hit bound (see `cache::calibration`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CalibrationRecord {
+    pub scope: String,
+    pub score: f64,
+    pub wrong: bool,
+    /// `audit` or `feedback`.
+    pub evidence: String,
+}
 
 #[derive(sqlx::FromRow)]
 struct CacheRow {
@@ -82,6 +94,29 @@ macro_rules! cache_sql {
         let rows: Vec<CacheRow> = query.build_query_as().fetch_all($pool).await.map_err(db_error("loading the cache"))?;
         Ok(rows.into_iter().filter_map(CacheRow::into_entry).collect())
     }};
+    ($db:ty, $pool:expr, save_calibration, $record:expr, $now_ms:expr) => {{
+        let record: &CalibrationRecord = $record;
+        let mut query = QueryBuilder::<$db>::new("INSERT INTO cache_calibration (scope, score, wrong, evidence, created_at_ms) ");
+        query.push_values([record], |mut values, r| {
+            values
+                .push_bind(r.scope.clone())
+                .push_bind(r.score)
+                .push_bind(r.wrong)
+                .push_bind(r.evidence.clone())
+                .push_bind(ms($now_ms));
+        });
+        query.build().execute($pool).await.map(|_| ()).map_err(db_error("saving cache calibration evidence"))
+    }};
+    ($db:ty, $pool:expr, load_calibration) => {{
+        let mut query = QueryBuilder::<$db>::new(
+            "SELECT scope, score, wrong, evidence FROM cache_calibration ORDER BY created_at_ms DESC LIMIT ",
+        );
+        query.push_bind(CALIBRATION_RESTORE_LIMIT);
+        let mut rows: Vec<CalibrationRecord> =
+            query.build_query_as().fetch_all($pool).await.map_err(db_error("loading cache calibration evidence"))?;
+        rows.reverse();
+        Ok(rows)
+    }};
     ($db:ty, $pool:expr, purge, $now_ms:expr) => {{
         let mut query = QueryBuilder::<$db>::new("DELETE FROM cache_entries WHERE expires_at_ms <= ");
         query.push_bind(ms($now_ms));
@@ -105,6 +140,22 @@ impl Store {
         match self {
             Store::Postgres(s) => cache_sql!(sqlx::Postgres, s.pool(), load, now_ms, since_ms),
             Store::Sqlite(s) => cache_sql!(sqlx::Sqlite, s.pool(), load, now_ms, since_ms),
+        }
+    }
+
+    /// Keeps one observation behind a wrong-hit bound.
+    pub async fn save_calibration(&self, record: &CalibrationRecord, now_ms: u64) -> Result<(), Error> {
+        match self {
+            Store::Postgres(s) => cache_sql!(sqlx::Postgres, s.pool(), save_calibration, record, now_ms),
+            Store::Sqlite(s) => cache_sql!(sqlx::Sqlite, s.pool(), save_calibration, record, now_ms),
+        }
+    }
+
+    /// The newest [`CALIBRATION_RESTORE_LIMIT`] observations, oldest first.
+    pub async fn load_calibration(&self) -> Result<Vec<CalibrationRecord>, Error> {
+        match self {
+            Store::Postgres(s) => cache_sql!(sqlx::Postgres, s.pool(), load_calibration),
+            Store::Sqlite(s) => cache_sql!(sqlx::Sqlite, s.pool(), load_calibration),
         }
     }
 
