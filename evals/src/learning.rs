@@ -479,6 +479,18 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         start.checkpoint, start.quality.mean, start.quality.lo95, start.quality.hi95, start.cost_per_1k.mean, start.utility.mean
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed ^ 0x5eed);
+    // Fresh slices must each look like the whole split: the prompts come in dataset order.
+    let shuffled: Vec<Prompt>;
+    let train = if plan.fresh_prompts {
+        shuffled = {
+            let mut copy = train.to_vec();
+            copy.shuffle(&mut rand::rngs::StdRng::seed_from_u64(plan.seed ^ 0xf5e5));
+            copy
+        };
+        &shuffled[..]
+    } else {
+        train
+    };
     let mut rounds = Vec::new();
     let mut sent = 0usize;
     for round in 1..=plan.rounds {
