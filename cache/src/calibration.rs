@@ -81,6 +81,18 @@ struct ScopeState {
 }
 
 impl ScopeState {
+    /// Keeps one observation (the newest [`MAX_OBSERVATIONS`]) and counts where it came from.
+    fn record(&mut self, score: f32, wrong: bool, evidence: Evidence) {
+        self.observations.push_back(Observation { score, wrong });
+        while self.observations.len() > MAX_OBSERVATIONS {
+            self.observations.pop_front();
+        }
+        match evidence {
+            Evidence::Audit => self.audits += 1,
+            Evidence::Feedback => self.feedback += 1,
+        }
+    }
+
     fn recalibrate(&mut self) {
         let observations: Vec<Observation> = self.observations.iter().copied().collect();
         self.threshold = calibrated_threshold(&observations, self.bound);
@@ -167,14 +179,7 @@ impl Calibrator {
         }
         let mut scopes = self.lock();
         let state = scopes.entry(scope.to_owned()).or_insert_with(|| ScopeState { bound: f64::NAN, ..ScopeState::default() });
-        state.observations.push_back(Observation { score, wrong });
-        while state.observations.len() > MAX_OBSERVATIONS {
-            state.observations.pop_front();
-        }
-        match evidence {
-            Evidence::Audit => state.audits += 1,
-            Evidence::Feedback => state.feedback += 1,
-        }
+        state.record(score, wrong, evidence);
         // Recomputed by `decide` once the bound is known (NaN never equals it).
         state.bound = f64::NAN;
         state.threshold = None;
@@ -206,14 +211,7 @@ impl Calibrator {
         let mut scopes = self.lock();
         let state = scopes.entry(scope.to_owned()).or_insert_with(|| ScopeState { bound, ..ScopeState::default() });
         state.bound = bound;
-        state.observations.push_back(Observation { score, wrong });
-        while state.observations.len() > MAX_OBSERVATIONS {
-            state.observations.pop_front();
-        }
-        match evidence {
-            Evidence::Audit => state.audits += 1,
-            Evidence::Feedback => state.feedback += 1,
-        }
+        state.record(score, wrong, evidence);
         state.recalibrate();
     }
 
