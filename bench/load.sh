@@ -24,6 +24,8 @@
 #      OUT_DIR, LOG_REQUESTS (default true; false: `[database] log_requests = false`),
 #      UPSTREAM (mock | nginx; nginx is installed with apt-get when missing),
 #      GATEWAY_WORKERS (the gateway's Tokio worker threads; default: one per CPU),
+#      GATEWAY_RUNTIME (`[server] runtime`: shared | per_core; default: the gateway's default),
+#      SERVING_THREADS (`[server] serving_threads` for per_core; default: one per CPU),
 #      MOCK_NODELAY, GATEWAY_NODELAY (default 0): 1 = LD_PRELOAD bench/nodelay_preload.c into
 #        the mock / the gateway, which sets TCP_NODELAY on every accepted socket. Builds from
 #        before TCP_NODELAY was set on accepted sockets stall every streamed response ~40 ms
@@ -162,9 +164,13 @@ input_usd_per_mtok = 0.15
 output_usd_per_mtok = 0.6"
 fi
 
+SERVER_KNOBS=""
+[[ -n "${GATEWAY_RUNTIME:-}" ]] && SERVER_KNOBS+="runtime = \"$GATEWAY_RUNTIME\""$'\n'
+[[ -n "${SERVING_THREADS:-}" ]] && SERVER_KNOBS+="serving_threads = $SERVING_THREADS"$'\n'
 cat >"$OUT_DIR/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$GW_PORT"
+$SERVER_KNOBS
 
 $UPSTREAM_MODELS
 

@@ -18,7 +18,8 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breakers;
 use crate::config::{Config, ProviderKind};
@@ -41,7 +42,9 @@ pub use crate::chat::{
 /// Everything a request needs, built once at start.
 pub struct AppState {
     pub registry: Registry,
-    pub http: reqwest::Client,
+    /// Upstream connection pool of the shared runtime; see [`AppState::http`].
+    http: reqwest::Client,
+    connect_timeout: Duration,
     pub timeouts: CallTimeouts,
     pub max_body_bytes: usize,
     /// Open access, master key or virtual keys (cached lookups).
@@ -92,12 +95,7 @@ impl AppState {
             None
         };
         let registry = Registry::build(config, mock_addr)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.server.connect_timeout())
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let http = upstream_client(config.server.connect_timeout())?;
         let master_key = config
             .server
             .master_key_env
@@ -160,6 +158,7 @@ impl AppState {
             models_body: models_body(config),
             registry,
             http,
+            connect_timeout: config.server.connect_timeout(),
             timeouts: CallTimeouts {
                 first_byte: config.server.first_byte_timeout(),
                 body: config.server.request_timeout(),
@@ -171,6 +170,13 @@ impl AppState {
             log_writer: std::sync::Mutex::new(Some(log_writer)),
             mock_health_url: mock_addr.map(|addr| format!("http://{addr}/health")),
         })
+    }
+
+    /// The HTTP client for upstream calls: a per-core serving thread's own pool (its
+    /// connections are driven by that thread's runtime, so proxying never wakes another
+    /// thread), else the shared one. Cloning is a reference-count increment.
+    pub fn http(&self) -> reqwest::Client {
+        THREAD_HTTP.with(|local| local.borrow().clone()).unwrap_or_else(|| self.http.clone())
     }
 
     /// Stops the log writer after the server has drained: queued rows are written (or
@@ -185,6 +191,20 @@ impl AppState {
             writer.shutdown().await;
         }
     }
+}
+
+thread_local! {
+    /// Set on a per-core serving thread: its own upstream connection pool.
+    static THREAD_HTTP: std::cell::RefCell<Option<reqwest::Client>> = const { std::cell::RefCell::new(None) };
+}
+
+fn upstream_client(connect_timeout: Duration) -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
 }
 
 fn models_body(config: &Config) -> Bytes {
@@ -298,7 +318,9 @@ fn spawn_reload_on_sighup(background: &Background, routing: &Arc<RoutingEngine>)
 /// A bound server, ready to run.
 pub struct Application {
     addr: SocketAddr,
-    listener: TcpListener,
+    /// One listener on the shared runtime, or one per serving thread (`SO_REUSEPORT`).
+    listeners: Vec<TcpListener>,
+    per_core: bool,
     router: Router,
     state: Arc<AppState>,
 }
@@ -307,13 +329,13 @@ impl Application {
     pub async fn build(config: &Config, listen: Option<SocketAddr>) -> Result<Self, Error> {
         let state = Arc::new(AppState::build(config).await?);
         let addr = listen.unwrap_or(config.server.listen);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
-        let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+        let threads = config.server.per_core_threads();
+        let listeners = bind(addr, threads).map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
+        let addr = listeners[0].local_addr().map_err(|e| Error::Internal(e.to_string()))?;
         Ok(Self {
             addr,
-            listener,
+            listeners,
+            per_core: threads.is_some(),
             router: router(state.clone()),
             state,
         })
@@ -336,21 +358,23 @@ impl Application {
         const AFTER_CUT: Duration = Duration::from_secs(2);
         /// How long background work (cache writes) gets to finish after the server stopped.
         const BACKGROUND_DRAIN: Duration = Duration::from_secs(5);
-        let listener = self.listener.tap_io(|tcp| {
-            // Stream chunks go out as they come: no Nagle delay waiting on the client's ACK.
-            let _ = tcp.set_nodelay(true);
-        });
-        let (requested, shutdown_requested) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = requested.send(());
-        });
-        let mut server = std::pin::pin!(server.into_future());
+        // Stops accepting; in-flight requests go on.
+        let stop_accepting = CancellationToken::new();
+        // Per-core threads keep their runtimes (and the connections they drive) until the
+        // outcome log is flushed: released when this returns, or is dropped.
+        let release = CancellationToken::new();
+        let _release_on_exit = release.clone().drop_guard();
+        let server = if self.per_core {
+            serve_per_core(self.listeners, self.router, &self.state, stop_accepting.clone(), release.clone())?
+        } else {
+            serve_shared(self.listeners, self.router, stop_accepting.clone())
+        };
+        let mut server = std::pin::pin!(server);
         let grace = self.state.shutdown_grace;
+        let stop = stop_accepting.clone();
         let grace_over = async move {
-            if shutdown_requested.await.is_err() {
-                std::future::pending::<()>().await;
-            }
+            shutdown.await;
+            stop.cancel();
             tracing::info!(grace_ms = grace.as_millis(), "shutting down: draining in-flight requests");
             tokio::time::sleep(grace).await;
         };
@@ -374,4 +398,118 @@ impl Application {
         self.state.shutdown_log().await;
         served
     }
+}
+
+/// Binds the listening socket, or `per_core` sockets on the same address with `SO_REUSEPORT`
+/// (the first one picks the port when `addr` asks for port 0).
+fn bind(addr: SocketAddr, per_core: Option<usize>) -> std::io::Result<Vec<TcpListener>> {
+    /// Pending connections per socket (the kernel caps it at `net.core.somaxconn`).
+    const BACKLOG: u32 = 1024;
+    let count = per_core.unwrap_or(1);
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    if per_core.is_some() {
+        // `SO_REUSEPORT` would let these sockets share the port with another process's
+        // (a second gateway started by mistake would silently take half the connections):
+        // an exclusive bind first fails when anyone listens there, and picks port 0's port.
+        let probe = std::net::TcpListener::bind(addr)?;
+        addr = probe.local_addr()?;
+        drop(probe);
+    }
+    for _ in 0..count {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        if per_core.is_some() {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        let listener = socket.listen(BACKLOG)?;
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Accepted sockets send stream chunks as they come: no Nagle delay waiting on the client's ACK.
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+}
+
+/// Every listener served on the runtime this is polled on; resolves when all have drained.
+fn serve_shared(listeners: Vec<TcpListener>, router: Router, stop_accepting: CancellationToken) -> ServersDone {
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            axum::serve(listener.tap_io(no_delay), router.clone())
+                .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
+                .into_future()
+        })
+        .collect();
+    Box::pin(async move {
+        for served in futures_util::future::join_all(servers).await {
+            served?;
+        }
+        Ok(())
+    })
+}
+
+/// Resolves when every server has stopped accepting and drained its connections.
+type ServersDone = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+
+/// One thread per listener, each running a single-threaded runtime with its own upstream
+/// connection pool; resolves when all have drained. The threads keep their runtimes until
+/// `release`, so connections they opened (database pools included) work until the end.
+fn serve_per_core(
+    listeners: Vec<TcpListener>,
+    router: Router,
+    state: &AppState,
+    stop_accepting: CancellationToken,
+    release: CancellationToken,
+) -> Result<ServersDone, Error> {
+    let mut finished = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let listener = listener.into_std().map_err(|e| Error::Internal(format!("listener: {e}")))?;
+        let http = upstream_client(state.connect_timeout)?;
+        let (router, stop, release) = (router.clone(), stop_accepting.clone(), release.clone());
+        let (done, served) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+        std::thread::Builder::new()
+            .name(format!("serve-{index}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = done.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    THREAD_HTTP.with(|local| *local.borrow_mut() = Some(http));
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            let _ = done.send(Err(e));
+                            return;
+                        }
+                    };
+                    let server = axum::serve(listener.tap_io(no_delay), router)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .into_future();
+                    tokio::select! {
+                        served = server => {
+                            let _ = done.send(served);
+                            release.cancelled().await;
+                        }
+                        () = release.cancelled() => {}
+                    }
+                });
+            })
+            .map_err(|e| Error::Internal(format!("starting a serving thread: {e}")))?;
+        finished.push(served);
+    }
+    Ok(Box::pin(async move {
+        for served in finished {
+            served.await.map_err(|_| std::io::Error::other("a serving thread ended without a word"))??;
+        }
+        Ok(())
+    }))
 }

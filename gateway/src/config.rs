@@ -262,6 +262,26 @@ pub struct ServerConfig {
     /// `text` (default) or `json`: one JSON object per line, for log collectors.
     /// `SWITCHYARD_LOG_FORMAT` overrides it.
     pub log_format: LogFormat,
+    /// How requests are scheduled onto threads: `shared` (one work-stealing runtime) or
+    /// `per_core` (see [`ServeRuntime`]).
+    pub runtime: ServeRuntime,
+    /// Serving threads with `runtime = "per_core"` (default: one per CPU).
+    pub serving_threads: Option<usize>,
+}
+
+/// How requests are scheduled onto threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServeRuntime {
+    /// One multi-threaded Tokio runtime: connections, upstream connections and background
+    /// work share its worker threads and move between them.
+    #[default]
+    Shared,
+    /// One single-threaded runtime per serving thread, each with its own listening socket
+    /// (`SO_REUSEPORT`: the kernel spreads new connections over them) and its own pool of
+    /// upstream connections, so a request is read, proxied and answered on one thread
+    /// without waking another. Background work stays on the shared runtime.
+    PerCore,
 }
 
 /// How the process writes its logs.
@@ -298,6 +318,8 @@ impl Default for ServerConfig {
             breaker_open_ms: 30_000,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
+            runtime: ServeRuntime::default(),
+            serving_threads: None,
         }
     }
 }
@@ -311,6 +333,17 @@ impl ServerConfig {
     }
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Serving threads with their own runtime, or `None` for the shared runtime.
+    pub fn per_core_threads(&self) -> Option<usize> {
+        match self.runtime {
+            ServeRuntime::Shared => None,
+            ServeRuntime::PerCore => Some(
+                self.serving_threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+            ),
+        }
     }
 }
 
@@ -570,6 +603,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), Error> {
+        if self.server.serving_threads.is_some_and(|n| !(1..=256).contains(&n)) {
+            return Err(Error::Config("[server] serving_threads must be between 1 and 256".into()));
+        }
         if !(0.0..=0.5).contains(&self.router.challenger_share) {
             return Err(Error::Config("[router] challenger_share must be between 0 and 0.5".into()));
         }

@@ -255,7 +255,7 @@ async fn call_upstream(
         })?),
         None => None,
     };
-    let answer = provider.embeddings(&state.http, &body, headers, timeouts).await?;
+    let answer = provider.embeddings(&state.http(), &body, headers, timeouts).await?;
     let parsed: Value = serde_json::from_slice(&answer)
         .map_err(|e| Error::BadGateway(format!("embeddings answer is not JSON: {e}")))?;
     let prompt_tokens = parsed.pointer("/usage/prompt_tokens").and_then(Value::as_u64).or(match &request.input {

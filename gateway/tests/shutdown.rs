@@ -1,6 +1,7 @@
 //! Bounded graceful shutdown: streams in flight finish within `[server] shutdown_grace_ms`,
 //! longer ones are cut, a request still waiting upstream is answered 503, and the outcome log
-//! is flushed either way (rows counted in SQLite).
+//! is flushed either way (rows counted in SQLite). Each case runs on both serving runtimes:
+//! the shared work-stealing one and one single-threaded runtime per serving thread.
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
 
@@ -21,11 +22,16 @@ struct Running {
     served: tokio::task::JoinHandle<Result<(), gateway::Error>>,
 }
 
-async fn start(dir: &Path, grace_ms: u64) -> Running {
+/// The serving runtimes every case runs on.
+const RUNTIMES: [&str; 2] = ["shared", "per_core"];
+
+async fn start(dir: &Path, grace_ms: u64, runtime: &str) -> Running {
     let config = Config::from_toml(&format!(
         r#"
 [server]
 shutdown_grace_ms = {grace_ms}
+runtime = "{runtime}"
+serving_threads = 2
 
 [database]
 url = "sqlite://{db}"
@@ -95,8 +101,14 @@ async fn rows(dir: &Path) -> Vec<(i64, Option<String>)> {
 
 #[tokio::test]
 async fn a_stream_in_flight_finishes_within_the_grace() {
+    for runtime in RUNTIMES {
+        a_stream_in_flight_finishes_within_the_grace_on(runtime).await;
+    }
+}
+
+async fn a_stream_in_flight_finishes_within_the_grace_on(runtime: &str) {
     let dir = TempDir::new().expect("temp dir");
-    let gateway = start(dir.path(), 10_000).await;
+    let gateway = start(dir.path(), 10_000, runtime).await;
     // ~12 chunks at 80 ms: about a second, well inside the 10 s grace.
     let (response, first) = stream_in_flight(gateway.addr, 80).await;
     let asked = Instant::now();
@@ -105,14 +117,20 @@ async fn a_stream_in_flight_finishes_within_the_grace() {
     assert!(body.contains("data: [DONE]"), "the stream completed: {body}");
     assert!(!body.contains("shutting_down"), "{body}");
     gateway.served.await.expect("server task").expect("clean shutdown");
-    assert!(asked.elapsed() < Duration::from_secs(8), "shutdown did not wait out the grace: {:?}", asked.elapsed());
+    assert!(asked.elapsed() < Duration::from_secs(8), "{runtime}: shutdown did not wait out the grace: {:?}", asked.elapsed());
     assert_eq!(rows(dir.path()).await, vec![(200, None)]);
 }
 
 #[tokio::test]
 async fn a_stream_longer_than_the_grace_is_cut_and_still_logged() {
+    for runtime in RUNTIMES {
+        a_stream_longer_than_the_grace_is_cut_and_still_logged_on(runtime).await;
+    }
+}
+
+async fn a_stream_longer_than_the_grace_is_cut_and_still_logged_on(runtime: &str) {
     let dir = TempDir::new().expect("temp dir");
-    let gateway = start(dir.path(), 300).await;
+    let gateway = start(dir.path(), 300, runtime).await;
     // ~12 chunks at 1 s: far longer than the 300 ms grace.
     let (response, first) = stream_in_flight(gateway.addr, 1_000).await;
     let asked = Instant::now();
@@ -130,8 +148,14 @@ async fn a_stream_longer_than_the_grace_is_cut_and_still_logged() {
 
 #[tokio::test]
 async fn a_request_still_waiting_upstream_when_the_grace_ends_gets_503_and_a_row() {
+    for runtime in RUNTIMES {
+        a_request_still_waiting_upstream_when_the_grace_ends_gets_503_and_a_row_on(runtime).await;
+    }
+}
+
+async fn a_request_still_waiting_upstream_when_the_grace_ends_gets_503_and_a_row_on(runtime: &str) {
     let dir = TempDir::new().expect("temp dir");
-    let gateway = start(dir.path(), 300).await;
+    let gateway = start(dir.path(), 300, runtime).await;
     let addr = gateway.addr;
     // The upstream takes 20 s to answer: far past the 300 ms grace.
     let waiting = tokio::spawn(async move {
@@ -155,4 +179,70 @@ async fn a_request_still_waiting_upstream_when_the_grace_ends_gets_503_and_a_row
     assert!(answered_after >= Duration::from_millis(300), "answered before the grace was over: {answered_after:?}");
     assert!(answered_after < Duration::from_secs(4), "shutdown is bounded: {answered_after:?}");
     assert_eq!(rows(dir.path()).await, vec![(503, Some("shutdown".to_owned()))]);
+}
+
+/// Per-core serving: many connections at once (the kernel spreads them over the threads'
+/// sockets), JSON and streamed, every answer whole and every row logged by the shutdown.
+#[tokio::test]
+async fn per_core_threads_serve_concurrent_connections_and_log_every_row() {
+    const REQUESTS: usize = 48;
+    let dir = TempDir::new().expect("temp dir");
+    let gateway = start(dir.path(), 2_000, "per_core").await;
+    let addr = gateway.addr;
+    let requests = (0..REQUESTS).map(|i| async move {
+        // A client per request: a connection per request.
+        let client = reqwest::Client::new();
+        let stream = i % 2 == 1;
+        let response = client
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": format!("question {i}")}]}))
+            .send()
+            .await
+            .expect("gateway reachable");
+        assert_eq!(response.status(), 200);
+        let body = response.text().await.expect("body");
+        if stream {
+            assert!(body.contains("data: [DONE]"), "{body}");
+        } else {
+            let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+            assert!(answer["usage"]["total_tokens"].as_u64().is_some_and(|t| t > 0), "{answer}");
+        }
+    });
+    futures_util::future::join_all(requests).await;
+    gateway.stop.send(()).expect("server running");
+    gateway.served.await.expect("server task").expect("clean shutdown");
+    let logged = rows(dir.path()).await;
+    assert_eq!(logged.len(), REQUESTS);
+    assert!(logged.iter().all(|row| *row == (200, None)), "{logged:?}");
+}
+
+/// Per-core sockets share their port among themselves, not with another process: a second
+/// gateway on the same address is refused as with one socket.
+#[tokio::test]
+async fn a_second_per_core_gateway_cannot_take_the_same_port() {
+    let dir = TempDir::new().expect("temp dir");
+    let first = start(dir.path(), 1_000, "per_core").await;
+    let config = Config::from_toml(&format!(
+        r#"
+[server]
+runtime = "per_core"
+
+[database]
+url = "sqlite://{db}"
+
+[providers.mock]
+kind = "mock"
+
+[models.m]
+provider = "mock"
+"#,
+        db = dir.path().join("second.db").display(),
+    ))
+    .expect("config");
+    let Err(error) = Application::build(&config, Some(first.addr)).await else {
+        panic!("a second gateway bound {} too", first.addr);
+    };
+    assert!(error.to_string().contains("cannot listen"), "{error}");
+    first.stop.send(()).expect("server running");
+    first.served.await.expect("server task").expect("clean shutdown");
 }

@@ -112,11 +112,12 @@ impl UpstreamCall<'_> {
     /// after a backoff (or the upstream's Retry-After, when it asks for no more than the cap).
     async fn call_with_retries(&self, model: &ModelEntry, attempts: &mut Vec<FailedAttempt>) -> Result<UpstreamResponse, Error> {
         let cut = &self.state.cut_in_flight;
+        let http = self.state.http();
         let mut retry = 0;
         loop {
             let started = Instant::now();
             let result = tokio::select! {
-                result = model.provider.chat(&self.state.http, self.request, &model.upstream_model, self.headers, self.timeouts) => result,
+                result = model.provider.chat(&http, self.request, &model.upstream_model, self.headers, self.timeouts) => result,
                 // The shutdown grace is over: answer now (503) rather than be dropped unlogged.
                 () = cut.cancelled() => return Err(Error::ShuttingDown),
             };

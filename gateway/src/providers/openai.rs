@@ -8,7 +8,8 @@
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::HeaderMap;
-use serde_json::{json, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
 
 use super::{post_json, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamResponse};
 use crate::error::Error;
@@ -98,14 +99,7 @@ impl OpenAiProvider {
         extra_headers: &HeaderMap,
         timeouts: CallTimeouts,
     ) -> Result<UpstreamResponse, Error> {
-        let mut body = request.body.clone();
-        body.insert("model".into(), Value::String(upstream_model.to_owned()));
-        if request.stream {
-            let options = body.entry("stream_options").or_insert_with(|| json!({}));
-            if let Value::Object(options) = options {
-                options.insert("include_usage".into(), Value::Bool(true));
-            }
-        }
+        let body = UpstreamBody { client: &request.body, model: upstream_model, stream: request.stream };
         let post = self.post(http, self.endpoints.url(Api::ChatCompletions, upstream_model)?, extra_headers);
         let response = post_json(post, &body, timeouts).await?;
         if !request.stream {
@@ -141,6 +135,51 @@ impl OpenAiProvider {
             }
         }
         builder
+    }
+}
+
+/// The client's body as the upstream gets it: `model` is the upstream's name and a stream
+/// asks for usage (`stream_options.include_usage`). Written straight from the client's object,
+/// without copying it first.
+struct UpstreamBody<'a> {
+    client: &'a Map<String, Value>,
+    model: &'a str,
+    stream: bool,
+}
+
+impl Serialize for UpstreamBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.client {
+            match (key.as_str(), value) {
+                ("model", _) => map.serialize_entry(key, self.model)?,
+                ("stream_options", Value::Object(options)) if self.stream => {
+                    map.serialize_entry(key, &WithUsage(options))?
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        if !self.client.contains_key("model") {
+            map.serialize_entry("model", self.model)?;
+        }
+        if self.stream && !self.client.contains_key("stream_options") {
+            map.serialize_entry("stream_options", &WithUsage(&Map::new()))?;
+        }
+        map.end()
+    }
+}
+
+/// The client's `stream_options` with `include_usage: true`.
+struct WithUsage<'a>(&'a Map<String, Value>);
+
+impl Serialize for WithUsage<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.0.iter().filter(|(key, _)| key.as_str() != "include_usage") {
+            map.serialize_entry(key, value)?;
+        }
+        map.serialize_entry("include_usage", &true)?;
+        map.end()
     }
 }
 
@@ -211,6 +250,29 @@ mod tests {
         let mut parser = SseParser::new();
         parser.push(format!("data: {data}\n\n").as_bytes());
         parser.next_event().expect("event")
+    }
+
+    /// What the upstream gets: the client's object with the two changes, nothing else.
+    fn upstream_json(client: Value, stream: bool) -> Value {
+        let Value::Object(client) = client else { panic!("an object") };
+        let body = UpstreamBody { client: &client, model: "up-model", stream };
+        serde_json::to_value(&body).expect("serialises")
+    }
+
+    #[test]
+    fn the_upstream_body_renames_the_model_and_asks_a_stream_for_usage() {
+        let client = serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2, "x_vendor": {"a": [1, 2]}});
+        let mut expected = client.clone();
+        expected["model"] = "up-model".into();
+        assert_eq!(upstream_json(client.clone(), false), expected);
+        expected["stream_options"] = serde_json::json!({"include_usage": true});
+        assert_eq!(upstream_json(client, true), expected);
+        // The client's own stream options are kept; include_usage is forced on.
+        let client = serde_json::json!({"model": "m", "messages": [], "stream": true, "stream_options": {"include_usage": false, "continuous_usage_stats": true}});
+        let sent = upstream_json(client, true);
+        assert_eq!(sent["stream_options"], serde_json::json!({"include_usage": true, "continuous_usage_stats": true}));
+        assert_eq!(sent["stream"], true);
+        assert_eq!(sent["model"], "up-model");
     }
 
     #[test]
