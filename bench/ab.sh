@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# A/B of two gateway settings: two gateways that differ only in their `[server]` lines, in
+# front of one mock upstream, loaded in alternating closed-loop rounds (A, B, A, B, ...) so
+# that drifting background load on a shared machine hits both alike. Reports req/s and the
+# gateway process's CPU time per request (user + system, /proc) per round and pooled.
+#
+# Env: A_SERVER, B_SERVER (TOML lines for `[server]`; default: runtime = "shared" vs
+#        runtime = "per_core"), A_NAME, B_NAME (labels; default shared / per_core),
+#      SWITCHYARD_BIN (default target-bench/release/switchyard, then target/release/switchyard),
+#      CONNS (32), ROUNDS (4), ROUND_SECONDS (6), STREAM (0 | 1), LOG_REQUESTS (true | false),
+#      OHA (default: PATH, then .cache/tools/bin/oha; bench/load.sh installs it), OUT_DIR.
+# Every address is 127.0.0.1; every run is bounded in time; servers are stopped on exit.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+A_SERVER="${A_SERVER:-runtime = \"shared\"}"
+B_SERVER="${B_SERVER:-runtime = \"per_core\"}"
+A_NAME="${A_NAME:-shared}"
+B_NAME="${B_NAME:-per_core}"
+CONNS="${CONNS:-32}"
+ROUNDS="${ROUNDS:-4}"
+ROUND_SECONDS="${ROUND_SECONDS:-6}"
+STREAM="${STREAM:-0}"
+LOG_REQUESTS="${LOG_REQUESTS:-true}"
+log() { echo "[ab.sh] $*" >&2; }
+
+BIN="${SWITCHYARD_BIN:-}"
+for candidate in target-bench/release/switchyard target/release/switchyard; do
+  [[ -z "$BIN" && -x "$candidate" ]] && BIN="$candidate"
+done
+[[ -n "$BIN" && -x "$BIN" ]] || { log "build first: CARGO_TARGET_DIR=target-bench cargo build --release -p gateway"; exit 1; }
+OHA="${OHA:-$(command -v oha || echo .cache/tools/bin/oha)}"
+[[ -x "$OHA" ]] || { log "oha not found (bench/load.sh installs it into .cache/tools)"; exit 1; }
+
+OUT_DIR="${OUT_DIR:-$(mktemp -d -t switchyard-ab.XXXXXX)}"
+mkdir -p "$OUT_DIR"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+wait_healthy() {
+  for _ in $(seq 1 200); do
+    curl -fsS -o /dev/null --max-time 1 "$1" && return 0
+    sleep 0.05
+  done
+  log "not healthy: $1"; exit 1
+}
+
+MOCK_PORT="$(free_port)"
+RUST_LOG=warn "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
+PIDS+=($!)
+wait_healthy "http://127.0.0.1:$MOCK_PORT/health"
+
+declare -A PORT PID
+for side in A B; do
+  PORT[$side]="$(free_port)"
+  lines="$A_SERVER"; [[ "$side" == B ]] && lines="$B_SERVER"
+  cat >"$OUT_DIR/gateway-$side.toml" <<EOF
+[server]
+listen = "127.0.0.1:${PORT[$side]}"
+$lines
+[providers.up]
+kind = "openai"
+base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+[models.m]
+provider = "up"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.6
+[database]
+url = "sqlite://$OUT_DIR/outcomes-$side.db"
+spill_path = "$OUT_DIR/spill-$side.jsonl"
+log_requests = $LOG_REQUESTS
+EOF
+  env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN RUST_LOG=warn "$BIN" serve --config "$OUT_DIR/gateway-$side.toml" \
+    >"$OUT_DIR/gateway-$side.log" 2>&1 &
+  PID[$side]=$!
+  PIDS+=($!)
+  wait_healthy "http://127.0.0.1:${PORT[$side]}/health"
+done
+
+PROMPT="Summarise in one sentence why an LLM gateway is useful."
+BODY="{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}]}"
+[[ "$STREAM" == 1 ]] && BODY="{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}]}"
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+load() { # side seconds output
+  timeout $(($2 + 30)) "$OHA" --no-tui --output-format json -z "${2}s" -c "$CONNS" -m POST -T application/json -d "$BODY" \
+    "http://127.0.0.1:${PORT[$1]}/v1/chat/completions" >"$3"
+}
+
+log "binary $BIN; A ($A_NAME): $A_SERVER; B ($B_NAME): $B_SERVER; stream=$STREAM, log=$LOG_REQUESTS; raw: $OUT_DIR"
+for side in A B; do load "$side" 2 /dev/null; done # warm-up
+for round in $(seq 1 "$ROUNDS"); do
+  for side in A B; do
+    log "round $round: $side"
+    before="$(cpu_ticks "${PID[$side]}")"
+    load "$side" "$ROUND_SECONDS" "$OUT_DIR/$side-$round.json"
+    echo $(($(cpu_ticks "${PID[$side]}") - before)) >"$OUT_DIR/$side-$round.cpu"
+  done
+done
+
+python3 - "$OUT_DIR" "$ROUNDS" "$A_NAME" "$B_NAME" "$STREAM" "$LOG_REQUESTS" "$(nproc)" <<'PY'
+import json, os, sys
+out, rounds, a_name, b_name, stream, logging, cpus = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+hz = os.sysconf("SC_CLK_TCK")
+def run(side, r):
+    d = json.load(open(os.path.join(out, f"{side}-{r}.json")))
+    ok = sum(v for k, v in d["statusCodeDistribution"].items() if k.startswith("2"))
+    bad = sum(v for k, v in d["statusCodeDistribution"].items() if not k.startswith("2"))
+    cpu = int(open(os.path.join(out, f"{side}-{r}.cpu")).read()) / hz
+    return ok, d["summary"]["total"], bad, cpu
+print(f"{a_name} (A) vs {b_name} (B), {'stream' if stream == '1' else 'non-stream'}, outcome log {'on' if logging == 'true' else 'off'}, {cpus} CPUs:\n")
+print(f"| round | A req/s | B req/s | B / A | A CPU µs/req | B CPU µs/req |")
+print("|---|---:|---:|---:|---:|---:|")
+tot = {s: [0, 0.0, 0, 0.0] for s in "AB"}
+for r in range(1, rounds + 1):
+    row = {}
+    for side in "AB":
+        ok, secs, bad, cpu = run(side, r)
+        for i, v in enumerate((ok, secs, bad, cpu)):
+            tot[side][i] += v
+        row[side] = (ok / secs, cpu / max(ok, 1) * 1e6)
+    print(f"| {r} | {row['A'][0]:,.0f} | {row['B'][0]:,.0f} | {row['B'][0] / row['A'][0]:.2f} | {row['A'][1]:.1f} | {row['B'][1]:.1f} |")
+a, b = (tot[s][0] / tot[s][1] for s in "AB")
+ca, cb = (tot[s][3] / max(tot[s][0], 1) * 1e6 for s in "AB")
+print(f"| all | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {ca:.1f} | {cb:.1f} |")
+print(f"\nnon-2xx: A {tot['A'][2]}, B {tot['B'][2]}")
+PY
