@@ -7,6 +7,8 @@
 # Env: A_SERVER, B_SERVER (TOML lines for `[server]`; default: runtime = "shared" vs
 #        runtime = "per_core"), A_NAME, B_NAME (labels; default shared / per_core),
 #      SWITCHYARD_BIN (default target-bench/release/switchyard, then target/release/switchyard),
+#      A_BIN, B_BIN (a binary per side, e.g. builds before and after a change; default
+#        SWITCHYARD_BIN for both),
 #      CONNS (32), ROUNDS (4), ROUND_SECONDS (6), STREAM (0 | 1), LOG_REQUESTS (true | false),
 #      OHA (default: PATH, then .cache/tools/bin/oha; bench/load.sh installs it), OUT_DIR.
 # Every address is 127.0.0.1; every run is bounded in time; servers are stopped on exit.
@@ -60,7 +62,8 @@ wait_healthy "http://127.0.0.1:$MOCK_PORT/health"
 declare -A PORT PID
 for side in A B; do
   PORT[$side]="$(free_port)"
-  lines="$A_SERVER"; [[ "$side" == B ]] && lines="$B_SERVER"
+  lines="$A_SERVER"; side_bin="${A_BIN:-$BIN}"
+  [[ "$side" == B ]] && { lines="$B_SERVER"; side_bin="${B_BIN:-$BIN}"; }
   cat >"$OUT_DIR/gateway-$side.toml" <<EOF
 [server]
 listen = "127.0.0.1:${PORT[$side]}"
@@ -77,7 +80,7 @@ url = "sqlite://$OUT_DIR/outcomes-$side.db"
 spill_path = "$OUT_DIR/spill-$side.jsonl"
 log_requests = $LOG_REQUESTS
 EOF
-  env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN RUST_LOG=warn "$BIN" serve --config "$OUT_DIR/gateway-$side.toml" \
+  env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN RUST_LOG=warn "$side_bin" serve --config "$OUT_DIR/gateway-$side.toml" \
     >"$OUT_DIR/gateway-$side.log" 2>&1 &
   PID[$side]=$!
   PIDS+=($!)
@@ -93,7 +96,7 @@ load() { # side seconds output
     "http://127.0.0.1:${PORT[$1]}/v1/chat/completions" >"$3"
 }
 
-log "binary $BIN; A ($A_NAME): $A_SERVER; B ($B_NAME): $B_SERVER; stream=$STREAM, log=$LOG_REQUESTS; raw: $OUT_DIR"
+log "A ($A_NAME): ${A_BIN:-$BIN}, $A_SERVER; B ($B_NAME): ${B_BIN:-$BIN}, $B_SERVER; stream=$STREAM, log=$LOG_REQUESTS; raw: $OUT_DIR"
 for side in A B; do load "$side" 2 /dev/null; done # warm-up
 for round in $(seq 1 "$ROUNDS"); do
   for side in A B; do

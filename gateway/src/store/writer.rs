@@ -44,6 +44,9 @@ const MAX_PENDING_IDS: usize = 1_000_000;
 const SHUTDOWN_REPLAY_BUDGET: Duration = Duration::from_secs(5);
 /// How long one replay pass may run before the writer goes back to the channel.
 const REPLAY_PASS_BUDGET: Duration = Duration::from_millis(250);
+/// While a batch fills, how long rows gather before the writer takes them (it is not woken
+/// row by row); never past the batch's deadline.
+const GATHER_TICK: Duration = Duration::from_millis(2);
 
 /// How the writer batches and where it spills.
 #[derive(Debug, Clone)]
@@ -582,6 +585,21 @@ impl Writer {
                     break;
                 }
                 let room = batch_size - batch.len();
+                if self.rx.is_empty() {
+                    // Waiting for the next row would be woken by it: on a busy gateway one
+                    // wake-up of this task (often another thread) per request. Let rows
+                    // gather for a tick instead, then take them together.
+                    let tick = (Instant::now() + GATHER_TICK).min(deadline);
+                    tokio::select! {
+                        biased;
+                        _ = &mut stop, if !stopping => {
+                            stopping = true;
+                            self.rx.close();
+                            continue;
+                        }
+                        () = tokio::time::sleep_until(tick) => {}
+                    }
+                }
                 let received = tokio::select! {
                     biased;
                     // Shutdown does not wait out the batch interval: once the channel is
