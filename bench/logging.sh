@@ -22,35 +22,15 @@ PG_SERVER="${PG_SERVER:-postgres://postgres@127.0.0.1:5432}"
 MODEL="gpt-4o-mini"
 log() { echo "[logging.sh] $*" >&2; }
 
-BIN="${SWITCHYARD_BIN:-}"
-for candidate in target-bench/release/switchyard target/release/switchyard; do
-  [[ -z "$BIN" && -x "$candidate" ]] && BIN="$candidate"
-done
-[[ -n "$BIN" && -x "$BIN" ]] || { log "build first: CARGO_TARGET_DIR=target-bench cargo build --release -p gateway"; exit 1; }
-OHA="${OHA:-$(command -v oha || echo .cache/tools/bin/oha)}"
-[[ -x "$OHA" ]] || { log "oha not found (bench/load.sh installs it into .cache/tools)"; exit 1; }
+source "$ROOT/bench/lib.sh"
 
 OUT_DIR="${OUT_DIR:-$(mktemp -d -t switchyard-logging.XXXXXX)}"
 mkdir -p "$OUT_DIR"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-
-PIDS=()
 PG_DB=""
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+bench_cleanup_extra() {
   if [[ -n "$PG_DB" ]]; then
     psql "$PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS \"$PG_DB\" WITH (FORCE)" >/dev/null 2>&1 || true
   fi
-}
-trap cleanup EXIT INT TERM
-
-wait_healthy() {
-  for _ in $(seq 1 200); do
-    curl -fsS -o /dev/null --max-time 1 "$1" && return 0
-    sleep 0.05
-  done
-  log "not healthy: $1"; exit 1
 }
 
 case "$LOG_DB" in

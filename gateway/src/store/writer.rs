@@ -585,21 +585,6 @@ impl Writer {
                     break;
                 }
                 let room = batch_size - batch.len();
-                if self.rx.is_empty() {
-                    // Waiting for the next row would be woken by it: on a busy gateway one
-                    // wake-up of this task (often another thread) per request. Let rows
-                    // gather for a tick instead, then take them together.
-                    let tick = (Instant::now() + GATHER_TICK).min(deadline);
-                    tokio::select! {
-                        biased;
-                        _ = &mut stop, if !stopping => {
-                            stopping = true;
-                            self.rx.close();
-                            continue;
-                        }
-                        () = tokio::time::sleep_until(tick) => {}
-                    }
-                }
                 let received = tokio::select! {
                     biased;
                     // Shutdown does not wait out the batch interval: once the channel is
@@ -609,7 +594,7 @@ impl Writer {
                         self.rx.close();
                         continue;
                     }
-                    received = tokio::time::timeout_at(deadline, self.rx.recv_many(&mut inbox, room)) => received,
+                    received = gather(&mut self.rx, &mut inbox, room, deadline, !stopping) => received,
                 };
                 match received {
                     Ok(0) | Err(_) => break,
@@ -769,4 +754,21 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Up to `room` more messages for the batch, by `deadline` (`Err` when none came). Waiting
+/// for the next row would be woken by it (on a busy gateway, one wake-up of the writer, often
+/// on another thread, per request), so when none is waiting and `patient`, rows gather for a
+/// tick first and are taken together.
+async fn gather(
+    rx: &mut mpsc::Receiver<Msg>,
+    inbox: &mut Vec<Msg>,
+    room: usize,
+    deadline: Instant,
+    patient: bool,
+) -> Result<usize, tokio::time::error::Elapsed> {
+    if patient && rx.is_empty() {
+        tokio::time::sleep_until((Instant::now() + GATHER_TICK).min(deadline)).await;
+    }
+    tokio::time::timeout_at(deadline, rx.recv_many(inbox, room)).await
 }
