@@ -60,16 +60,26 @@ pub async fn same_answer(
     reference: &str,
     candidate: &str,
 ) -> Option<bool> {
-    let body = json!({"model": judge.upstream_model, "messages": verdict_messages(question, reference, candidate), "temperature": 0});
-    let request = ChatRequest::parse(body.to_string().as_bytes()).ok()?;
-    let timeouts = CallTimeouts { first_byte: Duration::from_secs(60), body: Duration::from_secs(120) };
-    match judge.provider.chat(http, &request, &judge.upstream_model, &HeaderMap::new(), timeouts).await {
-        Ok(UpstreamResponse::Json { body, .. }) => crate::openai::answer_text(&body).as_deref().and_then(parse_verdict),
-        Ok(UpstreamResponse::Stream(_)) => None,
+    match ask(http, judge, verdict_messages(question, reference, candidate)).await {
+        Ok(reply) => reply.as_deref().and_then(parse_verdict),
         Err(e) => {
             tracing::warn!(error = %e, "cache audit judge call failed");
             None
         }
+    }
+}
+
+/// How long a judge may take: it answers offline work or an audit the client does not wait on.
+const JUDGE_TIMEOUTS: CallTimeouts = CallTimeouts { first_byte: Duration::from_secs(60), body: Duration::from_secs(120) };
+
+/// One deterministic (temperature 0) call of the judge model with `messages`; its reply's
+/// text (`None` for a reply without text).
+async fn ask(http: &reqwest::Client, judge: &crate::registry::ModelEntry, messages: Value) -> Result<Option<String>, Error> {
+    let body = json!({"model": judge.upstream_model, "messages": messages, "temperature": 0});
+    let request = ChatRequest::parse(body.to_string().as_bytes())?;
+    match judge.provider.chat(http, &request, &judge.upstream_model, &HeaderMap::new(), JUDGE_TIMEOUTS).await? {
+        UpstreamResponse::Json { body, .. } => Ok(crate::openai::answer_text(&body)),
+        UpstreamResponse::Stream(_) => Ok(None),
     }
 }
 
@@ -116,19 +126,12 @@ pub async fn run(config: &Config, model: Option<&str>, limit: usize) -> Result<J
     let store = Store::open(&config.database)?;
     store.migrate().await?;
     let http = reqwest::Client::new();
-    let timeouts = CallTimeouts {
-        first_byte: Duration::from_secs(60),
-        body: Duration::from_secs(120),
-    };
     let mut report = JudgeReport::default();
     let rows = store.unrated_answers(SOURCE, i64::try_from(limit).unwrap_or(i64::MAX)).await?;
     for (request_id, prompt, answer) in rows {
         report.considered += 1;
-        let body = json!({"model": judge.upstream_model, "messages": judge_messages(&prompt, &answer), "temperature": 0});
-        let request = ChatRequest::parse(body.to_string().as_bytes())?;
-        let reply = match judge.provider.chat(&http, &request, &judge.upstream_model, &HeaderMap::new(), timeouts).await {
-            Ok(UpstreamResponse::Json { body, .. }) => crate::openai::answer_text(&body),
-            Ok(UpstreamResponse::Stream(_)) => None,
+        let reply = match ask(&http, &judge, judge_messages(&prompt, &answer)).await {
+            Ok(reply) => reply,
             Err(e) => {
                 tracing::warn!(error = %e, %request_id, "judge call failed");
                 report.failed += 1;
