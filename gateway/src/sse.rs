@@ -43,33 +43,12 @@ impl SseParser {
     pub fn next_event(&mut self) -> Option<SseEvent> {
         let (end, terminator) = find_event_end(&self.buffer)?;
         let raw = self.buffer.split_to(end + terminator).freeze();
-        let body = &raw[..end];
-        let mut event = None;
-        let mut data: Option<String> = None;
-        for line in body.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let text = String::from_utf8_lossy(line);
-            let (field, value) = match text.split_once(':') {
-                Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-                None => (text.as_ref(), ""),
-            };
-            match field {
-                "data" => match &mut data {
-                    Some(existing) => {
-                        existing.push('\n');
-                        existing.push_str(value);
-                    }
-                    None => data = Some(value.to_owned()),
-                },
-                "event" => event = Some(value.to_owned()),
-                _ => {}
-            }
-        }
-        Some(SseEvent {
-            event,
-            data: data.unwrap_or_default(),
-            raw,
-        })
+        // One UTF-8 check for the whole event (the common case), not one per line.
+        let (event, data) = match std::str::from_utf8(&raw[..end]) {
+            Ok(body) => parse_fields(body),
+            Err(_) => parse_fields(&String::from_utf8_lossy(&raw[..end])),
+        };
+        Some(SseEvent { event, data, raw })
     }
 
     /// Whatever is left when the upstream closes without a final blank line.
@@ -81,6 +60,31 @@ impl SseParser {
         self.buffer.extend_from_slice(b"\n\n");
         self.next_event()
     }
+}
+
+/// The `event:` field and the `data:` lines (joined by `\n`) of one event's text.
+fn parse_fields(body: &str) -> (Option<String>, String) {
+    let mut event = None;
+    let mut data: Option<String> = None;
+    for line in body.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => match &mut data {
+                Some(existing) => {
+                    existing.push('\n');
+                    existing.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
+            },
+            "event" => event = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    (event, data.unwrap_or_default())
 }
 
 /// Position of the blank line ending the first event and the terminator's length.

@@ -255,6 +255,34 @@ async fn stream_broken_mid_way_ends_with_an_error_event() {
     assert!(events.len() > 1, "some content came before the break");
 }
 
+/// A stream that stops sending for longer than `request_timeout_ms` is ended by the gateway
+/// with an `upstream_timeout` error event (every provider's stream reads its chunks through the
+/// same idle deadline); one that keeps sending inside it runs to the end.
+#[tokio::test]
+async fn a_stalled_stream_ends_with_a_timeout_event_and_a_steady_one_does_not() {
+    let gw = start(|mock| standard_config(mock).replace("[server]\n", "[server]\nrequest_timeout_ms = 400\n")).await;
+    // The mock provider forwards the `x-mock-*` pacing headers.
+    for model in ["faulty"] {
+        let stream = |per_token_ms: &'static str| {
+            gw.client
+                .post(gw.url("/v1/chat/completions"))
+                .header("x-mock-per-token-ms", per_token_ms)
+                .json(&json!({"model": model, "stream": true, "messages": user("one two three four five six")}))
+                .send()
+        };
+        let started = std::time::Instant::now();
+        let stalled = stream("1500").await.expect("ok");
+        assert_eq!(stalled.status(), 200);
+        let events = sse_data(stalled).await;
+        let last: Value = serde_json::from_str(events.last().expect("events")).expect("json");
+        assert_eq!(last["error"]["code"], "upstream_timeout", "{model}: {last}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(1_400), "{model}: cut at the idle limit, {:?}", started.elapsed());
+        // 12 chunks 100 ms apart: 1.2 s in all, but never 400 ms without one.
+        let steady = sse_data(stream("100").await.expect("ok")).await;
+        assert_eq!(steady.last().map(String::as_str), Some("[DONE]"), "{model}: {steady:?}");
+    }
+}
+
 #[tokio::test]
 async fn master_key_is_required_when_configured() {
     std::env::set_var("SWITCHYARD_TEST_MASTER_KEY", "sk-test-master");

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
 
@@ -456,15 +455,8 @@ fn translate_stream(
 ) -> impl futures_util::Stream<Item = Result<StreamPiece, Error>> + Send {
     async_stream::try_stream! {
         let mut decoder = StreamDecoder::new(StreamTranslator::new(include_usage));
-        let mut bytes = response.bytes_stream();
-        loop {
-            let next = tokio::time::timeout(timeouts.body, bytes.next()).await;
-            let chunk = match next {
-                Err(_) => Err(Error::GatewayTimeout("upstream stream stalled".into()))?,
-                Ok(Some(Err(e))) => Err(Error::BadGateway(format!("upstream stream broke: {e}")))?,
-                Ok(Some(Ok(chunk))) => chunk,
-                Ok(None) => break,
-            };
+        let mut chunks = super::UpstreamChunks::new(response, timeouts.body);
+        while let Some(chunk) = chunks.next().await? {
             for piece in decoder.push(&chunk) {
                 yield piece?;
             }

@@ -10,7 +10,6 @@
 //! tool turns are refused with a 400 for now.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
 
@@ -211,17 +210,10 @@ fn translate_stream(response: reqwest::Response, timeouts: CallTimeouts, model: 
                    "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
         };
         let mut parser = SseParser::new();
-        let mut bytes = response.bytes_stream();
+        let mut chunks = super::UpstreamChunks::new(response, timeouts.body);
         let mut usage = Usage::new(0, 0);
         let mut started = false;
-        loop {
-            let next = tokio::time::timeout(timeouts.body, bytes.next()).await;
-            let piece = match next {
-                Err(_) => Err(Error::GatewayTimeout("upstream stream stalled".into()))?,
-                Ok(Some(Err(e))) => Err(Error::BadGateway(format!("upstream stream broke: {e}")))?,
-                Ok(Some(Ok(piece))) => piece,
-                Ok(None) => break,
-            };
+        while let Some(piece) = chunks.next().await? {
             parser.push(&piece);
             while let Some(event) = parser.next_event() {
                 let Ok(answer) = serde_json::from_str::<Value>(&event.data) else { continue };

@@ -154,6 +154,49 @@ pub(crate) async fn send(
     }
 }
 
+/// A streamed answer's body chunks, ending in `GatewayTimeout` when none comes for `idle` and
+/// in `BadGateway` when the connection breaks. The deadline moves lazily: a chunk only notes
+/// when it came and the timer is re-armed when it fires early, so a fast stream does not
+/// touch the timer wheel once per chunk.
+pub(crate) struct UpstreamChunks {
+    response: reqwest::Response,
+    idle: Duration,
+    last_chunk: tokio::time::Instant,
+    stall: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl UpstreamChunks {
+    pub(crate) fn new(response: reqwest::Response, idle: Duration) -> Self {
+        Self { response, idle, last_chunk: tokio::time::Instant::now(), stall: Box::pin(tokio::time::sleep(idle)) }
+    }
+
+    /// The next chunk; `None` at the end of the body.
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, Error> {
+        loop {
+            tokio::select! {
+                biased;
+                chunk = self.response.chunk() => {
+                    return match chunk {
+                        Ok(Some(chunk)) => {
+                            self.last_chunk = tokio::time::Instant::now();
+                            Ok(Some(chunk))
+                        }
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(Error::BadGateway(format!("upstream stream broke: {e}"))),
+                    };
+                }
+                () = self.stall.as_mut() => {
+                    let due = self.last_chunk + self.idle;
+                    if tokio::time::Instant::now() >= due {
+                        return Err(Error::GatewayTimeout("upstream stream stalled".into()));
+                    }
+                    self.stall.as_mut().reset(due);
+                }
+            }
+        }
+    }
+}
+
 /// Reads a whole body within a time limit.
 pub(crate) async fn read_body(response: reqwest::Response, timeout: Duration) -> Result<Bytes, Error> {
     match tokio::time::timeout(timeout, response.bytes()).await {

@@ -6,12 +6,11 @@
 //! ask for.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::HeaderMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
-use super::{post_json, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamResponse};
+use super::{post_json, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamChunks, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{usage_of, ChatRequest, Usage};
 use crate::sse::{SseEvent, SseParser};
@@ -189,18 +188,11 @@ fn forward_stream(
     timeouts: CallTimeouts,
 ) -> impl futures_util::Stream<Item = Result<StreamPiece, Error>> + Send {
     async_stream::try_stream! {
-        let mut bytes = response.bytes_stream();
+        let mut chunks = UpstreamChunks::new(response, timeouts.body);
         let mut parser = SseParser::new();
         let mut finished = false;
         while !finished {
-            let next = tokio::time::timeout(timeouts.body, bytes.next()).await;
-            let chunk: Option<Bytes> = match next {
-                Err(_) => Err(Error::GatewayTimeout("upstream stream stalled".into()))?,
-                Ok(Some(Err(e))) => Err(Error::BadGateway(format!("upstream stream broke: {e}")))?,
-                Ok(Some(Ok(chunk))) => Some(chunk),
-                Ok(None) => None,
-            };
-            match chunk {
+            match chunks.next().await? {
                 Some(chunk) => parser.push(&chunk),
                 None => finished = true,
             }
