@@ -354,21 +354,39 @@ def saturation(kind, target):
         "gw_cpu_us": gw_s * 1e6 / ok if ok else 0.0, "mock_cpu_us": mock_s * 1e6 / ok if ok else 0.0,
     }
 
+# Width of the time windows in which the slowest requests are counted (see `bunching`).
+WINDOW_S = 0.05
+
 def fixed_rate(kind, target):
-    lat, ok, failed, seconds = [], 0, 0, 0.0
+    lat, ok, failed, seconds, timed = [], 0, 0, 0.0, []
     for r in range(1, rounds + 1):
         with open(os.path.join(out, f"{kind}-{target}-rate-{r}.csv")) as f:
             rows = list(csv.DictReader(f))
         for row in rows:
             if row["status"].startswith("2"):
                 ok += 1
-                lat.append(float(row["request-duration"]) * 1e3)
+                ms = float(row["request-duration"]) * 1e3
+                lat.append(ms)
+                timed.append((r, float(row["request-start"]), ms))
             else:
                 failed += 1
         if rows:
             seconds += max(float(row["request-start"]) + float(row["request-duration"]) for row in rows)
     lat.sort()
-    return {"rps": ok / seconds if seconds else 0.0, "p50": pct(lat, 50), "p99": pct(lat, 99), "failed": failed}
+    p99 = pct(lat, 99)
+    return {"rps": ok / seconds if seconds else 0.0, "p50": pct(lat, 50), "p99": p99, "failed": failed,
+            "bunching": bunching(timed, p99, seconds)}
+
+def bunching(timed, p99, seconds):
+    """Share of the requests slower than p99 that started in the 1% most crowded 50-ms windows:
+    ~1% when slow requests are spread evenly (a per-request cost), near 100% when they come in
+    stalls that hit everything in flight."""
+    from collections import Counter
+    slow = Counter((r, int(start / WINDOW_S)) for r, start, ms in timed if ms > p99)
+    if not slow:
+        return 0.0
+    worst = max(1, round(0.01 * seconds / WINDOW_S))
+    return sum(n for _, n in slow.most_common(worst)) / sum(slow.values())
 
 rows = {}
 for kind in ("nonstream", "stream"):
@@ -395,6 +413,14 @@ print("|---|---:|---:|---:|")
 for kind in ("nonstream", "stream"):
     d, g = rows[(kind, "sat")]
     print(f"| {LABEL[kind]} | {d['mock_cpu_us']:.0f} | {g['mock_cpu_us']:.0f} | {g['gw_cpu_us']:.0f} |")
+print()
+print(f"Tail bunching at the fixed rate: share of the requests above p99 that started in the 1% most crowded {WINDOW_S * 1e3:.0f}-ms windows (~1%: spread evenly; near 100%: stalls):")
+print()
+print("| case | direct | gateway |")
+print("|---|---:|---:|")
+for kind in ("nonstream", "stream"):
+    d, g = rows[(kind, "rate")]
+    print(f"| {LABEL[kind]} | {100 * d['bunching']:.0f}% | {100 * g['bunching']:.0f}% |")
 print()
 for kind in ("nonstream", "stream"):
     (ds, gs), (dr, gr) = rows[(kind, "sat")], rows[(kind, "rate")]
