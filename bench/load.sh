@@ -26,6 +26,8 @@
 #      GATEWAY_WORKERS (the gateway's Tokio worker threads; default: one per CPU),
 #      GATEWAY_RUNTIME (`[server] runtime`: shared | per_core; default: the gateway's default),
 #      SERVING_THREADS (`[server] serving_threads` for per_core; default: one per CPU),
+#      GATEWAY_CPUS, UPSTREAM_CPUS, LOADGEN_CPUS (taskset CPU lists, e.g. 1 and 0: keeps the
+#        gateway off the CPUs the upstream and oha use, to see what sharing them costs),
 #      MOCK_NODELAY, GATEWAY_NODELAY (default 0): 1 = LD_PRELOAD bench/nodelay_preload.c into
 #        the mock / the gateway, which sets TCP_NODELAY on every accepted socket. Builds from
 #        before TCP_NODELAY was set on accepted sockets stall every streamed response ~40 ms
@@ -164,6 +166,8 @@ input_usd_per_mtok = 0.15
 output_usd_per_mtok = 0.6"
 fi
 
+pin() { [[ -n "$1" ]] && echo "taskset -c $1"; return 0; }
+GATEWAY_PIN="$(pin "${GATEWAY_CPUS:-}")"; UPSTREAM_PIN="$(pin "${UPSTREAM_CPUS:-}")"; LOADGEN_PIN="$(pin "${LOADGEN_CPUS:-}")"
 SERVER_KNOBS=""
 [[ -n "${GATEWAY_RUNTIME:-}" ]] && SERVER_KNOBS+="runtime = \"$GATEWAY_RUNTIME\""$'\n'
 [[ -n "${SERVING_THREADS:-}" ]] && SERVER_KNOBS+="serving_threads = $SERVING_THREADS"$'\n'
@@ -225,16 +229,16 @@ http {
   }
 }
 NGINX_CONF
-  "$NGINX" -p "$OUT_DIR/nginx" -c "$OUT_DIR/nginx/nginx.conf" >"$OUT_DIR/mock.log" 2>&1 &
+  $UPSTREAM_PIN "$NGINX" -p "$OUT_DIR/nginx" -c "$OUT_DIR/nginx/nginx.conf" >"$OUT_DIR/mock.log" 2>&1 &
 else
   # Logs at warn: per-request logging is not what we measure.
-  LD_PRELOAD="$MOCK_PRELOAD" RUST_LOG=warn "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
+  LD_PRELOAD="$MOCK_PRELOAD" RUST_LOG=warn $UPSTREAM_PIN "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
 fi
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN LD_PRELOAD="$GATEWAY_PRELOAD" RUST_LOG=warn \
   ${GATEWAY_WORKERS:+TOKIO_WORKER_THREADS=$GATEWAY_WORKERS} \
-  "$BIN" serve --config "$OUT_DIR/gateway.toml" >"$OUT_DIR/gateway.log" 2>&1 &
+  $GATEWAY_PIN "$BIN" serve --config "$OUT_DIR/gateway.toml" >"$OUT_DIR/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
 wait_healthy "http://127.0.0.1:$MOCK_PORT/health" mock "$MOCK_PID"
@@ -268,7 +272,7 @@ run_oha() { # name format url body seconds [extra oha args...]
   shift 5
   local gw0 mock0
   gw0="$(cpu_ticks "$GW_PID")"; mock0="$(cpu_ticks "$MOCK_PID")"
-  timeout $((seconds + 30)) "$OHA" --no-tui --output-format "$format" -z "${seconds}s" -c "$CONNS" \
+  timeout $((seconds + 30)) $LOADGEN_PIN "$OHA" --no-tui --output-format "$format" -z "${seconds}s" -c "$CONNS" \
     -m POST -T application/json -d "$body" "$@" "$url" >"$OUT_DIR/$name.$format" 2>"$OUT_DIR/$name.err"
   echo "$(( $(cpu_ticks "$GW_PID") - gw0 )) $(( $(cpu_ticks "$MOCK_PID") - mock0 )) $(getconf CLK_TCK)" >"$OUT_DIR/$name.cpu"
 }
@@ -320,7 +324,7 @@ PY
 done
 
 # --- report --------------------------------------------------------------------------------
-echo "Upstream: $UPSTREAM. Gateway: \`$("$BIN" --version 2>/dev/null)\` ($BIN); oha $("$OHA" --version 2>/dev/null | awk '{print $2}'); $(nproc) CPUs; $CONNS connections; saturation runs ${DURATION} s, fixed-rate runs ${ROUNDS} x ${ROUND_SECONDS} s per side, interleaved; TCP_NODELAY shim on mock: $MOCK_NODELAY, on gateway: $GATEWAY_NODELAY; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "Upstream: $UPSTREAM. Gateway: \`$("$BIN" --version 2>/dev/null)\` ($BIN); oha $("$OHA" --version 2>/dev/null | awk '{print $2}'); $(nproc) CPUs; $CONNS connections; saturation runs ${DURATION} s, fixed-rate runs ${ROUNDS} x ${ROUND_SECONDS} s per side, interleaved; TCP_NODELAY shim on mock: $MOCK_NODELAY, on gateway: $GATEWAY_NODELAY; CPUs pinned (gateway / upstream / oha): ${GATEWAY_CPUS:-any} / ${UPSTREAM_CPUS:-any} / ${LOADGEN_CPUS:-any}; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
 python3 - "$OUT_DIR" "$CONNS" "$ROUNDS" "${FIXED_RATE[nonstream]}" "${FIXED_RATE[stream]}" <<'PY'
 import csv, json, os, sys
