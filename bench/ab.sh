@@ -10,6 +10,8 @@
 #      A_BIN, B_BIN (a binary per side, e.g. builds before and after a change; default
 #        SWITCHYARD_BIN for both),
 #      CONNS (32), ROUNDS (4), ROUND_SECONDS (6), STREAM (0 | 1), LOG_REQUESTS (true | false),
+#      A_LOG_REQUESTS, B_LOG_REQUESTS (per side; default LOG_REQUESTS: the log's own cost),
+#      GATEWAY_CPUS, UPSTREAM_CPUS, LOADGEN_CPUS (taskset CPU lists, as in bench/load.sh),
 #      OHA (default: PATH, then .cache/tools/bin/oha; bench/load.sh installs it), OUT_DIR.
 # Every address is 127.0.0.1; every run is bounded in time; servers are stopped on exit.
 set -euo pipefail
@@ -32,16 +34,18 @@ source "$ROOT/bench/lib.sh"
 OUT_DIR="${OUT_DIR:-$(mktemp -d -t switchyard-ab.XXXXXX)}"
 mkdir -p "$OUT_DIR"
 
+pin() { [[ -n "$1" ]] && echo "taskset -c $1"; return 0; }
+GATEWAY_PIN="$(pin "${GATEWAY_CPUS:-}")"; UPSTREAM_PIN="$(pin "${UPSTREAM_CPUS:-}")"; LOADGEN_PIN="$(pin "${LOADGEN_CPUS:-}")"
 MOCK_PORT="$(free_port)"
-RUST_LOG=warn "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
+RUST_LOG=warn $UPSTREAM_PIN "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
 PIDS+=($!)
 wait_healthy "http://127.0.0.1:$MOCK_PORT/health"
 
 declare -A PORT PID
 for side in A B; do
   PORT[$side]="$(free_port)"
-  lines="$A_SERVER"; side_bin="${A_BIN:-$BIN}"
-  [[ "$side" == B ]] && { lines="$B_SERVER"; side_bin="${B_BIN:-$BIN}"; }
+  lines="$A_SERVER"; side_bin="${A_BIN:-$BIN}"; side_log="${A_LOG_REQUESTS:-$LOG_REQUESTS}"
+  [[ "$side" == B ]] && { lines="$B_SERVER"; side_bin="${B_BIN:-$BIN}"; side_log="${B_LOG_REQUESTS:-$LOG_REQUESTS}"; }
   cat >"$OUT_DIR/gateway-$side.toml" <<EOF
 [server]
 listen = "127.0.0.1:${PORT[$side]}"
@@ -56,9 +60,9 @@ output_usd_per_mtok = 0.6
 [database]
 url = "sqlite://$OUT_DIR/outcomes-$side.db"
 spill_path = "$OUT_DIR/spill-$side.jsonl"
-log_requests = $LOG_REQUESTS
+log_requests = $side_log
 EOF
-  env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN RUST_LOG=warn "$side_bin" serve --config "$OUT_DIR/gateway-$side.toml" \
+  env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN RUST_LOG=warn $GATEWAY_PIN "$side_bin" serve --config "$OUT_DIR/gateway-$side.toml" \
     >"$OUT_DIR/gateway-$side.log" 2>&1 &
   PID[$side]=$!
   PIDS+=($!)
@@ -70,7 +74,7 @@ BODY="{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}
 [[ "$STREAM" == 1 ]] && BODY="{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}]}"
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 load() { # side seconds output
-  timeout $(($2 + 30)) "$OHA" --no-tui --output-format json -z "${2}s" -c "$CONNS" -m POST -T application/json -d "$BODY" \
+  timeout $(($2 + 30)) $LOADGEN_PIN "$OHA" --no-tui --output-format json -z "${2}s" -c "$CONNS" -m POST -T application/json -d "$BODY" \
     "http://127.0.0.1:${PORT[$1]}/v1/chat/completions" >"$3"
 }
 
@@ -85,9 +89,9 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT_DIR" "$ROUNDS" "$A_NAME" "$B_NAME" "$STREAM" "$LOG_REQUESTS" "$(nproc)" <<'PY'
+python3 - "$OUT_DIR" "$ROUNDS" "$A_NAME" "$B_NAME" "$STREAM" "${A_LOG_REQUESTS:-$LOG_REQUESTS}/${B_LOG_REQUESTS:-$LOG_REQUESTS}" "$(nproc)" "${GATEWAY_CPUS:-any}/${UPSTREAM_CPUS:-any}/${LOADGEN_CPUS:-any}" <<'PY'
 import json, os, sys
-out, rounds, a_name, b_name, stream, logging, cpus = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+out, rounds, a_name, b_name, stream, logging, cpus, pinned = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
 hz = os.sysconf("SC_CLK_TCK")
 def run(side, r):
     d = json.load(open(os.path.join(out, f"{side}-{r}.json")))
@@ -95,7 +99,8 @@ def run(side, r):
     bad = sum(v for k, v in d["statusCodeDistribution"].items() if not k.startswith("2"))
     cpu = int(open(os.path.join(out, f"{side}-{r}.cpu")).read()) / hz
     return ok, d["summary"]["total"], bad, cpu
-print(f"{a_name} (A) vs {b_name} (B), {'stream' if stream == '1' else 'non-stream'}, outcome log {'on' if logging == 'true' else 'off'}, {cpus} CPUs:\n")
+log_a, log_b = ("on" if v == "true" else "off" for v in logging.split("/"))
+print(f"{a_name} (A) vs {b_name} (B), {'stream' if stream == '1' else 'non-stream'}, outcome log A {log_a} / B {log_b}, {cpus} CPUs (pinned gateway/upstream/oha: {pinned}):\n")
 print(f"| round | A req/s | B req/s | B / A | A CPU µs/req | B CPU µs/req |")
 print("|---|---:|---:|---:|---:|---:|")
 tot = {s: [0, 0.0, 0, 0.0] for s in "AB"}
