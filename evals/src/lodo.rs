@@ -51,6 +51,11 @@ pub const TRAINING_BEST: &str = "best single model on the training prompts";
 /// best single model on the training prompts): an ablation of `min_advantage`.
 pub const UNSURE_MARGINS: &[f64] = &[0.02, 0.05, 0.1];
 const SEED: u64 = 0x10d0;
+/// Name of the family-bagged ensemble's curves.
+const BAGGED: &str = "family-bagged ensemble";
+/// How many standard deviations of the members' disagreement a candidate's advantage over the
+/// default must clear.
+const SURE_Z: &[f64] = &[1.0, 2.0, 3.0];
 
 /// The task family a prompt belongs to: the unit held out together.
 pub fn family(row: &Row) -> String {
@@ -140,6 +145,8 @@ pub struct PairApgr {
     pub prompts: usize,
     pub selector: f64,
     pub ensemble: f64,
+    /// The family-bagged ensemble's mean predicted gap.
+    pub bagged: f64,
     pub knn: f64,
     pub clusters: f64,
     pub length: f64,
@@ -157,6 +164,8 @@ pub struct FoldReport {
     pub test_prompts: usize,
     pub reference_prompts: usize,
     pub candidates: Vec<String>,
+    /// The families left out by the members of the family-bagged ensemble scored here.
+    pub members: Vec<String>,
     pub knn: Tuned,
     pub clusters: Tuned,
     pub curves: Vec<CurveResult>,
@@ -236,9 +245,12 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
         }
         let examples = training::examples_for_rows(&train_rows, &embeddings, &candidates)?;
         let config = TrainConfig { progress: false, ..options.train.clone() };
-        let checkpoint = fold_checkpoint(&options.folds_dir.join(held), &train_rows, &examples, &candidates, &config, &embedder_ref)?;
+        let selectors = FoldSelectors {
+            full: fold_checkpoint(&options.folds_dir.join(held), &train_rows, &examples, &candidates, &config, &embedder_ref)?,
+            members: family_members(&options.folds_dir.join(held), &train_rows, &embeddings, &candidates, &config, &embedder_ref)?,
+        };
         for (dataset, covered) in scorable {
-            match fold(held, dataset, &covered, &train_rows, examples.len(), &checkpoint, &embeddings) {
+            match fold(held, dataset, &covered, &train_rows, examples.len(), &selectors, &embeddings) {
                 Ok(report) => folds.push(report),
                 Err(Error::InvalidInput(why)) => eprintln!("lodo: {held} on {}: not scored: {why}", dataset.kind),
                 Err(e) => return Err(e),
@@ -322,6 +334,43 @@ fn fold_checkpoint(dir: &std::path::Path, rows: &[&Row], examples: &[training::E
     Ok(Checkpoint::from_parts(meta, trained.selector)?)
 }
 
+/// A fold's selectors: the one trained on every training row, and its family-left-out members.
+struct FoldSelectors {
+    full: Checkpoint,
+    members: Vec<Member>,
+}
+
+/// A selector trained on the fold's training rows less one more family, and how often those
+/// rows label each candidate.
+struct Member {
+    left_out: String,
+    checkpoint: Checkpoint,
+    labels: BTreeMap<String, usize>,
+}
+
+/// One selector per family of the fold's training rows, each trained without that family: how
+/// much their predictions disagree on a prompt says how much the selector's preference there
+/// rests on what one family taught it, which is what a new family cannot confirm.
+fn family_members(dir: &std::path::Path, train_rows: &[&Row], embeddings: &HashMap<String, Vec<f32>>, candidates: &[String], config: &TrainConfig, embedder: &EmbedderRef) -> Result<Vec<Member>> {
+    let families: BTreeSet<String> = train_rows.iter().map(|r| family(r)).collect();
+    let mut members = Vec::new();
+    for left_out in families {
+        let rows: Vec<&Row> = train_rows.iter().copied().filter(|r| family(r) != left_out).collect();
+        let examples = training::examples_for_rows(&rows, embeddings, candidates)?;
+        let checkpoint = fold_checkpoint(&dir.join(format!("without-{left_out}")), &rows, &examples, candidates, config, embedder)?;
+        let mut labels: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &rows {
+            for (m, o) in &r.outcomes {
+                if o.quality.is_some() {
+                    *labels.entry(m.clone()).or_default() += 1;
+                }
+            }
+        }
+        members.push(Member { left_out, checkpoint, labels });
+    }
+    Ok(members)
+}
+
 /// Rows of `dataset` as a dataset of their own (all in `split`), with `zero_cost` recorded as
 /// every outcome's cost when the dataset records none (its candidates are priced alike).
 fn subset(dataset: &Dataset, rows: Vec<Row>, split: Split, zero_cost: bool) -> Dataset {
@@ -390,9 +439,10 @@ fn fold(
     coverage: &Coverage,
     train_rows: &[&Row],
     train_examples: usize,
-    checkpoint: &Checkpoint,
+    selectors: &FoldSelectors,
     embeddings: &HashMap<String, Vec<f32>>,
 ) -> Result<FoldReport> {
+    let checkpoint = &selectors.full;
     let held_rows: Vec<Row> = dataset.rows.iter().filter(|r| family(r) == held).cloned().collect();
     let tasks: Vec<String> = held_rows.iter().map(|r| r.task.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let equal_cost = costless(dataset, held);
@@ -437,6 +487,21 @@ fn fold(
         let choices = cost_weights().into_iter().map(|l| set.choices_with_default(tradeoff_at(l), best_on_reference, *margin)).collect();
         curves.push((format!("selector, default below {margin} advantage"), false, choices));
     }
+    // The family-left-out members that label every scored candidate, beside the full selector.
+    let mut member_sets = vec![set.clone()];
+    let mut member_names = Vec::new();
+    for member in selectors.members.iter().filter(|m| covered.iter().all(|c| m.labels.get(c).copied().unwrap_or(0) >= MIN_TRAINING_LABELS)) {
+        let member_set = EvalSet::build(&test_data, Split::Test, &member.checkpoint, fold_prices, Some(covered), None, &mut embed)?;
+        if member_set.candidates == set.candidates {
+            member_sets.push(member_set);
+            member_names.push(member.left_out.clone());
+        }
+    }
+    let defaults: Vec<usize> = cost_weights().into_iter().map(|l| reference.best_single(tradeoff_at(l))).collect();
+    curves.push((format!("{BAGGED} ({} members)", member_sets.len()), false, bagged_sweep(&member_sets, &defaults, None)));
+    for z in SURE_Z {
+        curves.push((format!("selector, default unless the members agree (z = {z})"), false, bagged_sweep(&member_sets, &defaults, Some(*z))));
+    }
     curves.extend([
         (format!("kNN (k = {})", knn.chosen), true, knn_estimates.sweep()),
         (format!("clusters ({})", clusters.chosen), true, cluster_estimates.sweep()),
@@ -474,7 +539,9 @@ fn fold(
             e.predictions.iter().map(|p| f64::from(p[hs].quality) - f64::from(p[hw].quality)).collect()
         };
         let est_gap = |e: &Estimates| -> Vec<f64> { e.quality.iter().map(|q| q[s] - q[w]).collect() };
-        pair_apgr(&[qs, qw, gap(&set), gap(&ensemble), est_gap(&knn_estimates), est_gap(&cluster_estimates), set.lengths()])
+        let gaps: Vec<Vec<f64>> = member_sets.iter().map(gap).collect();
+        let bagged_gap: Vec<f64> = (0..set.len()).map(|i| gaps.iter().map(|g| g[i]).sum::<f64>() / gaps.len() as f64).collect();
+        pair_apgr(&[qs, qw, gap(&set), gap(&ensemble), bagged_gap, est_gap(&knn_estimates), est_gap(&cluster_estimates), set.lengths()])
     });
     let minus_best = |c: usize| -> Vec<f64> { draws[c].iter().zip(&draws[best]).map(|(x, y)| x - y).collect() };
     let fold_draws = FoldDraws {
@@ -489,6 +556,7 @@ fn fold(
         test_prompts: n,
         reference_prompts: reference.len(),
         candidates: set.candidates.clone(),
+        members: member_names,
         knn,
         clusters,
         best_baseline: curves[best].0.clone(),
@@ -499,6 +567,52 @@ fn fold(
         curves: results,
         draws: fold_draws,
     })
+}
+
+/// Per trade-off of the sweep, each prompt's choice. Without `gate`: the candidate with the
+/// highest mean utility over the members (the first member is the full selector). With
+/// `gate = Some(z)`: the full selector's choice, unless its utility advantage over the
+/// trade-off's default (`defaults`: the best single model on the training prompts at that
+/// trade-off), measured by every member, has a mean below `z` of its standard deviations — then
+/// the default.
+fn bagged_sweep(members: &[EvalSet], defaults: &[usize], gate: Option<f64>) -> Vec<Vec<usize>> {
+    let Some(first) = members.first() else { return Vec::new() };
+    let m = first.candidates.len();
+    cost_weights()
+        .into_iter()
+        .zip(defaults)
+        .map(|(lambda, &default)| {
+            let tradeoff = tradeoff_at(lambda);
+            (0..first.len())
+                .map(|i| {
+                    let utilities: Vec<Vec<f64>> = members
+                        .iter()
+                        .map(|s| {
+                            let mut u = vec![f64::NEG_INFINITY; m];
+                            for sc in s.scored(i, tradeoff) {
+                                u[sc.candidate] = sc.utility;
+                            }
+                            u
+                        })
+                        .collect();
+                    let k = utilities.len() as f64;
+                    let argmax = |u: &[f64]| (0..m).max_by(|&a, &b| u[a].total_cmp(&u[b])).unwrap_or(default);
+                    let Some(z) = gate else {
+                        let mean: Vec<f64> = (0..m).map(|j| utilities.iter().map(|u| u[j]).sum::<f64>() / k).collect();
+                        return argmax(&mean);
+                    };
+                    let best = argmax(&utilities[0]);
+                    if best == default || utilities.len() < 2 {
+                        return default;
+                    }
+                    let advantages: Vec<f64> = utilities.iter().map(|u| u[best] - u[default]).collect();
+                    let a = advantages.iter().sum::<f64>() / k;
+                    let sd = (advantages.iter().map(|x| (x - a).powi(2)).sum::<f64>() / (k - 1.0)).sqrt();
+                    if a - z * sd > 0.0 { best } else { default }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn column_mean(rows: &[Vec<f64>], j: usize) -> f64 {
@@ -545,14 +659,15 @@ fn score_draws(set: &EvalSet, metric: Metric, curves: &[Vec<Vec<usize>>]) -> (Ve
 
 /// APGR of each router from (strong quality, weak quality, selector gap, ensemble gap, kNN
 /// gap, cluster gap, prompt length) per prompt.
-fn pair_apgr(columns: &[Vec<f64>; 7]) -> PairApgr {
-    let [qs, qw, selector, ensemble, knn, clusters, length] = columns;
+fn pair_apgr(columns: &[Vec<f64>; 8]) -> PairApgr {
+    let [qs, qw, selector, ensemble, bagged, knn, clusters, length] = columns;
     let apgr = |scores: &[f64]| metrics::routing_curve(scores, qs, qw).apgr;
     let truth: Vec<f64> = qs.iter().zip(qw).map(|(s, w)| s - w).collect();
     PairApgr {
         prompts: qs.len(),
         selector: apgr(selector),
         ensemble: apgr(ensemble),
+        bagged: apgr(bagged),
         knn: apgr(knn),
         clusters: apgr(clusters),
         length: apgr(length),
@@ -570,6 +685,7 @@ fn pooled_apgr(folds: &[FoldReport]) -> Option<PairApgr> {
         prompts: pairs.iter().map(|p| p.prompts).sum(),
         selector: mean(|p| p.selector),
         ensemble: mean(|p| p.ensemble),
+        bagged: mean(|p| p.bagged),
         knn: mean(|p| p.knn),
         clusters: mean(|p| p.clusters),
         length: mean(|p| p.length),
@@ -623,13 +739,13 @@ pub fn markdown(summary: &LodoSummary) -> String {
     }
     if let Some(p) = &summary.pooled_pair {
         s.push_str(&format!(
-            "**{STRONG} vs {WEAK}**, mean over the folds that have both ({} held-out prompts, each fold's router ranking its own): APGR selector {:.3}, selector + kNN {:.3}, kNN {:.3}, clusters {:.3}, prompt length {:.3}, random 0.5, oracle {:.3}.\n\n",
-            p.prompts, p.selector, p.ensemble, p.knn, p.clusters, p.length, p.oracle
+            "**{STRONG} vs {WEAK}**, mean over the folds that have both ({} held-out prompts, each fold's router ranking its own): APGR selector {:.3}, selector + kNN {:.3}, family-bagged ensemble {:.3}, kNN {:.3}, clusters {:.3}, prompt length {:.3}, random 0.5, oracle {:.3}.\n\n",
+            p.prompts, p.selector, p.ensemble, p.bagged, p.knn, p.clusters, p.length, p.oracle
         ));
     }
     for f in &summary.folds {
         s.push_str(&format!(
-            "## {} on {} ({})\n\n{} held-out prompts (tasks: {}); selector trained on {} prompts; kNN / clusters fitted on {} prompts (k = {}, {} clusters); best single model on the training prompts: {}. Candidates: {}.\n\n",
+            "## {} on {} ({})\n\n{} held-out prompts (tasks: {}); selector trained on {} prompts; kNN / clusters fitted on {} prompts (k = {}, {} clusters); best single model on the training prompts: {}. Candidates: {}. Family-bagged members leave out: {}.\n\n",
             f.family,
             f.dataset,
             f.metric.label(),
@@ -640,7 +756,8 @@ pub fn markdown(summary: &LodoSummary) -> String {
             f.knn.chosen,
             f.clusters.chosen,
             f.training_best_model,
-            f.candidates.join(", ")
+            f.candidates.join(", "),
+            f.members.join(", ")
         ));
         s.push_str("| curve | score [95%] | selector − curve [95%] | (selector + kNN) − curve [95%] |\n|---|---|---|---|\n");
         for c in &f.curves {
@@ -657,8 +774,8 @@ pub fn markdown(summary: &LodoSummary) -> String {
         }
         if let Some(p) = &f.pair {
             s.push_str(&format!(
-                "\n{STRONG} vs {WEAK}: APGR selector {:.3}, selector + kNN {:.3}, kNN {:.3}, clusters {:.3}, prompt length {:.3}, oracle {:.3}.\n",
-                p.selector, p.ensemble, p.knn, p.clusters, p.length, p.oracle
+                "\n{STRONG} vs {WEAK}: APGR selector {:.3}, selector + kNN {:.3}, family-bagged ensemble {:.3}, kNN {:.3}, clusters {:.3}, prompt length {:.3}, oracle {:.3}.\n",
+                p.selector, p.ensemble, p.bagged, p.knn, p.clusters, p.length, p.oracle
             ));
         }
         s.push('\n');
@@ -704,6 +821,48 @@ mod tests {
         let prompts = |held: &str| training_rows(&datasets, held).iter().map(|r| r.prompt.clone()).collect::<Vec<_>>();
         assert_eq!(prompts("science-qa"), ["Write a function to reverse a list.", "def add(a, b):"]);
         assert_eq!(prompts("code"), ["What is the boiling point of water?"]);
+    }
+
+    /// One prompt, two free candidates (utility = predicted quality at every trade-off); each
+    /// member's predicted qualities.
+    fn members_predicting(qualities: &[[f32; 2]]) -> Vec<EvalSet> {
+        use router_model::policy::Candidate;
+        use router_model::Prediction;
+        let free = Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 };
+        qualities
+            .iter()
+            .map(|q| EvalSet {
+                dataset: "test".into(),
+                rows: vec![row(DatasetKind::Routerbench, "mbpp")],
+                split_index: vec![0],
+                candidates: vec!["default".into(), "other".into()],
+                route: (0..2).map(|j| Candidate { index: j, head: j, price: free }).collect(),
+                predictions: vec![q.iter().map(|&quality| Prediction { model_id: String::new(), quality, latency_ms: 1.0, output_tokens: 10.0 }).collect()],
+                embeddings: vec![vec![0.0]],
+                prompt_tokens: vec![10],
+                quality: vec![vec![0.0, 0.0]],
+                cost: vec![vec![0.0, 0.0]],
+                dropped: 0,
+                cost_source: "",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_members_gate_keeps_the_default_unless_they_agree_on_the_advantage() {
+        let defaults = vec![0; cost_weights().len()];
+        let first_choice = |members: &[EvalSet], gate| bagged_sweep(members, &defaults, gate)[0][0];
+        // Every member sees the other candidate ahead by about 0.2: served.
+        let agree = members_predicting(&[[0.5, 0.7], [0.5, 0.68], [0.5, 0.72]]);
+        assert_eq!(first_choice(&agree, Some(2.0)), 1);
+        // The full selector sees it ahead, the members split (+0.2, −0.1, +0.4): the default.
+        let split = members_predicting(&[[0.5, 0.7], [0.5, 0.4], [0.5, 0.9]]);
+        assert_eq!(first_choice(&split, Some(1.0)), 0);
+        assert_eq!(first_choice(&split, Some(0.1)), 1, "a low enough bar lets the mean advantage through");
+        // Ungated, the members' mean utility chooses: here the other candidate (mean 0.667).
+        assert_eq!(first_choice(&split, None), 1);
+        let mean_prefers_default = members_predicting(&[[0.5, 0.7], [0.5, 0.1], [0.5, 0.5]]);
+        assert_eq!(first_choice(&mean_prefers_default, None), 0);
     }
 
     #[test]

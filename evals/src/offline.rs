@@ -182,6 +182,13 @@ impl EvalSet {
             .collect()
     }
 
+    /// The single candidate with the highest mean realised utility at `tradeoff` over these
+    /// prompts: the route default an operator would pick for that trade-off without a router.
+    pub fn best_single(&self, tradeoff: Tradeoff) -> usize {
+        let mean = |j: usize| self.quality.iter().zip(&self.cost).map(|(q, c)| tradeoff.utility(q[j], c[j], 0.0)).sum::<f64>();
+        (0..self.candidates.len()).max_by(|&a, &b| mean(a).total_cmp(&mean(b))).unwrap_or(0)
+    }
+
     /// The oracle: the same policy fed the realised quality and cost instead of predictions.
     pub fn oracle_choices(&self, tradeoff: Tradeoff) -> Vec<usize> {
         (0..self.len())
