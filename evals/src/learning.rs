@@ -544,6 +544,11 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         let ope_active = ope.as_ref().map(|o| interval(o.active.doubly_robust, o.active.doubly_robust_se));
         if let Some(dir) = &learn.snapshots {
             snapshot(&learn.active, &dir.join(format!("round-{round}")))?;
+            // The undecided candidate too, so the report can say what the gate held back.
+            let challenger = options.challenger_dir();
+            if challenger.join(router_model::checkpoint::META_FILE).is_file() {
+                snapshot(&challenger, &dir.join(format!("round-{round}-challenger")))?;
+            }
         }
         let version = reload(addr).await?;
         let (test_result, served) = measure(addr, plan, test, version, Some(&start_served)).await?;

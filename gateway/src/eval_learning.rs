@@ -175,7 +175,12 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
     let mut aiq_rows = Vec::new();
     let mut extra_rows = String::new();
     let snapshots: Vec<(String, PathBuf)> = std::iter::once(("start".to_owned(), a.start.clone()))
-        .chain(report.rounds.iter().map(|r| (format!("round {}", r.round), work.join(format!("round-{}", r.round)))))
+        .chain(report.rounds.iter().flat_map(|r| {
+            [
+                (format!("round {}", r.round), work.join(format!("round-{}", r.round))),
+                (format!("round {} challenger (not serving the test)", r.round), work.join(format!("round-{}-challenger", r.round))),
+            ]
+        }))
         .chain(a.reference.iter().map(|r| ("offline reference (every label)".to_owned(), r.clone())))
         .collect();
     for (name, dir) in snapshots.iter().filter(|_| !a.skip_offline) {
