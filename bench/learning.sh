@@ -19,7 +19,8 @@
 #      TEMPERATURE (softmax temperature, 0.3), TRADEOFF (balanced), SKIP_SHUFFLED=1,
 #      CHALLENGER_SHARE (0.2; 0: the single-stage gate promotes on held-out rows directly),
 #      FRESH_PROMPTS=1 (each round sends its own slice of the training prompts, so a
-#      challenger is judged on prompts it was not trained on),
+#      challenger is judged on prompts it was not trained on; one more slice is never sent
+#      and every checkpoint is also measured on it: realised gains on the log's distribution),
 #      SWITCHYARD_BIN (use this binary instead of building the release one).
 # Writes learning.md, learning.json and learning_curve.svg into $OUT (and $OUT/shuffled).
 set -euo pipefail

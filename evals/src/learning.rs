@@ -89,7 +89,9 @@ pub struct LoopPlan {
     pub challenger_share: f64,
     /// Send each round a disjoint slice of the training prompts instead of all of them, so a
     /// challenger is judged on prompts it was not trained on (replaying the same prompts
-    /// makes the second stage's estimate an in-sample one).
+    /// makes the second stage's estimate an in-sample one). One more slice is never sent to
+    /// the exploring route: every checkpoint is also measured on it, so an off-policy estimate
+    /// made on the log can be held against a realised value on prompts of the same split.
     pub fresh_prompts: bool,
     pub seed: u64,
 }
@@ -335,6 +337,8 @@ pub struct Round {
     pub ope_new_utility: Option<Estimate>,
     pub ope_active: Option<Estimate>,
     pub test: TestResult,
+    /// With fresh prompts: the same checkpoint on the held-out slice of the training split.
+    pub holdout: Option<TestResult>,
 }
 
 /// The whole run.
@@ -347,6 +351,8 @@ pub struct LoopReport {
     pub shuffle_feedback: bool,
     pub test_prompts: usize,
     pub start: TestResult,
+    /// With fresh prompts: the start on the held-out slice of the training split.
+    pub start_holdout: Option<TestResult>,
     pub rounds: Vec<Round>,
     /// Each single candidate on the test prompts (quality, USD per 1k).
     pub singles: Vec<(String, f64, f64)>,
@@ -458,13 +464,19 @@ async fn billed_by_gateway(addr: SocketAddr, plan: &LoopPlan, test: &[Prompt]) -
 }
 
 /// The training prompts round `round` (1-based) sends: all of them, or with
-/// [`LoopPlan::fresh_prompts`] the round's share of a split into `rounds` disjoint slices.
+/// [`LoopPlan::fresh_prompts`] the round's share of a split into `rounds + 1` disjoint slices
+/// (the last is [`holdout_prompts`]).
 fn round_prompts<'a>(train: &'a [Prompt], plan: &LoopPlan, round: usize) -> &'a [Prompt] {
-    if !plan.fresh_prompts || plan.rounds <= 1 {
+    if !plan.fresh_prompts {
         return train;
     }
-    let per_round = train.len() / plan.rounds;
-    &train[(round - 1) * per_round..round * per_round]
+    let per_slice = train.len() / (plan.rounds + 1);
+    &train[(round - 1) * per_slice..round * per_slice]
+}
+
+/// With [`LoopPlan::fresh_prompts`], the slice of the training prompts no round sends.
+fn holdout_prompts<'a>(train: &'a [Prompt], plan: &LoopPlan) -> Option<&'a [Prompt]> {
+    plan.fresh_prompts.then(|| &train[plan.rounds * (train.len() / (plan.rounds + 1))..])
 }
 
 /// Runs the loop against the gateway at `addr` (see the module doc).
@@ -490,6 +502,17 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         &shuffled[..]
     } else {
         train
+    };
+    let holdout = match holdout_prompts(train, plan) {
+        Some(prompts) => Some(billed_by_gateway(addr, plan, prompts).await?),
+        None => None,
+    };
+    let (start_holdout, start_holdout_served) = match &holdout {
+        Some(prompts) => {
+            let (result, served) = measure(addr, plan, prompts, start.checkpoint.clone(), None).await?;
+            (Some(result), Some(served))
+        }
+        None => (None, None),
     };
     let mut rounds = Vec::new();
     let mut sent = 0usize;
@@ -551,8 +574,19 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
             }
         }
         let version = reload(addr).await?;
-        let (test_result, served) = measure(addr, plan, test, version, Some(&start_served)).await?;
+        let (test_result, served) = measure(addr, plan, test, version.clone(), Some(&start_served)).await?;
         latest_served = Some(served);
+        let holdout_result = match &holdout {
+            Some(prompts) => Some(measure(addr, plan, prompts, version, start_holdout_served.as_ref()).await?.0),
+            None => None,
+        };
+        if let Some(h) = &holdout_result {
+            let gain = h.utility_gain.unwrap_or(Estimate { mean: 0.0, lo95: 0.0, hi95: 0.0 });
+            eprintln!(
+                "round {round}: held-out training-split prompts: utility {:.4} (gain {:+.4} [{:+.4}, {:+.4}])",
+                h.utility.mean, gain.mean, gain.lo95, gain.hi95
+            );
+        }
         eprintln!(
             "round {round}: served {served_quality:.4} (explored {:.1}%), learn: {} ({learn_seconds:.1} s); test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}, utility {:.4} (gain {:+.4} [{:+.4}, {:+.4}])",
             explored * 100.0,
@@ -579,6 +613,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
             ope_new_utility,
             ope_active,
             test: test_result,
+            holdout: holdout_result,
         });
     }
     let final_version = rounds.last().map_or_else(|| start.checkpoint.clone(), |r: &Round| r.test.checkpoint.clone());
@@ -621,6 +656,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         shuffle_feedback: plan.shuffle_feedback,
         test_prompts: test.len(),
         start,
+        start_holdout,
         rounds,
         singles,
         oracle_quality,
@@ -664,6 +700,29 @@ impl LoopReport {
                 r.served_quality,
                 r.explored_share * 100.0
             ));
+        }
+        if let Some(start) = &self.start_holdout {
+            s.push_str(&format!(
+                "\nThe same checkpoints on {} prompts of the *training* split that no round sent (the log's distribution; \
+                 exploration off): hold a promotion's off-policy estimate against the utility gain here as well as on the \
+                 test split.\n\n| after | quality [95%] | USD / 1k req | utility [95%] | utility gain vs start [95%, paired] |\n|---|---|---|---|---|\n",
+                start.decisions.values().sum::<usize>()
+            ));
+            let row = |name: String, r: &TestResult| {
+                format!(
+                    "| {name} | {} | {:.4} | {} | {} |\n",
+                    e(&r.quality),
+                    r.cost_per_1k.mean,
+                    e(&r.utility),
+                    r.utility_gain.as_ref().map(e).unwrap_or_default()
+                )
+            };
+            s.push_str(&row("start".into(), start));
+            for r in &self.rounds {
+                if let Some(h) = &r.holdout {
+                    s.push_str(&row(format!("round {}", r.round), h));
+                }
+            }
         }
         s.push_str("\nSingle models on the test prompts: ");
         s.push_str(
