@@ -470,13 +470,18 @@ fn round_prompts<'a>(train: &'a [Prompt], plan: &LoopPlan, round: usize) -> &'a 
     if !plan.fresh_prompts {
         return train;
     }
-    let per_slice = train.len() / (plan.rounds + 1);
+    let per_slice = fresh_slice_len(train, plan);
     &train[(round - 1) * per_slice..round * per_slice]
 }
 
 /// With [`LoopPlan::fresh_prompts`], the slice of the training prompts no round sends.
 fn holdout_prompts<'a>(train: &'a [Prompt], plan: &LoopPlan) -> Option<&'a [Prompt]> {
-    plan.fresh_prompts.then(|| &train[plan.rounds * (train.len() / (plan.rounds + 1))..])
+    plan.fresh_prompts.then(|| &train[plan.rounds * fresh_slice_len(train, plan)..])
+}
+
+/// Prompts per slice with [`LoopPlan::fresh_prompts`]: one slice per round and the held-out one.
+fn fresh_slice_len(train: &[Prompt], plan: &LoopPlan) -> usize {
+    train.len() / (plan.rounds + 1)
 }
 
 /// Runs the loop against the gateway at `addr` (see the module doc).

@@ -358,15 +358,7 @@ fn family_members(dir: &std::path::Path, train_rows: &[&Row], embeddings: &HashM
         let rows: Vec<&Row> = train_rows.iter().copied().filter(|r| family(r) != left_out).collect();
         let examples = training::examples_for_rows(&rows, embeddings, candidates)?;
         let checkpoint = fold_checkpoint(&dir.join(format!("without-{left_out}")), &rows, &examples, candidates, config, embedder)?;
-        let mut labels: BTreeMap<String, usize> = BTreeMap::new();
-        for r in &rows {
-            for (m, o) in &r.outcomes {
-                if o.quality.is_some() {
-                    *labels.entry(m.clone()).or_default() += 1;
-                }
-            }
-        }
-        members.push(Member { left_out, checkpoint, labels });
+        members.push(Member { left_out, checkpoint, labels: label_counts(&rows) });
     }
     Ok(members)
 }
@@ -400,17 +392,23 @@ fn costless(dataset: &Dataset, family_name: &str) -> bool {
         .all(|r| r.outcomes.values().all(|o| o.cost_usd.is_none() && o.output_tokens.is_none()))
 }
 
-/// The models of `dataset` a fold can score — labelled at least [`MIN_TRAINING_LABELS`] times
-/// by the training prompts, and priced — with the prices it scores them at.
-fn coverage(dataset: &Dataset, family_name: &str, train_rows: &[&Row], prices: &PriceTable) -> Coverage {
-    let mut labels: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in train_rows {
+/// How many of `rows` label each model.
+fn label_counts(rows: &[&Row]) -> BTreeMap<String, usize> {
+    let mut labels = BTreeMap::new();
+    for r in rows {
         for (m, o) in &r.outcomes {
             if o.quality.is_some() {
-                *labels.entry(m.as_str()).or_default() += 1;
+                *labels.entry(m.clone()).or_default() += 1;
             }
         }
     }
+    labels
+}
+
+/// The models of `dataset` a fold can score — labelled at least [`MIN_TRAINING_LABELS`] times
+/// by the training prompts, and priced — with the prices it scores them at.
+fn coverage(dataset: &Dataset, family_name: &str, train_rows: &[&Row], prices: &PriceTable) -> Coverage {
+    let labels = label_counts(train_rows);
     let mut fold_prices = prices.clone();
     if costless(dataset, family_name) {
         for m in &dataset.models {
@@ -475,9 +473,7 @@ fn fold(
     let m = set.candidates.len();
     let sweep_of = |s: &EvalSet| -> Vec<Vec<usize>> { cost_weights().into_iter().map(|l| s.choices(tradeoff_at(l))).collect() };
     let singles: Vec<Vec<usize>> = (0..m).map(|j| vec![j; n]).collect();
-    let best_on_reference = (0..m)
-        .max_by(|&a, &b| column_mean(&reference.quality, a).total_cmp(&column_mean(&reference.quality, b)))
-        .unwrap_or(0);
+    let best_on_reference = reference.best_single(tradeoff_at(0.0));
     let pair = set.index_of(STRONG).zip(set.index_of(WEAK));
     let mut curves: Vec<(String, bool, Vec<Vec<usize>>)> = vec![
         (SELECTOR.into(), false, sweep_of(&set)),
@@ -613,10 +609,6 @@ fn bagged_sweep(members: &[EvalSet], defaults: &[usize], gate: Option<f64>) -> V
                 .collect()
         })
         .collect()
-}
-
-fn column_mean(rows: &[Vec<f64>], j: usize) -> f64 {
-    rows.iter().map(|r| r[j]).sum::<f64>() / rows.len().max(1) as f64
 }
 
 /// The evaluation set with each prediction's quality replaced by `w`·selector + (1 − `w`)·kNN.
