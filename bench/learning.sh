@@ -21,6 +21,8 @@
 #      FRESH_PROMPTS=1 (each round sends its own slice of the training prompts, so a
 #      challenger is judged on prompts it was not trained on; one more slice is never sent
 #      and every checkpoint is also measured on it: realised gains on the log's distribution),
+#      SEED (7: prompt order, training, feedback shuffle, and with FRESH_PROMPTS the gateway's
+#      exploration draws, so a fresh-prompts run repeats),
 #      SWITCHYARD_BIN (use this binary instead of building the release one).
 # Writes learning.md, learning.json and learning_curve.svg into $OUT (and $OUT/shuffled).
 set -euo pipefail
@@ -36,6 +38,7 @@ LIMITS=()
 [[ -n "${TRAIN_LIMIT:-}" ]] && LIMITS+=(--train-limit "$TRAIN_LIMIT")
 [[ -n "${TEST_LIMIT:-}" ]] && LIMITS+=(--test-limit "$TEST_LIMIT")
 [[ -n "${FRESH_PROMPTS:-}" ]] && LIMITS+=(--fresh-prompts)
+LIMITS+=(--seed "${SEED:-7}")
 
 scripts/fetch-model.sh >/dev/null
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"

@@ -114,6 +114,12 @@ impl LoopPlan {
         if let Some(dir) = embedder_dir {
             toml.push_str(&format!("embedder_dir = {}\n", quote(&dir.to_string_lossy())));
         }
+        if self.fresh_prompts {
+            // Every prompt is sent once, so a draw keyed on the prompt is as good as a random
+            // one and the run repeats. Replayed rounds would reuse each prompt's draw, tying a
+            // challenger's judging traffic to the traffic it was trained on.
+            toml.push_str(&format!("exploration_seed = {}\n", self.seed));
+        }
         toml.push_str(&format!("\n[providers.replay]\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\n\n"));
         for (name, price) in self.candidates.iter().zip(&self.prices) {
             toml.push_str(&format!(

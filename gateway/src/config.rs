@@ -535,6 +535,12 @@ pub struct RouterConfig {
     /// learn run can check a candidate like it without clipping; a worse challenger costs at
     /// most this share of its loss until the next run removes it.
     pub challenger_share: f64,
+    /// Makes exploration repeatable: each routed request's random draw (explore or not, which
+    /// model, challenger or active) becomes a keyed hash of this seed and the request's last
+    /// user message, so the same traffic explores the same way in every run, whatever the
+    /// arrival order. For experiments and benchmarks; leave unset in production, where a
+    /// repeated question should be free to explore differently each time.
+    pub exploration_seed: Option<u64>,
     /// Embedder weights directory; default `SWITCHYARD_EMBEDDER_DIR` or `.cache/models/all-MiniLM-L6-v2`.
     pub embedder_dir: Option<PathBuf>,
     /// Token window of the embedder (the checkpoint must have been trained with the same).
@@ -570,6 +576,7 @@ impl Default for RouterConfig {
             shadow_checkpoint: None,
             challenger_checkpoint: None,
             challenger_share: DEFAULT_CHALLENGER_SHARE,
+            exploration_seed: None,
             embedder_dir: None,
             embedder_max_tokens: router_model::DEFAULT_MAX_TOKENS,
             embedder_threads: None,

@@ -61,8 +61,10 @@ pub struct EvalLearningArgs {
     /// yet decide on) decides; 0: no challengers.
     #[arg(long, default_value_t = gateway::config::DEFAULT_CHALLENGER_SHARE)]
     challenger_share: f64,
-    /// Send each round its own slice of the training prompts (the training split divided
-    /// into `--rounds` parts), so a challenger is judged on prompts it never trained on.
+    /// Send each round its own slice of the training prompts (the training split shuffled and
+    /// cut into `--rounds` + 1 parts; the last is never sent, and every checkpoint is measured
+    /// on it), so a challenger is judged on prompts it never trained on. The gateway's
+    /// exploration draws are then seeded too, so a run repeats.
     #[arg(long)]
     fresh_prompts: bool,
     /// Rated rows the learn step needs.
@@ -72,7 +74,8 @@ pub struct EvalLearningArgs {
     /// (negative: promote even a candidate estimated slightly worse).
     #[arg(long, default_value_t = 0.0)]
     promote_margin: f64,
-    /// Seed of the prompt samples, the feedback shuffle and training.
+    /// Seed of the prompt samples, the feedback shuffle, training and (with
+    /// `--fresh-prompts`) the gateway's exploration draws.
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Train each round's candidate from random weights rather than warm-started from the

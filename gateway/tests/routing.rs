@@ -224,6 +224,49 @@ async fn logged_propensities_are_the_frequencies_the_gateway_explores_with() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_gateway_explores_each_prompt_the_same_way_every_time() {
+    let (normal, _) = checkpoints();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
+    // A hot softmax: both candidates are likely for every prompt, so only the seed can make
+    // the choices repeat.
+    let config = |mock, seed: &str| {
+        routing_config(mock, normal, seed, &db).replace("exploration = 0.0", "exploration = 1.0\nexploration_temperature = 0.5")
+    };
+    let prompts: Vec<String> = (0..30).map(|i| format!("{} (variant {i})", TEST_CODE[i % TEST_CODE.len()])).collect();
+    async fn serve_all(gw: &common::TestGateway, prompts: &[String]) -> Vec<String> {
+        let requests = prompts.iter().map(|p| routed_model(gw, p, None));
+        futures_util::future::join_all(requests).await.into_iter().map(|(model, _)| model).collect()
+    }
+    let seeded = start(|mock| config(mock, "exploration_seed = 7")).await;
+    let first = serve_all(&seeded, &prompts).await;
+    let again = serve_all(&seeded, &prompts).await;
+    seeded.stop().await;
+    assert_eq!(first, again, "a seeded gateway repeats its choices, whatever the arrival order");
+    let explored = first.iter().filter(|m| *m == "chatter").count();
+    assert!((1..30).contains(&explored), "the seed keeps exploring across prompts: {explored} of 30 to chatter");
+
+    let other_seed = start(|mock| config(mock, "exploration_seed = 8")).await;
+    let reseeded = serve_all(&other_seed, &prompts).await;
+    other_seed.stop().await;
+    // How likely two independent draws repeat all 30 choices, from the logged probabilities
+    // (each prompt is logged three times: two seeded runs and the reseeded one).
+    let rows = logged_decisions(&db).await;
+    assert_eq!(rows.len(), 90);
+    let log_repeat: f64 = rows
+        .iter()
+        .map(|(_, _, candidates)| {
+            let scores = candidates["scores"].as_array().expect("scores");
+            let p = scores.iter().find(|s| s["model"] == "chatter").and_then(|s| s["probability"].as_f64()).expect("chatter scored");
+            (p * p + (1.0 - p) * (1.0 - p)).ln()
+        })
+        .sum::<f64>()
+        / 3.0;
+    assert!(log_repeat.exp() < 1e-3, "the softmax is hot enough that a repeat by chance is rare: {}", log_repeat.exp());
+    assert_ne!(first, reseeded, "another seed draws differently");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenger_decides_its_share_of_exploring_routes_and_leaves_when_removed() {
     let (normal, swapped) = checkpoints();
     let tmp = tempfile::tempdir().expect("tmp");

@@ -376,6 +376,15 @@ impl RoutingEngine {
         }
     }
 
+    /// The uniform draw in [0, 1) that decides a routed request's exploration: random, or with
+    /// `[router] exploration_seed` a keyed hash of the seed and the last user message.
+    fn exploration_draw(&self, request: &ChatRequest) -> f64 {
+        match self.config.exploration_seed {
+            None => rand::random(),
+            Some(seed) => seeded_draw(seed, &request.last_user_text()),
+        }
+    }
+
     /// Chooses a model of `route` given the query's embedding (see [`Self::embed_query`]);
     /// `started` is when the decision began, for the decision time.
     pub fn decide_with(
@@ -414,7 +423,7 @@ impl RoutingEngine {
                 let default_index = route.candidates.iter().position(|c| c.name == route.default.name);
                 let unsure = default_index
                     .is_some_and(|d| policy::prefer_default_when_unsure(&mut scored, d, route.min_advantage));
-                let draw: f64 = rand::random();
+                let draw = self.exploration_draw(request);
                 // Only routes that explore run experiments: an exploration of 0 serves the
                 // active checkpoint alone.
                 let challenger_scored = if self.config.challenger_share > 0.0 && route.exploration.max_share > 0.0 {
@@ -552,4 +561,34 @@ pub fn request_features(request: &ChatRequest) -> RequestFeatures {
         .and_then(Value::as_u64)
         .and_then(|v| u32::try_from(v).ok());
     RequestFeatures::compute(&turns, has_tools, max_tokens, None)
+}
+
+/// A uniform draw in [0, 1) from a keyed hash of `seed` and `text`: independent of arrival
+/// order and thread, so a seeded run explores the same prompts the same way.
+fn seeded_draw(seed: u64, text: &str) -> f64 {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let hash = blake3::keyed_hash(&key, text.as_bytes());
+    let mut bits = [0u8; 8];
+    bits.copy_from_slice(&hash.as_bytes()[..8]);
+    // The top 53 bits make an f64 in [0, 1) with every value equally likely.
+    (u64::from_le_bytes(bits) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seeded_draw;
+
+    #[test]
+    fn seeded_draws_repeat_per_prompt_and_spread_uniformly_across_prompts() {
+        assert_eq!(seeded_draw(7, "what is 2+2?"), seeded_draw(7, "what is 2+2?"));
+        assert_ne!(seeded_draw(7, "what is 2+2?"), seeded_draw(8, "what is 2+2?"));
+        let draws: Vec<f64> = (0..10_000).map(|i| seeded_draw(42, &format!("prompt {i}"))).collect();
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        // Each tenth of [0, 1) holds 1,000 ± 5 standard deviations (σ = 30) of the draws.
+        for decile in 0..10 {
+            let count = draws.iter().filter(|&&d| (d * 10.0) as usize == decile).count();
+            assert!((850..=1150).contains(&count), "decile {decile} holds {count} draws");
+        }
+    }
 }
