@@ -34,7 +34,6 @@ source "$ROOT/bench/lib.sh"
 OUT_DIR="${OUT_DIR:-$(mktemp -d -t switchyard-ab.XXXXXX)}"
 mkdir -p "$OUT_DIR"
 
-pin() { [[ -n "$1" ]] && echo "taskset -c $1"; return 0; }
 GATEWAY_PIN="$(pin "${GATEWAY_CPUS:-}")"; UPSTREAM_PIN="$(pin "${UPSTREAM_CPUS:-}")"; LOADGEN_PIN="$(pin "${LOADGEN_CPUS:-}")"
 MOCK_PORT="$(free_port)"
 RUST_LOG=warn $UPSTREAM_PIN "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &

@@ -50,36 +50,7 @@ UPSTREAM="${UPSTREAM:-mock}"
 
 log() { echo "[load.sh] $*" >&2; }
 
-# --- binaries ------------------------------------------------------------------------------
-BIN="${SWITCHYARD_BIN:-}"
-if [[ -z "$BIN" ]]; then
-  for candidate in target-bench/release/switchyard target/release/switchyard; do
-    if [[ -x "$candidate" ]]; then BIN="$candidate"; break; fi
-  done
-fi
-if [[ -z "$BIN" || ! -x "$BIN" ]]; then
-  log "no release switchyard binary; build it with:"
-  log "  CARGO_TARGET_DIR=$ROOT/target-bench cargo build --release -p gateway"
-  exit 1
-fi
-if [[ "$BIN" == *"/debug/"* ]]; then
-  log "warning: $BIN is a debug build; numbers will not mean much"
-fi
-
-OHA="${OHA:-}"
-if [[ -z "$OHA" ]]; then
-  if command -v oha >/dev/null 2>&1; then
-    OHA="$(command -v oha)"
-  elif [[ -x .cache/tools/bin/oha ]]; then
-    OHA=.cache/tools/bin/oha
-  else
-    log "installing oha into .cache/tools (one-off, several minutes)"
-    cargo install oha --locked --root .cache/tools >&2
-    OHA=.cache/tools/bin/oha
-  fi
-fi
-command -v python3 >/dev/null || { log "python3 is needed to read oha's JSON"; exit 1; }
-command -v curl >/dev/null || { log "curl is needed for health checks"; exit 1; }
+source "$ROOT/bench/lib.sh"
 
 OUT_DIR="${OUT_DIR:-$(mktemp -d -t switchyard-load.XXXXXX)}"
 mkdir -p "$OUT_DIR"
@@ -96,33 +67,6 @@ if [[ "$MOCK_NODELAY" == 1 || "$GATEWAY_NODELAY" == 1 ]]; then
 fi
 MOCK_PRELOAD=""; [[ "$MOCK_NODELAY" == 1 ]] && MOCK_PRELOAD="$SHIM"
 GATEWAY_PRELOAD=""; [[ "$GATEWAY_NODELAY" == 1 ]] && GATEWAY_PRELOAD="$SHIM"
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-}
-trap cleanup EXIT INT TERM
-
-wait_healthy() {
-  local url="$1" name="$2" pid="$3"
-  for _ in $(seq 1 200); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "$name exited early; log:"; cat "$OUT_DIR/$name.log" >&2; exit 1
-    fi
-    if curl -fsS -o /dev/null --max-time 1 "$url"; then return 0; fi
-    sleep 0.05
-  done
-  log "$name not healthy at $url"; cat "$OUT_DIR/$name.log" >&2; exit 1
-}
 
 # --- servers -------------------------------------------------------------------------------
 MOCK_PORT="$(free_port)"
@@ -166,7 +110,6 @@ input_usd_per_mtok = 0.15
 output_usd_per_mtok = 0.6"
 fi
 
-pin() { [[ -n "$1" ]] && echo "taskset -c $1"; return 0; }
 GATEWAY_PIN="$(pin "${GATEWAY_CPUS:-}")"; UPSTREAM_PIN="$(pin "${UPSTREAM_CPUS:-}")"; LOADGEN_PIN="$(pin "${LOADGEN_CPUS:-}")"
 SERVER_KNOBS=""
 [[ -n "${GATEWAY_RUNTIME:-}" ]] && SERVER_KNOBS+="runtime = \"$GATEWAY_RUNTIME\""$'\n'

@@ -345,6 +345,28 @@ pub struct Round {
     pub test: TestResult,
     /// With fresh prompts: the same checkpoint on the held-out slice of the training split.
     pub holdout: Option<TestResult>,
+    /// When this round promoted: what the gate estimated beside what the promotion realised.
+    pub promotion: Option<PromotionCheck>,
+}
+
+/// A promotion's off-policy estimate held against the realised utility gain of the promoted
+/// checkpoint over the one it replaced (paired, same prompts, exploration off).
+#[derive(Debug, Clone, Serialize)]
+pub struct PromotionCheck {
+    /// The gate's DR estimate of the utility difference, ±1.96 s.e.
+    pub estimate: Estimate,
+    /// Realised on the test split.
+    pub test: Estimate,
+    /// Realised on the held-out slice of the training split (fresh prompts): the log's own
+    /// distribution, so the fair yardstick for an estimate made on the log.
+    pub holdout: Option<Estimate>,
+}
+
+impl PromotionCheck {
+    /// Whether the realised gain lies within the estimate's 95% interval.
+    fn within(&self, realised: &Estimate) -> bool {
+        (self.estimate.lo95..=self.estimate.hi95).contains(&realised.mean)
+    }
 }
 
 /// The whole run.
@@ -377,6 +399,14 @@ async fn measure(addr: SocketAddr, plan: &LoopPlan, test: &[Prompt], checkpoint:
 pub struct Served {
     quality: Vec<f64>,
     utility: Vec<f64>,
+}
+
+impl Served {
+    /// Paired utility gain of `self` over `before` (same prompts, same order).
+    fn utility_gain_over(&self, before: &Served, seed: u64) -> Estimate {
+        let diff: Vec<f64> = self.utility.iter().zip(&before.utility).map(|(n, b)| n - b).collect();
+        bootstrap(&diff, seed)
+    }
 }
 
 async fn measure_on(addr: SocketAddr, route: &str, plan: &LoopPlan, test: &[Prompt], checkpoint: String, start: Option<&Served>) -> Result<(TestResult, Served)> {
@@ -495,8 +525,6 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
     let version = reload(addr).await?;
     let test = &billed_by_gateway(addr, plan, test).await?;
     let (start, start_served) = measure(addr, plan, test, version, None).await?;
-    // What the checkpoint serving after the latest round got on the test prompts.
-    let mut latest_served: Option<Served> = None;
     eprintln!(
         "start ({}): test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}, utility {:.4}",
         start.checkpoint, start.quality.mean, start.quality.lo95, start.quality.hi95, start.cost_per_1k.mean, start.utility.mean
@@ -527,6 +555,9 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
     };
     let mut rounds = Vec::new();
     let mut sent = 0usize;
+    // What the serving checkpoint got before this round: a promotion's realised gain is over it.
+    let mut before_test = None::<Served>;
+    let mut before_holdout = None::<Served>;
     for round in 1..=plan.rounds {
         let train = round_prompts(train, plan, round);
         let answers = send_all(addr, LEARN_ROUTE, train, plan).await?;
@@ -586,11 +617,38 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         }
         let version = reload(addr).await?;
         let (test_result, served) = measure(addr, plan, test, version.clone(), Some(&start_served)).await?;
-        latest_served = Some(served);
-        let holdout_result = match &holdout {
-            Some(prompts) => Some(measure(addr, plan, prompts, version, start_holdout_served.as_ref()).await?.0),
-            None => None,
+        let (holdout_result, holdout_served) = match &holdout {
+            Some(prompts) => {
+                let (result, served) = measure(addr, plan, prompts, version, start_holdout_served.as_ref()).await?;
+                (Some(result), Some(served))
+            }
+            None => (None, None),
         };
+        let promotion = match (outcome.promoted(), &ope) {
+            (true, Some(ope)) => {
+                let (mean, lo95, hi95) = ope.dr_difference_interval95();
+                let test_before = before_test.as_ref().unwrap_or(&start_served);
+                let holdout_before = before_holdout.as_ref().or(start_holdout_served.as_ref());
+                Some(PromotionCheck {
+                    estimate: Estimate { mean, lo95, hi95 },
+                    test: served.utility_gain_over(test_before, plan.seed ^ 0x9e39),
+                    holdout: holdout_served.as_ref().zip(holdout_before).map(|(now, before)| now.utility_gain_over(before, plan.seed ^ 0x9e3a)),
+                })
+            }
+            _ => None,
+        };
+        if let Some(p) = &promotion {
+            eprintln!(
+                "round {round}: promotion estimate {:+.4} [{:+.4}, {:+.4}], realised on the test split {:+.4}, on held-out training prompts {}",
+                p.estimate.mean,
+                p.estimate.lo95,
+                p.estimate.hi95,
+                p.test.mean,
+                p.holdout.map_or_else(|| "-".to_owned(), |h| format!("{:+.4}", h.mean))
+            );
+        }
+        before_test = Some(served);
+        before_holdout = holdout_served;
         if let Some(h) = &holdout_result {
             let gain = h.utility_gain.unwrap_or(Estimate { mean: 0.0, lo95: 0.0, hi95: 0.0 });
             eprintln!(
@@ -625,10 +683,11 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
             ope_active,
             test: test_result,
             holdout: holdout_result,
+            promotion,
         });
     }
     let final_version = rounds.last().map_or_else(|| start.checkpoint.clone(), |r: &Round| r.test.checkpoint.clone());
-    let off_served = latest_served.unwrap_or(start_served);
+    let off_served = before_test.unwrap_or(start_served);
     let (default_exploration, _) = measure_on(addr, DEFAULT_EXPLORATION_ROUTE, plan, test, final_version, Some(&off_served)).await?;
     eprintln!(
         "final checkpoint, exploration off {:.4} / at the gateway's default {:.4} (paired difference {:+.4})",
@@ -733,6 +792,27 @@ impl LoopReport {
                 if let Some(h) = &r.holdout {
                     s.push_str(&row(format!("round {}", r.round), h));
                 }
+            }
+        }
+        let promotions: Vec<&Round> = self.rounds.iter().filter(|r| r.promotion.is_some()).collect();
+        if !promotions.is_empty() {
+            s.push_str(
+                "\nEach promotion's off-policy estimate (the gate's DR utility difference, ±1.96 s.e.) beside the utility gain \
+                 the promoted checkpoint realised over the one it replaced (paired, exploration off):\n\n\
+                 | round | estimate [95%] | realised, test split [95%] | within the estimate's interval | realised, held-out training prompts [95%] | within |\n|---|---|---|---|---|---|\n",
+            );
+            for r in promotions {
+                let Some(p) = &r.promotion else { continue };
+                let yes = |realised: &Estimate| if p.within(realised) { "yes" } else { "no" };
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    r.round,
+                    e(&p.estimate),
+                    e(&p.test),
+                    yes(&p.test),
+                    p.holdout.as_ref().map(e).unwrap_or_else(|| "-".into()),
+                    p.holdout.as_ref().map_or("-", yes)
+                ));
             }
         }
         s.push_str("\nSingle models on the test prompts: ");

@@ -272,6 +272,15 @@ pub fn head_of(candidates: &[String], model: &str) -> Option<usize> {
         })
 }
 
+impl OpeReport {
+    /// The paired DR utility difference new − active with its two-sided 95% interval: what a
+    /// promotion claims, to hold against the gain the promoted checkpoint then realises.
+    pub fn dr_difference_interval95(&self) -> (f64, f64, f64) {
+        let se = (self.dr_difference - self.dr_difference_lcb95) / Z95;
+        (self.dr_difference, self.dr_difference - 1.96 * se, self.dr_difference + 1.96 * se)
+    }
+}
+
 /// One policy's value on the held-out rows, under each estimator.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyValue {
