@@ -173,7 +173,11 @@ fn client() -> Result<reqwest::Client> {
 
 /// Sends every prompt to `route` (a route or a model), `concurrency` at a time.
 async fn send_all(addr: SocketAddr, route: &str, prompts: &[Prompt], plan: &LoopPlan) -> Result<Vec<Answer>> {
-    let (candidates, concurrency) = (&plan.candidates, plan.concurrency);
+    let candidates = &plan.candidates;
+    // With fresh prompts (a seeded run) the exploring route's traffic goes one request at a
+    // time, so the log's order — which rows are the newest, the ones the learn step holds out
+    // — is the same in every run.
+    let concurrency = if route == LEARN_ROUTE && plan.fresh_prompts { 1 } else { plan.concurrency };
     let client = client()?;
     let url = format!("http://{addr}/v1/chat/completions");
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));

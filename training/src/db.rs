@@ -359,6 +359,37 @@ fn predicted_utilities(row: &LoggedRequest, tradeoff: Tradeoff, predictions: &[P
         .collect()
 }
 
+/// Rows a model must have served in the other half before its output-token prediction is
+/// recalibrated there (fewer: the checkpoint's prediction stands).
+const MIN_CALIBRATION_ROWS: usize = 20;
+
+/// The reward model's output tokens, recalibrated on the log: per head, realised ÷ predicted
+/// output tokens over the rows that model served, **cross-fitted** (a row's factor comes from
+/// the other half of the rows, by index parity), so no row's own outcome corrects its guess.
+/// A checkpoint trained on other traffic can mispredict answer lengths badly (on the learning
+/// bench the weak start predicted gpt-3.5's cost per request at twice what it billed); the
+/// cost term of every pick the log did not serve then carries that error straight into the
+/// estimate, on the side of whichever policy saves more.
+fn output_token_scales(rows: &[&&LoggedRequest], predictions: &[Vec<Prediction>], candidates: &[String]) -> [Vec<f64>; 2] {
+    // Per half, per head: (realised tokens, predicted tokens, rows).
+    let mut sums = [vec![(0.0, 0.0, 0usize); candidates.len()], vec![(0.0, 0.0, 0usize); candidates.len()]];
+    for (i, (row, predicted)) in rows.iter().zip(predictions).enumerate() {
+        let (Some(head), Some(realised)) = (head_of(candidates, &row.model), row.completion_tokens) else { continue };
+        let Some(p) = predicted.get(head) else { continue };
+        let entry = &mut sums[i % 2][head];
+        entry.0 += realised.max(0) as f64;
+        entry.1 += f64::from(p.output_tokens.max(0.0));
+        entry.2 += 1;
+    }
+    let scales = |half: &[(f64, f64, usize)]| -> Vec<f64> {
+        half.iter()
+            .map(|&(realised, predicted, n)| if n >= MIN_CALIBRATION_ROWS && predicted > 0.0 { (realised / predicted).clamp(0.1, 10.0) } else { 1.0 })
+            .collect()
+    };
+    // Rows of half 0 take the other half's factors, and the other way round.
+    [scales(&sums[1]), scales(&sums[0])]
+}
+
 fn argmax(values: &[(f64, f64)]) -> Option<usize> {
     values.iter().enumerate().max_by(|a, b| a.1 .1.total_cmp(&b.1 .1)).map(|(i, _)| i)
 }
@@ -385,25 +416,32 @@ pub fn evaluate_policies(
     let mut allowance_sum = 0.0;
     let (mut disagreements, mut verified_new, mut verified_active) = (0usize, 0usize, 0usize);
     let (mut agree_new, mut agree_active) = (0usize, 0usize);
-    for row in &usable {
+    let active_predictions = usable.iter().map(|row| active_predict(row)).collect::<Result<Vec<_>>>()?;
+    let token_scales = output_token_scales(&usable, &active_predictions, active_candidates);
+    for (i, (row, q_active)) in usable.iter().zip(&active_predictions).enumerate() {
         let quality = row.feedback.unwrap_or(0.0);
         let tradeoff = row.tradeoff.unwrap_or(Tradeoff::BEST);
         let utility = row.realised_utility(tradeoff);
         let w = row.ips_weight_clipped(OPE_CLIP);
         let q_new = new_predict(row)?;
-        let q_active = active_predict(row)?;
         // The reward model, for both policies: the active checkpoint's predictions. DR is
         // unbiased whatever the reward model, but where the log rarely served the new pick
         // the estimate leans on it: the active one's beliefs then argue for the active
         // policy (which maximises them), so thin evidence keeps the incumbent. In
         // `gate_calibration` a no-better candidate passed the 95% bound in 11 of 300 trials
-        // with these beliefs, 25 with the new checkpoint's own, 21 with their mean.
-        let hat = predicted_utilities(row, tradeoff, &q_active, active_candidates);
+        // with these beliefs, 25 with the new checkpoint's own, 21 with their mean. Its
+        // output tokens (so its cost) are recalibrated on the log; its quality is not.
+        let calibrated: Vec<Prediction> = q_active
+            .iter()
+            .enumerate()
+            .map(|(h, p)| Prediction { output_tokens: p.output_tokens * token_scales[i % 2].get(h).copied().unwrap_or(1.0) as f32, ..p.clone() })
+            .collect();
+        let hat = predicted_utilities(row, tradeoff, &calibrated, active_candidates);
         let Some(logged) = row.candidates.iter().position(|c| c.model == row.model) else { continue };
         let (logged_q_hat, logged_u_hat) = hat[logged];
         let mut values = [0.0; 8];
         let mut picks = [None; 2];
-        for (k, (candidates, q)) in [(new_candidates, &q_new), (active_candidates, &q_active)].into_iter().enumerate() {
+        for (k, (candidates, q)) in [(new_candidates, &q_new), (active_candidates, q_active)].into_iter().enumerate() {
             let Some(pick) = argmax(&predicted_utilities(row, tradeoff, q, candidates)) else { continue };
             picks[k] = Some(pick);
             let matches = pick == logged;
@@ -463,7 +501,7 @@ pub fn evaluate_policies(
     Ok(OpeReport {
         rows: n,
         estimator: format!(
-            "doubly robust on the routes' utility (q̂ = active quality head, cost and latency as logged), clipped IPS weights min(1/p, {OPE_CLIP})"
+            "doubly robust on the routes' utility (reward model: the active checkpoint's heads, its output tokens recalibrated per model on the other half of the rows), clipped IPS weights min(1/p, {OPE_CLIP})"
         ),
         ips_clip: OPE_CLIP,
         new: value(0, agree_new),
@@ -676,6 +714,69 @@ mod tests {
         let report = evaluate_policies(&held, &candidates, &predicts(0.1, 0.9), &candidates, &predicts(0.6, 0.1), 0.0).expect("evaluated");
         assert_eq!(report.clip_bias_allowance, 0.0);
         assert!(report.better && (report.dr_difference - 0.4).abs() < 0.05, "{report:?}");
+    }
+
+    /// The active checkpoint predicts four times the output tokens both models bill (200 vs
+    /// 50). The candidate picks the cheap "b" everywhere, which the log served on 1% of
+    /// rows; its cost there is the reward model's guess. Recalibrated on the rows each model
+    /// served (the other half's), the guess is the billed 50 tokens and the estimate is the
+    /// true saving, 0.05 × 1000 × 50 × (30 − 2) / 1e6 = 0.07 (uncalibrated: 0.055).
+    #[test]
+    fn the_reward_models_cost_follows_what_the_log_billed() {
+        let price = |output: f64| Some(Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: output });
+        let log: Vec<LoggedRequest> = (0..8000)
+            .map(|i| {
+                // 1% explored, on even and odd rows alike (each half calibrates the other).
+                let explored = i % 200 == 0 || i % 200 == 101;
+                let mut a = candidate("a", 0.5, 0.99);
+                a.price = price(30.0);
+                let mut b = candidate("b", 0.5, 0.01);
+                b.price = price(2.0);
+                let (served, propensity, output_price) = if explored { ("b", 0.01, 2.0) } else { ("a", 0.99, 30.0) };
+                let mut row = rated(format!("{i}"), i, served, vec![a, b], propensity, 0.5);
+                row.prompt_tokens = Some(0);
+                row.completion_tokens = Some(50);
+                row.cost_usd = Some(50.0 * output_price / 1e6);
+                row.tradeoff = Some(Tradeoff { quality: 1.0, cost: 0.05, latency: 0.0 });
+                row
+            })
+            .collect();
+        let held: Vec<&LoggedRequest> = log.iter().collect();
+        let candidates = vec!["a".to_owned(), "b".to_owned()];
+        let predicting = |qa: f32, qb: f32| {
+            move |_: &LoggedRequest| -> Result<Vec<Prediction>> {
+                Ok([("a", qa), ("b", qb)].iter().map(|(m, q)| Prediction { model_id: (*m).into(), quality: *q, latency_ms: 0.0, output_tokens: 200.0 }).collect())
+            }
+        };
+        // The active checkpoint overrates "a" (0.9; truly 0.5, like "b"), so it serves "a".
+        let report = evaluate_policies(&held, &candidates, &predicting(0.1, 0.9), &candidates, &predicting(0.9, 0.5), 0.0).expect("evaluated");
+        assert!((report.dr_difference - 0.07).abs() < 0.003, "{report:?}");
+    }
+
+    #[test]
+    fn output_tokens_are_recalibrated_from_the_other_half_only_where_a_model_served_enough() {
+        let rows: Vec<LoggedRequest> = (0..100)
+            .map(|i| {
+                // "a" served every row; even rows billed 40 tokens, odd rows 80.
+                let mut row = rated(format!("{i}"), i, "a", vec![candidate("a", 0.5, 0.9), candidate("b", 0.5, 0.1)], 0.9, 1.0);
+                row.completion_tokens = Some(if i % 2 == 0 { 40 } else { 80 });
+                row
+            })
+            .collect();
+        let refs: Vec<&LoggedRequest> = rows.iter().collect();
+        let usable: Vec<&&LoggedRequest> = refs.iter().collect();
+        let predictions: Vec<Vec<Prediction>> = (0..100)
+            .map(|_| ["a", "b"].iter().map(|m| Prediction { model_id: (*m).into(), quality: 0.5, latency_ms: 0.0, output_tokens: 20.0 }).collect())
+            .collect();
+        let candidates = vec!["a".to_owned(), "b".to_owned()];
+        let [even, odd] = output_token_scales(&usable, &predictions, &candidates);
+        // Even rows are corrected by what the odd rows billed, and the other way round.
+        assert_eq!(even, vec![4.0, 1.0]);
+        assert_eq!(odd, vec![2.0, 1.0]);
+        // Fewer than MIN_CALIBRATION_ROWS in a half: the prediction stands.
+        let few = &usable[..2 * MIN_CALIBRATION_ROWS - 2];
+        let [even, odd] = output_token_scales(few, &predictions, &candidates);
+        assert_eq!((even, odd), (vec![1.0, 1.0], vec![1.0, 1.0]));
     }
 
     #[test]
