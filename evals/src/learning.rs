@@ -408,8 +408,24 @@ pub struct Served {
 impl Served {
     /// Paired utility gain of `self` over `before` (same prompts, same order).
     fn utility_gain_over(&self, before: &Served, seed: u64) -> Estimate {
-        let diff: Vec<f64> = self.utility.iter().zip(&before.utility).map(|(n, b)| n - b).collect();
-        bootstrap(&diff, seed)
+        paired_gain(&self.utility, &before.utility, seed)
+    }
+}
+
+/// Mean paired difference `now − before` (same prompts, same order) with its bootstrap interval.
+fn paired_gain(now: &[f64], before: &[f64], seed: u64) -> Estimate {
+    let diff: Vec<f64> = now.iter().zip(before).map(|(n, b)| n - b).collect();
+    bootstrap(&diff, seed)
+}
+
+/// [`measure`] on the held-out training prompts, when the run keeps some.
+async fn measure_holdout(addr: SocketAddr, plan: &LoopPlan, holdout: Option<&[Prompt]>, checkpoint: String, start: Option<&Served>) -> Result<(Option<TestResult>, Option<Served>)> {
+    match holdout {
+        Some(prompts) => {
+            let (result, served) = measure(addr, plan, prompts, checkpoint, start).await?;
+            Ok((Some(result), Some(served)))
+        }
+        None => Ok((None, None)),
     }
 }
 
@@ -421,12 +437,8 @@ async fn measure_on(addr: SocketAddr, route: &str, plan: &LoopPlan, test: &[Prom
         .iter()
         .map(|a| plan.tradeoff.utility(test[a.prompt].quality[a.candidate], test[a.prompt].cost[a.candidate], 0.0))
         .collect();
-    let paired = |now: &[f64], before: &[f64], seed: u64| {
-        let diff: Vec<f64> = now.iter().zip(before).map(|(n, b)| n - b).collect();
-        bootstrap(&diff, seed)
-    };
-    let gain = start.map(|s| paired(&quality, &s.quality, plan.seed ^ 0x9e37));
-    let utility_gain = start.map(|s| paired(&utility, &s.utility, plan.seed ^ 0x9e38));
+    let gain = start.map(|s| paired_gain(&quality, &s.quality, plan.seed ^ 0x9e37));
+    let utility_gain = start.map(|s| paired_gain(&utility, &s.utility, plan.seed ^ 0x9e38));
     let mut shares = BTreeMap::new();
     let mut decisions = BTreeMap::new();
     for a in &answers {
@@ -550,13 +562,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         Some(prompts) => Some(billed_by_gateway(addr, plan, prompts).await?),
         None => None,
     };
-    let (start_holdout, start_holdout_served) = match &holdout {
-        Some(prompts) => {
-            let (result, served) = measure(addr, plan, prompts, start.checkpoint.clone(), None).await?;
-            (Some(result), Some(served))
-        }
-        None => (None, None),
-    };
+    let (start_holdout, start_holdout_served) = measure_holdout(addr, plan, holdout.as_deref(), start.checkpoint.clone(), None).await?;
     let mut rounds = Vec::new();
     let mut sent = 0usize;
     // What the serving checkpoint got before this round: a promotion's realised gain is over it.
@@ -621,13 +627,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         }
         let version = reload(addr).await?;
         let (test_result, served) = measure(addr, plan, test, version.clone(), Some(&start_served)).await?;
-        let (holdout_result, holdout_served) = match &holdout {
-            Some(prompts) => {
-                let (result, served) = measure(addr, plan, prompts, version, start_holdout_served.as_ref()).await?;
-                (Some(result), Some(served))
-            }
-            None => (None, None),
-        };
+        let (holdout_result, holdout_served) = measure_holdout(addr, plan, holdout.as_deref(), version, start_holdout_served.as_ref()).await?;
         let promotion = match (outcome.promoted(), &ope) {
             (true, Some(ope)) => {
                 let (mean, lo95, hi95) = ope.dr_difference_interval95();
