@@ -470,6 +470,8 @@ pub struct LearnSetup {
     pub cache_dir: PathBuf,
     pub min_rows: usize,
     pub promote_margin: f64,
+    /// Judgements a promising challenger gets (`switchyard learn --challenger-looks`).
+    pub challenger_looks: u32,
     /// Train each round's candidate from random weights instead of the serving checkpoint's.
     pub cold_start: bool,
     /// Epochs without a better validation loss before training stops (`None`: the default).
@@ -601,6 +603,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         options.install_challenger = plan.challenger_share > 0.0;
         options.min_rows = learn.min_rows;
         options.promote_margin = learn.promote_margin;
+        options.challenger_looks = learn.challenger_looks;
         options.embedder_dir = learn.embedder_dir.clone();
         options.cache_dir = learn.cache_dir.clone();
         options.train.progress = false;

@@ -74,6 +74,11 @@ pub struct EvalLearningArgs {
     /// (negative: promote even a candidate estimated slightly worse).
     #[arg(long, default_value_t = 0.0)]
     promote_margin: f64,
+    /// Judgements a promising challenger gets before it is retired (`switchyard learn
+    /// --challenger-looks`).
+    #[arg(long, default_value_t = training::learn::DEFAULT_CHALLENGER_LOOKS,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(training::learn::MAX_CHALLENGER_LOOKS)))]
+    challenger_looks: u32,
     /// Seed of the prompt samples, the feedback shuffle, training and (with
     /// `--fresh-prompts`) the gateway's exploration draws.
     #[arg(long, default_value_t = 7)]
@@ -164,6 +169,7 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
         cache_dir: a.cache_dir.clone(),
         min_rows: a.min_rows,
         promote_margin: a.promote_margin,
+        challenger_looks: a.challenger_looks,
         cold_start: a.cold_start,
         patience: a.patience,
         snapshots: Some(work.clone()),

@@ -514,6 +514,12 @@ struct LearnArgs {
     /// Never install or retire a challenger.
     #[arg(long)]
     no_challenger: bool,
+    /// Judgements a promising challenger (estimate above the margin, bound not) gets, each on
+    /// every row logged since it was trained, before it is retired; the bound widens with the
+    /// number allowed so the chance of promoting a no-better one stays 5% (1 to 5).
+    #[arg(long, default_value_t = training::learn::DEFAULT_CHALLENGER_LOOKS,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(training::learn::MAX_CHALLENGER_LOOKS)))]
+    challenger_looks: u32,
     /// Only logged requests from this RFC 3339 time on.
     #[arg(long)]
     since: Option<String>,
@@ -573,6 +579,7 @@ impl LearnArgs {
             .clone()
             .or_else(|| config.as_ref().and_then(|c| c.router.challenger_checkpoint.clone()));
         options.install_challenger = !self.no_challenger;
+        options.challenger_looks = self.challenger_looks;
         options.since = self.since.clone();
         options.routes = self.routes.clone();
         options.min_rows = self.min_rows;

@@ -16,9 +16,14 @@
 //!    bound reaches the margin) becomes the **challenger** (`<active>.challenger`), which the
 //!    gateway lets decide `[router] challenger_share` of exploring traffic;
 //! 2. the next run with enough rated rows logged *after the challenger was trained* judges it
-//!    once on those rows — rows it never learned from, on which its picks were served at
+//!    on those rows — rows it never learned from, on which its picks were served at
 //!    probability ≥ share × its own — and promotes it when the gate's bound clears the
-//!    margin; either way it is retired, and that run's new candidate goes through stage 1.
+//!    margin. A challenger whose estimate is above the margin but whose bound is not
+//!    (promising, unproven) keeps its share and is judged again by the next run on every row
+//!    since it was trained, up to `challenger_looks` judgements; the bound then uses Pocock's
+//!    z for that many looks, so judging again does not raise the chance of promoting a
+//!    no-better challenger above 5% ([`challenger_verdict`]). Otherwise it is retired, and
+//!    that run's new candidate goes through stage 1.
 //!
 //! Why not promote on the held-out rows alone: there the candidate's picks were served only by
 //! exploration around the active policy, rarely, so the few rows that verify them carry large
@@ -45,6 +50,45 @@ use crate::{RunReport, TrainConfig, TrainOptions};
 /// Logged rows with feedback a run needs before it trains at all.
 pub const DEFAULT_MIN_ROWS: usize = 100;
 
+/// Judgements a promising challenger gets before it is retired (`--challenger-looks`). On the
+/// fresh-prompts learning bench one look at ~550 rows left seeds whose challenger was ahead
+/// unpromoted; a second look sees twice the rows.
+pub const DEFAULT_CHALLENGER_LOOKS: u32 = 2;
+
+/// One-sided 5% Pocock boundaries: the z every look uses when a challenger may be judged up to
+/// K times on accumulating rows (K = index + 1). Beyond the table, its last entry is used
+/// with fewer looks allowed (see [`challenger_verdict`]).
+const POCOCK_Z: [f64; 5] = [1.645, 1.875, 1.992, 2.067, 2.122];
+
+/// The most judgements a challenger can get (the table's length).
+pub const MAX_CHALLENGER_LOOKS: u32 = POCOCK_Z.len() as u32;
+
+/// What one judgement of the challenger says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Promote,
+    /// Its estimate is above the margin but the bound is not, and it has looks left.
+    JudgeAgain,
+    Retire,
+}
+
+/// The challenger's verdict at judgement `look` (1-based) of at most `looks`, from the gate's
+/// report on every rated row logged since it was trained. The bound uses Pocock's z for
+/// `looks` (1.645 for one): the chance that a no-better challenger is promoted at *any* look
+/// stays at 5% (`db::gate_calibration` measures it). Only a challenger ahead on the estimate
+/// is judged again; one behind it, or out of looks, is retired.
+pub fn challenger_verdict(ope: &db::OpeReport, look: u32, looks: u32) -> Verdict {
+    let looks = looks.clamp(1, MAX_CHALLENGER_LOOKS);
+    let z = POCOCK_Z[looks as usize - 1];
+    if ope.gate_lower_bound_at(z) > ope.margin {
+        Verdict::Promote
+    } else if look < looks && ope.dr_difference > ope.margin {
+        Verdict::JudgeAgain
+    } else {
+        Verdict::Retire
+    }
+}
+
 /// Everything `switchyard learn` takes.
 #[derive(Debug, Clone)]
 pub struct LearnOptions {
@@ -67,6 +111,9 @@ pub struct LearnOptions {
     pub min_rows: usize,
     /// DR improvement the 95% lower bound must clear.
     pub promote_margin: f64,
+    /// Judgements a promising challenger gets ([`challenger_verdict`]), 1 to
+    /// [`MAX_CHALLENGER_LOOKS`].
+    pub challenger_looks: u32,
     /// Train and evaluate, but never replace the active checkpoint.
     pub dry_run: bool,
     /// Run even when nothing changed since the last run.
@@ -88,6 +135,7 @@ impl LearnOptions {
             routes: Vec::new(),
             min_rows: DEFAULT_MIN_ROWS,
             promote_margin: 0.0,
+            challenger_looks: DEFAULT_CHALLENGER_LOOKS,
             dry_run: false,
             force: false,
             train: TrainConfig::default(),
@@ -113,6 +161,8 @@ pub enum ChallengerChange {
     /// The candidate was shown worse (or the challenger was judged and nothing replaced it):
     /// no challenger is left.
     Retired,
+    /// The challenger was judged promising but unproven: it keeps its share until judged again.
+    Kept,
     /// Dry run, or challengers are off: nothing touched.
     Untouched,
 }
@@ -154,6 +204,16 @@ pub struct LearnState {
     pub ran_at: String,
     pub watermark: Watermark,
     pub outcome: String,
+    /// Judgements the current challenger has had, so the next one knows its look.
+    #[serde(default)]
+    pub challenger_judged: Option<ChallengerLooks>,
+}
+
+/// How often the challenger trained at `trained_at` has been judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChallengerLooks {
+    pub trained_at: String,
+    pub looks: u32,
 }
 
 /// Where the state of runs against `active` is kept.
@@ -189,8 +249,8 @@ pub enum LearnOutcome {
     ChallengerWaiting { fresh: usize, needed: usize },
     /// Something was decided.
     Evaluated {
-        /// The challenger's judgement on the rows logged since it was trained (promoted, or
-        /// retired), when one was due.
+        /// The challenger's judgement on the rows logged since it was trained (promoted, kept
+        /// to be judged again, or retired), when one was due.
         judged: Option<Box<db::PromotionRecord>>,
         /// The candidate trained this run and what the gate said of it (`promotion`; none on a
         /// dry run); absent when too few rows were left to train one.
@@ -283,29 +343,54 @@ pub async fn run(opts: &LearnOptions) -> Result<LearnOutcome> {
     if !opts.force && previous.as_ref().is_some_and(|s| s.watermark == watermark) {
         return Ok(LearnOutcome::NothingNew(watermark));
     }
-    let outcome = decide(opts, &logged).await?;
+    let earlier_looks = previous.and_then(|s| s.challenger_judged);
+    let (outcome, challenger_judged) = decide(opts, &logged, earlier_looks).await?;
     write_state(
         &opts.active,
         &LearnState {
             ran_at: crate::now_rfc3339(),
             watermark,
             outcome: outcome.describe(),
+            challenger_judged,
         },
     )?;
     Ok(outcome)
 }
 
-async fn decide(opts: &LearnOptions, logged: &[LoggedRequest]) -> Result<LearnOutcome> {
+/// The run's outcome, and the challenger's judgements so far when it stays to be judged again.
+async fn decide(
+    opts: &LearnOptions,
+    logged: &[LoggedRequest],
+    earlier_looks: Option<ChallengerLooks>,
+) -> Result<(LearnOutcome, Option<ChallengerLooks>)> {
     let two_stage = opts.install_challenger;
     let challenger_dir = opts.challenger_dir();
     let mut judged = None;
     if two_stage && challenger_dir.join(router_model::checkpoint::META_FILE).is_file() {
-        match judge_challenger(opts, logged, &challenger_dir)? {
-            Judgement::Waiting { fresh, needed } => return Ok(LearnOutcome::ChallengerWaiting { fresh, needed }),
-            Judgement::Judged(record) => judged = Some(record),
+        match judge_challenger(opts, logged, &challenger_dir, earlier_looks.as_ref())? {
+            Judgement::Waiting { fresh, needed } => {
+                return Ok((LearnOutcome::ChallengerWaiting { fresh, needed }, earlier_looks));
+            }
+            Judgement::Judged { record, judge_again: Some(looks) } => {
+                // Promising but unproven: no new candidate until it is judged again.
+                let outcome = LearnOutcome::Evaluated { judged: Some(record), candidate: None, challenger: ChallengerChange::Kept };
+                return Ok((outcome, Some(looks)));
+            }
+            Judgement::Judged { record, judge_again: None } => judged = Some(record),
             Judgement::Dropped => {}
         }
     }
+    decide_candidate(opts, logged, judged).await.map(|outcome| (outcome, None))
+}
+
+/// Trains this run's candidate and puts it through its gate.
+async fn decide_candidate(
+    opts: &LearnOptions,
+    logged: &[LoggedRequest],
+    judged: Option<Box<db::PromotionRecord>>,
+) -> Result<LearnOutcome> {
+    let two_stage = opts.install_challenger;
+    let challenger_dir = opts.challenger_dir();
 
     let usable = logged
         .iter()
@@ -356,13 +441,19 @@ enum Judgement {
     Waiting { fresh: usize, needed: usize },
     /// It no longer loads beside the active checkpoint (other candidates or embedder).
     Dropped,
-    Judged(Box<db::PromotionRecord>),
+    /// `judge_again`: it stays, with this many judgements behind it.
+    Judged { record: Box<db::PromotionRecord>, judge_again: Option<ChallengerLooks> },
 }
 
-/// Judges the challenger once, on the rated rows logged after it was trained (none of which
-/// it learned from; with it serving its share, its picks are there at high propensity):
-/// promoted when the gate's bound clears the margin, retired otherwise.
-fn judge_challenger(opts: &LearnOptions, logged: &[LoggedRequest], challenger_dir: &Path) -> Result<Judgement> {
+/// Judges the challenger on the rated rows logged after it was trained (none of which it
+/// learned from; with it serving its share, its picks are there at high propensity):
+/// promoted, kept to be judged again, or retired ([`challenger_verdict`]).
+fn judge_challenger(
+    opts: &LearnOptions,
+    logged: &[LoggedRequest],
+    challenger_dir: &Path,
+    earlier_looks: Option<&ChallengerLooks>,
+) -> Result<Judgement> {
     let active_meta = router_model::Checkpoint::read_meta(&opts.active)?;
     let (id, dim) = (active_meta.embedder.id.clone(), active_meta.embedder.dim);
     let active = router_model::Checkpoint::load(&opts.active, &id, dim)?;
@@ -401,15 +492,27 @@ fn judge_challenger(opts: &LearnOptions, logged: &[LoggedRequest], challenger_di
         Err(Error::InvalidInput(_)) => return Ok(Judgement::Waiting { fresh: fresh.len(), needed }),
         Err(e) => return Err(e),
     };
-    let promoted = ope.better;
-    let verdict = match (promoted, opts.dry_run) {
-        (true, false) => "promoted",
-        (false, false) => "retired",
-        (true, true) => "dry run, would be promoted",
-        (false, true) => "dry run, would be retired",
+    // Judgements of an earlier challenger do not count for this one.
+    let looks_before = earlier_looks.filter(|l| l.trained_at == challenger.meta.created_at).map_or(0, |l| l.looks);
+    let look = looks_before + 1;
+    let looks = opts.challenger_looks.clamp(1, MAX_CHALLENGER_LOOKS);
+    let mut ope = ope;
+    let z = POCOCK_Z[looks as usize - 1];
+    // The recorded bound is the one this judgement used.
+    ope.gate_lower_bound = ope.gate_lower_bound_at(z);
+    let verdict = challenger_verdict(&ope, look, looks);
+    let promoted = verdict == Verdict::Promote;
+    ope.better = promoted;
+    let verdict_text = match (verdict, opts.dry_run) {
+        (Verdict::Promote, false) => "promoted",
+        (Verdict::JudgeAgain, false) => "kept to be judged again on more rows",
+        (Verdict::Retire, false) => "retired",
+        (Verdict::Promote, true) => "dry run, would be promoted",
+        (Verdict::JudgeAgain, true) => "dry run, would be judged again",
+        (Verdict::Retire, true) => "dry run, would be retired",
     };
     let reason = format!(
-        "{verdict}: on {} rated rows logged since it was trained, utility DR improvement {:+.4} has 95% lower bound {:+.4} {} margin {:.3} ({} rows where the policies differ, the log served its pick on {})",
+        "{verdict_text}: judgement {look} of at most {looks}, on {} rated rows logged since it was trained, utility DR improvement {:+.4} has lower bound {:+.4} (z = {z:.3}) {} margin {:.3} ({} rows where the policies differ, the log served its pick on {})",
         ope.rows,
         ope.dr_difference,
         ope.gate_lower_bound,
@@ -426,14 +529,21 @@ fn judge_challenger(opts: &LearnOptions, logged: &[LoggedRequest], challenger_di
         reason,
         ope,
     };
+    let mut judge_again = None;
     if !opts.dry_run {
-        if promoted {
-            db::promote(challenger_dir, &opts.active)?;
+        match verdict {
+            Verdict::Promote => {
+                db::promote(challenger_dir, &opts.active)?;
+                retire(challenger_dir)?;
+            }
+            Verdict::JudgeAgain => {
+                judge_again = Some(ChallengerLooks { trained_at: challenger.meta.created_at.clone(), looks: look });
+            }
+            Verdict::Retire => retire(challenger_dir)?,
         }
-        retire(challenger_dir)?;
         db::record_decision(&opts.active, &record)?;
     }
-    Ok(Judgement::Judged(Box::new(record)))
+    Ok(Judgement::Judged { record: Box::new(record), judge_again })
 }
 
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {

@@ -339,6 +339,61 @@ async fn a_candidate_becomes_the_challenger_and_is_promoted_on_traffic_logged_af
     assert!(decisions().lines().count() >= 2);
 }
 
+/// A challenger ahead on its estimate but not on its bound is kept, keeps its share, and is
+/// judged again by the next run on every row logged since it was trained; with that many more
+/// rows it is promoted. The margin is set just under the first judgement's estimate (read from
+/// a dry run), so the first verdict is the undecided one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promising_challenger_is_judged_again_on_more_rows() {
+    use training::learn::{ChallengerChange, LearnOptions, LearnOutcome};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let active_dir = tmp.path().join("active");
+    write_wrong_checkpoint(&active_dir);
+    let active = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load active");
+    let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
+    let mut options = LearnOptions::new(db.clone(), active_dir.clone());
+    options.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
+    options.force = true;
+    let hash = |dir: &Path| Checkpoint::read_meta(dir).expect("meta").training_data_hash;
+    let wrong = hash(&active_dir);
+    let challenger = tmp.path().join("active.challenger");
+
+    create_log(&db, Backend::Sqlite, &active, 3000).await;
+    let first = training::learn::run(&options).await.expect("learn");
+    assert!(matches!(first, LearnOutcome::Evaluated { challenger: ChallengerChange::Installed, .. }), "{}", first.describe());
+    let installed = hash(&challenger);
+
+    append_log(&db, Backend::Sqlite, &active, 3000..3120, "2099-01-01", false).await;
+    let dry = LearnOptions { dry_run: true, ..options.clone() };
+    let probe = training::learn::run(&dry).await.expect("dry run");
+    let LearnOutcome::Evaluated { judged: Some(probe), .. } = &probe else { panic!("expected a judgement: {}", probe.describe()) };
+    let (estimate, se) = (probe.ope.dr_difference, probe.ope.dr_difference_se());
+    assert!(estimate > 0.0 && se > 0.0, "{:?}", probe.ope);
+    assert_eq!(hash(&challenger), installed, "a dry run changes nothing");
+    // Ahead of the margin by 1.7 standard errors: past a single look's 95% bound (1.645) but
+    // short of the bound each of two looks uses (1.875).
+    options.promote_margin = estimate - 1.7 * se - probe.ope.clip_bias_allowance;
+
+    let undecided = training::learn::run(&options).await.expect("first judgement");
+    let LearnOutcome::Evaluated { judged: Some(record), candidate: None, challenger: ChallengerChange::Kept } = &undecided else {
+        panic!("expected the challenger kept: {}", undecided.describe());
+    };
+    assert!(!record.promoted && !undecided.promoted(), "{}", undecided.describe());
+    assert!(record.reason.contains("judgement 1 of at most 2"), "{}", record.reason);
+    assert_eq!(hash(&challenger), installed, "the challenger keeps serving its share");
+    assert_eq!(hash(&active_dir), wrong);
+
+    append_log(&db, Backend::Sqlite, &active, 3120..5120, "2099-01-02", false).await;
+    let second = training::learn::run(&options).await.expect("second judgement");
+    let LearnOutcome::Evaluated { judged: Some(record), .. } = &second else {
+        panic!("expected the challenger judged again: {}", second.describe());
+    };
+    assert_eq!(record.ope.rows, 2120, "judged on every row logged since it was trained");
+    assert!(record.reason.contains("judgement 2 of at most 2"), "{}", record.reason);
+    assert!(record.promoted, "{}", second.describe());
+    assert_eq!(hash(&active_dir), installed, "the kept challenger is now the active checkpoint");
+}
+
 /// `switchyard learn`: a log too small to learn from promotes nothing and says so; a run
 /// promotes the better policy once; running again with nothing new does nothing; one new
 /// rating makes the next run train again.
