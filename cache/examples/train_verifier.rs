@@ -143,6 +143,9 @@ fn load_rows(args: &Args, data_hash: &str) -> anyhow_like::Result<Vec<Row>> {
     std::fs::create_dir_all(&cache_dir)?;
     let tmp = cache_file.with_extension("partial");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    // Both texts' pooled embeddings, row after row (f32 little-endian), for models over them.
+    let embeddings_tmp = cache_file.with_extension("emb.partial");
+    let mut embeddings_out = std::io::BufWriter::new(std::fs::File::create(&embeddings_tmp)?);
     let mut rows = Vec::with_capacity(kept.len());
     let start = Instant::now();
     for (c, chunk) in kept.chunks(32).enumerate() {
@@ -155,6 +158,9 @@ fn load_rows(args: &Args, data_hash: &str) -> anyhow_like::Result<Vec<Row>> {
         for (k, (line, split, p)) in chunk.iter().enumerate() {
             let (a, b) = (&states[2 * k], &states[2 * k + 1]);
             let cos = cosine(&a.pooled, &b.pooled);
+            for v in a.pooled.iter().chain(&b.pooled) {
+                embeddings_out.write_all(&v.to_le_bytes())?;
+            }
             let x = pair_features(
                 &p.text_a,
                 &p.text_b,
@@ -187,6 +193,9 @@ fn load_rows(args: &Args, data_hash: &str) -> anyhow_like::Result<Vec<Row>> {
     }
     out.flush()?;
     drop(out);
+    embeddings_out.flush()?;
+    drop(embeddings_out);
+    std::fs::rename(&embeddings_tmp, cache_file.with_extension("emb"))?;
     std::fs::rename(&tmp, &cache_file)?;
     Ok(rows)
 }

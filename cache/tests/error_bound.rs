@@ -20,6 +20,9 @@ struct Candidate {
     quora_label: u8,
     verifier_score: f32,
     audit: String,
+    /// Set on pairs audited after the first 313 (those below the shipped threshold).
+    #[serde(default)]
+    audited: Option<String>,
 }
 
 struct Run {
@@ -66,8 +69,12 @@ fn served_hits_keep_the_bound_on_quora_pairs_never_tuned_on() {
     let fixture: Vec<Candidate> = include_str!("fixtures/qqp_validation_hits_audit.jsonl")
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("fixture line"))
+        .map(|l| serde_json::from_str::<Candidate>(l).expect("fixture line"))
+        // The 313 the shipped threshold passed when first audited (guards added since remove
+        // a few in the gateway; the calibrator's behaviour on this stream is what is tested).
+        .filter(|c| c.audited.is_none())
         .collect();
+    assert_eq!(fixture.len(), 313);
     let by_audit: Vec<(f32, bool)> = fixture.iter().map(|c| (c.verifier_score, c.audit != "same")).collect();
     let by_label: Vec<(f32, bool)> = fixture.iter().map(|c| (c.verifier_score, c.quora_label == 0)).collect();
     const ORDERS: u64 = 300;
