@@ -13,7 +13,9 @@
 //! figures reported are on the validation part, beside plain cosine.
 //!
 //! Features (including the token alignment, which needs BERT token vectors) are cached under
-//! `target/verifier-features/` keyed by the data hash, so refits do not re-embed.
+//! `target/verifier-features/` keyed by the data hash, so refits do not re-embed; both texts'
+//! pooled embeddings go beside them (`.emb`, f32 little-endian, row after row) for trying
+//! models over the embeddings themselves.
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // benchmark harness: abort loudly
 
