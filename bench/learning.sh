@@ -18,7 +18,7 @@
 #      (default: every prompt), EXPLORATION (max explored share of training traffic, 0.3),
 #      TEMPERATURE (softmax temperature, 0.3), TRADEOFF (balanced), SKIP_SHUFFLED=1,
 #      CHALLENGER_SHARE (0.2; 0: the single-stage gate promotes on held-out rows directly),
-#      CHALLENGER_LOOKS (2: judgements a promising challenger gets, `switchyard learn --challenger-looks`),
+#      CHALLENGER_LOOKS (1: judgements a promising challenger gets, `switchyard learn --challenger-looks`),
 #      FRESH_PROMPTS=1 (each round sends its own slice of the training prompts, so a
 #      challenger is judged on prompts it was not trained on; one more slice is never sent
 #      and every checkpoint is also measured on it: realised gains on the log's distribution),
@@ -60,7 +60,7 @@ echo "== the loop ($ROUNDS rounds)" >&2
 "$BIN" eval learning --dataset "routerbench:$DATA/routerbench-subset" --start "$WORK/weak" \
     --reference "$WORK/reference" --candidates "$CANDIDATES" --rounds "$ROUNDS" --tradeoff "$TRADEOFF" \
     --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.3}" "${LIMITS[@]}" \
-    --challenger-share "${CHALLENGER_SHARE:-0.2}" --challenger-looks "${CHALLENGER_LOOKS:-2}" \
+    --challenger-share "${CHALLENGER_SHARE:-0.2}" --challenger-looks "${CHALLENGER_LOOKS:-1}" \
     --work "$WORK/loop" --out "$OUT"
 
 if [[ -z "${SKIP_SHUFFLED:-}" ]]; then
@@ -71,7 +71,7 @@ if [[ -z "${SKIP_SHUFFLED:-}" ]]; then
     "$BIN" eval learning --dataset "routerbench:$DATA/routerbench-subset" --start "$WORK/weak" \
         --candidates "$CANDIDATES" --rounds 2 --tradeoff quality=1,cost=0,latency=0 --shuffle-feedback \
         --exploration "${EXPLORATION:-0.3}" --temperature "${TEMPERATURE:-0.3}" "${LIMITS[@]}" \
-        --challenger-share "${CHALLENGER_SHARE:-0.2}" --challenger-looks "${CHALLENGER_LOOKS:-2}" \
+        --challenger-share "${CHALLENGER_SHARE:-0.2}" --challenger-looks "${CHALLENGER_LOOKS:-1}" \
         --work "$WORK/shuffled" --out "$OUT/shuffled"
 fi
 cat "$OUT/learning.md"

@@ -354,6 +354,7 @@ async fn a_promising_challenger_is_judged_again_on_more_rows() {
     let mut options = LearnOptions::new(db.clone(), active_dir.clone());
     options.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
     options.force = true;
+    options.challenger_looks = 2;
     let hash = |dir: &Path| Checkpoint::read_meta(dir).expect("meta").training_data_hash;
     let wrong = hash(&active_dir);
     let challenger = tmp.path().join("active.challenger");
