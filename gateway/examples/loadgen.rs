@@ -20,8 +20,10 @@ struct Args {
     model: String,
     connections: usize,
     seconds: f64,
-    /// Approximate prompt length in tokens for fresh prompts; 0 sends a fixed prompt.
+    /// Approximate prompt length in tokens for fresh prompts; 0 sends `prompt`.
     fresh_tokens: usize,
+    /// The fixed prompt (a paraphrase of a cached one measures semantic hits).
+    prompt: String,
     /// Total requests per second across connections (0: as fast as possible).
     rate: f64,
     stream: bool,
@@ -34,6 +36,7 @@ fn parse_args() -> Args {
         connections: 32,
         seconds: 10.0,
         fresh_tokens: 0,
+        prompt: "Say hello".into(),
         rate: 0.0,
         stream: false,
     };
@@ -46,6 +49,7 @@ fn parse_args() -> Args {
             "--connections" => args.connections = value().parse().unwrap_or(32),
             "--seconds" => args.seconds = value().parse().unwrap_or(10.0),
             "--fresh-tokens" => args.fresh_tokens = value().parse().unwrap_or(0),
+            "--prompt" => args.prompt = value(),
             "--rate" => args.rate = value().parse().unwrap_or(0.0),
             "--stream" => args.stream = true,
             other => {
@@ -131,7 +135,7 @@ async fn main() {
                     next += interval;
                 }
                 let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let prompt = if args.fresh_tokens > 0 { fresh_prompt(args.fresh_tokens, n, salt) } else { "Say hello".to_owned() };
+                let prompt = if args.fresh_tokens > 0 { fresh_prompt(args.fresh_tokens, n, salt) } else { args.prompt.clone() };
                 let body = json!({"model": args.model, "stream": args.stream, "messages": [{"role": "user", "content": prompt}]});
                 let sent = Instant::now();
                 let result = client.post(format!("{}/v1/chat/completions", args.url)).json(&body).send().await;
