@@ -30,6 +30,10 @@ fi
 PORT="${PORT:-18480}"
 WORK="$(mktemp -d)"
 trap 'kill "${GW_PID:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# The demo config finds the verifier (models/verifier/default) and the embedder
+# (.cache/models/…) relative to where it runs; its database goes into $WORK.
+ln -s "$ROOT/models" "$WORK/models"
+ln -s "$ROOT/.cache" "$WORK/.cache"
 cd "$WORK"
 RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!
