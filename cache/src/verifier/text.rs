@@ -705,14 +705,56 @@ fn normalise_number(tok: &str) -> Option<String> {
         .map(|(_, n)| (*n).to_string())
 }
 
-fn lookup(
-    table: &'static [(&'static str, &'static [&'static str])],
-    word: &str,
-) -> Option<&'static str> {
-    table
-        .iter()
-        .find(|(_, forms)| forms.contains(&word))
-        .map(|(name, _)| *name)
+/// The word tables as hash lookups, built once: every word of both texts is checked against
+/// all of them, and scanning the lists was most of a verification (48 µs for a pair of
+/// 13-word questions, `cargo bench -p cache --bench verifier`).
+struct Lexicon {
+    stop: HashSet<&'static str>,
+    negations: HashSet<&'static str>,
+    months: HashSet<&'static str>,
+    /// Form → canonical name; the first table entry naming a form wins, as in a scan.
+    languages: HashMap<&'static str, &'static str>,
+    units: HashMap<&'static str, &'static str>,
+    /// Word → every (opposition group, side) it belongs to.
+    directions: HashMap<&'static str, Vec<(usize, u8)>>,
+}
+
+fn lexicon() -> &'static Lexicon {
+    static LEXICON: std::sync::LazyLock<Lexicon> = std::sync::LazyLock::new(|| {
+        let names = |table: &'static [(&'static str, &'static [&'static str])]| {
+            let mut map = HashMap::new();
+            for (name, forms) in table {
+                for form in *forms {
+                    map.entry(*form).or_insert(*name);
+                }
+            }
+            map
+        };
+        let mut directions: HashMap<&'static str, Vec<(usize, u8)>> = HashMap::new();
+        for (g, (a, b)) in OPPOSITES.iter().enumerate() {
+            for (side, words) in [(0u8, a), (1u8, b)] {
+                for word in words.iter() {
+                    let entry = directions.entry(word).or_default();
+                    if !entry.contains(&(g, side)) {
+                        entry.push((g, side));
+                    }
+                }
+            }
+        }
+        Lexicon {
+            stop: STOP.iter().copied().collect(),
+            negations: NEGATIONS.iter().copied().collect(),
+            months: MONTHS.iter().copied().collect(),
+            languages: names(LANGUAGES),
+            units: names(UNITS),
+            directions,
+        }
+    });
+    &LEXICON
+}
+
+fn lookup_unit(word: &str) -> Option<&'static str> {
+    lexicon().units.get(word).copied()
 }
 
 /// Quantities glued to a unit ("5km", "10GB") split into both.
@@ -738,13 +780,14 @@ impl Analysed {
         let mut wh = None;
         for (tok, upper, sentence_start) in &raw {
             let lower = tok.to_lowercase();
-            if lower.ends_with("n't") || NEGATIONS.contains(&lower.as_str()) {
+            let lexicon = lexicon();
+            if lower.ends_with("n't") || lexicon.negations.contains(lower.as_str()) {
                 negated = true;
                 negations += 1;
             }
             let mut is_number = false;
             if let Some((qty, unit)) = split_quantity(&lower) {
-                if let Some(u) = lookup(UNITS, unit) {
+                if let Some(u) = lookup_unit(unit) {
                     units.insert(u);
                     if let Some(n) = normalise_number(qty) {
                         numbers.push(n);
@@ -763,7 +806,7 @@ impl Analysed {
                     is_number = lower.chars().next().is_some_and(|c| c.is_ascii_digit());
                 }
             }
-            if MONTHS.contains(&lower.as_str()) {
+            if lexicon.months.contains(lower.as_str()) {
                 numbers.push(lower.clone());
             }
             // "C" and "R" as languages only when written as a capital letter on their own.
@@ -772,35 +815,30 @@ impl Analysed {
             } else if tok == "Go" && !*sentence_start {
                 Some("go")
             } else {
-                lookup(LANGUAGES, &lower)
+                lexicon.languages.get(lower.as_str()).copied()
             };
             // "Python" the language vs "python" the snake cannot be told apart; both count.
             if let Some(l) = lang {
                 languages.insert(l);
             }
-            if let Some(u) = lookup(UNITS, &lower) {
+            if let Some(u) = lookup_unit(&lower) {
                 units.insert(u);
             }
-            for (g, (a, b)) in OPPOSITES.iter().enumerate() {
-                if a.contains(&lower.as_str()) {
-                    directions.insert((g, 0));
-                }
-                if b.contains(&lower.as_str()) {
-                    directions.insert((g, 1));
-                }
+            if let Some(groups) = lexicon.directions.get(lower.as_str()) {
+                directions.extend(groups.iter().copied());
             }
             if wh.is_none() {
                 wh = WH.iter().find(|w| **w == lower).copied();
             }
             let lem = lemma(&lower);
             let content = !is_number
-                && !STOP.contains(&lower.as_str())
-                && !NEGATIONS.contains(&lower.as_str())
+                && !lexicon.stop.contains(lower.as_str())
+                && !lexicon.negations.contains(lower.as_str())
                 && !lower.ends_with("n't")
                 && lower.chars().any(|c| c.is_alphabetic())
                 && lower.chars().count() > 1;
             let capitalised = *upper && !*sentence_start && lower != "i";
-            if capitalised && content && lang.is_none() && !MONTHS.contains(&lower.as_str()) {
+            if capitalised && content && lang.is_none() && !lexicon.months.contains(lower.as_str()) {
                 entities.insert(lem.clone());
             }
             words.push(Word {
