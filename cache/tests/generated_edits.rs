@@ -87,31 +87,45 @@ fn first_number(text: &str) -> Option<(usize, &str)> {
     (len <= 9).then(|| (start, &text[start..start + len]))
 }
 
-#[test]
-fn generated_answer_changing_edits_of_unseen_questions_rarely_hit() {
+/// The Quora pairs beside the checkout.
+fn quora_pairs() -> Vec<Pair> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/qqp-pairs/pairs.jsonl");
     let text = std::fs::read_to_string(&path).expect("Quora pairs beside the checkout");
-    let pairs: Vec<Pair> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let embedder = BertEmbedder::load_default().expect("MiniLM weights (scripts/fetch-model.sh)");
-    let verifier = Verifier::load(&default_checkpoint_dir()).expect("shipped verifier checkpoint");
-    let threshold = verifier.threshold();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
 
-    // Up to 60 edits per kind, from distinct validation questions in file order.
+/// Up to `per_kind` generated variants of each kind, (original, variant), from distinct
+/// validation questions in file order.
+fn generated_by_kind(
+    pairs: &[Pair],
+    generate: fn(&str) -> Vec<(&'static str, String)>,
+    per_kind: usize,
+) -> BTreeMap<&'static str, Vec<(String, String)>> {
     let mut by_kind: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
-    for pair in &pairs {
+    for pair in pairs {
         for question in [&pair.text_a, &pair.text_b] {
             if question_split(question) != Split::Validate || !seen.insert(question.clone()) {
                 continue;
             }
-            for (kind, edited) in edits(question) {
+            for (kind, variant) in generate(question) {
                 let list = by_kind.entry(kind).or_default();
-                if list.len() < 60 {
-                    list.push((question.clone(), edited));
+                if list.len() < per_kind {
+                    list.push((question.clone(), variant));
                 }
             }
         }
     }
+    by_kind
+}
+
+#[test]
+fn generated_answer_changing_edits_of_unseen_questions_rarely_hit() {
+    let pairs = quora_pairs();
+    let embedder = BertEmbedder::load_default().expect("MiniLM weights (scripts/fetch-model.sh)");
+    let verifier = Verifier::load(&default_checkpoint_dir()).expect("shipped verifier checkpoint");
+    let threshold = verifier.threshold();
+    let by_kind = generated_by_kind(&pairs, edits, 60);
     let score = |a: &str, b: &str| -> (f32, f32) {
         let e = embedder.embed_batch(&[a, b]).expect("embed");
         let s = verifier.score(a, b, &e[0], &e[1]).max(verifier.score(b, a, &e[1], &e[0]));
@@ -196,28 +210,11 @@ fn paraphrases(question: &str) -> Vec<(&'static str, String)> {
 /// harder, human-written kind.
 #[test]
 fn generated_rewordings_of_unseen_questions_are_mostly_served() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/qqp-pairs/pairs.jsonl");
-    let text = std::fs::read_to_string(&path).expect("Quora pairs beside the checkout");
-    let pairs: Vec<Pair> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let pairs = quora_pairs();
     let embedder = BertEmbedder::load_default().expect("MiniLM weights (scripts/fetch-model.sh)");
     let verifier = Verifier::load(&default_checkpoint_dir()).expect("shipped verifier checkpoint");
     let threshold = verifier.threshold();
-
-    let mut by_kind: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
-    for pair in &pairs {
-        for question in [&pair.text_a, &pair.text_b] {
-            if question_split(question) != Split::Validate || !seen.insert(question.clone()) {
-                continue;
-            }
-            for (kind, reworded) in paraphrases(question) {
-                let list = by_kind.entry(kind).or_default();
-                if list.len() < 40 {
-                    list.push((question.clone(), reworded));
-                }
-            }
-        }
-    }
+    let by_kind = generated_by_kind(&pairs, paraphrases, 40);
     let (mut total, mut served_total) = (0usize, 0usize);
     let mut missed = Vec::new();
     eprintln!("kind                           rewordings  served");

@@ -9,7 +9,7 @@
 
 #![allow(clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -288,19 +288,34 @@ async fn trains_from_a_postgres_log_as_from_sqlite() {
     pg.drop_database().await;
 }
 
-/// `switchyard learn` with challengers (the default): the better candidate is not promoted on
-/// the held-out rows but installed as the challenger; traffic logged after it was trained
-/// judges it — too little of it and it waits — and it is promoted then.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_candidate_becomes_the_challenger_and_is_promoted_on_traffic_logged_after_it() {
-    use training::learn::{ChallengerChange, LearnOptions, LearnOutcome};
+/// A wrong active checkpoint, an empty SQLite log beside it and `switchyard learn`'s options
+/// for them.
+struct LearnFixture {
+    tmp: tempfile::TempDir,
+    active_dir: PathBuf,
+    active: Checkpoint,
+    db: String,
+    options: training::learn::LearnOptions,
+}
+
+fn learn_fixture() -> LearnFixture {
     let tmp = tempfile::tempdir().expect("tmp");
     let active_dir = tmp.path().join("active");
     write_wrong_checkpoint(&active_dir);
     let active = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load active");
     let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
-    let mut options = LearnOptions::new(db.clone(), active_dir.clone());
+    let mut options = training::learn::LearnOptions::new(db.clone(), active_dir.clone());
     options.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
+    LearnFixture { tmp, active_dir, active, db, options }
+}
+
+/// `switchyard learn` with challengers (the default): the better candidate is not promoted on
+/// the held-out rows but installed as the challenger; traffic logged after it was trained
+/// judges it — too little of it and it waits — and it is promoted then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_becomes_the_challenger_and_is_promoted_on_traffic_logged_after_it() {
+    use training::learn::{ChallengerChange, LearnOutcome};
+    let LearnFixture { tmp, active_dir, active, db, options } = learn_fixture();
     let hash = |dir: &Path| Checkpoint::read_meta(dir).expect("meta").training_data_hash;
     let wrong = hash(&active_dir);
     let challenger = tmp.path().join("active.challenger");
@@ -346,13 +361,7 @@ async fn a_candidate_becomes_the_challenger_and_is_promoted_on_traffic_logged_af
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promising_challenger_is_judged_again_on_more_rows() {
     use training::learn::{ChallengerChange, LearnOptions, LearnOutcome};
-    let tmp = tempfile::tempdir().expect("tmp");
-    let active_dir = tmp.path().join("active");
-    write_wrong_checkpoint(&active_dir);
-    let active = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load active");
-    let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
-    let mut options = LearnOptions::new(db.clone(), active_dir.clone());
-    options.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
+    let LearnFixture { tmp, active_dir, active, db, mut options } = learn_fixture();
     options.force = true;
     options.challenger_looks = 2;
     let hash = |dir: &Path| Checkpoint::read_meta(dir).expect("meta").training_data_hash;
