@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gateway::config::LogFormat;
 use gateway::mock::{self, Fault, MockOptions, ReplayStore};
 use gateway::store::keys::{create_key, update_key, KeyUpdate, ModelAllowList, NewKey};
 use gateway::store::{LogStore, Store};
-use gateway::config::LogFormat;
 use gateway::{Application, Config};
 use uuid::Uuid;
 
@@ -18,7 +18,11 @@ use uuid::Uuid;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "An OpenAI-compatible LLM gateway that learns where to send each request")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An OpenAI-compatible LLM gateway that learns where to send each request"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -144,7 +148,11 @@ struct EvalLodoArgs {
     #[arg(long)]
     prices: Option<PathBuf>,
     /// Embedding cache directory.
-    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_EMBEDDING_CACHE",
+        default_value = ".cache/embeddings"
+    )]
     cache_dir: PathBuf,
     /// Each fold's selector, reused by the next run while its training data and
     /// configuration are unchanged.
@@ -200,7 +208,11 @@ struct EvalRoutingArgs {
     #[arg(long, default_value_t = 200)]
     latency_prompts: usize,
     /// Embedding cache directory.
-    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_EMBEDDING_CACHE",
+        default_value = ".cache/embeddings"
+    )]
     cache_dir: PathBuf,
 }
 
@@ -239,7 +251,11 @@ struct EvalReplayArgs {
     #[arg(long)]
     out: PathBuf,
     /// Embedding cache directory.
-    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_EMBEDDING_CACHE",
+        default_value = ".cache/embeddings"
+    )]
     cache_dir: PathBuf,
 }
 
@@ -256,7 +272,11 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         EvalCommand::Routing(a) => {
             let options = evals::RoutingOptions {
                 model: a.model.options(),
-                datasets: a.datasets.iter().map(|d| d.parse()).collect::<Result<_, _>>()?,
+                datasets: a
+                    .datasets
+                    .iter()
+                    .map(|d| d.parse())
+                    .collect::<Result<_, _>>()?,
                 split: evals::parse_split(&a.split)?,
                 out: a.out.clone(),
                 strong: a.strong.clone(),
@@ -265,7 +285,8 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
                 latency_prompts: a.latency_prompts,
                 command: command_line(),
             };
-            let summary = tokio::task::spawn_blocking(move || evals::run_routing(&options)).await??;
+            let summary =
+                tokio::task::spawn_blocking(move || evals::run_routing(&options)).await??;
             for d in &summary.datasets {
                 println!(
                     "{}: {} prompts, AIQ router {:.4} oracle {:.4} best single {:.4} random mix {:.4}",
@@ -274,7 +295,10 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
                 if let Some(p) = &d.pair {
                     println!(
                         "  APGR router {:.3} length {:.3} random {:.3} oracle {:.3}",
-                        p.report.router.apgr, p.report.length_baseline.apgr, p.report.random.apgr, p.oracle_apgr
+                        p.report.router.apgr,
+                        p.report.length_baseline.apgr,
+                        p.report.random.apgr,
+                        p.oracle_apgr
                     );
                 }
             }
@@ -293,17 +317,25 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         EvalCommand::Replay(a) => eval_replay(*a).await?,
         EvalCommand::Lodo(a) => {
             let options = evals::lodo::LodoOptions {
-                datasets: a.datasets.iter().map(|d| d.parse()).collect::<Result<_, _>>()?,
+                datasets: a
+                    .datasets
+                    .iter()
+                    .map(|d| d.parse())
+                    .collect::<Result<_, _>>()?,
                 embedder_dir: a.embedder_dir.clone(),
                 prices: a.prices.clone(),
                 cache_dir: a.cache_dir.clone(),
                 folds_dir: a.folds_dir.clone(),
                 out: a.out.clone(),
-                train: training::TrainConfig { seed: a.seed, ..training::TrainConfig::default() },
+                train: training::TrainConfig {
+                    seed: a.seed,
+                    ..training::TrainConfig::default()
+                },
                 families: a.families.clone(),
                 command: command_line(),
             };
-            let summary = tokio::task::spawn_blocking(move || evals::lodo::run_lodo(&options)).await??;
+            let summary =
+                tokio::task::spawn_blocking(move || evals::lodo::run_lodo(&options)).await??;
             for f in &summary.folds {
                 println!(
                     "{:<12} {:<12} {:>5} prompts  selector − best baseline ({}) {:+.4} [{:+.4}, {:+.4}]  ensemble {:+.4}",
@@ -324,15 +356,31 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
 async fn eval_replay(a: EvalReplayArgs) -> anyhow::Result<()> {
     let dataset: training::DatasetSpec = a.dataset.parse()?;
     let split = evals::parse_split(&a.split)?;
-    let tradeoff = gateway::routing::parse_tradeoff(&a.tradeoff, gateway::routing::Tradeoff::BALANCED)?;
+    let tradeoff =
+        gateway::routing::parse_tradeoff(&a.tradeoff, gateway::routing::Tradeoff::BALANCED)?;
     let model = a.model.options();
     let (spec, limit, cache_dir) = (dataset.clone(), a.limit, a.cache_dir.clone());
-    let setup = tokio::task::spawn_blocking(move || evals::prepare_replay(&model, &spec, split, limit, tradeoff, &cache_dir)).await??;
+    let setup = tokio::task::spawn_blocking(move || {
+        evals::prepare_replay(&model, &spec, split, limit, tradeoff, &cache_dir)
+    })
+    .await??;
 
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let store = ReplayStore::load(&dataset.path)?;
-    let mock_addr = mock::spawn(loopback, MockOptions { replay: Some(store), ..MockOptions::default() }).await?;
-    let toml = setup.plan.gateway_config(&setup.set, mock_addr, &setup.checkpoint, setup.embedder_dir.as_deref());
+    let mock_addr = mock::spawn(
+        loopback,
+        MockOptions {
+            replay: Some(store),
+            ..MockOptions::default()
+        },
+    )
+    .await?;
+    let toml = setup.plan.gateway_config(
+        &setup.set,
+        mock_addr,
+        &setup.checkpoint,
+        setup.embedder_dir.as_deref(),
+    );
     let config = Config::from_toml(&toml).context("generated replay config")?;
     let app = Application::build(&config, Some(loopback)).await?;
     let addr = app.addr();
@@ -347,7 +395,10 @@ async fn eval_replay(a: EvalReplayArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     std::fs::write(a.out.join("replay.md"), report.markdown(&command_line()))?;
-    std::fs::write(a.out.join("replay.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(
+        a.out.join("replay.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
     println!(
         "{} prompts: served = offline on {:.1}%; quality offline {:.4} served {:.4}; USD/1k offline {:.4} served {:.4}",
         report.prompts,
@@ -373,7 +424,11 @@ struct EvalCacheArgs {
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Verifier checkpoint directory.
-    #[arg(long, env = "SWITCHYARD_VERIFIER_DIR", default_value = "models/verifier/default")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_VERIFIER_DIR",
+        default_value = "models/verifier/default"
+    )]
     verifier: PathBuf,
     /// Score with plain cosine only (no verifier).
     #[arg(long)]
@@ -459,7 +514,11 @@ struct TrainArgs {
     #[arg(long, env = "SWITCHYARD_EMBEDDER_DIR")]
     embedder_dir: Option<PathBuf>,
     /// Embedding cache directory.
-    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_EMBEDDING_CACHE",
+        default_value = ".cache/embeddings"
+    )]
     cache_dir: PathBuf,
     /// Also write the full report as JSON here.
     #[arg(long)]
@@ -469,7 +528,11 @@ struct TrainArgs {
 impl TrainArgs {
     fn options(&self) -> anyhow::Result<training::TrainOptions> {
         let mut options = training::TrainOptions::new(self.out.clone());
-        options.datasets = self.datasets.iter().map(|d| d.parse()).collect::<Result<_, _>>()?;
+        options.datasets = self
+            .datasets
+            .iter()
+            .map(|d| d.parse())
+            .collect::<Result<_, _>>()?;
         options.from_db = self.from_db.clone();
         options.since = self.since.clone();
         options.candidates = self.candidates.parse()?;
@@ -548,11 +611,19 @@ struct LearnArgs {
     /// Seed of shuffling, dropout and the validation split.
     #[arg(long, default_value_t = 17)]
     seed: u64,
+    /// Each rated row's quality target is the mean rating of this many nearest rows the same
+    /// model answered (0 or 1: the row's own rating).
+    #[arg(long, default_value_t = training::train::DEFAULT_LOG_LABEL_NEIGHBOURS)]
+    label_neighbours: usize,
     /// Embedder model directory (default: .cache/models/all-MiniLM-L6-v2).
     #[arg(long, env = "SWITCHYARD_EMBEDDER_DIR")]
     embedder_dir: Option<PathBuf>,
     /// Embedding cache directory.
-    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_EMBEDDING_CACHE",
+        default_value = ".cache/embeddings"
+    )]
     cache_dir: PathBuf,
     /// Also write the training and off-policy report as JSON here.
     #[arg(long)]
@@ -565,7 +636,9 @@ impl LearnArgs {
         let database_url = match (&self.database_url, &config) {
             (Some(url), _) => url.clone(),
             (None, Some(c)) => c.database.url.clone(),
-            (None, None) => anyhow::bail!("give --database-url (or --config with a [database] url)"),
+            (None, None) => {
+                anyhow::bail!("give --database-url (or --config with a [database] url)")
+            }
         };
         let active = self
             .active
@@ -574,10 +647,11 @@ impl LearnArgs {
             .unwrap_or_else(|| PathBuf::from("models/selector/default"));
         let mut options = training::learn::LearnOptions::new(database_url, active);
         options.candidate = self.candidate.clone();
-        options.challenger = self
-            .challenger
-            .clone()
-            .or_else(|| config.as_ref().and_then(|c| c.router.challenger_checkpoint.clone()));
+        options.challenger = self.challenger.clone().or_else(|| {
+            config
+                .as_ref()
+                .and_then(|c| c.router.challenger_checkpoint.clone())
+        });
         options.install_challenger = !self.no_challenger;
         options.challenger_looks = self.challenger_looks;
         options.since = self.since.clone();
@@ -589,6 +663,7 @@ impl LearnArgs {
         options.force = self.force;
         options.train.max_epochs = self.epochs;
         options.train.seed = self.seed;
+        options.train.log_label_neighbours = self.label_neighbours;
         options.embedder_dir = self.embedder_dir.clone();
         options.cache_dir = self.cache_dir.clone();
         Ok(options)
@@ -685,10 +760,14 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // `serve` reads its config first: the log format and the trace exporter are set there.
     let serve_config = match &cli.command {
-        Command::Serve { config: Some(path), .. } => Some(Config::from_file(path)?),
+        Command::Serve {
+            config: Some(path), ..
+        } => Some(Config::from_file(path)?),
         _ => None,
     };
-    let configured = serve_config.as_ref().map_or(LogFormat::Text, |c| c.server.log_format);
+    let configured = serve_config
+        .as_ref()
+        .map_or(LogFormat::Text, |c| c.server.log_format);
     // Only `serve` exports traces; without a config file `OTEL_EXPORTER_OTLP_ENDPOINT` still works.
     let otlp = match (&cli.command, &serve_config) {
         (_, Some(config)) => config.telemetry.otlp(),
@@ -703,11 +782,17 @@ async fn run() -> anyhow::Result<()> {
 
 async fn run_command(cli: Cli, serve_config: Option<Config>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config: _, listen, database_url } => {
+        Command::Serve {
+            config: _,
+            listen,
+            database_url,
+        } => {
             let mut config = match serve_config {
                 Some(config) => config,
                 None => {
-                    tracing::info!("no config file given: using the built-in demo config (mock upstream)");
+                    tracing::info!(
+                        "no config file given: using the built-in demo config (mock upstream)"
+                    );
                     Config::builtin_default()
                 }
             };
@@ -718,8 +803,18 @@ async fn run_command(cli: Cli, serve_config: Option<Config>) -> anyhow::Result<(
             tracing::info!(addr = %app.addr(), "switchyard listening");
             app.run_until(shutdown_signal()).await?;
         }
-        Command::MockUpstream { listen, replay, first_token_ms, per_token_ms, faults } => {
-            let mut options = MockOptions { first_token_ms, per_token_ms, ..MockOptions::default() };
+        Command::MockUpstream {
+            listen,
+            replay,
+            first_token_ms,
+            per_token_ms,
+            faults,
+        } => {
+            let mut options = MockOptions {
+                first_token_ms,
+                per_token_ms,
+                ..MockOptions::default()
+            };
             for spec in faults {
                 let (model, fault) = spec.split_once('=').context("--fault wants MODEL=FAULT")?;
                 let fault: Fault = fault.parse().map_err(anyhow::Error::msg)?;
@@ -741,10 +836,15 @@ async fn run_command(cli: Cli, serve_config: Option<Config>) -> anyhow::Result<(
             let report = training::run(&args.options()?).await?;
             print!("{}", report.summary);
             if let Some(path) = &args.report {
-                std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        Command::Judge { config, model, limit } => {
+        Command::Judge {
+            config,
+            model,
+            limit,
+        } => {
             let config = Config::from_file(&config)?;
             let report = gateway::judge::run(&config, model.as_deref(), limit).await?;
             println!(
@@ -755,10 +855,15 @@ async fn run_command(cli: Cli, serve_config: Option<Config>) -> anyhow::Result<(
         Command::Learn(args) => {
             let options = args.options()?;
             let outcome = training::learn::run(&options).await?;
-            if let training::learn::LearnOutcome::Evaluated { candidate: Some(report), .. } = &outcome {
+            if let training::learn::LearnOutcome::Evaluated {
+                candidate: Some(report),
+                ..
+            } = &outcome
+            {
                 print!("{}", report.summary);
                 if let Some(path) = &args.report {
-                    std::fs::write(path, serde_json::to_vec_pretty(report.as_ref())?).with_context(|| format!("writing {}", path.display()))?;
+                    std::fs::write(path, serde_json::to_vec_pretty(report.as_ref())?)
+                        .with_context(|| format!("writing {}", path.display()))?;
                 }
             }
             println!("learn: {}", outcome.describe());
@@ -771,31 +876,69 @@ async fn run_command(cli: Cli, serve_config: Option<Config>) -> anyhow::Result<(
         Command::Keys { db, command } => {
             let store = db.open().await?;
             match command {
-                KeysCommand::Create { tenant, name, budget_usd, rpm, tpm, models } => {
+                KeysCommand::Create {
+                    tenant,
+                    name,
+                    budget_usd,
+                    rpm,
+                    tpm,
+                    models,
+                } => {
                     let models = ModelAllowList(models);
-                    let (record, key) = create_key(&store, NewKey { tenant, name, rpm, tpm, budget_usd, models }).await?;
+                    let (record, key) = create_key(
+                        &store,
+                        NewKey {
+                            tenant,
+                            name,
+                            rpm,
+                            tpm,
+                            budget_usd,
+                            models,
+                        },
+                    )
+                    .await?;
                     println!("id:     {}", record.id);
                     println!("tenant: {}", record.tenant);
                     println!("key:    {key}");
                     eprintln!("Store the key now: it is not shown again.");
                 }
-                KeysCommand::Update { id, rpm, tpm, budget_usd, models } => {
+                KeysCommand::Update {
+                    id,
+                    rpm,
+                    tpm,
+                    budget_usd,
+                    models,
+                } => {
                     let limit = |text: Option<String>| -> anyhow::Result<Option<Option<f64>>> {
-                        text.map(|t| if t == "none" { Ok(None) } else { t.parse::<f64>().map(Some).context("a number or `none`") })
-                            .transpose()
+                        text.map(|t| {
+                            if t == "none" {
+                                Ok(None)
+                            } else {
+                                t.parse::<f64>().map(Some).context("a number or `none`")
+                            }
+                        })
+                        .transpose()
                     };
                     let whole = |value: Option<Option<f64>>| value.map(|v| v.map(|n| n as i64));
                     let change = KeyUpdate {
                         rpm: whole(limit(rpm)?),
                         tpm: whole(limit(tpm)?),
                         budget_usd: limit(budget_usd)?,
-                        models: models.map(|m| (m != "all").then(|| m.split(',').map(|s| s.trim().to_owned()).collect())),
+                        models: models.map(|m| {
+                            (m != "all")
+                                .then(|| m.split(',').map(|s| s.trim().to_owned()).collect())
+                        }),
                     };
-                    let record = update_key(&store, id, change).await?.with_context(|| format!("no key with id {id}"))?;
+                    let record = update_key(&store, id, change)
+                        .await?
+                        .with_context(|| format!("no key with id {id}"))?;
                     println!("{}", serde_json::to_string_pretty(&record)?);
                 }
                 KeysCommand::List => {
-                    println!("{:<36}  {:<16}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}  {:<25}  models", "id", "tenant", "name", "enabled", "rpm", "tpm", "budget_usd", "created_at");
+                    println!(
+                        "{:<36}  {:<16}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}  {:<25}  models",
+                        "id", "tenant", "name", "enabled", "rpm", "tpm", "budget_usd", "created_at"
+                    );
                     for key in store.list_keys().await? {
                         let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
                         println!(
@@ -808,7 +951,10 @@ async fn run_command(cli: Cli, serve_config: Option<Config>) -> anyhow::Result<(
                             show(key.tpm.map(|v| v.to_string())),
                             show(key.budget_usd.map(|v| v.to_string())),
                             key.created_at.to_rfc3339(),
-                            key.models.0.as_ref().map_or_else(|| "all".to_owned(), |m| m.join(",")),
+                            key.models
+                                .0
+                                .as_ref()
+                                .map_or_else(|| "all".to_owned(), |m| m.join(",")),
                         );
                     }
                 }
@@ -857,7 +1003,11 @@ mod tests {
         fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
             for arg in command.get_arguments() {
                 let id = arg.get_id().as_str();
-                if id != "help" && id != "version" && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                if id != "help"
+                    && id != "version"
+                    && arg.get_help().is_none()
+                    && arg.get_long_help().is_none()
+                {
                     missing.push(format!("{path} --{id}"));
                 }
             }
@@ -871,6 +1021,10 @@ mod tests {
         }
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "switchyard", &mut missing);
-        assert!(missing.is_empty(), "no --help text for:\n{}", missing.join("\n"));
+        assert!(
+            missing.is_empty(),
+            "no --help text for:\n{}",
+            missing.join("\n")
+        );
     }
 }

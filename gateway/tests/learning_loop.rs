@@ -37,19 +37,48 @@ fn switchyard(args: &[&str], dir: &Path) {
     assert!(status.success(), "switchyard {args:?} failed");
 }
 
-fn run_loop(dir: &Path, weak: &Path, name: &str, train_prompts: &str, test_prompts: &str, extra: &[&str]) -> Value {
+fn run_loop(
+    dir: &Path,
+    weak: &Path,
+    name: &str,
+    train_prompts: &str,
+    test_prompts: &str,
+    extra: &[&str],
+) -> Value {
     let data = repo().join("../shared/data/routerbench-subset");
     let dataset = format!("routerbench:{}", data.display());
-    let (work, out) = (dir.join(format!("{name}-work")), dir.join(format!("{name}-out")));
+    let (work, out) = (
+        dir.join(format!("{name}-work")),
+        dir.join(format!("{name}-out")),
+    );
     let mut args = vec![
-        "eval", "learning", "--dataset", &dataset, "--candidates", CANDIDATES, "--rounds", "2", "--train-limit", train_prompts,
-        "--test-limit", test_prompts, "--skip-offline", "--min-rows", "100",
+        "eval",
+        "learning",
+        "--dataset",
+        &dataset,
+        "--candidates",
+        CANDIDATES,
+        "--rounds",
+        "2",
+        "--train-limit",
+        train_prompts,
+        "--test-limit",
+        test_prompts,
+        "--skip-offline",
+        "--min-rows",
+        "100",
     ];
     args.extend_from_slice(extra);
-    let (start, work_s, out_s) = (weak.display().to_string(), work.display().to_string(), out.display().to_string());
+    let (start, work_s, out_s) = (
+        weak.display().to_string(),
+        work.display().to_string(),
+        out.display().to_string(),
+    );
     args.extend_from_slice(&["--start", &start, "--work", &work_s, "--out", &out_s]);
     switchyard(&args, dir);
-    let report: Value = serde_json::from_slice(&std::fs::read(out.join("learning.json")).expect("learning.json")).expect("JSON");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("learning.json")).expect("learning.json"))
+            .expect("JSON");
     assert!(out.join("learning.md").is_file() && out.join("learning_curve.svg").is_file());
     report
 }
@@ -57,64 +86,139 @@ fn run_loop(dir: &Path, weak: &Path, name: &str, train_prompts: &str, test_promp
 #[test]
 fn the_gateway_learns_from_its_own_traffic_and_promotes_nothing_on_noise() {
     let data = repo().join("../shared/data");
-    assert!(data.is_dir(), "{} missing: the shared datasets live beside the checkout", data.display());
+    assert!(
+        data.is_dir(),
+        "{} missing: the shared datasets live beside the checkout",
+        data.display()
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let weak = dir.path().join("weak");
     let arena = format!("arena-hard:{}", data.join("arena-hard-v1").display());
     let weak_s = weak.display().to_string();
-    switchyard(&["train", "--dataset", &arena, "--candidates", CANDIDATES, "--out", &weak_s], dir.path());
+    switchyard(
+        &[
+            "train",
+            "--dataset",
+            &arena,
+            "--candidates",
+            CANDIDATES,
+            "--out",
+            &weak_s,
+        ],
+        dir.path(),
+    );
 
     // The `balanced` trade-off (cost weighs 0.05 per USD/1k; the weak start, trained where
     // gpt-4 wins by a wide margin, sends it most prompts and overpays) at the bench's
     // exploration. At `quality=1,cost=0.25` the start is already near the cost optimum (almost
     // all Mixtral) and the gain left to learn is mostly Mixtral against gpt-3.5, a small one.
-    let labelled = ["--tradeoff", "quality=1,cost=0.05,latency=0", "--exploration", "0.3", "--temperature", "0.3", "--promote-margin=-1"];
+    let labelled = [
+        "--tradeoff",
+        "quality=1,cost=0.05,latency=0",
+        "--exploration",
+        "0.3",
+        "--temperature",
+        "0.3",
+        "--promote-margin=-1",
+    ];
     // Every training prompt (2,205) each round and the whole test split (945 prompts).
     let report = run_loop(dir.path(), &weak, "labels", "2205", "945", &labelled);
     let first = &report["loop"]["rounds"][0];
-    assert_eq!(first["promoted"], false, "round 1 installs a challenger, never promotes: {first:#}");
-    assert!(first["learn_outcome"].as_str().is_some_and(|o| o.contains("new challenger")), "{first:#}");
+    assert_eq!(
+        first["promoted"], false,
+        "round 1 installs a challenger, never promotes: {first:#}"
+    );
+    assert!(
+        first["learn_outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("new challenger")),
+        "{first:#}"
+    );
     // Exploration happened where it was asked for, and nowhere else (round 1: no challenger yet).
     let explored = first["explored_share"].as_f64().expect("share");
     assert!(explored > 0.1 && explored <= 0.3 + 0.06, "{explored}");
-    assert_eq!(first["test"]["decisions"].get("explored"), None, "{first:#}");
+    assert_eq!(
+        first["test"]["decisions"].get("explored"),
+        None,
+        "{first:#}"
+    );
     let round = &report["loop"]["rounds"][1];
     assert_eq!(round["promoted"], true, "{round:#}");
-    assert!(round["learn_outcome"].as_str().is_some_and(|o| o.contains("challenger promoted")), "{round:#}");
-    // Served better at the route's trade-off on prompts it never trained on. One round of
-    // learning from 2,205 logged rows (30% explored) is a noisy learner: with these settings five
-    // runs on 2026-12-04 (Intel Xeon with AVX-512) moved the test utility by +0.0017 to +0.0283
-    // (paired 95% lower bounds −0.0154 to +0.0113 over 945 prompts; bench/README.md, "The loop
-    // test"); of thirteen round-2 gains measured since the costs are billed ones (three
-    // trade-offs, two explorations) twelve were positive and one, in a CI run on 2026-12-04
-    // (AMD EPYC), was −0.0008 [−0.0192, +0.0180]. One round does not reliably deliver "better",
-    // so this test asks that the promoted selector is not worse — its point estimate at most
-    // 0.01 below the start and a loss beyond 0.02 ruled out — and that it moved routing the
-    // way the trade-off asks (below); the gain over three rounds is the bench's to show.
+    assert!(
+        round["learn_outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("challenger promoted")),
+        "{round:#}"
+    );
+    // Served better at the route's trade-off on prompts it never trained on. The learner
+    // fits each model's local success rate (every logged rating averaged with its 40 nearest
+    // for the same model) rather than single 0/1 ratings. Measured on 2026-12-05 (AMD EPYC
+    // with AVX-512): from one round-1 log the candidate's test utility was +0.024 to +0.026
+    // over the start at three seeds (raw ratings: −0.003 to +0.002, the learner this test
+    // caught failing); the round-2 gain through this test was +0.0132 [−0.0036, +0.0297]
+    // (bench/README.md, "The loop test"). The point estimate must be a gain, and a loss beyond
+    // 0.02 ruled out: one round over 945 test prompts cannot show more.
     let gain = &round["test"]["utility_gain"];
-    assert!(gain["mean"].as_f64().expect("mean") > -0.01, "worse: {round:#}");
+    assert!(
+        gain["mean"].as_f64().expect("mean") > 0.0,
+        "not better: {round:#}"
+    );
     assert!(gain["lo95"].as_f64().expect("lo95") > -0.02, "{round:#}");
-    // The learner changed where prompts go: the promoted checkpoint sends fewer to gpt-4, which
-    // the weak start overpays for at this trade-off.
-    let gpt4_share = |test: &Value| test["shares"]["gpt-4-1106-preview"].as_f64().unwrap_or(0.0);
-    let start_share = gpt4_share(&report["loop"]["start"]);
-    assert!(gpt4_share(&round["test"]) < start_share - 0.02, "gpt-4 share {} vs start {start_share}: {round:#}", gpt4_share(&round["test"]));
+    // The weak start pays for gpt-4 on code prompts, where gpt-3.5 answers as well for a
+    // thirtieth of the price: the learner must stop that, so the promoted checkpoint spends
+    // at least 10% less per request (measured: 1.69 → 1.23–1.34 USD per 1,000).
+    let cost = |test: &Value| test["cost_per_1k"]["mean"].as_f64().expect("cost");
+    let start_cost = cost(&report["loop"]["start"]);
+    assert!(
+        cost(&round["test"]) < 0.9 * start_cost,
+        "USD/1k {} vs start {start_cost}: {round:#}",
+        cost(&round["test"])
+    );
     // The promoted checkpoint is the one the gateway served after the reload.
-    assert_ne!(round["test"]["checkpoint"], report["loop"]["start"]["checkpoint"]);
+    assert_ne!(
+        round["test"]["checkpoint"],
+        report["loop"]["start"]["checkpoint"]
+    );
     // The challenger served the exploring route only: measurement (exploration off) never.
-    assert_eq!(round["test"]["decisions"].get("explored"), None, "{round:#}");
+    assert_eq!(
+        round["test"]["decisions"].get("explored"),
+        None,
+        "{round:#}"
+    );
 
     // Shuffled labels (each answer rated with the label of a random prompt for a random
     // model) at a quality-only trade-off: by the feedback no policy is better than another, so
     // the gate at its default must keep the active checkpoint. (Its false-promotion rate on
     // such logs is measured in `training::db::gate_calibration`: under the 5% a one-sided 95%
     // bound allows.)
-    let shuffled = run_loop(dir.path(), &weak, "shuffled", "600", "300", &["--shuffle-feedback", "--tradeoff", "quality=1,cost=0,latency=0"]);
-    let decisions = std::fs::read_to_string(dir.path().join("shuffled-work/active.promotions.jsonl")).expect("decision log");
-    assert!(decisions.lines().count() >= 2, "a decision recorded each round: {decisions}");
+    let shuffled = run_loop(
+        dir.path(),
+        &weak,
+        "shuffled",
+        "600",
+        "300",
+        &[
+            "--shuffle-feedback",
+            "--tradeoff",
+            "quality=1,cost=0,latency=0",
+        ],
+    );
+    let decisions =
+        std::fs::read_to_string(dir.path().join("shuffled-work/active.promotions.jsonl"))
+            .expect("decision log");
+    assert!(
+        decisions.lines().count() >= 2,
+        "a decision recorded each round: {decisions}"
+    );
     assert!(!decisions.contains("\"promoted\":true"), "{decisions}");
     for round in shuffled["loop"]["rounds"].as_array().expect("rounds") {
-        assert_eq!(round["promoted"], false, "promoted on feedback that favours no policy: {round:#}");
-        assert_eq!(round["test"]["checkpoint"], shuffled["loop"]["start"]["checkpoint"]);
+        assert_eq!(
+            round["promoted"], false,
+            "promoted on feedback that favours no policy: {round:#}"
+        );
+        assert_eq!(
+            round["test"]["checkpoint"],
+            shuffled["loop"]["start"]["checkpoint"]
+        );
     }
 }

@@ -28,7 +28,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use router_model::{
-    BertEmbedder, Checkpoint, CheckpointMeta, Embedder, EmbedderOptions, EmbedderRef, ModelSource, RequestFeatures,
+    BertEmbedder, Checkpoint, CheckpointMeta, Embedder, EmbedderOptions, EmbedderRef, ModelSource,
+    RequestFeatures,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -55,7 +56,10 @@ impl std::str::FromStr for CandidateChoice {
         match s {
             "all" => Ok(Self::All),
             list => Ok(Self::Only(
-                list.split(',').map(|m| router_model::canonical_model_id(m.trim())).filter(|m| !m.is_empty()).collect(),
+                list.split(',')
+                    .map(|m| router_model::canonical_model_id(m.trim()))
+                    .filter(|m| !m.is_empty())
+                    .collect(),
             )),
         }
     }
@@ -147,7 +151,11 @@ struct Corpus {
 
 impl Corpus {
     fn rows(&self, split: Split) -> Vec<&Row> {
-        self.datasets.iter().flat_map(|d| d.rows.iter()).filter(|r| r.split == split).collect()
+        self.datasets
+            .iter()
+            .flat_map(|d| d.rows.iter())
+            .filter(|r| r.split == split)
+            .collect()
     }
 
     fn input<'a>(&'a self, row: &Row) -> Result<(&'a [f32], RequestFeatures)> {
@@ -160,13 +168,21 @@ impl Corpus {
 }
 
 /// Turns dataset rows into examples for `candidates`.
-fn examples_from_rows(corpus: &Corpus, rows: &[&Row], candidates: &[String]) -> Result<Vec<Example>> {
+fn examples_from_rows(
+    corpus: &Corpus,
+    rows: &[&Row],
+    candidates: &[String],
+) -> Result<Vec<Example>> {
     examples_for_rows(rows, &corpus.embeddings, candidates)
 }
 
 /// Training examples from dataset rows (every labelled candidate of `candidates`, the prompt's
 /// mean quality as its difficulty), with each prompt's embedding looked up in `embeddings`.
-pub fn examples_for_rows(rows: &[&Row], embeddings: &HashMap<String, Vec<f32>>, candidates: &[String]) -> Result<Vec<Example>> {
+pub fn examples_for_rows(
+    rows: &[&Row],
+    embeddings: &HashMap<String, Vec<f32>>,
+    candidates: &[String],
+) -> Result<Vec<Example>> {
     rows.iter()
         .map(|row| {
             let embedding = embeddings
@@ -188,15 +204,27 @@ pub fn examples_for_rows(rows: &[&Row], embeddings: &HashMap<String, Vec<f32>>, 
 
 /// Examples from logged traffic: the served model's feedback (weighted by clipped inverse
 /// propensity), latency and output tokens.
-fn examples_from_log(rows: &[&LoggedRequest], candidates: &[String], dim: usize) -> (Vec<Example>, usize) {
+fn examples_from_log(
+    rows: &[&LoggedRequest],
+    candidates: &[String],
+    dim: usize,
+) -> (Vec<Example>, usize) {
     let mut skipped = 0;
     let mut out = Vec::new();
     for row in rows {
-        let (Some(embedding), Some(head)) = (row.embedding.as_ref().filter(|e| e.len() == dim), db::head_of(candidates, &row.model)) else {
+        let (Some(embedding), Some(head)) = (
+            row.embedding.as_ref().filter(|e| e.len() == dim),
+            db::head_of(candidates, &row.model),
+        ) else {
             skipped += 1;
             continue;
         };
-        let mut e = Example::empty(embedding.clone(), row.features(), candidates.len(), row.id.clone());
+        let mut e = Example::empty(
+            embedding.clone(),
+            row.features(),
+            candidates.len(),
+            row.id.clone(),
+        );
         if row.succeeded() {
             if let Some(score) = row.feedback {
                 e.quality[head] = Some(score.clamp(0.0, 1.0) as f32);
@@ -214,24 +242,106 @@ fn examples_from_log(rows: &[&LoggedRequest], candidates: &[String], dim: usize)
     (out, skipped)
 }
 
-fn choose_candidates(choice: &CandidateChoice, datasets: &[Dataset], logged: &[LoggedRequest], active: Option<&Checkpoint>) -> Result<Vec<String>> {
+/// Replaces each logged quality target with the mean rating of the `k` nearest examples
+/// (cosine on the embedding, itself included) rated for the same model. The similarities
+/// are one matrix product per model in blocks of rows: quadratic in the rows a model
+/// served, a second or two for a few thousand.
+fn smooth_log_ratings(examples: &mut [Example], num_candidates: usize, k: usize) -> Result<()> {
+    const BLOCK: usize = 1024;
+    if k <= 1 {
+        return Ok(());
+    }
+    for head in 0..num_candidates {
+        let rated: Vec<usize> = (0..examples.len())
+            .filter(|&i| examples[i].quality[head].is_some())
+            .collect();
+        let (n, take) = (rated.len(), k.min(rated.len()));
+        if n <= 1 {
+            continue;
+        }
+        let ratings: Vec<f32> = rated
+            .iter()
+            .filter_map(|&i| examples[i].quality[head])
+            .collect();
+        let dim = examples[rated[0]].embedding.len();
+        let mut unit = Vec::with_capacity(n * dim);
+        for &i in &rated {
+            let e = &examples[i].embedding;
+            let norm = e
+                .iter()
+                .map(|x| x * x)
+                .sum::<f32>()
+                .sqrt()
+                .max(f32::MIN_POSITIVE);
+            unit.extend(e.iter().map(|x| x / norm));
+        }
+        let unit = candle_core::Tensor::from_vec(unit, (n, dim), &candle_core::Device::Cpu)?;
+        let transposed = unit.t()?.contiguous()?;
+        let mut smoothed = Vec::with_capacity(n);
+        let mut order: Vec<u32> = Vec::with_capacity(n);
+        for first in (0..n).step_by(BLOCK) {
+            let rows = BLOCK.min(n - first);
+            let similarity = unit
+                .narrow(0, first, rows)?
+                .matmul(&transposed)?
+                .to_vec2::<f32>()?;
+            for row in similarity {
+                order.clear();
+                order.extend(0..n as u32);
+                order.select_nth_unstable_by(take - 1, |&a, &b| {
+                    row[b as usize].total_cmp(&row[a as usize])
+                });
+                smoothed.push(
+                    order[..take]
+                        .iter()
+                        .map(|&j| ratings[j as usize])
+                        .sum::<f32>()
+                        / take as f32,
+                );
+            }
+        }
+        for (&i, value) in rated.iter().zip(smoothed) {
+            examples[i].quality[head] = Some(value);
+        }
+    }
+    Ok(())
+}
+
+fn choose_candidates(
+    choice: &CandidateChoice,
+    datasets: &[Dataset],
+    logged: &[LoggedRequest],
+    active: Option<&Checkpoint>,
+) -> Result<Vec<String>> {
     let candidates: Vec<String> = match choice {
         CandidateChoice::Only(list) => list.clone(),
         CandidateChoice::All if !datasets.is_empty() => {
-            let mut set: BTreeSet<String> = datasets.iter().flat_map(|d| d.models.iter().cloned()).collect();
+            let mut set: BTreeSet<String> = datasets
+                .iter()
+                .flat_map(|d| d.models.iter().cloned())
+                .collect();
             if let Some(a) = active {
                 // Logged models the active checkpoint knows keep their heads.
-                set.extend(logged.iter().filter_map(|r| db::head_of(a.candidates(), &r.model).map(|h| a.candidates()[h].clone())));
+                set.extend(logged.iter().filter_map(|r| {
+                    db::head_of(a.candidates(), &r.model).map(|h| a.candidates()[h].clone())
+                }));
             }
             set.into_iter().collect()
         }
         CandidateChoice::All => match active {
             Some(a) => a.candidates().to_vec(),
-            None => logged.iter().map(|r| router_model::canonical_model_id(&r.model)).collect::<BTreeSet<_>>().into_iter().collect(),
+            None => logged
+                .iter()
+                .map(|r| router_model::canonical_model_id(&r.model))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         },
     };
     if candidates.is_empty() {
-        return Err(Error::InvalidInput("no candidate models: give --dataset or --from-db with logged traffic".into()));
+        return Err(Error::InvalidInput(
+            "no candidate models: give --dataset or --from-db with logged traffic".into(),
+        ));
     }
     Ok(candidates)
 }
@@ -248,8 +358,18 @@ fn load_embedder(opts: &TrainOptions) -> Result<BertEmbedder> {
     Ok(BertEmbedder::load(&source, &options)?)
 }
 
-fn eval_on(trained_selector: &router_model::Selector, norm: &router_model::FeatureNorm, corpus: &Corpus, rows: &[&Row], candidates: &[String], best: &BTreeMap<String, String>) -> Result<(EvalReport, eval::Predictions)> {
-    let inputs = rows.iter().map(|r| corpus.input(r)).collect::<Result<Vec<_>>>()?;
+fn eval_on(
+    trained_selector: &router_model::Selector,
+    norm: &router_model::FeatureNorm,
+    corpus: &Corpus,
+    rows: &[&Row],
+    candidates: &[String],
+    best: &BTreeMap<String, String>,
+) -> Result<(EvalReport, eval::Predictions)> {
+    let inputs = rows
+        .iter()
+        .map(|r| corpus.input(r))
+        .collect::<Result<Vec<_>>>()?;
     let pred = eval::predict(trained_selector, norm, &inputs)?;
     Ok((eval::evaluate(candidates, rows, &pred, best), pred))
 }
@@ -263,17 +383,25 @@ fn now_rfc3339() -> String {
 /// `switchyard train`.
 pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
     if opts.datasets.is_empty() && opts.from_db.is_none() {
-        return Err(Error::InvalidInput("nothing to train on: give --dataset KIND:PATH and/or --from-db URL".into()));
+        return Err(Error::InvalidInput(
+            "nothing to train on: give --dataset KIND:PATH and/or --from-db URL".into(),
+        ));
     }
     if opts.promote && opts.active.is_none() {
-        return Err(Error::InvalidInput("--promote needs --active DIR (the serving checkpoint)".into()));
+        return Err(Error::InvalidInput(
+            "--promote needs --active DIR (the serving checkpoint)".into(),
+        ));
     }
     let mut summary = String::new();
 
     // Datasets.
     let mut datasets = Vec::new();
     if !opts.datasets.is_empty() {
-        datasets = opts.datasets.iter().map(data::load).collect::<Result<Vec<_>>>()?;
+        datasets = opts
+            .datasets
+            .iter()
+            .map(data::load)
+            .collect::<Result<Vec<_>>>()?;
         let reconciled = data::reconcile_splits(&mut datasets);
         for d in &datasets {
             summary.push_str(&format!(
@@ -305,7 +433,10 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
             Some(Checkpoint::load(dir, &meta.embedder.id, meta.embedder.dim)?)
         }
         Some(dir) if opts.promote => {
-            return Err(Error::InvalidInput(format!("--active {}: no checkpoint there", dir.display())));
+            return Err(Error::InvalidInput(format!(
+                "--active {}: no checkpoint there",
+                dir.display()
+            )));
         }
         _ => None,
     };
@@ -338,14 +469,24 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
             )));
         }
     }
-    let corpus = Corpus { datasets, embeddings };
+    let corpus = Corpus {
+        datasets,
+        embeddings,
+    };
 
-    let candidates = choose_candidates(&opts.candidates, &corpus.datasets, &logged, active.as_ref())?;
+    let candidates =
+        choose_candidates(&opts.candidates, &corpus.datasets, &logged, active.as_ref())?;
     let train_rows = corpus.rows(Split::Train);
     let mut examples = examples_from_rows(&corpus, &train_rows, &candidates)?;
     let (log_train, log_held) = db::time_split(&logged);
     if opts.from_db.is_some() {
-        let (log_examples, skipped) = examples_from_log(&log_train, &candidates, embedder_ref.dim);
+        let (mut log_examples, skipped) =
+            examples_from_log(&log_train, &candidates, embedder_ref.dim);
+        smooth_log_ratings(
+            &mut log_examples,
+            candidates.len(),
+            opts.train.log_label_neighbours,
+        )?;
         summary.push_str(&format!(
             "outcome log: {} rows ({} for training, {} held out for off-policy evaluation; {} training rows without a usable embedding or known model skipped)\n",
             logged.len(),
@@ -356,7 +497,11 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
         examples.extend(log_examples);
     }
     let init = match (&active, &opts.active) {
-        (Some(a), Some(dir)) if opts.train.warm_start && corpus.datasets.is_empty() && a.candidates() == candidates.as_slice() => {
+        (Some(a), Some(dir))
+            if opts.train.warm_start
+                && corpus.datasets.is_empty()
+                && a.candidates() == candidates.as_slice() =>
+        {
             Init::From(dir)
         }
         _ => Init::Random,
@@ -384,7 +529,14 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
     let test = if test_rows.is_empty() {
         None
     } else {
-        let (report, _) = eval_on(&trained.selector, &trained.feature_norm, &corpus, &test_rows, &candidates, &best)?;
+        let (report, _) = eval_on(
+            &trained.selector,
+            &trained.feature_norm,
+            &corpus,
+            &test_rows,
+            &candidates,
+            &best,
+        )?;
         summary.push_str("\nTest split (never trained on):\n");
         summary.push_str(&report.table());
         Some(report)
@@ -396,12 +548,25 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
             let held: Vec<&LoggedRequest> = log_held
                 .iter()
                 .copied()
-                .filter(|r| r.embedding.as_ref().is_some_and(|e| e.len() == embedder_ref.dim))
+                .filter(|r| {
+                    r.embedding
+                        .as_ref()
+                        .is_some_and(|e| e.len() == embedder_ref.dim)
+                })
                 .collect();
             let new_predict = |r: &LoggedRequest| -> Result<Vec<router_model::Prediction>> {
                 let e = r.embedding.as_deref().unwrap_or(&[]);
-                let p = eval::predict(&trained.selector, &trained.feature_norm, &[(e, r.features())])?;
-                let at = |v: &[Vec<f32>], j: usize| v.first().and_then(|row| row.get(j)).copied().unwrap_or_default();
+                let p = eval::predict(
+                    &trained.selector,
+                    &trained.feature_norm,
+                    &[(e, r.features())],
+                )?;
+                let at = |v: &[Vec<f32>], j: usize| {
+                    v.first()
+                        .and_then(|row| row.get(j))
+                        .copied()
+                        .unwrap_or_default()
+                };
                 Ok(candidates
                     .iter()
                     .enumerate()
@@ -417,7 +582,14 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
                 let e = r.embedding.as_deref().unwrap_or(&[]);
                 Ok(a.predict(e, &r.features())?)
             };
-            match db::evaluate_policies(&held, &candidates, &new_predict, a.candidates(), &active_predict, opts.promote_margin) {
+            match db::evaluate_policies(
+                &held,
+                &candidates,
+                &new_predict,
+                a.candidates(),
+                &active_predict,
+                opts.promote_margin,
+            ) {
                 Ok(report) => {
                     summary.push_str(&format!(
                         "\nOff-policy evaluation on {} held-out logged rows ({}):\n  new:    utility IPS {:.4}  DR {:.4}   quality IPS {:.4}  DR {:.4}   agrees with log {:.2}\n  active: utility IPS {:.4}  DR {:.4}   quality IPS {:.4}  DR {:.4}   agrees with log {:.2}\n  utility DR difference {:+.4} (95% lower bound {:+.4}, less {:.4} clipping could have added: {:+.4}, margin {:.3}; {} rows where the policies differ, the log served the new pick on {} and the active one on {}); IPS difference {:+.4} (lower bound {:+.4}); quality DR difference {:+.4}\n",
@@ -491,13 +663,16 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
     // Leave-one-dataset-out.
     let mut lodo = Vec::new();
     if opts.lodo && corpus.datasets.len() > 1 {
-        summary.push_str("\nLeave-one-dataset-out (train without any question of X, test on X's test split):\n");
+        summary.push_str(
+            "\nLeave-one-dataset-out (train without any question of X, test on X's test split):\n",
+        );
         for held in &corpus.datasets {
             let row = lodo_fold(&corpus, held, &opts.train)?;
             lodo.push(row);
         }
         summary.push_str(&lodo_table(&lodo));
-        meta.metrics.insert("lodo".into(), serde_json::to_value(&lodo)?);
+        meta.metrics
+            .insert("lodo".into(), serde_json::to_value(&lodo)?);
     }
 
     Checkpoint::save(&opts.out, &trained.varmap, &meta)?;
@@ -507,10 +682,15 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
     let mut promotion = None;
     if opts.promote {
         let active_dir = opts.active.clone().unwrap_or_default();
-        let report = ope.clone().ok_or_else(|| Error::InvalidInput("--promote needs held-out logged rows to evaluate on".into()))?;
+        let report = ope.clone().ok_or_else(|| {
+            Error::InvalidInput("--promote needs held-out logged rows to evaluate on".into())
+        })?;
         let promoted = report.better;
         let reason = if promoted {
-            format!("utility DR improvement {:+.4} has 95% lower bound {:+.4} > margin {:.3}", report.dr_difference, report.gate_lower_bound, report.margin)
+            format!(
+                "utility DR improvement {:+.4} has 95% lower bound {:+.4} > margin {:.3}",
+                report.dr_difference, report.gate_lower_bound, report.margin
+            )
         } else {
             format!("utility DR improvement {:+.4} has 95% lower bound {:+.4} ≤ margin {:.3}: keeping the active checkpoint", report.dr_difference, report.gate_lower_bound, report.margin)
         };
@@ -526,7 +706,11 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
             ope: report,
         };
         let log = db::record_decision(&active_dir, &record)?;
-        summary.push_str(&format!("promotion: {} — {reason} (recorded in {})\n", if promoted { "PROMOTED" } else { "not promoted" }, log.display()));
+        summary.push_str(&format!(
+            "promotion: {} — {reason} (recorded in {})\n",
+            if promoted { "PROMOTED" } else { "not promoted" },
+            log.display()
+        ));
         promotion = Some(record);
     }
 
@@ -560,12 +744,29 @@ fn lodo_fold(corpus: &Corpus, held: &Dataset, config: &TrainConfig) -> Result<Lo
         .into_iter()
         .collect();
     let examples = examples_from_rows(corpus, &train_rows, &candidates)?;
-    let trained = train::train(&examples, candidates.len(), &TrainConfig { progress: false, ..config.clone() }, Init::Random)?;
+    let trained = train::train(
+        &examples,
+        candidates.len(),
+        &TrainConfig {
+            progress: false,
+            ..config.clone()
+        },
+        Init::Random,
+    )?;
     let covered: Vec<usize> = (0..candidates.len())
-        .filter(|&j| held.models.contains(&candidates[j]) && examples.iter().any(|e| e.quality[j].is_some()))
+        .filter(|&j| {
+            held.models.contains(&candidates[j]) && examples.iter().any(|e| e.quality[j].is_some())
+        })
         .collect();
-    let test_rows: Vec<&Row> = held.rows.iter().filter(|r| r.split == Split::Test).collect();
-    let inputs = test_rows.iter().map(|r| corpus.input(r)).collect::<Result<Vec<_>>>()?;
+    let test_rows: Vec<&Row> = held
+        .rows
+        .iter()
+        .filter(|r| r.split == Split::Test)
+        .collect();
+    let inputs = test_rows
+        .iter()
+        .map(|r| corpus.input(r))
+        .collect::<Result<Vec<_>>>()?;
     let pred = eval::predict(&trained.selector, &trained.feature_norm, &inputs)?;
 
     let (mut scores, mut labels) = (Vec::new(), Vec::new());
@@ -589,12 +790,20 @@ fn lodo_fold(corpus: &Corpus, held: &Dataset, config: &TrainConfig) -> Result<Lo
     let (strong, weak) = if held.models.contains(eval::STRONG) && held.models.contains(eval::WEAK) {
         (eval::STRONG.to_owned(), eval::WEAK.to_owned())
     } else {
-        let held_train: Vec<&Row> = held.rows.iter().filter(|r| r.split == Split::Train).collect();
+        let held_train: Vec<&Row> = held
+            .rows
+            .iter()
+            .filter(|r| r.split == Split::Train)
+            .collect();
         let mut means: Vec<(String, f64)> = held
             .models
             .iter()
             .map(|m| {
-                let q: Vec<f64> = held_train.iter().filter_map(|r| r.quality(m)).map(f64::from).collect();
+                let q: Vec<f64> = held_train
+                    .iter()
+                    .filter_map(|r| r.quality(m))
+                    .map(f64::from)
+                    .collect();
                 (m.clone(), q.iter().sum::<f64>() / q.len().max(1) as f64)
             })
             .collect();
@@ -604,10 +813,27 @@ fn lodo_fold(corpus: &Corpus, held: &Dataset, config: &TrainConfig) -> Result<Lo
             means.last().map(|m| m.0.clone()).unwrap_or_default(),
         )
     };
-    let position = |m: &str| candidates.iter().position(|c| c == m).filter(|j| covered.contains(j));
+    let position = |m: &str| {
+        candidates
+            .iter()
+            .position(|c| c == m)
+            .filter(|j| covered.contains(j))
+    };
     let (signal, router): (&str, Vec<f64>) = match (position(&strong), position(&weak)) {
-        (Some(s), Some(w)) => ("quality-gap", pred.quality.iter().map(|q| f64::from(q[s] - q[w])).collect()),
-        _ => ("difficulty", pred.difficulty.iter().map(|d| 1.0 - f64::from(*d)).collect()),
+        (Some(s), Some(w)) => (
+            "quality-gap",
+            pred.quality
+                .iter()
+                .map(|q| f64::from(q[s] - q[w]))
+                .collect(),
+        ),
+        _ => (
+            "difficulty",
+            pred.difficulty
+                .iter()
+                .map(|d| 1.0 - f64::from(*d))
+                .collect(),
+        ),
     };
     Ok(LodoRow {
         held_out: held.kind.name().to_owned(),
@@ -617,7 +843,14 @@ fn lodo_fold(corpus: &Corpus, held: &Dataset, config: &TrainConfig) -> Result<Lo
         length_spearman: eval::spearman(&neg_len, &d_true),
         covered_quality_auc: eval::auc(&scores, &labels),
         covered_candidates: covered.iter().map(|&j| candidates[j].clone()).collect(),
-        pair: eval::pair_report(held.kind.name(), &test_rows, &router, signal, &strong, &weak),
+        pair: eval::pair_report(
+            held.kind.name(),
+            &test_rows,
+            &router,
+            signal,
+            &strong,
+            &weak,
+        ),
     })
 }
 
@@ -625,7 +858,16 @@ fn lodo_table(rows: &[LodoRow]) -> String {
     let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.3}"));
     let mut s = format!(
         "{:<11} {:>6} {:>5} {:>9} {:>8} {:>8} {:<52} {:>7} {:>7} {:>7}\n",
-        "held out", "train", "test", "diff rho", "len rho", "cov AUC", "pair (router signal)", "APGR", "length", "random"
+        "held out",
+        "train",
+        "test",
+        "diff rho",
+        "len rho",
+        "cov AUC",
+        "pair (router signal)",
+        "APGR",
+        "length",
+        "random"
     );
     for r in rows {
         let (pair, apgr, len, rnd) = match &r.pair {
@@ -652,4 +894,51 @@ fn lodo_table(rows: &[LodoRow]) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rated(embedding: Vec<f32>, head: usize, rating: f32) -> Example {
+        let mut e = Example::empty(
+            embedding,
+            RequestFeatures::for_prompt("a question"),
+            2,
+            String::new(),
+        );
+        e.quality[head] = Some(rating);
+        e
+    }
+
+    #[test]
+    fn logged_ratings_become_the_local_success_rate_of_the_same_model() {
+        // Two regions; model 0 succeeds on 3 of 4 rows in the first and 1 of 4 in the second.
+        let (a, b) = (vec![1.0, 0.0], vec![0.0, 1.0]);
+        let mut examples: Vec<Example> = [1.0, 1.0, 1.0, 0.0]
+            .iter()
+            .map(|&r| rated(a.clone(), 0, r))
+            .collect();
+        examples.extend([0.0, 0.0, 1.0, 0.0].iter().map(|&r| rated(b.clone(), 0, r)));
+        // Model 1's ratings are its own: a model-1 failure next to model-0 successes stays 0.
+        examples.push(rated(vec![0.9, 0.1], 1, 0.0));
+        examples.push(rated(vec![0.1, 0.9], 1, 1.0));
+        smooth_log_ratings(&mut examples, 2, 4).expect("smooths");
+        for e in &examples[..4] {
+            assert_eq!(e.quality[0], Some(0.75));
+        }
+        for e in &examples[4..8] {
+            assert_eq!(e.quality[0], Some(0.25));
+        }
+        // Fewer rows than k: every row of the model averages all of them.
+        assert_eq!(examples[8].quality[1], Some(0.5));
+        assert_eq!(examples[8].quality[0], None);
+        // k of 0 or 1 keeps the ratings.
+        let mut raw = vec![rated(a.clone(), 0, 1.0), rated(a, 0, 0.0)];
+        smooth_log_ratings(&mut raw, 2, 1).expect("smooths");
+        assert_eq!(
+            (raw[0].quality[0], raw[1].quality[0]),
+            (Some(1.0), Some(0.0))
+        );
+    }
 }

@@ -49,7 +49,12 @@ pub struct Example {
 
 impl Example {
     /// An example with nothing observed yet for `num_candidates` candidates.
-    pub fn empty(embedding: Vec<f32>, features: RequestFeatures, num_candidates: usize, group: String) -> Self {
+    pub fn empty(
+        embedding: Vec<f32>,
+        features: RequestFeatures,
+        num_candidates: usize,
+        group: String,
+    ) -> Self {
         Self {
             embedding,
             features,
@@ -62,6 +67,10 @@ impl Example {
         }
     }
 }
+
+/// Neighbours whose ratings a logged row's quality target averages (see
+/// [`TrainConfig::log_label_neighbours`]).
+pub const DEFAULT_LOG_LABEL_NEIGHBOURS: usize = 40;
 
 /// Knobs of a training run.
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +91,11 @@ pub struct TrainConfig {
     /// Start from the serving checkpoint's weights when it has the same candidates (`learn`);
     /// `false` trains from random weights on the same rows.
     pub warm_start: bool,
+    /// Logged feedback is a single 0/1-like rating of one model's answer: before training,
+    /// each rated row's quality target becomes the mean rating of the `k` nearest rows (by
+    /// embedding, itself included) the same model answered. The network then fits each
+    /// model's local success rate instead of chasing single ratings; 0 keeps raw ratings.
+    pub log_label_neighbours: usize,
     /// Show progress bars (off in tests).
     pub progress: bool,
 }
@@ -100,6 +114,7 @@ impl Default for TrainConfig {
             input_dropout: 0.1,
             loss_weights: LossWeights::default(),
             warm_start: true,
+            log_label_neighbours: DEFAULT_LOG_LABEL_NEIGHBOURS,
             progress: true,
         }
     }
@@ -145,20 +160,26 @@ impl Batchable {
     fn new(examples: &[&Example], norm: &FeatureNorm, c: usize) -> Result<Self> {
         let dev = Device::Cpu;
         let n = examples.len();
-        let dim = examples.first().map_or(0, |e| e.embedding.len() + RequestFeatures::LEN);
+        let dim = examples
+            .first()
+            .map_or(0, |e| e.embedding.len() + RequestFeatures::LEN);
         let mut inputs = Vec::with_capacity(n * dim);
-        let per_candidate = |get: &dyn Fn(&Example, usize) -> (f32, f32)| -> Result<(Tensor, Tensor)> {
-            let mut values = Vec::with_capacity(n * c);
-            let mut mask = Vec::with_capacity(n * c);
-            for e in examples {
-                for j in 0..c {
-                    let (v, m) = get(e, j);
-                    values.push(v);
-                    mask.push(m);
+        let per_candidate =
+            |get: &dyn Fn(&Example, usize) -> (f32, f32)| -> Result<(Tensor, Tensor)> {
+                let mut values = Vec::with_capacity(n * c);
+                let mut mask = Vec::with_capacity(n * c);
+                for e in examples {
+                    for j in 0..c {
+                        let (v, m) = get(e, j);
+                        values.push(v);
+                        mask.push(m);
+                    }
                 }
-            }
-            Ok((Tensor::from_vec(values, (n, c), &dev)?, Tensor::from_vec(mask, (n, c), &dev)?))
-        };
+                Ok((
+                    Tensor::from_vec(values, (n, c), &dev)?,
+                    Tensor::from_vec(mask, (n, c), &dev)?,
+                ))
+            };
         let observed = |o: Option<f32>, w: f32| o.map_or((0.0, 0.0), |v| (v, w));
         let (quality, quality_mask) =
             per_candidate(&|e, j| observed(e.quality[j], e.quality_weight[j]))?;
@@ -232,7 +253,12 @@ pub enum Init<'a> {
 }
 
 /// Trains a selector for `num_candidates` candidates on `examples`.
-pub fn train(examples: &[Example], num_candidates: usize, config: &TrainConfig, init: Init<'_>) -> Result<Trained> {
+pub fn train(
+    examples: &[Example],
+    num_candidates: usize,
+    config: &TrainConfig,
+    init: Init<'_>,
+) -> Result<Trained> {
     let started = Instant::now();
     let first = examples
         .first()
@@ -245,7 +271,9 @@ pub fn train(examples: &[Example], num_candidates: usize, config: &TrainConfig, 
             || e.log_latency_ms.len() != num_candidates
             || e.log_output_tokens.len() != num_candidates
     }) {
-        return Err(Error::InvalidInput("examples disagree on embedding or candidate count".into()));
+        return Err(Error::InvalidInput(
+            "examples disagree on embedding or candidate count".into(),
+        ));
     }
     let (architecture, feature_norm) = match &init {
         Init::From(dir) => {
@@ -262,7 +290,8 @@ pub fn train(examples: &[Example], num_candidates: usize, config: &TrainConfig, 
             (arch, FeatureNorm::fit(&features))
         }
     };
-    if architecture.num_candidates != num_candidates || architecture.embedding_dim != embedding_dim {
+    if architecture.num_candidates != num_candidates || architecture.embedding_dim != embedding_dim
+    {
         return Err(Error::InvalidInput(format!(
             "initial checkpoint has {} candidates / {}-d embeddings, the data {num_candidates} / {embedding_dim}-d",
             architecture.num_candidates, architecture.embedding_dim
@@ -273,14 +302,25 @@ pub fn train(examples: &[Example], num_candidates: usize, config: &TrainConfig, 
         .iter()
         .partition(|e| unit_hash(&e.group, config.seed) >= config.validation_share);
     // Tiny sets (tests) may put everything on one side: then validate on the training data.
-    let validation = if validation.is_empty() { fit.clone() } else { validation };
-    let fit = if fit.is_empty() { validation.clone() } else { fit };
+    let validation = if validation.is_empty() {
+        fit.clone()
+    } else {
+        validation
+    };
+    let fit = if fit.is_empty() {
+        validation.clone()
+    } else {
+        fit
+    };
     let fit_data = Batchable::new(&fit, &feature_norm, num_candidates)?;
     let val_data = Batchable::new(&validation, &feature_norm, num_candidates)?;
 
     let dev = Device::Cpu;
     let varmap = VarMap::new();
-    let selector = Selector::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &architecture)?;
+    let selector = Selector::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        &architecture,
+    )?;
     let mut rng = StdRng::seed_from_u64(config.seed);
     match init {
         Init::Random => seeded_init(&varmap, &mut rng)?,
@@ -314,7 +354,14 @@ pub fn train(examples: &[Example], num_candidates: usize, config: &TrainConfig, 
         for chunk in order.chunks(config.batch_size.max(1)) {
             let idx = Tensor::from_slice(chunk, chunk.len(), &dev)?;
             let (inputs, targets) = fit_data.select(&idx)?;
-            let inputs = input_dropout(&inputs, chunk.len(), input_dim, embedding_dim, config.input_dropout, &mut rng)?;
+            let inputs = input_dropout(
+                &inputs,
+                chunk.len(),
+                input_dim,
+                embedding_dim,
+                config.input_dropout,
+                &mut rng,
+            )?;
             let out = selector.forward_t(&inputs, true)?;
             let l = loss(&out, &targets, &config.loss_weights)?;
             optimizer.backward_step(&l)?;
@@ -322,7 +369,8 @@ pub fn train(examples: &[Example], num_candidates: usize, config: &TrainConfig, 
             batches += 1;
         }
         let out = selector.forward(&val_inputs)?;
-        let validation_loss = f64::from(loss(&out, &val_targets, &config.loss_weights)?.to_scalar::<f32>()?);
+        let validation_loss =
+            f64::from(loss(&out, &val_targets, &config.loss_weights)?.to_scalar::<f32>()?);
         let train_loss = total / batches.max(1) as f64;
         history.push(EpochStats {
             epoch,
@@ -356,7 +404,14 @@ pub fn train(examples: &[Example], num_candidates: usize, config: &TrainConfig, 
 
 /// Zeroes embedding columns with probability `p` (scaling the rest by 1/(1−p)); the request
 /// features are left alone.
-fn input_dropout(inputs: &Tensor, rows: usize, width: usize, embedding_dim: usize, p: f32, rng: &mut StdRng) -> Result<Tensor> {
+fn input_dropout(
+    inputs: &Tensor,
+    rows: usize,
+    width: usize,
+    embedding_dim: usize,
+    p: f32,
+    rng: &mut StdRng,
+) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(inputs.clone());
     }
@@ -364,7 +419,15 @@ fn input_dropout(inputs: &Tensor, rows: usize, width: usize, embedding_dim: usiz
     let mut mask = Vec::with_capacity(rows * width);
     for _ in 0..rows {
         for j in 0..width {
-            mask.push(if j >= embedding_dim || rng.random::<f32>() >= p { if j >= embedding_dim { 1.0 } else { keep } } else { 0.0 });
+            mask.push(if j >= embedding_dim || rng.random::<f32>() >= p {
+                if j >= embedding_dim {
+                    1.0
+                } else {
+                    keep
+                }
+            } else {
+                0.0
+            });
         }
     }
     Ok((inputs * Tensor::from_vec(mask, (rows, width), &Device::Cpu)?)?)
@@ -406,9 +469,9 @@ fn copy_weights(varmap: &VarMap, dir: &std::path::Path) -> Result<()> {
     let path = dir.join(router_model::checkpoint::WEIGHTS_FILE);
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu)?;
     for (name, var) in sorted_vars(varmap)? {
-        let t = tensors
-            .get(&name)
-            .ok_or_else(|| Error::InvalidInput(format!("{} has no tensor {name}", path.display())))?;
+        let t = tensors.get(&name).ok_or_else(|| {
+            Error::InvalidInput(format!("{} has no tensor {name}", path.display()))
+        })?;
         var.set(t)?;
     }
     Ok(())
@@ -436,21 +499,34 @@ fn restore(varmap: &VarMap, saved: &[(String, Tensor)]) -> Result<()> {
 /// did have data (so it predicts, per prompt, the mean of what those models do: short for a
 /// multiple-choice question, long for code); when no candidate had data, a constant
 /// ([`NEUTRAL_LATENCY_MS`], or 200 tokens) that cannot reorder candidates.
-fn neutralise_unobserved_heads(varmap: &VarMap, examples: &[Example], c: usize) -> Result<Vec<String>> {
+fn neutralise_unobserved_heads(
+    varmap: &VarMap,
+    examples: &[Example],
+    c: usize,
+) -> Result<Vec<String>> {
     let vars: HashMap<String, Var> = sorted_vars(varmap)?.into_iter().collect();
     let mut notes = Vec::new();
     type Getter = fn(&Example, usize) -> Option<f32>;
     let heads: [(&str, Getter, f32); 2] = [
-        ("latency", |e, j| e.log_latency_ms[j], NEUTRAL_LATENCY_MS.ln()),
+        (
+            "latency",
+            |e, j| e.log_latency_ms[j],
+            NEUTRAL_LATENCY_MS.ln(),
+        ),
         ("tokens", |e, j| e.log_output_tokens[j], 200f32.ln()),
     ];
     for (head, get, fallback) in heads {
-        let observed: Vec<bool> = (0..c).map(|j| examples.iter().any(|e| get(e, j).is_some())).collect();
+        let observed: Vec<bool> = (0..c)
+            .map(|j| examples.iter().any(|e| get(e, j).is_some()))
+            .collect();
         let unobserved: Vec<usize> = (0..c).filter(|&j| !observed[j]).collect();
         if unobserved.is_empty() {
             continue;
         }
-        let (Some(weight), Some(bias)) = (vars.get(&format!("{head}.weight")), vars.get(&format!("{head}.bias"))) else {
+        let (Some(weight), Some(bias)) = (
+            vars.get(&format!("{head}.weight")),
+            vars.get(&format!("{head}.bias")),
+        ) else {
             continue;
         };
         let mut w = weight.as_tensor().to_dtype(DType::F32)?.to_vec2::<f32>()?;
@@ -461,7 +537,9 @@ fn neutralise_unobserved_heads(varmap: &VarMap, examples: &[Example], c: usize) 
             (vec![0.0; cols], fallback)
         } else {
             let k = donors.len() as f32;
-            let row = (0..cols).map(|i| donors.iter().map(|&d| w[d][i]).sum::<f32>() / k).collect();
+            let row = (0..cols)
+                .map(|i| donors.iter().map(|&d| w[d][i]).sum::<f32>() / k)
+                .collect();
             (row, donors.iter().map(|&d| b[d]).sum::<f32>() / k)
         };
         for &j in &unobserved {
@@ -469,7 +547,11 @@ fn neutralise_unobserved_heads(varmap: &VarMap, examples: &[Example], c: usize) 
             b[j] = constant;
         }
         let rows = w.len();
-        weight.set(&Tensor::from_vec(w.into_iter().flatten().collect::<Vec<_>>(), (rows, cols), &Device::Cpu)?)?;
+        weight.set(&Tensor::from_vec(
+            w.into_iter().flatten().collect::<Vec<_>>(),
+            (rows, cols),
+            &Device::Cpu,
+        )?)?;
         bias.set(&Tensor::from_vec(b, rows, &Device::Cpu)?)?;
         notes.push(if donors.is_empty() {
             format!(

@@ -25,7 +25,8 @@ pub struct CacheWrite {
 
 impl CacheWrite {
     pub fn store(self, answer: cache::CachedAnswer) {
-        self.cache.store(&self.plan, answer, self.embedding.as_deref(), self.query);
+        self.cache
+            .store(&self.plan, answer, self.embedding.as_deref(), self.query);
     }
 }
 
@@ -132,4 +133,3 @@ fn coalesce(ready: &mut Vec<Bytes>) -> Option<Bytes> {
         }
     }
 }
-
