@@ -305,14 +305,15 @@ fn message(item: &Value) -> Result<Value, Error> {
                         json!({"type": "text", "text": text})
                     }
                     Some("input_image") => {
-                        let url = part.get("image_url").and_then(Value::as_str).ok_or_else(
-                            || {
-                                bad(
+                        let url =
+                            part.get("image_url")
+                                .and_then(Value::as_str)
+                                .ok_or_else(|| {
+                                    bad(
                                     "an `input_image` part needs `image_url` (a URL or data URL)"
                                         .into(),
                                 )
-                            },
-                        )?;
+                                })?;
                         let mut image = json!({"url": url});
                         if let Some(detail) = part.get("detail") {
                             image["detail"] = detail.clone();
