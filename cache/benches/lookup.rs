@@ -27,39 +27,20 @@ fn unit(rng: &mut rand::rngs::StdRng) -> Vec<f32> {
 
 fn near(rng: &mut rand::rngs::StdRng, target: &[f32]) -> Vec<f32> {
     let noise = unit(rng);
-    let v: Vec<f32> = target
-        .iter()
-        .zip(&noise)
-        .map(|(t, z)| t + 0.48 * z)
-        .collect();
+    let v: Vec<f32> = target.iter().zip(&noise).map(|(t, z)| t + 0.48 * z).collect();
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.into_iter().map(|x| x / norm).collect()
 }
 
 fn build(n: usize, rng: &mut rand::rngs::StdRng) -> (SemanticIndex, Vec<Vec<f32>>) {
     let index = SemanticIndex::new(DIM, n + 1, n + 1);
-    let answer = Arc::new(CachedAnswer {
-        model: "m".into(),
-        json: Some("{}".into()),
-        chunks: None,
-        usage_chunk: None,
-    });
+    let answer = Arc::new(CachedAnswer { model: "m".into(), json: Some("{}".into()), chunks: None, usage_chunk: None });
     let mut stored = Vec::with_capacity(n);
     for i in 0..n {
         let v = unit(rng);
         let mut exact_key = [0u8; 32];
         exact_key[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        index.insert(
-            [1; 32],
-            &v,
-            SemanticEntry {
-                exact_key,
-                query: String::new(),
-                answer: answer.clone(),
-                expires_at_ms: u64::MAX,
-            },
-            0,
-        );
+        index.insert([1; 32], &v, SemanticEntry { exact_key, query: String::new(), answer: answer.clone(), expires_at_ms: u64::MAX }, 0);
         if i % 101 == 0 {
             stored.push(v);
         }
@@ -78,9 +59,7 @@ fn semantic(c: &mut Criterion) {
             .iter()
             .filter(|q| {
                 let exact = index.nearest_exact(&[1; 32], q).map(|e| e.0);
-                let fast = index
-                    .nearest(&[1; 32], q, -1.0, 0)
-                    .map(|n| n.entry.exact_key);
+                let fast = index.nearest(&[1; 32], q, -1.0, 0).map(|n| n.entry.exact_key);
                 exact == fast
             })
             .count();
@@ -110,33 +89,10 @@ fn exact(c: &mut Criterion) {
         ]
     });
     let map = body.as_object().cloned().unwrap_or_default();
-    let cache = cache::ResponseCache::new(
-        cache::CacheConfig {
-            exact: true,
-            ..cache::CacheConfig::default()
-        },
-        DIM,
-        None,
-    )
-    .expect("cache");
+    let cache = cache::ResponseCache::new(cache::CacheConfig { exact: true, ..cache::CacheConfig::default() }, DIM, None).expect("cache");
     let key = exact_key("tenant", &RequestParts::from_body(&map));
-    let answer = CachedAnswer {
-        model: "m".into(),
-        json: Some("{\"choices\":[]}".into()),
-        chunks: None,
-        usage_chunk: None,
-    };
-    cache.insert(
-        &cache::StoredEntry {
-            exact_key: key,
-            scope: None,
-            query: None,
-            embedding: None,
-            answer,
-            expires_at_ms: u64::MAX,
-        },
-        0,
-    );
+    let answer = CachedAnswer { model: "m".into(), json: Some("{\"choices\":[]}".into()), chunks: None, usage_chunk: None };
+    cache.insert(&cache::StoredEntry { exact_key: key, scope: None, query: None, embedding: None, answer, expires_at_ms: u64::MAX }, 0);
     c.bench_function("exact_key_and_hit", |b| {
         b.iter(|| {
             let key = exact_key("tenant", &RequestParts::from_body(black_box(&map)));

@@ -45,10 +45,7 @@ impl CachedAnswer {
         let mut parsed = Vec::with_capacity(payloads.len());
         for payload in payloads {
             let value: Value = serde_json::from_str(payload).ok()?;
-            let usage_only = value
-                .get("choices")
-                .and_then(Value::as_array)
-                .is_some_and(Vec::is_empty)
+            let usage_only = value.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty)
                 && value.get("usage").is_some_and(|u| !u.is_null());
             if usage_only {
                 usage_chunk = Some((*payload).to_owned());
@@ -69,19 +66,10 @@ impl CachedAnswer {
     /// The answer's text (the first choice's message content), for comparing answers.
     pub fn text(&self) -> Option<String> {
         let value: Value = serde_json::from_str(self.json.as_deref()?).ok()?;
-        let content = value
-            .get("choices")?
-            .get(0)?
-            .get("message")?
-            .get("content")?;
+        let content = value.get("choices")?.get(0)?.get("message")?.get("content")?;
         match content {
             Value::String(text) => Some(text.clone()),
-            Value::Array(parts) => Some(
-                parts
-                    .iter()
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect(),
-            ),
+            Value::Array(parts) => Some(parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect()),
             _ => None,
         }
     }
@@ -96,10 +84,7 @@ impl CachedAnswer {
         let mut events: Vec<Bytes> = match (&self.chunks, &self.json) {
             (Some(chunks), _) => chunks.iter().map(|c| data_event(c)).collect(),
             (None, Some(json)) => match serde_json::from_str::<Value>(json) {
-                Ok(value) => synthesize_chunks(&value)
-                    .iter()
-                    .map(|c| data_event(&c.to_string()))
-                    .collect(),
+                Ok(value) => synthesize_chunks(&value).iter().map(|c| data_event(&c.to_string())).collect(),
                 Err(_) => Vec::new(),
             },
             (None, None) => Vec::new(),
@@ -123,10 +108,7 @@ impl CachedAnswer {
     pub fn weight(&self) -> usize {
         self.model.len()
             + self.json.as_ref().map_or(0, String::len)
-            + self
-                .chunks
-                .as_ref()
-                .map_or(0, |c| c.iter().map(|s| s.len() + 24).sum())
+            + self.chunks.as_ref().map_or(0, |c| c.iter().map(|s| s.len() + 24).sum())
             + self.usage_chunk.as_ref().map_or(0, String::len)
             + 96
     }
@@ -174,12 +156,7 @@ fn assemble(chunks: &[Value]) -> Option<Value> {
         if chunk.get("usage").is_some_and(|u| !u.is_null()) {
             usage = chunk["usage"].clone();
         }
-        for choice in chunk
-            .get("choices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
             head.get_or_insert(chunk);
             let index = usize::try_from(choice.get("index").and_then(Value::as_u64)?).ok()?;
             if index > 127 {
@@ -195,9 +172,7 @@ fn assemble(chunks: &[Value]) -> Option<Value> {
             if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                 slot.finish_reason = Some(reason.to_owned());
             }
-            let Some(delta) = choice.get("delta") else {
-                continue;
-            };
+            let Some(delta) = choice.get("delta") else { continue };
             if let Some(role) = delta.get("role").and_then(Value::as_str) {
                 slot.role = Some(role.to_owned());
             }
@@ -207,14 +182,8 @@ fn assemble(chunks: &[Value]) -> Option<Value> {
             if let Some(text) = delta.get("refusal").and_then(Value::as_str) {
                 slot.refusal.get_or_insert_with(String::new).push_str(text);
             }
-            for call in delta
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let call_index =
-                    usize::try_from(call.get("index").and_then(Value::as_u64)?).ok()?;
+            for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                let call_index = usize::try_from(call.get("index").and_then(Value::as_u64)?).ok()?;
                 if call_index > 127 {
                     return None;
                 }
@@ -241,11 +210,7 @@ fn assemble(chunks: &[Value]) -> Option<Value> {
     }
     let head = head?;
     // Log-probabilities are not reassembled: such answers are replayed only as streams.
-    if choices.is_empty()
-        || choices
-            .iter()
-            .any(|c| c.finish_reason.is_none() || c.logprobs_seen)
-    {
+    if choices.is_empty() || choices.iter().any(|c| c.finish_reason.is_none() || c.logprobs_seen) {
         return None;
     }
     let body_choices: Vec<Value> = choices
@@ -290,12 +255,7 @@ fn synthesize_chunks(body: &Value) -> Vec<Value> {
         })
     };
     let mut chunks = Vec::new();
-    for choice in body
-        .get("choices")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for choice in body.get("choices").and_then(Value::as_array).into_iter().flatten() {
         let index = choice.get("index").cloned().unwrap_or(json!(0));
         let message = choice.get("message").cloned().unwrap_or(json!({}));
         let role = message.get("role").cloned().unwrap_or(json!("assistant"));
@@ -317,13 +277,8 @@ fn synthesize_chunks(body: &Value) -> Vec<Value> {
                 .collect();
             chunks.push(head(json!([{"index": index, "delta": {"tool_calls": deltas}, "logprobs": null, "finish_reason": null}])));
         }
-        let finish = choice
-            .get("finish_reason")
-            .cloned()
-            .unwrap_or(json!("stop"));
-        chunks.push(head(
-            json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}]),
-        ));
+        let finish = choice.get("finish_reason").cloned().unwrap_or(json!("stop"));
+        chunks.push(head(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}])));
     }
     chunks
 }
@@ -377,17 +332,11 @@ mod tests {
             "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}});
         let answer = CachedAnswer::from_json("m", body.to_string().as_bytes()).expect("complete");
         let events = answer.sse_events(true);
-        assert_eq!(
-            events.last().map(|b| &b[..]),
-            Some(&b"data: [DONE]\n\n"[..])
-        );
+        assert_eq!(events.last().map(|b| &b[..]), Some(&b"data: [DONE]\n\n"[..]));
         let chunks = payloads(&events);
         assert!(chunks.len() > 3, "text is split into several chunks");
         let rebuilt = assemble(&chunks).expect("reassembles");
-        assert_eq!(
-            rebuilt["choices"][0]["message"]["content"],
-            body["choices"][0]["message"]["content"]
-        );
+        assert_eq!(rebuilt["choices"][0]["message"]["content"], body["choices"][0]["message"]["content"]);
         assert_eq!(rebuilt["usage"], body["usage"]);
         let without_usage = payloads(&answer.sse_events(false));
         assert!(without_usage.iter().all(|c| c.get("usage").is_none()));
@@ -405,8 +354,7 @@ mod tests {
         let answer = CachedAnswer::from_stream("m", &chunks).expect("complete stream");
         assert_eq!(answer.chunks.as_ref().map(Vec::len), Some(4));
         assert!(answer.usage_chunk.is_some());
-        let body: Value =
-            serde_json::from_str(answer.json.as_deref().expect("assembled")).expect("json");
+        let body: Value = serde_json::from_str(answer.json.as_deref().expect("assembled")).expect("json");
         let call = &body["choices"][0]["message"]["tool_calls"][0];
         assert_eq!(call["function"]["name"], "get_weather");
         assert_eq!(call["function"]["arguments"], r#"{"city":"Oslo"}"#);
@@ -415,23 +363,15 @@ mod tests {
         // Replayed byte for byte, as the original was chunked.
         let replay = answer.sse_events(false);
         assert_eq!(replay.len(), 5);
-        assert_eq!(
-            &replay[1][..],
-            format!("data: {}\n\n", chunks[1]).as_bytes()
-        );
+        assert_eq!(&replay[1][..], format!("data: {}\n\n", chunks[1]).as_bytes());
     }
 
     #[test]
     fn partial_answers_are_not_cached() {
-        let cut = [
-            r#"{"id":"s","created":2,"model":"m","choices":[{"index":0,"delta":{"content":"Hal"},"finish_reason":null}]}"#,
-        ];
+        let cut = [r#"{"id":"s","created":2,"model":"m","choices":[{"index":0,"delta":{"content":"Hal"},"finish_reason":null}]}"#];
         assert_eq!(CachedAnswer::from_stream("m", &cut), None);
         let filtered = json!({"choices": [{"index": 0, "message": {"content": ""}, "finish_reason": "content_filter"}]});
-        assert_eq!(
-            CachedAnswer::from_json("m", filtered.to_string().as_bytes()),
-            None
-        );
+        assert_eq!(CachedAnswer::from_json("m", filtered.to_string().as_bytes()), None);
         assert_eq!(CachedAnswer::from_json("m", b"not json"), None);
     }
 

@@ -144,19 +144,14 @@ impl Default for Calibrator {
     fn default() -> Self {
         Self {
             scopes: Mutex::default(),
-            served: moka::sync::Cache::builder()
-                .max_capacity(SERVED_HITS_REMEMBERED)
-                .time_to_live(SERVED_HIT_MEMORY)
-                .build(),
+            served: moka::sync::Cache::builder().max_capacity(SERVED_HITS_REMEMBERED).time_to_live(SERVED_HIT_MEMORY).build(),
         }
     }
 }
 
 impl std::fmt::Debug for Calibrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Calibrator")
-            .field("scopes", &self.lock().len())
-            .finish_non_exhaustive()
+        f.debug_struct("Calibrator").field("scopes", &self.lock().len()).finish_non_exhaustive()
     }
 }
 
@@ -167,22 +162,13 @@ impl Calibrator {
 
     /// Remembers a served hit so that feedback on `request_id` counts as evidence.
     pub fn remember_served(&self, request_id: u128, scope: &str, bound: f64, score: f32) {
-        self.served.insert(
-            request_id,
-            ServedHit {
-                scope: scope.to_owned(),
-                bound,
-                score,
-            },
-        );
+        self.served.insert(request_id, ServedHit { scope: scope.to_owned(), bound, score });
     }
 
     /// The served hit behind `request_id`, once: (scope, bound, score). Feedback on it is
     /// evidence ([`Evidence::Feedback`]; the first score counts).
     pub fn take_served(&self, request_id: u128) -> Option<(String, f64, f32)> {
-        self.served
-            .remove(&request_id)
-            .map(|hit| (hit.scope, hit.bound, hit.score))
+        self.served.remove(&request_id).map(|hit| (hit.scope, hit.bound, hit.score))
     }
 
     /// Loads evidence kept from an earlier process (oldest first). The scope's bound is
@@ -192,12 +178,7 @@ impl Calibrator {
             return;
         }
         let mut scopes = self.lock();
-        let state = scopes
-            .entry(scope.to_owned())
-            .or_insert_with(|| ScopeState {
-                bound: f64::NAN,
-                ..ScopeState::default()
-            });
+        let state = scopes.entry(scope.to_owned()).or_insert_with(|| ScopeState { bound: f64::NAN, ..ScopeState::default() });
         state.record(score, wrong, evidence);
         // Recomputed by `decide` once the bound is known (NaN never equals it).
         state.bound = f64::NAN;
@@ -206,21 +187,9 @@ impl Calibrator {
 
     /// Serve or audit a candidate with verifier `score` in `scope` (bound `bound`); `draw` is
     /// uniform in 0..1 and audits a served-level candidate when below `audit_share`.
-    pub fn decide(
-        &self,
-        scope: &str,
-        bound: f64,
-        score: f32,
-        audit_share: f64,
-        draw: f64,
-    ) -> Verdict {
+    pub fn decide(&self, scope: &str, bound: f64, score: f32, audit_share: f64, draw: f64) -> Verdict {
         let mut scopes = self.lock();
-        let state = scopes
-            .entry(scope.to_owned())
-            .or_insert_with(|| ScopeState {
-                bound,
-                ..ScopeState::default()
-            });
+        let state = scopes.entry(scope.to_owned()).or_insert_with(|| ScopeState { bound, ..ScopeState::default() });
         if state.bound != bound {
             state.bound = bound;
             state.recalibrate();
@@ -240,12 +209,7 @@ impl Calibrator {
             return;
         }
         let mut scopes = self.lock();
-        let state = scopes
-            .entry(scope.to_owned())
-            .or_insert_with(|| ScopeState {
-                bound,
-                ..ScopeState::default()
-            });
+        let state = scopes.entry(scope.to_owned()).or_insert_with(|| ScopeState { bound, ..ScopeState::default() });
         state.bound = bound;
         state.record(score, wrong, evidence);
         state.recalibrate();
@@ -255,16 +219,8 @@ impl Calibrator {
         self.lock()
             .iter()
             .map(|(scope, state)| {
-                let at = |t: Option<f32>| {
-                    state
-                        .observations
-                        .iter()
-                        .filter(move |o| t.is_some_and(|t| o.score >= t))
-                };
-                let (at_threshold, wrong_at_threshold) = (
-                    at(state.threshold).count(),
-                    at(state.threshold).filter(|o| o.wrong).count(),
-                );
+                let at = |t: Option<f32>| state.observations.iter().filter(move |o| t.is_some_and(|t| o.score >= t));
+                let (at_threshold, wrong_at_threshold) = (at(state.threshold).count(), at(state.threshold).filter(|o| o.wrong).count());
                 CalibrationStatus {
                     scope: scope.clone(),
                     max_wrong_hit_rate: state.bound,
@@ -273,9 +229,7 @@ impl Calibrator {
                     wrong: state.observations.iter().filter(|o| o.wrong).count(),
                     at_threshold,
                     wrong_at_threshold,
-                    wrong_rate_upper95: state
-                        .threshold
-                        .map(|_| wilson_upper(wrong_at_threshold, at_threshold)),
+                    wrong_rate_upper95: state.threshold.map(|_| wilson_upper(wrong_at_threshold, at_threshold)),
                     audits: state.audits,
                     feedback: state.feedback,
                     served: state.served,
@@ -286,9 +240,7 @@ impl Calibrator {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ScopeState>> {
         // A panic while holding the lock leaves counts, never a broken invariant: keep going.
-        self.scopes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.scopes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -341,25 +293,15 @@ pub fn wilson_upper(k: usize, n: usize) -> f64 {
 /// word differing between them.
 pub fn answers_agree(a: &str, b: &str) -> bool {
     let normalise = |s: &str| -> Vec<String> {
-        s.split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect()
+        s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
     };
     let (wa, wb) = (normalise(a), normalise(b));
     if wa == wb {
         return !wa.is_empty();
     }
-    let (sa, sb): (
-        std::collections::HashSet<&String>,
-        std::collections::HashSet<&String>,
-    ) = (wa.iter().collect(), wb.iter().collect());
+    let (sa, sb): (std::collections::HashSet<&String>, std::collections::HashSet<&String>) = (wa.iter().collect(), wb.iter().collect());
     let union = sa.union(&sb).count();
-    let jaccard = if union == 0 {
-        0.0
-    } else {
-        sa.intersection(&sb).count() as f64 / union as f64
-    };
+    let jaccard = if union == 0 { 0.0 } else { sa.intersection(&sb).count() as f64 / union as f64 };
     jaccard >= 0.8 && crate::verifier::lexical_veto(a, b).is_none()
 }
 
@@ -375,12 +317,7 @@ mod tests {
     fn wilson_bound_is_one_without_data_and_shrinks_with_agreeing_ones() {
         assert_eq!(wilson_upper(0, 0), 1.0);
         // About 2.7 / bound agreeing observations bring the bound down to `bound`.
-        assert!(
-            wilson_upper(0, 10) > 0.2 && wilson_upper(0, 11) <= 0.2,
-            "{} {}",
-            wilson_upper(0, 10),
-            wilson_upper(0, 11)
-        );
+        assert!(wilson_upper(0, 10) > 0.2 && wilson_upper(0, 11) <= 0.2, "{} {}", wilson_upper(0, 10), wilson_upper(0, 11));
         assert!(wilson_upper(0, 52) <= 0.05 && wilson_upper(0, 50) > 0.05);
         assert!(wilson_upper(5, 10) > 0.5 && wilson_upper(5, 10) < 0.8);
     }
@@ -389,17 +326,13 @@ mod tests {
     fn no_threshold_until_the_observations_show_the_bound() {
         let few: Vec<_> = (0..5).map(|_| obs(0.9, false)).collect();
         assert_eq!(calibrated_threshold(&few, 0.2), None);
-        let enough: Vec<_> = (0..12)
-            .map(|i| obs(0.9 + i as f32 * 0.001, false))
-            .collect();
+        let enough: Vec<_> = (0..12).map(|i| obs(0.9 + i as f32 * 0.001, false)).collect();
         assert_eq!(calibrated_threshold(&enough, 0.2), Some(0.9));
     }
 
     #[test]
     fn wrong_answers_at_low_scores_raise_the_threshold_above_them() {
-        let mut o: Vec<_> = (0..40)
-            .map(|i| obs(0.95 + i as f32 * 0.001, false))
-            .collect();
+        let mut o: Vec<_> = (0..40).map(|i| obs(0.95 + i as f32 * 0.001, false)).collect();
         o.extend((0..10).map(|i| obs(0.80 + i as f32 * 0.001, true)));
         let t = calibrated_threshold(&o, 0.1).expect("the high scores keep the bound");
         assert!(t >= 0.8, "{t}");
@@ -433,16 +366,7 @@ mod tests {
         assert_eq!(c.decide("all", 0.2, 0.9, 0.0, 0.5), Verdict::Audit);
         let status = c.status();
         assert_eq!(status.len(), 1);
-        assert_eq!(
-            (
-                status[0].observations,
-                status[0].wrong,
-                status[0].audits,
-                status[0].feedback,
-                status[0].served
-            ),
-            (16, 4, 11, 5, 1)
-        );
+        assert_eq!((status[0].observations, status[0].wrong, status[0].audits, status[0].feedback, status[0].served), (16, 4, 11, 5, 1));
         assert_eq!(status[0].threshold, None);
     }
 
@@ -454,11 +378,7 @@ mod tests {
         }
         assert_eq!(c.status()[0].threshold, None);
         assert_eq!(c.decide("route:a", 0.2, 0.9, 0.0, 0.5), Verdict::Serve);
-        assert_eq!(
-            c.decide("route:a", 0.05, 0.9, 0.0, 0.5),
-            Verdict::Audit,
-            "a stricter bound needs more evidence"
-        );
+        assert_eq!(c.decide("route:a", 0.05, 0.9, 0.0, 0.5), Verdict::Audit, "a stricter bound needs more evidence");
     }
 
     #[test]
@@ -469,32 +389,17 @@ mod tests {
         }
         c.observe("tenant:b", 0.1, 0.9, true, Evidence::Audit);
         let status = c.status();
-        assert_eq!(
-            status
-                .iter()
-                .map(|s| (s.scope.as_str(), s.observations))
-                .collect::<Vec<_>>(),
-            [("route:a", MAX_OBSERVATIONS), ("tenant:b", 1)]
-        );
+        assert_eq!(status.iter().map(|s| (s.scope.as_str(), s.observations)).collect::<Vec<_>>(), [("route:a", MAX_OBSERVATIONS), ("tenant:b", 1)]);
         assert_eq!(c.decide("tenant:b", 0.1, 0.9, 0.0, 0.5), Verdict::Audit);
         assert_eq!(c.decide("route:a", 0.1, 0.9, 0.0, 0.5), Verdict::Serve);
     }
 
     #[test]
     fn answers_agree_on_the_same_text_and_not_on_changed_facts() {
-        assert!(answers_agree(
-            "The capital of France is Paris.",
-            "the capital of france is paris"
-        ));
-        assert!(!answers_agree(
-            "The capital of France is Paris.",
-            "The capital of France is Lyon."
-        ));
+        assert!(answers_agree("The capital of France is Paris.", "the capital of france is paris"));
+        assert!(!answers_agree("The capital of France is Paris.", "The capital of France is Lyon."));
         assert!(!answers_agree("It takes 3 days.", "It takes 4 days."));
         assert!(!answers_agree("", ""));
-        assert!(!answers_agree(
-            "Yes, it is safe to eat.",
-            "No, it is not safe to eat."
-        ));
+        assert!(!answers_agree("Yes, it is safe to eat.", "No, it is not safe to eat."));
     }
 }

@@ -122,12 +122,9 @@ impl<'a> RequestParts<'a> {
         self.messages
             .and_then(Value::as_array)
             .is_some_and(|messages| {
-                messages.iter().any(|m| {
-                    matches!(
-                        m.get("role").and_then(Value::as_str),
-                        Some("tool" | "function")
-                    )
-                })
+                messages
+                    .iter()
+                    .any(|m| matches!(m.get("role").and_then(Value::as_str), Some("tool" | "function")))
             })
     }
 
@@ -166,11 +163,7 @@ enum MessagesInKey {
     AllBut(usize),
 }
 
-fn hash_answer_fields(
-    hasher: &mut blake3::Hasher,
-    parts: &RequestParts<'_>,
-    messages_in_key: MessagesInKey,
-) {
+fn hash_answer_fields(hasher: &mut blake3::Hasher, parts: &RequestParts<'_>, messages_in_key: MessagesInKey) {
     // No `..`: a new field must be placed on one side or the other before this compiles.
     let RequestParts {
         model,
@@ -368,51 +361,18 @@ mod tests {
     #[test]
     fn every_openai_parameter_is_classified() {
         let parameters = [
-            "model",
-            "messages",
-            "tools",
-            "tool_choice",
-            "parallel_tool_calls",
-            "functions",
-            "function_call",
-            "response_format",
-            "temperature",
-            "top_p",
-            "max_tokens",
-            "max_completion_tokens",
-            "seed",
-            "n",
-            "stop",
-            "presence_penalty",
-            "frequency_penalty",
-            "logit_bias",
-            "logprobs",
-            "top_logprobs",
-            "reasoning_effort",
-            "verbosity",
-            "modalities",
-            "audio",
-            "prediction",
-            "web_search_options",
-            "stream",
-            "stream_options",
-            "user",
-            "safety_identifier",
-            "metadata",
-            "store",
-            "service_tier",
-            "prompt_cache_key",
+            "model", "messages", "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
+            "response_format", "temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "n", "stop",
+            "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "reasoning_effort",
+            "verbosity", "modalities", "audio", "prediction", "web_search_options", "stream", "stream_options",
+            "user", "safety_identifier", "metadata", "store", "service_tier", "prompt_cache_key",
         ];
         let mut request = Map::new();
         for name in parameters {
             request.insert(name.to_owned(), json!(1));
         }
         let parts = RequestParts::from_body(&request);
-        assert!(
-            parts.unknown.is_empty(),
-            "unclassified: {:?}",
-            parts.unknown
-        );
+        assert!(parts.unknown.is_empty(), "unclassified: {:?}", parts.unknown);
     }
 
     #[test]
@@ -425,33 +385,18 @@ mod tests {
             ("seed", json!(7)),
             ("n", json!(2)),
             ("stop", json!(["\n"])),
-            (
-                "tools",
-                json!([{"type": "function", "function": {"name": "f"}}]),
-            ),
+            ("tools", json!([{"type": "function", "function": {"name": "f"}}])),
             ("tool_choice", json!("required")),
             ("response_format", json!({"type": "json_object"})),
             ("logit_bias", json!({"1": 5})),
             ("x_vendor_knob", json!(true)),
         ] {
-            assert_ne!(
-                key("t", with(field, value.clone())),
-                original,
-                "{field} must be in the key"
-            );
-            assert_ne!(
-                scope("t", with(field, value)),
-                scope("t", base()),
-                "{field} must be in the scope"
-            );
+            assert_ne!(key("t", with(field, value.clone())), original, "{field} must be in the key");
+            assert_ne!(scope("t", with(field, value)), scope("t", base()), "{field} must be in the scope");
         }
         assert_ne!(key("t", with("model", json!("gpt-4o"))), original);
         assert_ne!(key("other", base()), original, "tenant is part of the key");
-        assert_ne!(
-            scope("other", base()),
-            scope("t", base()),
-            "tenant is part of the scope"
-        );
+        assert_ne!(scope("other", base()), scope("t", base()), "tenant is part of the scope");
     }
 
     #[test]
@@ -466,20 +411,13 @@ mod tests {
             ("service_tier", json!("auto")),
             ("temperature", Value::Null),
         ] {
-            assert_eq!(
-                key("t", with(field, value)),
-                original,
-                "{field} must not be in the key"
-            );
+            assert_eq!(key("t", with(field, value)), original, "{field} must not be in the key");
         }
     }
 
     #[test]
     fn numbers_hash_by_value_and_maps_by_content() {
-        assert_eq!(
-            key("t", with("temperature", json!(0))),
-            key("t", with("temperature", json!(0.0)))
-        );
+        assert_eq!(key("t", with("temperature", json!(0))), key("t", with("temperature", json!(0.0))));
         let a = json!({"model": "m", "messages": [{"role": "user", "content": "x", "name": "n"}]});
         let b = json!({"messages": [{"name": "n", "content": "x", "role": "user"}], "model": "m"});
         assert_eq!(key("t", a), key("t", b));
@@ -500,10 +438,7 @@ mod tests {
             ]})
         };
         assert_eq!(scope("t", ask("h", "one")), scope("t", ask("h", "two")));
-        assert_ne!(
-            scope("t", ask("h", "one")),
-            scope("t", ask("other history", "one"))
-        );
+        assert_ne!(scope("t", ask("h", "one")), scope("t", ask("other history", "one")));
         assert_ne!(key("t", ask("h", "one")), key("t", ask("h", "two")));
         // A conversation that ends on an assistant or tool message has no question to compare.
         let ends_with_tool = json!({"model": "m", "messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r", "tool_call_id": "1"}]});

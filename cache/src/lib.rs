@@ -159,10 +159,7 @@ impl CacheConfig {
             verifier_threshold: self.verifier_threshold,
             ttl: Duration::from_secs(self.ttl_secs),
         };
-        let overrides = [
-            self.routes.get(model_or_route),
-            tenant.and_then(|t| self.tenants.get(t)),
-        ];
+        let overrides = [self.routes.get(model_or_route), tenant.and_then(|t| self.tenants.get(t))];
         for o in overrides.into_iter().flatten() {
             settings.enabled = o.enabled.unwrap_or(settings.enabled);
             settings.semantic = o.semantic.unwrap_or(settings.semantic);
@@ -175,67 +172,40 @@ impl CacheConfig {
 
     pub fn validate(&self) -> Result<(), CacheError> {
         let in_range = |v: f32| (-1.0..=1.0).contains(&v);
-        let thresholds = std::iter::once((self.min_cosine, "min_cosine")).chain(
-            self.routes
-                .values()
-                .chain(self.tenants.values())
-                .filter_map(|o| o.min_cosine.map(|c| (c, "min_cosine"))),
-        );
+        let thresholds = std::iter::once((self.min_cosine, "min_cosine"))
+            .chain(self.routes.values().chain(self.tenants.values()).filter_map(|o| o.min_cosine.map(|c| (c, "min_cosine"))));
         for (value, name) in thresholds {
             if !in_range(value) {
-                return Err(CacheError::Config(format!(
-                    "{name} must be in -1..=1, got {value}"
-                )));
+                return Err(CacheError::Config(format!("{name} must be in -1..=1, got {value}")));
             }
         }
         if self.ttl_secs == 0 {
             return Err(CacheError::Config("ttl_secs must be positive".into()));
         }
         let bounds = std::iter::once(self.max_wrong_hit_rate)
-            .chain(
-                self.routes
-                    .values()
-                    .chain(self.tenants.values())
-                    .map(|o| o.max_wrong_hit_rate),
-            )
+            .chain(self.routes.values().chain(self.tenants.values()).map(|o| o.max_wrong_hit_rate))
             .flatten();
         for bound in bounds {
             if !(bound > 0.0 && bound < 1.0) {
-                return Err(CacheError::Config(format!(
-                    "max_wrong_hit_rate must be between 0 and 1 (exclusive), got {bound}"
-                )));
+                return Err(CacheError::Config(format!("max_wrong_hit_rate must be between 0 and 1 (exclusive), got {bound}")));
             }
         }
         if !(0.0..=1.0).contains(&self.audit_share) {
-            return Err(CacheError::Config(format!(
-                "audit_share must be in 0..=1, got {}",
-                self.audit_share
-            )));
+            return Err(CacheError::Config(format!("audit_share must be in 0..=1, got {}", self.audit_share)));
         }
         Ok(())
     }
 
     /// The wrong-hit bound that applies to a request and where it was set (`tenant:NAME`,
     /// `route:NAME` or `all`), the tenant's winning over the route's.
-    pub fn wrong_hit_bound(
-        &self,
-        model_or_route: &str,
-        tenant: Option<&str>,
-    ) -> Option<(String, f64)> {
-        if let Some((name, bound)) =
-            tenant.and_then(|t| Some((t, self.tenants.get(t)?.max_wrong_hit_rate?)))
-        {
+    pub fn wrong_hit_bound(&self, model_or_route: &str, tenant: Option<&str>) -> Option<(String, f64)> {
+        if let Some((name, bound)) = tenant.and_then(|t| Some((t, self.tenants.get(t)?.max_wrong_hit_rate?))) {
             return Some((format!("tenant:{name}"), bound));
         }
-        if let Some(bound) = self
-            .routes
-            .get(model_or_route)
-            .and_then(|o| o.max_wrong_hit_rate)
-        {
+        if let Some(bound) = self.routes.get(model_or_route).and_then(|o| o.max_wrong_hit_rate) {
             return Some((format!("route:{model_or_route}"), bound));
         }
-        self.max_wrong_hit_rate
-            .map(|bound| ("all".to_owned(), bound))
+        self.max_wrong_hit_rate.map(|bound| ("all".to_owned(), bound))
     }
 }
 
@@ -254,23 +224,13 @@ pub struct Eligibility {
 
 impl Eligibility {
     fn none(reason: &'static str) -> Self {
-        Self {
-            read: false,
-            write: false,
-            semantic: false,
-            skip_reason: Some(reason),
-        }
+        Self { read: false, write: false, semantic: false, skip_reason: Some(reason) }
     }
 }
 
 /// Decides eligibility from the request and its `Cache-Control` header (`no-store`: neither
 /// read nor write; `no-cache`: fetch a fresh answer, then store it).
-pub fn eligibility(
-    config: &CacheConfig,
-    settings: &Settings,
-    parts: &RequestParts<'_>,
-    cache_control: Option<&str>,
-) -> Eligibility {
+pub fn eligibility(config: &CacheConfig, settings: &Settings, parts: &RequestParts<'_>, cache_control: Option<&str>) -> Eligibility {
     if !settings.enabled {
         return Eligibility::none("disabled");
     }
@@ -287,32 +247,18 @@ pub fn eligibility(
     }
     let read = !has("no-cache");
     let semantic = settings.semantic && last_user_is_plain_text(parts);
-    Eligibility {
-        read,
-        write: true,
-        semantic,
-        skip_reason: (!read).then_some("no-cache"),
-    }
+    Eligibility { read, write: true, semantic, skip_reason: (!read).then_some("no-cache") }
 }
 
 fn last_user_is_plain_text(parts: &RequestParts<'_>) -> bool {
-    let Some(i) = parts.last_user_index() else {
-        return false;
-    };
-    let Some(message) = parts
-        .messages
-        .and_then(|m| m.as_array())
-        .and_then(|m| m.get(i))
-    else {
+    let Some(i) = parts.last_user_index() else { return false };
+    let Some(message) = parts.messages.and_then(|m| m.as_array()).and_then(|m| m.get(i)) else {
         return false;
     };
     match message.get("content") {
         Some(serde_json::Value::String(text)) => !text.trim().is_empty(),
         Some(serde_json::Value::Array(items)) => {
-            !items.is_empty()
-                && items
-                    .iter()
-                    .all(|p| p.get("type").and_then(|t| t.as_str()) == Some("text"))
+            !items.is_empty() && items.iter().all(|p| p.get("type").and_then(|t| t.as_str()) == Some("text"))
         }
         _ => false,
     }
@@ -321,13 +267,7 @@ fn last_user_is_plain_text(parts: &RequestParts<'_>) -> bool {
 /// The second opinion on a semantic candidate: does the cached question ask what the new
 /// one asks? Implemented by the learned verifier; scores in 0..1.
 pub trait HitVerifier: Send + Sync {
-    fn score(
-        &self,
-        query: &str,
-        cached: &str,
-        query_embedding: &[f32],
-        cached_embedding: &[f32],
-    ) -> f32;
+    fn score(&self, query: &str, cached: &str, query_embedding: &[f32], cached_embedding: &[f32]) -> f32;
     /// The shipped operating point.
     fn threshold(&self) -> f32;
 }
@@ -380,30 +320,15 @@ pub struct ResponseCache {
 }
 
 impl ResponseCache {
-    pub fn new(
-        config: CacheConfig,
-        embedding_dim: usize,
-        verifier: Option<Arc<dyn HitVerifier>>,
-    ) -> Result<Self, CacheError> {
+    pub fn new(config: CacheConfig, embedding_dim: usize, verifier: Option<Arc<dyn HitVerifier>>) -> Result<Self, CacheError> {
         config.validate()?;
         let exact = moka::sync::Cache::builder()
             .max_capacity(config.max_memory_mib.saturating_mul(1024 * 1024))
-            .weigher(|_key: &Digest, entry: &ExactEntry| {
-                u32::try_from(entry.answer.weight() + 64).unwrap_or(u32::MAX)
-            })
+            .weigher(|_key: &Digest, entry: &ExactEntry| u32::try_from(entry.answer.weight() + 64).unwrap_or(u32::MAX))
             .time_to_live(Duration::from_secs(config.ttl_secs))
             .build();
-        let semantic = SemanticIndex::new(
-            embedding_dim,
-            config.max_semantic_entries,
-            config.max_entries_per_scope,
-        );
-        Ok(Self {
-            config,
-            exact,
-            semantic,
-            verifier,
-        })
+        let semantic = SemanticIndex::new(embedding_dim, config.max_semantic_entries, config.max_entries_per_scope);
+        Ok(Self { config, exact, semantic, verifier })
     }
 
     pub fn config(&self) -> &CacheConfig {
@@ -438,31 +363,13 @@ impl ResponseCache {
         now_ms: u64,
     ) -> Result<SemanticHit, SemanticMiss> {
         if !self.config.require_verifier && self.verifier.is_none() {
-            let n = self
-                .semantic
-                .nearest(scope, embedding, settings.min_cosine, now_ms)
-                .ok_or(SemanticMiss::NoNeighbour)?;
-            return Ok(SemanticHit {
-                answer: n.entry.answer.clone(),
-                cosine: n.cosine,
-                verifier_score: None,
-                cached_query: n.entry.query.clone(),
-            });
+            let n = self.semantic.nearest(scope, embedding, settings.min_cosine, now_ms).ok_or(SemanticMiss::NoNeighbour)?;
+            return Ok(SemanticHit { answer: n.entry.answer.clone(), cosine: n.cosine, verifier_score: None, cached_query: n.entry.query.clone() });
         }
         let verifier = self.verifier.as_ref().ok_or(SemanticMiss::NoVerifier)?;
-        let neighbour = self
-            .semantic
-            .nearest(scope, embedding, settings.min_cosine, now_ms)
-            .ok_or(SemanticMiss::NoNeighbour)?;
-        let score = verifier.score(
-            query,
-            &neighbour.entry.query,
-            embedding,
-            &neighbour.embedding,
-        );
-        let threshold = settings
-            .verifier_threshold
-            .unwrap_or_else(|| verifier.threshold());
+        let neighbour = self.semantic.nearest(scope, embedding, settings.min_cosine, now_ms).ok_or(SemanticMiss::NoNeighbour)?;
+        let score = verifier.score(query, &neighbour.entry.query, embedding, &neighbour.embedding);
+        let threshold = settings.verifier_threshold.unwrap_or_else(|| verifier.threshold());
         if score.is_finite() && score >= threshold {
             Ok(SemanticHit {
                 answer: neighbour.entry.answer.clone(),
@@ -482,29 +389,15 @@ impl ResponseCache {
         }
         let answer = Arc::new(entry.answer.clone());
         if self.config.exact {
-            self.exact.insert(
-                entry.exact_key,
-                ExactEntry {
-                    answer: answer.clone(),
-                    expires_at_ms: entry.expires_at_ms,
-                },
-            );
+            self.exact.insert(entry.exact_key, ExactEntry { answer: answer.clone(), expires_at_ms: entry.expires_at_ms });
         }
-        if let (true, Some(scope), Some(embedding), Some(query)) = (
-            self.config.semantic,
-            entry.scope,
-            entry.embedding.as_deref(),
-            entry.query.as_ref(),
-        ) {
+        if let (true, Some(scope), Some(embedding), Some(query)) =
+            (self.config.semantic, entry.scope, entry.embedding.as_deref(), entry.query.as_ref())
+        {
             self.semantic.insert(
                 scope,
                 embedding,
-                SemanticEntry {
-                    exact_key: entry.exact_key,
-                    query: query.clone(),
-                    answer,
-                    expires_at_ms: entry.expires_at_ms,
-                },
+                SemanticEntry { exact_key: entry.exact_key, query: query.clone(), answer, expires_at_ms: entry.expires_at_ms },
                 now_ms,
             );
         }
@@ -551,11 +444,7 @@ mod tests {
     use serde_json::{json, Map, Value};
 
     fn on() -> CacheConfig {
-        CacheConfig {
-            exact: true,
-            semantic: true,
-            ..CacheConfig::default()
-        }
+        CacheConfig { exact: true, semantic: true, ..CacheConfig::default() }
     }
 
     fn parts_of(value: &Value) -> Map<String, Value> {
@@ -564,10 +453,7 @@ mod tests {
 
     #[test]
     fn eligibility_follows_temperature_cache_control_and_tools() {
-        let config = CacheConfig {
-            max_temperature: 0.5,
-            ..on()
-        };
+        let config = CacheConfig { max_temperature: 0.5, ..on() };
         let settings = config.settings("auto", None);
         let check = |body: Value, cc: Option<&str>| {
             let map = parts_of(&body);
@@ -576,18 +462,11 @@ mod tests {
         let plain = json!({"model": "auto", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]});
         let e = check(plain.clone(), None);
         assert!(e.read && e.write && e.semantic);
-        assert_eq!(
-            check(plain.clone(), Some("no-store")).skip_reason,
-            Some("no-store")
-        );
+        assert_eq!(check(plain.clone(), Some("no-store")).skip_reason, Some("no-store"));
         let no_cache = check(plain.clone(), Some("max-age=0, no-cache"));
         assert!(!no_cache.read && no_cache.write);
         let hot = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
-        assert_eq!(
-            check(hot, None).skip_reason,
-            Some("temperature"),
-            "absent temperature is 1"
-        );
+        assert_eq!(check(hot, None).skip_reason, Some("temperature"), "absent temperature is 1");
         let tool = json!({"model": "auto", "temperature": 0, "messages": [
             {"role": "user", "content": "weather?"},
             {"role": "assistant", "tool_calls": [{"id": "1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
@@ -603,21 +482,8 @@ mod tests {
     #[test]
     fn overrides_apply_route_then_tenant() {
         let mut config = on();
-        config.routes.insert(
-            "auto".into(),
-            ScopeOverride {
-                min_cosine: Some(0.9),
-                semantic: Some(false),
-                ..Default::default()
-            },
-        );
-        config.tenants.insert(
-            "acme".into(),
-            ScopeOverride {
-                semantic: Some(true),
-                ..Default::default()
-            },
-        );
+        config.routes.insert("auto".into(), ScopeOverride { min_cosine: Some(0.9), semantic: Some(false), ..Default::default() });
+        config.tenants.insert("acme".into(), ScopeOverride { semantic: Some(true), ..Default::default() });
         let s = config.settings("auto", None);
         assert!(!s.semantic);
         assert!((s.min_cosine - 0.9).abs() < 1e-6);
@@ -632,32 +498,11 @@ mod tests {
         let mut config = on();
         assert_eq!(config.wrong_hit_bound("auto", Some("acme")), None);
         config.max_wrong_hit_rate = Some(0.05);
-        config.routes.insert(
-            "auto".into(),
-            ScopeOverride {
-                max_wrong_hit_rate: Some(0.02),
-                ..Default::default()
-            },
-        );
-        config.tenants.insert(
-            "acme".into(),
-            ScopeOverride {
-                max_wrong_hit_rate: Some(0.01),
-                ..Default::default()
-            },
-        );
-        assert_eq!(
-            config.wrong_hit_bound("auto", Some("acme")),
-            Some(("tenant:acme".into(), 0.01))
-        );
-        assert_eq!(
-            config.wrong_hit_bound("auto", Some("other")),
-            Some(("route:auto".into(), 0.02))
-        );
-        assert_eq!(
-            config.wrong_hit_bound("m", None),
-            Some(("all".into(), 0.05))
-        );
+        config.routes.insert("auto".into(), ScopeOverride { max_wrong_hit_rate: Some(0.02), ..Default::default() });
+        config.tenants.insert("acme".into(), ScopeOverride { max_wrong_hit_rate: Some(0.01), ..Default::default() });
+        assert_eq!(config.wrong_hit_bound("auto", Some("acme")), Some(("tenant:acme".into(), 0.01)));
+        assert_eq!(config.wrong_hit_bound("auto", Some("other")), Some(("route:auto".into(), 0.02)));
+        assert_eq!(config.wrong_hit_bound("m", None), Some(("all".into(), 0.05)));
         assert!(config.validate().is_ok());
         for bad in [0.0, 1.0, -0.1, f64::NAN] {
             config.max_wrong_hit_rate = Some(bad);
@@ -684,12 +529,7 @@ mod tests {
             scope: Some([scope; 32]),
             query: Some(format!("question {key}")),
             embedding: Some(embedding),
-            answer: CachedAnswer {
-                model: "m".into(),
-                json: Some(format!("{{\"n\":{key}}}")),
-                chunks: None,
-                usage_chunk: None,
-            },
+            answer: CachedAnswer { model: "m".into(), json: Some(format!("{{\"n\":{key}}}")), chunks: None, usage_chunk: None },
             expires_at_ms,
         }
     }
@@ -701,48 +541,28 @@ mod tests {
         let e = vec![1.0, 0.0, 0.0, 0.0];
         let near = vec![0.96, 0.28, 0.0, 0.0];
         for (verifier, expect_hit) in [(0.9f32, true), (0.1, false)] {
-            let cache = ResponseCache::new(config.clone(), 4, Some(Arc::new(Fixed(verifier))))
-                .expect("cache");
+            let cache = ResponseCache::new(config.clone(), 4, Some(Arc::new(Fixed(verifier)))).expect("cache");
             cache.insert(&stored(1, 7, e.clone(), u64::MAX), 0);
             let result = cache.lookup_semantic(&[7; 32], &near, "q", &settings, 0);
             assert_eq!(result.is_ok(), expect_hit);
             if let Err(miss) = result {
                 assert_eq!(miss, SemanticMiss::Rejected);
             }
-            assert_eq!(
-                cache
-                    .lookup_semantic(&[8; 32], &near, "q", &settings, 0)
-                    .err(),
-                Some(SemanticMiss::NoNeighbour)
-            );
+            assert_eq!(cache.lookup_semantic(&[8; 32], &near, "q", &settings, 0).err(), Some(SemanticMiss::NoNeighbour));
         }
         let unverified = ResponseCache::new(config, 4, None).expect("cache");
         unverified.insert(&stored(1, 7, e, u64::MAX), 0);
         assert!(!unverified.semantic_enabled());
-        assert_eq!(
-            unverified
-                .lookup_semantic(&[7; 32], &near, "q", &settings, 0)
-                .err(),
-            Some(SemanticMiss::NoVerifier)
-        );
+        assert_eq!(unverified.lookup_semantic(&[7; 32], &near, "q", &settings, 0).err(), Some(SemanticMiss::NoVerifier));
     }
 
     #[test]
     fn exact_tier_honours_expiry_and_restore_skips_the_expired() {
         let cache = ResponseCache::new(on(), 4, None).expect("cache");
-        let loaded = cache.restore(
-            [
-                stored(1, 1, vec![1.0, 0.0, 0.0, 0.0], 5_000),
-                stored(2, 1, vec![0.0, 1.0, 0.0, 0.0], 1_000),
-            ],
-            2_000,
-        );
+        let loaded = cache.restore([stored(1, 1, vec![1.0, 0.0, 0.0, 0.0], 5_000), stored(2, 1, vec![0.0, 1.0, 0.0, 0.0], 1_000)], 2_000);
         assert_eq!(loaded, 1);
         assert!(cache.lookup_exact(&[1; 32], 2_000).is_some());
         assert!(cache.lookup_exact(&[2; 32], 2_000).is_none());
-        assert!(
-            cache.lookup_exact(&[1; 32], 5_000).is_none(),
-            "expired at its time"
-        );
+        assert!(cache.lookup_exact(&[1; 32], 5_000).is_none(), "expired at its time");
     }
 }

@@ -77,10 +77,8 @@ impl ScopeIndex {
         self.sequence.swap(i, last);
         self.sequence.pop();
         if i != last {
-            self.vectors
-                .copy_within(last * dim..(last + 1) * dim, i * dim);
-            self.bits
-                .copy_within(last * words..(last + 1) * words, i * words);
+            self.vectors.copy_within(last * dim..(last + 1) * dim, i * dim);
+            self.bits.copy_within(last * words..(last + 1) * words, i * words);
         }
         self.vectors.truncate(last * dim);
         self.bits.truncate(last * words);
@@ -128,13 +126,7 @@ impl SemanticIndex {
 
     /// Adds an entry. An entry with the same exact key in the scope is replaced; when the
     /// scope or the whole index is full, expired entries go first, then the oldest.
-    pub fn insert(
-        &self,
-        scope: Digest,
-        embedding: &[f32],
-        entry: SemanticEntry,
-        now_ms: u64,
-    ) -> bool {
+    pub fn insert(&self, scope: Digest, embedding: &[f32], entry: SemanticEntry, now_ms: u64) -> bool {
         if embedding.len() != self.dim || embedding.iter().any(|x| !x.is_finite()) {
             return false;
         }
@@ -144,22 +136,12 @@ impl SemanticIndex {
         let sequence = state.next_sequence;
         state.next_sequence += 1;
         let index = state.scopes.entry(scope).or_default();
-        if let Some(i) = index
-            .entries
-            .iter()
-            .position(|e| e.exact_key == entry.exact_key)
-        {
+        if let Some(i) = index.entries.iter().position(|e| e.exact_key == entry.exact_key) {
             index.remove(i, dim, words);
             state.total -= 1;
         }
         if index.len() >= self.max_per_scope {
-            state.total -= evict(
-                index,
-                dim,
-                words,
-                now_ms,
-                index.len() + 1 - self.max_per_scope,
-            );
+            state.total -= evict(index, dim, words, now_ms, index.len() + 1 - self.max_per_scope);
         }
         index.reserve_one(dim, words);
         index.entries.push(Arc::new(entry));
@@ -183,11 +165,7 @@ impl SemanticIndex {
         }
         if state.total > self.max_entries {
             let target = self.max_entries - self.max_entries / 10;
-            let mut sequences: Vec<u64> = state
-                .scopes
-                .values()
-                .flat_map(|s| s.sequence.iter().copied())
-                .collect();
+            let mut sequences: Vec<u64> = state.scopes.values().flat_map(|s| s.sequence.iter().copied()).collect();
             let remove = state.total.saturating_sub(target);
             if remove > 0 && remove <= sequences.len() {
                 let (_, cutoff, _) = sequences.select_nth_unstable(remove - 1);
@@ -223,13 +201,7 @@ impl SemanticIndex {
     }
 
     /// The live entry of `scope` nearest to `query`, if its cosine is at least `min_cosine`.
-    pub fn nearest(
-        &self,
-        scope: &Digest,
-        query: &[f32],
-        min_cosine: f32,
-        now_ms: u64,
-    ) -> Option<Neighbour> {
+    pub fn nearest(&self, scope: &Digest, query: &[f32], min_cosine: f32, now_ms: u64) -> Option<Neighbour> {
         if query.len() != self.dim {
             return None;
         }
@@ -250,12 +222,7 @@ impl SemanticIndex {
         if index.len() <= EXACT_SCAN_MAX {
             (0..index.len()).for_each(&mut consider);
         } else {
-            for i in hamming_candidates(
-                &index.bits,
-                &sign_bits(query, self.words),
-                self.words,
-                RESCORE,
-            ) {
+            for i in hamming_candidates(&index.bits, &sign_bits(query, self.words), self.words, RESCORE) {
                 consider(i);
             }
         }
@@ -315,9 +282,7 @@ fn evict_expired(index: &mut ScopeIndex, dim: usize, words: usize, now_ms: u64) 
 fn evict(index: &mut ScopeIndex, dim: usize, words: usize, now_ms: u64, needed: usize) -> usize {
     let mut removed = evict_expired(index, dim, words, now_ms);
     while removed < needed && index.len() > 0 {
-        let oldest = (0..index.len())
-            .min_by_key(|&i| index.sequence[i])
-            .unwrap_or(0);
+        let oldest = (0..index.len()).min_by_key(|&i| index.sequence[i]).unwrap_or(0);
         index.remove(oldest, dim, words);
         removed += 1;
     }
@@ -366,24 +331,13 @@ fn hamming_candidates(bits: &[u64], query: &[u64], words: usize, keep: usize) ->
                 break;
             }
         }
-        distances
-            .iter()
-            .enumerate()
-            .filter(|(_, &d)| d <= cutoff)
-            .map(|(i, _)| i)
-            .collect()
+        distances.iter().enumerate().filter(|(_, &d)| d <= cutoff).map(|(i, _)| i).collect()
     })
 }
 
 /// Distances from `query` to every entry, with the hardware `popcnt` when the CPU has it
 /// (without `-C target-cpu`, `count_ones` compiles to a bit-twiddling sequence).
-fn hamming_all(
-    bits: &[u64],
-    query: &[u64],
-    words: usize,
-    distances: &mut [u16],
-    histogram: &mut [usize],
-) {
+fn hamming_all(bits: &[u64], query: &[u64], words: usize, distances: &mut [u16], histogram: &mut [usize]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("popcnt") {
@@ -397,30 +351,14 @@ fn hamming_all(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
-unsafe fn hamming_all_popcnt(
-    bits: &[u64],
-    query: &[u64],
-    words: usize,
-    distances: &mut [u16],
-    histogram: &mut [usize],
-) {
+unsafe fn hamming_all_popcnt(bits: &[u64], query: &[u64], words: usize, distances: &mut [u16], histogram: &mut [usize]) {
     hamming_all_portable(bits, query, words, distances, histogram);
 }
 
 #[inline(always)]
-fn hamming_all_portable(
-    bits: &[u64],
-    query: &[u64],
-    words: usize,
-    distances: &mut [u16],
-    histogram: &mut [usize],
-) {
+fn hamming_all_portable(bits: &[u64], query: &[u64], words: usize, distances: &mut [u16], histogram: &mut [usize]) {
     for (entry, distance) in bits.chunks_exact(words).zip(distances.iter_mut()) {
-        let d: u32 = entry
-            .iter()
-            .zip(query)
-            .map(|(x, y)| (x ^ y).count_ones())
-            .sum();
+        let d: u32 = entry.iter().zip(query).map(|(x, y)| (x ^ y).count_ones()).sum();
         *distance = d as u16;
         histogram[d as usize] += 1;
     }
@@ -432,8 +370,7 @@ fn hamming_all_portable(
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             return unsafe { dot_avx2(a, b) };
         }
@@ -452,12 +389,7 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let chunks_a = a.chunks_exact(16);
     let chunks_b = b.chunks_exact(16);
-    let tail: f32 = chunks_a
-        .remainder()
-        .iter()
-        .zip(chunks_b.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = chunks_a.remainder().iter().zip(chunks_b.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in chunks_a.zip(chunks_b) {
         for k in 0..16 {
             acc[k] += x[k] * y[k];
@@ -485,12 +417,7 @@ mod tests {
         SemanticEntry {
             exact_key: [n; 32],
             query: format!("q{n}"),
-            answer: Arc::new(CachedAnswer {
-                model: "m".into(),
-                json: Some("{}".into()),
-                chunks: None,
-                usage_chunk: None,
-            }),
+            answer: Arc::new(CachedAnswer { model: "m".into(), json: Some("{}".into()), chunks: None, usage_chunk: None }),
             expires_at_ms,
         }
     }
@@ -502,9 +429,7 @@ mod tests {
         let (a, b) = (unit(&mut rng, 16), unit(&mut rng, 16));
         assert!(index.insert([1; 32], &a, entry(1, u64::MAX), 0));
         assert!(index.insert([2; 32], &b, entry(2, u64::MAX), 0));
-        let hit = index
-            .nearest(&[1; 32], &a, 0.9, 0)
-            .expect("same vector, same scope");
+        let hit = index.nearest(&[1; 32], &a, 0.9, 0).expect("same vector, same scope");
         assert_eq!(hit.entry.query, "q1");
         assert!((hit.cosine - 1.0).abs() < 1e-5);
         // Scope 2 holds only b: a query equal to a finds nothing above 0.9 there.
@@ -571,13 +496,7 @@ mod tests {
         for target in stored.iter().step_by(97) {
             // Cosine ~0.9 to its target.
             let noise = unit(&mut rng, dim);
-            let query = normalise(
-                target
-                    .iter()
-                    .zip(&noise)
-                    .map(|(t, z)| t + 0.48 * z)
-                    .collect(),
-            );
+            let query = normalise(target.iter().zip(&noise).map(|(t, z)| t + 0.48 * z).collect());
             let exact = index.nearest_exact(&[9; 32], &query).expect("non-empty");
             let approximate = index.nearest(&[9; 32], &query, -1.0, 0).expect("non-empty");
             if approximate.entry.exact_key == exact.0 {
@@ -585,10 +504,7 @@ mod tests {
             }
         }
         let queries = stored.iter().step_by(97).count();
-        assert_eq!(
-            found, queries,
-            "prefilter must keep the true neighbour at cosine ~0.9"
-        );
+        assert_eq!(found, queries, "prefilter must keep the true neighbour at cosine ~0.9");
     }
 
     #[test]

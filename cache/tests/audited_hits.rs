@@ -53,23 +53,14 @@ struct Rescored<'a> {
     score: f32,
 }
 
-fn rescore<'a>(
-    embedder: &BertEmbedder,
-    verifier: &Verifier,
-    pairs: &'a [Audited],
-) -> (Vec<Rescored<'a>>, Vec<String>) {
+fn rescore<'a>(embedder: &BertEmbedder, verifier: &Verifier, pairs: &'a [Audited]) -> (Vec<Rescored<'a>>, Vec<String>) {
     let (mut kept, mut vetoed) = (Vec::new(), Vec::new());
     for p in pairs {
-        let e = embedder
-            .embed_batch(&[&p.text_a, &p.text_b])
-            .expect("embed");
+        let e = embedder.embed_batch(&[&p.text_a, &p.text_b]).expect("embed");
         let score = verifier.score(&p.text_a, &p.text_b, &e[0], &e[1]);
         if score == 0.0 {
             if let Some(reason) = lexical_veto(&p.text_a, &p.text_b) {
-                vetoed.push(format!(
-                    "{} ({reason}): {:?} / {:?}",
-                    p.audit, p.text_a, p.text_b
-                ));
+                vetoed.push(format!("{} ({reason}): {:?} / {:?}", p.audit, p.text_a, p.text_b));
                 continue;
             }
         }
@@ -109,10 +100,7 @@ fn at(rescored: &[Rescored<'_>], threshold: f32, duplicates: usize) -> Point {
 fn audited_precision_of_the_shipped_operating_point_is_at_least_0975() {
     let embedder = BertEmbedder::load_default().expect("MiniLM weights (scripts/fetch-model.sh)");
     let verifier = Verifier::load(&default_checkpoint_dir()).expect("shipped verifier checkpoint");
-    assert!(
-        verifier.threshold() >= AUDITED_DOWN_TO,
-        "the shipped threshold is below the audited range"
-    );
+    assert!(verifier.threshold() >= AUDITED_DOWN_TO, "the shipped threshold is below the audited range");
     let validation = audited(include_str!("fixtures/qqp_validation_hits_audit.jsonl"));
     let calibration = audited(include_str!("fixtures/qqp_calibration_hits_audit.jsonl"));
     assert_eq!((validation.len(), calibration.len()), (478, 207));
@@ -122,19 +110,8 @@ fn audited_precision_of_the_shipped_operating_point_is_at_least_0975() {
     println!("calibration hits removed by guards added since the audit: {cal_vetoed:#?}");
 
     println!("threshold  validation: hits strict lenient recall | calibration: hits strict lenient recall");
-    for threshold in [
-        verifier.threshold(),
-        0.87,
-        0.86,
-        0.855,
-        0.85,
-        0.84,
-        AUDITED_DOWN_TO,
-    ] {
-        let (v, c) = (
-            at(&val, threshold, VALIDATION_DUPLICATES),
-            at(&cal, threshold, CALIBRATION_DUPLICATES),
-        );
+    for threshold in [verifier.threshold(), 0.87, 0.86, 0.855, 0.85, 0.84, AUDITED_DOWN_TO] {
+        let (v, c) = (at(&val, threshold, VALIDATION_DUPLICATES), at(&cal, threshold, CALIBRATION_DUPLICATES));
         println!(
             "{threshold:.4}     {:4} {:.3} {:.3} {:.3}    | {:4} {:.3} {:.3} {:.3}",
             v.hits, v.strict, v.lenient, v.recall, c.hits, c.strict, c.lenient, c.recall
@@ -142,16 +119,8 @@ fn audited_precision_of_the_shipped_operating_point_is_at_least_0975() {
     }
     let shipped = at(&val, verifier.threshold(), VALIDATION_DUPLICATES);
     assert!(shipped.hits >= 290, "{} hits", shipped.hits);
-    assert!(
-        shipped.strict >= 0.975,
-        "audited precision {:.3} at the shipped threshold",
-        shipped.strict
-    );
+    assert!(shipped.strict >= 0.975, "audited precision {:.3} at the shipped threshold", shipped.strict);
     // Where the threshold was chosen (calibration) the audit says less: held to what it was.
     let calibration_point = at(&cal, verifier.threshold(), CALIBRATION_DUPLICATES);
-    assert!(
-        calibration_point.strict >= 0.94,
-        "calibration audited precision {:.3}",
-        calibration_point.strict
-    );
+    assert!(calibration_point.strict >= 0.94, "calibration audited precision {:.3}", calibration_point.strict);
 }

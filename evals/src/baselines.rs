@@ -63,26 +63,16 @@ impl Estimates {
             .zip(&self.cost)
             .map(|(q, c)| {
                 let scored: Vec<Scored> = (0..q.len())
-                    .map(|j| Scored {
-                        candidate: j,
-                        quality: q[j],
-                        cost_usd: c[j],
-                        latency_ms: 0.0,
-                        utility: tradeoff.utility(q[j], c[j], 0.0),
-                    })
+                    .map(|j| Scored { candidate: j, quality: q[j], cost_usd: c[j], latency_ms: 0.0, utility: tradeoff.utility(q[j], c[j], 0.0) })
                     .collect();
-                policy::choose(&scored, None, &policy::Exploration::OFF, 0.0)
-                    .map_or(0, |choice| choice.ranking[0])
+                policy::choose(&scored, None, &policy::Exploration::OFF, 0.0).map_or(0, |choice| choice.ranking[0])
             })
             .collect()
     }
 
     /// Choices at every λ of the report's sweep.
     pub fn sweep(&self) -> Vec<Vec<usize>> {
-        cost_weights()
-            .into_iter()
-            .map(|l| self.choices(tradeoff_at(l)))
-            .collect()
+        cost_weights().into_iter().map(|l| self.choices(tradeoff_at(l))).collect()
     }
 }
 
@@ -101,10 +91,7 @@ fn mean_labels(reference: &Labelled<'_>, members: &[usize]) -> (Vec<f64>, Vec<f6
         }
     }
     let n = members.len().max(1) as f64;
-    (
-        q.into_iter().map(|v| v / n).collect(),
-        c.into_iter().map(|v| v / n).collect(),
-    )
+    (q.into_iter().map(|v| v / n).collect(), c.into_iter().map(|v| v / n).collect())
 }
 
 /// kNN estimates for `queries` from the `k` most similar reference prompts.
@@ -112,12 +99,7 @@ pub fn knn(reference: &Labelled<'_>, queries: &[Vec<f32>], k: usize) -> Estimate
     let k = k.clamp(1, reference.len().max(1));
     let mut out = Estimates::default();
     for query in queries {
-        let mut sims: Vec<(f32, usize)> = reference
-            .embeddings
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (dot(query, e), i))
-            .collect();
+        let mut sims: Vec<(f32, usize)> = reference.embeddings.iter().enumerate().map(|(i, e)| (dot(query, e), i)).collect();
         if k < sims.len() {
             sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
             sims.truncate(k);
@@ -133,9 +115,7 @@ pub fn knn(reference: &Labelled<'_>, queries: &[Vec<f32>], k: usize) -> Estimate
 /// Spherical k-means (cosine) with k-means++ seeding; returns unit centroids.
 pub fn kmeans(points: &[Vec<f32>], k: usize, seed: u64) -> Vec<Vec<f32>> {
     let k = k.clamp(1, points.len().max(1));
-    let Some(first) = points.first() else {
-        return Vec::new();
-    };
+    let Some(first) = points.first() else { return Vec::new() };
     let dim = first.len();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut centroids: Vec<Vec<f32>> = vec![points[rng.random_range(0..points.len())].clone()];
@@ -201,13 +181,7 @@ pub fn cluster(reference: &Labelled<'_>, queries: &[Vec<f32>], clusters: usize) 
     let fallback = mean_labels(reference, &everyone);
     let means: Vec<(Vec<f64>, Vec<f64>)> = members
         .iter()
-        .map(|m| {
-            if m.is_empty() {
-                fallback.clone()
-            } else {
-                mean_labels(reference, m)
-            }
-        })
+        .map(|m| if m.is_empty() { fallback.clone() } else { mean_labels(reference, m) })
         .collect();
     let mut out = Estimates::default();
     for query in queries {
@@ -221,12 +195,7 @@ pub fn cluster(reference: &Labelled<'_>, queries: &[Vec<f32>], clusters: usize) 
 /// AIQ of a curve given by its choices at each point (`curve[point][prompt]`), over the
 /// prompts `rows` of the realised `quality`/`cost`, on those prompts' own cost range and
 /// joined with their cheapest single model (as the report's AIQ).
-pub fn curve_aiq(
-    quality: &[Vec<f64>],
-    cost: &[Vec<f64>],
-    rows: &[usize],
-    curve: &[Vec<usize>],
-) -> f64 {
+pub fn curve_aiq(quality: &[Vec<f64>], cost: &[Vec<f64>], rows: &[usize], curve: &[Vec<usize>]) -> f64 {
     let m = quality.first().map_or(0, Vec::len);
     let n = rows.len().max(1) as f64;
     let point = |choice: &dyn Fn(usize) -> usize| Point {
@@ -234,16 +203,8 @@ pub fn curve_aiq(
         cost: rows.iter().map(|&i| cost[i][choice(i)]).sum::<f64>() / n,
     };
     let singles: Vec<Point> = (0..m).map(|j| point(&|_| j)).collect();
-    let (lo, hi) = singles.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
-        (lo.min(p.cost), hi.max(p.cost))
-    });
-    let Some(cheapest) = singles
-        .iter()
-        .copied()
-        .min_by(|a, b| a.cost.total_cmp(&b.cost))
-    else {
-        return 0.0;
-    };
+    let (lo, hi) = singles.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.cost), hi.max(p.cost)));
+    let Some(cheapest) = singles.iter().copied().min_by(|a, b| a.cost.total_cmp(&b.cost)) else { return 0.0 };
     let mut points: Vec<Point> = curve.iter().map(|choices| point(&|i| choices[i])).collect();
     points.push(cheapest);
     aiq(&points, lo, hi)
@@ -258,11 +219,7 @@ pub struct Tuned {
 
 /// Tries every value of `grid` fitting on four fifths of `train` and scoring the last fifth
 /// (every fifth prompt), and keeps the best.
-pub fn tune(
-    train: &Labelled<'_>,
-    grid: &[usize],
-    fit: impl Fn(&Labelled<'_>, &[Vec<f32>], usize) -> Estimates,
-) -> Tuned {
+pub fn tune(train: &Labelled<'_>, grid: &[usize], fit: impl Fn(&Labelled<'_>, &[Vec<f32>], usize) -> Estimates) -> Tuned {
     let (fit_rows, val_rows): (Vec<usize>, Vec<usize>) = (0..train.len()).partition(|i| i % 5 != 0);
     let pick = |rows: &[usize]| -> Owned {
         (
@@ -273,40 +230,19 @@ pub fn tune(
     };
     let (fe, fq, fc) = pick(&fit_rows);
     let (ve, vq, vc) = pick(&val_rows);
-    let fitting = Labelled {
-        embeddings: &fe,
-        quality: &fq,
-        cost: &fc,
-    };
+    let fitting = Labelled { embeddings: &fe, quality: &fq, cost: &fc };
     let all_val: Vec<usize> = (0..ve.len()).collect();
-    let validation_aiq: Vec<(usize, f64)> = grid
-        .iter()
-        .map(|&k| {
-            (
-                k,
-                curve_aiq(&vq, &vc, &all_val, &fit(&fitting, &ve, k).sweep()),
-            )
-        })
-        .collect();
-    let chosen = validation_aiq
-        .iter()
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map_or(grid[0], |&(k, _)| k);
-    Tuned {
-        chosen,
-        validation_aiq,
-    }
+    let validation_aiq: Vec<(usize, f64)> =
+        grid.iter().map(|&k| (k, curve_aiq(&vq, &vc, &all_val, &fit(&fitting, &ve, k).sweep()))).collect();
+    let chosen = validation_aiq.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(grid[0], |&(k, _)| k);
+    Tuned { chosen, validation_aiq }
 }
 
 /// The 2.5th and 97.5th percentiles of bootstrap draws: a 95% interval.
 pub fn interval95(draws: &[f64]) -> (f64, f64) {
     let mut v = draws.to_vec();
     v.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let at = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
     (at(0.025), at(0.975))
 }
 
@@ -324,18 +260,10 @@ pub struct CurveInterval {
 }
 
 /// Bootstrap intervals for every named curve; the first one must be the router.
-pub fn bootstrap(
-    quality: &[Vec<f64>],
-    cost: &[Vec<f64>],
-    curves: &[(String, Vec<Vec<usize>>)],
-    resamples: usize,
-) -> Vec<CurveInterval> {
+pub fn bootstrap(quality: &[Vec<f64>], cost: &[Vec<f64>], curves: &[(String, Vec<Vec<usize>>)], resamples: usize) -> Vec<CurveInterval> {
     let n = quality.len();
     let all: Vec<usize> = (0..n).collect();
-    let full: Vec<f64> = curves
-        .iter()
-        .map(|(_, c)| curve_aiq(quality, cost, &all, c))
-        .collect();
+    let full: Vec<f64> = curves.iter().map(|(_, c)| curve_aiq(quality, cost, &all, c)).collect();
     let mut rng = StdRng::seed_from_u64(SEED);
     let mut draws: Vec<Vec<f64>> = vec![Vec::with_capacity(resamples); curves.len()];
     for _ in 0..resamples {
@@ -382,16 +310,8 @@ mod tests {
         for i in 0..n {
             let kind = i % 2;
             let jitter = rng.random::<f32>() * 0.1;
-            e.push(unit(&if kind == 0 {
-                [1.0, jitter, 0.0]
-            } else {
-                [jitter, 1.0, 0.0]
-            }));
-            q.push(if kind == 0 {
-                vec![1.0, 0.0]
-            } else {
-                vec![0.0, 1.0]
-            });
+            e.push(unit(&if kind == 0 { [1.0, jitter, 0.0] } else { [jitter, 1.0, 0.0] }));
+            q.push(if kind == 0 { vec![1.0, 0.0] } else { vec![0.0, 1.0] });
             c.push(vec![0.001, 0.001]);
         }
         (e, q, c)
@@ -400,11 +320,7 @@ mod tests {
     #[test]
     fn knn_and_clusters_route_each_kind_to_its_model() {
         let (e, q, c) = two_kinds(200);
-        let train = Labelled {
-            embeddings: &e[..100],
-            quality: &q[..100],
-            cost: &c[..100],
-        };
+        let train = Labelled { embeddings: &e[..100], quality: &q[..100], cost: &c[..100] };
         let queries = &e[100..];
         for estimates in [knn(&train, queries, 5), cluster(&train, queries, 2)] {
             let choices = estimates.choices(Tradeoff::BALANCED);
@@ -417,11 +333,7 @@ mod tests {
     #[test]
     fn tuning_prefers_a_k_that_sees_the_structure() {
         let (e, q, c) = two_kinds(300);
-        let train = Labelled {
-            embeddings: &e,
-            quality: &q,
-            cost: &c,
-        };
+        let train = Labelled { embeddings: &e, quality: &q, cost: &c };
         // A k above the 240 fitting prompts averages all of them: one model for every prompt.
         let tuned = tune(&train, &[3, 1000], knn);
         assert_eq!(tuned.chosen, 3, "{:?}", tuned.validation_aiq);
@@ -433,12 +345,7 @@ mod tests {
         let n = q.len();
         let perfect: Vec<Vec<usize>> = vec![(0..n).map(|i| i % 2).collect()];
         let one_model: Vec<Vec<usize>> = vec![vec![0; n]];
-        let rows = bootstrap(
-            &q,
-            &c,
-            &[("router".into(), perfect), ("single".into(), one_model)],
-            200,
-        );
+        let rows = bootstrap(&q, &c, &[("router".into(), perfect), ("single".into(), one_model)], 200);
         assert!((rows[0].aiq - 1.0).abs() < 1e-9);
         assert!((rows[1].aiq - 0.5).abs() < 1e-9);
         for r in &rows {

@@ -19,11 +19,7 @@ pub enum Error {
 
     /// A bad line of an input file, named by its 1-based number.
     #[error("{path}, line {line}: {reason}")]
-    Line {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
+    Line { path: PathBuf, line: usize, reason: String },
 
     #[error("{0}")]
     InvalidInput(String),

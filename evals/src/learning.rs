@@ -46,13 +46,7 @@ pub struct Prompt {
 /// The prompts of one split of `dataset` that have a label and a recorded cost for every
 /// candidate (the first `limit`, after a seeded shuffle when `limit` is given, so a short run
 /// still mixes the dataset's tasks).
-pub fn prompts(
-    dataset: &Dataset,
-    split: Split,
-    candidates: &[String],
-    limit: Option<usize>,
-    seed: u64,
-) -> Vec<Prompt> {
+pub fn prompts(dataset: &Dataset, split: Split, candidates: &[String], limit: Option<usize>, seed: u64) -> Vec<Prompt> {
     let mut out: Vec<Prompt> = dataset
         .rows
         .iter()
@@ -65,11 +59,7 @@ pub fn prompts(
                 quality.push(f64::from(o.quality?));
                 cost.push(o.cost_usd?);
             }
-            Some(Prompt {
-                text: r.prompt.clone(),
-                quality,
-                cost,
-            })
+            Some(Prompt { text: r.prompt.clone(), quality, cost })
         })
         .collect();
     if let Some(limit) = limit {
@@ -110,13 +100,7 @@ impl LoopPlan {
     /// The gateway's config: the outcome log in `database` (SQLite, prompts stored so that
     /// training sees the features serving saw), the response cache off (every request is a
     /// decision), a decision deadline no request misses, and the two routes.
-    pub fn gateway_config(
-        &self,
-        mock: SocketAddr,
-        database: &Path,
-        checkpoint: &Path,
-        embedder_dir: Option<&Path>,
-    ) -> String {
+    pub fn gateway_config(&self, mock: SocketAddr, database: &Path, checkpoint: &Path, embedder_dir: Option<&Path>) -> String {
         let quote = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
         let mut toml = format!(
             "[database]\nurl = {}\nstore_prompts = true\nbatch_interval_ms = 20\n\n[cache]\nexact = false\nsemantic = false\n\n",
@@ -128,10 +112,7 @@ impl LoopPlan {
             self.challenger_share
         ));
         if let Some(dir) = embedder_dir {
-            toml.push_str(&format!(
-                "embedder_dir = {}\n",
-                quote(&dir.to_string_lossy())
-            ));
+            toml.push_str(&format!("embedder_dir = {}\n", quote(&dir.to_string_lossy())));
         }
         if self.fresh_prompts {
             // Every prompt is sent once, so a draw keyed on the prompt is as good as a random
@@ -139,9 +120,7 @@ impl LoopPlan {
             // challenger's judging traffic to the traffic it was trained on.
             toml.push_str(&format!("exploration_seed = {}\n", self.seed));
         }
-        toml.push_str(&format!(
-            "\n[providers.replay]\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\n\n"
-        ));
+        toml.push_str(&format!("\n[providers.replay]\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\n\n"));
         for (name, price) in self.candidates.iter().zip(&self.prices) {
             toml.push_str(&format!(
                 "[models.{}]\nprovider = \"replay\"\ninput_usd_per_mtok = {:?}\noutput_usd_per_mtok = {:?}\n\n",
@@ -193,48 +172,24 @@ fn client() -> Result<reqwest::Client> {
 }
 
 /// Sends every prompt to `route` (a route or a model), `concurrency` at a time.
-async fn send_all(
-    addr: SocketAddr,
-    route: &str,
-    prompts: &[Prompt],
-    plan: &LoopPlan,
-) -> Result<Vec<Answer>> {
+async fn send_all(addr: SocketAddr, route: &str, prompts: &[Prompt], plan: &LoopPlan) -> Result<Vec<Answer>> {
     let candidates = &plan.candidates;
     // With fresh prompts (a seeded run) the exploring route's traffic goes one request at a
     // time, so the log's order — which rows are the newest, the ones the learn step holds out
     // — is the same in every run.
-    let concurrency = if route == LEARN_ROUTE && plan.fresh_prompts {
-        1
-    } else {
-        plan.concurrency
-    };
+    let concurrency = if route == LEARN_ROUTE && plan.fresh_prompts { 1 } else { plan.concurrency };
     let client = client()?;
     let url = format!("http://{addr}/v1/chat/completions");
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, p) in prompts.iter().enumerate() {
-        let (client, url, gate, route) =
-            (client.clone(), url.clone(), gate.clone(), route.to_owned());
+        let (client, url, gate, route) = (client.clone(), url.clone(), gate.clone(), route.to_owned());
         let body = json!({"model": route, "messages": [{"role": "user", "content": p.text}]});
         let (candidates, prices) = (candidates.to_vec(), plan.prices.clone());
         tasks.spawn(async move {
-            let _permit = gate
-                .acquire_owned()
-                .await
-                .map_err(|e| Error::Replay(e.to_string()))?;
-            let response = client
-                .post(&url)
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| Error::Replay(format!("prompt {i}: {e}")))?;
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
+            let _permit = gate.acquire_owned().await.map_err(|e| Error::Replay(e.to_string()))?;
+            let response = client.post(&url).json(&body).send().await.map_err(|e| Error::Replay(format!("prompt {i}: {e}")))?;
+            let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let (status, model, id, decision) = (
                 response.status(),
                 header("x-switchyard-model"),
@@ -243,29 +198,19 @@ async fn send_all(
             );
             let text = response.text().await.unwrap_or_default();
             if !status.is_success() {
-                return Err(Error::Replay(format!(
-                    "prompt {i}: gateway answered {status}: {text}"
-                )));
+                return Err(Error::Replay(format!("prompt {i}: gateway answered {status}: {text}")));
             }
-            let model = model.ok_or_else(|| {
-                Error::Replay(format!("prompt {i}: no x-switchyard-model header"))
-            })?;
-            let candidate = candidates.iter().position(|c| *c == model).ok_or_else(|| {
-                Error::Replay(format!("prompt {i}: served `{model}`, not a candidate"))
-            })?;
-            let body: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Replay(format!("prompt {i}: {e}")))?;
-            let tokens = |field: &str| {
-                body["usage"][field]
-                    .as_u64()
-                    .ok_or_else(|| Error::Replay(format!("prompt {i}: no usage.{field}")))
-            };
-            let cost_usd =
-                prices[candidate].cost_usd(tokens("prompt_tokens")?, tokens("completion_tokens")?);
+            let model = model.ok_or_else(|| Error::Replay(format!("prompt {i}: no x-switchyard-model header")))?;
+            let candidate = candidates
+                .iter()
+                .position(|c| *c == model)
+                .ok_or_else(|| Error::Replay(format!("prompt {i}: served `{model}`, not a candidate")))?;
+            let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Replay(format!("prompt {i}: {e}")))?;
+            let tokens = |field: &str| body["usage"][field].as_u64().ok_or_else(|| Error::Replay(format!("prompt {i}: no usage.{field}")));
+            let cost_usd = prices[candidate].cost_usd(tokens("prompt_tokens")?, tokens("completion_tokens")?);
             Ok(Answer {
                 prompt: i,
-                request_id: id
-                    .ok_or_else(|| Error::Replay(format!("prompt {i}: no request id")))?,
+                request_id: id.ok_or_else(|| Error::Replay(format!("prompt {i}: no request id")))?,
                 candidate,
                 decision: decision.unwrap_or_default(),
                 cost_usd,
@@ -284,12 +229,7 @@ async fn send_all(
 }
 
 /// Rates each answer with `score(answer)`.
-async fn send_feedback(
-    addr: SocketAddr,
-    answers: &[Answer],
-    score: impl Fn(&Answer) -> f64,
-    concurrency: usize,
-) -> Result<()> {
+async fn send_feedback(addr: SocketAddr, answers: &[Answer], score: impl Fn(&Answer) -> f64, concurrency: usize) -> Result<()> {
     let client = client()?;
     let url = format!("http://{addr}/v1/feedback");
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -298,22 +238,11 @@ async fn send_feedback(
         let body = json!({"request_id": a.request_id, "score": score(a), "source": "eval"});
         let (client, url, gate) = (client.clone(), url.clone(), gate.clone());
         tasks.spawn(async move {
-            let _permit = gate
-                .acquire_owned()
-                .await
-                .map_err(|e| Error::Replay(e.to_string()))?;
-            let response = client
-                .post(&url)
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| Error::Replay(e.to_string()))?;
+            let _permit = gate.acquire_owned().await.map_err(|e| Error::Replay(e.to_string()))?;
+            let response = client.post(&url).json(&body).send().await.map_err(|e| Error::Replay(e.to_string()))?;
             if !response.status().is_success() {
                 let status = response.status();
-                return Err(Error::Replay(format!(
-                    "feedback answered {status}: {}",
-                    response.text().await.unwrap_or_default()
-                )));
+                return Err(Error::Replay(format!("feedback answered {status}: {}", response.text().await.unwrap_or_default())));
             }
             Ok(())
         });
@@ -329,8 +258,7 @@ async fn send_feedback(
 async fn wait_for_log(database_url: &str, rows: usize, rated: usize) -> Result<()> {
     let started = Instant::now();
     loop {
-        let logged =
-            training::db::load_logged_routes(database_url, None, &[LEARN_ROUTE.to_owned()]).await?;
+        let logged = training::db::load_logged_routes(database_url, None, &[LEARN_ROUTE.to_owned()]).await?;
         let have_rated = logged.iter().filter(|r| r.feedback.is_some()).count();
         if logged.len() >= rows && have_rated >= rated {
             return Ok(());
@@ -352,10 +280,7 @@ async fn reload(addr: SocketAddr) -> Result<String> {
         .await
         .map_err(|e| Error::Replay(e.to_string()))?;
     let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| Error::Replay(e.to_string()))?;
+    let body: serde_json::Value = response.json().await.map_err(|e| Error::Replay(e.to_string()))?;
     if !status.is_success() {
         return Err(Error::Replay(format!("reload answered {status}: {body}")));
     }
@@ -374,11 +299,7 @@ pub fn bootstrap(values: &[f64], seed: u64) -> Estimate {
     let n = values.len();
     let mean = values.iter().sum::<f64>() / n.max(1) as f64;
     if n < 2 {
-        return Estimate {
-            mean,
-            lo95: mean,
-            hi95: mean,
-        };
+        return Estimate { mean, lo95: mean, hi95: mean };
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut means: Vec<f64> = (0..2_000)
@@ -474,13 +395,7 @@ pub struct LoopReport {
 }
 
 /// The test prompts through [`EVAL_ROUTE`].
-async fn measure(
-    addr: SocketAddr,
-    plan: &LoopPlan,
-    test: &[Prompt],
-    checkpoint: String,
-    start: Option<&Served>,
-) -> Result<(TestResult, Served)> {
+async fn measure(addr: SocketAddr, plan: &LoopPlan, test: &[Prompt], checkpoint: String, start: Option<&Served>) -> Result<(TestResult, Served)> {
     measure_on(addr, EVAL_ROUTE, plan, test, checkpoint, start).await
 }
 
@@ -504,13 +419,7 @@ fn paired_gain(now: &[f64], before: &[f64], seed: u64) -> Estimate {
 }
 
 /// [`measure`] on the held-out training prompts, when the run keeps some.
-async fn measure_holdout(
-    addr: SocketAddr,
-    plan: &LoopPlan,
-    holdout: Option<&[Prompt]>,
-    checkpoint: String,
-    start: Option<&Served>,
-) -> Result<(Option<TestResult>, Option<Served>)> {
+async fn measure_holdout(addr: SocketAddr, plan: &LoopPlan, holdout: Option<&[Prompt]>, checkpoint: String, start: Option<&Served>) -> Result<(Option<TestResult>, Option<Served>)> {
     match holdout {
         Some(prompts) => {
             let (result, served) = measure(addr, plan, prompts, checkpoint, start).await?;
@@ -520,41 +429,20 @@ async fn measure_holdout(
     }
 }
 
-async fn measure_on(
-    addr: SocketAddr,
-    route: &str,
-    plan: &LoopPlan,
-    test: &[Prompt],
-    checkpoint: String,
-    start: Option<&Served>,
-) -> Result<(TestResult, Served)> {
+async fn measure_on(addr: SocketAddr, route: &str, plan: &LoopPlan, test: &[Prompt], checkpoint: String, start: Option<&Served>) -> Result<(TestResult, Served)> {
     let answers = send_all(addr, route, test, plan).await?;
-    let quality: Vec<f64> = answers
-        .iter()
-        .map(|a| test[a.prompt].quality[a.candidate])
-        .collect();
-    let cost: Vec<f64> = answers
-        .iter()
-        .map(|a| test[a.prompt].cost[a.candidate] * 1e3)
-        .collect();
+    let quality: Vec<f64> = answers.iter().map(|a| test[a.prompt].quality[a.candidate]).collect();
+    let cost: Vec<f64> = answers.iter().map(|a| test[a.prompt].cost[a.candidate] * 1e3).collect();
     let utility: Vec<f64> = answers
         .iter()
-        .map(|a| {
-            plan.tradeoff.utility(
-                test[a.prompt].quality[a.candidate],
-                test[a.prompt].cost[a.candidate],
-                0.0,
-            )
-        })
+        .map(|a| plan.tradeoff.utility(test[a.prompt].quality[a.candidate], test[a.prompt].cost[a.candidate], 0.0))
         .collect();
     let gain = start.map(|s| paired_gain(&quality, &s.quality, plan.seed ^ 0x9e37));
     let utility_gain = start.map(|s| paired_gain(&utility, &s.utility, plan.seed ^ 0x9e38));
     let mut shares = BTreeMap::new();
     let mut decisions = BTreeMap::new();
     for a in &answers {
-        *shares
-            .entry(plan.candidates[a.candidate].clone())
-            .or_insert(0.0) += 1.0 / answers.len() as f64;
+        *shares.entry(plan.candidates[a.candidate].clone()).or_insert(0.0) += 1.0 / answers.len() as f64;
         *decisions.entry(a.decision.clone()).or_insert(0) += 1;
     }
     Ok((
@@ -595,49 +483,21 @@ pub struct LearnSetup {
 /// Copies the checkpoint in `active` (its two files) to `to`.
 pub fn snapshot(active: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
-    for file in [
-        router_model::checkpoint::WEIGHTS_FILE,
-        router_model::checkpoint::META_FILE,
-    ] {
-        std::fs::copy(active.join(file), to.join(file))
-            .map_err(|e| Error::io(format!("copying {}", active.join(file).display()), e))?;
+    for file in [router_model::checkpoint::WEIGHTS_FILE, router_model::checkpoint::META_FILE] {
+        std::fs::copy(active.join(file), to.join(file)).map_err(|e| Error::io(format!("copying {}", active.join(file).display()), e))?;
     }
     Ok(())
 }
 
 /// A checkpoint's test-split AIQ over `candidates` (the offline sweep of `switchyard eval
 /// routing`), and its offline quality and cost (USD per 1k) at `tradeoff`.
-pub fn test_aiq(
-    model: &crate::ModelOptions,
-    dataset: &training::DatasetSpec,
-    candidates: &[String],
-    tradeoff: Tradeoff,
-    cache_dir: &Path,
-) -> Result<(f64, f64, f64)> {
+pub fn test_aiq(model: &crate::ModelOptions, dataset: &training::DatasetSpec, candidates: &[String], tradeoff: Tradeoff, cache_dir: &Path) -> Result<(f64, f64, f64)> {
     let loaded = model.load()?;
     let data = training::data::load(dataset)?;
-    let mut cache = training::embed_cache::EmbeddingCache::open(
-        cache_dir,
-        router_model::Embedder::id(&loaded.embedder),
-        router_model::Embedder::dim(&loaded.embedder),
-    )?;
+    let mut cache = training::embed_cache::EmbeddingCache::open(cache_dir, router_model::Embedder::id(&loaded.embedder), router_model::Embedder::dim(&loaded.embedder))?;
     let mut embed = crate::offline::cached(&mut cache, &loaded.embedder);
-    let set = crate::offline::EvalSet::build(
-        &data,
-        Split::Test,
-        &loaded.checkpoint,
-        &loaded.prices,
-        Some(candidates),
-        None,
-        &mut embed,
-    )?;
-    let report = crate::report::evaluate(
-        &set,
-        crate::report::STRONG,
-        crate::report::WEAK,
-        "test",
-        None,
-    );
+    let set = crate::offline::EvalSet::build(&data, Split::Test, &loaded.checkpoint, &loaded.prices, Some(candidates), None, &mut embed)?;
+    let report = crate::report::evaluate(&set, crate::report::STRONG, crate::report::WEAK, "test", None);
     let point = set.point(&set.choices(tradeoff));
     Ok((report.aiq.router, point.quality, point.cost * 1e3))
 }
@@ -647,11 +507,7 @@ pub fn test_aiq(
 /// off-policy estimates — sees the billed cost; the dataset's counts the benchmark's original
 /// prompts (few-shot context and all) and is 2–3× higher for every model here, so measuring
 /// with it would reward cost savings more than anything the loop was asked to optimise.
-async fn billed_by_gateway(
-    addr: SocketAddr,
-    plan: &LoopPlan,
-    test: &[Prompt],
-) -> Result<Vec<Prompt>> {
+async fn billed_by_gateway(addr: SocketAddr, plan: &LoopPlan, test: &[Prompt]) -> Result<Vec<Prompt>> {
     let mut priced = test.to_vec();
     for (j, model) in plan.candidates.iter().enumerate() {
         for answer in send_all(addr, model, test, plan).await? {
@@ -674,8 +530,7 @@ fn round_prompts<'a>(train: &'a [Prompt], plan: &LoopPlan, round: usize) -> &'a 
 
 /// With [`LoopPlan::fresh_prompts`], the slice of the training prompts no round sends.
 fn holdout_prompts<'a>(train: &'a [Prompt], plan: &LoopPlan) -> Option<&'a [Prompt]> {
-    plan.fresh_prompts
-        .then(|| &train[plan.rounds * fresh_slice_len(train, plan)..])
+    plan.fresh_prompts.then(|| &train[plan.rounds * fresh_slice_len(train, plan)..])
 }
 
 /// Prompts per slice with [`LoopPlan::fresh_prompts`]: one slice per round and the held-out one.
@@ -684,25 +539,13 @@ fn fresh_slice_len(train: &[Prompt], plan: &LoopPlan) -> usize {
 }
 
 /// Runs the loop against the gateway at `addr` (see the module doc).
-pub async fn run_loop(
-    addr: SocketAddr,
-    plan: &LoopPlan,
-    learn: &LearnSetup,
-    train: &[Prompt],
-    test: &[Prompt],
-    dataset: &str,
-) -> Result<LoopReport> {
+pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, train: &[Prompt], test: &[Prompt], dataset: &str) -> Result<LoopReport> {
     let version = reload(addr).await?;
     let test = &billed_by_gateway(addr, plan, test).await?;
     let (start, start_served) = measure(addr, plan, test, version, None).await?;
     eprintln!(
         "start ({}): test quality {:.4} [{:.4}, {:.4}], USD/1k {:.4}, utility {:.4}",
-        start.checkpoint,
-        start.quality.mean,
-        start.quality.lo95,
-        start.quality.hi95,
-        start.cost_per_1k.mean,
-        start.utility.mean
+        start.checkpoint, start.quality.mean, start.quality.lo95, start.quality.hi95, start.cost_per_1k.mean, start.utility.mean
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed ^ 0x5eed);
     // Fresh slices must each look like the whole split: the prompts come in dataset order.
@@ -721,14 +564,7 @@ pub async fn run_loop(
         Some(prompts) => Some(billed_by_gateway(addr, plan, prompts).await?),
         None => None,
     };
-    let (start_holdout, start_holdout_served) = measure_holdout(
-        addr,
-        plan,
-        holdout.as_deref(),
-        start.checkpoint.clone(),
-        None,
-    )
-    .await?;
+    let (start_holdout, start_holdout_served) = measure_holdout(addr, plan, holdout.as_deref(), start.checkpoint.clone(), None).await?;
     let mut rounds = Vec::new();
     let mut sent = 0usize;
     // What the serving checkpoint got before this round: a promotion's realised gain is over it.
@@ -738,25 +574,13 @@ pub async fn run_loop(
         let train = round_prompts(train, plan, round);
         let answers = send_all(addr, LEARN_ROUTE, train, plan).await?;
         sent += answers.len();
-        let served_quality = answers
-            .iter()
-            .map(|a| train[a.prompt].quality[a.candidate])
-            .sum::<f64>()
-            / answers.len().max(1) as f64;
-        let served_cost =
-            answers.iter().map(|a| a.cost_usd).sum::<f64>() * 1e3 / answers.len().max(1) as f64;
-        let explored = answers.iter().filter(|a| a.decision == "explored").count() as f64
-            / answers.len().max(1) as f64;
+        let served_quality = answers.iter().map(|a| train[a.prompt].quality[a.candidate]).sum::<f64>() / answers.len().max(1) as f64;
+        let served_cost = answers.iter().map(|a| a.cost_usd).sum::<f64>() * 1e3 / answers.len().max(1) as f64;
+        let explored = answers.iter().filter(|a| a.decision == "explored").count() as f64 / answers.len().max(1) as f64;
         // Shuffled feedback: the label of a random (prompt, model) pair, so that no policy is
         // better than another by the feedback.
-        let donors: Vec<(usize, usize)> = (0..train.len())
-            .map(|_| {
-                (
-                    rng.random_range(0..train.len()),
-                    rng.random_range(0..plan.candidates.len()),
-                )
-            })
-            .collect();
+        let donors: Vec<(usize, usize)> =
+            (0..train.len()).map(|_| (rng.random_range(0..train.len()), rng.random_range(0..plan.candidates.len()))).collect();
         send_feedback(
             addr,
             &answers,
@@ -791,43 +615,22 @@ pub async fn run_loop(
         let started = Instant::now();
         let outcome = training::learn::run(&options).await?;
         let learn_seconds = started.elapsed().as_secs_f64();
-        let interval = |mean: f64, se: f64| Estimate {
-            mean,
-            lo95: mean - 1.96 * se,
-            hi95: mean + 1.96 * se,
-        };
+        let interval = |mean: f64, se: f64| Estimate { mean, lo95: mean - 1.96 * se, hi95: mean + 1.96 * se };
         let ope = outcome.estimate().cloned();
-        let ope_new = ope
-            .as_ref()
-            .map(|o| interval(o.new.doubly_robust, o.new.doubly_robust_se));
-        let ope_new_utility = ope
-            .as_ref()
-            .map(|o| interval(o.new.utility_dr, o.new.utility_dr_se));
-        let ope_active = ope
-            .as_ref()
-            .map(|o| interval(o.active.doubly_robust, o.active.doubly_robust_se));
+        let ope_new = ope.as_ref().map(|o| interval(o.new.doubly_robust, o.new.doubly_robust_se));
+        let ope_new_utility = ope.as_ref().map(|o| interval(o.new.utility_dr, o.new.utility_dr_se));
+        let ope_active = ope.as_ref().map(|o| interval(o.active.doubly_robust, o.active.doubly_robust_se));
         if let Some(dir) = &learn.snapshots {
             snapshot(&learn.active, &dir.join(format!("round-{round}")))?;
             // The undecided candidate too, so the report can say what the gate held back.
             let challenger = options.challenger_dir();
-            if challenger
-                .join(router_model::checkpoint::META_FILE)
-                .is_file()
-            {
+            if challenger.join(router_model::checkpoint::META_FILE).is_file() {
                 snapshot(&challenger, &dir.join(format!("round-{round}-challenger")))?;
             }
         }
         let version = reload(addr).await?;
-        let (test_result, served) =
-            measure(addr, plan, test, version.clone(), Some(&start_served)).await?;
-        let (holdout_result, holdout_served) = measure_holdout(
-            addr,
-            plan,
-            holdout.as_deref(),
-            version,
-            start_holdout_served.as_ref(),
-        )
-        .await?;
+        let (test_result, served) = measure(addr, plan, test, version.clone(), Some(&start_served)).await?;
+        let (holdout_result, holdout_served) = measure_holdout(addr, plan, holdout.as_deref(), version, start_holdout_served.as_ref()).await?;
         let promotion = match (outcome.promoted(), &ope) {
             (true, Some(ope)) => {
                 let (mean, lo95, hi95) = ope.dr_difference_interval95();
@@ -836,10 +639,7 @@ pub async fn run_loop(
                 Some(PromotionCheck {
                     estimate: Estimate { mean, lo95, hi95 },
                     test: served.utility_gain_over(test_before, plan.seed ^ 0x9e39),
-                    holdout: holdout_served
-                        .as_ref()
-                        .zip(holdout_before)
-                        .map(|(now, before)| now.utility_gain_over(before, plan.seed ^ 0x9e3a)),
+                    holdout: holdout_served.as_ref().zip(holdout_before).map(|(now, before)| now.utility_gain_over(before, plan.seed ^ 0x9e3a)),
                 })
             }
             _ => None,
@@ -857,11 +657,7 @@ pub async fn run_loop(
         before_test = Some(served);
         before_holdout = holdout_served;
         if let Some(h) = &holdout_result {
-            let gain = h.utility_gain.unwrap_or(Estimate {
-                mean: 0.0,
-                lo95: 0.0,
-                hi95: 0.0,
-            });
+            let gain = h.utility_gain.unwrap_or(Estimate { mean: 0.0, lo95: 0.0, hi95: 0.0 });
             eprintln!(
                 "round {round}: held-out training-split prompts: utility {:.4} (gain {:+.4} [{:+.4}, {:+.4}])",
                 h.utility.mean, gain.mean, gain.lo95, gain.hi95
@@ -897,20 +693,9 @@ pub async fn run_loop(
             promotion,
         });
     }
-    let final_version = rounds.last().map_or_else(
-        || start.checkpoint.clone(),
-        |r: &Round| r.test.checkpoint.clone(),
-    );
+    let final_version = rounds.last().map_or_else(|| start.checkpoint.clone(), |r: &Round| r.test.checkpoint.clone());
     let off_served = before_test.unwrap_or(start_served);
-    let (default_exploration, _) = measure_on(
-        addr,
-        DEFAULT_EXPLORATION_ROUTE,
-        plan,
-        test,
-        final_version,
-        Some(&off_served),
-    )
-    .await?;
+    let (default_exploration, _) = measure_on(addr, DEFAULT_EXPLORATION_ROUTE, plan, test, final_version, Some(&off_served)).await?;
     eprintln!(
         "final checkpoint, exploration off {:.4} / at the gateway's default {:.4} (paired difference {:+.4})",
         off_served.quality.iter().sum::<f64>() / off_served.quality.len().max(1) as f64,
@@ -923,11 +708,7 @@ pub async fn run_loop(
         .enumerate()
         .map(|(j, c)| {
             let n = test.len().max(1) as f64;
-            (
-                c.clone(),
-                test.iter().map(|p| p.quality[j]).sum::<f64>() / n,
-                test.iter().map(|p| p.cost[j]).sum::<f64>() * 1e3 / n,
-            )
+            (c.clone(), test.iter().map(|p| p.quality[j]).sum::<f64>() / n, test.iter().map(|p| p.cost[j]).sum::<f64>() * 1e3 / n)
         })
         .collect();
     let oracle_quality = test
@@ -1020,11 +801,7 @@ impl LoopReport {
                 }
             }
         }
-        let promotions: Vec<&Round> = self
-            .rounds
-            .iter()
-            .filter(|r| r.promotion.is_some())
-            .collect();
+        let promotions: Vec<&Round> = self.rounds.iter().filter(|r| r.promotion.is_some()).collect();
         if !promotions.is_empty() {
             s.push_str(
                 "\nEach promotion's off-policy estimate (the gate's DR utility difference, ±1.96 s.e.) beside the utility gain \

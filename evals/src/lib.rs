@@ -75,9 +75,7 @@ pub fn parse_split(text: &str) -> Result<Split> {
     match text {
         "test" => Ok(Split::Test),
         "train" => Ok(Split::Train),
-        other => Err(Error::InvalidInput(format!(
-            "--split is train or test, not `{other}`"
-        ))),
+        other => Err(Error::InvalidInput(format!("--split is train or test, not `{other}`"))),
     }
 }
 
@@ -106,28 +104,12 @@ pub struct RoutingOptions {
 }
 
 /// Builds the evaluation set of every dataset (embedding through the cache).
-pub fn eval_sets(
-    loaded: &Loaded,
-    datasets: &[DatasetSpec],
-    split: Split,
-    cache_dir: &Path,
-    limit: Option<usize>,
-) -> Result<Vec<EvalSet>> {
+pub fn eval_sets(loaded: &Loaded, datasets: &[DatasetSpec], split: Split, cache_dir: &Path, limit: Option<usize>) -> Result<Vec<EvalSet>> {
     let data = training::data::load_all(datasets)?;
     let mut cache = EmbeddingCache::open(cache_dir, loaded.embedder.id(), loaded.embedder.dim())?;
     let mut embed = offline::cached(&mut cache, &loaded.embedder);
     data.iter()
-        .map(|d| {
-            EvalSet::build(
-                d,
-                split,
-                &loaded.checkpoint,
-                &loaded.prices,
-                None,
-                limit,
-                &mut embed,
-            )
-        })
+        .map(|d| EvalSet::build(d, split, &loaded.checkpoint, &loaded.prices, None, limit, &mut embed))
         .collect()
 }
 
@@ -135,50 +117,20 @@ pub fn eval_sets(
 /// `summary.json` to `out`.
 pub fn run_routing(options: &RoutingOptions) -> Result<Summary> {
     let loaded = options.model.load()?;
-    let sets = eval_sets(
-        &loaded,
-        &options.datasets,
-        options.split,
-        &options.cache_dir,
-        None,
-    )?;
+    let sets = eval_sets(&loaded, &options.datasets, options.split, &options.cache_dir, None)?;
     // The kNN and cluster baselines learn from the training prompts (a test-split report only).
     let train_sets = match options.split {
-        Split::Test => Some(eval_sets(
-            &loaded,
-            &options.datasets,
-            Split::Train,
-            &options.cache_dir,
-            None,
-        )?),
+        Split::Test => Some(eval_sets(&loaded, &options.datasets, Split::Train, &options.cache_dir, None)?),
         Split::Train => None,
     };
-    std::fs::create_dir_all(&options.out)
-        .map_err(|e| Error::io(format!("creating {}", options.out.display()), e))?;
+    std::fs::create_dir_all(&options.out).map_err(|e| Error::io(format!("creating {}", options.out.display()), e))?;
     let mut reports: Vec<DatasetReport> = Vec::new();
     for (i, set) in sets.iter().enumerate() {
         let train = train_sets.as_ref().and_then(|t| t.get(i));
-        let mut report = report::evaluate(
-            set,
-            &options.strong,
-            &options.weak,
-            split_name(options.split),
-            train,
-        );
+        let mut report = report::evaluate(set, &options.strong, &options.weak, split_name(options.split), train);
         if options.latency_prompts > 0 {
-            let prompts: Vec<&str> = set
-                .rows
-                .iter()
-                .take(options.latency_prompts)
-                .map(|r| r.prompt.as_str())
-                .collect();
-            let ms = offline::decision_latency_ms(
-                &loaded.embedder,
-                &loaded.checkpoint,
-                &set.route,
-                &prompts,
-                Tradeoff::BALANCED,
-            )?;
+            let prompts: Vec<&str> = set.rows.iter().take(options.latency_prompts).map(|r| r.prompt.as_str()).collect();
+            let ms = offline::decision_latency_ms(&loaded.embedder, &loaded.checkpoint, &set.route, &prompts, Tradeoff::BALANCED)?;
             report.latency = Some(LatencySummary {
                 prompts: ms.len(),
                 p50_ms: metrics::percentile(&ms, 0.5).unwrap_or(0.0),
@@ -192,24 +144,11 @@ pub fn run_routing(options: &RoutingOptions) -> Result<Summary> {
                 ),
             });
         }
-        plots::quality_cost(
-            &options
-                .out
-                .join(format!("{}-quality-cost.svg", set.dataset)),
-            &report,
-        )?;
+        plots::quality_cost(&options.out.join(format!("{}-quality-cost.svg", set.dataset)), &report)?;
         if let Some(pair) = &report.pair {
-            plots::pgr(
-                &options.out.join(format!("{}-pgr.svg", set.dataset)),
-                &set.dataset,
-                pair,
-            )?;
+            plots::pgr(&options.out.join(format!("{}-pgr.svg", set.dataset)), &set.dataset, pair)?;
         }
-        plots::calibration(
-            &options.out.join(format!("{}-calibration.svg", set.dataset)),
-            &set.dataset,
-            &report.calibration,
-        )?;
+        plots::calibration(&options.out.join(format!("{}-calibration.svg", set.dataset)), &set.dataset, &report.calibration)?;
         reports.push(report);
     }
     let summary = Summary {
@@ -220,12 +159,10 @@ pub fn run_routing(options: &RoutingOptions) -> Result<Summary> {
     };
     let write = |name: &str, bytes: &[u8]| {
         let path = options.out.join(name);
-        std::fs::write(&path, bytes)
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        std::fs::write(&path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
     };
     write("report.md", report::markdown(&summary).as_bytes())?;
-    let json =
-        serde_json::to_vec_pretty(&summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
     write("summary.json", &json)?;
     Ok(summary)
 }
@@ -240,10 +177,7 @@ pub(crate) fn machine() -> String {
         .map_or_else(|| "unknown CPU".to_owned(), |s| s.trim().to_owned());
     let avx512 = cpuinfo.split_whitespace().any(|flag| flag == "avx512f");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{cpu} ({} AVX-512), {cores} cores",
-        if avx512 { "with" } else { "without" }
-    )
+    format!("{cpu} ({} AVX-512), {cores} cores", if avx512 { "with" } else { "without" })
 }
 
 /// The 1-minute load average (Linux), to say how busy the machine was when latency was timed.
@@ -268,18 +202,8 @@ pub fn run_score(options: &ScoreOptions) -> Result<usize> {
     // Read (and reject) the input before loading any model.
     let inputs = score::read_inputs(&options.input)?;
     let loaded = options.model.load()?;
-    let (names, route) = score::candidates(
-        &loaded.checkpoint,
-        &loaded.prices,
-        options.candidates.as_deref(),
-    )?;
-    let lines = score::score(
-        &loaded.checkpoint,
-        &loaded.embedder,
-        &names,
-        &route,
-        &inputs,
-    )?;
+    let (names, route) = score::candidates(&loaded.checkpoint, &loaded.prices, options.candidates.as_deref())?;
+    let lines = score::score(&loaded.checkpoint, &loaded.embedder, &names, &route, &inputs)?;
     score::write_lines(&options.output, &lines)?;
     Ok(lines.len())
 }
@@ -293,28 +217,12 @@ pub struct ReplaySetup {
 }
 
 /// Loads the dataset's split (first `limit` prompts), and the offline choices at `tradeoff`.
-pub fn prepare_replay(
-    model: &ModelOptions,
-    dataset: &DatasetSpec,
-    split: Split,
-    limit: Option<usize>,
-    tradeoff: Tradeoff,
-    cache_dir: &Path,
-) -> Result<ReplaySetup> {
+pub fn prepare_replay(model: &ModelOptions, dataset: &DatasetSpec, split: Split, limit: Option<usize>, tradeoff: Tradeoff, cache_dir: &Path) -> Result<ReplaySetup> {
     let loaded = model.load()?;
-    let mut sets = eval_sets(
-        &loaded,
-        std::slice::from_ref(dataset),
-        split,
-        cache_dir,
-        limit,
-    )?;
-    let set = sets
-        .pop()
-        .ok_or_else(|| Error::InvalidInput("no dataset".into()))?;
+    let mut sets = eval_sets(&loaded, std::slice::from_ref(dataset), split, cache_dir, limit)?;
+    let set = sets.pop().ok_or_else(|| Error::InvalidInput("no dataset".into()))?;
     let plan = replay::ReplayPlan::new(&set, tradeoff);
-    let checkpoint = std::path::absolute(&model.checkpoint)
-        .map_err(|e| Error::io("resolving the checkpoint path", e))?;
+    let checkpoint = std::path::absolute(&model.checkpoint).map_err(|e| Error::io("resolving the checkpoint path", e))?;
     let embedder_dir = model
         .embedder_dir
         .clone()

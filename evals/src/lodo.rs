@@ -26,9 +26,7 @@ use std::path::PathBuf;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use router_model::policy::Price;
-use router_model::{
-    BertEmbedder, Checkpoint, CheckpointMeta, Embedder, EmbedderOptions, EmbedderRef, ModelSource,
-};
+use router_model::{BertEmbedder, Checkpoint, CheckpointMeta, Embedder, EmbedderOptions, EmbedderRef, ModelSource};
 use serde::Serialize;
 use training::{Dataset, DatasetKind, DatasetSpec, Init, Row, Split, TrainConfig};
 
@@ -66,12 +64,7 @@ pub fn family(row: &Row) -> String {
         DatasetKind::ArenaHard => "chat".into(),
         DatasetKind::Llmrouter => "llmrouter-qa".into(),
         _ if task.contains("arc") => "science-qa".into(),
-        _ if ["mbpp", "humaneval", "javascript", "code"]
-            .iter()
-            .any(|t| task.contains(t)) =>
-        {
-            "code".into()
-        }
+        _ if ["mbpp", "humaneval", "javascript", "code"].iter().any(|t| task.contains(t)) => "code".into(),
         _ if task.contains("wino") => "winogrande".into(),
         _ if task.contains("math") || task.contains("gsm8k") => "maths".into(),
         _ => task,
@@ -219,38 +212,23 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
     };
     let embedder = BertEmbedder::load(&source, &EmbedderOptions::default())?;
     let datasets = training::data::load_all(&options.datasets)?;
-    let embeddings =
-        training::embed_cache::embed_prompts(&datasets, &options.cache_dir, &embedder)?;
-    let embedder_ref = EmbedderRef {
-        id: embedder.id().to_owned(),
-        dim: embedder.dim(),
-    };
+    let embeddings = training::embed_cache::embed_prompts(&datasets, &options.cache_dir, &embedder)?;
+    let embedder_ref = EmbedderRef { id: embedder.id().to_owned(), dim: embedder.dim() };
 
-    let all_families: BTreeSet<String> = datasets
-        .iter()
-        .flat_map(|d| d.rows.iter().map(family))
-        .collect();
+    let all_families: BTreeSet<String> = datasets.iter().flat_map(|d| d.rows.iter().map(family)).collect();
     let wanted: Vec<String> = if options.families.is_empty() {
         all_families.into_iter().collect()
     } else {
         for f in &options.families {
             if !all_families.contains(f) {
-                return Err(Error::InvalidInput(format!(
-                    "no family `{f}` in these datasets ({all_families:?})"
-                )));
+                return Err(Error::InvalidInput(format!("no family `{f}` in these datasets ({all_families:?})")));
             }
         }
         options.families.clone()
     };
-    let candidates: Vec<String> = datasets
-        .iter()
-        .flat_map(|d| d.models.iter().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let candidates: Vec<String> = datasets.iter().flat_map(|d| d.models.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
 
-    std::fs::create_dir_all(&options.out)
-        .map_err(|e| Error::io(format!("creating {}", options.out.display()), e))?;
+    std::fs::create_dir_all(&options.out).map_err(|e| Error::io(format!("creating {}", options.out.display()), e))?;
     let mut folds = Vec::new();
     for held in &wanted {
         let train_rows = training_rows(&datasets, held);
@@ -266,51 +244,21 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
             continue;
         }
         let examples = training::examples_for_rows(&train_rows, &embeddings, &candidates)?;
-        let config = TrainConfig {
-            progress: false,
-            ..options.train.clone()
-        };
+        let config = TrainConfig { progress: false, ..options.train.clone() };
         let selectors = FoldSelectors {
-            full: fold_checkpoint(
-                &options.folds_dir.join(held),
-                &train_rows,
-                &examples,
-                &candidates,
-                &config,
-                &embedder_ref,
-            )?,
-            members: family_members(
-                &options.folds_dir.join(held),
-                &train_rows,
-                &embeddings,
-                &candidates,
-                &config,
-                &embedder_ref,
-            )?,
+            full: fold_checkpoint(&options.folds_dir.join(held), &train_rows, &examples, &candidates, &config, &embedder_ref)?,
+            members: family_members(&options.folds_dir.join(held), &train_rows, &embeddings, &candidates, &config, &embedder_ref)?,
         };
         for (dataset, covered) in scorable {
-            match fold(
-                held,
-                dataset,
-                &covered,
-                &train_rows,
-                examples.len(),
-                &selectors,
-                &embeddings,
-            ) {
+            match fold(held, dataset, &covered, &train_rows, examples.len(), &selectors, &embeddings) {
                 Ok(report) => folds.push(report),
-                Err(Error::InvalidInput(why)) => {
-                    eprintln!("lodo: {held} on {}: not scored: {why}", dataset.kind)
-                }
+                Err(Error::InvalidInput(why)) => eprintln!("lodo: {held} on {}: not scored: {why}", dataset.kind),
                 Err(e) => return Err(e),
             }
         }
     }
 
-    let names: Vec<String> = folds
-        .first()
-        .map(|f| f.draws.routers_minus_best.keys().cloned().collect())
-        .unwrap_or_default();
+    let names: Vec<String> = folds.first().map(|f| f.draws.routers_minus_best.keys().cloned().collect()).unwrap_or_default();
     let ablation: Vec<(String, Interval)> = names
         .into_iter()
         .filter_map(|name| {
@@ -318,12 +266,7 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
                 .iter()
                 .filter_map(|f| {
                     let draws = f.draws.routers_minus_best.get(&name)?;
-                    let value = f.curves.iter().find(|c| c.name == name)?.score.value
-                        - f.curves
-                            .iter()
-                            .find(|c| c.name == f.best_baseline)?
-                            .score
-                            .value;
+                    let value = f.curves.iter().find(|c| c.name == name)?.score.value - f.curves.iter().find(|c| c.name == f.best_baseline)?.score.value;
                     Some((value, draws.as_slice()))
                 })
                 .collect();
@@ -345,12 +288,10 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
     };
     let write = |name: &str, bytes: &[u8]| {
         let path = options.out.join(name);
-        std::fs::write(&path, bytes)
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        std::fs::write(&path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
     };
     write("report.md", markdown(&summary).as_bytes())?;
-    let json =
-        serde_json::to_vec_pretty(&summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
     write("summary.json", &json)?;
     Ok(summary)
 }
@@ -360,27 +301,14 @@ pub fn run_lodo(options: &LodoOptions) -> Result<LodoSummary> {
 fn mean_over_folds(per_fold: &[(f64, &[f64])]) -> Interval {
     let k = per_fold.len().max(1) as f64;
     let value = per_fold.iter().map(|p| p.0).sum::<f64>() / k;
-    let draws: Vec<f64> = (0..baselines::RESAMPLES)
-        .map(|r| {
-            per_fold
-                .iter()
-                .map(|p| p.1.get(r).copied().unwrap_or(f64::NAN))
-                .sum::<f64>()
-                / k
-        })
-        .collect();
+    let draws: Vec<f64> = (0..baselines::RESAMPLES).map(|r| per_fold.iter().map(|p| p.1.get(r).copied().unwrap_or(f64::NAN)).sum::<f64>() / k).collect();
     Interval::from_draws(value, &draws)
 }
 
 /// What a fold may train on: the training split of every other family, without any question
 /// that also appears (in any dataset, any split) in the held-out family.
 fn training_rows<'a>(datasets: &'a [Dataset], held: &str) -> Vec<&'a Row> {
-    let held_keys: HashSet<String> = datasets
-        .iter()
-        .flat_map(|d| d.rows.iter())
-        .filter(|r| family(r) == held)
-        .map(Row::key)
-        .collect();
+    let held_keys: HashSet<String> = datasets.iter().flat_map(|d| d.rows.iter()).filter(|r| family(r) == held).map(Row::key).collect();
     datasets
         .iter()
         .flat_map(|d| d.rows.iter())
@@ -391,36 +319,17 @@ fn training_rows<'a>(datasets: &'a [Dataset], held: &str) -> Vec<&'a Row> {
 /// The fold's selector: the one saved in `dir` by an earlier run when it was trained on the
 /// same rows, candidates and configuration (its `training_data_hash` says so), else a fresh
 /// one, saved there for the next run.
-fn fold_checkpoint(
-    dir: &std::path::Path,
-    rows: &[&Row],
-    examples: &[training::Example],
-    candidates: &[String],
-    config: &TrainConfig,
-    embedder: &EmbedderRef,
-) -> Result<Checkpoint> {
+fn fold_checkpoint(dir: &std::path::Path, rows: &[&Row], examples: &[training::Example], candidates: &[String], config: &TrainConfig, embedder: &EmbedderRef) -> Result<Checkpoint> {
     let mut hasher = blake3::Hasher::new();
     hasher.update(training::data::data_hash(rows.iter().copied()).as_bytes());
-    hasher.update(
-        serde_json::to_string(config)
-            .map_err(|e| Error::InvalidInput(e.to_string()))?
-            .as_bytes(),
-    );
+    hasher.update(serde_json::to_string(config).map_err(|e| Error::InvalidInput(e.to_string()))?.as_bytes());
     hasher.update(candidates.join("\n").as_bytes());
     let key = hasher.finalize().to_hex().to_string();
-    if Checkpoint::read_meta(dir)
-        .is_ok_and(|m| m.training_data_hash == key && &m.embedder == embedder)
-    {
+    if Checkpoint::read_meta(dir).is_ok_and(|m| m.training_data_hash == key && &m.embedder == embedder) {
         return Ok(Checkpoint::load(dir, &embedder.id, embedder.dim)?);
     }
     let trained = training::train::train(examples, candidates.len(), config, Init::Random)?;
-    let meta = CheckpointMeta::new(
-        trained.architecture.clone(),
-        candidates.to_vec(),
-        trained.feature_norm.clone(),
-        embedder.clone(),
-        key,
-    );
+    let meta = CheckpointMeta::new(trained.architecture.clone(), candidates.to_vec(), trained.feature_norm.clone(), embedder.clone(), key);
     Checkpoint::save(dir, &trained.varmap, &meta)?;
     Ok(Checkpoint::from_parts(meta, trained.selector)?)
 }
@@ -442,36 +351,14 @@ struct Member {
 /// One selector per family of the fold's training rows, each trained without that family: how
 /// much their predictions disagree on a prompt says how much the selector's preference there
 /// rests on what one family taught it, which is what a new family cannot confirm.
-fn family_members(
-    dir: &std::path::Path,
-    train_rows: &[&Row],
-    embeddings: &HashMap<String, Vec<f32>>,
-    candidates: &[String],
-    config: &TrainConfig,
-    embedder: &EmbedderRef,
-) -> Result<Vec<Member>> {
+fn family_members(dir: &std::path::Path, train_rows: &[&Row], embeddings: &HashMap<String, Vec<f32>>, candidates: &[String], config: &TrainConfig, embedder: &EmbedderRef) -> Result<Vec<Member>> {
     let families: BTreeSet<String> = train_rows.iter().map(|r| family(r)).collect();
     let mut members = Vec::new();
     for left_out in families {
-        let rows: Vec<&Row> = train_rows
-            .iter()
-            .copied()
-            .filter(|r| family(r) != left_out)
-            .collect();
+        let rows: Vec<&Row> = train_rows.iter().copied().filter(|r| family(r) != left_out).collect();
         let examples = training::examples_for_rows(&rows, embeddings, candidates)?;
-        let checkpoint = fold_checkpoint(
-            &dir.join(format!("without-{left_out}")),
-            &rows,
-            &examples,
-            candidates,
-            config,
-            embedder,
-        )?;
-        members.push(Member {
-            left_out,
-            checkpoint,
-            labels: label_counts(&rows),
-        });
+        let checkpoint = fold_checkpoint(&dir.join(format!("without-{left_out}")), &rows, &examples, candidates, config, embedder)?;
+        members.push(Member { left_out, checkpoint, labels: label_counts(&rows) });
     }
     Ok(members)
 }
@@ -491,18 +378,8 @@ fn subset(dataset: &Dataset, rows: Vec<Row>, split: Split, zero_cost: bool) -> D
             r
         })
         .collect::<Vec<_>>();
-    let models = rows
-        .iter()
-        .flat_map(|r| r.outcomes.keys().cloned())
-        .collect();
-    Dataset {
-        kind: dataset.kind,
-        path: dataset.path.clone(),
-        rows,
-        models,
-        prices: dataset.prices.clone(),
-        skipped: Vec::new(),
-    }
+    let models = rows.iter().flat_map(|r| r.outcomes.keys().cloned()).collect();
+    Dataset { kind: dataset.kind, path: dataset.path.clone(), rows, models, prices: dataset.prices.clone(), skipped: Vec::new() }
 }
 
 /// Whether `dataset` records no cost for the prompts of `family` (its candidates are then
@@ -512,11 +389,7 @@ fn costless(dataset: &Dataset, family_name: &str) -> bool {
         .rows
         .iter()
         .filter(|r| family(r) == family_name)
-        .all(|r| {
-            r.outcomes
-                .values()
-                .all(|o| o.cost_usd.is_none() && o.output_tokens.is_none())
-        })
+        .all(|r| r.outcomes.values().all(|o| o.cost_usd.is_none() && o.output_tokens.is_none()))
 }
 
 /// How many of `rows` label each model.
@@ -534,38 +407,21 @@ fn label_counts(rows: &[&Row]) -> BTreeMap<String, usize> {
 
 /// The models of `dataset` a fold can score — labelled at least [`MIN_TRAINING_LABELS`] times
 /// by the training prompts, and priced — with the prices it scores them at.
-fn coverage(
-    dataset: &Dataset,
-    family_name: &str,
-    train_rows: &[&Row],
-    prices: &PriceTable,
-) -> Coverage {
+fn coverage(dataset: &Dataset, family_name: &str, train_rows: &[&Row], prices: &PriceTable) -> Coverage {
     let labels = label_counts(train_rows);
     let mut fold_prices = prices.clone();
     if costless(dataset, family_name) {
         for m in &dataset.models {
-            fold_prices.0.insert(
-                m.clone(),
-                Price {
-                    input_usd_per_mtok: 0.0,
-                    output_usd_per_mtok: 0.0,
-                },
-            );
+            fold_prices.0.insert(m.clone(), Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 });
         }
     }
     let covered = dataset
         .models
         .iter()
-        .filter(|m| {
-            labels.get(m.as_str()).copied().unwrap_or(0) >= MIN_TRAINING_LABELS
-                && fold_prices.get(m).is_some()
-        })
+        .filter(|m| labels.get(m.as_str()).copied().unwrap_or(0) >= MIN_TRAINING_LABELS && fold_prices.get(m).is_some())
         .cloned()
         .collect();
-    Coverage {
-        candidates: covered,
-        prices: fold_prices,
-    }
+    Coverage { candidates: covered, prices: fold_prices }
 }
 
 /// What [`coverage`] found.
@@ -585,84 +441,28 @@ fn fold(
     embeddings: &HashMap<String, Vec<f32>>,
 ) -> Result<FoldReport> {
     let checkpoint = &selectors.full;
-    let held_rows: Vec<Row> = dataset
-        .rows
-        .iter()
-        .filter(|r| family(r) == held)
-        .cloned()
-        .collect();
-    let tasks: Vec<String> = held_rows
-        .iter()
-        .map(|r| r.task.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let held_rows: Vec<Row> = dataset.rows.iter().filter(|r| family(r) == held).cloned().collect();
+    let tasks: Vec<String> = held_rows.iter().map(|r| r.task.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let equal_cost = costless(dataset, held);
-    let metric = if equal_cost {
-        Metric::QualityAtEqualCost
-    } else {
-        Metric::Aiq
-    };
+    let metric = if equal_cost { Metric::QualityAtEqualCost } else { Metric::Aiq };
     let (covered, fold_prices) = (&coverage.candidates, &coverage.prices);
     let mut embed = |texts: &[&str]| -> Result<Vec<Vec<f32>>> {
-        texts
-            .iter()
-            .map(|t| {
-                embeddings
-                    .get(*t)
-                    .cloned()
-                    .ok_or_else(|| Error::InvalidInput("prompt without embedding".into()))
-            })
-            .collect()
+        texts.iter().map(|t| embeddings.get(*t).cloned().ok_or_else(|| Error::InvalidInput("prompt without embedding".into()))).collect()
     };
     let test_data = subset(dataset, held_rows, Split::Test, equal_cost);
-    let set = EvalSet::build(
-        &test_data,
-        Split::Test,
-        checkpoint,
-        fold_prices,
-        Some(covered),
-        None,
-        &mut embed,
-    )?;
+    let set = EvalSet::build(&test_data, Split::Test, checkpoint, fold_prices, Some(covered), None, &mut embed)?;
     // The simple routers learn from training prompts that label every scored candidate: of the
     // same dataset where it has other families, else of any dataset.
     let labels_all = |r: &Row| covered.iter().all(|m| r.quality(m).is_some());
-    let same: Vec<Row> = train_rows
-        .iter()
-        .filter(|r| r.kind == dataset.kind && labels_all(r))
-        .map(|r| (*r).clone())
-        .collect();
-    let reference_rows = if same.len() >= 100 {
-        same
-    } else {
-        train_rows
-            .iter()
-            .filter(|r| labels_all(r))
-            .map(|r| (*r).clone())
-            .collect()
-    };
+    let same: Vec<Row> = train_rows.iter().filter(|r| r.kind == dataset.kind && labels_all(r)).map(|r| (*r).clone()).collect();
+    let reference_rows = if same.len() >= 100 { same } else { train_rows.iter().filter(|r| labels_all(r)).map(|r| (*r).clone()).collect() };
     let reference_data = subset(dataset, reference_rows, Split::Train, equal_cost);
-    let reference = EvalSet::build(
-        &reference_data,
-        Split::Train,
-        checkpoint,
-        fold_prices,
-        Some(covered),
-        None,
-        &mut embed,
-    )?;
+    let reference = EvalSet::build(&reference_data, Split::Train, checkpoint, fold_prices, Some(covered), None, &mut embed)?;
     if reference.candidates != set.candidates {
-        return Err(Error::InvalidInput(
-            "the reference prompts do not label the same candidates".into(),
-        ));
+        return Err(Error::InvalidInput("the reference prompts do not label the same candidates".into()));
     }
 
-    let labelled = Labelled {
-        embeddings: &reference.embeddings,
-        quality: &reference.quality,
-        cost: &reference.cost,
-    };
+    let labelled = Labelled { embeddings: &reference.embeddings, quality: &reference.quality, cost: &reference.cost };
     let knn = baselines::tune(&labelled, baselines::KNN_KS, baselines::knn);
     let clusters = baselines::tune(&labelled, baselines::CLUSTER_KS, baselines::cluster);
     let knn_estimates = baselines::knn(&labelled, &set.embeddings, knn.chosen);
@@ -671,12 +471,7 @@ fn fold(
 
     let n = set.len();
     let m = set.candidates.len();
-    let sweep_of = |s: &EvalSet| -> Vec<Vec<usize>> {
-        cost_weights()
-            .into_iter()
-            .map(|l| s.choices(tradeoff_at(l)))
-            .collect()
-    };
+    let sweep_of = |s: &EvalSet| -> Vec<Vec<usize>> { cost_weights().into_iter().map(|l| s.choices(tradeoff_at(l))).collect() };
     let singles: Vec<Vec<usize>> = (0..m).map(|j| vec![j; n]).collect();
     let best_on_reference = reference.best_single(tradeoff_at(0.0));
     let pair = set.index_of(STRONG).zip(set.index_of(WEAK));
@@ -685,101 +480,42 @@ fn fold(
         (ENSEMBLE.into(), false, sweep_of(&ensemble)),
     ];
     for margin in UNSURE_MARGINS {
-        let choices = cost_weights()
-            .into_iter()
-            .map(|l| set.choices_with_default(tradeoff_at(l), best_on_reference, *margin))
-            .collect();
-        curves.push((
-            format!("selector, default below {margin} advantage"),
-            false,
-            choices,
-        ));
+        let choices = cost_weights().into_iter().map(|l| set.choices_with_default(tradeoff_at(l), best_on_reference, *margin)).collect();
+        curves.push((format!("selector, default below {margin} advantage"), false, choices));
     }
     // The family-left-out members that label every scored candidate, beside the full selector.
     let mut member_sets = vec![set.clone()];
     let mut member_names = Vec::new();
-    for member in selectors.members.iter().filter(|m| {
-        covered
-            .iter()
-            .all(|c| m.labels.get(c).copied().unwrap_or(0) >= MIN_TRAINING_LABELS)
-    }) {
-        let member_set = EvalSet::build(
-            &test_data,
-            Split::Test,
-            &member.checkpoint,
-            fold_prices,
-            Some(covered),
-            None,
-            &mut embed,
-        )?;
+    for member in selectors.members.iter().filter(|m| covered.iter().all(|c| m.labels.get(c).copied().unwrap_or(0) >= MIN_TRAINING_LABELS)) {
+        let member_set = EvalSet::build(&test_data, Split::Test, &member.checkpoint, fold_prices, Some(covered), None, &mut embed)?;
         if member_set.candidates == set.candidates {
             member_sets.push(member_set);
             member_names.push(member.left_out.clone());
         }
     }
-    let defaults: Vec<usize> = cost_weights()
-        .into_iter()
-        .map(|l| reference.best_single(tradeoff_at(l)))
-        .collect();
-    curves.push((
-        format!("{BAGGED} ({} members)", member_sets.len()),
-        false,
-        bagged_sweep(&member_sets, &defaults, None),
-    ));
+    let defaults: Vec<usize> = cost_weights().into_iter().map(|l| reference.best_single(tradeoff_at(l))).collect();
+    curves.push((format!("{BAGGED} ({} members)", member_sets.len()), false, bagged_sweep(&member_sets, &defaults, None)));
     for z in SURE_Z {
-        curves.push((
-            format!("selector, default unless the members agree (z = {z})"),
-            false,
-            bagged_sweep(&member_sets, &defaults, Some(*z)),
-        ));
+        curves.push((format!("selector, default unless the members agree (z = {z})"), false, bagged_sweep(&member_sets, &defaults, Some(*z))));
     }
     curves.extend([
-        (
-            format!("kNN (k = {})", knn.chosen),
-            true,
-            knn_estimates.sweep(),
-        ),
-        (
-            format!("clusters ({})", clusters.chosen),
-            true,
-            cluster_estimates.sweep(),
-        ),
+        (format!("kNN (k = {})", knn.chosen), true, knn_estimates.sweep()),
+        (format!("clusters ({})", clusters.chosen), true, cluster_estimates.sweep()),
     ]);
     if let (Some((s, w)), Metric::Aiq) = (pair, metric) {
         let order = metrics::ranking(&set.lengths());
-        let points = (0..=20)
-            .map(|i| {
-                set.split_choices(
-                    &order,
-                    ((f64::from(i) / 20.0 * n as f64).ceil() as usize).min(n),
-                    s,
-                    w,
-                )
-            })
-            .collect();
+        let points = (0..=20).map(|i| set.split_choices(&order, ((f64::from(i) / 20.0 * n as f64).ceil() as usize).min(n), s, w)).collect();
         curves.push((format!("prompt length ({STRONG} / {WEAK})"), true, points));
     }
     match metric {
         Metric::Aiq => curves.push(("random mix of two models".into(), true, singles)),
         // At equal cost a mix of two models is never above the better one: the best single
         // model, re-chosen on every resample of the held-out prompts (in its favour).
-        Metric::QualityAtEqualCost => curves.push((
-            "best single model (chosen on the held-out prompts)".into(),
-            true,
-            singles,
-        )),
+        Metric::QualityAtEqualCost => curves.push(("best single model (chosen on the held-out prompts)".into(), true, singles)),
     }
-    curves.push((
-        TRAINING_BEST.into(),
-        false,
-        vec![vec![best_on_reference; n]],
-    ));
+    curves.push((TRAINING_BEST.into(), false, vec![vec![best_on_reference; n]]));
 
-    let (full, draws) = score_draws(
-        &set,
-        metric,
-        &curves.iter().map(|c| c.2.clone()).collect::<Vec<_>>(),
-    );
+    let (full, draws) = score_draws(&set, metric, &curves.iter().map(|c| c.2.clone()).collect::<Vec<_>>());
     let results: Vec<CurveResult> = curves
         .iter()
         .enumerate()
@@ -788,57 +524,24 @@ fn fold(
                 let d: Vec<f64> = draws[a].iter().zip(&draws[c]).map(|(x, y)| x - y).collect();
                 Interval::from_draws(full[a] - full[c], &d)
             };
-            CurveResult {
-                name: name.clone(),
-                baseline: *baseline,
-                score: Interval::from_draws(full[c], &draws[c]),
-                selector_minus: diff(0),
-                ensemble_minus: diff(1),
-            }
+            CurveResult { name: name.clone(), baseline: *baseline, score: Interval::from_draws(full[c], &draws[c]), selector_minus: diff(0), ensemble_minus: diff(1) }
         })
         .collect();
-    let best = (0..curves.len())
-        .filter(|&c| curves[c].1)
-        .max_by(|&a, &b| full[a].total_cmp(&full[b]))
-        .unwrap_or(2);
+    let best = (0..curves.len()).filter(|&c| curves[c].1).max_by(|&a, &b| full[a].total_cmp(&full[b])).unwrap_or(2);
     let pair_result = pair.map(|(s, w)| {
         let (qs, qw) = set.pair_columns(s, w);
         let gap = |e: &EvalSet| -> Vec<f64> {
             let (hs, hw) = (e.route[s].head, e.route[w].head);
-            e.predictions
-                .iter()
-                .map(|p| f64::from(p[hs].quality) - f64::from(p[hw].quality))
-                .collect()
+            e.predictions.iter().map(|p| f64::from(p[hs].quality) - f64::from(p[hw].quality)).collect()
         };
-        let est_gap =
-            |e: &Estimates| -> Vec<f64> { e.quality.iter().map(|q| q[s] - q[w]).collect() };
+        let est_gap = |e: &Estimates| -> Vec<f64> { e.quality.iter().map(|q| q[s] - q[w]).collect() };
         let gaps: Vec<Vec<f64>> = member_sets.iter().map(gap).collect();
-        let bagged_gap: Vec<f64> = (0..set.len())
-            .map(|i| gaps.iter().map(|g| g[i]).sum::<f64>() / gaps.len() as f64)
-            .collect();
-        pair_apgr(&[
-            qs,
-            qw,
-            gap(&set),
-            gap(&ensemble),
-            bagged_gap,
-            est_gap(&knn_estimates),
-            est_gap(&cluster_estimates),
-            set.lengths(),
-        ])
+        let bagged_gap: Vec<f64> = (0..set.len()).map(|i| gaps.iter().map(|g| g[i]).sum::<f64>() / gaps.len() as f64).collect();
+        pair_apgr(&[qs, qw, gap(&set), gap(&ensemble), bagged_gap, est_gap(&knn_estimates), est_gap(&cluster_estimates), set.lengths()])
     });
-    let minus_best = |c: usize| -> Vec<f64> {
-        draws[c]
-            .iter()
-            .zip(&draws[best])
-            .map(|(x, y)| x - y)
-            .collect()
-    };
+    let minus_best = |c: usize| -> Vec<f64> { draws[c].iter().zip(&draws[best]).map(|(x, y)| x - y).collect() };
     let fold_draws = FoldDraws {
-        routers_minus_best: (0..curves.len())
-            .filter(|&c| !curves[c].1)
-            .map(|c| (curves[c].0.clone(), minus_best(c)))
-            .collect(),
+        routers_minus_best: (0..curves.len()).filter(|&c| !curves[c].1).map(|c| (curves[c].0.clone(), minus_best(c))).collect(),
     };
     Ok(FoldReport {
         family: held.to_owned(),
@@ -869,9 +572,7 @@ fn fold(
 /// trade-off), measured by every member, has a mean below `z` of its standard deviations — then
 /// the default.
 fn bagged_sweep(members: &[EvalSet], defaults: &[usize], gate: Option<f64>) -> Vec<Vec<usize>> {
-    let Some(first) = members.first() else {
-        return Vec::new();
-    };
+    let Some(first) = members.first() else { return Vec::new() };
     let m = first.candidates.len();
     cost_weights()
         .into_iter()
@@ -891,31 +592,19 @@ fn bagged_sweep(members: &[EvalSet], defaults: &[usize], gate: Option<f64>) -> V
                         })
                         .collect();
                     let k = utilities.len() as f64;
-                    let argmax = |u: &[f64]| {
-                        (0..m)
-                            .max_by(|&a, &b| u[a].total_cmp(&u[b]))
-                            .unwrap_or(default)
-                    };
+                    let argmax = |u: &[f64]| (0..m).max_by(|&a, &b| u[a].total_cmp(&u[b])).unwrap_or(default);
                     let Some(z) = gate else {
-                        let mean: Vec<f64> = (0..m)
-                            .map(|j| utilities.iter().map(|u| u[j]).sum::<f64>() / k)
-                            .collect();
+                        let mean: Vec<f64> = (0..m).map(|j| utilities.iter().map(|u| u[j]).sum::<f64>() / k).collect();
                         return argmax(&mean);
                     };
                     let best = argmax(&utilities[0]);
                     if best == default || utilities.len() < 2 {
                         return default;
                     }
-                    let advantages: Vec<f64> =
-                        utilities.iter().map(|u| u[best] - u[default]).collect();
+                    let advantages: Vec<f64> = utilities.iter().map(|u| u[best] - u[default]).collect();
                     let a = advantages.iter().sum::<f64>() / k;
-                    let sd = (advantages.iter().map(|x| (x - a).powi(2)).sum::<f64>() / (k - 1.0))
-                        .sqrt();
-                    if a - z * sd > 0.0 {
-                        best
-                    } else {
-                        default
-                    }
+                    let sd = (advantages.iter().map(|x| (x - a).powi(2)).sum::<f64>() / (k - 1.0)).sqrt();
+                    if a - z * sd > 0.0 { best } else { default }
                 })
                 .collect()
         })
@@ -931,30 +620,18 @@ fn blend(set: &EvalSet, knn: &Estimates, w: f64) -> EvalSet {
             p[c.head].quality = (w * selector + (1.0 - w) * knn.quality[i][j]) as f32;
         }
     }
-    EvalSet {
-        predictions,
-        ..set.clone()
-    }
+    EvalSet { predictions, ..set.clone() }
 }
 
 /// Each curve's score on all prompts and on every bootstrap resample (the same resamples for
 /// every curve, so differences are paired).
-fn score_draws(
-    set: &EvalSet,
-    metric: Metric,
-    curves: &[Vec<Vec<usize>>],
-) -> (Vec<f64>, Vec<Vec<f64>>) {
+fn score_draws(set: &EvalSet, metric: Metric, curves: &[Vec<Vec<usize>>]) -> (Vec<f64>, Vec<Vec<f64>>) {
     let score = |rows: &[usize], curve: &[Vec<usize>]| -> f64 {
         match metric {
             Metric::Aiq => baselines::curve_aiq(&set.quality, &set.cost, rows, curve),
             Metric::QualityAtEqualCost => curve
                 .iter()
-                .map(|choices| {
-                    rows.iter()
-                        .map(|&i| set.quality[i][choices[i]])
-                        .sum::<f64>()
-                        / rows.len().max(1) as f64
-                })
+                .map(|choices| rows.iter().map(|&i| set.quality[i][choices[i]]).sum::<f64>() / rows.len().max(1) as f64)
                 .fold(f64::MIN, f64::max),
         }
     };
@@ -1012,10 +689,7 @@ fn pooled_apgr(folds: &[FoldReport]) -> Option<PairApgr> {
 pub fn markdown(summary: &LodoSummary) -> String {
     let mut s = String::new();
     s.push_str("# Routing on task families the selector never saw (leave one family out)\n\n");
-    s.push_str(&format!(
-        "Produced by\n\n```sh\n{}\n```\n\non {}.\n\n",
-        summary.command, summary.machine
-    ));
+    s.push_str(&format!("Produced by\n\n```sh\n{}\n```\n\non {}.\n\n", summary.command, summary.machine));
     s.push_str(
         "Each fold trains a fresh selector on the training splits of every *other* task family (no question of \
          the held-out family from any dataset) and scores it on every prompt of the held-out family. kNN and \
@@ -1026,23 +700,11 @@ pub fn markdown(summary: &LodoSummary) -> String {
          the random mix *on the held-out prompts* (chosen after the fact, in its favour). 95% intervals from \
          ",
     );
-    s.push_str(&format!(
-        "{} paired bootstrap resamples of the held-out prompts.\n\n",
-        summary.resamples
-    ));
+    s.push_str(&format!("{} paired bootstrap resamples of the held-out prompts.\n\n", summary.resamples));
     s.push_str("| held-out family | dataset | metric | prompts | selector | selector + kNN | best baseline | selector − best baseline | (selector + kNN) − best baseline |\n|---|---|---|---|---|---|---|---|---|\n");
     for f in &summary.folds {
-        let score = |name: &str| {
-            f.curves
-                .iter()
-                .find(|c| c.name == name)
-                .map_or(f64::NAN, |c| c.score.value)
-        };
-        let best = f
-            .curves
-            .iter()
-            .find(|c| c.name == f.best_baseline)
-            .map_or(f64::NAN, |c| c.score.value);
+        let score = |name: &str| f.curves.iter().find(|c| c.name == name).map_or(f64::NAN, |c| c.score.value);
+        let best = f.curves.iter().find(|c| c.name == f.best_baseline).map_or(f64::NAN, |c| c.score.value);
         s.push_str(&format!(
             "| {} | {} | {} | {} | {:.4} | {:.4} | {} {:.4} | {} | {} |\n",
             f.family,
@@ -1057,15 +719,8 @@ pub fn markdown(summary: &LodoSummary) -> String {
             f.ensemble_minus_best_baseline.show()
         ));
     }
-    if let (Some(sel), Some(ens)) = (
-        &summary.mean_selector_minus_best_baseline,
-        &summary.mean_ensemble_minus_best_baseline,
-    ) {
-        s.push_str(&format!(
-            "| **mean over folds** | | | | | | | **{}** | **{}** |\n\n",
-            sel.show(),
-            ens.show()
-        ));
+    if let (Some(sel), Some(ens)) = (&summary.mean_selector_minus_best_baseline, &summary.mean_ensemble_minus_best_baseline) {
+        s.push_str(&format!("| **mean over folds** | | | | | | | **{}** | **{}** |\n\n", sel.show(), ens.show()));
     }
     if !summary.ablation.is_empty() {
         s.push_str("Ablation — every router variant, mean over the folds of its score − the fold's best baseline (paired 95% interval):\n\n| router | mean − best baseline [95%] |\n|---|---|\n");
@@ -1125,111 +780,38 @@ mod tests {
     use super::*;
 
     fn row(kind: DatasetKind, task: &str) -> Row {
-        Row {
-            prompt: "p".into(),
-            kind,
-            task: task.into(),
-            split: Split::Train,
-            outcomes: BTreeMap::new(),
-        }
+        Row { prompt: "p".into(), kind, task: task.into(), split: Split::Train, outcomes: BTreeMap::new() }
     }
 
     #[test]
     fn families_group_the_same_kind_of_task_across_datasets() {
-        assert_eq!(
-            family(&row(DatasetKind::Routerbench, "arc-challenge")),
-            family(&row(DatasetKind::Routerdc, "arc-easy"))
-        );
-        assert_eq!(
-            family(&row(DatasetKind::Routerbench, "mbpp")),
-            family(&row(DatasetKind::Routerdc, "humaneval"))
-        );
+        assert_eq!(family(&row(DatasetKind::Routerbench, "arc-challenge")), family(&row(DatasetKind::Routerdc, "arc-easy")));
+        assert_eq!(family(&row(DatasetKind::Routerbench, "mbpp")), family(&row(DatasetKind::Routerdc, "humaneval")));
         assert_eq!(family(&row(DatasetKind::Routerdc, "javascript")), "code");
-        assert_eq!(
-            family(&row(DatasetKind::Routerdc, "math-prealgebra")),
-            family(&row(DatasetKind::Routerdc, "gsm8k-train"))
-        );
+        assert_eq!(family(&row(DatasetKind::Routerdc, "math-prealgebra")), family(&row(DatasetKind::Routerdc, "gsm8k-train")));
         assert_eq!(family(&row(DatasetKind::ArenaHard, "arena-hard")), "chat");
-        assert_ne!(
-            family(&row(DatasetKind::Routerbench, "winogrande")),
-            family(&row(DatasetKind::Routerbench, "arc-challenge"))
-        );
+        assert_ne!(family(&row(DatasetKind::Routerbench, "winogrande")), family(&row(DatasetKind::Routerbench, "arc-challenge")));
     }
 
     #[test]
     fn a_fold_never_trains_on_its_family_nor_on_a_question_it_shares() {
-        let at = |kind, task: &str, prompt: &str, split| Row {
-            prompt: prompt.into(),
-            split,
-            ..row(kind, task)
-        };
-        let data = |kind, rows: Vec<Row>| Dataset {
-            kind,
-            path: PathBuf::new(),
-            rows,
-            models: BTreeSet::new(),
-            prices: BTreeMap::new(),
-            skipped: Vec::new(),
-        };
+        let at = |kind, task: &str, prompt: &str, split| Row { prompt: prompt.into(), split, ..row(kind, task) };
+        let data = |kind, rows: Vec<Row>| Dataset { kind, path: PathBuf::new(), rows, models: BTreeSet::new(), prices: BTreeMap::new(), skipped: Vec::new() };
         let datasets = vec![
-            data(
-                DatasetKind::Routerbench,
-                vec![
-                    at(
-                        DatasetKind::Routerbench,
-                        "arc-challenge",
-                        "Which gas do plants absorb?",
-                        Split::Test,
-                    ),
-                    at(
-                        DatasetKind::Routerbench,
-                        "mbpp",
-                        "Write a function to reverse a list.",
-                        Split::Train,
-                    ),
-                    at(
-                        DatasetKind::Routerbench,
-                        "mbpp",
-                        "Write a function to sort a list.",
-                        Split::Test,
-                    ),
-                ],
-            ),
-            data(
-                DatasetKind::Routerdc,
-                vec![
-                    at(
-                        DatasetKind::Routerdc,
-                        "arc-easy",
-                        "What is the boiling point of water?",
-                        Split::Train,
-                    ),
-                    // The same question as a held-out one, filed under another task: left out too.
-                    at(
-                        DatasetKind::Routerdc,
-                        "mbpp",
-                        "Which gas do plants absorb?",
-                        Split::Train,
-                    ),
-                    at(
-                        DatasetKind::Routerdc,
-                        "humaneval",
-                        "def add(a, b):",
-                        Split::Train,
-                    ),
-                ],
-            ),
+            data(DatasetKind::Routerbench, vec![
+                at(DatasetKind::Routerbench, "arc-challenge", "Which gas do plants absorb?", Split::Test),
+                at(DatasetKind::Routerbench, "mbpp", "Write a function to reverse a list.", Split::Train),
+                at(DatasetKind::Routerbench, "mbpp", "Write a function to sort a list.", Split::Test),
+            ]),
+            data(DatasetKind::Routerdc, vec![
+                at(DatasetKind::Routerdc, "arc-easy", "What is the boiling point of water?", Split::Train),
+                // The same question as a held-out one, filed under another task: left out too.
+                at(DatasetKind::Routerdc, "mbpp", "Which gas do plants absorb?", Split::Train),
+                at(DatasetKind::Routerdc, "humaneval", "def add(a, b):", Split::Train),
+            ]),
         ];
-        let prompts = |held: &str| {
-            training_rows(&datasets, held)
-                .iter()
-                .map(|r| r.prompt.clone())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            prompts("science-qa"),
-            ["Write a function to reverse a list.", "def add(a, b):"]
-        );
+        let prompts = |held: &str| training_rows(&datasets, held).iter().map(|r| r.prompt.clone()).collect::<Vec<_>>();
+        assert_eq!(prompts("science-qa"), ["Write a function to reverse a list.", "def add(a, b):"]);
         assert_eq!(prompts("code"), ["What is the boiling point of water?"]);
     }
 
@@ -1238,10 +820,7 @@ mod tests {
     fn members_predicting(qualities: &[[f32; 2]]) -> Vec<EvalSet> {
         use router_model::policy::Candidate;
         use router_model::Prediction;
-        let free = Price {
-            input_usd_per_mtok: 0.0,
-            output_usd_per_mtok: 0.0,
-        };
+        let free = Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 };
         qualities
             .iter()
             .map(|q| EvalSet {
@@ -1249,22 +828,8 @@ mod tests {
                 rows: vec![row(DatasetKind::Routerbench, "mbpp")],
                 split_index: vec![0],
                 candidates: vec!["default".into(), "other".into()],
-                route: (0..2)
-                    .map(|j| Candidate {
-                        index: j,
-                        head: j,
-                        price: free,
-                    })
-                    .collect(),
-                predictions: vec![q
-                    .iter()
-                    .map(|&quality| Prediction {
-                        model_id: String::new(),
-                        quality,
-                        latency_ms: 1.0,
-                        output_tokens: 10.0,
-                    })
-                    .collect()],
+                route: (0..2).map(|j| Candidate { index: j, head: j, price: free }).collect(),
+                predictions: vec![q.iter().map(|&quality| Prediction { model_id: String::new(), quality, latency_ms: 1.0, output_tokens: 10.0 }).collect()],
                 embeddings: vec![vec![0.0]],
                 prompt_tokens: vec![10],
                 quality: vec![vec![0.0, 0.0]],
@@ -1285,11 +850,7 @@ mod tests {
         // The full selector sees it ahead, the members split (+0.2, −0.1, +0.4): the default.
         let split = members_predicting(&[[0.5, 0.7], [0.5, 0.4], [0.5, 0.9]]);
         assert_eq!(first_choice(&split, Some(1.0)), 0);
-        assert_eq!(
-            first_choice(&split, Some(0.1)),
-            1,
-            "a low enough bar lets the mean advantage through"
-        );
+        assert_eq!(first_choice(&split, Some(0.1)), 1, "a low enough bar lets the mean advantage through");
         // Ungated, the members' mean utility chooses: here the other candidate (mean 0.667).
         assert_eq!(first_choice(&split, None), 1);
         let mean_prefers_default = members_predicting(&[[0.5, 0.7], [0.5, 0.1], [0.5, 0.5]]);
@@ -1300,9 +861,6 @@ mod tests {
     fn intervals_bracket_their_draws() {
         let draws: Vec<f64> = (0..1000).map(|i| f64::from(i) / 1000.0).collect();
         let i = Interval::from_draws(0.5, &draws);
-        assert!(
-            (i.lo95 - 0.025).abs() < 0.002 && (i.hi95 - 0.975).abs() < 0.002,
-            "{i:?}"
-        );
+        assert!((i.lo95 - 0.025).abs() < 0.002 && (i.hi95 - 0.975).abs() < 0.002, "{i:?}");
     }
 }

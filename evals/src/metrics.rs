@@ -7,9 +7,7 @@
 
 use serde::Serialize;
 
-pub use training::eval::{
-    pair_report, pgr, random_curve, ranking, routing_curve, PairReport, RoutingCurve,
-};
+pub use training::eval::{pair_report, pgr, random_curve, ranking, routing_curve, PairReport, RoutingCurve};
 
 /// Mean quality and mean cost (USD per request) of one way of routing a set of prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -22,17 +20,9 @@ pub struct Point {
 /// mixing any two of them at random (RouterBench's "non-decreasing convex hull"). A point is
 /// kept only if no cheaper one is at least as good, and no mix of two others beats it.
 pub fn upper_hull(points: &[Point]) -> Vec<Point> {
-    let mut sorted: Vec<Point> = points
-        .iter()
-        .copied()
-        .filter(|p| p.cost.is_finite() && p.quality.is_finite())
-        .collect();
+    let mut sorted: Vec<Point> = points.iter().copied().filter(|p| p.cost.is_finite() && p.quality.is_finite()).collect();
     // Cheapest first; at equal cost the best first, so the others are dropped below.
-    sorted.sort_by(|a, b| {
-        a.cost
-            .total_cmp(&b.cost)
-            .then(b.quality.total_cmp(&a.quality))
-    });
+    sorted.sort_by(|a, b| a.cost.total_cmp(&b.cost).then(b.quality.total_cmp(&a.quality)));
     let mut hull: Vec<Point> = Vec::new();
     for p in sorted {
         if hull.last().is_some_and(|last| p.quality <= last.quality) {
@@ -41,8 +31,7 @@ pub fn upper_hull(points: &[Point]) -> Vec<Point> {
         while hull.len() >= 2 {
             let (a, b) = (hull[hull.len() - 2], hull[hull.len() - 1]);
             // Drop b when it lies on or below the segment a → p.
-            let cross = (b.cost - a.cost) * (p.quality - a.quality)
-                - (b.quality - a.quality) * (p.cost - a.cost);
+            let cross = (b.cost - a.cost) * (p.quality - a.quality) - (b.quality - a.quality) * (p.cost - a.cost);
             if cross >= 0.0 {
                 hull.pop();
             } else {
@@ -56,9 +45,7 @@ pub fn upper_hull(points: &[Point]) -> Vec<Point> {
 
 /// The hull's quality at `cost`: linear between its points, flat beyond its ends.
 pub fn hull_quality(hull: &[Point], cost: f64) -> f64 {
-    let (Some(first), Some(last)) = (hull.first(), hull.last()) else {
-        return 0.0;
-    };
+    let (Some(first), Some(last)) = (hull.first(), hull.last()) else { return 0.0 };
     if cost <= first.cost {
         return first.quality;
     }
@@ -146,16 +133,9 @@ pub fn calibration(predicted: &[f64], observed: &[f64], bins: usize) -> Calibrat
     let ece = if pairs == 0 {
         0.0
     } else {
-        out.iter()
-            .map(|b| b.count as f64 * (b.mean_predicted - b.mean_observed).abs())
-            .sum::<f64>()
-            / pairs as f64
+        out.iter().map(|b| b.count as f64 * (b.mean_predicted - b.mean_observed).abs()).sum::<f64>() / pairs as f64
     };
-    Calibration {
-        bins: out,
-        ece,
-        pairs,
-    }
+    Calibration { bins: out, ece, pairs }
 }
 
 /// The `q`-quantile (0..1) of `values` by the nearest-rank method; `None` when empty.

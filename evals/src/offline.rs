@@ -19,8 +19,7 @@ use crate::prices::PriceTable;
 
 /// How realised cost was obtained.
 pub const COST_RECORDED: &str = "recorded per prompt by the dataset";
-pub const COST_DERIVED: &str =
-    "list price × (prompt tokens + answer tokens), tokens estimated at 4 characters";
+pub const COST_DERIVED: &str = "list price × (prompt tokens + answer tokens), tokens estimated at 4 characters";
 
 /// Texts → embeddings (e.g. [`cached`]).
 pub type Embed<'a> = dyn FnMut(&[&str]) -> Result<Vec<Vec<f32>>> + 'a;
@@ -81,9 +80,7 @@ impl EvalSet {
                 .resolve_candidate(c, None)
                 .ok_or_else(|| Error::InvalidInput(format!("checkpoint has no head for {c}")))?
                 .index;
-            let price = prices
-                .get(c)
-                .ok_or_else(|| Error::InvalidInput(format!("no price for {c}")))?;
+            let price = prices.get(c).ok_or_else(|| Error::InvalidInput(format!("no price for {c}")))?;
             route.push(Candidate { index, head, price });
         }
         let mut rows = Vec::new();
@@ -99,9 +96,7 @@ impl EvalSet {
             let mut q = Vec::with_capacity(candidates.len());
             let mut c = Vec::with_capacity(candidates.len());
             for (model, cand) in candidates.iter().zip(&route) {
-                let Some(outcome) = row.outcomes.get(model) else {
-                    break;
-                };
+                let Some(outcome) = row.outcomes.get(model) else { break };
                 let Some(label) = outcome.quality else { break };
                 let realised = match (outcome.cost_usd, outcome.output_tokens) {
                     (Some(usd), _) => Some(usd),
@@ -126,10 +121,7 @@ impl EvalSet {
             split_index.push(position);
         }
         if rows.is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "{}: no {split:?} prompts with labels for every candidate",
-                dataset.kind
-            )));
+            return Err(Error::InvalidInput(format!("{}: no {split:?} prompts with labels for every candidate", dataset.kind)));
         }
         let texts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
         let vectors = embed(&texts)?;
@@ -150,11 +142,7 @@ impl EvalSet {
             quality,
             cost,
             dropped,
-            cost_source: if recorded {
-                COST_RECORDED
-            } else {
-                COST_DERIVED
-            },
+            cost_source: if recorded { COST_RECORDED } else { COST_DERIVED },
         })
     }
 
@@ -172,43 +160,24 @@ impl EvalSet {
 
     /// What the gateway's policy scores for prompt `i` at `tradeoff`.
     pub fn scored(&self, i: usize, tradeoff: Tradeoff) -> Vec<Scored> {
-        policy::score(
-            &self.predictions[i],
-            &self.route,
-            self.prompt_tokens[i],
-            tradeoff,
-        )
+        policy::score(&self.predictions[i], &self.route, self.prompt_tokens[i], tradeoff)
     }
 
     /// The candidate the policy serves for each prompt at `tradeoff`, exploration off.
     pub fn choices(&self, tradeoff: Tradeoff) -> Vec<usize> {
         (0..self.len())
-            .map(|i| {
-                policy::choose(
-                    &self.scored(i, tradeoff),
-                    None,
-                    &policy::Exploration::OFF,
-                    0.0,
-                )
-                .map_or(0, |c| c.ranking[0])
-            })
+            .map(|i| policy::choose(&self.scored(i, tradeoff), None, &policy::Exploration::OFF, 0.0).map_or(0, |c| c.ranking[0]))
             .collect()
     }
 
     /// Like [`Self::choices`], with the route default `default` served whenever no candidate's
     /// predicted utility beats it by `min_advantage` ([`policy::prefer_default_when_unsure`]).
-    pub fn choices_with_default(
-        &self,
-        tradeoff: Tradeoff,
-        default: usize,
-        min_advantage: f64,
-    ) -> Vec<usize> {
+    pub fn choices_with_default(&self, tradeoff: Tradeoff, default: usize, min_advantage: f64) -> Vec<usize> {
         (0..self.len())
             .map(|i| {
                 let mut scored = self.scored(i, tradeoff);
                 policy::prefer_default_when_unsure(&mut scored, default, min_advantage);
-                policy::choose(&scored, None, &policy::Exploration::OFF, 0.0)
-                    .map_or(0, |c| c.ranking[0])
+                policy::choose(&scored, None, &policy::Exploration::OFF, 0.0).map_or(0, |c| c.ranking[0])
             })
             .collect()
     }
@@ -216,16 +185,8 @@ impl EvalSet {
     /// The single candidate with the highest mean realised utility at `tradeoff` over these
     /// prompts: the route default an operator would pick for that trade-off without a router.
     pub fn best_single(&self, tradeoff: Tradeoff) -> usize {
-        let mean = |j: usize| {
-            self.quality
-                .iter()
-                .zip(&self.cost)
-                .map(|(q, c)| tradeoff.utility(q[j], c[j], 0.0))
-                .sum::<f64>()
-        };
-        (0..self.candidates.len())
-            .max_by(|&a, &b| mean(a).total_cmp(&mean(b)))
-            .unwrap_or(0)
+        let mean = |j: usize| self.quality.iter().zip(&self.cost).map(|(q, c)| tradeoff.utility(q[j], c[j], 0.0)).sum::<f64>();
+        (0..self.candidates.len()).max_by(|&a, &b| mean(a).total_cmp(&mean(b))).unwrap_or(0)
     }
 
     /// The oracle: the same policy fed the realised quality and cost instead of predictions.
@@ -241,8 +202,7 @@ impl EvalSet {
                         utility: tradeoff.utility(self.quality[i][j], self.cost[i][j], 0.0),
                     })
                     .collect();
-                policy::choose(&scored, None, &policy::Exploration::OFF, 0.0)
-                    .map_or(0, |c| c.ranking[0])
+                policy::choose(&scored, None, &policy::Exploration::OFF, 0.0).map_or(0, |c| c.ranking[0])
             })
             .collect()
     }
@@ -251,18 +211,8 @@ impl EvalSet {
     pub fn point(&self, choices: &[usize]) -> Point {
         let n = choices.len().max(1) as f64;
         Point {
-            quality: choices
-                .iter()
-                .enumerate()
-                .map(|(i, &j)| self.quality[i][j])
-                .sum::<f64>()
-                / n,
-            cost: choices
-                .iter()
-                .enumerate()
-                .map(|(i, &j)| self.cost[i][j])
-                .sum::<f64>()
-                / n,
+            quality: choices.iter().enumerate().map(|(i, &j)| self.quality[i][j]).sum::<f64>() / n,
+            cost: choices.iter().enumerate().map(|(i, &j)| self.cost[i][j]).sum::<f64>() / n,
         }
     }
 
@@ -273,10 +223,7 @@ impl EvalSet {
 
     /// Realised (strong, weak) quality columns of a pair.
     pub fn pair_columns(&self, strong: usize, weak: usize) -> (Vec<f64>, Vec<f64>) {
-        (
-            self.quality.iter().map(|q| q[strong]).collect(),
-            self.quality.iter().map(|q| q[weak]).collect(),
-        )
+        (self.quality.iter().map(|q| q[strong]).collect(), self.quality.iter().map(|q| q[weak]).collect())
     }
 
     /// Sending the prompts ranked first by `order` (the first `k`) to `strong`, the rest to `weak`.
@@ -285,13 +232,7 @@ impl EvalSet {
     }
 
     /// The choices behind [`Self::split_point`].
-    pub fn split_choices(
-        &self,
-        order: &[usize],
-        k: usize,
-        strong: usize,
-        weak: usize,
-    ) -> Vec<usize> {
+    pub fn split_choices(&self, order: &[usize], k: usize, strong: usize, weak: usize) -> Vec<usize> {
         let mut choices = vec![weak; self.len()];
         for &i in &order[..k.min(order.len())] {
             choices[i] = strong;
@@ -301,28 +242,20 @@ impl EvalSet {
 
     /// Prompt length in characters, the "longer prompt → stronger model" baseline's score.
     pub fn lengths(&self) -> Vec<f64> {
-        self.rows
-            .iter()
-            .map(|r| r.prompt.chars().count() as f64)
-            .collect()
+        self.rows.iter().map(|r| r.prompt.chars().count() as f64).collect()
     }
 }
 
 /// Embeds through the on-disk cache (`.cache/embeddings`), so a report run embeds each
 /// prompt once across runs and across `switchyard train`.
-pub fn cached<'a>(
-    cache: &'a mut EmbeddingCache,
-    embedder: &'a dyn Embedder,
-) -> impl FnMut(&[&str]) -> Result<Vec<Vec<f32>>> + 'a {
+pub fn cached<'a>(cache: &'a mut EmbeddingCache, embedder: &'a dyn Embedder) -> impl FnMut(&[&str]) -> Result<Vec<Vec<f32>>> + 'a {
     move |texts| Ok(cache.embed_all(texts, embedder)?)
 }
 
 /// Cost weights of the sweep, in the gateway's units (per USD per 1,000 requests): 0, then
 /// 61 steps from 10⁻³ to 10³ — from "quality only" to "cheapest model always".
 pub fn cost_weights() -> Vec<f64> {
-    std::iter::once(0.0)
-        .chain((0..=60).map(|k| 10f64.powf(-3.0 + 6.0 * f64::from(k) / 60.0)))
-        .collect()
+    std::iter::once(0.0).chain((0..=60).map(|k| 10f64.powf(-3.0 + 6.0 * f64::from(k) / 60.0))).collect()
 }
 
 /// The sweep's trade-off at cost weight `lambda`: utility = quality − λ·cost.

@@ -25,8 +25,7 @@ struct PriceFile {
 
 impl PriceTable {
     pub fn parse(text: &str) -> Result<Self> {
-        let file: PriceFile =
-            toml::from_str(text).map_err(|e| Error::InvalidInput(format!("price table: {e}")))?;
+        let file: PriceFile = toml::from_str(text).map_err(|e| Error::InvalidInput(format!("price table: {e}")))?;
         Ok(Self(file.models))
     }
 
@@ -38,8 +37,7 @@ impl PriceTable {
     pub fn load(path: Option<&Path>) -> Result<Self> {
         match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
                 Self::parse(&text)
             }
             None => Self::builtin(),
@@ -60,9 +58,7 @@ mod tests {
     fn builtin_table_parses_and_prices_the_default_pair() {
         let table = PriceTable::builtin().expect("shipped table parses");
         let strong = table.get("gpt-4-1106-preview").expect("gpt-4 priced");
-        let weak = table
-            .get("mixtral-8x7b-instruct-v0.1")
-            .expect("mixtral priced");
+        let weak = table.get("mixtral-8x7b-instruct-v0.1").expect("mixtral priced");
         assert!(strong.cost_usd(1000, 1000) > 10.0 * weak.cost_usd(1000, 1000));
         assert!(PriceTable::parse("[models.x]\ninput_usd_per_mtok = 1.0\n").is_err());
     }

@@ -42,13 +42,7 @@ impl ReplayPlan {
     /// A gateway config: one OpenAI-compatible provider at the mock, every candidate at its
     /// price, and route [`ROUTE`] over them in the set's order with exploration 0 and a
     /// decision deadline long enough that no request is shed.
-    pub fn gateway_config(
-        &self,
-        set: &EvalSet,
-        mock: SocketAddr,
-        checkpoint: &Path,
-        embedder_dir: Option<&Path>,
-    ) -> String {
+    pub fn gateway_config(&self, set: &EvalSet, mock: SocketAddr, checkpoint: &Path, embedder_dir: Option<&Path>) -> String {
         let quote = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
         let mut toml = String::new();
         toml.push_str("[database]\nurl = \"sqlite::memory:\"\n\n");
@@ -57,14 +51,9 @@ impl ReplayPlan {
             quote(&checkpoint.to_string_lossy())
         ));
         if let Some(dir) = embedder_dir {
-            toml.push_str(&format!(
-                "embedder_dir = {}\n",
-                quote(&dir.to_string_lossy())
-            ));
+            toml.push_str(&format!("embedder_dir = {}\n", quote(&dir.to_string_lossy())));
         }
-        toml.push_str(&format!(
-            "\n[providers.replay]\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\n\n"
-        ));
+        toml.push_str(&format!("\n[providers.replay]\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\n\n"));
         for (name, c) in set.candidates.iter().zip(&set.route) {
             toml.push_str(&format!(
                 "[models.{}]\nprovider = \"replay\"\ninput_usd_per_mtok = {:?}\noutput_usd_per_mtok = {:?}\n\n",
@@ -111,27 +100,15 @@ pub async fn drive(addr: SocketAddr, set: &EvalSet) -> Result<Vec<Served>> {
             .send()
             .await
             .map_err(|e| Error::Replay(format!("prompt {i}: {e}")))?;
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let status = response.status();
-        let (model, decision, decision_ms) = (
-            header("x-switchyard-model"),
-            header("x-switchyard-decision"),
-            header("x-switchyard-decision-ms"),
-        );
+        let (model, decision, decision_ms) =
+            (header("x-switchyard-model"), header("x-switchyard-decision"), header("x-switchyard-decision-ms"));
         let text = response.text().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(Error::Replay(format!(
-                "prompt {i}: gateway answered {status}: {text}"
-            )));
+            return Err(Error::Replay(format!("prompt {i}: gateway answered {status}: {text}")));
         }
-        let model = model
-            .ok_or_else(|| Error::Replay(format!("prompt {i}: no x-switchyard-model header")))?;
+        let model = model.ok_or_else(|| Error::Replay(format!("prompt {i}: no x-switchyard-model header")))?;
         out.push(Served {
             model,
             decision: decision.unwrap_or_default(),
@@ -177,22 +154,15 @@ pub struct ReplayReport {
 /// Compares `served` (from [`drive`]) with `plan`'s offline choices.
 pub fn compare(set: &EvalSet, plan: &ReplayPlan, served: &[Served]) -> Result<ReplayReport> {
     if served.len() != set.len() {
-        return Err(Error::Replay(format!(
-            "{} answers for {} prompts",
-            served.len(),
-            set.len()
-        )));
+        return Err(Error::Replay(format!("{} answers for {} prompts", served.len(), set.len())));
     }
     let mut records = Vec::with_capacity(set.len());
     let mut served_choices = Vec::with_capacity(set.len());
     let mut decisions: BTreeMap<String, usize> = BTreeMap::new();
     for (i, s) in served.iter().enumerate() {
-        let j = set.index_of(&s.model).ok_or_else(|| {
-            Error::Replay(format!(
-                "prompt {i}: the gateway served `{}`, not a candidate",
-                s.model
-            ))
-        })?;
+        let j = set
+            .index_of(&s.model)
+            .ok_or_else(|| Error::Replay(format!("prompt {i}: the gateway served `{}`, not a candidate", s.model)))?;
         served_choices.push(j);
         *decisions.entry(s.decision.clone()).or_default() += 1;
         records.push(ReplayRecord {
@@ -237,52 +207,25 @@ impl ReplayReport {
             self.prompts, self.tradeoff
         ));
         s.push_str("| | quality | USD per 1k requests |\n|---|---|---|\n");
-        s.push_str(&format!(
-            "| offline (same policy, same trade-off) | {:.4} | {:.4} |\n",
-            self.offline.quality,
-            self.offline.cost * 1e3
-        ));
-        s.push_str(&format!(
-            "| served by the gateway | {:.4} | {:.4} |\n",
-            self.served.quality,
-            self.served.cost * 1e3
-        ));
-        s.push_str(&format!(
-            "| difference | {:+.4} | {:+.4} |\n\n",
-            self.quality_difference,
-            self.cost_difference * 1e3
-        ));
+        s.push_str(&format!("| offline (same policy, same trade-off) | {:.4} | {:.4} |\n", self.offline.quality, self.offline.cost * 1e3));
+        s.push_str(&format!("| served by the gateway | {:.4} | {:.4} |\n", self.served.quality, self.served.cost * 1e3));
+        s.push_str(&format!("| difference | {:+.4} | {:+.4} |\n\n", self.quality_difference, self.cost_difference * 1e3));
         s.push_str(&format!(
             "Served model = offline choice on {:.1}% of prompts ({} of {}). Decisions: {}.",
             self.agreement * 100.0,
-            self.records
-                .iter()
-                .filter(|r| r.offline == r.served)
-                .count(),
+            self.records.iter().filter(|r| r.offline == r.served).count(),
             self.prompts,
-            self.decisions
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            self.decisions.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
         ));
         if let (Some(p50), Some(p99)) = (self.decision_ms_p50, self.decision_ms_p99) {
             s.push_str(&format!(" Gateway decision time (`x-switchyard-decision-ms`): p50 {p50:.1} ms, p99 {p99:.1} ms."));
         }
         s.push('\n');
-        let disagreements: Vec<&ReplayRecord> = self
-            .records
-            .iter()
-            .filter(|r| r.offline != r.served)
-            .take(20)
-            .collect();
+        let disagreements: Vec<&ReplayRecord> = self.records.iter().filter(|r| r.offline != r.served).take(20).collect();
         if !disagreements.is_empty() {
             s.push_str("\n| prompt | task | offline | served |\n|---|---|---|---|\n");
             for r in disagreements {
-                s.push_str(&format!(
-                    "| {} | {} | {} | {} |\n",
-                    r.index, r.task, r.offline, r.served
-                ));
+                s.push_str(&format!("| {} | {} | {} | {} |\n", r.index, r.task, r.offline, r.served));
             }
         }
         s

@@ -139,22 +139,11 @@ pub struct BaselineSummary {
 
 /// Fits kNN and clusters on `train` (k and cluster count tuned on its validation fifth) and
 /// compares every curve with the router on the test prompts of `set`.
-fn baseline_summary(
-    set: &EvalSet,
-    train: &EvalSet,
-    router: &[Vec<usize>],
-    length: Option<&[Vec<usize>]>,
-    best_single: usize,
-    pair: Option<(usize, usize)>,
-) -> Option<BaselineSummary> {
+fn baseline_summary(set: &EvalSet, train: &EvalSet, router: &[Vec<usize>], length: Option<&[Vec<usize>]>, best_single: usize, pair: Option<(usize, usize)>) -> Option<BaselineSummary> {
     if train.candidates != set.candidates {
         return None;
     }
-    let reference = Labelled {
-        embeddings: &train.embeddings,
-        quality: &train.quality,
-        cost: &train.cost,
-    };
+    let reference = Labelled { embeddings: &train.embeddings, quality: &train.quality, cost: &train.cost };
     let knn = baselines::tune(&reference, baselines::KNN_KS, baselines::knn);
     let clusters = baselines::tune(&reference, baselines::CLUSTER_KS, baselines::cluster);
     let knn_estimates = baselines::knn(&reference, &set.embeddings, knn.chosen);
@@ -163,25 +152,13 @@ fn baseline_summary(
     let mut curves: Vec<(String, Vec<Vec<usize>>)> = vec![
         ("router".into(), router.to_vec()),
         (format!("kNN (k = {})", knn.chosen), knn_estimates.sweep()),
-        (
-            format!("clusters (k-means, {} clusters)", clusters.chosen),
-            cluster_estimates.sweep(),
-        ),
+        (format!("clusters (k-means, {} clusters)", clusters.chosen), cluster_estimates.sweep()),
     ];
     if let Some(length) = length {
-        curves.push((
-            format!("prompt length ({STRONG} / {WEAK})"),
-            length.to_vec(),
-        ));
+        curves.push((format!("prompt length ({STRONG} / {WEAK})"), length.to_vec()));
     }
-    curves.push((
-        "random mix of two models".into(),
-        (0..set.candidates.len()).map(|j| vec![j; n]).collect(),
-    ));
-    curves.push((
-        format!("best single model ({})", set.candidates[best_single]),
-        vec![vec![best_single; n]],
-    ));
+    curves.push(("random mix of two models".into(), (0..set.candidates.len()).map(|j| vec![j; n]).collect()));
+    curves.push((format!("best single model ({})", set.candidates[best_single]), vec![vec![best_single; n]]));
     let intervals = baselines::bootstrap(&set.quality, &set.cost, &curves, baselines::RESAMPLES);
     let apgr = |e: &baselines::Estimates| {
         pair.map(|(s, w)| {
@@ -238,43 +215,24 @@ fn pair_summary(set: &EvalSet, strong_id: &str, weak_id: &str) -> Option<PairSum
         .map(|p| f64::from(p[sh].quality) - f64::from(p[sw].quality))
         .collect();
     let rows: Vec<&training::Row> = set.rows.iter().collect();
-    let report =
-        metrics::pair_report(&set.dataset, &rows, &gap, "quality-gap", strong_id, weak_id)?;
+    let report = metrics::pair_report(&set.dataset, &rows, &gap, "quality-gap", strong_id, weak_id)?;
     let (qs, qw) = set.pair_columns(strong, weak);
     let true_gap: Vec<f64> = qs.iter().zip(&qw).map(|(s, w)| s - w).collect();
     let shares: Vec<f64> = (0..=20).map(|i| f64::from(i) / 20.0).collect();
-    let (router_order, length_order, oracle_order) = (
-        metrics::ranking(&gap),
-        metrics::ranking(&set.lengths()),
-        metrics::ranking(&true_gap),
-    );
-    let curve = |order: &[usize]| -> Vec<f64> {
-        shares
-            .iter()
-            .map(|&s| metrics::pgr(order, &qs, &qw, s))
-            .collect()
-    };
+    let (router_order, length_order, oracle_order) =
+        (metrics::ranking(&gap), metrics::ranking(&set.lengths()), metrics::ranking(&true_gap));
+    let curve = |order: &[usize]| -> Vec<f64> { shares.iter().map(|&s| metrics::pgr(order, &qs, &qw, s)).collect() };
     let n = set.len();
     let length_points = shares
         .iter()
-        .map(|&s| {
-            set.split_point(
-                &length_order,
-                ((s * n as f64).ceil() as usize).min(n),
-                strong,
-                weak,
-            )
-        })
+        .map(|&s| set.split_point(&length_order, ((s * n as f64).ceil() as usize).min(n), strong, weak))
         .collect();
     Some(PairSummary {
         oracle_apgr: metrics::routing_curve(&true_gap, &qs, &qw).apgr,
         pgr_router: curve(&router_order),
         pgr_length: curve(&length_order),
         pgr_oracle: curve(&oracle_order),
-        pgr_random: shares
-            .iter()
-            .map(|&s| ((s * n as f64).ceil()).min(n as f64) / n.max(1) as f64)
-            .collect(),
+        pgr_random: shares.iter().map(|&s| ((s * n as f64).ceil()).min(n as f64) / n.max(1) as f64).collect(),
         shares,
         length_points,
         report,
@@ -283,13 +241,7 @@ fn pair_summary(set: &EvalSet, strong_id: &str, weak_id: &str) -> Option<PairSum
 
 /// Everything but latency (measured separately, it needs the embedder). With `train` (the
 /// dataset's training prompts), the kNN and cluster baselines are fitted on it.
-pub fn evaluate(
-    set: &EvalSet,
-    strong: &str,
-    weak: &str,
-    split: &str,
-    train: Option<&EvalSet>,
-) -> DatasetReport {
+pub fn evaluate(set: &EvalSet, strong: &str, weak: &str, split: &str, train: Option<&EvalSet>) -> DatasetReport {
     let singles: Vec<ModelPoint> = (0..set.candidates.len())
         .map(|j| {
             let p = set.single(j);
@@ -301,40 +253,22 @@ pub fn evaluate(
         })
         .collect();
     let pick = |better: &dyn Fn(&ModelPoint, &ModelPoint) -> std::cmp::Ordering| {
-        singles
-            .iter()
-            .max_by(|a, b| better(a, b))
-            .cloned()
-            .unwrap_or(ModelPoint {
-                model: String::new(),
-                cost: 0.0,
-                quality: 0.0,
-            })
+        singles.iter().max_by(|a, b| better(a, b)).cloned().unwrap_or(ModelPoint {
+            model: String::new(),
+            cost: 0.0,
+            quality: 0.0,
+        })
     };
-    let best_single = pick(&|a, b| {
-        a.quality
-            .total_cmp(&b.quality)
-            .then(b.cost.total_cmp(&a.cost))
-    });
+    let best_single = pick(&|a, b| a.quality.total_cmp(&b.quality).then(b.cost.total_cmp(&a.cost)));
     let cheapest_single = pick(&|a, b| b.cost.total_cmp(&a.cost));
-    let router_choices: Vec<Vec<usize>> = cost_weights()
-        .into_iter()
-        .map(|l| set.choices(tradeoff_at(l)))
-        .collect();
-    let oracle_choices: Vec<Vec<usize>> = cost_weights()
-        .into_iter()
-        .map(|l| set.oracle_choices(tradeoff_at(l)))
-        .collect();
+    let router_choices: Vec<Vec<usize>> = cost_weights().into_iter().map(|l| set.choices(tradeoff_at(l))).collect();
+    let oracle_choices: Vec<Vec<usize>> = cost_weights().into_iter().map(|l| set.oracle_choices(tradeoff_at(l))).collect();
     let router = sweep(set, &router_choices);
     let oracle = sweep(set, &oracle_choices);
     let pair = pair_summary(set, strong, weak);
 
     let single_points: Vec<Point> = singles.iter().map(ModelPoint::point).collect();
-    let (lo, hi) = single_points
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), p| {
-            (lo.min(p.cost), hi.max(p.cost))
-        });
+    let (lo, hi) = single_points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.cost), hi.max(p.cost)));
     let joined = |points: Vec<Point>| {
         let mut points = points;
         points.push(cheapest_single.point());
@@ -362,27 +296,11 @@ pub fn evaluate(
     let length_choices: Option<Vec<Vec<usize>>> = pair_indices.map(|(s, w)| {
         let order = metrics::ranking(&set.lengths());
         (0..=20)
-            .map(|i| {
-                set.split_choices(
-                    &order,
-                    ((f64::from(i) / 20.0 * set.len() as f64).ceil() as usize).min(set.len()),
-                    s,
-                    w,
-                )
-            })
+            .map(|i| set.split_choices(&order, ((f64::from(i) / 20.0 * set.len() as f64).ceil() as usize).min(set.len()), s, w))
             .collect()
     });
     let best_index = set.index_of(&best_single.model).unwrap_or(0);
-    let baselines = train.and_then(|t| {
-        baseline_summary(
-            set,
-            t,
-            &router_choices,
-            length_choices.as_deref(),
-            best_index,
-            pair_indices,
-        )
-    });
+    let baselines = train.and_then(|t| baseline_summary(set, t, &router_choices, length_choices.as_deref(), best_index, pair_indices));
     DatasetReport {
         baselines,
         dataset: set.dataset.clone(),
@@ -404,19 +322,10 @@ pub fn evaluate(
             .iter()
             .enumerate()
             .map(|(j, c)| {
-                let p: Vec<f64> = set
-                    .predictions
-                    .iter()
-                    .map(|p| f64::from(p[c.head].quality))
-                    .collect();
+                let p: Vec<f64> = set.predictions.iter().map(|p| f64::from(p[c.head].quality)).collect();
                 let o: Vec<f64> = set.quality.iter().map(|q| q[j]).collect();
                 let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-                ModelCalibration {
-                    model: set.candidates[j].clone(),
-                    ece: calibration(&p, &o, 10).ece,
-                    mean_predicted: mean(&p),
-                    mean_observed: mean(&o),
-                }
+                ModelCalibration { model: set.candidates[j].clone(), ece: calibration(&p, &o, 10).ece, mean_predicted: mean(&p), mean_observed: mean(&o) }
             })
             .collect(),
         latency: None,
@@ -433,11 +342,7 @@ pub struct Summary {
 }
 
 fn tuned_text(t: &Tuned) -> String {
-    let tried: Vec<String> = t
-        .validation_aiq
-        .iter()
-        .map(|(k, a)| format!("{k}: {a:.4}"))
-        .collect();
+    let tried: Vec<String> = t.validation_aiq.iter().map(|(k, a)| format!("{k}: {a:.4}")).collect();
     format!("{} (validation AIQ {})", t.chosen, tried.join(", "))
 }
 
@@ -448,13 +353,7 @@ fn usd_1k(cost: f64) -> String {
 /// One paragraph saying, from the numbers, where the router stands against the baselines.
 fn verdict(d: &DatasetReport) -> String {
     let a = &d.aiq;
-    let versus = |x: f64, y: f64| {
-        if x > y {
-            format!("above by {:.4}", x - y)
-        } else {
-            format!("below by {:.4}", y - x)
-        }
-    };
+    let versus = |x: f64, y: f64| if x > y { format!("above by {:.4}", x - y) } else { format!("below by {:.4}", y - x) };
     let mut s = format!(
         "**Reading:** the router's AIQ is {} the best random mix of two models, {} the best single model mixed with the cheapest, \
          and {:.4} under the oracle.",
@@ -470,10 +369,7 @@ fn verdict(d: &DatasetReport) -> String {
         ));
     }
     if d.prompts < 200 {
-        s.push_str(&format!(
-            " With {} test prompts, differences of a few hundredths are within noise.",
-            d.prompts
-        ));
+        s.push_str(&format!(" With {} test prompts, differences of a few hundredths are within noise.", d.prompts));
     }
     s.push_str(" Random mixes of any other pair lie under the grey hull; every single model's point is in `summary.json`.\n\n");
     s
@@ -509,10 +405,7 @@ pub fn markdown(summary: &Summary) -> String {
             d.cost_source
         ));
         s.push_str(&verdict(d));
-        s.push_str(&format!(
-            "![quality vs cost]({}-quality-cost.svg)\n\n",
-            d.dataset
-        ));
+        s.push_str(&format!("![quality vs cost]({}-quality-cost.svg)\n\n", d.dataset));
         s.push_str(&format!(
             "| curve | AIQ (USD {}–{} per 1k requests) |\n|---|---|\n",
             usd_1k(d.aiq.cost_lo),
@@ -524,10 +417,7 @@ pub fn markdown(summary: &Summary) -> String {
             "| best single model ({}, mixed at random with {}) | {:.4} |\n",
             d.best_single.model, d.cheapest_single.model, d.aiq.best_single
         ));
-        s.push_str(&format!(
-            "| random mix of two models (hull of all single models) | {:.4} |\n",
-            d.aiq.random_mix
-        ));
+        s.push_str(&format!("| random mix of two models (hull of all single models) | {:.4} |\n", d.aiq.random_mix));
         if let Some(l) = d.aiq.length_baseline {
             s.push_str(&format!("| prompt length ({STRONG} / {WEAK}) | {l:.4} |\n"));
         }
@@ -545,13 +435,7 @@ pub fn markdown(summary: &Summary) -> String {
             for c in &b.intervals {
                 s.push_str(&format!(
                     "| {} | {:.4} | {:.4}–{:.4} | {:+.4} [{:+.4}, {:+.4}] |\n",
-                    c.name,
-                    c.aiq,
-                    c.lo95,
-                    c.hi95,
-                    c.router_minus,
-                    c.router_minus_lo95,
-                    c.router_minus_hi95
+                    c.name, c.aiq, c.lo95, c.hi95, c.router_minus, c.router_minus_lo95, c.router_minus_hi95
                 ));
             }
         }
@@ -559,30 +443,15 @@ pub fn markdown(summary: &Summary) -> String {
         let mut singles = d.singles.clone();
         singles.sort_by(|a, b| b.quality.total_cmp(&a.quality));
         for m in &singles {
-            s.push_str(&format!(
-                "| {} | {:.3} | {} |\n",
-                m.model,
-                m.quality,
-                usd_1k(m.cost)
-            ));
+            s.push_str(&format!("| {} | {:.3} | {} |\n", m.model, m.quality, usd_1k(m.cost)));
         }
         s.push_str("\nRouter sweep (selected points):\n\n| λ | quality | USD per 1k | served (share) |\n|---|---|---|---|\n");
         let step = (d.router.len() / 12).max(1);
         for p in d.router.iter().step_by(step) {
             let mut shares = p.shares.clone();
             shares.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let served: Vec<String> = shares
-                .iter()
-                .take(3)
-                .map(|(m, v)| format!("{m} {:.0}%", v * 100.0))
-                .collect();
-            s.push_str(&format!(
-                "| {:.3} | {:.3} | {} | {} |\n",
-                p.cost_weight,
-                p.quality,
-                usd_1k(p.cost),
-                served.join(", ")
-            ));
+            let served: Vec<String> = shares.iter().take(3).map(|(m, v)| format!("{m} {:.0}%", v * 100.0)).collect();
+            s.push_str(&format!("| {:.3} | {:.3} | {} | {} |\n", p.cost_weight, p.quality, usd_1k(p.cost), served.join(", ")));
         }
         if let Some(p) = &d.pair {
             let r = &p.report;
@@ -596,43 +465,28 @@ pub fn markdown(summary: &Summary) -> String {
                 ("prompt length (longer → strong)", &r.length_baseline),
                 ("random (200 seeded draws)", &r.random),
             ] {
-                s.push_str(&format!(
-                    "| {name} | {:.3} | {:.2} | {:.2} |\n",
-                    c.apgr, c.cpt50, c.cpt80
-                ));
+                s.push_str(&format!("| {name} | {:.3} | {:.2} | {:.2} |\n", c.apgr, c.cpt50, c.cpt80));
             }
             if let Some(b) = &d.baselines {
-                for (name, apgr) in [
-                    ("kNN (quality gap of the neighbours)", b.knn_apgr),
-                    ("clusters (quality gap of the cluster)", b.cluster_apgr),
-                ] {
+                for (name, apgr) in [("kNN (quality gap of the neighbours)", b.knn_apgr), ("clusters (quality gap of the cluster)", b.cluster_apgr)] {
                     if let Some(apgr) = apgr {
                         s.push_str(&format!("| {name} | {apgr:.3} | | |\n"));
                     }
                 }
             }
-            s.push_str(&format!(
-                "| oracle (realised gap) | {:.3} | | |\n",
-                p.oracle_apgr
-            ));
+            s.push_str(&format!("| oracle (realised gap) | {:.3} | | |\n", p.oracle_apgr));
         }
         s.push_str(&format!(
             "\n### Calibration\n\n![calibration]({}-calibration.svg)\n\nExpected calibration error {:.3} over {} (prompt, candidate) pairs.\n\n| predicted | n | mean predicted | mean observed |\n|---|---|---|---|\n",
             d.dataset, d.calibration.ece, d.calibration.pairs
         ));
         for b in &d.calibration.bins {
-            s.push_str(&format!(
-                "| {:.1}–{:.1} | {} | {:.3} | {:.3} |\n",
-                b.lo, b.hi, b.count, b.mean_predicted, b.mean_observed
-            ));
+            s.push_str(&format!("| {:.1}–{:.1} | {} | {:.3} | {:.3} |\n", b.lo, b.hi, b.count, b.mean_predicted, b.mean_observed));
         }
         if !d.calibration_by_model.is_empty() {
             s.push_str("\nPer model (10 equal-width bins each):\n\n| model | ECE | mean predicted | mean observed |\n|---|---|---|---|\n");
             for m in &d.calibration_by_model {
-                s.push_str(&format!(
-                    "| {} | {:.3} | {:.3} | {:.3} |\n",
-                    m.model, m.ece, m.mean_predicted, m.mean_observed
-                ));
+                s.push_str(&format!("| {} | {:.3} | {:.3} | {:.3} |\n", m.model, m.ece, m.mean_predicted, m.mean_observed));
             }
         }
         if let Some(l) = &d.latency {

@@ -25,8 +25,7 @@ pub struct ScoreInput {
 /// Reads `{"id", "prompt"}` JSON lines; a line that is not JSON, lacks either field, or has
 /// a non-string prompt is an error naming its 1-based number.
 pub fn read_inputs(path: &Path) -> Result<Vec<ScoreInput>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let bad = |line: usize, reason: String| Error::Line {
         path: path.to_path_buf(),
         line,
@@ -36,21 +35,15 @@ pub fn read_inputs(path: &Path) -> Result<Vec<ScoreInput>> {
     for (n, line) in text.lines().enumerate() {
         let n = n + 1;
         if line.trim().is_empty() {
-            return Err(bad(
-                n,
-                "empty line (want {\"id\": ..., \"prompt\": \"...\"})".into(),
-            ));
+            return Err(bad(n, "empty line (want {\"id\": ..., \"prompt\": \"...\"})".into()));
         }
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
+        let value: Value = serde_json::from_str(line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
         let Value::Object(mut object) = value else {
             return Err(bad(n, "not a JSON object".into()));
         };
         let id = match object.remove("id") {
             None | Some(Value::Null) => return Err(bad(n, "no `id`".into())),
-            Some(id @ (Value::Object(_) | Value::Array(_))) => {
-                return Err(bad(n, format!("`id` must be a string or number, got {id}")))
-            }
+            Some(id @ (Value::Object(_) | Value::Array(_))) => return Err(bad(n, format!("`id` must be a string or number, got {id}"))),
             Some(id) => id,
         };
         let prompt = match object.remove("prompt") {
@@ -65,54 +58,30 @@ pub fn read_inputs(path: &Path) -> Result<Vec<ScoreInput>> {
 
 /// The route the scores are for: `names`, or every checkpoint candidate the price table
 /// prices. A name the checkpoint has no head for, or that has no price, is an error.
-pub fn candidates(
-    checkpoint: &Checkpoint,
-    prices: &PriceTable,
-    names: Option<&[String]>,
-) -> Result<(Vec<String>, Vec<Candidate>)> {
+pub fn candidates(checkpoint: &Checkpoint, prices: &PriceTable, names: Option<&[String]>) -> Result<(Vec<String>, Vec<Candidate>)> {
     let names: Vec<String> = match names {
         Some(names) => names.to_vec(),
-        None => checkpoint
-            .candidates()
-            .iter()
-            .filter(|c| prices.get(c).is_some())
-            .cloned()
-            .collect(),
+        None => checkpoint.candidates().iter().filter(|c| prices.get(c).is_some()).cloned().collect(),
     };
     if names.is_empty() {
-        return Err(Error::InvalidInput(
-            "no candidates: none of the checkpoint's models has a price".into(),
-        ));
+        return Err(Error::InvalidInput("no candidates: none of the checkpoint's models has a price".into()));
     }
     let mut route = Vec::with_capacity(names.len());
     for (index, name) in names.iter().enumerate() {
         let head = checkpoint
             .resolve_candidate(name, None)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "candidate `{name}` is not in the checkpoint ({})",
-                    checkpoint.candidates().join(", ")
-                ))
-            })?
+            .ok_or_else(|| Error::InvalidInput(format!("candidate `{name}` is not in the checkpoint ({})", checkpoint.candidates().join(", "))))?
             .index;
-        let price = prices.get(name).ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "candidate `{name}` has no price (add it to a --prices file)"
-            ))
-        })?;
+        let price = prices
+            .get(name)
+            .ok_or_else(|| Error::InvalidInput(format!("candidate `{name}` has no price (add it to a --prices file)")))?;
         route.push(Candidate { index, head, price });
     }
     Ok((names, route))
 }
 
 /// One output object per input, in input order.
-pub fn score(
-    checkpoint: &Checkpoint,
-    embedder: &dyn Embedder,
-    names: &[String],
-    route: &[Candidate],
-    inputs: &[ScoreInput],
-) -> Result<Vec<Value>> {
+pub fn score(checkpoint: &Checkpoint, embedder: &dyn Embedder, names: &[String], route: &[Candidate], inputs: &[ScoreInput]) -> Result<Vec<Value>> {
     let mut out = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(BATCH) {
         let texts: Vec<&str> = chunk.iter().map(|i| i.prompt.as_str()).collect();
@@ -128,9 +97,7 @@ pub fn score(
                 cost.insert(name.clone(), json!(s.cost_usd));
                 latency.insert(name, json!(s.latency_ms));
             }
-            out.push(
-                json!({"id": input.id, "quality": quality, "cost": cost, "latency_ms": latency}),
-            );
+            out.push(json!({"id": input.id, "quality": quality, "cost": cost, "latency_ms": latency}));
         }
     }
     Ok(out)

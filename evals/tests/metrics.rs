@@ -2,9 +2,7 @@
 
 #![allow(clippy::expect_used, clippy::panic)]
 
-use evals::metrics::{
-    aiq, calibration, percentile, pgr, random_curve, ranking, routing_curve, upper_hull, Point,
-};
+use evals::metrics::{aiq, calibration, percentile, pgr, random_curve, ranking, routing_curve, upper_hull, Point};
 
 fn p(cost: f64, quality: f64) -> Point {
     Point { cost, quality }
@@ -21,10 +19,7 @@ fn oracle_apgr_is_one_at_every_share_but_zero() {
     let gap: Vec<f64> = strong.iter().zip(&weak).map(|(s, w)| s - w).collect();
     let oracle = routing_curve(&gap, &strong, &weak);
     assert!((oracle.apgr - 0.9).abs() < 1e-12, "{}", oracle.apgr);
-    assert!(
-        (oracle.cpt50 - 0.01).abs() < 1e-12 && (oracle.cpt80 - 0.01).abs() < 1e-12,
-        "{oracle:?}"
-    );
+    assert!((oracle.cpt50 - 0.01).abs() < 1e-12 && (oracle.cpt80 - 0.01).abs() < 1e-12, "{oracle:?}");
     // The worst ranking finds it last.
     let worst = routing_curve(&gap.iter().map(|g| -g).collect::<Vec<_>>(), &strong, &weak);
     assert!((worst.apgr - 0.1).abs() < 1e-12, "{}", worst.apgr);
@@ -47,12 +42,8 @@ fn when_strong_wins_everywhere_by_the_same_margin_no_ranking_beats_random() {
 #[test]
 fn random_routing_scores_half_in_expectation() {
     // 0/1 labels from a fixed pattern, strong better on average.
-    let strong: Vec<f64> = (0..300)
-        .map(|i| if i % 3 != 0 { 1.0 } else { 0.0 })
-        .collect();
-    let weak: Vec<f64> = (0..300)
-        .map(|i| if i % 5 == 0 { 1.0 } else { 0.0 })
-        .collect();
+    let strong: Vec<f64> = (0..300).map(|i| if i % 3 != 0 { 1.0 } else { 0.0 }).collect();
+    let weak: Vec<f64> = (0..300).map(|i| if i % 5 == 0 { 1.0 } else { 0.0 }).collect();
     let r = random_curve(&strong, &weak, 400, 11);
     assert!((r.apgr - 0.5).abs() < 0.02, "random APGR {}", r.apgr);
     // A ranking by the true gap does far better on the same data: 160 gains of 1, 120 ties,
@@ -109,11 +100,7 @@ fn calibration_bins_and_ece() {
     assert_eq!((c.bins[0].count, c.bins[0].mean_observed), (2, 0.0));
     assert!((c.bins[2].mean_observed - 0.5).abs() < 1e-12);
     // |.05 − 0| × 2 + |.55 − 1| × 1 + |.95 − .5| × 2, over 5.
-    assert!(
-        (c.ece - (0.1 + 0.45 + 0.9) / 5.0).abs() < 1e-12,
-        "{}",
-        c.ece
-    );
+    assert!((c.ece - (0.1 + 0.45 + 0.9) / 5.0).abs() < 1e-12, "{}", c.ece);
 }
 
 #[test]

@@ -35,17 +35,11 @@ fn scores_cover_every_id_and_candidate() {
         "{\"id\": 2, \"prompt\": \"Write a Python function that returns the n-th Fibonacci number, with tests.\"}\n",
         "{\"id\": \"c\", \"prompt\": \"Prove that there are infinitely many primes.\", \"extra\": true}\n",
     );
-    let pair = vec![
-        "gpt-4-1106-preview".to_owned(),
-        "mixtral-8x7b-instruct-v0.1".to_owned(),
-    ];
+    let pair = vec!["gpt-4-1106-preview".to_owned(), "mixtral-8x7b-instruct-v0.1".to_owned()];
     let opts = options(&dir, input, Some(pair.clone()));
     assert_eq!(run_score(&opts).expect("scores"), 3);
     let text = std::fs::read_to_string(&opts.output).expect("output");
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     let ids: Vec<&Value> = lines.iter().map(|l| &l["id"]).collect();
     assert_eq!(ids, [&Value::from("a"), &Value::from(2), &Value::from("c")]);
     for line in &lines {
@@ -68,12 +62,7 @@ fn default_candidates_are_the_priced_checkpoint_models() {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = options(&dir, "{\"id\": 1, \"prompt\": \"hello\"}\n", None);
     run_score(&opts).expect("scores");
-    let line: Value = serde_json::from_str(
-        std::fs::read_to_string(&opts.output)
-            .expect("output")
-            .trim(),
-    )
-    .expect("JSON");
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&opts.output).expect("output").trim()).expect("JSON");
     let models = line["quality"].as_object().expect("object");
     assert!(models.len() >= 10, "{}", models.len());
     assert!(models.contains_key("claude-2") && models.contains_key("gpt-3.5-turbo-1106"));
@@ -87,17 +76,12 @@ fn a_bad_line_is_an_error_naming_its_number() {
         ("{\"prompt\": \"no id\"}\n", "no `id`"),
         ("{\"id\": \"b\"}\n", "no `prompt`"),
         ("not json at all\n", "not JSON"),
-        (
-            "{\"id\": \"b\", \"prompt\": 7}\n",
-            "`prompt` must be a string",
-        ),
+        ("{\"id\": \"b\", \"prompt\": 7}\n", "`prompt` must be a string"),
         ("\n", "empty line"),
     ] {
         let opts = options(&dir, &format!("{good}{good}{bad}"), None);
         match run_score(&opts) {
-            Err(Error::Line {
-                line, reason: got, ..
-            }) => {
+            Err(Error::Line { line, reason: got, .. }) => {
                 assert_eq!(line, 3, "{bad:?}");
                 assert!(got.contains(reason), "{got}");
             }

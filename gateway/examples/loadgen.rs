@@ -62,88 +62,22 @@ fn parse_args() -> Args {
 }
 
 const WORDS: &[&str] = &[
-    "explain",
-    "how",
-    "to",
-    "implement",
-    "a",
-    "parser",
-    "for",
-    "JSON",
-    "in",
-    "Rust",
-    "with",
-    "error",
-    "recovery",
-    "and",
-    "what",
-    "is",
-    "the",
-    "best",
-    "way",
-    "cook",
-    "pasta",
-    "tomato",
-    "sauce",
-    "history",
-    "of",
-    "Rome",
-    "write",
-    "poem",
-    "about",
-    "autumn",
-    "leaves",
-    "compare",
-    "Python",
-    "Go",
-    "concurrency",
-    "models",
-    "why",
-    "sky",
-    "blue",
-    "summarise",
-    "this",
-    "article",
-    "on",
-    "climate",
-    "policy",
-    "translate",
-    "sentence",
-    "into",
-    "French",
-    "debug",
-    "my",
-    "SQL",
-    "query",
-    "joins",
-    "orders",
-    "customers",
-    "plan",
-    "trip",
-    "Japan",
-    "budget",
-    "travel",
-    "tips",
-    "prove",
-    "that",
-    "square",
-    "root",
-    "two",
-    "irrational",
+    "explain", "how", "to", "implement", "a", "parser", "for", "JSON", "in", "Rust", "with", "error",
+    "recovery", "and", "what", "is", "the", "best", "way", "cook", "pasta", "tomato", "sauce", "history",
+    "of", "Rome", "write", "poem", "about", "autumn", "leaves", "compare", "Python", "Go", "concurrency",
+    "models", "why", "sky", "blue", "summarise", "this", "article", "on", "climate", "policy", "translate",
+    "sentence", "into", "French", "debug", "my", "SQL", "query", "joins", "orders", "customers", "plan",
+    "trip", "Japan", "budget", "travel", "tips", "prove", "that", "square", "root", "two", "irrational",
 ];
 
 /// A prompt of ~`tokens` tokens that was never sent before: numbered by a counter, its words
 /// drawn from the counter mixed with a per-run `salt`.
 fn fresh_prompt(tokens: usize, n: u64, salt: u64) -> String {
-    let mut state = (n ^ salt)
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut state = (n ^ salt).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut words = Vec::with_capacity(tokens);
     words.push(format!("Request {n}:"));
     for _ in 0..tokens.saturating_sub(3) {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         words.push(WORDS[(state >> 33) as usize % WORDS.len()].to_owned());
     }
     words.join(" ")
@@ -266,10 +200,7 @@ async fn main() {
         .iter_mut()
         .map(|(kind, times)| {
             times.sort_by(f64::total_cmp);
-            (
-                kind.as_str(),
-                json!({"p50": percentile(times, 0.5), "p99": percentile(times, 0.99)}),
-            )
+            (kind.as_str(), json!({"p50": percentile(times, 0.5), "p99": percentile(times, 0.99)}))
         })
         .collect();
     let summary = json!({

@@ -39,15 +39,10 @@ async fn json_body<T: DeserializeOwned>(state: &AppState, body: Body) -> Result<
 }
 
 fn parse_id(id: &str) -> Result<Uuid, Error> {
-    id.parse()
-        .map_err(|_| Error::invalid_param("id", format!("`{id}` is not a key id")))
+    id.parse().map_err(|_| Error::invalid_param("id", format!("`{id}` is not a key id")))
 }
 
-pub async fn create(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Error> {
+pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     administrator(&state, &headers).await?;
     let new: NewKey = json_body(&state, body).await?;
     let (record, key) = create_key(&state.store, new).await?;
@@ -56,45 +51,26 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
-pub async fn list(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
+pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, Error> {
     administrator(&state, &headers).await?;
     let keys = state.store.list_keys().await?;
     Ok(axum::Json(json!({"object": "list", "data": keys})).into_response())
 }
 
-pub async fn update(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Error> {
+pub async fn update(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     administrator(&state, &headers).await?;
     let id = parse_id(&id)?;
     let change: KeyUpdate = json_body(&state, body).await?;
-    let record = update_key(&state.store, id, change)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no key with id {id}")))?;
+    let record = update_key(&state.store, id, change).await?.ok_or_else(|| Error::NotFound(format!("no key with id {id}")))?;
     Ok(axum::Json(record).into_response())
 }
 
-pub async fn revoke(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
+pub async fn revoke(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Error> {
     administrator(&state, &headers).await?;
     let id = parse_id(&id)?;
     if !state.store.set_key_enabled(id, false).await? {
         return Err(Error::NotFound(format!("no key with id {id}")));
     }
-    let record = state
-        .store
-        .list_keys()
-        .await?
-        .into_iter()
-        .find(|k| k.id == id);
+    let record = state.store.list_keys().await?.into_iter().find(|k| k.id == id);
     Ok(axum::Json(record).into_response())
 }

@@ -35,8 +35,8 @@ use crate::store::{Authenticator, LogHandle, LogStore, LogWriter, Store, WriterC
 use crate::tasks::Background;
 
 pub use crate::chat::{
-    HEADER_DECISION, HEADER_DECISION_MS, HEADER_MAX_COST, HEADER_MODEL, HEADER_REQUEST_ID,
-    HEADER_ROUTE, HEADER_TIMEOUT, HEADER_TRADEOFF,
+    HEADER_DECISION, HEADER_DECISION_MS, HEADER_MAX_COST, HEADER_MODEL, HEADER_REQUEST_ID, HEADER_ROUTE, HEADER_TIMEOUT,
+    HEADER_TRADEOFF,
 };
 
 /// Everything a request needs, built once at start.
@@ -82,10 +82,7 @@ impl AppState {
             .values()
             .any(|p| p.kind == ProviderKind::Mock && p.base_url.is_none());
         let mock_addr = if needs_mock {
-            let mock_config = config
-                .providers
-                .values()
-                .find(|p| p.kind == ProviderKind::Mock);
+            let mock_config = config.providers.values().find(|p| p.kind == ProviderKind::Mock);
             let options = MockOptions {
                 first_token_ms: mock_config.map(|p| p.mock_first_token_ms).unwrap_or(0),
                 per_token_ms: mock_config.map(|p| p.mock_per_token_ms).unwrap_or(0),
@@ -107,8 +104,7 @@ impl AppState {
             .filter(|key| !key.is_empty());
         let store = Store::open(&config.database)?;
         store.migrate().await?;
-        let log_writer =
-            LogWriter::spawn(store.clone(), WriterConfig::from_config(&config.database))?;
+        let log_writer = LogWriter::spawn(store.clone(), WriterConfig::from_config(&config.database))?;
         let open = config.auth.open.unwrap_or(master_key.is_none());
         let auth = Arc::new(Authenticator::new(
             store.clone(),
@@ -117,48 +113,28 @@ impl AppState {
             Duration::from_millis(config.auth.key_cache_ttl_ms),
             Duration::from_millis(config.auth.key_stale_ttl_ms),
         ));
-        tracing::info!(
-            database = store.backend(),
-            open_access = open,
-            "outcome log ready"
-        );
+        tracing::info!(database = store.backend(), open_access = open, "outcome log ready");
         let background = Background::new();
-        let routing =
-            RoutingEngine::start(config.router.clone(), &registry.models, &background).await?;
+        let routing = RoutingEngine::start(config.router.clone(), &registry.models, &background).await?;
         spawn_reload_on_sighup(&background, &routing);
         // The semantic cache embeds queries with the router's embedder.
-        let embedding_dim = if GatewayCache::wants_embedder(config) {
-            Some(routing.start_embedder().await?)
-        } else {
-            None
-        };
+        let embedding_dim = if GatewayCache::wants_embedder(config) { Some(routing.start_embedder().await?) } else { None };
         let audit_judge = match &config.cache.audit_judge {
-            Some(name) => match registry.resolve(name).map_err(|_| {
-                Error::Config(format!(
-                    "[cache] audit_judge `{name}` is not a configured model"
-                ))
-            })? {
-                crate::registry::Target::Model(model) => Some(crate::response_cache::AuditJudge {
-                    model,
-                    http: http.clone(),
-                }),
+            Some(name) => match registry
+                .resolve(name)
+                .map_err(|_| Error::Config(format!("[cache] audit_judge `{name}` is not a configured model")))?
+            {
+                crate::registry::Target::Model(model) => Some(crate::response_cache::AuditJudge { model, http: http.clone() }),
                 crate::registry::Target::Route(_) => {
-                    return Err(Error::Config(format!(
-                        "[cache] audit_judge `{name}` is a route; name a model"
-                    )))
+                    return Err(Error::Config(format!("[cache] audit_judge `{name}` is a route; name a model")))
                 }
             },
             None => None,
         };
-        let cache =
-            GatewayCache::build(config, &store, embedding_dim, &background, audit_judge).await?;
+        let cache = GatewayCache::build(config, &store, embedding_dim, &background, audit_judge).await?;
         // A local embedding model loads its weights in the background: the server is up at
         // once and the first `/v1/embeddings` request waits only for what is left.
-        if registry
-            .models
-            .values()
-            .any(|m| matches!(m.provider.as_ref(), crate::providers::Provider::Local))
-        {
+        if registry.models.values().any(|m| matches!(m.provider.as_ref(), crate::providers::Provider::Local)) {
             let warm = routing.clone();
             background.spawn_loop("embedder warm-up", async move {
                 if let Err(e) = warm.start_embedder().await {
@@ -200,9 +176,7 @@ impl AppState {
     /// connections are driven by that thread's runtime, so proxying never wakes another
     /// thread), else the shared one. Cloning is a reference-count increment.
     pub fn http(&self) -> reqwest::Client {
-        THREAD_HTTP
-            .with(|local| local.borrow().clone())
-            .unwrap_or_else(|| self.http.clone())
+        THREAD_HTTP.with(|local| local.borrow().clone()).unwrap_or_else(|| self.http.clone())
     }
 
     /// Stops the log writer after the server has drained: queued rows are written (or
@@ -238,17 +212,16 @@ fn models_body(config: &Config) -> Bytes {
         .models
         .iter()
         .map(|(name, model)| {
-            let owner = if model.provider == crate::config::LOCAL_PROVIDER {
-                "switchyard"
-            } else {
-                model.provider.as_str()
-            };
+            let owner = if model.provider == crate::config::LOCAL_PROVIDER { "switchyard" } else { model.provider.as_str() };
             json!({"id": name, "object": "model", "created": 0, "owned_by": owner})
         })
         .collect();
-    data.extend(config.routes.keys().map(
-        |name| json!({"id": name, "object": "model", "created": 0, "owned_by": "switchyard-route"}),
-    ));
+    data.extend(
+        config
+            .routes
+            .keys()
+            .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "switchyard-route"})),
+    );
     Bytes::from(json!({"object": "list", "data": data}).to_string())
 }
 
@@ -265,23 +238,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(crate::embeddings::embeddings))
         .route("/v1/responses", post(crate::responses::create))
         .route("/v1/messages", post(crate::messages::create))
-        .route(
-            "/admin/keys",
-            post(crate::admin::create).get(crate::admin::list),
-        )
-        .route(
-            "/admin/keys/{id}",
-            axum::routing::patch(crate::admin::update),
-        )
+        .route("/admin/keys", post(crate::admin::create).get(crate::admin::list))
+        .route("/admin/keys/{id}", axum::routing::patch(crate::admin::update))
         .route("/admin/keys/{id}/revoke", post(crate::admin::revoke))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/feedback", post(handlers::feedback))
         .route("/admin/reload", post(handlers::reload_selector))
         .route("/metrics", get(handlers::metrics))
-        .route(
-            "/health",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/ready", get(handlers::ready))
         .merge(crate::dashboard::router(dashboard))
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
@@ -299,26 +263,12 @@ const MAX_CLIENT_REQUEST_ID: usize = 128;
 /// (the chat span records it as `client_request_id`), else the gateway's request id. The
 /// gateway's id stays the key of the outcome log and of `/v1/feedback`: clients reuse their
 /// ids (retries, batch jobs), and a repeated key would lose a row.
-async fn echo_request_id(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let client_id = request
-        .headers()
-        .get(crate::chat::HEADER_CLIENT_REQUEST_ID)
-        .and_then(client_request_id)
-        .cloned();
+async fn echo_request_id(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let client_id = request.headers().get(crate::chat::HEADER_CLIENT_REQUEST_ID).and_then(client_request_id).cloned();
     let mut response = next.run(request).await;
-    let id = client_id.or_else(|| {
-        response
-            .headers()
-            .get(crate::chat::HEADER_REQUEST_ID)
-            .cloned()
-    });
+    let id = client_id.or_else(|| response.headers().get(crate::chat::HEADER_REQUEST_ID).cloned());
     if let Some(id) = id {
-        response
-            .headers_mut()
-            .insert(crate::chat::HEADER_CLIENT_REQUEST_ID, id);
+        response.headers_mut().insert(crate::chat::HEADER_CLIENT_REQUEST_ID, id);
     }
     response
 }
@@ -326,10 +276,7 @@ async fn echo_request_id(
 /// A client's `x-request-id` worth echoing and logging.
 pub(crate) fn client_request_id(value: &HeaderValue) -> Option<&HeaderValue> {
     let text = value.to_str().ok()?;
-    (!text.is_empty()
-        && text.len() <= MAX_CLIENT_REQUEST_ID
-        && text.bytes().all(|b| b.is_ascii_graphic()))
-    .then_some(value)
+    (!text.is_empty() && text.len() <= MAX_CLIENT_REQUEST_ID && text.bytes().all(|b| b.is_ascii_graphic())).then_some(value)
 }
 
 /// Reads the body up to the configured limit.
@@ -352,9 +299,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> 
 fn spawn_reload_on_sighup(background: &Background, routing: &Arc<RoutingEngine>) {
     #[cfg(unix)]
     {
-        let Ok(mut hangups) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
             return;
         };
         let routing = Arc::downgrade(routing);
@@ -385,11 +330,8 @@ impl Application {
         let state = Arc::new(AppState::build(config).await?);
         let addr = listen.unwrap_or(config.server.listen);
         let threads = config.server.per_core_threads();
-        let listeners = bind(addr, threads)
-            .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
-        let addr = listeners[0]
-            .local_addr()
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let listeners = bind(addr, threads).map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
+        let addr = listeners[0].local_addr().map_err(|e| Error::Internal(e.to_string()))?;
         Ok(Self {
             addr,
             listeners,
@@ -411,10 +353,7 @@ impl Application {
     /// Serves until `shutdown` resolves, lets in-flight requests finish for up to
     /// `[server] shutdown_grace_ms`, cuts the streams still open and answers 503 to requests
     /// still waiting upstream (both logged), then flushes the outcome log.
-    pub async fn run_until(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), Error> {
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Error> {
         /// How long cut streams get to send their last event and close.
         const AFTER_CUT: Duration = Duration::from_secs(2);
         /// How long background work (cache writes) gets to finish after the server stopped.
@@ -426,13 +365,7 @@ impl Application {
         let release = CancellationToken::new();
         let _release_on_exit = release.clone().drop_guard();
         let server = if self.per_core {
-            serve_per_core(
-                self.listeners,
-                self.router,
-                &self.state,
-                stop_accepting.clone(),
-                release.clone(),
-            )?
+            serve_per_core(self.listeners, self.router, &self.state, stop_accepting.clone(), release.clone())?
         } else {
             serve_shared(self.listeners, self.router, stop_accepting.clone())
         };
@@ -442,10 +375,7 @@ impl Application {
         let grace_over = async move {
             shutdown.await;
             stop.cancel();
-            tracing::info!(
-                grace_ms = grace.as_millis(),
-                "shutting down: draining in-flight requests"
-            );
+            tracing::info!(grace_ms = grace.as_millis(), "shutting down: draining in-flight requests");
             tokio::time::sleep(grace).await;
         };
         let served = tokio::select! {
@@ -487,11 +417,7 @@ fn bind(addr: SocketAddr, per_core: Option<usize>) -> std::io::Result<Vec<TcpLis
         drop(probe);
     }
     for _ in 0..count {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         socket.set_reuseaddr(true)?;
         if per_core.is_some() {
             socket.set_reuseport(true)?;
@@ -510,11 +436,7 @@ fn no_delay(tcp: &mut tokio::net::TcpStream) {
 }
 
 /// Every listener served on the runtime this is polled on; resolves when all have drained.
-fn serve_shared(
-    listeners: Vec<TcpListener>,
-    router: Router,
-    stop_accepting: CancellationToken,
-) -> ServersDone {
+fn serve_shared(listeners: Vec<TcpListener>, router: Router, stop_accepting: CancellationToken) -> ServersDone {
     let servers: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
@@ -546,19 +468,14 @@ fn serve_per_core(
 ) -> Result<ServersDone, Error> {
     let mut finished = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
-        let listener = listener
-            .into_std()
-            .map_err(|e| Error::Internal(format!("listener: {e}")))?;
+        let listener = listener.into_std().map_err(|e| Error::Internal(format!("listener: {e}")))?;
         let http = upstream_client(state.connect_timeout)?;
         let (router, stop, release) = (router.clone(), stop_accepting.clone(), release.clone());
         let (done, served) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
         std::thread::Builder::new()
             .name(format!("serve-{index}"))
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         let _ = done.send(Err(e));
@@ -591,9 +508,7 @@ fn serve_per_core(
     }
     Ok(Box::pin(async move {
         for served in finished {
-            served
-                .await
-                .map_err(|_| std::io::Error::other("a serving thread ended without a word"))??;
+            served.await.map_err(|_| std::io::Error::other("a serving thread ended without a word"))??;
         }
         Ok(())
     }))

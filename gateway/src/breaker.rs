@@ -51,19 +51,13 @@ impl Failure {
     /// health (a 400 caused by the request itself).
     pub fn of(error: &Error) -> Option<Self> {
         match error {
-            Error::Upstream {
-                status,
-                retry_after,
-                ..
-            } if status.as_u16() == 429 => {
+            Error::Upstream { status, retry_after, .. } if status.as_u16() == 429 => {
                 let secs = retry_after
                     .as_ref()
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .unwrap_or(1);
-                Some(Self::RateLimited {
-                    retry_after: Duration::from_secs(secs.min(300)),
-                })
+                Some(Self::RateLimited { retry_after: Duration::from_secs(secs.min(300)) })
             }
             Error::Upstream { status, .. } if status.is_server_error() => Some(Self::Unhealthy),
             Error::BadGateway(_) | Error::GatewayTimeout(_) => Some(Self::Unhealthy),
@@ -88,10 +82,7 @@ impl Breakers {
     }
 
     fn with<T>(&self, model: &str, f: impl FnOnce(&mut Breaker) -> T) -> T {
-        let mut models = self
-            .models
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         f(models.entry(model.to_owned()).or_default())
     }
 
@@ -137,11 +128,7 @@ impl Breakers {
                 b.probe_in_flight = false;
                 if probing || b.consecutive_failures >= threshold {
                     b.open_until = Some(now + open_for);
-                    tracing::warn!(
-                        model,
-                        failures = b.consecutive_failures,
-                        "circuit breaker open"
-                    );
+                    tracing::warn!(model, failures = b.consecutive_failures, "circuit breaker open");
                 }
             }
         });
@@ -199,12 +186,7 @@ mod tests {
     #[test]
     fn rate_limit_cools_down_without_opening() {
         let breakers = Breakers::new(1, Duration::from_secs(60));
-        breakers.record_failure(
-            "m",
-            Failure::RateLimited {
-                retry_after: Duration::from_millis(20),
-            },
-        );
+        breakers.record_failure("m", Failure::RateLimited { retry_after: Duration::from_millis(20) });
         assert_eq!(breakers.state("m"), BreakerState::Closed);
         assert!(!breakers.try_acquire("m"));
         std::thread::sleep(Duration::from_millis(25));

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use router_model::policy::{Exploration, ExplorationPolicy, Tradeoff};
 use serde::Deserialize;
+use router_model::policy::{Exploration, ExplorationPolicy, Tradeoff};
 
 use crate::error::Error;
 
@@ -57,24 +57,15 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self {
-            otlp_endpoint: None,
-            service_name: "switchyard".into(),
-        }
+        Self { otlp_endpoint: None, service_name: "switchyard".into() }
     }
 }
 
 impl TelemetryConfig {
     /// The exporter's settings, when traces are on.
     pub fn otlp(&self) -> Option<crate::telemetry::OtlpConfig> {
-        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .ok()
-            .filter(|e| !e.is_empty())
-            .or_else(|| self.otlp_endpoint.clone())?;
-        Some(crate::telemetry::OtlpConfig {
-            endpoint,
-            service_name: self.service_name.clone(),
-        })
+        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty()).or_else(|| self.otlp_endpoint.clone())?;
+        Some(crate::telemetry::OtlpConfig { endpoint, service_name: self.service_name.clone() })
     }
 }
 
@@ -123,10 +114,7 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// The Redis URL with an `env::NAME` reference resolved.
     pub fn resolved_redis_url(&self) -> Result<Option<String>, Error> {
-        self.redis_url
-            .as_deref()
-            .map(|url| resolve_env_ref("[limits] redis_url", url))
-            .transpose()
+        self.redis_url.as_deref().map(|url| resolve_env_ref("[limits] redis_url", url)).transpose()
     }
 }
 
@@ -218,8 +206,7 @@ impl DatabaseConfig {
 /// with passwords never sit in the config file).
 pub fn resolve_env_ref(setting: &str, value: &str) -> Result<String, Error> {
     match value.strip_prefix("env::") {
-        Some(var) => std::env::var(var)
-            .map_err(|_| Error::Config(format!("{setting}: env var `{var}` is not set"))),
+        Some(var) => std::env::var(var).map_err(|_| Error::Config(format!("{setting}: env var `{var}` is not set"))),
         None => Ok(value.to_owned()),
     }
 }
@@ -309,17 +296,11 @@ pub enum LogFormat {
 impl LogFormat {
     /// `SWITCHYARD_LOG_FORMAT` (`text` or `json`) when set, else `configured`.
     pub fn from_env_or(configured: Self) -> Result<Self, Error> {
-        match std::env::var("SWITCHYARD_LOG_FORMAT")
-            .ok()
-            .filter(|v| !v.is_empty())
-            .as_deref()
-        {
+        match std::env::var("SWITCHYARD_LOG_FORMAT").ok().filter(|v| !v.is_empty()).as_deref() {
             None => Ok(configured),
             Some("text") => Ok(Self::Text),
             Some("json") => Ok(Self::Json),
-            Some(other) => Err(Error::Config(format!(
-                "SWITCHYARD_LOG_FORMAT must be `text` or `json`, not `{other}`"
-            ))),
+            Some(other) => Err(Error::Config(format!("SWITCHYARD_LOG_FORMAT must be `text` or `json`, not `{other}`"))),
         }
     }
 }
@@ -507,9 +488,7 @@ fn default_tradeoff() -> Tradeoff {
 }
 
 /// Parses a route's trade-off once, when the config is read.
-fn tradeoff_from_text<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Tradeoff, D::Error> {
+fn tradeoff_from_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Tradeoff, D::Error> {
     let text = String::deserialize(deserializer)?;
     Tradeoff::parse_override(&text, Tradeoff::BALANCED).map_err(serde::de::Error::custom)
 }
@@ -631,38 +610,25 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), Error> {
-        if self
-            .server
-            .serving_threads
-            .is_some_and(|n| !(1..=256).contains(&n))
-        {
-            return Err(Error::Config(
-                "[server] serving_threads must be between 1 and 256".into(),
-            ));
+        if self.server.serving_threads.is_some_and(|n| !(1..=256).contains(&n)) {
+            return Err(Error::Config("[server] serving_threads must be between 1 and 256".into()));
         }
         if !(0.0..=0.5).contains(&self.router.challenger_share) {
-            return Err(Error::Config(
-                "[router] challenger_share must be between 0 and 0.5".into(),
-            ));
+            return Err(Error::Config("[router] challenger_share must be between 0 and 0.5".into()));
         }
         if self.database.batch_size == 0 || self.database.channel_capacity == 0 {
-            return Err(Error::Config(
-                "[database] batch_size and channel_capacity must be at least 1".into(),
-            ));
+            return Err(Error::Config("[database] batch_size and channel_capacity must be at least 1".into()));
         }
         for (name, provider) in &self.providers {
             if provider.kind != ProviderKind::Mock && provider.base_url.is_none() {
                 return Err(Error::Config(format!("provider `{name}` needs a base_url")));
             }
             if (provider.kind == ProviderKind::Azure) != provider.api_version.is_some() {
-                return Err(Error::Config(format!(
-                    "provider `{name}`: api_version is set for kind = \"azure\", and only for it"
-                )));
+                return Err(Error::Config(format!("provider `{name}`: api_version is set for kind = \"azure\", and only for it")));
             }
         }
         for (name, model) in &self.models {
-            let local =
-                model.provider == LOCAL_PROVIDER && !self.providers.contains_key(LOCAL_PROVIDER);
+            let local = model.provider == LOCAL_PROVIDER && !self.providers.contains_key(LOCAL_PROVIDER);
             if local && model.kind != ModelKind::Embedding {
                 return Err(Error::Config(format!(
                     "model `{name}`: provider `local` (the in-process embedder) serves embedding models only; add kind = \"embedding\""
@@ -680,9 +646,7 @@ impl Config {
                 )));
             }
             if model.kind == ModelKind::Embedding
-                && self.providers.get(&model.provider).is_some_and(|p| {
-                    matches!(p.kind, ProviderKind::Anthropic | ProviderKind::Gemini)
-                })
+                && self.providers.get(&model.provider).is_some_and(|p| matches!(p.kind, ProviderKind::Anthropic | ProviderKind::Gemini))
             {
                 return Err(Error::Config(format!("model `{name}`: embeddings are served by local, openai, azure and mock providers")));
             }
@@ -699,21 +663,15 @@ impl Config {
                 }
             }
             if model.retries > 10 {
-                return Err(Error::Config(format!(
-                    "model `{name}`: retries must be at most 10"
-                )));
+                return Err(Error::Config(format!("model `{name}`: retries must be at most 10")));
             }
             if model.retry_max_backoff_ms < model.retry_backoff_ms {
-                return Err(Error::Config(format!(
-                    "model `{name}`: retry_max_backoff_ms is below retry_backoff_ms"
-                )));
+                return Err(Error::Config(format!("model `{name}`: retry_max_backoff_ms is below retry_backoff_ms")));
             }
         }
         for (name, route) in &self.routes {
             if self.models.contains_key(name) {
-                return Err(Error::Config(format!(
-                    "`{name}` is both a model and a route"
-                )));
+                return Err(Error::Config(format!("`{name}` is both a model and a route")));
             }
             if route.candidates.is_empty() {
                 return Err(Error::Config(format!("route `{name}` has no candidates")));
@@ -734,22 +692,13 @@ impl Config {
                 }
             }
             if !(0.0..=1.0).contains(&route.exploration) {
-                return Err(Error::Config(format!(
-                    "route `{name}`: exploration must be within 0..1"
-                )));
+                return Err(Error::Config(format!("route `{name}`: exploration must be within 0..1")));
             }
             if !(route.exploration_temperature.is_finite() && route.exploration_temperature > 0.0) {
-                return Err(Error::Config(format!(
-                    "route `{name}`: exploration_temperature must be a positive number"
-                )));
+                return Err(Error::Config(format!("route `{name}`: exploration_temperature must be a positive number")));
             }
-            if route
-                .exploration_max_extra_cost_usd
-                .is_some_and(|c| !(c.is_finite() && c >= 0.0))
-            {
-                return Err(Error::Config(format!(
-                    "route `{name}`: exploration_max_extra_cost_usd must be a non-negative number"
-                )));
+            if route.exploration_max_extra_cost_usd.is_some_and(|c| !(c.is_finite() && c >= 0.0)) {
+                return Err(Error::Config(format!("route `{name}`: exploration_max_extra_cost_usd must be a non-negative number")));
             }
             if !route.candidates.contains(&route.default) {
                 return Err(Error::Config(format!(
@@ -809,26 +758,13 @@ mod tests {
 
     #[test]
     fn the_challenger_sits_beside_the_checkpoint_and_its_share_is_bounded() {
-        let config =
-            Config::from_toml("[router]\ncheckpoint = \"models/selector/live\"\n").expect("valid");
-        assert_eq!(
-            config.router.challenger_path(),
-            Some(PathBuf::from("models/selector/live.challenger"))
-        );
+        let config = Config::from_toml("[router]\ncheckpoint = \"models/selector/live\"\n").expect("valid");
+        assert_eq!(config.router.challenger_path(), Some(PathBuf::from("models/selector/live.challenger")));
         assert_eq!(config.router.challenger_share, DEFAULT_CHALLENGER_SHARE);
-        let named = Config::from_toml(
-            "[router]\nchallenger_checkpoint = \"/ckpt/c\"\nchallenger_share = 0.0\n",
-        )
-        .expect("valid");
-        assert_eq!(
-            named.router.challenger_path(),
-            Some(PathBuf::from("/ckpt/c"))
-        );
+        let named = Config::from_toml("[router]\nchallenger_checkpoint = \"/ckpt/c\"\nchallenger_share = 0.0\n").expect("valid");
+        assert_eq!(named.router.challenger_path(), Some(PathBuf::from("/ckpt/c")));
         for share in ["0.6", "-0.1"] {
-            let err = Config::from_toml(&format!("[router]\nchallenger_share = {share}\n"))
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let err = Config::from_toml(&format!("[router]\nchallenger_share = {share}\n")).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("challenger_share"), "{share}: {err}");
         }
     }

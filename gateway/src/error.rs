@@ -138,10 +138,7 @@ impl Error {
             Self::ModelNotAllowed(_) => "model_not_allowed",
             Self::NotFound(_) => "not_found",
             Self::RateLimited { .. } => "rate_limited",
-            Self::LimitExceeded {
-                kind: LimitKind::Budget,
-                ..
-            } => "budget_exceeded",
+            Self::LimitExceeded { kind: LimitKind::Budget, .. } => "budget_exceeded",
             Self::LimitExceeded { .. } => "rate_limit_exceeded",
             Self::LimiterUnavailable(_) => "limiter_unavailable",
             Self::ShuttingDown => "shutdown",
@@ -160,13 +157,8 @@ impl Error {
     /// The `Retry-After` a client should honour, if the error has one.
     pub fn retry_after(&self) -> Option<HeaderValue> {
         match self {
-            Self::RateLimited {
-                retry_after_secs: Some(secs),
-                ..
-            } => HeaderValue::from_str(&secs.to_string()).ok(),
-            Self::LimitExceeded {
-                retry_after_secs, ..
-            } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
+            Self::RateLimited { retry_after_secs: Some(secs), .. } => HeaderValue::from_str(&secs.to_string()).ok(),
+            Self::LimitExceeded { retry_after_secs, .. } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
             Self::Upstream { retry_after, .. } => retry_after.clone(),
             _ => None,
         }
@@ -180,23 +172,14 @@ impl Error {
                 ("invalid_request_error", None, Some("request_too_large"))
             }
             Self::Unauthorized => ("invalid_request_error", None, Some("invalid_api_key")),
-            Self::UnknownModel(_) => (
-                "invalid_request_error",
-                Some("model"),
-                Some("model_not_found"),
-            ),
-            Self::ModelNotAllowed(_) => {
-                ("permission_error", Some("model"), Some("model_not_allowed"))
-            }
+            Self::UnknownModel(_) => ("invalid_request_error", Some("model"), Some("model_not_found")),
+            Self::ModelNotAllowed(_) => ("permission_error", Some("model"), Some("model_not_allowed")),
             Self::NotFound(_) => ("invalid_request_error", None, Some("not_found")),
             Self::RateLimited { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
-            Self::LimitExceeded {
-                kind: LimitKind::Budget,
-                ..
-            } => ("rate_limit_exceeded", None, Some("budget_exceeded")),
-            Self::LimitExceeded { .. } => {
-                ("rate_limit_exceeded", None, Some("rate_limit_exceeded"))
+            Self::LimitExceeded { kind: LimitKind::Budget, .. } => {
+                ("rate_limit_exceeded", None, Some("budget_exceeded"))
             }
+            Self::LimitExceeded { .. } => ("rate_limit_exceeded", None, Some("rate_limit_exceeded")),
             Self::LimiterUnavailable(_) => ("api_error", None, Some("limiter_unavailable")),
             Self::ShuttingDown => ("api_error", None, Some("shutting_down")),
             Self::Upstream { kind, code, .. } => (kind.as_str(), None, code.as_deref()),
@@ -236,9 +219,6 @@ mod tests {
         assert_eq!(body["error"]["code"], "model_not_found");
         assert_eq!(body["error"]["param"], "model");
         assert_eq!(body["error"]["type"], "invalid_request_error");
-        assert!(body["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("nope"));
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains("nope"));
     }
 }

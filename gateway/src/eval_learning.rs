@@ -26,11 +26,7 @@ pub struct EvalLearningArgs {
     #[arg(long)]
     reference: Option<PathBuf>,
     /// Candidate models (the route's), comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "gpt-4-1106-preview,gpt-3.5-turbo-1106,mixtral-8x7b-instruct-v0.1"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "gpt-4-1106-preview,gpt-3.5-turbo-1106,mixtral-8x7b-instruct-v0.1")]
     candidates: Vec<String>,
     /// Rounds of serve → feedback → learn → reload → measure.
     #[arg(long, default_value_t = 3)]
@@ -107,38 +103,23 @@ pub struct EvalLearningArgs {
     #[arg(long, env = "SWITCHYARD_EMBEDDER_DIR")]
     embedder_dir: Option<PathBuf>,
     /// Embedding cache directory.
-    #[arg(
-        long,
-        env = "SWITCHYARD_EMBEDDING_CACHE",
-        default_value = ".cache/embeddings"
-    )]
+    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE", default_value = ".cache/embeddings")]
     cache_dir: PathBuf,
 }
 
 pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
     let spec: training::DatasetSpec = a.dataset.parse()?;
-    let candidates: Vec<String> = a
-        .candidates
-        .iter()
-        .map(|c| router_model::canonical_model_id(c.trim()))
-        .collect();
+    let candidates: Vec<String> = a.candidates.iter().map(|c| router_model::canonical_model_id(c.trim())).collect();
     let prices = evals::prices::PriceTable::builtin()?;
     let prices = candidates
         .iter()
-        .map(|c| {
-            prices
-                .get(c)
-                .with_context(|| format!("no price for {c} in evals/prices.toml"))
-        })
+        .map(|c| prices.get(c).with_context(|| format!("no price for {c} in evals/prices.toml")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let tradeoff = gateway::routing::parse_tradeoff(&a.tradeoff, Tradeoff::BALANCED)?;
     let exploration = if a.epsilon_greedy {
         Exploration::epsilon_greedy(a.exploration)
     } else {
-        Exploration {
-            policy: ExplorationPolicy::Softmax,
-            ..Exploration::softmax(a.temperature, a.exploration)
-        }
+        Exploration { policy: ExplorationPolicy::Softmax, ..Exploration::softmax(a.temperature, a.exploration) }
     };
     let plan = LoopPlan {
         candidates: candidates.clone(),
@@ -156,25 +137,9 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
         let spec = spec.clone();
         tokio::task::spawn_blocking(move || training::data::load(&spec)).await??
     };
-    let train = learning::prompts(
-        &dataset,
-        training::Split::Train,
-        &candidates,
-        a.train_limit,
-        a.seed,
-    );
-    let test = learning::prompts(
-        &dataset,
-        training::Split::Test,
-        &candidates,
-        a.test_limit,
-        a.seed ^ 1,
-    );
-    anyhow::ensure!(
-        !train.is_empty() && !test.is_empty(),
-        "{}: no prompts labelled for every candidate",
-        spec.path.display()
-    );
+    let train = learning::prompts(&dataset, training::Split::Train, &candidates, a.train_limit, a.seed);
+    let test = learning::prompts(&dataset, training::Split::Test, &candidates, a.test_limit, a.seed ^ 1);
+    anyhow::ensure!(!train.is_empty() && !test.is_empty(), "{}: no prompts labelled for every candidate", spec.path.display());
 
     // A fresh scratch directory: the loop replaces the active checkpoint and fills the log.
     let work = std::path::absolute(&a.work)?;
@@ -184,22 +149,11 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
     let active = work.join("active");
     learning::snapshot(&a.start, &active)?;
     let database = work.join("log.db");
-    let embedder_dir = a
-        .embedder_dir
-        .clone()
-        .or_else(|| Some(router_model::default_model_dir()))
-        .map(|d| std::path::absolute(&d).unwrap_or(d));
+    let embedder_dir = a.embedder_dir.clone().or_else(|| Some(router_model::default_model_dir())).map(|d| std::path::absolute(&d).unwrap_or(d));
 
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let store = ReplayStore::load(&spec.path)?;
-    let mock_addr = mock::spawn(
-        loopback,
-        MockOptions {
-            replay: Some(store),
-            ..MockOptions::default()
-        },
-    )
-    .await?;
+    let mock_addr = mock::spawn(loopback, MockOptions { replay: Some(store), ..MockOptions::default() }).await?;
     let toml = plan.gateway_config(mock_addr, &database, &active, embedder_dir.as_deref());
     let config = Config::from_toml(&toml).context("generated learning-loop config")?;
     let app = Application::build(&config, Some(loopback)).await?;
@@ -232,40 +186,22 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
     let snapshots: Vec<(String, PathBuf)> = std::iter::once(("start".to_owned(), a.start.clone()))
         .chain(report.rounds.iter().flat_map(|r| {
             [
-                (
-                    format!("round {}", r.round),
-                    work.join(format!("round-{}", r.round)),
-                ),
-                (
-                    format!("round {} challenger (not serving the test)", r.round),
-                    work.join(format!("round-{}-challenger", r.round)),
-                ),
+                (format!("round {}", r.round), work.join(format!("round-{}", r.round))),
+                (format!("round {} challenger (not serving the test)", r.round), work.join(format!("round-{}-challenger", r.round))),
             ]
         }))
-        .chain(
-            a.reference
-                .iter()
-                .map(|r| ("offline reference (every label)".to_owned(), r.clone())),
-        )
+        .chain(a.reference.iter().map(|r| ("offline reference (every label)".to_owned(), r.clone())))
         .collect();
     for (name, dir) in snapshots.iter().filter(|_| !a.skip_offline) {
         if !dir.join(router_model::checkpoint::META_FILE).is_file() {
             continue;
         }
-        let model = evals::ModelOptions {
-            checkpoint: dir.clone(),
-            embedder_dir: embedder_dir.clone(),
-            prices: None,
-        };
+        let model = evals::ModelOptions { checkpoint: dir.clone(), embedder_dir: embedder_dir.clone(), prices: None };
         let (spec, cache_dir, candidates) = (spec.clone(), a.cache_dir.clone(), candidates.clone());
-        let (aiq, quality, cost) = tokio::task::spawn_blocking(move || {
-            evals::learning::test_aiq(&model, &spec, &candidates, tradeoff, &cache_dir)
-        })
-        .await??;
+        let (aiq, quality, cost) =
+            tokio::task::spawn_blocking(move || evals::learning::test_aiq(&model, &spec, &candidates, tradeoff, &cache_dir)).await??;
         aiq_rows.push(serde_json::json!({"checkpoint": name, "aiq": aiq, "quality": quality, "cost_per_1k": cost}));
-        extra_rows.push_str(&format!(
-            "| {name} | {aiq:.4} | {quality:.4} | {cost:.4} |\n"
-        ));
+        extra_rows.push_str(&format!("| {name} | {aiq:.4} | {quality:.4} | {cost:.4} |\n"));
     }
     let extra = format!(
         "\n## Offline on the same test prompts\n\nAIQ: area under the quality–cost curve of the offline sweep over cost weights \
@@ -282,12 +218,7 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
     // The curve is the route's objective (what learning optimises): utility at the trade-off,
     // beside the best single model's and the offline reference's, on the same test prompts.
     let mut curve = vec![(0.0, report.start.utility)];
-    curve.extend(
-        report
-            .rounds
-            .iter()
-            .map(|r| (r.round as f64, r.test.utility)),
-    );
+    curve.extend(report.rounds.iter().map(|r| (r.round as f64, r.test.utility)));
     let mut references: Vec<(String, f64)> = report
         .singles
         .iter()
@@ -296,24 +227,15 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
     references.sort_by(|a, b| b.1.total_cmp(&a.1));
     references.truncate(1);
     for row in &aiq_rows {
-        if row["checkpoint"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("offline reference"))
-        {
+        if row["checkpoint"].as_str().is_some_and(|n| n.starts_with("offline reference")) {
             if let (Some(q), Some(c)) = (row["quality"].as_f64(), row["cost_per_1k"].as_f64()) {
-                references.push((
-                    "offline reference, every label".into(),
-                    tradeoff.utility(q, c / 1e3, 0.0),
-                ));
+                references.push(("offline reference, every label".into(), tradeoff.utility(q, c / 1e3, 0.0)));
             }
         }
     }
     evals::plots::learning_curve(
         &a.out.join("learning_curve.svg"),
-        &format!(
-            "{}: learning from the gateway's own traffic ({})",
-            report.dataset, a.tradeoff
-        ),
+        &format!("{}: learning from the gateway's own traffic ({})", report.dataset, a.tradeoff),
         &curve,
         &references,
     )?;

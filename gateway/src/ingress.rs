@@ -32,48 +32,27 @@ pub enum ChatBody {
 }
 
 /// Runs `chat` (a chat completion body) through the chat pipeline with the client's headers.
-pub async fn run_chat(
-    state: Arc<AppState>,
-    headers: HeaderMap,
-    chat: &Map<String, Value>,
-) -> Result<ChatAnswer, Error> {
+pub async fn run_chat(state: Arc<AppState>, headers: HeaderMap, chat: &Map<String, Value>) -> Result<ChatAnswer, Error> {
     let body = Body::from(serde_json::to_vec(chat).map_err(|e| Error::Internal(e.to_string()))?);
     let mut headers = headers;
     headers.remove(header::CONTENT_LENGTH);
     let answer = crate::chat::completions(State(state), headers, body).await?;
     let (parts, body) = answer.into_parts();
-    let request_id = parts
-        .headers
-        .get(HEADER_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .replace('-', "");
+    let request_id = parts.headers.get(HEADER_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().replace('-', "");
     let gateway_headers = parts
         .headers
         .iter()
         .filter(|(name, _)| name.as_str().starts_with("x-switchyard-"))
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
-    let streamed = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let streamed = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let body = if streamed {
         ChatBody::Stream(body)
     } else {
-        let bytes = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        ChatBody::Completion(
-            serde_json::from_slice(&bytes)
-                .map_err(|e| Error::BadGateway(format!("chat answer is not JSON: {e}")))?,
-        )
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| Error::Internal(e.to_string()))?;
+        ChatBody::Completion(serde_json::from_slice(&bytes).map_err(|e| Error::BadGateway(format!("chat answer is not JSON: {e}")))?)
     };
-    Ok(ChatAnswer {
-        gateway_headers,
-        request_id,
-        body,
-    })
+    Ok(ChatAnswer { gateway_headers, request_id, body })
 }
 
 /// What a chat stream says, chunk by chunk.
@@ -82,25 +61,14 @@ pub enum ChunkEvent {
     /// Answer text.
     Text(String),
     /// Token counts (the last chunk, since the translation asks for usage).
-    Usage {
-        prompt_tokens: u64,
-        completion_tokens: u64,
-    },
+    Usage { prompt_tokens: u64, completion_tokens: u64 },
     /// A piece of a tool call: the first piece of call `index` has its id and name, later
     /// ones more of its arguments.
-    ToolCall {
-        index: u64,
-        id: Option<String>,
-        name: Option<String>,
-        arguments: String,
-    },
+    ToolCall { index: u64, id: Option<String>, name: Option<String>, arguments: String },
     /// Why the answer ended (`stop`, `length`, …).
     Finish(String),
     /// The stream ended with an error (the chat pipeline's error event, or a broken body).
-    Failed {
-        message: String,
-        code: Option<String>,
-    },
+    Failed { message: String, code: Option<String> },
 }
 
 /// The chat chunks of `body` as events; ends at `[DONE]`, at the end of the body, or after a
@@ -158,9 +126,7 @@ pub fn completion_parts(completion: &Value) -> (&str, Option<&str>, u64, u64) {
         choice["message"]["content"].as_str().unwrap_or_default(),
         choice["finish_reason"].as_str(),
         completion["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-        completion["usage"]["completion_tokens"]
-            .as_u64()
-            .unwrap_or(0),
+        completion["usage"]["completion_tokens"].as_u64().unwrap_or(0),
     )
 }
 
@@ -175,7 +141,5 @@ pub fn chat_content(role: &str, parts: Vec<Value>) -> Value {
 }
 
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -43,11 +43,7 @@ pub fn verdict_messages(question: &str, reference: &str, candidate: &str) -> Val
 /// `Verdict: SAME` → true, `Verdict: DIFFERENT` → false (the last verdict in the reply).
 pub fn parse_verdict(reply: &str) -> Option<bool> {
     let at = reply.rfind("Verdict:")?;
-    let word: String = reply[at + "Verdict:".len()..]
-        .trim_start()
-        .chars()
-        .take_while(char::is_ascii_alphabetic)
-        .collect();
+    let word: String = reply[at + "Verdict:".len()..].trim_start().chars().take_while(char::is_ascii_alphabetic).collect();
     match word.to_ascii_uppercase().as_str() {
         "SAME" => Some(true),
         "DIFFERENT" => Some(false),
@@ -64,13 +60,7 @@ pub async fn same_answer(
     reference: &str,
     candidate: &str,
 ) -> Option<bool> {
-    match ask(
-        http,
-        judge,
-        verdict_messages(question, reference, candidate),
-    )
-    .await
-    {
+    match ask(http, judge, verdict_messages(question, reference, candidate)).await {
         Ok(reply) => reply.as_deref().and_then(parse_verdict),
         Err(e) => {
             tracing::warn!(error = %e, "cache audit judge call failed");
@@ -80,31 +70,14 @@ pub async fn same_answer(
 }
 
 /// How long a judge may take: it answers offline work or an audit the client does not wait on.
-const JUDGE_TIMEOUTS: CallTimeouts = CallTimeouts {
-    first_byte: Duration::from_secs(60),
-    body: Duration::from_secs(120),
-};
+const JUDGE_TIMEOUTS: CallTimeouts = CallTimeouts { first_byte: Duration::from_secs(60), body: Duration::from_secs(120) };
 
 /// One deterministic (temperature 0) call of the judge model with `messages`; its reply's
 /// text (`None` for a reply without text).
-async fn ask(
-    http: &reqwest::Client,
-    judge: &crate::registry::ModelEntry,
-    messages: Value,
-) -> Result<Option<String>, Error> {
+async fn ask(http: &reqwest::Client, judge: &crate::registry::ModelEntry, messages: Value) -> Result<Option<String>, Error> {
     let body = json!({"model": judge.upstream_model, "messages": messages, "temperature": 0});
     let request = ChatRequest::parse(body.to_string().as_bytes())?;
-    match judge
-        .provider
-        .chat(
-            http,
-            &request,
-            &judge.upstream_model,
-            &HeaderMap::new(),
-            JUDGE_TIMEOUTS,
-        )
-        .await?
-    {
+    match judge.provider.chat(http, &request, &judge.upstream_model, &HeaderMap::new(), JUDGE_TIMEOUTS).await? {
         UpstreamResponse::Json { body, .. } => Ok(crate::openai::answer_text(&body)),
         UpstreamResponse::Stream(_) => Ok(None),
     }
@@ -135,10 +108,7 @@ pub fn judge_messages(prompt: &str, answer: &str) -> Value {
 pub fn parse_score(reply: &str) -> Option<f64> {
     let at = reply.rfind("Score:")?;
     let rest = reply[at + "Score:".len()..].trim_start();
-    let number: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
+    let number: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
     let value: f64 = number.parse().ok()?;
     (0.0..=10.0).contains(&value).then_some(value / 10.0)
 }
@@ -151,17 +121,13 @@ pub async fn run(config: &Config, model: Option<&str>, limit: usize) -> Result<J
         .ok_or_else(|| Error::Config("no judge model: set [judge] model or pass --model".into()))?;
     let registry = Registry::build(config, None)?;
     let Target::Model(judge) = registry.resolve(&name)? else {
-        return Err(Error::Config(format!(
-            "judge `{name}` is a route; name a model"
-        )));
+        return Err(Error::Config(format!("judge `{name}` is a route; name a model")));
     };
     let store = Store::open(&config.database)?;
     store.migrate().await?;
     let http = reqwest::Client::new();
     let mut report = JudgeReport::default();
-    let rows = store
-        .unrated_answers(SOURCE, i64::try_from(limit).unwrap_or(i64::MAX))
-        .await?;
+    let rows = store.unrated_answers(SOURCE, i64::try_from(limit).unwrap_or(i64::MAX)).await?;
     for (request_id, prompt, answer) in rows {
         report.considered += 1;
         let reply = match ask(&http, &judge, judge_messages(&prompt, &answer)).await {
@@ -182,14 +148,7 @@ pub async fn run(config: &Config, model: Option<&str>, limit: usize) -> Result<J
                 request_id,
                 score,
                 source: SOURCE.into(),
-                comment: Some(format!(
-                    "{name}: {}",
-                    reply
-                        .unwrap_or_default()
-                        .chars()
-                        .take(200)
-                        .collect::<String>()
-                )),
+                comment: Some(format!("{name}: {}", reply.unwrap_or_default().chars().take(200).collect::<String>())),
                 created_at: crate::store::now(),
             })
             .await?;
@@ -206,20 +165,11 @@ mod tests {
     #[test]
     fn reads_the_verdict_and_refuses_what_is_not_one() {
         assert_eq!(parse_verdict("Verdict: SAME"), Some(true));
-        assert_eq!(
-            parse_verdict("They differ in the year.\nVerdict: different"),
-            Some(false)
-        );
+        assert_eq!(parse_verdict("They differ in the year.\nVerdict: different"), Some(false));
         assert_eq!(parse_verdict("Verdict: maybe"), None);
         assert_eq!(parse_verdict("SAME"), None);
-        let prompt = verdict_messages("q", "r", "c")[1]["content"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_default();
-        assert!(
-            prompt.contains("<reference>\nr\n</reference>")
-                && prompt.ends_with(VERDICT_INSTRUCTION)
-        );
+        let prompt = verdict_messages("q", "r", "c")[1]["content"].as_str().map(str::to_owned).unwrap_or_default();
+        assert!(prompt.contains("<reference>\nr\n</reference>") && prompt.ends_with(VERDICT_INSTRUCTION));
     }
 
     #[test]

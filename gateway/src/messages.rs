@@ -22,14 +22,12 @@ use serde_json::{json, Map, Value};
 
 use crate::app::{read_body, AppState};
 use crate::error::Error;
-use crate::ingress::{
-    chat_content, chunk_events, completion_parts, run_chat, ChatBody, ChunkEvent,
-};
+use crate::ingress::{chat_content, chunk_events, completion_parts, run_chat, ChatBody, ChunkEvent};
 
 /// The chat completion body for a Messages request.
 pub fn to_chat(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
-    let request: Map<String, Value> = serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid(format!("request body is not a JSON object: {e}")))?;
+    let request: Map<String, Value> =
+        serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("request body is not a JSON object: {e}")))?;
     let mut chat = Map::new();
     let mut messages = Vec::new();
     for (field, value) in &request {
@@ -37,16 +35,9 @@ pub fn to_chat(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
             "model" if value.as_str().is_some_and(|m| !m.is_empty()) => {
                 chat.insert("model".into(), value.clone());
             }
-            "model" => {
-                return Err(Error::invalid_param(
-                    "model",
-                    "`model` must be a non-empty string",
-                ))
-            }
+            "model" => return Err(Error::invalid_param("model", "`model` must be a non-empty string")),
             "max_tokens" => {
-                let n = value.as_u64().filter(|n| *n > 0).ok_or_else(|| {
-                    Error::invalid_param("max_tokens", "`max_tokens` must be a positive integer")
-                })?;
+                let n = value.as_u64().filter(|n| *n > 0).ok_or_else(|| Error::invalid_param("max_tokens", "`max_tokens` must be a positive integer"))?;
                 chat.insert("max_tokens".into(), json!(n));
             }
             "temperature" | "top_p" => {
@@ -56,21 +47,13 @@ pub fn to_chat(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
                 chat.insert(field.clone(), value.clone());
             }
             "stop_sequences" => {
-                if !value
-                    .as_array()
-                    .is_some_and(|stops| stops.iter().all(Value::is_string))
-                {
-                    return Err(Error::invalid_param(
-                        "stop_sequences",
-                        "`stop_sequences` must be an array of strings",
-                    ));
+                if !value.as_array().is_some_and(|stops| stops.iter().all(Value::is_string)) {
+                    return Err(Error::invalid_param("stop_sequences", "`stop_sequences` must be an array of strings"));
                 }
                 chat.insert("stop".into(), value.clone());
             }
             "stream" => {
-                let stream = value
-                    .as_bool()
-                    .ok_or_else(|| Error::invalid_param("stream", "`stream` must be a boolean"))?;
+                let stream = value.as_bool().ok_or_else(|| Error::invalid_param("stream", "`stream` must be a boolean"))?;
                 chat.insert("stream".into(), json!(stream));
                 if stream {
                     chat.insert("stream_options".into(), json!({"include_usage": true}));
@@ -82,54 +65,30 @@ pub fn to_chat(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
                 }
             }
             "system" => match value {
-                Value::String(text) => {
-                    messages.insert(0, json!({"role": "system", "content": text}))
-                }
+                Value::String(text) => messages.insert(0, json!({"role": "system", "content": text})),
                 Value::Array(blocks) => {
                     let text = blocks
                         .iter()
-                        .map(|b| {
-                            b.get("text").and_then(Value::as_str).ok_or_else(|| {
-                                Error::invalid_param(
-                                    "system",
-                                    "`system` blocks must be text blocks",
-                                )
-                            })
-                        })
+                        .map(|b| b.get("text").and_then(Value::as_str).ok_or_else(|| Error::invalid_param("system", "`system` blocks must be text blocks")))
                         .collect::<Result<Vec<_>, _>>()?
                         .join("\n");
                     messages.insert(0, json!({"role": "system", "content": text}));
                 }
-                _ => {
-                    return Err(Error::invalid_param(
-                        "system",
-                        "`system` must be a string or text blocks",
-                    ))
-                }
+                _ => return Err(Error::invalid_param("system", "`system` must be a string or text blocks")),
             },
             "messages" => {}
             "tools" | "tool_choice" => {
-                return Err(Error::invalid_param(
-                    "tools",
-                    "tools are not supported on /v1/messages yet; use /v1/chat/completions",
-                ))
+                return Err(Error::invalid_param("tools", "tools are not supported on /v1/messages yet; use /v1/chat/completions"))
             }
             "top_k" | "service_tier" | "thinking" | "container" | "mcp_servers" => {}
-            _ => {
-                return Err(Error::invalid(format!(
-                    "unknown or unsupported field `{field}`"
-                )))
-            }
+            _ => return Err(Error::invalid(format!("unknown or unsupported field `{field}`"))),
         }
     }
     if !chat.contains_key("model") {
         return Err(Error::invalid_param("model", "`model` is required"));
     }
     if !chat.contains_key("max_tokens") {
-        return Err(Error::invalid_param(
-            "max_tokens",
-            "`max_tokens` is required",
-        ));
+        return Err(Error::invalid_param("max_tokens", "`max_tokens` is required"));
     }
     match request.get("messages") {
         Some(Value::Array(turns)) if !turns.is_empty() => {
@@ -137,12 +96,7 @@ pub fn to_chat(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
                 messages.push(message(turn)?);
             }
         }
-        _ => {
-            return Err(Error::invalid_param(
-                "messages",
-                "`messages` must be a non-empty array",
-            ))
-        }
+        _ => return Err(Error::invalid_param("messages", "`messages` must be a non-empty array")),
     }
     chat.insert("messages".into(), Value::Array(messages));
     Ok(chat)
@@ -162,55 +116,30 @@ fn message(turn: &Value) -> Result<Value, Error> {
             for block in blocks {
                 parts.push(match block.get("type").and_then(Value::as_str) {
                     Some("text") => {
-                        let text = block
-                            .get("text")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| bad("a text block needs `text`".into()))?;
+                        let text = block.get("text").and_then(Value::as_str).ok_or_else(|| bad("a text block needs `text`".into()))?;
                         json!({"type": "text", "text": text})
                     }
                     Some("image") => {
                         let source = &block["source"];
                         let url = match source["type"].as_str() {
-                            Some("base64") => {
-                                match (source["media_type"].as_str(), source["data"].as_str()) {
-                                    (Some(media), Some(data)) => {
-                                        format!("data:{media};base64,{data}")
-                                    }
-                                    _ => {
-                                        return Err(bad(
-                                            "a base64 image needs `media_type` and `data`".into(),
-                                        ))
-                                    }
-                                }
-                            }
-                            Some("url") => source["url"]
-                                .as_str()
-                                .ok_or_else(|| bad("a url image needs `url`".into()))?
-                                .to_owned(),
+                            Some("base64") => match (source["media_type"].as_str(), source["data"].as_str()) {
+                                (Some(media), Some(data)) => format!("data:{media};base64,{data}"),
+                                _ => return Err(bad("a base64 image needs `media_type` and `data`".into())),
+                            },
+                            Some("url") => source["url"].as_str().ok_or_else(|| bad("a url image needs `url`".into()))?.to_owned(),
                             _ => return Err(bad("an image source must be base64 or url".into())),
                         };
                         json!({"type": "image_url", "image_url": {"url": url}})
                     }
                     Some(kind @ ("tool_use" | "tool_result")) => {
-                        return Err(bad(format!(
-                            "`{kind}` blocks are not supported on /v1/messages yet"
-                        )))
+                        return Err(bad(format!("`{kind}` blocks are not supported on /v1/messages yet")))
                     }
-                    other => {
-                        return Err(bad(format!(
-                            "content blocks of type `{}` are not supported",
-                            other.unwrap_or("?")
-                        )))
-                    }
+                    other => return Err(bad(format!("content blocks of type `{}` are not supported", other.unwrap_or("?")))),
                 });
             }
             chat_content(role, parts)
         }
-        _ => {
-            return Err(bad(
-                "each message needs `content`: a string or content blocks".into(),
-            ))
-        }
+        _ => return Err(bad("each message needs `content`: a string or content blocks".into())),
     };
     Ok(json!({"role": role, "content": content}))
 }
@@ -262,27 +191,18 @@ pub fn error_response(error: &Error) -> Response {
 }
 
 /// The handler.
-pub async fn create(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     match serve(state, headers, body).await {
         Ok(response) => response,
         Err(error) => error_response(&error),
     }
 }
 
-async fn serve(
-    state: Arc<AppState>,
-    mut headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Error> {
+async fn serve(state: Arc<AppState>, mut headers: HeaderMap, body: Body) -> Result<Response, Error> {
     // Anthropic clients send the key as `x-api-key`; the chat pipeline reads bearer keys.
     if !headers.contains_key(header::AUTHORIZATION) {
         if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-            let mut bearer =
-                HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::Unauthorized)?;
+            let mut bearer = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::Unauthorized)?;
             bearer.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, bearer);
         }
@@ -290,11 +210,7 @@ async fn serve(
     state.auth.authenticate(&headers).await?;
     let bytes = read_body(body, state.max_body_bytes).await?;
     let chat = to_chat(&bytes)?;
-    let model = chat
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let model = chat.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
     let answer = run_chat(state, headers, &chat).await?;
     let id = format!("msg_{}", answer.request_id);
     let mut response = match answer.body {
@@ -303,11 +219,7 @@ async fn serve(
             .header(header::CACHE_CONTROL, "no-cache")
             .body(Body::from_stream(translate_stream(body, id, model)))
             .map_err(|e| Error::Internal(e.to_string()))?,
-        ChatBody::Completion(completion) => (
-            StatusCode::OK,
-            axum::Json(from_completion(&completion, &id, &model)),
-        )
-            .into_response(),
+        ChatBody::Completion(completion) => (StatusCode::OK, axum::Json(from_completion(&completion, &id, &model))).into_response(),
     };
     response.headers_mut().extend(answer.gateway_headers);
     Ok(response)
@@ -318,11 +230,7 @@ fn event(kind: &str, body: Value) -> Bytes {
 }
 
 /// Chat chunks → Anthropic stream events.
-fn translate_stream(
-    body: Body,
-    id: String,
-    model: String,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+fn translate_stream(body: Body, id: String, model: String) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
     async_stream::stream! {
         let start = json!({
             "type": "message_start",
@@ -380,18 +288,9 @@ mod tests {
             ],
         }))
         .expect("ok");
-        assert_eq!(
-            out["messages"][0],
-            json!({"role": "system", "content": "Be brief"})
-        );
-        assert_eq!(
-            out["messages"][1]["content"][1]["image_url"]["url"],
-            "data:image/png;base64,AAAA"
-        );
-        assert_eq!(
-            out["messages"][2],
-            json!({"role": "assistant", "content": "Seen"})
-        );
+        assert_eq!(out["messages"][0], json!({"role": "system", "content": "Be brief"}));
+        assert_eq!(out["messages"][1]["content"][1]["image_url"]["url"], "data:image/png;base64,AAAA");
+        assert_eq!(out["messages"][2], json!({"role": "assistant", "content": "Seen"}));
         assert_eq!(out["stop"], json!(["END"]));
         assert_eq!(out["max_tokens"], 64);
     }
@@ -409,32 +308,13 @@ mod tests {
             }
             body
         };
-        assert_eq!(
-            param(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})),
-            Some("max_tokens")
-        );
-        assert_eq!(
-            param(json!({"max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})),
-            Some("model")
-        );
+        assert_eq!(param(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})), Some("max_tokens"));
+        assert_eq!(param(json!({"max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})), Some("model"));
         assert_eq!(param(ok(json!({"messages": []}))), Some("messages"));
         assert_eq!(param(ok(json!({"tools": [{"name": "f"}]}))), Some("tools"));
-        assert_eq!(
-            param(ok(
-                json!({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]})
-            )),
-            Some("messages")
-        );
-        assert_eq!(
-            param(ok(
-                json!({"messages": [{"role": "system", "content": "x"}]})
-            )),
-            Some("messages")
-        );
-        assert_eq!(
-            param(ok(json!({"stop_sequences": "END"}))),
-            Some("stop_sequences")
-        );
+        assert_eq!(param(ok(json!({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]}))), Some("messages"));
+        assert_eq!(param(ok(json!({"messages": [{"role": "system", "content": "x"}]}))), Some("messages"));
+        assert_eq!(param(ok(json!({"stop_sequences": "END"}))), Some("stop_sequences"));
     }
 
     #[test]

@@ -7,8 +7,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::outcome::RequestOutcome;
@@ -46,111 +45,62 @@ pub struct Metrics {
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
-const DECISION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-];
+const DECISION_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5];
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new_custom(Some("switchyard".into()), None)?;
     let labels = &["route", "model", "provider", "status"];
     let request_duration = HistogramVec::new(
-        HistogramOpts::new("request_duration_seconds", "Time from request to last byte")
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new("request_duration_seconds", "Time from request to last byte").buckets(LATENCY_BUCKETS.to_vec()),
         labels,
     )?;
     let first_token = HistogramVec::new(
-        HistogramOpts::new(
-            "time_to_first_token_seconds",
-            "Time from request to the first answer byte",
-        )
-        .buckets(LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new("time_to_first_token_seconds", "Time from request to the first answer byte")
+            .buckets(LATENCY_BUCKETS.to_vec()),
         labels,
     )?;
-    let tokens = IntCounterVec::new(
-        Opts::new("tokens_total", "Tokens by direction"),
-        &["route", "model", "direction"],
-    )?;
-    let cost_usd = prometheus::CounterVec::new(
-        Opts::new("cost_usd_total", "Upstream cost in USD"),
-        &["route", "model"],
-    )?;
-    let cache_results = IntCounterVec::new(
-        Opts::new("cache_results_total", "Cache lookups by result"),
-        &["result"],
-    )?;
+    let tokens = IntCounterVec::new(Opts::new("tokens_total", "Tokens by direction"), &["route", "model", "direction"])?;
+    let cost_usd = prometheus::CounterVec::new(Opts::new("cost_usd_total", "Upstream cost in USD"), &["route", "model"])?;
+    let cache_results = IntCounterVec::new(Opts::new("cache_results_total", "Cache lookups by result"), &["result"])?;
     let decisions = IntCounterVec::new(
-        Opts::new(
-            "routing_decisions_total",
-            "Routing decisions by kind (selected, explored, shed, default)",
-        ),
+        Opts::new("routing_decisions_total", "Routing decisions by kind (selected, explored, shed, default)"),
         &["route", "kind"],
     )?;
     let decision_seconds = HistogramVec::new(
-        HistogramOpts::new(
-            "routing_decision_seconds",
-            "Embedding + scoring time per routed request",
-        )
-        .buckets(DECISION_BUCKETS.to_vec()),
+        HistogramOpts::new("routing_decision_seconds", "Embedding + scoring time per routed request")
+            .buckets(DECISION_BUCKETS.to_vec()),
         &["route"],
     )?;
-    let embed_queue_depth = IntGauge::new(
-        "embed_queue_depth",
-        "Requests waiting for the embedding thread",
-    )?;
+    let embed_queue_depth = IntGauge::new("embed_queue_depth", "Requests waiting for the embedding thread")?;
     let embed_cache_hits = IntGauge::new("embed_cache_hits", "Embedding LRU hits since start")?;
     let embed_rejected = prometheus::IntGaugeVec::new(
-        Opts::new(
-            "embed_rejected",
-            "Embedding requests refused since start (the decision was shed)",
-        ),
+        Opts::new("embed_rejected", "Embedding requests refused since start (the decision was shed)"),
         &["reason"],
     )?;
     let embed_batches = IntGauge::new("embed_batches", "Embedding forward passes since start")?;
     let embed_texts = IntGauge::new("embed_texts", "Texts embedded by the model since start")?;
     let cache_entries = prometheus::IntGaugeVec::new(
-        Opts::new(
-            "cache_entries",
-            "Response-cache entries held in this process",
-        ),
+        Opts::new("cache_entries", "Response-cache entries held in this process"),
         &["tier"],
     )?;
     let breaker_state = GaugeVec::new(
-        Opts::new(
-            "breaker_open",
-            "1 when a model's circuit breaker is open or half-open",
-        ),
+        Opts::new("breaker_open", "1 when a model's circuit breaker is open or half-open"),
         &["model", "state"],
     )?;
-    let log_rows = GaugeVec::new(
-        Opts::new("log_rows", "Outcome log rows by what became of them"),
-        &["outcome"],
-    )?;
-    let log_queued = IntGauge::new(
-        "log_writer_queued_rows",
-        "Rows waiting in the log writer's channel (lag)",
-    )?;
-    let db_pool_connections = GaugeVec::new(
-        Opts::new("db_pool_connections", "Database pool connections"),
-        &["state"],
-    )?;
-    let selector_loaded = GaugeVec::new(
-        Opts::new("selector_checkpoint_info", "Loaded selector checkpoints"),
-        &["role", "version"],
-    )?;
+    let log_rows = GaugeVec::new(Opts::new("log_rows", "Outcome log rows by what became of them"), &["outcome"])?;
+    let log_queued = IntGauge::new("log_writer_queued_rows", "Rows waiting in the log writer's channel (lag)")?;
+    let db_pool_connections =
+        GaugeVec::new(Opts::new("db_pool_connections", "Database pool connections"), &["state"])?;
+    let selector_loaded =
+        GaugeVec::new(Opts::new("selector_checkpoint_info", "Loaded selector checkpoints"), &["role", "version"])?;
     let up = Gauge::new("up", "1 while the gateway runs")?;
     up.set(1.0);
     let limit_rejections = IntCounterVec::new(
-        Opts::new(
-            "limit_rejections_total",
-            "Requests refused by a limit (kind: rpm, tpm, budget; scope: key, tenant)",
-        ),
+        Opts::new("limit_rejections_total", "Requests refused by a limit (kind: rpm, tpm, budget; scope: key, tenant)"),
         &["kind", "scope"],
     )?;
     let limit_backend_errors = IntCounterVec::new(
-        Opts::new(
-            "limit_backend_errors_total",
-            "Rate limiter backend calls that failed or timed out",
-        ),
+        Opts::new("limit_backend_errors_total", "Rate limiter backend calls that failed or timed out"),
         &["op"],
     )?;
     for collector in [
@@ -216,32 +166,17 @@ impl Metrics {
     pub fn observe(&self, outcome: &RequestOutcome) {
         let route = outcome.route.as_deref().unwrap_or("");
         let status = outcome.status.to_string();
-        let labels = [
-            route,
-            outcome.model.as_str(),
-            outcome.provider.as_str(),
-            status.as_str(),
-        ];
-        self.request_duration
-            .with_label_values(&labels)
-            .observe(outcome.latency_ms / 1e3);
+        let labels = [route, outcome.model.as_str(), outcome.provider.as_str(), status.as_str()];
+        self.request_duration.with_label_values(&labels).observe(outcome.latency_ms / 1e3);
         if let Some(first) = outcome.first_token_ms {
-            self.first_token
-                .with_label_values(&labels)
-                .observe(first / 1e3);
+            self.first_token.with_label_values(&labels).observe(first / 1e3);
         }
         if let Some(usage) = outcome.usage {
-            self.tokens
-                .with_label_values(&[route, &outcome.model, "prompt"])
-                .inc_by(usage.prompt_tokens);
-            self.tokens
-                .with_label_values(&[route, &outcome.model, "completion"])
-                .inc_by(usage.completion_tokens);
+            self.tokens.with_label_values(&[route, &outcome.model, "prompt"]).inc_by(usage.prompt_tokens);
+            self.tokens.with_label_values(&[route, &outcome.model, "completion"]).inc_by(usage.completion_tokens);
         }
         if let Some(cost) = outcome.cost_usd {
-            self.cost_usd
-                .with_label_values(&[route, &outcome.model])
-                .inc_by(cost);
+            self.cost_usd.with_label_values(&[route, &outcome.model]).inc_by(cost);
         }
         if let Some(result) = outcome.cache_result {
             self.cache_results.with_label_values(&[result]).inc();
@@ -251,9 +186,7 @@ impl Metrics {
                 self.decisions.with_label_values(&[route, kind]).inc();
             }
             if let Some(ms) = details.decision_ms {
-                self.decision_seconds
-                    .with_label_values(&[route])
-                    .observe(ms / 1e3);
+                self.decision_seconds.with_label_values(&[route]).observe(ms / 1e3);
             }
         }
     }

@@ -30,18 +30,8 @@ impl ChatRequest {
         };
         let model = match body.get("model") {
             Some(Value::String(model)) if !model.is_empty() => model.clone(),
-            Some(_) => {
-                return Err(Error::invalid_param(
-                    "model",
-                    "`model` must be a non-empty string",
-                ))
-            }
-            None => {
-                return Err(Error::invalid_param(
-                    "model",
-                    "you must provide a model parameter",
-                ))
-            }
+            Some(_) => return Err(Error::invalid_param("model", "`model` must be a non-empty string")),
+            None => return Err(Error::invalid_param("model", "you must provide a model parameter")),
         };
         match body.get("messages") {
             Some(Value::Array(messages)) if !messages.is_empty() => {
@@ -56,23 +46,10 @@ impl ChatRequest {
                 }
             }
             Some(Value::Array(_)) => {
-                return Err(Error::invalid_param(
-                    "messages",
-                    "`messages` must not be empty",
-                ))
+                return Err(Error::invalid_param("messages", "`messages` must not be empty"))
             }
-            Some(_) => {
-                return Err(Error::invalid_param(
-                    "messages",
-                    "`messages` must be an array",
-                ))
-            }
-            None => {
-                return Err(Error::invalid_param(
-                    "messages",
-                    "missing required parameter: `messages`",
-                ))
-            }
+            Some(_) => return Err(Error::invalid_param("messages", "`messages` must be an array")),
+            None => return Err(Error::invalid_param("messages", "missing required parameter: `messages`")),
         }
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
@@ -199,19 +176,10 @@ mod tests {
     fn bad_requests_name_the_parameter() {
         assert_eq!(error_param(r#"{"messages":[]}"#).as_deref(), Some("model"));
         assert_eq!(error_param(r#"{"model":"m"}"#).as_deref(), Some("messages"));
+        assert_eq!(error_param(r#"{"model":"m","messages":[]}"#).as_deref(), Some("messages"));
+        assert_eq!(error_param(r#"{"model":"m","messages":[{"content":"x"}]}"#).as_deref(), Some("messages"));
         assert_eq!(
-            error_param(r#"{"model":"m","messages":[]}"#).as_deref(),
-            Some("messages")
-        );
-        assert_eq!(
-            error_param(r#"{"model":"m","messages":[{"content":"x"}]}"#).as_deref(),
-            Some("messages")
-        );
-        assert_eq!(
-            error_param(
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#
-            )
-            .as_deref(),
+            error_param(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#).as_deref(),
             Some("stream")
         );
         assert_eq!(error_param("{not json").as_deref(), None);

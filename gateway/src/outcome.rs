@@ -157,13 +157,7 @@ impl RequestOutcome {
         }
     }
 
-    pub fn finish_ok(
-        &mut self,
-        usage: Option<Usage>,
-        model: &ModelEntry,
-        started: Instant,
-        first_token_ms: Option<f64>,
-    ) {
+    pub fn finish_ok(&mut self, usage: Option<Usage>, model: &ModelEntry, started: Instant, first_token_ms: Option<f64>) {
         self.status = 200;
         self.usage = usage;
         self.cost_usd = usage.map(|u| model.cost_usd(u.prompt_tokens, u.completion_tokens));
@@ -190,10 +184,7 @@ impl RequestOutcome {
 
     fn record(&mut self) {
         if let (Some(admission), Some(usage)) = (self.limits.0.take(), self.usage) {
-            admission.charge(
-                usage.prompt_tokens.saturating_add(usage.completion_tokens),
-                self.cost_usd.unwrap_or(0.0),
-            );
+            admission.charge(usage.prompt_tokens.saturating_add(usage.completion_tokens), self.cost_usd.unwrap_or(0.0));
         }
         if let Some(log) = self.log.0.take() {
             crate::metrics::METRICS.observe(self);

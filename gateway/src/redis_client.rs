@@ -68,8 +68,7 @@ impl BoundedRedis {
             Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
         };
         if result.is_err() {
-            self.skip_until_ms
-                .store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
+            self.skip_until_ms.store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
         }
         result
     }

@@ -120,50 +120,31 @@ impl Registry {
             };
             let mut headers = HeaderMap::new();
             for (key, value) in &provider.headers {
-                let key = HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
-                    Error::Config(format!("provider `{name}`: invalid header name `{key}`"))
-                })?;
-                let value = HeaderValue::from_str(value).map_err(|_| {
-                    Error::Config(format!("provider `{name}`: invalid header value"))
-                })?;
+                let key = HeaderName::from_bytes(key.as_bytes())
+                    .map_err(|_| Error::Config(format!("provider `{name}`: invalid header name `{key}`")))?;
+                let value = HeaderValue::from_str(value)
+                    .map_err(|_| Error::Config(format!("provider `{name}`: invalid header value")))?;
                 headers.insert(key, value);
             }
             let client = match provider.kind {
                 ProviderKind::Openai => {
                     let base_url = provider.base_url.as_deref().unwrap_or_default();
-                    Provider::OpenAi(OpenAiProvider::new(
-                        base_url,
-                        api_key.as_deref(),
-                        headers,
-                        false,
-                    )?)
+                    Provider::OpenAi(OpenAiProvider::new(base_url, api_key.as_deref(), headers, false)?)
                 }
                 ProviderKind::Mock => {
                     let base_url = match (&provider.base_url, mock_addr) {
                         (Some(url), _) => url.clone(),
                         (None, Some(addr)) => format!("http://{addr}/v1"),
                         (None, None) => {
-                            return Err(Error::Config(format!(
-                                "provider `{name}`: mock upstream is not running"
-                            )))
+                            return Err(Error::Config(format!("provider `{name}`: mock upstream is not running")))
                         }
                     };
-                    Provider::OpenAi(OpenAiProvider::new(
-                        &base_url,
-                        api_key.as_deref(),
-                        headers,
-                        true,
-                    )?)
+                    Provider::OpenAi(OpenAiProvider::new(&base_url, api_key.as_deref(), headers, true)?)
                 }
                 ProviderKind::Azure => {
                     let base_url = provider.base_url.as_deref().unwrap_or_default();
                     let version = provider.api_version.as_deref().unwrap_or_default();
-                    Provider::OpenAi(OpenAiProvider::azure(
-                        base_url,
-                        version,
-                        api_key.as_deref(),
-                        headers,
-                    )?)
+                    Provider::OpenAi(OpenAiProvider::azure(base_url, version, api_key.as_deref(), headers)?)
                 }
                 ProviderKind::Gemini => {
                     let base_url = provider.base_url.as_deref().unwrap_or_default();
@@ -171,11 +152,7 @@ impl Registry {
                 }
                 ProviderKind::Anthropic => {
                     let base_url = provider.base_url.as_deref().unwrap_or_default();
-                    Provider::Anthropic(AnthropicProvider::new(
-                        base_url,
-                        api_key.as_deref(),
-                        headers,
-                    )?)
+                    Provider::Anthropic(AnthropicProvider::new(base_url, api_key.as_deref(), headers)?)
                 }
             };
             providers.insert(name.clone(), Arc::new(client));
@@ -220,11 +197,7 @@ impl Registry {
             let resolved = model
                 .fallbacks
                 .iter()
-                .map(|f| {
-                    models.get(f).cloned().ok_or_else(|| {
-                        Error::Config(format!("model `{name}`: unknown fallback `{f}`"))
-                    })
-                })
+                .map(|f| models.get(f).cloned().ok_or_else(|| Error::Config(format!("model `{name}`: unknown fallback `{f}`"))))
                 .collect::<Result<Vec<_>, _>>()?;
             fallbacks.insert(name.clone(), resolved);
         }
@@ -232,15 +205,12 @@ impl Registry {
         let mut routes = HashMap::new();
         for (name, route) in &config.routes {
             let lookup = |model: &String| {
-                models.get(model).cloned().ok_or_else(|| {
-                    Error::Config(format!("route `{name}`: unknown model `{model}`"))
-                })
+                models
+                    .get(model)
+                    .cloned()
+                    .ok_or_else(|| Error::Config(format!("route `{name}`: unknown model `{model}`")))
             };
-            let candidates = route
-                .candidates
-                .iter()
-                .map(lookup)
-                .collect::<Result<Vec<_>, _>>()?;
+            let candidates = route.candidates.iter().map(lookup).collect::<Result<Vec<_>, _>>()?;
             let default = lookup(&route.default)?;
             routes.insert(
                 name.clone(),
@@ -251,20 +221,12 @@ impl Registry {
                     tradeoff: route.tradeoff,
                     exploration: route.exploration(),
                     min_advantage: route.min_advantage,
-                    first_byte_timeout: route
-                        .first_byte_timeout_ms
-                        .map(std::time::Duration::from_millis),
-                    request_timeout: route
-                        .request_timeout_ms
-                        .map(std::time::Duration::from_millis),
+                    first_byte_timeout: route.first_byte_timeout_ms.map(std::time::Duration::from_millis),
+                    request_timeout: route.request_timeout_ms.map(std::time::Duration::from_millis),
                 }),
             );
         }
-        Ok(Self {
-            models,
-            fallbacks,
-            routes,
-        })
+        Ok(Self { models, fallbacks, routes })
     }
 
     /// A directly named model's fallbacks, in order (none unless configured).
@@ -293,14 +255,10 @@ impl Registry {
     pub fn resolve_embedding(&self, name: &str) -> Result<Arc<ModelEntry>, Error> {
         match self.models.get(name) {
             Some(model) if model.kind == ModelKind::Embedding => Ok(model.clone()),
-            Some(_) => Err(Error::invalid_param(
-                "model",
-                format!("`{name}` is a chat model, not an embedding model"),
-            )),
-            None if self.routes.contains_key(name) => Err(Error::invalid_param(
-                "model",
-                format!("`{name}` is a chat route, not an embedding model"),
-            )),
+            Some(_) => Err(Error::invalid_param("model", format!("`{name}` is a chat model, not an embedding model"))),
+            None if self.routes.contains_key(name) => {
+                Err(Error::invalid_param("model", format!("`{name}` is a chat route, not an embedding model")))
+            }
             None => Err(Error::UnknownModel(name.to_owned())),
         }
     }
@@ -313,11 +271,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_and_stops_at_the_cap() {
-        let policy = RetryPolicy {
-            retries: 5,
-            backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(300),
-        };
+        let policy = RetryPolicy { retries: 5, backoff: Duration::from_millis(100), max_backoff: Duration::from_millis(300) };
         assert_eq!(policy.backoff(1, 0.0), Duration::from_millis(50));
         assert_eq!(policy.backoff(1, 1.0), Duration::from_millis(100));
         assert_eq!(policy.backoff(2, 0.5), Duration::from_millis(150));

@@ -12,14 +12,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cache::calibration::{answers_agree, CalibrationStatus, Calibrator, Evidence, Verdict};
 use cache::{
-    eligibility, exact_key, now_ms, semantic_scope, CachedAnswer, Digest, Eligibility, HitVerifier,
-    RequestParts, ResponseCache, SemanticHit, SemanticMiss, Settings, StoredEntry,
+    eligibility, exact_key, now_ms, semantic_scope, CachedAnswer, Digest, Eligibility, HitVerifier, RequestParts,
+    ResponseCache, SemanticHit, SemanticMiss, Settings, StoredEntry,
 };
 
 use crate::config::{resolve_env_ref, Config};
+use crate::redis_client::BoundedRedis;
 use crate::error::Error;
 use crate::openai::ChatRequest;
-use crate::redis_client::BoundedRedis;
 use crate::sse::SseParser;
 use crate::store::cache_entries::CalibrationRecord;
 use crate::store::Store;
@@ -88,11 +88,7 @@ impl SharedTier {
 
     async fn get(&self, digest: &Digest) -> Option<SharedEntry> {
         let key = self.key(digest);
-        let value: Option<String> = match self
-            .redis
-            .call(|mut c| async move { redis::AsyncCommands::get(&mut c, key).await })
-            .await
-        {
+        let value: Option<String> = match self.redis.call(|mut c| async move { redis::AsyncCommands::get(&mut c, key).await }).await {
             Ok(value) => value,
             Err(e) => {
                 tracing::debug!(error = %e, "shared cache tier unavailable");
@@ -103,15 +99,11 @@ impl SharedTier {
     }
 
     async fn set(&self, digest: &Digest, entry: &SharedEntry, ttl_ms: u64) {
-        let (key, Ok(value)) = (self.key(digest), serde_json::to_string(entry)) else {
-            return;
-        };
-        let result: Result<(), String> =
-            self.redis
-                .call(|mut c| async move {
-                    redis::AsyncCommands::pset_ex(&mut c, key, value, ttl_ms).await
-                })
-                .await;
+        let (key, Ok(value)) = (self.key(digest), serde_json::to_string(entry)) else { return };
+        let result: Result<(), String> = self
+            .redis
+            .call(|mut c| async move { redis::AsyncCommands::pset_ex(&mut c, key, value, ttl_ms).await })
+            .await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "answer not shared through Redis");
         }
@@ -149,9 +141,7 @@ impl GatewayCache {
     pub fn wants_embedder(config: &Config) -> bool {
         let settings = &config.cache;
         settings.semantic
-            && (!settings.require_verifier
-                || settings.verifier.is_some()
-                || std::path::Path::new(DEFAULT_VERIFIER_DIR).exists())
+            && (!settings.require_verifier || settings.verifier.is_some() || std::path::Path::new(DEFAULT_VERIFIER_DIR).exists())
     }
 
     /// Builds the cache when `[cache]` turns a tier on; loads persisted entries.
@@ -166,57 +156,33 @@ impl GatewayCache {
         if !settings.exact && !settings.semantic {
             return Ok(None);
         }
-        let verifier = if settings.semantic {
-            load_verifier(settings.verifier.clone())?
-        } else {
-            None
-        };
-        let semantic_possible =
-            settings.semantic && (verifier.is_some() || !settings.require_verifier);
+        let verifier = if settings.semantic { load_verifier(settings.verifier.clone())? } else { None };
+        let semantic_possible = settings.semantic && (verifier.is_some() || !settings.require_verifier);
         if settings.semantic && !semantic_possible {
             tracing::warn!("semantic cache: no verifier checkpoint; only exact hits are served (set [cache] verifier or require_verifier = false)");
         }
-        let embedding_dim = if semantic_possible {
-            embedding_dim.unwrap_or(0)
-        } else {
-            0
-        };
+        let embedding_dim = if semantic_possible { embedding_dim.unwrap_or(0) } else { 0 };
         let cache = ResponseCache::new(settings.clone(), embedding_dim, verifier)
             .map_err(|e| Error::Config(e.to_string()))?;
         let store = settings.persist.then(|| store.clone());
         let shared = match &settings.redis_url {
             Some(url) => {
                 let url = resolve_env_ref("[cache] redis_url", url)?;
-                let redis =
-                    BoundedRedis::open(&url, Duration::from_millis(settings.redis_timeout_ms))
-                        .map_err(|e| Error::Config(format!("[cache] redis_url: {e}")))?;
-                Some(SharedTier {
-                    redis,
-                    prefix: settings.redis_prefix.clone(),
-                })
+                let redis = BoundedRedis::open(&url, Duration::from_millis(settings.redis_timeout_ms))
+                    .map_err(|e| Error::Config(format!("[cache] redis_url: {e}")))?;
+                Some(SharedTier { redis, prefix: settings.redis_prefix.clone() })
             }
             None => None,
         };
-        let this = Arc::new(Self {
-            cache,
-            shared,
-            store,
-            background: background.clone(),
-            calibrator: Calibrator::new(),
-            audit_judge,
-        });
+        let this = Arc::new(Self { cache, shared, store, background: background.clone(), calibrator: Calibrator::new(), audit_judge });
         if let Some(store) = &this.store {
             let started = now_ms();
             match store.load_cache_entries(started, 0).await {
                 Ok(entries) => {
-                    let loaded = this
-                        .cache
-                        .restore(entries.into_iter().map(|(entry, _)| entry), now_ms());
+                    let loaded = this.cache.restore(entries.into_iter().map(|(entry, _)| entry), now_ms());
                     tracing::info!(loaded, "response cache restored from the database");
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not load the response cache; starting cold")
-                }
+                Err(e) => tracing::warn!(error = %e, "could not load the response cache; starting cold"),
             }
             if settings.semantic && semantic_possible {
                 match store.load_calibration().await {
@@ -224,31 +190,19 @@ impl GatewayCache {
                         let loaded = records.len();
                         for r in records {
                             let evidence = Evidence::parse(&r.evidence).unwrap_or(Evidence::Audit);
-                            this.calibrator
-                                .restore(&r.scope, r.score as f32, r.wrong, evidence);
+                            this.calibrator.restore(&r.scope, r.score as f32, r.wrong, evidence);
                         }
                         tracing::info!(loaded, "semantic cache calibration evidence restored");
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not load the cache's calibration evidence; bounds learn again")
-                    }
+                    Err(e) => tracing::warn!(error = %e, "could not load the cache's calibration evidence; bounds learn again"),
                 }
             }
             if settings.refresh_ms > 0 {
-                spawn_refresh(
-                    background,
-                    Arc::downgrade(&this),
-                    Duration::from_millis(settings.refresh_ms),
-                    started,
-                );
+                spawn_refresh(background, Arc::downgrade(&this), Duration::from_millis(settings.refresh_ms), started);
             }
         }
         spawn_purge(background, Arc::downgrade(&this));
-        tracing::info!(
-            exact = settings.exact,
-            semantic = this.cache.semantic_enabled(),
-            "response cache on"
-        );
+        tracing::info!(exact = settings.exact, semantic = this.cache.semantic_enabled(), "response cache on");
         Ok(Some(this))
     }
 
@@ -261,19 +215,11 @@ impl GatewayCache {
         (self.cache.exact_len(), self.cache.semantic_len())
     }
 
-    pub fn plan(
-        &self,
-        request: &ChatRequest,
-        tenant: Option<&str>,
-        is_route: bool,
-        headers: &HeaderMap,
-    ) -> CachePlan {
+    pub fn plan(&self, request: &ChatRequest, tenant: Option<&str>, is_route: bool, headers: &HeaderMap) -> CachePlan {
         let config = self.cache.config();
         let parts = RequestParts::from_body(&request.body);
         let settings = config.settings(&request.model, tenant);
-        let cache_control = headers
-            .get(header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok());
+        let cache_control = headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
         let eligibility = eligibility(config, &settings, &parts, cache_control);
         let tenant_key = tenant.unwrap_or("");
         let semantic = eligibility.semantic
@@ -283,18 +229,10 @@ impl GatewayCache {
             settings,
             eligibility,
             exact_key: exact_key(tenant_key, &parts),
-            scope: if semantic {
-                semantic_scope(tenant_key, &parts)
-            } else {
-                None
-            },
+            scope: if semantic { semantic_scope(tenant_key, &parts) } else { None },
             tenant: tenant.map(str::to_owned),
             semantic,
-            wrong_hit_bound: if semantic {
-                config.wrong_hit_bound(&request.model, tenant)
-            } else {
-                None
-            },
+            wrong_hit_bound: if semantic { config.wrong_hit_bound(&request.model, tenant) } else { None },
             audit: None,
         }
     }
@@ -324,17 +262,9 @@ impl GatewayCache {
         self.cache.lookup_exact(&plan.exact_key, now)
     }
 
-    pub fn lookup_semantic(
-        &self,
-        plan: &CachePlan,
-        embedding: &[f32],
-        query: &str,
-    ) -> Result<SemanticHit, SemanticMiss> {
+    pub fn lookup_semantic(&self, plan: &CachePlan, embedding: &[f32], query: &str) -> Result<SemanticHit, SemanticMiss> {
         match (&plan.scope, plan.eligibility.read) {
-            (Some(scope), true) => {
-                self.cache
-                    .lookup_semantic(scope, embedding, query, &plan.settings, now_ms())
-            }
+            (Some(scope), true) => self.cache.lookup_semantic(scope, embedding, query, &plan.settings, now_ms()),
             _ => Err(SemanticMiss::NoNeighbour),
         }
     }
@@ -342,36 +272,17 @@ impl GatewayCache {
     /// Whether a semantic candidate the verifier passed is served. Under a wrong-hit bound
     /// the calibrator decides; an audited candidate is remembered in `plan` and checked
     /// against the upstream's answer when that is stored.
-    pub fn admit_semantic_hit(
-        &self,
-        plan: &mut CachePlan,
-        hit: &SemanticHit,
-        request_id: uuid::Uuid,
-    ) -> bool {
-        let Some((scope, bound)) = plan.wrong_hit_bound.clone() else {
-            return true;
-        };
+    pub fn admit_semantic_hit(&self, plan: &mut CachePlan, hit: &SemanticHit, request_id: uuid::Uuid) -> bool {
+        let Some((scope, bound)) = plan.wrong_hit_bound.clone() else { return true };
         // Without a verifier (require_verifier = false) the cosine is the score to calibrate.
         let score = hit.verifier_score.unwrap_or(hit.cosine);
-        match self.calibrator.decide(
-            &scope,
-            bound,
-            score,
-            self.cache.config().audit_share,
-            rand::random::<f64>(),
-        ) {
+        match self.calibrator.decide(&scope, bound, score, self.cache.config().audit_share, rand::random::<f64>()) {
             Verdict::Serve => {
-                self.calibrator
-                    .remember_served(request_id.as_u128(), &scope, bound, score);
+                self.calibrator.remember_served(request_id.as_u128(), &scope, bound, score);
                 true
             }
             Verdict::Audit => {
-                plan.audit = Some(Audit {
-                    scope,
-                    bound,
-                    score,
-                    cached: hit.answer.clone(),
-                });
+                plan.audit = Some(Audit { scope, bound, score, cached: hit.answer.clone() });
                 false
             }
         }
@@ -386,23 +297,10 @@ impl GatewayCache {
     }
 
     /// Records evidence for a bound, and keeps it in the database off the request path.
-    fn observe(
-        self: &Arc<Self>,
-        scope: &str,
-        bound: f64,
-        score: f32,
-        wrong: bool,
-        evidence: Evidence,
-    ) {
-        self.calibrator
-            .observe(scope, bound, score, wrong, evidence);
+    fn observe(self: &Arc<Self>, scope: &str, bound: f64, score: f32, wrong: bool, evidence: Evidence) {
+        self.calibrator.observe(scope, bound, score, wrong, evidence);
         if let Some(store) = self.store.clone() {
-            let record = CalibrationRecord {
-                scope: scope.to_owned(),
-                score: f64::from(score),
-                wrong,
-                evidence: evidence.as_str().to_owned(),
-            };
+            let record = CalibrationRecord { scope: scope.to_owned(), score: f64::from(score), wrong, evidence: evidence.as_str().to_owned() };
             self.background.spawn_work(async move {
                 if let Err(e) = store.save_calibration(&record, now_ms()).await {
                     tracing::debug!(error = %e, "cache calibration evidence not persisted");
@@ -416,33 +314,15 @@ impl GatewayCache {
     /// request path (without one, different words count as a wrong hit).
     fn check_audit(self: &Arc<Self>, audit: &Audit, fresh: &CachedAnswer, question: &str) {
         let (Some(cached), Some(fresh)) = (audit.cached.text(), fresh.text()) else {
-            self.observe(
-                &audit.scope,
-                audit.bound,
-                audit.score,
-                true,
-                Evidence::Audit,
-            );
+            self.observe(&audit.scope, audit.bound, audit.score, true, Evidence::Audit);
             return;
         };
         if answers_agree(&cached, &fresh) {
-            self.observe(
-                &audit.scope,
-                audit.bound,
-                audit.score,
-                false,
-                Evidence::Audit,
-            );
+            self.observe(&audit.scope, audit.bound, audit.score, false, Evidence::Audit);
             return;
         }
         let Some(judge) = &self.audit_judge else {
-            self.observe(
-                &audit.scope,
-                audit.bound,
-                audit.score,
-                true,
-                Evidence::Audit,
-            );
+            self.observe(&audit.scope, audit.bound, audit.score, true, Evidence::Audit);
             return;
         };
         let (this, question) = (self.clone(), question.to_owned());
@@ -450,9 +330,7 @@ impl GatewayCache {
         let (model, http) = (judge.model.clone(), judge.http.clone());
         self.background.spawn_work(async move {
             // No verdict (the judge failed or said nothing readable): no evidence either way.
-            if let Some(same) =
-                crate::judge::same_answer(&http, &model, &question, &fresh, &cached).await
-            {
+            if let Some(same) = crate::judge::same_answer(&http, &model, &question, &fresh, &cached).await {
                 this.observe(&scope, bound, score, !same, Evidence::Audit);
             }
         });
@@ -465,13 +343,7 @@ impl GatewayCache {
 
     /// Keeps an answer: in memory now, in the database on a spawned task. An audited
     /// candidate's cached answer is compared with it first.
-    pub fn store(
-        self: &Arc<Self>,
-        plan: &CachePlan,
-        answer: CachedAnswer,
-        embedding: Option<&[f32]>,
-        query: String,
-    ) {
+    pub fn store(self: &Arc<Self>, plan: &CachePlan, answer: CachedAnswer, embedding: Option<&[f32]>, query: String) {
         if let Some(audit) = &plan.audit {
             self.check_audit(audit, &answer, &query);
         }
@@ -496,10 +368,7 @@ impl GatewayCache {
             let tenant = plan.tenant.clone();
             self.background.spawn_work(async move {
                 if let (Some(shared), true) = (&this.shared, this.cache.config().exact) {
-                    let value = SharedEntry {
-                        answer: entry.answer.clone(),
-                        expires_at_ms: entry.expires_at_ms,
-                    };
+                    let value = SharedEntry { answer: entry.answer.clone(), expires_at_ms: entry.expires_at_ms };
                     shared.set(&entry.exact_key, &value, ttl_ms).await;
                 }
                 if let Some(store) = &this.store {
@@ -518,10 +387,7 @@ fn load_verifier(dir: Option<PathBuf>) -> Result<Option<Arc<dyn HitVerifier>>, E
     let dir = dir.unwrap_or_else(|| PathBuf::from(DEFAULT_VERIFIER_DIR));
     if !dir.exists() {
         if explicit {
-            return Err(Error::Config(format!(
-                "[cache] verifier {} does not exist",
-                dir.display()
-            )));
+            return Err(Error::Config(format!("[cache] verifier {} does not exist", dir.display())));
         }
         return Ok(None);
     }
@@ -552,20 +418,14 @@ fn spawn_purge(background: &Background, cache: Weak<GatewayCache>) {
 /// Loads what other replicas persisted since the last look, so their answers (semantic ones
 /// too, which the Redis tier does not carry) become hits here without a restart. An entry
 /// already held with the same expiry is skipped; a newer version of a key replaces it.
-fn spawn_refresh(
-    background: &Background,
-    cache: Weak<GatewayCache>,
-    every: Duration,
-    restored_at_ms: u64,
-) {
+fn spawn_refresh(background: &Background, cache: Weak<GatewayCache>, every: Duration, restored_at_ms: u64) {
     background.spawn_loop("cache refresh", async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut since_ms = restored_at_ms.saturating_sub(REFRESH_OVERLAP_MS);
         // Expiry of every key read in the overlap window, to skip re-inserting it.
-        let mut seen: std::collections::HashMap<Digest, (u64, u64)> =
-            std::collections::HashMap::new();
+        let mut seen: std::collections::HashMap<Digest, (u64, u64)> = std::collections::HashMap::new();
         loop {
             tick.tick().await;
             let Some(cache) = cache.upgrade() else { break };
@@ -575,10 +435,7 @@ fn spawn_refresh(
                 Ok(entries) => {
                     let mut loaded = 0usize;
                     for (entry, created_at_ms) in entries {
-                        if seen
-                            .get(&entry.exact_key)
-                            .is_some_and(|&(expires, _)| expires == entry.expires_at_ms)
-                        {
+                        if seen.get(&entry.exact_key).is_some_and(|&(expires, _)| expires == entry.expires_at_ms) {
                             continue;
                         }
                         seen.insert(entry.exact_key, (entry.expires_at_ms, created_at_ms));
@@ -605,32 +462,20 @@ pub enum HitKind<'a> {
 
 /// The response for a cache hit: the stored body, or its chunks replayed as an SSE stream.
 /// `None` when the entry lacks the form the client wants (then the request goes upstream).
-pub fn hit_response(
-    answer: &CachedAnswer,
-    request: &ChatRequest,
-    kind: &HitKind<'_>,
-) -> Option<Response> {
+pub fn hit_response(answer: &CachedAnswer, request: &ChatRequest, kind: &HitKind<'_>) -> Option<Response> {
     let mut response = if request.stream {
         let events = answer.sse_events(request.client_wants_usage);
         if events.len() <= 1 {
             return None;
         }
-        let stream = futures_util::stream::iter(
-            events
-                .into_iter()
-                .map(Ok::<Bytes, std::convert::Infallible>),
-        );
+        let stream = futures_util::stream::iter(events.into_iter().map(Ok::<Bytes, std::convert::Infallible>));
         Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
             .header(header::CACHE_CONTROL, "no-cache")
             .body(Body::from_stream(stream))
             .ok()?
     } else {
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            answer.json_body()?,
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, "application/json")], answer.json_body()?).into_response()
     };
     let headers = response.headers_mut();
     match kind {
@@ -642,10 +487,7 @@ pub fn hit_response(
             if let Ok(v) = HeaderValue::from_str(&format!("{:.4}", hit.cosine)) {
                 headers.insert(HEADER_CACHE_SIMILARITY, v);
             }
-            if let Some(v) = hit
-                .verifier_score
-                .and_then(|s| HeaderValue::from_str(&format!("{s:.4}")).ok())
-            {
+            if let Some(v) = hit.verifier_score.and_then(|s| HeaderValue::from_str(&format!("{s:.4}")).ok()) {
                 headers.insert(HEADER_CACHE_VERIFIER, v);
             }
         }
@@ -663,12 +505,7 @@ pub struct StreamCapture {
 
 impl StreamCapture {
     pub fn new() -> Self {
-        Self {
-            parser: SseParser::new(),
-            payloads: Vec::new(),
-            bytes: 0,
-            overflowed: false,
-        }
+        Self { parser: SseParser::new(), payloads: Vec::new(), bytes: 0, overflowed: false }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {

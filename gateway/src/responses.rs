@@ -24,9 +24,7 @@ use serde_json::{json, Map, Value};
 
 use crate::app::{read_body, AppState};
 use crate::error::Error;
-use crate::ingress::{
-    chat_content, chunk_events, completion_parts, run_chat, unix_now, ChatBody, ChunkEvent,
-};
+use crate::ingress::{chat_content, chunk_events, completion_parts, run_chat, unix_now, ChatBody, ChunkEvent};
 
 /// What the response object echoes back from the request.
 #[derive(Debug, Clone, Default)]
@@ -41,30 +39,14 @@ pub struct Echo {
 
 /// Fields of a Responses request the translation may ignore: they change nothing a
 /// stateless gateway does.
-const IGNORED: &[&str] = &[
-    "store",
-    "metadata",
-    "include",
-    "truncation",
-    "service_tier",
-    "reasoning",
-    "background",
-    "prompt_cache_key",
-    "safety_identifier",
-];
+const IGNORED: &[&str] = &["store", "metadata", "include", "truncation", "service_tier", "reasoning", "background", "prompt_cache_key", "safety_identifier"];
 
 /// The chat completion body for a Responses request, and what to echo back.
 pub fn to_chat(bytes: &[u8]) -> Result<(Map<String, Value>, Echo), Error> {
-    let request: Map<String, Value> = serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid(format!("request body is not a JSON object: {e}")))?;
+    let request: Map<String, Value> =
+        serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("request body is not a JSON object: {e}")))?;
     let mut chat = Map::new();
-    let mut echo = Echo {
-        metadata: request
-            .get("metadata")
-            .cloned()
-            .unwrap_or_else(|| json!({})),
-        ..Echo::default()
-    };
+    let mut echo = Echo { metadata: request.get("metadata").cloned().unwrap_or_else(|| json!({})), ..Echo::default() };
     for (field, value) in &request {
         match field.as_str() {
             "model" if value.as_str().is_some_and(|m| !m.is_empty()) => {
@@ -134,53 +116,28 @@ pub fn to_chat(bytes: &[u8]) -> Result<(Map<String, Value>, Echo), Error> {
             echo.instructions = Some(text.clone());
             messages.push(json!({"role": "system", "content": text}));
         }
-        Some(_) => {
-            return Err(Error::invalid_param(
-                "instructions",
-                "`instructions` must be a string",
-            ))
-        }
+        Some(_) => return Err(Error::invalid_param("instructions", "`instructions` must be a string")),
     }
     match request.get("input") {
-        Some(Value::String(text)) if !text.is_empty() => {
-            messages.push(json!({"role": "user", "content": text}))
-        }
+        Some(Value::String(text)) if !text.is_empty() => messages.push(json!({"role": "user", "content": text})),
         Some(Value::Array(items)) if !items.is_empty() => {
             for item in items {
                 match item.get("type").and_then(Value::as_str) {
                     Some("function_call") => push_function_call(&mut messages, item)?,
                     Some("function_call_output") => {
-                        let call_id =
-                            item.get("call_id").and_then(Value::as_str).ok_or_else(|| {
-                                Error::invalid_param(
-                                    "input",
-                                    "a `function_call_output` needs `call_id`",
-                                )
-                            })?;
+                        let call_id = item.get("call_id").and_then(Value::as_str).ok_or_else(|| Error::invalid_param("input", "a `function_call_output` needs `call_id`"))?;
                         let output = match item.get("output") {
                             Some(Value::String(text)) => text.clone(),
                             Some(other) => other.to_string(),
-                            None => {
-                                return Err(Error::invalid_param(
-                                    "input",
-                                    "a `function_call_output` needs `output`",
-                                ))
-                            }
+                            None => return Err(Error::invalid_param("input", "a `function_call_output` needs `output`")),
                         };
-                        messages.push(
-                            json!({"role": "tool", "tool_call_id": call_id, "content": output}),
-                        );
+                        messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
                     }
                     _ => messages.push(message(item)?),
                 }
             }
         }
-        _ => {
-            return Err(Error::invalid_param(
-                "input",
-                "`input` must be a non-empty string or a non-empty array of items",
-            ))
-        }
+        _ => return Err(Error::invalid_param("input", "`input` must be a non-empty string or a non-empty array of items")),
     }
     chat.insert("messages".into(), Value::Array(messages));
     if echo.stream {
@@ -193,15 +150,9 @@ pub fn to_chat(bytes: &[u8]) -> Result<(Map<String, Value>, Echo), Error> {
 /// A Responses function tool → a chat tool.
 fn chat_tool(tool: &Value) -> Result<Value, Error> {
     if tool.get("type").and_then(Value::as_str) != Some("function") {
-        return Err(unsupported(
-            "tools",
-            "tools other than `function` tools (web search, file search, …)",
-        ));
+        return Err(unsupported("tools", "tools other than `function` tools (web search, file search, …)"));
     }
-    let name = tool
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::invalid_param("tools", "a function tool needs `name`"))?;
+    let name = tool.get("name").and_then(Value::as_str).ok_or_else(|| Error::invalid_param("tools", "a function tool needs `name`"))?;
     let mut function = json!({"name": name, "parameters": tool.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}}))});
     for key in ["description", "strict"] {
         if let Some(value) = tool.get(key).filter(|v| !v.is_null()) {
@@ -213,11 +164,7 @@ fn chat_tool(tool: &Value) -> Result<Value, Error> {
 
 /// A `function_call` input item joins the assistant turn before it (or starts one).
 fn push_function_call(messages: &mut Vec<Value>, item: &Value) -> Result<(), Error> {
-    let field = |name: &str| {
-        item.get(name).and_then(Value::as_str).ok_or_else(|| {
-            Error::invalid_param("input", format!("a `function_call` needs `{name}`"))
-        })
-    };
+    let field = |name: &str| item.get(name).and_then(Value::as_str).ok_or_else(|| Error::invalid_param("input", format!("a `function_call` needs `{name}`")));
     let call = json!({"id": field("call_id")?, "type": "function", "function": {"name": field("name")?, "arguments": field("arguments")?}});
     if let Some(last) = messages.last_mut().filter(|m| m["role"] == "assistant") {
         if let Some(calls) = last.get_mut("tool_calls").and_then(Value::as_array_mut) {
@@ -232,23 +179,13 @@ fn push_function_call(messages: &mut Vec<Value>, item: &Value) -> Result<(), Err
 }
 
 fn unsupported(param: &'static str, what: &str) -> Error {
-    Error::invalid_param(
-        param,
-        format!("{what} is not supported on /v1/responses yet; use /v1/chat/completions"),
-    )
+    Error::invalid_param(param, format!("{what} is not supported on /v1/responses yet; use /v1/chat/completions"))
 }
 
 /// `text.format` → `response_format`.
 fn response_format(text: &Value) -> Result<Option<Value>, Error> {
-    let bad = || {
-        Error::invalid_param(
-            "text",
-            "`text.format` must be {\"type\": \"text\" | \"json_object\" | \"json_schema\", …}",
-        )
-    };
-    let Some(format) = text.get("format") else {
-        return Ok(None);
-    };
+    let bad = || Error::invalid_param("text", "`text.format` must be {\"type\": \"text\" | \"json_object\" | \"json_schema\", …}");
+    let Some(format) = text.get("format") else { return Ok(None) };
     match format.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
@@ -276,20 +213,12 @@ fn message(item: &Value) -> Result<Value, Error> {
         Some(kind @ ("custom_tool_call" | "custom_tool_call_output")) => {
             return Err(unsupported("input", &format!("an `{kind}` item")))
         }
-        Some(other) => {
-            return Err(bad(format!(
-                "input items of type `{other}` are not supported"
-            )))
-        }
+        Some(other) => return Err(bad(format!("input items of type `{other}` are not supported"))),
     }
     let role = match item.get("role").and_then(Value::as_str) {
         Some(role @ ("user" | "assistant" | "system")) => role,
         Some("developer") => "system",
-        _ => {
-            return Err(bad(
-                "an input message needs a role: user, assistant, system or developer".into(),
-            ))
-        }
+        _ => return Err(bad("an input message needs a role: user, assistant, system or developer".into())),
     };
     let content = match item.get("content") {
         Some(Value::String(text)) => Value::String(text.clone()),
@@ -298,75 +227,42 @@ fn message(item: &Value) -> Result<Value, Error> {
             for part in parts {
                 out.push(match part.get("type").and_then(Value::as_str) {
                     Some("input_text" | "output_text" | "text") => {
-                        let text = part
-                            .get("text")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| bad("a text part needs `text`".into()))?;
+                        let text = part.get("text").and_then(Value::as_str).ok_or_else(|| bad("a text part needs `text`".into()))?;
                         json!({"type": "text", "text": text})
                     }
                     Some("input_image") => {
-                        let url =
-                            part.get("image_url")
-                                .and_then(Value::as_str)
-                                .ok_or_else(|| {
-                                    bad(
-                                    "an `input_image` part needs `image_url` (a URL or data URL)"
-                                        .into(),
-                                )
-                                })?;
+                        let url = part.get("image_url").and_then(Value::as_str).ok_or_else(|| bad("an `input_image` part needs `image_url` (a URL or data URL)".into()))?;
                         let mut image = json!({"url": url});
                         if let Some(detail) = part.get("detail") {
                             image["detail"] = detail.clone();
                         }
                         json!({"type": "image_url", "image_url": image})
                     }
-                    other => {
-                        return Err(bad(format!(
-                            "content parts of type `{}` are not supported",
-                            other.unwrap_or("?")
-                        )))
-                    }
+                    other => return Err(bad(format!("content parts of type `{}` are not supported", other.unwrap_or("?")))),
                 });
             }
             chat_content(role, out)
         }
-        _ => {
-            return Err(bad(
-                "an input message needs `content`: a string or an array of parts".into(),
-            ))
-        }
+        _ => return Err(bad("an input message needs `content`: a string or an array of parts".into())),
     };
     Ok(json!({"role": role, "content": content}))
 }
 
 /// The handler: translate, run the chat pipeline, translate its answer back.
-pub async fn create(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Error> {
+pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     state.auth.authenticate(&headers).await?;
     let bytes = read_body(body, state.max_body_bytes).await?;
     let (chat, echo) = to_chat(&bytes)?;
-    let model = chat
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let model = chat.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
     let answer = run_chat(state, headers, &chat).await?;
-    let ids = Ids {
-        response: format!("resp_{}", answer.request_id),
-        message: format!("msg_{}", answer.request_id),
-    };
+    let ids = Ids { response: format!("resp_{}", answer.request_id), message: format!("msg_{}", answer.request_id) };
     let mut response = match answer.body {
         ChatBody::Stream(body) => Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
             .header(header::CACHE_CONTROL, "no-cache")
             .body(Body::from_stream(translate_stream(body, ids, model, echo)))
             .map_err(|e| Error::Internal(e.to_string()))?,
-        ChatBody::Completion(completion) => {
-            axum::Json(from_completion(&completion, &ids, &model, &echo)).into_response()
-        }
+        ChatBody::Completion(completion) => axum::Json(from_completion(&completion, &ids, &model, &echo)).into_response(),
     };
     response.headers_mut().extend(answer.gateway_headers);
     Ok(response)
@@ -389,15 +285,7 @@ fn usage(prompt: u64, completion: u64) -> Value {
     })
 }
 
-fn response_object(
-    ids: &Ids,
-    model: &str,
-    echo: &Echo,
-    status: &str,
-    output: Value,
-    usage: Value,
-    created_at: u64,
-) -> Value {
+fn response_object(ids: &Ids, model: &str, echo: &Echo, status: &str, output: Value, usage: Value, created_at: u64) -> Value {
     let incomplete = (status == "incomplete").then(|| json!({"reason": "max_output_tokens"}));
     json!({
         "id": ids.response,
@@ -433,39 +321,19 @@ fn message_item(ids: &Ids, text: &str, status: &str) -> Value {
 /// A chat completion → a `response` object (the first choice).
 pub fn from_completion(completion: &Value, ids: &Ids, model: &str, echo: &Echo) -> Value {
     let (text, finish_reason, prompt_tokens, completion_tokens) = completion_parts(completion);
-    let status = if finish_reason == Some("length") {
-        "incomplete"
-    } else {
-        "completed"
-    };
+    let status = if finish_reason == Some("length") { "incomplete" } else { "completed" };
     let created = completion["created"].as_u64().unwrap_or_else(unix_now);
     let mut output = Vec::new();
-    let calls = completion["choices"][0]["message"]["tool_calls"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let calls = completion["choices"][0]["message"]["tool_calls"].as_array().cloned().unwrap_or_default();
     if !text.is_empty() || calls.is_empty() {
         output.push(message_item(ids, text, status));
     }
     for call in &calls {
         let call_id = call["id"].as_str().unwrap_or_default();
         let name = call["function"]["name"].as_str().unwrap_or_default();
-        output.push(function_call_item(
-            call_id,
-            name,
-            call["function"]["arguments"].as_str().unwrap_or("{}"),
-            "completed",
-        ));
+        output.push(function_call_item(call_id, name, call["function"]["arguments"].as_str().unwrap_or("{}"), "completed"));
     }
-    response_object(
-        ids,
-        model,
-        echo,
-        status,
-        Value::Array(output),
-        usage(prompt_tokens, completion_tokens),
-        created,
-    )
+    response_object(ids, model, echo, status, Value::Array(output), usage(prompt_tokens, completion_tokens), created)
 }
 
 /// A `function_call` output item.
@@ -488,12 +356,7 @@ impl Events {
 }
 
 /// Chat completion chunks → `response.*` events.
-fn translate_stream(
-    body: Body,
-    ids: Ids,
-    model: String,
-    echo: Echo,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+fn translate_stream(body: Body, ids: Ids, model: String, echo: Echo) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
     async_stream::stream! {
         let created = unix_now();
         let mut events = Events { sequence: 0 };
@@ -574,10 +437,7 @@ mod tests {
     #[test]
     fn input_and_instructions_become_messages() {
         let out = chat(json!({"model": "auto", "input": "Hi", "instructions": "Be brief", "max_output_tokens": 20})).expect("ok");
-        assert_eq!(
-            out["messages"],
-            json!([{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}])
-        );
+        assert_eq!(out["messages"], json!([{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}]));
         assert_eq!(out["max_tokens"], 20);
         let items = json!([
             {"role": "developer", "content": "Rules"},
@@ -585,18 +445,9 @@ mod tests {
             {"role": "assistant", "content": [{"type": "output_text", "text": "Seen"}]},
         ]);
         let out = chat(json!({"model": "m", "input": items, "stream": true, "text": {"format": {"type": "json_object"}}})).expect("ok");
-        assert_eq!(
-            out["messages"][0],
-            json!({"role": "system", "content": "Rules"})
-        );
-        assert_eq!(
-            out["messages"][1]["content"][1],
-            json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}})
-        );
-        assert_eq!(
-            out["messages"][2],
-            json!({"role": "assistant", "content": "Seen"})
-        );
+        assert_eq!(out["messages"][0], json!({"role": "system", "content": "Rules"}));
+        assert_eq!(out["messages"][1]["content"][1], json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}));
+        assert_eq!(out["messages"][2], json!({"role": "assistant", "content": "Seen"}));
         assert_eq!(out["stream_options"], json!({"include_usage": true}));
         assert_eq!(out["response_format"], json!({"type": "json_object"}));
     }
@@ -610,44 +461,15 @@ mod tests {
         assert_eq!(param(json!({"input": "x"})), Some("model"));
         assert_eq!(param(json!({"model": "m"})), Some("input"));
         assert_eq!(param(json!({"model": "m", "input": []})), Some("input"));
-        assert_eq!(
-            param(json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]})),
-            Some("tools")
-        );
-        assert_eq!(
-            param(json!({"model": "m", "input": "x", "tool_choice": "sometimes"})),
-            Some("tool_choice")
-        );
-        assert_eq!(
-            param(json!({"model": "m", "input": "x", "previous_response_id": "resp_1"})),
-            Some("previous_response_id")
-        );
-        assert_eq!(
-            param(
-                json!({"model": "m", "input": [{"type": "function_call_output", "output": "1"}]})
-            ),
-            Some("input")
-        );
-        assert_eq!(
-            param(json!({"model": "m", "input": [{"type": "custom_tool_call", "call_id": "c"}]})),
-            Some("input")
-        );
-        assert_eq!(
-            param(json!({"model": "m", "input": [{"role": "robot", "content": "x"}]})),
-            Some("input")
-        );
-        assert_eq!(
-            param(json!({"model": "m", "input": "x", "max_output_tokens": 0})),
-            Some("max_output_tokens")
-        );
-        assert_eq!(
-            param(json!({"model": "m", "input": "x", "text": {"format": {"type": "yaml"}}})),
-            Some("text")
-        );
-        assert_eq!(
-            param(json!({"model": "m", "input": "x", "colour": 1})),
-            None
-        );
+        assert_eq!(param(json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]})), Some("tools"));
+        assert_eq!(param(json!({"model": "m", "input": "x", "tool_choice": "sometimes"})), Some("tool_choice"));
+        assert_eq!(param(json!({"model": "m", "input": "x", "previous_response_id": "resp_1"})), Some("previous_response_id"));
+        assert_eq!(param(json!({"model": "m", "input": [{"type": "function_call_output", "output": "1"}]})), Some("input"));
+        assert_eq!(param(json!({"model": "m", "input": [{"type": "custom_tool_call", "call_id": "c"}]})), Some("input"));
+        assert_eq!(param(json!({"model": "m", "input": [{"role": "robot", "content": "x"}]})), Some("input"));
+        assert_eq!(param(json!({"model": "m", "input": "x", "max_output_tokens": 0})), Some("max_output_tokens"));
+        assert_eq!(param(json!({"model": "m", "input": "x", "text": {"format": {"type": "yaml"}}})), Some("text"));
+        assert_eq!(param(json!({"model": "m", "input": "x", "colour": 1})), None);
     }
 
     #[test]
@@ -666,45 +488,23 @@ mod tests {
         }))
         .expect("ok");
         assert_eq!(out["tools"][0]["function"]["name"], "get_weather");
-        assert_eq!(
-            out["tools"][0]["function"]["parameters"]["properties"]["city"]["type"],
-            "string"
-        );
-        assert_eq!(
-            out["tool_choice"],
-            json!({"type": "function", "function": {"name": "get_weather"}})
-        );
+        assert_eq!(out["tools"][0]["function"]["parameters"]["properties"]["city"]["type"], "string");
+        assert_eq!(out["tool_choice"], json!({"type": "function", "function": {"name": "get_weather"}}));
         let messages = out["messages"].as_array().expect("messages");
         assert_eq!(messages.len(), 4, "{messages:?}");
-        assert_eq!(
-            messages[1]["tool_calls"].as_array().map(Vec::len),
-            Some(2),
-            "consecutive calls share one assistant turn"
-        );
-        assert_eq!(
-            messages[2],
-            json!({"role": "tool", "tool_call_id": "c1", "content": "sunny"})
-        );
+        assert_eq!(messages[1]["tool_calls"].as_array().map(Vec::len), Some(2), "consecutive calls share one assistant turn");
+        assert_eq!(messages[2], json!({"role": "tool", "tool_call_id": "c1", "content": "sunny"}));
 
         let completion = json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "c9", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]});
-        let ids = Ids {
-            response: "resp_1".into(),
-            message: "msg_1".into(),
-        };
+        let ids = Ids { response: "resp_1".into(), message: "msg_1".into() };
         let response = from_completion(&completion, &ids, "m", &Echo::default());
-        assert_eq!(
-            response["output"],
-            json!([{"type": "function_call", "id": "fc_c9", "call_id": "c9", "name": "get_weather", "arguments": "{}", "status": "completed"}])
-        );
+        assert_eq!(response["output"], json!([{"type": "function_call", "id": "fc_c9", "call_id": "c9", "name": "get_weather", "arguments": "{}", "status": "completed"}]));
     }
 
     #[test]
     fn a_completion_becomes_a_response_object() {
         let completion = json!({"created": 7, "choices": [{"message": {"content": "Hello"}, "finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}});
-        let ids = Ids {
-            response: "resp_1".into(),
-            message: "msg_1".into(),
-        };
+        let ids = Ids { response: "resp_1".into(), message: "msg_1".into() };
         let out = from_completion(&completion, &ids, "auto", &Echo::default());
         assert_eq!(out["output"][0]["content"][0]["text"], "Hello");
         assert_eq!(out["status"], "incomplete");

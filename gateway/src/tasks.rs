@@ -42,14 +42,9 @@ impl Background {
     pub async fn shutdown(&self, within: Duration) -> bool {
         self.stop.cancel();
         self.tracker.close();
-        let drained = tokio::time::timeout(within, self.tracker.wait())
-            .await
-            .is_ok();
+        let drained = tokio::time::timeout(within, self.tracker.wait()).await.is_ok();
         if !drained {
-            tracing::warn!(
-                still_running = self.tracker.len(),
-                "background tasks did not finish in time"
-            );
+            tracing::warn!(still_running = self.tracker.len(), "background tasks did not finish in time");
         }
         drained
     }
@@ -78,10 +73,7 @@ mod tests {
         });
         assert_eq!(background.running(), 2);
         assert!(background.shutdown(Duration::from_secs(5)).await);
-        assert!(
-            finished.load(Ordering::SeqCst),
-            "work spawned before shutdown ran to the end"
-        );
+        assert!(finished.load(Ordering::SeqCst), "work spawned before shutdown ran to the end");
         assert_eq!(background.running(), 0);
     }
 

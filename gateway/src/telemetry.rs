@@ -69,11 +69,7 @@ impl Telemetry {
 /// inside the Tokio runtime (the poster runs on it).
 pub fn init(format: LogFormat, otlp: Option<OtlpConfig>) -> Result<Telemetry, Error> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let text = (format == LogFormat::Text).then(|| {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(filter())
-    });
+    let text = (format == LogFormat::Text).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()));
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
@@ -87,9 +83,7 @@ pub fn init(format: LogFormat, otlp: Option<OtlpConfig>) -> Result<Telemetry, Er
         None => (None, None, None),
         Some(otlp) => {
             let (batches, poster) = spawn_poster(&otlp)?;
-            let provider = SdkTracerProvider::builder()
-                .with_batch_exporter(ChannelExporter { batches })
-                .build();
+            let provider = SdkTracerProvider::builder().with_batch_exporter(ChannelExporter { batches }).build();
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("switchyard"))
                 .with_filter(EnvFilter::new("info"));
@@ -142,10 +136,7 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
             self.0.insert(name, value);
         }
     }
@@ -158,35 +149,16 @@ struct ChannelExporter {
 }
 
 impl SpanExporter for ChannelExporter {
-    fn export(
-        &self,
-        batch: Vec<SpanData>,
-    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let sent = self
-            .batches
-            .try_send(batch)
-            .map_err(|e| OTelSdkError::InternalFailure(format!("trace batch dropped: {e}")));
+    fn export(&self, batch: Vec<SpanData>) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let sent = self.batches.try_send(batch).map_err(|e| OTelSdkError::InternalFailure(format!("trace batch dropped: {e}")));
         std::future::ready(sent)
     }
 }
 
-fn spawn_poster(
-    otlp: &OtlpConfig,
-) -> Result<(mpsc::Sender<Vec<SpanData>>, tokio::task::JoinHandle<()>), Error> {
-    let url = reqwest::Url::parse(&format!(
-        "{}/v1/traces",
-        otlp.endpoint.trim_end_matches('/')
-    ))
-    .map_err(|e| {
-        Error::Config(format!(
-            "[telemetry] otlp_endpoint `{}`: {e}",
-            otlp.endpoint
-        ))
-    })?;
-    let client = reqwest::Client::builder()
-        .timeout(POST_TIMEOUT)
-        .build()
-        .map_err(|e| Error::Config(e.to_string()))?;
+fn spawn_poster(otlp: &OtlpConfig) -> Result<(mpsc::Sender<Vec<SpanData>>, tokio::task::JoinHandle<()>), Error> {
+    let url = reqwest::Url::parse(&format!("{}/v1/traces", otlp.endpoint.trim_end_matches('/')))
+        .map_err(|e| Error::Config(format!("[telemetry] otlp_endpoint `{}`: {e}", otlp.endpoint)))?;
+    let client = reqwest::Client::builder().timeout(POST_TIMEOUT).build().map_err(|e| Error::Config(e.to_string()))?;
     let service = otlp.service_name.clone();
     let (batches, mut queued) = mpsc::channel::<Vec<SpanData>>(QUEUED_BATCHES);
     let poster = tokio::spawn(async move {
@@ -194,12 +166,8 @@ fn spawn_poster(
             let body = otlp_json(&batch, &service);
             match client.post(url.clone()).json(&body).send().await {
                 Ok(response) if response.status().is_success() => {}
-                Ok(response) => {
-                    tracing::warn!(status = %response.status(), spans = batch.len(), "trace collector refused a batch")
-                }
-                Err(error) => {
-                    tracing::warn!(%error, spans = batch.len(), "trace collector unreachable; batch dropped")
-                }
+                Ok(response) => tracing::warn!(status = %response.status(), spans = batch.len(), "trace collector refused a batch"),
+                Err(error) => tracing::warn!(%error, spans = batch.len(), "trace collector unreachable; batch dropped"),
             }
         }
     });
@@ -216,17 +184,9 @@ pub fn otlp_json(batch: &[SpanData], service_name: &str) -> Value {
 }
 
 fn span_json(span: &SpanData) -> Value {
-    let nanos = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-            .to_string()
-    };
+    let nanos = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()).to_string();
     // `Display` is the zero-padded hex OTLP/JSON wants (`LowerHex` drops leading zeros).
-    let parent = if span.parent_span_id == SpanId::INVALID {
-        String::new()
-    } else {
-        span.parent_span_id.to_string()
-    };
+    let parent = if span.parent_span_id == SpanId::INVALID { String::new() } else { span.parent_span_id.to_string() };
     let kind = match span.span_kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
@@ -239,11 +199,7 @@ fn span_json(span: &SpanData) -> Value {
         Status::Ok => json!({"code": 1}),
         Status::Error { description } => json!({"code": 2, "message": description.as_ref()}),
     };
-    let attributes: Vec<Value> = span
-        .attributes
-        .iter()
-        .map(|kv| json!({"key": kv.key.as_str(), "value": attribute(&kv.value)}))
-        .collect();
+    let attributes: Vec<Value> = span.attributes.iter().map(|kv| json!({"key": kv.key.as_str(), "value": attribute(&kv.value)})).collect();
     json!({
         "traceId": span.span_context.trace_id().to_string(),
         "spanId": span.span_context.span_id().to_string(),

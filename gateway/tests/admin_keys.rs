@@ -55,54 +55,29 @@ default = "m1"
             db = dir.path().join("log.db").display(),
         ))
         .expect("config");
-        let app = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0))))
-            .await
-            .expect("gateway builds");
+        let app = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await.expect("gateway builds");
         let (stop, stopped) = oneshot::channel::<()>();
-        let gateway = Self {
-            addr: app.addr(),
-            client: reqwest::Client::new(),
-            _stop: stop,
-            _dir: dir,
-        };
+        let gateway = Self { addr: app.addr(), client: reqwest::Client::new(), _stop: stop, _dir: dir };
         tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
         gateway
     }
 
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("http://{}{path}", self.addr))
-            .bearer_auth(key);
+    async fn call(&self, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("http://{}{path}", self.addr)).bearer_auth(key);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.expect("reachable");
         let status = response.status().as_u16();
         let text = response.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     async fn chat(&self, key: &str, model: &str) -> (u16, Value) {
         let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
-        self.call(
-            reqwest::Method::POST,
-            "/v1/chat/completions",
-            key,
-            Some(body),
-        )
-        .await
+        self.call(reqwest::Method::POST, "/v1/chat/completions", key, Some(body)).await
     }
 }
 
@@ -118,12 +93,7 @@ async fn keys_are_managed_over_http_by_the_master_key_only() {
 
     // Create, restricted to m1 and the route.
     let (status, created) = gw
-        .call(
-            Method::POST,
-            "/admin/keys",
-            MASTER,
-            Some(json!({"tenant": "acme", "name": "ci", "models": ["m1", "auto"], "rpm": 100})),
-        )
+        .call(Method::POST, "/admin/keys", MASTER, Some(json!({"tenant": "acme", "name": "ci", "models": ["m1", "auto"], "rpm": 100})))
         .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().expect("key shown once").to_owned();
@@ -135,28 +105,8 @@ async fn keys_are_managed_over_http_by_the_master_key_only() {
     let (status, refused) = gw.call(Method::GET, "/admin/keys", &key, None).await;
     assert_eq!(status, 401, "{refused}");
     assert_eq!(refused["error"]["code"], "invalid_api_key");
-    assert_eq!(
-        gw.call(
-            Method::POST,
-            "/admin/keys",
-            &key,
-            Some(json!({"tenant": "evil"}))
-        )
-        .await
-        .0,
-        401
-    );
-    assert_eq!(
-        gw.call(
-            Method::POST,
-            &format!("/admin/keys/{id}/revoke"),
-            &key,
-            None
-        )
-        .await
-        .0,
-        401
-    );
+    assert_eq!(gw.call(Method::POST, "/admin/keys", &key, Some(json!({"tenant": "evil"}))).await.0, 401);
+    assert_eq!(gw.call(Method::POST, &format!("/admin/keys/{id}/revoke"), &key, None).await.0, 401);
 
     // The allow-list holds on the request path: 403 with an OpenAI error naming the model.
     assert_eq!(gw.chat(&key, "m1").await.0, 200);
@@ -177,23 +127,9 @@ async fn keys_are_managed_over_http_by_the_master_key_only() {
     assert!(!text.contains(&key) && !text.contains("key_hash"), "{text}");
 
     // Lift the allow-list and set a token limit: m2 is served once the cache expires.
-    let (status, updated) = gw
-        .call(
-            Method::PATCH,
-            &format!("/admin/keys/{id}"),
-            MASTER,
-            Some(json!({"models": null, "tpm": 5000})),
-        )
-        .await;
+    let (status, updated) = gw.call(Method::PATCH, &format!("/admin/keys/{id}"), MASTER, Some(json!({"models": null, "tpm": 5000}))).await;
     assert_eq!(status, 200, "{updated}");
-    assert_eq!(
-        (
-            updated["models"].clone(),
-            updated["tpm"].clone(),
-            updated["rpm"].clone()
-        ),
-        (Value::Null, json!(5000), json!(100))
-    );
+    assert_eq!((updated["models"].clone(), updated["tpm"].clone(), updated["rpm"].clone()), (Value::Null, json!(5000), json!(100)));
     cache_expires().await;
     assert_eq!(gw.chat(&key, "m2").await.0, 200);
 
@@ -204,69 +140,19 @@ async fn keys_are_managed_over_http_by_the_master_key_only() {
         (json!({}), None),
         (json!({"colour": "red"}), None),
     ] {
-        let (status, error) = gw
-            .call(
-                Method::PATCH,
-                &format!("/admin/keys/{id}"),
-                MASTER,
-                Some(body.clone()),
-            )
-            .await;
+        let (status, error) = gw.call(Method::PATCH, &format!("/admin/keys/{id}"), MASTER, Some(body.clone())).await;
         assert_eq!(status, 400, "{body} -> {error}");
         assert_eq!(error["error"]["param"].as_str(), param, "{body} -> {error}");
     }
-    let (status, error) = gw
-        .call(
-            Method::POST,
-            "/admin/keys",
-            MASTER,
-            Some(json!({"tenant": " "})),
-        )
-        .await;
-    assert_eq!(
-        (status, error["error"]["param"].as_str()),
-        (400, Some("tenant")),
-        "{error}"
-    );
+    let (status, error) = gw.call(Method::POST, "/admin/keys", MASTER, Some(json!({"tenant": " "}))).await;
+    assert_eq!((status, error["error"]["param"].as_str()), (400, Some("tenant")), "{error}");
     let unknown = uuid::Uuid::now_v7();
-    assert_eq!(
-        gw.call(
-            Method::PATCH,
-            &format!("/admin/keys/{unknown}"),
-            MASTER,
-            Some(json!({"rpm": 5}))
-        )
-        .await
-        .0,
-        404
-    );
-    assert_eq!(
-        gw.call(
-            Method::POST,
-            &format!("/admin/keys/{unknown}/revoke"),
-            MASTER,
-            None
-        )
-        .await
-        .0,
-        404
-    );
-    assert_eq!(
-        gw.call(Method::POST, "/admin/keys/not-a-uuid/revoke", MASTER, None)
-            .await
-            .0,
-        400
-    );
+    assert_eq!(gw.call(Method::PATCH, &format!("/admin/keys/{unknown}"), MASTER, Some(json!({"rpm": 5}))).await.0, 404);
+    assert_eq!(gw.call(Method::POST, &format!("/admin/keys/{unknown}/revoke"), MASTER, None).await.0, 404);
+    assert_eq!(gw.call(Method::POST, "/admin/keys/not-a-uuid/revoke", MASTER, None).await.0, 400);
 
     // Revoke: the key stops working once the cache expires.
-    let (status, revoked) = gw
-        .call(
-            Method::POST,
-            &format!("/admin/keys/{id}/revoke"),
-            MASTER,
-            None,
-        )
-        .await;
+    let (status, revoked) = gw.call(Method::POST, &format!("/admin/keys/{id}/revoke"), MASTER, None).await;
     assert_eq!(status, 200, "{revoked}");
     assert_eq!(revoked["enabled"], false);
     cache_expires().await;

@@ -18,33 +18,21 @@ use cache::calibration::answers_agree;
 
 #[test]
 fn audits_never_call_a_right_and_a_wrong_answer_the_same() {
-    let data =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/routerbench-subset");
-    assert!(
-        data.is_dir(),
-        "{} missing: the shared datasets live beside the checkout",
-        data.display()
-    );
-    for file in [
-        "arc_challenge_test.csv",
-        "winograde_test.csv",
-        "mbpp_test.csv",
-    ] {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/routerbench-subset");
+    assert!(data.is_dir(), "{} missing: the shared datasets live beside the checkout", data.display());
+    for file in ["arc_challenge_test.csv", "winograde_test.csv", "mbpp_test.csv"] {
         let mut reader = csv::Reader::from_path(data.join(file)).expect("dataset CSV");
         let headers = reader.headers().expect("header").clone();
         let models: Vec<(usize, usize)> = headers
             .iter()
             .enumerate()
             .filter_map(|(i, name)| {
-                let response = headers
-                    .iter()
-                    .position(|h| h == format!("{name}|model_response"))?;
+                let response = headers.iter().position(|h| h == format!("{name}|model_response"))?;
                 Some((i, response))
             })
             .collect();
         assert!(models.len() >= 10, "{file}: {} models", models.len());
-        let (mut right_pairs, mut right_agree, mut mixed_pairs, mut mixed_agree) =
-            (0usize, 0usize, 0usize, 0usize);
+        let (mut right_pairs, mut right_agree, mut mixed_pairs, mut mixed_agree) = (0usize, 0usize, 0usize, 0usize);
         for record in reader.records() {
             let record = record.expect("row");
             let answers: Vec<(f64, &str)> = models
@@ -72,18 +60,12 @@ fn audits_never_call_a_right_and_a_wrong_answer_the_same() {
             right_agree as f64 / right_pairs as f64
         );
         assert!(mixed_pairs > 1_000 && right_pairs > 1_000);
-        assert!(
-            mixed_agree as f64 <= 0.005 * mixed_pairs as f64,
-            "{file}: {mixed_agree} of {mixed_pairs} mixed pairs called the same"
-        );
+        assert!(mixed_agree as f64 <= 0.005 * mixed_pairs as f64, "{file}: {mixed_agree} of {mixed_pairs} mixed pairs called the same");
         // Short answers: not so strict that nothing agrees. (On MBPP's programs nothing does:
         // 0 of 2,716 passing pairs. On verbose answers the audits call every hit wrong and the
         // bound never opens; that needs a judge model, not words.)
         if file != "mbpp_test.csv" {
-            assert!(
-                right_agree as f64 >= 0.2 * right_pairs as f64,
-                "{file}: {right_agree} of {right_pairs}"
-            );
+            assert!(right_agree as f64 >= 0.2 * right_pairs as f64, "{file}: {right_agree} of {right_pairs}");
         }
     }
 }

@@ -69,13 +69,7 @@ impl Gateway {
         let served = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        Self {
-            addr,
-            state,
-            client: reqwest::Client::new(),
-            stop: Some(stop),
-            served: Some(served),
-        }
+        Self { addr, state, client: reqwest::Client::new(), stop: Some(stop), served: Some(served) }
     }
 
     async fn stop(mut self) {
@@ -87,16 +81,8 @@ impl Gateway {
         }
     }
 
-    async fn post(
-        &self,
-        body: &Value,
-        key: Option<&str>,
-        headers: &[(&str, &str)],
-    ) -> reqwest::Response {
-        let mut request = self
-            .client
-            .post(format!("http://{}/v1/chat/completions", self.addr))
-            .json(body);
+    async fn post(&self, body: &Value, key: Option<&str>, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.client.post(format!("http://{}/v1/chat/completions", self.addr)).json(body);
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
@@ -107,12 +93,7 @@ impl Gateway {
     }
 
     /// Sends a request and returns (x-switchyard-cache, answer id, body).
-    async fn ask(
-        &self,
-        body: &Value,
-        key: Option<&str>,
-        headers: &[(&str, &str)],
-    ) -> (String, String, Value) {
+    async fn ask(&self, body: &Value, key: Option<&str>, headers: &[(&str, &str)]) -> (String, String, Value) {
         let response = self.post(body, key, headers).await;
         assert_eq!(response.status(), 200);
         let cache = header(&response, "x-switchyard-cache");
@@ -122,12 +103,7 @@ impl Gateway {
 }
 
 fn header(response: &reqwest::Response, name: &str) -> String {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
+    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
 }
 
 fn chat(model: &str, text: &str) -> Value {
@@ -146,11 +122,7 @@ fn streamed_text(payloads: &[String]) -> String {
         .iter()
         .filter(|p| p.as_str() != "[DONE]")
         .filter_map(|p| serde_json::from_str::<Value>(p).ok())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
         .collect()
 }
 
@@ -178,12 +150,7 @@ async fn exact_hits_replay_as_json_and_as_stream_and_are_logged() {
     assert!(header(&response, "content-type").starts_with("text/event-stream"));
     let payloads = sse_payloads(&response.text().await.expect("stream"));
     assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
-    assert_eq!(
-        streamed_text(&payloads),
-        body["choices"][0]["message"]["content"]
-            .as_str()
-            .expect("content")
-    );
+    assert_eq!(streamed_text(&payloads), body["choices"][0]["message"]["content"].as_str().expect("content"));
 
     // An answer that arrived as a stream is replayed chunk for chunk, and as JSON.
     let mut streamed_first = chat("m", "Count from one to five.");
@@ -195,24 +162,15 @@ async fn exact_hits_replay_as_json_and_as_stream_and_are_logged() {
     assert_eq!(header(&replayed, "x-switchyard-cache"), "exact");
     let replayed = sse_payloads(&replayed.text().await.expect("stream"));
     assert_eq!(replayed, original, "same chunks, same split");
-    let (kind, _, as_json) = gateway
-        .ask(&chat("m", "Count from one to five."), None, &[])
-        .await;
+    let (kind, _, as_json) = gateway.ask(&chat("m", "Count from one to five."), None, &[]).await;
     assert_eq!(kind, "exact");
-    assert_eq!(
-        as_json["choices"][0]["message"]["content"].as_str(),
-        Some(streamed_text(&original).as_str())
-    );
+    assert_eq!(as_json["choices"][0]["message"]["content"].as_str(), Some(streamed_text(&original).as_str()));
 
     // The hit is in the outcome log as a hit, with no upstream cost.
     let hit_id = Uuid::parse_str(&hit_id).expect("request id");
     let store = gateway.state.store.clone();
     assert!(
-        wait_for(Duration::from_secs(5), async || matches!(
-            store.fetch_row(hit_id).await,
-            Ok(Some(_))
-        ))
-        .await,
+        wait_for(Duration::from_secs(5), async || matches!(store.fetch_row(hit_id).await, Ok(Some(_)))).await,
         "hit row written"
     );
     let row = store.fetch_row(hit_id).await.expect("read").expect("row");
@@ -228,24 +186,8 @@ async fn tenants_parameters_and_history_scope_exact_hits() {
     let dir = tempfile::tempdir().expect("dir");
     let gateway = Gateway::start(dir.path(), "exact = true").await;
     let store = gateway.state.store.clone();
-    let (_, acme) = create_key(
-        &store,
-        NewKey {
-            tenant: "acme".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
-    let (_, globex) = create_key(
-        &store,
-        NewKey {
-            tenant: "globex".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
+    let (_, acme) = create_key(&store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
+    let (_, globex) = create_key(&store, NewKey { tenant: "globex".into(), ..NewKey::default() }).await.expect("key");
     let request = chat("m", "Summarise the plot of Hamlet in one line.");
 
     let (_, acme_id, _) = gateway.ask(&request, Some(&acme), &[]).await;
@@ -258,15 +200,8 @@ async fn tenants_parameters_and_history_scope_exact_hits() {
     assert_eq!((kind.as_str(), id.as_str()), ("exact", acme_id.as_str()));
 
     // Any answer-changing parameter is a different question.
-    for (field, value) in [
-        ("temperature", json!(0.2)),
-        ("max_tokens", json!(5)),
-        ("seed", json!(3)),
-        (
-            "tools",
-            json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]),
-        ),
-    ] {
+    for (field, value) in [("temperature", json!(0.2)), ("max_tokens", json!(5)), ("seed", json!(3)),
+        ("tools", json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]))] {
         let mut changed = request.clone();
         changed[field] = value;
         let (kind, _, _) = gateway.ask(&changed, Some(&acme), &[]).await;
@@ -278,16 +213,8 @@ async fn tenants_parameters_and_history_scope_exact_hits() {
             {"role": "user", "content": history}, {"role": "assistant", "content": "Sure."},
             {"role": "user", "content": "Summarise the plot of Hamlet in one line."}]})
     };
-    gateway
-        .ask(
-            &with_history("We are talking about Shakespeare."),
-            Some(&acme),
-            &[],
-        )
-        .await;
-    let (kind, _, _) = gateway
-        .ask(&with_history("Answer as a pirate would."), Some(&acme), &[])
-        .await;
+    gateway.ask(&with_history("We are talking about Shakespeare."), Some(&acme), &[]).await;
+    let (kind, _, _) = gateway.ask(&with_history("Answer as a pirate would."), Some(&acme), &[]).await;
     assert_eq!(kind, "miss");
     // Delivery-only fields do not matter.
     let mut with_user = request.clone();
@@ -301,33 +228,17 @@ async fn cache_control_and_temperature_decide_what_is_cached() {
     let dir = tempfile::tempdir().expect("dir");
     let gateway = Gateway::start(dir.path(), "exact = true\nmax_temperature = 0.5").await;
     let request = chat("m", "What is the boiling point of water at sea level?");
-    let (kind, _, _) = gateway
-        .ask(&request, None, &[("cache-control", "no-store")])
-        .await;
+    let (kind, _, _) = gateway.ask(&request, None, &[("cache-control", "no-store")]).await;
     assert_eq!(kind, "bypass");
-    assert_eq!(
-        gateway.ask(&request, None, &[]).await.0,
-        "miss",
-        "no-store kept nothing"
-    );
-    let (kind, fresh_id, _) = gateway
-        .ask(&request, None, &[("cache-control", "no-cache")])
-        .await;
+    assert_eq!(gateway.ask(&request, None, &[]).await.0, "miss", "no-store kept nothing");
+    let (kind, fresh_id, _) = gateway.ask(&request, None, &[("cache-control", "no-cache")]).await;
     assert_eq!(kind, "bypass", "no-cache fetches a fresh answer");
     let (kind, id, _) = gateway.ask(&request, None, &[]).await;
-    assert_eq!(
-        (kind.as_str(), id.as_str()),
-        ("exact", fresh_id.as_str()),
-        "and stores it"
-    );
+    assert_eq!((kind.as_str(), id.as_str()), ("exact", fresh_id.as_str()), "and stores it");
 
     let hot = json!({"model": "m", "temperature": 0.9, "messages": [{"role": "user", "content": "Write a haiku."}]});
     gateway.ask(&hot, None, &[]).await;
-    assert_eq!(
-        gateway.ask(&hot, None, &[]).await.0,
-        "bypass",
-        "high temperature asks for variety"
-    );
+    assert_eq!(gateway.ask(&hot, None, &[]).await.0, "bypass", "high temperature asks for variety");
     gateway.stop().await;
 }
 
@@ -339,10 +250,7 @@ async fn a_restart_is_warm_and_expired_entries_are_never_served() {
     let (_, id, _) = first.ask(&request, None, &[]).await;
     let store = first.state.store.clone();
     let persisted = wait_for(Duration::from_secs(5), async || {
-        store
-            .load_cache_entries(cache::now_ms(), 0)
-            .await
-            .is_ok_and(|entries| !entries.is_empty())
+        store.load_cache_entries(cache::now_ms(), 0).await.is_ok_and(|entries| !entries.is_empty())
     })
     .await;
     assert!(persisted, "entry reached the database");
@@ -350,11 +258,7 @@ async fn a_restart_is_warm_and_expired_entries_are_never_served() {
 
     let second = Gateway::start(dir.path(), "exact = true\nttl_secs = 3").await;
     let (kind, replay_id, _) = second.ask(&request, None, &[]).await;
-    assert_eq!(
-        (kind.as_str(), replay_id.as_str()),
-        ("exact", id.as_str()),
-        "served from the restored cache"
-    );
+    assert_eq!((kind.as_str(), replay_id.as_str()), ("exact", id.as_str()), "served from the restored cache");
     second.stop().await;
 
     tokio::time::sleep(Duration::from_millis(3_100)).await;
@@ -370,85 +274,31 @@ async fn a_restart_is_warm_and_expired_entries_are_never_served() {
 #[tokio::test]
 async fn semantic_hits_stay_within_tenant_route_and_conversation() {
     let dir = tempfile::tempdir().expect("dir");
-    let gateway = Gateway::start(
-        dir.path(),
-        "semantic = true\nrequire_verifier = false\nmin_cosine = 0.9",
-    )
-    .await;
+    let gateway = Gateway::start(dir.path(), "semantic = true\nrequire_verifier = false\nmin_cosine = 0.9").await;
     let store = gateway.state.store.clone();
-    let (_, acme) = create_key(
-        &store,
-        NewKey {
-            tenant: "acme".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
-    let (_, globex) = create_key(
-        &store,
-        NewKey {
-            tenant: "globex".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
+    let (_, acme) = create_key(&store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
+    let (_, globex) = create_key(&store, NewKey { tenant: "globex".into(), ..NewKey::default() }).await.expect("key");
 
-    let (kind, id, _) = gateway
-        .ask(
-            &chat("auto", "What is the capital city of France?"),
-            Some(&acme),
-            &[],
-        )
-        .await;
+    let (kind, id, _) = gateway.ask(&chat("auto", "What is the capital city of France?"), Some(&acme), &[]).await;
     assert_eq!(kind, "miss");
-    let response = gateway
-        .post(
-            &chat("auto", "what is the capital city of france"),
-            Some(&acme),
-            &[],
-        )
-        .await;
+    let response = gateway.post(&chat("auto", "what is the capital city of france"), Some(&acme), &[]).await;
     assert_eq!(header(&response, "x-switchyard-cache"), "semantic");
-    let similarity: f32 = header(&response, "x-switchyard-cache-similarity")
-        .parse()
-        .expect("similarity header");
+    let similarity: f32 = header(&response, "x-switchyard-cache-similarity").parse().expect("similarity header");
     assert!(similarity >= 0.9);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["id"].as_str(), Some(id.as_str()));
 
-    let other_tenant = gateway
-        .ask(
-            &chat("auto", "what is the capital city of france"),
-            Some(&globex),
-            &[],
-        )
-        .await;
+    let other_tenant = gateway.ask(&chat("auto", "what is the capital city of france"), Some(&globex), &[]).await;
     assert_eq!(other_tenant.0, "miss", "semantic scope includes the tenant");
-    let unrelated = gateway
-        .ask(
-            &chat("auto", "How do I bake sourdough bread?"),
-            Some(&acme),
-            &[],
-        )
-        .await;
+    let unrelated = gateway.ask(&chat("auto", "How do I bake sourdough bread?"), Some(&acme), &[]).await;
     assert_eq!(unrelated.0, "miss");
     let other_history = json!({"model": "auto", "temperature": 0, "messages": [
         {"role": "system", "content": "Answer in German."},
         {"role": "user", "content": "what is the capital city of france"}]});
-    assert_eq!(
-        gateway.ask(&other_history, Some(&acme), &[]).await.0,
-        "miss",
-        "conversation is part of the scope"
-    );
+    assert_eq!(gateway.ask(&other_history, Some(&acme), &[]).await.0, "miss", "conversation is part of the scope");
     let mut other_params = chat("auto", "what is the capital city of france");
     other_params["max_tokens"] = json!(3);
-    assert_eq!(
-        gateway.ask(&other_params, Some(&acme), &[]).await.0,
-        "miss",
-        "parameters are part of the scope"
-    );
+    assert_eq!(gateway.ask(&other_params, Some(&acme), &[]).await.0, "miss", "parameters are part of the scope");
     gateway.stop().await;
 }
 
@@ -458,11 +308,7 @@ async fn semantic_hits_stay_within_tenant_route_and_conversation() {
 #[tokio::test]
 async fn semantic_hits_for_a_paraphrased_last_turn_never_across_system_prompts_or_tools() {
     let dir = tempfile::tempdir().expect("dir");
-    let gateway = Gateway::start(
-        dir.path(),
-        "semantic = true\nrequire_verifier = false\nmin_cosine = 0.9",
-    )
-    .await;
+    let gateway = Gateway::start(dir.path(), "semantic = true\nrequire_verifier = false\nmin_cosine = 0.9").await;
     let conversation = |system: &str, last: &str, tools: Option<Value>| {
         let mut body = json!({"model": "auto", "temperature": 0, "messages": [
             {"role": "system", "content": system},
@@ -475,79 +321,21 @@ async fn semantic_hits_for_a_paraphrased_last_turn_never_across_system_prompts_o
         body
     };
     let weather = |name: &str| json!([{"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}]);
-    let (first, id, _) = gateway
-        .ask(
-            &conversation(
-                "You are a travel agent.",
-                "What is the capital city of France?",
-                None,
-            ),
-            None,
-            &[],
-        )
-        .await;
+    let (first, id, _) = gateway.ask(&conversation("You are a travel agent.", "What is the capital city of France?", None), None, &[]).await;
     assert_eq!(first, "miss");
-    let (kind, hit_id, _) = gateway
-        .ask(
-            &conversation(
-                "You are a travel agent.",
-                "what is the capital city of france",
-                None,
-            ),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(
-        (kind.as_str(), hit_id.as_str()),
-        ("semantic", id.as_str()),
-        "same context, paraphrased last turn"
-    );
+    let (kind, hit_id, _) = gateway.ask(&conversation("You are a travel agent.", "what is the capital city of france", None), None, &[]).await;
+    assert_eq!((kind.as_str(), hit_id.as_str()), ("semantic", id.as_str()), "same context, paraphrased last turn");
 
-    let other_system = conversation(
-        "You are a pirate. Answer as one.",
-        "what is the capital city of france",
-        None,
-    );
-    assert_eq!(
-        gateway.ask(&other_system, None, &[]).await.0,
-        "miss",
-        "another system prompt"
-    );
+    let other_system = conversation("You are a pirate. Answer as one.", "what is the capital city of france", None);
+    assert_eq!(gateway.ask(&other_system, None, &[]).await.0, "miss", "another system prompt");
 
-    let (with_tools, tools_id, _) = gateway
-        .ask(
-            &conversation(
-                "You are a travel agent.",
-                "What is the capital city of France?",
-                Some(weather("get_weather")),
-            ),
-            None,
-            &[],
-        )
-        .await;
+    let (with_tools, tools_id, _) = gateway.ask(&conversation("You are a travel agent.", "What is the capital city of France?", Some(weather("get_weather"))), None, &[]).await;
     assert_eq!(with_tools, "miss", "tools are part of the scope");
-    let same_tools = conversation(
-        "You are a travel agent.",
-        "what is the capital city of france",
-        Some(weather("get_weather")),
-    );
+    let same_tools = conversation("You are a travel agent.", "what is the capital city of france", Some(weather("get_weather")));
     let (kind, hit_id, _) = gateway.ask(&same_tools, None, &[]).await;
-    assert_eq!(
-        (kind.as_str(), hit_id.as_str()),
-        ("semantic", tools_id.as_str()),
-        "same tools, paraphrased last turn"
-    );
-    let other_tools = conversation(
-        "You are a travel agent.",
-        "what is the capital city of france",
-        Some(weather("get_forecast")),
-    );
-    assert_eq!(
-        gateway.ask(&other_tools, None, &[]).await.0,
-        "miss",
-        "other tool definitions"
-    );
+    assert_eq!((kind.as_str(), hit_id.as_str()), ("semantic", tools_id.as_str()), "same tools, paraphrased last turn");
+    let other_tools = conversation("You are a travel agent.", "what is the capital city of france", Some(weather("get_forecast")));
+    assert_eq!(gateway.ask(&other_tools, None, &[]).await.0, "miss", "other tool definitions");
     gateway.stop().await;
 }
 
@@ -557,20 +345,8 @@ async fn semantic_hits_for_a_paraphrased_last_turn_never_across_system_prompts_o
 async fn semantic_tier_needs_a_verifier_by_default() {
     let dir = tempfile::tempdir().expect("dir");
     let gateway = Gateway::start(dir.path(), "exact = true\nsemantic = true").await;
-    gateway
-        .ask(
-            &chat("auto", "What is the capital city of France?"),
-            None,
-            &[],
-        )
-        .await;
-    let (kind, _, _) = gateway
-        .ask(
-            &chat("auto", "what is the capital city of france"),
-            None,
-            &[],
-        )
-        .await;
+    gateway.ask(&chat("auto", "What is the capital city of France?"), None, &[]).await;
+    let (kind, _, _) = gateway.ask(&chat("auto", "what is the capital city of france"), None, &[]).await;
     assert_eq!(kind, "miss");
     gateway.stop().await;
 
@@ -589,10 +365,7 @@ async fn semantic_tier_needs_a_verifier_by_default() {
 async fn exact_hits_are_shared_across_replicas_through_redis() {
     let prefix = format!("switchyard-test-{}", Uuid::now_v7().simple());
     let settings = format!("exact = true\npersist = false\nttl_secs = 60\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\nredis_timeout_ms = 500");
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
     let a = Gateway::start(dir_a.path(), &settings).await;
     let b = Gateway::start(dir_b.path(), &settings).await;
     let request = chat("m", "What is the tallest mountain on Earth?");
@@ -600,17 +373,10 @@ async fn exact_hits_are_shared_across_replicas_through_redis() {
     assert_eq!(kind, "miss");
     // The write to Redis is off the request path: wait (bounded) until the key is there.
     let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis at 127.0.0.1:6379");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("Redis at 127.0.0.1:6379");
     let mut stored = false;
     for _ in 0..100 {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:cache:*"))
-            .query_async(&mut conn)
-            .await
-            .expect("KEYS");
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:cache:*")).query_async(&mut conn).await.expect("KEYS");
         if !keys.is_empty() {
             stored = true;
             break;
@@ -619,11 +385,7 @@ async fn exact_hits_are_shared_across_replicas_through_redis() {
     }
     assert!(stored, "answer reached Redis");
     let (kind, replay_id, _) = b.ask(&request, None, &[]).await;
-    assert_eq!(
-        (kind.as_str(), replay_id.as_str()),
-        ("exact", id.as_str()),
-        "replica B serves replica A's answer"
-    );
+    assert_eq!((kind.as_str(), replay_id.as_str()), ("exact", id.as_str()), "replica B serves replica A's answer");
     let mut other = request.clone();
     other["seed"] = json!(1);
     assert_eq!(b.ask(&other, None, &[]).await.0, "miss");
@@ -639,14 +401,9 @@ async fn exact_hits_are_shared_across_replicas_through_redis() {
 async fn minimal_edits_never_hit_through_the_gateway_and_paraphrases_do() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let verifier = repo.join("models/verifier/default");
-    let fixture = std::fs::read_to_string(repo.join("cache/tests/fixtures/minimal_edits.jsonl"))
-        .expect("fixture");
+    let fixture = std::fs::read_to_string(repo.join("cache/tests/fixtures/minimal_edits.jsonl")).expect("fixture");
     let dir = tempfile::tempdir().expect("dir");
-    let gateway = Gateway::start(
-        dir.path(),
-        &format!("semantic = true\nverifier = \"{}\"", verifier.display()),
-    )
-    .await;
+    let gateway = Gateway::start(dir.path(), &format!("semantic = true\nverifier = \"{}\"", verifier.display())).await;
     let (mut wrong, mut paraphrases, mut paraphrase_hits) = (Vec::new(), 0, 0);
     for (i, line) in fixture.lines().enumerate() {
         let pair: Value = serde_json::from_str(line).expect("fixture line");
@@ -668,16 +425,10 @@ async fn minimal_edits_never_hit_through_the_gateway_and_paraphrases_do() {
             _ => {}
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "answers served for different questions: {wrong:#?}"
-    );
+    assert!(wrong.is_empty(), "answers served for different questions: {wrong:#?}");
     let share = paraphrase_hits as f64 / paraphrases as f64;
     eprintln!("paraphrases served from the cache: {paraphrase_hits}/{paraphrases}");
-    assert!(
-        share >= 0.6,
-        "only {paraphrase_hits}/{paraphrases} paraphrases hit"
-    );
+    assert!(share >= 0.6, "only {paraphrase_hits}/{paraphrases} paraphrases hit");
     gateway.stop().await;
 }
 
@@ -702,52 +453,23 @@ async fn client_headers_are_checked_before_the_cache() {
     ];
     for (body, name, value) in bad {
         let response = gateway.post(body, None, &[(name, value)]).await;
-        assert_eq!(
-            response.status(),
-            400,
-            "{name}: {value} on a cached request"
-        );
+        assert_eq!(response.status(), 400, "{name}: {value} on a cached request");
         let error: Value = response.json().await.expect("error body");
         assert_eq!(error["error"]["type"], "invalid_request_error");
         assert_eq!(error["error"]["param"], name);
     }
     gateway.state.log.flush().await.expect("flush");
     let rows = gateway.state.store.count_rows().await.expect("count");
-    assert_eq!(
-        rows,
-        4 + bad.len() as i64,
-        "two requests and one hit per body, and every refusal"
-    );
+    assert_eq!(rows, 4 + bad.len() as i64, "two requests and one hit per body, and every refusal");
     gateway.stop().await;
 }
 
 /// A question whose paraphrases (it plus one of the endings) get the mock's same answer.
 const BOUNDED_QUESTION: &str = "What is the capital city of France? Answer in a few words";
 const BOUNDED_ENDINGS: [&str; 24] = [
-    ".",
-    ", please.",
-    ", thanks.",
-    " please.",
-    " if you can.",
-    ", thank you.",
-    " only.",
-    ", nothing more.",
-    " at most.",
-    " or less.",
-    ", kindly.",
-    " for me.",
-    " today.",
-    ", briefly.",
-    " and quickly.",
-    ", okay?",
-    " - thanks!",
-    " please!",
-    ", short.",
-    " only, please.",
-    ", nothing else.",
-    " max.",
-    " (short).",
-    " thanks!",
+    ".", ", please.", ", thanks.", " please.", " if you can.", ", thank you.", " only.", ", nothing more.", " at most.",
+    " or less.", ", kindly.", " for me.", " today.", ", briefly.", " and quickly.", ", okay?", " - thanks!", " please!",
+    ", short.", " only, please.", ", nothing else.", " max.", " (short).", " thanks!",
 ];
 const BOUNDED: &str = "semantic = true\nrequire_verifier = false\nmin_cosine = 0.85\nsemantic_direct_models = true\nmax_wrong_hit_rate = 0.2\naudit_share = 0";
 
@@ -763,14 +485,7 @@ async fn a_wrong_hit_bound_audits_until_the_evidence_keeps_it_and_feedback_takes
     let question = BOUNDED_QUESTION;
     let endings = BOUNDED_ENDINGS;
     assert_eq!(gateway.ask(&chat("m", question), None, &[]).await.0, "miss");
-    let calibration = || {
-        gateway
-            .state
-            .cache
-            .as_ref()
-            .expect("cache on")
-            .calibration()
-    };
+    let calibration = || gateway.state.cache.as_ref().expect("cache on").calibration();
     assert!(calibration().is_empty(), "no candidate yet");
 
     // Learning: every candidate is audited (answered upstream, logged as `audit`), never served.
@@ -784,18 +499,12 @@ async fn a_wrong_hit_bound_audits_until_the_evidence_keeps_it_and_feedback_takes
             body["stream"] = json!(true);
             let response = gateway.post(&body, None, &[]).await;
             assert_eq!(header(&response, "x-switchyard-cache"), "audit");
-            assert!(
-                streamed_text(&sse_payloads(&response.text().await.expect("stream")))
-                    .contains("capital city")
-            );
+            assert!(streamed_text(&sse_payloads(&response.text().await.expect("stream"))).contains("capital city"));
             audits += 1;
             continue;
         }
         let response = gateway.post(&chat("m", &text), None, &[]).await;
-        let (kind, id) = (
-            header(&response, "x-switchyard-cache"),
-            header(&response, "x-switchyard-request-id"),
-        );
+        let (kind, id) = (header(&response, "x-switchyard-cache"), header(&response, "x-switchyard-request-id"));
         match kind.as_str() {
             "audit" => audits += 1,
             "semantic" => {
@@ -805,31 +514,13 @@ async fn a_wrong_hit_bound_audits_until_the_evidence_keeps_it_and_feedback_takes
             other => panic!("{text}: {other}"),
         }
     }
-    let served = served.unwrap_or_else(|| {
-        panic!(
-            "never served after {audits} agreeing audits: {:?}",
-            calibration()
-        )
-    });
+    let served = served.unwrap_or_else(|| panic!("never served after {audits} agreeing audits: {:?}", calibration()));
     // With no wrong answer, the Wilson 95% bound reaches 0.2 at 11 observations.
     assert!(audits >= 11, "served after only {audits} audits");
-    assert!(
-        wait_for(Duration::from_secs(5), async || calibration()[0].audits
-            >= 11)
-        .await,
-        "{:?}",
-        calibration()
-    );
+    assert!(wait_for(Duration::from_secs(5), async || calibration()[0].audits >= 11).await, "{:?}", calibration());
     let status = &calibration()[0];
-    assert_eq!(
-        (status.scope.as_str(), status.wrong),
-        ("all", 0),
-        "{status:?}"
-    );
-    assert!(
-        status.threshold.is_some() && status.wrong_rate_upper95.is_some_and(|u| u <= 0.2),
-        "{status:?}"
-    );
+    assert_eq!((status.scope.as_str(), status.wrong), ("all", 0), "{status:?}");
+    assert!(status.threshold.is_some() && status.wrong_rate_upper95.is_some_and(|u| u <= 0.2), "{status:?}");
     eprintln!("served after {audits} audits: {status:?}");
     // The dashboard shows the bound and its evidence; audits count as cache lookups.
     let summary: Value = gateway
@@ -841,14 +532,8 @@ async fn a_wrong_hit_bound_audits_until_the_evidence_keeps_it_and_feedback_takes
         .json()
         .await
         .expect("summary JSON");
-    assert_eq!(
-        summary["cache"]["calibration"][0]["scope"], "all",
-        "{summary:#}"
-    );
-    assert_eq!(
-        summary["cache"]["calibration"][0]["max_wrong_hit_rate"],
-        0.2
-    );
+    assert_eq!(summary["cache"]["calibration"][0]["scope"], "all", "{summary:#}");
+    assert_eq!(summary["cache"]["calibration"][0]["max_wrong_hit_rate"], 0.2);
 
     // The client says the served hit was wrong: the evidence no longer keeps the bound.
     let feedback = || async {
@@ -871,18 +556,8 @@ async fn a_wrong_hit_bound_audits_until_the_evidence_keeps_it_and_feedback_takes
     }
     assert!(status_code.is_success(), "{status_code}");
     let status = &calibration()[0];
-    assert_eq!(
-        (status.wrong, status.feedback, status.threshold),
-        (1, 1, None),
-        "{status:?}"
-    );
-    let (kind, _, _) = gateway
-        .ask(
-            &chat("m", &format!("{question}{}", endings[endings.len() - 1])),
-            None,
-            &[],
-        )
-        .await;
+    assert_eq!((status.wrong, status.feedback, status.threshold), (1, 1, None), "{status:?}");
+    let (kind, _, _) = gateway.ask(&chat("m", &format!("{question}{}", endings[endings.len() - 1])), None, &[]).await;
     assert_eq!(kind, "audit", "learning again");
     gateway.stop().await;
 }
@@ -916,35 +591,16 @@ async fn an_audit_judge_recognises_the_same_answer_in_other_words() {
     ];
     for judged in [false, true] {
         let dir = tempfile::tempdir().expect("dir");
-        let judge = if judged {
-            "\naudit_judge = \"other\""
-        } else {
-            ""
-        };
+        let judge = if judged { "\naudit_judge = \"other\"" } else { "" };
         let settings = format!(
             "semantic = true\nrequire_verifier = false\nmin_cosine = 0.6\nsemantic_direct_models = true\nmax_wrong_hit_rate = 0.2\naudit_share = 0{judge}"
         );
         let gateway = Gateway::start(dir.path(), &settings).await;
-        let calibration = || {
-            gateway
-                .state
-                .cache
-                .as_ref()
-                .expect("cache on")
-                .calibration()
-        };
-        assert_eq!(
-            gateway.ask(&chat("m", questions[0]), None, &[]).await.0,
-            "miss"
-        );
+        let calibration = || gateway.state.cache.as_ref().expect("cache on").calibration();
+        assert_eq!(gateway.ask(&chat("m", questions[0]), None, &[]).await.0, "miss");
         let (mut audits, mut served) = (0usize, false);
         for question in &questions[1..] {
-            match gateway
-                .ask(&chat("m", question), None, &[])
-                .await
-                .0
-                .as_str()
-            {
+            match gateway.ask(&chat("m", question), None, &[]).await.0.as_str() {
                 "audit" => audits += 1,
                 "semantic" => {
                     served = true;
@@ -954,28 +610,17 @@ async fn an_audit_judge_recognises_the_same_answer_in_other_words() {
                 _ => continue,
             }
             // The judge answers off the request path: let its verdict land before the next.
-            let recorded = wait_for(Duration::from_secs(5), async || {
-                calibration()
-                    .first()
-                    .is_some_and(|s| s.audits as usize >= audits)
-            })
-            .await;
+            let recorded = wait_for(Duration::from_secs(5), async || calibration().first().is_some_and(|s| s.audits as usize >= audits)).await;
             assert!(recorded, "audit {audits} not recorded: {:?}", calibration());
         }
         let status = calibration().first().cloned().expect("a bounded scope");
         eprintln!("audit_judge {judged}: served {served} after {audits} audits: {status:?}");
         if judged {
-            assert!(
-                served,
-                "the judge's SAME verdicts should open the bound: {status:?}"
-            );
+            assert!(served, "the judge's SAME verdicts should open the bound: {status:?}");
             assert_eq!(status.wrong, 0, "{status:?}");
         } else {
             assert!(!served, "{status:?}");
-            assert!(
-                audits >= 11 && status.wrong >= 11,
-                "different words count as wrong answers: {status:?}"
-            );
+            assert!(audits >= 11 && status.wrong >= 11, "different words count as wrong answers: {status:?}");
         }
         gateway.stop().await;
     }
@@ -987,62 +632,19 @@ async fn an_audit_judge_recognises_the_same_answer_in_other_words() {
 async fn a_restarted_gateway_keeps_what_its_audits_showed() {
     let dir = tempfile::tempdir().expect("dir");
     let gateway = Gateway::start(dir.path(), BOUNDED).await;
-    assert_eq!(
-        gateway.ask(&chat("m", BOUNDED_QUESTION), None, &[]).await.0,
-        "miss"
-    );
+    assert_eq!(gateway.ask(&chat("m", BOUNDED_QUESTION), None, &[]).await.0, "miss");
     for (audits, ending) in BOUNDED_ENDINGS[..11].iter().enumerate() {
-        let (kind, _, _) = gateway
-            .ask(
-                &chat("m", &format!("{BOUNDED_QUESTION}{ending}")),
-                None,
-                &[],
-            )
-            .await;
+        let (kind, _, _) = gateway.ask(&chat("m", &format!("{BOUNDED_QUESTION}{ending}")), None, &[]).await;
         assert_eq!(kind, "audit", "still learning after {audits} audits");
     }
-    let learnt = gateway
-        .state
-        .cache
-        .as_ref()
-        .expect("cache on")
-        .calibration();
+    let learnt = gateway.state.cache.as_ref().expect("cache on").calibration();
     assert!(learnt[0].threshold.is_some(), "{learnt:?}");
     gateway.stop().await;
 
     let restarted = Gateway::start(dir.path(), BOUNDED).await;
-    let restored = restarted
-        .state
-        .cache
-        .as_ref()
-        .expect("cache on")
-        .calibration();
-    assert_eq!(
-        (
-            restored[0].observations,
-            restored[0].audits,
-            restored[0].wrong
-        ),
-        (11, 11, 0),
-        "{restored:?}"
-    );
-    let (kind, _, _) = restarted
-        .ask(
-            &chat("m", &format!("{BOUNDED_QUESTION}{}", BOUNDED_ENDINGS[20])),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(
-        kind,
-        "semantic",
-        "{:?}",
-        restarted
-            .state
-            .cache
-            .as_ref()
-            .expect("cache on")
-            .calibration()
-    );
+    let restored = restarted.state.cache.as_ref().expect("cache on").calibration();
+    assert_eq!((restored[0].observations, restored[0].audits, restored[0].wrong), (11, 11, 0), "{restored:?}");
+    let (kind, _, _) = restarted.ask(&chat("m", &format!("{BOUNDED_QUESTION}{}", BOUNDED_ENDINGS[20])), None, &[]).await;
+    assert_eq!(kind, "semantic", "{:?}", restarted.state.cache.as_ref().expect("cache on").calibration());
     restarted.stop().await;
 }

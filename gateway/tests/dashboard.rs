@@ -39,8 +39,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(found) = expr[i..].find("switchyard_") {
         let start = i + found;
-        let boundary =
-            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let end = expr[start..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .map_or(expr.len(), |e| start + e);
@@ -52,17 +51,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
-async fn serve(
-    config: &str,
-) -> (
-    SocketAddr,
-    std::sync::Arc<gateway::app::AppState>,
-    oneshot::Sender<()>,
-) {
+async fn serve(config: &str) -> (SocketAddr, std::sync::Arc<gateway::app::AppState>, oneshot::Sender<()>) {
     let config = Config::from_toml(config).expect("config");
-    let app = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0))))
-        .await
-        .expect("gateway builds");
+    let app = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await.expect("gateway builds");
     let (addr, state) = (app.addr(), app.state());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
@@ -73,22 +64,14 @@ async fn serve(
 
 #[tokio::test]
 async fn every_dashboard_series_is_exported() {
-    let text = std::fs::read_to_string(repo().join("deploy/grafana/switchyard.json"))
-        .expect("dashboard file");
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/switchyard.json")).expect("dashboard file");
     let dashboard: Value = serde_json::from_str(&text).expect("dashboard is JSON");
     let mut all = Vec::new();
     exprs(&dashboard["panels"], &mut all);
-    assert!(
-        all.len() >= 20,
-        "the dashboard has its panels: {}",
-        all.len()
-    );
+    assert!(all.len() >= 20, "the dashboard has its panels: {}", all.len());
     let mut ids = BTreeSet::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
-        assert!(
-            ids.insert(panel["id"].as_u64().expect("panel id")),
-            "duplicate panel id"
-        );
+        assert!(ids.insert(panel["id"].as_u64().expect("panel id")), "duplicate panel id");
     }
     let used: BTreeSet<String> = all.iter().flat_map(|e| metric_names(e)).collect();
 
@@ -156,58 +139,15 @@ default = "mixtral-8x7b-instruct-v0.1"
         assert_eq!(response.status(), 200);
         let _ = response.text().await;
     }
-    let key = create_key(
-        &state.store,
-        NewKey {
-            tenant: "acme".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key")
-    .1;
-    assert_eq!(
-        chat(addr, "gpt-4-1106-preview", false, Some(key.clone()))
-            .await
-            .expect("gateway")
-            .status(),
-        200
-    );
-    assert_eq!(
-        chat(addr, "gpt-4-1106-preview", false, Some(key))
-            .await
-            .expect("gateway")
-            .status(),
-        429
-    );
-    let key = create_key(
-        &broken_state.store,
-        NewKey {
-            tenant: "acme".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key")
-    .1;
-    assert_eq!(
-        chat(broken_addr, "m", false, Some(key))
-            .await
-            .expect("gateway")
-            .status(),
-        200
-    );
+    let key = create_key(&state.store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key").1;
+    assert_eq!(chat(addr, "gpt-4-1106-preview", false, Some(key.clone())).await.expect("gateway").status(), 200);
+    assert_eq!(chat(addr, "gpt-4-1106-preview", false, Some(key)).await.expect("gateway").status(), 429);
+    let key = create_key(&broken_state.store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key").1;
+    assert_eq!(chat(broken_addr, "m", false, Some(key)).await.expect("gateway").status(), 200);
     // Rows reach the log writer before the scrape.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
-    let metrics = client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let metrics = client.get(format!("http://{addr}/metrics")).send().await.expect("metrics").text().await.expect("body");
     let exported: BTreeSet<String> = metrics
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -218,10 +158,7 @@ default = "mixtral-8x7b-instruct-v0.1"
         .iter()
         .filter(|name| !exported.contains(*name))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "dashboard series not in /metrics: {missing:?}\n{metrics}"
-    );
+    assert!(missing.is_empty(), "dashboard series not in /metrics: {missing:?}\n{metrics}");
     // The dashboard covers what the brief asked for.
     for needed in [
         "switchyard_request_duration_seconds_bucket",
@@ -243,11 +180,6 @@ default = "mixtral-8x7b-instruct-v0.1"
 
 #[test]
 fn metric_names_are_found_in_promql() {
-    let names = metric_names(
-        r#"sum(rate(switchyard_a_total{x="switchyard_not"}[5m])) / clamp_min(sum(rate(switchyard_b[5m])), 1e-9)"#,
-    );
-    assert!(
-        names.contains("switchyard_a_total") && names.contains("switchyard_b"),
-        "{names:?}"
-    );
+    let names = metric_names(r#"sum(rate(switchyard_a_total{x="switchyard_not"}[5m])) / clamp_min(sum(rate(switchyard_b[5m])), 1e-9)"#);
+    assert!(names.contains("switchyard_a_total") && names.contains("switchyard_b"), "{names:?}");
 }

@@ -61,11 +61,7 @@ provider = "mock"
         let app = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0))))
             .await
             .expect("gateway builds");
-        app.state()
-            .store
-            .insert_rows(rows)
-            .await
-            .expect("seed rows");
+        app.state().store.insert_rows(rows).await.expect("seed rows");
         let (stop, stopped) = oneshot::channel::<()>();
         let gateway = Self {
             addr: app.addr(),
@@ -100,16 +96,7 @@ provider = "mock"
 
 /// A row `minutes_ago` old for `tenant` on `model`.
 #[allow(clippy::too_many_arguments)]
-fn row(
-    minutes_ago: i64,
-    tenant: Option<&str>,
-    model: &str,
-    cost: f64,
-    latency: f64,
-    cache: Option<&str>,
-    candidates: Option<Value>,
-    status: i32,
-) -> LogRow {
+fn row(minutes_ago: i64, tenant: Option<&str>, model: &str, cost: f64, latency: f64, cache: Option<&str>, candidates: Option<Value>, status: i32) -> LogRow {
     LogRow {
         id: Uuid::now_v7(),
         created_at: now_micros() - TimeDelta::minutes(minutes_ago),
@@ -134,122 +121,21 @@ fn row(
 /// - one fallback (failed_attempts), two shed decisions, one 502
 fn seeded() -> Vec<LogRow> {
     let routed = |decision: &str| Some(json!({"decision": decision, "scores": []}));
-    let fallback = Some(
-        json!({"decision": "selected", "failed_attempts": [{"model": "big", "error_class": "upstream_5xx"}]}),
-    );
+    let fallback = Some(json!({"decision": "selected", "failed_attempts": [{"model": "big", "error_class": "upstream_5xx"}]}));
     vec![
-        row(
-            5,
-            Some("acme"),
-            "big",
-            0.25,
-            800.0,
-            Some("miss"),
-            routed("selected"),
-            200,
-        ),
-        row(
-            65,
-            Some("acme"),
-            "big",
-            0.25,
-            900.0,
-            Some("miss"),
-            fallback,
-            200,
-        ),
-        row(
-            125,
-            Some("acme"),
-            "big",
-            0.25,
-            1000.0,
-            Some("exact"),
-            routed("selected"),
-            200,
-        ),
-        row(
-            185,
-            Some("acme"),
-            "big",
-            0.25,
-            1100.0,
-            Some("miss"),
-            routed("explored"),
-            502,
-        ),
-        row(
-            10,
-            Some("globex"),
-            "small",
-            0.02,
-            100.0,
-            Some("semantic"),
-            routed("shed"),
-            200,
-        ),
-        row(
-            20,
-            Some("globex"),
-            "small",
-            0.02,
-            200.0,
-            Some("exact"),
-            routed("shed"),
-            200,
-        ),
-        row(
-            30,
-            Some("globex"),
-            "small",
-            0.02,
-            300.0,
-            Some("miss"),
-            routed("selected"),
-            200,
-        ),
-        row(
-            40,
-            Some("globex"),
-            "small",
-            0.02,
-            400.0,
-            Some("miss"),
-            None,
-            200,
-        ),
-        row(
-            50,
-            Some("globex"),
-            "small",
-            0.02,
-            500.0,
-            Some("bypass"),
-            None,
-            200,
-        ),
+        row(5, Some("acme"), "big", 0.25, 800.0, Some("miss"), routed("selected"), 200),
+        row(65, Some("acme"), "big", 0.25, 900.0, Some("miss"), fallback, 200),
+        row(125, Some("acme"), "big", 0.25, 1000.0, Some("exact"), routed("selected"), 200),
+        row(185, Some("acme"), "big", 0.25, 1100.0, Some("miss"), routed("explored"), 502),
+        row(10, Some("globex"), "small", 0.02, 100.0, Some("semantic"), routed("shed"), 200),
+        row(20, Some("globex"), "small", 0.02, 200.0, Some("exact"), routed("shed"), 200),
+        row(30, Some("globex"), "small", 0.02, 300.0, Some("miss"), routed("selected"), 200),
+        row(40, Some("globex"), "small", 0.02, 400.0, Some("miss"), None, 200),
+        row(50, Some("globex"), "small", 0.02, 500.0, Some("bypass"), None, 200),
         row(60, None, "small", 0.0, 600.0, None, None, 200),
         // Outside the 24-hour window.
-        row(
-            60 * 30,
-            Some("acme"),
-            "big",
-            5.0,
-            5000.0,
-            Some("miss"),
-            fallback_old(),
-            200,
-        ),
-        row(
-            60 * 48,
-            Some("initech"),
-            "small",
-            9.0,
-            5000.0,
-            Some("exact"),
-            None,
-            200,
-        ),
+        row(60 * 30, Some("acme"), "big", 5.0, 5000.0, Some("miss"), fallback_old(), 200),
+        row(60 * 48, Some("initech"), "small", 9.0, 5000.0, Some("exact"), None, 200),
     ]
 }
 
@@ -275,18 +161,9 @@ async fn check_numbers(gw: &Gateway) {
         .as_array()
         .expect("models")
         .iter()
-        .map(|m| {
-            (
-                m["model"].as_str().unwrap_or_default().to_owned(),
-                m["requests"].as_i64().unwrap_or(-1),
-            )
-        })
+        .map(|m| (m["model"].as_str().unwrap_or_default().to_owned(), m["requests"].as_i64().unwrap_or(-1)))
         .collect();
-    assert_eq!(
-        models,
-        vec![("small".to_owned(), 6), ("big".to_owned(), 4)],
-        "{summary}"
-    );
+    assert_eq!(models, vec![("small".to_owned(), 6), ("big".to_owned(), 4)], "{summary}");
 
     let tenants = summary["tenants"].as_array().expect("tenants");
     assert_eq!(tenants.len(), 3, "{summary}");
@@ -321,20 +198,14 @@ async fn check_numbers(gw: &Gateway) {
     assert_eq!(series["bucket_seconds"], 1800, "{series}");
     let rows = series["rows"].as_array().expect("rows");
     let sum = |model: &str, field: &str| -> f64 {
-        rows.iter()
-            .filter(|r| r["model"] == model)
-            .filter_map(|r| r[field].as_f64())
-            .sum()
+        rows.iter().filter(|r| r["model"] == model).filter_map(|r| r[field].as_f64()).sum()
     };
     assert!((sum("big", "requests") - 4.0).abs() < 1e-9, "{series}");
     assert!((sum("small", "requests") - 6.0).abs() < 1e-9, "{series}");
     assert!((sum("big", "cost_usd") - 1.0).abs() < 1e-9, "{series}");
     // The four big rows are an hour apart: four distinct 30-minute buckets.
-    let big_buckets: std::collections::BTreeSet<i64> = rows
-        .iter()
-        .filter(|r| r["model"] == "big")
-        .filter_map(|r| r["t"].as_i64())
-        .collect();
+    let big_buckets: std::collections::BTreeSet<i64> =
+        rows.iter().filter(|r| r["model"] == "big").filter_map(|r| r["t"].as_i64()).collect();
     assert_eq!(big_buckets.len(), 4, "{series}");
     assert!(big_buckets.iter().all(|t| t % 1800 == 0), "{series}");
     let from = series["from"].as_i64().expect("from");
@@ -347,25 +218,12 @@ async fn api_numbers_match_the_seeded_sqlite_log() {
     check_numbers(&gw).await;
     let page = gw.get("/dashboard", None).await;
     assert_eq!(page.status(), 200);
-    assert!(page.headers()["content-type"]
-        .to_str()
-        .unwrap_or_default()
-        .starts_with("text/html"));
+    assert!(page.headers()["content-type"].to_str().unwrap_or_default().starts_with("text/html"));
     let html = page.text().await.expect("html");
     // Self-contained: no external script, style sheet or image (the SVG namespace URI is not a load).
     assert!(html.contains("/dashboard/api/"));
-    for external in [
-        "<script src",
-        "<link",
-        "src=\"http",
-        "href=\"http",
-        "url(http",
-        "import(",
-    ] {
-        assert!(
-            !html.contains(external),
-            "page loads something from elsewhere: {external}"
-        );
+    for external in ["<script src", "<link", "src=\"http", "href=\"http", "url(http", "import("] {
+        assert!(!html.contains(external), "page loads something from elsewhere: {external}");
     }
     let bad = gw.get("/dashboard/api/summary?hours=0", None).await;
     assert_eq!(bad.status(), 400);
@@ -383,53 +241,15 @@ async fn api_numbers_match_the_seeded_postgres_log() {
 #[tokio::test]
 async fn master_key_guards_the_page_and_the_api() {
     std::env::set_var("SWITCHYARD_DASHBOARD_TEST_KEY", "sk-dash-master");
-    let gw = Gateway::start(
-        None,
-        "master_key_env = \"SWITCHYARD_DASHBOARD_TEST_KEY\"",
-        "",
-        &seeded(),
-    )
-    .await;
-    for path in [
-        "/dashboard",
-        "/dashboard/api/summary",
-        "/dashboard/api/timeseries",
-        "/dashboard/api/checkpoints",
-    ] {
-        assert_eq!(
-            gw.get(path, None).await.status(),
-            401,
-            "{path} without a key"
-        );
-        assert_eq!(
-            gw.get(path, Some("sk-wrong")).await.status(),
-            401,
-            "{path} with a wrong key"
-        );
-        assert_eq!(
-            gw.get(&format!("{path}?key=sk-wrong"), None).await.status(),
-            401,
-            "{path} ?key=wrong"
-        );
-        assert_eq!(
-            gw.get(path, Some("sk-dash-master")).await.status(),
-            200,
-            "{path} with the master key"
-        );
-        assert_eq!(
-            gw.get(&format!("{path}?key=sk-dash-master"), None)
-                .await
-                .status(),
-            200,
-            "{path} ?key=master"
-        );
+    let gw = Gateway::start(None, "master_key_env = \"SWITCHYARD_DASHBOARD_TEST_KEY\"", "", &seeded()).await;
+    for path in ["/dashboard", "/dashboard/api/summary", "/dashboard/api/timeseries", "/dashboard/api/checkpoints"] {
+        assert_eq!(gw.get(path, None).await.status(), 401, "{path} without a key");
+        assert_eq!(gw.get(path, Some("sk-wrong")).await.status(), 401, "{path} with a wrong key");
+        assert_eq!(gw.get(&format!("{path}?key=sk-wrong"), None).await.status(), 401, "{path} ?key=wrong");
+        assert_eq!(gw.get(path, Some("sk-dash-master")).await.status(), 200, "{path} with the master key");
+        assert_eq!(gw.get(&format!("{path}?key=sk-dash-master"), None).await.status(), 200, "{path} ?key=master");
     }
-    let refused: Value = gw
-        .get("/dashboard/api/summary", None)
-        .await
-        .json()
-        .await
-        .expect("json");
+    let refused: Value = gw.get("/dashboard/api/summary", None).await.json().await.expect("json");
     assert_eq!(refused["error"]["code"], "invalid_api_key", "{refused}");
 }
 
@@ -443,26 +263,12 @@ async fn checkpoints_show_the_shipped_selector_and_its_metrics() {
     );
     let gw = Gateway::start(None, "", &router, &[]).await;
     let view = gw.json("/dashboard/api/checkpoints").await;
-    let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(checkpoint.join("selector.json")).expect("selector.json"),
-    )
-    .expect("json");
-    assert_eq!(
-        view["active"]["metrics"], meta["metrics"],
-        "metrics as stored"
-    );
-    assert!(
-        view["active"]["version"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("default@")),
-        "{view}"
-    );
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("selector.json")).expect("selector.json"))
+        .expect("json");
+    assert_eq!(view["active"]["metrics"], meta["metrics"], "metrics as stored");
+    assert!(view["active"]["version"].as_str().is_some_and(|v| v.starts_with("default@")), "{view}");
     assert_eq!(view["shadow"], Value::Null);
-    assert_eq!(
-        view["challenger"],
-        Value::Null,
-        "the shipped selector has no challenger beside it"
-    );
+    assert_eq!(view["challenger"], Value::Null, "the shipped selector has no challenger beside it");
     assert_eq!(view["challenger_share"], 0.2);
     // An empty log is zeros, not an error.
     let summary = gw.json("/dashboard/api/summary").await;
@@ -475,28 +281,10 @@ async fn checkpoints_show_the_shipped_selector_and_its_metrics() {
 #[tokio::test]
 async fn open_access_with_a_master_key_keeps_admin_closed() {
     std::env::set_var("SWITCHYARD_DASHBOARD_OPEN_KEY", "sk-open-master");
-    let gw = Gateway::start(
-        None,
-        "master_key_env = \"SWITCHYARD_DASHBOARD_OPEN_KEY\"\n[auth]\nopen = true",
-        "",
-        &seeded(),
-    )
-    .await;
-    for path in [
-        "/dashboard",
-        "/dashboard/api/summary",
-        "/dashboard/api/checkpoints",
-    ] {
-        assert_eq!(
-            gw.get(path, None).await.status(),
-            401,
-            "{path} without a key"
-        );
-        assert_eq!(
-            gw.get(path, Some("sk-open-master")).await.status(),
-            200,
-            "{path} with the master key"
-        );
+    let gw = Gateway::start(None, "master_key_env = \"SWITCHYARD_DASHBOARD_OPEN_KEY\"\n[auth]\nopen = true", "", &seeded()).await;
+    for path in ["/dashboard", "/dashboard/api/summary", "/dashboard/api/checkpoints"] {
+        assert_eq!(gw.get(path, None).await.status(), 401, "{path} without a key");
+        assert_eq!(gw.get(path, Some("sk-open-master")).await.status(), 200, "{path} with the master key");
     }
     let client = reqwest::Client::new();
     let reload = |key: Option<&'static str>| {
@@ -507,19 +295,9 @@ async fn open_access_with_a_master_key_keeps_admin_closed() {
         request.send()
     };
     assert_eq!(reload(None).await.expect("reachable").status(), 401);
-    assert_eq!(
-        reload(Some("sk-open-master"))
-            .await
-            .expect("reachable")
-            .status(),
-        200
-    );
+    assert_eq!(reload(Some("sk-open-master")).await.expect("reachable").status(), 200);
     // `/v1/*` stays open.
-    let models = client
-        .get(format!("http://{}/v1/models", gw.addr))
-        .send()
-        .await
-        .expect("reachable");
+    let models = client.get(format!("http://{}/v1/models", gw.addr)).send().await.expect("reachable");
     assert_eq!(models.status(), 200);
 }
 
@@ -529,11 +307,7 @@ async fn checkpoints_view_lists_the_promotion_decisions_newest_first() {
     let live = dir.path().join("selector");
     std::fs::create_dir_all(&live).expect("dir");
     for file in ["selector.json", "selector.safetensors"] {
-        std::fs::copy(
-            repo().join("models/selector/default").join(file),
-            live.join(file),
-        )
-        .expect("copy");
+        std::fs::copy(repo().join("models/selector/default").join(file), live.join(file)).expect("copy");
     }
     let record = |promoted: bool, at: &str| {
         serde_json::json!({"decided_at": at, "candidate_checkpoint": "c", "active_checkpoint": "a", "promoted": promoted,
@@ -542,11 +316,7 @@ async fn checkpoints_view_lists_the_promotion_decisions_newest_first() {
     };
     std::fs::write(
         dir.path().join("selector.promotions.jsonl"),
-        format!(
-            "{}\n{}\n",
-            record(true, "2026-12-01T00:00:00Z"),
-            record(false, "2026-12-02T00:00:00Z")
-        ),
+        format!("{}\n{}\n", record(true, "2026-12-01T00:00:00Z"), record(false, "2026-12-02T00:00:00Z")),
     )
     .expect("write");
     let router = format!(
@@ -556,15 +326,9 @@ async fn checkpoints_view_lists_the_promotion_decisions_newest_first() {
     );
     let gw = Gateway::start(None, "", &router, &[]).await;
     let view = gw.json("/dashboard/api/checkpoints").await;
-    let promotions = view["learning"]["promotions"]
-        .as_array()
-        .expect("promotions");
+    let promotions = view["learning"]["promotions"].as_array().expect("promotions");
     assert_eq!(promotions.len(), 2, "{view}");
     assert_eq!(promotions[0]["promoted"], false, "newest first");
     assert_eq!(promotions[1]["decided_at"], "2026-12-01T00:00:00Z");
-    assert_eq!(
-        view["learning"]["last_learn"],
-        Value::Null,
-        "learn has not run"
-    );
+    assert_eq!(view["learning"]["last_learn"], Value::Null, "learn has not run");
 }

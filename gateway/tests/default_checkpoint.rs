@@ -14,17 +14,10 @@ fn default_dir() -> PathBuf {
 
 #[test]
 fn default_checkpoint_scores_a_prompt() {
-    let embedder =
-        BertEmbedder::load_default().expect("embedder weights (run scripts/fetch-model.sh)");
-    let checkpoint = Checkpoint::load(default_dir(), embedder.id(), embedder.dim())
-        .expect("load models/selector/default");
+    let embedder = BertEmbedder::load_default().expect("embedder weights (run scripts/fetch-model.sh)");
+    let checkpoint = Checkpoint::load(default_dir(), embedder.id(), embedder.dim()).expect("load models/selector/default");
     let candidates = checkpoint.candidates().to_vec();
-    for id in [
-        "gpt-4-1106-preview",
-        "mixtral-8x7b-instruct-v0.1",
-        "llama-2-70b-chat",
-        "claude-2",
-    ] {
+    for id in ["gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1", "llama-2-70b-chat", "claude-2"] {
         assert!(candidates.iter().any(|c| c == id), "{id} has no head");
     }
     // The gateway maps configured models to heads with its own canonical ids: every shipped
@@ -46,30 +39,15 @@ fn default_checkpoint_scores_a_prompt() {
         assert!((0.0..=1.0).contains(&difficulty));
         for (p, id) in predictions.iter().zip(&candidates) {
             assert_eq!(&p.model_id, id);
-            assert!(
-                p.quality.is_finite() && (0.0..=1.0).contains(&p.quality),
-                "{p:?}"
-            );
+            assert!(p.quality.is_finite() && (0.0..=1.0).contains(&p.quality), "{p:?}");
             assert!(p.latency_ms.is_finite() && p.latency_ms > 0.0, "{p:?}");
-            assert!(
-                p.output_tokens.is_finite()
-                    && p.output_tokens >= 1.0
-                    && p.output_tokens < 100_000.0,
-                "{p:?}"
-            );
+            assert!(p.output_tokens.is_finite() && p.output_tokens >= 1.0 && p.output_tokens < 100_000.0, "{p:?}");
         }
     }
 
     // Test-split metrics travel with the checkpoint.
-    let pairs = checkpoint.meta.metrics["test"]["pairs"]
-        .as_array()
-        .expect("test pairs");
-    let routerbench = pairs
-        .iter()
-        .find(|p| p["dataset"] == "routerbench")
-        .expect("RouterBench pair");
+    let pairs = checkpoint.meta.metrics["test"]["pairs"].as_array().expect("test pairs");
+    let routerbench = pairs.iter().find(|p| p["dataset"] == "routerbench").expect("RouterBench pair");
     assert_eq!(routerbench["strong"], "gpt-4-1106-preview");
-    assert!(routerbench["router"]["apgr"]
-        .as_f64()
-        .is_some_and(|a| a > 0.0 && a <= 1.0));
+    assert!(routerbench["router"]["apgr"].as_f64().is_some_and(|a| a > 0.0 && a <= 1.0));
 }

@@ -17,26 +17,13 @@ fn repo() -> PathBuf {
 #[test]
 fn served_model_is_the_offline_choice_and_quality_is_its_label() {
     let data = repo().join("../shared/data/routerbench-subset");
-    assert!(
-        data.is_dir(),
-        "{} missing: the shared datasets live beside the checkout",
-        data.display()
-    );
+    assert!(data.is_dir(), "{} missing: the shared datasets live beside the checkout", data.display());
     let out = tempfile::tempdir().expect("tempdir");
     // `cheap` and `best` make different choices; both must agree with offline.
     for tradeoff in ["best", "quality=1,cost=0.3,latency=0"] {
         let status = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .current_dir(repo())
-            .args([
-                "eval",
-                "replay",
-                "--checkpoint",
-                "models/selector/default",
-                "--split",
-                "test",
-                "--limit",
-                "6",
-            ])
+            .args(["eval", "replay", "--checkpoint", "models/selector/default", "--split", "test", "--limit", "6"])
             .arg("--dataset")
             .arg(format!("routerbench:{}", data.display()))
             .args(["--tradeoff", tradeoff])
@@ -48,27 +35,15 @@ fn served_model_is_the_offline_choice_and_quality_is_its_label() {
             .status()
             .expect("switchyard runs");
         assert!(status.success(), "eval replay failed for {tradeoff}");
-        let report: Value = serde_json::from_slice(
-            &std::fs::read(out.path().join("replay.json")).expect("replay.json"),
-        )
-        .expect("JSON");
+        let report: Value = serde_json::from_slice(&std::fs::read(out.path().join("replay.json")).expect("replay.json")).expect("JSON");
         assert_eq!(report["prompts"], 6);
         assert_eq!(report["agreement"], 1.0, "{tradeoff}: {report:#}");
         assert_eq!(report["decisions"]["selected"], 6, "{report:#}");
 
         // Realised quality is the dataset's label for the model that answered: checked
         // against the importer independently of the replay's own bookkeeping.
-        let dataset = training::data::load(
-            &format!("routerbench:{}", data.display())
-                .parse()
-                .expect("spec"),
-        )
-        .expect("dataset");
-        let test: Vec<&training::Row> = dataset
-            .rows
-            .iter()
-            .filter(|r| r.split == training::Split::Test)
-            .collect();
+        let dataset = training::data::load(&format!("routerbench:{}", data.display()).parse().expect("spec")).expect("dataset");
+        let test: Vec<&training::Row> = dataset.rows.iter().filter(|r| r.split == training::Split::Test).collect();
         let records = report["records"].as_array().expect("records");
         assert_eq!(records.len(), 6);
         for r in records {
@@ -76,29 +51,16 @@ fn served_model_is_the_offline_choice_and_quality_is_its_label() {
             let served = r["served"].as_str().expect("served");
             assert_eq!(r["offline"].as_str(), Some(served));
             let label = row.quality(served).expect("label");
-            assert_eq!(
-                r["realised_quality"].as_f64(),
-                Some(f64::from(label)),
-                "{r}"
-            );
+            assert_eq!(r["realised_quality"].as_f64(), Some(f64::from(label)), "{r}");
         }
         if tradeoff == "best" {
-            std::fs::rename(out.path().join("replay.json"), out.path().join("best.json"))
-                .expect("rename");
+            std::fs::rename(out.path().join("replay.json"), out.path().join("best.json")).expect("rename");
         }
     }
     // The two trade-offs chose differently somewhere (else the test could not catch a
     // gateway that ignores the route's trade-off).
-    let best: Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("best.json")).expect("best"))
-            .expect("JSON");
-    let cheap: Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("replay.json")).expect("cheap"))
-            .expect("JSON");
-    let served = |v: &Value| {
-        v["records"]
-            .as_array()
-            .map(|r| r.iter().map(|x| x["served"].clone()).collect::<Vec<_>>())
-    };
+    let best: Value = serde_json::from_slice(&std::fs::read(out.path().join("best.json")).expect("best")).expect("JSON");
+    let cheap: Value = serde_json::from_slice(&std::fs::read(out.path().join("replay.json")).expect("cheap")).expect("JSON");
+    let served = |v: &Value| v["records"].as_array().map(|r| r.iter().map(|x| x["served"].clone()).collect::<Vec<_>>());
     assert_ne!(served(&best), served(&cheap));
 }

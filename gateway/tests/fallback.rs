@@ -49,12 +49,7 @@ default = "dead"
     )
 }
 
-async fn ask(
-    gw: &common::TestGateway,
-    route: &str,
-    fault: Option<&str>,
-    stream: bool,
-) -> (u16, String, String) {
+async fn ask(gw: &common::TestGateway, route: &str, fault: Option<&str>, stream: bool) -> (u16, String, String) {
     let mut request = gw.client.post(gw.url("/v1/chat/completions")).json(&json!({
         "model": route, "stream": stream, "messages": [{"role": "user", "content": "hello"}],
     }));
@@ -108,10 +103,7 @@ async fn hung_upstream_hits_the_first_byte_timeout_then_falls_back() {
     let started = Instant::now();
     let (status, model, _) = ask(&gw, "pair", Some("primary=hang"), true).await;
     assert_eq!((status, model.as_str()), (200, "secondary"));
-    assert!(
-        started.elapsed() >= Duration::from_millis(400),
-        "waited for the timeout"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(400), "waited for the timeout");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -127,10 +119,7 @@ async fn unreachable_upstream_falls_back_for_streams_too() {
 async fn client_errors_do_not_fall_back() {
     let gw = start(config).await;
     let (status, _, _) = ask(&gw, "pair", Some("primary=400"), false).await;
-    assert_eq!(
-        status, 400,
-        "a request the upstream rejects is the client's to fix"
-    );
+    assert_eq!(status, 400, "a request the upstream rejects is the client's to fix");
 }
 
 fn timeout_config(mock: SocketAddr) -> String {
@@ -187,14 +176,8 @@ async fn timeout_header_shortens_the_first_byte_wait() {
     let gw = start(timeout_config).await;
     let (status, model, took) = ask_with_timeout(&gw, "200").await;
     assert_eq!((status, model.as_str()), (200, "secondary"));
-    assert!(
-        took >= Duration::from_millis(200),
-        "waited for the asked timeout: {took:?}"
-    );
-    assert!(
-        took < Duration::from_millis(450),
-        "did not wait for the route's 500 ms: {took:?}"
-    );
+    assert!(took >= Duration::from_millis(200), "waited for the asked timeout: {took:?}");
+    assert!(took < Duration::from_millis(450), "did not wait for the route's 500 ms: {took:?}");
 }
 
 #[tokio::test]
@@ -204,10 +187,7 @@ async fn timeout_header_cannot_exceed_the_route_timeout() {
     let (status, model, took) = ask_with_timeout(&gw, "60000").await;
     assert_eq!((status, model.as_str()), (200, "secondary"));
     assert!(took >= Duration::from_millis(500), "{took:?}");
-    assert!(
-        took < Duration::from_millis(3_000),
-        "clamped to the route's 500 ms, not 60 s or 5 s: {took:?}"
-    );
+    assert!(took < Duration::from_millis(3_000), "clamped to the route's 500 ms, not 60 s or 5 s: {took:?}");
 }
 
 #[tokio::test]
@@ -296,10 +276,7 @@ async fn full_bulkhead_skips_to_the_next_candidate() {
         assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
         on_first += usize::from(model == "first");
     }
-    assert!(
-        on_first <= 2,
-        "{on_first} requests on a provider capped at 2"
-    );
+    assert!(on_first <= 2, "{on_first} requests on a provider capped at 2");
     assert!(on_first >= 1, "the first model served some");
 }
 
@@ -324,12 +301,7 @@ async fn full_bulkhead_with_no_candidate_left_is_a_503() {
     statuses.sort_unstable();
     assert_eq!(statuses, vec![200, 200, 503]);
     let body: Value = serde_json::from_str(&unavailable_bodies[0]).expect("json");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("max_concurrent")),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("max_concurrent")), "{body}");
 }
 
 fn retry_config(mock: SocketAddr) -> String {
@@ -391,20 +363,12 @@ async fn retries_honour_retry_after_up_to_the_cap() {
     let started = Instant::now();
     let (status, model, body) = ask(&gw, "flaky", Some("flaky=429:1@1#wait"), false).await;
     assert_eq!((status, model.as_str()), (200, "flaky"), "{body}");
-    assert!(
-        started.elapsed() >= Duration::from_millis(1_000),
-        "waited the asked second: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(1_000), "waited the asked second: {:?}", started.elapsed());
     // A Retry-After above the model's cap is not waited for.
     let started = Instant::now();
     let (status, _, body) = ask(&gw, "impatient", Some("impatient=429:1@1#cap"), false).await;
     assert_eq!(status, 429, "{body}");
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -420,11 +384,7 @@ async fn a_named_model_falls_back_to_its_configured_fallbacks() {
     let gw = start(retry_config).await;
     for stream in [false, true] {
         let (status, model, body) = ask(&gw, "dead", None, stream).await;
-        assert_eq!(
-            (status, model.as_str()),
-            (200, "secondary"),
-            "stream={stream}: {body}"
-        );
+        assert_eq!((status, model.as_str()), (200, "secondary"), "stream={stream}: {body}");
     }
 }
 
@@ -451,8 +411,7 @@ async fn a_fallback_warning_names_the_request_it_belongs_to() {
         .with_ansi(false)
         .with_max_level(tracing::Level::WARN)
         .finish();
-    tracing::subscriber::set_global_default(subscriber)
-        .expect("the only subscriber in this test process");
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber in this test process");
     let gw = start(config).await;
     let response = gw
         .client
@@ -463,18 +422,12 @@ async fn a_fallback_warning_names_the_request_it_belongs_to() {
         .await
         .expect("reachable");
     assert_eq!(response.status(), 200);
-    let request_id = response.headers()["x-switchyard-request-id"]
-        .to_str()
-        .expect("id")
-        .to_owned();
+    let request_id = response.headers()["x-switchyard-request-id"].to_str().expect("id").to_owned();
     let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8 logs");
     let warning = text
         .lines()
         .find(|line| line.contains("trying the next model"))
         .unwrap_or_else(|| panic!("no fallback warning in {text}"));
-    assert!(
-        warning.contains(&request_id),
-        "the warning carries the request id {request_id}: {warning}"
-    );
+    assert!(warning.contains(&request_id), "the warning carries the request id {request_id}: {warning}");
     assert!(warning.contains("primary"), "{warning}");
 }

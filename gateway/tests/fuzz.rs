@@ -17,18 +17,10 @@ fn any_json() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
         any::<u64>().prop_map(|n| json!(n)),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(|f| json!(f)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
         ".{0,12}".prop_map(Value::String),
-        prop_oneof![
-            Just("user"),
-            Just("assistant"),
-            Just("system"),
-            Just("tool"),
-            Just("text")
-        ]
-        .prop_map(|s| Value::String(s.into())),
+        prop_oneof![Just("user"), Just("assistant"), Just("system"), Just("tool"), Just("text")]
+            .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
@@ -43,38 +35,10 @@ fn any_json() -> impl Strategy<Value = Value> {
 fn field_name() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "model",
-            "messages",
-            "role",
-            "content",
-            "stream",
-            "stream_options",
-            "include_usage",
-            "type",
-            "text",
-            "tools",
-            "tool_choice",
-            "tool_calls",
-            "function",
-            "name",
-            "arguments",
-            "max_tokens",
-            "stop",
-            "id",
-            "message",
-            "usage",
-            "input_tokens",
-            "output_tokens",
-            "delta",
-            "index",
-            "content_block",
-            "partial_json",
-            "stop_reason",
-            "error",
-            "image_url",
-            "tool_call_id",
-            "temperature",
-            "n",
+            "model", "messages", "role", "content", "stream", "stream_options", "include_usage", "type", "text",
+            "tools", "tool_choice", "tool_calls", "function", "name", "arguments", "max_tokens", "stop", "id",
+            "message", "usage", "input_tokens", "output_tokens", "delta", "index", "content_block", "partial_json",
+            "stop_reason", "error", "image_url", "tool_call_id", "temperature", "n",
         ])
         .prop_map(str::to_owned),
         "[a-z_]{1,8}",
@@ -164,14 +128,8 @@ fn any_event() -> impl Strategy<Value = (String, Value)> {
     (
         prop_oneof![
             prop::sample::select(vec![
-                "message_start",
-                "content_block_start",
-                "content_block_delta",
-                "content_block_stop",
-                "message_delta",
-                "message_stop",
-                "ping",
-                "error",
+                "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                "message_delta", "message_stop", "ping", "error",
             ])
             .prop_map(str::to_owned),
             "[a-z_]{0,10}",

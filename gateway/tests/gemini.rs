@@ -45,35 +45,21 @@ async fn chat_json_mode_and_streams_translate_both_ways() {
     let gw = common::start(config).await;
     let messages = json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello gemini"}]);
 
-    let response = gw
-        .chat(json!({"model": "flash", "messages": messages}))
-        .await;
+    let response = gw.chat(json!({"model": "flash", "messages": messages})).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "gemini-2.0-flash");
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
-    let text = body["choices"][0]["message"]["content"]
-        .as_str()
-        .expect("text")
-        .to_owned();
+    let text = body["choices"][0]["message"]["content"].as_str().expect("text").to_owned();
     assert!(text.contains("hello gemini"), "{body}");
     let plain_usage = body["usage"].clone();
-    assert!(
-        body["usage"]["prompt_tokens"].as_u64() > Some(0)
-            && body["usage"]["completion_tokens"].as_u64() > Some(0),
-        "{body}"
-    );
+    assert!(body["usage"]["prompt_tokens"].as_u64() > Some(0) && body["usage"]["completion_tokens"].as_u64() > Some(0), "{body}");
 
     let response = gw.chat(json!({"model": "flash", "messages": messages, "response_format": {"type": "json_object"}})).await;
     let json_mode: Value = response.json().await.expect("json");
-    let content = json_mode["choices"][0]["message"]["content"]
-        .as_str()
-        .expect("text");
-    assert!(
-        serde_json::from_str::<Value>(content).is_ok_and(|v| v.is_object()),
-        "JSON mode reached Gemini: {content}"
-    );
+    let content = json_mode["choices"][0]["message"]["content"].as_str().expect("text");
+    assert!(serde_json::from_str::<Value>(content).is_ok_and(|v| v.is_object()), "JSON mode reached Gemini: {content}");
 
     let response = gw
         .chat(json!({"model": "flash", "messages": messages, "stream": true, "stream_options": {"include_usage": true}}))
@@ -81,27 +67,13 @@ async fn chat_json_mode_and_streams_translate_both_ways() {
     assert_eq!(response.status(), 200);
     let events = common::sse_data(response).await;
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events
-        .iter()
-        .filter_map(|e| serde_json::from_str(e).ok())
-        .collect();
-    let streamed: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let chunks: Vec<Value> = events.iter().filter_map(|e| serde_json::from_str(e).ok()).collect();
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(streamed, text, "the stream carries the same answer");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert!(chunks
-        .iter()
-        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
-    let usage = chunks
-        .iter()
-        .find(|c| c["usage"].is_object())
-        .expect("usage chunk the client asked for");
-    assert_eq!(
-        usage["usage"]["completion_tokens"],
-        plain_usage["completion_tokens"]
-    );
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    let usage = chunks.iter().find(|c| c["usage"].is_object()).expect("usage chunk the client asked for");
+    assert_eq!(usage["usage"]["completion_tokens"], plain_usage["completion_tokens"]);
 }
 
 #[tokio::test]
@@ -111,18 +83,10 @@ async fn upstream_errors_and_refusals_keep_their_status() {
     let response = gw.chat(json!({"model": "keyless", "messages": hi})).await;
     assert_eq!(response.status(), 403);
     let body: Value = response.json().await.expect("json");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("API key")),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("API key")), "{body}");
 
-    let tools =
-        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
-    let response = gw
-        .chat(json!({"model": "flash", "messages": hi, "tools": tools}))
-        .await;
+    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let response = gw.chat(json!({"model": "flash", "messages": hi, "tools": tools})).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["param"], "tools", "{body}");

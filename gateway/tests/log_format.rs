@@ -66,17 +66,9 @@ fn json_logs_are_one_object_a_line_and_name_the_request() {
     });
     let mut seen: Vec<Value> = Vec::new();
     let next_line = |until: Instant| -> Option<Value> {
-        let line = received
-            .recv_timeout(until.saturating_duration_since(Instant::now()))
-            .ok()?;
-        let parsed: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("not one JSON object: {line:?} ({e})"));
-        assert!(
-            parsed["level"].is_string()
-                && parsed["timestamp"].is_string()
-                && parsed["message"].is_string(),
-            "{parsed}"
-        );
+        let line = received.recv_timeout(until.saturating_duration_since(Instant::now())).ok()?;
+        let parsed: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object: {line:?} ({e})"));
+        assert!(parsed["level"].is_string() && parsed["timestamp"].is_string() && parsed["message"].is_string(), "{parsed}");
         Some(parsed)
     };
 
@@ -105,8 +97,7 @@ fn json_logs_are_one_object_a_line_and_name_the_request() {
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     let warning = loop {
-        let line = next_line(deadline)
-            .unwrap_or_else(|| panic!("no fallback warning; lines before: {seen:?}"));
+        let line = next_line(deadline).unwrap_or_else(|| panic!("no fallback warning; lines before: {seen:?}"));
         if line["level"] == "WARN" {
             break line;
         }

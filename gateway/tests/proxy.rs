@@ -39,20 +39,14 @@ async fn chat_passes_unknown_fields_and_sets_headers() {
 #[tokio::test]
 async fn route_resolves_to_its_default_model() {
     let gw = start(standard_config).await;
-    let response = gw
-        .chat(json!({"model": "auto", "messages": user("hello")}))
-        .await;
+    let response = gw.chat(json!({"model": "auto", "messages": user("hello")})).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchyard-route"], "auto");
     assert_eq!(response.headers()["x-switchyard-model"], "gpt-4o-mini");
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["object"], "chat.completion");
-    assert!(body["choices"][0]["message"]["content"]
-        .as_str()
-        .is_some_and(|c| !c.is_empty()));
-    assert!(body["usage"]["total_tokens"]
-        .as_u64()
-        .is_some_and(|t| t > 0));
+    assert!(body["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(body["usage"]["total_tokens"].as_u64().is_some_and(|t| t > 0));
 }
 
 #[tokio::test]
@@ -70,23 +64,10 @@ async fn stream_strips_usage_chunk_the_client_did_not_ask_for() {
         .map(|e| serde_json::from_str(e).expect("chunk json"))
         .collect();
     assert!(chunks.len() > 3, "streamed in pieces: {}", chunks.len());
-    assert!(
-        chunks
-            .iter()
-            .all(|c| c["choices"].as_array().is_some_and(|a| !a.is_empty())),
-        "no usage-only chunk"
-    );
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    assert!(chunks.iter().all(|c| c["choices"].as_array().is_some_and(|a| !a.is_empty())), "no usage-only chunk");
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert!(text.contains("count to three"), "{text}");
-    assert_eq!(
-        chunks
-            .last()
-            .map(|c| c["choices"][0]["finish_reason"].clone()),
-        Some(json!("stop"))
-    );
+    assert_eq!(chunks.last().map(|c| c["choices"][0]["finish_reason"].clone()), Some(json!("stop")));
 }
 
 #[tokio::test]
@@ -98,9 +79,7 @@ async fn stream_keeps_usage_chunk_when_asked() {
     let events = sse_data(response).await;
     let usage_chunk: Value = serde_json::from_str(&events[events.len() - 2]).expect("usage chunk");
     assert_eq!(usage_chunk["choices"], json!([]));
-    assert!(usage_chunk["usage"]["completion_tokens"]
-        .as_u64()
-        .is_some_and(|t| t > 0));
+    assert!(usage_chunk["usage"]["completion_tokens"].as_u64().is_some_and(|t| t > 0));
 }
 
 #[tokio::test]
@@ -121,19 +100,12 @@ async fn anthropic_non_stream_is_translated() {
     assert_eq!(choice["finish_reason"], "tool_calls");
     let call = &choice["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "get_weather");
-    let arguments: Value =
-        serde_json::from_str(call["function"]["arguments"].as_str().expect("string"))
-            .expect("json args");
+    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().expect("string")).expect("json args");
     assert_eq!(arguments["city"], "Paris");
-    assert!(body["usage"]["prompt_tokens"]
-        .as_u64()
-        .is_some_and(|t| t > 0));
+    assert!(body["usage"]["prompt_tokens"].as_u64().is_some_and(|t| t > 0));
     assert_eq!(
         body["usage"]["total_tokens"].as_u64(),
-        Some(
-            body["usage"]["prompt_tokens"].as_u64().unwrap_or(0)
-                + body["usage"]["completion_tokens"].as_u64().unwrap_or(0)
-        )
+        Some(body["usage"]["prompt_tokens"].as_u64().unwrap_or(0) + body["usage"]["completion_tokens"].as_u64().unwrap_or(0))
     );
 }
 
@@ -154,28 +126,16 @@ async fn anthropic_stream_becomes_openai_chunks() {
         .iter()
         .map(|e| serde_json::from_str(e).expect("chunk json"))
         .collect();
-    assert!(chunks
-        .iter()
-        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert!(text.contains("tell me the weather"), "{text}");
     let arguments: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
         .collect();
-    assert_eq!(
-        serde_json::from_str::<Value>(&arguments).expect("args json")["city"],
-        "Paris"
-    );
-    let finish: Vec<&Value> = chunks
-        .iter()
-        .map(|c| &c["choices"][0]["finish_reason"])
-        .filter(|f| !f.is_null())
-        .collect();
+    assert_eq!(serde_json::from_str::<Value>(&arguments).expect("args json")["city"], "Paris");
+    let finish: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
     assert_eq!(finish, vec![&json!("tool_calls")]);
     let usage = &chunks.last().expect("usage chunk")["usage"];
     assert!(usage["prompt_tokens"].as_u64().is_some_and(|t| t > 0));
@@ -185,21 +145,8 @@ async fn anthropic_stream_becomes_openai_chunks() {
 #[tokio::test]
 async fn models_lists_models_and_routes() {
     let gw = start(standard_config).await;
-    let body: Value = gw
-        .client
-        .get(gw.url("/v1/models"))
-        .send()
-        .await
-        .expect("ok")
-        .json()
-        .await
-        .expect("json");
-    let ids: Vec<&str> = body["data"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(|m| m["id"].as_str())
-        .collect();
+    let body: Value = gw.client.get(gw.url("/v1/models")).send().await.expect("ok").json().await.expect("json");
+    let ids: Vec<&str> = body["data"].as_array().expect("list").iter().filter_map(|m| m["id"].as_str()).collect();
     for id in ["gpt-4o-mini", "claude", "auto"] {
         assert!(ids.contains(&id), "{ids:?}");
     }
@@ -213,17 +160,9 @@ async fn expect_error(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status);
     let body: Value = response.json().await.expect("error body is JSON");
     let error = &body["error"];
-    assert!(
-        error["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert!(error["type"].is_string(), "{body}");
-    assert!(
-        error
-            .as_object()
-            .is_some_and(|e| e.contains_key("param") && e.contains_key("code")),
-        "{body}"
-    );
+    assert!(error.as_object().is_some_and(|e| e.contains_key("param") && e.contains_key("code")), "{body}");
     body
 }
 
@@ -231,59 +170,29 @@ async fn expect_error(response: reqwest::Response, status: u16) -> Value {
 async fn bad_json_and_missing_fields_are_400() {
     let gw = start(standard_config).await;
     let url = gw.url("/v1/chat/completions");
-    let bad_json = gw
-        .client
-        .post(&url)
-        .body("{\"model\": ")
-        .send()
-        .await
-        .expect("ok");
+    let bad_json = gw.client.post(&url).body("{\"model\": ").send().await.expect("ok");
     expect_error(bad_json, 400).await;
     let missing = gw.chat(json!({"model": "gpt-4o-mini"})).await;
-    assert_eq!(
-        expect_error(missing, 400).await["error"]["param"],
-        "messages"
-    );
-    let wrong_type = gw
-        .chat(json!({"model": "gpt-4o-mini", "messages": "hi"}))
-        .await;
+    assert_eq!(expect_error(missing, 400).await["error"]["param"], "messages");
+    let wrong_type = gw.chat(json!({"model": "gpt-4o-mini", "messages": "hi"})).await;
     expect_error(wrong_type, 400).await;
 }
 
 #[tokio::test]
 async fn unknown_model_and_path_are_404() {
     let gw = start(standard_config).await;
-    let body = expect_error(
-        gw.chat(json!({"model": "no-such-model", "messages": user("x")}))
-            .await,
-        404,
-    )
-    .await;
+    let body = expect_error(gw.chat(json!({"model": "no-such-model", "messages": user("x")})).await, 404).await;
     assert_eq!(body["error"]["code"], "model_not_found");
-    expect_error(
-        gw.client
-            .get(gw.url("/v1/nothing"))
-            .send()
-            .await
-            .expect("ok"),
-        404,
-    )
-    .await;
+    expect_error(gw.client.get(gw.url("/v1/nothing")).send().await.expect("ok"), 404).await;
 }
 
 #[tokio::test]
 async fn oversized_body_is_413() {
     let gw = start(standard_config).await;
     let big = "x".repeat(100_000);
-    expect_error(
-        gw.chat(json!({"model": "gpt-4o-mini", "messages": user(&big)}))
-            .await,
-        413,
-    )
-    .await;
+    expect_error(gw.chat(json!({"model": "gpt-4o-mini", "messages": user(&big)})).await, 413).await;
     // Chunked upload without a Content-Length is cut off at the limit too.
-    let stream =
-        futures_util::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![b' '; 4096])));
+    let stream = futures_util::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![b' '; 4096])));
     let response = gw
         .client
         .post(gw.url("/v1/chat/completions"))
@@ -305,10 +214,7 @@ async fn upstream_errors_keep_status_and_message() {
             .send()
     };
     let body = expect_error(send("503").await.expect("ok"), 503).await;
-    assert!(body["error"]["message"]
-        .as_str()
-        .unwrap_or("")
-        .contains("injected 503"));
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("injected 503"));
     let limited = send("429:7").await.expect("ok");
     assert_eq!(limited.headers()["retry-after"], "7");
     expect_error(limited, 429).await;
@@ -317,12 +223,7 @@ async fn upstream_errors_keep_status_and_message() {
 #[tokio::test]
 async fn unreachable_upstream_is_502_and_hung_upstream_is_504() {
     let gw = start(standard_config).await;
-    expect_error(
-        gw.chat(json!({"model": "unreachable", "messages": user("x")}))
-            .await,
-        502,
-    )
-    .await;
+    expect_error(gw.chat(json!({"model": "unreachable", "messages": user("x")})).await, 502).await;
     let hung = gw
         .client
         .post(gw.url("/v1/chat/completions"))
@@ -359,10 +260,7 @@ async fn stream_broken_mid_way_ends_with_an_error_event() {
 /// same idle deadline); one that keeps sending inside it runs to the end.
 #[tokio::test]
 async fn a_stalled_stream_ends_with_a_timeout_event_and_a_steady_one_does_not() {
-    let gw = start(|mock| {
-        standard_config(mock).replace("[server]\n", "[server]\nrequest_timeout_ms = 400\n")
-    })
-    .await;
+    let gw = start(|mock| standard_config(mock).replace("[server]\n", "[server]\nrequest_timeout_ms = 400\n")).await;
     // The mock provider forwards the `x-mock-*` pacing headers.
     for model in ["faulty"] {
         let stream = |per_token_ms: &'static str| {
@@ -378,18 +276,10 @@ async fn a_stalled_stream_ends_with_a_timeout_event_and_a_steady_one_does_not() 
         let events = sse_data(stalled).await;
         let last: Value = serde_json::from_str(events.last().expect("events")).expect("json");
         assert_eq!(last["error"]["code"], "upstream_timeout", "{model}: {last}");
-        assert!(
-            started.elapsed() < std::time::Duration::from_millis(1_400),
-            "{model}: cut at the idle limit, {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < std::time::Duration::from_millis(1_400), "{model}: cut at the idle limit, {:?}", started.elapsed());
         // 12 chunks 100 ms apart: 1.2 s in all, but never 400 ms without one.
         let steady = sse_data(stream("100").await.expect("ok")).await;
-        assert_eq!(
-            steady.last().map(String::as_str),
-            Some("[DONE]"),
-            "{model}: {steady:?}"
-        );
+        assert_eq!(steady.last().map(String::as_str), Some("[DONE]"), "{model}: {steady:?}");
     }
 }
 
@@ -397,72 +287,28 @@ async fn a_stalled_stream_ends_with_a_timeout_event_and_a_steady_one_does_not() 
 async fn master_key_is_required_when_configured() {
     std::env::set_var("SWITCHYARD_TEST_MASTER_KEY", "sk-test-master");
     let gw = start(|mock| {
-        standard_config(mock).replace(
-            "[server]\n",
-            "[server]\nmaster_key_env = \"SWITCHYARD_TEST_MASTER_KEY\"\n",
-        )
+        standard_config(mock).replace("[server]\n", "[server]\nmaster_key_env = \"SWITCHYARD_TEST_MASTER_KEY\"\n")
     })
     .await;
     let body = json!({"model": "gpt-4o-mini", "messages": user("x")});
-    let none = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("ok");
+    let none = gw.client.post(gw.url("/v1/chat/completions")).json(&body).send().await.expect("ok");
     expect_error(none, 401).await;
-    let wrong = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth("sk-wrong")
-        .json(&body)
-        .send()
-        .await
-        .expect("ok");
+    let wrong = gw.client.post(gw.url("/v1/chat/completions")).bearer_auth("sk-wrong").json(&body).send().await.expect("ok");
     expect_error(wrong, 401).await;
-    let right = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth("sk-test-master")
-        .json(&body)
-        .send()
-        .await
-        .expect("ok");
+    let right = gw.client.post(gw.url("/v1/chat/completions")).bearer_auth("sk-test-master").json(&body).send().await.expect("ok");
     assert_eq!(right.status(), 200);
 }
 
 #[tokio::test]
 async fn metrics_count_requests_by_model_and_status() {
     let gw = start(standard_config).await;
-    assert_eq!(
-        gw.chat(json!({"model": "gpt-4o-mini", "messages": user("x")}))
-            .await
-            .status(),
-        200
-    );
-    let text = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .expect("ok")
-        .text()
-        .await
-        .expect("text");
+    assert_eq!(gw.chat(json!({"model": "gpt-4o-mini", "messages": user("x")})).await.status(), 200);
+    let text = gw.client.get(gw.url("/metrics")).send().await.expect("ok").text().await.expect("text");
     let line = text
         .lines()
-        .find(|l| {
-            l.starts_with("switchyard_request_duration_seconds_count")
-                && l.contains("model=\"gpt-4o-mini\"")
-                && l.contains("status=\"200\"")
-        })
+        .find(|l| l.starts_with("switchyard_request_duration_seconds_count") && l.contains("model=\"gpt-4o-mini\"") && l.contains("status=\"200\""))
         .unwrap_or_else(|| panic!("no request series in\n{text}"));
-    let count: f64 = line
-        .rsplit(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .expect("count");
+    let count: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("count");
     assert!(count >= 1.0);
     assert!(text.contains("switchyard_tokens_total"), "{text}");
     assert!(text.contains("switchyard_log_rows"), "{text}");
@@ -472,43 +318,27 @@ async fn metrics_count_requests_by_model_and_status() {
 async fn answers_echo_the_clients_request_id_or_carry_their_own() {
     let gw = start(standard_config).await;
     let send = |model: &'static str, id: Option<&'static str>| {
-        let mut request = gw
-            .client
-            .post(gw.url("/v1/chat/completions"))
-            .json(&json!({"model": model, "messages": user("hi")}));
+        let mut request = gw.client.post(gw.url("/v1/chat/completions")).json(&json!({"model": model, "messages": user("hi")}));
         if let Some(id) = id {
             request = request.header("x-request-id", id);
         }
         request.send()
     };
-    let ok = send("faulty", Some("client-trace-42"))
-        .await
-        .expect("reachable");
+    let ok = send("faulty", Some("client-trace-42")).await.expect("reachable");
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.headers()["x-request-id"], "client-trace-42");
     // The gateway's own id stays the log's key, distinct from the client's.
-    let own = ok.headers()["x-switchyard-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let own = ok.headers()["x-switchyard-request-id"].to_str().unwrap().to_owned();
     assert_ne!(own, "client-trace-42");
 
     // Errors echo it too, and a request without one gets the gateway's id.
-    let refused = send("no-such-model", Some("client-trace-43"))
-        .await
-        .expect("reachable");
+    let refused = send("no-such-model", Some("client-trace-43")).await.expect("reachable");
     assert_eq!(refused.status(), 404);
     assert_eq!(refused.headers()["x-request-id"], "client-trace-43");
     let anonymous = send("faulty", None).await.expect("reachable");
-    assert_eq!(
-        anonymous.headers()["x-request-id"],
-        anonymous.headers()["x-switchyard-request-id"]
-    );
+    assert_eq!(anonymous.headers()["x-request-id"], anonymous.headers()["x-switchyard-request-id"]);
     // An id with spaces or control characters is not echoed.
     let odd = send("faulty", Some("two words")).await.expect("reachable");
-    assert_eq!(
-        odd.headers()["x-request-id"],
-        odd.headers()["x-switchyard-request-id"]
-    );
+    assert_eq!(odd.headers()["x-request-id"], odd.headers()["x-switchyard-request-id"]);
     gw.stop().await;
 }

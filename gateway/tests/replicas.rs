@@ -39,24 +39,14 @@ async fn start_replica(config: &str) -> Replica {
         .await
         .expect("replica builds");
     let (stop, stopped) = oneshot::channel::<()>();
-    let replica = Replica {
-        addr: app.addr(),
-        state: app.state(),
-        _stop: stop,
-    };
+    let replica = Replica { addr: app.addr(), state: app.state(), _stop: stop };
     tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     replica
 }
 
-fn replica_config(
-    index: usize,
-    pg_url: &str,
-    prefix: &str,
-    checkpoint: &Path,
-    dir: &Path,
-) -> String {
+fn replica_config(index: usize, pg_url: &str, prefix: &str, checkpoint: &Path, dir: &Path) -> String {
     let verifier = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/verifier/default");
     format!(
         r#"
@@ -117,9 +107,7 @@ struct Balancer {
 }
 
 async fn balance(backends: [SocketAddr; 2]) -> Balancer {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind balancer");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind balancer");
     let addr = listener.local_addr().expect("balancer address");
     let connections = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let counts = connections.clone();
@@ -145,23 +133,11 @@ fn chat(model: &str, text: &str) -> Value {
 
 /// A client that opens a new connection per request, so the balancer alternates replicas.
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client")
+    reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client")
 }
 
-async fn post(
-    client: &reqwest::Client,
-    addr: SocketAddr,
-    key: &str,
-    body: &Value,
-    no_store: bool,
-) -> reqwest::Response {
-    let mut request = client
-        .post(format!("http://{addr}/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(body);
+async fn post(client: &reqwest::Client, addr: SocketAddr, key: &str, body: &Value, no_store: bool) -> reqwest::Response {
+    let mut request = client.post(format!("http://{addr}/v1/chat/completions")).bearer_auth(key).json(body);
     if no_store {
         request = request.header("cache-control", "no-store");
     }
@@ -169,21 +145,13 @@ async fn post(
 }
 
 fn header(response: &reqwest::Response, name: &str) -> String {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
+    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
 }
 
 /// Waits (bounded) until the current UTC minute has at least 12 s left, so a burst falls in
 /// one rpm window.
 async fn fresh_minute() {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs_f64();
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     if secs % 60.0 > 48.0 {
         tokio::time::sleep(Duration::from_secs_f64(60.0 - secs % 60.0 + 0.05)).await;
     }
@@ -191,14 +159,7 @@ async fn fresh_minute() {
 
 /// `switchyard_cache_entries{tier="semantic"}` of one replica.
 async fn semantic_entries(client: &reqwest::Client, addr: SocketAddr) -> u64 {
-    let text = client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = client.get(format!("http://{addr}/metrics")).send().await.expect("metrics").text().await.expect("body");
     text.lines()
         .find_map(|line| line.strip_prefix("switchyard_cache_entries{tier=\"semantic\"} "))
         .and_then(|v| v.trim().parse().ok())
@@ -207,10 +168,7 @@ async fn semantic_entries(client: &reqwest::Client, addr: SocketAddr) -> u64 {
 
 async fn cache_rows(pg: &TestPg) -> i64 {
     let mut conn = PgConnection::connect(&pg.url).await.expect("connect");
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cache_entries")
-        .fetch_one(&mut conn)
-        .await
-        .expect("count");
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cache_entries").fetch_one(&mut conn).await.expect("count");
     let _ = conn.close().await;
     n
 }
@@ -229,31 +187,14 @@ async fn two_replicas_share_limits_cache_entries_and_promotions() {
     let client = client();
 
     // Limits: rpm 6 for one key, 16 concurrent requests through the balancer.
-    let (_, limited_key) = create_key(
-        &a.state.store,
-        NewKey {
-            tenant: "acme".into(),
-            rpm: Some(6),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
+    let (_, limited_key) =
+        create_key(&a.state.store, NewKey { tenant: "acme".into(), rpm: Some(6), ..NewKey::default() }).await.expect("key");
     fresh_minute().await;
     let mut tasks = Vec::new();
     for i in 0..16 {
         let (client, addr, key) = (client.clone(), balancer.addr, limited_key.clone());
         tasks.push(tokio::spawn(async move {
-            post(
-                &client,
-                addr,
-                &key,
-                &chat("chatter", &format!("hello #{i}")),
-                true,
-            )
-            .await
-            .status()
-            .as_u16()
+            post(&client, addr, &key, &chat("chatter", &format!("hello #{i}")), true).await.status().as_u16()
         }));
     }
     let mut statuses = Vec::new();
@@ -262,43 +203,20 @@ async fn two_replicas_share_limits_cache_entries_and_promotions() {
     }
     let ok = statuses.iter().filter(|&&s| s == 200).count();
     let limited = statuses.iter().filter(|&&s| s == 429).count();
-    assert_eq!(
-        (ok, limited),
-        (6, 10),
-        "exactly the limit succeeds across both replicas: {statuses:?}"
-    );
-    let per_replica: Vec<usize> = balancer
-        .connections
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .collect();
-    assert_eq!(
-        per_replica,
-        [8, 8],
-        "the balancer spread the burst over both replicas"
-    );
+    assert_eq!((ok, limited), (6, 10), "exactly the limit succeeds across both replicas: {statuses:?}");
+    let per_replica: Vec<usize> = balancer.connections.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    assert_eq!(per_replica, [8, 8], "the balancer spread the burst over both replicas");
 
     // Budget: spent on replica A, refused on replica B.
     let (_, budget_key) = create_key(
         &a.state.store,
-        NewKey {
-            tenant: "initech".into(),
-            budget_usd: Some(0.001),
-            ..NewKey::default()
-        },
+        NewKey { tenant: "initech".into(), budget_usd: Some(0.001), ..NewKey::default() },
     )
     .await
     .expect("key");
     let mut spent = false;
     for i in 0..50 {
-        let response = post(
-            &client,
-            a.addr,
-            &budget_key,
-            &chat("coder", &format!("spend #{i}")),
-            true,
-        )
-        .await;
+        let response = post(&client, a.addr, &budget_key, &chat("coder", &format!("spend #{i}")), true).await;
         if response.status() == 429 {
             let body: Value = response.json().await.expect("error body");
             assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
@@ -309,98 +227,36 @@ async fn two_replicas_share_limits_cache_entries_and_promotions() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(spent, "replica A refuses once the budget is spent");
-    let on_b = post(
-        &client,
-        b.addr,
-        &budget_key,
-        &chat("coder", "one more on B"),
-        true,
-    )
-    .await;
-    assert_eq!(
-        on_b.status(),
-        429,
-        "replica B sees the budget replica A spent"
-    );
+    let on_b = post(&client, b.addr, &budget_key, &chat("coder", "one more on B"), true).await;
+    assert_eq!(on_b.status(), 429, "replica B sees the budget replica A spent");
     let body: Value = on_b.json().await.expect("error body");
     assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
 
     // Semantic cache: A answers and persists; B, already running, loads the entry within its
     // refresh period and serves a paraphrase of the question from it.
-    let (_, key) = create_key(
-        &a.state.store,
-        NewKey {
-            tenant: "globex".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
+    let (_, key) = create_key(&a.state.store, NewKey { tenant: "globex".into(), ..NewKey::default() }).await.expect("key");
     let rows_before = cache_rows(&pg).await;
-    let first = post(
-        &client,
-        a.addr,
-        &key,
-        &chat("auto", "How do I reverse a string in JavaScript?"),
-        false,
-    )
-    .await;
-    assert_eq!(
-        (
-            first.status().as_u16(),
-            header(&first, "x-switchyard-cache")
-        ),
-        (200, "miss".to_owned())
-    );
+    let first = post(&client, a.addr, &key, &chat("auto", "How do I reverse a string in JavaScript?"), false).await;
+    assert_eq!((first.status().as_u16(), header(&first, "x-switchyard-cache")), (200, "miss".to_owned()));
     let first: Value = first.json().await.expect("json");
     assert!(
-        wait_for(Duration::from_secs(5), async || cache_rows(&pg).await
-            > rows_before)
-        .await,
+        wait_for(Duration::from_secs(5), async || cache_rows(&pg).await > rows_before).await,
         "replica A persisted its answer"
     );
     // Asking B before it holds the entry would store B's own answer: wait for its refresh.
     assert!(
-        wait_for(Duration::from_secs(5), async || semantic_entries(
-            &client, b.addr
-        )
-        .await
-            >= 1)
-        .await,
+        wait_for(Duration::from_secs(5), async || semantic_entries(&client, b.addr).await >= 1).await,
         "replica B loaded the entry replica A persisted"
     );
-    let response = post(
-        &client,
-        b.addr,
-        &key,
-        &chat("auto", "How can I reverse a string in JavaScript?"),
-        false,
-    )
-    .await;
-    assert_eq!(
-        (
-            response.status().as_u16(),
-            header(&response, "x-switchyard-cache")
-        ),
-        (200, "semantic".to_owned())
-    );
+    let response = post(&client, b.addr, &key, &chat("auto", "How can I reverse a string in JavaScript?"), false).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-switchyard-cache")), (200, "semantic".to_owned()));
     let served_by_b: Value = response.json().await.expect("json");
-    assert_eq!(
-        served_by_b["id"], first["id"],
-        "the very answer replica A stored"
-    );
+    assert_eq!(served_by_b["id"], first["id"], "the very answer replica A stored");
 
     // Promotion: both replicas route a code prompt to `coder`; one promotion of the swapped
     // checkpoint into the shared directory and both route it to `chatter`.
     let routed = async |replica: &Replica| {
-        let response = post(
-            &client,
-            replica.addr,
-            &key,
-            &chat("auto", TEST_CODE[0]),
-            true,
-        )
-        .await;
+        let response = post(&client, replica.addr, &key, &chat("auto", TEST_CODE[0]), true).await;
         assert_eq!(response.status(), 200);
         header(&response, "x-switchyard-model")
     };
@@ -411,9 +267,7 @@ async fn two_replicas_share_limits_cache_entries_and_promotions() {
     training::db::promote(&candidate, &live).expect("promote");
     for (name, replica) in [("A", &a), ("B", &b)] {
         assert!(
-            wait_for(Duration::from_secs(10), async || routed(replica).await
-                == "chatter")
-            .await,
+            wait_for(Duration::from_secs(10), async || routed(replica).await == "chatter").await,
             "replica {name} picked up the promoted checkpoint"
         );
     }

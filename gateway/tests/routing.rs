@@ -16,19 +16,10 @@ use common::start;
 use selector_support::{checkpoints, copy_checkpoint, TEST_CHAT, TEST_CODE};
 use serde_json::{json, Value};
 
-fn routing_config(
-    mock: SocketAddr,
-    checkpoint: &Path,
-    extra_router: &str,
-    database: &str,
-) -> String {
+fn routing_config(mock: SocketAddr, checkpoint: &Path, extra_router: &str, database: &str) -> String {
     // Tests run in parallel on small machines: a generous deadline keeps a slow embed from
     // being shed (the shed test sets its own).
-    let deadline = if extra_router.contains("decision_timeout_ms") {
-        ""
-    } else {
-        "decision_timeout_ms = 10000"
-    };
+    let deadline = if extra_router.contains("decision_timeout_ms") { "" } else { "decision_timeout_ms = 10000" };
     format!(
         r#"
 [providers.mock]
@@ -64,11 +55,7 @@ url = "{database}"
     )
 }
 
-async fn routed_model(
-    gw: &common::TestGateway,
-    prompt: &str,
-    tradeoff: Option<&str>,
-) -> (String, String) {
+async fn routed_model(gw: &common::TestGateway, prompt: &str, tradeoff: Option<&str>) -> (String, String) {
     let mut request = gw
         .client
         .post(gw.url("/v1/chat/completions"))
@@ -79,10 +66,7 @@ async fn routed_model(
     let response = request.send().await.expect("reachable");
     assert_eq!(response.status(), 200);
     let header = |name: &str| response.headers()[name].to_str().expect("ascii").to_owned();
-    (
-        header("x-switchyard-model"),
-        header("x-switchyard-decision"),
-    )
+    (header("x-switchyard-model"), header("x-switchyard-decision"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,31 +74,15 @@ async fn requests_go_where_the_selector_says_and_tradeoff_flips_them() {
     let (normal, _) = checkpoints();
     let gw = start(|mock| routing_config(mock, normal, "", "sqlite::memory:")).await;
     for prompt in TEST_CODE {
-        assert_eq!(
-            routed_model(&gw, prompt, None).await,
-            ("coder".into(), "selected".into()),
-            "{prompt}"
-        );
+        assert_eq!(routed_model(&gw, prompt, None).await, ("coder".into(), "selected".into()), "{prompt}");
     }
     for prompt in TEST_CHAT {
-        assert_eq!(
-            routed_model(&gw, prompt, None).await.0,
-            "chatter",
-            "{prompt}"
-        );
+        assert_eq!(routed_model(&gw, prompt, None).await.0, "chatter", "{prompt}");
     }
     // Same code prompts, but the caller cares about cost: the cheap model wins.
     for prompt in TEST_CODE {
-        assert_eq!(
-            routed_model(&gw, prompt, Some("cheap")).await.0,
-            "chatter",
-            "{prompt}"
-        );
-        assert_eq!(
-            routed_model(&gw, prompt, Some("quality=1,cost=0")).await.0,
-            "coder",
-            "{prompt}"
-        );
+        assert_eq!(routed_model(&gw, prompt, Some("cheap")).await.0, "chatter", "{prompt}");
+        assert_eq!(routed_model(&gw, prompt, Some("quality=1,cost=0")).await.0, "coder", "{prompt}");
     }
     let bad = gw
         .client
@@ -130,11 +98,8 @@ async fn requests_go_where_the_selector_says_and_tradeoff_flips_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_decision_deadline_sheds_to_the_default_model() {
     let (normal, _) = checkpoints();
-    let gw =
-        start(|mock| routing_config(mock, normal, "decision_timeout_ms = 0", "sqlite::memory:"))
-            .await;
-    let (model, decision) =
-        routed_model(&gw, "Write a Go HTTP server with graceful shutdown", None).await;
+    let gw = start(|mock| routing_config(mock, normal, "decision_timeout_ms = 0", "sqlite::memory:")).await;
+    let (model, decision) = routed_model(&gw, "Write a Go HTTP server with graceful shutdown", None).await;
     assert_eq!((model.as_str(), decision.as_str()), ("chatter", "shed"));
 }
 
@@ -146,11 +111,7 @@ async fn shadow_choices_are_logged_but_never_served() {
     let shadow = format!("shadow_checkpoint = \"{}\"", swapped.display());
     let gw = start(|mock| routing_config(mock, normal, &shadow, &db)).await;
     for prompt in TEST_CODE {
-        assert_eq!(
-            routed_model(&gw, prompt, None).await.0,
-            "coder",
-            "served by the active checkpoint"
-        );
+        assert_eq!(routed_model(&gw, prompt, None).await.0, "coder", "served by the active checkpoint");
     }
     gw.stop().await;
     let pool = sqlx::SqlitePool::connect(&db).await.expect("db");
@@ -163,14 +124,9 @@ async fn shadow_choices_are_logged_but_never_served() {
     assert_eq!(rows.len(), TEST_CODE.len());
     for (model, shadow_choice, propensity, candidates) in rows {
         assert_eq!(model, "coder");
-        assert_eq!(
-            shadow_choice.as_deref(),
-            Some("chatter"),
-            "the swapped shadow prefers chatter for code"
-        );
+        assert_eq!(shadow_choice.as_deref(), Some("chatter"), "the swapped shadow prefers chatter for code");
         assert_eq!(propensity, Some(1.0));
-        let candidates: Value =
-            serde_json::from_str(&candidates.expect("decision json")).expect("json");
+        let candidates: Value = serde_json::from_str(&candidates.expect("decision json")).expect("json");
         assert_eq!(candidates["decision"], "selected");
         assert_eq!(candidates["scores"].as_array().map(Vec::len), Some(2));
     }
@@ -204,18 +160,9 @@ async fn hot_reload_switches_behaviour_without_dropping_requests() {
         })
     };
     copy_checkpoint(swapped, &live);
-    let reload = gw
-        .client
-        .post(gw.url("/admin/reload"))
-        .send()
-        .await
-        .expect("reachable");
+    let reload = gw.client.post(gw.url("/admin/reload")).send().await.expect("reachable");
     assert_eq!(reload.status(), 200, "{:?}", reload.text().await);
-    assert_eq!(
-        routed_model(&gw, prompt, None).await.0,
-        "chatter",
-        "the swapped checkpoint is live"
-    );
+    assert_eq!(routed_model(&gw, prompt, None).await.0, "chatter", "the swapped checkpoint is live");
     load.await.expect("load task");
     assert_eq!(sent.load(Ordering::Relaxed), 200);
     assert_eq!(failures.load(Ordering::Relaxed), 0);
@@ -225,18 +172,9 @@ async fn hot_reload_switches_behaviour_without_dropping_requests() {
 async fn logged_decisions(db: &str) -> Vec<(String, f64, Value)> {
     let pool = sqlx::SqlitePool::connect(db).await.expect("db");
     let rows: Vec<(String, Option<f64>, Option<String>)> =
-        sqlx::query_as("SELECT model, propensity, candidates FROM request_log WHERE status = 200")
-            .fetch_all(&pool)
-            .await
-            .expect("rows");
+        sqlx::query_as("SELECT model, propensity, candidates FROM request_log WHERE status = 200").fetch_all(&pool).await.expect("rows");
     rows.into_iter()
-        .map(|(model, p, c)| {
-            (
-                model,
-                p.expect("propensity"),
-                serde_json::from_str(&c.expect("candidates")).expect("json"),
-            )
-        })
+        .map(|(model, p, c)| (model, p.expect("propensity"), serde_json::from_str(&c.expect("candidates")).expect("json")))
         .collect()
 }
 
@@ -247,10 +185,7 @@ async fn logged_propensities_are_the_frequencies_the_gateway_explores_with() {
     let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
     // A hot softmax with no share cap: both candidates are served often.
     let gw = start(|mock| {
-        routing_config(mock, normal, "", &db).replace(
-            "exploration = 0.0",
-            "exploration = 1.0\nexploration_temperature = 0.5",
-        )
+        routing_config(mock, normal, "", &db).replace("exploration = 0.0", "exploration = 1.0\nexploration_temperature = 0.5")
     })
     .await;
     let prompt = TEST_CODE[0];
@@ -258,10 +193,7 @@ async fn logged_propensities_are_the_frequencies_the_gateway_explores_with() {
     let mut served = std::collections::HashMap::<String, usize>::new();
     for _ in 0..n {
         let (model, decision) = routed_model(&gw, prompt, None).await;
-        assert!(
-            decision == "selected" || decision == "explored",
-            "{decision}"
-        );
+        assert!(decision == "selected" || decision == "explored", "{decision}");
         *served.entry(model).or_default() += 1;
     }
     gw.stop().await;
@@ -271,21 +203,12 @@ async fn logged_propensities_are_the_frequencies_the_gateway_explores_with() {
     let mut logged = std::collections::HashMap::<String, f64>::new();
     for (model, propensity, candidates) in &rows {
         let scores = candidates["scores"].as_array().expect("scores");
-        let total: f64 = scores
-            .iter()
-            .map(|s| s["probability"].as_f64().expect("probability"))
-            .sum();
+        let total: f64 = scores.iter().map(|s| s["probability"].as_f64().expect("probability")).sum();
         assert!((total - 1.0).abs() < 1e-9, "{candidates}");
-        let own = scores
-            .iter()
-            .find(|s| s["model"] == model.as_str())
-            .expect("chosen is scored");
+        let own = scores.iter().find(|s| s["model"] == model.as_str()).expect("chosen is scored");
         // Within an ulp or two: serde_json's default float parsing is not exactly round-trip.
         let own_probability = own["probability"].as_f64().expect("probability");
-        assert!(
-            (own_probability - propensity).abs() <= 1e-12,
-            "the propensity is the chosen one's probability: {own_probability} vs {propensity}"
-        );
+        assert!((own_probability - propensity).abs() <= 1e-12, "the propensity is the chosen one's probability: {own_probability} vs {propensity}");
         let before = *logged.entry(model.clone()).or_insert(*propensity);
         assert!((before - propensity).abs() < 1e-9);
     }
@@ -294,16 +217,10 @@ async fn logged_propensities_are_the_frequencies_the_gateway_explores_with() {
         let empirical = *count as f64 / n as f64;
         // Four standard errors of a binomial share.
         let tolerance = 4.0 * (p * (1.0 - p) / n as f64).sqrt();
-        assert!(
-            (empirical - p).abs() <= tolerance,
-            "{model}: served {empirical:.3}, logged propensity {p:.3} (±{tolerance:.3})"
-        );
+        assert!((empirical - p).abs() <= tolerance, "{model}: served {empirical:.3}, logged propensity {p:.3} (±{tolerance:.3})");
     }
     assert_eq!(served.len(), 2, "a hot softmax explores: {served:?}");
-    assert!(
-        logged["coder"] > logged["chatter"],
-        "the selector's best (coder, for code) stays the likeliest: {logged:?}"
-    );
+    assert!(logged["coder"] > logged["chatter"], "the selector's best (coder, for code) stays the likeliest: {logged:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,35 +231,20 @@ async fn a_seeded_gateway_explores_each_prompt_the_same_way_every_time() {
     // A hot softmax: both candidates are likely for every prompt, so only the seed can make
     // the choices repeat.
     let config = |mock, seed: &str| {
-        routing_config(mock, normal, seed, &db).replace(
-            "exploration = 0.0",
-            "exploration = 1.0\nexploration_temperature = 0.5",
-        )
+        routing_config(mock, normal, seed, &db).replace("exploration = 0.0", "exploration = 1.0\nexploration_temperature = 0.5")
     };
-    let prompts: Vec<String> = (0..30)
-        .map(|i| format!("{} (variant {i})", TEST_CODE[i % TEST_CODE.len()]))
-        .collect();
+    let prompts: Vec<String> = (0..30).map(|i| format!("{} (variant {i})", TEST_CODE[i % TEST_CODE.len()])).collect();
     async fn serve_all(gw: &common::TestGateway, prompts: &[String]) -> Vec<String> {
         let requests = prompts.iter().map(|p| routed_model(gw, p, None));
-        futures_util::future::join_all(requests)
-            .await
-            .into_iter()
-            .map(|(model, _)| model)
-            .collect()
+        futures_util::future::join_all(requests).await.into_iter().map(|(model, _)| model).collect()
     }
     let seeded = start(|mock| config(mock, "exploration_seed = 7")).await;
     let first = serve_all(&seeded, &prompts).await;
     let again = serve_all(&seeded, &prompts).await;
     seeded.stop().await;
-    assert_eq!(
-        first, again,
-        "a seeded gateway repeats its choices, whatever the arrival order"
-    );
+    assert_eq!(first, again, "a seeded gateway repeats its choices, whatever the arrival order");
     let explored = first.iter().filter(|m| *m == "chatter").count();
-    assert!(
-        (1..30).contains(&explored),
-        "the seed keeps exploring across prompts: {explored} of 30 to chatter"
-    );
+    assert!((1..30).contains(&explored), "the seed keeps exploring across prompts: {explored} of 30 to chatter");
 
     let other_seed = start(|mock| config(mock, "exploration_seed = 8")).await;
     let reseeded = serve_all(&other_seed, &prompts).await;
@@ -355,20 +257,12 @@ async fn a_seeded_gateway_explores_each_prompt_the_same_way_every_time() {
         .iter()
         .map(|(_, _, candidates)| {
             let scores = candidates["scores"].as_array().expect("scores");
-            let p = scores
-                .iter()
-                .find(|s| s["model"] == "chatter")
-                .and_then(|s| s["probability"].as_f64())
-                .expect("chatter scored");
+            let p = scores.iter().find(|s| s["model"] == "chatter").and_then(|s| s["probability"].as_f64()).expect("chatter scored");
             (p * p + (1.0 - p) * (1.0 - p)).ln()
         })
         .sum::<f64>()
         / 3.0;
-    assert!(
-        log_repeat.exp() < 1e-3,
-        "the softmax is hot enough that a repeat by chance is rare: {}",
-        log_repeat.exp()
-    );
+    assert!(log_repeat.exp() < 1e-3, "the softmax is hot enough that a repeat by chance is rare: {}", log_repeat.exp());
     assert_ne!(first, reseeded, "another seed draws differently");
 }
 
@@ -394,11 +288,7 @@ async fn a_challenger_decides_its_share_of_exploring_routes_and_leaves_when_remo
     let mut served = std::collections::HashMap::<String, usize>::new();
     for i in 0..n {
         let (model, decision) = routed_model(&gw, TEST_CODE[i % TEST_CODE.len()], None).await;
-        let expected = if model == "chatter" {
-            "explored"
-        } else {
-            "selected"
-        };
+        let expected = if model == "chatter" { "explored" } else { "selected" };
         assert_eq!(decision, expected, "{model}");
         *served.entry(model).or_default() += 1;
     }
@@ -410,28 +300,15 @@ async fn a_challenger_decides_its_share_of_exploring_routes_and_leaves_when_remo
         let response = gw
             .chat(json!({"model": "steady", "messages": [{"role": "user", "content": prompt}]}))
             .await;
-        assert_eq!(
-            response.headers()["x-switchyard-model"],
-            "coder",
-            "a route that does not explore serves the active checkpoint"
-        );
+        assert_eq!(response.headers()["x-switchyard-model"], "coder", "a route that does not explore serves the active checkpoint");
     }
 
     // Retired (as `switchyard learn` does: renamed away, then deleted): gone after a reload.
     std::fs::rename(&challenger, tmp.path().join("retired")).expect("retire");
-    let reload = gw
-        .client
-        .post(gw.url("/admin/reload"))
-        .send()
-        .await
-        .expect("reachable");
+    let reload = gw.client.post(gw.url("/admin/reload")).send().await.expect("reachable");
     assert_eq!(reload.status(), 200);
     for prompt in TEST_CODE {
-        assert_eq!(
-            routed_model(&gw, prompt, None).await.0,
-            "coder",
-            "no challenger: the active decides"
-        );
+        assert_eq!(routed_model(&gw, prompt, None).await.0, "coder", "no challenger: the active decides");
     }
     gw.stop().await;
 
@@ -448,24 +325,12 @@ async fn a_challenger_decides_its_share_of_exploring_routes_and_leaves_when_remo
     for (model, propensity, candidates) in rows.iter().take(n) {
         let candidates: Value = serde_json::from_str(candidates).expect("json");
         let scores = candidates["scores"].as_array().expect("scores");
-        let p = |m: &str| {
-            scores
-                .iter()
-                .find(|s| s["model"] == m)
-                .and_then(|s| s["probability"].as_f64())
-                .expect("scored")
-        };
-        assert!(
-            (p("coder") - 0.5).abs() < 0.01 && (p("chatter") - 0.5).abs() < 0.01,
-            "{candidates}"
-        );
+        let p = |m: &str| scores.iter().find(|s| s["model"] == m).and_then(|s| s["probability"].as_f64()).expect("scored");
+        assert!((p("coder") - 0.5).abs() < 0.01 && (p("chatter") - 0.5).abs() < 0.01, "{candidates}");
         assert!((p(model) - propensity).abs() < 1e-12);
     }
     for (_, propensity, _) in rows.iter().skip(n) {
-        assert!(
-            *propensity > 0.99,
-            "after the challenger left, the active's near-greedy choice: {propensity}"
-        );
+        assert!(*propensity > 0.99, "after the challenger left, the active's near-greedy choice: {propensity}");
     }
 }
 
@@ -495,21 +360,11 @@ async fn max_cost_header_leaves_out_candidates_predicted_above_it() {
     assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
     gw.stop().await;
     let rows = logged_decisions(&db).await;
-    let capped_row = rows
-        .iter()
-        .find(|(m, _, _)| m == "chatter")
-        .expect("the capped request's row");
+    let capped_row = rows.iter().find(|(m, _, _)| m == "chatter").expect("the capped request's row");
     let scores = capped_row.2["scores"].as_array().expect("scores");
-    let coder = scores
-        .iter()
-        .find(|s| s["model"] == "coder")
-        .expect("coder is still scored");
+    let coder = scores.iter().find(|s| s["model"] == "coder").expect("coder is still scored");
     assert!(coder["cost_usd"].as_f64().expect("cost") > 0.001, "{coder}");
-    assert_eq!(
-        coder["probability"].as_f64(),
-        Some(0.0),
-        "above the ceiling: never chosen"
-    );
+    assert_eq!(coder["probability"].as_f64(), Some(0.0), "above the ceiling: never chosen");
     assert_eq!(capped_row.1, 1.0);
 }
 
@@ -518,30 +373,12 @@ async fn an_unsure_selector_defers_to_the_route_default() {
     let (normal, _) = checkpoints();
     // Quality is 0..1, so no candidate can beat the default by 1.5 at `best`: every decision
     // is unsure and the default serves it; a margin of zero leaves the selector's choice.
-    let unsure = start(|mock| {
-        routing_config(mock, normal, "", "sqlite::memory:").replace(
-            "exploration = 0.0",
-            "exploration = 0.0\nmin_advantage = 1.5",
-        )
-    })
-    .await;
+    let unsure = start(|mock| routing_config(mock, normal, "", "sqlite::memory:").replace("exploration = 0.0", "exploration = 0.0\nmin_advantage = 1.5")).await;
     for prompt in TEST_CODE {
-        assert_eq!(
-            routed_model(&unsure, prompt, None).await,
-            ("chatter".into(), "unsure".into()),
-            "{prompt}"
-        );
+        assert_eq!(routed_model(&unsure, prompt, None).await, ("chatter".into(), "unsure".into()), "{prompt}");
     }
-    let sure = start(|mock| {
-        routing_config(mock, normal, "", "sqlite::memory:")
-            .replace("exploration = 0.0", "exploration = 0.0\nmin_advantage = 0")
-    })
-    .await;
+    let sure = start(|mock| routing_config(mock, normal, "", "sqlite::memory:").replace("exploration = 0.0", "exploration = 0.0\nmin_advantage = 0")).await;
     for prompt in TEST_CODE {
-        assert_eq!(
-            routed_model(&sure, prompt, None).await,
-            ("coder".into(), "selected".into()),
-            "{prompt}"
-        );
+        assert_eq!(routed_model(&sure, prompt, None).await, ("coder".into(), "selected".into()), "{prompt}");
     }
 }

@@ -70,11 +70,7 @@ async fn stream_in_flight(addr: SocketAddr, per_token_ms: u64) -> (reqwest::Resp
         .await
         .expect("gateway reachable");
     assert_eq!(response.status(), 200);
-    let first = response
-        .chunk()
-        .await
-        .expect("first chunk")
-        .expect("stream has a chunk");
+    let first = response.chunk().await.expect("first chunk").expect("stream has a chunk");
     (response, first.to_vec())
 }
 
@@ -95,11 +91,10 @@ async fn rows(dir: &Path) -> Vec<(i64, Option<String>)> {
         .connect(&format!("sqlite://{}", dir.join("log.db").display()))
         .await
         .expect("open log");
-    let rows =
-        sqlx::query_as::<_, (i64, Option<String>)>("SELECT status, error_class FROM request_log")
-            .fetch_all(&pool)
-            .await
-            .expect("read rows");
+    let rows = sqlx::query_as::<_, (i64, Option<String>)>("SELECT status, error_class FROM request_log")
+        .fetch_all(&pool)
+        .await
+        .expect("read rows");
     pool.close().await;
     rows
 }
@@ -119,21 +114,10 @@ async fn a_stream_in_flight_finishes_within_the_grace_on(runtime: &str) {
     let asked = Instant::now();
     gateway.stop.send(()).expect("server running");
     let body = rest(response, first).await;
-    assert!(
-        body.contains("data: [DONE]"),
-        "the stream completed: {body}"
-    );
+    assert!(body.contains("data: [DONE]"), "the stream completed: {body}");
     assert!(!body.contains("shutting_down"), "{body}");
-    gateway
-        .served
-        .await
-        .expect("server task")
-        .expect("clean shutdown");
-    assert!(
-        asked.elapsed() < Duration::from_secs(8),
-        "{runtime}: shutdown did not wait out the grace: {:?}",
-        asked.elapsed()
-    );
+    gateway.served.await.expect("server task").expect("clean shutdown");
+    assert!(asked.elapsed() < Duration::from_secs(8), "{runtime}: shutdown did not wait out the grace: {:?}", asked.elapsed());
     assert_eq!(rows(dir.path()).await, vec![(200, None)]);
 }
 
@@ -153,29 +137,13 @@ async fn a_stream_longer_than_the_grace_is_cut_and_still_logged_on(runtime: &str
     gateway.stop.send(()).expect("server running");
     let body = rest(response, first).await;
     let cut_after = asked.elapsed();
-    assert!(
-        body.contains("shutting_down"),
-        "the client is told why the stream ended: {body}"
-    );
+    assert!(body.contains("shutting_down"), "the client is told why the stream ended: {body}");
     assert!(!body.contains("data: [DONE]"), "{body}");
-    gateway
-        .served
-        .await
-        .expect("server task")
-        .expect("clean shutdown");
+    gateway.served.await.expect("server task").expect("clean shutdown");
     let stopped_after = asked.elapsed();
-    assert!(
-        cut_after >= Duration::from_millis(300),
-        "cut before the grace was over: {cut_after:?}"
-    );
-    assert!(
-        stopped_after < Duration::from_secs(4),
-        "shutdown is bounded: {stopped_after:?}"
-    );
-    assert_eq!(
-        rows(dir.path()).await,
-        vec![(503, Some("shutdown".to_owned()))]
-    );
+    assert!(cut_after >= Duration::from_millis(300), "cut before the grace was over: {cut_after:?}");
+    assert!(stopped_after < Duration::from_secs(4), "shutdown is bounded: {stopped_after:?}");
+    assert_eq!(rows(dir.path()).await, vec![(503, Some("shutdown".to_owned()))]);
 }
 
 #[tokio::test]
@@ -194,9 +162,7 @@ async fn a_request_still_waiting_upstream_when_the_grace_ends_gets_503_and_a_row
         reqwest::Client::new()
             .post(format!("http://{addr}/v1/chat/completions"))
             .header("x-mock-first-token-ms", "20000")
-            .json(
-                &json!({"model": "m", "messages": [{"role": "user", "content": "take your time"}]}),
-            )
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "take your time"}]}))
             .send()
             .await
             .expect("gateway reachable")
@@ -209,23 +175,10 @@ async fn a_request_still_waiting_upstream_when_the_grace_ends_gets_503_and_a_row
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.expect("JSON error body");
     assert_eq!(body["error"]["code"], "shutting_down", "{body}");
-    gateway
-        .served
-        .await
-        .expect("server task")
-        .expect("clean shutdown");
-    assert!(
-        answered_after >= Duration::from_millis(300),
-        "answered before the grace was over: {answered_after:?}"
-    );
-    assert!(
-        answered_after < Duration::from_secs(4),
-        "shutdown is bounded: {answered_after:?}"
-    );
-    assert_eq!(
-        rows(dir.path()).await,
-        vec![(503, Some("shutdown".to_owned()))]
-    );
+    gateway.served.await.expect("server task").expect("clean shutdown");
+    assert!(answered_after >= Duration::from_millis(300), "answered before the grace was over: {answered_after:?}");
+    assert!(answered_after < Duration::from_secs(4), "shutdown is bounded: {answered_after:?}");
+    assert_eq!(rows(dir.path()).await, vec![(503, Some("shutdown".to_owned()))]);
 }
 
 /// Per-core serving: many connections at once (the kernel spreads them over the threads'
@@ -257,11 +210,7 @@ async fn per_core_threads_serve_concurrent_connections_and_log_every_row() {
     });
     futures_util::future::join_all(requests).await;
     gateway.stop.send(()).expect("server running");
-    gateway
-        .served
-        .await
-        .expect("server task")
-        .expect("clean shutdown");
+    gateway.served.await.expect("server task").expect("clean shutdown");
     let logged = rows(dir.path()).await;
     assert_eq!(logged.len(), REQUESTS);
     assert!(logged.iter().all(|row| *row == (200, None)), "{logged:?}");
@@ -295,9 +244,5 @@ provider = "mock"
     };
     assert!(error.to_string().contains("cannot listen"), "{error}");
     first.stop.send(()).expect("server running");
-    first
-        .served
-        .await
-        .expect("server task")
-        .expect("clean shutdown");
+    first.served.await.expect("server task").expect("clean shutdown");
 }

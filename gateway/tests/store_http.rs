@@ -78,10 +78,7 @@ provider = "mock"
     }
 
     async fn feedback(&self, key: Option<&str>, body: Value) -> reqwest::Response {
-        let mut request = self
-            .client
-            .post(format!("http://{}/v1/feedback", self.addr))
-            .json(&body);
+        let mut request = self.client.post(format!("http://{}/v1/feedback", self.addr)).json(&body);
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
@@ -102,33 +99,9 @@ fn request_id(response: &reqwest::Response) -> Uuid {
 async fn feedback_is_accepted_only_from_the_tenant_that_made_the_request() {
     let gateway = Gateway::start("[auth]\nopen = false\n").await;
     let store = gateway.state.store.clone();
-    let (_, acme) = create_key(
-        &store,
-        NewKey {
-            tenant: "acme".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
-    let (_, acme_other) = create_key(
-        &store,
-        NewKey {
-            tenant: "acme".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
-    let (_, globex) = create_key(
-        &store,
-        NewKey {
-            tenant: "globex".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
+    let (_, acme) = create_key(&store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
+    let (_, acme_other) = create_key(&store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
+    let (_, globex) = create_key(&store, NewKey { tenant: "globex".into(), ..NewKey::default() }).await.expect("key");
 
     let response = gateway.chat(Some(&acme), false).await;
     assert_eq!(response.status(), 200);
@@ -138,27 +111,15 @@ async fn feedback_is_accepted_only_from_the_tenant_that_made_the_request() {
         if flushed {
             gateway.state.log.flush().await.expect("flush");
         }
-        let foreign = gateway
-            .feedback(Some(&globex), json!({"request_id": id, "score": 0.0}))
-            .await;
+        let foreign = gateway.feedback(Some(&globex), json!({"request_id": id, "score": 0.0})).await;
         assert_eq!(foreign.status(), 404, "flushed {flushed}");
         let body: Value = foreign.json().await.expect("error body");
         assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("no request")),
-            "{body}"
-        );
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("no request")), "{body}");
     }
-    assert!(
-        store.feedback_for(id).await.expect("read").is_empty(),
-        "a refused rating changes nothing"
-    );
+    assert!(store.feedback_for(id).await.expect("read").is_empty(), "a refused rating changes nothing");
     // Any key of the same tenant may rate it.
-    let ok = gateway
-        .feedback(Some(&acme_other), json!({"request_id": id, "score": 1.0}))
-        .await;
+    let ok = gateway.feedback(Some(&acme_other), json!({"request_id": id, "score": 1.0})).await;
     assert_eq!(ok.status(), 200);
     assert_eq!(store.feedback_for(id).await.expect("read").len(), 1);
 }
@@ -167,27 +128,11 @@ async fn feedback_is_accepted_only_from_the_tenant_that_made_the_request() {
 async fn virtual_keys_gate_requests_and_name_the_tenant() {
     let gateway = Gateway::start("[auth]\nopen = false\nkey_cache_ttl_ms = 200\n").await;
     let store = gateway.state.store.clone();
-    let (record, key) = create_key(
-        &store,
-        NewKey {
-            tenant: "acme".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
+    let (record, key) = create_key(&store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
 
     assert_eq!(gateway.chat(None, false).await.status(), 401);
-    assert_eq!(
-        gateway.chat(Some("sk-sy-unknown"), false).await.status(),
-        401
-    );
-    let models = gateway
-        .client
-        .get(format!("http://{}/v1/models", gateway.addr))
-        .send()
-        .await
-        .expect("models");
+    assert_eq!(gateway.chat(Some("sk-sy-unknown"), false).await.status(), 401);
+    let models = gateway.client.get(format!("http://{}/v1/models", gateway.addr)).send().await.expect("models");
     assert_eq!(models.status(), 401);
 
     let response = gateway.chat(Some(&key), false).await;
@@ -199,22 +144,10 @@ async fn virtual_keys_gate_requests_and_name_the_tenant() {
     streamed.text().await.expect("stream body");
 
     gateway.state.log.flush().await.expect("flush");
-    let row = store
-        .fetch_row(id)
-        .await
-        .expect("fetch")
-        .expect("row written");
+    let row = store.fetch_row(id).await.expect("fetch").expect("row written");
     assert_eq!(row.tenant.as_deref(), Some("acme"));
     assert_eq!(row.key_id, Some(record.id));
-    assert_eq!(
-        (
-            row.model.as_str(),
-            row.provider.as_str(),
-            row.status,
-            row.stream
-        ),
-        ("m", "mock", 200, false)
-    );
+    assert_eq!((row.model.as_str(), row.provider.as_str(), row.status, row.stream), ("m", "mock", 200, false));
     assert!(row.prompt_tokens.is_some() && row.completion_tokens.is_some());
     assert_eq!(row.prompt_text, None, "prompts are not stored by default");
     let landed = wait_for(Duration::from_secs(5), async || {
@@ -222,18 +155,11 @@ async fn virtual_keys_gate_requests_and_name_the_tenant() {
     })
     .await;
     assert!(landed);
-    let row = store
-        .fetch_row(streamed_id)
-        .await
-        .expect("fetch")
-        .expect("row");
+    let row = store.fetch_row(streamed_id).await.expect("fetch").expect("row");
     assert!(row.stream && row.first_token_ms.is_some());
 
     // Revoked: refused once the cached lookup is older than the TTL.
-    assert!(store
-        .set_key_enabled(record.id, false)
-        .await
-        .expect("revoke"));
+    assert!(store.set_key_enabled(record.id, false).await.expect("revoke"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(gateway.chat(Some(&key), false).await.status(), 401);
 }
@@ -247,28 +173,18 @@ async fn feedback_endpoint_validates_and_records() {
     let id = request_id(&response);
 
     // Accepted at once, whether or not the row has reached the database yet.
-    let ok = gateway
-        .feedback(
-            None,
-            json!({"request_id": id, "score": 0.8, "comment": "good", "source": "user"}),
-        )
-        .await;
+    let ok = gateway.feedback(None, json!({"request_id": id, "score": 0.8, "comment": "good", "source": "user"})).await;
     assert_eq!(ok.status(), 200);
     let body: Value = ok.json().await.expect("json");
     assert_eq!(body["status"], "recorded");
-    let ok = gateway
-        .feedback(None, json!({"request_id": id, "thumbs": "down"}))
-        .await;
+    let ok = gateway.feedback(None, json!({"request_id": id, "thumbs": "down"})).await;
     assert_eq!(ok.status(), 200);
 
     for (bad, param) in [
         (json!({"request_id": id, "score": 1.2}), "score"),
         (json!({"request_id": id, "score": -1}), "score"),
         (json!({"request_id": id, "thumbs": "meh"}), "thumbs"),
-        (
-            json!({"request_id": "not-a-uuid", "score": 0.5}),
-            "request_id",
-        ),
+        (json!({"request_id": "not-a-uuid", "score": 0.5}), "request_id"),
         (json!({"request_id": id}), "score"),
     ] {
         let response = gateway.feedback(None, bad.clone()).await;
@@ -277,20 +193,13 @@ async fn feedback_endpoint_validates_and_records() {
         assert_eq!(error["error"]["param"], param, "{bad}");
         assert_eq!(error["error"]["type"], "invalid_request_error");
     }
-    let unknown = gateway
-        .feedback(None, json!({"request_id": Uuid::now_v7(), "score": 0.5}))
-        .await;
+    let unknown = gateway.feedback(None, json!({"request_id": Uuid::now_v7(), "score": 0.5})).await;
     assert_eq!(unknown.status(), 404);
 
     let feedback = store.feedback_for(id).await.expect("feedback");
-    let scores: Vec<(f64, &str, Option<&str>)> = feedback
-        .iter()
-        .map(|f| (f.score, f.source.as_str(), f.comment.as_deref()))
-        .collect();
-    assert_eq!(
-        scores,
-        vec![(0.8, "user", Some("good")), (0.0, "api", None)]
-    );
+    let scores: Vec<(f64, &str, Option<&str>)> =
+        feedback.iter().map(|f| (f.score, f.source.as_str(), f.comment.as_deref())).collect();
+    assert_eq!(scores, vec![(0.8, "user", Some("good")), (0.0, "api", None)]);
     assert!(store.request_exists(id).await.expect("exists") || gateway.state.log.is_pending(id));
 }
 
@@ -300,25 +209,14 @@ async fn prompts_are_stored_only_when_configured() {
     let response = gateway.chat(None, false).await;
     let id = request_id(&response);
     gateway.state.log.flush().await.expect("flush");
-    let row = gateway
-        .state
-        .store
-        .fetch_row(id)
-        .await
-        .expect("fetch")
-        .expect("row");
+    let row = gateway.state.store.fetch_row(id).await.expect("fetch").expect("row");
     assert_eq!(row.prompt_text.as_deref(), Some("hello there"));
 }
 
 #[tokio::test]
 async fn ready_checks_the_database() {
     let gateway = Gateway::start("").await;
-    let ready = gateway
-        .client
-        .get(format!("http://{}/ready", gateway.addr))
-        .send()
-        .await
-        .expect("ready");
+    let ready = gateway.client.get(format!("http://{}/ready", gateway.addr)).send().await.expect("ready");
     assert_eq!(ready.status(), 200);
 }
 
@@ -329,11 +227,7 @@ fn switchyard(args: &[&str]) -> String {
         .env("RUST_LOG", "warn")
         .output()
         .expect("run switchyard");
-    assert!(
-        output.status.success(),
-        "switchyard {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "switchyard {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -342,20 +236,7 @@ async fn cli_migrates_and_manages_keys() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("cli.db").display());
     assert!(switchyard(&["migrate", "--database-url", &url]).contains("up to date"));
-    let created = switchyard(&[
-        "keys",
-        "create",
-        "--database-url",
-        &url,
-        "--tenant",
-        "acme",
-        "--name",
-        "ci",
-        "--rpm",
-        "60",
-        "--budget-usd",
-        "5",
-    ]);
+    let created = switchyard(&["keys", "create", "--database-url", &url, "--tenant", "acme", "--name", "ci", "--rpm", "60", "--budget-usd", "5"]);
     let field = |name: &str| {
         created
             .lines()
@@ -372,22 +253,11 @@ async fn cli_migrates_and_manages_keys() {
     assert!(!listed.contains(&key), "the key itself is never listed");
 
     let store = gateway::store::Store::connect(&url, 1).expect("url");
-    let found = store
-        .key_by_hash(&gateway::store::keys::hash_key(&key))
-        .await
-        .expect("lookup")
-        .expect("stored");
-    assert_eq!(
-        (found.tenant.as_str(), found.rpm, found.budget_usd),
-        ("acme", Some(60), Some(5.0))
-    );
+    let found = store.key_by_hash(&gateway::store::keys::hash_key(&key)).await.expect("lookup").expect("stored");
+    assert_eq!((found.tenant.as_str(), found.rpm, found.budget_usd), ("acme", Some(60), Some(5.0)));
 
     assert!(switchyard(&["keys", "revoke", &id, "--database-url", &url]).contains("revoked"));
-    let found = store
-        .key_by_hash(&gateway::store::keys::hash_key(&key))
-        .await
-        .expect("lookup")
-        .expect("stored");
+    let found = store.key_by_hash(&gateway::store::keys::hash_key(&key)).await.expect("lookup").expect("stored");
     assert!(!found.enabled);
     store.close().await;
 }
@@ -428,15 +298,7 @@ provider = "mock"
         .await
         .expect("gateway builds");
     let (addr, state) = (app.addr(), app.state());
-    let (_, key) = create_key(
-        &state.store,
-        NewKey {
-            tenant: "acme".into(),
-            ..NewKey::default()
-        },
-    )
-    .await
-    .expect("key");
+    let (_, key) = create_key(&state.store, NewKey { tenant: "acme".into(), ..NewKey::default() }).await.expect("key");
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
@@ -459,15 +321,7 @@ provider = "mock"
     futures_util::future::join_all(requests).await;
     stop.send(()).expect("server running");
     served.await.expect("server task").expect("clean shutdown");
-    assert_eq!(
-        pg.count_rows().await,
-        i64::try_from(REQUESTS).expect("count")
-    );
-    let spilled = std::fs::metadata(dir.path().join("spill.jsonl"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    assert_eq!(
-        spilled, 0,
-        "every row went to the database, none to the spill file"
-    );
+    assert_eq!(pg.count_rows().await, i64::try_from(REQUESTS).expect("count"));
+    let spilled = std::fs::metadata(dir.path().join("spill.jsonl")).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(spilled, 0, "every row went to the database, none to the spill file");
 }

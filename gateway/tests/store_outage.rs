@@ -71,9 +71,7 @@ output_usd_per_mtok = 2.0
         let enough = enough.clone();
         clients.push(tokio::spawn(async move {
             let mut ids = Vec::new();
-            while !enough.load(Ordering::Relaxed)
-                && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
-            {
+            while !enough.load(Ordering::Relaxed) && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS {
                 let i = ids.len();
                 let response = client
                     .post(format!("http://{addr}/v1/chat/completions"))
@@ -85,11 +83,7 @@ output_usd_per_mtok = 2.0
                     .send()
                     .await
                     .expect("gateway answers");
-                assert_eq!(
-                    response.status(),
-                    200,
-                    "every request succeeds, outage or not"
-                );
+                assert_eq!(response.status(), 200, "every request succeeds, outage or not");
                 let id = response
                     .headers()
                     .get("x-switchyard-request-id")
@@ -109,40 +103,22 @@ output_usd_per_mtok = 2.0
     // (so the outage is not just a gap between batches) and requests went on meanwhile.
     let phase = |n: usize| {
         let done = done.clone();
-        async move {
-            wait_for(Duration::from_secs(60), async || {
-                done.load(Ordering::Relaxed) >= n
-            })
-            .await
-        }
+        async move { wait_for(Duration::from_secs(60), async || done.load(Ordering::Relaxed) >= n).await }
     };
     assert!(phase(PER_PHASE).await);
     proxy.cut().await;
     let cut_at = done.load(Ordering::Relaxed);
-    let ready = client
-        .get(format!("http://{addr}/ready"))
-        .send()
-        .await
-        .expect("ready");
+    let ready = client.get(format!("http://{addr}/ready")).send().await.expect("ready");
     assert_eq!(ready.status(), 503, "/ready reports the database");
     assert!(
-        wait_for(Duration::from_secs(30), async || state
-            .log
-            .stats()
-            .write_failures
-            > 0)
-        .await,
+        wait_for(Duration::from_secs(30), async || state.log.stats().write_failures > 0).await,
         "the writer noticed the outage: {:?}",
         state.log.stats()
     );
     assert!(phase(cut_at + PER_PHASE).await);
     proxy.restore().await;
     let restored_at = done.load(Ordering::Relaxed);
-    let ready = client
-        .get(format!("http://{addr}/ready"))
-        .send()
-        .await
-        .expect("ready");
+    let ready = client.get(format!("http://{addr}/ready")).send().await.expect("ready");
     assert_eq!(ready.status(), 200);
     assert!(phase(restored_at + PER_PHASE).await);
     enough.store(true, Ordering::Relaxed);
@@ -153,35 +129,14 @@ output_usd_per_mtok = 2.0
     }
     let requests = done.load(Ordering::Relaxed);
     assert_eq!(ids.len(), requests);
-    assert!(
-        requests < MAX_REQUESTS,
-        "the test stopped the load, not the cap"
-    );
-    eprintln!(
-        "{requests} requests: {cut_at} before the cut, {} during, {} after",
-        restored_at - cut_at,
-        requests - restored_at
-    );
+    assert!(requests < MAX_REQUESTS, "the test stopped the load, not the cap");
+    eprintln!("{requests} requests: {cut_at} before the cut, {} during, {} after", restored_at - cut_at, requests - restored_at);
 
-    let landed = wait_for(Duration::from_secs(30), async || {
-        db.count_rows().await == requests as i64
-    })
-    .await;
+    let landed = wait_for(Duration::from_secs(30), async || db.count_rows().await == requests as i64).await;
     let stats = state.log.stats();
-    assert!(
-        landed,
-        "rows: {} of {requests}; writer {stats:?}",
-        db.count_rows().await
-    );
-    assert!(
-        stats.spilled > 0,
-        "rows went through the spill file: {stats:?}"
-    );
-    assert_eq!(
-        stats.dropped_channel_full + stats.dropped_spill_failed,
-        0,
-        "{stats:?}"
-    );
+    assert!(landed, "rows: {} of {requests}; writer {stats:?}", db.count_rows().await);
+    assert!(stats.spilled > 0, "rows went through the spill file: {stats:?}");
+    assert_eq!(stats.dropped_channel_full + stats.dropped_spill_failed, 0, "{stats:?}");
 
     let _ = stop.send(());
     server.await.expect("server task").expect("server ran");

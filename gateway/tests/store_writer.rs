@@ -37,11 +37,7 @@ async fn five_thousand_rows_land(store: Store, config: WriterConfig) -> WriterSt
     let log = writer.handle();
     for i in 0..5_000 {
         // Alternate full rows (embedding, JSON, prompt) and minimal ones.
-        log.push(if i % 2 == 0 {
-            full_row()
-        } else {
-            minimal_row()
-        });
+        log.push(if i % 2 == 0 { full_row() } else { minimal_row() });
     }
     let stats = writer.shutdown().await;
     assert_eq!(stats.accepted, 5_000);
@@ -65,11 +61,7 @@ async fn five_thousand_rows_land_in_postgres() {
 #[tokio::test]
 async fn five_thousand_rows_land_in_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::connect(
-        &format!("sqlite://{}", dir.path().join("log.db").display()),
-        4,
-    )
-    .expect("url");
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("log.db").display()), 4).expect("url");
     store.migrate().await.expect("migrate");
     five_thousand_rows_land(store, writer_config(dir.path())).await;
 }
@@ -88,10 +80,7 @@ async fn a_full_channel_spills_instead_of_dropping() {
         ..writer_config(dir.path())
     };
     let stats = five_thousand_rows_land(store, config).await;
-    assert!(
-        stats.overflowed > 0,
-        "the burst should overflow a 16-row channel: {stats:?}"
-    );
+    assert!(stats.overflowed > 0, "the burst should overflow a 16-row channel: {stats:?}");
     assert!(stats.replayed >= stats.overflowed, "{stats:?}");
 }
 
@@ -117,11 +106,7 @@ async fn database_down_spills_then_replays() {
     proxy.cut().await;
     let mut during = Vec::new();
     for i in 0..2_000 {
-        let row = if i % 2 == 0 {
-            full_row()
-        } else {
-            minimal_row()
-        };
+        let row = if i % 2 == 0 { full_row() } else { minimal_row() };
         during.push(row.id);
         log.push(row);
     }
@@ -130,31 +115,16 @@ async fn database_down_spills_then_replays() {
     assert_eq!(stats.spilled, 2_000, "{stats:?}");
     assert!(stats.write_failures > 0, "{stats:?}");
     assert!(spill_path.exists());
-    assert_eq!(
-        db.count_rows().await,
-        1_000,
-        "nothing reached the database while cut off"
-    );
-    assert!(
-        during.iter().all(|id| log.is_pending(*id)),
-        "spilled rows still accept feedback"
-    );
+    assert_eq!(db.count_rows().await, 1_000, "nothing reached the database while cut off");
+    assert!(during.iter().all(|id| log.is_pending(*id)), "spilled rows still accept feedback");
 
     // Rows that arrive while the spill file is non-empty queue behind it.
     proxy.restore().await;
     for _ in 0..500 {
         log.push(minimal_row());
     }
-    let landed = wait_for(Duration::from_secs(30), async || {
-        db.count_rows().await == 3_500
-    })
-    .await;
-    assert!(
-        landed,
-        "rows in the database: {}, stats {:?}",
-        db.count_rows().await,
-        log.stats()
-    );
+    let landed = wait_for(Duration::from_secs(30), async || db.count_rows().await == 3_500).await;
+    assert!(landed, "rows in the database: {}, stats {:?}", db.count_rows().await, log.stats());
     let replayed = wait_for(Duration::from_secs(5), async || !spill_path.exists()).await;
     assert!(replayed, "spill file removed once replayed");
     assert!(during.iter().all(|id| !log.is_pending(*id)));
@@ -194,10 +164,7 @@ async fn spill_left_by_an_earlier_run_is_replayed_at_start() {
     let store = Store::connect(&db.url, 2).expect("url");
     store.migrate().await.expect("migrate");
     let writer = LogWriter::spawn(store.clone(), config.clone()).expect("writer");
-    let landed = wait_for(Duration::from_secs(20), async || {
-        db.count_rows().await == 701
-    })
-    .await;
+    let landed = wait_for(Duration::from_secs(20), async || db.count_rows().await == 701).await;
     let stats = writer.shutdown().await;
     assert!(landed, "{stats:?}");
     assert_eq!(stats.replayed, 701);
@@ -229,14 +196,9 @@ async fn a_row_the_database_refuses_is_set_aside() {
     assert_eq!(stats.rejected, 1, "{stats:?}");
     assert_eq!(stats.written, 100, "{stats:?}");
     assert_eq!(db.count_rows().await, 100);
-    let kept =
-        std::fs::read_to_string(dir.path().join("spill.jsonl.rejected")).expect("rejected file");
+    let kept = std::fs::read_to_string(dir.path().join("spill.jsonl.rejected")).expect("rejected file");
     assert_eq!(kept.lines().count(), 1);
     assert!(kept.contains(r"bad\u0000model"));
-    let stored = store
-        .fetch_row(prompt.id)
-        .await
-        .expect("fetch")
-        .expect("row");
+    let stored = store.fetch_row(prompt.id).await.expect("fetch").expect("row");
     assert_eq!(stored.prompt_text.as_deref(), Some("ab"));
 }

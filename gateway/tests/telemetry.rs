@@ -29,24 +29,16 @@ async fn collector(spans: Arc<Mutex<Vec<Value>>>) -> SocketAddr {
             let spans = spans.clone();
             async move {
                 for resource in body["resourceSpans"].as_array().into_iter().flatten() {
-                    assert_eq!(
-                        resource["resource"]["attributes"][0]["value"]["stringValue"],
-                        "switchyard-test"
-                    );
+                    assert_eq!(resource["resource"]["attributes"][0]["value"]["stringValue"], "switchyard-test");
                     for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
-                        spans
-                            .lock()
-                            .unwrap()
-                            .extend(scope["spans"].as_array().cloned().unwrap_or_default());
+                        spans.lock().unwrap().extend(scope["spans"].as_array().cloned().unwrap_or_default());
                     }
                 }
                 axum::Json(json!({}))
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
@@ -58,30 +50,19 @@ async fn a_request_is_traced_under_the_clients_span_and_the_trace_goes_upstream(
     let collector = collector(exported.clone()).await;
     let telemetry = telemetry::init(
         LogFormat::Text,
-        Some(OtlpConfig {
-            endpoint: format!("http://{collector}"),
-            service_name: "switchyard-test".into(),
-        }),
+        Some(OtlpConfig { endpoint: format!("http://{collector}"), service_name: "switchyard-test".into() }),
     )
     .expect("telemetry");
 
     let traceparents = Arc::new(Mutex::new(Vec::new()));
-    let mock_addr = mock::spawn(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        MockOptions {
-            traceparents: traceparents.clone(),
-            ..MockOptions::default()
-        },
-    )
-    .await
-    .expect("mock");
+    let mock_addr = mock::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), MockOptions { traceparents: traceparents.clone(), ..MockOptions::default() })
+        .await
+        .expect("mock");
     let config = Config::from_toml(&format!(
         "[database]\nurl = \"sqlite::memory:\"\nbatch_interval_ms = 10\n\n[providers.up]\nkind = \"openai\"\nbase_url = \"http://{mock_addr}/v1\"\n\n[models.m]\nprovider = \"up\"\n"
     ))
     .expect("config");
-    let app = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0))))
-        .await
-        .expect("gateway");
+    let app = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await.expect("gateway");
     let addr = app.addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(app.run_until(async {
@@ -102,41 +83,17 @@ async fn a_request_is_traced_under_the_clients_span_and_the_trace_goes_upstream(
     telemetry.shutdown().await;
 
     let spans = exported.lock().unwrap().clone();
-    let by_name: HashMap<&str, &Value> = spans
-        .iter()
-        .filter_map(|s| Some((s["name"].as_str()?, s)))
-        .collect();
-    let chat = by_name
-        .get("chat")
-        .unwrap_or_else(|| panic!("no chat span in {spans:#?}"));
+    let by_name: HashMap<&str, &Value> = spans.iter().filter_map(|s| Some((s["name"].as_str()?, s))).collect();
+    let chat = by_name.get("chat").unwrap_or_else(|| panic!("no chat span in {spans:#?}"));
     assert_eq!(chat["traceId"], TRACE_ID, "the client's trace continues");
     assert_eq!(chat["parentSpanId"], CLIENT_SPAN, "under the client's span");
-    for step in [
-        "parse",
-        "limits",
-        "cache.exact",
-        "embed",
-        "select",
-        "upstream",
-    ] {
-        let span = by_name
-            .get(step)
-            .unwrap_or_else(|| panic!("no `{step}` span in {:?}", by_name.keys()));
+    for step in ["parse", "limits", "cache.exact", "embed", "select", "upstream"] {
+        let span = by_name.get(step).unwrap_or_else(|| panic!("no `{step}` span in {:?}", by_name.keys()));
         assert_eq!(span["traceId"], TRACE_ID, "{step}");
-        assert_eq!(
-            span["parentSpanId"], chat["spanId"],
-            "{step} is a step of the request"
-        );
-        assert!(
-            span["startTimeUnixNano"].as_str().unwrap()
-                <= span["endTimeUnixNano"].as_str().unwrap()
-        );
+        assert_eq!(span["parentSpanId"], chat["spanId"], "{step} is a step of the request");
+        assert!(span["startTimeUnixNano"].as_str().unwrap() <= span["endTimeUnixNano"].as_str().unwrap());
     }
-    assert!(
-        by_name.contains_key("log write"),
-        "the writer's batch is traced: {:?}",
-        by_name.keys()
-    );
+    assert!(by_name.contains_key("log write"), "the writer's batch is traced: {:?}", by_name.keys());
 
     // The upstream saw the trace, with the `upstream` span as its parent.
     let seen = traceparents.lock().unwrap().clone();

@@ -21,12 +21,8 @@ const REQUESTS_PER_CLIENT: usize = 50;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_of_two_upstreams_under_load_fails_no_request() {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let primary_mock = mock::spawn(loopback, MockOptions::default())
-        .await
-        .expect("mock");
-    let secondary_mock = mock::spawn(loopback, MockOptions::default())
-        .await
-        .expect("mock");
+    let primary_mock = mock::spawn(loopback, MockOptions::default()).await.expect("mock");
+    let secondary_mock = mock::spawn(loopback, MockOptions::default()).await.expect("mock");
     let proxy = TcpProxy::start(primary_mock).await;
     let config = Config::from_toml(&format!(
         r#"
@@ -61,9 +57,7 @@ exploration = 0
         secondary = secondary_mock,
     ))
     .expect("config");
-    let app = Application::build(&config, Some(loopback))
-        .await
-        .expect("gateway builds");
+    let app = Application::build(&config, Some(loopback)).await.expect("gateway builds");
     let url = format!("http://{}/v1/chat/completions", app.addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(app.run_until(async {
@@ -103,30 +97,14 @@ exploration = 0
     for task in tasks {
         outcomes.extend(task.await.expect("client task"));
     }
-    let failed: Vec<_> = outcomes
-        .iter()
-        .filter(|(status, _, complete)| *status != 200 || !complete)
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {total} requests failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    let by = |name: &str| {
-        outcomes
-            .iter()
-            .filter(|(_, model, _)| model == name)
-            .count()
-    };
+    let failed: Vec<_> = outcomes.iter().filter(|(status, _, complete)| *status != 200 || !complete).collect();
+    assert!(failed.is_empty(), "{} of {total} requests failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    let by = |name: &str| outcomes.iter().filter(|(_, model, _)| model == name).count();
     let (primary, secondary) = (by("primary"), by("secondary"));
     eprintln!("{total} requests: primary {primary}, secondary {secondary}");
     assert_eq!(primary + secondary, total);
     assert!(primary > 0, "the primary served before it was cut");
-    assert!(
-        secondary >= total / 2,
-        "the secondary served the rest: {secondary}"
-    );
+    assert!(secondary >= total / 2, "the secondary served the rest: {secondary}");
     let _ = stop.send(());
     served.await.expect("server task").expect("server ran");
 }

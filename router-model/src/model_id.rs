@@ -27,34 +27,17 @@ mod tests {
 
     #[test]
     fn aliases_and_prefixes_fold_to_one_id() {
-        assert_eq!(
-            canonical_model_id("mistralai/mixtral-8x7b-chat"),
-            "mixtral-8x7b-instruct-v0.1"
-        );
-        assert_eq!(
-            canonical_model_id("Mixtral-8x7B-Instruct-v0.1"),
-            "mixtral-8x7b-instruct-v0.1"
-        );
-        assert_eq!(
-            canonical_model_id(" gpt-4-1106-preview "),
-            "gpt-4-1106-preview"
-        );
-        assert_eq!(
-            canonical_model_id("meta/llama-2-70b-chat"),
-            "llama-2-70b-chat"
-        );
+        assert_eq!(canonical_model_id("mistralai/mixtral-8x7b-chat"), "mixtral-8x7b-instruct-v0.1");
+        assert_eq!(canonical_model_id("Mixtral-8x7B-Instruct-v0.1"), "mixtral-8x7b-instruct-v0.1");
+        assert_eq!(canonical_model_id(" gpt-4-1106-preview "), "gpt-4-1106-preview");
+        assert_eq!(canonical_model_id("meta/llama-2-70b-chat"), "llama-2-70b-chat");
         assert_eq!(canonical_model_id("zero-one-ai/Yi-34B-Chat"), "yi-34b-chat");
         assert_eq!(canonical_model_id("anthropic/claude-v2"), "claude-2");
     }
 
     #[test]
     fn the_function_is_idempotent() {
-        for name in [
-            "mistralai/mixtral-8x7b-chat",
-            "claude-instant-v1",
-            "GPT-4o",
-            "code-llama-instruct-34b-chat",
-        ] {
+        for name in ["mistralai/mixtral-8x7b-chat", "claude-instant-v1", "GPT-4o", "code-llama-instruct-34b-chat"] {
             let once = canonical_model_id(name);
             assert_eq!(canonical_model_id(&once), once, "{name}");
         }

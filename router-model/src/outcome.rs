@@ -160,10 +160,7 @@ pub fn embedding_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
 mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(
-        value: &Option<Vec<u8>>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
         match value {
             Some(bytes) => {
                 let mut text = String::with_capacity(bytes.len() * 2);
@@ -177,17 +174,11 @@ mod hex_bytes {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Vec<u8>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
         let Some(text) = Option::<String>::deserialize(deserializer)? else {
             return Ok(None);
         };
-        let digit = |c: u8| {
-            char::from(c)
-                .to_digit(16)
-                .and_then(|d| u8::try_from(d).ok())
-        };
+        let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
         text.as_bytes()
             .chunks(2)
             .map(|pair| match pair {
@@ -236,10 +227,7 @@ mod tests {
             }],
         };
         let text = serde_json::to_string(&record).expect("serialises");
-        assert_eq!(
-            serde_json::from_str::<DecisionRecord>(&text).expect("parses"),
-            record
-        );
+        assert_eq!(serde_json::from_str::<DecisionRecord>(&text).expect("parses"), record);
     }
 
     #[test]
@@ -258,10 +246,7 @@ mod tests {
     #[test]
     fn embeddings_round_trip_as_bytes() {
         let v = [0.1f32, -2.5, 1e-7];
-        assert_eq!(
-            embedding_from_bytes(&embedding_to_bytes(&v)),
-            Some(v.to_vec())
-        );
+        assert_eq!(embedding_from_bytes(&embedding_to_bytes(&v)), Some(v.to_vec()));
         assert_eq!(embedding_from_bytes(&[1, 2, 3]), None);
         assert_eq!(embedding_from_bytes(&[]), None);
     }

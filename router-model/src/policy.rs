@@ -36,26 +36,10 @@ fn one() -> f64 {
 }
 
 impl Tradeoff {
-    pub const BEST: Self = Self {
-        quality: 1.0,
-        cost: 0.0,
-        latency: 0.0,
-    };
-    pub const BALANCED: Self = Self {
-        quality: 1.0,
-        cost: 0.05,
-        latency: 0.02,
-    };
-    pub const CHEAP: Self = Self {
-        quality: 1.0,
-        cost: 1.0,
-        latency: 0.0,
-    };
-    pub const FAST: Self = Self {
-        quality: 1.0,
-        cost: 0.0,
-        latency: 0.5,
-    };
+    pub const BEST: Self = Self { quality: 1.0, cost: 0.0, latency: 0.0 };
+    pub const BALANCED: Self = Self { quality: 1.0, cost: 0.05, latency: 0.02 };
+    pub const CHEAP: Self = Self { quality: 1.0, cost: 1.0, latency: 0.0 };
+    pub const FAST: Self = Self { quality: 1.0, cost: 0.0, latency: 0.5 };
 
     pub fn preset(name: &str) -> Option<Self> {
         match name {
@@ -81,13 +65,8 @@ impl Tradeoff {
         };
         let mut out = base;
         for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| bad(format!("`{pair}` is not key=value")))?;
-            let value: f64 = value
-                .trim()
-                .parse()
-                .map_err(|_| bad(format!("`{value}` is not a number")))?;
+            let (key, value) = pair.split_once('=').ok_or_else(|| bad(format!("`{pair}` is not key=value")))?;
+            let value: f64 = value.trim().parse().map_err(|_| bad(format!("`{value}` is not a number")))?;
             if !value.is_finite() || value < 0.0 {
                 return Err(bad(format!("`{key}` must be a non-negative number")));
             }
@@ -102,19 +81,13 @@ impl Tradeoff {
     }
 
     pub fn utility(&self, quality: f64, cost_usd: f64, latency_ms: f64) -> f64 {
-        self.quality * quality
-            - self.cost * cost_usd * 1_000.0
-            - self.latency * latency_ms / 1_000.0
+        self.quality * quality - self.cost * cost_usd * 1_000.0 - self.latency * latency_ms / 1_000.0
     }
 }
 
 impl fmt::Display for Tradeoff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "quality={},cost={},latency={}",
-            self.quality, self.cost, self.latency
-        )
+        write!(f, "quality={},cost={},latency={}", self.quality, self.cost, self.latency)
     }
 }
 
@@ -128,9 +101,7 @@ pub struct Price {
 
 impl Price {
     pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.input_usd_per_mtok
-            + completion_tokens as f64 * self.output_usd_per_mtok)
-            / 1e6
+        (prompt_tokens as f64 * self.input_usd_per_mtok + completion_tokens as f64 * self.output_usd_per_mtok) / 1e6
     }
 }
 
@@ -148,20 +119,12 @@ pub struct Candidate {
 /// Turns the selector's predictions into scored candidates for `tradeoff`: predicted cost is
 /// the prompt's tokens at the input price plus the predicted output tokens (rounded) at the
 /// output price. Candidates whose head is out of range are skipped.
-pub fn score(
-    predictions: &[Prediction],
-    candidates: &[Candidate],
-    prompt_tokens: u32,
-    tradeoff: Tradeoff,
-) -> Vec<Scored> {
+pub fn score(predictions: &[Prediction], candidates: &[Candidate], prompt_tokens: u32, tradeoff: Tradeoff) -> Vec<Scored> {
     candidates
         .iter()
         .filter_map(|c| {
             let p = predictions.get(c.head)?;
-            let cost_usd = c.price.cost_usd(
-                u64::from(prompt_tokens),
-                p.output_tokens.max(0.0).round() as u64,
-            );
+            let cost_usd = c.price.cost_usd(u64::from(prompt_tokens), p.output_tokens.max(0.0).round() as u64);
             let (quality, latency_ms) = (f64::from(p.quality), f64::from(p.latency_ms));
             Some(Scored {
                 candidate: c.index,
@@ -258,10 +221,7 @@ impl Exploration {
         }
         let best = eligible[0];
         let explorable: Vec<usize> = (1..n)
-            .filter(|&i| {
-                self.max_extra_cost_usd
-                    .is_none_or(|max| eligible[i].cost_usd - best.cost_usd <= max)
-            })
+            .filter(|&i| self.max_extra_cost_usd.is_none_or(|max| eligible[i].cost_usd - best.cost_usd <= max))
             .collect();
         if explorable.is_empty() {
             return p;
@@ -318,20 +278,13 @@ pub struct Choice {
 /// Picks among scored, available candidates. `draw` is a uniform sample in [0, 1)
 /// (injected so tests are deterministic). Candidates above `max_cost_usd` are dropped unless
 /// none is left, in which case the cheapest is used.
-pub fn choose(
-    scored: &[Scored],
-    max_cost_usd: Option<f64>,
-    exploration: &Exploration,
-    draw: f64,
-) -> Option<Choice> {
+pub fn choose(scored: &[Scored], max_cost_usd: Option<f64>, exploration: &Exploration, draw: f64) -> Option<Choice> {
     let mut eligible: Vec<&Scored> = scored
         .iter()
         .filter(|s| max_cost_usd.is_none_or(|max| s.cost_usd <= max))
         .collect();
     if eligible.is_empty() {
-        let cheapest = scored
-            .iter()
-            .min_by(|a, b| a.cost_usd.total_cmp(&b.cost_usd))?;
+        let cheapest = scored.iter().min_by(|a, b| a.cost_usd.total_cmp(&b.cost_usd))?;
         eligible.push(cheapest);
     }
     eligible.sort_by(|a, b| b.utility.total_cmp(&a.utility));
@@ -356,11 +309,7 @@ pub fn choose(
         ranking,
         propensity: probabilities[chosen],
         explored: chosen != 0,
-        probabilities: eligible
-            .iter()
-            .map(|s| s.candidate)
-            .zip(probabilities.iter().copied())
-            .collect(),
+        probabilities: eligible.iter().map(|s| s.candidate).zip(probabilities.iter().copied()).collect(),
     })
 }
 
@@ -386,30 +335,13 @@ pub fn choose_with_challenger(
     let by_challenger = draw < share;
     // Each branch gets its own uniform draw: draw / share below the split, the rest above it.
     let branch_draw = |d: f64| d.clamp(0.0, 1.0 - f64::EPSILON);
-    let incumbent_draw = if by_challenger {
-        0.0
-    } else {
-        branch_draw((draw - share) / (1.0 - share))
-    };
+    let incumbent_draw = if by_challenger { 0.0 } else { branch_draw((draw - share) / (1.0 - share)) };
     let incumbent = choose(scored, max_cost_usd, exploration, incumbent_draw)?;
-    let Some(challenger) = choose(
-        challenger_scored,
-        max_cost_usd,
-        exploration,
-        if by_challenger {
-            branch_draw(draw / share)
-        } else {
-            0.0
-        },
-    ) else {
+    let Some(challenger) = choose(challenger_scored, max_cost_usd, exploration, if by_challenger { branch_draw(draw / share) } else { 0.0 })
+    else {
         return Some(incumbent);
     };
-    let p_of = |c: &Choice, k: usize| {
-        c.probabilities
-            .iter()
-            .find(|(i, _)| *i == k)
-            .map_or(0.0, |(_, p)| *p)
-    };
+    let p_of = |c: &Choice, k: usize| c.probabilities.iter().find(|(i, _)| *i == k).map_or(0.0, |(_, p)| *p);
     let mut probabilities: Vec<(usize, f64)> = incumbent
         .probabilities
         .iter()
@@ -420,34 +352,14 @@ pub fn choose_with_challenger(
             probabilities.push((k, share * p));
         }
     }
-    let picked = if by_challenger {
-        challenger.ranking[0]
-    } else {
-        incumbent.ranking[0]
-    };
+    let picked = if by_challenger { challenger.ranking[0] } else { incumbent.ranking[0] };
     let incumbent_best = incumbent.probabilities.first().map(|(k, _)| *k);
     let mut ranking = vec![picked];
-    ranking.extend(
-        incumbent
-            .probabilities
-            .iter()
-            .map(|(k, _)| *k)
-            .filter(|&k| k != picked),
-    );
-    ranking.extend(
-        challenger
-            .probabilities
-            .iter()
-            .map(|(k, _)| *k)
-            .filter(|k| !ranking.contains(k))
-            .collect::<Vec<_>>(),
-    );
+    ranking.extend(incumbent.probabilities.iter().map(|(k, _)| *k).filter(|&k| k != picked));
+    ranking.extend(challenger.probabilities.iter().map(|(k, _)| *k).filter(|k| !ranking.contains(k)).collect::<Vec<_>>());
     Some(Choice {
         ranking,
-        propensity: probabilities
-            .iter()
-            .find(|(k, _)| *k == picked)
-            .map_or(0.0, |(_, p)| *p),
+        propensity: probabilities.iter().find(|(k, _)| *k == picked).map_or(0.0, |(_, p)| *p),
         explored: Some(picked) != incumbent_best,
         probabilities,
     })
@@ -458,21 +370,14 @@ pub fn choose_with_challenger(
 /// (ties go to it), so it is served — and explored around — as the best. Returns whether it
 /// was raised. On prompts unlike its training data the selector's small predicted gaps are
 /// mostly noise, and a route default chosen by the operator is the safer bet; `0` turns it off.
-pub fn prefer_default_when_unsure(
-    scored: &mut [Scored],
-    default: usize,
-    min_advantage: f64,
-) -> bool {
+pub fn prefer_default_when_unsure(scored: &mut [Scored], default: usize, min_advantage: f64) -> bool {
     if min_advantage <= 0.0 {
         return false;
     }
     let Some(d) = scored.iter().position(|s| s.candidate == default) else {
         return false;
     };
-    let best = scored
-        .iter()
-        .map(|s| s.utility)
-        .fold(f64::NEG_INFINITY, f64::max);
+    let best = scored.iter().map(|s| s.utility).fold(f64::NEG_INFINITY, f64::max);
     let own = scored[d].utility;
     if own >= best || best - own >= min_advantage {
         return false;
@@ -489,11 +394,7 @@ mod tests {
 
     #[test]
     fn the_default_wins_small_predicted_gaps_only() {
-        let t = Tradeoff {
-            quality: 1.0,
-            cost: 0.0,
-            latency: 0.0,
-        };
+        let t = Tradeoff { quality: 1.0, cost: 0.0, latency: 0.0 };
         let mut near = vec![scored(0, 0.70, 0.0, t), scored(1, 0.73, 0.0, t)];
         assert!(prefer_default_when_unsure(&mut near, 0, 0.05));
         let choice = choose(&near, None, &Exploration::OFF, 0.0).expect("a choice");
@@ -501,12 +402,7 @@ mod tests {
 
         let mut clear = vec![scored(0, 0.60, 0.0, t), scored(1, 0.73, 0.0, t)];
         assert!(!prefer_default_when_unsure(&mut clear, 0, 0.05));
-        assert_eq!(
-            choose(&clear, None, &Exploration::OFF, 0.0)
-                .expect("a choice")
-                .ranking[0],
-            1
-        );
+        assert_eq!(choose(&clear, None, &Exploration::OFF, 0.0).expect("a choice").ranking[0], 1);
         // Off at 0, and nothing to do when the default is already the best.
         assert!(!prefer_default_when_unsure(&mut near.clone(), 1, 0.0));
         let mut best_already = vec![scored(0, 0.80, 0.0, t), scored(1, 0.73, 0.0, t)];
@@ -532,27 +428,12 @@ mod tests {
             output_tokens,
         };
         let predictions = [prediction(0.9, 99.6), prediction(0.6, 10.0)];
-        let price = Price {
-            input_usd_per_mtok: 10.0,
-            output_usd_per_mtok: 30.0,
-        };
+        let price = Price { input_usd_per_mtok: 10.0, output_usd_per_mtok: 30.0 };
         // Candidate 0 of the route uses head 1, candidate 1 head 0, a third an unknown head.
         let route = [
-            Candidate {
-                index: 0,
-                head: 1,
-                price,
-            },
-            Candidate {
-                index: 1,
-                head: 0,
-                price,
-            },
-            Candidate {
-                index: 2,
-                head: 7,
-                price,
-            },
+            Candidate { index: 0, head: 1, price },
+            Candidate { index: 1, head: 0, price },
+            Candidate { index: 2, head: 7, price },
         ];
         let scored = score(&predictions, &route, 1_000, Tradeoff::BALANCED);
         assert_eq!(scored.len(), 2);
@@ -560,11 +441,7 @@ mod tests {
         assert!((scored[1].cost_usd - (10_000.0 + 3_000.0) / 1e6).abs() < 1e-15);
         assert!((scored[0].cost_usd - (10_000.0 + 300.0) / 1e6).abs() < 1e-15);
         let expected = 0.9f32 as f64 - 0.05 * 0.013 * 1_000.0 - 0.02 * 2.0;
-        assert!(
-            (scored[1].utility - expected).abs() < 1e-9,
-            "{}",
-            scored[1].utility
-        );
+        assert!((scored[1].utility - expected).abs() < 1e-9, "{}", scored[1].utility);
     }
 
     #[test]
@@ -580,10 +457,7 @@ mod tests {
     #[test]
     fn overrides_parse_and_reject_nonsense() {
         let base = Tradeoff::BALANCED;
-        assert_eq!(
-            Tradeoff::parse_override("cheap", base).ok(),
-            Some(Tradeoff::CHEAP)
-        );
+        assert_eq!(Tradeoff::parse_override("cheap", base).ok(), Some(Tradeoff::CHEAP));
         let t = Tradeoff::parse_override("cost=0.5, latency=0.1", base).expect("valid");
         assert_eq!((t.quality, t.cost, t.latency), (1.0, 0.5, 0.1));
         assert!(Tradeoff::parse_override("cost=-1", base).is_err());
@@ -595,11 +469,7 @@ mod tests {
     #[test]
     fn propensities_match_epsilon_greedy() {
         let t = Tradeoff::BEST;
-        let s = [
-            scored(0, 0.9, 0.0, t),
-            scored(1, 0.5, 0.0, t),
-            scored(2, 0.4, 0.0, t),
-        ];
+        let s = [scored(0, 0.9, 0.0, t), scored(1, 0.5, 0.0, t), scored(2, 0.4, 0.0, t)];
         let best = choose(&s, None, &Exploration::epsilon_greedy(0.3), 0.0).expect("choice");
         assert_eq!(best.ranking, vec![0, 1, 2]);
         assert!((best.propensity - 0.8).abs() < 1e-12);
@@ -637,11 +507,7 @@ mod tests {
             c.probabilities.iter().skip(1).map(|(_, p)| p).sum::<f64>()
         };
         // exp(-0.2) / (1 + exp(-0.2)) = 0.450 against exp(-8) / (1 + exp(-8)) = 0.000335.
-        assert!(
-            (explored_share(&near) - 0.4502).abs() < 1e-3,
-            "{}",
-            explored_share(&near)
-        );
+        assert!((explored_share(&near) - 0.4502).abs() < 1e-3, "{}", explored_share(&near));
         assert!(explored_share(&far) < 1e-3, "{}", explored_share(&far));
     }
 
@@ -649,31 +515,14 @@ mod tests {
     fn exploration_budget_caps_share_and_extra_cost() {
         let t = Tradeoff::BEST;
         // Three near-equal candidates would share the mass; the cap leaves the best 0.9.
-        let s = [
-            scored(0, 0.80, 0.001, t),
-            scored(1, 0.80, 0.002, t),
-            scored(2, 0.80, 0.010, t),
-        ];
+        let s = [scored(0, 0.80, 0.001, t), scored(1, 0.80, 0.002, t), scored(2, 0.80, 0.010, t)];
         let capped = choose(&s, None, &Exploration::softmax(0.05, 0.1), 0.0).expect("choice");
         let p: Vec<f64> = capped.probabilities.iter().map(|(_, p)| *p).collect();
-        assert!(
-            (p[0] - 0.9).abs() < 1e-12
-                && (p[1] - 0.05).abs() < 1e-12
-                && (p[2] - 0.05).abs() < 1e-12,
-            "{p:?}"
-        );
+        assert!((p[0] - 0.9).abs() < 1e-12 && (p[1] - 0.05).abs() < 1e-12 && (p[2] - 0.05).abs() < 1e-12, "{p:?}");
         // Candidate 2 costs 0.009 more than the best: above a 0.005 budget, never explored.
-        let budget = Exploration {
-            max_extra_cost_usd: Some(0.005),
-            ..Exploration::softmax(0.05, 1.0)
-        };
+        let budget = Exploration { max_extra_cost_usd: Some(0.005), ..Exploration::softmax(0.05, 1.0) };
         let c = choose(&s, None, &budget, 0.0).expect("choice");
-        let of = |k: usize| {
-            c.probabilities
-                .iter()
-                .find(|(i, _)| *i == k)
-                .map(|(_, p)| *p)
-        };
+        let of = |k: usize| c.probabilities.iter().find(|(i, _)| *i == k).map(|(_, p)| *p);
         assert_eq!(of(2), Some(0.0));
         assert!((of(0).unwrap_or(0.0) - 0.5).abs() < 1e-12);
         for i in 0..1_000 {
@@ -685,11 +534,7 @@ mod tests {
     #[test]
     fn softmax_propensities_are_the_empirical_frequencies() {
         let t = Tradeoff::BEST;
-        let s = [
-            scored(0, 0.8, 0.0, t),
-            scored(1, 0.75, 0.0, t),
-            scored(2, 0.7, 0.0, t),
-        ];
+        let s = [scored(0, 0.8, 0.0, t), scored(1, 0.75, 0.0, t), scored(2, 0.7, 0.0, t)];
         let explore = Exploration::softmax(0.05, 0.6);
         let n = 100_000;
         let mut counts = [0usize; 3];
@@ -703,11 +548,7 @@ mod tests {
         }
         for k in 0..3 {
             let empirical = counts[k] as f64 / n as f64;
-            assert!(
-                (empirical - logged[k]).abs() < 1e-4,
-                "candidate {k}: {empirical} vs {}",
-                logged[k]
-            );
+            assert!((empirical - logged[k]).abs() < 1e-4, "candidate {k}: {empirical} vs {}", logged[k]);
         }
         // Weights 1, e^-1, e^-2 → 0.665, 0.245, 0.090.
         assert!((logged[0] - 0.6652).abs() < 1e-3, "{logged:?}");
@@ -717,40 +558,19 @@ mod tests {
     fn a_challengers_share_is_logged_as_the_mixture_and_drawn_as_logged() {
         let t = Tradeoff::BEST;
         // The incumbent prefers 0, the challenger 2.
-        let incumbent = [
-            scored(0, 0.8, 0.0, t),
-            scored(1, 0.75, 0.0, t),
-            scored(2, 0.6, 0.0, t),
-        ];
-        let challenger = [
-            scored(0, 0.6, 0.0, t),
-            scored(1, 0.7, 0.0, t),
-            scored(2, 0.9, 0.0, t),
-        ];
+        let incumbent = [scored(0, 0.8, 0.0, t), scored(1, 0.75, 0.0, t), scored(2, 0.6, 0.0, t)];
+        let challenger = [scored(0, 0.6, 0.0, t), scored(1, 0.7, 0.0, t), scored(2, 0.9, 0.0, t)];
         let explore = Exploration::softmax(0.05, 0.3);
         let share = 0.2;
         let alone = |s: &[Scored]| choose(s, None, &explore, 0.0).expect("choice");
         let (p_inc, p_chal) = (alone(&incumbent), alone(&challenger));
-        let p = |c: &Choice, k: usize| {
-            c.probabilities
-                .iter()
-                .find(|(i, _)| *i == k)
-                .map_or(0.0, |(_, p)| *p)
-        };
+        let p = |c: &Choice, k: usize| c.probabilities.iter().find(|(i, _)| *i == k).map_or(0.0, |(_, p)| *p);
         let n = 100_000;
         let mut counts = [0usize; 3];
         let mut logged = [0.0f64; 3];
         let mut explored = 0usize;
         for i in 0..n {
-            let c = choose_with_challenger(
-                &incumbent,
-                &challenger,
-                None,
-                &explore,
-                share,
-                (i as f64 + 0.5) / n as f64,
-            )
-            .expect("choice");
+            let c = choose_with_challenger(&incumbent, &challenger, None, &explore, share, (i as f64 + 0.5) / n as f64).expect("choice");
             counts[c.ranking[0]] += 1;
             logged[c.ranking[0]] = c.propensity;
             explored += usize::from(c.explored);
@@ -760,41 +580,24 @@ mod tests {
         }
         for k in 0..3 {
             let mixture = (1.0 - share) * p(&p_inc, k) + share * p(&p_chal, k);
-            assert!(
-                (logged[k] - mixture).abs() < 1e-12,
-                "candidate {k}: logged {} vs mixture {mixture}",
-                logged[k]
-            );
+            assert!((logged[k] - mixture).abs() < 1e-12, "candidate {k}: logged {} vs mixture {mixture}", logged[k]);
             let empirical = counts[k] as f64 / n as f64;
-            assert!(
-                (empirical - mixture).abs() < 1e-3,
-                "candidate {k}: drawn {empirical} vs logged {mixture}"
-            );
+            assert!((empirical - mixture).abs() < 1e-3, "candidate {k}: drawn {empirical} vs logged {mixture}");
         }
         // The challenger's favourite is logged at no less than share × its own probability.
         assert!(logged[2] >= share * p(&p_chal, 2) - 1e-12);
         assert_eq!(explored, n - counts[0]);
         // No share: exactly the incumbent's choice.
-        let off = choose_with_challenger(&incumbent, &challenger, None, &explore, 0.0, 0.5)
-            .expect("choice");
-        assert_eq!(
-            off,
-            choose(&incumbent, None, &explore, 0.5).expect("choice")
-        );
+        let off = choose_with_challenger(&incumbent, &challenger, None, &explore, 0.0, 0.5).expect("choice");
+        assert_eq!(off, choose(&incumbent, None, &explore, 0.5 ).expect("choice"));
     }
 
     #[test]
     fn max_cost_drops_expensive_candidates_but_never_all() {
         let t = Tradeoff::BEST;
         let s = [scored(0, 0.9, 0.02, t), scored(1, 0.7, 0.001, t)];
-        assert_eq!(
-            choose(&s, Some(0.005), &Exploration::OFF, 0.0).map(|c| c.ranking),
-            Some(vec![1])
-        );
-        assert_eq!(
-            choose(&s, Some(0.0001), &Exploration::OFF, 0.0).map(|c| c.ranking),
-            Some(vec![1])
-        );
+        assert_eq!(choose(&s, Some(0.005), &Exploration::OFF, 0.0).map(|c| c.ranking), Some(vec![1]));
+        assert_eq!(choose(&s, Some(0.0001), &Exploration::OFF, 0.0).map(|c| c.ranking), Some(vec![1]));
         assert_eq!(choose(&[], None, &Exploration::OFF, 0.0), None);
     }
 }

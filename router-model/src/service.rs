@@ -212,8 +212,7 @@ impl EmbeddingService {
                  request handlers; call router_model::configure_cpu_threads() at the start of main"
             );
         }
-        let (tx, rx) =
-            mpsc::sync_channel::<Job>(config.queue_capacity.saturating_mul(CHANNEL_SLACK));
+        let (tx, rx) = mpsc::sync_channel::<Job>(config.queue_capacity.saturating_mul(CHANNEL_SLACK));
         let cache = moka::sync::Cache::new(config.cache_capacity);
         let counters = Arc::new(Counters::default());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
@@ -342,6 +341,7 @@ impl EmbeddingService {
     pub fn embedder(&self) -> &Arc<dyn Embedder> {
         &self.inner.embedder
     }
+
 }
 
 /// Texts used to warm the model up: one short, one around 64 tokens.
@@ -538,12 +538,7 @@ impl Worker {
         while let Some(job) = self.backlog.pop_front() {
             match self.admit(job) {
                 None => {}
-                Some(job)
-                    if self
-                        .cost
-                        .estimate(job.tokens.len())
-                        .is_some_and(|c| now + c > job.deadline) =>
-                {
+                Some(job) if self.cost.estimate(job.tokens.len()).is_some_and(|c| now + c > job.deadline) => {
                     self.reject_late(job);
                 }
                 Some(job) => kept.push_back(job),
@@ -571,11 +566,8 @@ impl Worker {
             let padded = new_longest * (rows.len() + 1);
             let deadline = earliest_deadline.map_or(job.deadline, |d| d.min(job.deadline));
             let too_big = !rows.is_empty() && padded > self.max_batch_tokens;
-            let too_late = !rows.is_empty()
-                && self
-                    .cost
-                    .estimate(padded)
-                    .is_some_and(|c| Instant::now() + c > deadline);
+            let too_late =
+                !rows.is_empty() && self.cost.estimate(padded).is_some_and(|c| Instant::now() + c > deadline);
             if too_big || too_late {
                 self.backlog.push_back(job);
                 break;
@@ -618,9 +610,7 @@ impl Worker {
     /// Answers a job that cannot be embedded before its deadline, so its caller sheds now
     /// rather than at the deadline.
     fn reject_late(&self, job: Pending) {
-        let _ = job
-            .reply
-            .send(Err(self.counters.refuse(OverloadReason::DeadlineExceeded)));
+        let _ = job.reply.send(Err(self.counters.refuse(OverloadReason::DeadlineExceeded)));
     }
 
     /// Answers a job that needs no model work (caller gone, deadline passed, or the text was
@@ -665,13 +655,7 @@ mod tests {
 
     /// A worker with `texts` waiting in its backlog (their receivers returned to keep the
     /// callers alive).
-    fn worker_with(
-        texts: &[&str],
-    ) -> (
-        Worker,
-        Vec<oneshot::Receiver<Result<Embedding>>>,
-        SyncSender<Job>,
-    ) {
+    fn worker_with(texts: &[&str]) -> (Worker, Vec<oneshot::Receiver<Result<Embedding>>>, SyncSender<Job>) {
         let (tx, rx) = mpsc::sync_channel(16);
         let counters = Arc::new(Counters::default());
         let mut worker = Worker {
@@ -695,10 +679,7 @@ mod tests {
                 text: (*text).into(),
                 deadline: Instant::now() + Duration::from_secs(60),
                 reply,
-                slot: SlotGuard(Arc::new(QueueSlot {
-                    counters: Arc::clone(&counters),
-                    released: AtomicBool::new(false),
-                })),
+                slot: SlotGuard(Arc::new(QueueSlot { counters: Arc::clone(&counters), released: AtomicBool::new(false) })),
             });
         }
         (worker, receivers, tx)
@@ -712,16 +693,8 @@ mod tests {
         assert_eq!(probe.len(), 1, "no estimate yet: one job");
         assert_eq!(probe[0].tokens.len(), 1);
         worker.cost.observe(1, Duration::from_micros(50));
-        assert_eq!(
-            worker.pick_batch().len(),
-            4,
-            "a fresh estimate: the rest in one batch"
-        );
-        assert_eq!(
-            worker.counters.depth.load(Ordering::Relaxed),
-            0,
-            "every batched job left the queue"
-        );
+        assert_eq!(worker.pick_batch().len(), 4, "a fresh estimate: the rest in one batch");
+        assert_eq!(worker.counters.depth.load(Ordering::Relaxed), 0, "every batched job left the queue");
     }
 
     #[test]

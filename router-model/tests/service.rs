@@ -233,10 +233,7 @@ async fn callers_that_gave_up_do_not_hold_queue_places() {
     gated.wait_entered(1).await; // the model thread is stuck in "first"
     for i in 0..3 {
         let err = service
-            .embed(
-                &format!("gave up {i}"),
-                Instant::now() + Duration::from_millis(20),
-            )
+            .embed(&format!("gave up {i}"), Instant::now() + Duration::from_millis(20))
             .await
             .expect_err("the model thread is busy");
         assert!(
@@ -253,10 +250,7 @@ async fn callers_that_gave_up_do_not_hold_queue_places() {
     assert_eq!(&*live.await.expect("join").expect("live"), &[4.0, 1.0]);
     let stats = service.stats();
     assert_eq!(stats.rejected_queue_full, 0);
-    assert_eq!(
-        stats.embedded, 2,
-        "the abandoned texts are skipped, not embedded"
-    );
+    assert_eq!(stats.embedded, 2, "the abandoned texts are skipped, not embedded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,55 +345,29 @@ impl Embedder for PacedEmbedder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_cannot_finish_in_time_is_refused_at_once() {
-    let paced = Arc::new(PacedEmbedder {
-        per_token: Duration::from_millis(2),
-        calls: Mutex::new(Vec::new()),
-    });
+    let paced = Arc::new(PacedEmbedder { per_token: Duration::from_millis(2), calls: Mutex::new(Vec::new()) });
     let service = EmbeddingService::start(paced.clone(), gated_config()).expect("start");
     // One batch teaches the service the cost: 20 tokens, ~40 ms.
-    service
-        .embed(&"a".repeat(20), far())
-        .await
-        .expect("first embed");
+    service.embed(&"a".repeat(20), far()).await.expect("first embed");
     // Another 20-token text with 15 ms left cannot be done in time: refused without running.
     let started = Instant::now();
     let err = service
         .embed(&"b".repeat(20), Instant::now() + Duration::from_millis(15))
         .await
         .expect_err("cannot finish in time");
-    assert!(
-        matches!(err, Error::Overloaded(OverloadReason::DeadlineExceeded)),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(12),
-        "answered before its deadline: {:?}",
-        started.elapsed()
-    );
+    assert!(matches!(err, Error::Overloaded(OverloadReason::DeadlineExceeded)), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(12), "answered before its deadline: {:?}", started.elapsed());
     // One with room to spare is embedded.
-    let ok = service
-        .embed(&"c".repeat(20), Instant::now() + Duration::from_millis(500))
-        .await
-        .expect("fits");
+    let ok = service.embed(&"c".repeat(20), Instant::now() + Duration::from_millis(500)).await.expect("fits");
     assert_eq!(ok[0], 20.0);
-    assert_eq!(
-        *paced.calls.lock().expect("lock"),
-        vec![1, 1],
-        "the refused text never reached the model"
-    );
+    assert_eq!(*paced.calls.lock().expect("lock"), vec![1, 1], "the refused text never reached the model");
     assert_eq!(service.stats().rejected_deadline, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_overload_the_newest_jobs_are_batched_and_the_oldest_refused() {
-    let paced = Arc::new(PacedEmbedder {
-        per_token: Duration::from_millis(1),
-        calls: Mutex::new(Vec::new()),
-    });
-    let config = ServiceConfig {
-        queue_capacity: 64,
-        ..gated_config()
-    };
+    let paced = Arc::new(PacedEmbedder { per_token: Duration::from_millis(1), calls: Mutex::new(Vec::new()) });
+    let config = ServiceConfig { queue_capacity: 64, ..gated_config() };
     let service = EmbeddingService::start(paced.clone(), config).expect("start");
     // Teach the cost (10 tokens, ~10 ms), then keep the model busy with a 60-token text.
     service.embed(&"w".repeat(10), far()).await.expect("warm");
@@ -408,20 +376,13 @@ async fn under_overload_the_newest_jobs_are_batched_and_the_oldest_refused() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     // While it runs (~60 ms): an old job with 70 ms left, then four newer ones with 200 ms.
     let s = service.clone();
-    let old = tokio::spawn(async move {
-        s.embed(&"o".repeat(10), Instant::now() + Duration::from_millis(70))
-            .await
-    });
+    let old = tokio::spawn(async move { s.embed(&"o".repeat(10), Instant::now() + Duration::from_millis(70)).await });
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut newer = Vec::new();
     for i in 0..4 {
         let s = service.clone();
         newer.push(tokio::spawn(async move {
-            s.embed(
-                &format!("new-{i}-{}", "n".repeat(4)),
-                Instant::now() + Duration::from_millis(200),
-            )
-            .await
+            s.embed(&format!("new-{i}-{}", "n".repeat(4)), Instant::now() + Duration::from_millis(200)).await
         }));
     }
     busy.await.expect("join").expect("busy");
@@ -430,18 +391,8 @@ async fn under_overload_the_newest_jobs_are_batched_and_the_oldest_refused() {
     }
     // The old job had ~20 ms left when the model came free: a batch with it could not meet
     // its deadline, so the newer ones went first and it was refused, not run late.
-    let err = old
-        .await
-        .expect("join")
-        .expect_err("the old job cannot make it");
-    assert!(
-        matches!(err, Error::Overloaded(OverloadReason::DeadlineExceeded)),
-        "{err}"
-    );
+    let err = old.await.expect("join").expect_err("the old job cannot make it");
+    assert!(matches!(err, Error::Overloaded(OverloadReason::DeadlineExceeded)), "{err}");
     let calls = paced.calls.lock().expect("lock").clone();
-    assert_eq!(
-        calls,
-        vec![1, 1, 4],
-        "warm-up, the busy text, then the four newer texts as one batch"
-    );
+    assert_eq!(calls, vec![1, 1, 4], "warm-up, the busy text, then the four newer texts as one batch");
 }

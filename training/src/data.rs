@@ -98,9 +98,7 @@ impl FromStr for DatasetSpec {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let (kind, path) = s.split_once(':').ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "`{s}`: a dataset is KIND:PATH, e.g. routerbench:../shared/data/routerbench-subset"
-            ))
+            Error::InvalidInput(format!("`{s}`: a dataset is KIND:PATH, e.g. routerbench:../shared/data/routerbench-subset"))
         })?;
         Ok(Self {
             kind: kind.parse()?,
@@ -199,10 +197,7 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset> {
         .flat_map(|r| r.outcomes.keys().cloned())
         .collect();
     if dataset.rows.is_empty() {
-        return Err(Error::data(
-            &spec.path,
-            format!("no {} rows found", spec.kind),
-        ));
+        return Err(Error::data(&spec.path, format!("no {} rows found", spec.kind)));
     }
     Ok(dataset)
 }
@@ -238,12 +233,7 @@ fn held_out_reason(kind: DatasetKind, file_name: &str) -> Option<&'static str> {
 }
 
 /// Files of `dir` (or `path` itself) with extension `ext`, sorted, minus held-out ones.
-fn data_files(
-    kind: DatasetKind,
-    path: &Path,
-    ext: &str,
-    skipped: &mut Vec<String>,
-) -> Result<Vec<PathBuf>> {
+fn data_files(kind: DatasetKind, path: &Path, ext: &str, skipped: &mut Vec<String>) -> Result<Vec<PathBuf>> {
     let candidates = if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
@@ -257,10 +247,7 @@ fn data_files(
     };
     let mut kept = Vec::new();
     for file in candidates {
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match held_out_reason(kind, &name) {
             Some(reason) => skipped.push(format!("{name}: {reason}")),
             None => kept.push(file),
@@ -271,10 +258,7 @@ fn data_files(
 
 /// `foo_train.csv` → (`foo`, Some(Train)); `foo.json` → (`foo`, None).
 fn task_and_split(file: &Path) -> (String, Option<Split>) {
-    let stem = file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     for (suffix, split) in [("_train", Split::Train), ("_test", Split::Test)] {
         if let Some(task) = stem.strip_suffix(suffix) {
             return (task.replace('_', "-"), Some(split));
@@ -317,9 +301,7 @@ fn load_routerbench(path: &Path) -> Result<Dataset> {
         let models: Vec<(String, usize, Option<usize>, Option<usize>)> = headers
             .iter()
             .enumerate()
-            .filter(|(_, h)| {
-                !h.contains('|') && headers.iter().any(|o| o == format!("{h}|total_cost"))
-            })
+            .filter(|(_, h)| !h.contains('|') && headers.iter().any(|o| o == format!("{h}|total_cost")))
             .map(|(i, h)| {
                 (
                     canonical_model_id(h),
@@ -337,10 +319,7 @@ fn load_routerbench(path: &Path) -> Result<Dataset> {
             let mut outcomes = BTreeMap::new();
             for (model, score_col, cost_col, response_col) in &models {
                 let outcome = Outcome {
-                    quality: field(*score_col)
-                        .parse::<f32>()
-                        .ok()
-                        .filter(|q| q.is_finite()),
+                    quality: field(*score_col).parse::<f32>().ok().filter(|q| q.is_finite()),
                     cost_usd: cost_col.and_then(|c| field(c).parse::<f64>().ok()),
                     output_tokens: response_col
                         .map(|c| parse_python_str_list(field(c)))
@@ -416,17 +395,13 @@ pub fn parse_python_str_list(literal: &str) -> String {
                     Some('r') => item.push('\r'),
                     Some('x') => {
                         let hex: String = chars.by_ref().take(2).collect();
-                        if let Some(ch) =
-                            u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32)
-                        {
+                        if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
                             item.push(ch);
                         }
                     }
                     Some('u') => {
                         let hex: String = chars.by_ref().take(4).collect();
-                        if let Some(ch) =
-                            u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32)
-                        {
+                        if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
                             item.push(ch);
                         }
                     }
@@ -451,16 +426,9 @@ pub fn parse_python_str_list(literal: &str) -> String {
 const ARENA_SCORES: &str = "arena_bench_v1_scores_long.csv";
 
 fn load_arena_hard(path: &Path) -> Result<Dataset> {
-    let file = if path.is_dir() {
-        path.join(ARENA_SCORES)
-    } else {
-        path.to_path_buf()
-    };
+    let file = if path.is_dir() { path.join(ARENA_SCORES) } else { path.to_path_buf() };
     let mut skipped = Vec::new();
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if let Some(reason) = held_out_reason(DatasetKind::ArenaHard, &name) {
         return Err(Error::data(&file, reason));
     }
@@ -522,10 +490,7 @@ fn load_arena_hard(path: &Path) -> Result<Dataset> {
     if order.is_empty() {
         skipped.push(format!("{}: empty", file.display()));
     }
-    let rows = order
-        .into_iter()
-        .filter_map(|id| by_id.remove(&id))
-        .collect();
+    let rows = order.into_iter().filter_map(|id| by_id.remove(&id)).collect();
     Ok(Dataset {
         kind: DatasetKind::ArenaHard,
         path: path.to_path_buf(),
@@ -545,12 +510,7 @@ struct ScoredQuestion {
     scores: BTreeMap<String, Option<f64>>,
 }
 
-fn scored_rows(
-    file: &Path,
-    kind: DatasetKind,
-    task: &str,
-    split: Option<Split>,
-) -> Result<Vec<Row>> {
+fn scored_rows(file: &Path, kind: DatasetKind, task: &str, split: Option<Split>) -> Result<Vec<Row>> {
     let items: Vec<ScoredQuestion> = serde_json::from_str(&read_to_string(file)?)
         .map_err(|e| Error::data(file, format!("expected [{{question, scores}}]: {e}")))?;
     Ok(items
@@ -561,16 +521,8 @@ fn scored_rows(
                 .scores
                 .into_iter()
                 .map(|(model, score)| {
-                    let quality = score
-                        .filter(|s| s.is_finite())
-                        .map(|s| s.clamp(0.0, 1.0) as f32);
-                    (
-                        canonical_model_id(&model),
-                        Outcome {
-                            quality,
-                            ..Outcome::default()
-                        },
-                    )
+                    let quality = score.filter(|s| s.is_finite()).map(|s| s.clamp(0.0, 1.0) as f32);
+                    (canonical_model_id(&model), Outcome { quality, ..Outcome::default() })
                 })
                 .collect();
             Row {
@@ -589,10 +541,7 @@ fn load_llmrouter(path: &Path) -> Result<Dataset> {
     let mut rows = Vec::new();
     for file in data_files(DatasetKind::Llmrouter, path, "json", &mut skipped)? {
         let (_, split) = task_and_split(&file);
-        let stem = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         if stem == "default_llm" {
             continue; // the price list, read below
         }
@@ -605,23 +554,15 @@ fn load_llmrouter(path: &Path) -> Result<Dataset> {
                 continue;
             }
         };
-        rows.extend(scored_rows(
-            &file,
-            DatasetKind::Llmrouter,
-            "llmrouter",
-            Some(split),
-        )?);
+        rows.extend(scored_rows(&file, DatasetKind::Llmrouter, "llmrouter", Some(split))?);
     }
     let mut prices = BTreeMap::new();
     let price_file = path.join("default_llm.json");
     if path.is_dir() && price_file.is_file() {
-        let models: BTreeMap<String, Value> =
-            serde_json::from_str(&read_to_string(&price_file)?)
-                .map_err(|e| Error::data(&price_file, e.to_string()))?;
+        let models: BTreeMap<String, Value> = serde_json::from_str(&read_to_string(&price_file)?)
+            .map_err(|e| Error::data(&price_file, e.to_string()))?;
         for (model, info) in models {
-            if let (Some(input), Some(output)) =
-                (info["input_price"].as_f64(), info["output_price"].as_f64())
-            {
+            if let (Some(input), Some(output)) = (info["input_price"].as_f64(), info["output_price"].as_f64()) {
                 prices.insert(canonical_model_id(&model), (input, output));
             }
         }
@@ -677,13 +618,7 @@ pub fn question_key(prompt: &str) -> String {
     let joined = kept.join("\n").replace("\"\"\"", "");
     let mapped: String = joined
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                ' '
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { ' ' })
         .collect();
     mapped.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -754,9 +689,7 @@ pub fn reconcile_splits(datasets: &mut [Dataset]) -> ReconcileReport {
     for dataset in datasets.iter_mut() {
         let priority = dataset.kind.split_priority();
         for row in &mut dataset.rows {
-            let Some(&(owner_priority, split)) = owner.get(&row.key()) else {
-                continue;
-            };
+            let Some(&(owner_priority, split)) = owner.get(&row.key()) else { continue };
             if owner_priority < priority && split != row.split {
                 match split {
                     Split::Test => report.moved_to_test += 1,
@@ -801,13 +734,9 @@ mod tests {
 
     #[test]
     fn strips_few_shot_examples() {
-        let p =
-            "Q1?\nA) x\nB) y\nAnswer:\nB\n\nQ2?\nA) z\nAnswer:\nA\n\nThe real one?\nA) u\nAnswer:";
+        let p = "Q1?\nA) x\nB) y\nAnswer:\nB\n\nQ2?\nA) z\nAnswer:\nA\n\nThe real one?\nA) u\nAnswer:";
         assert_eq!(strip_few_shot_preamble(p), "The real one?\nA) u\nAnswer:");
-        assert_eq!(
-            strip_few_shot_preamble("Write a function."),
-            "Write a function."
-        );
+        assert_eq!(strip_few_shot_preamble("Write a function."), "Write a function.");
     }
 
     #[test]
@@ -816,10 +745,7 @@ mod tests {
         let routerdc = "Question:Which is an example of condensation?\nAnswer:";
         assert_eq!(question_key(routerbench), question_key(routerdc));
         let mbpp_dc = "\"\"\"\nWrite a python function to find the volume of a triangular prism.\nassert find_Volume(10,8,6) == 240\n\"\"\"\n";
-        assert_eq!(
-            question_key(mbpp_dc),
-            question_key("Write a python function to find the volume of a triangular prism.")
-        );
+        assert_eq!(question_key(mbpp_dc), question_key("Write a python function to find the volume of a triangular prism."));
     }
 
     #[test]
@@ -834,9 +760,7 @@ mod tests {
 
     #[test]
     fn hash_split_is_stable_and_near_its_share() {
-        let test = (0..2000)
-            .filter(|i| hash_split(&format!("q{i}")) == Split::Test)
-            .count();
+        let test = (0..2000).filter(|i| hash_split(&format!("q{i}")) == Split::Test).count();
         assert!((500..700).contains(&test), "{test}");
         assert_eq!(hash_split("same"), hash_split("same"));
     }

@@ -29,10 +29,10 @@
 
 use std::path::{Path, PathBuf};
 
-use router_model::outcome::{embedding_from_bytes, OutcomeRow};
 use router_model::policy::{Price, Tradeoff};
 use router_model::Prediction;
 use router_model::{Checkpoint, RequestFeatures};
+use router_model::outcome::{embedding_from_bytes, OutcomeRow};
 use serde::Serialize;
 use sqlx::FromRow as _;
 
@@ -121,11 +121,7 @@ impl LoggedRequest {
 
     /// The route's utility of what was served: feedback quality, realised cost and latency.
     pub fn realised_utility(&self, tradeoff: Tradeoff) -> f64 {
-        tradeoff.utility(
-            self.feedback.unwrap_or(0.0),
-            self.cost_usd.unwrap_or(0.0),
-            self.latency_ms,
-        )
+        tradeoff.utility(self.feedback.unwrap_or(0.0), self.cost_usd.unwrap_or(0.0), self.latency_ms)
     }
 
     /// Clipped inverse propensity of the logged choice (training's clip).
@@ -148,11 +144,7 @@ pub async fn load_logged(url: &str, since: Option<&str>) -> Result<Vec<LoggedReq
 }
 
 /// [`load_logged`], keeping only rows of `routes` (all rows when empty).
-pub async fn load_logged_routes(
-    url: &str,
-    since: Option<&str>,
-    routes: &[String],
-) -> Result<Vec<LoggedRequest>> {
+pub async fn load_logged_routes(url: &str, since: Option<&str>, routes: &[String]) -> Result<Vec<LoggedRequest>> {
     let mut rows = load_all(url, since).await?;
     if !routes.is_empty() {
         rows.retain(|r| r.route.as_ref().is_some_and(|route| routes.contains(route)));
@@ -166,30 +158,20 @@ async fn load_all(url: &str, since: Option<&str>) -> Result<Vec<LoggedRequest>> 
     let since = match since {
         Some(text) => Some(
             chrono::DateTime::parse_from_rfc3339(text)
-                .map_err(|e| {
-                    Error::InvalidInput(format!("--since `{text}` is not an RFC 3339 time: {e}"))
-                })?
+                .map_err(|e| Error::InvalidInput(format!("--since `{text}` is not an RFC 3339 time: {e}")))?
                 .with_timezone(&chrono::Utc),
         ),
         None => None,
     };
-    let columns = router_model::outcome::COLUMNS
-        .iter()
-        .map(|c| format!("r.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let feedback =
-        "(SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback_mean, \
+    let columns = router_model::outcome::COLUMNS.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");
+    let feedback = "(SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback_mean, \
                     (SELECT COUNT(*) FROM feedback f WHERE f.request_id = r.id) AS feedback_count";
     if url.starts_with("postgres") {
         let sql = format!(
             "SELECT {columns}, {feedback} FROM request_log r \
              WHERE ($1::timestamptz IS NULL OR r.created_at >= $1) ORDER BY r.created_at, r.id"
         );
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await?;
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await?;
         let rows = sqlx::query(&sql).bind(since).fetch_all(&pool).await;
         pool.close().await;
         rows?.iter().map(logged_from_row).collect()
@@ -198,10 +180,7 @@ async fn load_all(url: &str, since: Option<&str>) -> Result<Vec<LoggedRequest>> 
             "SELECT {columns}, {feedback} FROM request_log r \
              WHERE (?1 IS NULL OR r.created_at >= ?1) ORDER BY r.created_at, r.id"
         );
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await?;
+        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(url).await?;
         let rows = sqlx::query(&sql).bind(since).fetch_all(&pool).await;
         pool.close().await;
         rows?.iter().map(logged_from_row).collect()
@@ -226,21 +205,14 @@ where
     })?;
     let feedback: Option<f64> = row.try_get("feedback_mean")?;
     let feedback_count: i64 = row.try_get("feedback_count")?;
-    Ok(LoggedRequest::from_outcome(
-        outcome,
-        feedback,
-        feedback_count,
-    ))
+    Ok(LoggedRequest::from_outcome(outcome, feedback, feedback_count))
 }
 
 impl LoggedRequest {
     /// Training's view of a logged outcome.
     pub fn from_outcome(row: OutcomeRow, feedback: Option<f64>, feedback_count: i64) -> Self {
         let decision = row.candidates.unwrap_or_default();
-        let tradeoff = decision
-            .tradeoff
-            .as_deref()
-            .and_then(|t| Tradeoff::parse_override(t, Tradeoff::BALANCED).ok());
+        let tradeoff = decision.tradeoff.as_deref().and_then(|t| Tradeoff::parse_override(t, Tradeoff::BALANCED).ok());
         let candidates = decision
             .scores
             .into_iter()
@@ -250,18 +222,13 @@ impl LoggedRequest {
                 cost_usd: c.cost_usd,
                 latency_ms: c.latency_ms,
                 utility: c.utility,
-                price: Some(Price {
-                    input_usd_per_mtok: c.input_usd_per_mtok,
-                    output_usd_per_mtok: c.output_usd_per_mtok,
-                }),
+                price: Some(Price { input_usd_per_mtok: c.input_usd_per_mtok, output_usd_per_mtok: c.output_usd_per_mtok }),
                 probability: c.probability,
             })
             .collect();
         Self {
             id: row.id.simple().to_string(),
-            created_at: row
-                .created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            created_at: row.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             route: row.route,
             model: row.model,
             candidates,
@@ -289,20 +256,20 @@ pub fn time_split(rows: &[LoggedRequest]) -> (Vec<&LoggedRequest>, Vec<&LoggedRe
     let cut = ((rated.len() as f64) * (1.0 - HOLDOUT_SHARE)).round() as usize;
     let held = rated.split_off(cut.min(rated.len()));
     let held_ids: std::collections::HashSet<&str> = held.iter().map(|r| r.id.as_str()).collect();
-    let mut train: Vec<&LoggedRequest> = rows
-        .iter()
-        .filter(|r| !held_ids.contains(r.id.as_str()))
-        .collect();
+    let mut train: Vec<&LoggedRequest> = rows.iter().filter(|r| !held_ids.contains(r.id.as_str())).collect();
     train.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
     (train, held)
 }
 
 /// Maps a logged (configured) model name to a head of `candidates`: exact, then canonical.
 pub fn head_of(candidates: &[String], model: &str) -> Option<usize> {
-    candidates.iter().position(|c| c == model).or_else(|| {
-        let canonical = router_model::canonical_model_id(model);
-        candidates.iter().position(|c| *c == canonical)
-    })
+    candidates
+        .iter()
+        .position(|c| c == model)
+        .or_else(|| {
+            let canonical = router_model::canonical_model_id(model);
+            candidates.iter().position(|c| *c == canonical)
+        })
 }
 
 impl OpeReport {
@@ -310,11 +277,7 @@ impl OpeReport {
     /// promotion claims, to hold against the gain the promoted checkpoint then realises.
     pub fn dr_difference_interval95(&self) -> (f64, f64, f64) {
         let se = self.dr_difference_se();
-        (
-            self.dr_difference,
-            self.dr_difference - 1.96 * se,
-            self.dr_difference + 1.96 * se,
-        )
+        (self.dr_difference, self.dr_difference - 1.96 * se, self.dr_difference + 1.96 * se)
     }
 
     /// Standard error of the paired DR utility difference.
@@ -388,32 +351,21 @@ pub type PredictFn<'a> = dyn Fn(&LoggedRequest) -> Result<Vec<Prediction>> + 'a;
 /// it with that policy's checkpoint: its quality, its output tokens at the logged price, its
 /// latency. Candidates logged without a price, and models the checkpoint has no head for,
 /// keep the logged terms (with the quality replaced where there is a head).
-fn predicted_utilities(
-    row: &LoggedRequest,
-    tradeoff: Tradeoff,
-    predictions: &[Prediction],
-    candidates: &[String],
-) -> Vec<(f64, f64)> {
+fn predicted_utilities(row: &LoggedRequest, tradeoff: Tradeoff, predictions: &[Prediction], candidates: &[String]) -> Vec<(f64, f64)> {
     let prompt_tokens = u64::from(row.features().prompt_tokens);
     row.candidates
         .iter()
-        .map(|c| {
-            match (
-                head_of(candidates, &c.model).and_then(|h| predictions.get(h)),
-                c.price,
-            ) {
-                (Some(p), Some(price)) => {
-                    let q = f64::from(p.quality);
-                    let cost =
-                        price.cost_usd(prompt_tokens, p.output_tokens.max(0.0).round() as u64);
-                    (q, tradeoff.utility(q, cost, f64::from(p.latency_ms)))
-                }
-                (Some(p), None) => {
-                    let q = f64::from(p.quality);
-                    (q, c.utility + tradeoff.quality * (q - c.quality))
-                }
-                (None, _) => (c.quality, c.utility),
+        .map(|c| match (head_of(candidates, &c.model).and_then(|h| predictions.get(h)), c.price) {
+            (Some(p), Some(price)) => {
+                let q = f64::from(p.quality);
+                let cost = price.cost_usd(prompt_tokens, p.output_tokens.max(0.0).round() as u64);
+                (q, tradeoff.utility(q, cost, f64::from(p.latency_ms)))
             }
+            (Some(p), None) => {
+                let q = f64::from(p.quality);
+                (q, c.utility + tradeoff.quality * (q - c.quality))
+            }
+            (None, _) => (c.quality, c.utility),
         })
         .collect()
 }
@@ -429,24 +381,12 @@ const MIN_CALIBRATION_ROWS: usize = 20;
 /// bench the weak start predicted gpt-3.5's cost per request at twice what it billed); the
 /// cost term of every pick the log did not serve then carries that error straight into the
 /// estimate, on the side of whichever policy saves more.
-fn output_token_scales(
-    rows: &[&&LoggedRequest],
-    predictions: &[Vec<Prediction>],
-    candidates: &[String],
-) -> [Vec<f64>; 2] {
+fn output_token_scales(rows: &[&&LoggedRequest], predictions: &[Vec<Prediction>], candidates: &[String]) -> [Vec<f64>; 2] {
     // Per half, per head: (realised tokens, predicted tokens, rows).
-    let mut sums = [
-        vec![(0.0, 0.0, 0usize); candidates.len()],
-        vec![(0.0, 0.0, 0usize); candidates.len()],
-    ];
+    let mut sums = [vec![(0.0, 0.0, 0usize); candidates.len()], vec![(0.0, 0.0, 0usize); candidates.len()]];
     for (i, (row, predicted)) in rows.iter().zip(predictions).enumerate() {
-        let (Some(head), Some(realised)) = (head_of(candidates, &row.model), row.completion_tokens)
-        else {
-            continue;
-        };
-        let Some(p) = predicted.get(head) else {
-            continue;
-        };
+        let (Some(head), Some(realised)) = (head_of(candidates, &row.model), row.completion_tokens) else { continue };
+        let Some(p) = predicted.get(head) else { continue };
         let entry = &mut sums[i % 2][head];
         entry.0 += realised.max(0) as f64;
         entry.1 += f64::from(p.output_tokens.max(0.0));
@@ -454,13 +394,7 @@ fn output_token_scales(
     }
     let scales = |half: &[(f64, f64, usize)]| -> Vec<f64> {
         half.iter()
-            .map(|&(realised, predicted, n)| {
-                if n >= MIN_CALIBRATION_ROWS && predicted > 0.0 {
-                    (realised / predicted).clamp(0.1, 10.0)
-                } else {
-                    1.0
-                }
-            })
+            .map(|&(realised, predicted, n)| if n >= MIN_CALIBRATION_ROWS && predicted > 0.0 { (realised / predicted).clamp(0.1, 10.0) } else { 1.0 })
             .collect()
     };
     // Rows of half 0 take the other half's factors, and the other way round.
@@ -468,11 +402,7 @@ fn output_token_scales(
 }
 
 fn argmax(values: &[(f64, f64)]) -> Option<usize> {
-    values
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
-        .map(|(i, _)| i)
+    values.iter().enumerate().max_by(|a, b| a.1 .1.total_cmp(&b.1 .1)).map(|(i, _)| i)
 }
 
 /// Off-policy evaluation of `new` against `active` (each: candidate ids + quality function)
@@ -489,9 +419,7 @@ pub fn evaluate_policies(
 ) -> Result<OpeReport> {
     let usable: Vec<&&LoggedRequest> = rows
         .iter()
-        .filter(|r| {
-            r.feedback.is_some() && r.candidates.len() >= 2 && r.propensity.is_some_and(|p| p > 0.0)
-        })
+        .filter(|r| r.feedback.is_some() && r.candidates.len() >= 2 && r.propensity.is_some_and(|p| p > 0.0))
         .collect();
     // Per row: [ips_q, dr_q, ips_u, dr_u] for new, then for active.
     let mut contributions: Vec<[f64; 8]> = Vec::new();
@@ -499,10 +427,7 @@ pub fn evaluate_policies(
     let mut allowance_sum = 0.0;
     let (mut disagreements, mut verified_new, mut verified_active) = (0usize, 0usize, 0usize);
     let (mut agree_new, mut agree_active) = (0usize, 0usize);
-    let active_predictions = usable
-        .iter()
-        .map(|row| active_predict(row))
-        .collect::<Result<Vec<_>>>()?;
+    let active_predictions = usable.iter().map(|row| active_predict(row)).collect::<Result<Vec<_>>>()?;
     let token_scales = output_token_scales(&usable, &active_predictions, active_candidates);
     for (i, (row, q_active)) in usable.iter().zip(&active_predictions).enumerate() {
         let quality = row.feedback.unwrap_or(0.0);
@@ -520,26 +445,15 @@ pub fn evaluate_policies(
         let calibrated: Vec<Prediction> = q_active
             .iter()
             .enumerate()
-            .map(|(h, p)| Prediction {
-                output_tokens: p.output_tokens
-                    * token_scales[i % 2].get(h).copied().unwrap_or(1.0) as f32,
-                ..p.clone()
-            })
+            .map(|(h, p)| Prediction { output_tokens: p.output_tokens * token_scales[i % 2].get(h).copied().unwrap_or(1.0) as f32, ..p.clone() })
             .collect();
         let hat = predicted_utilities(row, tradeoff, &calibrated, active_candidates);
-        let Some(logged) = row.candidates.iter().position(|c| c.model == row.model) else {
-            continue;
-        };
+        let Some(logged) = row.candidates.iter().position(|c| c.model == row.model) else { continue };
         let (logged_q_hat, logged_u_hat) = hat[logged];
         let mut values = [0.0; 8];
         let mut picks = [None; 2];
-        for (k, (candidates, q)) in [(new_candidates, &q_new), (active_candidates, q_active)]
-            .into_iter()
-            .enumerate()
-        {
-            let Some(pick) = argmax(&predicted_utilities(row, tradeoff, q, candidates)) else {
-                continue;
-            };
+        for (k, (candidates, q)) in [(new_candidates, &q_new), (active_candidates, q_active)].into_iter().enumerate() {
+            let Some(pick) = argmax(&predicted_utilities(row, tradeoff, q, candidates)) else { continue };
             picks[k] = Some(pick);
             let matches = pick == logged;
             if matches {
@@ -564,9 +478,7 @@ pub fn evaluate_policies(
                 let mass = |pick: usize| row.candidates.get(pick).map_or(0.0, |c| c.probability);
                 let unverified = |pick: usize| 1.0 - (OPE_CLIP * mass(pick)).clamp(0.0, 1.0);
                 let q_hat = |pick: usize| hat[pick].0.clamp(0.0, 1.0);
-                allowance_sum += tradeoff.quality
-                    * (unverified(new_pick) * q_hat(new_pick)
-                        + unverified(active_pick) * (1.0 - q_hat(active_pick)));
+                allowance_sum += tradeoff.quality * (unverified(new_pick) * q_hat(new_pick) + unverified(active_pick) * (1.0 - q_hat(active_pick)));
             }
         }
         contributions.push(values);
@@ -578,12 +490,7 @@ pub fn evaluate_policies(
         )));
     }
     let column = |k: usize| contributions.iter().map(|c| c[k]).collect::<Vec<_>>();
-    let diff = |a: usize, b: usize| {
-        contributions
-            .iter()
-            .map(|c| c[a] - c[b])
-            .collect::<Vec<_>>()
-    };
+    let diff = |a: usize, b: usize| contributions.iter().map(|c| c[a] - c[b]).collect::<Vec<_>>();
     let (dr_mean, dr_se) = mean_se(&diff(3, 7));
     let (ips_mean, ips_se) = mean_se(&diff(2, 6));
     let value = |k: usize, agree: usize| {
@@ -648,10 +555,7 @@ pub struct PromotionRecord {
 
 /// Where decisions about `active` are recorded.
 pub fn promotion_log(active: &Path) -> PathBuf {
-    let name = active
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
+    let name = active.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
     active.with_file_name(format!("{name}.promotions.jsonl"))
 }
 
@@ -675,27 +579,16 @@ pub fn record_decision(active: &Path, record: &PromotionRecord) -> Result<PathBu
 /// (Linux), so a reader sees either the old or the new directory, never none; elsewhere two
 /// renames. The previous checkpoint is kept as `<active>.previous`.
 pub fn promote(candidate: &Path, active: &Path) -> Result<()> {
-    let parent = active
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = active
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let parent = active.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = active.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let tmp = parent.join(format!(".{name}.promote-{}-{stamp}", std::process::id()));
-    std::fs::create_dir_all(&tmp)
-        .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-    for file in [
-        router_model::checkpoint::WEIGHTS_FILE,
-        router_model::checkpoint::META_FILE,
-    ] {
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+    for file in [router_model::checkpoint::WEIGHTS_FILE, router_model::checkpoint::META_FILE] {
         let (from, to) = (candidate.join(file), tmp.join(file));
-        std::fs::copy(&from, &to)
-            .map_err(|e| Error::io(format!("copying {}", from.display()), e))?;
+        std::fs::copy(&from, &to).map_err(|e| Error::io(format!("copying {}", from.display()), e))?;
         std::fs::File::open(&to)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(format!("syncing {}", to.display()), e))?;
@@ -707,16 +600,13 @@ pub fn promote(candidate: &Path, active: &Path) -> Result<()> {
     if active.exists() {
         if exchange(&tmp, active).is_ok() {
             let _ = std::fs::remove_dir_all(&previous);
-            std::fs::rename(&tmp, &previous)
-                .map_err(|e| Error::io(format!("keeping {}", previous.display()), e))?;
+            std::fs::rename(&tmp, &previous).map_err(|e| Error::io(format!("keeping {}", previous.display()), e))?;
             return Ok(());
         }
         let _ = std::fs::remove_dir_all(&previous);
-        std::fs::rename(active, &previous)
-            .map_err(|e| Error::io(format!("moving aside {}", active.display()), e))?;
+        std::fs::rename(active, &previous).map_err(|e| Error::io(format!("moving aside {}", active.display()), e))?;
     }
-    std::fs::rename(&tmp, active)
-        .map_err(|e| Error::io(format!("renaming into {}", active.display()), e))?;
+    std::fs::rename(&tmp, active).map_err(|e| Error::io(format!("renaming into {}", active.display()), e))?;
     Ok(())
 }
 
@@ -727,15 +617,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let ca = CString::new(a.as_os_str().as_bytes())?;
     let cb = CString::new(b.as_os_str().as_bytes())?;
     // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
     if rc == 0 {
         Ok(())
     } else {
@@ -761,23 +643,13 @@ mod tests {
             cost_usd: 0.0,
             latency_ms: 0.0,
             utility: quality,
-            price: Some(Price {
-                input_usd_per_mtok: 0.0,
-                output_usd_per_mtok: 0.0,
-            }),
+            price: Some(Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: 0.0 }),
             probability,
         }
     }
 
     /// A rated row at a quality-only trade-off: `served` was chosen with `propensity`.
-    pub(super) fn rated(
-        id: String,
-        order: usize,
-        served: &str,
-        candidates: Vec<LoggedCandidate>,
-        propensity: f64,
-        feedback: f64,
-    ) -> LoggedRequest {
+    pub(super) fn rated(id: String, order: usize, served: &str, candidates: Vec<LoggedCandidate>, propensity: f64, feedback: f64) -> LoggedRequest {
         LoggedRequest {
             id,
             created_at: format!("{order:06}"),
@@ -794,11 +666,7 @@ mod tests {
             feedback: Some(feedback),
             feedback_count: 1,
             cost_usd: Some(0.0),
-            tradeoff: Some(Tradeoff {
-                quality: 1.0,
-                cost: 0.0,
-                latency: 0.0,
-            }),
+            tradeoff: Some(Tradeoff { quality: 1.0, cost: 0.0, latency: 0.0 }),
         }
     }
 
@@ -809,11 +677,7 @@ mod tests {
             .map(|i| {
                 let explored = i % 200 == 0;
                 let candidates = vec![candidate("a", 0.5, 0.995), candidate("b", 0.5, 0.005)];
-                let (served, propensity, feedback) = if explored {
-                    ("b", 0.005, 0.0)
-                } else {
-                    ("a", 0.995, 0.5)
-                };
+                let (served, propensity, feedback) = if explored { ("b", 0.005, 0.0) } else { ("a", 0.995, 0.5) };
                 rated(format!("{i}"), i, served, candidates, propensity, feedback)
             })
             .collect()
@@ -824,12 +688,7 @@ mod tests {
             Ok(["a", "b"]
                 .iter()
                 .zip([a, b])
-                .map(|(m, q)| Prediction {
-                    model_id: (*m).into(),
-                    quality: q,
-                    latency_ms: 0.0,
-                    output_tokens: 0.0,
-                })
+                .map(|(m, q)| Prediction { model_id: (*m).into(), quality: q, latency_ms: 0.0, output_tokens: 0.0 })
                 .collect())
         }
     }
@@ -843,24 +702,10 @@ mod tests {
         let log = rows(4000);
         let held: Vec<&LoggedRequest> = log.iter().collect();
         let candidates = vec!["a".to_owned(), "b".to_owned()];
-        let report = evaluate_policies(
-            &held,
-            &candidates,
-            &predicts(0.1, 0.9),
-            &candidates,
-            &predicts(0.9, 0.8),
-            0.0,
-        )
-        .expect("evaluated");
+        let report = evaluate_policies(&held, &candidates, &predicts(0.1, 0.9), &candidates, &predicts(0.9, 0.8), 0.0).expect("evaluated");
         // Truth: new serves "b" (0.0), active serves "a" (0.5).
-        assert!(
-            report.dr_difference_lcb95 > 0.0,
-            "the clipped DR alone is fooled: {report:?}"
-        );
-        assert!(
-            report.clip_bias_allowance > report.dr_difference_lcb95,
-            "{report:?}"
-        );
+        assert!(report.dr_difference_lcb95 > 0.0, "the clipped DR alone is fooled: {report:?}");
+        assert!(report.clip_bias_allowance > report.dr_difference_lcb95, "{report:?}");
         assert!(!report.better, "{report:?}");
     }
 
@@ -877,20 +722,9 @@ mod tests {
         }
         let held: Vec<&LoggedRequest> = log.iter().collect();
         let candidates = vec!["a".to_owned(), "b".to_owned()];
-        let report = evaluate_policies(
-            &held,
-            &candidates,
-            &predicts(0.1, 0.9),
-            &candidates,
-            &predicts(0.6, 0.1),
-            0.0,
-        )
-        .expect("evaluated");
+        let report = evaluate_policies(&held, &candidates, &predicts(0.1, 0.9), &candidates, &predicts(0.6, 0.1), 0.0).expect("evaluated");
         assert_eq!(report.clip_bias_allowance, 0.0);
-        assert!(
-            report.better && (report.dr_difference - 0.4).abs() < 0.05,
-            "{report:?}"
-        );
+        assert!(report.better && (report.dr_difference - 0.4).abs() < 0.05, "{report:?}");
     }
 
     /// The active checkpoint predicts four times the output tokens both models bill (200 vs
@@ -900,12 +734,7 @@ mod tests {
     /// true saving, 0.05 × 1000 × 50 × (30 − 2) / 1e6 = 0.07 (uncalibrated: 0.055).
     #[test]
     fn the_reward_models_cost_follows_what_the_log_billed() {
-        let price = |output: f64| {
-            Some(Price {
-                input_usd_per_mtok: 0.0,
-                output_usd_per_mtok: output,
-            })
-        };
+        let price = |output: f64| Some(Price { input_usd_per_mtok: 0.0, output_usd_per_mtok: output });
         let log: Vec<LoggedRequest> = (0..8000)
             .map(|i| {
                 // 1% explored, on even and odd rows alike (each half calibrates the other).
@@ -914,20 +743,12 @@ mod tests {
                 a.price = price(30.0);
                 let mut b = candidate("b", 0.5, 0.01);
                 b.price = price(2.0);
-                let (served, propensity, output_price) = if explored {
-                    ("b", 0.01, 2.0)
-                } else {
-                    ("a", 0.99, 30.0)
-                };
+                let (served, propensity, output_price) = if explored { ("b", 0.01, 2.0) } else { ("a", 0.99, 30.0) };
                 let mut row = rated(format!("{i}"), i, served, vec![a, b], propensity, 0.5);
                 row.prompt_tokens = Some(0);
                 row.completion_tokens = Some(50);
                 row.cost_usd = Some(50.0 * output_price / 1e6);
-                row.tradeoff = Some(Tradeoff {
-                    quality: 1.0,
-                    cost: 0.05,
-                    latency: 0.0,
-                });
+                row.tradeoff = Some(Tradeoff { quality: 1.0, cost: 0.05, latency: 0.0 });
                 row
             })
             .collect();
@@ -935,27 +756,11 @@ mod tests {
         let candidates = vec!["a".to_owned(), "b".to_owned()];
         let predicting = |qa: f32, qb: f32| {
             move |_: &LoggedRequest| -> Result<Vec<Prediction>> {
-                Ok([("a", qa), ("b", qb)]
-                    .iter()
-                    .map(|(m, q)| Prediction {
-                        model_id: (*m).into(),
-                        quality: *q,
-                        latency_ms: 0.0,
-                        output_tokens: 200.0,
-                    })
-                    .collect())
+                Ok([("a", qa), ("b", qb)].iter().map(|(m, q)| Prediction { model_id: (*m).into(), quality: *q, latency_ms: 0.0, output_tokens: 200.0 }).collect())
             }
         };
         // The active checkpoint overrates "a" (0.9; truly 0.5, like "b"), so it serves "a".
-        let report = evaluate_policies(
-            &held,
-            &candidates,
-            &predicting(0.1, 0.9),
-            &candidates,
-            &predicting(0.9, 0.5),
-            0.0,
-        )
-        .expect("evaluated");
+        let report = evaluate_policies(&held, &candidates, &predicting(0.1, 0.9), &candidates, &predicting(0.9, 0.5), 0.0).expect("evaluated");
         assert!((report.dr_difference - 0.07).abs() < 0.003, "{report:?}");
     }
 
@@ -964,14 +769,7 @@ mod tests {
         let rows: Vec<LoggedRequest> = (0..100)
             .map(|i| {
                 // "a" served every row; even rows billed 40 tokens, odd rows 80.
-                let mut row = rated(
-                    format!("{i}"),
-                    i,
-                    "a",
-                    vec![candidate("a", 0.5, 0.9), candidate("b", 0.5, 0.1)],
-                    0.9,
-                    1.0,
-                );
+                let mut row = rated(format!("{i}"), i, "a", vec![candidate("a", 0.5, 0.9), candidate("b", 0.5, 0.1)], 0.9, 1.0);
                 row.completion_tokens = Some(if i % 2 == 0 { 40 } else { 80 });
                 row
             })
@@ -979,17 +777,7 @@ mod tests {
         let refs: Vec<&LoggedRequest> = rows.iter().collect();
         let usable: Vec<&&LoggedRequest> = refs.iter().collect();
         let predictions: Vec<Vec<Prediction>> = (0..100)
-            .map(|_| {
-                ["a", "b"]
-                    .iter()
-                    .map(|m| Prediction {
-                        model_id: (*m).into(),
-                        quality: 0.5,
-                        latency_ms: 0.0,
-                        output_tokens: 20.0,
-                    })
-                    .collect()
-            })
+            .map(|_| ["a", "b"].iter().map(|m| Prediction { model_id: (*m).into(), quality: 0.5, latency_ms: 0.0, output_tokens: 20.0 }).collect())
             .collect();
         let candidates = vec!["a".to_owned(), "b".to_owned()];
         let [even, odd] = output_token_scales(&usable, &predictions, &candidates);
@@ -1036,23 +824,12 @@ mod gate_calibration {
     /// evenly), and with `challenger_share` of the decisions made by the candidate itself
     /// exploring the same way (the second stage of `switchyard learn`): the logged
     /// probabilities are then the mixture.
-    fn null_trial_logged(
-        seed: u64,
-        n: usize,
-        favourite_share: f64,
-        challenger_share: f64,
-    ) -> OpeReport {
+    fn null_trial_logged(seed: u64, n: usize, favourite_share: f64, challenger_share: f64) -> OpeReport {
         trial_logged(seed, n, favourite_share, challenger_share, 0.0)
     }
 
     /// [`null_trial_logged`] where the candidate's pick is truly better by `advantage`.
-    fn trial_logged(
-        seed: u64,
-        n: usize,
-        favourite_share: f64,
-        challenger_share: f64,
-        advantage: f64,
-    ) -> OpeReport {
+    fn trial_logged(seed: u64, n: usize, favourite_share: f64, challenger_share: f64, advantage: f64) -> OpeReport {
         Trial::logged(seed, n, favourite_share, challenger_share, advantage).evaluate(n)
     }
 
@@ -1064,26 +841,12 @@ mod gate_calibration {
     }
 
     impl Trial {
-        fn logged(
-            seed: u64,
-            n: usize,
-            favourite_share: f64,
-            challenger_share: f64,
-            advantage: f64,
-        ) -> Self {
+        fn logged(seed: u64, n: usize, favourite_share: f64, challenger_share: f64, advantage: f64) -> Self {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut rows = Vec::new();
             let mut beliefs: HashMap<String, ([f32; 3], [f32; 3])> = HashMap::new();
             let spread = |favourite: usize| -> Vec<f64> {
-                (0..3)
-                    .map(|j| {
-                        if j == favourite {
-                            favourite_share
-                        } else {
-                            (1.0 - favourite_share) / 2.0
-                        }
-                    })
-                    .collect()
+                (0..3).map(|j| if j == favourite { favourite_share } else { (1.0 - favourite_share) / 2.0 }).collect()
             };
             for i in 0..n {
                 // Draw order kept from the first version of this test, so its counts reproduce.
@@ -1091,45 +854,23 @@ mod gate_calibration {
                 let draw: f64 = rng.random();
                 let pet = rng.random_range(0..3);
                 let (by_active, by_candidate) = (spread(favourite), spread(pet));
-                let probabilities: Vec<f64> = (0..3)
-                    .map(|j| {
-                        (1.0 - challenger_share) * by_active[j] + challenger_share * by_candidate[j]
-                    })
-                    .collect();
+                let probabilities: Vec<f64> =
+                    (0..3).map(|j| (1.0 - challenger_share) * by_active[j] + challenger_share * by_candidate[j]).collect();
                 // Walk from the logger's favourite, as a logger that ranks it first would.
                 let mut cumulative = 0.0;
-                let served = (0..3)
-                    .map(|k| (favourite + k) % 3)
-                    .find(|&j| {
-                        cumulative += probabilities[j];
-                        draw < cumulative
-                    })
-                    .unwrap_or((favourite + 2) % 3);
+                let served = (0..3).map(|k| (favourite + k) % 3).find(|&j| {
+                    cumulative += probabilities[j];
+                    draw < cumulative
+                }).unwrap_or((favourite + 2) % 3);
                 let active = std::array::from_fn(|j| if j == favourite { 0.6 } else { 0.4 });
                 let new = std::array::from_fn(|j| if j == pet { 0.9 } else { 0.3 });
                 let id = format!("{seed}-{i}");
                 beliefs.insert(id.clone(), (new, active));
-                let candidates = MODELS
-                    .iter()
-                    .zip(&probabilities)
-                    .enumerate()
-                    .map(|(j, (m, p))| candidate(m, f64::from(active[j]), *p))
-                    .collect();
+                let candidates = MODELS.iter().zip(&probabilities).enumerate().map(|(j, (m, p))| candidate(m, f64::from(active[j]), *p)).collect();
                 let p_good = if served == pet { 0.5 + advantage } else { 0.5 };
-                let good = if p_good == 0.5 {
-                    rng.random::<bool>()
-                } else {
-                    rng.random::<f64>() < p_good
-                };
+                let good = if p_good == 0.5 { rng.random::<bool>() } else { rng.random::<f64>() < p_good };
                 let feedback = if good { 1.0 } else { 0.0 };
-                rows.push(rated(
-                    id,
-                    i,
-                    MODELS[served],
-                    candidates,
-                    probabilities[served],
-                    feedback,
-                ));
+                rows.push(rated(id, i, MODELS[served], candidates, probabilities[served], feedback));
             }
             Self { rows, beliefs }
         }
@@ -1144,26 +885,13 @@ mod gate_calibration {
                     Ok(MODELS
                         .iter()
                         .zip(q)
-                        .map(|(m, q)| Prediction {
-                            model_id: (*m).into(),
-                            quality: q,
-                            latency_ms: 0.0,
-                            output_tokens: 0.0,
-                        })
+                        .map(|(m, q)| Prediction { model_id: (*m).into(), quality: q, latency_ms: 0.0, output_tokens: 0.0 })
                         .collect())
                 }
             };
             let held: Vec<&LoggedRequest> = self.rows.iter().take(n).collect();
             let candidates: Vec<String> = MODELS.iter().map(|m| (*m).to_owned()).collect();
-            evaluate_policies(
-                &held,
-                &candidates,
-                &predict(true),
-                &candidates,
-                &predict(false),
-                0.0,
-            )
-            .expect("evaluated")
+            evaluate_policies(&held, &candidates, &predict(true), &candidates, &predict(false), 0.0).expect("evaluated")
         }
     }
 
@@ -1172,14 +900,9 @@ mod gate_calibration {
     #[test]
     fn a_candidate_no_better_than_the_active_is_rarely_promoted() {
         let trials = 300usize;
-        let reports: Vec<OpeReport> = (0..trials as u64)
-            .map(|seed| null_trial(seed, 180))
-            .collect();
+        let reports: Vec<OpeReport> = (0..trials as u64).map(|seed| null_trial(seed, 180)).collect();
         let promoted = reports.iter().filter(|r| r.better).count();
-        assert!(
-            promoted <= trials * 7 / 100,
-            "{promoted} of {trials} null candidates promoted"
-        );
+        assert!(promoted <= trials * 7 / 100, "{promoted} of {trials} null candidates promoted");
         // And the estimate is centred: no policy is better, so the mean difference is ~0.
         let mean = reports.iter().map(|r| r.dr_difference).sum::<f64>() / trials as f64;
         assert!(mean.abs() < 0.01, "mean DR difference {mean:+.4}");
@@ -1194,25 +917,13 @@ mod gate_calibration {
     #[test]
     fn a_challenger_makes_rarely_served_picks_checkable_at_the_nominal_error() {
         let rate = |favourite: f64, share: f64, advantage: f64, trials: u64| {
-            (0..trials)
-                .filter(|&seed| trial_logged(seed, 600, favourite, share, advantage).better)
-                .count()
+            (0..trials).filter(|&seed| trial_logged(seed, 600, favourite, share, advantage).better).count()
         };
-        assert_eq!(
-            rate(0.9, 0.0, 0.2, 50),
-            0,
-            "the single stage cannot check rarely served picks"
-        );
+        assert_eq!(rate(0.9, 0.0, 0.2, 50), 0, "the single stage cannot check rarely served picks");
         let promoted = rate(0.9, 0.2, 0.2, 50);
-        assert!(
-            promoted >= 40,
-            "a better challenger promoted {promoted} of 50 times"
-        );
+        assert!(promoted >= 40, "a better challenger promoted {promoted} of 50 times");
         let false_promotions = rate(0.9, 0.2, 0.0, 300);
-        assert!(
-            false_promotions <= 21,
-            "{false_promotions} of 300 no-better challengers promoted"
-        );
+        assert!(false_promotions <= 21, "{false_promotions} of 300 no-better challengers promoted");
     }
 
     /// How often a challenger is promoted when it may be judged up to `looks` times, on
@@ -1222,16 +933,10 @@ mod gate_calibration {
             .filter(|&seed| {
                 let trial = Trial::logged(seed, per_look * looks as usize, 0.9, 0.2, advantage);
                 (1..=looks)
-                    .find_map(|look| {
-                        match crate::learn::challenger_verdict(
-                            &trial.evaluate(per_look * look as usize),
-                            look,
-                            looks,
-                        ) {
-                            crate::learn::Verdict::Promote => Some(true),
-                            crate::learn::Verdict::Retire => Some(false),
-                            crate::learn::Verdict::JudgeAgain => None,
-                        }
+                    .find_map(|look| match crate::learn::challenger_verdict(&trial.evaluate(per_look * look as usize), look, looks) {
+                        crate::learn::Verdict::Promote => Some(true),
+                        crate::learn::Verdict::Retire => Some(false),
+                        crate::learn::Verdict::JudgeAgain => None,
                     })
                     .unwrap_or(false)
             })
@@ -1248,15 +953,9 @@ mod gate_calibration {
     fn judging_a_promising_challenger_again_finds_more_better_ones_without_more_false_promotions() {
         let false_once = sequential_promotions(0.0, 300, 1, 400);
         let false_twice = sequential_promotions(0.0, 300, 2, 400);
-        assert!(
-            false_twice <= false_once + 4 && false_twice <= 32,
-            "no-better promoted {false_twice} of 400 with two looks, {false_once} with one"
-        );
+        assert!(false_twice <= false_once + 4 && false_twice <= 32, "no-better promoted {false_twice} of 400 with two looks, {false_once} with one");
         let better_once = sequential_promotions(0.1, 300, 1, 200);
         let better_twice = sequential_promotions(0.1, 300, 2, 200);
-        assert!(
-            better_twice >= better_once + 10,
-            "better by 0.1 promoted {better_twice} of 200 with two looks, {better_once} with one"
-        );
+        assert!(better_twice >= better_once + 10, "better by 0.1 promoted {better_twice} of 200 with two looks, {better_once} with one");
     }
 }

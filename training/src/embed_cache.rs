@@ -36,15 +36,8 @@ pub struct EmbeddingCache {
 
 /// Every distinct prompt of `datasets` → its embedding, through the cache in `cache_dir`
 /// (what `switchyard train` and `switchyard eval lodo` learn from).
-pub fn embed_prompts(
-    datasets: &[crate::Dataset],
-    cache_dir: &Path,
-    embedder: &dyn Embedder,
-) -> Result<HashMap<String, Vec<f32>>> {
-    let mut texts: Vec<&str> = datasets
-        .iter()
-        .flat_map(|d| d.rows.iter().map(|r| r.prompt.as_str()))
-        .collect();
+pub fn embed_prompts(datasets: &[crate::Dataset], cache_dir: &Path, embedder: &dyn Embedder) -> Result<HashMap<String, Vec<f32>>> {
+    let mut texts: Vec<&str> = datasets.iter().flat_map(|d| d.rows.iter().map(|r| r.prompt.as_str())).collect();
     texts.sort_unstable();
     texts.dedup();
     let mut cache = EmbeddingCache::open(cache_dir, embedder.id(), embedder.dim())?;
@@ -57,8 +50,7 @@ impl EmbeddingCache {
     pub fn open(root: &Path, embedder_id: &str, dim: usize) -> Result<Self> {
         let id_hash = blake3::hash(embedder_id.as_bytes()).to_hex();
         let dir = root.join(&id_hash.as_str()[..16]);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let _ = std::fs::write(dir.join("embedder.txt"), format!("{embedder_id}\n{dim}\n"));
         let file = dir.join("vectors.bin");
         let mut vectors = HashMap::new();
@@ -100,11 +92,7 @@ impl EmbeddingCache {
 
     /// Vectors for `texts`, embedding (and caching) the ones not seen before.
     pub fn embed_all(&mut self, texts: &[&str], embedder: &dyn Embedder) -> Result<Vec<Vec<f32>>> {
-        let mut missing: Vec<&str> = texts
-            .iter()
-            .copied()
-            .filter(|t| self.get(t).is_none())
-            .collect();
+        let mut missing: Vec<&str> = texts.iter().copied().filter(|t| self.get(t).is_none()).collect();
         missing.sort_by_key(|t| t.len());
         missing.dedup();
         if !missing.is_empty() {

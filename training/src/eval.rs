@@ -35,11 +35,7 @@ pub struct Predictions {
 }
 
 /// Runs `selector` over (embedding, features) pairs in batches.
-pub fn predict(
-    selector: &Selector,
-    norm: &FeatureNorm,
-    inputs: &[(&[f32], RequestFeatures)],
-) -> Result<Predictions> {
+pub fn predict(selector: &Selector, norm: &FeatureNorm, inputs: &[(&[f32], RequestFeatures)]) -> Result<Predictions> {
     let mut out = Predictions::default();
     for chunk in inputs.chunks(1024) {
         let width = selector.architecture().input_dim();
@@ -58,8 +54,7 @@ pub fn predict(
         );
         out.log_tokens.extend(y.log_output_tokens.to_vec2::<f32>()?);
         out.log_latency.extend(y.log_latency_ms.to_vec2::<f32>()?);
-        out.difficulty
-            .extend(y.difficulty_logit.to_vec1::<f32>()?.into_iter().map(sig));
+        out.difficulty.extend(y.difficulty_logit.to_vec1::<f32>()?.into_iter().map(sig));
     }
     Ok(out)
 }
@@ -175,10 +170,7 @@ pub fn ranking(scores: &[f64]) -> Vec<usize> {
 }
 
 fn curve_for_order(order: &[usize], strong: &[f64], weak: &[f64]) -> RoutingCurve {
-    let apgr = (0..10)
-        .map(|i| pgr(order, strong, weak, i as f64 / 9.0))
-        .sum::<f64>()
-        / 10.0;
+    let apgr = (0..10).map(|i| pgr(order, strong, weak, i as f64 / 9.0)).sum::<f64>() / 10.0;
     let cpt = |target: f64| {
         (0..=100)
             .map(|i| i as f64 / 100.0)
@@ -231,14 +223,7 @@ pub struct PairReport {
 
 /// Routing `rows` between `strong` and `weak`; `router_scores[i]` is the router's "needs the
 /// strong model" score of `rows[i]`.
-pub fn pair_report(
-    dataset: &str,
-    rows: &[&Row],
-    router_scores: &[f64],
-    signal: &str,
-    strong: &str,
-    weak: &str,
-) -> Option<PairReport> {
+pub fn pair_report(dataset: &str, rows: &[&Row], router_scores: &[f64], signal: &str, strong: &str, weak: &str) -> Option<PairReport> {
     let mut s = Vec::new();
     let mut w = Vec::new();
     let mut router = Vec::new();
@@ -328,12 +313,7 @@ pub const WEAK: &str = "mixtral-8x7b-instruct-v0.1";
 
 /// Evaluates predictions `pred` (aligned with `rows`) for `candidates`. `best_single` names,
 /// per dataset, the model with the best training-split mean quality.
-pub fn evaluate(
-    candidates: &[String],
-    rows: &[&Row],
-    pred: &Predictions,
-    best_single: &BTreeMap<String, String>,
-) -> EvalReport {
+pub fn evaluate(candidates: &[String], rows: &[&Row], pred: &Predictions, best_single: &BTreeMap<String, String>) -> EvalReport {
     let mut per_candidate = BTreeMap::new();
     for (j, model) in candidates.iter().enumerate() {
         let mut scores = Vec::new();
@@ -342,9 +322,7 @@ pub fn evaluate(
         let mut q_sum = 0f64;
         let mut tokens_err = Vec::new();
         for (i, row) in rows.iter().enumerate() {
-            let Some(outcome) = row.outcomes.get(model) else {
-                continue;
-            };
+            let Some(outcome) = row.outcomes.get(model) else { continue };
             if let Some(q) = outcome.quality {
                 let p = pred.quality[i][j];
                 scores.push(p);
@@ -380,9 +358,7 @@ pub fn evaluate(
     names.dedup();
     let mut pairs = Vec::new();
     for name in &names {
-        let idx: Vec<usize> = (0..rows.len())
-            .filter(|&i| rows[i].kind.name() == name)
-            .collect();
+        let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].kind.name() == name).collect();
         let mut scores = Vec::new();
         let mut labels = Vec::new();
         let mut brier = 0f64;
@@ -437,36 +413,24 @@ pub fn evaluate(
     }
 }
 
-fn choice_report(
-    candidates: &[String],
-    rows: &[&Row],
-    pred: &[&Vec<f32>],
-    best: &str,
-) -> Option<ChoiceReport> {
+fn choice_report(candidates: &[String], rows: &[&Row], pred: &[&Vec<f32>], best: &str) -> Option<ChoiceReport> {
     let (mut router_q, mut best_q, mut oracle_q, mut random_q) = (0f64, 0f64, 0f64, 0f64);
     let (mut router_cost, mut best_cost, mut costs_known) = (0f64, 0f64, true);
     let mut n = 0usize;
     for (row, p) in rows.iter().zip(pred) {
-        let Some(best_outcome) = row.outcomes.get(best).filter(|o| o.quality.is_some()) else {
-            continue;
-        };
+        let Some(best_outcome) = row.outcomes.get(best).filter(|o| o.quality.is_some()) else { continue };
         let scored: Vec<(usize, f32)> = candidates
             .iter()
             .enumerate()
             .filter_map(|(j, m)| row.quality(m).map(|q| (j, q)))
             .collect();
-        let Some(&(pick, q)) = scored.iter().max_by(|a, b| p[a.0].total_cmp(&p[b.0])) else {
-            continue;
-        };
+        let Some(&(pick, q)) = scored.iter().max_by(|a, b| p[a.0].total_cmp(&p[b.0])) else { continue };
         n += 1;
         router_q += f64::from(q);
         best_q += f64::from(best_outcome.quality.unwrap_or(0.0));
         oracle_q += f64::from(scored.iter().map(|s| s.1).fold(0.0, f32::max));
         random_q += scored.iter().map(|s| f64::from(s.1)).sum::<f64>() / scored.len() as f64;
-        match (
-            row.outcomes.get(&candidates[pick]).and_then(|o| o.cost_usd),
-            best_outcome.cost_usd,
-        ) {
+        match (row.outcomes.get(&candidates[pick]).and_then(|o| o.cost_usd), best_outcome.cost_usd) {
             (Some(a), Some(b)) => {
                 router_cost += a;
                 best_cost += b;
@@ -496,11 +460,7 @@ pub fn best_single_models(rows: &[&Row]) -> BTreeMap<String, String> {
     for row in rows {
         for (model, outcome) in &row.outcomes {
             if let Some(q) = outcome.quality {
-                let e = sums
-                    .entry(row.kind.name().to_owned())
-                    .or_default()
-                    .entry(model.clone())
-                    .or_default();
+                let e = sums.entry(row.kind.name().to_owned()).or_default().entry(model.clone()).or_default();
                 e.0 += f64::from(q);
                 e.1 += 1;
             }
@@ -555,11 +515,7 @@ impl EvalReport {
                 opt(d.length_spearman)
             ));
         }
-        let choices: Vec<_> = self
-            .datasets
-            .iter()
-            .filter_map(|(n, d)| d.choice.as_ref().map(|c| (n, c)))
-            .collect();
+        let choices: Vec<_> = self.datasets.iter().filter_map(|(n, d)| d.choice.as_ref().map(|c| (n, c))).collect();
         if !choices.is_empty() {
             s.push_str(&format!(
                 "\n{:<12} {:>6} {:>8} {:>30} {:>8} {:>8}\n",
@@ -604,10 +560,7 @@ impl PairReport {
             ("prompt length".to_owned(), &self.length_baseline),
             ("random (200 draws)".to_owned(), &self.random),
         ] {
-            s.push_str(&format!(
-                "{:<24} {:>7.3} {:>7.2} {:>7.2}\n",
-                name, c.apgr, c.cpt50, c.cpt80
-            ));
+            s.push_str(&format!("{:<24} {:>7.3} {:>7.2} {:>7.2}\n", name, c.apgr, c.cpt50, c.cpt80));
         }
         s
     }
@@ -619,14 +572,8 @@ mod tests {
 
     #[test]
     fn auc_of_perfect_inverse_and_tied_scores() {
-        assert_eq!(
-            auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
-            Some(1.0)
-        );
-        assert_eq!(
-            auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
-            Some(0.0)
-        );
+        assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
+        assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), Some(0.0));
         assert_eq!(auc(&[0.5, 0.5], &[false, true]), Some(0.5));
         assert_eq!(auc(&[0.5, 0.5], &[true, true]), None);
     }

@@ -148,15 +148,11 @@ impl LearnOptions {
     }
 
     fn candidate_dir(&self) -> PathBuf {
-        self.candidate
-            .clone()
-            .unwrap_or_else(|| sibling(&self.active, "candidate"))
+        self.candidate.clone().unwrap_or_else(|| sibling(&self.active, "candidate"))
     }
 
     pub fn challenger_dir(&self) -> PathBuf {
-        self.challenger
-            .clone()
-            .unwrap_or_else(|| sibling(&self.active, "challenger"))
+        self.challenger.clone().unwrap_or_else(|| sibling(&self.active, "challenger"))
     }
 }
 
@@ -176,10 +172,7 @@ pub enum ChallengerChange {
 
 /// `<dir>.<suffix>` beside `dir`.
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
     dir.with_file_name(format!("{name}.{suffix}"))
 }
 
@@ -243,10 +236,8 @@ fn read_state(active: &Path) -> Result<Option<LearnState>> {
 fn write_state(active: &Path, state: &LearnState) -> Result<()> {
     let path = state_path(active);
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)
-        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, &path)
-        .map_err(|e| Error::io(format!("renaming into {}", path.display()), e))
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("renaming into {}", path.display()), e))
 }
 
 /// How a run ended.
@@ -275,14 +266,9 @@ pub enum LearnOutcome {
 impl LearnOutcome {
     pub fn promoted(&self) -> bool {
         match self {
-            Self::Evaluated {
-                judged, candidate, ..
-            } => {
+            Self::Evaluated { judged, candidate, .. } => {
                 judged.as_ref().is_some_and(|j| j.promoted)
-                    || candidate
-                        .as_ref()
-                        .and_then(|c| c.promotion.as_ref())
-                        .is_some_and(|p| p.promoted)
+                    || candidate.as_ref().and_then(|c| c.promotion.as_ref()).is_some_and(|p| p.promoted)
             }
             _ => false,
         }
@@ -291,18 +277,9 @@ impl LearnOutcome {
     /// The off-policy estimate behind this run's decision: the promoted checkpoint's, else the
     /// last one judged.
     pub fn estimate(&self) -> Option<&db::OpeReport> {
-        let Self::Evaluated {
-            judged, candidate, ..
-        } = self
-        else {
-            return None;
-        };
+        let Self::Evaluated { judged, candidate, .. } = self else { return None };
         let judged = judged.as_deref().map(|j| (j.promoted, &j.ope));
-        let candidate = candidate.as_deref().and_then(|c| {
-            c.ope
-                .as_ref()
-                .map(|o| (c.promotion.as_ref().is_some_and(|p| p.promoted), o))
-        });
+        let candidate = candidate.as_deref().and_then(|c| c.ope.as_ref().map(|o| (c.promotion.as_ref().is_some_and(|p| p.promoted), o)));
         match (judged, candidate) {
             (Some((true, o)), _) | (_, Some((true, o))) => Some(o),
             (_, Some((_, o))) | (Some((_, o)), None) => Some(o),
@@ -357,18 +334,13 @@ impl LearnOutcome {
 
 /// One learning run (see the module doc).
 pub async fn run(opts: &LearnOptions) -> Result<LearnOutcome> {
-    if !opts
-        .active
-        .join(router_model::checkpoint::META_FILE)
-        .is_file()
-    {
+    if !opts.active.join(router_model::checkpoint::META_FILE).is_file() {
         return Err(Error::InvalidInput(format!(
             "{}: no selector checkpoint to learn from; train one first (switchyard train --dataset …)",
             opts.active.display()
         )));
     }
-    let logged =
-        db::load_logged_routes(&opts.database_url, opts.since.as_deref(), &opts.routes).await?;
+    let logged = db::load_logged_routes(&opts.database_url, opts.since.as_deref(), &opts.routes).await?;
     let watermark = Watermark::of(&logged);
     let previous = read_state(&opts.active)?;
     if !opts.force && previous.as_ref().is_some_and(|s| s.watermark == watermark) {
@@ -397,40 +369,21 @@ async fn decide(
     let two_stage = opts.install_challenger;
     let challenger_dir = opts.challenger_dir();
     let mut judged = None;
-    if two_stage
-        && challenger_dir
-            .join(router_model::checkpoint::META_FILE)
-            .is_file()
-    {
+    if two_stage && challenger_dir.join(router_model::checkpoint::META_FILE).is_file() {
         match judge_challenger(opts, logged, &challenger_dir, earlier_looks.as_ref())? {
             Judgement::Waiting { fresh, needed } => {
-                return Ok((
-                    LearnOutcome::ChallengerWaiting { fresh, needed },
-                    earlier_looks,
-                ));
+                return Ok((LearnOutcome::ChallengerWaiting { fresh, needed }, earlier_looks));
             }
-            Judgement::Judged {
-                record,
-                judge_again: Some(looks),
-            } => {
+            Judgement::Judged { record, judge_again: Some(looks) } => {
                 // Promising but unproven: no new candidate until it is judged again.
-                let outcome = LearnOutcome::Evaluated {
-                    judged: Some(record),
-                    candidate: None,
-                    challenger: ChallengerChange::Kept,
-                };
+                let outcome = LearnOutcome::Evaluated { judged: Some(record), candidate: None, challenger: ChallengerChange::Kept };
                 return Ok((outcome, Some(looks)));
             }
-            Judgement::Judged {
-                record,
-                judge_again: None,
-            } => judged = Some(record),
+            Judgement::Judged { record, judge_again: None } => judged = Some(record),
             Judgement::Dropped => {}
         }
     }
-    decide_candidate(opts, logged, judged)
-        .await
-        .map(|outcome| (outcome, None))
+    decide_candidate(opts, logged, judged).await.map(|outcome| (outcome, None))
 }
 
 /// Trains this run's candidate and puts it through its gate.
@@ -449,11 +402,7 @@ async fn decide_candidate(
     let needed = opts.min_rows.max(2);
     // No candidate this run: what was judged (if anything) is the outcome.
     let untrained = |judged: Option<Box<db::PromotionRecord>>| match judged {
-        Some(_) => LearnOutcome::Evaluated {
-            judged,
-            candidate: None,
-            challenger: ChallengerChange::Retired,
-        },
+        Some(_) => LearnOutcome::Evaluated { judged, candidate: None, challenger: ChallengerChange::Retired },
         None => LearnOutcome::TooFew { usable, needed },
     };
     if usable < needed {
@@ -474,9 +423,7 @@ async fn decide_candidate(
     let mut report = match crate::run(&train).await {
         Ok(report) => report,
         // Too few held-out rows to evaluate is a quiet outcome, not a failure.
-        Err(Error::InvalidInput(message))
-            if message.contains("too few") || message.contains("held-out") =>
-        {
+        Err(Error::InvalidInput(message)) if message.contains("too few") || message.contains("held-out") => {
             return Ok(untrained(judged));
         }
         Err(e) => return Err(e),
@@ -494,17 +441,11 @@ async fn decide_candidate(
 }
 
 enum Judgement {
-    Waiting {
-        fresh: usize,
-        needed: usize,
-    },
+    Waiting { fresh: usize, needed: usize },
     /// It no longer loads beside the active checkpoint (other candidates or embedder).
     Dropped,
     /// `judge_again`: it stays, with this many judgements behind it.
-    Judged {
-        record: Box<db::PromotionRecord>,
-        judge_again: Option<ChallengerLooks>,
-    },
+    Judged { record: Box<db::PromotionRecord>, judge_again: Option<ChallengerLooks> },
 }
 
 /// Judges the challenger on the rated rows logged after it was trained (none of which it
@@ -532,23 +473,14 @@ fn judge_challenger(
     let trained_at = parse_time(&challenger.meta.created_at)?;
     let fresh: Vec<&LoggedRequest> = logged
         .iter()
-        .filter(|r| {
-            r.feedback.is_some()
-                && r.succeeded()
-                && r.embedding.as_ref().is_some_and(|e| e.len() == dim)
-        })
+        .filter(|r| r.feedback.is_some() && r.succeeded() && r.embedding.as_ref().is_some_and(|e| e.len() == dim))
         .filter(|r| parse_time(&r.created_at).is_ok_and(|t| t > trained_at))
         .collect();
     let needed = opts.min_rows.max(2);
     if fresh.len() < needed {
-        return Ok(Judgement::Waiting {
-            fresh: fresh.len(),
-            needed,
-        });
+        return Ok(Judgement::Waiting { fresh: fresh.len(), needed });
     }
-    let predict = |c: &router_model::Checkpoint,
-                   r: &LoggedRequest|
-     -> Result<Vec<router_model::Prediction>> {
+    let predict = |c: &router_model::Checkpoint, r: &LoggedRequest| -> Result<Vec<router_model::Prediction>> {
         Ok(c.predict(r.embedding.as_deref().unwrap_or(&[]), &r.features())?)
     };
     let ope = match db::evaluate_policies(
@@ -560,18 +492,11 @@ fn judge_challenger(
         opts.promote_margin,
     ) {
         Ok(ope) => ope,
-        Err(Error::InvalidInput(_)) => {
-            return Ok(Judgement::Waiting {
-                fresh: fresh.len(),
-                needed,
-            })
-        }
+        Err(Error::InvalidInput(_)) => return Ok(Judgement::Waiting { fresh: fresh.len(), needed }),
         Err(e) => return Err(e),
     };
     // Judgements of an earlier challenger do not count for this one.
-    let looks_before = earlier_looks
-        .filter(|l| l.trained_at == challenger.meta.created_at)
-        .map_or(0, |l| l.looks);
+    let looks_before = earlier_looks.filter(|l| l.trained_at == challenger.meta.created_at).map_or(0, |l| l.looks);
     let look = looks_before + 1;
     let looks = opts.challenger_looks.clamp(1, MAX_CHALLENGER_LOOKS);
     let mut ope = ope;
@@ -615,33 +540,22 @@ fn judge_challenger(
                 retire(challenger_dir)?;
             }
             Verdict::JudgeAgain => {
-                judge_again = Some(ChallengerLooks {
-                    trained_at: challenger.meta.created_at.clone(),
-                    looks: look,
-                });
+                judge_again = Some(ChallengerLooks { trained_at: challenger.meta.created_at.clone(), looks: look });
             }
             Verdict::Retire => retire(challenger_dir)?,
         }
         db::record_decision(&opts.active, &record)?;
     }
-    Ok(Judgement::Judged {
-        record: Box::new(record),
-        judge_again,
-    })
+    Ok(Judgement::Judged { record: Box::new(record), judge_again })
 }
 
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map_err(|e| Error::InvalidInput(format!("timestamp {text:?}: {e}")))
+    chrono::DateTime::parse_from_rfc3339(text).map_err(|e| Error::InvalidInput(format!("timestamp {text:?}: {e}")))
 }
 
 /// The candidate's gate with challengers on: installed as the challenger unless shown worse
 /// (its DR difference's 95% upper bound below the margin), recorded either way.
-fn second_stage(
-    opts: &LearnOptions,
-    report: &mut RunReport,
-    challenger_dir: &Path,
-) -> Result<ChallengerChange> {
+fn second_stage(opts: &LearnOptions, report: &mut RunReport, challenger_dir: &Path) -> Result<ChallengerChange> {
     let Some(ope) = report.ope.clone() else {
         return Ok(ChallengerChange::Untouched);
     };
@@ -689,8 +603,6 @@ fn retire(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let doomed = sibling(dir, &format!("retired-{}", std::process::id()));
-    std::fs::rename(dir, &doomed)
-        .map_err(|e| Error::io(format!("retiring {}", dir.display()), e))?;
-    std::fs::remove_dir_all(&doomed)
-        .map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
+    std::fs::rename(dir, &doomed).map_err(|e| Error::io(format!("retiring {}", dir.display()), e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
 }

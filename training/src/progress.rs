@@ -6,7 +6,5 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// A bar of `len` steps labelled `what` (e.g. `embedding`, `replaying`).
 pub fn bar(len: usize, what: &str) -> ProgressBar {
     let template = format!("{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} eta {{eta}} {{msg}}");
-    ProgressBar::new(len as u64).with_style(
-        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
-    )
+    ProgressBar::new(len as u64).with_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()))
 }

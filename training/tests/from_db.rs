@@ -35,13 +35,7 @@ fn vector(rng: &mut StdRng) -> Vec<f32> {
 
 /// Features of every logged request (no prompt text stored; 12 prompt tokens).
 fn logged_features() -> RequestFeatures {
-    RequestFeatures {
-        prompt_tokens: 12,
-        turns: 1,
-        has_code: false,
-        has_tools: false,
-        max_tokens: None,
-    }
+    RequestFeatures { prompt_tokens: 12, turns: 1, has_code: false, has_tools: false, max_tokens: None }
 }
 
 /// An active checkpoint that believes `weak` (0.9) always beats `strong` (0.1); seeded, so
@@ -57,22 +51,13 @@ fn write_wrong_checkpoint(dir: &Path) {
             e
         })
         .collect();
-    let config = TrainConfig {
-        hidden_dims: vec![16],
-        max_epochs: 30,
-        progress: false,
-        ..TrainConfig::default()
-    };
-    let trained = training::train::train(&examples, 2, &config, Init::Random)
-        .expect("train wrong checkpoint");
+    let config = TrainConfig { hidden_dims: vec![16], max_epochs: 30, progress: false, ..TrainConfig::default() };
+    let trained = training::train::train(&examples, 2, &config, Init::Random).expect("train wrong checkpoint");
     let meta = CheckpointMeta::new(
         trained.architecture.clone(),
         MODELS.iter().map(|s| s.to_string()).collect(),
         trained.feature_norm.clone(),
-        EmbedderRef {
-            id: "test/synthetic".into(),
-            dim: DIM,
-        },
+        EmbedderRef { id: "test/synthetic".into(), dim: DIM },
         "test:wrong",
     );
     Checkpoint::save(dir, &trained.varmap, &meta).expect("save");
@@ -93,38 +78,18 @@ async fn create_log(url: &str, backend: Backend, active: &Checkpoint, n: usize) 
 
 /// Writes logged requests `ids` on `date` (migrating first when `migrate`), drawn with a
 /// seed of the first id.
-async fn append_log(
-    url: &str,
-    backend: Backend,
-    active: &Checkpoint,
-    ids: std::ops::Range<usize>,
-    date: &str,
-    migrate: bool,
-) {
+async fn append_log(url: &str, backend: Backend, active: &Checkpoint, ids: std::ops::Range<usize>, date: &str, migrate: bool) {
     sqlx::any::install_default_drivers();
-    let pool = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .expect("connect to the log database");
+    let pool = AnyPoolOptions::new().max_connections(1).connect(url).await.expect("connect to the log database");
     let dir = match backend {
         Backend::Sqlite => "sqlite",
         Backend::Postgres => "postgres",
     };
-    let migrations = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../migrations")
-        .join(dir);
-    let mut files: Vec<_> = std::fs::read_dir(&migrations)
-        .expect("migrations")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&migrations).expect("migrations").flatten().map(|e| e.path()).collect();
     files.sort();
     for file in files.iter().filter(|_| migrate) {
-        sqlx::raw_sql(&std::fs::read_to_string(file).expect("sql"))
-            .execute(&pool)
-            .await
-            .expect("migrate");
+        sqlx::raw_sql(&std::fs::read_to_string(file).expect("sql")).execute(&pool).await.expect("migrate");
     }
     let (insert_request, insert_feedback) = match backend {
         Backend::Sqlite => (
@@ -145,31 +110,12 @@ async fn append_log(
     for i in ids {
         let v = vector(&mut rng);
         let preds = active.predict(&v, &logged_features()).expect("predict");
-        let greedy = if preds[0].quality >= preds[1].quality {
-            0
-        } else {
-            1
-        };
+        let greedy = if preds[0].quality >= preds[1].quality { 0 } else { 1 };
         let explore = rng.random::<f64>() < epsilon;
-        let chosen = if explore {
-            rng.random_range(0..2)
-        } else {
-            greedy
-        };
-        let propensity = if chosen == greedy {
-            1.0 - epsilon + epsilon / 2.0
-        } else {
-            epsilon / 2.0
-        };
+        let chosen = if explore { rng.random_range(0..2) } else { greedy };
+        let propensity = if chosen == greedy { 1.0 - epsilon + epsilon / 2.0 } else { epsilon / 2.0 };
         let candidates = serde_json::to_value(router_model::outcome::DecisionRecord {
-            decision: Some(
-                if chosen == greedy {
-                    "selected"
-                } else {
-                    "explored"
-                }
-                .into(),
-            ),
+            decision: Some(if chosen == greedy { "selected" } else { "explored" }.into()),
             tradeoff: Some("quality=1,cost=0,latency=0".into()),
             decision_ms: Some(1.0),
             scores: preds
@@ -181,11 +127,7 @@ async fn append_log(
                     cost_usd: 0.0,
                     latency_ms: f64::from(p.latency_ms),
                     utility: f64::from(p.quality),
-                    probability: if j == greedy {
-                        1.0 - epsilon / 2.0
-                    } else {
-                        epsilon / 2.0
-                    },
+                    probability: if j == greedy { 1.0 - epsilon / 2.0 } else { epsilon / 2.0 },
                     input_usd_per_mtok: 0.0,
                     output_usd_per_mtok: 0.0,
                 })
@@ -193,19 +135,9 @@ async fn append_log(
             ..Default::default()
         })
         .expect("decision json");
-        let reward = if rng.random::<f64>() < true_quality(&v, chosen) {
-            1.0
-        } else {
-            0.0
-        };
+        let reward = if rng.random::<f64>() < true_quality(&v, chosen) { 1.0 } else { 0.0 };
         let id = request_id(i, backend);
-        let created = format!(
-            "{date}T{:02}:{:02}:{:02}.{:03}Z",
-            (i / 3600) % 24,
-            (i / 60) % 60,
-            i % 60,
-            i % 1000
-        );
+        let created = format!("{date}T{:02}:{:02}:{:02}.{:03}Z", (i / 3600) % 24, (i / 60) % 60, i % 60, i % 1000);
         let blob: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         let latency = if chosen == 0 { 2000.0 } else { 400.0 };
         sqlx::query(insert_request)
@@ -220,13 +152,7 @@ async fn append_log(
             .execute(&pool)
             .await
             .expect("insert");
-        sqlx::query(insert_feedback)
-            .bind(id)
-            .bind(reward)
-            .bind(created)
-            .execute(&pool)
-            .await
-            .expect("feedback");
+        sqlx::query(insert_feedback).bind(id).bind(reward).bind(created).execute(&pool).await.expect("feedback");
     }
     pool.close().await;
 }
@@ -237,14 +163,7 @@ fn request_id(i: usize, backend: Backend) -> String {
     let hex = format!("{:032x}", i as u128);
     match backend {
         Backend::Sqlite => hex,
-        Backend::Postgres => format!(
-            "{}-{}-{}-{}-{}",
-            &hex[..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..]
-        ),
+        Backend::Postgres => format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]),
     }
 }
 
@@ -257,20 +176,12 @@ struct TestPg {
 
 impl TestPg {
     async fn create() -> Self {
-        let server = std::env::var("SWITCHYARD_TEST_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        let name = format!(
-            "switchyard_train_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let server = std::env::var("SWITCHYARD_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let name = format!("switchyard_train_{}_{}", std::process::id(), rand::random::<u32>());
         let mut admin = PgConnection::connect(&format!("{server}/postgres"))
             .await
             .expect("Postgres at 127.0.0.1:5432 (start it: pg_ctlcluster --skip-systemctl-redirect 15 main start)");
-        admin
-            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-            .await
-            .expect("create database");
+        admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create database");
         let _ = admin.close().await;
         Self { server, name }
     }
@@ -281,11 +192,7 @@ impl TestPg {
 
     async fn drop_database(self) {
         if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", self.server)).await {
-            let _ = admin
-                .execute(
-                    format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str(),
-                )
-                .await;
+            let _ = admin.execute(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str()).await;
             let _ = admin.close().await;
         }
     }
@@ -299,29 +206,20 @@ async fn learns_from_the_log_evaluates_off_policy_and_promotes() {
     let active = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load active");
     let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
     create_log(&db, Backend::Sqlite, &active, 3000).await;
-    let before = Checkpoint::read_meta(&active_dir)
-        .expect("meta")
-        .training_data_hash;
+    let before = Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash;
 
     let mut options = TrainOptions::new(tmp.path().join("new"));
     options.from_db = Some(db);
     options.active = Some(active_dir.clone());
     options.promote = true;
-    options.train = TrainConfig {
-        progress: false,
-        learning_rate: 3e-3,
-        ..TrainConfig::default()
-    };
+    options.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
     let report = training::run(&options).await.expect("train from db");
     println!("{}", report.summary);
 
     let ope = report.ope.clone().expect("ope");
     assert!(ope.rows > 500, "{} rows", ope.rows);
     // The truth: new ≈ 0.5·0.9 + 0.5·0.6 = 0.75 vs active 0.6.
-    assert!(
-        ope.new.doubly_robust > ope.active.doubly_robust + 0.05,
-        "{ope:?}"
-    );
+    assert!(ope.new.doubly_robust > ope.active.doubly_robust + 0.05, "{ope:?}");
     assert!((ope.active.doubly_robust - 0.6).abs() < 0.06, "{ope:?}");
     assert!(ope.dr_difference_lcb95 > 0.01 && ope.better, "{ope:?}");
     let promotion = report.promotion.clone().expect("decision");
@@ -333,16 +231,13 @@ async fn learns_from_the_log_evaluates_off_policy_and_promotes() {
     assert_ne!(after.training_data_hash, before);
     assert!(after.metrics.contains_key("ope"));
     assert!(tmp.path().join("active.previous/selector.json").is_file());
-    let log =
-        std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log");
+    let log = std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log");
     assert_eq!(log.lines().count(), 1);
     assert!(log.contains("\"promoted\":true"));
     // The latency head learned from every row: strong is the slow one (2,000 vs 400 ms
     // logged; the head is still converging when early stopping ends on the quality loss).
     let promoted = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load promoted");
-    let p = promoted
-        .predict(&[0.1; DIM], &logged_features())
-        .expect("predict");
+    let p = promoted.predict(&[0.1; DIM], &logged_features()).expect("predict");
     assert!(p[0].latency_ms > 2.0 * p[1].latency_ms, "{p:?}");
 
     // Against the promoted checkpoint, a retrain on the same log is no better: kept.
@@ -351,15 +246,9 @@ async fn learns_from_the_log_evaluates_off_policy_and_promotes() {
     let report = training::run(&again).await.expect("second round");
     let promotion = report.promotion.expect("decision");
     assert!(!promotion.promoted, "{:?}", promotion.ope);
-    let log =
-        std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log");
+    let log = std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log");
     assert_eq!(log.lines().count(), 2);
-    assert_eq!(
-        Checkpoint::read_meta(&active_dir)
-            .expect("meta")
-            .training_data_hash,
-        after.training_data_hash
-    );
+    assert_eq!(Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash, after.training_data_hash);
 }
 
 /// The same simulated log written to Postgres reads back row for row as from SQLite, and
@@ -375,12 +264,8 @@ async fn trains_from_a_postgres_log_as_from_sqlite() {
     let pg = TestPg::create().await;
     create_log(&pg.url(), Backend::Postgres, &active, 3000).await;
 
-    let from_sqlite = training::db::load_logged(&sqlite, None)
-        .await
-        .expect("read SQLite log");
-    let from_pg = training::db::load_logged(&pg.url(), None)
-        .await
-        .expect("read Postgres log");
+    let from_sqlite = training::db::load_logged(&sqlite, None).await.expect("read SQLite log");
+    let from_pg = training::db::load_logged(&pg.url(), None).await.expect("read Postgres log");
     assert_eq!(from_pg.len(), 3000);
     assert_eq!(from_sqlite.len(), from_pg.len());
     // Both backends decode into the same typed row: ids, times and the rest agree exactly.
@@ -388,25 +273,16 @@ async fn trains_from_a_postgres_log_as_from_sqlite() {
         assert_eq!(s, p);
     }
     // Feedback joined: every row carries its 0/1 reward.
-    assert!(from_pg
-        .iter()
-        .all(|r| matches!(r.feedback, Some(f) if f == 0.0 || f == 1.0)));
+    assert!(from_pg.iter().all(|r| matches!(r.feedback, Some(f) if f == 0.0 || f == 1.0)));
 
     let mut options = TrainOptions::new(tmp.path().join("from-pg"));
     options.from_db = Some(pg.url());
     options.active = Some(active_dir.clone());
-    options.train = TrainConfig {
-        progress: false,
-        learning_rate: 3e-3,
-        ..TrainConfig::default()
-    };
+    options.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
     let report = training::run(&options).await.expect("train from Postgres");
     let ope = report.ope.expect("ope");
     assert!(ope.rows > 500, "{} rows", ope.rows);
-    assert!(
-        ope.new.doubly_robust > ope.active.doubly_robust + 0.05,
-        "{ope:?}"
-    );
+    assert!(ope.new.doubly_robust > ope.active.doubly_robust + 0.05, "{ope:?}");
     assert!(ope.better, "{ope:?}");
     assert!(tmp.path().join("from-pg/selector.json").is_file());
     pg.drop_database().await;
@@ -429,18 +305,8 @@ fn learn_fixture() -> LearnFixture {
     let active = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load active");
     let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
     let mut options = training::learn::LearnOptions::new(db.clone(), active_dir.clone());
-    options.train = TrainConfig {
-        progress: false,
-        learning_rate: 3e-3,
-        ..TrainConfig::default()
-    };
-    LearnFixture {
-        tmp,
-        active_dir,
-        active,
-        db,
-        options,
-    }
+    options.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
+    LearnFixture { tmp, active_dir, active, db, options }
 }
 
 /// `switchyard learn` with challengers (the default): the better candidate is not promoted on
@@ -449,120 +315,42 @@ fn learn_fixture() -> LearnFixture {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_becomes_the_challenger_and_is_promoted_on_traffic_logged_after_it() {
     use training::learn::{ChallengerChange, LearnOutcome};
-    let LearnFixture {
-        tmp,
-        active_dir,
-        active,
-        db,
-        options,
-    } = learn_fixture();
+    let LearnFixture { tmp, active_dir, active, db, options } = learn_fixture();
     let hash = |dir: &Path| Checkpoint::read_meta(dir).expect("meta").training_data_hash;
     let wrong = hash(&active_dir);
     let challenger = tmp.path().join("active.challenger");
-    let decisions = || {
-        std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log")
-    };
+    let decisions = || std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log");
 
     create_log(&db, Backend::Sqlite, &active, 3000).await;
     let first = training::learn::run(&options).await.expect("learn");
-    let LearnOutcome::Evaluated {
-        judged: None,
-        candidate: Some(report),
-        challenger: ChallengerChange::Installed,
-    } = &first
-    else {
+    let LearnOutcome::Evaluated { judged: None, candidate: Some(report), challenger: ChallengerChange::Installed } = &first else {
         panic!("expected a new challenger: {}", first.describe());
     };
-    assert!(
-        !first.promoted(),
-        "never promoted on the held-out rows alone: {}",
-        first.describe()
-    );
-    assert!(
-        report.ope.as_ref().is_some_and(|o| o.dr_difference > 0.0),
-        "{}",
-        first.describe()
-    );
-    assert_eq!(
-        hash(&active_dir),
-        wrong,
-        "the active checkpoint is unchanged"
-    );
-    assert_eq!(
-        hash(&challenger),
-        hash(&report.checkpoint),
-        "the candidate is the challenger"
-    );
+    assert!(!first.promoted(), "never promoted on the held-out rows alone: {}", first.describe());
+    assert!(report.ope.as_ref().is_some_and(|o| o.dr_difference > 0.0), "{}", first.describe());
+    assert_eq!(hash(&active_dir), wrong, "the active checkpoint is unchanged");
+    assert_eq!(hash(&challenger), hash(&report.checkpoint), "the candidate is the challenger");
     assert_eq!(decisions().lines().count(), 1);
     assert!(decisions().contains("\"promoted\":false"));
 
     // Too few rows logged since the challenger was trained: it keeps waiting.
-    append_log(
-        &db,
-        Backend::Sqlite,
-        &active,
-        3000..3050,
-        "2099-01-01",
-        false,
-    )
-    .await;
-    let waiting = training::learn::run(&options)
-        .await
-        .expect("learn while the challenger waits");
-    assert!(
-        matches!(
-            waiting,
-            LearnOutcome::ChallengerWaiting {
-                fresh: 50,
-                needed: 100
-            }
-        ),
-        "{}",
-        waiting.describe()
-    );
+    append_log(&db, Backend::Sqlite, &active, 3000..3050, "2099-01-01", false).await;
+    let waiting = training::learn::run(&options).await.expect("learn while the challenger waits");
+    assert!(matches!(waiting, LearnOutcome::ChallengerWaiting { fresh: 50, needed: 100 }), "{}", waiting.describe());
     assert_eq!(hash(&active_dir), wrong);
     let installed = hash(&challenger);
 
     // Enough of them: judged on those rows only, and promoted.
-    append_log(
-        &db,
-        Backend::Sqlite,
-        &active,
-        3050..4050,
-        "2099-01-02",
-        false,
-    )
-    .await;
-    let judged = training::learn::run(&options)
-        .await
-        .expect("learn with a judgement due");
-    let LearnOutcome::Evaluated {
-        judged: Some(record),
-        ..
-    } = &judged
-    else {
+    append_log(&db, Backend::Sqlite, &active, 3050..4050, "2099-01-02", false).await;
+    let judged = training::learn::run(&options).await.expect("learn with a judgement due");
+    let LearnOutcome::Evaluated { judged: Some(record), .. } = &judged else {
         panic!("expected the challenger judged: {}", judged.describe());
     };
-    assert!(
-        record.promoted && judged.promoted(),
-        "{}",
-        judged.describe()
-    );
-    assert_eq!(
-        record.ope.rows, 1050,
-        "judged on the rows logged after it was trained"
-    );
+    assert!(record.promoted && judged.promoted(), "{}", judged.describe());
+    assert_eq!(record.ope.rows, 1050, "judged on the rows logged after it was trained");
     assert!(record.ope.gate_lower_bound > 0.0, "{:?}", record.ope);
-    assert_eq!(
-        hash(&active_dir),
-        installed,
-        "the challenger is now the active checkpoint"
-    );
-    assert_ne!(
-        challenger.exists().then(|| hash(&challenger)),
-        Some(installed),
-        "the judged challenger was retired"
-    );
+    assert_eq!(hash(&active_dir), installed, "the challenger is now the active checkpoint");
+    assert_ne!(challenger.exists().then(|| hash(&challenger)), Some(installed), "the judged challenger was retired");
     assert!(decisions().lines().count() >= 2);
 }
 
@@ -573,13 +361,7 @@ async fn a_candidate_becomes_the_challenger_and_is_promoted_on_traffic_logged_af
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promising_challenger_is_judged_again_on_more_rows() {
     use training::learn::{ChallengerChange, LearnOptions, LearnOutcome};
-    let LearnFixture {
-        tmp,
-        active_dir,
-        active,
-        db,
-        mut options,
-    } = learn_fixture();
+    let LearnFixture { tmp, active_dir, active, db, mut options } = learn_fixture();
     options.force = true;
     options.challenger_looks = 2;
     let hash = |dir: &Path| Checkpoint::read_meta(dir).expect("meta").training_data_hash;
@@ -588,40 +370,13 @@ async fn a_promising_challenger_is_judged_again_on_more_rows() {
 
     create_log(&db, Backend::Sqlite, &active, 3000).await;
     let first = training::learn::run(&options).await.expect("learn");
-    assert!(
-        matches!(
-            first,
-            LearnOutcome::Evaluated {
-                challenger: ChallengerChange::Installed,
-                ..
-            }
-        ),
-        "{}",
-        first.describe()
-    );
+    assert!(matches!(first, LearnOutcome::Evaluated { challenger: ChallengerChange::Installed, .. }), "{}", first.describe());
     let installed = hash(&challenger);
 
-    append_log(
-        &db,
-        Backend::Sqlite,
-        &active,
-        3000..3120,
-        "2099-01-01",
-        false,
-    )
-    .await;
-    let dry = LearnOptions {
-        dry_run: true,
-        ..options.clone()
-    };
+    append_log(&db, Backend::Sqlite, &active, 3000..3120, "2099-01-01", false).await;
+    let dry = LearnOptions { dry_run: true, ..options.clone() };
     let probe = training::learn::run(&dry).await.expect("dry run");
-    let LearnOutcome::Evaluated {
-        judged: Some(probe),
-        ..
-    } = &probe
-    else {
-        panic!("expected a judgement: {}", probe.describe())
-    };
+    let LearnOutcome::Evaluated { judged: Some(probe), .. } = &probe else { panic!("expected a judgement: {}", probe.describe()) };
     let (estimate, se) = (probe.ope.dr_difference, probe.ope.dr_difference_se());
     assert!(estimate > 0.0 && se > 0.0, "{:?}", probe.ope);
     assert_eq!(hash(&challenger), installed, "a dry run changes nothing");
@@ -629,71 +384,24 @@ async fn a_promising_challenger_is_judged_again_on_more_rows() {
     // short of the bound each of two looks uses (1.875).
     options.promote_margin = estimate - 1.7 * se - probe.ope.clip_bias_allowance;
 
-    let undecided = training::learn::run(&options)
-        .await
-        .expect("first judgement");
-    let LearnOutcome::Evaluated {
-        judged: Some(record),
-        candidate: None,
-        challenger: ChallengerChange::Kept,
-    } = &undecided
-    else {
+    let undecided = training::learn::run(&options).await.expect("first judgement");
+    let LearnOutcome::Evaluated { judged: Some(record), candidate: None, challenger: ChallengerChange::Kept } = &undecided else {
         panic!("expected the challenger kept: {}", undecided.describe());
     };
-    assert!(
-        !record.promoted && !undecided.promoted(),
-        "{}",
-        undecided.describe()
-    );
-    assert!(
-        record.reason.contains("judgement 1 of at most 2"),
-        "{}",
-        record.reason
-    );
-    assert_eq!(
-        hash(&challenger),
-        installed,
-        "the challenger keeps serving its share"
-    );
+    assert!(!record.promoted && !undecided.promoted(), "{}", undecided.describe());
+    assert!(record.reason.contains("judgement 1 of at most 2"), "{}", record.reason);
+    assert_eq!(hash(&challenger), installed, "the challenger keeps serving its share");
     assert_eq!(hash(&active_dir), wrong);
 
-    append_log(
-        &db,
-        Backend::Sqlite,
-        &active,
-        3120..5120,
-        "2099-01-02",
-        false,
-    )
-    .await;
-    let second = training::learn::run(&options)
-        .await
-        .expect("second judgement");
-    let LearnOutcome::Evaluated {
-        judged: Some(record),
-        ..
-    } = &second
-    else {
-        panic!(
-            "expected the challenger judged again: {}",
-            second.describe()
-        );
+    append_log(&db, Backend::Sqlite, &active, 3120..5120, "2099-01-02", false).await;
+    let second = training::learn::run(&options).await.expect("second judgement");
+    let LearnOutcome::Evaluated { judged: Some(record), .. } = &second else {
+        panic!("expected the challenger judged again: {}", second.describe());
     };
-    assert_eq!(
-        record.ope.rows, 2120,
-        "judged on every row logged since it was trained"
-    );
-    assert!(
-        record.reason.contains("judgement 2 of at most 2"),
-        "{}",
-        record.reason
-    );
+    assert_eq!(record.ope.rows, 2120, "judged on every row logged since it was trained");
+    assert!(record.reason.contains("judgement 2 of at most 2"), "{}", record.reason);
     assert!(record.promoted, "{}", second.describe());
-    assert_eq!(
-        hash(&active_dir),
-        installed,
-        "the kept challenger is now the active checkpoint"
-    );
+    assert_eq!(hash(&active_dir), installed, "the kept challenger is now the active checkpoint");
 }
 
 /// `switchyard learn`: a log too small to learn from promotes nothing and says so; a run
@@ -708,71 +416,33 @@ async fn learn_is_idempotent_and_refuses_a_log_too_small() {
     let active = Checkpoint::load(&active_dir, "test/synthetic", DIM).expect("load active");
     let options = |db: &str| {
         let mut o = LearnOptions::new(db.to_owned(), active_dir.clone());
-        o.train = TrainConfig {
-            progress: false,
-            learning_rate: 3e-3,
-            ..TrainConfig::default()
-        };
+        o.train = TrainConfig { progress: false, learning_rate: 3e-3, ..TrainConfig::default() };
         // The single-stage gate: a candidate is promoted on the held-out rows.
         o.install_challenger = false;
         o
     };
 
-    let small = format!(
-        "sqlite://{}?mode=rwc",
-        tmp.path().join("small.db").display()
-    );
+    let small = format!("sqlite://{}?mode=rwc", tmp.path().join("small.db").display());
     create_log(&small, Backend::Sqlite, &active, 40).await;
-    let outcome = training::learn::run(&options(&small))
-        .await
-        .expect("learn on a small log");
-    assert!(
-        matches!(
-            outcome,
-            LearnOutcome::TooFew {
-                usable: 40,
-                needed: 100
-            }
-        ),
-        "{outcome:?}"
-    );
-    assert!(
-        outcome.describe().contains("no promotion"),
-        "{}",
-        outcome.describe()
-    );
+    let outcome = training::learn::run(&options(&small)).await.expect("learn on a small log");
+    assert!(matches!(outcome, LearnOutcome::TooFew { usable: 40, needed: 100 }), "{outcome:?}");
+    assert!(outcome.describe().contains("no promotion"), "{}", outcome.describe());
     assert!(!tmp.path().join("active.promotions.jsonl").exists());
-    let before = Checkpoint::read_meta(&active_dir)
-        .expect("meta")
-        .training_data_hash;
+    let before = Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash;
 
     let db = format!("sqlite://{}?mode=rwc", tmp.path().join("log.db").display());
     create_log(&db, Backend::Sqlite, &active, 3000).await;
     let outcome = training::learn::run(&options(&db)).await.expect("learn");
     assert!(outcome.promoted(), "{}", outcome.describe());
-    let promoted = Checkpoint::read_meta(&active_dir)
-        .expect("meta")
-        .training_data_hash;
+    let promoted = Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash;
     assert_ne!(promoted, before);
-    let decisions = || {
-        std::fs::read_to_string(tmp.path().join("active.promotions.jsonl"))
-            .expect("decision log")
-            .lines()
-            .count()
-    };
+    let decisions = || std::fs::read_to_string(tmp.path().join("active.promotions.jsonl")).expect("decision log").lines().count();
     assert_eq!(decisions(), 1);
 
-    let again = training::learn::run(&options(&db))
-        .await
-        .expect("learn again");
+    let again = training::learn::run(&options(&db)).await.expect("learn again");
     assert!(matches!(again, LearnOutcome::NothingNew(_)), "{again:?}");
     assert_eq!(decisions(), 1, "nothing new: no decision recorded");
-    assert_eq!(
-        Checkpoint::read_meta(&active_dir)
-            .expect("meta")
-            .training_data_hash,
-        promoted
-    );
+    assert_eq!(Checkpoint::read_meta(&active_dir).expect("meta").training_data_hash, promoted);
 
     // A late rating of an old request is new information.
     let pool = sqlx::SqlitePool::connect(&db).await.expect("db");
@@ -782,9 +452,7 @@ async fn learn_is_idempotent_and_refuses_a_log_too_small() {
         .await
         .expect("feedback");
     pool.close().await;
-    let third = training::learn::run(&options(&db))
-        .await
-        .expect("learn a third time");
+    let third = training::learn::run(&options(&db)).await.expect("learn a third time");
     assert!(matches!(third, LearnOutcome::Evaluated { .. }), "{third:?}");
     assert_eq!(decisions(), 2);
 }

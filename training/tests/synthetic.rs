@@ -18,20 +18,9 @@ fn synthetic(n: usize, seed: u64) -> Vec<Example> {
         .map(|i| {
             let v: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             let a_good = v[0] > 0.0;
-            let mut e = Example::empty(
-                v.clone(),
-                RequestFeatures::for_prompt("same length"),
-                2,
-                format!("q{seed}-{i}"),
-            );
-            e.quality = vec![
-                Some(if a_good { 1.0 } else { 0.0 }),
-                Some(if a_good { 0.0 } else { 1.0 }),
-            ];
-            e.log_output_tokens = vec![
-                Some(if v[1] > 0.0 { 400f32.ln() } else { 20f32.ln() }),
-                None,
-            ];
+            let mut e = Example::empty(v.clone(), RequestFeatures::for_prompt("same length"), 2, format!("q{seed}-{i}"));
+            e.quality = vec![Some(if a_good { 1.0 } else { 0.0 }), Some(if a_good { 0.0 } else { 1.0 })];
+            e.log_output_tokens = vec![Some(if v[1] > 0.0 { 400f32.ln() } else { 20f32.ln() }), None];
             e.difficulty = Some(0.5);
             e
         })
@@ -58,10 +47,7 @@ fn recovers_a_known_routing_rule() {
     assert!(trained.validation_examples > 50 && trained.fit_examples > 1000);
 
     let test = synthetic(500, 2);
-    let inputs: Vec<(&[f32], RequestFeatures)> = test
-        .iter()
-        .map(|e| (e.embedding.as_slice(), e.features))
-        .collect();
+    let inputs: Vec<(&[f32], RequestFeatures)> = test.iter().map(|e| (e.embedding.as_slice(), e.features)).collect();
     let pred = predict(&trained.selector, &trained.feature_norm, &inputs).expect("predict");
     for j in 0..2 {
         let scores: Vec<f32> = pred.quality.iter().map(|q| q[j]).collect();
@@ -71,57 +57,25 @@ fn recovers_a_known_routing_rule() {
     }
     // The token head learned `a`'s answer lengths; `b` had none, so it borrows `a`'s head
     // (the mean of the candidates with data) instead of serving noise.
-    let long: Vec<f32> = test
-        .iter()
-        .zip(&pred.log_tokens)
-        .filter(|(e, _)| e.embedding[1] > 0.3)
-        .map(|(_, t)| t[0].exp())
-        .collect();
-    let short: Vec<f32> = test
-        .iter()
-        .zip(&pred.log_tokens)
-        .filter(|(e, _)| e.embedding[1] < -0.3)
-        .map(|(_, t)| t[0].exp())
-        .collect();
+    let long: Vec<f32> = test.iter().zip(&pred.log_tokens).filter(|(e, _)| e.embedding[1] > 0.3).map(|(_, t)| t[0].exp()).collect();
+    let short: Vec<f32> = test.iter().zip(&pred.log_tokens).filter(|(e, _)| e.embedding[1] < -0.3).map(|(_, t)| t[0].exp()).collect();
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
-    assert!(
-        mean(&long) > 200.0 && mean(&short) < 50.0,
-        "long {} short {}",
-        mean(&long),
-        mean(&short)
-    );
+    assert!(mean(&long) > 200.0 && mean(&short) < 50.0, "long {} short {}", mean(&long), mean(&short));
     assert!(pred.log_tokens.iter().all(|t| (t[0] - t[1]).abs() < 1e-4));
-    assert!(
-        trained.notes.iter().any(|n| n.starts_with("tokens head")),
-        "{:?}",
-        trained.notes
-    );
+    assert!(trained.notes.iter().any(|n| n.starts_with("tokens head")), "{:?}", trained.notes);
 }
 
 #[test]
 fn same_seed_same_weights() {
     let data = synthetic(300, 3);
-    let cfg = TrainConfig {
-        max_epochs: 5,
-        ..config()
-    };
+    let cfg = TrainConfig { max_epochs: 5, ..config() };
     let a = train::train(&data, 2, &cfg, Init::Random).expect("train");
     let b = train::train(&data, 2, &cfg, Init::Random).expect("train");
     let c = train::train(&data, 2, &TrainConfig { seed: 99, ..cfg }, Init::Random).expect("train");
-    let inputs: Vec<(&[f32], RequestFeatures)> = data
-        .iter()
-        .take(20)
-        .map(|e| (e.embedding.as_slice(), e.features))
-        .collect();
-    let pa = predict(&a.selector, &a.feature_norm, &inputs)
-        .expect("predict")
-        .quality;
-    let pb = predict(&b.selector, &b.feature_norm, &inputs)
-        .expect("predict")
-        .quality;
-    let pc = predict(&c.selector, &c.feature_norm, &inputs)
-        .expect("predict")
-        .quality;
+    let inputs: Vec<(&[f32], RequestFeatures)> = data.iter().take(20).map(|e| (e.embedding.as_slice(), e.features)).collect();
+    let pa = predict(&a.selector, &a.feature_norm, &inputs).expect("predict").quality;
+    let pb = predict(&b.selector, &b.feature_norm, &inputs).expect("predict").quality;
+    let pc = predict(&c.selector, &c.feature_norm, &inputs).expect("predict").quality;
     assert_eq!(pa, pb);
     assert_ne!(pa, pc);
 }

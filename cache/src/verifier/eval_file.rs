@@ -106,10 +106,8 @@ pub fn eval_cache(options: &EvalCacheOptions) -> Result<EvalCacheReport, Verifie
     let mut embeddings = Vec::with_capacity(lines.len());
     // Drawn on stderr only when it is a terminal.
     let bar = indicatif::ProgressBar::new(lines.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "embedding pairs {bar:30} {pos}/{len} {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("embedding pairs {bar:30} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     for chunk in lines.chunks(32) {
         bar.inc(chunk.len() as u64);

@@ -363,13 +363,7 @@ pub fn default_checkpoint_dir() -> PathBuf {
 
 /// The semantic cache asks the learned verifier for its second opinion.
 impl crate::HitVerifier for Verifier {
-    fn score(
-        &self,
-        query: &str,
-        cached: &str,
-        query_embedding: &[f32],
-        cached_embedding: &[f32],
-    ) -> f32 {
+    fn score(&self, query: &str, cached: &str, query_embedding: &[f32], cached_embedding: &[f32]) -> f32 {
         Verifier::score(self, query, cached, query_embedding, cached_embedding)
     }
 
@@ -461,3 +455,4 @@ mod tests {
         ));
     }
 }
+

@@ -838,8 +838,7 @@ impl Analysed {
                 && lower.chars().any(|c| c.is_alphabetic())
                 && lower.chars().count() > 1;
             let capitalised = *upper && !*sentence_start && lower != "i";
-            if capitalised && content && lang.is_none() && !lexicon.months.contains(lower.as_str())
-            {
+            if capitalised && content && lang.is_none() && !lexicon.months.contains(lower.as_str()) {
                 entities.insert(lem.clone());
             }
             words.push(Word {
@@ -875,15 +874,10 @@ impl Analysed {
             if !matches!(w.lower.as_str(), "and" | "or") {
                 continue;
             }
-            let (Some(before), Some(after)) = (
-                i.checked_sub(1).and_then(|j| words.get(j)),
-                words.get(i + 1),
-            ) else {
+            let (Some(before), Some(after)) = (i.checked_sub(1).and_then(|j| words.get(j)), words.get(i + 1)) else {
                 continue;
             };
-            if WH.contains(&after.lower.as_str())
-                || (after.lower == "vice" && words.get(i + 2).is_some_and(|n| n.lower == "versa"))
-            {
+            if WH.contains(&after.lower.as_str()) || (after.lower == "vice" && words.get(i + 2).is_some_and(|n| n.lower == "versa")) {
                 second_part = true;
             } else if w.lower == "and" && before.content && after.content {
                 coordinated.push((before.lemma.clone(), after.lemma.clone()));
@@ -919,19 +913,12 @@ impl Analysed {
         // other coordinates the shared item with something else ("lonely and depressed" /
         // "lonely and sad": a reworded item, not an added one).
         let mentions = |word: &str| other.content.iter().any(|theirs| same_stem(word, theirs));
-        let coordinates = |word: &str| {
-            other
-                .coordinated
-                .iter()
-                .any(|(x, y)| same_stem(word, x) || same_stem(word, y))
-        };
-        self.coordinated
-            .iter()
-            .any(|(x, y)| match (mentions(x), mentions(y)) {
-                (true, false) => !coordinates(x),
-                (false, true) => !coordinates(y),
-                _ => false,
-            })
+        let coordinates = |word: &str| other.coordinated.iter().any(|(x, y)| same_stem(word, x) || same_stem(word, y));
+        self.coordinated.iter().any(|(x, y)| match (mentions(x), mentions(y)) {
+            (true, false) => !coordinates(x),
+            (false, true) => !coordinates(y),
+            _ => false,
+        })
     }
 
     /// All lemmas (content or not) as a set.
@@ -1137,11 +1124,7 @@ pub(crate) fn veto_analysed(a: &Analysed, b: &Analysed) -> Option<&'static str> 
         return Some("arguments swapped");
     }
     // Skipped for the same words in other punctuation ("… books?" / "… books.").
-    let same_words = a
-        .words
-        .iter()
-        .map(|w| &w.lower)
-        .eq(b.words.iter().map(|w| &w.lower));
+    let same_words = a.words.iter().map(|w| &w.lower).eq(b.words.iter().map(|w| &w.lower));
     if !same_words && (a.asks_more_than(b) || b.asks_more_than(a)) {
         return Some("one asks more than the other");
     }
@@ -1218,52 +1201,20 @@ mod tests {
     #[test]
     fn a_question_that_asks_more_is_vetoed() {
         for (a, b) in [
-            (
-                "How do I improve my English writing and speaking skills?",
-                "How can I improve my English writing skills?",
-            ),
-            (
-                "How long do ants live?",
-                "How long do ants live? Do all ants live equally long?",
-            ),
+            ("How do I improve my English writing and speaking skills?", "How can I improve my English writing skills?"),
+            ("How long do ants live?", "How long do ants live? Do all ants live equally long?"),
             ("Who is your role model?", "Who is your role model and why?"),
-            (
-                "Can a person change from introvert to extrovert?",
-                "Can a person change from introvert to extrovert or vice versa?",
-            ),
+            ("Can a person change from introvert to extrovert?", "Can a person change from introvert to extrovert or vice versa?"),
         ] {
-            assert_eq!(
-                lexical_veto(a, b),
-                Some("one asks more than the other"),
-                "{a:?} / {b:?}"
-            );
-            assert_eq!(
-                lexical_veto(b, a),
-                Some("one asks more than the other"),
-                "{b:?} / {a:?}"
-            );
+            assert_eq!(lexical_veto(a, b), Some("one asks more than the other"), "{a:?} / {b:?}");
+            assert_eq!(lexical_veto(b, a), Some("one asks more than the other"), "{b:?} / {a:?}");
         }
         for (a, b) in [
-            (
-                "Can you recommend good books? P.S. I like Dan Brown books?",
-                "Can you recommend good books? P.S. I like Dan Brown books.",
-            ),
-            (
-                "How can I stop feeling lonely and depressed?",
-                "How do I stop feeling lonely and sad?",
-            ),
-            (
-                "What is the difference between sleeping and meditation?",
-                "What is the difference between meditation and sleep?",
-            ),
-            (
-                "What are the causes and effects of inflation?",
-                "What are the reasons and consequences of inflation?",
-            ),
-            (
-                "Why do I get headaches? I saw many doctors.?",
-                "Why do I get headaches? I saw many doctors.",
-            ),
+            ("Can you recommend good books? P.S. I like Dan Brown books?", "Can you recommend good books? P.S. I like Dan Brown books."),
+            ("How can I stop feeling lonely and depressed?", "How do I stop feeling lonely and sad?"),
+            ("What is the difference between sleeping and meditation?", "What is the difference between meditation and sleep?"),
+            ("What are the causes and effects of inflation?", "What are the reasons and consequences of inflation?"),
+            ("Why do I get headaches? I saw many doctors.?", "Why do I get headaches? I saw many doctors."),
         ] {
             assert_eq!(lexical_veto(a, b), None, "{a:?} / {b:?}");
         }

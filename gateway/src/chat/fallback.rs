@@ -43,10 +43,7 @@ impl UpstreamCall<'_> {
         let mut attempts: Vec<FailedAttempt> = Vec::new();
         let result = self.try_in_order(ranking, outcome, &mut attempts).await;
         if !attempts.is_empty() {
-            outcome
-                .candidates
-                .get_or_insert_with(Default::default)
-                .failed_attempts = attempts;
+            outcome.candidates.get_or_insert_with(Default::default).failed_attempts = attempts;
         }
         result
     }
@@ -81,15 +78,12 @@ impl UpstreamCall<'_> {
                     breakers.record_success(&model.name);
                     // A stream keeps its provider's bulkhead permit until it ends or is dropped.
                     let upstream = match (upstream, permit) {
-                        (UpstreamResponse::Stream(pieces), Some(permit)) => {
-                            UpstreamResponse::Stream(Box::pin(futures_util::StreamExt::map(
-                                pieces,
-                                move |piece| {
-                                    let _held = &permit;
-                                    piece
-                                },
-                            )))
-                        }
+                        (UpstreamResponse::Stream(pieces), Some(permit)) => UpstreamResponse::Stream(Box::pin(
+                            futures_util::StreamExt::map(pieces, move |piece| {
+                                let _held = &permit;
+                                piece
+                            }),
+                        )),
                         (upstream, _) => upstream,
                     };
                     return Ok((model.clone(), upstream));
@@ -116,11 +110,7 @@ impl UpstreamCall<'_> {
 
     /// One model: the first try, then up to `retries` more after transient failures, each
     /// after a backoff (or the upstream's Retry-After, when it asks for no more than the cap).
-    async fn call_with_retries(
-        &self,
-        model: &ModelEntry,
-        attempts: &mut Vec<FailedAttempt>,
-    ) -> Result<UpstreamResponse, Error> {
+    async fn call_with_retries(&self, model: &ModelEntry, attempts: &mut Vec<FailedAttempt>) -> Result<UpstreamResponse, Error> {
         let cut = &self.state.cut_in_flight;
         let http = self.state.http();
         let mut retry = 0;
@@ -143,9 +133,7 @@ impl UpstreamCall<'_> {
                 retry,
             });
             let wait = match Failure::of(&error) {
-                Some(failure) if retry < model.retry.retries => {
-                    retry_wait(model, retry + 1, failure)
-                }
+                Some(failure) if retry < model.retry.retries => retry_wait(model, retry + 1, failure),
                 _ => None,
             };
             let Some(wait) = wait else { return Err(error) };
@@ -163,19 +151,11 @@ impl UpstreamCall<'_> {
 /// upstream asked for a longer pause than the model's cap allows).
 fn retry_wait(model: &ModelEntry, retry: u32, failure: Failure) -> Option<Duration> {
     match failure {
-        Failure::RateLimited { retry_after } => {
-            (retry_after <= model.retry.max_backoff).then_some(retry_after)
-        }
+        Failure::RateLimited { retry_after } => (retry_after <= model.retry.max_backoff).then_some(retry_after),
         Failure::Unhealthy => Some(model.retry.backoff(retry, rand::random::<f64>())),
     }
 }
 
 fn skipped(model: &ModelEntry, why: &str) -> FailedAttempt {
-    FailedAttempt {
-        model: model.name.clone(),
-        skipped: Some(why.into()),
-        error_class: None,
-        latency_ms: None,
-        retry: 0,
-    }
+    FailedAttempt { model: model.name.clone(), skipped: Some(why.into()), error_class: None, latency_ms: None, retry: 0 }
 }

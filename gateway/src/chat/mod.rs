@@ -56,18 +56,10 @@ pub use options::{HEADER_MAX_COST, HEADER_TIMEOUT, HEADER_TRADEOFF};
 /// The handler: every request runs inside a span carrying its request id (at INFO, so that
 /// it costs nothing when only warnings are logged; the warnings of the request path name the
 /// request id themselves).
-pub async fn completions(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Error> {
+pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     let request_id = Uuid::now_v7();
     let span = tracing::info_span!("chat", %request_id, client_request_id = tracing::field::Empty, model = tracing::field::Empty);
-    if let Some(id) = headers
-        .get(HEADER_CLIENT_REQUEST_ID)
-        .and_then(crate::app::client_request_id)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(id) = headers.get(HEADER_CLIENT_REQUEST_ID).and_then(crate::app::client_request_id).and_then(|v| v.to_str().ok()) {
         span.record("client_request_id", id);
     }
     crate::telemetry::continue_trace(&span, &headers);
@@ -75,42 +67,22 @@ pub async fn completions(
 }
 
 /// The steps, each in its own span (free unless traces or INFO logs are on).
-async fn run(
-    state: Arc<AppState>,
-    headers: HeaderMap,
-    body: Body,
-    request_id: Uuid,
-) -> Result<Response, Error> {
+async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body, request_id: Uuid) -> Result<Response, Error> {
     use tracing::info_span;
-    let ctx = RequestContext::parse(state, headers, body, request_id)
-        .instrument(info_span!("parse"))
-        .await?;
+    let ctx = RequestContext::parse(state, headers, body, request_id).instrument(info_span!("parse")).await?;
     let admission = ctx.admit().instrument(info_span!("limits")).await?;
     let mut plan = ctx.cache_plan();
-    if let Some(hit) = ctx
-        .exact_hit(plan.as_ref())
-        .instrument(info_span!("cache.exact"))
-        .await
-    {
+    if let Some(hit) = ctx.exact_hit(plan.as_ref()).instrument(info_span!("cache.exact")).await {
         return Ok(hit);
     }
-    let query = ctx
-        .embed_query(plan.as_ref())
-        .instrument(info_span!("embed"))
-        .await;
-    if let Some(hit) =
-        info_span!("cache.semantic").in_scope(|| ctx.semantic_hit(plan.as_mut(), &query))
-    {
+    let query = ctx.embed_query(plan.as_ref()).instrument(info_span!("embed")).await;
+    if let Some(hit) = info_span!("cache.semantic").in_scope(|| ctx.semantic_hit(plan.as_mut(), &query)) {
         return Ok(hit);
     }
     let decision = info_span!("select").in_scope(|| ctx.decide(&query));
     let mut outcome = ctx.outcome(&decision, admission, &query, plan.as_ref());
     let upstream_span = info_span!("upstream", model = decision.chosen().name.as_str());
-    let (model, upstream) = match ctx
-        .call_upstream(&decision, &mut outcome)
-        .instrument(upstream_span)
-        .await
-    {
+    let (model, upstream) = match ctx.call_upstream(&decision, &mut outcome).instrument(upstream_span).await {
         Ok(answered) => answered,
         Err(error) => {
             outcome.finish_error(&error, ctx.started);
@@ -153,12 +125,7 @@ impl Query {
 
 impl RequestContext {
     /// Step 1: authenticate, read, parse, resolve, check the client's headers.
-    async fn parse(
-        state: Arc<AppState>,
-        headers: HeaderMap,
-        body: Body,
-        request_id: Uuid,
-    ) -> Result<Self, Error> {
+    async fn parse(state: Arc<AppState>, headers: HeaderMap, body: Body, request_id: Uuid) -> Result<Self, Error> {
         let started = Instant::now();
         let caller = state.auth.authenticate(&headers).await?;
         let declared_length = headers
@@ -166,25 +133,14 @@ impl RequestContext {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         if declared_length.is_some_and(|len| len > state.max_body_bytes) {
-            return Err(Error::PayloadTooLarge {
-                limit: state.max_body_bytes,
-            });
+            return Err(Error::PayloadTooLarge { limit: state.max_body_bytes });
         }
         let bytes = read_body(body, state.max_body_bytes).await?;
         let request = ChatRequest::parse(&bytes)?;
         tracing::Span::current().record("model", request.model.as_str());
         let target = state.registry.resolve(&request.model)?;
         let options = ClientOptions::default();
-        let mut ctx = Self {
-            state,
-            headers,
-            caller,
-            request,
-            target,
-            request_id,
-            started,
-            options,
-        };
+        let mut ctx = Self { state, headers, caller, request, target, request_id, started, options };
         // From here on the request is for a configured model or route: a refusal leaves a row.
         if !ctx.caller.may_use(&ctx.request.model) {
             return Err(ctx.refuse(Error::ModelNotAllowed(ctx.request.model.clone())));
@@ -207,29 +163,19 @@ impl RequestContext {
     /// Logs a request refused before any upstream call (provider `gateway`) and hands the
     /// error back.
     fn refuse(&self, error: Error) -> Error {
-        self.outcome_without_upstream("gateway")
-            .finish_error(&error, self.started);
+        self.outcome_without_upstream("gateway").finish_error(&error, self.started);
         error
     }
 
     /// Step 2: rate, token and budget limits.
     async fn admit(&self) -> Result<Option<Admission>, Error> {
-        self.state
-            .limits
-            .admit(&self.caller)
-            .await
-            .map_err(|e| self.refuse(e))
+        self.state.limits.admit(&self.caller).await.map_err(|e| self.refuse(e))
     }
 
     /// What the cache would do with this request (`None` when the cache is off).
     fn cache_plan(&self) -> Option<CachePlan> {
         let cache = self.state.cache.as_ref()?;
-        Some(cache.plan(
-            &self.request,
-            self.caller.tenant.as_deref(),
-            self.route().is_some(),
-            &self.headers,
-        ))
+        Some(cache.plan(&self.request, self.caller.tenant.as_deref(), self.route().is_some(), &self.headers))
     }
 
     /// Step 3a: an answer stored under the same normalised request.
@@ -251,20 +197,14 @@ impl RequestContext {
         } else {
             QueryEmbedding::Unavailable
         };
-        Query {
-            text,
-            embedding,
-            decision_started,
-        }
+        Query { text, embedding, decision_started }
     }
 
     /// Step 3c: an answer to a question close enough in meaning, in the same scope (under a
     /// wrong-hit bound, one the calibrator admits; an audited one goes upstream).
     fn semantic_hit(&self, plan: Option<&mut CachePlan>, query: &Query) -> Option<Response> {
         let (cache, plan) = (self.state.cache.as_ref()?, plan?);
-        let QueryEmbedding::Ready(vector) = &query.embedding else {
-            return None;
-        };
+        let QueryEmbedding::Ready(vector) = &query.embedding else { return None };
         if !plan.semantic {
             return None;
         }
@@ -282,13 +222,7 @@ impl RequestContext {
         match &self.target {
             Target::Model(model) => {
                 let mut ranking = vec![model.clone()];
-                ranking.extend(
-                    self.state
-                        .registry
-                        .fallbacks_of(&model.name)
-                        .iter()
-                        .cloned(),
-                );
+                ranking.extend(self.state.registry.fallbacks_of(&model.name).iter().cloned());
                 Decision::fixed(ranking)
             }
             Target::Route(route) => self.state.routing.decide_with(
@@ -303,22 +237,11 @@ impl RequestContext {
 
     /// The outcome row of a request that goes upstream, filled with what is known before
     /// the call.
-    fn outcome(
-        &self,
-        decision: &Decision,
-        admission: Option<Admission>,
-        query: &Query,
-        plan: Option<&CachePlan>,
-    ) -> RequestOutcome {
+    fn outcome(&self, decision: &Decision, admission: Option<Admission>, query: &Query, plan: Option<&CachePlan>) -> RequestOutcome {
         let route = self.route().map(|r| r.name.clone());
-        let mut outcome = RequestOutcome::new(
-            self.request_id,
-            route,
-            decision.chosen(),
-            self.request.stream,
-        )
-        .log_to(self.state.log.clone())
-        .charge_limits(admission);
+        let mut outcome = RequestOutcome::new(self.request_id, route, decision.chosen(), self.request.stream)
+            .log_to(self.state.log.clone())
+            .charge_limits(admission);
         outcome.propensity = Some(decision.propensity);
         outcome.checkpoint_version = decision.checkpoint_version.clone();
         outcome.shadow_choice = decision.shadow_choice.clone();
@@ -399,14 +322,7 @@ impl RequestContext {
             }
             UpstreamResponse::Stream(pieces) => {
                 let pieces = crate::shutdown::cut_on(pieces, self.state.cut_in_flight.clone());
-                let stream = client_stream(
-                    pieces,
-                    self.request.client_wants_usage,
-                    model.clone(),
-                    outcome,
-                    self.started,
-                    keep,
-                );
+                let stream = client_stream(pieces, self.request.client_wants_usage, model.clone(), outcome, self.started, keep);
                 Response::builder()
                     .header(header::CONTENT_TYPE, "text/event-stream")
                     .header(header::CACHE_CONTROL, "no-cache")
@@ -418,10 +334,7 @@ impl RequestContext {
         let headers = response.headers_mut();
         set_identity_headers(headers, self.request_id, &model.name, route);
         if route.is_some() {
-            headers.insert(
-                HEADER_DECISION,
-                HeaderValue::from_static(decision.kind.as_str()),
-            );
+            headers.insert(HEADER_DECISION, HeaderValue::from_static(decision.kind.as_str()));
             if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", decision.decision_ms)) {
                 headers.insert(HEADER_DECISION_MS, value);
             }
@@ -433,12 +346,7 @@ impl RequestContext {
     }
 
     /// Answers from the cache: logs the hit (no upstream, no cost) and sets the usual headers.
-    fn serve_hit(
-        &self,
-        mut response: Response,
-        kind: &'static str,
-        answer: &cache::CachedAnswer,
-    ) -> Response {
+    fn serve_hit(&self, mut response: Response, kind: &'static str, answer: &cache::CachedAnswer) -> Response {
         let mut outcome = self.outcome_without_upstream("cache");
         outcome.model = answer.model.clone();
         outcome.cache_result = Some(kind);
@@ -462,8 +370,7 @@ impl RequestContext {
             Target::Model(model) => (None, model),
             Target::Route(route) => (Some(route.name.clone()), &route.default),
         };
-        let mut outcome = RequestOutcome::new(self.request_id, route, nominal, self.request.stream)
-            .log_to(self.state.log.clone());
+        let mut outcome = RequestOutcome::new(self.request_id, route, nominal, self.request.stream).log_to(self.state.log.clone());
         outcome.provider = provider.into();
         outcome.tenant = self.caller.tenant.clone();
         outcome.key_id = self.caller.key_id;
@@ -471,12 +378,7 @@ impl RequestContext {
     }
 }
 
-fn set_identity_headers(
-    headers: &mut HeaderMap,
-    request_id: Uuid,
-    model: &str,
-    route: Option<&str>,
-) {
+fn set_identity_headers(headers: &mut HeaderMap, request_id: Uuid, model: &str, route: Option<&str>) {
     if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
         headers.insert(HEADER_REQUEST_ID, value);
     }

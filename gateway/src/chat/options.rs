@@ -29,39 +29,25 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             policy: RequestPolicy::default(),
-            timeouts: CallTimeouts {
-                first_byte: Duration::ZERO,
-                body: Duration::ZERO,
-            },
+            timeouts: CallTimeouts { first_byte: Duration::ZERO, body: Duration::ZERO },
         }
     }
 }
 
 impl ClientOptions {
-    pub fn from_headers(
-        headers: &HeaderMap,
-        route: Option<&RouteEntry>,
-        server: CallTimeouts,
-    ) -> Result<Self, Error> {
+    pub fn from_headers(headers: &HeaderMap, route: Option<&RouteEntry>, server: CallTimeouts) -> Result<Self, Error> {
         let policy = match route {
             Some(_) => request_policy(headers)?,
             None => RequestPolicy::default(),
         };
-        Ok(Self {
-            policy,
-            timeouts: request_timeouts(server, route, headers)?,
-        })
+        Ok(Self { policy, timeouts: request_timeouts(server, route, headers)? })
     }
 }
 
 /// The upstream timeouts for one request: the route's overrides of the server's, then the
 /// client's `x-switchyard-timeout-ms`, which may shorten the first-byte wait but never
 /// lengthen it (a client must not hold upstream connections longer than the operator allows).
-fn request_timeouts(
-    server: CallTimeouts,
-    route: Option<&RouteEntry>,
-    headers: &HeaderMap,
-) -> Result<CallTimeouts, Error> {
+fn request_timeouts(server: CallTimeouts, route: Option<&RouteEntry>, headers: &HeaderMap) -> Result<CallTimeouts, Error> {
     let mut timeouts = server;
     if let Some(route) = route {
         timeouts.first_byte = route.first_byte_timeout.unwrap_or(timeouts.first_byte);
@@ -73,12 +59,7 @@ fn request_timeouts(
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
             .filter(|ms| *ms > 0)
-            .ok_or_else(|| {
-                Error::invalid_param(
-                    HEADER_TIMEOUT,
-                    format!("{HEADER_TIMEOUT} must be a positive whole number of milliseconds"),
-                )
-            })?;
+            .ok_or_else(|| Error::invalid_param(HEADER_TIMEOUT, format!("{HEADER_TIMEOUT} must be a positive whole number of milliseconds")))?;
         timeouts.first_byte = timeouts.first_byte.min(Duration::from_millis(asked));
     }
     Ok(timeouts)
@@ -86,35 +67,19 @@ fn request_timeouts(
 
 /// Reads the per-request routing headers.
 fn request_policy(headers: &HeaderMap) -> Result<RequestPolicy, Error> {
-    let text = |name: &'static str| {
-        headers.get(name).map(|v| {
-            v.to_str()
-                .map_err(|_| Error::invalid_param(name, format!("{name} is not text")))
-        })
-    };
+    let text = |name: &'static str| headers.get(name).map(|v| v.to_str().map_err(|_| Error::invalid_param(name, format!("{name} is not text"))));
     let tradeoff = match text(HEADER_TRADEOFF) {
-        Some(t) => Some(
-            parse_tradeoff(t?, Tradeoff::BALANCED)
-                .map_err(|e| Error::invalid_param(HEADER_TRADEOFF, e.to_string()))?,
-        ),
+        Some(t) => Some(parse_tradeoff(t?, Tradeoff::BALANCED).map_err(|e| Error::invalid_param(HEADER_TRADEOFF, e.to_string()))?),
         None => None,
     };
     let max_cost_usd = match text(HEADER_MAX_COST) {
         Some(t) => match t?.trim().parse::<f64>() {
             Ok(v) if v.is_finite() && v >= 0.0 => Some(v),
-            _ => {
-                return Err(Error::invalid_param(
-                    HEADER_MAX_COST,
-                    format!("{HEADER_MAX_COST} must be a non-negative number"),
-                ))
-            }
+            _ => return Err(Error::invalid_param(HEADER_MAX_COST, format!("{HEADER_MAX_COST} must be a non-negative number"))),
         },
         None => None,
     };
-    Ok(RequestPolicy {
-        tradeoff,
-        max_cost_usd,
-    })
+    Ok(RequestPolicy { tradeoff, max_cost_usd })
 }
 
 #[cfg(test)]
@@ -130,27 +95,16 @@ mod tests {
         map
     }
 
-    const SERVER: CallTimeouts = CallTimeouts {
-        first_byte: Duration::from_secs(30),
-        body: Duration::from_secs(300),
-    };
+    const SERVER: CallTimeouts = CallTimeouts { first_byte: Duration::from_secs(30), body: Duration::from_secs(300) };
 
     #[test]
     fn a_client_timeout_only_shortens_the_wait() {
-        let options =
-            ClientOptions::from_headers(&headers(&[(HEADER_TIMEOUT, "250")]), None, SERVER)
-                .expect("valid");
+        let options = ClientOptions::from_headers(&headers(&[(HEADER_TIMEOUT, "250")]), None, SERVER).expect("valid");
         assert_eq!(options.timeouts.first_byte, Duration::from_millis(250));
-        let options =
-            ClientOptions::from_headers(&headers(&[(HEADER_TIMEOUT, "999999")]), None, SERVER)
-                .expect("valid");
+        let options = ClientOptions::from_headers(&headers(&[(HEADER_TIMEOUT, "999999")]), None, SERVER).expect("valid");
         assert_eq!(options.timeouts.first_byte, SERVER.first_byte);
         for bad in ["0", "-5", "soon"] {
-            assert!(
-                ClientOptions::from_headers(&headers(&[(HEADER_TIMEOUT, bad)]), None, SERVER)
-                    .is_err(),
-                "{bad}"
-            );
+            assert!(ClientOptions::from_headers(&headers(&[(HEADER_TIMEOUT, bad)]), None, SERVER).is_err(), "{bad}");
         }
     }
 
@@ -158,11 +112,7 @@ mod tests {
     fn routing_headers_are_checked() {
         assert!(request_policy(&headers(&[(HEADER_TRADEOFF, "quality=1,cost=nope")])).is_err());
         assert!(request_policy(&headers(&[(HEADER_MAX_COST, "-1")])).is_err());
-        let policy = request_policy(&headers(&[
-            (HEADER_TRADEOFF, "cheap"),
-            (HEADER_MAX_COST, "0.01"),
-        ]))
-        .expect("valid");
+        let policy = request_policy(&headers(&[(HEADER_TRADEOFF, "cheap"), (HEADER_MAX_COST, "0.01")])).expect("valid");
         assert_eq!(policy.max_cost_usd, Some(0.01));
         assert!(policy.tradeoff.is_some());
     }

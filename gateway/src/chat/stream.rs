@@ -25,8 +25,7 @@ pub struct CacheWrite {
 
 impl CacheWrite {
     pub fn store(self, answer: cache::CachedAnswer) {
-        self.cache
-            .store(&self.plan, answer, self.embedding.as_deref(), self.query);
+        self.cache.store(&self.plan, answer, self.embedding.as_deref(), self.query);
     }
 }
 
@@ -133,3 +132,4 @@ fn coalesce(ready: &mut Vec<Bytes>) -> Option<Bytes> {
         }
     }
 }
+

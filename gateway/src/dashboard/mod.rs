@@ -43,24 +43,16 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: DashboardState) -> axum::
         .route("/dashboard", axum::routing::get(page))
         .route("/dashboard/api/summary", axum::routing::get(summary))
         .route("/dashboard/api/timeseries", axum::routing::get(timeseries))
-        .route(
-            "/dashboard/api/checkpoints",
-            axum::routing::get(checkpoints),
-        )
+        .route("/dashboard/api/checkpoints", axum::routing::get(checkpoints))
         .with_state(state)
 }
 
 /// See [`crate::store::Authenticator::may_administer`]; a `?key=` query parameter counts as
 /// a bearer token.
-async fn authorize(
-    state: &DashboardState,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-) -> Result<(), Error> {
+async fn authorize(state: &DashboardState, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Error> {
     let mut headers = headers.clone();
     if let Some(key) = query.get("key").filter(|k| !k.is_empty()) {
-        let value =
-            HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::Unauthorized)?;
+        let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::Unauthorized)?;
         headers.insert(header::AUTHORIZATION, value);
     }
     let caller = state.auth.authenticate(&headers).await?;
@@ -77,12 +69,7 @@ fn window(query: &HashMap<String, String>) -> Result<(i64, i64), Error> {
         None => 24,
         Some(text) => match text.trim().parse::<i64>() {
             Ok(h) if (1..=MAX_HOURS).contains(&h) => h,
-            _ => {
-                return Err(Error::invalid_param(
-                    "hours",
-                    format!("hours must be an integer from 1 to {MAX_HOURS}"),
-                ))
-            }
+            _ => return Err(Error::invalid_param("hours", format!("hours must be an integer from 1 to {MAX_HOURS}"))),
         },
     };
     let bucket = ((hours * 3600 / TARGET_BUCKETS) / 60).max(1) * 60;
@@ -135,11 +122,7 @@ async fn summary(
     // An audited candidate looked the cache up and was answered by the upstream.
     let lookups = hits + count("miss") + count("audit");
     // Hit rate over requests that looked the cache up (bypass and unlogged rows excluded).
-    let hit_rate = if lookups > 0 {
-        Some(hits as f64 / lookups as f64)
-    } else {
-        None
-    };
+    let hit_rate = if lookups > 0 { Some(hits as f64 / lookups as f64) } else { None };
     Ok(axum::Json(json!({
         "hours": hours,
         "since": since.to_rfc3339(),
@@ -198,15 +181,10 @@ const PROMOTIONS_SHOWN: usize = 20;
 /// The promotion decisions `switchyard learn` / `train --promote` recorded beside the active
 /// checkpoint (newest first), and the learn step's last run. Missing files are no decisions.
 fn learning_view(checkpoint: Option<&std::path::Path>) -> Value {
-    let Some(dir) = checkpoint else {
-        return json!({"promotions": [], "last_learn": null});
-    };
+    let Some(dir) = checkpoint else { return json!({"promotions": [], "last_learn": null}) };
     let promotions: Vec<Value> = std::fs::read_to_string(training::db::promotion_log(dir))
         .map(|text| {
-            let mut records: Vec<Value> = text
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
+            let mut records: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
             records.reverse();
             records.truncate(PROMOTIONS_SHOWN);
             records
@@ -243,10 +221,7 @@ mod tests {
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]

@@ -67,16 +67,14 @@ const TIMESERIES: &str = "SELECT {bucket} AS t, route, model, COUNT(*) AS reques
      COALESCE(SUM(cost_usd), 0.0) AS cost_usd, COALESCE(AVG(latency_ms), 0.0) AS mean_latency_ms \
      FROM request_log WHERE created_at >= {since} GROUP BY 1, route, model ORDER BY 1, route, model";
 
-const MODELS: &str =
-    "SELECT model, COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0.0) AS cost_usd, \
+const MODELS: &str = "SELECT model, COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0.0) AS cost_usd, \
      COALESCE(AVG(latency_ms), 0.0) AS mean_latency_ms \
      FROM request_log WHERE created_at >= {since} GROUP BY model ORDER BY requests DESC, model";
 
 const CACHE: &str = "SELECT cache_result, COUNT(*) AS requests FROM request_log \
      WHERE created_at >= {since} GROUP BY cache_result ORDER BY requests DESC";
 
-const TENANTS: &str =
-    "SELECT tenant, COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0.0) AS cost_usd \
+const TENANTS: &str = "SELECT tenant, COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0.0) AS cost_usd \
      FROM request_log WHERE created_at >= {since} GROUP BY tenant \
      ORDER BY cost_usd DESC, requests DESC LIMIT {limit}";
 
@@ -93,18 +91,12 @@ fn render(template: &str, postgres: bool, bucket_seconds: i64) -> String {
     let (since, bucket) = if postgres {
         (
             "$1",
-            format!(
-                "CAST(FLOOR(EXTRACT(EPOCH FROM created_at) / {b}) AS BIGINT) * {b}",
-                b = bucket_seconds
-            ),
+            format!("CAST(FLOOR(EXTRACT(EPOCH FROM created_at) / {b}) AS BIGINT) * {b}", b = bucket_seconds),
         )
     } else {
         (
             "?",
-            format!(
-                "(CAST(strftime('%s', created_at) AS INTEGER) / {b}) * {b}",
-                b = bucket_seconds
-            ),
+            format!("(CAST(strftime('%s', created_at) AS INTEGER) / {b}) * {b}", b = bucket_seconds),
         )
     };
     template
@@ -120,12 +112,7 @@ fn db_error(source: sqlx::Error) -> Error {
     }
 }
 
-async fn fetch<T>(
-    store: &Store,
-    template: &str,
-    since: DateTime<Utc>,
-    bucket_seconds: i64,
-) -> Result<Vec<T>, Error>
+async fn fetch<T>(store: &Store, template: &str, since: DateTime<Utc>, bucket_seconds: i64) -> Result<Vec<T>, Error>
 where
     T: for<'r> FromRow<'r, <sqlx::Postgres as Database>::Row>
         + for<'r> FromRow<'r, <sqlx::Sqlite as Database>::Row>
@@ -135,28 +122,18 @@ where
     match store {
         Store::Postgres(s) => {
             let sql = render(template, true, bucket_seconds);
-            sqlx::query_as::<_, T>(&sql)
-                .bind(since)
-                .fetch_all(s.pool())
-                .await
+            sqlx::query_as::<_, T>(&sql).bind(since).fetch_all(s.pool()).await
         }
         Store::Sqlite(s) => {
             let sql = render(template, false, bucket_seconds);
-            sqlx::query_as::<_, T>(&sql)
-                .bind(since)
-                .fetch_all(s.pool())
-                .await
+            sqlx::query_as::<_, T>(&sql).bind(since).fetch_all(s.pool()).await
         }
     }
     .map_err(db_error)
 }
 
 /// Requests, spend and mean latency per bucket, route and model since `since`.
-pub async fn timeseries(
-    store: &Store,
-    since: DateTime<Utc>,
-    bucket_seconds: i64,
-) -> Result<Vec<BucketRow>, Error> {
+pub async fn timeseries(store: &Store, since: DateTime<Utc>, bucket_seconds: i64) -> Result<Vec<BucketRow>, Error> {
     fetch(store, TIMESERIES, since, bucket_seconds.max(1)).await
 }
 
@@ -191,15 +168,9 @@ mod tests {
     #[test]
     fn placeholders_follow_the_dialect() {
         let pg = render(TIMESERIES, true, 300);
-        assert!(
-            pg.contains("$1") && pg.contains("EXTRACT(EPOCH") && pg.contains("/ 300)"),
-            "{pg}"
-        );
+        assert!(pg.contains("$1") && pg.contains("EXTRACT(EPOCH") && pg.contains("/ 300)"), "{pg}");
         let lite = render(TIMESERIES, false, 300);
-        assert!(
-            lite.contains("created_at >= ?") && lite.contains("strftime('%s'"),
-            "{lite}"
-        );
+        assert!(lite.contains("created_at >= ?") && lite.contains("strftime('%s'"), "{lite}");
         assert!(!render(TENANTS, false, 1).contains('{'));
     }
 }

@@ -17,10 +17,7 @@ impl LocalCounters {
     /// Refuses when any limit is reached; otherwise bumps every rpm counter. All or nothing,
     /// so a request refused by its tenant's limit does not use up its key's.
     pub fn admit(&self, subjects: &[Counters]) -> Option<Refusal> {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if counts.len() > SWEEP_ABOVE {
             sweep(&mut counts, subjects);
         }
@@ -43,10 +40,7 @@ impl LocalCounters {
     }
 
     pub fn charge(&self, subjects: &[Counters], tokens: i64, nano_usd: i64) {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for c in subjects {
             if c.tpm_limit >= 0 && tokens > 0 {
                 let v = counts.entry(c.tpm_key.clone()).or_insert(0);
@@ -60,10 +54,7 @@ impl LocalCounters {
     }
 
     pub fn usage(&self, c: &Counters) -> (i64, i64, i64) {
-        let counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let get = |key: &str| counts.get(key).copied().unwrap_or(0);
         (get(&c.rpm_key), get(&c.tpm_key), get(&c.budget_key))
     }
@@ -73,20 +64,11 @@ impl LocalCounters {
 /// counters name the current ones.
 fn sweep(counts: &mut HashMap<String, i64>, current: &[Counters]) {
     let Some(c) = current.first() else { return };
-    let window = |key: &str| {
-        key.rsplit(':')
-            .next()
-            .map(str::to_owned)
-            .unwrap_or_default()
-    };
+    let window = |key: &str| key.rsplit(':').next().map(str::to_owned).unwrap_or_default();
     let minute = window(&c.rpm_key);
     let period = window(&c.budget_key);
     counts.retain(|key, _| {
         let w = window(key);
-        if key.contains(":usd:") {
-            w == period
-        } else {
-            w == minute
-        }
+        if key.contains(":usd:") { w == period } else { w == minute }
     });
 }

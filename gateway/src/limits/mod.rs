@@ -82,16 +82,10 @@ pub struct Windows {
 
 impl Windows {
     pub fn at(now: SystemTime, period: BudgetPeriod) -> Self {
-        let secs = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let minute = secs / 60;
         let minute_left_secs = (60 - secs % 60).max(1);
-        let date = Utc
-            .timestamp_opt(i64::try_from(secs).unwrap_or(0), 0)
-            .single()
-            .unwrap_or_default();
+        let date = Utc.timestamp_opt(i64::try_from(secs).unwrap_or(0), 0).single().unwrap_or_default();
         let next_start = |y: i32, m: u32, d: u32| {
             Utc.with_ymd_and_hms(y, m, d, 0, 0, 0)
                 .single()
@@ -100,18 +94,12 @@ impl Windows {
         };
         let (period_id, period_end) = match period {
             BudgetPeriod::Month => {
-                let (y, m) = if date.month() == 12 {
-                    (date.year() + 1, 1)
-                } else {
-                    (date.year(), date.month() + 1)
-                };
+                let (y, m) = if date.month() == 12 { (date.year() + 1, 1) } else { (date.year(), date.month() + 1) };
                 let id = u64::try_from(date.year()).unwrap_or(0) * 100 + u64::from(date.month());
                 (id, next_start(y, m, 1))
             }
             BudgetPeriod::Day => {
-                let id = u64::try_from(date.year()).unwrap_or(0) * 10_000
-                    + u64::from(date.month()) * 100
-                    + u64::from(date.day());
+                let id = u64::try_from(date.year()).unwrap_or(0) * 10_000 + u64::from(date.month()) * 100 + u64::from(date.day());
                 let end = (secs / 86_400 + 1) * 86_400;
                 (id, end)
             }
@@ -185,34 +173,20 @@ pub struct Admission {
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admission")
-            .field("subjects", &self.subjects)
-            .finish()
+        f.debug_struct("Admission").field("subjects", &self.subjects).finish()
     }
 }
 
 impl Limiter {
     pub fn from_config(config: &LimitsConfig) -> Result<Self, Error> {
         let backend = match config.resolved_redis_url()? {
-            Some(url) => Backend::Redis(Box::new(RedisCounters::new(
-                &url,
-                Duration::from_millis(config.redis_timeout_ms),
-            )?)),
+            Some(url) => Backend::Redis(Box::new(RedisCounters::new(&url, Duration::from_millis(config.redis_timeout_ms))?)),
             None => Backend::Local(LocalCounters::default()),
         };
         let tenants = config
             .tenants
             .iter()
-            .map(|(name, t)| {
-                (
-                    name.clone(),
-                    Limits {
-                        rpm: t.rpm,
-                        tpm: t.tpm,
-                        budget_usd: t.budget_usd,
-                    },
-                )
-            })
+            .map(|(name, t)| (name.clone(), Limits { rpm: t.rpm, tpm: t.tpm, budget_usd: t.budget_usd }))
             .collect();
         Ok(Self {
             backend,
@@ -237,30 +211,14 @@ impl Limiter {
         let mut subjects = Vec::new();
         if let Some(key) = &caller.key {
             let to_u64 = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
-            let limits = Limits {
-                rpm: to_u64(key.rpm),
-                tpm: to_u64(key.tpm),
-                budget_usd: key.budget_usd,
-            };
+            let limits = Limits { rpm: to_u64(key.rpm), tpm: to_u64(key.tpm), budget_usd: key.budget_usd };
             if !limits.is_empty() {
-                subjects.push(Subject {
-                    scope: "key",
-                    id: key.id.to_string(),
-                    limits,
-                });
+                subjects.push(Subject { scope: "key", id: key.id.to_string(), limits });
             }
         }
-        if let Some(limits) = caller
-            .tenant
-            .as_ref()
-            .and_then(|t| self.tenants.get(t).map(|l| (t, l)))
-        {
+        if let Some(limits) = caller.tenant.as_ref().and_then(|t| self.tenants.get(t).map(|l| (t, l))) {
             if !limits.1.is_empty() {
-                subjects.push(Subject {
-                    scope: "tenant",
-                    id: limits.0.clone(),
-                    limits: *limits.1,
-                });
+                subjects.push(Subject { scope: "tenant", id: limits.0.clone(), limits: *limits.1 });
             }
         }
         subjects
@@ -273,10 +231,7 @@ impl Limiter {
             return Ok(None);
         }
         let windows = Windows::at(SystemTime::now(), self.period);
-        let counters: Vec<Counters> = subjects
-            .iter()
-            .map(|s| s.counters(&self.prefix, &windows))
-            .collect();
+        let counters: Vec<Counters> = subjects.iter().map(|s| s.counters(&self.prefix, &windows)).collect();
         let checked = match &self.backend {
             Backend::Local(local) => Ok(local.admit(&counters)),
             Backend::Redis(redis) => redis.admit(&counters).await,
@@ -301,24 +256,14 @@ impl Limiter {
                 LimitKind::Requests | LimitKind::Tokens => windows.minute_left_secs,
                 LimitKind::Budget => windows.period_left_secs,
             };
-            return Err(Error::LimitExceeded {
-                kind: refusal.kind,
-                scope: subject.scope,
-                retry_after_secs,
-            });
+            return Err(Error::LimitExceeded { kind: refusal.kind, scope: subject.scope, retry_after_secs });
         }
-        Ok(Some(Admission {
-            limiter: self.clone(),
-            subjects: subjects.into(),
-        }))
+        Ok(Some(Admission { limiter: self.clone(), subjects: subjects.into() }))
     }
 
     async fn charge(&self, subjects: &[Subject], tokens: u64, cost_usd: f64) {
         let windows = Windows::at(SystemTime::now(), self.period);
-        let counters: Vec<Counters> = subjects
-            .iter()
-            .map(|s| s.counters(&self.prefix, &windows))
-            .collect();
+        let counters: Vec<Counters> = subjects.iter().map(|s| s.counters(&self.prefix, &windows)).collect();
         let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
         let nano = nano_usd(cost_usd);
         let result = match &self.backend {
@@ -326,11 +271,7 @@ impl Limiter {
                 local.charge(&counters, tokens, nano);
                 Ok(())
             }
-            Backend::Redis(redis) => {
-                redis
-                    .charge(&counters, tokens, nano, windows.period_left_secs)
-                    .await
-            }
+            Backend::Redis(redis) => redis.charge(&counters, tokens, nano, windows.period_left_secs).await,
         };
         if let Err(error) = result {
             self.backend_failed("charge", &error);
@@ -339,14 +280,8 @@ impl Limiter {
 
     /// Counts a backend failure; logs at most one line per [`FAILURE_LOG_EVERY_SECS`].
     fn backend_failed(&self, op: &'static str, error: &Error) {
-        crate::metrics::METRICS
-            .limit_backend_errors
-            .with_label_values(&[op])
-            .inc();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        crate::metrics::METRICS.limit_backend_errors.with_label_values(&[op]).inc();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let last = self.last_failure_log.load(Ordering::Relaxed);
         if now >= last + FAILURE_LOG_EVERY_SECS
             && self
@@ -380,22 +315,13 @@ impl Admission {
         match &self.limiter.backend {
             Backend::Local(local) => {
                 let windows = Windows::at(SystemTime::now(), self.limiter.period);
-                let counters: Vec<Counters> = self
-                    .subjects
-                    .iter()
-                    .map(|s| s.counters(&self.limiter.prefix, &windows))
-                    .collect();
-                local.charge(
-                    &counters,
-                    i64::try_from(tokens).unwrap_or(i64::MAX),
-                    nano_usd(cost_usd),
-                );
+                let counters: Vec<Counters> =
+                    self.subjects.iter().map(|s| s.counters(&self.limiter.prefix, &windows)).collect();
+                local.charge(&counters, i64::try_from(tokens).unwrap_or(i64::MAX), nano_usd(cost_usd));
             }
             Backend::Redis(_) => {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        self.limiter.charge(&self.subjects, tokens, cost_usd).await
-                    });
+                    runtime.spawn(async move { self.limiter.charge(&self.subjects, tokens, cost_usd).await });
                 }
             }
         }
@@ -408,9 +334,7 @@ mod tests {
     use crate::store::ApiKey;
 
     fn at(text: &str) -> SystemTime {
-        let t = chrono::DateTime::parse_from_rfc3339(text)
-            .map(|t| t.timestamp())
-            .unwrap_or(0);
+        let t = chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp()).unwrap_or(0);
         UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0))
     }
 
@@ -447,21 +371,12 @@ mod tests {
             created_at: Utc::now(),
             models: crate::store::ModelAllowList::default(),
         };
-        Caller {
-            tenant: Some("acme".into()),
-            key_id: Some(key.id),
-            key: Some(Arc::new(key)),
-            master: false,
-        }
+        Caller { tenant: Some("acme".into()), key_id: Some(key.id), key: Some(Arc::new(key)), master: false }
     }
 
     fn refused(result: Result<Option<Admission>, Error>) -> Option<(LimitKind, &'static str, u64)> {
         match result {
-            Err(Error::LimitExceeded {
-                kind,
-                scope,
-                retry_after_secs,
-            }) => Some((kind, scope, retry_after_secs)),
+            Err(Error::LimitExceeded { kind, scope, retry_after_secs }) => Some((kind, scope, retry_after_secs)),
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => None,
         }
@@ -499,10 +414,7 @@ mod tests {
         let admission = limiter.admit(&caller).await.ok().flatten();
         admission.into_iter().for_each(|a| a.charge(60, 0.0));
         let refusal = refused(limiter.admit(&caller).await);
-        assert_eq!(
-            refusal.map(|r| (r.0, r.1)),
-            Some((LimitKind::Tokens, "key"))
-        );
+        assert_eq!(refusal.map(|r| (r.0, r.1)), Some((LimitKind::Tokens, "key")));
     }
 
     #[tokio::test]
@@ -540,17 +452,7 @@ mod tests {
     #[tokio::test]
     async fn callers_without_limits_are_not_counted() {
         let limiter = limiter("");
-        assert!(limiter
-            .admit(&caller(None, None, None))
-            .await
-            .ok()
-            .flatten()
-            .is_none());
-        assert!(limiter
-            .admit(&Caller::default())
-            .await
-            .ok()
-            .flatten()
-            .is_none());
+        assert!(limiter.admit(&caller(None, None, None)).await.ok().flatten().is_none());
+        assert!(limiter.admit(&Caller::default()).await.ok().flatten().is_none());
     }
 }

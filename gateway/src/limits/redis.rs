@@ -70,8 +70,7 @@ fn redis_error(what: impl std::fmt::Display) -> Error {
 
 impl RedisCounters {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, Error> {
-        let redis = BoundedRedis::open(url, timeout)
-            .map_err(|e| Error::Config(format!("[limits] redis_url: {e}")))?;
+        let redis = BoundedRedis::open(url, timeout).map_err(|e| Error::Config(format!("[limits] redis_url: {e}")))?;
         Ok(Self {
             redis,
             admit: redis::Script::new(ADMIT),
@@ -90,21 +89,13 @@ impl RedisCounters {
     pub async fn admit(&self, subjects: &[Counters]) -> Result<Option<Refusal>, Error> {
         let mut invocation = self.admit.prepare_invoke();
         for c in subjects {
-            invocation
-                .key(&c.rpm_key)
-                .key(&c.tpm_key)
-                .key(&c.budget_key);
+            invocation.key(&c.rpm_key).key(&c.tpm_key).key(&c.budget_key);
         }
         for c in subjects {
-            invocation
-                .arg(c.rpm_limit)
-                .arg(c.tpm_limit)
-                .arg(c.budget_limit_nano);
+            invocation.arg(c.rpm_limit).arg(c.tpm_limit).arg(c.budget_limit_nano);
         }
         invocation.arg(MINUTE_TTL_SECS);
-        let code: i64 = self
-            .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await?;
+        let code: i64 = self.call(|mut conn| async move { invocation.invoke_async(&mut conn).await }).await?;
         if code <= 0 {
             return Ok(None);
         }
@@ -114,46 +105,27 @@ impl RedisCounters {
             1 => LimitKind::Tokens,
             _ => LimitKind::Budget,
         };
-        Ok(Some(Refusal {
-            kind,
-            subject: index / 3,
-        }))
+        Ok(Some(Refusal { kind, subject: index / 3 }))
     }
 
-    pub async fn charge(
-        &self,
-        subjects: &[Counters],
-        tokens: i64,
-        nano_usd: i64,
-        period_ttl: u64,
-    ) -> Result<(), Error> {
+    pub async fn charge(&self, subjects: &[Counters], tokens: i64, nano_usd: i64, period_ttl: u64) -> Result<(), Error> {
         let mut invocation = self.charge.prepare_invoke();
         for c in subjects {
             invocation.key(&c.tpm_key).key(&c.budget_key);
         }
         // A little past the period's end, for clock skew between replicas.
-        invocation
-            .arg(tokens)
-            .arg(nano_usd)
-            .arg(MINUTE_TTL_SECS)
-            .arg(period_ttl + 3_600);
+        invocation.arg(tokens).arg(nano_usd).arg(MINUTE_TTL_SECS).arg(period_ttl + 3_600);
         for c in subjects {
-            invocation
-                .arg(i32::from(c.tpm_limit >= 0))
-                .arg(i32::from(c.budget_limit_nano >= 0));
+            invocation.arg(i32::from(c.tpm_limit >= 0)).arg(i32::from(c.budget_limit_nano >= 0));
         }
-        let _: i64 = self
-            .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await?;
+        let _: i64 = self.call(|mut conn| async move { invocation.invoke_async(&mut conn).await }).await?;
         Ok(())
     }
 
     pub async fn usage(&self, c: &Counters) -> Result<(i64, i64, i64), Error> {
         let keys = [c.rpm_key.clone(), c.tpm_key.clone(), c.budget_key.clone()];
-        let values: Vec<Option<i64>> =
-            self.call(|mut conn| async move {
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await
-            })
+        let values: Vec<Option<i64>> = self
+            .call(|mut conn| async move { redis::cmd("MGET").arg(&keys).query_async(&mut conn).await })
             .await?;
         let get = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
         Ok((get(0), get(1), get(2)))

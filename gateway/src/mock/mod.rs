@@ -55,13 +55,9 @@ impl std::str::FromStr for Fault {
             "reset" => Ok(Self::ResetMidStream),
             other => {
                 let (code, retry) = other.split_once(':').unwrap_or((other, "1"));
-                let code: u16 = code
-                    .parse()
-                    .map_err(|_| format!("unknown fault `{text}`"))?;
+                let code: u16 = code.parse().map_err(|_| format!("unknown fault `{text}`"))?;
                 if code == 429 {
-                    let retry_after_secs = retry
-                        .parse()
-                        .map_err(|_| format!("bad Retry-After in `{text}`"))?;
+                    let retry_after_secs = retry.parse().map_err(|_| format!("bad Retry-After in `{text}`"))?;
                     Ok(Self::RateLimited { retry_after_secs })
                 } else if (400..600).contains(&code) {
                     Ok(Self::Status(code))
@@ -92,9 +88,7 @@ pub async fn spawn(addr: SocketAddr, options: MockOptions) -> Result<SocketAddr,
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Config(format!("mock upstream cannot bind {addr}: {e}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let bound = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     let app = router(Arc::new(options));
     let listener = listener.tap_io(|tcp| {
         // Small SSE writes must not wait for the client's delayed ACK (Nagle).
@@ -115,10 +109,7 @@ pub fn router(options: Arc<MockOptions>) -> Router {
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/v1beta/models/{model_method}", post(gemini_generate))
         .route("/openai/deployments/{deployment}/{*api}", post(azure))
-        .route(
-            "/v1/models",
-            get(|| async { axum::Json(json!({"object": "list", "data": []})) }),
-        )
+        .route("/v1/models", get(|| async { axum::Json(json!({"object": "list", "data": []})) }))
         .route("/health", get(|| async { "ok" }))
         .with_state(options)
 }
@@ -132,12 +123,7 @@ struct Plan {
 }
 
 fn plan(options: &MockOptions, headers: &HeaderMap, model: &str) -> Result<Plan, Box<Response>> {
-    let header_ms = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
+    let header_ms = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut fault = options.faults.get(model).cloned();
     if let Some(spec) = headers.get("x-mock-fault").and_then(|v| v.to_str().ok()) {
         let chosen = if spec.contains('=') {
@@ -151,23 +137,13 @@ fn plan(options: &MockOptions, headers: &HeaderMap, model: &str) -> Result<Plan,
         if let Some(text) = chosen {
             let text = text.split_once('#').map_or(text, |(fault, _tag)| fault);
             let (text, first_n) = match text.split_once('@') {
-                Some((fault, n)) => (
-                    fault,
-                    Some(
-                        n.trim()
-                            .parse::<u32>()
-                            .map_err(|_| bad_fault(format!("bad count in `{spec}`")))?,
-                    ),
-                ),
+                Some((fault, n)) => (fault, Some(n.trim().parse::<u32>().map_err(|_| bad_fault(format!("bad count in `{spec}`")))?)),
                 None => (text, None),
             };
             let parsed: Fault = text.parse().map_err(bad_fault)?;
             let applies = match first_n {
                 Some(n) => {
-                    let mut counts = options
-                        .fault_counts
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut counts = options.fault_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     let seen = counts.entry(format!("{spec}\u{0}{model}")).or_insert(0);
                     *seen += 1;
                     *seen <= n
@@ -181,24 +157,14 @@ fn plan(options: &MockOptions, headers: &HeaderMap, model: &str) -> Result<Plan,
     }
     Ok(Plan {
         model: model.to_owned(),
-        first_token: Duration::from_millis(
-            header_ms("x-mock-first-token-ms").unwrap_or(options.first_token_ms),
-        ),
-        per_token: Duration::from_millis(
-            header_ms("x-mock-per-token-ms").unwrap_or(options.per_token_ms),
-        ),
+        first_token: Duration::from_millis(header_ms("x-mock-first-token-ms").unwrap_or(options.first_token_ms)),
+        per_token: Duration::from_millis(header_ms("x-mock-per-token-ms").unwrap_or(options.per_token_ms)),
         fault,
     })
 }
 
 fn bad_fault(message: String) -> Box<Response> {
-    Box::new(
-        (
-            StatusCode::BAD_REQUEST,
-            axum::Json(Error::invalid(message).body()),
-        )
-            .into_response(),
-    )
+    Box::new((StatusCode::BAD_REQUEST, axum::Json(Error::invalid(message).body())).into_response())
 }
 
 /// Applies a fault that happens before any answer byte; `None` means answer normally.
@@ -211,14 +177,7 @@ async fn fault_response(fault: &Option<Fault>) -> Option<Response> {
         }
         Some(Fault::RateLimited { retry_after_secs }) => {
             let body = json!({"error": {"message": "mock upstream rate limit", "type": "rate_limit_error", "param": null, "code": "rate_limit_exceeded"}});
-            Some(
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [("retry-after", retry_after_secs.to_string())],
-                    axum::Json(body),
-                )
-                    .into_response(),
-            )
+            Some((StatusCode::TOO_MANY_REQUESTS, [("retry-after", retry_after_secs.to_string())], axum::Json(body)).into_response())
         }
         Some(Fault::Hang) => {
             pause(HANG).await;
@@ -237,11 +196,7 @@ async fn pause(duration: Duration) {
 }
 
 fn bad_request(message: &str) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(Error::invalid(message).body()),
-    )
-        .into_response()
+    (StatusCode::BAD_REQUEST, axum::Json(Error::invalid(message).body())).into_response()
 }
 
 /// Rough token count (≈ 4 characters a token), good enough for costing mock answers.
@@ -252,11 +207,7 @@ fn estimate_tokens(text: &str) -> u64 {
 /// The answer text: a recorded one when replaying a known prompt, the judge's verdict when
 /// asked to judge (see [`mock_judge_score`]), else a short synthetic one.
 fn answer_text(options: &MockOptions, model: &str, prompt: &str) -> String {
-    if let Some(answer) = options
-        .replay
-        .as_ref()
-        .and_then(|r| r.answer(model, prompt))
-    {
+    if let Some(answer) = options.replay.as_ref().and_then(|r| r.answer(model, prompt)) {
         return answer.to_owned();
     }
     if let Some(score) = mock_judge_score(prompt) {
@@ -289,13 +240,7 @@ pub fn mock_verdict(prompt: &str) -> Option<bool> {
     let between = |open: &str, close: &str| -> Option<String> {
         let start = prompt.find(open)? + open.len();
         let end = start + prompt[start..].find(close)?;
-        Some(
-            prompt[start..end]
-                .split_whitespace()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
+        Some(prompt[start..end].split_whitespace().take(5).collect::<Vec<_>>().join(" "))
     };
     Some(between("<reference>\n", "\n</reference>")? == between("<candidate>\n", "\n</candidate>")?)
 }
@@ -326,15 +271,10 @@ fn last_user_prompt(messages: &[Value]) -> String {
 }
 
 fn prompt_tokens(messages: &[Value]) -> u64 {
-    messages
-        .iter()
-        .map(|m| estimate_tokens(&content_text(m.get("content"))) + 4)
-        .sum()
+    messages.iter().map(|m| estimate_tokens(&content_text(m.get("content"))) + 4).sum()
 }
 
-fn sse_response(
-    stream: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-) -> Response {
+fn sse_response(stream: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static) -> Response {
     Response::builder()
         .header("content-type", "text/event-stream")
         .header("cache-control", "no-cache")
@@ -345,28 +285,13 @@ fn sse_response(
 /// The mock as Azure OpenAI: the deployment comes from the path, an `api-version` query
 /// and an `api-key` header are required (401 / 404 like Azure without them); then it answers
 /// as the OpenAI mock would for a model named like the deployment.
-fn azure_request(
-    deployment: &str,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<Bytes, Box<Response>> {
+fn azure_request(deployment: &str, query: &HashMap<String, String>, headers: &HeaderMap, body: &Bytes) -> Result<Bytes, Box<Response>> {
     if query.get("api-version").is_none_or(|v| v.is_empty()) {
-        return Err(Box::new(
-            (
-                StatusCode::NOT_FOUND,
-                axum::Json(json!({"error": {"code": "404", "message": "Resource not found"}})),
-            )
-                .into_response(),
-        ));
+        return Err(Box::new((StatusCode::NOT_FOUND, axum::Json(json!({"error": {"code": "404", "message": "Resource not found"}}))).into_response()));
     }
-    if headers.get("api-key").is_none_or(|v| v.is_empty())
-        || headers.contains_key(header::AUTHORIZATION)
-    {
+    if headers.get("api-key").is_none_or(|v| v.is_empty()) || headers.contains_key(header::AUTHORIZATION) {
         let error = json!({"error": {"code": "401", "message": "Access denied due to missing api-key header."}});
-        return Err(Box::new(
-            (StatusCode::UNAUTHORIZED, axum::Json(error)).into_response(),
-        ));
+        return Err(Box::new((StatusCode::UNAUTHORIZED, axum::Json(error)).into_response()));
     }
     let Ok(mut request) = serde_json::from_slice::<Value>(body) else {
         return Err(Box::new(bad_request("mock upstream: body is not JSON")));
@@ -389,11 +314,7 @@ async fn azure(
     match api.as_str() {
         "chat/completions" => openai_chat(State(options), headers, body).await,
         "embeddings" => openai_embeddings(State(options), headers, body).await,
-        _ => (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({"error": {"code": "404", "message": "Resource not found"}})),
-        )
-            .into_response(),
+        _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"code": "404", "message": "Resource not found"}}))).into_response(),
     }
 }
 
@@ -416,18 +337,10 @@ async fn gemini_generate(
     let stream = match method {
         "generateContent" => false,
         "streamGenerateContent" if query.get("alt").is_some_and(|a| a == "sse") => true,
-        _ => {
-            return gemini_error(
-                StatusCode::NOT_FOUND,
-                "unknown method (streams need alt=sse)",
-            )
-        }
+        _ => return gemini_error(StatusCode::NOT_FOUND, "unknown method (streams need alt=sse)"),
     };
     if headers.get("x-goog-api-key").is_none_or(|k| k.is_empty()) {
-        return gemini_error(
-            StatusCode::FORBIDDEN,
-            "Method doesn't allow unregistered callers. Please use an API key.",
-        );
+        return gemini_error(StatusCode::FORBIDDEN, "Method doesn't allow unregistered callers. Please use an API key.");
     }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return gemini_error(StatusCode::BAD_REQUEST, "body is not JSON");
@@ -435,10 +348,7 @@ async fn gemini_generate(
     let Some(contents) = request["contents"].as_array().filter(|c| !c.is_empty()) else {
         return gemini_error(StatusCode::BAD_REQUEST, "contents is required");
     };
-    if contents
-        .iter()
-        .any(|c| !matches!(c["role"].as_str(), Some("user" | "model")))
-    {
+    if contents.iter().any(|c| !matches!(c["role"].as_str(), Some("user" | "model"))) {
         return gemini_error(StatusCode::BAD_REQUEST, "roles must be user or model");
     }
     let plan = match plan(&options, &headers, model) {
@@ -448,27 +358,13 @@ async fn gemini_generate(
     if let Some(response) = fault_response(&plan.fault).await {
         return response;
     }
-    let text_of = |content: &Value| -> String {
-        content["parts"]
-            .as_array()
-            .map(|p| p.iter().filter_map(|p| p["text"].as_str()).collect())
-            .unwrap_or_default()
-    };
-    let prompt = contents
-        .iter()
-        .rev()
-        .find(|c| c["role"] == "user")
-        .map(text_of)
-        .unwrap_or_default();
+    let text_of = |content: &Value| -> String { content["parts"].as_array().map(|p| p.iter().filter_map(|p| p["text"].as_str()).collect()).unwrap_or_default() };
+    let prompt = contents.iter().rev().find(|c| c["role"] == "user").map(text_of).unwrap_or_default();
     let mut text = answer_text(&options, model, &prompt);
     if request["generationConfig"]["responseMimeType"] == "application/json" {
         text = json!({"answer": text}).to_string();
     }
-    let prompt_tokens: u64 = contents
-        .iter()
-        .map(|c| estimate_tokens(&text_of(c)))
-        .sum::<u64>()
-        + estimate_tokens(&text_of(&request["systemInstruction"]));
+    let prompt_tokens: u64 = contents.iter().map(|c| estimate_tokens(&text_of(c))).sum::<u64>() + estimate_tokens(&text_of(&request["systemInstruction"]));
     let usage = json!({"promptTokenCount": prompt_tokens, "candidatesTokenCount": estimate_tokens(&text), "totalTokenCount": prompt_tokens + estimate_tokens(&text)});
     let model = model.to_owned();
     if !stream {
@@ -503,26 +399,14 @@ pub const MOCK_EMBEDDING_DIM: usize = 8;
 /// A deterministic unit vector per text (from its hash), so tests can recompute it.
 pub fn mock_embedding(text: &str) -> Vec<f32> {
     let hash = blake3::hash(text.as_bytes());
-    let raw: Vec<f32> = hash.as_bytes()[..MOCK_EMBEDDING_DIM]
-        .iter()
-        .map(|b| f32::from(*b) - 127.5)
-        .collect();
-    let norm = raw
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::EPSILON);
+    let raw: Vec<f32> = hash.as_bytes()[..MOCK_EMBEDDING_DIM].iter().map(|b| f32::from(*b) - 127.5).collect();
+    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
     raw.into_iter().map(|x| x / norm).collect()
 }
 
 /// OpenAI's embeddings API, for upstream embedding models in tests: texts get
 /// [`mock_embedding`], token arrays the embedding of their ids written out; faults apply.
-async fn openai_embeddings(
-    State(options): State<Arc<MockOptions>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn openai_embeddings(State(options): State<Arc<MockOptions>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return bad_request("mock upstream: body is not JSON");
     };
@@ -538,16 +422,8 @@ async fn openai_embeddings(
     }
     let texts: Vec<String> = match &request["input"] {
         Value::String(text) => vec![text.clone()],
-        Value::Array(items) if items.iter().all(Value::is_number) => {
-            vec![Value::Array(items.clone()).to_string()]
-        }
-        Value::Array(items) => items
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .map_or_else(|| item.to_string(), str::to_owned)
-            })
-            .collect(),
+        Value::Array(items) if items.iter().all(Value::is_number) => vec![Value::Array(items.clone()).to_string()],
+        Value::Array(items) => items.iter().map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned)).collect(),
         _ => return bad_request("mock upstream: input must be a string or an array"),
     };
     let base64 = request["encoding_format"] == "base64";
@@ -556,11 +432,7 @@ async fn openai_embeddings(
         .enumerate()
         .map(|(index, text)| {
             let vector = mock_embedding(text);
-            let embedding = if base64 {
-                json!(crate::embeddings::to_base64(&vector))
-            } else {
-                json!(vector)
-            };
+            let embedding = if base64 { json!(crate::embeddings::to_base64(&vector)) } else { json!(vector) };
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
@@ -569,17 +441,9 @@ async fn openai_embeddings(
         .into_response()
 }
 
-async fn openai_chat(
-    State(options): State<Arc<MockOptions>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn openai_chat(State(options): State<Arc<MockOptions>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        options
-            .traceparents
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(traceparent.to_owned());
+        options.traceparents.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(traceparent.to_owned());
     }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return bad_request("mock upstream: body is not JSON");
@@ -599,40 +463,27 @@ async fn openai_chat(
     }
     let prompt = last_user_prompt(messages);
     let mut text = answer_text(&options, model, &prompt);
-    if matches!(
-        request["response_format"]["type"].as_str(),
-        Some("json_object" | "json_schema")
-    ) {
+    if matches!(request["response_format"]["type"].as_str(), Some("json_object" | "json_schema")) {
         text = json!({"answer": text}).to_string();
     }
     let wants_tool = request["tools"].as_array().is_some_and(|t| !t.is_empty())
         && request["tool_choice"] != "none"
         && messages.last().is_some_and(|m| m["role"] != "tool");
     let tool_call = wants_tool.then(|| {
-        let name = request["tools"][0]["function"]["name"]
-            .as_str()
-            .unwrap_or("tool")
-            .to_owned();
+        let name = request["tools"][0]["function"]["name"].as_str().unwrap_or("tool").to_owned();
         (format!("call_mock_{}", uuid::Uuid::now_v7().simple()), name)
     });
     let n = request["n"].as_u64().unwrap_or(1).clamp(1, 16);
     let usage = Usage::new(prompt_tokens(messages), estimate_tokens(&text) * n);
     let id = format!("chatcmpl-mock-{}", uuid::Uuid::now_v7().simple());
     let created = unix_seconds();
-    let finish_reason = if tool_call.is_some() {
-        "tool_calls"
-    } else {
-        "stop"
-    };
+    let finish_reason = if tool_call.is_some() { "tool_calls" } else { "stop" };
 
     if request["stream"].as_bool() != Some(true) {
         if plan.fault == Some(Fault::ResetMidStream) {
             let broken = futures_util::stream::iter([
                 Ok(Bytes::from_static(b"{\"id\":")),
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "mock reset",
-                )),
+                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock reset")),
             ]);
             return Response::builder()
                 .header("content-type", "application/json")
@@ -677,11 +528,7 @@ async fn openai_chat(
         data_event(&chunk.to_string())
     };
     let words = deltas(&text);
-    let (first_token, per_token, reset) = (
-        plan.first_token,
-        plan.per_token,
-        plan.fault == Some(Fault::ResetMidStream),
-    );
+    let (first_token, per_token, reset) = (plan.first_token, plan.per_token, plan.fault == Some(Fault::ResetMidStream));
     let stream = async_stream::stream! {
         pause(first_token).await;
         yield Ok::<_, std::io::Error>(chunk(json!({"role": "assistant", "content": ""}), None, None));
@@ -710,51 +557,23 @@ async fn openai_chat(
 }
 
 /// A minimal Anthropic Messages endpoint, enough to test the gateway's translation.
-async fn anthropic_messages(
-    State(options): State<Arc<MockOptions>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn anthropic_messages(State(options): State<Arc<MockOptions>>, headers: HeaderMap, body: Bytes) -> Response {
     let anthropic_error = |status: StatusCode, kind: &str, message: &str| {
-        (
-            status,
-            axum::Json(json!({"type": "error", "error": {"type": kind, "message": message}})),
-        )
-            .into_response()
+        (status, axum::Json(json!({"type": "error", "error": {"type": kind, "message": message}}))).into_response()
     };
     if headers.get("anthropic-version").is_none() {
-        return anthropic_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "anthropic-version header is required",
-        );
+        return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "anthropic-version header is required");
     }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return anthropic_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "body is not JSON",
-        );
+        return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "body is not JSON");
     };
-    let (Some(model), Some(messages), Some(_)) = (
-        request["model"].as_str(),
-        request["messages"].as_array(),
-        request["max_tokens"].as_u64(),
-    ) else {
-        return anthropic_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "model, messages and max_tokens are required",
-        );
+    let (Some(model), Some(messages), Some(_)) =
+        (request["model"].as_str(), request["messages"].as_array(), request["max_tokens"].as_u64())
+    else {
+        return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "model, messages and max_tokens are required");
     };
-    if messages.first().is_some_and(|m| m["role"] != "user")
-        || messages.iter().any(|m| m["role"] == "system")
-    {
-        return anthropic_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "messages must start with user; system goes in `system`",
-        );
+    if messages.first().is_some_and(|m| m["role"] != "user") || messages.iter().any(|m| m["role"] == "system") {
+        return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "messages must start with user; system goes in `system`");
     }
     let plan = match plan(&options, &headers, model) {
         Ok(plan) => plan,
@@ -762,11 +581,7 @@ async fn anthropic_messages(
     };
     if let Some(Fault::Status(code)) = plan.fault {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return anthropic_error(
-            status,
-            "overloaded_error",
-            "mock Anthropic injected an error",
-        );
+        return anthropic_error(status, "overloaded_error", "mock Anthropic injected an error");
     }
     if let Some(response) = fault_response(&plan.fault).await {
         return response;
@@ -777,31 +592,20 @@ async fn anthropic_messages(
         .find(|m| m["role"] == "user")
         .map(|m| match &m["content"] {
             Value::String(s) => s.clone(),
-            Value::Array(blocks) => blocks
-                .iter()
-                .filter_map(|b| b["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n"),
             _ => String::new(),
         })
         .unwrap_or_default();
     let text = answer_text(&options, model, &prompt);
     let tool = request["tools"][0]["name"].as_str().map(str::to_owned);
     let answered_tool = messages.last().is_some_and(|m| {
-        m["content"]
-            .as_array()
-            .is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"))
+        m["content"].as_array().is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"))
     });
     let tool = tool.filter(|_| !answered_tool && request["tool_choice"]["type"] != "none");
-    let input_tokens =
-        estimate_tokens(&prompt) + request["system"].as_str().map(estimate_tokens).unwrap_or(0);
+    let input_tokens = estimate_tokens(&prompt) + request["system"].as_str().map(estimate_tokens).unwrap_or(0);
     let output_tokens = estimate_tokens(&text);
     let id = format!("msg_mock_{}", uuid::Uuid::now_v7().simple());
-    let stop_reason = if tool.is_some() {
-        "tool_use"
-    } else {
-        "end_turn"
-    };
+    let stop_reason = if tool.is_some() { "tool_use" } else { "end_turn" };
     let tool_id = format!("toolu_mock_{}", uuid::Uuid::now_v7().simple());
 
     if request["stream"].as_bool() != Some(true) {
@@ -817,9 +621,7 @@ async fn anthropic_messages(
         }))
         .into_response();
     }
-    let event = |name: &str, data: Value| {
-        Ok::<_, Infallible>(Bytes::from(format!("event: {name}\ndata: {data}\n\n")))
-    };
+    let event = |name: &str, data: Value| Ok::<_, Infallible>(Bytes::from(format!("event: {name}\ndata: {data}\n\n")));
     let model = model.to_owned();
     let words = deltas(&text);
     let first_token = plan.first_token;
@@ -854,12 +656,7 @@ mod tests {
     #[test]
     fn faults_parse() {
         assert_eq!("503".parse::<Fault>(), Ok(Fault::Status(503)));
-        assert_eq!(
-            "429:7".parse::<Fault>(),
-            Ok(Fault::RateLimited {
-                retry_after_secs: 7
-            })
-        );
+        assert_eq!("429:7".parse::<Fault>(), Ok(Fault::RateLimited { retry_after_secs: 7 }));
         assert_eq!("hang".parse::<Fault>(), Ok(Fault::Hang));
         assert_eq!("reset".parse::<Fault>(), Ok(Fault::ResetMidStream));
         assert!("200".parse::<Fault>().is_err());

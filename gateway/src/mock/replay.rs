@@ -5,9 +5,9 @@
 //! folders (`question.jsonl` plus `model_answer/<model>.jsonl`).
 
 use router_model::canonical_model_id;
+use training::data::parse_python_str_list;
 use std::collections::HashMap;
 use std::path::Path;
-use training::data::parse_python_str_list;
 
 use serde_json::Value;
 
@@ -32,10 +32,7 @@ impl ReplayStore {
             }
         }
         if store.answers.is_empty() {
-            return Err(Error::Config(format!(
-                "no replayable answers found under {}",
-                dir.display()
-            )));
+            return Err(Error::Config(format!("no replayable answers found under {}", dir.display())));
         }
         Ok(store)
     }
@@ -56,8 +53,7 @@ impl ReplayStore {
     }
 
     fn load_dir(&mut self, dir: &Path) -> Result<(), Error> {
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) == Some("csv") {
@@ -81,10 +77,7 @@ impl ReplayStore {
         let answer_columns: Vec<(usize, String)> = headers
             .iter()
             .enumerate()
-            .filter_map(|(i, h)| {
-                h.strip_suffix("|model_response")
-                    .map(|m| (i, canonical_model_id(m)))
-            })
+            .filter_map(|(i, h)| h.strip_suffix("|model_response").map(|m| (i, canonical_model_id(m))))
             .collect();
         for record in reader.records() {
             let record = record.map_err(io)?;
@@ -102,38 +95,22 @@ impl ReplayStore {
 
     fn load_arena(&mut self, dir: &Path) -> Result<(), Error> {
         let read = |path: &Path| {
-            std::fs::read_to_string(path)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
         };
         let mut prompts: HashMap<String, String> = HashMap::new();
         for line in read(&dir.join("question.jsonl"))?.lines() {
-            let Ok(row) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            if let (Some(id), Some(turn)) = (row["question_id"].as_str(), row["turns"][0].as_str())
-            {
+            let Ok(row) = serde_json::from_str::<Value>(line) else { continue };
+            if let (Some(id), Some(turn)) = (row["question_id"].as_str(), row["turns"][0].as_str()) {
                 prompts.insert(id.to_owned(), normalise_prompt(turn));
             }
         }
-        let entries = std::fs::read_dir(dir.join("model_answer"))
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let entries = std::fs::read_dir(dir.join("model_answer")).map_err(|e| Error::Config(e.to_string()))?;
         for entry in entries.flatten() {
             let path = entry.path();
-            let Some(model) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(canonical_model_id)
-            else {
-                continue;
-            };
+            let Some(model) = path.file_stem().and_then(|s| s.to_str()).map(canonical_model_id) else { continue };
             for line in read(&path)?.lines() {
-                let Ok(row) = serde_json::from_str::<Value>(line) else {
-                    continue;
-                };
-                let (Some(id), Some(answer)) = (
-                    row["question_id"].as_str(),
-                    row["choices"][0]["turns"][0].as_str(),
-                ) else {
+                let Ok(row) = serde_json::from_str::<Value>(line) else { continue };
+                let (Some(id), Some(answer)) = (row["question_id"].as_str(), row["choices"][0]["turns"][0].as_str()) else {
                     continue;
                 };
                 if let Some(prompt) = prompts.get(id) {

@@ -8,9 +8,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
 
-use super::{
-    post_json, secret_header, translated_json, CallTimeouts, StreamPiece, UpstreamResponse,
-};
+use super::{post_json, secret_header, translated_json, CallTimeouts, StreamPiece, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{content_text, unix_seconds, ChatRequest, Usage};
 use crate::sse::{data_event, SseParser, DONE_EVENT};
@@ -27,10 +25,7 @@ pub struct AnthropicProvider {
 impl AnthropicProvider {
     pub fn new(base_url: &str, api_key: Option<&str>, headers: HeaderMap) -> Result<Self, Error> {
         let mut headers = headers;
-        headers.insert(
-            "anthropic-version",
-            http::HeaderValue::from_static(API_VERSION),
-        );
+        headers.insert("anthropic-version", http::HeaderValue::from_static(API_VERSION));
         if let Some(key) = api_key {
             headers.insert("x-api-key", secret_header(key)?);
         }
@@ -51,19 +46,13 @@ impl AnthropicProvider {
         timeouts: CallTimeouts,
     ) -> Result<UpstreamResponse, Error> {
         let body = to_anthropic_request(request, upstream_model)?;
-        let post = http
-            .post(self.messages_url.clone())
-            .headers(self.headers.clone());
+        let post = http.post(self.messages_url.clone()).headers(self.headers.clone());
         let response = post_json(post, &body, timeouts).await?;
         if !request.stream {
             return translated_json(response, timeouts, "Anthropic", to_openai_completion).await;
         }
         let include_usage = request.client_wants_usage;
-        Ok(UpstreamResponse::Stream(Box::pin(translate_stream(
-            response,
-            timeouts,
-            include_usage,
-        ))))
+        Ok(UpstreamResponse::Stream(Box::pin(translate_stream(response, timeouts, include_usage))))
     }
 }
 
@@ -73,10 +62,7 @@ pub fn to_anthropic_request(request: &ChatRequest, upstream_model: &str) -> Resu
     let mut system_parts: Vec<String> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     for message in request.messages() {
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let role = message.get("role").and_then(Value::as_str).unwrap_or_default();
         let (anthropic_role, blocks) = match role {
             "system" | "developer" => {
                 system_parts.push(content_text(message.get("content")));
@@ -85,10 +71,7 @@ pub fn to_anthropic_request(request: &ChatRequest, upstream_model: &str) -> Resu
             "user" => ("user", user_blocks(message.get("content"))),
             "assistant" => ("assistant", assistant_blocks(message)?),
             "tool" => {
-                let tool_use_id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let tool_use_id = message.get("tool_call_id").and_then(Value::as_str).unwrap_or_default();
                 let block = json!({
                     "type": "tool_result",
                     "tool_use_id": tool_use_id,
@@ -97,10 +80,7 @@ pub fn to_anthropic_request(request: &ChatRequest, upstream_model: &str) -> Resu
                 ("user", vec![block])
             }
             other => {
-                return Err(Error::invalid_param(
-                    "messages",
-                    format!("unsupported message role `{other}`"),
-                ))
+                return Err(Error::invalid_param("messages", format!("unsupported message role `{other}`")))
             }
         };
         // Anthropic wants user and assistant turns to alternate; several tool results
@@ -150,10 +130,7 @@ pub fn to_anthropic_request(request: &ChatRequest, upstream_model: &str) -> Resu
             .filter_map(|tool| tool.get("function"))
             .map(|function| {
                 let mut tool = Map::new();
-                tool.insert(
-                    "name".into(),
-                    function.get("name").cloned().unwrap_or(Value::Null),
-                );
+                tool.insert("name".into(), function.get("name").cloned().unwrap_or(Value::Null));
                 if let Some(description) = function.get("description") {
                     tool.insert("description".into(), description.clone());
                 }
@@ -182,9 +159,7 @@ pub fn to_anthropic_request(request: &ChatRequest, upstream_model: &str) -> Resu
             .map(|name| json!({"type": "tool", "name": name})),
         _ => None,
     };
-    if let Some(mut choice) =
-        tool_choice.or_else(|| parallel_disabled.then(|| json!({"type": "auto"})))
-    {
+    if let Some(mut choice) = tool_choice.or_else(|| parallel_disabled.then(|| json!({"type": "auto"}))) {
         if parallel_disabled && choice["type"] != "none" {
             choice["disable_parallel_tool_use"] = Value::Bool(true);
         }
@@ -200,33 +175,21 @@ pub fn to_anthropic_request(request: &ChatRequest, upstream_model: &str) -> Resu
 /// unlike OpenAI's constrained decoding nothing enforces it; clients should still parse
 /// defensively.
 fn json_mode_instruction(format: Option<&Value>) -> Result<Option<String>, Error> {
-    let Some(format) = format.filter(|f| !f.is_null()) else {
-        return Ok(None);
-    };
+    let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(None) };
     match format.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(
-            "Respond with one valid JSON object and nothing else: no prose, no code fences."
-                .to_owned(),
+            "Respond with one valid JSON object and nothing else: no prose, no code fences.".to_owned(),
         )),
         Some("json_schema") => {
-            let schema = format
-                .get("json_schema")
-                .and_then(|s| s.get("schema"))
-                .ok_or_else(|| {
-                    Error::invalid_param(
-                        "response_format",
-                        "`json_schema` needs `json_schema.schema`",
-                    )
-                })?;
+            let schema = format.get("json_schema").and_then(|s| s.get("schema")).ok_or_else(|| {
+                Error::invalid_param("response_format", "`json_schema` needs `json_schema.schema`")
+            })?;
             Ok(Some(format!(
                 "Respond with one valid JSON object that conforms to this JSON Schema, and nothing else (no prose, no code fences):\n{schema}"
             )))
         }
-        _ => Err(Error::invalid_param(
-            "response_format",
-            "`response_format.type` must be text, json_object or json_schema",
-        )),
+        _ => Err(Error::invalid_param("response_format", "`response_format.type` must be text, json_object or json_schema")),
     }
 }
 
@@ -235,14 +198,9 @@ fn user_blocks(content: Option<&Value>) -> Vec<Value> {
         Some(Value::Array(parts)) => parts
             .iter()
             .filter_map(|part| match part.get("type").and_then(Value::as_str) {
-                Some("text") => Some(
-                    json!({"type": "text", "text": part.get("text").cloned().unwrap_or_default()}),
-                ),
+                Some("text") => Some(json!({"type": "text", "text": part.get("text").cloned().unwrap_or_default()})),
                 Some("image_url") => {
-                    let url = part
-                        .get("image_url")
-                        .and_then(|i| i.get("url"))
-                        .and_then(Value::as_str)?;
+                    let url = part.get("image_url").and_then(|i| i.get("url")).and_then(Value::as_str)?;
                     Some(image_block(url))
                 }
                 _ => None,
@@ -271,18 +229,9 @@ fn assistant_blocks(message: &Value) -> Result<Vec<Value>, Error> {
     if let Some(Value::Array(calls)) = message.get("tool_calls") {
         for call in calls {
             let function = call.get("function").cloned().unwrap_or_default();
-            let arguments = function
-                .get("arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("{}");
-            let input: Value = serde_json::from_str(if arguments.trim().is_empty() {
-                "{}"
-            } else {
-                arguments
-            })
-            .map_err(|_| {
-                Error::invalid_param("messages", "tool call arguments must be a JSON object")
-            })?;
+            let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
+            let input: Value = serde_json::from_str(if arguments.trim().is_empty() { "{}" } else { arguments })
+                .map_err(|_| Error::invalid_param("messages", "tool call arguments must be a JSON object"))?;
             blocks.push(json!({
                 "type": "tool_use",
                 "id": call.get("id").cloned().unwrap_or_default(),
@@ -305,12 +254,7 @@ pub fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
 }
 
 fn anthropic_usage(usage: Option<&Value>) -> Usage {
-    let field = |name: &str| {
-        usage
-            .and_then(|u| u.get(name))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
+    let field = |name: &str| usage.and_then(|u| u.get(name)).and_then(Value::as_u64).unwrap_or(0);
     let prompt = field("input_tokens")
         .saturating_add(field("cache_read_input_tokens"))
         .saturating_add(field("cache_creation_input_tokens"));
@@ -414,9 +358,7 @@ impl StreamTranslator {
                 let usage = anthropic_usage(message.get("usage"));
                 self.input_tokens = usage.prompt_tokens;
                 self.output_tokens = usage.completion_tokens;
-                vec![piece(
-                    self.chunk(json!({"role": "assistant", "content": ""}), None),
-                )]
+                vec![piece(self.chunk(json!({"role": "assistant", "content": ""}), None))]
             }
             "content_block_start" => {
                 let block = &data["content_block"];
@@ -434,9 +376,7 @@ impl StreamTranslator {
                         vec![piece(self.chunk(delta, None))]
                     }
                     Some("text") => match block["text"].as_str() {
-                        Some(text) if !text.is_empty() => {
-                            vec![piece(self.chunk(json!({"content": text}), None))]
-                        }
+                        Some(text) if !text.is_empty() => vec![piece(self.chunk(json!({"content": text}), None))],
                         _ => vec![],
                     },
                     _ => vec![],
@@ -445,9 +385,7 @@ impl StreamTranslator {
             "content_block_delta" => {
                 let delta = &data["delta"];
                 match delta["type"].as_str() {
-                    Some("text_delta") => {
-                        vec![piece(self.chunk(json!({"content": delta["text"]}), None))]
-                    }
+                    Some("text_delta") => vec![piece(self.chunk(json!({"content": delta["text"]}), None))],
                     Some("input_json_delta") => {
                         let index = data["index"].as_u64().unwrap_or(0);
                         let tool_index = self.tool_index.get(&index).copied().unwrap_or(0);
@@ -536,10 +474,7 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn new(translator: StreamTranslator) -> Self {
-        Self {
-            parser: SseParser::new(),
-            translator,
-        }
+        Self { parser: SseParser::new(), translator }
     }
 
     /// The pieces of every event completed by `chunk`; an event that is not JSON ends the
@@ -554,9 +489,7 @@ impl StreamDecoder {
             let data: Value = match serde_json::from_str(&event.data) {
                 Ok(data) => data,
                 Err(e) => {
-                    out.push(Err(Error::BadGateway(format!(
-                        "Anthropic sent an invalid event: {e}"
-                    ))));
+                    out.push(Err(Error::BadGateway(format!("Anthropic sent an invalid event: {e}"))));
                     return out;
                 }
             };
@@ -603,10 +536,7 @@ mod tests {
         assert_eq!(out["max_tokens"], DEFAULT_MAX_TOKENS);
         assert_eq!(out["stop_sequences"], json!(["END"]));
         assert_eq!(out["tool_choice"], json!({"type": "any"}));
-        assert_eq!(
-            out["tools"][0]["input_schema"]["properties"]["city"]["type"],
-            "string"
-        );
+        assert_eq!(out["tools"][0]["input_schema"]["properties"]["city"]["type"], "string");
         let messages = out["messages"].as_array().expect("messages");
         assert_eq!(messages.len(), 3, "{messages:?}");
         assert_eq!(messages[1]["content"][1]["input"]["city"], "Rome");
@@ -628,31 +558,13 @@ mod tests {
         )
         .expect("translates");
         let system = out["system"].as_str().expect("system");
-        assert!(
-            system.starts_with("be brief\n\n")
-                && system.contains("JSON Schema")
-                && system.contains(&schema.to_string()),
-            "{system}"
-        );
+        assert!(system.starts_with("be brief\n\n") && system.contains("JSON Schema") && system.contains(&schema.to_string()), "{system}");
         assert!(out.get("response_format").is_none());
         let plain = to_anthropic_request(&request(json!({"model": "c", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})), "c")
             .expect("translates");
-        assert!(
-            plain["system"]
-                .as_str()
-                .is_some_and(|s| s.contains("one valid JSON object")),
-            "{plain}"
-        );
-        let bad = request(
-            json!({"model": "c", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}}),
-        );
-        assert!(matches!(
-            to_anthropic_request(&bad, "c"),
-            Err(Error::InvalidRequest {
-                param: Some("response_format"),
-                ..
-            })
-        ));
+        assert!(plain["system"].as_str().is_some_and(|s| s.contains("one valid JSON object")), "{plain}");
+        let bad = request(json!({"model": "c", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}}));
+        assert!(matches!(to_anthropic_request(&bad, "c"), Err(Error::InvalidRequest { param: Some("response_format"), .. })));
     }
 
     #[test]
@@ -668,14 +580,8 @@ mod tests {
         .expect("translates");
         let blocks = &out["messages"][0]["content"];
         assert_eq!(blocks[0], json!({"type": "text", "text": "compare"}));
-        assert_eq!(
-            blocks[1],
-            json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})
-        );
-        assert_eq!(
-            blocks[2],
-            json!({"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}})
-        );
+        assert_eq!(blocks[1], json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}));
+        assert_eq!(blocks[2], json!({"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}));
     }
 
     #[test]
@@ -691,9 +597,7 @@ mod tests {
         assert_eq!(completion["choices"][0]["finish_reason"], "tool_calls");
         let call = &completion["choices"][0]["message"]["tool_calls"][0];
         assert_eq!(call["function"]["name"], "weather");
-        let arguments: Value =
-            serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or(""))
-                .expect("json");
+        let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or("")).expect("json");
         assert_eq!(arguments["city"], "Paris");
         assert_eq!(completion["usage"]["total_tokens"], 33);
     }

@@ -13,9 +13,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
 
-use super::{
-    post_json, secret_header, translated_json, CallTimeouts, StreamPiece, UpstreamResponse,
-};
+use super::{post_json, secret_header, translated_json, CallTimeouts, StreamPiece, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{content_text, unix_seconds, ChatRequest, Usage};
 use crate::sse::{data_event, SseParser, DONE_EVENT};
@@ -33,12 +31,8 @@ impl GeminiProvider {
             headers.insert("x-goog-api-key", secret_header(key)?);
         }
         let models_url = format!("{}/models/", base_url.trim_end_matches('/'));
-        reqwest::Url::parse(&models_url)
-            .map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))?;
-        Ok(Self {
-            models_url,
-            headers,
-        })
+        reqwest::Url::parse(&models_url).map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))?;
+        Ok(Self { models_url, headers })
     }
 
     pub async fn chat(
@@ -49,72 +43,35 @@ impl GeminiProvider {
         timeouts: CallTimeouts,
     ) -> Result<UpstreamResponse, Error> {
         let body = to_gemini_request(request)?;
-        let method = if request.stream {
-            "streamGenerateContent?alt=sse"
-        } else {
-            "generateContent"
-        };
+        let method = if request.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
         let url = reqwest::Url::parse(&format!("{}{upstream_model}:{method}", self.models_url))
             .map_err(|e| Error::Internal(format!("Gemini URL for `{upstream_model}`: {e}")))?;
-        let response = post_json(
-            http.post(url).headers(self.headers.clone()),
-            &body,
-            timeouts,
-        )
-        .await?;
+        let response = post_json(http.post(url).headers(self.headers.clone()), &body, timeouts).await?;
         if !request.stream {
-            return translated_json(response, timeouts, "Gemini", |answer| {
-                to_openai_completion(answer, upstream_model)
-            })
-            .await;
+            return translated_json(response, timeouts, "Gemini", |answer| to_openai_completion(answer, upstream_model)).await;
         }
-        Ok(UpstreamResponse::Stream(Box::pin(translate_stream(
-            response,
-            timeouts,
-            upstream_model.to_owned(),
-        ))))
+        Ok(UpstreamResponse::Stream(Box::pin(translate_stream(response, timeouts, upstream_model.to_owned()))))
     }
 }
 
 /// OpenAI chat request → Gemini `GenerateContentRequest`.
 pub fn to_gemini_request(request: &ChatRequest) -> Result<Value, Error> {
     let body = &request.body;
-    if body
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty())
-    {
-        return Err(Error::invalid_param(
-            "tools",
-            "tools are not supported for Gemini models yet",
-        ));
+    if body.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()) {
+        return Err(Error::invalid_param("tools", "tools are not supported for Gemini models yet"));
     }
     let mut system = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
     for message in request.messages() {
-        let role = match message
-            .get("role")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-        {
+        let role = match message.get("role").and_then(Value::as_str).unwrap_or_default() {
             "system" | "developer" => {
                 system.push(json!({"text": content_text(message.get("content"))}));
                 continue;
             }
             "user" => "user",
             "assistant" if message.get("tool_calls").is_none() => "model",
-            "assistant" | "tool" => {
-                return Err(Error::invalid_param(
-                    "messages",
-                    "tool turns are not supported for Gemini models yet",
-                ))
-            }
-            other => {
-                return Err(Error::invalid_param(
-                    "messages",
-                    format!("unsupported message role `{other}`"),
-                ))
-            }
+            "assistant" | "tool" => return Err(Error::invalid_param("messages", "tool turns are not supported for Gemini models yet")),
+            other => return Err(Error::invalid_param("messages", format!("unsupported message role `{other}`"))),
         };
         let parts = parts(message.get("content"));
         // Gemini wants turns to alternate: consecutive turns of one role travel together.
@@ -133,19 +90,10 @@ pub fn to_gemini_request(request: &ChatRequest) -> Result<Value, Error> {
         out.insert("systemInstruction".into(), json!({"parts": system}));
     }
     let mut config = Map::new();
-    if let Some(max) = body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
-        .and_then(Value::as_u64)
-    {
+    if let Some(max) = body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64) {
         config.insert("maxOutputTokens".into(), json!(max));
     }
-    for (from, to) in [
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("n", "candidateCount"),
-        ("seed", "seed"),
-    ] {
+    for (from, to) in [("temperature", "temperature"), ("top_p", "topP"), ("n", "candidateCount"), ("seed", "seed")] {
         if let Some(value) = body.get(from).filter(|v| !v.is_null()) {
             config.insert(to.into(), value.clone());
         }
@@ -153,11 +101,7 @@ pub fn to_gemini_request(request: &ChatRequest) -> Result<Value, Error> {
     if let Some(stops) = super::stop_sequences(body) {
         config.insert("stopSequences".into(), stops);
     }
-    match body
-        .get("response_format")
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-    {
+    match body.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str) {
         None | Some("text") => {}
         Some("json_object") => {
             config.insert("responseMimeType".into(), json!("application/json"));
@@ -165,21 +109,11 @@ pub fn to_gemini_request(request: &ChatRequest) -> Result<Value, Error> {
         Some("json_schema") => {
             let schema = body["response_format"]["json_schema"]
                 .get("schema")
-                .ok_or_else(|| {
-                    Error::invalid_param(
-                        "response_format",
-                        "`json_schema` needs `json_schema.schema`",
-                    )
-                })?;
+                .ok_or_else(|| Error::invalid_param("response_format", "`json_schema` needs `json_schema.schema`"))?;
             config.insert("responseMimeType".into(), json!("application/json"));
             config.insert("responseJsonSchema".into(), schema.clone());
         }
-        Some(_) => {
-            return Err(Error::invalid_param(
-                "response_format",
-                "`response_format.type` must be text, json_object or json_schema",
-            ))
-        }
+        Some(_) => return Err(Error::invalid_param("response_format", "`response_format.type` must be text, json_object or json_schema")),
     }
     if !config.is_empty() {
         out.insert("generationConfig".into(), Value::Object(config));
@@ -192,14 +126,9 @@ fn parts(content: Option<&Value>) -> Vec<Value> {
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(|item| match item.get("type").and_then(Value::as_str) {
-                Some("text") => Some(
-                    json!({"text": item.get("text").and_then(Value::as_str).unwrap_or_default()}),
-                ),
+                Some("text") => Some(json!({"text": item.get("text").and_then(Value::as_str).unwrap_or_default()})),
                 Some("image_url") => {
-                    let url = item
-                        .get("image_url")
-                        .and_then(|i| i.get("url"))
-                        .and_then(Value::as_str)?;
+                    let url = item.get("image_url").and_then(|i| i.get("url")).and_then(Value::as_str)?;
                     Some(image_part(url))
                 }
                 _ => None,
@@ -229,22 +158,13 @@ pub fn finish_reason(reason: Option<&str>) -> Option<&'static str> {
 
 fn usage_of(answer: &Value) -> Usage {
     let field = |name: &str| answer["usageMetadata"][name].as_u64().unwrap_or(0);
-    Usage::new(
-        field("promptTokenCount"),
-        field("candidatesTokenCount").saturating_add(field("thoughtsTokenCount")),
-    )
+    Usage::new(field("promptTokenCount"), field("candidatesTokenCount").saturating_add(field("thoughtsTokenCount")))
 }
 
 fn candidate_text(candidate: &Value) -> String {
     candidate["content"]["parts"]
         .as_array()
-        .map(|parts| {
-            parts
-                .iter()
-                .filter(|p| p["thought"] != true)
-                .filter_map(|p| p["text"].as_str())
-                .collect()
-        })
+        .map(|parts| parts.iter().filter(|p| p["thought"] != true).filter_map(|p| p["text"].as_str()).collect())
         .unwrap_or_default()
 }
 
@@ -281,11 +201,7 @@ pub fn to_openai_completion(answer: &Value, model: &str) -> (Value, Usage) {
 
 /// Gemini SSE (each event a `GenerateContentResponse` with the next text) → OpenAI chunks,
 /// then the usage chunk and `[DONE]`.
-fn translate_stream(
-    response: reqwest::Response,
-    timeouts: CallTimeouts,
-    model: String,
-) -> impl futures_util::Stream<Item = Result<StreamPiece, Error>> + Send {
+fn translate_stream(response: reqwest::Response, timeouts: CallTimeouts, model: String) -> impl futures_util::Stream<Item = Result<StreamPiece, Error>> + Send {
     async_stream::try_stream! {
         let id = format!("chatcmpl-gemini-{}", uuid::Uuid::now_v7().simple());
         let created = unix_seconds();
@@ -345,38 +261,15 @@ mod tests {
             "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
         })))
         .expect("translates");
-        assert_eq!(
-            out["systemInstruction"],
-            json!({"parts": [{"text": "be brief"}]})
-        );
-        assert_eq!(
-            out["contents"][0]["parts"][1],
-            json!({"inline_data": {"mime_type": "image/png", "data": "iVBO"}})
-        );
-        assert_eq!(
-            out["contents"][1],
-            json!({"role": "model", "parts": [{"text": "a cat"}]})
-        );
+        assert_eq!(out["systemInstruction"], json!({"parts": [{"text": "be brief"}]}));
+        assert_eq!(out["contents"][0]["parts"][1], json!({"inline_data": {"mime_type": "image/png", "data": "iVBO"}}));
+        assert_eq!(out["contents"][1], json!({"role": "model", "parts": [{"text": "a cat"}]}));
         assert_eq!(out["generationConfig"]["maxOutputTokens"], 50);
         assert_eq!(out["generationConfig"]["stopSequences"], json!(["END"]));
-        assert_eq!(
-            out["generationConfig"]["responseMimeType"],
-            "application/json"
-        );
-        assert_eq!(
-            out["generationConfig"]["responseJsonSchema"],
-            json!({"type": "object"})
-        );
-        let tools = request(
-            json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}),
-        );
-        assert!(matches!(
-            to_gemini_request(&tools),
-            Err(Error::InvalidRequest {
-                param: Some("tools"),
-                ..
-            })
-        ));
+        assert_eq!(out["generationConfig"]["responseMimeType"], "application/json");
+        assert_eq!(out["generationConfig"]["responseJsonSchema"], json!({"type": "object"}));
+        let tools = request(json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}));
+        assert!(matches!(to_gemini_request(&tools), Err(Error::InvalidRequest { param: Some("tools"), .. })));
     }
 
     #[test]

@@ -35,10 +35,7 @@ pub type PieceStream = Pin<Box<dyn Stream<Item = Result<StreamPiece, Error>> + S
 
 pub enum UpstreamResponse {
     /// A complete OpenAI chat.completion body.
-    Json {
-        body: Bytes,
-        usage: Option<Usage>,
-    },
+    Json { body: Bytes, usage: Option<Usage> },
     Stream(PieceStream),
 }
 
@@ -72,16 +69,10 @@ impl Provider {
         timeouts: CallTimeouts,
     ) -> Result<UpstreamResponse, Error> {
         match self {
-            Self::OpenAi(p) => {
-                p.chat(http, request, upstream_model, extra_headers, timeouts)
-                    .await
-            }
+            Self::OpenAi(p) => p.chat(http, request, upstream_model, extra_headers, timeouts).await,
             Self::Anthropic(p) => p.chat(http, request, upstream_model, timeouts).await,
             Self::Gemini(p) => p.chat(http, request, upstream_model, timeouts).await,
-            Self::Local => Err(Error::invalid_param(
-                "model",
-                "the local embedder answers /v1/embeddings only",
-            )),
+            Self::Local => Err(Error::invalid_param("model", "the local embedder answers /v1/embeddings only")),
         }
     }
 
@@ -96,21 +87,14 @@ impl Provider {
     ) -> Result<Bytes, Error> {
         match self {
             Self::OpenAi(p) => p.embeddings(http, body, extra_headers, timeouts).await,
-            Self::Anthropic(_) | Self::Gemini(_) => Err(Error::invalid_param(
-                "model",
-                "this provider's embeddings are not supported",
-            )),
-            Self::Local => Err(Error::Internal(
-                "the local embedder is not called over HTTP".into(),
-            )),
+            Self::Anthropic(_) | Self::Gemini(_) => Err(Error::invalid_param("model", "this provider's embeddings are not supported")),
+            Self::Local => Err(Error::Internal("the local embedder is not called over HTTP".into())),
         }
     }
 }
 
 /// OpenAI's `stop` (a string or strings) as the list Anthropic and Gemini want.
-pub(crate) fn stop_sequences(
-    body: &serde_json::Map<String, serde_json::Value>,
-) -> Option<serde_json::Value> {
+pub(crate) fn stop_sequences(body: &serde_json::Map<String, serde_json::Value>) -> Option<serde_json::Value> {
     match body.get("stop")? {
         serde_json::Value::String(stop) => Some(serde_json::json!([stop])),
         serde_json::Value::Array(stops) => Some(serde_json::Value::Array(stops.clone())),
@@ -120,19 +104,14 @@ pub(crate) fn stop_sequences(
 
 /// An API key as a header value, marked sensitive so that it is never printed.
 pub(crate) fn secret_header(value: &str) -> Result<HeaderValue, Error> {
-    let mut value = HeaderValue::from_str(value)
-        .map_err(|_| Error::Config("API key contains characters not allowed in a header".into()))?;
+    let mut value = HeaderValue::from_str(value).map_err(|_| Error::Config("API key contains characters not allowed in a header".into()))?;
     value.set_sensitive(true);
     Ok(value)
 }
 
 /// POSTs `body` as JSON on `request` (its URL and the provider's headers set) with the trace
 /// context, within the first-byte timeout; a non-success status becomes the upstream's error.
-pub(crate) async fn post_json(
-    request: reqwest::RequestBuilder,
-    body: &impl serde::Serialize,
-    timeouts: CallTimeouts,
-) -> Result<reqwest::Response, Error> {
+pub(crate) async fn post_json(request: reqwest::RequestBuilder, body: &impl serde::Serialize, timeouts: CallTimeouts) -> Result<reqwest::Response, Error> {
     let payload = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
     let request = request
         .headers(crate::telemetry::trace_headers())
@@ -153,14 +132,10 @@ pub(crate) async fn translated_json(
     translate: impl FnOnce(&serde_json::Value) -> (serde_json::Value, Usage),
 ) -> Result<UpstreamResponse, Error> {
     let body = read_body(response, timeouts.body).await?;
-    let answer: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| Error::BadGateway(format!("{provider} sent invalid JSON: {e}")))?;
+    let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::BadGateway(format!("{provider} sent invalid JSON: {e}")))?;
     let (completion, usage) = translate(&answer);
     let body = serde_json::to_vec(&completion).map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(UpstreamResponse::Json {
-        body: Bytes::from(body),
-        usage: Some(usage),
-    })
+    Ok(UpstreamResponse::Json { body: Bytes::from(body), usage: Some(usage) })
 }
 
 /// Sends a prepared request, applying the first-byte timeout and mapping transport errors.
@@ -192,12 +167,7 @@ pub(crate) struct UpstreamChunks {
 
 impl UpstreamChunks {
     pub(crate) fn new(response: reqwest::Response, idle: Duration) -> Self {
-        Self {
-            response,
-            idle,
-            last_chunk: tokio::time::Instant::now(),
-            stall: Box::pin(tokio::time::sleep(idle)),
-        }
+        Self { response, idle, last_chunk: tokio::time::Instant::now(), stall: Box::pin(tokio::time::sleep(idle)) }
     }
 
     /// The next chunk; `None` at the end of the body.
@@ -228,14 +198,9 @@ impl UpstreamChunks {
 }
 
 /// Reads a whole body within a time limit.
-pub(crate) async fn read_body(
-    response: reqwest::Response,
-    timeout: Duration,
-) -> Result<Bytes, Error> {
+pub(crate) async fn read_body(response: reqwest::Response, timeout: Duration) -> Result<Bytes, Error> {
     match tokio::time::timeout(timeout, response.bytes()).await {
-        Err(_) => Err(Error::GatewayTimeout(
-            "response body not complete in time".into(),
-        )),
+        Err(_) => Err(Error::GatewayTimeout("response body not complete in time".into())),
         Ok(Err(e)) => Err(Error::BadGateway(transport_message(&e))),
         Ok(Ok(bytes)) => Ok(bytes),
     }
@@ -256,10 +221,7 @@ fn transport_message(e: &reqwest::Error) -> String {
 /// Turns a non-success upstream response into an error that keeps its status and message.
 pub(crate) async fn upstream_error(response: reqwest::Response, timeout: Duration) -> Error {
     let status = response.status();
-    let retry_after: Option<HeaderValue> = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .cloned();
+    let retry_after: Option<HeaderValue> = response.headers().get(reqwest::header::RETRY_AFTER).cloned();
     let body = read_body(response, timeout).await.unwrap_or_default();
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     let error = parsed.as_ref().and_then(|v| v.get("error"));
@@ -278,14 +240,7 @@ pub(crate) async fn upstream_error(response: reqwest::Response, timeout: Duratio
     let kind = error
         .and_then(|e| e.get("type").and_then(|t| t.as_str()))
         .map(str::to_owned)
-        .unwrap_or_else(|| {
-            if status.is_server_error() {
-                "api_error"
-            } else {
-                "invalid_request_error"
-            }
-            .to_owned()
-        });
+        .unwrap_or_else(|| if status.is_server_error() { "api_error" } else { "invalid_request_error" }.to_owned());
     let code = error.and_then(|e| e.get("code")).and_then(|c| match c {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),

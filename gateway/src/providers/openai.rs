@@ -10,10 +10,7 @@ use http::HeaderMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
-use super::{
-    post_json, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamChunks,
-    UpstreamResponse,
-};
+use super::{post_json, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamChunks, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{usage_of, ChatRequest, Usage};
 use crate::sse::{SseEvent, SseParser};
@@ -45,10 +42,7 @@ impl Api {
 /// Where the APIs are.
 enum Endpoints {
     /// `{base_url}/chat/completions` and `{base_url}/embeddings`, parsed once.
-    Fixed {
-        completions: reqwest::Url,
-        embeddings: reqwest::Url,
-    },
+    Fixed { completions: reqwest::Url, embeddings: reqwest::Url },
     /// Azure OpenAI: a URL per deployment (the model's `upstream_model`), built per call.
     Azure { base: String, api_version: String },
 }
@@ -59,15 +53,9 @@ impl Endpoints {
             (Self::Fixed { completions, .. }, Api::ChatCompletions) => Ok(completions.clone()),
             (Self::Fixed { embeddings, .. }, Api::Embeddings) => Ok(embeddings.clone()),
             (Self::Azure { base, api_version }, _) => {
-                let mut url = reqwest::Url::parse(&format!(
-                    "{base}/openai/deployments/{deployment}/{}",
-                    api.path()
-                ))
-                .map_err(|e| {
-                    Error::Internal(format!("Azure URL for deployment `{deployment}`: {e}"))
-                })?;
-                url.query_pairs_mut()
-                    .append_pair("api-version", api_version);
+                let mut url = reqwest::Url::parse(&format!("{base}/openai/deployments/{deployment}/{}", api.path()))
+                    .map_err(|e| Error::Internal(format!("Azure URL for deployment `{deployment}`: {e}")))?;
+                url.query_pairs_mut().append_pair("api-version", api_version);
                 Ok(url)
             }
         }
@@ -75,58 +63,31 @@ impl Endpoints {
 }
 
 impl OpenAiProvider {
-    pub fn new(
-        base_url: &str,
-        api_key: Option<&str>,
-        headers: HeaderMap,
-        forward_mock_headers: bool,
-    ) -> Result<Self, Error> {
+    pub fn new(base_url: &str, api_key: Option<&str>, headers: HeaderMap, forward_mock_headers: bool) -> Result<Self, Error> {
         let mut headers = headers;
         if let Some(key) = api_key {
-            headers.insert(
-                http::header::AUTHORIZATION,
-                secret_header(&format!("Bearer {key}"))?,
-            );
+            headers.insert(http::header::AUTHORIZATION, secret_header(&format!("Bearer {key}"))?);
         }
         let endpoint = |path: &str| {
             reqwest::Url::parse(&format!("{}/{path}", base_url.trim_end_matches('/')))
                 .map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))
         };
         Ok(Self {
-            endpoints: Endpoints::Fixed {
-                completions: endpoint(Api::ChatCompletions.path())?,
-                embeddings: endpoint(Api::Embeddings.path())?,
-            },
+            endpoints: Endpoints::Fixed { completions: endpoint(Api::ChatCompletions.path())?, embeddings: endpoint(Api::Embeddings.path())? },
             headers,
             forward_mock_headers,
         })
     }
 
     /// Azure OpenAI at `base_url` (`https://RESOURCE.openai.azure.com`), key in `api-key`.
-    pub fn azure(
-        base_url: &str,
-        api_version: &str,
-        api_key: Option<&str>,
-        headers: HeaderMap,
-    ) -> Result<Self, Error> {
+    pub fn azure(base_url: &str, api_version: &str, api_key: Option<&str>, headers: HeaderMap) -> Result<Self, Error> {
         let mut headers = headers;
         if let Some(key) = api_key {
-            headers.insert(
-                http::HeaderName::from_static("api-key"),
-                secret_header(key)?,
-            );
+            headers.insert(http::HeaderName::from_static("api-key"), secret_header(key)?);
         }
         let base = base_url.trim_end_matches('/').to_owned();
-        reqwest::Url::parse(&base)
-            .map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))?;
-        Ok(Self {
-            endpoints: Endpoints::Azure {
-                base,
-                api_version: api_version.to_owned(),
-            },
-            headers,
-            forward_mock_headers: false,
-        })
+        reqwest::Url::parse(&base).map_err(|e| Error::Config(format!("invalid base_url `{base_url}`: {e}")))?;
+        Ok(Self { endpoints: Endpoints::Azure { base, api_version: api_version.to_owned() }, headers, forward_mock_headers: false })
     }
 
     pub async fn chat(
@@ -137,25 +98,15 @@ impl OpenAiProvider {
         extra_headers: &HeaderMap,
         timeouts: CallTimeouts,
     ) -> Result<UpstreamResponse, Error> {
-        let body = UpstreamBody {
-            client: &request.body,
-            model: upstream_model,
-            stream: request.stream,
-        };
-        let post = self.post(
-            http,
-            self.endpoints.url(Api::ChatCompletions, upstream_model)?,
-            extra_headers,
-        );
+        let body = UpstreamBody { client: &request.body, model: upstream_model, stream: request.stream };
+        let post = self.post(http, self.endpoints.url(Api::ChatCompletions, upstream_model)?, extra_headers);
         let response = post_json(post, &body, timeouts).await?;
         if !request.stream {
             let body = read_body(response, timeouts.body).await?;
             let usage = usage_of(&body);
             return Ok(UpstreamResponse::Json { body, usage });
         }
-        Ok(UpstreamResponse::Stream(Box::pin(forward_stream(
-            response, timeouts,
-        ))))
+        Ok(UpstreamResponse::Stream(Box::pin(forward_stream(response, timeouts))))
     }
 
     /// `POST {base_url}/embeddings` with the client's body (model already rewritten).
@@ -166,26 +117,14 @@ impl OpenAiProvider {
         extra_headers: &HeaderMap,
         timeouts: CallTimeouts,
     ) -> Result<Bytes, Error> {
-        let deployment = body
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let post = self.post(
-            http,
-            self.endpoints.url(Api::Embeddings, deployment)?,
-            extra_headers,
-        );
+        let deployment = body.get("model").and_then(Value::as_str).unwrap_or_default();
+        let post = self.post(http, self.endpoints.url(Api::Embeddings, deployment)?, extra_headers);
         let response = post_json(post, body, timeouts).await?;
         read_body(response, timeouts.body).await
     }
 
     /// A POST with the provider's headers (and the mock's fault headers, for the mock).
-    fn post(
-        &self,
-        http: &reqwest::Client,
-        url: reqwest::Url,
-        extra_headers: &HeaderMap,
-    ) -> reqwest::RequestBuilder {
+    fn post(&self, http: &reqwest::Client, url: reqwest::Url, extra_headers: &HeaderMap) -> reqwest::RequestBuilder {
         let mut builder = http.post(url).headers(self.headers.clone());
         if self.forward_mock_headers {
             for (name, value) in extra_headers {
@@ -235,11 +174,7 @@ struct WithUsage<'a>(&'a Map<String, Value>);
 impl Serialize for WithUsage<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        for (key, value) in self
-            .0
-            .iter()
-            .filter(|(key, _)| key.as_str() != "include_usage")
-        {
+        for (key, value) in self.0.iter().filter(|(key, _)| key.as_str() != "include_usage") {
             map.serialize_entry(key, value)?;
         }
         map.serialize_entry("include_usage", &true)?;
@@ -311,14 +246,8 @@ mod tests {
 
     /// What the upstream gets: the client's object with the two changes, nothing else.
     fn upstream_json(client: Value, stream: bool) -> Value {
-        let Value::Object(client) = client else {
-            panic!("an object")
-        };
-        let body = UpstreamBody {
-            client: &client,
-            model: "up-model",
-            stream,
-        };
+        let Value::Object(client) = client else { panic!("an object") };
+        let body = UpstreamBody { client: &client, model: "up-model", stream };
         serde_json::to_value(&body).expect("serialises")
     }
 
@@ -333,10 +262,7 @@ mod tests {
         // The client's own stream options are kept; include_usage is forced on.
         let client = serde_json::json!({"model": "m", "messages": [], "stream": true, "stream_options": {"include_usage": false, "continuous_usage_stats": true}});
         let sent = upstream_json(client, true);
-        assert_eq!(
-            sent["stream_options"],
-            serde_json::json!({"include_usage": true, "continuous_usage_stats": true})
-        );
+        assert_eq!(sent["stream_options"], serde_json::json!({"include_usage": true, "continuous_usage_stats": true}));
         assert_eq!(sent["stream"], true);
         assert_eq!(sent["model"], "up-model");
     }

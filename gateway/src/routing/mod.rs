@@ -159,11 +159,7 @@ pub struct RoutingEngine {
 impl RoutingEngine {
     /// Loads the configured checkpoints (and the embedder, when a checkpoint needs it).
     /// A missing checkpoint is not an error: routes then use their default model.
-    pub async fn start(
-        config: RouterConfig,
-        models: &HashMap<String, Arc<ModelEntry>>,
-        background: &Background,
-    ) -> Result<Arc<Self>, Error> {
+    pub async fn start(config: RouterConfig, models: &HashMap<String, Arc<ModelEntry>>, background: &Background) -> Result<Arc<Self>, Error> {
         let models = models
             .values()
             .map(|m| ModelInfo {
@@ -254,9 +250,7 @@ impl RoutingEngine {
         let challenger_changed = self.challenger_path.as_ref().is_some_and(|path| {
             modified(path) != self.challenger.load().as_ref().and_then(|s| s.modified)
         });
-        changed(&self.config.checkpoint, &self.active)
-            || changed(&self.config.shadow_checkpoint, &self.shadow)
-            || challenger_changed
+        changed(&self.config.checkpoint, &self.active) || changed(&self.config.shadow_checkpoint, &self.shadow) || challenger_changed
     }
 
     /// (Re)loads the active, shadow and challenger checkpoints from their paths and swaps
@@ -286,13 +280,10 @@ impl RoutingEngine {
             let service = self.ensure_embedder().await?;
             let (embedder_id, dim) = (service.embedder_id().to_owned(), service.dim());
             let dir = path.clone();
-            let checkpoint =
-                tokio::task::spawn_blocking(move || Checkpoint::load(&dir, &embedder_id, dim))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))?
-                    .map_err(|e| {
-                        Error::Config(format!("{role} checkpoint {}: {e}", path.display()))
-                    })?;
+            let checkpoint = tokio::task::spawn_blocking(move || Checkpoint::load(&dir, &embedder_id, dim))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(|e| Error::Config(format!("{role} checkpoint {}: {e}", path.display())))?;
             let loaded = self.prepare(checkpoint, path);
             tracing::info!(role, version = %loaded.version, candidates = ?loaded.checkpoint.candidates(), "selector checkpoint loaded");
             slot.store(Some(Arc::new(loaded)));
@@ -317,10 +308,7 @@ impl RoutingEngine {
             ..EmbedderOptions::default()
         };
         let service_config = ServiceConfig {
-            threads: self
-                .config
-                .embedder_threads
-                .unwrap_or(ServiceConfig::default().threads),
+            threads: self.config.embedder_threads.unwrap_or(ServiceConfig::default().threads),
             ..ServiceConfig::default()
         };
         let service = tokio::task::spawn_blocking(move || {
@@ -341,25 +329,15 @@ impl RoutingEngine {
             let resolved = checkpoint
                 .resolve_candidate(&model.name, model.like.as_deref())
                 .or_else(|| checkpoint.resolve_candidate(&model.upstream_model, None))
-                .or_else(|| {
-                    checkpoint.resolve_candidate(
-                        &router_model::canonical_model_id(&model.upstream_model),
-                        None,
-                    )
-                });
+                .or_else(|| checkpoint.resolve_candidate(&router_model::canonical_model_id(&model.upstream_model), None));
             match resolved {
                 Some(resolved) => {
                     heads.insert(model.name.clone(), resolved.index);
                 }
-                None => {
-                    tracing::debug!(model = %model.name, "model unknown to the selector; it is only used as a route default or fallback")
-                }
+                None => tracing::debug!(model = %model.name, "model unknown to the selector; it is only used as a route default or fallback"),
             }
         }
-        let dir_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let dir_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let version = format!("{dir_name}@{}", checkpoint.meta.created_at);
         LoadedSelector {
             checkpoint,
@@ -419,13 +397,7 @@ impl RoutingEngine {
     ) -> Decision {
         let default_first = || {
             let mut ranking = vec![route.default.clone()];
-            ranking.extend(
-                route
-                    .candidates
-                    .iter()
-                    .filter(|c| c.name != route.default.name)
-                    .cloned(),
-            );
+            ranking.extend(route.candidates.iter().filter(|c| c.name != route.default.name).cloned());
             ranking
         };
         let active = self.active.load_full();
@@ -435,9 +407,7 @@ impl RoutingEngine {
         }
         let embedding = match embedding {
             QueryEmbedding::Ready(embedding) => embedding,
-            QueryEmbedding::Unavailable => {
-                return Decision::plain(default_first(), DecisionKind::Default)
-            }
+            QueryEmbedding::Unavailable => return Decision::plain(default_first(), DecisionKind::Default),
             QueryEmbedding::Missed => {
                 let mut decision = Decision::plain(default_first(), DecisionKind::Shed);
                 decision.checkpoint_version = active.as_ref().map(|a| a.version.clone());
@@ -448,30 +418,19 @@ impl RoutingEngine {
         let features = request_features(request);
         let tradeoff = options.tradeoff.unwrap_or(route.tradeoff);
 
-        let mut decision = match active
-            .as_deref()
-            .and_then(|a| score(a, route, &embedding, &features, tradeoff))
-        {
+        let mut decision = match active.as_deref().and_then(|a| score(a, route, &embedding, &features, tradeoff)) {
             Some(mut scored) => {
-                let default_index = route
-                    .candidates
-                    .iter()
-                    .position(|c| c.name == route.default.name);
-                let unsure = default_index.is_some_and(|d| {
-                    policy::prefer_default_when_unsure(&mut scored, d, route.min_advantage)
-                });
+                let default_index = route.candidates.iter().position(|c| c.name == route.default.name);
+                let unsure = default_index
+                    .is_some_and(|d| policy::prefer_default_when_unsure(&mut scored, d, route.min_advantage));
                 let draw = self.exploration_draw(request);
                 // Only routes that explore run experiments: an exploration of 0 serves the
                 // active checkpoint alone.
-                let challenger_scored =
-                    if self.config.challenger_share > 0.0 && route.exploration.max_share > 0.0 {
-                        self.challenger
-                            .load()
-                            .as_deref()
-                            .and_then(|c| score(c, route, &embedding, &features, tradeoff))
-                    } else {
-                        None
-                    };
+                let challenger_scored = if self.config.challenger_share > 0.0 && route.exploration.max_share > 0.0 {
+                    self.challenger.load().as_deref().and_then(|c| score(c, route, &embedding, &features, tradeoff))
+                } else {
+                    None
+                };
                 let choice = match &challenger_scored {
                     Some(challenger) => policy::choose_with_challenger(
                         &scored,
@@ -485,11 +444,8 @@ impl RoutingEngine {
                 };
                 match choice {
                     Some(choice) => {
-                        let mut ranking: Vec<Arc<ModelEntry>> = choice
-                            .ranking
-                            .iter()
-                            .map(|&i| route.candidates[i].clone())
-                            .collect();
+                        let mut ranking: Vec<Arc<ModelEntry>> =
+                            choice.ranking.iter().map(|&i| route.candidates[i].clone()).collect();
                         // Models the selector cannot score still serve as last-resort fallbacks.
                         for candidate in &route.candidates {
                             if !ranking.iter().any(|m| m.name == candidate.name) {
@@ -505,8 +461,7 @@ impl RoutingEngine {
                             },
                         );
                         decision.propensity = choice.propensity;
-                        decision.candidates =
-                            Some(logged_candidates(route, &scored, &choice.probabilities));
+                        decision.candidates = Some(logged_candidates(route, &scored, &choice.probabilities));
                         decision
                     }
                     None => Decision::plain(default_first(), DecisionKind::Default),
@@ -517,9 +472,8 @@ impl RoutingEngine {
         decision.checkpoint_version = active.as_ref().map(|a| a.version.clone());
         if let Some(shadow) = shadow.as_deref() {
             if let Some(scored) = score(shadow, route, &embedding, &features, tradeoff) {
-                decision.shadow_choice =
-                    choose(&scored, options.max_cost_usd, &Exploration::OFF, 0.0)
-                        .map(|c| route.candidates[c.ranking[0]].name.clone());
+                decision.shadow_choice = choose(&scored, options.max_cost_usd, &Exploration::OFF, 0.0)
+                    .map(|c| route.candidates[c.ranking[0]].name.clone());
                 decision.shadow_version = Some(shadow.version.clone());
             }
         }
@@ -531,9 +485,7 @@ impl RoutingEngine {
 }
 
 fn modified(checkpoint_dir: &Path) -> Option<SystemTime> {
-    std::fs::metadata(checkpoint_dir.join("selector.json"))
-        .and_then(|m| m.modified())
-        .ok()
+    std::fs::metadata(checkpoint_dir.join("selector.json")).and_then(|m| m.modified()).ok()
 }
 
 /// Selector predictions for the route's candidates that the checkpoint knows.
@@ -570,11 +522,7 @@ fn score(
 /// Every scored candidate with its price and the probability the policy gave it (0 when the
 /// cost ceiling removed it), so a later policy can be evaluated against the logged one
 /// exactly, with its own predictions.
-fn logged_candidates(
-    route: &RouteEntry,
-    scored: &[Scored],
-    probabilities: &[(usize, f64)],
-) -> Vec<ScoredCandidate> {
+fn logged_candidates(route: &RouteEntry, scored: &[Scored], probabilities: &[(usize, f64)]) -> Vec<ScoredCandidate> {
     scored
         .iter()
         .map(|s| {
@@ -586,10 +534,7 @@ fn logged_candidates(
                 cost_usd: s.cost_usd,
                 latency_ms: s.latency_ms,
                 utility: s.utility,
-                probability: probabilities
-                    .iter()
-                    .find(|(i, _)| *i == s.candidate)
-                    .map_or(0.0, |(_, p)| *p),
+                probability: probabilities.iter().find(|(i, _)| *i == s.candidate).map_or(0.0, |(_, p)| *p),
                 input_usd_per_mtok: price.input_usd_per_mtok,
                 output_usd_per_mtok: price.output_usd_per_mtok,
             }
@@ -603,23 +548,12 @@ pub fn request_features(request: &ChatRequest) -> RequestFeatures {
         .messages()
         .iter()
         .map(|m| {
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
+            let role = m.get("role").and_then(Value::as_str).unwrap_or_default().to_owned();
             (role, content_text(m.get("content")))
         })
         .collect();
-    let turns: Vec<ChatTurn<'_>> = texts
-        .iter()
-        .map(|(role, content)| ChatTurn { role, content })
-        .collect();
-    let has_tools = request
-        .body
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty());
+    let turns: Vec<ChatTurn<'_>> = texts.iter().map(|(role, content)| ChatTurn { role, content }).collect();
+    let has_tools = request.body.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
     let max_tokens = request
         .body
         .get("max_completion_tokens")
@@ -647,28 +581,14 @@ mod tests {
 
     #[test]
     fn seeded_draws_repeat_per_prompt_and_spread_uniformly_across_prompts() {
-        assert_eq!(
-            seeded_draw(7, "what is 2+2?"),
-            seeded_draw(7, "what is 2+2?")
-        );
-        assert_ne!(
-            seeded_draw(7, "what is 2+2?"),
-            seeded_draw(8, "what is 2+2?")
-        );
-        let draws: Vec<f64> = (0..10_000)
-            .map(|i| seeded_draw(42, &format!("prompt {i}")))
-            .collect();
+        assert_eq!(seeded_draw(7, "what is 2+2?"), seeded_draw(7, "what is 2+2?"));
+        assert_ne!(seeded_draw(7, "what is 2+2?"), seeded_draw(8, "what is 2+2?"));
+        let draws: Vec<f64> = (0..10_000).map(|i| seeded_draw(42, &format!("prompt {i}"))).collect();
         assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
         // Each tenth of [0, 1) holds 1,000 ± 5 standard deviations (σ = 30) of the draws.
         for decile in 0..10 {
-            let count = draws
-                .iter()
-                .filter(|&&d| (d * 10.0) as usize == decile)
-                .count();
-            assert!(
-                (850..=1150).contains(&count),
-                "decile {decile} holds {count} draws"
-            );
+            let count = draws.iter().filter(|&&d| (d * 10.0) as usize == decile).count();
+            assert!((850..=1150).contains(&count), "decile {decile} holds {count} draws");
         }
     }
 }

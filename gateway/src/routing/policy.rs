@@ -2,8 +2,7 @@
 //! (`switchyard eval`) runs the very code that serves; this module only maps its errors.
 
 pub use router_model::policy::{
-    choose, choose_with_challenger, prefer_default_when_unsure, score, Candidate, Choice,
-    Exploration, ExplorationPolicy, Price, Scored, Tradeoff,
+    choose, choose_with_challenger, prefer_default_when_unsure, score, Candidate, Choice, Exploration, ExplorationPolicy, Price, Scored, Tradeoff,
 };
 
 use crate::error::Error;

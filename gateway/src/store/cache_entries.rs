@@ -126,12 +126,7 @@ macro_rules! cache_sql {
 
 impl Store {
     /// Saves (or replaces) one entry.
-    pub async fn save_cache_entry(
-        &self,
-        entry: &StoredEntry,
-        tenant: Option<&str>,
-        now_ms: u64,
-    ) -> Result<(), Error> {
+    pub async fn save_cache_entry(&self, entry: &StoredEntry, tenant: Option<&str>, now_ms: u64) -> Result<(), Error> {
         let tenant = tenant.map(str::to_owned);
         match self {
             Store::Postgres(s) => cache_sql!(sqlx::Postgres, s.pool(), save, entry, tenant, now_ms),
@@ -141,11 +136,7 @@ impl Store {
 
     /// Live entries written at or after `since_ms` (0: all), newest first, at most
     /// [`RESTORE_LIMIT`], each with the time it was written.
-    pub async fn load_cache_entries(
-        &self,
-        now_ms: u64,
-        since_ms: u64,
-    ) -> Result<Vec<(StoredEntry, u64)>, Error> {
+    pub async fn load_cache_entries(&self, now_ms: u64, since_ms: u64) -> Result<Vec<(StoredEntry, u64)>, Error> {
         match self {
             Store::Postgres(s) => cache_sql!(sqlx::Postgres, s.pool(), load, now_ms, since_ms),
             Store::Sqlite(s) => cache_sql!(sqlx::Sqlite, s.pool(), load, now_ms, since_ms),
@@ -153,18 +144,10 @@ impl Store {
     }
 
     /// Keeps one observation behind a wrong-hit bound.
-    pub async fn save_calibration(
-        &self,
-        record: &CalibrationRecord,
-        now_ms: u64,
-    ) -> Result<(), Error> {
+    pub async fn save_calibration(&self, record: &CalibrationRecord, now_ms: u64) -> Result<(), Error> {
         match self {
-            Store::Postgres(s) => {
-                cache_sql!(sqlx::Postgres, s.pool(), save_calibration, record, now_ms)
-            }
-            Store::Sqlite(s) => {
-                cache_sql!(sqlx::Sqlite, s.pool(), save_calibration, record, now_ms)
-            }
+            Store::Postgres(s) => cache_sql!(sqlx::Postgres, s.pool(), save_calibration, record, now_ms),
+            Store::Sqlite(s) => cache_sql!(sqlx::Sqlite, s.pool(), save_calibration, record, now_ms),
         }
     }
 

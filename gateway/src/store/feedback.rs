@@ -33,51 +33,23 @@ struct FeedbackBody {
 pub fn parse(bytes: &[u8]) -> Result<Feedback, Error> {
     let body: FeedbackBody = serde_json::from_slice(bytes)
         .map_err(|e| Error::invalid(format!("invalid feedback body: {e}")))?;
-    let request_id = Uuid::parse_str(body.request_id.trim()).map_err(|_| {
-        Error::invalid_param("request_id", "`request_id` must be a request id (a UUID)")
-    })?;
+    let request_id = Uuid::parse_str(body.request_id.trim())
+        .map_err(|_| Error::invalid_param("request_id", "`request_id` must be a request id (a UUID)"))?;
     let score = match (body.score, body.thumbs.as_deref()) {
         (Some(score), None) if (0.0..=1.0).contains(&score) => score,
-        (Some(_), None) => {
-            return Err(Error::invalid_param(
-                "score",
-                "`score` must be between 0 and 1",
-            ))
-        }
+        (Some(_), None) => return Err(Error::invalid_param("score", "`score` must be between 0 and 1")),
         (None, Some("up")) => 1.0,
         (None, Some("down")) => 0.0,
-        (None, Some(_)) => {
-            return Err(Error::invalid_param(
-                "thumbs",
-                "`thumbs` must be \"up\" or \"down\"",
-            ))
-        }
-        (Some(_), Some(_)) => {
-            return Err(Error::invalid("give either `score` or `thumbs`, not both"))
-        }
-        (None, None) => {
-            return Err(Error::invalid_param(
-                "score",
-                "feedback needs a `score` or `thumbs`",
-            ))
-        }
+        (None, Some(_)) => return Err(Error::invalid_param("thumbs", "`thumbs` must be \"up\" or \"down\"")),
+        (Some(_), Some(_)) => return Err(Error::invalid("give either `score` or `thumbs`, not both")),
+        (None, None) => return Err(Error::invalid_param("score", "feedback needs a `score` or `thumbs`")),
     };
     let source = body.source.unwrap_or_else(|| "api".into());
     if source.is_empty() || source.chars().count() > MAX_SOURCE_CHARS {
-        return Err(Error::invalid_param(
-            "source",
-            "`source` must be 1 to 64 characters",
-        ));
+        return Err(Error::invalid_param("source", "`source` must be 1 to 64 characters"));
     }
-    if body
-        .comment
-        .as_ref()
-        .is_some_and(|c| c.chars().count() > MAX_COMMENT_CHARS)
-    {
-        return Err(Error::invalid_param(
-            "comment",
-            "`comment` is longer than 10000 characters",
-        ));
+    if body.comment.as_ref().is_some_and(|c| c.chars().count() > MAX_COMMENT_CHARS) {
+        return Err(Error::invalid_param("comment", "`comment` is longer than 10000 characters"));
     }
     Ok(Feedback {
         request_id,
@@ -93,12 +65,7 @@ pub fn parse(bytes: &[u8]) -> Result<Feedback, Error> {
 /// `Some(None)` is a caller without a tenant (open access), which may rate only requests
 /// made without one. A request of another tenant is answered like an unknown id, so that
 /// ids do not leak across tenants.
-pub async fn record(
-    store: &Store,
-    log: &LogHandle,
-    caller_tenant: Option<Option<&str>>,
-    bytes: &[u8],
-) -> Result<Feedback, Error> {
+pub async fn record(store: &Store, log: &LogHandle, caller_tenant: Option<Option<&str>>, bytes: &[u8]) -> Result<Feedback, Error> {
     let feedback = parse(bytes)?;
     let id = feedback.request_id;
     let row_tenant = match log.pending_tenant(id) {
@@ -111,9 +78,7 @@ pub async fn record(
         (Some(row), Some(caller)) => row.as_deref() == caller,
     };
     if !allowed {
-        return Err(Error::NotFound(format!(
-            "no request with id {id} for this key"
-        )));
+        return Err(Error::NotFound(format!("no request with id {id} for this key")));
     }
     store.insert_feedback(&feedback).await?;
     Ok(feedback)
@@ -137,11 +102,7 @@ mod tests {
         let f = parse(format!(r#"{{"request_id":"{ID}","score":0.8}}"#).as_bytes()).ok();
         assert_eq!(f.as_ref().map(|f| f.score), Some(0.8));
         assert_eq!(f.map(|f| f.source), Some("api".to_owned()));
-        let up = parse(
-            format!(r#"{{"request_id":"{ID}","thumbs":"up","source":"user","comment":"nice"}}"#)
-                .as_bytes(),
-        )
-        .ok();
+        let up = parse(format!(r#"{{"request_id":"{ID}","thumbs":"up","source":"user","comment":"nice"}}"#).as_bytes()).ok();
         assert_eq!(up.as_ref().map(|f| f.score), Some(1.0));
         assert_eq!(up.and_then(|f| f.comment), Some("nice".to_owned()));
         let down = parse(format!(r#"{{"request_id":"{ID}","thumbs":"down"}}"#).as_bytes()).ok();
@@ -150,32 +111,12 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_400s() {
-        assert_eq!(
-            param_of(&format!(r#"{{"request_id":"{ID}","score":1.5}}"#)),
-            Some("score")
-        );
-        assert_eq!(
-            param_of(&format!(r#"{{"request_id":"{ID}","score":-0.1}}"#)),
-            Some("score")
-        );
-        assert_eq!(
-            param_of(&format!(r#"{{"request_id":"{ID}"}}"#)),
-            Some("score")
-        );
-        assert_eq!(
-            param_of(&format!(r#"{{"request_id":"{ID}","thumbs":"sideways"}}"#)),
-            Some("thumbs")
-        );
-        assert_eq!(
-            param_of(r#"{"request_id":"nope","score":0.5}"#),
-            Some("request_id")
-        );
-        assert_eq!(
-            param_of(&format!(
-                r#"{{"request_id":"{ID}","score":0.5,"thumbs":"up"}}"#
-            )),
-            None
-        );
+        assert_eq!(param_of(&format!(r#"{{"request_id":"{ID}","score":1.5}}"#)), Some("score"));
+        assert_eq!(param_of(&format!(r#"{{"request_id":"{ID}","score":-0.1}}"#)), Some("score"));
+        assert_eq!(param_of(&format!(r#"{{"request_id":"{ID}"}}"#)), Some("score"));
+        assert_eq!(param_of(&format!(r#"{{"request_id":"{ID}","thumbs":"sideways"}}"#)), Some("thumbs"));
+        assert_eq!(param_of(r#"{"request_id":"nope","score":0.5}"#), Some("request_id"));
+        assert_eq!(param_of(&format!(r#"{{"request_id":"{ID}","score":0.5,"thumbs":"up"}}"#)), None);
         assert_eq!(param_of(r#"{"score":0.5}"#), None);
         assert_eq!(param_of("not json"), None);
     }

@@ -57,16 +57,12 @@ pub struct ModelAllowList(pub Option<Vec<String>>);
 
 impl ModelAllowList {
     pub fn allows(&self, name: &str) -> bool {
-        self.0
-            .as_ref()
-            .is_none_or(|names| names.iter().any(|n| n == name))
+        self.0.as_ref().is_none_or(|names| names.iter().any(|n| n == name))
     }
 
     /// The column's value: a JSON array, or NULL.
     pub fn to_column(&self) -> Option<String> {
-        self.0
-            .as_ref()
-            .map(|names| serde_json::Value::from(names.clone()).to_string())
+        self.0.as_ref().map(|names| serde_json::Value::from(names.clone()).to_string())
     }
 }
 
@@ -74,11 +70,7 @@ impl TryFrom<Option<String>> for ModelAllowList {
     type Error = serde_json::Error;
 
     fn try_from(column: Option<String>) -> Result<Self, Self::Error> {
-        column
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map(Self)
+        column.as_deref().map(serde_json::from_str).transpose().map(Self)
     }
 }
 
@@ -116,18 +108,11 @@ pub struct KeyUpdate {
 }
 
 /// A field that is present (possibly `null`) becomes `Some`, an absent one stays `None`.
-fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-fn check_limits(
-    rpm: Option<i64>,
-    tpm: Option<i64>,
-    budget_usd: Option<f64>,
-    models: Option<&Vec<String>>,
-) -> Result<(), Error> {
+fn check_limits(rpm: Option<i64>, tpm: Option<i64>, budget_usd: Option<f64>, models: Option<&Vec<String>>) -> Result<(), Error> {
     if rpm.is_some_and(|n| n < 1) {
         return Err(Error::invalid_param("rpm", "rpm must be at least 1"));
     }
@@ -135,27 +120,17 @@ fn check_limits(
         return Err(Error::invalid_param("tpm", "tpm must be at least 1"));
     }
     if budget_usd.is_some_and(|b| !(b.is_finite() && b >= 0.0)) {
-        return Err(Error::invalid_param(
-            "budget_usd",
-            "budget_usd must be a non-negative number",
-        ));
+        return Err(Error::invalid_param("budget_usd", "budget_usd must be a non-negative number"));
     }
     if models.is_some_and(|m| m.iter().any(|name| name.trim().is_empty())) {
-        return Err(Error::invalid_param(
-            "models",
-            "model names must not be empty",
-        ));
+        return Err(Error::invalid_param("models", "model names must not be empty"));
     }
     Ok(())
 }
 
 /// Applies `update` to the key `id`; the updated record, or `None` when no such key exists.
 /// Serving gateways see the change within their key cache's fresh TTL.
-pub async fn update_key(
-    store: &impl LogStore,
-    id: Uuid,
-    update: KeyUpdate,
-) -> Result<Option<ApiKey>, Error> {
+pub async fn update_key(store: &impl LogStore, id: Uuid, update: KeyUpdate) -> Result<Option<ApiKey>, Error> {
     check_limits(
         update.rpm.flatten(),
         update.tpm.flatten(),
@@ -163,9 +138,7 @@ pub async fn update_key(
         update.models.as_ref().and_then(Option::as_ref),
     )?;
     if update == KeyUpdate::default() {
-        return Err(Error::invalid(
-            "nothing to update: give rpm, tpm, budget_usd or models",
-        ));
+        return Err(Error::invalid("nothing to update: give rpm, tpm, budget_usd or models"));
     }
     if !store.update_key(id, &update).await? {
         return Ok(None);
@@ -191,10 +164,7 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 /// Creates and stores a key; returns the record and the key, which is not kept anywhere.
 pub async fn create_key(store: &impl LogStore, new: NewKey) -> Result<(ApiKey, String), Error> {
     if new.tenant.trim().is_empty() {
-        return Err(Error::invalid_param(
-            "tenant",
-            "a key needs a non-empty tenant",
-        ));
+        return Err(Error::invalid_param("tenant", "a key needs a non-empty tenant"));
     }
     check_limits(new.rpm, new.tpm, new.budget_usd, new.models.0.as_ref())?;
     let key = generate_key();
@@ -273,13 +243,7 @@ pub struct Authenticator {
 impl Authenticator {
     /// `fresh_ttl`: how long a lookup is trusted (revocation delay). `stale_ttl`: how long a
     /// lookup is used when the database cannot be asked.
-    pub fn new(
-        store: Store,
-        open: bool,
-        master_key: Option<String>,
-        fresh_ttl: Duration,
-        stale_ttl: Duration,
-    ) -> Self {
+    pub fn new(store: Store, open: bool, master_key: Option<String>, fresh_ttl: Duration, stale_ttl: Duration) -> Self {
         Self {
             store,
             open,
@@ -312,11 +276,7 @@ impl Authenticator {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         let Some(presented) = presented else {
-            return if self.open {
-                Ok(Caller::anonymous())
-            } else {
-                Err(Error::Unauthorized)
-            };
+            return if self.open { Ok(Caller::anonymous()) } else { Err(Error::Unauthorized) };
         };
         if let Some(master) = &self.master_key {
             if constant_time_eq(presented.as_bytes(), master.as_bytes()) {
@@ -349,25 +309,18 @@ impl Authenticator {
                 return Ok(cached.key.clone());
             }
         }
-        let looked_up =
-            match tokio::time::timeout(LOOKUP_TIMEOUT, self.store.key_by_hash(&hash)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::Database {
-                    context: "looking up a key",
-                    source: Arc::new(sqlx::Error::PoolTimedOut),
-                }),
-            };
+        let looked_up = match tokio::time::timeout(LOOKUP_TIMEOUT, self.store.key_by_hash(&hash)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Database {
+                context: "looking up a key",
+                source: Arc::new(sqlx::Error::PoolTimedOut),
+            }),
+        };
         match looked_up {
             Ok(found) => {
                 let key = found.map(Arc::new);
                 self.cache
-                    .insert(
-                        hash,
-                        CachedLookup {
-                            key: key.clone(),
-                            checked: Instant::now(),
-                        },
-                    )
+                    .insert(hash, CachedLookup { key: key.clone(), checked: Instant::now() })
                     .await;
                 Ok(key)
             }
@@ -396,9 +349,7 @@ mod tests {
         let b = generate_key();
         assert!(a.starts_with(KEY_PREFIX));
         assert_eq!(a.len(), KEY_PREFIX.len() + KEY_RANDOM_CHARS);
-        assert!(a[KEY_PREFIX.len()..]
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric()));
+        assert!(a[KEY_PREFIX.len()..].chars().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, b);
         assert_ne!(hash_key(&a), hash_key(&b));
         assert_eq!(hash_key(&a), hash_key(&a));

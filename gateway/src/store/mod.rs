@@ -23,9 +23,7 @@ use chrono::{DateTime, DurationRound, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 use uuid::Uuid;
@@ -45,9 +43,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One row of the outcome log, as stored (and as written to the spill file): the typed
 /// contract shared with training.
-pub use router_model::outcome::{
-    embedding_from_bytes, embedding_to_bytes, OutcomeRow as LogRow, COLUMNS as LOG_COLUMNS,
-};
+pub use router_model::outcome::{embedding_from_bytes, embedding_to_bytes, OutcomeRow as LogRow, COLUMNS as LOG_COLUMNS};
 pub use router_model::outcome::{DecisionRecord, FailedAttempt, ScoredCandidate};
 
 /// Feedback on one request: 0 is bad, 1 is good.
@@ -65,8 +61,7 @@ pub struct Feedback {
 /// returned by a create call equals the one read back.
 pub fn now() -> DateTime<Utc> {
     let now = Utc::now();
-    now.duration_trunc(chrono::TimeDelta::microseconds(1))
-        .unwrap_or(now)
+    now.duration_trunc(chrono::TimeDelta::microseconds(1)).unwrap_or(now)
 }
 
 /// What the gateway stores. Postgres and SQLite implement it with the same SQL where the
@@ -84,44 +79,20 @@ pub trait LogStore: Send + Sync {
     fn request_exists(&self, id: Uuid) -> impl Future<Output = Result<bool, Error>> + Send;
     /// The tenant of a logged request: `None` when no row has that id, `Some(None)` when the
     /// request was made without a tenant (open access or the master key).
-    fn request_tenant(
-        &self,
-        id: Uuid,
-    ) -> impl Future<Output = Result<Option<Option<String>>, Error>> + Send;
+    fn request_tenant(&self, id: Uuid) -> impl Future<Output = Result<Option<Option<String>>, Error>> + Send;
     fn count_rows(&self) -> impl Future<Output = Result<i64, Error>> + Send;
     /// Up to `limit` answered requests, newest first, with their prompt and answer text and
     /// no rating from `source` yet: what `switchyard judge` labels next.
-    fn unrated_answers(
-        &self,
-        source: &str,
-        limit: i64,
-    ) -> impl Future<Output = Result<Vec<(Uuid, String, String)>, Error>> + Send;
-    fn insert_feedback(
-        &self,
-        feedback: &Feedback,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
-    fn feedback_for(
-        &self,
-        request_id: Uuid,
-    ) -> impl Future<Output = Result<Vec<Feedback>, Error>> + Send;
+    fn unrated_answers(&self, source: &str, limit: i64) -> impl Future<Output = Result<Vec<(Uuid, String, String)>, Error>> + Send;
+    fn insert_feedback(&self, feedback: &Feedback) -> impl Future<Output = Result<(), Error>> + Send;
+    fn feedback_for(&self, request_id: Uuid) -> impl Future<Output = Result<Vec<Feedback>, Error>> + Send;
     fn insert_key(&self, key: &ApiKey) -> impl Future<Output = Result<(), Error>> + Send;
-    fn key_by_hash(
-        &self,
-        hash: &[u8],
-    ) -> impl Future<Output = Result<Option<ApiKey>, Error>> + Send;
+    fn key_by_hash(&self, hash: &[u8]) -> impl Future<Output = Result<Option<ApiKey>, Error>> + Send;
     fn list_keys(&self) -> impl Future<Output = Result<Vec<ApiKey>, Error>> + Send;
     /// Enables or disables a key; `false` when no key has that id.
-    fn set_key_enabled(
-        &self,
-        id: Uuid,
-        enabled: bool,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    fn set_key_enabled(&self, id: Uuid, enabled: bool) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Applies the fields `update` gives; `false` when no key has this id.
-    fn update_key(
-        &self,
-        id: Uuid,
-        update: &KeyUpdate,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    fn update_key(&self, id: Uuid, update: &KeyUpdate) -> impl Future<Output = Result<bool, Error>> + Send;
 }
 
 fn db_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
@@ -418,9 +389,7 @@ const SQLITE_THREAD_NICER_BY: i32 = 10;
 fn lower_sqlite_thread_priority() {
     #[cfg(target_os = "linux")]
     {
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return;
-        };
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
         // SAFETY: getpriority only reads this thread's niceness. It returns -1 on error too
         // (a valid niceness): at worst the threads end up one step less nice than meant.
         let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
@@ -428,10 +397,7 @@ fn lower_sqlite_thread_priority() {
         for task in tasks.flatten() {
             let is_sqlite = std::fs::read_to_string(task.path().join("comm"))
                 .is_ok_and(|name| name.starts_with(SQLITE_THREAD_PREFIX));
-            let tid = task
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse::<libc::id_t>().ok());
+            let tid = task.file_name().to_str().and_then(|t| t.parse::<libc::id_t>().ok());
             if let (true, Some(tid)) = (is_sqlite, tid) {
                 // SAFETY: setpriority takes plain integers; it changes only that thread's
                 // scheduling weight.
@@ -453,36 +419,10 @@ const SQLITE_MAX_BINDS: usize = 32_766;
 /// `VALUES` list.
 static PG_INSERT_UNNEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     const TYPES: [&str; 24] = [
-        "uuid",
-        "timestamptz",
-        "text",
-        "uuid",
-        "text",
-        "text",
-        "text",
-        "bool",
-        "jsonb",
-        "float8",
-        "text",
-        "text",
-        "text",
-        "bytea",
-        "text",
-        "text",
-        "int8",
-        "int8",
-        "float8",
-        "float8",
-        "float8",
-        "int4",
-        "text",
-        "text",
+        "uuid", "timestamptz", "text", "uuid", "text", "text", "text", "bool", "jsonb", "float8", "text", "text",
+        "text", "bytea", "text", "text", "int8", "int8", "float8", "float8", "float8", "int4", "text", "text",
     ];
-    let arrays: Vec<String> = TYPES
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("${}::{t}[]", i + 1))
-        .collect();
+    let arrays: Vec<String> = TYPES.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", i + 1)).collect();
     format!(
         "INSERT INTO request_log ({}) SELECT * FROM UNNEST({}) ON CONFLICT (id) DO NOTHING",
         LOG_COLUMNS.join(", "),
@@ -491,10 +431,7 @@ static PG_INSERT_UNNEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(
 });
 
 impl PgStore {
-    async fn insert_chunk(
-        conn: &mut sqlx::PgConnection,
-        rows: &[LogRow],
-    ) -> Result<(), sqlx::Error> {
+    async fn insert_chunk(conn: &mut sqlx::PgConnection, rows: &[LogRow]) -> Result<(), sqlx::Error> {
         fn column<'a, T>(rows: &'a [LogRow], f: impl Fn(&'a LogRow) -> T) -> Vec<T> {
             rows.iter().map(f).collect()
         }
@@ -530,10 +467,7 @@ impl PgStore {
 }
 
 impl SqliteStore {
-    async fn insert_chunk(
-        conn: &mut sqlx::SqliteConnection,
-        rows: &[LogRow],
-    ) -> Result<(), sqlx::Error> {
+    async fn insert_chunk(conn: &mut sqlx::SqliteConnection, rows: &[LogRow]) -> Result<(), sqlx::Error> {
         let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO request_log (");
         query.push(LOG_COLUMNS.join(", ")).push(") ");
         query.push_values(rows, |mut values, row| push_row!(values, row));
@@ -569,8 +503,7 @@ impl Store {
     pub fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
         let max_connections = max_connections.max(1);
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let options =
-                PgConnectOptions::from_str(url).map_err(db_error("parsing the database url"))?;
+            let options = PgConnectOptions::from_str(url).map_err(db_error("parsing the database url"))?;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -651,11 +584,7 @@ impl LogStore for Store {
     async fn request_tenant(&self, id: Uuid) -> Result<Option<Option<String>>, Error> {
         dispatch!(self, s => s.request_tenant(id).await)
     }
-    async fn unrated_answers(
-        &self,
-        source: &str,
-        limit: i64,
-    ) -> Result<Vec<(Uuid, String, String)>, Error> {
+    async fn unrated_answers(&self, source: &str, limit: i64) -> Result<Vec<(Uuid, String, String)>, Error> {
         dispatch!(self, s => s.unrated_answers(source, limit).await)
     }
     async fn count_rows(&self) -> Result<i64, Error> {
@@ -754,9 +683,6 @@ mod tests {
 
     #[test]
     fn unknown_scheme_is_a_config_error() {
-        assert!(matches!(
-            Store::connect("mysql://x", 1),
-            Err(Error::Config(_))
-        ));
+        assert!(matches!(Store::connect("mysql://x", 1), Err(Error::Config(_))));
     }
 }

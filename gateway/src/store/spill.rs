@@ -71,10 +71,7 @@ impl SpillFile {
                 if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)?;
                 }
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?;
+                let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
                 self.len = file.metadata()?.len();
                 self.appender.insert(file)
             }

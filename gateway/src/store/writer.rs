@@ -156,9 +156,7 @@ struct Shared {
 /// A poisoned lock only means another thread panicked mid-update; the data is still the
 /// best we have, and losing the log over it would be worse.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
@@ -220,9 +218,7 @@ pub struct LogHandle {
 
 impl std::fmt::Debug for LogHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogHandle")
-            .field("stats", &self.stats())
-            .finish()
+        f.debug_struct("LogHandle").field("stats", &self.stats()).finish()
     }
 }
 
@@ -250,8 +246,7 @@ impl LogHandle {
         };
         // The writer or the spill thread has stopped (shutdown): append right here, for
         // the next start to replay.
-        self.shared
-            .spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
+        self.shared.spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
     }
 
     /// Hands a row to the spill thread; gives it back if the thread has stopped.
@@ -270,8 +265,7 @@ impl LogHandle {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendError(msg)) => {
                 if let Msg::Row(row) = msg {
-                    self.shared
-                        .spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
+                    self.shared.spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
                 }
                 Ok(())
             }
@@ -285,8 +279,7 @@ impl LogHandle {
             .send(Msg::Flush(done))
             .await
             .map_err(|_| Error::Internal("the log writer has stopped".into()))?;
-        wait.await
-            .map_err(|_| Error::Internal("the log writer has stopped".into()))
+        wait.await.map_err(|_| Error::Internal("the log writer has stopped".into()))
     }
 
     /// Whether `id` was accepted by this process and is still on its way to the database.
@@ -330,10 +323,7 @@ impl LogHandle {
             row.prompt_text = None;
             row.answer_text = None;
         } else {
-            for text in [&mut row.prompt_text, &mut row.answer_text]
-                .into_iter()
-                .flatten()
-            {
+            for text in [&mut row.prompt_text, &mut row.answer_text].into_iter().flatten() {
                 // Postgres text cannot hold NUL; without this one prompt would be refused.
                 if text.contains('\0') {
                     *text = text.replace('\0', "");
@@ -369,10 +359,7 @@ impl LogWriter {
     /// the database answers.
     pub fn spawn(store: Store, config: WriterConfig) -> Result<Self, Error> {
         let spill = SpillFile::open(&config.spill_path).map_err(|e| {
-            Error::Config(format!(
-                "cannot open the spill file {}: {e}",
-                config.spill_path.display()
-            ))
+            Error::Config(format!("cannot open the spill file {}: {e}", config.spill_path.display()))
         })?;
         if spill.len() > 0 {
             tracing::info!(path = %spill.path().display(), bytes = spill.len(), "outcome rows left in the spill file will be replayed");
@@ -416,10 +403,7 @@ impl LogWriter {
         };
         let task = tokio::spawn(writer.run(stopped));
         Ok(Self {
-            handle: LogHandle {
-                tx,
-                shared: shared.clone(),
-            },
+            handle: LogHandle { tx, shared: shared.clone() },
             stop,
             task,
             overflow_thread,
@@ -442,10 +426,7 @@ impl LogWriter {
         // The spill thread first, so that its rows are in the file before the last replay.
         drop(lock(&self.handle.shared.overflow).take());
         let thread = self.overflow_thread;
-        if !matches!(
-            tokio::task::spawn_blocking(move || thread.join()).await,
-            Ok(Ok(()))
-        ) {
+        if !matches!(tokio::task::spawn_blocking(move || thread.join()).await, Ok(Ok(()))) {
             tracing::error!("the spill thread panicked");
         }
         let _ = self.stop.send(());
@@ -529,10 +510,7 @@ impl Inserter {
 
     async fn insert_timed(&self, rows: &[LogRow]) -> Result<(), Error> {
         use tracing::Instrument;
-        let insert = self
-            .store
-            .insert_rows(rows)
-            .instrument(tracing::info_span!("log write", rows = rows.len()));
+        let insert = self.store.insert_rows(rows).instrument(tracing::info_span!("log write", rows = rows.len()));
         match tokio::time::timeout(self.write_timeout, insert).await {
             Ok(result) => result,
             Err(_) => Err(Error::Database {
@@ -633,10 +611,7 @@ impl Writer {
         self.replay(SHUTDOWN_REPLAY_BUDGET).await;
         let left = self.shared.spill_bytes();
         if left > 0 {
-            tracing::warn!(
-                bytes = left,
-                "outcome rows remain in the spill file; they are replayed at the next start"
-            );
+            tracing::warn!(bytes = left, "outcome rows remain in the spill file; they are replayed at the next start");
         }
     }
 
@@ -672,10 +647,7 @@ impl Writer {
     }
 
     /// Counts a finished insert, or spills its rows if it failed.
-    async fn finished(
-        &mut self,
-        done: Result<(Vec<LogRow>, Result<usize, Error>), tokio::task::JoinError>,
-    ) {
+    async fn finished(&mut self, done: Result<(Vec<LogRow>, Result<usize, Error>), tokio::task::JoinError>) {
         match done {
             Ok((rows, Ok(rejected))) => {
                 add(&self.shared.counters.written, rows.len() - rejected);
@@ -709,10 +681,7 @@ impl Writer {
     /// Appends rows to the spill file off the async threads.
     async fn spill(&self, rows: Vec<LogRow>) {
         let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            shared.spill_rows(&rows, SpillReason::DatabaseDown)
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || shared.spill_rows(&rows, SpillReason::DatabaseDown)).await;
     }
 
     /// Replays the spill file front to back for up to `budget`, and removes it once all of
@@ -745,9 +714,7 @@ impl Writer {
             }
             let offset = self.replay_offset;
             let max = self.config.batch_size;
-            let read =
-                tokio::task::spawn_blocking(move || spill::read_chunk(&path, offset, end, max))
-                    .await;
+            let read = tokio::task::spawn_blocking(move || spill::read_chunk(&path, offset, end, max)).await;
             let chunk = match read {
                 Ok(Ok(chunk)) => chunk,
                 Ok(Err(error)) => {

@@ -1,6 +1,7 @@
 //! Shared test harness: a mock upstream and a gateway on loopback port 0.
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -44,12 +45,9 @@ impl TestGateway {
 
 /// Starts a mock upstream, then a gateway whose config is `config_for(mock_addr)`.
 pub async fn start(config_for: impl FnOnce(SocketAddr) -> String) -> TestGateway {
-    let mock_addr = mock::spawn(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        MockOptions::default(),
-    )
-    .await
-    .expect("mock starts");
+    let mock_addr = mock::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), MockOptions::default())
+        .await
+        .expect("mock starts");
     let config = Config::from_toml(&config_for(mock_addr)).expect("valid test config");
     let app = Application::build(&config, Some(SocketAddr::from(([127, 0, 0, 1], 0))))
         .await

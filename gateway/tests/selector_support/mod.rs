@@ -3,6 +3,7 @@
 //! Shared by the routing and the two-replica tests.
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -12,8 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use router_model::selector::{input_row, loss};
 use router_model::{
-    Architecture, BertEmbedder, Checkpoint, CheckpointMeta, Embedder, EmbedderRef, FeatureNorm,
-    LossWeights, RequestFeatures, Selector, Targets,
+    Architecture, BertEmbedder, Checkpoint, CheckpointMeta, Embedder, EmbedderRef, FeatureNorm, LossWeights,
+    RequestFeatures, Selector, Targets,
 };
 
 pub const TRAIN_CODE: &[&str] = &[
@@ -81,25 +82,13 @@ pub fn train_checkpoint(dir: &Path, swapped: bool) {
     let embeddings = embedder
         .embed_batch(&texts.iter().map(|(t, _)| *t).collect::<Vec<_>>())
         .expect("embed");
-    let features: Vec<RequestFeatures> = texts
-        .iter()
-        .map(|(t, _)| RequestFeatures::for_prompt(t))
-        .collect();
-    let norm = FeatureNorm::fit(
-        &features
-            .iter()
-            .map(RequestFeatures::to_vec)
-            .collect::<Vec<_>>(),
-    );
+    let features: Vec<RequestFeatures> = texts.iter().map(|(t, _)| RequestFeatures::for_prompt(t)).collect();
+    let norm = FeatureNorm::fit(&features.iter().map(RequestFeatures::to_vec).collect::<Vec<_>>());
     let mut rows = Vec::new();
     let mut quality = Vec::new();
     for ((embedding, features), (_, is_code)) in embeddings.iter().zip(&features).zip(&texts) {
         rows.extend(input_row(embedding, features, &norm));
-        let (coder, chatter) = if *is_code {
-            (0.95f32, 0.1)
-        } else {
-            (0.3, 0.95)
-        };
+        let (coder, chatter) = if *is_code { (0.95f32, 0.1) } else { (0.3, 0.95) };
         if swapped {
             quality.extend([chatter, coder]);
         } else {
@@ -110,10 +99,7 @@ pub fn train_checkpoint(dir: &Path, swapped: bool) {
     let c = CANDIDATES.len();
     let dev = Device::Cpu;
     let ones = Tensor::ones((n, c), DType::F32, &dev).expect("tensor");
-    let difficulty: Vec<f32> = quality
-        .chunks(c)
-        .map(|q| q.iter().sum::<f32>() / c as f32)
-        .collect();
+    let difficulty: Vec<f32> = quality.chunks(c).map(|q| q.iter().sum::<f32>() / c as f32).collect();
     let targets = Targets {
         quality: Tensor::from_vec(quality, (n, c), &dev).expect("tensor"),
         quality_mask: ones.clone(),
@@ -131,16 +117,8 @@ pub fn train_checkpoint(dir: &Path, swapped: bool) {
         ..Architecture::new(embedder.dim(), c)
     };
     let varmap = VarMap::new();
-    let selector =
-        Selector::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &arch).expect("selector");
-    let mut optimizer = AdamW::new(
-        varmap.all_vars(),
-        ParamsAdamW {
-            lr: 5e-3,
-            ..ParamsAdamW::default()
-        },
-    )
-    .expect("opt");
+    let selector = Selector::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &arch).expect("selector");
+    let mut optimizer = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 5e-3, ..ParamsAdamW::default() }).expect("opt");
     for _ in 0..300 {
         let out = selector.forward_t(&input, true).expect("forward");
         let l = loss(&out, &targets, &LossWeights::default()).expect("loss");
@@ -150,15 +128,8 @@ pub fn train_checkpoint(dir: &Path, swapped: bool) {
         arch,
         CANDIDATES.iter().map(|s| s.to_string()).collect(),
         norm,
-        EmbedderRef {
-            id: embedder.id().to_owned(),
-            dim: embedder.dim(),
-        },
-        if swapped {
-            "test:swapped"
-        } else {
-            "test:code-vs-chat"
-        },
+        EmbedderRef { id: embedder.id().to_owned(), dim: embedder.dim() },
+        if swapped { "test:swapped" } else { "test:code-vs-chat" },
     );
     Checkpoint::save(dir, &varmap, &meta).expect("save checkpoint");
 }

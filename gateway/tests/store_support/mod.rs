@@ -5,6 +5,7 @@
 //! (`SWITCHYARD_TEST_PG` overrides the server URL, without a database name).
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
+
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -19,8 +20,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use uuid::Uuid;
 
 pub fn pg_server() -> String {
-    std::env::var("SWITCHYARD_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("SWITCHYARD_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// A uniquely named database, dropped when this goes out of scope.
@@ -57,9 +57,7 @@ impl TestPg {
 
     /// Rows in `request_log`, counted over a direct connection (not through any proxy).
     pub async fn count_rows(&self) -> i64 {
-        let mut conn = PgConnection::connect(&self.url)
-            .await
-            .expect("connect to test database");
+        let mut conn = PgConnection::connect(&self.url).await.expect("connect to test database");
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM request_log")
             .fetch_one(&mut conn)
             .await
@@ -69,9 +67,7 @@ impl TestPg {
     }
 
     pub async fn ids(&self) -> Vec<Uuid> {
-        let mut conn = PgConnection::connect(&self.url)
-            .await
-            .expect("connect to test database");
+        let mut conn = PgConnection::connect(&self.url).await.expect("connect to test database");
         let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM request_log ORDER BY id")
             .fetch_all(&mut conn)
             .await
@@ -86,14 +82,9 @@ impl Drop for TestPg {
         let name = self.name.clone();
         // Drop may run inside a runtime: do the async work on a thread of its own.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async move {
-                let mut admin = PgConnection::connect(&format!("{}/postgres", pg_server()))
-                    .await
-                    .ok()?;
+                let mut admin = PgConnection::connect(&format!("{}/postgres", pg_server())).await.ok()?;
                 admin
                     .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
                     .await
@@ -183,9 +174,7 @@ impl TcpProxy {
 pub fn pg_addr() -> SocketAddr {
     let server = pg_server();
     let host_port = server.rsplit('@').next().unwrap_or("127.0.0.1:5432");
-    host_port
-        .parse()
-        .expect("SWITCHYARD_TEST_PG must name an ip:port")
+    host_port.parse().expect("SWITCHYARD_TEST_PG must name an ip:port")
 }
 
 /// Time as the databases keep it (microseconds), so that round trips compare equal.
@@ -195,13 +184,7 @@ pub fn now_micros() -> chrono::DateTime<Utc> {
         .expect("truncate time")
 }
 
-fn scored(
-    model: &str,
-    quality: f64,
-    cost_usd: f64,
-    latency_ms: f64,
-    probability: f64,
-) -> ScoredCandidate {
+fn scored(model: &str, quality: f64, cost_usd: f64, latency_ms: f64, probability: f64) -> ScoredCandidate {
     ScoredCandidate {
         model: model.into(),
         quality,
