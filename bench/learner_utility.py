@@ -50,12 +50,13 @@ def main():
             print(json.dumps({"id": str(i), "prompt": text}))
         return
     data = sys.argv[3]
-    labels = {}
+    labels, tasks = {}, {}
     for task in ["arc_challenge", "mbpp", "winograde"]:
         with open(f"{data}/routerbench-subset/{task}_test.csv") as f:
             for row in csv.DictReader(f):
                 try:
                     labels[key(row["prompt"])] = {m: float(row[c]) for m, c in COLUMNS.items()}
+                    tasks[key(row["prompt"])] = task
                 except ValueError:
                     pass
     billed = collections.defaultdict(dict)
@@ -63,6 +64,7 @@ def main():
         billed[text][model] = cost * 1000
     for path in sys.argv[4:]:
         utility, quality, cost, shares = [], [], [], collections.Counter()
+        per_task = collections.defaultdict(lambda: ([], collections.Counter()))
         with open(path) as f:
             for line in f:
                 row = json.loads(line)
@@ -75,9 +77,14 @@ def main():
                 quality.append(q)
                 cost.append(c)
                 shares[pick] += 1
+                per_task[tasks[key(text)]][0].append(q - COST_WEIGHT * c)
+                per_task[tasks[key(text)]][1][pick] += 1
         n = len(utility)
         print(f"{path}: utility {sum(utility) / n:.4f}  quality {sum(quality) / n:.4f}  USD/1k {sum(cost) / n:.3f}  "
               + "  ".join(f"{m} {k / n:.3f}" for m, k in sorted(shares.items())))
+        for task, (u, picks) in sorted(per_task.items()):
+            print(f"    {task}: utility {sum(u) / len(u):.4f} over {len(u)}  picks "
+                  + "  ".join(f"{m} {k / len(u):.2f}" for m, k in sorted(picks.items())))
 
 
 if __name__ == "__main__":

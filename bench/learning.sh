@@ -19,9 +19,12 @@
 #      TEMPERATURE (softmax temperature, 0.3), TRADEOFF (balanced), SKIP_SHUFFLED=1,
 #      CHALLENGER_SHARE (0.2; 0: the single-stage gate promotes on held-out rows directly),
 #      CHALLENGER_LOOKS (1: judgements a promising challenger gets, `switchyard learn --challenger-looks`),
-#      FRESH_PROMPTS=1 (each round sends its own slice of the training prompts, so a
-#      challenger is judged on prompts it was not trained on; one more slice is never sent
-#      and every checkpoint is also measured on it: realised gains on the log's distribution),
+#      FRESH_PROMPTS (1, the default: each round sends its own slice of the training prompts,
+#      so a challenger is judged on prompts it was not trained on; one more slice is never sent
+#      and every checkpoint is also measured on it: realised gains on the log's distribution.
+#      0: every round sends every training prompt, and challengers are judged on those repeats
+#      — `--judge-repeated-prompts`, which the product leaves off — so the estimate at
+#      promotion is about prompts the challenger has seen, not the test split's),
 #      SEED (7: prompt order, training, feedback shuffle, and with FRESH_PROMPTS the gateway's
 #      exploration draws, so a fresh-prompts run repeats),
 #      SWITCHYARD_BIN (use this binary instead of building the release one).
@@ -38,7 +41,7 @@ CANDIDATES="gpt-4-1106-preview,gpt-3.5-turbo-1106,mixtral-8x7b-instruct-v0.1"
 LIMITS=()
 [[ -n "${TRAIN_LIMIT:-}" ]] && LIMITS+=(--train-limit "$TRAIN_LIMIT")
 [[ -n "${TEST_LIMIT:-}" ]] && LIMITS+=(--test-limit "$TEST_LIMIT")
-[[ -n "${FRESH_PROMPTS:-}" ]] && LIMITS+=(--fresh-prompts)
+if [[ "${FRESH_PROMPTS:-1}" == 0 ]]; then LIMITS+=(--judge-repeated-prompts); else LIMITS+=(--fresh-prompts); fi
 LIMITS+=(--seed "${SEED:-7}")
 
 scripts/fetch-model.sh >/dev/null

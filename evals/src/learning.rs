@@ -472,6 +472,8 @@ pub struct LearnSetup {
     pub promote_margin: f64,
     /// Judgements a promising challenger gets (`switchyard learn --challenger-looks`).
     pub challenger_looks: u32,
+    /// Judge challengers on rows repeating a prompt they learned from too.
+    pub judge_repeated_prompts: bool,
     /// Train each round's candidate from random weights instead of the serving checkpoint's.
     pub cold_start: bool,
     /// Epochs without a better validation loss before training stops (`None`: the default).
@@ -604,6 +606,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         options.min_rows = learn.min_rows;
         options.promote_margin = learn.promote_margin;
         options.challenger_looks = learn.challenger_looks;
+        options.judge_repeated_prompts = learn.judge_repeated_prompts;
         options.embedder_dir = learn.embedder_dir.clone();
         options.cache_dir = learn.cache_dir.clone();
         options.train.progress = false;

@@ -79,6 +79,11 @@ pub struct EvalLearningArgs {
     #[arg(long, default_value_t = training::learn::DEFAULT_CHALLENGER_LOOKS,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(training::learn::MAX_CHALLENGER_LOOKS)))]
     challenger_looks: u32,
+    /// Judge challengers on rows repeating a prompt they learned from too (`switchyard learn
+    /// --judge-repeated-prompts`; without `--fresh-prompts` every round repeats the last one's
+    /// prompts, so a challenger is never judged without it).
+    #[arg(long)]
+    judge_repeated_prompts: bool,
     /// Seed of the prompt samples, the feedback shuffle, training and (with
     /// `--fresh-prompts`) the gateway's exploration draws.
     #[arg(long, default_value_t = 7)]
@@ -170,6 +175,7 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
         min_rows: a.min_rows,
         promote_margin: a.promote_margin,
         challenger_looks: a.challenger_looks,
+        judge_repeated_prompts: a.judge_repeated_prompts,
         cold_start: a.cold_start,
         patience: a.patience,
         snapshots: Some(work.clone()),

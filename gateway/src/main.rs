@@ -583,6 +583,11 @@ struct LearnArgs {
     #[arg(long, default_value_t = training::learn::DEFAULT_CHALLENGER_LOOKS,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(training::learn::MAX_CHALLENGER_LOOKS)))]
     challenger_looks: u32,
+    /// Judge the challenger on requests repeating a prompt it learned from, too (by default
+    /// they are left out: a challenger can be right on them by remembering their ratings).
+    /// For traffic that sends the same prompts again and again with the cache off.
+    #[arg(long)]
+    judge_repeated_prompts: bool,
     /// Only logged requests from this RFC 3339 time on.
     #[arg(long)]
     since: Option<String>,
@@ -654,6 +659,7 @@ impl LearnArgs {
         });
         options.install_challenger = !self.no_challenger;
         options.challenger_looks = self.challenger_looks;
+        options.judge_repeated_prompts = self.judge_repeated_prompts;
         options.since = self.since.clone();
         options.routes = self.routes.clone();
         options.min_rows = self.min_rows;

@@ -10,7 +10,10 @@
 //! the gate), nothing is promoted in round 1 and the challenger promoted in round 2 must serve
 //! the route's trade-off better than the weak start on those test prompts; with labels that
 //! favour no policy (shuffled across prompts and models) and the default gate, nothing is
-//! promoted in either round. Needs the shared data beside the checkout and the embedder weights.
+//! promoted in either round. Every round sends the same prompts, so challengers are judged on
+//! prompts they learned from (`--judge-repeated-prompts`; `switchyard learn` leaves those out by
+//! default, and `bench/learning.sh` sends each round new prompts). Needs the shared data beside
+//! the checkout and the embedder weights.
 
 #![allow(clippy::expect_used, clippy::panic)]
 
@@ -120,6 +123,7 @@ fn the_gateway_learns_from_its_own_traffic_and_promotes_nothing_on_noise() {
         "--temperature",
         "0.3",
         "--promote-margin=-1",
+        "--judge-repeated-prompts",
     ];
     // Every training prompt (2,205) each round and the whole test split (945 prompts).
     let report = run_loop(dir.path(), &weak, "labels", "2205", "945", &labelled);
@@ -202,6 +206,7 @@ fn the_gateway_learns_from_its_own_traffic_and_promotes_nothing_on_noise() {
             "--shuffle-feedback",
             "--tradeoff",
             "quality=1,cost=0,latency=0",
+            "--judge-repeated-prompts",
         ],
     );
     let decisions =

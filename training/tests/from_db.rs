@@ -79,6 +79,13 @@ async fn create_log(url: &str, backend: Backend, active: &Checkpoint, n: usize) 
 /// Writes logged requests `ids` on `date` (migrating first when `migrate`), drawn with a
 /// seed of the first id.
 async fn append_log(url: &str, backend: Backend, active: &Checkpoint, ids: std::ops::Range<usize>, date: &str, migrate: bool) {
+    let seed = ids.start;
+    append_log_drawn_as(url, backend, active, ids, date, migrate, seed).await;
+}
+
+/// [`append_log`] with the prompts, choices and ratings drawn as the rows from `seed_id` on
+/// were: `seed_id` 0 repeats [`create_log`]'s prompts under new ids.
+async fn append_log_drawn_as(url: &str, backend: Backend, active: &Checkpoint, ids: std::ops::Range<usize>, date: &str, migrate: bool, seed_id: usize) {
     sqlx::any::install_default_drivers();
     let pool = AnyPoolOptions::new().max_connections(1).connect(url).await.expect("connect to the log database");
     let dir = match backend {
@@ -105,7 +112,7 @@ async fn append_log(url: &str, backend: Backend, active: &Checkpoint, ids: std::
             "INSERT INTO feedback (request_id, score, source, created_at) VALUES ($1::uuid, $2, 'test', $3::timestamptz)",
         ),
     };
-    let mut rng = StdRng::seed_from_u64(11 + ids.start as u64);
+    let mut rng = StdRng::seed_from_u64(11 + seed_id as u64);
     let epsilon = 0.5;
     for i in ids {
         let v = vector(&mut rng);
@@ -336,7 +343,7 @@ async fn a_candidate_becomes_the_challenger_and_is_promoted_on_traffic_logged_af
     // Too few rows logged since the challenger was trained: it keeps waiting.
     append_log(&db, Backend::Sqlite, &active, 3000..3050, "2099-01-01", false).await;
     let waiting = training::learn::run(&options).await.expect("learn while the challenger waits");
-    assert!(matches!(waiting, LearnOutcome::ChallengerWaiting { fresh: 50, needed: 100 }), "{}", waiting.describe());
+    assert!(matches!(waiting, LearnOutcome::ChallengerWaiting { fresh: 50, repeats: 0, needed: 100 }), "{}", waiting.describe());
     assert_eq!(hash(&active_dir), wrong);
     let installed = hash(&challenger);
 
@@ -352,6 +359,41 @@ async fn a_candidate_becomes_the_challenger_and_is_promoted_on_traffic_logged_af
     assert_eq!(hash(&active_dir), installed, "the challenger is now the active checkpoint");
     assert_ne!(challenger.exists().then(|| hash(&challenger)), Some(installed), "the judged challenger was retired");
     assert!(decisions().lines().count() >= 2);
+}
+
+/// Rows repeating the prompts a challenger learned from do not judge it (it could be right
+/// on them by remembering their ratings); asked to, it is judged on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenger_is_not_judged_on_the_prompts_it_learned_from() {
+    use training::learn::{ChallengerChange, LearnOutcome};
+    let LearnFixture { tmp: _tmp, active, db, mut options, .. } = learn_fixture();
+    create_log(&db, Backend::Sqlite, &active, 3000).await;
+    let first = training::learn::run(&options).await.expect("learn");
+    assert!(matches!(first, LearnOutcome::Evaluated { challenger: ChallengerChange::Installed, .. }), "{}", first.describe());
+
+    // 1,050 new requests, every one repeating a prompt of the first 1,050 logged.
+    append_log_drawn_as(&db, Backend::Sqlite, &active, 3000..4050, "2099-01-02", false, 0).await;
+    options.dry_run = true;
+    let waiting = training::learn::run(&options).await.expect("learn");
+    assert!(matches!(waiting, LearnOutcome::ChallengerWaiting { fresh: 0, repeats: 1050, needed: 100 }), "{}", waiting.describe());
+
+    options.judge_repeated_prompts = true;
+    options.force = true;
+    let judged = training::learn::run(&options).await.expect("learn, repeats judged");
+    let LearnOutcome::Evaluated { judged: Some(record), .. } = &judged else {
+        panic!("expected the challenger judged: {}", judged.describe());
+    };
+    assert_eq!(record.ope.rows, 1050, "{}", judged.describe());
+
+    // Half new prompts: judged on those alone, and the rest named as left out.
+    options.judge_repeated_prompts = false;
+    append_log(&db, Backend::Sqlite, &active, 4050..5100, "2099-01-03", false).await;
+    let judged = training::learn::run(&options).await.expect("learn on new prompts");
+    let LearnOutcome::Evaluated { judged: Some(record), .. } = &judged else {
+        panic!("expected the challenger judged: {}", judged.describe());
+    };
+    assert_eq!(record.ope.rows, 1050, "{}", judged.describe());
+    assert!(record.reason.contains("1050 more repeating a prompt it learned from left out"), "{}", record.reason);
 }
 
 /// A challenger ahead on its estimate but not on its bound is kept, keeps its share, and is
