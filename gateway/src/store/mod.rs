@@ -517,6 +517,9 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
+                // Each multi-row insert's statement journal stays in memory: on disk it was a
+                // temp file created and unlinked per batch (3,700 of each in a
+                // `log_writer` bench run of 3,900 batches).
                 .pragma("temp_store", "memory");
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
             let pool = if in_memory {
