@@ -569,19 +569,23 @@ fn judged_rows(logged: &[LoggedRequest], dim: usize, trained_at: chrono::DateTim
     fn embedding(r: &LoggedRequest, dim: usize) -> Option<&[f32]> {
         r.embedding.as_deref().filter(|e| e.len() == dim)
     }
-    let is_fresh = |r: &LoggedRequest| parse_time(&r.created_at).is_ok_and(|t| t > trained_at);
     let bits = |e: &[f32]| e.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-    let learned: std::collections::HashSet<Vec<u32>> = if keep_repeats {
-        std::collections::HashSet::new()
-    } else {
-        logged.iter().filter(|r| !is_fresh(r)).filter_map(|r| embedding(r, dim).map(bits)).collect()
-    };
-    let (rows, repeated): (Vec<&LoggedRequest>, Vec<&LoggedRequest>) = logged
-        .iter()
-        .filter(|r| r.feedback.is_some() && r.succeeded() && is_fresh(r))
-        .filter(|r| embedding(r, dim).is_some())
-        .partition(|r| embedding(r, dim).is_none_or(|e| !learned.contains(&bits(e))));
-    JudgedRows { rows, repeats: repeated.len() }
+    let (after, before): (Vec<&LoggedRequest>, Vec<&LoggedRequest>) =
+        logged.iter().partition(|r| parse_time(&r.created_at).is_ok_and(|t| t > trained_at));
+    let learned: std::collections::HashSet<Vec<u32>> =
+        if keep_repeats { std::collections::HashSet::new() } else { before.iter().filter_map(|r| embedding(r, dim).map(bits)).collect() };
+    let mut repeats = 0;
+    let rows = after
+        .into_iter()
+        .filter(|r| r.feedback.is_some() && r.succeeded())
+        .filter(|r| {
+            let Some(e) = embedding(r, dim) else { return false };
+            let repeat = !learned.is_empty() && learned.contains(&bits(e));
+            repeats += usize::from(repeat);
+            !repeat
+        })
+        .collect();
+    JudgedRows { rows, repeats }
 }
 
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
