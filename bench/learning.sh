@@ -27,6 +27,8 @@
 #      promotion is about prompts the challenger has seen, not the test split's),
 #      SEED (7: prompt order, training, feedback shuffle, and with FRESH_PROMPTS the gateway's
 #      exploration draws, so a fresh-prompts run repeats),
+#      JUDGE_REWARD_MODEL (nearest-rows, the default, or active-heads: what a challenger's
+#      judgement fills in for picks the log did not serve, `switchyard learn --judge-reward-model`),
 #      SWITCHYARD_BIN (use this binary instead of building the release one).
 # Writes learning.md, learning.json and learning_curve.svg into $OUT (and $OUT/shuffled).
 set -euo pipefail
@@ -42,7 +44,7 @@ LIMITS=()
 [[ -n "${TRAIN_LIMIT:-}" ]] && LIMITS+=(--train-limit "$TRAIN_LIMIT")
 [[ -n "${TEST_LIMIT:-}" ]] && LIMITS+=(--test-limit "$TEST_LIMIT")
 if [[ "${FRESH_PROMPTS:-1}" == 0 ]]; then LIMITS+=(--judge-repeated-prompts); else LIMITS+=(--fresh-prompts); fi
-LIMITS+=(--seed "${SEED:-7}")
+LIMITS+=(--seed "${SEED:-7}" --judge-reward-model "${JUDGE_REWARD_MODEL:-nearest-rows}")
 
 scripts/fetch-model.sh >/dev/null
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"

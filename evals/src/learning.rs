@@ -474,6 +474,8 @@ pub struct LearnSetup {
     pub challenger_looks: u32,
     /// Judge challengers on rows repeating a prompt they learned from too.
     pub judge_repeated_prompts: bool,
+    /// The reward model of challengers' judgements.
+    pub judge_reward_model: training::learn::JudgeRewardModel,
     /// Train each round's candidate from random weights instead of the serving checkpoint's.
     pub cold_start: bool,
     /// Epochs without a better validation loss before training stops (`None`: the default).
@@ -607,6 +609,7 @@ pub async fn run_loop(addr: SocketAddr, plan: &LoopPlan, learn: &LearnSetup, tra
         options.promote_margin = learn.promote_margin;
         options.challenger_looks = learn.challenger_looks;
         options.judge_repeated_prompts = learn.judge_repeated_prompts;
+        options.judge_reward_model = learn.judge_reward_model;
         options.embedder_dir = learn.embedder_dir.clone();
         options.cache_dir = learn.cache_dir.clone();
         options.train.progress = false;

@@ -84,6 +84,9 @@ pub struct EvalLearningArgs {
     /// prompts, so a challenger is never judged without it).
     #[arg(long)]
     judge_repeated_prompts: bool,
+    /// The reward model of challengers' judgements (`switchyard learn --judge-reward-model`).
+    #[arg(long, default_value = "nearest-rows")]
+    judge_reward_model: training::learn::JudgeRewardModel,
     /// Seed of the prompt samples, the feedback shuffle, training and (with
     /// `--fresh-prompts`) the gateway's exploration draws.
     #[arg(long, default_value_t = 7)]
@@ -176,6 +179,7 @@ pub async fn run(a: EvalLearningArgs, command: String) -> anyhow::Result<()> {
         promote_margin: a.promote_margin,
         challenger_looks: a.challenger_looks,
         judge_repeated_prompts: a.judge_repeated_prompts,
+        judge_reward_model: a.judge_reward_model,
         cold_start: a.cold_start,
         patience: a.patience,
         snapshots: Some(work.clone()),

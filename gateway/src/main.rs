@@ -588,6 +588,11 @@ struct LearnArgs {
     /// For traffic that sends the same prompts again and again with the cache off.
     #[arg(long)]
     judge_repeated_prompts: bool,
+    /// What the challenger's judgement fills in for picks the log did not serve:
+    /// `nearest-rows` (each model's mean outcome on the 40 nearest requests it served before
+    /// the challenger was trained) or `active-heads` (the serving checkpoint's predictions).
+    #[arg(long, default_value = "nearest-rows")]
+    judge_reward_model: training::learn::JudgeRewardModel,
     /// Only logged requests from this RFC 3339 time on.
     #[arg(long)]
     since: Option<String>,
@@ -660,6 +665,7 @@ impl LearnArgs {
         options.install_challenger = !self.no_challenger;
         options.challenger_looks = self.challenger_looks;
         options.judge_repeated_prompts = self.judge_repeated_prompts;
+        options.judge_reward_model = self.judge_reward_model;
         options.since = self.since.clone();
         options.routes = self.routes.clone();
         options.min_rows = self.min_rows;

@@ -66,6 +66,30 @@ const POCOCK_Z: [f64; 5] = [1.645, 1.875, 1.992, 2.067, 2.122];
 /// The most judgements a challenger can get (the table's length).
 pub const MAX_CHALLENGER_LOOKS: u32 = POCOCK_Z.len() as u32;
 
+/// The reward model of the challenger's judgement (stage 2; a candidate's first gate on the
+/// held-out rows always uses the active checkpoint's heads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JudgeRewardModel {
+    /// Each model's mean outcome on the nearest rows it served before the challenger was
+    /// trained ([`db::NearestRows`]).
+    #[default]
+    NearestRows,
+    /// The active checkpoint's heads.
+    ActiveHeads,
+}
+
+impl std::str::FromStr for JudgeRewardModel {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "nearest-rows" => Ok(Self::NearestRows),
+            "active-heads" => Ok(Self::ActiveHeads),
+            other => Err(format!("unknown reward model {other:?} (nearest-rows or active-heads)")),
+        }
+    }
+}
+
 /// What one judgement of the challenger says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -124,6 +148,8 @@ pub struct LearnOptions {
     /// Judge the challenger on rows repeating a prompt it learned from, too (off: they are
     /// left out, see [`judged_rows`]).
     pub judge_repeated_prompts: bool,
+    /// The reward model the challenger's judgement fills unserved picks with.
+    pub judge_reward_model: JudgeRewardModel,
     pub train: TrainConfig,
     pub embedder_dir: Option<PathBuf>,
     pub cache_dir: PathBuf,
@@ -145,6 +171,7 @@ impl LearnOptions {
             dry_run: false,
             force: false,
             judge_repeated_prompts: false,
+            judge_reward_model: JudgeRewardModel::default(),
             train: TrainConfig::default(),
             embedder_dir: None,
             cache_dir: crate::embed_cache::default_cache_root(),
@@ -484,12 +511,20 @@ fn judge_challenger(
     let predict = |c: &router_model::Checkpoint, r: &LoggedRequest| -> Result<Vec<router_model::Prediction>> {
         Ok(c.predict(r.embedding.as_deref().unwrap_or(&[]), &r.features())?)
     };
+    // The reward model sees only rows logged before the challenger was trained: none of the
+    // rows it judges, so the estimate stays unbiased.
+    let nearest = db::NearestRows::from_rows(logged.iter().filter(|r| parse_time(&r.created_at).is_ok_and(|t| t <= trained_at)), dim);
+    let reward = match opts.judge_reward_model {
+        JudgeRewardModel::NearestRows => db::RewardModel::NearestRows(&nearest),
+        JudgeRewardModel::ActiveHeads => db::RewardModel::ActiveHeads,
+    };
     let ope = match db::evaluate_policies(
         &fresh,
         challenger.candidates(),
         &|r| predict(&challenger, r),
         active.candidates(),
         &|r| predict(&active, r),
+        reward,
         opts.promote_margin,
     ) {
         Ok(ope) => ope,

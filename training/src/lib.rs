@@ -595,6 +595,7 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
                 &new_predict,
                 a.candidates(),
                 &active_predict,
+                db::RewardModel::ActiveHeads,
                 opts.promote_margin,
             ) {
                 Ok(report) => {
