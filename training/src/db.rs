@@ -324,11 +324,8 @@ pub struct NeighbourEstimate {
 }
 
 impl NearestRows {
-    /// Neighbours averaged per estimate (the selector's own kNN smoothing uses as many).
-    pub const NEIGHBOURS: usize = 40;
-    /// At most this share of a model's rows are averaged: a model that served few rows is
-    /// estimated from its nearest ones, not from all of them alike.
-    pub const MAX_SHARE: usize = 5;
+    /// Neighbours averaged per estimate: as many as the learner smooths its targets over.
+    pub const NEIGHBOURS: usize = crate::train::DEFAULT_LOG_LABEL_NEIGHBOURS;
     /// A model with fewer served rows is left to the active checkpoint's heads.
     pub const MIN_SERVED: usize = 20;
     /// The newest rows kept per model, bounding the cost of a judgement on a long log.
@@ -349,12 +346,11 @@ impl NearestRows {
         let by_model = served
             .into_iter()
             .map(|(model, rows)| {
-                let mut index = ServedRows::default();
-                for (embedding, outcome) in &rows[rows.len().saturating_sub(Self::MAX_SERVED)..] {
-                    let norm = embedding.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
-                    index.embeddings.extend(embedding.iter().map(|v| v / norm));
-                    index.outcomes.push(*outcome);
-                }
+                let kept = &rows[rows.len().saturating_sub(Self::MAX_SERVED)..];
+                let index = ServedRows {
+                    embeddings: crate::neighbours::unit_length(kept.iter().map(|(e, _)| *e)),
+                    outcomes: kept.iter().map(|(_, o)| *o).collect(),
+                };
                 (model, index)
             })
             .collect();
@@ -371,25 +367,19 @@ impl NearestRows {
     }
 
     /// The mean outcome of the rows nearest `embedding` (cosine) that `model` served:
-    /// [`Self::NEIGHBOURS`] of them, at most a [`Self::MAX_SHARE`]th of its rows; `None` where
-    /// it served fewer than [`Self::MIN_SERVED`] or the embedding does not fit.
+    /// [`Self::NEIGHBOURS`], at most a fifth of its rows ([`crate::neighbours::neighbourhood`]);
+    /// `None` where it served fewer than [`Self::MIN_SERVED`] or the embedding does not fit.
     pub fn estimate(&self, model: &str, embedding: &[f32]) -> Option<NeighbourEstimate> {
         let served = self.by_model.get(model)?;
         let n = served.outcomes.len();
         if n < Self::MIN_SERVED || embedding.len() != self.dim || self.dim == 0 {
             return None;
         }
-        let k = Self::NEIGHBOURS.min(n / Self::MAX_SHARE).max(1);
-        let mut similarity: Vec<(f32, usize)> = served
-            .embeddings
-            .chunks_exact(self.dim)
-            .enumerate()
-            .map(|(i, e)| (e.iter().zip(embedding).map(|(a, b)| a * b).sum::<f32>(), i))
-            .collect();
-        // Nearest first; ties by row so the estimate does not depend on the sort.
-        similarity.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let nearest = &similarity[..k];
-        let mean = |f: fn(&Outcome) -> f64| nearest.iter().map(|&(_, i)| f(&served.outcomes[i])).sum::<f64>() / k as f64;
+        let k = crate::neighbours::neighbourhood(Self::NEIGHBOURS, n);
+        let similarity: Vec<f32> = served.embeddings.chunks_exact(self.dim).map(|e| e.iter().zip(embedding).map(|(a, b)| a * b).sum()).collect();
+        let mut order = Vec::with_capacity(n);
+        let nearest = crate::neighbours::most_similar(&similarity, k, &mut order);
+        let mean = |f: fn(&Outcome) -> f64| nearest.iter().map(|&i| f(&served.outcomes[i as usize])).sum::<f64>() / k as f64;
         Some(NeighbourEstimate {
             quality: mean(|o| o.quality),
             cost_usd: mean(|o| o.cost_usd),

@@ -20,6 +20,7 @@ pub mod embed_cache;
 pub mod error;
 pub mod eval;
 pub mod learn;
+pub mod neighbours;
 pub mod progress;
 pub mod train;
 
@@ -244,16 +245,11 @@ fn examples_from_log(
 
 /// Replaces each logged quality target with the mean rating of the `k` nearest examples
 /// (cosine on the embedding, itself included) rated for the same model, fewer where the model
-/// answered fewer than 5·k rows. The similarities
-/// are one matrix product per model in blocks of rows: quadratic in the rows a model
-/// served, a second or two for a few thousand.
+/// answered fewer than 5·k rows ([`neighbours::neighbourhood`]). The similarities are one
+/// matrix product per model in blocks of rows: quadratic in the rows a model served, a second
+/// or two for a few thousand.
 fn smooth_log_ratings(examples: &mut [Example], num_candidates: usize, k: usize) -> Result<()> {
     const BLOCK: usize = 1024;
-    // A neighbourhood stays local: at most this share of the rows the model answered, so a
-    // model explored on a few dozen rows is not flattened to its mean. Measured on the
-    // learning bench's logs (bench/README.md, "The learner"): at 5% the 2,205-row log lost
-    // most of the gain of 40 neighbours; with no cap a 386-row log routed worse than the start.
-    const LOCAL_SHARE: f64 = 0.2;
     if k <= 1 {
         return Ok(());
     }
@@ -262,7 +258,7 @@ fn smooth_log_ratings(examples: &mut [Example], num_candidates: usize, k: usize)
             .filter(|&i| examples[i].quality[head].is_some())
             .collect();
         let n = rated.len();
-        let take = k.min((n as f64 * LOCAL_SHARE).round() as usize).max(1);
+        let take = neighbours::neighbourhood(k, n);
         if take <= 1 {
             continue;
         }
@@ -271,17 +267,7 @@ fn smooth_log_ratings(examples: &mut [Example], num_candidates: usize, k: usize)
             .filter_map(|&i| examples[i].quality[head])
             .collect();
         let dim = examples[rated[0]].embedding.len();
-        let mut unit = Vec::with_capacity(n * dim);
-        for &i in &rated {
-            let e = &examples[i].embedding;
-            let norm = e
-                .iter()
-                .map(|x| x * x)
-                .sum::<f32>()
-                .sqrt()
-                .max(f32::MIN_POSITIVE);
-            unit.extend(e.iter().map(|x| x / norm));
-        }
+        let unit = neighbours::unit_length(rated.iter().map(|&i| examples[i].embedding.as_slice()));
         let unit = candle_core::Tensor::from_vec(unit, (n, dim), &candle_core::Device::Cpu)?;
         let transposed = unit.t()?.contiguous()?;
         let mut smoothed = Vec::with_capacity(n);
@@ -293,18 +279,8 @@ fn smooth_log_ratings(examples: &mut [Example], num_candidates: usize, k: usize)
                 .matmul(&transposed)?
                 .to_vec2::<f32>()?;
             for row in similarity {
-                order.clear();
-                order.extend(0..n as u32);
-                order.select_nth_unstable_by(take - 1, |&a, &b| {
-                    row[b as usize].total_cmp(&row[a as usize])
-                });
-                smoothed.push(
-                    order[..take]
-                        .iter()
-                        .map(|&j| ratings[j as usize])
-                        .sum::<f32>()
-                        / take as f32,
-                );
+                let nearest = neighbours::most_similar(&row, take, &mut order);
+                smoothed.push(nearest.iter().map(|&j| ratings[j as usize]).sum::<f32>() / take as f32);
             }
         }
         for (&i, value) in rated.iter().zip(smoothed) {
