@@ -18,7 +18,8 @@
 //! 2. the next run with enough rated rows logged *after the challenger was trained* judges it
 //!    on those rows — rows it never learned from, on which its picks were served at
 //!    probability ≥ share × its own — and promotes it when the gate's bound clears the
-//!    margin. A challenger whose estimate is above the margin but whose bound is not
+//!    margin. Its reward model is the log itself ([`db::NearestRows`] over the rows logged
+//!    before the challenger was trained), not either checkpoint's beliefs. A challenger whose estimate is above the margin but whose bound is not
 //!    (promising, unproven) keeps its share and is judged again by the next run on every row
 //!    since it was trained, up to `challenger_looks` judgements; the bound then uses Pocock's
 //!    z for that many looks, so judging again does not raise the chance of promoting a
