@@ -297,7 +297,8 @@ pub enum RewardModel<'a> {
 /// neither policy.
 pub struct NearestRows {
     dim: usize,
-    by_model: std::collections::HashMap<String, ServedRows>,
+    /// Per model, sorted by name.
+    by_model: Vec<(String, ServedRows)>,
 }
 
 /// One model's served rows: unit-length embeddings, flattened, beside their outcomes.
@@ -343,7 +344,7 @@ impl NearestRows {
             let outcome = Outcome { quality, cost_usd: row.cost_usd.unwrap_or(0.0), latency_ms: row.latency_ms };
             served.entry(row.model.clone()).or_default().push((embedding, outcome));
         }
-        let by_model = served
+        let mut by_model: Vec<(String, ServedRows)> = served
             .into_iter()
             .map(|(model, rows)| {
                 let kept = &rows[rows.len().saturating_sub(Self::MAX_SERVED)..];
@@ -354,38 +355,68 @@ impl NearestRows {
                 (model, index)
             })
             .collect();
+        by_model.sort_by(|a, b| a.0.cmp(&b.0));
         Self { dim, by_model }
     }
 
     /// Rows indexed, over all models.
     pub fn len(&self) -> usize {
-        self.by_model.values().map(|m| m.outcomes.len()).sum()
+        self.by_model.iter().map(|(_, m)| m.outcomes.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The mean outcome of the rows nearest `embedding` (cosine) that `model` served:
-    /// [`Self::NEIGHBOURS`], at most a fifth of its rows ([`crate::neighbours::neighbourhood`]);
-    /// `None` where it served fewer than [`Self::MIN_SERVED`] or the embedding does not fit.
-    pub fn estimate(&self, model: &str, embedding: &[f32]) -> Option<NeighbourEstimate> {
-        let served = self.by_model.get(model)?;
-        let n = served.outcomes.len();
-        if n < Self::MIN_SERVED || embedding.len() != self.dim || self.dim == 0 {
-            return None;
+    /// For each of `embeddings` (in order; `None` or another size: no estimate), the mean
+    /// outcome of the rows nearest it (cosine) that each model served: [`Self::NEIGHBOURS`], at
+    /// most a fifth of that model's rows ([`crate::neighbours::neighbourhood`]); no estimate
+    /// for a model that served fewer than [`Self::MIN_SERVED`]. One matrix product per model
+    /// in blocks of rows, so a judgement on a long log stays seconds, not minutes.
+    pub fn estimate_rows(&self, embeddings: &[Option<&[f32]>]) -> Result<NeighbourEstimates> {
+        const BLOCK: usize = 1024;
+        let mut by_row = vec![vec![None; self.by_model.len()]; embeddings.len()];
+        let fits: Vec<(usize, &[f32])> = embeddings.iter().enumerate().filter_map(|(i, e)| e.filter(|e| e.len() == self.dim && self.dim > 0).map(|e| (i, e))).collect();
+        let mut order = Vec::new();
+        for (m, (_, served)) in self.by_model.iter().enumerate() {
+            let n = served.outcomes.len();
+            if n < Self::MIN_SERVED || fits.is_empty() {
+                continue;
+            }
+            let k = crate::neighbours::neighbourhood(Self::NEIGHBOURS, n);
+            let reference = candle_core::Tensor::from_slice(&served.embeddings, (n, self.dim), &candle_core::Device::Cpu)?.t()?.contiguous()?;
+            for block in fits.chunks(BLOCK) {
+                let queries: Vec<f32> = block.iter().flat_map(|(_, e)| e.iter().copied()).collect();
+                let queries = candle_core::Tensor::from_vec(queries, (block.len(), self.dim), &candle_core::Device::Cpu)?;
+                let similarity = queries.matmul(&reference)?.to_vec2::<f32>()?;
+                for ((row, _), similarity) in block.iter().zip(similarity) {
+                    let nearest = crate::neighbours::most_similar(&similarity, k, &mut order);
+                    let mean = |f: fn(&Outcome) -> f64| nearest.iter().map(|&i| f(&served.outcomes[i as usize])).sum::<f64>() / k as f64;
+                    by_row[*row][m] = Some(NeighbourEstimate {
+                        quality: mean(|o| o.quality),
+                        cost_usd: mean(|o| o.cost_usd),
+                        latency_ms: mean(|o| o.latency_ms),
+                        neighbours: k,
+                    });
+                }
+            }
         }
-        let k = crate::neighbours::neighbourhood(Self::NEIGHBOURS, n);
-        let similarity: Vec<f32> = served.embeddings.chunks_exact(self.dim).map(|e| e.iter().zip(embedding).map(|(a, b)| a * b).sum()).collect();
-        let mut order = Vec::with_capacity(n);
-        let nearest = crate::neighbours::most_similar(&similarity, k, &mut order);
-        let mean = |f: fn(&Outcome) -> f64| nearest.iter().map(|&i| f(&served.outcomes[i as usize])).sum::<f64>() / k as f64;
-        Some(NeighbourEstimate {
-            quality: mean(|o| o.quality),
-            cost_usd: mean(|o| o.cost_usd),
-            latency_ms: mean(|o| o.latency_ms),
-            neighbours: k,
-        })
+        Ok(NeighbourEstimates { models: self.by_model.iter().map(|(model, _)| model.clone()).collect(), by_row })
+    }
+}
+
+/// [`NearestRows::estimate_rows`]' answer: per row, per model.
+#[derive(Debug, Clone, Default)]
+pub struct NeighbourEstimates {
+    models: Vec<String>,
+    by_row: Vec<Vec<Option<NeighbourEstimate>>>,
+}
+
+impl NeighbourEstimates {
+    /// Row `row`'s estimate for `model`, if there is one.
+    pub fn get(&self, row: usize, model: &str) -> Option<NeighbourEstimate> {
+        let m = self.models.iter().position(|c| c == model)?;
+        self.by_row.get(row)?.get(m).copied().flatten()
     }
 }
 
@@ -547,6 +578,10 @@ pub fn evaluate_policies(
     let (mut agree_new, mut agree_active) = (0usize, 0usize);
     let active_predictions = usable.iter().map(|row| active_predict(row)).collect::<Result<Vec<_>>>()?;
     let token_scales = output_token_scales(&usable, &active_predictions, active_candidates);
+    let neighbour_estimates = match reward {
+        RewardModel::ActiveHeads => NeighbourEstimates::default(),
+        RewardModel::NearestRows(nearest) => nearest.estimate_rows(&usable.iter().map(|r| r.embedding.as_deref()).collect::<Vec<_>>())?,
+    };
     for (i, (row, q_active)) in usable.iter().zip(&active_predictions).enumerate() {
         let quality = row.feedback.unwrap_or(0.0);
         let tradeoff = row.tradeoff.unwrap_or(Tradeoff::BEST);
@@ -567,11 +602,9 @@ pub fn evaluate_policies(
             .map(|(h, p)| Prediction { output_tokens: p.output_tokens * token_scales[i % 2].get(h).copied().unwrap_or(1.0) as f32, ..p.clone() })
             .collect();
         let mut hat = predicted_utilities(row, tradeoff, &calibrated, active_candidates);
-        if let (RewardModel::NearestRows(nearest), Some(embedding)) = (reward, row.embedding.as_deref()) {
-            for (estimate, c) in hat.iter_mut().zip(&row.candidates) {
-                if let Some(n) = nearest.estimate(&c.model, embedding) {
-                    *estimate = (n.quality, tradeoff.utility(n.quality, n.cost_usd, n.latency_ms));
-                }
+        for (estimate, c) in hat.iter_mut().zip(&row.candidates) {
+            if let Some(n) = neighbour_estimates.get(i, &c.model) {
+                *estimate = (n.quality, tradeoff.utility(n.quality, n.cost_usd, n.latency_ms));
             }
         }
         let Some(logged) = row.candidates.iter().position(|c| c.model == row.model) else { continue };
@@ -951,17 +984,20 @@ mod tests {
         rows.extend([failed, unrated]);
         let nearest = NearestRows::from_rows(&rows, 2);
         assert_eq!(nearest.len(), 210);
-        let near_first = nearest.estimate("a", &[3.0, 0.1]).expect("a served enough");
+        let queries: [Option<&[f32]>; 5] = [Some(&[3.0, 0.1]), Some(&[0.0, 1.0]), Some(&[1.0, 0.0]), Some(&[1.0, 0.0, 0.0]), None];
+        let estimates = nearest.estimate_rows(&queries).expect("estimated");
+        let near_first = estimates.get(0, "a").expect("a served enough");
         assert_eq!(near_first.neighbours, NearestRows::NEIGHBOURS);
         assert!((near_first.quality - 1.0).abs() < 1e-9 && (near_first.cost_usd - 0.002).abs() < 1e-12, "{near_first:?}");
-        let near_second = nearest.estimate("a", &[0.0, 1.0]).expect("a served enough");
-        assert_eq!(near_second.quality, 0.0);
-        assert_eq!(nearest.estimate("b", &[1.0, 0.0]), None, "10 rows are too few");
-        assert_eq!(nearest.estimate("c", &[1.0, 0.0]), None);
-        assert_eq!(nearest.estimate("a", &[1.0, 0.0, 0.0]), None, "embedding of another size");
+        assert_eq!(estimates.get(1, "a").map(|e| e.quality), Some(0.0));
+        assert_eq!(estimates.get(2, "b"), None, "10 rows are too few");
+        assert_eq!(estimates.get(2, "c"), None);
+        assert_eq!(estimates.get(3, "a"), None, "embedding of another size");
+        assert_eq!(estimates.get(4, "a"), None, "no embedding");
+        assert_eq!(estimates.get(5, "a"), None, "no such row");
         // A model that served 50 rows is averaged over at most a fifth of them.
         let few = NearestRows::from_rows(&rows[..50], 2);
-        assert_eq!(few.estimate("a", &[1.0, 0.0]).map(|e| e.neighbours), Some(10));
+        assert_eq!(few.estimate_rows(&queries[2..3]).expect("estimated").get(0, "a").map(|e| e.neighbours), Some(10));
     }
 
     #[test]
