@@ -374,34 +374,35 @@ impl NearestRows {
     /// for a model that served fewer than [`Self::MIN_SERVED`]. One matrix product per model
     /// in blocks of rows, so a judgement on a long log stays seconds, not minutes.
     pub fn estimate_rows(&self, embeddings: &[Option<&[f32]>]) -> Result<NeighbourEstimates> {
-        const BLOCK: usize = 1024;
         let mut by_row = vec![vec![None; self.by_model.len()]; embeddings.len()];
         let fits: Vec<(usize, &[f32])> = embeddings.iter().enumerate().filter_map(|(i, e)| e.filter(|e| e.len() == self.dim && self.dim > 0).map(|e| (i, e))).collect();
-        let mut order = Vec::new();
+        if fits.is_empty() {
+            return Ok(NeighbourEstimates { models: self.models(), by_row });
+        }
+        let queries: Vec<f32> = fits.iter().flat_map(|(_, e)| e.iter().copied()).collect();
+        let queries = candle_core::Tensor::from_vec(queries, (fits.len(), self.dim), &candle_core::Device::Cpu)?;
         for (m, (_, served)) in self.by_model.iter().enumerate() {
             let n = served.outcomes.len();
-            if n < Self::MIN_SERVED || fits.is_empty() {
+            if n < Self::MIN_SERVED {
                 continue;
             }
             let k = crate::neighbours::neighbourhood(Self::NEIGHBOURS, n);
-            let reference = candle_core::Tensor::from_slice(&served.embeddings, (n, self.dim), &candle_core::Device::Cpu)?.t()?.contiguous()?;
-            for block in fits.chunks(BLOCK) {
-                let queries: Vec<f32> = block.iter().flat_map(|(_, e)| e.iter().copied()).collect();
-                let queries = candle_core::Tensor::from_vec(queries, (block.len(), self.dim), &candle_core::Device::Cpu)?;
-                let similarity = queries.matmul(&reference)?.to_vec2::<f32>()?;
-                for ((row, _), similarity) in block.iter().zip(similarity) {
-                    let nearest = crate::neighbours::most_similar(&similarity, k, &mut order);
-                    let mean = |f: fn(&Outcome) -> f64| nearest.iter().map(|&i| f(&served.outcomes[i as usize])).sum::<f64>() / k as f64;
-                    by_row[*row][m] = Some(NeighbourEstimate {
-                        quality: mean(|o| o.quality),
-                        cost_usd: mean(|o| o.cost_usd),
-                        latency_ms: mean(|o| o.latency_ms),
-                        neighbours: k,
-                    });
-                }
-            }
+            let reference = candle_core::Tensor::from_slice(&served.embeddings, (n, self.dim), &candle_core::Device::Cpu)?;
+            crate::neighbours::each_nearest(&queries, &reference, k, |q, nearest| {
+                let mean = |f: fn(&Outcome) -> f64| nearest.iter().map(|&i| f(&served.outcomes[i as usize])).sum::<f64>() / k as f64;
+                by_row[fits[q].0][m] = Some(NeighbourEstimate {
+                    quality: mean(|o| o.quality),
+                    cost_usd: mean(|o| o.cost_usd),
+                    latency_ms: mean(|o| o.latency_ms),
+                    neighbours: k,
+                });
+            })?;
         }
-        Ok(NeighbourEstimates { models: self.by_model.iter().map(|(model, _)| model.clone()).collect(), by_row })
+        Ok(NeighbourEstimates { models: self.models(), by_row })
+    }
+
+    fn models(&self) -> Vec<String> {
+        self.by_model.iter().map(|(model, _)| model.clone()).collect()
     }
 }
 
@@ -1284,10 +1285,10 @@ mod gate_calibration {
     /// bound allows), and finds more of the truly better challengers than the active
     /// checkpoint's heads where those are wrong about the challenger's picks and the ratings
     /// say much per row. Measured at 600 judged rows: no-better (overfit) challengers promoted
-    /// 16 of 300 with the nearest rows (13 with the active's heads) under thumbs, 19
-    /// (13) under graded ratings, within the binomial slack of 5% (15 of 300); better by 0.02 under graded ratings, 177 of 200
-    /// against 116. Under thumbs each rating's own noise dominates: better by 0.1, 47 of 100
-    /// against 43 (not asserted).
+    /// 16 of 300 with the nearest rows (13 with the active's heads) under thumbs, 19 (13) under
+    /// graded ratings, within the binomial slack of 5% (15 of 300); better by 0.02 under graded
+    /// ratings, 177 of 200 against 116. Under thumbs each rating's own noise dominates: better
+    /// by 0.1, 47 of 100 against 43 (not asserted).
     #[test]
     fn a_reward_model_of_the_nearest_earlier_rows_finds_better_challengers_without_more_false_promotions() {
         let count = |trials: std::ops::Range<u64>, advantage: f64, overfit: bool, graded: bool| {

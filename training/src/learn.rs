@@ -19,8 +19,8 @@
 //!    on those rows — rows it never learned from, on which its picks were served at
 //!    probability ≥ share × its own — and promotes it when the gate's bound clears the
 //!    margin. Its reward model is the log itself ([`db::NearestRows`] over the rows logged
-//!    before the challenger was trained), not either checkpoint's beliefs. A challenger whose estimate is above the margin but whose bound is not
-//!    (promising, unproven) keeps its share and is judged again by the next run on every row
+//!    before the challenger was trained), not either checkpoint's beliefs. A challenger whose
+//!    estimate is above the margin but whose bound is not (promising, unproven) keeps its share and is judged again by the next run on every row
 //!    since it was trained, up to `challenger_looks` judgements; the bound then uses Pocock's
 //!    z for that many looks, so judging again does not raise the chance of promoting a
 //!    no-better challenger above 5% ([`challenger_verdict`]). Otherwise it is retired, and
@@ -504,7 +504,7 @@ fn judge_challenger(
         }
     };
     let trained_at = parse_time(&challenger.meta.created_at)?;
-    let JudgedRows { rows: fresh, repeats } = judged_rows(logged, dim, trained_at, opts.judge_repeated_prompts);
+    let JudgedRows { rows: fresh, repeats, before } = judged_rows(logged, dim, trained_at, opts.judge_repeated_prompts);
     let needed = opts.min_rows.max(2);
     if fresh.len() < needed {
         return Ok(Judgement::Waiting { fresh: fresh.len(), repeats, needed });
@@ -514,7 +514,7 @@ fn judge_challenger(
     };
     // The reward model sees only rows logged before the challenger was trained: none of the
     // rows it judges, so the estimate stays unbiased.
-    let nearest = db::NearestRows::from_rows(logged.iter().filter(|r| parse_time(&r.created_at).is_ok_and(|t| t <= trained_at)), dim);
+    let nearest = db::NearestRows::from_rows(before, dim);
     let reward = match opts.judge_reward_model {
         JudgeRewardModel::NearestRows => db::RewardModel::NearestRows(&nearest),
         JudgeRewardModel::ActiveHeads => db::RewardModel::ActiveHeads,
@@ -587,10 +587,12 @@ fn judge_challenger(
     Ok(Judgement::Judged { record: Box::new(record), judge_again })
 }
 
-/// The rows a challenger is judged on, and how many were left out as repeats.
+/// The rows a challenger is judged on, how many were left out as repeats, and the rows logged
+/// before it was trained.
 struct JudgedRows<'a> {
     rows: Vec<&'a LoggedRequest>,
     repeats: usize,
+    before: Vec<&'a LoggedRequest>,
 }
 
 /// The rated rows logged after the challenger was trained, less (unless `keep_repeats`) those
@@ -606,10 +608,21 @@ fn judged_rows(logged: &[LoggedRequest], dim: usize, trained_at: chrono::DateTim
         r.embedding.as_deref().filter(|e| e.len() == dim)
     }
     let bits = |e: &[f32]| e.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-    let (after, before): (Vec<&LoggedRequest>, Vec<&LoggedRequest>) =
-        logged.iter().partition(|r| parse_time(&r.created_at).is_ok_and(|t| t > trained_at));
-    let learned: std::collections::HashSet<Vec<u32>> =
-        if keep_repeats { std::collections::HashSet::new() } else { before.iter().filter_map(|r| embedding(r, dim).map(bits)).collect() };
+    // A row whose time does not parse is never judged on nor fed to the reward model, but its
+    // prompt counts as one the challenger may have learned from.
+    let (mut after, mut before, mut untimed) = (Vec::new(), Vec::new(), Vec::new());
+    for r in logged {
+        match parse_time(&r.created_at) {
+            Ok(t) if t > trained_at => after.push(r),
+            Ok(_) => before.push(r),
+            Err(_) => untimed.push(r),
+        }
+    }
+    let learned: std::collections::HashSet<Vec<u32>> = if keep_repeats {
+        std::collections::HashSet::new()
+    } else {
+        before.iter().chain(&untimed).filter_map(|r| embedding(r, dim).map(bits)).collect()
+    };
     let mut repeats = 0;
     let rows = after
         .into_iter()
@@ -621,7 +634,7 @@ fn judged_rows(logged: &[LoggedRequest], dim: usize, trained_at: chrono::DateTim
             !repeat
         })
         .collect();
-    JudgedRows { rows, repeats }
+    JudgedRows { rows, repeats, before }
 }
 
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {

@@ -249,7 +249,6 @@ fn examples_from_log(
 /// matrix product per model in blocks of rows: quadratic in the rows a model served, a second
 /// or two for a few thousand.
 fn smooth_log_ratings(examples: &mut [Example], num_candidates: usize, k: usize) -> Result<()> {
-    const BLOCK: usize = 1024;
     if k <= 1 {
         return Ok(());
     }
@@ -269,20 +268,10 @@ fn smooth_log_ratings(examples: &mut [Example], num_candidates: usize, k: usize)
         let dim = examples[rated[0]].embedding.len();
         let unit = neighbours::unit_length(rated.iter().map(|&i| examples[i].embedding.as_slice()));
         let unit = candle_core::Tensor::from_vec(unit, (n, dim), &candle_core::Device::Cpu)?;
-        let transposed = unit.t()?.contiguous()?;
         let mut smoothed = Vec::with_capacity(n);
-        let mut order: Vec<u32> = Vec::with_capacity(n);
-        for first in (0..n).step_by(BLOCK) {
-            let rows = BLOCK.min(n - first);
-            let similarity = unit
-                .narrow(0, first, rows)?
-                .matmul(&transposed)?
-                .to_vec2::<f32>()?;
-            for row in similarity {
-                let nearest = neighbours::most_similar(&row, take, &mut order);
-                smoothed.push(nearest.iter().map(|&j| ratings[j as usize]).sum::<f32>() / take as f32);
-            }
-        }
+        neighbours::each_nearest(&unit, &unit, take, |_, nearest| {
+            smoothed.push(nearest.iter().map(|&j| ratings[j as usize]).sum::<f32>() / take as f32);
+        })?;
         for (&i, value) in rated.iter().zip(smoothed) {
             examples[i].quality[head] = Some(value);
         }

@@ -35,6 +35,24 @@ pub fn most_similar<'o>(similarity: &[f32], take: usize, order: &'o mut Vec<u32>
     &order[..take]
 }
 
+/// Calls `visit(i, nearest)` for every row `i` of `queries` (m × dim) with the `take` rows of
+/// `reference` (n × dim) most similar to it by dot product ([`most_similar`]). One matrix
+/// product per block of query rows, so memory stays at a block × n.
+pub fn each_nearest(queries: &candle_core::Tensor, reference: &candle_core::Tensor, take: usize, mut visit: impl FnMut(usize, &[u32])) -> crate::error::Result<()> {
+    const BLOCK: usize = 1024;
+    let transposed = reference.t()?.contiguous()?;
+    let m = queries.dim(0)?;
+    let mut order = Vec::new();
+    for first in (0..m).step_by(BLOCK) {
+        let rows = BLOCK.min(m - first);
+        let similarity = queries.narrow(0, first, rows)?.matmul(&transposed)?.to_vec2::<f32>()?;
+        for (offset, row) in similarity.iter().enumerate() {
+            visit(first + offset, most_similar(row, take, &mut order));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
