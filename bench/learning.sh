@@ -29,6 +29,9 @@
 #      exploration draws, so a fresh-prompts run repeats),
 #      JUDGE_REWARD_MODEL (nearest-rows, the default, or active-heads: what a challenger's
 #      judgement fills in for picks the log did not serve, `switchyard learn --judge-reward-model`),
+#      CANDIDATES (comma-separated models the gateway routes between; default gpt-4-1106-preview,
+#      gpt-3.5-turbo-1106, mixtral-8x7b-instruct-v0.1; any RouterBench model Arena-Hard also
+#      judged can be added, e.g. claude-1, claude-instant-1, llama-2-70b-chat, mistral-7b-instruct-v0.1),
 #      SWITCHYARD_BIN (use this binary instead of building the release one).
 # Writes learning.md, learning.json and learning_curve.svg into $OUT (and $OUT/shuffled).
 set -euo pipefail
@@ -39,7 +42,7 @@ ROUNDS="${ROUNDS:-3}"
 OUT="${OUT:-evals/reports/learning}"
 WORK="${WORK:-$(mktemp -d /tmp/switchyard-learning.XXXXXX)}"
 TRADEOFF="${TRADEOFF:-balanced}"
-CANDIDATES="gpt-4-1106-preview,gpt-3.5-turbo-1106,mixtral-8x7b-instruct-v0.1"
+CANDIDATES="${CANDIDATES:-gpt-4-1106-preview,gpt-3.5-turbo-1106,mixtral-8x7b-instruct-v0.1}"
 LIMITS=()
 [[ -n "${TRAIN_LIMIT:-}" ]] && LIMITS+=(--train-limit "$TRAIN_LIMIT")
 [[ -n "${TEST_LIMIT:-}" ]] && LIMITS+=(--test-limit "$TEST_LIMIT")

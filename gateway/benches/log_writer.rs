@@ -7,7 +7,10 @@
 //! `SWITCHYARD_BENCH_DB=sqlite` measures the SQLite store instead (a throwaway file): batches
 //! of the sizes a loaded gateway hands it (the writer takes what gathered in a few
 //! milliseconds, so sizes vary from batch to batch) and full batches of 512, inserted one
-//! after another; what the outcome log costs a busy gateway per request on its SQLite threads.
+//! after another through the pool (`insert_rows`, sqlx's multi-row statements); then the
+//! same rows through the log writer, which puts rows into a database file on a connection of
+//! its own (one prepared insert per row): what the outcome log costs a busy gateway per
+//! request off its serving threads.
 //!
 //! Rows look like production rows: a 384-dimension embedding (1.5 KB), three candidates
 //! with predictions as JSON, tenant, key id, prompt hash; no prompt text. Rows are made
@@ -137,6 +140,48 @@ async fn sqlite_run(rows: Vec<LogRow>, mut batch_sizes: impl FnMut() -> usize, l
     Ok(())
 }
 
+/// Pushes `rows` through the log writer into a fresh SQLite file (the production path: the
+/// writer's own connection, one prepared insert per row) in full batches of `batch_size`.
+async fn sqlite_writer_run(rows: Vec<LogRow>, batch_size: usize, label: &str) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.join("log.db").display()), 1)?;
+    store.migrate().await?;
+    let n = rows.len();
+    let writer = LogWriter::spawn(
+        store.clone(),
+        WriterConfig {
+            batch_size,
+            batch_interval: Duration::from_secs(1),
+            channel_capacity: n + 1,
+            spill_path: dir.join("spill.jsonl"),
+            retry_interval: Duration::from_millis(100),
+            write_timeout: Duration::from_secs(30),
+            concurrency: 1,
+            store_prompts: false,
+            log_requests: true,
+        },
+    )?;
+    let log = writer.handle();
+    let started = Instant::now();
+    let cpu_before = process_cpu_seconds();
+    for row in rows {
+        log.send(row).await?;
+    }
+    let stats = writer.shutdown().await;
+    let cpu = process_cpu_seconds() - cpu_before;
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(stats.written == n as u64 && store.count_rows().await? == n as i64, "{label}: rows missing ({stats:?})");
+    println!(
+        "{label:<40} {n:>7} rows, batches of {batch_size:>3}: {:>6.2} µs/row wall, {:>6.2} µs/row CPU (user + system, all threads)",
+        elapsed * 1e6 / n as f64,
+        cpu * 1e6 / n as f64
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
 /// User + system CPU time of this process so far (every thread, SQLite's workers included).
 fn process_cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the struct it is given and nothing else.
@@ -166,6 +211,11 @@ async fn sqlite_main(rows: usize) -> anyhow::Result<()> {
     sqlite_run((0..rows).map(passthrough).collect(), || 80, "passthrough rows, batches of 80").await?;
     sqlite_run((0..rows).map(passthrough).collect(), || 512, "passthrough rows, batches of 512").await?;
     sqlite_run((0..rows).map(|i| row(i, &embedding)).collect(), varied, "routed rows (1.5 KB embedding), 16-143").await?;
+    // The same rows through the log writer, as the gateway writes them.
+    for batch_size in [80, 512] {
+        sqlite_writer_run((0..rows).map(passthrough).collect(), batch_size, "writer: passthrough rows").await?;
+    }
+    sqlite_writer_run((0..rows).map(|i| row(i, &embedding)).collect(), 80, "writer: routed rows (1.5 KB embedding)").await?;
     Ok(())
 }
 

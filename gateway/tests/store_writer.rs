@@ -202,3 +202,76 @@ async fn a_row_the_database_refuses_is_set_aside() {
     let stored = store.fetch_row(prompt.id).await.expect("fetch").expect("row");
     assert_eq!(stored.prompt_text.as_deref(), Some("ab"));
 }
+
+async fn sqlite_file(dir: &Path) -> Store {
+    let store = Store::connect(&format!("sqlite://{}", dir.join("log.db").display()), 2).expect("url");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// Rows into an SQLite file take the writer's own connection; read back through the pool,
+/// every field is what was pushed, and the rows sort and filter by time with the pool's.
+#[tokio::test]
+async fn every_field_the_sqlite_file_writer_stores_reads_back_through_the_pool() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = sqlite_file(dir.path()).await;
+    // A row the pool wrote, to compare the two writers' encodings of the same fields.
+    let mut by_pool = full_row();
+    by_pool.created_at -= chrono::TimeDelta::seconds(1);
+    store.insert_rows(std::slice::from_ref(&by_pool)).await.expect("pool insert");
+    let writer = LogWriter::spawn(store.clone(), writer_config(dir.path())).expect("writer");
+    let log = writer.handle();
+    let (full, minimal) = (full_row(), minimal_row());
+    log.push(full.clone());
+    log.push(minimal.clone());
+    // Already stored: skipped, not a failure.
+    log.push(by_pool.clone());
+    let stats = writer.shutdown().await;
+    assert_eq!(stats.written, 3, "{stats:?}");
+    assert_eq!(stats.write_failures, 0, "{stats:?}");
+    assert_eq!(store.count_rows().await.expect("count"), 3);
+    assert_eq!(store.fetch_row(full.id).await.expect("fetch"), Some(full.clone()));
+    assert_eq!(store.fetch_row(minimal.id).await.expect("fetch"), Some(minimal.clone()));
+    let Store::Sqlite(sqlite) = &store else { panic!("sqlite store") };
+    let stored: Vec<(String, String)> = sqlx::query_as("SELECT typeof(created_at) || typeof(id) || typeof(stream) || typeof(latency_ms), created_at FROM request_log ORDER BY created_at")
+        .fetch_all(sqlite.pool())
+        .await
+        .expect("select");
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().all(|(types, _)| types == &stored[0].0), "{stored:?}");
+    let since: i64 = sqlx::query_scalar("SELECT count(*) FROM request_log WHERE created_at >= ?")
+        .bind(full.created_at.min(minimal.created_at))
+        .fetch_one(sqlite.pool())
+        .await
+        .expect("count since");
+    assert_eq!(since, 2);
+}
+
+/// A row SQLite refuses (here a trigger's RAISE) is set aside; the rest of its batch lands.
+#[tokio::test]
+async fn a_row_sqlite_refuses_is_set_aside() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = sqlite_file(dir.path()).await;
+    let Store::Sqlite(sqlite) = &store else { panic!("sqlite store") };
+    sqlx::query("CREATE TRIGGER refuse BEFORE INSERT ON request_log WHEN NEW.model = 'refused' BEGIN SELECT RAISE(ABORT, 'refused model'); END")
+        .execute(sqlite.pool())
+        .await
+        .expect("trigger");
+    let writer = LogWriter::spawn(store.clone(), writer_config(dir.path())).expect("writer");
+    let log = writer.handle();
+    for i in 0..50 {
+        let mut row = full_row();
+        if i == 21 {
+            row.model = "refused".into();
+        }
+        log.push(row);
+    }
+    let stats = writer.shutdown().await;
+    assert_eq!(stats.rejected, 1, "{stats:?}");
+    assert_eq!(stats.written, 49, "{stats:?}");
+    assert_nothing_lost(&stats);
+    assert_eq!(store.count_rows().await.expect("count"), 49);
+    let kept = std::fs::read_to_string(dir.path().join("spill.jsonl.rejected")).expect("rejected file");
+    assert_eq!(kept.lines().count(), 1);
+    assert!(kept.contains("\"refused\""));
+}

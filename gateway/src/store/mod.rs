@@ -12,6 +12,7 @@ pub mod cache_entries;
 pub mod feedback;
 pub mod keys;
 mod spill;
+mod sqlite_rows;
 pub mod writer;
 
 use std::future::Future;
@@ -142,15 +143,22 @@ macro_rules! sql_store {
         #[derive(Debug, Clone)]
         pub struct $name {
             pool: $pool,
+            /// SQLite only: the database file, when the database is one (not in memory).
+            file: Option<std::path::PathBuf>,
         }
 
         impl $name {
             pub fn new(pool: $pool) -> Self {
-                Self { pool }
+                Self { pool, file: None }
             }
 
             pub fn pool(&self) -> &$pool {
                 &self.pool
+            }
+
+            /// SQLite: the database file, `None` when the database is in memory. Postgres: `None`.
+            pub fn file(&self) -> Option<&std::path::Path> {
+                self.file.as_deref()
             }
         }
 
@@ -522,6 +530,7 @@ impl Store {
                 // `log_writer` bench run of 3,900 batches).
                 .pragma("temp_store", "memory");
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let options_file = options.get_filename().to_path_buf();
             let pool = if in_memory {
                 // An in-memory database lives as long as one of its connections: keep one.
                 SqlitePoolOptions::new()
@@ -541,7 +550,11 @@ impl Store {
                     })
                 })
                 .connect_lazy_with(options);
-            Ok(Self::Sqlite(SqliteStore::new(pool)))
+            let mut store = SqliteStore::new(pool);
+            if !in_memory {
+                store.file = Some(options_file);
+            }
+            Ok(Self::Sqlite(store))
         } else {
             Err(Error::Config(format!(
                 "[database] url must start with sqlite: or postgres:, got `{}`",

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::spill::{self, SpillFile};
+use super::sqlite_rows::SqliteRowInserter;
 use super::{is_row_error, LogRow, LogStore, Store};
 use crate::config::DatabaseConfig;
 use crate::error::Error;
@@ -380,6 +381,10 @@ impl LogWriter {
                 .spawn(move || overflow_loop(&overflow_rx, &shared))
                 .map_err(|e| Error::Internal(format!("cannot start the spill thread: {e}")))?
         };
+        let file_rows = match &store {
+            Store::Sqlite(sqlite) => sqlite.file().map(|file| SqliteRowInserter::spawn(file.to_path_buf())).transpose()?,
+            Store::Postgres(_) => None,
+        };
         let mut config = config;
         if matches!(store, Store::Sqlite(_)) {
             // SQLite has one writer at a time: a second insert would only wait for the lock.
@@ -392,6 +397,7 @@ impl LogWriter {
             shared: shared.clone(),
             inserter: Inserter {
                 store,
+                file_rows,
                 shared: shared.clone(),
                 write_timeout: config.write_timeout,
                 rejected_path: rejected_path(&config.spill_path),
@@ -463,6 +469,8 @@ fn overflow_loop(rx: &std::sync::mpsc::Receiver<LogRow>, shared: &Shared) {
 #[derive(Clone)]
 struct Inserter {
     store: Store,
+    /// Rows into an SQLite database file go through their own connection and thread.
+    file_rows: Option<SqliteRowInserter>,
     shared: Arc<Shared>,
     write_timeout: Duration,
     rejected_path: PathBuf,
@@ -472,7 +480,7 @@ impl Inserter {
     /// Inserts rows with a time limit. If the database refuses the batch for its content,
     /// rows are inserted one by one and the refused ones set aside. Returns how many were
     /// set aside.
-    async fn insert(&self, rows: &[LogRow]) -> Result<usize, Error> {
+    async fn insert(&self, rows: &Arc<Vec<LogRow>>) -> Result<usize, Error> {
         let error = match self.insert_timed(rows).await {
             Ok(()) => return Ok(0),
             Err(error) if is_row_error(&error) => error,
@@ -480,8 +488,8 @@ impl Inserter {
         };
         tracing::warn!(%error, rows = rows.len(), "the database refused a batch; inserting its rows one by one");
         let mut refused = Vec::new();
-        for row in rows {
-            match self.insert_timed(std::slice::from_ref(row)).await {
+        for row in rows.iter() {
+            match self.insert_timed(&Arc::new(vec![row.clone()])).await {
                 Ok(()) => {}
                 Err(error) if is_row_error(&error) => {
                     tracing::error!(%error, id = %row.id, "the database refused an outcome row; set aside");
@@ -508,10 +516,14 @@ impl Inserter {
         Ok(count)
     }
 
-    async fn insert_timed(&self, rows: &[LogRow]) -> Result<(), Error> {
+    async fn insert_timed(&self, rows: &Arc<Vec<LogRow>>) -> Result<(), Error> {
         use tracing::Instrument;
-        let insert = self.store.insert_rows(rows).instrument(tracing::info_span!("log write", rows = rows.len()));
-        match tokio::time::timeout(self.write_timeout, insert).await {
+        let span = tracing::info_span!("log write", rows = rows.len());
+        let inserted = match &self.file_rows {
+            Some(file_rows) => tokio::time::timeout(self.write_timeout, file_rows.insert(rows.clone()).instrument(span)).await,
+            None => tokio::time::timeout(self.write_timeout, self.store.insert_rows(rows).instrument(span)).await,
+        };
+        match inserted {
             Ok(result) => result,
             Err(_) => Err(Error::Database {
                 context: "writing the outcome log (timed out)",
@@ -522,7 +534,7 @@ impl Inserter {
 }
 
 /// A batch insert running in its own task: the rows come back with the result.
-type InFlight = tokio::task::JoinSet<(Vec<LogRow>, Result<usize, Error>)>;
+type InFlight = tokio::task::JoinSet<(Arc<Vec<LogRow>>, Result<usize, Error>)>;
 
 struct Writer {
     rx: mpsc::Receiver<Msg>,
@@ -640,6 +652,7 @@ impl Writer {
             }
         }
         let inserter = self.inserter.clone();
+        let rows = Arc::new(rows);
         self.in_flight.spawn(async move {
             let result = inserter.insert(&rows).await;
             (rows, result)
@@ -647,7 +660,7 @@ impl Writer {
     }
 
     /// Counts a finished insert, or spills its rows if it failed.
-    async fn finished(&mut self, done: Result<(Vec<LogRow>, Result<usize, Error>), tokio::task::JoinError>) {
+    async fn finished(&mut self, done: Result<(Arc<Vec<LogRow>>, Result<usize, Error>), tokio::task::JoinError>) {
         match done {
             Ok((rows, Ok(rejected))) => {
                 add(&self.shared.counters.written, rows.len() - rejected);
@@ -655,7 +668,8 @@ impl Writer {
             }
             Ok((rows, Err(error))) => {
                 self.failed(&error);
-                self.spill(rows).await;
+                // A timed-out insert may still hold its reference; then the rows are copied.
+                self.spill(Arc::try_unwrap(rows).unwrap_or_else(|rows| rows.as_ref().clone())).await;
             }
             // The insert task panicked or was cancelled: its rows are gone with it.
             Err(error) => tracing::error!(%error, "an outcome log insert task failed"),
@@ -728,10 +742,11 @@ impl Writer {
                 }
             };
             add(&self.shared.counters.unreadable, chunk.unreadable as usize);
-            match self.inserter.insert(&chunk.rows).await {
+            let rows = Arc::new(chunk.rows);
+            match self.inserter.insert(&rows).await {
                 Ok(rejected) => {
-                    add(&self.shared.counters.replayed, chunk.rows.len() - rejected);
-                    self.shared.unmark_pending(&chunk.rows);
+                    add(&self.shared.counters.replayed, rows.len() - rejected);
+                    self.shared.unmark_pending(&rows);
                     self.replay_offset = chunk.next_offset;
                     if self.retry_at.take().is_some() {
                         tracing::info!("outcome log reachable again; replaying the spill file");
