@@ -534,7 +534,9 @@ impl Inserter {
 }
 
 /// A batch insert running in its own task: the rows come back with the result.
-type InFlight = tokio::task::JoinSet<(Arc<Vec<LogRow>>, Result<usize, Error>)>;
+type InFlight = tokio::task::JoinSet<Inserted>;
+/// A batch and what its insert returned (rows set aside, or the error).
+type Inserted = (Arc<Vec<LogRow>>, Result<usize, Error>);
 
 struct Writer {
     rx: mpsc::Receiver<Msg>,
@@ -660,7 +662,7 @@ impl Writer {
     }
 
     /// Counts a finished insert, or spills its rows if it failed.
-    async fn finished(&mut self, done: Result<(Arc<Vec<LogRow>>, Result<usize, Error>), tokio::task::JoinError>) {
+    async fn finished(&mut self, done: Result<Inserted, tokio::task::JoinError>) {
         match done {
             Ok((rows, Ok(rejected))) => {
                 add(&self.shared.counters.written, rows.len() - rejected);
