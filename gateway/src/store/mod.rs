@@ -530,7 +530,8 @@ impl Store {
                 // `log_writer` bench run of 3,900 batches).
                 .pragma("temp_store", "memory");
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-            let options_file = options.get_filename().to_path_buf();
+            // The log writer opens a file database with a connection of its own.
+            let file = (!in_memory).then(|| options.get_filename().to_path_buf());
             let pool = if in_memory {
                 // An in-memory database lives as long as one of its connections: keep one.
                 SqlitePoolOptions::new()
@@ -550,11 +551,7 @@ impl Store {
                     })
                 })
                 .connect_lazy_with(options);
-            let mut store = SqliteStore::new(pool);
-            if !in_memory {
-                store.file = Some(options_file);
-            }
-            Ok(Self::Sqlite(store))
+            Ok(Self::Sqlite(SqliteStore { file, ..SqliteStore::new(pool) }))
         } else {
             Err(Error::Config(format!(
                 "[database] url must start with sqlite: or postgres:, got `{}`",
