@@ -93,17 +93,27 @@ async fn run(store: &Store, rows: Vec<LogRow>, batch_size: usize, concurrency: u
     )?;
     let log = writer.handle();
     let started = Instant::now();
+    let cpu_before = process_cpu_seconds();
+    let machine_before = machine_cpu_seconds();
     for row in rows {
         // Waits for room: this measures the writer, not the spill path.
         log.send(row).await?;
     }
     let stats = writer.shutdown().await;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu_before;
+    let machine = machine_cpu_seconds() - machine_before;
     let stored = store.count_rows().await? - before;
     anyhow::ensure!(stored == n as i64, "{label}: {stored} rows stored of {n}: {stats:?}");
     anyhow::ensure!(stats.spilled == 0, "{label}: rows spilled during the benchmark: {stats:?}");
     let rate = n as f64 / elapsed;
-    println!("{label:<44} {n:>8} rows in {elapsed:>6.2} s = {rate:>9.0} rows/s");
+    // The machine's figure is the bench process plus the Postgres server (and anything else
+    // running: run it on an otherwise idle machine).
+    println!(
+        "{label:<44} {n:>8} rows in {elapsed:>6.2} s = {rate:>9.0} rows/s; CPU per row: {:>5.2} µs here, {:>5.2} µs machine-wide",
+        cpu * 1e6 / n as f64,
+        machine * 1e6 / n as f64
+    );
     let _ = std::fs::remove_dir_all(spill_dir);
     Ok(rate)
 }
@@ -182,6 +192,19 @@ async fn sqlite_writer_run(rows: Vec<LogRow>, batch_size: usize, label: &str) ->
     Ok(())
 }
 
+/// CPU time every core of the machine has spent busy so far (`/proc/stat`: all but idle and
+/// iowait), in seconds; 0 where `/proc` is missing.
+fn machine_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return 0.0 };
+    let Some(line) = stat.lines().next() else { return 0.0 };
+    // cpu user nice system idle iowait irq softirq steal ...
+    let ticks: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let busy: f64 = ticks.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    if hz > 0.0 { busy / hz } else { 0.0 }
+}
+
 /// User + system CPU time of this process so far (every thread, SQLite's workers included).
 fn process_cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the struct it is given and nothing else.
@@ -248,6 +271,14 @@ async fn main() -> anyhow::Result<()> {
             .map(|i| LogRow { embedding: None, candidates: None, ..row(i, &embedding) })
             .collect();
         run(&store, small, 512, 2, "batch 512, 2 in flight, no embedding/JSON").await?;
+        // Passthrough rows (no decision, no embedding: what `bench/logging.sh` logs) in the
+        // batch sizes a loaded gateway hands the writer.
+        for batch_size in [80, 512] {
+            let passthrough = (0..rows)
+                .map(|i| LogRow { embedding: None, candidates: None, propensity: None, shadow_choice: None, ..row(i, &embedding) })
+                .collect();
+            run(&store, passthrough, batch_size, 2, &format!("passthrough rows, batch {batch_size}, 2 in flight")).await?;
+        }
         store.close().await;
         anyhow::Ok(rates)
     }

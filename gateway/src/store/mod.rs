@@ -11,6 +11,7 @@
 pub mod cache_entries;
 pub mod feedback;
 pub mod keys;
+mod pg_copy;
 mod spill;
 mod sqlite_rows;
 pub mod writer;
@@ -372,8 +373,9 @@ macro_rules! sql_store {
 }
 
 sql_store!(
-    /// Postgres: the production store.
-    PgStore, Postgres, PgPool, POSTGRES_MIGRATIONS, 10_000
+    /// Postgres: the production store. A batch is one `COPY` (no parameter limit), so it is
+    /// never split; the bound only keeps a runaway spill replay from becoming one statement.
+    PgStore, Postgres, PgPool, POSTGRES_MIGRATIONS, 1_000_000
 );
 sql_store!(
     /// Embedded SQLite: the default, so the gateway runs with nothing else installed.
@@ -439,7 +441,28 @@ static PG_INSERT_UNNEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(
 });
 
 impl PgStore {
+    /// Binary `COPY` (see [`pg_copy`]); a batch holding an id already stored goes again
+    /// through the `UNNEST` insert, which skips it. One statement for any number of rows, so
+    /// a batch is never split across a transaction.
     async fn insert_chunk(conn: &mut sqlx::PgConnection, rows: &[LogRow]) -> Result<(), sqlx::Error> {
+        match Self::copy_rows(conn, rows).await {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Self::insert_skipping_stored(conn, rows).await,
+            other => other,
+        }
+    }
+
+    async fn copy_rows(conn: &mut sqlx::PgConnection, rows: &[LogRow]) -> Result<(), sqlx::Error> {
+        let data = pg_copy::encode(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let mut copy = conn.copy_in_raw(&pg_copy::COPY_STATEMENT).await?;
+        if let Err(e) = copy.send(data).await {
+            // Leaves the connection usable; the send's error is the one worth reporting.
+            let _ = copy.abort("the outcome rows could not be sent").await;
+            return Err(e);
+        }
+        copy.finish().await.map(|_| ())
+    }
+
+    async fn insert_skipping_stored(conn: &mut sqlx::PgConnection, rows: &[LogRow]) -> Result<(), sqlx::Error> {
         fn column<'a, T>(rows: &'a [LogRow], f: impl Fn(&'a LogRow) -> T) -> Vec<T> {
             rows.iter().map(f).collect()
         }
@@ -634,6 +657,10 @@ pub(crate) fn is_row_error(error: &Error) -> bool {
     let Error::Database { source, .. } = error else {
         return false;
     };
+    // A value that cannot be put into the database's format is the row's fault too.
+    if matches!(source.as_ref(), sqlx::Error::Encode(_)) {
+        return true;
+    }
     let Some(db) = source.as_database_error() else {
         return false;
     };
