@@ -163,17 +163,19 @@ mod tests {
         // Walk the tuple: a field count, then that many (length, bytes) fields.
         let mut at = HEADER.len();
         let count = i16::from_be_bytes([bytes[at], bytes[at + 1]]);
-        assert_eq!(count as usize, LOG_COLUMNS.len());
+        assert_eq!(usize::try_from(count).expect("count"), LOG_COLUMNS.len());
         at += 2;
         let mut fields = Vec::new();
         for _ in 0..count {
             let len = i32::from_be_bytes(bytes[at..at + 4].try_into().expect("len"));
             at += 4;
-            if len < 0 {
-                fields.push(None);
-            } else {
-                fields.push(Some(bytes[at..at + len as usize].to_vec()));
-                at += len as usize;
+            match usize::try_from(len) {
+                Ok(len) => {
+                    fields.push(Some(bytes[at..at + len].to_vec()));
+                    at += len;
+                }
+                // -1: NULL
+                Err(_) => fields.push(None),
             }
         }
         assert_eq!(at + TRAILER.len(), bytes.len(), "nothing between the tuple and the trailer");
