@@ -158,7 +158,7 @@ pub struct DatabaseConfig {
     /// from; it exists to measure what the log costs and for deployments that must not keep
     /// a record. Keys and feedback still use the database.
     pub log_requests: bool,
-    /// Rows per multi-row insert.
+    /// Rows per batch insert (one `COPY` on Postgres, one transaction on SQLite).
     pub batch_size: usize,
     /// Longest a row waits in a partial batch before it is written.
     pub batch_interval_ms: u64,
