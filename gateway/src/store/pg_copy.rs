@@ -13,7 +13,7 @@
 //! store then inserts it again with the `UNNEST` statement, which skips such ids. Any other
 //! failure is returned as it is, so the writer's retry / set-aside handling is unchanged.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 
 use super::{LogRow, LOG_COLUMNS};
 
@@ -86,10 +86,13 @@ fn encode_row(out: &mut Vec<u8>, row: &LogRow) -> Result<(), EncodeError> {
     Ok(())
 }
 
-/// Microseconds since 2000-01-01 00:00 UTC, as sqlx encodes a `timestamptz` (truncating).
+/// Microseconds since 2000-01-01 00:00 UTC (Postgres' epoch), as sqlx encodes a `timestamptz`.
 fn timestamptz(at: DateTime<Utc>) -> Result<i64, EncodeError> {
-    let epoch = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single().ok_or_else(|| EncodeError("the Postgres epoch".into()))?;
-    (at - epoch).num_microseconds().ok_or_else(|| EncodeError(format!("timestamp {at} out of range")))
+    /// 2000-01-01 00:00 UTC in microseconds since the Unix epoch.
+    const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    at.timestamp_micros()
+        .checked_sub(POSTGRES_EPOCH_MICROS)
+        .ok_or_else(|| EncodeError(format!("timestamp {at} out of range")))
 }
 
 fn null(out: &mut Vec<u8>) {
@@ -129,6 +132,8 @@ fn end_field(out: &mut [u8], at: usize) -> Result<(), EncodeError> {
 #[cfg(test)]
 #[allow(clippy::expect_used)]
 mod tests {
+    use chrono::TimeZone;
+
     use super::*;
 
     #[test]
