@@ -21,7 +21,9 @@ import json
 import sys
 
 import numpy as np
+from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.neural_network import MLPRegressor
 
 STRONG = "gpt-4-1106-preview"
 WEAK = "mixtral-8x7b-instruct-v0.1"
@@ -157,6 +159,8 @@ def in_family_reference(rows, emb, family, qs_all, qw_all, mean_q, chars):
             for alpha in (0.1, 1.0, 10.0):
                 cols[f"ridge on the gap (alpha={alpha:g})"] = Ridge(alpha=alpha).fit(emb[tr], gap).predict(emb[te])
                 cols[f"ridge on difficulty (alpha={alpha:g})"] = -Ridge(alpha=alpha).fit(emb[tr], mean_q[tr]).predict(emb[te])
+            cols["gradient-boosted trees on the gap"] = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=0).fit(emb[tr], gap).predict(emb[te])
+            cols["MLP (64 hidden) on the gap"] = MLPRegressor(hidden_layer_sizes=(64,), alpha=1e-2, early_stopping=True, max_iter=500, random_state=0).fit(emb[tr], gap).predict(emb[te])
             wins = (gap > 0).astype(int)
             if 0 < wins.sum() < len(wins):
                 for c in (0.1, 1.0):
