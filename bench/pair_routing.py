@@ -5,8 +5,8 @@ metric, computed exactly as `training::eval::routing_curve` does).
 
 Folds are `switchyard eval lodo`'s: for each family that has both models (Arena-Hard chat,
 RouterBench code / science-qa / winogrande) every scorer learns only from the training split of
-the *other* families, without any question the held-out family shares, and is scored on the
-held-out family's test prompts. Nothing is tuned on a held-out fold: each scorer's settings are
+the *other* families, without any question the held-out family shares, and is scored on every
+prompt of the held-out family that labels both models (as `eval lodo` scores). Nothing is tuned on a held-out fold: each scorer's settings are
 fixed below, and the script reports all of them.
 
 A second table is an upper reference, not a LODO figure: the same scorers trained *inside* each
@@ -73,8 +73,8 @@ def main(directory):
     qs_all = np.array([np.nan if quality(r, STRONG) is None else quality(r, STRONG) for r in rows])
     qw_all = np.array([np.nan if quality(r, WEAK) is None else quality(r, WEAK) for r in rows])
     has_pair = ~np.isnan(qs_all) & ~np.isnan(qw_all)
-    # Difficulty: 1 - the prompt's mean quality over its dataset's models, centred per dataset
-    # (datasets score on different scales and have different model pools).
+    # Difficulty: 1 - the prompt's mean quality over its dataset's models, standardised per
+    # dataset (datasets score on different scales and have different model pools).
     mean_q = np.array([np.mean([o["quality"] for o in r["outcomes"].values() if o["quality"] is not None] or [np.nan]) for r in rows])
     difficulty = 1.0 - mean_q
     for d in set(dataset):
@@ -116,8 +116,7 @@ def main(directory):
             model = Ridge(alpha=alpha).fit(emb[diff_train], difficulty[diff_train])
             scores[f"ridge on difficulty, every dataset (alpha={alpha:g})"] = model.predict(x_test)
         model = Ridge(alpha=1.0).fit(np.c_[emb[diff_train], np.log1p(chars[diff_train])], difficulty[diff_train])
-        pred_diff = model.predict(np.c_[x_test, np.log1p(chars[test])])
-        scores["ridge on difficulty + log length"] = pred_diff
+        scores["ridge on difficulty + log length"] = model.predict(np.c_[x_test, np.log1p(chars[test])])
         # Pairwise as classification: P(strong right and weak wrong) vs the reverse.
         strong_wins = (qs_all[pair_train] > qw_all[pair_train]).astype(int)
         if 0 < strong_wins.sum() < len(strong_wins):
@@ -132,18 +131,22 @@ def main(directory):
                 fold[name] = apgr(s, qs, qw)
         results[held] = (int(test.sum()), fold)
 
-    names = list(next(iter(results.values()))[1].keys())
-    print("| scorer | " + " | ".join(f"{h} ({results[h][0]})" for h in PAIR_FAMILIES) + " | mean |")
+    print_table(results, list(next(iter(results.values()))[1].keys()), bold_mean=True)
+    in_family_reference(emb, family, has_pair, qs_all, qw_all, mean_q)
+
+
+def print_table(table, names, bold_mean):
+    """`table`: family -> (prompts, scorer -> APGR); one Markdown row per scorer."""
+    print("| scorer | " + " | ".join(f"{h} ({table[h][0]})" for h in PAIR_FAMILIES) + " | mean |")
     print("|---|" + "---:|" * (len(PAIR_FAMILIES) + 1))
     for name in names:
-        vals = [results[h][1][name] for h in PAIR_FAMILIES]
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | **{np.mean(vals):.3f}** |")
-    in_family_reference(rows, emb, family, qs_all, qw_all, mean_q, chars)
+        vals = [table[h][1].get(name, float("nan")) for h in PAIR_FAMILIES]
+        mean = f"{np.nanmean(vals):.3f}"
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + (f" | **{mean}** |" if bold_mean else f" | {mean} |"))
 
 
-def in_family_reference(rows, emb, family, qs_all, qw_all, mean_q, chars):
+def in_family_reference(emb, family, has_pair, qs_all, qw_all, mean_q):
     """5-fold CV inside each family: what the embeddings carry when the family is not new."""
-    has_pair = ~np.isnan(qs_all) & ~np.isnan(qw_all)
     rng = np.random.default_rng(0)
     table = {}
     for held in PAIR_FAMILIES:
@@ -168,15 +171,10 @@ def in_family_reference(rows, emb, family, qs_all, qw_all, mean_q, chars):
             for name, v in cols.items():
                 out.setdefault(name, np.zeros(len(idx)))[part == k] = v
         table[held] = (len(idx), {name: apgr(v, qs_all[idx], qw_all[idx]) for name, v in out.items()})
-    names = sorted({n for _, t in table.values() for n in t})
     print()
     print("Inside each family (5-fold CV; an upper reference, not held out):")
     print()
-    print("| scorer | " + " | ".join(f"{h} ({table[h][0]})" for h in PAIR_FAMILIES) + " | mean |")
-    print("|---|" + "---:|" * (len(PAIR_FAMILIES) + 1))
-    for name in names:
-        vals = [table[h][1].get(name, float("nan")) for h in PAIR_FAMILIES]
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.nanmean(vals):.3f} |")
+    print_table(table, sorted({n for _, t in table.values() for n in t}), bold_mean=False)
     best = [max(table[h][1].values()) for h in PAIR_FAMILIES]
     print("| best per family, chosen after the fact | " + " | ".join(f"{v:.3f}" for v in best) + f" | **{np.mean(best):.3f}** |")
 
