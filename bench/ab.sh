@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of two gateway settings: two gateways that differ only in their `[server]` lines, in
-# front of one mock upstream, loaded in alternating closed-loop rounds (A, B, A, B, ...) so
+# front of one upstream (the mock, or nginx with UPSTREAM=nginx), loaded in alternating closed-loop rounds (A, B, A, B, ...) so
 # that drifting background load on a shared machine hits both alike. Reports req/s and the
 # gateway process's CPU time per request (user + system, /proc) per round and pooled.
 #
@@ -12,6 +12,8 @@
 #      CONNS (32), ROUNDS (4), ROUND_SECONDS (6), STREAM (0 | 1), LOG_REQUESTS (true | false),
 #      A_LOG_REQUESTS, B_LOG_REQUESTS (per side; default LOG_REQUESTS: the log's own cost),
 #      GATEWAY_CPUS, UPSTREAM_CPUS, LOADGEN_CPUS (taskset CPU lists, as in bench/load.sh),
+#      UPSTREAM (mock | nginx: the static upstream of bench/load.sh, which shows the gateway's
+#        own cost better than the mock, itself slow),
 #      OHA (default: PATH, then .cache/tools/bin/oha; bench/load.sh installs it), OUT_DIR.
 # Every address is 127.0.0.1; every run is bounded in time; servers are stopped on exit.
 set -euo pipefail
@@ -27,6 +29,8 @@ ROUNDS="${ROUNDS:-4}"
 ROUND_SECONDS="${ROUND_SECONDS:-6}"
 STREAM="${STREAM:-0}"
 LOG_REQUESTS="${LOG_REQUESTS:-true}"
+UPSTREAM="${UPSTREAM:-mock}"
+[[ "$UPSTREAM" == mock || "$UPSTREAM" == nginx ]] || { echo "UPSTREAM must be mock or nginx" >&2; exit 1; }
 log() { echo "[ab.sh] $*" >&2; }
 
 source "$ROOT/bench/lib.sh"
@@ -36,7 +40,14 @@ mkdir -p "$OUT_DIR"
 
 GATEWAY_PIN="$(pin "${GATEWAY_CPUS:-}")"; UPSTREAM_PIN="$(pin "${UPSTREAM_CPUS:-}")"; LOADGEN_PIN="$(pin "${LOADGEN_CPUS:-}")"
 MOCK_PORT="$(free_port)"
-RUST_LOG=warn $UPSTREAM_PIN "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
+if [[ "$UPSTREAM" == nginx ]]; then
+  start_static_upstream "$MOCK_PORT" "$OUT_DIR" "$UPSTREAM_PIN"
+  UPSTREAM_BASE="http://127.0.0.1:$MOCK_PORT/json/v1"
+  [[ "$STREAM" == 1 ]] && UPSTREAM_BASE="http://127.0.0.1:$MOCK_PORT/sse/v1"
+else
+  RUST_LOG=warn $UPSTREAM_PIN "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$OUT_DIR/mock.log" 2>&1 &
+  UPSTREAM_BASE="http://127.0.0.1:$MOCK_PORT/v1"
+fi
 PIDS+=($!)
 wait_healthy "http://127.0.0.1:$MOCK_PORT/health"
 
@@ -51,7 +62,7 @@ listen = "127.0.0.1:${PORT[$side]}"
 $lines
 [providers.up]
 kind = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+base_url = "$UPSTREAM_BASE"
 [models.m]
 provider = "up"
 input_usd_per_mtok = 0.15
@@ -88,9 +99,9 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT_DIR" "$ROUNDS" "$A_NAME" "$B_NAME" "$STREAM" "${A_LOG_REQUESTS:-$LOG_REQUESTS}/${B_LOG_REQUESTS:-$LOG_REQUESTS}" "$(nproc)" "${GATEWAY_CPUS:-any}/${UPSTREAM_CPUS:-any}/${LOADGEN_CPUS:-any}" <<'PY'
+python3 - "$OUT_DIR" "$ROUNDS" "$A_NAME" "$B_NAME" "$STREAM" "${A_LOG_REQUESTS:-$LOG_REQUESTS}/${B_LOG_REQUESTS:-$LOG_REQUESTS}" "$(nproc)" "${GATEWAY_CPUS:-any}/${UPSTREAM_CPUS:-any}/${LOADGEN_CPUS:-any}" "$UPSTREAM" <<'PY'
 import json, os, sys
-out, rounds, a_name, b_name, stream, logging, cpus, pinned = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
+out, rounds, a_name, b_name, stream, logging, cpus, pinned, upstream = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8], sys.argv[9]
 hz = os.sysconf("SC_CLK_TCK")
 def run(side, r):
     d = json.load(open(os.path.join(out, f"{side}-{r}.json")))
@@ -99,7 +110,7 @@ def run(side, r):
     cpu = int(open(os.path.join(out, f"{side}-{r}.cpu")).read()) / hz
     return ok, d["summary"]["total"], bad, cpu
 log_a, log_b = ("on" if v == "true" else "off" for v in logging.split("/"))
-print(f"{a_name} (A) vs {b_name} (B), {'stream' if stream == '1' else 'non-stream'}, outcome log A {log_a} / B {log_b}, {cpus} CPUs (pinned gateway/upstream/oha: {pinned}):\n")
+print(f"{a_name} (A) vs {b_name} (B), {'stream' if stream == '1' else 'non-stream'}, upstream {upstream}, outcome log A {log_a} / B {log_b}, {cpus} CPUs (pinned gateway/upstream/oha: {pinned}):\n")
 print(f"| round | A req/s | B req/s | B / A | A CPU µs/req | B CPU µs/req |")
 print("|---|---:|---:|---:|---:|---:|")
 tot = {s: [0, 0.0, 0, 0.0] for s in "AB"}

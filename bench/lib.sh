@@ -54,3 +54,54 @@ wait_healthy() {
   log "not healthy: $url"; [[ -n "$name" ]] && { cat "$OUT_DIR/$name.log" >&2 || true; }
   exit 1
 }
+
+# The static upstream: nginx (installed with apt-get when missing; one single-process worker,
+# access log off) answering a fixed chat completion at /json/v1/chat/completions and a fixed
+# SSE stream at /sse/v1/chat/completions, on 127.0.0.1:PORT, its files under DIR.
+# Usage: start_static_upstream PORT DIR [PIN]  (runs in the background: its PID is then $!)
+start_static_upstream() {
+  local port="$1" dir="$2" upstream_pin="${3:-}"
+  if ! command -v nginx >/dev/null 2>&1 && ! [[ -x /usr/sbin/nginx ]]; then
+    log "installing nginx-light (apt-get)"
+    (apt-get install -y -qq nginx-light >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }) \
+      || { log "cannot install nginx"; exit 1; }
+  fi
+  NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+  # Fixed answers the size of the mock's: one completion; a stream of 12 content chunks, a
+  # finish chunk, a usage chunk and [DONE] (written with nginx's \n escapes).
+  chunk() { printf 'data: {\\"id\\":\\"chatcmpl-static\\",\\"object\\":\\"chat.completion.chunk\\",\\"created\\":1700000000,\\"model\\":\\"static-sse\\",%s}\\n\\n' "$1"; }
+  JSON_ANSWER='{"id":"chatcmpl-static","object":"chat.completion","created":1700000000,"model":"static-json","choices":[{"index":0,"message":{"role":"assistant","content":"A gateway gives one endpoint, one key and one log for many models, and picks the model per request."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":22,"total_tokens":42}}'
+  SSE_ANSWER=""
+  for word in A gateway gives one endpoint, one key and one log for many models.; do
+    SSE_ANSWER+="$(chunk "\\\"choices\\\":[{\\\"index\\\":0,\\\"delta\\\":{\\\"content\\\":\\\"$word \\\"},\\\"finish_reason\\\":null}]")"
+  done
+  SSE_ANSWER+="$(chunk "\\\"choices\\\":[{\\\"index\\\":0,\\\"delta\\\":{},\\\"finish_reason\\\":\\\"stop\\\"}]")"
+  SSE_ANSWER+="$(chunk "\\\"choices\\\":[],\\\"usage\\\":{\\\"prompt_tokens\\\":20,\\\"completion_tokens\\\":12,\\\"total_tokens\\\":32}")"
+  SSE_ANSWER+='data: [DONE]\n\n'
+  mkdir -p "$dir/nginx"
+  cat >"$dir/nginx/nginx.conf" <<NGINX_CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx/nginx.pid;
+error_log $dir/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path $dir/nginx/body;
+  proxy_temp_path $dir/nginx/proxy;
+  fastcgi_temp_path $dir/nginx/fastcgi;
+  uwsgi_temp_path $dir/nginx/uwsgi;
+  scgi_temp_path $dir/nginx/scgi;
+  server {
+    listen 127.0.0.1:$port;
+    location = /health { return 200 "ok"; }
+    location = /json/v1/chat/completions { default_type application/json; return 200 '$JSON_ANSWER'; }
+    location = /sse/v1/chat/completions { default_type text/event-stream; return 200 "$SSE_ANSWER"; }
+  }
+}
+NGINX_CONF
+  $upstream_pin "$NGINX" -p "$dir/nginx" -c "$dir/nginx/nginx.conf" >"$dir/mock.log" 2>&1 &
+}

@@ -25,6 +25,7 @@ use crate::breaker::Breakers;
 use crate::config::{Config, ProviderKind};
 use crate::dashboard::DashboardState;
 use crate::error::Error;
+use crate::providers::UpstreamClient;
 use crate::limits::Limiter;
 use crate::mock::{self, MockOptions};
 use crate::providers::CallTimeouts;
@@ -43,7 +44,7 @@ pub use crate::chat::{
 pub struct AppState {
     pub registry: Registry,
     /// Upstream connection pool of the shared runtime; see [`AppState::http`].
-    http: reqwest::Client,
+    http: UpstreamClient,
     connect_timeout: Duration,
     pub timeouts: CallTimeouts,
     pub max_body_bytes: usize,
@@ -95,7 +96,7 @@ impl AppState {
             None
         };
         let registry = Registry::build(config, mock_addr)?;
-        let http = upstream_client(config.server.connect_timeout())?;
+        let http = UpstreamClient::new(config.server.connect_timeout())?;
         let master_key = config
             .server
             .master_key_env
@@ -175,7 +176,7 @@ impl AppState {
     /// The HTTP client for upstream calls: a per-core serving thread's own pool (its
     /// connections are driven by that thread's runtime, so proxying never wakes another
     /// thread), else the shared one. Cloning is a reference-count increment.
-    pub fn http(&self) -> reqwest::Client {
+    pub fn http(&self) -> UpstreamClient {
         THREAD_HTTP.with(|local| local.borrow().clone()).unwrap_or_else(|| self.http.clone())
     }
 
@@ -195,16 +196,7 @@ impl AppState {
 
 thread_local! {
     /// Set on a per-core serving thread: its own upstream connection pool.
-    static THREAD_HTTP: std::cell::RefCell<Option<reqwest::Client>> = const { std::cell::RefCell::new(None) };
-}
-
-fn upstream_client(connect_timeout: Duration) -> Result<reqwest::Client, Error> {
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+    static THREAD_HTTP: std::cell::RefCell<Option<UpstreamClient>> = const { std::cell::RefCell::new(None) };
 }
 
 fn models_body(config: &Config) -> Bytes {
@@ -469,7 +461,7 @@ fn serve_per_core(
     let mut finished = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
         let listener = listener.into_std().map_err(|e| Error::Internal(format!("listener: {e}")))?;
-        let http = upstream_client(state.connect_timeout)?;
+        let http = UpstreamClient::new(state.connect_timeout)?;
         let (router, stop, release) = (router.clone(), stop_accepting.clone(), release.clone());
         let (done, served) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
         std::thread::Builder::new()

@@ -109,7 +109,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
             .into_response();
     }
     if let Some(url) = &state.mock_health_url {
-        let ok = matches!(state.http().get(url).send().await, Ok(r) if r.status().is_success());
+        let ok = matches!(state.http().reqwest().get(url).send().await, Ok(r) if r.status().is_success());
         if !ok {
             return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "mock_upstream": "down"})))
                 .into_response();

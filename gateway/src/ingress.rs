@@ -82,12 +82,12 @@ pub fn chunk_events(body: Body) -> impl Stream<Item = ChunkEvent> + Send {
                 yield ChunkEvent::Failed { message: "the answer stream broke".into(), code: None };
                 return;
             };
-            parser.push(&chunk);
+            parser.push(chunk);
             while let Some(event) = parser.next_event() {
                 if event.is_done() {
                     return;
                 }
-                let Ok(data) = serde_json::from_str::<Value>(&event.data) else { continue };
+                let Ok(data) = serde_json::from_str::<Value>(event.data()) else { continue };
                 if let Some(error) = data.get("error") {
                     let message = error["message"].as_str().unwrap_or("upstream error").to_owned();
                     yield ChunkEvent::Failed { message, code: error["code"].as_str().map(str::to_owned) };

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::error::Error;
 use crate::openai::ChatRequest;
-use crate::providers::{CallTimeouts, UpstreamResponse};
+use crate::providers::{CallTimeouts, UpstreamClient, UpstreamResponse};
 use crate::registry::{Registry, Target};
 use crate::store::{Feedback, LogStore, Store};
 
@@ -54,7 +54,7 @@ pub fn parse_verdict(reply: &str) -> Option<bool> {
 /// Asks `judge` whether `candidate` says what `reference` says for `question`; `None` when
 /// the call fails or the reply has no verdict.
 pub async fn same_answer(
-    http: &reqwest::Client,
+    http: &UpstreamClient,
     judge: &crate::registry::ModelEntry,
     question: &str,
     reference: &str,
@@ -69,12 +69,15 @@ pub async fn same_answer(
     }
 }
 
+/// How long connecting to the judge's upstream may take.
+const JUDGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a judge may take: it answers offline work or an audit the client does not wait on.
 const JUDGE_TIMEOUTS: CallTimeouts = CallTimeouts { first_byte: Duration::from_secs(60), body: Duration::from_secs(120) };
 
 /// One deterministic (temperature 0) call of the judge model with `messages`; its reply's
 /// text (`None` for a reply without text).
-async fn ask(http: &reqwest::Client, judge: &crate::registry::ModelEntry, messages: Value) -> Result<Option<String>, Error> {
+async fn ask(http: &UpstreamClient, judge: &crate::registry::ModelEntry, messages: Value) -> Result<Option<String>, Error> {
     let body = json!({"model": judge.upstream_model, "messages": messages, "temperature": 0});
     let request = ChatRequest::parse(body.to_string().as_bytes())?;
     match judge.provider.chat(http, &request, &judge.upstream_model, &HeaderMap::new(), JUDGE_TIMEOUTS).await? {
@@ -125,7 +128,7 @@ pub async fn run(config: &Config, model: Option<&str>, limit: usize) -> Result<J
     };
     let store = Store::open(&config.database)?;
     store.migrate().await?;
-    let http = reqwest::Client::new();
+    let http = UpstreamClient::new(JUDGE_CONNECT_TIMEOUT)?;
     let mut report = JudgeReport::default();
     let rows = store.unrated_answers(SOURCE, i64::try_from(limit).unwrap_or(i64::MAX)).await?;
     for (request_id, prompt, answer) in rows {

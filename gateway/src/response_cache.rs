@@ -60,7 +60,7 @@ pub struct GatewayCache {
 /// The model that judges audited answers, and the client to call it with.
 pub struct AuditJudge {
     pub model: Arc<crate::registry::ModelEntry>,
-    pub http: reqwest::Client,
+    pub http: crate::providers::UpstreamClient,
 }
 
 /// Exact entries in Redis, so one replica's answer is a hit on every replica.
@@ -508,7 +508,7 @@ impl StreamCapture {
         Self { parser: SseParser::new(), payloads: Vec::new(), bytes: 0, overflowed: false }
     }
 
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub fn push(&mut self, bytes: &Bytes) {
         if self.overflowed {
             return;
         }
@@ -518,10 +518,10 @@ impl StreamCapture {
             self.payloads.clear();
             return;
         }
-        self.parser.push(bytes);
+        self.parser.push(bytes.clone());
         while let Some(event) = self.parser.next_event() {
-            if !event.is_done() && !event.data.is_empty() {
-                self.payloads.push(event.data);
+            if !event.is_done() && !event.data().is_empty() {
+                self.payloads.push(event.into_data());
             }
         }
     }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
 
-use super::{post_json, secret_header, translated_json, CallTimeouts, StreamPiece, UpstreamResponse};
+use super::{post_json, secret_header, translated_json, CallTimeouts, StreamPiece, UpstreamClient, UpstreamHttpResponse, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{content_text, unix_seconds, ChatRequest, Usage};
 use crate::sse::{data_event, SseParser, DONE_EVENT};
@@ -40,14 +40,13 @@ impl AnthropicProvider {
 
     pub async fn chat(
         &self,
-        http: &reqwest::Client,
+        http: &UpstreamClient,
         request: &ChatRequest,
         upstream_model: &str,
         timeouts: CallTimeouts,
     ) -> Result<UpstreamResponse, Error> {
         let body = to_anthropic_request(request, upstream_model)?;
-        let post = http.post(self.messages_url.clone()).headers(self.headers.clone());
-        let response = post_json(post, &body, timeouts).await?;
+        let response = post_json(http, &self.messages_url, self.headers.clone(), &body, timeouts).await?;
         if !request.stream {
             return translated_json(response, timeouts, "Anthropic", to_openai_completion).await;
         }
@@ -449,7 +448,7 @@ impl StreamTranslator {
 }
 
 fn translate_stream(
-    response: reqwest::Response,
+    response: UpstreamHttpResponse,
     timeouts: CallTimeouts,
     include_usage: bool,
 ) -> impl futures_util::Stream<Item = Result<StreamPiece, Error>> + Send {
@@ -480,13 +479,13 @@ impl StreamDecoder {
     /// The pieces of every event completed by `chunk`; an event that is not JSON ends the
     /// list with an error (the stream is broken from there on).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Result<StreamPiece, Error>> {
-        self.parser.push(chunk);
+        self.parser.push_slice(chunk);
         let mut out = Vec::new();
         while let Some(event) = self.parser.next_event() {
-            if event.data.is_empty() {
+            if event.data().is_empty() {
                 continue;
             }
-            let data: Value = match serde_json::from_str(&event.data) {
+            let data: Value = match serde_json::from_str(event.data()) {
                 Ok(data) => data,
                 Err(e) => {
                     out.push(Err(Error::BadGateway(format!("Anthropic sent an invalid event: {e}"))));

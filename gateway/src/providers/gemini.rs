@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
 
-use super::{post_json, secret_header, translated_json, CallTimeouts, StreamPiece, UpstreamResponse};
+use super::{post_json, secret_header, translated_json, CallTimeouts, StreamPiece, UpstreamClient, UpstreamHttpResponse, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{content_text, unix_seconds, ChatRequest, Usage};
 use crate::sse::{data_event, SseParser, DONE_EVENT};
@@ -37,7 +37,7 @@ impl GeminiProvider {
 
     pub async fn chat(
         &self,
-        http: &reqwest::Client,
+        http: &UpstreamClient,
         request: &ChatRequest,
         upstream_model: &str,
         timeouts: CallTimeouts,
@@ -46,7 +46,7 @@ impl GeminiProvider {
         let method = if request.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
         let url = reqwest::Url::parse(&format!("{}{upstream_model}:{method}", self.models_url))
             .map_err(|e| Error::Internal(format!("Gemini URL for `{upstream_model}`: {e}")))?;
-        let response = post_json(http.post(url).headers(self.headers.clone()), &body, timeouts).await?;
+        let response = post_json(http, &url, self.headers.clone(), &body, timeouts).await?;
         if !request.stream {
             return translated_json(response, timeouts, "Gemini", |answer| to_openai_completion(answer, upstream_model)).await;
         }
@@ -201,7 +201,7 @@ pub fn to_openai_completion(answer: &Value, model: &str) -> (Value, Usage) {
 
 /// Gemini SSE (each event a `GenerateContentResponse` with the next text) → OpenAI chunks,
 /// then the usage chunk and `[DONE]`.
-fn translate_stream(response: reqwest::Response, timeouts: CallTimeouts, model: String) -> impl futures_util::Stream<Item = Result<StreamPiece, Error>> + Send {
+fn translate_stream(response: UpstreamHttpResponse, timeouts: CallTimeouts, model: String) -> impl futures_util::Stream<Item = Result<StreamPiece, Error>> + Send {
     async_stream::try_stream! {
         let id = format!("chatcmpl-gemini-{}", uuid::Uuid::now_v7().simple());
         let created = unix_seconds();
@@ -214,9 +214,9 @@ fn translate_stream(response: reqwest::Response, timeouts: CallTimeouts, model: 
         let mut usage = Usage::new(0, 0);
         let mut started = false;
         while let Some(piece) = chunks.next().await? {
-            parser.push(&piece);
+            parser.push(piece);
             while let Some(event) = parser.next_event() {
-                let Ok(answer) = serde_json::from_str::<Value>(&event.data) else { continue };
+                let Ok(answer) = serde_json::from_str::<Value>(event.data()) else { continue };
                 if answer.get("usageMetadata").is_some() {
                     usage = usage_of(&answer);
                 }

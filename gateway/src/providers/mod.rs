@@ -4,6 +4,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+pub mod http;
 pub mod openai;
 
 use std::pin::Pin;
@@ -11,11 +12,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use http::HeaderMap;
-use reqwest::header::HeaderValue;
+use ::http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use ::http::HeaderMap;
 
 use crate::error::Error;
 use crate::openai::{ChatRequest, Usage};
+pub use http::{SendError, UpstreamClient, UpstreamHttpResponse};
 
 /// A piece of an OpenAI-format SSE stream on its way to the client.
 #[derive(Debug, Clone)]
@@ -62,7 +64,7 @@ impl Provider {
     /// forwards (the mock's fault-injection headers).
     pub async fn chat(
         &self,
-        http: &reqwest::Client,
+        http: &UpstreamClient,
         request: &ChatRequest,
         upstream_model: &str,
         extra_headers: &HeaderMap,
@@ -80,7 +82,7 @@ impl Provider {
     /// upstream's name) and returns the upstream's JSON body as it came.
     pub async fn embeddings(
         &self,
-        http: &reqwest::Client,
+        http: &UpstreamClient,
         body: &serde_json::Map<String, serde_json::Value>,
         extra_headers: &HeaderMap,
         timeouts: CallTimeouts,
@@ -109,15 +111,19 @@ pub(crate) fn secret_header(value: &str) -> Result<HeaderValue, Error> {
     Ok(value)
 }
 
-/// POSTs `body` as JSON on `request` (its URL and the provider's headers set) with the trace
-/// context, within the first-byte timeout; a non-success status becomes the upstream's error.
-pub(crate) async fn post_json(request: reqwest::RequestBuilder, body: &impl serde::Serialize, timeouts: CallTimeouts) -> Result<reqwest::Response, Error> {
+/// POSTs `body` as JSON to `url` with the provider's `headers` and the trace context, within
+/// the first-byte timeout; a non-success status becomes the upstream's error.
+pub(crate) async fn post_json(
+    http: &UpstreamClient,
+    url: &reqwest::Url,
+    mut headers: HeaderMap,
+    body: &impl serde::Serialize,
+    timeouts: CallTimeouts,
+) -> Result<UpstreamHttpResponse, Error> {
     let payload = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
-    let request = request
-        .headers(crate::telemetry::trace_headers())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(payload);
-    let response = send(request, timeouts.first_byte).await?;
+    headers.extend(crate::telemetry::trace_headers());
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let response = send(http.post(url, headers, Bytes::from(payload)), timeouts.first_byte).await?;
     if !response.status().is_success() {
         return Err(upstream_error(response, timeouts.body).await);
     }
@@ -126,7 +132,7 @@ pub(crate) async fn post_json(request: reqwest::RequestBuilder, body: &impl serd
 
 /// A whole non-stream answer in a provider's own JSON, translated to an OpenAI completion.
 pub(crate) async fn translated_json(
-    response: reqwest::Response,
+    response: UpstreamHttpResponse,
     timeouts: CallTimeouts,
     provider: &str,
     translate: impl FnOnce(&serde_json::Value) -> (serde_json::Value, Usage),
@@ -138,18 +144,18 @@ pub(crate) async fn translated_json(
     Ok(UpstreamResponse::Json { body: Bytes::from(body), usage: Some(usage) })
 }
 
-/// Sends a prepared request, applying the first-byte timeout and mapping transport errors.
-pub(crate) async fn send(
-    builder: reqwest::RequestBuilder,
+/// Waits for a response within the first-byte timeout, mapping transport errors.
+async fn send(
+    request: impl std::future::Future<Output = Result<UpstreamHttpResponse, SendError>>,
     timeout: Duration,
-) -> Result<reqwest::Response, Error> {
-    match tokio::time::timeout(timeout, builder.send()).await {
+) -> Result<UpstreamHttpResponse, Error> {
+    match tokio::time::timeout(timeout, request).await {
         Err(_) => Err(Error::GatewayTimeout(format!(
             "no response within {} ms",
             timeout.as_millis()
         ))),
-        Ok(Err(e)) if e.is_timeout() => Err(Error::GatewayTimeout(e.to_string())),
-        Ok(Err(e)) => Err(Error::BadGateway(transport_message(&e))),
+        Ok(Err(SendError::TimedOut(message))) => Err(Error::GatewayTimeout(message)),
+        Ok(Err(SendError::Other(message))) => Err(Error::BadGateway(message)),
         Ok(Ok(response)) => Ok(response),
     }
 }
@@ -159,14 +165,14 @@ pub(crate) async fn send(
 /// when it came and the timer is re-armed when it fires early, so a fast stream does not
 /// touch the timer wheel once per chunk.
 pub(crate) struct UpstreamChunks {
-    response: reqwest::Response,
+    response: UpstreamHttpResponse,
     idle: Duration,
     last_chunk: tokio::time::Instant,
     stall: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl UpstreamChunks {
-    pub(crate) fn new(response: reqwest::Response, idle: Duration) -> Self {
+    pub(crate) fn new(response: UpstreamHttpResponse, idle: Duration) -> Self {
         Self { response, idle, last_chunk: tokio::time::Instant::now(), stall: Box::pin(tokio::time::sleep(idle)) }
     }
 
@@ -198,30 +204,18 @@ impl UpstreamChunks {
 }
 
 /// Reads a whole body within a time limit.
-pub(crate) async fn read_body(response: reqwest::Response, timeout: Duration) -> Result<Bytes, Error> {
+pub(crate) async fn read_body(response: UpstreamHttpResponse, timeout: Duration) -> Result<Bytes, Error> {
     match tokio::time::timeout(timeout, response.bytes()).await {
         Err(_) => Err(Error::GatewayTimeout("response body not complete in time".into())),
-        Ok(Err(e)) => Err(Error::BadGateway(transport_message(&e))),
+        Ok(Err(message)) => Err(Error::BadGateway(message)),
         Ok(Ok(bytes)) => Ok(bytes),
     }
 }
 
-fn transport_message(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
 /// Turns a non-success upstream response into an error that keeps its status and message.
-pub(crate) async fn upstream_error(response: reqwest::Response, timeout: Duration) -> Error {
+pub(crate) async fn upstream_error(response: UpstreamHttpResponse, timeout: Duration) -> Error {
     let status = response.status();
-    let retry_after: Option<HeaderValue> = response.headers().get(reqwest::header::RETRY_AFTER).cloned();
+    let retry_after: Option<HeaderValue> = response.header(RETRY_AFTER).cloned();
     let body = read_body(response, timeout).await.unwrap_or_default();
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     let error = parsed.as_ref().and_then(|v| v.get("error"));

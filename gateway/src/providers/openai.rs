@@ -10,7 +10,7 @@ use http::HeaderMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
-use super::{post_json, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamChunks, UpstreamResponse};
+use super::{post_json, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamChunks, UpstreamClient, UpstreamHttpResponse, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{usage_of, ChatRequest, Usage};
 use crate::sse::{SseEvent, SseParser};
@@ -92,15 +92,15 @@ impl OpenAiProvider {
 
     pub async fn chat(
         &self,
-        http: &reqwest::Client,
+        http: &UpstreamClient,
         request: &ChatRequest,
         upstream_model: &str,
         extra_headers: &HeaderMap,
         timeouts: CallTimeouts,
     ) -> Result<UpstreamResponse, Error> {
         let body = UpstreamBody { client: &request.body, model: upstream_model, stream: request.stream };
-        let post = self.post(http, self.endpoints.url(Api::ChatCompletions, upstream_model)?, extra_headers);
-        let response = post_json(post, &body, timeouts).await?;
+        let url = self.endpoints.url(Api::ChatCompletions, upstream_model)?;
+        let response = post_json(http, &url, self.headers_for(extra_headers), &body, timeouts).await?;
         if !request.stream {
             let body = read_body(response, timeouts.body).await?;
             let usage = usage_of(&body);
@@ -112,28 +112,28 @@ impl OpenAiProvider {
     /// `POST {base_url}/embeddings` with the client's body (model already rewritten).
     pub async fn embeddings(
         &self,
-        http: &reqwest::Client,
+        http: &UpstreamClient,
         body: &serde_json::Map<String, Value>,
         extra_headers: &HeaderMap,
         timeouts: CallTimeouts,
     ) -> Result<Bytes, Error> {
         let deployment = body.get("model").and_then(Value::as_str).unwrap_or_default();
-        let post = self.post(http, self.endpoints.url(Api::Embeddings, deployment)?, extra_headers);
-        let response = post_json(post, body, timeouts).await?;
+        let url = self.endpoints.url(Api::Embeddings, deployment)?;
+        let response = post_json(http, &url, self.headers_for(extra_headers), body, timeouts).await?;
         read_body(response, timeouts.body).await
     }
 
-    /// A POST with the provider's headers (and the mock's fault headers, for the mock).
-    fn post(&self, http: &reqwest::Client, url: reqwest::Url, extra_headers: &HeaderMap) -> reqwest::RequestBuilder {
-        let mut builder = http.post(url).headers(self.headers.clone());
+    /// The provider's headers (and the mock's fault headers, for the mock).
+    fn headers_for(&self, extra_headers: &HeaderMap) -> HeaderMap {
+        let mut headers = self.headers.clone();
         if self.forward_mock_headers {
             for (name, value) in extra_headers {
                 if name.as_str().starts_with("x-mock-") {
-                    builder = builder.header(name, value);
+                    headers.append(name, value.clone());
                 }
             }
         }
-        builder
+        headers
     }
 }
 
@@ -184,7 +184,7 @@ impl Serialize for WithUsage<'_> {
 
 /// Re-chunks the upstream bytes into whole SSE events and classifies each.
 fn forward_stream(
-    response: reqwest::Response,
+    response: UpstreamHttpResponse,
     timeouts: CallTimeouts,
 ) -> impl futures_util::Stream<Item = Result<StreamPiece, Error>> + Send {
     async_stream::try_stream! {
@@ -193,7 +193,7 @@ fn forward_stream(
         let mut finished = false;
         while !finished {
             match chunks.next().await? {
-                Some(chunk) => parser.push(&chunk),
+                Some(chunk) => parser.push(chunk),
                 None => finished = true,
             }
             loop {
@@ -206,31 +206,27 @@ fn forward_stream(
 }
 
 fn classify(event: SseEvent) -> StreamPiece {
-    let skip = event.data.is_empty() || event.is_done();
-    let mut piece = StreamPiece {
-        has_content: false,
-        usage: None,
-        usage_only: false,
-        bytes: event.raw,
-    };
-    if skip {
-        return piece;
-    }
-    // Most chunks carry `"usage":null` or nothing; only parse the ones that may hold usage.
-    let may_hold_usage = event.data.contains("\"usage\"") && !event.data.contains("\"usage\":null");
-    if may_hold_usage {
-        #[derive(serde::Deserialize)]
-        struct UsageChunk {
-            #[serde(default)]
-            choices: Vec<serde::de::IgnoredAny>,
-            usage: Option<Usage>,
+    let data = event.data();
+    let mut piece = StreamPiece { has_content: false, usage: None, usage_only: false, bytes: Bytes::new() };
+    if !data.is_empty() && !event.is_done() {
+        // Most chunks carry `"usage":null` or nothing; only parse the ones that may hold
+        // usage. (`"usage"` cannot occur unescaped inside a string: the first is the key.)
+        let may_hold_usage = data.find("\"usage\"").is_some_and(|at| !data[at..].starts_with("\"usage\":null"));
+        if may_hold_usage {
+            #[derive(serde::Deserialize)]
+            struct UsageChunk {
+                #[serde(default)]
+                choices: Vec<serde::de::IgnoredAny>,
+                usage: Option<Usage>,
+            }
+            if let Ok(chunk) = serde_json::from_str::<UsageChunk>(data) {
+                piece.usage = chunk.usage;
+                piece.usage_only = chunk.usage.is_some() && chunk.choices.is_empty();
+            }
         }
-        if let Ok(chunk) = serde_json::from_str::<UsageChunk>(&event.data) {
-            piece.usage = chunk.usage;
-            piece.usage_only = chunk.usage.is_some() && chunk.choices.is_empty();
-        }
+        piece.has_content = !piece.usage_only;
     }
-    piece.has_content = !piece.usage_only;
+    piece.bytes = event.raw;
     piece
 }
 
@@ -240,7 +236,7 @@ mod tests {
 
     fn event(data: &str) -> SseEvent {
         let mut parser = SseParser::new();
-        parser.push(format!("data: {data}\n\n").as_bytes());
+        parser.push(format!("data: {data}\n\n"));
         parser.next_event().expect("event")
     }
 
