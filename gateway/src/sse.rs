@@ -25,6 +25,11 @@ impl SseEvent {
         std::str::from_utf8(&self.data).unwrap_or_default()
     }
 
+    /// The same as bytes, for a caller that only searches them (no UTF-8 check).
+    pub fn data_bytes(&self) -> &[u8] {
+        &self.data
+    }
+
     pub fn into_data(self) -> String {
         self.data().to_owned()
     }

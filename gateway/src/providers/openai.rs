@@ -5,6 +5,8 @@
 //! Stream events are forwarded byte for byte except the usage-only chunk the client did not
 //! ask for.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use http::HeaderMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -205,13 +207,16 @@ fn forward_stream(
     }
 }
 
+/// Finds `"usage"` in an event's data (built once: a search per event is on the hot path).
+static USAGE_KEY: LazyLock<memchr::memmem::Finder<'static>> = LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+
 fn classify(event: SseEvent) -> StreamPiece {
-    let data = event.data();
+    let data = event.data_bytes();
     let mut piece = StreamPiece { has_content: false, usage: None, usage_only: false, bytes: Bytes::new() };
     if !data.is_empty() && !event.is_done() {
         // Most chunks carry `"usage":null` or nothing; only parse the ones that may hold
         // usage. (`"usage"` cannot occur unescaped inside a string: the first is the key.)
-        let may_hold_usage = data.find("\"usage\"").is_some_and(|at| !data[at..].starts_with("\"usage\":null"));
+        let may_hold_usage = USAGE_KEY.find(data).is_some_and(|at| !data[at..].starts_with(b"\"usage\":null"));
         if may_hold_usage {
             #[derive(serde::Deserialize)]
             struct UsageChunk {
@@ -219,7 +224,7 @@ fn classify(event: SseEvent) -> StreamPiece {
                 choices: Vec<serde::de::IgnoredAny>,
                 usage: Option<Usage>,
             }
-            if let Ok(chunk) = serde_json::from_str::<UsageChunk>(data) {
+            if let Ok(chunk) = serde_json::from_slice::<UsageChunk>(data) {
                 piece.usage = chunk.usage;
                 piece.usage_only = chunk.usage.is_some() && chunk.choices.is_empty();
             }
