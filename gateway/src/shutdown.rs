@@ -30,19 +30,17 @@ impl Stream for CutOn {
     type Item = Result<StreamPiece, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.pieces.is_none() {
-            return Poll::Ready(None);
-        }
+        let this = &mut *self;
+        let Some(pieces) = this.pieces.as_mut() else { return Poll::Ready(None) };
         // The cut first, as a biased select would: a stream that always has a piece ready
         // is still cut.
-        if self.cancelled.as_mut().poll(cx).is_ready() {
-            self.pieces = None;
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            this.pieces = None;
             return Poll::Ready(Some(Err(Error::ShuttingDown)));
         }
-        let Some(pieces) = self.pieces.as_mut() else { return Poll::Ready(None) };
         match pieces.poll_next_unpin(cx) {
             Poll::Ready(None) => {
-                self.pieces = None;
+                this.pieces = None;
                 Poll::Ready(None)
             }
             other => other,
