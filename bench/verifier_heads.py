@@ -49,8 +49,8 @@ def main(prefix, pairs_path="../shared/data/qqp-pairs/pairs.jsonl"):
     interaction = np.hstack([u * v, np.abs(u - v)])
     shipped_rows = np.arange(len(rows)) < SHIPPED_PAIRS
     audit = {}
-    for name in ["qqp_validation_hits_audit", "qqp_calibration_hits_audit"]:
-        for text in open(ROOT / f"cache/tests/fixtures/{name}.jsonl"):
+    for path in sorted((ROOT / "cache/tests/fixtures").glob("qqp_*_hits_audit.jsonl")):
+        for text in open(path):
             r = json.loads(text)
             audit[r["source_line"]] = r["audit"]
 
