@@ -13,7 +13,9 @@ the semantic cache at the same precision? An experiment on CPU, before any Rust 
     #    generated edits of fit-part questions of those kinds only), then score and report
     /tmp/ce/bin/python bench/cross_encoder.py train --out /tmp/ce/model-quora
     /tmp/ce/bin/python bench/cross_encoder.py train --edit-kinds order,comparison,entity,negation --out /tmp/ce/model-a
-    /tmp/ce/bin/python bench/cross_encoder.py eval --model /tmp/ce/model-quora --eval /tmp/ce/eval
+    /tmp/ce/bin/python bench/cross_encoder.py eval --model /tmp/ce/model-quora --eval /tmp/ce/eval \
+        --dump-unread /tmp/ce/unread.jsonl     # hits nobody has audited yet: read them blind
+    /tmp/ce/bin/python bench/cross_encoder.py latency --layers 6   # per pair, one thread
 
 The report, for the shipped verifier and for the cross-encoder behind the same guards and
 cosine floor: precision by Quora's labels at recall 0.25 / 0.30 / 0.35 on the calibration and
@@ -352,7 +354,8 @@ def cmd_eval(args):
                     unread.update(lines)
             print(f"    {p:<9} " + " | ".join(cells))
     print(f"\nat the shipped threshold, then at each scorer's recall 0.30 on the calibration part")
-    print(f"  {'scorer':<17} {'threshold':>9}  wrong edits per kind ({', '.join(f'{k}{chr(42) if k in kinds_seen else chr(32)}' for k in edit_kinds)})  rewordings  Quora dup.")
+    kinds = ", ".join(k + ("*" if k in kinds_seen else "") for k in edit_kinds)
+    print(f"  {'scorer':<17} {'threshold':>9}  wrong edits per kind ({kinds})  rewordings  Quora dup.")
     rows = [("shipped verifier", scorers["shipped verifier"], SHIPPED_THRESHOLD)]
     rows += [(name, score, at_recall(score, "calibrate", 0.30)[0]) for name, score in scorers.items()]
     for name, score, thr in rows:
