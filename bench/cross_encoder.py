@@ -353,7 +353,7 @@ def cmd_eval(args):
                 if p == "validate" and r <= 0.30:
                     unread.update(lines)
             print(f"    {p:<9} " + " | ".join(cells))
-    print(f"\nat the shipped threshold, then at each scorer's recall 0.30 on the calibration part")
+    print("\nat the shipped threshold, then at each scorer's recall 0.30 on the calibration part")
     kinds = ", ".join(k + ("*" if k in kinds_seen else "") for k in edit_kinds)
     print(f"  {'scorer':<17} {'threshold':>9}  wrong edits per kind ({kinds})  rewordings  Quora dup.")
     rows = [("shipped verifier", scorers["shipped verifier"], SHIPPED_THRESHOLD)]
