@@ -969,17 +969,15 @@ fn same_stem(a: &str, b: &str) -> bool {
 
 /// Entities of `a` that `b` does not mention at all (case-insensitively, any word).
 pub(crate) fn unmatched_entities(a: &Analysed, b: &Analysed) -> usize {
-    let b_lemmas = b.lemma_set();
-    let b_joined: String = b
-        .words
-        .iter()
-        .map(|w| w.lower.as_str())
-        .collect::<Vec<_>>()
-        .join("");
-    a.entities
-        .iter()
-        .filter(|e| !b_lemmas.contains(e.as_str()) && !b_joined.contains(e.as_str()))
-        .count()
+    unmentioned(a.entities.iter().map(String::as_str), b)
+}
+
+/// How many of `names` (lower-case lemmas) `x` does not mention, case-insensitively, as any
+/// word or inside its joined words ("Face book" / "Facebook").
+fn unmentioned<'n>(names: impl Iterator<Item = &'n str>, x: &Analysed) -> usize {
+    let lemmas = x.lemma_set();
+    let joined: String = x.words.iter().map(|w| w.lower.as_str()).collect();
+    names.filter(|n| !lemmas.contains(n) && !joined.contains(n)).count()
 }
 
 /// "iPhone", "eBay", "macOS": a lower-case start with a capital later is a name wherever it
@@ -1000,18 +998,12 @@ fn names_swapped(a: &Analysed, b: &Analysed) -> bool {
         }
         count
     }
-    /// Some name of `names` that `x` does not mention, case-insensitively, as any word or
-    /// inside its joined words ("Face book" / "Facebook").
-    fn lacks(x: &Analysed, names: &HashMap<&str, usize>) -> bool {
-        let lemmas = x.lemma_set();
-        let joined: String = x.words.iter().map(|w| w.lower.as_str()).collect();
-        names.keys().any(|n| !lemmas.contains(n) && !joined.contains(n))
-    }
     fn more(x: &HashMap<&str, usize>, y: &HashMap<&str, usize>) -> bool {
         x.iter().any(|(name, k)| y.get(name).is_some_and(|m| k > m))
     }
     let (ma, mb) = (mentions(a), mentions(b));
-    let (a_lacks, b_lacks) = (lacks(a, &mb), lacks(b, &ma));
+    let a_lacks = unmentioned(mb.keys().copied(), a) > 0;
+    let b_lacks = unmentioned(ma.keys().copied(), b) > 0;
     (a_lacks && (b_lacks || more(&ma, &mb))) || (b_lacks && more(&mb, &ma))
 }
 
