@@ -625,6 +625,14 @@ struct LearnArgs {
     /// model answered (0 or 1: the row's own rating).
     #[arg(long, default_value_t = training::train::DEFAULT_LOG_LABEL_NEIGHBOURS)]
     label_neighbours: usize,
+    /// The share of each rated row's quality target that is its own rating, the rest being
+    /// its neighbours' mean (0: the mean alone; 1: raw ratings).
+    #[arg(long, default_value_t = training::train::DEFAULT_LOG_LABEL_OWN_SHARE)]
+    label_own_share: f32,
+    /// Train on the mean of two fits' predictions, one on raw ratings and one on the
+    /// neighbourhood targets (true), or on the neighbourhood targets themselves (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    label_two_fits: bool,
     /// Embedder model directory (default: .cache/models/all-MiniLM-L6-v2).
     #[arg(long, env = "SWITCHYARD_EMBEDDER_DIR")]
     embedder_dir: Option<PathBuf>,
@@ -676,6 +684,8 @@ impl LearnArgs {
         options.train.max_epochs = self.epochs;
         options.train.seed = self.seed;
         options.train.log_label_neighbours = self.label_neighbours;
+        options.train.log_label_own_share = self.label_own_share;
+        options.train.log_label_two_fits = self.label_two_fits;
         options.embedder_dir = self.embedder_dir.clone();
         options.cache_dir = self.cache_dir.clone();
         Ok(options)

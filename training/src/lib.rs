@@ -248,8 +248,14 @@ fn examples_from_log(
 /// answered fewer than 5·k rows ([`neighbours::neighbourhood`]). The similarities are one
 /// matrix product per model in blocks of rows: quadratic in the rows a model served, a second
 /// or two for a few thousand.
-fn smooth_log_ratings(examples: &mut [Example], num_candidates: usize, k: usize) -> Result<()> {
-    if k <= 1 {
+fn smooth_log_ratings(
+    examples: &mut [Example],
+    num_candidates: usize,
+    k: usize,
+    own_share: f32,
+) -> Result<()> {
+    let own_share = own_share.clamp(0.0, 1.0);
+    if k <= 1 || own_share >= 1.0 {
         return Ok(());
     }
     for head in 0..num_candidates {
@@ -272,11 +278,50 @@ fn smooth_log_ratings(examples: &mut [Example], num_candidates: usize, k: usize)
         neighbours::each_nearest(&unit, &unit, take, |_, nearest| {
             smoothed.push(nearest.iter().map(|&j| ratings[j as usize]).sum::<f32>() / take as f32);
         })?;
-        for (&i, value) in rated.iter().zip(smoothed) {
-            examples[i].quality[head] = Some(value);
+        for ((&i, value), own) in rated.iter().zip(smoothed).zip(&ratings) {
+            examples[i].quality[head] = Some(own_share * own + (1.0 - own_share) * value);
         }
     }
     Ok(())
+}
+
+/// The log's examples with each rated target replaced by the mean of two fits' predictions
+/// for it: one network trained (beside `base`) on the raw ratings, one on the neighbourhood
+/// targets of [`smooth_log_ratings`] ([`TrainConfig::log_label_two_fits`]).
+fn two_fit_log_ratings(
+    base: &[Example],
+    log: Vec<Example>,
+    num_candidates: usize,
+    config: &TrainConfig,
+    init: Init<'_>,
+) -> Result<Vec<Example>> {
+    let mut smoothed = log.clone();
+    smooth_log_ratings(
+        &mut smoothed,
+        num_candidates,
+        config.log_label_neighbours,
+        config.log_label_own_share,
+    )?;
+    let inputs: Vec<(&[f32], RequestFeatures)> = log
+        .iter()
+        .map(|e| (e.embedding.as_slice(), e.features))
+        .collect();
+    let fit = |targets: &[Example]| -> Result<eval::Predictions> {
+        let mut all = base.to_vec();
+        all.extend_from_slice(targets);
+        let trained = train::train(&all, num_candidates, config, init)?;
+        eval::predict(&trained.selector, &trained.feature_norm, &inputs)
+    };
+    let (raw_fit, smoothed_fit) = (fit(&log)?, fit(&smoothed)?);
+    let mut out = log;
+    for (i, e) in out.iter_mut().enumerate() {
+        for (head, target) in e.quality.iter_mut().enumerate() {
+            if target.is_some() {
+                *target = Some((raw_fit.quality[i][head] + smoothed_fit.quality[i][head]) / 2.0);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn choose_candidates(
@@ -451,23 +496,6 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
     let train_rows = corpus.rows(Split::Train);
     let mut examples = examples_from_rows(&corpus, &train_rows, &candidates)?;
     let (log_train, log_held) = db::time_split(&logged);
-    if opts.from_db.is_some() {
-        let (mut log_examples, skipped) =
-            examples_from_log(&log_train, &candidates, embedder_ref.dim);
-        smooth_log_ratings(
-            &mut log_examples,
-            candidates.len(),
-            opts.train.log_label_neighbours,
-        )?;
-        summary.push_str(&format!(
-            "outcome log: {} rows ({} for training, {} held out for off-policy evaluation; {} training rows without a usable embedding or known model skipped)\n",
-            logged.len(),
-            log_examples.len(),
-            log_held.len(),
-            skipped
-        ));
-        examples.extend(log_examples);
-    }
     let init = match (&active, &opts.active) {
         (Some(a), Some(dir))
             if opts.train.warm_start
@@ -478,6 +506,29 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
         }
         _ => Init::Random,
     };
+    if opts.from_db.is_some() {
+        let (mut log_examples, skipped) =
+            examples_from_log(&log_train, &candidates, embedder_ref.dim);
+        if opts.train.log_label_two_fits {
+            log_examples =
+                two_fit_log_ratings(&examples, log_examples, candidates.len(), &opts.train, init)?;
+        } else {
+            smooth_log_ratings(
+                &mut log_examples,
+                candidates.len(),
+                opts.train.log_label_neighbours,
+                opts.train.log_label_own_share,
+            )?;
+        }
+        summary.push_str(&format!(
+            "outcome log: {} rows ({} for training, {} held out for off-policy evaluation; {} training rows without a usable embedding or known model skipped)\n",
+            logged.len(),
+            log_examples.len(),
+            log_held.len(),
+            skipped
+        ));
+        examples.extend(log_examples);
+    }
 
     let trained = train::train(&examples, candidates.len(), &opts.train, init)?;
     summary.push_str(&format!(
@@ -910,9 +961,20 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let raw = ratings(&examples);
-        smooth_log_ratings(&mut examples, 2, 1).expect("smooths");
+        smooth_log_ratings(&mut examples, 2, 1, 0.0).expect("smooths");
         assert_eq!(ratings(&examples), raw);
-        smooth_log_ratings(&mut examples, 2, 4).expect("smooths");
+        // An own share of 1 keeps every rating too; one of a half averages each rating with
+        // its neighbourhood's mean.
+        smooth_log_ratings(&mut examples, 2, 4, 1.0).expect("smooths");
+        assert_eq!(ratings(&examples), raw);
+        let mut blended = examples.clone();
+        smooth_log_ratings(&mut blended, 2, 4, 0.5).expect("smooths");
+        for (i, (e, own)) in blended[..80].iter().zip(&raw).enumerate() {
+            let own = own[0].expect("rated");
+            let mean = (i / 4 % 5) as f32 / 4.0;
+            assert_eq!(e.quality[0], Some(0.5 * own + 0.5 * mean), "row {i}");
+        }
+        smooth_log_ratings(&mut examples, 2, 4, 0.0).expect("smooths");
         for (i, e) in examples[..80].iter().enumerate() {
             assert_eq!(e.quality[0], Some((i / 4 % 5) as f32 / 4.0), "row {i}");
             assert_eq!(e.quality[1], None);

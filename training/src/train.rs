@@ -72,6 +72,10 @@ impl Example {
 /// [`TrainConfig::log_label_neighbours`]).
 pub const DEFAULT_LOG_LABEL_NEIGHBOURS: usize = 40;
 
+/// The share of a logged row's quality target that is its own rating (see
+/// [`TrainConfig::log_label_own_share`]).
+pub const DEFAULT_LOG_LABEL_OWN_SHARE: f32 = 0.0;
+
 /// Knobs of a training run.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainConfig {
@@ -96,6 +100,15 @@ pub struct TrainConfig {
     /// embedding, itself included) the same model answered. The network then fits each
     /// model's local success rate instead of chasing single ratings; 0 keeps raw ratings.
     pub log_label_neighbours: usize,
+    /// The share of that target which is the row's own rating, the rest being the
+    /// neighbourhood's mean (0: the mean alone; 1: raw ratings).
+    pub log_label_own_share: f32,
+    /// Fit the log twice before the final fit, once on raw ratings and once on the
+    /// neighbourhood targets above, and train on the mean of the two fits' predictions: raw
+    /// ratings follow single answers, neighbourhoods borrow ratings across regions a model
+    /// rarely served; their errors differ, and their mean routed better than either on the
+    /// learning bench's logs (bench/README.md, "The learner across logs").
+    pub log_label_two_fits: bool,
     /// Show progress bars (off in tests).
     pub progress: bool,
 }
@@ -115,6 +128,8 @@ impl Default for TrainConfig {
             loss_weights: LossWeights::default(),
             warm_start: true,
             log_label_neighbours: DEFAULT_LOG_LABEL_NEIGHBOURS,
+            log_label_own_share: DEFAULT_LOG_LABEL_OWN_SHARE,
+            log_label_two_fits: true,
             progress: true,
         }
     }
@@ -244,6 +259,7 @@ impl Batchable {
 }
 
 /// Where the initial weights come from.
+#[derive(Debug, Clone, Copy)]
 pub enum Init<'a> {
     /// Seeded random weights.
     Random,
