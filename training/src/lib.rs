@@ -254,10 +254,10 @@ fn smooth_log_ratings(
     k: usize,
     own_share: f32,
 ) -> Result<()> {
-    let own_share = own_share.clamp(0.0, 1.0);
-    if k <= 1 || own_share >= 1.0 {
+    if !smoothing_moves_ratings(k, own_share) {
         return Ok(());
     }
+    let own_share = own_share.clamp(0.0, 1.0);
     for head in 0..num_candidates {
         let rated: Vec<usize> = (0..examples.len())
             .filter(|&i| examples[i].quality[head].is_some())
@@ -283,6 +283,12 @@ fn smooth_log_ratings(
         }
     }
     Ok(())
+}
+
+/// Whether [`smooth_log_ratings`] with `k` neighbours and this own share changes any rating
+/// (a neighbourhood of one, or an own share of 1, keeps the raw ratings).
+fn smoothing_moves_ratings(k: usize, own_share: f32) -> bool {
+    k > 1 && own_share < 1.0
 }
 
 /// The log's examples with each rated target replaced by the mean of two fits' predictions
@@ -509,7 +515,11 @@ pub async fn run(opts: &TrainOptions) -> Result<RunReport> {
     if opts.from_db.is_some() {
         let (mut log_examples, skipped) =
             examples_from_log(&log_train, &candidates, embedder_ref.dim);
-        if opts.train.log_label_two_fits {
+        // Two fits only when the neighbourhood targets differ from the raw ratings: otherwise
+        // both fits would be the same network, and raw ratings were asked for.
+        if opts.train.log_label_two_fits
+            && smoothing_moves_ratings(opts.train.log_label_neighbours, opts.train.log_label_own_share)
+        {
             log_examples =
                 two_fit_log_ratings(&examples, log_examples, candidates.len(), &opts.train, init)?;
         } else {

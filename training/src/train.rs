@@ -107,7 +107,8 @@ pub struct TrainConfig {
     /// neighbourhood targets above, and train on the mean of the two fits' predictions: raw
     /// ratings follow single answers, neighbourhoods borrow ratings across regions a model
     /// rarely served; their errors differ, and their mean routed better than either on the
-    /// learning bench's logs (bench/README.md, "The learner across logs").
+    /// learning bench's logs (bench/README.md, "The learner across logs"). Skipped when the
+    /// neighbourhood targets are the raw ratings (`log_label_neighbours` ≤ 1, own share 1).
     pub log_label_two_fits: bool,
     /// Show progress bars (off in tests).
     pub progress: bool,
