@@ -16,6 +16,8 @@ the semantic cache at the same precision? An experiment on CPU, before any Rust 
     /tmp/ce/bin/python bench/cross_encoder.py eval --model /tmp/ce/model-quora --eval /tmp/ce/eval \
         --dump-unread /tmp/ce/unread.jsonl     # hits nobody has audited yet: read them blind
     /tmp/ce/bin/python bench/cross_encoder.py latency --layers 6   # per pair, one thread
+    # the shipped verifier along its threshold (steps 1-2 only; needs blake3 and numpy, not torch)
+    /tmp/ce/bin/python bench/cross_encoder.py thresholds --eval /tmp/ce/eval
 
 The report, for the shipped verifier and for the cross-encoder behind the same guards and
 cosine floor: precision by Quora's labels at recall 0.25 / 0.30 / 0.35 on the calibration and
@@ -34,8 +36,12 @@ from pathlib import Path
 
 import blake3
 import numpy as np
-import torch
-from transformers import BertModel, BertTokenizerFast
+
+try:  # `pairs` and `thresholds` need neither
+    import torch
+    from transformers import BertModel, BertTokenizerFast
+except ImportError:
+    torch = None
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = ROOT / "../shared/data/qqp-pairs/pairs.jsonl"
@@ -198,20 +204,29 @@ def cmd_pairs(args):
     print(f"{len(rows)} pairs written to {out}")
 
 
-class CrossEncoder(torch.nn.Module):
+def CrossEncoder(bert):
     """MiniLM reading `[CLS] a [SEP] b [SEP]`; one logit from the [CLS] state."""
 
-    def __init__(self, bert):
-        super().__init__()
-        self.bert = bert
-        self.head = torch.nn.Linear(bert.config.hidden_size, 1)
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+            self.head = torch.nn.Linear(bert.config.hidden_size, 1)
 
-    def forward(self, batch):
-        states = self.bert(**batch).last_hidden_state[:, 0]
-        return self.head(states).squeeze(-1)
+        def forward(self, batch):
+            states = self.bert(**batch).last_hidden_state[:, 0]
+            return self.head(states).squeeze(-1)
+
+    return Model()
+
+
+def need_torch():
+    if torch is None:
+        raise SystemExit("this step needs torch and transformers (see the docstring)")
 
 
 def load_model(path, layers=None):
+    need_torch()
     tok = BertTokenizerFast.from_pretrained(MINILM)
     if path is None:
         kwargs = {"num_hidden_layers": layers} if layers else {}
@@ -228,6 +243,7 @@ def encode(tok, a, b):
 
 
 def cmd_train(args):
+    need_torch()
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     pairs = load_pairs()
@@ -272,12 +288,12 @@ def cmd_train(args):
     print(f"saved {out} after {time.time() - started:.0f}s")
 
 
-@torch.no_grad()
 def score_pairs(tok, model, a, b, batch=64):
     model.eval()
     out = []
-    for i in range(0, len(a), batch):
-        out.append(torch.sigmoid(model(encode(tok, a[i : i + batch], b[i : i + batch]))))
+    with torch.no_grad():
+        for i in range(0, len(a), batch):
+            out.append(torch.sigmoid(model(encode(tok, a[i : i + batch], b[i : i + batch]))))
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -377,7 +393,48 @@ def cmd_eval(args):
         print(f"{len(rows)} unaudited validation hits (any scorer, recall <= 0.30), shuffled, without labels or scores: {args.dump_unread}")
 
 
+def cmd_thresholds(args):
+    """The shipped verifier along its threshold: what it serves of each kind of pair, and the
+    audited precision of its validation hits (`cache/tests/fixtures/qqp_*_hits_audit.jsonl`)."""
+    ev = Path(args.eval)
+    meta = [json.loads(line) for line in open(ev / "meta.jsonl")]
+    score = np.array([json.loads(line)["sim"] for line in open(ev / "shipped.jsonl")])
+    assert len(score) == len(meta)
+    audit = {}
+    for path in sorted((ROOT / "cache/tests/fixtures").glob("qqp_*_hits_audit.jsonl")):
+        for text in open(path):
+            r = json.loads(text)
+            audit[r["source_line"]] = r["audit"]
+    source = np.array([m["source"] for m in meta])
+    part = np.array([m.get("part", "") for m in meta])
+    label = np.array([m["label"] for m in meta])
+    validate = (source == "quora") & (part == "validate")
+    duplicates = np.flatnonzero(validate & (label == 1))
+    print("| threshold | validation hits | recall (labels) | precision (labels) | audited bad / read | unread | strict audited P | Quora duplicates served | wrong edits | rewordings |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for thr in args.thresholds:
+        served = (score >= thr) & (score > 0)
+        hits = np.flatnonzero(validate & served)
+        verdicts = [audit.get(meta[i]["line"]) for i in hits]
+        read = [v for v in verdicts if v is not None]
+        bad = sum(v != "same" for v in read)
+        unread = len(verdicts) - len(read)
+        # Either order of a generated pair served counts as served.
+        either = {}
+        for i in np.flatnonzero(np.isin(source, ["edit", "rewording"])):
+            key = (meta[i]["source"], meta[i]["kind"], meta[i]["n"])
+            either[key] = either.get(key, False) or bool(served[i])
+        edits = [v for (src, _, _), v in either.items() if src == "edit"]
+        rewordings = [v for (src, _, _), v in either.items() if src == "rewording"]
+        strict = f"{1 - bad / len(read):.3f}" if read and not unread else (f"≤ {1 - bad / len(hits):.3f}" if len(hits) else "-")
+        print(
+            f"| {thr:.3f} | {len(hits)} | {served[duplicates].mean():.3f} | {label[hits].mean() if len(hits) else 0:.3f} | {bad} / {len(read)} | {unread} | {strict} "
+            f"| {served[duplicates[:300]].sum()} / 300 ({served[duplicates[:300]].mean():.0%}) | {sum(edits)} / {len(edits)} | {sum(rewordings)} / {len(rewordings)} |"
+        )
+
+
 def cmd_latency(args):
+    need_torch()
     """Per-candidate cost on one thread: a pair of typical questions, batch of one."""
     torch.set_num_threads(1)
     tok, model = load_model(args.model) if args.model else load_model(None, args.layers)
@@ -413,12 +470,15 @@ def main():
     p.add_argument("--eval", required=True)
     p.add_argument("--dump-unread", help="write the unaudited validation hits at recall <= 0.30 here")
     p.add_argument("--audit", action="append", help="more audit files ({source_line, audit}), beside the shipped ones")
+    p = sub.add_parser("thresholds")
+    p.add_argument("--eval", required=True)
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.80, 0.81, 0.82, 0.83, 0.8332, 0.85, 0.86, 0.877, 0.89, 0.90, 0.91])
     p = sub.add_parser("latency")
     p.add_argument("--model")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--n", type=int, default=500)
     args = ap.parse_args()
-    {"pairs": cmd_pairs, "train": cmd_train, "eval": cmd_eval, "latency": cmd_latency}[args.cmd](args)
+    {"pairs": cmd_pairs, "train": cmd_train, "eval": cmd_eval, "thresholds": cmd_thresholds, "latency": cmd_latency}[args.cmd](args)
 
 
 if __name__ == "__main__":
