@@ -48,6 +48,7 @@ PIDS+=($!)
 wait_healthy "http://127.0.0.1:$MOCK_PORT/health"
 
 declare -A PORT
+declare -A GW_PID
 for mode in on off; do
   PORT[$mode]="$(free_port)"
   flag=true; [[ "$mode" == off ]] && flag=false
@@ -69,6 +70,7 @@ EOF
   env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN RUST_LOG=warn "$BIN" serve --config "$OUT_DIR/gateway-$mode.toml" \
     >"$OUT_DIR/gateway-$mode.log" 2>&1 &
   PIDS+=($!)
+  GW_PID[$mode]=$!
   wait_healthy "http://127.0.0.1:${PORT[$mode]}/health"
 done
 
@@ -80,6 +82,19 @@ for mode in on off; do # warm-up
   timeout 30 "$OHA" --no-tui --output-format json -z 2s -c "$CONNS" -m POST -T application/json -d "$BODY" \
     "http://127.0.0.1:${PORT[$mode]}/v1/chat/completions" >/dev/null
 done
+# CPU time (clock ticks) of each gateway's threads by name, and of the Postgres server's
+# processes: what the log costs per row, steadier than the throughput ratio on a busy host.
+cpu_snapshot() {
+  for mode in on off; do
+    for t in /proc/"${GW_PID[$mode]}"/task/*; do
+      echo "$mode $(tr ' ' _ <"$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+    done
+  done
+  for p in $(pgrep -u postgres 2>/dev/null); do
+    echo "db postgres $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)"
+  done
+}
+cpu_snapshot >"$OUT_DIR/cpu-before.txt"
 for round in $(seq 1 "$ROUNDS"); do
   for mode in on off; do
     log "round $round: log $mode"
@@ -90,12 +105,13 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 # Rows the logging gateway wrote, read from its own metrics once the writer has caught up.
 sleep 1
+cpu_snapshot >"$OUT_DIR/cpu-after.txt"
 WRITTEN="$(curl -fsS "http://127.0.0.1:${PORT[on]}/metrics" | awk '/^switchyard_log_rows\{outcome="written"\}/ {print $2}')"
 NOT_LOGGED="$(curl -fsS "http://127.0.0.1:${PORT[off]}/metrics" | awk '/^switchyard_log_rows\{outcome="not_logged"\}/ {print $2}')"
 
-python3 - "$OUT_DIR" "$ROUNDS" "$LOG_DB" "$STREAM" "${WRITTEN:-?}" "${NOT_LOGGED:-?}" <<'PY'
-import json, os, sys
-out, rounds, db, stream, written, not_logged = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+python3 - "$OUT_DIR" "$ROUNDS" "$LOG_DB" "$STREAM" "${WRITTEN:-?}" "${NOT_LOGGED:-?}" "$(getconf CLK_TCK)" <<'PY'
+import collections, json, os, sys
+out, rounds, db, stream, written, not_logged, ticks = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], int(sys.argv[7])
 def run(mode, r):
     d = json.load(open(os.path.join(out, f"{mode}-{r}.json")))
     ok = sum(v for k, v in d["statusCodeDistribution"].items() if k.startswith("2"))
@@ -116,4 +132,20 @@ on, off = tot["on"][0] / tot["on"][1], tot["off"][0] / tot["off"][1]
 print(f"| all | {on:,.0f} | {off:,.0f} | {100 * on / off:.1f}% | | |")
 print(f"\nnon-2xx: on {tot['on'][2]}, off {tot['off'][2]}; rows written by the logging gateway: {written}; rows not logged by the other: {not_logged}")
 print(f"logging on = {100 * on / off:.1f}% of logging off (target >= 95%, a cost of at most 5%: {'met' if on / off >= 0.95 else 'MISSED'})")
+
+def cpu(path):
+    total = collections.Counter()
+    for line in open(os.path.join(out, path)):
+        who, name, t = line.split()
+        total[(who, name)] += int(t)
+    return total
+before, after = cpu("cpu-before.txt"), cpu("cpu-after.txt")
+served = {"on": tot["on"][0], "off": tot["off"][0]}
+print("\nCPU per request over all rounds (µs; threads by name; the database server per logged row):")
+for key in sorted(after):
+    spent = (after[key] - before.get(key, 0)) * 1e6 / ticks
+    who, name = key
+    per = served.get(who) or (tot["on"][0] if who == "db" else 0)
+    if spent > 0 and per:
+        print(f"  {'log ' + who if who != 'db' else 'database':<9} {name:<22} {spent / per:7.2f}")
 PY
