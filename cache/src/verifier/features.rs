@@ -1,6 +1,6 @@
 //! Pair features: what mean pooling loses, cheaply.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use super::text::{kendall_tau, shared_order, unmatched_entities, Analysed};
 
