@@ -297,6 +297,25 @@ def score_pairs(tok, model, a, b, batch=64):
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
+def read_audits(extra=()):
+    """Quora line -> audit verdict, from the shipped hand audits and any `extra` files."""
+    audit = {}
+    for path in sorted((ROOT / "cache/tests/fixtures").glob("qqp_*_hits_audit.jsonl")) + list(extra):
+        for text in open(path):
+            r = json.loads(text)
+            audit[r["source_line"]] = r["audit"]
+    return audit
+
+
+def columns(meta):
+    """Source, Quora part and label of every pair, as arrays."""
+    return (
+        np.array([m["source"] for m in meta]),
+        np.array([m.get("part", "") for m in meta]),
+        np.array([m["label"] for m in meta]),
+    )
+
+
 def cmd_eval(args):
     ev = Path(args.eval)
     meta = [json.loads(line) for line in open(ev / "meta.jsonl")]
@@ -326,14 +345,8 @@ def cmd_eval(args):
         "mean of both": np.where(identical, 1.0, (shipped + ce) / 2),
         "min of both": np.where(identical, 1.0, np.minimum(shipped, ce)),
     }
-    audit = {}
-    for path in sorted((ROOT / "cache/tests/fixtures").glob("qqp_*_hits_audit.jsonl")) + (args.audit or []):
-        for text in open(path):
-            r = json.loads(text)
-            audit[r["source_line"]] = r["audit"]
-    source = np.array([m["source"] for m in meta])
-    part = np.array([m.get("part", "") for m in meta])
-    label = np.array([m["label"] for m in meta])
+    audit = read_audits(args.audit or [])
+    source, part, label = columns(meta)
 
     def at_recall(score, p, recall):
         m = (source == "quora") & (part == p)
@@ -400,14 +413,8 @@ def cmd_thresholds(args):
     meta = [json.loads(line) for line in open(ev / "meta.jsonl")]
     score = np.array([json.loads(line)["sim"] for line in open(ev / "shipped.jsonl")])
     assert len(score) == len(meta)
-    audit = {}
-    for path in sorted((ROOT / "cache/tests/fixtures").glob("qqp_*_hits_audit.jsonl")):
-        for text in open(path):
-            r = json.loads(text)
-            audit[r["source_line"]] = r["audit"]
-    source = np.array([m["source"] for m in meta])
-    part = np.array([m.get("part", "") for m in meta])
-    label = np.array([m["label"] for m in meta])
+    audit = read_audits()
+    source, part, label = columns(meta)
     validate = (source == "quora") & (part == "validate")
     duplicates = np.flatnonzero(validate & (label == 1))
     print("| threshold | validation hits | recall (labels) | precision (labels) | audited bad / read | unread | strict audited P | Quora duplicates served | wrong edits | rewordings |")
