@@ -7,7 +7,9 @@
 # Env: SWITCHYARD_BIN (default target-bench/release/switchyard, then target/release/switchyard),
 #      LOG_DB (sqlite | postgres; default sqlite; postgres creates a throwaway database on
 #      PG_SERVER, default postgres://postgres@127.0.0.1:5432, and drops it at the end),
-#      CONNS (32), ROUNDS (3), ROUND_SECONDS (8), STREAM (0 | 1), OHA, OUT_DIR.
+#      CONNS (32), ROUNDS (3), ROUND_SECONDS (8), STREAM (0 | 1), OHA, OUT_DIR,
+#      RATE (req/s; unset: closed loop at saturation; set: open loop at that rate, where both
+#      gateways serve the same load and the CPU per request is the figure to compare).
 # Every address is 127.0.0.1; every run is bounded in time; servers are stopped on exit.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +20,9 @@ CONNS="${CONNS:-32}"
 ROUNDS="${ROUNDS:-3}"
 ROUND_SECONDS="${ROUND_SECONDS:-8}"
 STREAM="${STREAM:-0}"
+RATE="${RATE:-}"
+RATE_ARGS=()
+[[ -n "$RATE" ]] && RATE_ARGS=(-q "$RATE")
 PG_SERVER="${PG_SERVER:-postgres://postgres@127.0.0.1:5432}"
 MODEL="gpt-4o-mini"
 log() { echo "[logging.sh] $*" >&2; }
@@ -77,7 +82,7 @@ done
 BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"Summarise in one sentence why an LLM gateway is useful.\"}]}"
 [[ "$STREAM" == 1 ]] && BODY="{\"model\":\"$MODEL\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Summarise in one sentence why an LLM gateway is useful.\"}]}"
 
-log "binary $BIN, log database $LOG_DB, $CONNS connections, $ROUNDS x ${ROUND_SECONDS}s per side, stream=$STREAM; raw: $OUT_DIR"
+log "binary $BIN, log database $LOG_DB, $CONNS connections, ${RATE:-unlimited} req/s, $ROUNDS x ${ROUND_SECONDS}s per side, stream=$STREAM; raw: $OUT_DIR"
 for mode in on off; do # warm-up
   timeout 30 "$OHA" --no-tui --output-format json -z 2s -c "$CONNS" -m POST -T application/json -d "$BODY" \
     "http://127.0.0.1:${PORT[$mode]}/v1/chat/completions" >/dev/null
@@ -94,13 +99,22 @@ cpu_snapshot() {
     echo "db postgres $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)"
   done
 }
+# The whole machine's busy time (every process and the kernel's own threads: the page cache's
+# writeback of the database files is not charged to the gateway), in clock ticks.
+machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 cpu_snapshot >"$OUT_DIR/cpu-before.txt"
 for round in $(seq 1 "$ROUNDS"); do
   for mode in on off; do
     log "round $round: log $mode"
-    timeout $((ROUND_SECONDS + 30)) "$OHA" --no-tui --output-format json -z "${ROUND_SECONDS}s" -c "$CONNS" \
+    busy_before="$(machine_busy)"
+    timeout $((ROUND_SECONDS + 30)) "$OHA" --no-tui --output-format json -z "${ROUND_SECONDS}s" -c "$CONNS" "${RATE_ARGS[@]}" \
       -m POST -T application/json -d "$BODY" "http://127.0.0.1:${PORT[$mode]}/v1/chat/completions" \
       >"$OUT_DIR/$mode-$round.json"
+    # The round's last batch committed (the writer waits at most its batch interval) and its
+    # dirty pages written back, inside the round's window.
+    sleep 0.2
+    sync
+    echo $(($(machine_busy) - busy_before)) >"$OUT_DIR/$mode-$round.busy"
   done
 done
 # Rows the logging gateway wrote, read from its own metrics once the writer has caught up.
@@ -132,6 +146,10 @@ on, off = tot["on"][0] / tot["on"][1], tot["off"][0] / tot["off"][1]
 print(f"| all | {on:,.0f} | {off:,.0f} | {100 * on / off:.1f}% | | |")
 print(f"\nnon-2xx: on {tot['on'][2]}, off {tot['off'][2]}; rows written by the logging gateway: {written}; rows not logged by the other: {not_logged}")
 print(f"logging on = {100 * on / off:.1f}% of logging off (target >= 95%, a cost of at most 5%: {'met' if on / off >= 0.95 else 'MISSED'})")
+busy = {m: sum(int(open(os.path.join(out, f"{m}-{r}.busy")).read()) for r in range(1, rounds + 1)) * 1e6 / ticks / tot[m][0] for m in ("on", "off")}
+print(f"\nWhole machine's busy CPU per request (gateway, upstream, load generator, database, kernel):"
+      f" log on {busy['on']:.1f} µs, log off {busy['off']:.1f} µs: the log adds {busy['on'] - busy['off']:+.1f} µs"
+      f" ({100 * (busy['on'] - busy['off']) / busy['off']:+.1f}%)")
 
 def cpu(path):
     total = collections.Counter()

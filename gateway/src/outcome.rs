@@ -32,7 +32,8 @@ pub struct RequestOutcome {
     pub cost_usd: Option<f64>,
     pub latency_ms: f64,
     pub first_token_ms: Option<f64>,
-    /// When the request arrived (wall clock, for the log's time column).
+    /// When the request arrived: the time its UUIDv7 id was made (milliseconds), for the log's
+    /// time column.
     pub created_at: DateTime<Utc>,
     /// Caller, from the virtual key (`None` for open access and the master key).
     pub tenant: Option<String>,
@@ -96,7 +97,7 @@ impl RequestOutcome {
             cost_usd: None,
             latency_ms: 0.0,
             first_token_ms: None,
-            created_at: crate::store::now(),
+            created_at: crate::store::arrival_of(request_id).unwrap_or_else(crate::store::now),
             tenant: None,
             key_id: None,
             candidates: None,

@@ -9,14 +9,13 @@ mod store_support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use chrono::TimeDelta;
-use gateway::store::{LogRow, LogStore};
+use chrono::{DurationRound, TimeDelta};
+use gateway::store::{LogRow, LogStore, Store};
 use gateway::{Application, Config};
 use serde_json::{json, Value};
-use store_support::{minimal_row, now_micros, TestPg};
+use store_support::{minimal_row, now_micros, v7_id_at, TestPg};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -97,9 +96,11 @@ provider = "mock"
 /// A row `minutes_ago` old for `tenant` on `model`.
 #[allow(clippy::too_many_arguments)]
 fn row(minutes_ago: i64, tenant: Option<&str>, model: &str, cost: f64, latency: f64, cache: Option<&str>, candidates: Option<Value>, status: i32) -> LogRow {
+    // As the gateway logs a request: `created_at` is the time in its id.
+    let arrived = (now_micros() - TimeDelta::minutes(minutes_ago)).duration_trunc(TimeDelta::milliseconds(1)).expect("ms");
     LogRow {
-        id: Uuid::now_v7(),
-        created_at: now_micros() - TimeDelta::minutes(minutes_ago),
+        id: v7_id_at(arrived),
+        created_at: arrived,
         tenant: tenant.map(str::to_owned),
         route: Some("auto".into()),
         model: model.into(),
@@ -236,6 +237,52 @@ async fn api_numbers_match_the_seeded_postgres_log() {
     let pg = TestPg::create().await;
     let gw = Gateway::start(Some(&pg.url), "", "", &seeded()).await;
     check_numbers(&gw).await;
+}
+
+/// A window is found through the ids (UUIDv7, in arrival order) and trimmed by `created_at`: rows
+/// on either side of its start count exactly, and so does a row an earlier build logged, whose
+/// `created_at` came a little after its id's time.
+async fn check_window_edges(store: &Store) {
+    let since = now_micros() - TimeDelta::hours(6);
+    let at = |t: chrono::DateTime<chrono::Utc>, model: &str| LogRow { id: v7_id_at(t), created_at: t, model: model.into(), ..minimal_row() };
+    let earlier_build = LogRow {
+        id: v7_id_at(since - TimeDelta::seconds(20)),
+        created_at: since + TimeDelta::milliseconds(5),
+        model: "in".into(),
+        ..minimal_row()
+    };
+    let rows = vec![
+        at(since, "in"),
+        at(since + TimeDelta::milliseconds(1), "in"),
+        at(since + TimeDelta::minutes(90), "in"),
+        at(since - TimeDelta::microseconds(1), "out"),
+        at(since - TimeDelta::seconds(10), "out"),
+        at(since - TimeDelta::hours(2), "out"),
+        earlier_build,
+    ];
+    store.insert_rows(&rows).await.expect("insert");
+    let models = gateway::dashboard::sql::models(store, since).await.expect("models");
+    assert_eq!(models.iter().map(|m| (m.model.as_str(), m.requests)).collect::<Vec<_>>(), vec![("in", 4)], "{models:?}");
+    let totals = gateway::dashboard::sql::totals(store, since).await.expect("totals");
+    assert_eq!(totals.requests, 4);
+    let wider = gateway::dashboard::sql::totals(store, since - TimeDelta::hours(3)).await.expect("totals");
+    assert_eq!(wider.requests, 7);
+}
+
+#[tokio::test]
+async fn windows_keep_their_edges_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("log.db").display()), 2).expect("sqlite url");
+    store.migrate().await.expect("migrate");
+    check_window_edges(&store).await;
+}
+
+#[tokio::test]
+async fn windows_keep_their_edges_on_postgres() {
+    let pg = TestPg::create().await;
+    let store = Store::connect(&pg.url, 2).expect("postgres url");
+    store.migrate().await.expect("migrate");
+    check_window_edges(&store).await;
 }
 
 #[tokio::test]

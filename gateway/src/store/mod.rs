@@ -66,6 +66,34 @@ pub fn now() -> DateTime<Utc> {
     now.duration_trunc(chrono::TimeDelta::microseconds(1)).unwrap_or(now)
 }
 
+/// When the request with this id arrived, read from the id itself: a UUIDv7 begins with its
+/// creation time in Unix milliseconds. The outcome log's `created_at` is this instant, so that a
+/// time window can be read through the primary key (see [`first_id_of_window`]) and the log
+/// needs no second index on time. `None` for ids of other versions.
+pub fn arrival_of(id: Uuid) -> Option<DateTime<Utc>> {
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let b = id.as_bytes();
+    let millis = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
+    DateTime::from_timestamp_millis(i64::try_from(millis).ok()?)
+}
+
+/// Rows logged before `created_at` was its id's own time have a `created_at` later than the id
+/// by the time spent before routing (milliseconds, seconds under a backlog). A minute's leeway
+/// keeps them in their windows at the cost of reading one more minute of rows.
+const ID_TIME_LEEWAY: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+/// A lower bound on the id of every row with `created_at >= since`: time-window queries filter
+/// `id >= first_id_of_window(since) AND created_at >= since`, so that the primary key's index
+/// finds the window and `created_at` trims its edge exactly.
+pub fn first_id_of_window(since: DateTime<Utc>) -> Uuid {
+    let millis = u64::try_from((since - ID_TIME_LEEWAY).timestamp_millis()).unwrap_or(0).min((1 << 48) - 1);
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
+}
+
 /// What the gateway stores. Postgres and SQLite implement it with the same SQL where the
 /// dialects agree; [`Store`] dispatches between them.
 pub trait LogStore: Send + Sync {
@@ -242,7 +270,7 @@ macro_rules! sql_store {
                      WHERE r.status = 200 AND r.prompt_text IS NOT NULL AND r.answer_text IS NOT NULL \
                      AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.request_id = r.id AND f.source = ",
                 );
-                query.push_bind(source).push(") ORDER BY r.created_at DESC LIMIT ").push_bind(limit);
+                query.push_bind(source).push(") ORDER BY r.id DESC LIMIT ").push_bind(limit);
                 query
                     .build_query_as::<(Uuid, String, String)>()
                     .fetch_all(&self.pool)
@@ -677,6 +705,31 @@ pub(crate) fn is_row_error(error: &Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn v7_at(t: DateTime<Utc>) -> Uuid {
+        let seconds = u64::try_from(t.timestamp()).expect("after 1970");
+        Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, seconds, t.timestamp_subsec_nanos()))
+    }
+
+    #[test]
+    fn an_ids_arrival_is_its_millisecond_and_bounds_its_window() {
+        let before = now();
+        let id = Uuid::now_v7();
+        let arrived = arrival_of(id).expect("a v7 id has a time");
+        assert!(arrived <= now() && arrived > before - chrono::TimeDelta::milliseconds(1), "{before} {arrived}");
+        assert_eq!(arrived.timestamp_subsec_nanos() % 1_000_000, 0, "milliseconds, as the id keeps them");
+        assert_eq!(arrival_of(Uuid::from_bytes([0x11; 16])), None, "not a v7 id");
+
+        let since = now() - chrono::TimeDelta::hours(3);
+        let first = first_id_of_window(since);
+        // A row arriving at the window's start, or just before it as an earlier build logged it
+        // (id taken before `created_at`), is above the bound; a row from well before is below.
+        assert!(v7_at(since) >= first);
+        assert!(v7_at(since - chrono::TimeDelta::seconds(30)) >= first);
+        assert!(v7_at(since - chrono::TimeDelta::minutes(2)) < first);
+        assert_eq!(arrival_of(v7_at(since)), since.duration_trunc(chrono::TimeDelta::milliseconds(1)).ok());
+    }
+
 
     #[test]
     fn embedding_bytes_round_trip() {

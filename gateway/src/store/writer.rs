@@ -21,12 +21,12 @@
 //! Every row is counted by where it went ([`WriterStats`]); only when the database *and* the
 //! local disk fail is a row dropped, and then it is counted and logged as an error.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -145,7 +145,9 @@ struct Shared {
     counters: Counters,
     /// Ids accepted but not in the database yet (queued, batched or spilled), with the
     /// tenant that made each request, so that feedback for a request answered a moment ago
-    /// is neither refused nor accepted from another tenant.
+    /// is neither refused nor accepted from another tenant. Every request inserts and removes
+    /// one, so the map hashes with foldhash: the ids are the gateway's own UUIDv7s (lookups of
+    /// client-sent ids insert nothing), so SipHash's flooding defence buys nothing here.
     pending: Mutex<HashMap<Uuid, Option<String>>>,
     spill: Mutex<SpillFile>,
     /// The spill thread's inbox; taken at shutdown, which ends the thread.
