@@ -165,10 +165,10 @@ async fn load_all(url: &str, since: Option<&str>) -> Result<Vec<LoggedRequest>> 
         None => None,
     };
     let columns = router_model::outcome::COLUMNS.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");
-    // No index on `created_at` (the dashboard's windows go through the ids): this reads the whole
-    // log, or most of it, so a scan is what an index would have led to anyway.
     let feedback = "(SELECT AVG(f.score) FROM feedback f WHERE f.request_id = r.id) AS feedback_mean, \
                     (SELECT COUNT(*) FROM feedback f WHERE f.request_id = r.id) AS feedback_count";
+    // No index on `created_at` (the dashboard's windows go through the ids): this reads the whole
+    // log, or most of it, so a scan is what an index would have led to anyway.
     if url.starts_with("postgres") {
         let sql = format!(
             "SELECT {columns}, {feedback} FROM request_log r \

@@ -730,7 +730,6 @@ mod tests {
         assert_eq!(arrival_of(v7_at(since)), since.duration_trunc(chrono::TimeDelta::milliseconds(1)).ok());
     }
 
-
     #[test]
     fn embedding_bytes_round_trip() {
         let embedding = vec![0.25f32, -1.5, f32::MIN_POSITIVE, 3.0e7];

@@ -177,13 +177,13 @@ pub fn pg_addr() -> SocketAddr {
     host_port.parse().expect("SWITCHYARD_TEST_PG must name an ip:port")
 }
 
-/// Time as the databases keep it (microseconds), so that round trips compare equal.
 /// A UUIDv7 made at `t`, as the gateway makes a request's id when the request arrives.
 pub fn v7_id_at(t: chrono::DateTime<Utc>) -> Uuid {
     let seconds = u64::try_from(t.timestamp()).expect("after 1970");
     Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, seconds, t.timestamp_subsec_nanos()))
 }
 
+/// Time as the databases keep it (microseconds), so that round trips compare equal.
 pub fn now_micros() -> chrono::DateTime<Utc> {
     Utc::now()
         .duration_trunc(TimeDelta::microseconds(1))
