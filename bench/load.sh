@@ -167,15 +167,24 @@ done
 
 # CPU time (user + system, clock ticks) a process has used so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Per thread of a process: "tid ns-on-CPU ns-runnable-but-waiting-for-a-CPU" (schedstat), and
+# the machine's stolen time (clock ticks the hypervisor ran something else on our vCPUs).
+sched_snapshot() {
+  local t
+  for t in /proc/"$1"/task/*; do echo "${t##*/} $(cut -d' ' -f1-2 "$t/schedstat" 2>/dev/null)"; done
+  awk '/^cpu / { print "steal", $9 }' /proc/stat
+}
 
 run_oha() { # name format url body seconds [extra oha args...]
   local name="$1" format="$2" url="$3" body="$4" seconds="$5"
   shift 5
   local gw0 mock0
   gw0="$(cpu_ticks "$GW_PID")"; mock0="$(cpu_ticks "$MOCK_PID")"
+  sched_snapshot "$GW_PID" >"$OUT_DIR/$name.gw-sched0"; sched_snapshot "$MOCK_PID" >"$OUT_DIR/$name.up-sched0"
   timeout $((seconds + 30)) $LOADGEN_PIN "$OHA" --no-tui --output-format "$format" -z "${seconds}s" -c "$CONNS" \
     -m POST -T application/json -d "$body" "$@" "$url" >"$OUT_DIR/$name.$format" 2>"$OUT_DIR/$name.err"
   echo "$(( $(cpu_ticks "$GW_PID") - gw0 )) $(( $(cpu_ticks "$MOCK_PID") - mock0 )) $(getconf CLK_TCK)" >"$OUT_DIR/$name.cpu"
+  sched_snapshot "$GW_PID" >"$OUT_DIR/$name.gw-sched1"; sched_snapshot "$MOCK_PID" >"$OUT_DIR/$name.up-sched1"
 }
 
 log "binary: $BIN; oha: $("$OHA" --version 2>/dev/null | head -1); $CONNS connections; TCP_NODELAY shim: mock=$MOCK_NODELAY gateway=$GATEWAY_NODELAY"
@@ -293,6 +302,46 @@ def bunching(timed, p99, seconds):
     worst = max(1, round(0.01 * seconds / WINDOW_S))
     return sum(n for _, n in slow.most_common(worst)) / sum(slow.values())
 
+def sched(name, proc):
+    """(seconds on a CPU, seconds runnable but waiting for one) of a process's threads over a
+    run (threads alive at both ends), and the machine's stolen clock ticks."""
+    def read(suffix):
+        threads, steal = {}, 0
+        with open(os.path.join(out, f"{name}.{proc}-sched{suffix}")) as f:
+            for line in f:
+                parts = line.split()
+                if parts[0] == "steal":
+                    steal = int(parts[1])
+                elif len(parts) == 3:
+                    threads[parts[0]] = (int(parts[1]), int(parts[2]))
+        return threads, steal
+    (t0, s0), (t1, s1) = read(0), read(1)
+    run = sum(t1[t][0] - t0[t][0] for t in t1 if t in t0) / 1e9
+    wait = sum(t1[t][1] - t0[t][1] for t in t1 if t in t0) / 1e9
+    return run, wait, s1 - s0
+
+def fixed_rate_sched(kind, target):
+    """Per request at the fixed rate: µs the upstream's and the gateway's threads ran and
+    waited for a CPU, and the share of the machine's time stolen by the hypervisor."""
+    totals = {"up": [0.0, 0.0], "gw": [0.0, 0.0]}
+    n, steal, seconds = 0, 0, 0.0
+    for r in range(1, rounds + 1):
+        name = f"{kind}-{target}-rate-{r}"
+        with open(os.path.join(out, name + ".csv")) as f:
+            rows_ = list(csv.DictReader(f))
+        n += len(rows_)
+        seconds += max((float(x["request-start"]) + float(x["request-duration"]) for x in rows_), default=0.0)
+        for proc in totals:
+            run, wait, stolen = sched(name, proc)
+            totals[proc][0] += run
+            totals[proc][1] += wait
+        steal += stolen
+    per = lambda s: s * 1e6 / n if n else 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"up_run": per(totals["up"][0]), "up_wait": per(totals["up"][1]),
+            "gw_run": per(totals["gw"][0]), "gw_wait": per(totals["gw"][1]),
+            "steal_pct": 100 * steal / hz / (seconds * os.cpu_count()) if seconds else 0.0}
+
 rows = {}
 for kind in ("nonstream", "stream"):
     rows[(kind, "sat")] = (saturation(kind, "direct"), saturation(kind, "gateway"))
@@ -326,6 +375,16 @@ print("|---|---:|---:|")
 for kind in ("nonstream", "stream"):
     d, g = rows[(kind, "rate")]
     print(f"| {LABEL[kind]} | {100 * d['bunching']:.0f}% | {100 * g['bunching']:.0f}% |")
+print()
+print("Where the time goes at the fixed rate, per request: CPU time of the upstream's and the gateway's threads, and time they were runnable but waiting for a CPU (`/proc/PID/task/*/schedstat`); stolen = share of the vCPUs' time the hypervisor gave to others (`/proc/stat`):")
+print()
+print("| case | path | upstream on CPU / waiting (us) | gateway on CPU / waiting (us) | stolen |")
+print("|---|---|---:|---:|---:|")
+for kind in ("nonstream", "stream"):
+    for target in ("direct", "gateway"):
+        x = fixed_rate_sched(kind, target)
+        gw = f"{x['gw_run']:.0f} / {x['gw_wait']:.0f}" if target == "gateway" else "-"
+        print(f"| {LABEL[kind]} | {target} | {x['up_run']:.0f} / {x['up_wait']:.0f} | {gw} | {x['steal_pct']:.2f}% |")
 print()
 for kind in ("nonstream", "stream"):
     (ds, gs), (dr, gr) = rows[(kind, "sat")], rows[(kind, "rate")]
