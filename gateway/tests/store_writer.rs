@@ -304,3 +304,53 @@ async fn a_row_sqlite_refuses_is_set_aside() {
     assert_eq!(kept.lines().count(), 1);
     assert!(kept.contains("\"refused\""));
 }
+
+/// The writer sleeps while a batch fills, but not past the moment it is full, and a flush
+/// does not wait out the batch's interval: with a 60 s interval, a full batch of 100 rows
+/// lands within seconds, a flush of 10 more returns within seconds, and a part batch (5 more)
+/// waits for its interval (here cut short by the shutdown).
+#[tokio::test]
+async fn a_full_batch_and_a_flush_do_not_wait_for_the_batch_interval() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = sqlite_file(dir.path()).await;
+    let config = WriterConfig {
+        batch_size: 100,
+        batch_interval: Duration::from_secs(60),
+        ..writer_config(dir.path())
+    };
+    let writer = LogWriter::spawn(store.clone(), config).expect("writer");
+    let log = writer.handle();
+    // On another thread, as the per-core serving threads push; the first row alone, so that
+    // the writer is waiting for the batch to fill when the rest come.
+    let pusher = log.clone();
+    let pushing = std::thread::spawn(move || {
+        pusher.push(minimal_row());
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 1..100 {
+            pusher.push(minimal_row());
+        }
+    });
+    let landed = wait_for(Duration::from_secs(10), async || store.count_rows().await.expect("count") == 100).await;
+    assert!(landed, "a full batch is written without waiting 60 s: {:?}", log.stats());
+    pushing.join().expect("pusher");
+
+    for _ in 0..10 {
+        log.push(minimal_row());
+    }
+    // The writer takes them and waits for the batch to fill.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(10), log.flush())
+        .await
+        .expect("a flush does not wait for the batch interval")
+        .expect("flush");
+    assert_eq!(store.count_rows().await.expect("count"), 110);
+
+    for _ in 0..5 {
+        log.push(minimal_row());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.count_rows().await.expect("count"), 110, "a part batch waits for its interval");
+    let stats = writer.shutdown().await;
+    assert_nothing_lost(&stats);
+    assert_eq!(store.count_rows().await.expect("count"), 115, "{stats:?}");
+}

@@ -22,13 +22,13 @@
 //! local disk fail is a row dropped, and then it is counted and logged as an error.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -45,9 +45,8 @@ const MAX_PENDING_IDS: usize = 1_000_000;
 const SHUTDOWN_REPLAY_BUDGET: Duration = Duration::from_secs(5);
 /// How long one replay pass may run before the writer goes back to the channel.
 const REPLAY_PASS_BUDGET: Duration = Duration::from_millis(250);
-/// While a batch fills, how long rows gather before the writer takes them (it is not woken
-/// row by row); never past the batch's deadline.
-const GATHER_TICK: Duration = Duration::from_millis(2);
+/// `Shared::wake_writer_at` while the writer is not waiting for a batch to fill.
+const WRITER_NOT_WAITING: usize = usize::MAX;
 
 /// How the writer batches and where it spills.
 #[derive(Debug, Clone)]
@@ -154,6 +153,10 @@ struct Shared {
     overflow: Mutex<Option<std::sync::mpsc::Sender<LogRow>>>,
     store_prompts: bool,
     log_requests: bool,
+    /// While the writer waits for its batch to fill, how many queued rows should wake it
+    /// ([`WRITER_NOT_WAITING`] otherwise); see [`gather`].
+    wake_writer_at: AtomicUsize,
+    writer_wake: Notify,
 }
 
 /// A poisoned lock only means another thread panicked mid-update; the data is still the
@@ -235,7 +238,10 @@ impl LogHandle {
         }
         self.prepare(&mut row);
         let row = match self.tx.try_send(Msg::Row(row)) {
-            Ok(()) => return,
+            Ok(()) => {
+                self.wake_writer_if_batch_full();
+                return;
+            }
             Err(mpsc::error::TrySendError::Full(Msg::Row(row))) => {
                 add(&self.shared.counters.overflowed, 1);
                 match self.to_spill_thread(row) {
@@ -252,6 +258,18 @@ impl LogHandle {
         self.shared.spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
     }
 
+    /// Wakes a writer waiting for its batch to fill once enough rows are queued: one wake-up
+    /// per batch rather than one per row.
+    fn wake_writer_if_batch_full(&self) {
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        let shared = &self.shared;
+        if queued >= shared.wake_writer_at.load(Ordering::SeqCst)
+            && shared.wake_writer_at.swap(WRITER_NOT_WAITING, Ordering::SeqCst) != WRITER_NOT_WAITING
+        {
+            shared.writer_wake.notify_one();
+        }
+    }
+
     /// Hands a row to the spill thread; gives it back if the thread has stopped.
     fn to_spill_thread(&self, row: LogRow) -> Option<LogRow> {
         match lock(&self.shared.overflow).as_ref() {
@@ -265,7 +283,10 @@ impl LogHandle {
     pub async fn send(&self, mut row: LogRow) -> Result<(), Error> {
         self.prepare(&mut row);
         match self.tx.send(Msg::Row(row)).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.wake_writer_if_batch_full();
+                Ok(())
+            }
             Err(mpsc::error::SendError(msg)) => {
                 if let Msg::Row(row) = msg {
                     self.shared.spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
@@ -282,6 +303,8 @@ impl LogHandle {
             .send(Msg::Flush(done))
             .await
             .map_err(|_| Error::Internal("the log writer has stopped".into()))?;
+        // Not behind the batch's deadline.
+        self.shared.writer_wake.notify_one();
         wait.await.map_err(|_| Error::Internal("the log writer has stopped".into()))
     }
 
@@ -375,6 +398,8 @@ impl LogWriter {
             overflow: Mutex::new(Some(overflow_tx)),
             store_prompts: config.store_prompts,
             log_requests: config.log_requests,
+            wake_writer_at: AtomicUsize::new(WRITER_NOT_WAITING),
+            writer_wake: Notify::new(),
         });
         let overflow_thread = {
             let shared = shared.clone();
@@ -610,7 +635,7 @@ impl Writer {
                         self.rx.close();
                         continue;
                     }
-                    received = gather(&mut self.rx, &mut inbox, room, deadline, !stopping) => received,
+                    received = gather(&mut self.rx, &mut inbox, room, deadline, !stopping, &self.shared) => received,
                 };
                 match received {
                     Ok(0) | Err(_) => break,
@@ -776,18 +801,26 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 /// Up to `room` more messages for the batch, by `deadline` (`Err` when none came). Waiting
-/// for the next row would be woken by it (on a busy gateway, one wake-up of the writer, often
-/// on another thread, per request), so when none is waiting and `patient`, rows gather for a
-/// tick first and are taken together.
+/// on the channel would wake the writer for every row (on a busy gateway, one wake-up, often
+/// of another thread, per request), and waking on a short timer costs the runtime a wake-up of
+/// its I/O driver per tick (Tokio re-arms the driver whenever a timer is set that expires
+/// before everything else it holds). So when `patient` the writer sleeps until the batch's
+/// deadline, or until the request path finds `room` rows queued, and takes what is there.
 async fn gather(
     rx: &mut mpsc::Receiver<Msg>,
     inbox: &mut Vec<Msg>,
     room: usize,
     deadline: Instant,
     patient: bool,
+    shared: &Shared,
 ) -> Result<usize, tokio::time::error::Elapsed> {
-    if patient && rx.is_empty() {
-        tokio::time::sleep_until((Instant::now() + GATHER_TICK).min(deadline)).await;
+    if patient && rx.len() < room {
+        shared.wake_writer_at.store(room, Ordering::SeqCst);
+        // A row queued between the check above and the store saw no mark: look again.
+        if rx.len() < room {
+            let _ = tokio::time::timeout_at(deadline, shared.writer_wake.notified()).await;
+        }
+        shared.wake_writer_at.store(WRITER_NOT_WAITING, Ordering::SeqCst);
     }
     tokio::time::timeout_at(deadline, rx.recv_many(inbox, room)).await
 }
