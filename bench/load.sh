@@ -289,7 +289,7 @@ def fixed_rate(kind, target):
     lat.sort()
     p99 = pct(lat, 99)
     return {"rps": ok / seconds if seconds else 0.0, "p50": pct(lat, 50), "p99": p99, "failed": failed,
-            "bunching": bunching(timed, p99, seconds)}
+            "bunching": bunching(timed, p99, seconds), "requests": ok + failed, "seconds": seconds}
 
 def bunching(timed, p99, seconds):
     """Share of the requests slower than p99 that started in the 1% most crowded 50-ms windows:
@@ -320,17 +320,14 @@ def sched(name, proc):
     wait = sum(t1[t][1] - t0[t][1] for t in t1 if t in t0) / 1e9
     return run, wait, s1 - s0
 
-def fixed_rate_sched(kind, target):
-    """Per request at the fixed rate: µs the upstream's and the gateway's threads ran and
-    waited for a CPU, and the share of the machine's time stolen by the hypervisor."""
+def fixed_rate_sched(kind, target, n, seconds):
+    """Per request at the fixed rate (`n` requests over `seconds`, from `fixed_rate`): µs the
+    upstream's and the gateway's threads ran and waited for a CPU, and the share of the
+    machine's time stolen by the hypervisor."""
     totals = {"up": [0.0, 0.0], "gw": [0.0, 0.0]}
-    n, steal, seconds = 0, 0, 0.0
+    steal = 0
     for r in range(1, rounds + 1):
         name = f"{kind}-{target}-rate-{r}"
-        with open(os.path.join(out, name + ".csv")) as f:
-            rows_ = list(csv.DictReader(f))
-        n += len(rows_)
-        seconds += max((float(x["request-start"]) + float(x["request-duration"]) for x in rows_), default=0.0)
         for proc in totals:
             run, wait, stolen = sched(name, proc)
             totals[proc][0] += run
@@ -381,8 +378,8 @@ print()
 print("| case | path | upstream on CPU / waiting (us) | gateway on CPU / waiting (us) | stolen |")
 print("|---|---|---:|---:|---:|")
 for kind in ("nonstream", "stream"):
-    for target in ("direct", "gateway"):
-        x = fixed_rate_sched(kind, target)
+    for target, rate in zip(("direct", "gateway"), rows[(kind, "rate")]):
+        x = fixed_rate_sched(kind, target, rate["requests"], rate["seconds"])
         gw = f"{x['gw_run']:.0f} / {x['gw_wait']:.0f}" if target == "gateway" else "-"
         print(f"| {LABEL[kind]} | {target} | {x['up_run']:.0f} / {x['up_wait']:.0f} | {gw} | {x['steal_pct']:.2f}% |")
 print()

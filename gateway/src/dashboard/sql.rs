@@ -87,8 +87,9 @@ const TOTALS: &str = "SELECT COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0.0) 
      COALESCE(SUM(CASE WHEN candidates ->> 'decision' = 'shed' THEN 1 ELSE 0 END), 0) AS shed \
      FROM request_log WHERE {window}";
 
-/// Fills in the dialect's window filter (its placeholders) and bucket expression. `bucket_seconds` is an integer
-/// the caller computed, never client text, so formatting it into the statement is safe.
+/// Fills in the dialect's window filter (its placeholders) and bucket expression.
+/// `bucket_seconds` is an integer the caller computed, never client text, so formatting it
+/// into the statement is safe.
 fn render(template: &str, postgres: bool, bucket_seconds: i64) -> String {
     let (window, bucket) = if postgres {
         (

@@ -303,7 +303,7 @@ impl LogHandle {
             .send(Msg::Flush(done))
             .await
             .map_err(|_| Error::Internal("the log writer has stopped".into()))?;
-        // Not behind the batch's deadline.
+        // A writer waiting for its batch to fill takes the flush now, not at the batch's deadline.
         self.shared.writer_wake.notify_one();
         wait.await.map_err(|_| Error::Internal("the log writer has stopped".into()))
     }
