@@ -4,7 +4,6 @@
 //! `Application::build` binds the listener (port 0 in tests) and `run_until_stopped` serves
 //! until a shutdown signal, draining in-flight requests.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +13,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breakers;
@@ -31,6 +29,7 @@ use crate::providers::{CallTimeouts, UpstreamClient};
 use crate::registry::Registry;
 use crate::response_cache::GatewayCache;
 use crate::routing::RoutingEngine;
+use crate::serving::{self, OpenConnections};
 use crate::store::{Authenticator, LogHandle, LogStore, LogWriter, Store, WriterConfig};
 use crate::tasks::Background;
 
@@ -73,6 +72,8 @@ pub struct AppState {
     pub(crate) models_body: Bytes,
     /// Health URL of the in-process mock, checked by `/ready`.
     pub(crate) mock_health_url: Option<String>,
+    /// Open client connections per serving thread (`runtime = "per_core"`; else empty).
+    pub open_connections: OpenConnections,
 }
 
 impl AppState {
@@ -170,6 +171,7 @@ impl AppState {
             log: log_writer.handle(),
             log_writer: std::sync::Mutex::new(Some(log_writer)),
             mock_health_url: mock_addr.map(|addr| format!("http://{addr}/health")),
+            open_connections: OpenConnections::new(config.server.per_core_threads().unwrap_or(0)),
         })
     }
 
@@ -197,6 +199,11 @@ impl AppState {
 thread_local! {
     /// Set on a per-core serving thread: its own upstream connection pool.
     static THREAD_HTTP: std::cell::RefCell<Option<UpstreamClient>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `http` the upstream pool of requests served on this thread (a per-core serving thread).
+pub(crate) fn use_thread_upstream_pool(http: UpstreamClient) {
+    THREAD_HTTP.with(|local| *local.borrow_mut() = Some(http));
 }
 
 fn models_body(config: &Config) -> Bytes {
@@ -293,7 +300,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> 
 /// runtime, often a parked worker on another CPU) whenever a timer is added that expires
 /// before the wheel's next deadline, which is always the case while the wheel is empty —
 /// between requests at moderate load. One wake-up a second replaces about one per request.
-async fn keep_timer_wheel_armed() {
+pub(crate) async fn keep_timer_wheel_armed() {
     /// Any request timeout longer than this is added without waking the driver.
     const PERIOD: Duration = Duration::from_secs(1);
     let mut ticks = tokio::time::interval(PERIOD);
@@ -326,8 +333,7 @@ fn spawn_reload_on_sighup(background: &Background, routing: &Arc<RoutingEngine>)
 /// A bound server, ready to run.
 pub struct Application {
     addr: SocketAddr,
-    /// One listener on the shared runtime, or one per serving thread (`SO_REUSEPORT`).
-    listeners: Vec<TcpListener>,
+    listener: TcpListener,
     per_core: bool,
     router: Router,
     state: Arc<AppState>,
@@ -337,13 +343,12 @@ impl Application {
     pub async fn build(config: &Config, listen: Option<SocketAddr>) -> Result<Self, Error> {
         let state = Arc::new(AppState::build(config).await?);
         let addr = listen.unwrap_or(config.server.listen);
-        let threads = config.server.per_core_threads();
-        let listeners = bind(addr, threads).map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
-        let addr = listeners[0].local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+        let listener = serving::bind(addr).map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
         Ok(Self {
             addr,
-            listeners,
-            per_core: threads.is_some(),
+            listener,
+            per_core: config.server.per_core_threads().is_some(),
             router: router(state.clone()),
             state,
         })
@@ -373,9 +378,16 @@ impl Application {
         let release = CancellationToken::new();
         let _release_on_exit = release.clone().drop_guard();
         let server = if self.per_core {
-            serve_per_core(self.listeners, self.router, &self.state, stop_accepting.clone(), release.clone())?
+            serving::serve_per_core(
+                self.listener,
+                self.router,
+                self.state.open_connections.clone(),
+                self.state.connect_timeout,
+                stop_accepting.clone(),
+                release.clone(),
+            )?
         } else {
-            serve_shared(self.listeners, self.router, stop_accepting.clone())
+            serving::serve_shared(self.listener, self.router, stop_accepting.clone())
         };
         let mut server = std::pin::pin!(server);
         let grace = self.state.shutdown_grace;
@@ -406,120 +418,4 @@ impl Application {
         self.state.shutdown_log().await;
         served
     }
-}
-
-/// Binds the listening socket, or `per_core` sockets on the same address with `SO_REUSEPORT`
-/// (the first one picks the port when `addr` asks for port 0).
-fn bind(addr: SocketAddr, per_core: Option<usize>) -> std::io::Result<Vec<TcpListener>> {
-    /// Pending connections per socket (the kernel caps it at `net.core.somaxconn`).
-    const BACKLOG: u32 = 1024;
-    let count = per_core.unwrap_or(1);
-    let mut listeners = Vec::with_capacity(count);
-    let mut addr = addr;
-    if per_core.is_some() {
-        // `SO_REUSEPORT` would let these sockets share the port with another process's
-        // (a second gateway started by mistake would silently take half the connections):
-        // an exclusive bind first fails when anyone listens there, and picks port 0's port.
-        let probe = std::net::TcpListener::bind(addr)?;
-        addr = probe.local_addr()?;
-        drop(probe);
-    }
-    for _ in 0..count {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        socket.set_reuseaddr(true)?;
-        if per_core.is_some() {
-            socket.set_reuseport(true)?;
-        }
-        socket.bind(addr)?;
-        let listener = socket.listen(BACKLOG)?;
-        addr = listener.local_addr()?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
-}
-
-/// Accepted sockets send stream chunks as they come: no Nagle delay waiting on the client's ACK.
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    let _ = tcp.set_nodelay(true);
-}
-
-/// Every listener served on the runtime this is polled on; resolves when all have drained.
-fn serve_shared(listeners: Vec<TcpListener>, router: Router, stop_accepting: CancellationToken) -> ServersDone {
-    let servers: Vec<_> = listeners
-        .into_iter()
-        .map(|listener| {
-            axum::serve(listener.tap_io(no_delay), router.clone())
-                .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
-                .into_future()
-        })
-        .collect();
-    Box::pin(async move {
-        for served in futures_util::future::join_all(servers).await {
-            served?;
-        }
-        Ok(())
-    })
-}
-
-/// Resolves when every server has stopped accepting and drained its connections.
-type ServersDone = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
-
-/// One thread per listener, each running a single-threaded runtime with its own upstream
-/// connection pool; resolves when all have drained. The threads keep their runtimes until
-/// `release`, so connections they opened (database pools included) work until the end.
-fn serve_per_core(
-    listeners: Vec<TcpListener>,
-    router: Router,
-    state: &AppState,
-    stop_accepting: CancellationToken,
-    release: CancellationToken,
-) -> Result<ServersDone, Error> {
-    let mut finished = Vec::with_capacity(listeners.len());
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let listener = listener.into_std().map_err(|e| Error::Internal(format!("listener: {e}")))?;
-        let http = UpstreamClient::new(state.connect_timeout)?;
-        let (router, stop, release) = (router.clone(), stop_accepting.clone(), release.clone());
-        let (done, served) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
-        std::thread::Builder::new()
-            .name(format!("serve-{index}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = done.send(Err(e));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    THREAD_HTTP.with(|local| *local.borrow_mut() = Some(http));
-                    // Dropped with the runtime.
-                    tokio::spawn(keep_timer_wheel_armed());
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            let _ = done.send(Err(e));
-                            return;
-                        }
-                    };
-                    let server = axum::serve(listener.tap_io(no_delay), router)
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .into_future();
-                    tokio::select! {
-                        served = server => {
-                            let _ = done.send(served);
-                            release.cancelled().await;
-                        }
-                        () = release.cancelled() => {}
-                    }
-                });
-            })
-            .map_err(|e| Error::Internal(format!("starting a serving thread: {e}")))?;
-        finished.push(served);
-    }
-    Ok(Box::pin(async move {
-        for served in finished {
-            served.await.map_err(|_| std::io::Error::other("a serving thread ended without a word"))??;
-        }
-        Ok(())
-    }))
 }

@@ -277,8 +277,8 @@ pub enum ServeRuntime {
     /// work share its worker threads and move between them.
     #[default]
     Shared,
-    /// One single-threaded runtime per serving thread, each with its own listening socket
-    /// (`SO_REUSEPORT`: the kernel spreads new connections over them) and its own pool of
+    /// One single-threaded runtime per serving thread, each fed new connections by one
+    /// acceptor (to the thread with the fewest open connections) and with its own pool of
     /// upstream connections, so a request is read, proxied and answered on one thread
     /// without waking another. Background work stays on the shared runtime.
     PerCore,

@@ -58,6 +58,9 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         m.log_rows.with_label_values(&[outcome]).set(value as f64);
     }
     m.log_queued.set(i64::try_from(log.queued).unwrap_or(i64::MAX));
+    for (thread, open) in state.open_connections.per_thread().into_iter().enumerate() {
+        m.serving_connections.with_label_values(&[thread.to_string().as_str()]).set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
     if let Some((size, idle)) = state.store.pool_usage() {
         m.db_pool_connections.with_label_values(&["open"]).set(f64::from(size));
         m.db_pool_connections.with_label_values(&["idle"]).set(idle as f64);

@@ -26,6 +26,7 @@ pub mod registry;
 pub mod response_cache;
 pub mod responses;
 pub mod routing;
+pub mod serving;
 pub mod shutdown;
 pub mod sse;
 pub mod store;

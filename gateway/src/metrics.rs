@@ -33,6 +33,8 @@ pub struct Metrics {
     pub breaker_state: GaugeVec,
     pub log_rows: GaugeVec,
     pub log_queued: IntGauge,
+    /// Open client connections per serving thread (`runtime = "per_core"` only).
+    pub serving_connections: prometheus::IntGaugeVec,
     pub db_pool_connections: GaugeVec,
     pub selector_loaded: GaugeVec,
     pub up: Gauge,
@@ -89,6 +91,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     let log_rows = GaugeVec::new(Opts::new("log_rows", "Outcome log rows by what became of them"), &["outcome"])?;
     let log_queued = IntGauge::new("log_writer_queued_rows", "Rows waiting in the log writer's channel (lag)")?;
+    let serving_connections = prometheus::IntGaugeVec::new(
+        Opts::new("serving_thread_connections", "Open client connections per serving thread (runtime = per_core)"),
+        &["thread"],
+    )?;
     let db_pool_connections =
         GaugeVec::new(Opts::new("db_pool_connections", "Database pool connections"), &["state"])?;
     let selector_loaded =
@@ -120,6 +126,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(breaker_state.clone()),
         Box::new(log_rows.clone()),
         Box::new(log_queued.clone()),
+        Box::new(serving_connections.clone()),
         Box::new(db_pool_connections.clone()),
         Box::new(selector_loaded.clone()),
         Box::new(up.clone()),
@@ -146,6 +153,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         breaker_state,
         log_rows,
         log_queued,
+        serving_connections,
         db_pool_connections,
         selector_loaded,
         up,

@@ -181,8 +181,8 @@ async fn a_request_still_waiting_upstream_when_the_grace_ends_gets_503_and_a_row
     assert_eq!(rows(dir.path()).await, vec![(503, Some("shutdown".to_owned()))]);
 }
 
-/// Per-core serving: many connections at once (the kernel spreads them over the threads'
-/// sockets), JSON and streamed, every answer whole and every row logged by the shutdown.
+/// Per-core serving: many connections at once (handed out over the serving threads), JSON
+/// and streamed, every answer whole and every row logged by the shutdown.
 #[tokio::test]
 async fn per_core_threads_serve_concurrent_connections_and_log_every_row() {
     const REQUESTS: usize = 48;
@@ -216,8 +216,8 @@ async fn per_core_threads_serve_concurrent_connections_and_log_every_row() {
     assert!(logged.iter().all(|row| *row == (200, None)), "{logged:?}");
 }
 
-/// Per-core sockets share their port among themselves, not with another process: a second
-/// gateway on the same address is refused as with one socket.
+/// Per-core serving listens on one socket like the shared runtime: a second gateway on the
+/// same address is refused.
 #[tokio::test]
 async fn a_second_per_core_gateway_cannot_take_the_same_port() {
     let dir = TempDir::new().expect("temp dir");
@@ -245,4 +245,61 @@ provider = "mock"
     assert!(error.to_string().contains("cannot listen"), "{error}");
     first.stop.send(()).expect("server running");
     first.served.await.expect("server task").expect("clean shutdown");
+}
+
+/// Open client connections per serving thread, from `/metrics` (the scrape's own connection
+/// included).
+async fn open_per_serving_thread(addr: SocketAddr) -> Vec<i64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("gateway reachable")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|line| line.starts_with("switchyard_serving_thread_connections{"))
+        .map(|line| line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("gauge value"))
+        .collect()
+}
+
+/// Per-core serving hands each new connection to the thread with the fewest open ones, so one
+/// client's keep-alive connections spread evenly (a kernel hash over per-thread sockets
+/// leaves them uneven by chance), and a closed connection no longer counts.
+#[tokio::test]
+async fn per_core_connections_spread_evenly_and_closed_ones_stop_counting() {
+    const CONNECTIONS: i64 = 16;
+    let dir = TempDir::new().expect("temp dir");
+    let gateway = start(dir.path(), 1_000, "per_core").await;
+    let addr = gateway.addr;
+    let mut clients = Vec::new();
+    for i in 0..CONNECTIONS {
+        // One client per connection, kept so that its keep-alive connection stays open.
+        let client = reqwest::Client::new();
+        let response = client
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": format!("question {i}")}]}))
+            .send()
+            .await
+            .expect("gateway reachable");
+        assert_eq!(response.status(), 200);
+        response.bytes().await.expect("body");
+        clients.push(client);
+    }
+    let open = open_per_serving_thread(addr).await;
+    assert_eq!(open.len(), 2, "one gauge per serving thread: {open:?}");
+    assert_eq!(open.iter().sum::<i64>(), CONNECTIONS + 1, "{open:?}");
+    let (most, fewest) = (open.iter().max().copied().unwrap_or(0), open.iter().min().copied().unwrap_or(0));
+    assert!(most - fewest <= 1, "connections spread unevenly: {open:?}");
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = open_per_serving_thread(addr).await;
+        if open.iter().sum::<i64>() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "closed connections still counted: {open:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.stop.send(()).expect("server running");
+    gateway.served.await.expect("server task").expect("clean shutdown");
 }

@@ -306,7 +306,7 @@ provider = "mock"
     let requests = (0..REQUESTS).map(|i| {
         let key = key.clone();
         async move {
-            // A client per request: a connection per request, spread over the threads' sockets.
+            // A client per request: a connection per request, handed out over the serving threads.
             let response = reqwest::Client::new()
                 .post(format!("http://{addr}/v1/chat/completions"))
                 .bearer_auth(key)
