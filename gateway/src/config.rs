@@ -262,8 +262,8 @@ pub struct ServerConfig {
     /// `text` (default) or `json`: one JSON object per line, for log collectors.
     /// `SWITCHYARD_LOG_FORMAT` overrides it.
     pub log_format: LogFormat,
-    /// How requests are scheduled onto threads: `shared` (one work-stealing runtime) or
-    /// `per_core` (see [`ServeRuntime`]).
+    /// How requests are scheduled onto threads: `per_core` (default) or `shared` (one
+    /// work-stealing runtime); see [`ServeRuntime`].
     pub runtime: ServeRuntime,
     /// Serving threads with `runtime = "per_core"` (default: one per CPU).
     pub serving_threads: Option<usize>,
@@ -274,13 +274,16 @@ pub struct ServerConfig {
 #[serde(rename_all = "snake_case")]
 pub enum ServeRuntime {
     /// One multi-threaded Tokio runtime: connections, upstream connections and background
-    /// work share its worker threads and move between them.
-    #[default]
+    /// work share its worker threads and move between them. For one HTTP/2 connection
+    /// carrying everything (it would stay on one thread with `per_core`).
     Shared,
     /// One single-threaded runtime per serving thread, each fed new connections by one
     /// acceptor (to the thread with the fewest open connections) and with its own pool of
     /// upstream connections, so a request is read, proxied and answered on one thread
-    /// without waking another. Background work stays on the shared runtime.
+    /// without waking another: more throughput per core than work stealing, whose
+    /// cross-thread wake-ups dominate a proxy's cost. Background work (log writer, cache
+    /// refresh, embedder) stays on the shared runtime.
+    #[default]
     PerCore,
 }
 
