@@ -278,20 +278,48 @@ pub(crate) fn client_request_id(value: &HeaderValue) -> Option<&HeaderValue> {
     (!text.is_empty() && text.len() <= MAX_CLIENT_REQUEST_ID && text.bytes().all(|b| b.is_ascii_graphic())).then_some(value)
 }
 
+/// How much of a body over the limit is still read (and dropped) before the 413 is sent, and
+/// for how long. A server that answers while the client is still uploading and then closes
+/// the connection with the rest unread makes the kernel send a reset, and the client often
+/// sees that reset instead of the 413 it was sent. Reading the rest first lets the answer
+/// arrive (and the connection be reused); past these bounds the connection is closed anyway.
+const OVERSIZED_DRAIN_BYTES: usize = 8 << 20;
+const OVERSIZED_DRAIN_TIME: Duration = Duration::from_secs(2);
+
 /// Reads the body up to the configured limit.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(Error::PayloadTooLarge { limit })
-            } else {
-                Err(Error::invalid(format!("could not read request body: {e}")))
-            }
-        }
+pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Error> {
+    use http_body_util::BodyExt;
+    let unreadable = |e: axum::Error| Error::invalid(format!("could not read request body: {e}"));
+    // Frames are kept as they came: a body in one frame (the usual case) is not copied.
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut size: u64 = 0;
+    // A declared `Content-Length` over the limit is refused before reading any of it.
+    let mut too_large = axum::body::HttpBody::size_hint(&body).lower() > limit as u64;
+    while !too_large {
+        let Some(frame) = body.frame().await else { break };
+        let Ok(data) = frame.map_err(unreadable)?.into_data() else { continue };
+        size += data.len() as u64;
+        too_large = size > limit as u64;
+        frames.push(data);
     }
+    if too_large {
+        let _ = tokio::time::timeout(OVERSIZED_DRAIN_TIME, async {
+            let mut drained = 0;
+            while drained < OVERSIZED_DRAIN_BYTES {
+                match body.frame().await {
+                    Some(Ok(frame)) => drained += frame.data_ref().map_or(0, Bytes::len),
+                    Some(Err(_)) | None => break,
+                }
+            }
+        })
+        .await;
+        return Err(Error::PayloadTooLarge { limit });
+    }
+    Ok(match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.pop().unwrap_or_default(),
+        _ => frames.concat().into(),
+    })
 }
 
 /// Keeps a near deadline in the timer wheel of the runtime this runs on, so that the

@@ -128,13 +128,6 @@ impl RequestContext {
     async fn parse(state: Arc<AppState>, headers: HeaderMap, body: Body, request_id: Uuid) -> Result<Self, Error> {
         let started = Instant::now();
         let caller = state.auth.authenticate(&headers).await?;
-        let declared_length = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared_length.is_some_and(|len| len > state.max_body_bytes) {
-            return Err(Error::PayloadTooLarge { limit: state.max_body_bytes });
-        }
         let bytes = read_body(body, state.max_body_bytes).await?;
         let request = ChatRequest::parse(&bytes)?;
         tracing::Span::current().record("model", request.model.as_str());
