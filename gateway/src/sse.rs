@@ -4,6 +4,9 @@
 //! a blank line ends an event and hands back whole events, each with its raw bytes so an
 //! OpenAI-compatible stream can be forwarded byte for byte.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 
 /// One parsed event.
@@ -80,25 +83,67 @@ impl SseParser {
 
     /// Whatever is left when the upstream closes without a final blank line.
     pub fn finish(&mut self) -> Option<SseEvent> {
+        if self.close() {
+            self.next_event()
+        } else {
+            None
+        }
+    }
+
+    /// Every complete event buffered, as one span of bytes (a slice of the read that brought
+    /// them; copied only when an event spans two reads); `None` when none is complete. For a
+    /// forwarder that passes events on unchanged: [`events`] walks the span.
+    pub fn take_complete(&mut self) -> Option<Bytes> {
+        let mut end = 0;
+        while let Some((text_end, terminator)) = find_event_end(&self.buffer[end..]) {
+            end += text_end + terminator;
+        }
+        (end > 0).then(|| self.buffer.split_to(end))
+    }
+
+    /// As [`take_complete`](Self::take_complete) when the upstream has closed: a last event
+    /// without its blank line counts as complete.
+    pub fn take_rest(&mut self) -> Option<Bytes> {
+        self.close();
+        self.take_complete()
+    }
+
+    /// Ends a last event that lacks its blank line; false (and an empty buffer) when only
+    /// whitespace is left.
+    fn close(&mut self) -> bool {
         if self.buffer.iter().all(|b| b.is_ascii_whitespace()) {
             self.buffer.clear();
-            return None;
+            return false;
         }
         self.push(Bytes::from_static(b"\n\n"));
-        self.next_event()
+        true
     }
 }
 
-/// The `event:` field and the `data:` lines (joined by `\n`) of `raw[..end]`, one event's
-/// text. Works on bytes: `:` and `\n` never occur inside a multi-byte UTF-8 sequence.
-fn parse_fields(raw: &Bytes, end: usize) -> (Option<String>, Bytes) {
+/// The events of a span of complete events ([`SseParser::take_complete`]): each event's range
+/// in the span (its blank line included) and its `data:` value, borrowed from the span unless
+/// the event has several `data:` lines. No UTF-8 check: for a caller that only searches bytes.
+pub fn events(span: &[u8]) -> impl Iterator<Item = (Range<usize>, Cow<'_, [u8]>)> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let (text_end, terminator) = find_event_end(&span[start..])?;
+        let range = start..start + text_end + terminator;
+        let (_, data) = fields(&span[start..start + text_end]);
+        start = range.end;
+        Some((range, data))
+    })
+}
+
+/// The `event:` field and the `data:` lines (joined by `\n`) of one event's text (without its
+/// blank line). Works on bytes: `:` and `\n` never occur inside a multi-byte UTF-8 sequence.
+fn fields(text: &[u8]) -> (Option<&[u8]>, Cow<'_, [u8]>) {
     let mut event = None;
-    let mut data: Option<Bytes> = None;
-    let mut joined: Option<Vec<u8>> = None;
+    let mut data: Option<Cow<'_, [u8]>> = None;
+    let end = text.len();
     let mut start = 0;
     while start <= end {
-        let line_end = memchr::memchr(b'\n', &raw[start..end]).map_or(end, |i| start + i);
-        let line = &raw[start..line_end];
+        let line_end = memchr::memchr(b'\n', &text[start..end]).map_or(end, |i| start + i);
+        let line = &text[start..line_end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let (field, value) = match memchr::memchr(b':', line) {
             Some(colon) => {
@@ -108,28 +153,31 @@ fn parse_fields(raw: &Bytes, end: usize) -> (Option<String>, Bytes) {
             None => (line, &line[line.len()..]),
         };
         match field {
-            b"data" => match (&data, &mut joined) {
-                (None, _) => data = Some(raw.slice_ref(value)),
-                (Some(first), None) => {
-                    let mut all = Vec::with_capacity(first.len() + 1 + value.len());
-                    all.extend_from_slice(first);
-                    all.push(b'\n');
-                    all.extend_from_slice(value);
-                    joined = Some(all);
-                }
-                (Some(_), Some(all)) => {
-                    all.push(b'\n');
-                    all.extend_from_slice(value);
+            b"data" => match &mut data {
+                None => data = Some(Cow::Borrowed(value)),
+                Some(joined) => {
+                    let joined = joined.to_mut();
+                    joined.push(b'\n');
+                    joined.extend_from_slice(value);
                 }
             },
-            b"event" => event = Some(String::from_utf8_lossy(value).into_owned()),
+            b"event" => event = Some(value),
             _ => {}
         }
         start = line_end + 1;
     }
-    let data = match joined {
-        Some(all) => Bytes::from(all),
-        None => data.unwrap_or_default(),
+    (event, data.unwrap_or_default())
+}
+
+/// The `event:` field and the `data:` lines (joined by `\n`, valid UTF-8) of `raw[..end]`,
+/// one event's text; the data is a slice of `raw` when the event has one `data:` line.
+fn parse_fields(raw: &Bytes, end: usize) -> (Option<String>, Bytes) {
+    let (event, data) = fields(&raw[..end]);
+    let event = event.map(|name| String::from_utf8_lossy(name).into_owned());
+    let data = match data {
+        Cow::Borrowed([]) => Bytes::new(),
+        Cow::Borrowed(value) => raw.slice_ref(value),
+        Cow::Owned(joined) => Bytes::from(joined),
     };
     let data = match std::str::from_utf8(&data) {
         Ok(_) => data,
@@ -243,5 +291,23 @@ mod tests {
         assert_eq!(&first.raw[..], b"event: x\r\ndata: 1\r\ndata: 2\r\n\r\n");
         assert_eq!(parser.next_event().expect("second").data(), "3");
         assert!(parser.next_event().is_none());
+    }
+
+    #[test]
+    fn complete_events_are_taken_as_one_span_of_the_read() {
+        let read = Bytes::from_static(b"data: a\n\nevent: x\r\ndata: b\r\ndata: c\r\n\r\ndata: d");
+        let mut parser = SseParser::new();
+        parser.push(read.clone());
+        let span = parser.take_complete().expect("two complete events");
+        assert_eq!(span.as_ptr(), read.as_ptr(), "a slice of the read, not a copy");
+        assert_eq!(&span[..], b"data: a\n\nevent: x\r\ndata: b\r\ndata: c\r\n\r\n");
+        let parsed: Vec<(std::ops::Range<usize>, Vec<u8>)> = events(&span).map(|(range, data)| (range, data.into_owned())).collect();
+        assert_eq!(parsed, [(0..9, b"a".to_vec()), (9..span.len(), b"b\nc".to_vec())]);
+        assert!(parser.take_complete().is_none(), "`data: d` has no blank line yet");
+        parser.push_slice(b"\n");
+        assert!(parser.take_complete().is_none());
+        let rest = parser.take_rest().expect("the last event, closed");
+        assert_eq!(events(&rest).map(|(_, data)| data.into_owned()).collect::<Vec<_>>(), [b"d".to_vec()]);
+        assert!(parser.take_rest().is_none());
     }
 }

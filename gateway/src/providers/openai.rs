@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::{post_json, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamChunks, UpstreamClient, UpstreamHttpResponse, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{usage_of, ChatRequest, Usage};
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::{self, SseParser};
 
 pub struct OpenAiProvider {
     endpoints: Endpoints,
@@ -184,7 +184,9 @@ impl Serialize for WithUsage<'_> {
     }
 }
 
-/// Re-chunks the upstream bytes into whole SSE events and classifies each.
+/// Re-chunks the upstream bytes into whole SSE events and forwards them as they came: the
+/// complete events of one read leave as one piece (a slice of the read), split only around a
+/// usage-only event, which the client may not have asked for.
 fn forward_stream(
     response: UpstreamHttpResponse,
     timeouts: CallTimeouts,
@@ -194,56 +196,127 @@ fn forward_stream(
         let mut parser = SseParser::new();
         let mut finished = false;
         while !finished {
-            match chunks.next().await? {
-                Some(chunk) => parser.push(chunk),
-                None => finished = true,
-            }
-            loop {
-                let event = if finished { parser.finish() } else { parser.next_event() };
-                let Some(event) = event else { break };
-                yield classify(event);
+            let span = match chunks.next().await? {
+                Some(chunk) => {
+                    parser.push(chunk);
+                    parser.take_complete()
+                }
+                None => {
+                    finished = true;
+                    parser.take_rest()
+                }
+            };
+            let Some(span) = span else { continue };
+            let mut pieces = Pieces::new(span);
+            while let Some(piece) = pieces.next() {
+                yield piece;
             }
         }
     }
 }
 
+/// The pieces of a span of complete events: runs of events forwarded together, and each
+/// usage-only event on its own.
+struct Pieces {
+    span: Bytes,
+    /// Where the next piece starts.
+    start: usize,
+    /// A usage-only event found while closing the run before it, sent next.
+    usage_only: Option<(std::ops::Range<usize>, Usage)>,
+}
+
+impl Pieces {
+    fn new(span: Bytes) -> Self {
+        Self { span, start: 0, usage_only: None }
+    }
+
+    fn next(&mut self) -> Option<StreamPiece> {
+        if let Some((range, usage)) = self.usage_only.take() {
+            self.start = range.end;
+            return Some(StreamPiece { bytes: self.span.slice(range), usage: Some(usage), usage_only: true, has_content: false });
+        }
+        if self.start >= self.span.len() {
+            return None;
+        }
+        let mut run = StreamPiece { bytes: Bytes::new(), usage: None, usage_only: false, has_content: false };
+        let mut end = self.start;
+        for (range, data) in sse::events(&self.span[self.start..]) {
+            let range = self.start + range.start..self.start + range.end;
+            let class = classify(&data);
+            if class.usage_only {
+                if end == self.start {
+                    // The run is empty: the usage-only event is the piece.
+                    self.start = range.end;
+                    return Some(StreamPiece { bytes: self.span.slice(range), usage: class.usage, usage_only: true, has_content: false });
+                }
+                self.usage_only = class.usage.map(|usage| (range, usage));
+                break;
+            }
+            run.has_content |= class.has_content;
+            if class.usage.is_some() {
+                run.usage = class.usage;
+            }
+            end = range.end;
+        }
+        run.bytes = self.span.slice(self.start..end);
+        self.start = end;
+        Some(run)
+    }
+}
+
+/// What one event carries.
+struct EventClass {
+    has_content: bool,
+    usage: Option<Usage>,
+    /// Usage and no choices: the chunk the gateway asked for on the client's behalf.
+    usage_only: bool,
+}
+
 /// Finds `"usage"` in an event's data (built once: a search per event is on the hot path).
 static USAGE_KEY: LazyLock<memchr::memmem::Finder<'static>> = LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
 
-fn classify(event: SseEvent) -> StreamPiece {
-    let data = event.data_bytes();
-    let mut piece = StreamPiece { has_content: false, usage: None, usage_only: false, bytes: Bytes::new() };
-    if !data.is_empty() && !event.is_done() {
-        // Most chunks carry `"usage":null` or nothing; only parse the ones that may hold
-        // usage. (`"usage"` cannot occur unescaped inside a string: the first is the key.)
-        let may_hold_usage = USAGE_KEY.find(data).is_some_and(|at| !data[at..].starts_with(b"\"usage\":null"));
-        if may_hold_usage {
-            #[derive(serde::Deserialize)]
-            struct UsageChunk {
-                #[serde(default)]
-                choices: Vec<serde::de::IgnoredAny>,
-                usage: Option<Usage>,
-            }
-            if let Ok(chunk) = serde_json::from_slice::<UsageChunk>(data) {
-                piece.usage = chunk.usage;
-                piece.usage_only = chunk.usage.is_some() && chunk.choices.is_empty();
-            }
-        }
-        piece.has_content = !piece.usage_only;
+fn classify(data: &[u8]) -> EventClass {
+    let mut class = EventClass { has_content: false, usage: None, usage_only: false };
+    if data.is_empty() || data == b"[DONE]" {
+        return class;
     }
-    piece.bytes = event.raw;
-    piece
+    // Most chunks carry `"usage":null` or nothing; only parse the ones that may hold
+    // usage. (`"usage"` cannot occur unescaped inside a string: the first is the key.)
+    let may_hold_usage = USAGE_KEY.find(data).is_some_and(|at| !data[at..].starts_with(b"\"usage\":null"));
+    if may_hold_usage {
+        #[derive(serde::Deserialize)]
+        struct UsageChunk {
+            #[serde(default)]
+            choices: Vec<serde::de::IgnoredAny>,
+            usage: Option<Usage>,
+        }
+        if let Ok(chunk) = serde_json::from_slice::<UsageChunk>(data) {
+            class.usage = chunk.usage;
+            class.usage_only = chunk.usage.is_some() && chunk.choices.is_empty();
+        }
+    }
+    class.has_content = !class.usage_only;
+    class
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event(data: &str) -> SseEvent {
+    /// The pieces a read holding `events` (each a `data:` value) is forwarded as.
+    fn pieces(events: &[&str]) -> Vec<StreamPiece> {
+        let read: String = events.iter().map(|data| format!("data: {data}\n\n")).collect();
         let mut parser = SseParser::new();
-        parser.push(format!("data: {data}\n\n"));
-        parser.next_event().expect("event")
+        parser.push(read.clone());
+        let mut pieces = Pieces::new(parser.take_complete().expect("complete events"));
+        let all: Vec<StreamPiece> = std::iter::from_fn(|| pieces.next()).collect();
+        let forwarded: Vec<u8> = all.iter().flat_map(|piece| piece.bytes.to_vec()).collect();
+        assert_eq!(forwarded, read.as_bytes(), "every byte forwarded, in order");
+        all
     }
+
+    const USAGE_ONLY: &str = r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+    const CONTENT: &str = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}"#;
 
     /// What the upstream gets: the client's object with the two changes, nothing else.
     fn upstream_json(client: Value, stream: bool) -> Value {
@@ -270,19 +343,45 @@ mod tests {
 
     #[test]
     fn usage_only_chunk_is_recognised() {
-        let piece = classify(event(
-            r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#,
-        ));
-        assert!(piece.usage_only);
-        assert_eq!(piece.usage, Some(Usage::new(5, 7)));
+        let class = classify(USAGE_ONLY.as_bytes());
+        assert!(class.usage_only);
+        assert!(!class.has_content);
+        assert_eq!(class.usage, Some(Usage::new(5, 7)));
+    }
+
+    #[test]
+    fn the_events_of_a_read_leave_together_around_the_usage_only_chunk() {
+        let all = pieces(&[CONTENT, CONTENT, CONTENT, USAGE_ONLY, "[DONE]"]);
+        let shape: Vec<(usize, bool, bool, Option<Usage>)> = all
+            .iter()
+            .map(|piece| (piece.bytes.windows(6).filter(|w| w == b"data: ").count(), piece.has_content, piece.usage_only, piece.usage))
+            .collect();
+        assert_eq!(shape, [(3, true, false, None), (1, false, true, Some(Usage::new(5, 7))), (1, false, false, None)]);
+        // The usage-only chunk first, and last.
+        let all = pieces(&[USAGE_ONLY, CONTENT]);
+        assert_eq!(all.iter().map(|piece| (piece.usage_only, piece.has_content)).collect::<Vec<_>>(), [(true, false), (false, true)]);
+        let all = pieces(&[CONTENT, USAGE_ONLY]);
+        assert_eq!(all.iter().map(|piece| (piece.usage_only, piece.has_content)).collect::<Vec<_>>(), [(false, true), (true, false)]);
+    }
+
+    #[test]
+    fn usage_on_content_chunks_is_kept_and_the_last_wins() {
+        let with_usage = |completion: u32| {
+            format!(r#"{{"choices":[{{"index":0,"delta":{{"content":"a"}}}}],"usage":{{"prompt_tokens":5,"completion_tokens":{completion},"total_tokens":{}}}}}"#, 5 + completion)
+        };
+        let (first, second) = (with_usage(1), with_usage(2));
+        let all = pieces(&[&first, &second]);
+        assert_eq!(all.len(), 1);
+        assert!(all[0].has_content && !all[0].usage_only);
+        assert_eq!(all[0].usage, Some(Usage::new(5, 2)));
     }
 
     #[test]
     fn content_chunk_is_forwarded_as_is() {
-        let data = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}"#;
-        let piece = classify(event(data));
-        assert!(!piece.usage_only);
-        assert!(piece.has_content);
-        assert_eq!(&piece.bytes[..], format!("data: {data}\n\n").as_bytes());
+        let all = pieces(&[CONTENT]);
+        assert_eq!(all.len(), 1);
+        assert!(!all[0].usage_only);
+        assert!(all[0].has_content);
+        assert_eq!(&all[0].bytes[..], format!("data: {CONTENT}\n\n").as_bytes());
     }
 }
