@@ -425,3 +425,31 @@ async fn execute(url: &str, sql: &str) {
         conn.execute(sql).await.expect("update");
     }
 }
+
+/// The page size the file was made with, read by SQLite itself.
+fn page_size(path: &std::path::Path) -> i64 {
+    let connection = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open the file");
+    connection.query_row("PRAGMA page_size", [], |row| row.get(0)).expect("page size")
+}
+
+#[tokio::test]
+async fn a_new_sqlite_database_has_16k_pages_and_an_existing_one_keeps_its_own() {
+    let (dir, store) = sqlite().await;
+    store.insert_rows(&[full_row()]).await.expect("insert");
+    assert_eq!(page_size(&dir.path().join("log.db")), 16 * 1024);
+
+    // A file made before (4 KB pages, WAL) migrates and takes rows as it is.
+    let old = dir.path().join("old.db");
+    {
+        let connection = rusqlite::Connection::open(&old).expect("create");
+        connection.pragma_update(None, "page_size", 4096).expect("page size");
+        connection.pragma_update(None, "journal_mode", "wal").expect("wal");
+        connection.execute_batch("CREATE TABLE made_before (x INTEGER)").expect("table");
+    }
+    let store = Store::connect(&format!("sqlite://{}", old.display()), 2).expect("sqlite url");
+    store.migrate().await.expect("migrate the old file");
+    let row = full_row();
+    store.insert_rows(std::slice::from_ref(&row)).await.expect("insert");
+    assert_eq!(store.fetch_row(row.id).await.expect("fetch"), Some(row));
+    assert_eq!(page_size(&old), 4096);
+}
