@@ -207,8 +207,7 @@ fn forward_stream(
                 }
             };
             let Some(span) = span else { continue };
-            let mut pieces = Pieces::new(span);
-            while let Some(piece) = pieces.next() {
+            for piece in Pieces::new(span) {
                 yield piece;
             }
         }
@@ -229,6 +228,10 @@ impl Pieces {
     fn new(span: Bytes) -> Self {
         Self { span, start: 0, usage_only: None }
     }
+}
+
+impl Iterator for Pieces {
+    type Item = StreamPiece;
 
     fn next(&mut self) -> Option<StreamPiece> {
         if let Some((range, usage)) = self.usage_only.take() {
@@ -308,8 +311,7 @@ mod tests {
         let read: String = events.iter().map(|data| format!("data: {data}\n\n")).collect();
         let mut parser = SseParser::new();
         parser.push(read.clone());
-        let mut pieces = Pieces::new(parser.take_complete().expect("complete events"));
-        let all: Vec<StreamPiece> = std::iter::from_fn(|| pieces.next()).collect();
+        let all: Vec<StreamPiece> = Pieces::new(parser.take_complete().expect("complete events")).collect();
         let forwarded: Vec<u8> = all.iter().flat_map(|piece| piece.bytes.to_vec()).collect();
         assert_eq!(forwarded, read.as_bytes(), "every byte forwarded, in order");
         all
