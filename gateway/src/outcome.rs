@@ -127,26 +127,28 @@ impl RequestOutcome {
         self
     }
 
-    /// The row the outcome log stores.
-    pub fn to_row(&self) -> LogRow {
+    /// The row the outcome log stores, moved out of the outcome. It is taken once, when the
+    /// request finishes (after which the outcome is only dropped), so the strings, a routed
+    /// request's decision record and a kept prompt and answer are handed over, not copied.
+    fn take_row(&mut self) -> LogRow {
         let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         LogRow {
             id: self.request_id,
             created_at: self.created_at,
-            tenant: self.tenant.clone(),
+            tenant: self.tenant.take(),
             key_id: self.key_id,
-            route: self.route.clone(),
-            provider: self.provider.clone(),
-            model: self.model.clone(),
+            route: self.route.take(),
+            provider: std::mem::take(&mut self.provider),
+            model: std::mem::take(&mut self.model),
             stream: self.stream,
-            candidates: self.candidates.clone(),
+            candidates: self.candidates.take(),
             propensity: self.propensity,
-            checkpoint_version: self.checkpoint_version.clone(),
-            shadow_choice: self.shadow_choice.clone(),
-            prompt_hash: self.prompt_hash.clone(),
-            embedding: self.embedding.as_deref().map(embedding_to_bytes),
-            prompt_text: self.prompt_text.clone(),
-            answer_text: self.answer_text.clone(),
+            checkpoint_version: self.checkpoint_version.take(),
+            shadow_choice: self.shadow_choice.take(),
+            prompt_hash: self.prompt_hash.take(),
+            embedding: self.embedding.take().as_deref().map(embedding_to_bytes),
+            prompt_text: self.prompt_text.take(),
+            answer_text: self.answer_text.take(),
             prompt_tokens: self.usage.map(|u| tokens(u.prompt_tokens)),
             completion_tokens: self.usage.map(|u| tokens(u.completion_tokens)),
             cost_usd: self.cost_usd,
@@ -187,9 +189,9 @@ impl RequestOutcome {
         if let (Some(admission), Some(usage)) = (self.limits.0.take(), self.usage) {
             admission.charge(usage.prompt_tokens.saturating_add(usage.completion_tokens), self.cost_usd.unwrap_or(0.0));
         }
-        if let Some(log) = self.log.0.take() {
+        let log = self.log.0.take();
+        if log.is_some() {
             crate::metrics::METRICS.observe(self);
-            log.push(self.to_row());
         }
         tracing::debug!(
             request_id = %self.request_id,
@@ -204,6 +206,10 @@ impl RequestOutcome {
             first_token_ms = self.first_token_ms.unwrap_or(0.0),
             "request finished"
         );
+        // Last: the row takes the outcome's fields.
+        if let Some(log) = log {
+            log.push_with(|| self.take_row());
+        }
     }
 }
 

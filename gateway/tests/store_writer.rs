@@ -354,3 +354,28 @@ async fn a_full_batch_and_a_flush_do_not_wait_for_the_batch_interval() {
     assert_nothing_lost(&stats);
     assert_eq!(store.count_rows().await.expect("count"), 115, "{stats:?}");
 }
+
+#[tokio::test]
+async fn a_row_is_built_only_when_the_log_keeps_it() {
+    for log_requests in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = sqlite_file(dir.path()).await;
+        let config = WriterConfig { log_requests, ..writer_config(dir.path()) };
+        let writer = LogWriter::spawn(store.clone(), config).expect("writer");
+        let log = writer.handle();
+        let built = std::cell::Cell::new(0);
+        for _ in 0..3 {
+            log.push_with(|| {
+                built.set(built.get() + 1);
+                full_row()
+            });
+        }
+        let stats = writer.shutdown().await;
+        let rows = store.count_rows().await.expect("count");
+        if log_requests {
+            assert_eq!((built.get(), stats.accepted, stats.not_logged, rows), (3, 3, 0, 3), "{stats:?}");
+        } else {
+            assert_eq!((built.get(), stats.accepted, stats.not_logged, rows), (0, 0, 3, 0), "{stats:?}");
+        }
+    }
+}

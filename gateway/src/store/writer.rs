@@ -258,6 +258,16 @@ impl LogHandle {
         self.shared.spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
     }
 
+    /// [`push`](Self::push) for a row built only when the log keeps it: with `[database]
+    /// log_requests = false` a request builds no row at all.
+    pub fn push_with(&self, row: impl FnOnce() -> LogRow) {
+        if !self.shared.log_requests {
+            add(&self.shared.counters.not_logged, 1);
+            return;
+        }
+        self.push(row());
+    }
+
     /// Wakes a writer waiting for its batch to fill once enough rows are queued: one wake-up
     /// per batch rather than one per row.
     fn wake_writer_if_batch_full(&self) {
