@@ -247,11 +247,6 @@ impl Iterator for Pieces {
             let range = self.start + range.start..self.start + range.end;
             let class = classify(&data);
             if class.usage_only {
-                if end == self.start {
-                    // The run is empty: the usage-only event is the piece.
-                    self.start = range.end;
-                    return Some(StreamPiece { bytes: self.span.slice(range), usage: class.usage, usage_only: true, has_content: false });
-                }
                 self.usage_only = class.usage.map(|usage| (range, usage));
                 break;
             }
@@ -260,6 +255,10 @@ impl Iterator for Pieces {
                 run.usage = class.usage;
             }
             end = range.end;
+        }
+        if end == self.start && self.usage_only.is_some() {
+            // The run is empty: the usage-only event is the piece.
+            return self.next();
         }
         run.bytes = self.span.slice(self.start..end);
         self.start = end;

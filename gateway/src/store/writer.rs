@@ -231,11 +231,18 @@ impl std::fmt::Debug for LogHandle {
 impl LogHandle {
     /// Queues a row without waiting. When the channel is full or closed the row goes to the
     /// spill file instead (via the spill thread, or directly once the writer has stopped).
-    pub fn push(&self, mut row: LogRow) {
+    pub fn push(&self, row: LogRow) {
+        self.push_with(|| row);
+    }
+
+    /// [`push`](Self::push) for a row built only when the log keeps it: with `[database]
+    /// log_requests = false` a request builds no row at all.
+    pub fn push_with(&self, row: impl FnOnce() -> LogRow) {
         if !self.shared.log_requests {
             add(&self.shared.counters.not_logged, 1);
             return;
         }
+        let mut row = row();
         self.prepare(&mut row);
         let row = match self.tx.try_send(Msg::Row(row)) {
             Ok(()) => {
@@ -256,16 +263,6 @@ impl LogHandle {
         // The writer or the spill thread has stopped (shutdown): append right here, for
         // the next start to replay.
         self.shared.spill_rows(std::slice::from_ref(&row), SpillReason::ChannelFull);
-    }
-
-    /// [`push`](Self::push) for a row built only when the log keeps it: with `[database]
-    /// log_requests = false` a request builds no row at all.
-    pub fn push_with(&self, row: impl FnOnce() -> LogRow) {
-        if !self.shared.log_requests {
-            add(&self.shared.counters.not_logged, 1);
-            return;
-        }
-        self.push(row());
     }
 
     /// Wakes a writer waiting for its batch to fill once enough rows are queued: one wake-up
