@@ -48,10 +48,10 @@ wait_healthy() {
     if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
       log "$name exited early; log:"; cat "$OUT_DIR/$name.log" >&2 || true; exit 1
     fi
-    curl -fsS -o /dev/null --max-time 1 "$url" && return 0
+    curl -fs -o /dev/null --max-time 1 "$url" && return 0
     sleep 0.05
   done
-  log "not healthy: $url"; [[ -n "$name" ]] && { cat "$OUT_DIR/$name.log" >&2 || true; }
+  log "not healthy: $url"; curl -sS -o /dev/null --max-time 1 "$url" || true; [[ -n "$name" ]] && { cat "$OUT_DIR/$name.log" >&2 || true; }
   exit 1
 }
 

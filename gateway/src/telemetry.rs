@@ -24,13 +24,20 @@ use tokio::sync::mpsc;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
 use crate::error::Error;
 
 /// Whether spans are exported: when not, nothing is extracted or injected per request.
 static TRACING: AtomicBool = AtomicBool::new(false);
+
+/// Target of the spans each request opens (`chat` and its steps). They are there for traces;
+/// the log lines leave them out unless `RUST_LOG` names this target (`RUST_LOG=info,
+/// switchyard::request=info`), because a subscriber that keeps eight spans a request costs
+/// more CPU than the rest of a passthrough request's user-space work, for context on lines
+/// the request path seldom writes (its warnings name the request id themselves).
+pub const REQUEST_SPANS: &str = "switchyard::request";
 
 /// Batches waiting to be posted; more are dropped.
 const QUEUED_BATCHES: usize = 64;
@@ -68,17 +75,6 @@ impl Telemetry {
 /// Installs the global subscriber: logs in `format`, and spans to `otlp` when given. Call
 /// inside the Tokio runtime (the poster runs on it).
 pub fn init(format: LogFormat, otlp: Option<OtlpConfig>) -> Result<Telemetry, Error> {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let text = (format == LogFormat::Text).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()));
-    let json = (format == LogFormat::Json).then(|| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .with_filter(filter())
-    });
     let (provider, poster, traces) = match otlp {
         None => (None, None, None),
         Some(otlp) => {
@@ -86,18 +82,52 @@ pub fn init(format: LogFormat, otlp: Option<OtlpConfig>) -> Result<Telemetry, Er
             let provider = SdkTracerProvider::builder().with_batch_exporter(ChannelExporter { batches }).build();
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("switchyard"))
-                .with_filter(EnvFilter::new("info"));
+                .with_filter(EnvFilter::new("info"))
+                .boxed();
             TRACING.store(true, Ordering::Relaxed);
             (Some(provider), Some(poster), Some(layer))
         }
     };
+    let rust_log = std::env::var("RUST_LOG").ok();
     tracing_subscriber::registry()
-        .with(text)
-        .with(json)
-        .with(traces)
+        .with(layers(format, rust_log.as_deref(), traces))
         .try_init()
         .map_err(|e| Error::Config(format!("logging is already set up: {e}")))?;
     Ok(Telemetry { provider, poster })
+}
+
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// The subscriber's layers: log lines in `format` filtered by `rust_log`, and `traces`. A list
+/// rather than optional layers: an absent `Option` layer counts as interested in every span,
+/// so the registry would keep each request's spans with nothing reading them.
+fn layers(format: LogFormat, rust_log: Option<&str>, traces: Option<BoxedLayer>) -> Vec<BoxedLayer> {
+    let filter = log_filter(rust_log);
+    let lines = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    };
+    std::iter::once(lines).chain(traces).collect()
+}
+
+/// The log lines' filter: `RUST_LOG` (`info` when unset or unreadable), without the request
+/// spans unless it names them.
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let filter = rust_log.and_then(|directives| EnvFilter::try_new(directives).ok()).unwrap_or_else(|| EnvFilter::new("info"));
+    if rust_log.is_some_and(|directives| directives.contains(REQUEST_SPANS)) {
+        return filter;
+    }
+    match format!("{REQUEST_SPANS}=off").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// Makes the client's `traceparent` (if any) the parent of `span`.
@@ -219,5 +249,43 @@ fn attribute(value: &opentelemetry::Value) -> Value {
         opentelemetry::Value::I64(i) => json!({"intValue": i.to_string()}),
         opentelemetry::Value::F64(f) => json!({"doubleValue": f}),
         other => json!({"stringValue": other.as_str().as_ref()}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a request span, and an INFO line of another target, are kept by the
+    /// subscriber `init` installs (text lines, no traces) under `RUST_LOG=rust_log`.
+    fn logged(rust_log: Option<&str>) -> (bool, bool) {
+        let text = kept(LogFormat::Text, rust_log, None);
+        assert_eq!(kept(LogFormat::Json, rust_log, None), text, "JSON lines as text lines");
+        text
+    }
+
+    fn kept(format: LogFormat, rust_log: Option<&str>, traces: Option<BoxedLayer>) -> (bool, bool) {
+        let subscriber = tracing_subscriber::registry().with(layers(format, rust_log, traces));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(target: REQUEST_SPANS, "chat");
+            (!span.is_disabled(), tracing::enabled!(target: "gateway::app", tracing::Level::INFO))
+        })
+    }
+
+    #[test]
+    fn log_lines_leave_the_request_spans_out_unless_rust_log_names_them() {
+        assert_eq!(logged(None), (false, true), "default: INFO lines, no request spans");
+        assert_eq!(logged(Some("debug")), (false, true));
+        assert_eq!(logged(Some("not a filter [")), (false, true), "an unreadable RUST_LOG falls back to info");
+        assert_eq!(logged(Some("warn")), (false, false));
+        assert_eq!(logged(Some("info,switchyard::request=info")), (true, true));
+        assert_eq!(logged(Some("warn,switchyard::request=info")), (true, false));
+    }
+
+    #[test]
+    fn traces_keep_the_request_spans_whatever_rust_log_says() {
+        let traces = || Some(tracing_subscriber::filter::LevelFilter::INFO.boxed());
+        assert!(kept(LogFormat::Text, None, traces()).0);
+        assert!(kept(LogFormat::Json, Some("warn"), traces()).0);
     }
 }

@@ -38,6 +38,7 @@ use crate::registry::{ModelEntry, RouteEntry, Target};
 use crate::response_cache::{hit_response, CachePlan, HitKind, HEADER_CACHE};
 use crate::routing::{Decision, QueryEmbedding};
 use crate::store::{Caller, DecisionRecord};
+use crate::telemetry::REQUEST_SPANS;
 use fallback::UpstreamCall;
 pub use options::ClientOptions;
 use stream::{client_stream, CacheWrite};
@@ -53,12 +54,12 @@ pub const HEADER_DECISION: &str = "x-switchyard-decision";
 pub const HEADER_DECISION_MS: &str = "x-switchyard-decision-ms";
 pub use options::{HEADER_MAX_COST, HEADER_TIMEOUT, HEADER_TRADEOFF};
 
-/// The handler: every request runs inside a span carrying its request id (at INFO, so that
-/// it costs nothing when only warnings are logged; the warnings of the request path name the
-/// request id themselves).
+/// The handler: every request runs inside a span carrying its request id, for traces (log
+/// lines leave it out unless `RUST_LOG` names [`REQUEST_SPANS`]; the warnings of the request
+/// path name the request id themselves).
 pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     let request_id = Uuid::now_v7();
-    let span = tracing::info_span!("chat", %request_id, client_request_id = tracing::field::Empty, model = tracing::field::Empty);
+    let span = tracing::info_span!(target: REQUEST_SPANS, "chat", %request_id, client_request_id = tracing::field::Empty, model = tracing::field::Empty);
     if let Some(id) = headers.get(HEADER_CLIENT_REQUEST_ID).and_then(crate::app::client_request_id).and_then(|v| v.to_str().ok()) {
         span.record("client_request_id", id);
     }
@@ -66,22 +67,23 @@ pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap,
     run(state, headers, body, request_id).instrument(span).await
 }
 
-/// The steps, each in its own span (free unless traces or INFO logs are on).
+/// The steps, each in its own span (free unless traces are on or `RUST_LOG` names the
+/// request spans).
 async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body, request_id: Uuid) -> Result<Response, Error> {
     use tracing::info_span;
-    let ctx = RequestContext::parse(state, headers, body, request_id).instrument(info_span!("parse")).await?;
-    let admission = ctx.admit().instrument(info_span!("limits")).await?;
+    let ctx = RequestContext::parse(state, headers, body, request_id).instrument(info_span!(target: REQUEST_SPANS, "parse")).await?;
+    let admission = ctx.admit().instrument(info_span!(target: REQUEST_SPANS, "limits")).await?;
     let mut plan = ctx.cache_plan();
-    if let Some(hit) = ctx.exact_hit(plan.as_ref()).instrument(info_span!("cache.exact")).await {
+    if let Some(hit) = ctx.exact_hit(plan.as_ref()).instrument(info_span!(target: REQUEST_SPANS, "cache.exact")).await {
         return Ok(hit);
     }
-    let query = ctx.embed_query(plan.as_ref()).instrument(info_span!("embed")).await;
-    if let Some(hit) = info_span!("cache.semantic").in_scope(|| ctx.semantic_hit(plan.as_mut(), &query)) {
+    let query = ctx.embed_query(plan.as_ref()).instrument(info_span!(target: REQUEST_SPANS, "embed")).await;
+    if let Some(hit) = info_span!(target: REQUEST_SPANS, "cache.semantic").in_scope(|| ctx.semantic_hit(plan.as_mut(), &query)) {
         return Ok(hit);
     }
-    let decision = info_span!("select").in_scope(|| ctx.decide(&query));
+    let decision = info_span!(target: REQUEST_SPANS, "select").in_scope(|| ctx.decide(&query));
     let mut outcome = ctx.outcome(&decision, admission, &query, plan.as_ref());
-    let upstream_span = info_span!("upstream", model = decision.chosen().name.as_str());
+    let upstream_span = info_span!(target: REQUEST_SPANS, "upstream", model = decision.chosen().name.as_str());
     let (model, upstream) = match ctx.call_upstream(&decision, &mut outcome).instrument(upstream_span).await {
         Ok(answered) => answered,
         Err(error) => {
