@@ -11,6 +11,8 @@
 #        SWITCHYARD_BIN for both),
 #      CONNS (32), ROUNDS (4), ROUND_SECONDS (6), STREAM (0 | 1), LOG_REQUESTS (true | false),
 #      A_LOG_REQUESTS, B_LOG_REQUESTS (per side; default LOG_REQUESTS: the log's own cost),
+#      A_RUST_LOG, B_RUST_LOG (the gateway's log filter per side; default: unset, as a user
+#        runs it),
 #      GATEWAY_CPUS, UPSTREAM_CPUS, LOADGEN_CPUS (taskset CPU lists, as in bench/load.sh),
 #      UPSTREAM (mock | nginx: the static upstream of bench/load.sh, which shows the gateway's
 #        own cost better than the mock, itself slow),
@@ -54,8 +56,8 @@ wait_healthy "http://127.0.0.1:$MOCK_PORT/health"
 declare -A PORT PID
 for side in A B; do
   PORT[$side]="$(free_port)"
-  lines="$A_SERVER"; side_bin="${A_BIN:-$BIN}"; side_log="${A_LOG_REQUESTS:-$LOG_REQUESTS}"
-  [[ "$side" == B ]] && { lines="$B_SERVER"; side_bin="${B_BIN:-$BIN}"; side_log="${B_LOG_REQUESTS:-$LOG_REQUESTS}"; }
+  lines="$A_SERVER"; side_bin="${A_BIN:-$BIN}"; side_log="${A_LOG_REQUESTS:-$LOG_REQUESTS}"; side_filter="${A_RUST_LOG:-}"
+  [[ "$side" == B ]] && { lines="$B_SERVER"; side_bin="${B_BIN:-$BIN}"; side_log="${B_LOG_REQUESTS:-$LOG_REQUESTS}"; side_filter="${B_RUST_LOG:-}"; }
   cat >"$OUT_DIR/gateway-$side.toml" <<EOF
 [server]
 listen = "127.0.0.1:${PORT[$side]}"
@@ -72,7 +74,7 @@ url = "sqlite://$OUT_DIR/outcomes-$side.db"
 spill_path = "$OUT_DIR/spill-$side.jsonl"
 log_requests = $side_log
 EOF
-  env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN RUST_LOG=warn $GATEWAY_PIN "$side_bin" serve --config "$OUT_DIR/gateway-$side.toml" \
+  env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN -u RUST_LOG ${side_filter:+RUST_LOG=$side_filter} $GATEWAY_PIN "$side_bin" serve --config "$OUT_DIR/gateway-$side.toml" \
     >"$OUT_DIR/gateway-$side.log" 2>&1 &
   PID[$side]=$!
   PIDS+=($!)

@@ -24,6 +24,7 @@
 #      OUT_DIR, LOG_REQUESTS (default true; false: `[database] log_requests = false`),
 #      UPSTREAM (mock | nginx; nginx is installed with apt-get when missing),
 #      GATEWAY_WORKERS (the gateway's Tokio worker threads; default: one per CPU),
+#      GATEWAY_RUST_LOG (the gateway's log filter; default: unset, as a user runs it),
 #      GATEWAY_RUNTIME (`[server] runtime`: shared | per_core; default: the gateway's default),
 #      SERVING_THREADS (`[server] serving_threads` for per_core; default: one per CPU),
 #      GATEWAY_CPUS, UPSTREAM_CPUS, LOADGEN_CPUS (taskset CPU lists, e.g. 1 and 0: keeps the
@@ -137,7 +138,7 @@ else
 fi
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
-env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN LD_PRELOAD="$GATEWAY_PRELOAD" RUST_LOG=warn \
+env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN -u RUST_LOG LD_PRELOAD="$GATEWAY_PRELOAD" ${GATEWAY_RUST_LOG:+RUST_LOG=$GATEWAY_RUST_LOG} \
   ${GATEWAY_WORKERS:+TOKIO_WORKER_THREADS=$GATEWAY_WORKERS} \
   $GATEWAY_PIN "$BIN" serve --config "$OUT_DIR/gateway.toml" >"$OUT_DIR/gateway.log" 2>&1 &
 GW_PID=$!

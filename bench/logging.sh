@@ -74,7 +74,7 @@ url = "$DB_URL"
 spill_path = "$OUT_DIR/spill-$mode.jsonl"
 log_requests = $flag
 EOF
-  env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN RUST_LOG=warn "$BIN" serve --config "$OUT_DIR/gateway-$mode.toml" \
+  env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN -u RUST_LOG "$BIN" serve --config "$OUT_DIR/gateway-$mode.toml" \
     >"$OUT_DIR/gateway-$mode.log" 2>&1 &
   PIDS+=($!)
   GW_PID[$mode]=$!
