@@ -87,6 +87,7 @@ fn json_logs_are_one_object_a_line_and_name_the_request() {
         let response = reqwest::Client::new()
             .post(format!("http://{addr}/v1/chat/completions"))
             .header("x-mock-fault", "primary=500")
+            .header("x-request-id", "client-7f3a")
             .json(&serde_json::json!({"model": "primary", "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await
@@ -105,5 +106,6 @@ fn json_logs_are_one_object_a_line_and_name_the_request() {
     };
     assert_eq!(warning["request_id"], request_id.as_str(), "{warning}");
     assert_eq!(warning["model"], "primary", "{warning}");
+    assert_eq!(warning["client_request_id"], "client-7f3a", "the client's own id, for its logs: {warning}");
     drop(child);
 }
