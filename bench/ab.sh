@@ -4,8 +4,9 @@
 # that drifting background load on a shared machine hits both alike. Reports req/s and the
 # gateway process's CPU time per request (user + system, /proc) per round and pooled.
 #
-# Env: A_SERVER, B_SERVER (TOML lines for `[server]`; default: runtime = "shared" vs
-#        runtime = "per_core"), A_NAME, B_NAME (labels; default shared / per_core),
+# Env: A_SERVER, B_SERVER (TOML lines for `[server]`; unset: runtime = "shared" vs
+#        runtime = "per_core"; set but empty: no lines, the gateway's defaults),
+#      A_NAME, B_NAME (labels; default shared / per_core),
 #      SWITCHYARD_BIN (default target-bench/release/switchyard, then target/release/switchyard),
 #      A_BIN, B_BIN (a binary per side, e.g. builds before and after a change; default
 #        SWITCHYARD_BIN for both),
@@ -22,8 +23,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-A_SERVER="${A_SERVER:-runtime = \"shared\"}"
-B_SERVER="${B_SERVER:-runtime = \"per_core\"}"
+A_SERVER="${A_SERVER-runtime = \"shared\"}"
+B_SERVER="${B_SERVER-runtime = \"per_core\"}"
 A_NAME="${A_NAME:-shared}"
 B_NAME="${B_NAME:-per_core}"
 CONNS="${CONNS:-32}"
