@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -259,11 +259,12 @@ const MAX_CLIENT_REQUEST_ID: usize = 128;
 
 /// Every answer, errors included, carries `x-request-id`: the client's own when it sent one
 /// (visible ASCII, at most 128 characters), so one id ties the client's logs to the gateway's
-/// (the chat span records it as `client_request_id`), else the gateway's request id. The
+/// (the chat span and the fallback warning record it as `client_request_id`), else the
+/// gateway's request id. The
 /// gateway's id stays the key of the outcome log and of `/v1/feedback`: clients reuse their
 /// ids (retries, batch jobs), and a repeated key would lose a row.
 async fn echo_request_id(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let client_id = request.headers().get(crate::chat::HEADER_CLIENT_REQUEST_ID).and_then(client_request_id).cloned();
+    let client_id = client_request_id(request.headers()).cloned();
     let mut response = next.run(request).await;
     let id = client_id.or_else(|| response.headers().get(crate::chat::HEADER_REQUEST_ID).cloned());
     if let Some(id) = id {
@@ -272,8 +273,9 @@ async fn echo_request_id(request: axum::extract::Request, next: axum::middleware
     response
 }
 
-/// A client's `x-request-id` worth echoing and logging.
-pub(crate) fn client_request_id(value: &HeaderValue) -> Option<&HeaderValue> {
+/// The client's `x-request-id` in `headers`, when it is worth echoing and logging.
+pub(crate) fn client_request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let value = headers.get(crate::chat::HEADER_CLIENT_REQUEST_ID)?;
     let text = value.to_str().ok()?;
     (!text.is_empty() && text.len() <= MAX_CLIENT_REQUEST_ID && text.bytes().all(|b| b.is_ascii_graphic())).then_some(value)
 }

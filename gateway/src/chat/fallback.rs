@@ -91,11 +91,7 @@ impl UpstreamCall<'_> {
                 Err(error) => match Failure::of(&error) {
                     Some(failure) => {
                         breakers.record_failure(&model.name, failure);
-                        let client_request_id = self
-                            .headers
-                            .get(super::HEADER_CLIENT_REQUEST_ID)
-                            .and_then(crate::app::client_request_id)
-                            .and_then(|id| id.to_str().ok());
+                        let client_request_id = crate::app::client_request_id(self.headers).and_then(|id| id.to_str().ok());
                         tracing::warn!(request_id = %self.request_id, client_request_id, model = %model.name, error = %error, "upstream failed; trying the next model");
                         last_error = Some(error);
                     }

@@ -60,7 +60,7 @@ pub use options::{HEADER_MAX_COST, HEADER_TIMEOUT, HEADER_TRADEOFF};
 pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Error> {
     let request_id = Uuid::now_v7();
     let span = tracing::info_span!(target: REQUEST_SPANS, "chat", %request_id, client_request_id = tracing::field::Empty, model = tracing::field::Empty);
-    if let Some(id) = headers.get(HEADER_CLIENT_REQUEST_ID).and_then(crate::app::client_request_id).and_then(|v| v.to_str().ok()) {
+    if let Some(id) = crate::app::client_request_id(&headers).and_then(|v| v.to_str().ok()) {
         span.record("client_request_id", id);
     }
     crate::telemetry::continue_trace(&span, &headers);
