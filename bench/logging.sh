@@ -93,14 +93,17 @@ done
 # processes: what the log costs per row, steadier than the throughput ratio on a busy host.
 cpu_snapshot() {
   for mode in on off; do
+    # The whole process (its threads that have exited included: a blocking-pool thread that
+    # worked and went idle), then each live thread by id and name.
+    echo "$mode - process $(awk '{print $14 + $15}' "/proc/${GW_PID[$mode]}/stat")"
     for t in /proc/"${GW_PID[$mode]}"/task/*; do
-      echo "$mode $(tr ' ' _ <"$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+      echo "$mode ${t##*/} $(tr ' ' _ <"$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
     done
   done
   # With the time of children already reaped (fields 16-17): an autovacuum worker or backend
   # that ran and exited between the snapshots is in its parent's (the postmaster's) account.
   for p in $(pgrep -u postgres 2>/dev/null); do
-    echo "db postgres $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat" 2>/dev/null || echo 0)"
+    echo "db $p postgres $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat" 2>/dev/null || echo 0)"
   done
 }
 # The whole machine's busy time (every process and the kernel's own threads: the page cache's
@@ -168,25 +171,29 @@ print(f"\nWhole machine's busy CPU per request (gateway, upstream, load generato
       f" ({100 * (busy['on'] - busy['off']) / busy['off']:+.1f}%)")
 
 def cpu(path):
-    total = collections.Counter()
+    ticks_of = {}
     for line in open(os.path.join(out, path)):
-        who, name, t = line.split()
-        total[(who, name)] += int(t)
-    return total
+        who, tid, name, t = line.split()
+        ticks_of[(who, tid, name)] = int(t)
+    return ticks_of
 before, after = cpu("cpu-before.txt"), cpu("cpu-after.txt")
 # Requests each gateway served; the database server's time is per row the logging one wrote.
 served = {"on": tot["on"][0], "off": tot["off"][0], "db": tot["on"][0]}
+# Threads by name, each counted from its own first snapshot (0 if it started in between); a
+# thread that exited in between is missing here but not from the process totals below.
+by_name = collections.Counter()
+for (who, tid, name), t in after.items():
+    if tid != "-":
+        by_name[(who, name)] += t - before.get((who, tid, name), 0)
 print("\nCPU per request over all rounds (µs; threads by name; the database server per logged row):")
-for key in sorted(after):
-    spent = (after[key] - before.get(key, 0)) * 1e6 / ticks
-    who, name = key
+for (who, name), spent in sorted(by_name.items()):
     if spent > 0 and served[who]:
-        print(f"  {'database' if who == 'db' else 'log ' + who:<9} {name:<22} {spent / served[who]:7.2f}")
+        print(f"  {'database' if who == 'db' else 'log ' + who:<9} {name:<22} {spent * 1e6 / ticks / served[who]:7.2f}")
 # The log's cost by CPU accounting: what the logging gateway's threads spent per request beyond
 # the other one's, plus the database server's time per row, against what the whole machine
 # spends per request with the log off. Each part is counted where it ran, so the throughput
 # drift between rounds that widens the interval above does not enter it.
-per_request = {m: sum(after[k] - before.get(k, 0) for k in after if k[0] == m) * 1e6 / ticks / served[m] for m in ("on", "off")}
+per_request = {m: (after[(m, "-", "process")] - before[(m, "-", "process")]) * 1e6 / ticks / served[m] for m in ("on", "off")}
 server = sum(after[k] - before.get(k, 0) for k in after if k[0] == "db") * 1e6 / ticks / served["db"]
 own = per_request["on"] - per_request["off"] + server
 print(f"\nThe log's own CPU per request: gateway {per_request['on']:.1f} - {per_request['off']:.1f} µs"
