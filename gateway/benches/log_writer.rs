@@ -10,7 +10,8 @@
 //! after another through the pool (`insert_rows`, sqlx's multi-row statements); then the
 //! same rows through the log writer, which puts rows into a database file on a connection of
 //! its own (one prepared insert per row): what the outcome log costs a busy gateway per
-//! request off its serving threads.
+//! request off its serving threads; last, the writer into a `WITHOUT ROWID` copy of the table
+//! (one B-tree per row instead of two), to compare layouts.
 //!
 //! Rows look like production rows: a 384-dimension embedding (1.5 KB), three candidates
 //! with predictions as JSON, tenant, key id, prompt hash; no prompt text. Rows are made
@@ -150,13 +151,29 @@ async fn sqlite_run(rows: Vec<LogRow>, mut batch_sizes: impl FnMut() -> usize, l
     Ok(())
 }
 
+/// How the log table is laid out on disk for a SQLite writer run.
+#[derive(Clone, Copy, PartialEq)]
+enum TableLayout {
+    /// The migrated table: rows in a rowid B-tree, plus the primary key's index on `id`.
+    Migrated,
+    /// The same columns `WITHOUT ROWID`: one B-tree keyed by `id` that holds the whole row.
+    /// One insert per row instead of two, but interior pages hold whole rows.
+    WithoutRowid,
+}
+
 /// Pushes `rows` through the log writer into a fresh SQLite file (the production path: the
 /// writer's own connection, one prepared insert per row) in full batches of `batch_size`.
-async fn sqlite_writer_run(rows: Vec<LogRow>, batch_size: usize, label: &str) -> anyhow::Result<()> {
+async fn sqlite_writer_run(rows: Vec<LogRow>, batch_size: usize, layout: TableLayout, label: &str) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir)?;
-    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.join("log.db").display()), 1)?;
+    let file = dir.join("log.db");
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", file.display()), 1)?;
     store.migrate().await?;
+    if layout == TableLayout::WithoutRowid {
+        let connection = rusqlite::Connection::open(&file)?;
+        let create: String = connection.query_row("SELECT sql FROM sqlite_master WHERE name = 'request_log'", [], |r| r.get(0))?;
+        connection.execute_batch(&format!("DROP TABLE request_log; {create} WITHOUT ROWID;"))?;
+    }
     let n = rows.len();
     let writer = LogWriter::spawn(
         store.clone(),
@@ -236,9 +253,13 @@ async fn sqlite_main(rows: usize) -> anyhow::Result<()> {
     sqlite_run((0..rows).map(|i| row(i, &embedding)).collect(), varied, "routed rows (1.5 KB embedding), 16-143").await?;
     // The same rows through the log writer, as the gateway writes them.
     for batch_size in [80, 512] {
-        sqlite_writer_run((0..rows).map(passthrough).collect(), batch_size, "writer: passthrough rows").await?;
+        sqlite_writer_run((0..rows).map(passthrough).collect(), batch_size, TableLayout::Migrated, "writer: passthrough rows").await?;
     }
-    sqlite_writer_run((0..rows).map(|i| row(i, &embedding)).collect(), 80, "writer: routed rows (1.5 KB embedding)").await?;
+    sqlite_writer_run((0..rows).map(|i| row(i, &embedding)).collect(), 80, TableLayout::Migrated, "writer: routed rows (1.5 KB embedding)").await?;
+    // A table without the rowid B-tree, for comparison (not what the migrations create).
+    let without_rowid = TableLayout::WithoutRowid;
+    sqlite_writer_run((0..rows).map(passthrough).collect(), 512, without_rowid, "writer, WITHOUT ROWID: passthrough rows").await?;
+    sqlite_writer_run((0..rows).map(|i| row(i, &embedding)).collect(), 80, without_rowid, "writer, WITHOUT ROWID: routed rows").await?;
     Ok(())
 }
 
