@@ -120,7 +120,8 @@ async fn feedback_joins_its_request(store: &Store, spill_dir: &std::path::Path) 
     let bad = Feedback { score: 1.5, ..first };
     assert!(store.insert_feedback(&bad).await.is_err());
 
-    // Through the endpoint's logic: unknown ids are 404s; ids still on their way are accepted.
+    // Through the endpoint's logic: unknown ids are 404s; ids still on their way are accepted
+    // (a queued row is written first, an hour before its batch would have been).
     let writer = LogWriter::spawn(
         store.clone(),
         WriterConfig {
@@ -152,6 +153,7 @@ async fn feedback_joins_its_request(store: &Store, spill_dir: &std::path::Path) 
     }
     let recorded = gateway::store::feedback::record(store, &log, Some(Some("acme")), body.as_bytes()).await.expect("accepted");
     assert_eq!(recorded.score, 0.0);
+    assert!(store.request_exists(queued.id).await.expect("exists"), "the feedback wrote the queued row");
     let stats = writer.shutdown().await;
     assert_eq!(stats.written, 1);
     assert!(store.request_exists(queued.id).await.expect("exists"));

@@ -116,7 +116,7 @@ async fn database_down_spills_then_replays() {
     assert!(stats.write_failures > 0, "{stats:?}");
     assert!(spill_path.exists());
     assert_eq!(db.count_rows().await, 1_000, "nothing reached the database while cut off");
-    assert!(during.iter().all(|id| log.is_pending(*id)), "spilled rows still accept feedback");
+    assert!(during.iter().all(|id| log.is_spilled(*id)), "spilled rows still accept feedback");
 
     // Rows that arrive while the spill file is non-empty queue behind it.
     proxy.restore().await;
@@ -127,7 +127,7 @@ async fn database_down_spills_then_replays() {
     assert!(landed, "rows in the database: {}, stats {:?}", db.count_rows().await, log.stats());
     let replayed = wait_for(Duration::from_secs(5), async || !spill_path.exists()).await;
     assert!(replayed, "spill file removed once replayed");
-    assert!(during.iter().all(|id| !log.is_pending(*id)));
+    assert!(during.iter().all(|id| !log.is_spilled(*id)));
 
     let stats = writer.shutdown().await;
     assert_nothing_lost(&stats);

@@ -4,11 +4,11 @@
 //! optional `"comment"` and `"source"` (default `api`).
 //!
 //! The request id must be one the gateway issued: either its row is in the database, or this
-//! process accepted the row and it is still on its way (queued, in a batch, or in the spill
-//! file while the database is down). Feedback for such a row is accepted at once rather than
-//! after a flush, because the client got the id only after the row was queued and the row
-//! cannot be lost. Any other id is a 404. A row waiting in a spill file that an earlier run
-//! left is unknown until it is replayed.
+//! process accepted the row and it is still on its way. A row in the spill file (the database
+//! is down) is known from the writer's list of spilled ids; a row queued for a batch is found
+//! by writing what is queued (a flush, at most one batch insert) and looking again, so the
+//! request path keeps no list of its own. Any other id is a 404. A row waiting in a spill file
+//! that an earlier run left is unknown until it is replayed.
 
 use serde::Deserialize;
 use uuid::Uuid;
@@ -68,9 +68,14 @@ pub fn parse(bytes: &[u8]) -> Result<Feedback, Error> {
 pub async fn record(store: &Store, log: &LogHandle, caller_tenant: Option<Option<&str>>, bytes: &[u8]) -> Result<Feedback, Error> {
     let feedback = parse(bytes)?;
     let id = feedback.request_id;
-    let row_tenant = match log.pending_tenant(id) {
+    let row_tenant = match tenant_of(store, log, id).await? {
         Some(tenant) => Some(tenant),
-        None => store.request_tenant(id).await?,
+        // Queued or in a batch being written: write it, then look again. A stopped writer
+        // (shutdown) has written or spilled everything already.
+        None => match log.flush().await {
+            Ok(()) => tenant_of(store, log, id).await?,
+            Err(_) => None,
+        },
     };
     let allowed = match (&row_tenant, caller_tenant) {
         (None, _) => false,
@@ -82,6 +87,15 @@ pub async fn record(store: &Store, log: &LogHandle, caller_tenant: Option<Option
     }
     store.insert_feedback(&feedback).await?;
     Ok(feedback)
+}
+
+/// The tenant of request `id` (`Some(None)`: made without one) from the spill list or the
+/// database; `None` when neither has it.
+async fn tenant_of(store: &Store, log: &LogHandle, id: Uuid) -> Result<Option<Option<String>>, Error> {
+    match log.spilled_tenant(id) {
+        Some(tenant) => Ok(Some(tenant)),
+        None => store.request_tenant(id).await,
+    }
 }
 
 #[cfg(test)]

@@ -38,9 +38,9 @@ use super::{is_row_error, LogRow, LogStore, Store};
 use crate::config::DatabaseConfig;
 use crate::error::Error;
 
-/// Rows whose ids are remembered for feedback before they reach the database; past this,
-/// feedback for a row still on its way gets a 404 until the row is written.
-const MAX_PENDING_IDS: usize = 1_000_000;
+/// Spilled rows whose ids are remembered for feedback before they reach the database; past
+/// this, feedback for such a row gets a 404 until the row is replayed.
+const MAX_SPILLED_IDS: usize = 1_000_000;
 /// How long shutdown keeps replaying the spill file; the rest waits for the next start.
 const SHUTDOWN_REPLAY_BUDGET: Duration = Duration::from_secs(5);
 /// How long one replay pass may run before the writer goes back to the channel.
@@ -142,12 +142,15 @@ enum SpillReason {
 
 struct Shared {
     counters: Counters,
-    /// Ids accepted but not in the database yet (queued, batched or spilled), with the
-    /// tenant that made each request, so that feedback for a request answered a moment ago
-    /// is neither refused nor accepted from another tenant. Every request inserts and removes
-    /// one, so the map hashes with foldhash: the ids are the gateway's own UUIDv7s (lookups of
-    /// client-sent ids insert nothing), so SipHash's flooding defence buys nothing here.
-    pending: Mutex<HashMap<Uuid, Option<String>>>,
+    /// Ids of rows in the spill file or on their way to it (the database was down, or the
+    /// channel full), with the tenant that made each request, so that feedback for them is
+    /// neither refused nor accepted from another tenant until they are replayed. Rows bound
+    /// for a batch are not listed: feedback finds them by flushing the writer (see
+    /// `store::feedback`), which spares every request a shared map's insert and removal, the
+    /// cache lines of which travel between the serving threads and the writer. Hashed with
+    /// foldhash: the ids are the gateway's own UUIDv7s (lookups of client-sent ids insert
+    /// nothing), so SipHash's flooding defence buys nothing here.
+    spilled_ids: Mutex<HashMap<Uuid, Option<String>>>,
     spill: Mutex<SpillFile>,
     /// The spill thread's inbox; taken at shutdown, which ends the thread.
     overflow: Mutex<Option<std::sync::mpsc::Sender<LogRow>>>,
@@ -166,17 +169,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn mark_pending(&self, id: Uuid, tenant: Option<String>) {
-        let mut pending = lock(&self.pending);
-        if pending.len() < MAX_PENDING_IDS {
-            pending.insert(id, tenant);
+    fn list_spilled(&self, rows: &[LogRow]) {
+        let mut spilled = lock(&self.spilled_ids);
+        for row in rows {
+            if spilled.len() < MAX_SPILLED_IDS {
+                spilled.insert(row.id, row.tenant.clone());
+            }
         }
     }
 
-    fn unmark_pending(&self, rows: &[LogRow]) {
-        let mut pending = lock(&self.pending);
+    fn unlist_spilled(&self, rows: &[LogRow]) {
+        let mut spilled = lock(&self.spilled_ids);
         for row in rows {
-            pending.remove(&row.id);
+            spilled.remove(&row.id);
         }
     }
 
@@ -188,7 +193,10 @@ impl Shared {
         }
         let mut spill = lock(&self.spill);
         match spill.append(rows) {
-            Ok(()) => add(&self.counters.spilled, rows.len()),
+            Ok(()) => {
+                add(&self.counters.spilled, rows.len());
+                self.list_spilled(rows);
+            }
             Err(error) => {
                 let counter = match reason {
                     SpillReason::DatabaseDown => &self.counters.dropped_spill_failed,
@@ -196,7 +204,7 @@ impl Shared {
                 };
                 add(counter, rows.len());
                 drop(spill);
-                self.unmark_pending(rows);
+                self.unlist_spilled(rows);
                 tracing::error!(%error, rows = rows.len(), ?reason, "outcome rows lost: cannot write the spill file");
             }
         }
@@ -251,6 +259,9 @@ impl LogHandle {
             }
             Err(mpsc::error::TrySendError::Full(Msg::Row(row))) => {
                 add(&self.shared.counters.overflowed, 1);
+                // Listed now, not when the spill thread has appended it: a flush does not
+                // wait for that thread's queue.
+                self.shared.list_spilled(std::slice::from_ref(&row));
                 match self.to_spill_thread(row) {
                     None => return,
                     Some(row) => row,
@@ -315,15 +326,16 @@ impl LogHandle {
         wait.await.map_err(|_| Error::Internal("the log writer has stopped".into()))
     }
 
-    /// Whether `id` was accepted by this process and is still on its way to the database.
-    pub fn is_pending(&self, id: Uuid) -> bool {
-        lock(&self.shared.pending).contains_key(&id)
+    /// Whether `id`'s row is in this process's spill file (or on its way there) and not yet
+    /// replayed into the database.
+    pub fn is_spilled(&self, id: Uuid) -> bool {
+        lock(&self.shared.spilled_ids).contains_key(&id)
     }
 
-    /// The tenant of a pending request (`Some(None)`: made without a tenant), or `None` when
-    /// `id` is not pending.
-    pub fn pending_tenant(&self, id: Uuid) -> Option<Option<String>> {
-        lock(&self.shared.pending).get(&id).cloned()
+    /// The tenant of a spilled request (`Some(None)`: made without a tenant), or `None` when
+    /// `id` is not spilled.
+    pub fn spilled_tenant(&self, id: Uuid) -> Option<Option<String>> {
+        lock(&self.shared.spilled_ids).get(&id).cloned()
     }
 
     /// Whether rows keep their prompt text (`[database] store_prompts`).
@@ -364,7 +376,6 @@ impl LogHandle {
             }
         }
         add(&self.shared.counters.accepted, 1);
-        self.shared.mark_pending(row.id, row.tenant.clone());
     }
 }
 
@@ -400,7 +411,7 @@ impl LogWriter {
         let (overflow_tx, overflow_rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             counters: Counters::default(),
-            pending: Mutex::new(HashMap::new()),
+            spilled_ids: Mutex::new(HashMap::new()),
             spill: Mutex::new(spill),
             overflow: Mutex::new(Some(overflow_tx)),
             store_prompts: config.store_prompts,
@@ -700,7 +711,6 @@ impl Writer {
         match done {
             Ok((rows, Ok(rejected))) => {
                 add(&self.shared.counters.written, rows.len() - rejected);
-                self.shared.unmark_pending(&rows);
             }
             Ok((rows, Err(error))) => {
                 self.failed(&error);
@@ -782,7 +792,7 @@ impl Writer {
             match self.inserter.insert(&rows).await {
                 Ok(rejected) => {
                     add(&self.shared.counters.replayed, rows.len() - rejected);
-                    self.shared.unmark_pending(&rows);
+                    self.shared.unlist_spilled(&rows);
                     self.replay_offset = chunk.next_offset;
                     if self.retry_at.take().is_some() {
                         tracing::info!("outcome log reachable again; replaying the spill file");
