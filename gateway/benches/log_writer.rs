@@ -11,7 +11,10 @@
 //! same rows through the log writer, which puts rows into a database file on a connection of
 //! its own (one prepared insert per row): what the outcome log costs a busy gateway per
 //! request off its serving threads; last, the writer into a `WITHOUT ROWID` copy of the table
-//! (one B-tree per row instead of two), to compare layouts.
+//! (one B-tree per row instead of two), to compare layouts. `SWITCHYARD_BENCH_WRITER_ONLY=1`
+//! runs only the writer's part (to compare two builds of it, alternating); `=passthrough` only
+//! its passthrough rows in batches of 512, to count the insert thread's instructions per row
+//! under valgrind (steadier than CPU time on a shared host; see bench/README.md).
 //!
 //! Rows look like production rows: a 384-dimension embedding (1.5 KB), three candidates
 //! with predictions as JSON, tenant, key id, prompt hash; no prompt text. Rows are made
@@ -239,18 +242,27 @@ async fn sqlite_main(rows: usize) -> anyhow::Result<()> {
     let embedding = embedding_to_bytes(&embedding);
     // Passthrough rows: no decision, no embedding (the shape `bench/logging.sh` logs).
     let passthrough = |i| LogRow { embedding: None, candidates: None, propensity: None, shadow_choice: None, ..row(i, &embedding) };
-    sqlite_run((0..rows / 4).map(passthrough).collect(), || 512, "warm-up").await?;
-    // A deterministic spread of sizes between 16 and 143 (what 2 ms of gathering holds at
-    // 8k-70k requests a second).
-    let mut state = 12345_u64;
-    let varied = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        16 + (state >> 33) as usize % 128
-    };
-    sqlite_run((0..rows).map(passthrough).collect(), varied, "passthrough rows, batches of 16-143").await?;
-    sqlite_run((0..rows).map(passthrough).collect(), || 80, "passthrough rows, batches of 80").await?;
-    sqlite_run((0..rows).map(passthrough).collect(), || 512, "passthrough rows, batches of 512").await?;
-    sqlite_run((0..rows).map(|i| row(i, &embedding)).collect(), varied, "routed rows (1.5 KB embedding), 16-143").await?;
+    // `SWITCHYARD_BENCH_WRITER_ONLY=1`: only the writer's runs, for A/B comparisons of it;
+    // `=passthrough`: only its passthrough run, for counting instructions under valgrind.
+    let writer_only = std::env::var("SWITCHYARD_BENCH_WRITER_ONLY").ok();
+    if writer_only.as_deref() == Some("passthrough") {
+        let rows = (0..rows).map(passthrough).collect();
+        return sqlite_writer_run(rows, 512, TableLayout::Migrated, "writer: passthrough rows").await;
+    }
+    if writer_only.as_deref() != Some("1") {
+        sqlite_run((0..rows / 4).map(passthrough).collect(), || 512, "warm-up").await?;
+        // A deterministic spread of sizes between 16 and 143 (what 2 ms of gathering holds at
+        // 8k-70k requests a second).
+        let mut state = 12345_u64;
+        let varied = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            16 + (state >> 33) as usize % 128
+        };
+        sqlite_run((0..rows).map(passthrough).collect(), varied, "passthrough rows, batches of 16-143").await?;
+        sqlite_run((0..rows).map(passthrough).collect(), || 80, "passthrough rows, batches of 80").await?;
+        sqlite_run((0..rows).map(passthrough).collect(), || 512, "passthrough rows, batches of 512").await?;
+        sqlite_run((0..rows).map(|i| row(i, &embedding)).collect(), varied, "routed rows (1.5 KB embedding), 16-143").await?;
+    }
     // The same rows through the log writer, as the gateway writes them.
     for batch_size in [80, 512] {
         sqlite_writer_run((0..rows).map(passthrough).collect(), batch_size, TableLayout::Migrated, "writer: passthrough rows").await?;
