@@ -8,7 +8,9 @@
 #
 # Env: SWITCHYARD_BIN (default target-bench/release/switchyard, then target/release/switchyard),
 #      LOG_DB (sqlite | postgres; default sqlite; postgres creates a throwaway database on
-#      PG_SERVER, default postgres://postgres@127.0.0.1:5432, and drops it at the end),
+#      PG_SERVER, default postgres://postgres@127.0.0.1:5432, and drops it at the end;
+#      PG_PARAMS is appended to the gateway's database URL, e.g. "?sslmode=disable" or
+#      "?host=/var/run/postgresql" for the server's Unix socket),
 #      CONNS (32), ROUNDS (3), ROUND_SECONDS (8), STREAM (0 | 1), OHA, OUT_DIR,
 #      RATE (req/s; unset: closed loop at saturation; set: open loop at that rate, where both
 #      gateways serve the same load and the CPU per request is the figure to compare).
@@ -45,7 +47,7 @@ case "$LOG_DB" in
   postgres)
     PG_DB="switchyard_bench_$$"
     psql "$PG_SERVER/postgres" -qc "CREATE DATABASE \"$PG_DB\"" >/dev/null
-    DB_URL="$PG_SERVER/$PG_DB" ;;
+    DB_URL="$PG_SERVER/$PG_DB${PG_PARAMS:-}" ;;
   *) log "LOG_DB must be sqlite or postgres"; exit 1 ;;
 esac
 
@@ -84,7 +86,7 @@ done
 BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"Summarise in one sentence why an LLM gateway is useful.\"}]}"
 [[ "$STREAM" == 1 ]] && BODY="{\"model\":\"$MODEL\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Summarise in one sentence why an LLM gateway is useful.\"}]}"
 
-log "binary $BIN, log database $LOG_DB, $CONNS connections, ${RATE:-unlimited} req/s, $ROUNDS x ${ROUND_SECONDS}s per side, stream=$STREAM; raw: $OUT_DIR"
+log "binary $BIN, log database $LOG_DB${PG_PARAMS:+ ($PG_PARAMS)}, $CONNS connections, ${RATE:-unlimited} req/s, $ROUNDS x ${ROUND_SECONDS}s per side, stream=$STREAM; raw: $OUT_DIR"
 for mode in on off; do # warm-up
   timeout 30 "$OHA" --no-tui --output-format json -z 2s -c "$CONNS" -m POST -T application/json -d "$BODY" \
     "http://127.0.0.1:${PORT[$mode]}/v1/chat/completions" >/dev/null
