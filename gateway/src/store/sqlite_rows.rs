@@ -100,12 +100,12 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-/// Columns of a row, in [`LOG_COLUMNS`] order; `None` is NULL.
-const COLUMN_COUNT: usize = 24;
-const _: () = assert!(LOG_COLUMNS.len() == COLUMN_COUNT, "column_values lists every column of LOG_COLUMNS");
+/// Columns of a row, in [`LOG_COLUMNS`] order (`column_values` must list each one).
+const COLUMN_COUNT: usize = LOG_COLUMNS.len();
 
 /// Which columns a row has values for: bit `i` is `LOG_COLUMNS[i]`.
 type ColumnMask = u32;
+const _: () = assert!(COLUMN_COUNT <= ColumnMask::BITS as usize, "a bit per column");
 
 /// The insert statement for each set of non-NULL columns met so far. A row binds only the
 /// columns it has: a passthrough row leaves about half of them NULL (no embedding, candidates,
