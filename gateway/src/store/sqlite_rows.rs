@@ -9,20 +9,23 @@
 //! Same SQL semantics: a batch is all or nothing, ids already stored are skipped, and values
 //! are stored exactly as sqlx stores them (so reads through sqlx see the same rows).
 //!
-//! A row binds only its non-NULL columns (one statement per set of them, see [`InsertTexts`]).
+//! A row binds only its non-NULL columns (one statement per set of them, see [`insert_sql`]),
+//! and SQLite reads its texts in place (see [`StaticInsert`]).
 //!
 //! Only for a database file: an in-memory database (`sqlite::memory:`) lives inside the pool's
 //! connections, so those rows keep going through sqlx.
 
 use std::borrow::Cow;
+use std::ffi::{c_int, c_uint};
+use std::ptr::NonNull;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
-use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::types::ValueRef;
+use rusqlite::{ffi, Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::{LogRow, LOG_COLUMNS};
@@ -52,10 +55,14 @@ impl SqliteRowInserter {
             .name(format!("{}log", super::SQLITE_THREAD_PREFIX))
             .spawn(move || {
                 super::lower_sqlite_thread_priority();
-                let mut connection = None;
-                let mut texts = InsertTexts::default();
+                let mut connection: Option<LogConnection> = None;
                 while let Ok(job) = inbox.recv() {
-                    let result = insert_batch(&mut connection, &path, &mut texts, &job.rows);
+                    let result = match &mut connection {
+                        Some(connection) => connection.insert_batch(&job.rows),
+                        None => LogConnection::open(&path)
+                            .map_err(InsertError)
+                            .and_then(|opened| connection.insert(opened).insert_batch(&job.rows)),
+                    };
                     if result.is_err() {
                         // Reopen next time: the file may have been replaced or the handle broken.
                         connection = None;
@@ -87,46 +94,12 @@ impl SqliteRowInserter {
     }
 }
 
-fn open(path: &Path) -> rusqlite::Result<Connection> {
-    // No CREATE: the pool made the file and its tables; a missing file is an error here.
-    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    connection.busy_timeout(BUSY_TIMEOUT)?;
-    // As the pool's connections: WAL (a property of the file, set by the pool already),
-    // commits without fsync, statement journals in memory.
-    connection.pragma_update(None, "synchronous", "NORMAL")?;
-    connection.pragma_update(None, "temp_store", "MEMORY")?;
-    // One statement per set of non-NULL columns (see `InsertTexts`): room for all of them.
-    connection.set_prepared_statement_cache_capacity(64);
-    Ok(connection)
-}
-
 /// Columns of a row, in [`LOG_COLUMNS`] order (`column_values` must list each one).
 const COLUMN_COUNT: usize = LOG_COLUMNS.len();
 
 /// Which columns a row has values for: bit `i` is `LOG_COLUMNS[i]`.
 type ColumnMask = u32;
 const _: () = assert!(COLUMN_COUNT <= ColumnMask::BITS as usize, "a bit per column");
-
-/// The insert statement for each set of non-NULL columns met so far. A row binds only the
-/// columns it has: a passthrough row leaves about half of them NULL (no embedding, candidates,
-/// propensity, shadow choice, ...), and binding a NULL, unbinding the previous value and
-/// running the statement's opcodes for a column all cost per row, like a value does.
-#[derive(Default)]
-struct InsertTexts(std::collections::HashMap<ColumnMask, String>);
-
-impl InsertTexts {
-    fn for_mask(&mut self, mask: ColumnMask) -> &str {
-        self.0.entry(mask).or_insert_with(|| {
-            let columns: Vec<&str> = (0..COLUMN_COUNT).filter(|i| mask & (1 << i) != 0).map(|i| LOG_COLUMNS[i]).collect();
-            let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-            format!(
-                "INSERT INTO request_log ({}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
-                columns.join(", "),
-                placeholders.join(", ")
-            )
-        })
-    }
-}
 
 /// A row's values as SQLite is handed them, stored exactly as sqlx stores them (so reads
 /// through sqlx see the same rows): UUIDs as 16-byte blobs, booleans as integers.
@@ -207,22 +180,38 @@ fn put_digits(digits: &mut [u8], mut value: u32) {
     }
 }
 
-fn insert_batch(
-    connection: &mut Option<Connection>,
-    path: &Path,
-    texts: &mut InsertTexts,
-    rows: &[LogRow],
-) -> Result<(), InsertError> {
-    let connection = match connection {
-        Some(connection) => connection,
-        None => connection.insert(open(path).map_err(InsertError)?),
-    };
-    let tx = connection
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(InsertError)?;
-    {
-        // The statements this batch has used, by mask: rows of one kind share one.
-        let mut statements: Vec<(ColumnMask, rusqlite::CachedStatement<'_>)> = Vec::new();
+/// The insert thread's connection and its prepared inserts.
+struct LogConnection {
+    /// One insert per set of non-NULL columns met so far (see [`insert_sql`]); a handful in
+    /// practice, searched in order. Declared before `connection`: finalized before it closes.
+    inserts: Vec<(ColumnMask, StaticInsert)>,
+    connection: Connection,
+}
+
+/// Distinct column sets kept prepared; past this many, the set starts over.
+const MAX_PREPARED_INSERTS: usize = 64;
+
+impl LogConnection {
+    fn open(path: &Path) -> rusqlite::Result<Self> {
+        // No CREATE: the pool made the file and its tables; a missing file is an error here.
+        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        // As the pool's connections: WAL (a property of the file, set by the pool already),
+        // commits without fsync, statement journals in memory.
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "temp_store", "MEMORY")?;
+        Ok(Self { inserts: Vec::new(), connection })
+    }
+
+    /// Inserts `rows` in one transaction: all of them, or none.
+    fn insert_batch(&mut self, rows: &[LogRow]) -> Result<(), InsertError> {
+        // SAFETY: the handle is only passed to SQLite calls on this thread while `connection`
+        // is open (it outlives this call), never closed here.
+        let db = unsafe { self.connection.handle() };
+        let tx = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(InsertError)?;
         let mut created_at = Vec::with_capacity(64);
         for row in rows {
             let candidates = row.candidates.as_ref().map(serde_json::to_string).transpose().map_err(|e| {
@@ -235,23 +224,135 @@ fn insert_batch(
                 .enumerate()
                 .filter(|(_, value)| value.is_some())
                 .fold(0, |mask, (i, _)| mask | (1 << i));
-            let index = match statements.iter().position(|(m, _)| *m == mask) {
+            let index = match self.inserts.iter().position(|(m, _)| *m == mask) {
                 Some(index) => index,
                 None => {
-                    statements.push((mask, tx.prepare_cached(texts.for_mask(mask)).map_err(InsertError)?));
-                    statements.len() - 1
+                    if self.inserts.len() >= MAX_PREPARED_INSERTS {
+                        self.inserts.clear();
+                    }
+                    self.inserts.push((mask, StaticInsert::prepare(db, &insert_sql(mask)).map_err(InsertError)?));
+                    self.inserts.len() - 1
                 }
             };
-            let insert = &mut statements[index].1;
-            for (placeholder, value) in values.into_iter().flatten().enumerate() {
-                insert
-                    .raw_bind_parameter(placeholder + 1, ToSqlOutput::Borrowed(value))
-                    .map_err(InsertError)?;
+            self.inserts[index].1.run(db, values.iter().flatten().copied()).map_err(InsertError)?;
+        }
+        tx.commit().map_err(InsertError)
+    }
+}
+
+/// The insert for the columns in `mask`. A row binds only the columns it has: a passthrough
+/// row leaves about half of them NULL (no embedding, candidates, propensity, shadow choice,
+/// ...), and binding a NULL, unbinding the previous value and running the statement's opcodes
+/// for a column all cost per row, like a value does.
+fn insert_sql(mask: ColumnMask) -> String {
+    let columns: Vec<&str> = (0..COLUMN_COUNT).filter(|i| mask & (1 << i) != 0).map(|i| LOG_COLUMNS[i]).collect();
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT INTO request_log ({}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
+        columns.join(", "),
+        placeholders.join(", ")
+    )
+}
+
+/// A prepared statement held as SQLite's own handle rather than a rusqlite `Statement`, so
+/// that text and blob values are bound with `SQLITE_STATIC`: SQLite reads them in place during
+/// the step. rusqlite binds them `SQLITE_TRANSIENT`, which makes SQLite allocate and copy each
+/// one first (under its allocator's mutex) and free it at the next bind: about a seventh of
+/// this thread's instructions per passthrough row.
+struct StaticInsert {
+    statement: NonNull<ffi::sqlite3_stmt>,
+    /// How many `?N` the statement has: every step is preceded by binding all of them.
+    parameters: usize,
+}
+
+impl StaticInsert {
+    fn prepare(db: *mut ffi::sqlite3, sql: &str) -> rusqlite::Result<Self> {
+        let length = c_int::try_from(sql.len()).map_err(|_| sqlite_error(db, ffi::SQLITE_TOOBIG))?;
+        let mut statement = std::ptr::null_mut();
+        // SAFETY: `db` is an open connection used only by this thread; `sql` is valid for
+        // `length` bytes (SQLite reads no further when given a length).
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v3(
+                db,
+                sql.as_ptr().cast(),
+                length,
+                ffi::SQLITE_PREPARE_PERSISTENT as c_uint,
+                &mut statement,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != ffi::SQLITE_OK {
+            return Err(sqlite_error(db, rc));
+        }
+        let statement = NonNull::new(statement).ok_or(rusqlite::Error::InvalidQuery)?;
+        // SAFETY: `statement` was just prepared and is not finalized until `drop`.
+        let parameters = usize::try_from(unsafe { ffi::sqlite3_bind_parameter_count(statement.as_ptr()) }).unwrap_or(0);
+        Ok(Self { statement, parameters })
+    }
+
+    /// Binds `values` to `?1`, `?2`, ... and runs the statement once.
+    ///
+    /// Sound although SQLite keeps the pointers after this returns: it reads bound values
+    /// only while stepping, and no step happens here unless every parameter was bound anew
+    /// from `values`, which outlive the step.
+    fn run<'v>(&mut self, db: *mut ffi::sqlite3, values: impl Iterator<Item = ValueRef<'v>>) -> rusqlite::Result<()> {
+        let statement = self.statement.as_ptr();
+        let mut bound = 0;
+        for value in values {
+            bound += 1;
+            let index = c_int::try_from(bound).map_err(|_| sqlite_error(db, ffi::SQLITE_RANGE))?;
+            let length = |bytes: &[u8]| c_int::try_from(bytes.len()).map_err(|_| sqlite_error(db, ffi::SQLITE_TOOBIG));
+            // SAFETY: `statement` is live and reset (or fresh); text and blob pointers are
+            // valid for their lengths until the step below has returned (see above).
+            let rc = unsafe {
+                match value {
+                    ValueRef::Null => ffi::sqlite3_bind_null(statement, index),
+                    ValueRef::Integer(v) => ffi::sqlite3_bind_int64(statement, index, v),
+                    ValueRef::Real(v) => ffi::sqlite3_bind_double(statement, index, v),
+                    ValueRef::Text(text) => {
+                        ffi::sqlite3_bind_text(statement, index, text.as_ptr().cast(), length(text)?, ffi::SQLITE_STATIC())
+                    }
+                    ValueRef::Blob(blob) => {
+                        ffi::sqlite3_bind_blob(statement, index, blob.as_ptr().cast(), length(blob)?, ffi::SQLITE_STATIC())
+                    }
+                }
+            };
+            if rc != ffi::SQLITE_OK {
+                return Err(sqlite_error(db, rc));
             }
-            insert.raw_execute().map_err(InsertError)?;
+        }
+        if bound != self.parameters {
+            return Err(rusqlite::Error::InvalidParameterCount(bound, self.parameters));
+        }
+        // SAFETY: as above; the reset returns the statement to its initial state whatever the
+        // step did, so the next row starts clean.
+        unsafe {
+            let rc = ffi::sqlite3_step(statement);
+            let failed = (rc != ffi::SQLITE_DONE).then(|| sqlite_error(db, rc));
+            ffi::sqlite3_reset(statement);
+            failed.map_or(Ok(()), Err)
         }
     }
-    tx.commit().map_err(InsertError)
+}
+
+impl Drop for StaticInsert {
+    fn drop(&mut self) {
+        // SAFETY: the statement is finalized once, here, before its connection closes
+        // (`LogConnection` declares it first).
+        unsafe {
+            ffi::sqlite3_finalize(self.statement.as_ptr());
+        }
+    }
+}
+
+/// The error SQLite reported on `db` for the result code `rc`, as rusqlite shapes it.
+fn sqlite_error(db: *mut ffi::sqlite3, rc: c_int) -> rusqlite::Error {
+    // SAFETY: `db` is open; the message is copied before any other call on it.
+    let message = unsafe {
+        let text = ffi::sqlite3_errmsg(db);
+        (!text.is_null()).then(|| std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned())
+    };
+    rusqlite::Error::SqliteFailure(ffi::Error::new(rc), message)
 }
 
 /// A failed insert, shaped as a sqlx database error so that the writer's handling (spill and
@@ -350,6 +451,93 @@ mod tests {
         for step in 0..10_000_u32 {
             check(base + chrono::TimeDelta::nanoseconds(i64::from(step) * 99_991));
         }
+    }
+
+    fn scratch_table() -> (Connection, *mut ffi::sqlite3, StaticInsert) {
+        let connection = Connection::open_in_memory().expect("open");
+        connection
+            .execute_batch("CREATE TABLE t (a TEXT NOT NULL, b BLOB, c INTEGER CHECK (c >= 0), d REAL)")
+            .expect("table");
+        // SAFETY (test): the handle is used only while `connection` is open, on this thread.
+        let db = unsafe { connection.handle() };
+        let insert = StaticInsert::prepare(db, "INSERT INTO t (a, b, c, d) VALUES (?1, ?2, ?3, ?4)").expect("prepare");
+        (connection, db, insert)
+    }
+
+    /// Values bound in place are read during the step only: every row stores its own text and
+    /// blob although the buffers they came from are rewritten (shorter, longer, empty) between
+    /// rows.
+    #[test]
+    fn each_row_stores_its_own_values_read_in_place() {
+        let (connection, db, mut insert) = scratch_table();
+        let mut text = String::new();
+        let mut blob = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..200_i64 {
+            text.clear();
+            blob.clear();
+            let length = usize::try_from((i * 37) % 300).expect("length");
+            text.extend(std::iter::repeat_n(char::from(b'a' + u8::try_from(i % 26).expect("letter")), length));
+            if i % 7 == 3 {
+                text.push('é');
+            }
+            blob.extend((0..length).map(|j| u8::try_from((j + usize::try_from(i).expect("i")) % 251).expect("byte")));
+            let values = [ValueRef::Text(text.as_bytes()), ValueRef::Blob(&blob), ValueRef::Integer(i), ValueRef::Real(i as f64 / 4.0)];
+            insert.run(db, values.into_iter()).expect("insert");
+            expected.push((text.clone(), blob.clone(), i, i as f64 / 4.0));
+            // The buffers change before the next row: a value read after the step would show.
+            text.push_str("stale");
+            blob.push(0xff);
+        }
+        drop(insert);
+        let mut query = connection.prepare("SELECT a, b, c, d FROM t ORDER BY rowid").expect("select");
+        let stored: Vec<(String, Vec<u8>, i64, f64)> = query
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(stored, expected);
+        // An empty text and an empty blob are values, not NULL.
+        let empty: i64 = connection
+            .query_row("SELECT count(*) FROM t WHERE a = '' AND b = x''", [], |row| row.get(0))
+            .expect("count");
+        assert_eq!(empty, 1);
+    }
+
+    /// No step runs on a partly bound statement (it would read the previous row's values), a
+    /// refused row reports SQLite's extended code and message, and the statement is usable
+    /// after either.
+    #[test]
+    fn a_statement_steps_only_with_every_value_bound_and_recovers_from_a_refused_row() {
+        let (connection, db, mut insert) = scratch_table();
+        let count = || connection.query_row("SELECT count(*) FROM t", [], |row| row.get::<_, i64>(0)).expect("count");
+        insert
+            .run(db, [ValueRef::Text(b"first"), ValueRef::Null, ValueRef::Integer(1), ValueRef::Real(1.0)].into_iter())
+            .expect("insert");
+        let partial = insert.run(db, [ValueRef::Text(b"second"), ValueRef::Null, ValueRef::Integer(2)].into_iter());
+        assert!(matches!(partial, Err(rusqlite::Error::InvalidParameterCount(3, 4))), "{partial:?}");
+        assert_eq!(count(), 1);
+        let refused = insert.run(db, [ValueRef::Text(b"x"), ValueRef::Null, ValueRef::Integer(-1), ValueRef::Null].into_iter());
+        let Err(rusqlite::Error::SqliteFailure(failure, Some(message))) = refused else { panic!("refused: {refused:?}") };
+        assert_eq!(failure.extended_code, ffi::SQLITE_CONSTRAINT_CHECK);
+        assert!(message.contains("CHECK constraint failed"), "{message}");
+        let not_null = insert.run(db, [ValueRef::Null, ValueRef::Null, ValueRef::Null, ValueRef::Null].into_iter());
+        assert!(
+            matches!(&not_null, Err(rusqlite::Error::SqliteFailure(failure, _)) if failure.extended_code == ffi::SQLITE_CONSTRAINT_NOTNULL),
+            "{not_null:?}"
+        );
+        insert
+            .run(db, [ValueRef::Text(b"third"), ValueRef::Blob(b"\x00\x01"), ValueRef::Integer(3), ValueRef::Null].into_iter())
+            .expect("insert after a refusal");
+        drop(insert);
+        let stored: Vec<(String, Option<Vec<u8>>, i64)> = connection
+            .prepare("SELECT a, b, c FROM t ORDER BY rowid")
+            .expect("select")
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(stored, vec![("first".into(), None, 1), ("third".into(), Some(vec![0, 1]), 3)]);
     }
 
     #[test]
