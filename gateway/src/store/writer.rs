@@ -218,7 +218,9 @@ impl Shared {
 // Rows are nearly every message; boxing them would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
 enum Msg {
-    Row(LogRow),
+    /// Boxed: the channel and the writer's inbox move a pointer, not the row's ~570 bytes,
+    /// which the request path would otherwise copy into the channel's memory.
+    Row(Box<LogRow>),
     /// Reply once everything queued before has been written or spilled.
     Flush(oneshot::Sender<()>),
 }
@@ -250,7 +252,7 @@ impl LogHandle {
             add(&self.shared.counters.not_logged, 1);
             return;
         }
-        let mut row = row();
+        let mut row = Box::new(row());
         self.prepare(&mut row);
         let row = match self.tx.try_send(Msg::Row(row)) {
             Ok(()) => {
@@ -258,6 +260,7 @@ impl LogHandle {
                 return;
             }
             Err(mpsc::error::TrySendError::Full(Msg::Row(row))) => {
+                let row = *row;
                 add(&self.shared.counters.overflowed, 1);
                 // Listed now, not when the spill thread has appended it: a flush does not
                 // wait for that thread's queue.
@@ -267,7 +270,7 @@ impl LogHandle {
                     Some(row) => row,
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(Msg::Row(row))) => row,
+            Err(mpsc::error::TrySendError::Closed(Msg::Row(row))) => *row,
             // Only rows are ever `try_send`.
             Err(_) => return,
         };
@@ -300,7 +303,7 @@ impl LogHandle {
     /// for the request path.
     pub async fn send(&self, mut row: LogRow) -> Result<(), Error> {
         self.prepare(&mut row);
-        match self.tx.send(Msg::Row(row)).await {
+        match self.tx.send(Msg::Row(Box::new(row))).await {
             Ok(()) => {
                 self.wake_writer_if_batch_full();
                 Ok(())
@@ -632,7 +635,7 @@ impl Writer {
             loop {
                 for msg in inbox.drain(..) {
                     match msg {
-                        Msg::Row(row) => batch.push(row),
+                        Msg::Row(row) => batch.push(*row),
                         Msg::Flush(done) => {
                             self.write(std::mem::take(&mut batch)).await;
                             self.drain_in_flight().await;
