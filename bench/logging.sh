@@ -11,6 +11,7 @@
 #      PG_SERVER, default postgres://postgres@127.0.0.1:5432, and drops it at the end;
 #      PG_PARAMS is appended to the gateway's database URL, e.g. "?sslmode=disable" or
 #      "?host=/var/run/postgresql" for the server's Unix socket),
+#      DATABASE_LINES (more TOML lines for both gateways' `[database]`, e.g. "batch_size = 2048"),
 #      CONNS (32), ROUNDS (3), ROUND_SECONDS (8), STREAM (0 | 1), OHA, OUT_DIR,
 #      RATE (req/s; unset: closed loop at saturation; set: open loop at that rate, where both
 #      gateways serve the same load and the CPU per request is the figure to compare).
@@ -75,6 +76,7 @@ output_usd_per_mtok = 0.6
 url = "$DB_URL"
 spill_path = "$OUT_DIR/spill-$mode.jsonl"
 log_requests = $flag
+${DATABASE_LINES:-}
 EOF
   env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN -u RUST_LOG "$BIN" serve --config "$OUT_DIR/gateway-$mode.toml" \
     >"$OUT_DIR/gateway-$mode.log" 2>&1 &

@@ -158,7 +158,11 @@ pub struct DatabaseConfig {
     /// from; it exists to measure what the log costs and for deployments that must not keep
     /// a record. Keys and feedback still use the database.
     pub log_requests: bool,
-    /// Rows per batch insert (one `COPY` on Postgres, one transaction on SQLite).
+    /// Most rows per batch insert (one `COPY` on Postgres, one transaction on SQLite). Under
+    /// light load batches are cut by `batch_interval_ms` long before this; under heavy load a
+    /// larger batch spreads each insert's fixed cost (transaction, commit, `COPY` set-up) over
+    /// more rows: a Postgres on the gateway's own cores spent 2.7 µs a row at 512 and 1.9 at
+    /// 4,096 (batches of ~1,800 rows at 36,000 req/s, cut by the interval).
     pub batch_size: usize,
     /// Longest a row waits in a partial batch before it is written.
     pub batch_interval_ms: u64,
@@ -183,7 +187,7 @@ impl Default for DatabaseConfig {
             url: "sqlite://switchyard.db".into(),
             store_prompts: false,
             log_requests: true,
-            batch_size: 512,
+            batch_size: 4096,
             batch_interval_ms: 50,
             channel_capacity: 16_384,
             spill_path: PathBuf::from("switchyard-spill.jsonl"),
