@@ -215,8 +215,6 @@ impl Shared {
     }
 }
 
-// Rows are nearly every message; boxing them would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
 enum Msg {
     /// Boxed: the channel and the writer's inbox move a pointer, not the row's ~570 bytes,
     /// which the request path would otherwise copy into the channel's memory.
@@ -605,13 +603,15 @@ struct Writer {
 }
 
 impl Writer {
-    fn empty_batch(&mut self) -> Vec<LogRow> {
-        self.spare_batch.take().unwrap_or_else(|| Vec::with_capacity(self.config.batch_size))
+    /// The rows gathered in `batch`, leaving it empty (the spare vector, if there is one).
+    fn take_batch(&mut self, batch: &mut Vec<LogRow>) -> Vec<LogRow> {
+        let next = self.spare_batch.take().unwrap_or_else(|| Vec::with_capacity(self.config.batch_size));
+        std::mem::replace(batch, next)
     }
 
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let batch_size = self.config.batch_size;
-        let mut batch = self.empty_batch();
+        let mut batch = Vec::with_capacity(batch_size);
         let mut inbox: Vec<Msg> = Vec::with_capacity(batch_size);
         let mut stopping = false;
         loop {
@@ -645,8 +645,8 @@ impl Writer {
                     match msg {
                         Msg::Row(row) => batch.push(*row),
                         Msg::Flush(done) => {
-                            let next = self.empty_batch();
-                            self.write(std::mem::replace(&mut batch, next)).await;
+                            let rows = self.take_batch(&mut batch);
+                            self.write(rows).await;
                             self.drain_in_flight().await;
                             let _ = done.send(());
                         }
@@ -672,8 +672,7 @@ impl Writer {
                     Ok(_) => {}
                 }
             }
-            let next = self.empty_batch();
-            let full = std::mem::replace(&mut batch, next);
+            let full = self.take_batch(&mut batch);
             self.write(full).await;
             if self.replay_due().is_some_and(|at| at <= Instant::now()) {
                 self.replay(REPLAY_PASS_BUDGET).await;
