@@ -105,3 +105,58 @@ http {
 NGINX_CONF
   $upstream_pin "$NGINX" -p "$dir/nginx" -c "$dir/nginx/nginx.conf" >"$dir/mock.log" 2>&1 &
 }
+
+# A reference proxy: nginx as a plain reverse proxy in front of UPSTREAM_PORT (keep-alive
+# connections to it, one worker per CPU as the gateway has one serving thread per CPU, access
+# log off, responses passed on as they come). What any HTTP proxy costs on this machine, the
+# floor under the gateway's own added latency: it parses no JSON, logs nothing, picks nothing.
+# Usage: start_reference_proxy PORT UPSTREAM_PORT DIR [PIN]  (background: its PID is then $!)
+start_reference_proxy() {
+  local port="$1" upstream_port="$2" dir="$3/proxy" proxy_pin="${4:-}"
+  NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<NGINX_CONF
+daemon off;
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  upstream static_upstream {
+    server 127.0.0.1:$upstream_port;
+    keepalive 256;
+    keepalive_requests 10000000;
+  }
+  server {
+    listen 127.0.0.1:$port;
+    location = /proxy-health { return 200 "ok"; }
+    location / {
+      proxy_pass http://static_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX_CONF
+  $proxy_pin "$NGINX" -p "$dir" -c "$dir/nginx.conf" >"$dir/nginx.log" 2>&1 &
+}
+
+# CPU time (user + system, clock ticks) used so far by a process and its child processes
+# (nginx's workers under its master).
+tree_ticks() {
+  local pid="$1" total child
+  total="$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)"
+  for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+    total=$((total + $(tree_ticks "$child")))
+  done
+  echo "$total"
+}

@@ -29,6 +29,9 @@
 #      SERVING_THREADS (`[server] serving_threads` for per_core; default: one per CPU),
 #      GATEWAY_CPUS, UPSTREAM_CPUS, LOADGEN_CPUS (taskset CPU lists, e.g. 1 and 0: keeps the
 #        gateway off the CPUs the upstream and oha use, to see what sharing them costs),
+#      REFERENCE_PROXY (default 0): 1 = also measure nginx as a plain reverse proxy in the
+#        gateway's place (bench/lib.sh `start_reference_proxy`), in the same rounds: what any
+#        proxy adds on this machine, beside what the gateway adds,
 #      MOCK_NODELAY, GATEWAY_NODELAY (default 0): 1 = LD_PRELOAD bench/nodelay_preload.c into
 #        the mock / the gateway, which sets TCP_NODELAY on every accepted socket. Builds from
 #        before TCP_NODELAY was set on accepted sockets stall every streamed response ~40 ms
@@ -47,6 +50,7 @@ ROUNDS="${ROUNDS:-2}"
 ROUND_SECONDS="${ROUND_SECONDS:-5}"
 MODEL="gpt-4o-mini"
 UPSTREAM="${UPSTREAM:-mock}"
+REFERENCE_PROXY="${REFERENCE_PROXY:-0}"
 [[ "$UPSTREAM" == mock || "$UPSTREAM" == nginx ]] || { echo "UPSTREAM must be mock or nginx" >&2; exit 1; }
 
 log() { echo "[load.sh] $*" >&2; }
@@ -73,6 +77,11 @@ GATEWAY_PRELOAD=""; [[ "$GATEWAY_NODELAY" == 1 ]] && GATEWAY_PRELOAD="$SHIM"
 MOCK_PORT="$(free_port)"
 GW_PORT="$(free_port)"
 while [[ "$GW_PORT" == "$MOCK_PORT" ]]; do GW_PORT="$(free_port)"; done
+PROXY_PORT="$(free_port)"
+while [[ "$PROXY_PORT" == "$MOCK_PORT" || "$PROXY_PORT" == "$GW_PORT" ]]; do PROXY_PORT="$(free_port)"; done
+# What is measured, in this order in every round.
+TARGETS=(direct gateway)
+[[ "$REFERENCE_PROXY" == 1 ]] && TARGETS+=(proxy)
 
 # The upstream's URLs: the mock answers both kinds at one URL; nginx has one location per
 # kind (it cannot look into the body), so the gateway gets one model per kind.
@@ -143,11 +152,27 @@ env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN -u RUST_LOG LD_PRELOAD="$GATEWAY_P
   $GATEWAY_PIN "$BIN" serve --config "$OUT_DIR/gateway.toml" >"$OUT_DIR/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
+PROXY_PID=""
+if [[ "$REFERENCE_PROXY" == 1 ]]; then
+  # In the gateway's place: pinned as the gateway is.
+  start_reference_proxy "$PROXY_PORT" "$MOCK_PORT" "$OUT_DIR" "$GATEWAY_PIN"
+  PROXY_PID=$!
+  PIDS+=("$PROXY_PID")
+fi
 wait_healthy "http://127.0.0.1:$MOCK_PORT/health" mock "$MOCK_PID"
 wait_healthy "http://127.0.0.1:$GW_PORT/health" gateway "$GW_PID"
+[[ -n "$PROXY_PID" ]] && wait_healthy "http://127.0.0.1:$PROXY_PORT/proxy-health"
 
 GATEWAY_URL="http://127.0.0.1:$GW_PORT/v1/chat/completions"
 direct_url() { if [[ "$1" == stream ]]; then echo "$DIRECT_STREAM_URL"; else echo "$DIRECT_NONSTREAM_URL"; fi; }
+# The URL a target is loaded at for a kind (the proxy passes the upstream's paths through).
+target_url() { # kind target
+  case "$2" in
+    direct) direct_url "$1" ;;
+    gateway) echo "$GATEWAY_URL" ;;
+    proxy) direct_url "$1" | sed "s/:$MOCK_PORT\//:$PROXY_PORT\//" ;;
+  esac
+}
 
 # Same body both ways. The stream body asks for usage itself, so that the mock does the same
 # work and the client reads the same events whether or not the gateway is in between (the
@@ -157,11 +182,11 @@ NONSTREAM_BODY="{\"model\":\"$NONSTREAM_MODEL\",\"messages\":[{\"role\":\"user\"
 STREAM_BODY="{\"model\":\"$STREAM_MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}],\"stream\":true,\"stream_options\":{\"include_usage\":true}}"
 
 # Sanity: both paths answer 200 with the expected shape before we time anything.
-for url in "$DIRECT_NONSTREAM_URL" "$GATEWAY_URL"; do
+for url in "$DIRECT_NONSTREAM_URL" "$GATEWAY_URL" ${PROXY_PID:+"$(target_url nonstream proxy)"}; do
   curl -fsS --max-time 5 -H 'content-type: application/json' -d "$NONSTREAM_BODY" "$url" | grep -q '"chat.completion"' \
     || { log "non-stream sanity request to $url failed"; exit 1; }
 done
-for url in "$DIRECT_STREAM_URL" "$GATEWAY_URL"; do
+for url in "$DIRECT_STREAM_URL" "$GATEWAY_URL" ${PROXY_PID:+"$(target_url stream proxy)"}; do
   curl -fsS --max-time 5 -N -H 'content-type: application/json' -d "$STREAM_BODY" "$url" | grep -q 'data: \[DONE\]' \
     || { log "stream sanity request to $url failed"; exit 1; }
 done
@@ -179,12 +204,15 @@ sched_snapshot() {
 run_oha() { # name format url body seconds [extra oha args...]
   local name="$1" format="$2" url="$3" body="$4" seconds="$5"
   shift 5
-  local gw0 mock0
+  local gw0 mock0 proxy0=0
   gw0="$(cpu_ticks "$GW_PID")"; mock0="$(cpu_ticks "$MOCK_PID")"
+  [[ -n "$PROXY_PID" ]] && proxy0="$(tree_ticks "$PROXY_PID")"
   sched_snapshot "$GW_PID" >"$OUT_DIR/$name.gw-sched0"; sched_snapshot "$MOCK_PID" >"$OUT_DIR/$name.up-sched0"
   timeout $((seconds + 30)) $LOADGEN_PIN "$OHA" --no-tui --output-format "$format" -z "${seconds}s" -c "$CONNS" \
     -m POST -T application/json -d "$body" "$@" "$url" >"$OUT_DIR/$name.$format" 2>"$OUT_DIR/$name.err"
-  echo "$(( $(cpu_ticks "$GW_PID") - gw0 )) $(( $(cpu_ticks "$MOCK_PID") - mock0 )) $(getconf CLK_TCK)" >"$OUT_DIR/$name.cpu"
+  local proxy1=0
+  [[ -n "$PROXY_PID" ]] && proxy1="$(tree_ticks "$PROXY_PID")"
+  echo "$(( $(cpu_ticks "$GW_PID") - gw0 )) $(( $(cpu_ticks "$MOCK_PID") - mock0 )) $(getconf CLK_TCK) $(( proxy1 - proxy0 ))" >"$OUT_DIR/$name.cpu"
   sched_snapshot "$GW_PID" >"$OUT_DIR/$name.gw-sched1"; sched_snapshot "$MOCK_PID" >"$OUT_DIR/$name.up-sched1"
 }
 
@@ -197,19 +225,17 @@ if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n * 0.75) }
 fi
 
 # Warm-up: connection pools, allocator, page cache.
-for target in direct gateway; do
-  url="$(direct_url stream)"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
-  run_oha "warmup-$target" json "$url" "$STREAM_BODY" "$WARMUP"
+for target in "${TARGETS[@]}"; do
+  run_oha "warmup-$target" json "$(target_url stream "$target")" "$STREAM_BODY" "$WARMUP"
 done
 
 declare -A FIXED_RATE
 for kind in nonstream stream; do
   body="$NONSTREAM_BODY"; [[ "$kind" == stream ]] && body="$STREAM_BODY"
   # 1. Saturation: closed loop, as fast as it goes.
-  for target in direct gateway; do
-    url="$(direct_url "$kind")"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
+  for target in "${TARGETS[@]}"; do
     log "$kind / $target: saturation, ${DURATION}s"
-    run_oha "$kind-$target-sat" json "$url" "$body" "$DURATION"
+    run_oha "$kind-$target-sat" json "$(target_url "$kind" "$target")" "$body" "$DURATION"
   done
   # 2. Fixed rate: $RATE, but at most 40% of the lower saturation throughput, so that neither
   #    side queues. Direct and gateway alternate in $ROUNDS rounds (so drifting background load
@@ -226,10 +252,9 @@ PY
 )"
   FIXED_RATE[$kind]="$rate"
   for round in $(seq 1 "$ROUNDS"); do
-    for target in direct gateway; do
-      url="$(direct_url "$kind")"; [[ "$target" == gateway ]] && url="$GATEWAY_URL"
+    for target in "${TARGETS[@]}"; do
       log "$kind / $target: fixed rate $rate/s, round $round/$ROUNDS, ${ROUND_SECONDS}s"
-      run_oha "$kind-$target-rate-$round" csv "$url" "$body" "$ROUND_SECONDS" -q "$rate"
+      run_oha "$kind-$target-rate-$round" csv "$(target_url "$kind" "$target")" "$body" "$ROUND_SECONDS" -q "$rate"
     done
   done
 done
@@ -237,16 +262,18 @@ done
 # --- report --------------------------------------------------------------------------------
 echo "Upstream: $UPSTREAM. Gateway: \`$("$BIN" --version 2>/dev/null)\` ($BIN); oha $("$OHA" --version 2>/dev/null | awk '{print $2}'); $(nproc) CPUs; $CONNS connections; saturation runs ${DURATION} s, fixed-rate runs ${ROUNDS} x ${ROUND_SECONDS} s per side, interleaved; TCP_NODELAY shim on mock: $MOCK_NODELAY, on gateway: $GATEWAY_NODELAY; CPUs pinned (gateway / upstream / oha): ${GATEWAY_CPUS:-any} / ${UPSTREAM_CPUS:-any} / ${LOADGEN_CPUS:-any}; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
-python3 - "$OUT_DIR" "$CONNS" "$ROUNDS" "${FIXED_RATE[nonstream]}" "${FIXED_RATE[stream]}" <<'PY'
+python3 - "$OUT_DIR" "$CONNS" "$ROUNDS" "${FIXED_RATE[nonstream]}" "${FIXED_RATE[stream]}" "$REFERENCE_PROXY" <<'PY'
 import csv, json, os, sys
 out, conns, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 fixed = {"nonstream": int(sys.argv[4]), "stream": int(sys.argv[5])}
+with_proxy = sys.argv[6] == "1"
 LABEL = {"nonstream": "non-stream", "stream": "stream"}
 
 def cpu(name):
+    """Seconds of CPU over a run: the gateway's, the upstream's and the reference proxy's."""
     with open(os.path.join(out, name + ".cpu")) as f:
-        gw, mock, hz = (int(x) for x in f.read().split())
-    return gw / hz, mock / hz
+        gw, mock, hz, proxy = (int(x) for x in f.read().split())
+    return gw / hz, mock / hz, proxy / hz
 
 def pct(sorted_ms, q):
     if not sorted_ms:
@@ -261,12 +288,13 @@ def saturation(kind, target):
     ok = sum(v for k, v in codes.items() if 200 <= k < 300)
     # Requests still in flight when the run's time is up are cut off by oha: not failures.
     errors = {k: v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k}
-    gw_s, mock_s = cpu(name)
+    gw_s, mock_s, proxy_s = cpu(name)
     p = d["latencyPercentiles"]
+    per = lambda s: s * 1e6 / ok if ok else 0.0
     return {
         "rps": ok / d["summary"]["total"], "p50": p["p50"] * 1e3, "p99": p["p99"] * 1e3,
         "failed": sum(v for k, v in codes.items() if not 200 <= k < 300) + sum(errors.values()),
-        "gw_cpu_us": gw_s * 1e6 / ok if ok else 0.0, "mock_cpu_us": mock_s * 1e6 / ok if ok else 0.0,
+        "gw_cpu_us": per(gw_s), "mock_cpu_us": per(mock_s), "proxy_cpu_us": per(proxy_s),
     }
 
 # Width of the time windows in which the slowest requests are counted (see `bunching`).
@@ -384,6 +412,23 @@ for kind in ("nonstream", "stream"):
         gw = f"{x['gw_run']:.0f} / {x['gw_wait']:.0f}" if target == "gateway" else "-"
         print(f"| {LABEL[kind]} | {target} | {x['up_run']:.0f} / {x['up_wait']:.0f} | {gw} | {x['steal_pct']:.2f}% |")
 print()
+if with_proxy:
+    print("Reference: nginx as a plain reverse proxy in the gateway's place (keep-alive upstream connections, one worker per CPU, no buffering), same rounds; added = minus direct:")
+    print()
+    def rate_cpu_us(kind, target, rate):
+        """CPU µs a request of the proxy's or the gateway's processes over the fixed-rate rounds."""
+        spent = sum(cpu(f"{kind}-{target}-rate-{r}")[2 if target == "proxy" else 0] for r in range(1, rounds + 1))
+        return spent * 1e6 / rate["requests"] if rate["requests"] else 0.0
+    print("| case | nginx proxy req/s (% of direct) | gateway req/s (% of direct) | CPU µs/req at saturation, proxy / gateway | CPU µs/req at the fixed rate, proxy / gateway | added p50 / p99 at the fixed rate, proxy (ms) | added p50 / p99, gateway (ms) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for kind in ("nonstream", "stream"):
+        (ds, gs), (dr, gr) = rows[(kind, "sat")], rows[(kind, "rate")]
+        ps, pr = saturation(kind, "proxy"), fixed_rate(kind, "proxy")
+        share = lambda x: f"{x['rps']:,.0f} ({100 * x['rps'] / ds['rps']:.0f}%)" if ds["rps"] else "-"
+        print(f"| {LABEL[kind]} | {share(ps)} | {share(gs)} | {ps['proxy_cpu_us']:.0f} / {gs['gw_cpu_us']:.0f} "
+              f"| {rate_cpu_us(kind, 'proxy', pr):.0f} / {rate_cpu_us(kind, 'gateway', gr):.0f} "
+              f"| {pr['p50'] - dr['p50']:+.2f} / {pr['p99'] - dr['p99']:+.2f} | {gr['p50'] - dr['p50']:+.2f} / {gr['p99'] - dr['p99']:+.2f} |")
+    print()
 for kind in ("nonstream", "stream"):
     (ds, gs), (dr, gr) = rows[(kind, "sat")], rows[(kind, "rate")]
     share = 100 * gs["rps"] / ds["rps"] if ds["rps"] else 0.0
