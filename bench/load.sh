@@ -29,9 +29,11 @@
 #      SERVING_THREADS (`[server] serving_threads` for per_core; default: one per CPU),
 #      GATEWAY_CPUS, UPSTREAM_CPUS, LOADGEN_CPUS (taskset CPU lists, e.g. 1 and 0: keeps the
 #        gateway off the CPUs the upstream and oha use, to see what sharing them costs),
-#      REFERENCE_PROXY (default 0): 1 = also measure nginx as a plain reverse proxy in the
-#        gateway's place (bench/lib.sh `start_reference_proxy`), in the same rounds: what any
-#        proxy adds on this machine, beside what the gateway adds,
+#      REFERENCE_PROXY (default: none): reference proxies measured in the gateway's place, in
+#        the same rounds, e.g. "nginx stack": `nginx` = nginx as a plain reverse proxy
+#        (bench/lib.sh `start_reference_proxy`), what any proxy adds on this machine; `stack` =
+#        the gateway's HTTP stack with none of its work (gateway/examples/bare_proxy.rs, built
+#        beside the gateway binary: `cargo build --release -p gateway --example bare_proxy`),
 #      MOCK_NODELAY, GATEWAY_NODELAY (default 0): 1 = LD_PRELOAD bench/nodelay_preload.c into
 #        the mock / the gateway, which sets TCP_NODELAY on every accepted socket. Builds from
 #        before TCP_NODELAY was set on accepted sockets stall every streamed response ~40 ms
@@ -50,7 +52,7 @@ ROUNDS="${ROUNDS:-2}"
 ROUND_SECONDS="${ROUND_SECONDS:-5}"
 MODEL="gpt-4o-mini"
 UPSTREAM="${UPSTREAM:-mock}"
-REFERENCE_PROXY="${REFERENCE_PROXY:-0}"
+REFERENCE_PROXY="${REFERENCE_PROXY:-}"
 [[ "$UPSTREAM" == mock || "$UPSTREAM" == nginx ]] || { echo "UPSTREAM must be mock or nginx" >&2; exit 1; }
 
 log() { echo "[load.sh] $*" >&2; }
@@ -77,11 +79,15 @@ GATEWAY_PRELOAD=""; [[ "$GATEWAY_NODELAY" == 1 ]] && GATEWAY_PRELOAD="$SHIM"
 MOCK_PORT="$(free_port)"
 GW_PORT="$(free_port)"
 while [[ "$GW_PORT" == "$MOCK_PORT" ]]; do GW_PORT="$(free_port)"; done
-PROXY_PORT="$(free_port)"
-while [[ "$PROXY_PORT" == "$MOCK_PORT" || "$PROXY_PORT" == "$GW_PORT" ]]; do PROXY_PORT="$(free_port)"; done
-# What is measured, in this order in every round.
+# What is measured, in this order in every round: the reference proxies after the gateway.
 TARGETS=(direct gateway)
-[[ "$REFERENCE_PROXY" == 1 ]] && TARGETS+=(proxy)
+declare -A REF_PORT REF_PID
+for reference in $REFERENCE_PROXY; do
+  [[ "$reference" == nginx || "$reference" == stack ]] || { echo "REFERENCE_PROXY: nginx and/or stack" >&2; exit 1; }
+  TARGETS+=("$reference")
+  REF_PORT[$reference]="$(free_port)"
+  while [[ "${REF_PORT[$reference]}" == "$MOCK_PORT" || "${REF_PORT[$reference]}" == "$GW_PORT" ]]; do REF_PORT[$reference]="$(free_port)"; done
+done
 
 # The upstream's URLs: the mock answers both kinds at one URL; nginx has one location per
 # kind (it cannot look into the body), so the gateway gets one model per kind.
@@ -152,25 +158,32 @@ env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN -u RUST_LOG LD_PRELOAD="$GATEWAY_P
   $GATEWAY_PIN "$BIN" serve --config "$OUT_DIR/gateway.toml" >"$OUT_DIR/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
-PROXY_PID=""
-if [[ "$REFERENCE_PROXY" == 1 ]]; then
-  # In the gateway's place: pinned as the gateway is.
-  start_reference_proxy "$PROXY_PORT" "$MOCK_PORT" "$OUT_DIR" "$GATEWAY_PIN"
-  PROXY_PID=$!
-  PIDS+=("$PROXY_PID")
-fi
+# Reference proxies, in the gateway's place: pinned as the gateway is.
+for reference in $REFERENCE_PROXY; do
+  if [[ "$reference" == nginx ]]; then
+    start_reference_proxy "${REF_PORT[nginx]}" "$MOCK_PORT" "$OUT_DIR" "$GATEWAY_PIN"
+  else
+    STACK_BIN="$(dirname "$BIN")/examples/bare_proxy"
+    [[ -x "$STACK_BIN" ]] || { log "no $STACK_BIN; build it with: cargo build --release -p gateway --example bare_proxy"; exit 1; }
+    $GATEWAY_PIN "$STACK_BIN" --listen "127.0.0.1:${REF_PORT[stack]}" --upstream "http://127.0.0.1:$MOCK_PORT" >"$OUT_DIR/stack.log" 2>&1 &
+  fi
+  REF_PID[$reference]=$!
+  PIDS+=("$!")
+done
 wait_healthy "http://127.0.0.1:$MOCK_PORT/health" mock "$MOCK_PID"
 wait_healthy "http://127.0.0.1:$GW_PORT/health" gateway "$GW_PID"
-[[ -n "$PROXY_PID" ]] && wait_healthy "http://127.0.0.1:$PROXY_PORT/proxy-health"
+[[ -n "${REF_PID[nginx]:-}" ]] && wait_healthy "http://127.0.0.1:${REF_PORT[nginx]}/proxy-health"
+# The stack proxy forwards every path, /health included, to the upstream.
+[[ -n "${REF_PID[stack]:-}" ]] && wait_healthy "http://127.0.0.1:${REF_PORT[stack]}/health" stack "${REF_PID[stack]}"
 
 GATEWAY_URL="http://127.0.0.1:$GW_PORT/v1/chat/completions"
 direct_url() { if [[ "$1" == stream ]]; then echo "$DIRECT_STREAM_URL"; else echo "$DIRECT_NONSTREAM_URL"; fi; }
-# The URL a target is loaded at for a kind (the proxy passes the upstream's paths through).
+# The URL a target is loaded at for a kind (reference proxies pass the upstream's paths through).
 target_url() { # kind target
   case "$2" in
     direct) direct_url "$1" ;;
     gateway) echo "$GATEWAY_URL" ;;
-    proxy) direct_url "$1" | sed "s/:$MOCK_PORT\//:$PROXY_PORT\//" ;;
+    *) direct_url "$1" | sed "s/:$MOCK_PORT\//:${REF_PORT[$2]}\//" ;;
   esac
 }
 
@@ -182,11 +195,11 @@ NONSTREAM_BODY="{\"model\":\"$NONSTREAM_MODEL\",\"messages\":[{\"role\":\"user\"
 STREAM_BODY="{\"model\":\"$STREAM_MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}],\"stream\":true,\"stream_options\":{\"include_usage\":true}}"
 
 # Sanity: both paths answer 200 with the expected shape before we time anything.
-for url in "$DIRECT_NONSTREAM_URL" "$GATEWAY_URL" ${PROXY_PID:+"$(target_url nonstream proxy)"}; do
+for url in $(for t in "${TARGETS[@]}"; do target_url nonstream "$t"; done); do
   curl -fsS --max-time 5 -H 'content-type: application/json' -d "$NONSTREAM_BODY" "$url" | grep -q '"chat.completion"' \
     || { log "non-stream sanity request to $url failed"; exit 1; }
 done
-for url in "$DIRECT_STREAM_URL" "$GATEWAY_URL" ${PROXY_PID:+"$(target_url stream proxy)"}; do
+for url in $(for t in "${TARGETS[@]}"; do target_url stream "$t"; done); do
   curl -fsS --max-time 5 -N -H 'content-type: application/json' -d "$STREAM_BODY" "$url" | grep -q 'data: \[DONE\]' \
     || { log "stream sanity request to $url failed"; exit 1; }
 done
@@ -201,18 +214,20 @@ sched_snapshot() {
   awk '/^cpu / { print "steal", $9 }' /proc/stat
 }
 
-run_oha() { # name format url body seconds [extra oha args...]
-  local name="$1" format="$2" url="$3" body="$4" seconds="$5"
-  shift 5
-  local gw0 mock0 proxy0=0
+run_oha() { # target name format url body seconds [extra oha args...]
+  local target="$1" name="$2" format="$3" url="$4" body="$5" seconds="$6"
+  shift 6
+  # A reference proxy's CPU (its worker processes included) when it is the one loaded.
+  local ref_pid="${REF_PID[$target]:-}"
+  local gw0 mock0 ref0=0
   gw0="$(cpu_ticks "$GW_PID")"; mock0="$(cpu_ticks "$MOCK_PID")"
-  [[ -n "$PROXY_PID" ]] && proxy0="$(tree_ticks "$PROXY_PID")"
+  [[ -n "$ref_pid" ]] && ref0="$(tree_ticks "$ref_pid")"
   sched_snapshot "$GW_PID" >"$OUT_DIR/$name.gw-sched0"; sched_snapshot "$MOCK_PID" >"$OUT_DIR/$name.up-sched0"
   timeout $((seconds + 30)) $LOADGEN_PIN "$OHA" --no-tui --output-format "$format" -z "${seconds}s" -c "$CONNS" \
     -m POST -T application/json -d "$body" "$@" "$url" >"$OUT_DIR/$name.$format" 2>"$OUT_DIR/$name.err"
-  local proxy1=0
-  [[ -n "$PROXY_PID" ]] && proxy1="$(tree_ticks "$PROXY_PID")"
-  echo "$(( $(cpu_ticks "$GW_PID") - gw0 )) $(( $(cpu_ticks "$MOCK_PID") - mock0 )) $(getconf CLK_TCK) $(( proxy1 - proxy0 ))" >"$OUT_DIR/$name.cpu"
+  local ref1=0
+  [[ -n "$ref_pid" ]] && ref1="$(tree_ticks "$ref_pid")"
+  echo "$(( $(cpu_ticks "$GW_PID") - gw0 )) $(( $(cpu_ticks "$MOCK_PID") - mock0 )) $(getconf CLK_TCK) $(( ref1 - ref0 ))" >"$OUT_DIR/$name.cpu"
   sched_snapshot "$GW_PID" >"$OUT_DIR/$name.gw-sched1"; sched_snapshot "$MOCK_PID" >"$OUT_DIR/$name.up-sched1"
 }
 
@@ -226,7 +241,7 @@ fi
 
 # Warm-up: connection pools, allocator, page cache.
 for target in "${TARGETS[@]}"; do
-  run_oha "warmup-$target" json "$(target_url stream "$target")" "$STREAM_BODY" "$WARMUP"
+  run_oha "$target" "warmup-$target" json "$(target_url stream "$target")" "$STREAM_BODY" "$WARMUP"
 done
 
 declare -A FIXED_RATE
@@ -235,7 +250,7 @@ for kind in nonstream stream; do
   # 1. Saturation: closed loop, as fast as it goes.
   for target in "${TARGETS[@]}"; do
     log "$kind / $target: saturation, ${DURATION}s"
-    run_oha "$kind-$target-sat" json "$(target_url "$kind" "$target")" "$body" "$DURATION"
+    run_oha "$target" "$kind-$target-sat" json "$(target_url "$kind" "$target")" "$body" "$DURATION"
   done
   # 2. Fixed rate: $RATE, but at most 40% of the lower saturation throughput, so that neither
   #    side queues. Direct and gateway alternate in $ROUNDS rounds (so drifting background load
@@ -254,7 +269,7 @@ PY
   for round in $(seq 1 "$ROUNDS"); do
     for target in "${TARGETS[@]}"; do
       log "$kind / $target: fixed rate $rate/s, round $round/$ROUNDS, ${ROUND_SECONDS}s"
-      run_oha "$kind-$target-rate-$round" csv "$(target_url "$kind" "$target")" "$body" "$ROUND_SECONDS" -q "$rate"
+      run_oha "$target" "$kind-$target-rate-$round" csv "$(target_url "$kind" "$target")" "$body" "$ROUND_SECONDS" -q "$rate"
     done
   done
 done
@@ -266,11 +281,13 @@ python3 - "$OUT_DIR" "$CONNS" "$ROUNDS" "${FIXED_RATE[nonstream]}" "${FIXED_RATE
 import csv, json, os, sys
 out, conns, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 fixed = {"nonstream": int(sys.argv[4]), "stream": int(sys.argv[5])}
-with_proxy = sys.argv[6] == "1"
+references = sys.argv[6].split()
+REFERENCE = {"nginx": "nginx as a plain reverse proxy (keep-alive upstream connections, one worker per CPU, no buffering)",
+             "stack": "the gateway's HTTP stack alone (gateway/examples/bare_proxy.rs: Tokio, a runtime per thread, hyper's server and pooled client; no gateway work)"}
 LABEL = {"nonstream": "non-stream", "stream": "stream"}
 
 def cpu(name):
-    """Seconds of CPU over a run: the gateway's, the upstream's and the reference proxy's."""
+    """Seconds of CPU over a run: the gateway's, the upstream's and the loaded reference proxy's."""
     with open(os.path.join(out, name + ".cpu")) as f:
         gw, mock, hz, proxy = (int(x) for x in f.read().split())
     return gw / hz, mock / hz, proxy / hz
@@ -412,22 +429,27 @@ for kind in ("nonstream", "stream"):
         gw = f"{x['gw_run']:.0f} / {x['gw_wait']:.0f}" if target == "gateway" else "-"
         print(f"| {LABEL[kind]} | {target} | {x['up_run']:.0f} / {x['up_wait']:.0f} | {gw} | {x['steal_pct']:.2f}% |")
 print()
-if with_proxy:
-    print("Reference: nginx as a plain reverse proxy in the gateway's place (keep-alive upstream connections, one worker per CPU, no buffering), same rounds; added = minus direct:")
+def rate_cpu_us(kind, target, rate):
+    """CPU µs a request of a reference proxy's processes (or the gateway's) over the fixed-rate rounds."""
+    spent = sum(cpu(f"{kind}-{target}-rate-{r}")[0 if target == "gateway" else 2] for r in range(1, rounds + 1))
+    return spent * 1e6 / rate["requests"] if rate["requests"] else 0.0
+
+if references:
+    print("Reference proxies in the gateway's place, same rounds (added = minus direct):")
     print()
-    def rate_cpu_us(kind, target, rate):
-        """CPU µs a request of the proxy's or the gateway's processes over the fixed-rate rounds."""
-        spent = sum(cpu(f"{kind}-{target}-rate-{r}")[2 if target == "proxy" else 0] for r in range(1, rounds + 1))
-        return spent * 1e6 / rate["requests"] if rate["requests"] else 0.0
-    print("| case | nginx proxy req/s (% of direct) | gateway req/s (% of direct) | CPU µs/req at saturation, proxy / gateway | CPU µs/req at the fixed rate, proxy / gateway | added p50 / p99 at the fixed rate, proxy (ms) | added p50 / p99, gateway (ms) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    for ref in references:
+        print(f"- {ref}: {REFERENCE[ref]}")
+    print()
+    print("| case | path | req/s at saturation (% of direct) | CPU µs/req at saturation | CPU µs/req at the fixed rate | added p50 / p99 at the fixed rate (ms) |")
+    print("|---|---|---:|---:|---:|---:|")
     for kind in ("nonstream", "stream"):
-        (ds, gs), (dr, gr) = rows[(kind, "sat")], rows[(kind, "rate")]
-        ps, pr = saturation(kind, "proxy"), fixed_rate(kind, "proxy")
-        share = lambda x: f"{x['rps']:,.0f} ({100 * x['rps'] / ds['rps']:.0f}%)" if ds["rps"] else "-"
-        print(f"| {LABEL[kind]} | {share(ps)} | {share(gs)} | {ps['proxy_cpu_us']:.0f} / {gs['gw_cpu_us']:.0f} "
-              f"| {rate_cpu_us(kind, 'proxy', pr):.0f} / {rate_cpu_us(kind, 'gateway', gr):.0f} "
-              f"| {pr['p50'] - dr['p50']:+.2f} / {pr['p99'] - dr['p99']:+.2f} | {gr['p50'] - dr['p50']:+.2f} / {gr['p99'] - dr['p99']:+.2f} |")
+        ds, dr = rows[(kind, "sat")][0], rows[(kind, "rate")][0]
+        for target in ["gateway"] + references:
+            sat, rate = saturation(kind, target), fixed_rate(kind, target)
+            share = f"{sat['rps']:,.0f} ({100 * sat['rps'] / ds['rps']:.0f}%)" if ds["rps"] else "-"
+            sat_cpu = sat["gw_cpu_us"] if target == "gateway" else sat["proxy_cpu_us"]
+            print(f"| {LABEL[kind]} | {target} | {share} | {sat_cpu:.0f} | {rate_cpu_us(kind, target, rate):.0f} "
+                  f"| {rate['p50'] - dr['p50']:+.2f} / {rate['p99'] - dr['p99']:+.2f} |")
     print()
 for kind in ("nonstream", "stream"):
     (ds, gs), (dr, gr) = rows[(kind, "sat")], rows[(kind, "rate")]
