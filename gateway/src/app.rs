@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -248,8 +247,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(handlers::ready))
         .merge(crate::dashboard::router(dashboard))
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
-        // The body limit is enforced by `read_body` so the 413 carries an OpenAI error body.
-        .layer(DefaultBodyLimit::disable())
+        // No axum body limit layer: handlers take the raw `Body` and `read_body` enforces
+        // `max_body_bytes`, so the 413 carries an OpenAI error body (and a layer per request
+        // costs a boxed service clone, a boxed future and an extension).
         .layer(axum::middleware::from_fn(echo_request_id))
         .with_state(state)
 }

@@ -83,6 +83,11 @@ impl Breakers {
 
     fn with<T>(&self, model: &str, f: impl FnOnce(&mut Breaker) -> T) -> T {
         let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Looked up by `&str` first: the key is copied only the first time a model is seen,
+        // not twice on every request.
+        if let Some(breaker) = models.get_mut(model) {
+            return f(breaker);
+        }
         f(models.entry(model.to_owned()).or_default())
     }
 
