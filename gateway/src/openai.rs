@@ -125,16 +125,99 @@ impl Usage {
     }
 }
 
-/// Reads `usage` from a response body without building the rest of it.
+/// Reads the top-level `usage` of a response body without parsing the rest of it.
+///
+/// Every non-stream answer passes through here, and serde skipping the other fields (the
+/// answer's text, validated as UTF-8 byte by byte) was ~6,000 instructions a request, about 6%
+/// of the gateway's own. This walks the top-level object's keys, steps over their values by
+/// their brackets and string quotes, and hands only the `usage` value to serde. A body that is
+/// not a JSON object, or is cut short before `usage`, has none.
 pub fn usage_of(body: &[u8]) -> Option<Usage> {
-    #[derive(Deserialize)]
-    struct WithUsage {
-        usage: Option<Usage>,
+    let mut at = skip_whitespace(body, 0);
+    if body.get(at) != Some(&b'{') {
+        return None;
     }
-    serde_json::from_slice::<WithUsage>(body).ok()?.usage
+    at += 1;
+    loop {
+        at = skip_whitespace(body, at);
+        if body.get(at) != Some(&b'"') {
+            return None; // `}` (no usage) or not an object key
+        }
+        let key_end = string_end(body, at)?;
+        let key = &body[at + 1..key_end - 1];
+        at = skip_whitespace(body, key_end);
+        if body.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip_whitespace(body, at + 1);
+        if key == b"usage" {
+            let mut value = serde_json::Deserializer::from_slice(&body[at..]);
+            return Option::<Usage>::deserialize(&mut value).ok().flatten();
+        }
+        at = skip_whitespace(body, value_end(body, at)?);
+        match body.get(at) {
+            Some(b',') => at += 1,
+            _ => return None,
+        }
+    }
 }
 
-/// Milliseconds since the Unix epoch, as OpenAI's `created` wants seconds of.
+fn skip_whitespace(body: &[u8], mut at: usize) -> usize {
+    while body.get(at).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
+
+/// Just past the string that opens at `start` (a `"`), stepping over escapes. Most of an
+/// answer's bytes are in strings: `memchr` jumps to the next quote or backslash.
+fn string_end(body: &[u8], start: usize) -> Option<usize> {
+    let mut at = start + 1;
+    loop {
+        at += memchr::memchr2(b'"', b'\\', body.get(at..)?)?;
+        if body.get(at) == Some(&b'"') {
+            return Some(at + 1);
+        }
+        at += 2;
+    }
+}
+
+/// Just past the value that starts at `start`: a string, an object or array (to its matching
+/// bracket, strings inside stepped over), or a number / literal (to the next delimiter).
+fn value_end(body: &[u8], start: usize) -> Option<usize> {
+    match body.get(start)? {
+        b'"' => string_end(body, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut at = start;
+            loop {
+                match body.get(at)? {
+                    b'"' => {
+                        at = string_end(body, at)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        _ => {
+            let mut at = start;
+            while body.get(at).is_some_and(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')) {
+                at += 1;
+            }
+            (at > start).then_some(at)
+        }
+    }
+}
+
 /// The first choice's message text of a chat.completion body, if it has one.
 pub fn answer_text(body: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(body).ok()?;
@@ -143,6 +226,7 @@ pub fn answer_text(body: &[u8]) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// Seconds since the Unix epoch, as OpenAI's `created` has them.
 pub fn unix_seconds() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -200,5 +284,20 @@ mod tests {
         let usage = usage_of(br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#);
         assert_eq!(usage, Some(Usage::new(3, 4)));
         assert_eq!(usage_of(br#"{"id":"x"}"#), None);
+        let expected = Some(Usage::new(3, 4));
+        // Wherever it is, with whitespace, after values of every kind.
+        let body = br#" { "usage" : {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7} , "id": "x" }"#;
+        assert_eq!(usage_of(body), expected);
+        let body = br#"{"n":-1.5e3,"ok":true,"none":null,"list":[1,[2,{"a":"]"}]],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(usage_of(body), expected);
+        // Only the top level's: not one inside a choice, nor one written in the answer's text.
+        let body = br#"{"choices":[{"usage":{"prompt_tokens":9,"completion_tokens":9}}],"text":"\\\"usage\":{\"prompt_tokens\":8} \\","usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(usage_of(body), expected);
+        let body = br#"{"choices":[{"usage":{"prompt_tokens":9,"completion_tokens":9}}],"content":"usage"}"#;
+        assert_eq!(usage_of(body), None);
+        // Not an object, cut short, or a usage that is null or not usage.
+        for body in [&br#"[{"usage":{"prompt_tokens":3,"completion_tokens":4}}]"#[..], br#"{"id":"x","usage":{"prompt_tokens":3,"#, br#"{"usage":null}"#, br#"{"usage":{"prompt_tokens":"3"}}"#, b"", b"{"] {
+            assert_eq!(usage_of(body), None, "{}", String::from_utf8_lossy(body));
+        }
     }
 }

@@ -1,10 +1,10 @@
-//! Property tests (bounded case counts, seconds in the normal suite) over the two places
-//! where the gateway reads bytes it does not control: the client's request body and the
-//! Anthropic event stream.
+//! Property tests (bounded case counts, seconds in the normal suite) over the places where the
+//! gateway reads bytes it does not control: the client's request body, the `usage` of an
+//! upstream's answer and the Anthropic event stream.
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
 
-use gateway::openai::ChatRequest;
+use gateway::openai::{usage_of, ChatRequest, Usage};
 use gateway::providers::anthropic::{to_anthropic_request, StreamDecoder, StreamTranslator};
 use gateway::Error;
 use proptest::prelude::*;
@@ -120,6 +120,57 @@ proptest! {
                 prop_assert_eq!(&body["error"]["type"], "invalid_request_error");
             }
         }
+    }
+}
+
+/// An answer-like body: an object with arbitrary fields, `usage` among them (well formed,
+/// any JSON, or absent), and `usage` keys nested inside other values too.
+fn answer_like() -> impl Strategy<Value = Value> {
+    let usage = prop_oneof![
+        (any::<u32>(), any::<u32>()).prop_map(|(p, c)| Some(json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p as u64 + c as u64}))),
+        (any::<u32>(), any::<u32>()).prop_map(|(p, c)| Some(json!({"completion_tokens": c, "prompt_tokens": p}))),
+        any_json().prop_map(Some),
+        Just(None),
+    ];
+    (prop::collection::btree_map(field_name(), any_json(), 0..6), usage).prop_map(|(fields, usage)| {
+        let mut object: Map<String, Value> = fields.into_iter().collect();
+        object.remove("usage");
+        if let Some(usage) = usage {
+            object.insert("usage".into(), usage);
+        }
+        Value::Object(object)
+    })
+}
+
+/// What a full parse of `body` says its top-level `usage` is.
+fn usage_by_full_parse(body: &[u8]) -> Option<Usage> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    serde_json::from_value::<Option<Usage>>(value.get("usage")?.clone()).ok().flatten()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn usage_of_agrees_with_a_full_parse(value in answer_like(), pretty in any::<bool>()) {
+        let body = if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) }.expect("serialise");
+        prop_assert_eq!(usage_of(&body), usage_by_full_parse(&body), "{}", String::from_utf8_lossy(&body));
+    }
+
+    #[test]
+    fn usage_of_never_panics_and_needs_the_whole_usage(value in answer_like(), cut in any::<prop::sample::Index>()) {
+        let body = serde_json::to_vec(&value).expect("serialise");
+        let cut = cut.index(body.len() + 1);
+        let usage = usage_of(&body[..cut]);
+        // A body cut anywhere before the end of its `usage` value has none.
+        if usage.is_some() {
+            prop_assert_eq!(usage, usage_by_full_parse(&body));
+        }
+    }
+
+    #[test]
+    fn usage_of_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = usage_of(&bytes);
     }
 }
 
