@@ -49,11 +49,7 @@ env -u SWITCHYARD_CONFIG -u SWITCHYARD_LISTEN -u RUST_LOG valgrind --tool=callgr
 GW_PID=$!
 PIDS+=("$GW_PID")
 # Under valgrind the gateway starts some 50 times slower.
-for _ in $(seq 1 600); do
-  curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$GW_PORT/health" && break
-  kill -0 "$GW_PID" 2>/dev/null || { log "gateway exited; log:"; cat "$OUT_DIR/gateway.log" >&2; exit 1; }
-  sleep 0.5
-done
+HEALTHY_WITHIN=300 wait_healthy "http://127.0.0.1:$GW_PORT/health" gateway "$GW_PID"
 BODY='{"model":"static-json","messages":[{"role":"user","content":"Summarise in one sentence why an LLM gateway is useful."}]}'
 load() { timeout 600 "$OHA" --no-tui -n "$1" -c "$CONNS" -m POST -T application/json -d "$BODY" "http://127.0.0.1:$GW_PORT/v1/chat/completions" >"$2"; }
 load 500 /dev/null # warm-up: connection pools, allocator, first batches

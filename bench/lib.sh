@@ -40,11 +40,11 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT INT TERM
 
-# Waits until URL answers. With NAME and PID: gives up at once if that process exited, and
-# shows its log ($OUT_DIR/NAME.log).
+# Waits until URL answers, for up to HEALTHY_WITHIN seconds (default 10). With NAME and PID:
+# gives up at once if that process exited, and shows its log ($OUT_DIR/NAME.log).
 wait_healthy() {
-  local url="$1" name="${2:-}" pid="${3:-}"
-  for _ in $(seq 1 200); do
+  local url="$1" name="${2:-}" pid="${3:-}" deadline=$((SECONDS + ${HEALTHY_WITHIN:-10}))
+  while (( SECONDS < deadline )); do
     if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
       log "$name exited early; log:"; cat "$OUT_DIR/$name.log" >&2 || true; exit 1
     fi

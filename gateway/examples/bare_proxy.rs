@@ -16,18 +16,15 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use gateway::providers::http::{plain_client, PlainClient as UpstreamClient};
+use hyper_util::rt::TokioIo;
 
-type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 struct Args {
@@ -52,17 +49,6 @@ fn parse_args() -> Args {
         }
     }
     Args { listen: listen.expect("--listen"), upstream: upstream.expect("--upstream"), threads: threads.max(1) }
-}
-
-/// The upstream client, as the gateway builds it for `http://` upstreams.
-fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(connector)
 }
 
 async fn forward(client: &UpstreamClient, upstream: &str, request: Request<Incoming>) -> Response<ProxyBody> {
@@ -120,7 +106,8 @@ fn main() {
 /// Accepts on this thread's runtime; every connection and its upstream calls stay here.
 async fn serve(listener: std::net::TcpListener, upstream: Arc<str>) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-    let client = upstream_client();
+    // The gateway's own plain-HTTP client, with its default connect timeout.
+    let client = plain_client(gateway::config::ServerConfig::default().connect_timeout());
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);

@@ -162,8 +162,13 @@ pub fn usage_of(body: &[u8]) -> Option<Usage> {
     }
 }
 
+/// JSON's whitespace (not `u8::is_ascii_whitespace`, which has form feed too).
+fn is_json_whitespace(byte: &u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 fn skip_whitespace(body: &[u8], mut at: usize) -> usize {
-    while body.get(at).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+    while body.get(at).is_some_and(is_json_whitespace) {
         at += 1;
     }
     at
@@ -210,7 +215,7 @@ fn value_end(body: &[u8], start: usize) -> Option<usize> {
         }
         _ => {
             let mut at = start;
-            while body.get(at).is_some_and(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')) {
+            while body.get(at).is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !is_json_whitespace(b)) {
                 at += 1;
             }
             (at > start).then_some(at)

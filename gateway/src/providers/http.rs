@@ -22,8 +22,24 @@ use crate::error::Error;
 pub struct UpstreamClient {
     tls: reqwest::Client,
     /// `None` when a proxy is configured: then every call goes through reqwest.
-    plain: Option<hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>>,
+    plain: Option<PlainClient>,
 }
+
+/// The pooled hyper client for plain `http://` upstreams (also what `examples/bare_proxy`
+/// measures the stack with): keep-alive connections without Nagle, idle ones kept 90 s.
+pub fn plain_client(connect_timeout: Duration) -> PlainClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
+/// The plain-HTTP client's type: requests carry their whole body.
+pub type PlainClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
 /// Environment variables that make reqwest use a proxy for `http://` URLs.
 const PLAIN_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
@@ -41,16 +57,7 @@ impl UpstreamClient {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
-        let plain = plain.then(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(connect_timeout));
-            connector.set_nodelay(true);
-            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(1024)
-                .build(connector)
-        });
+        let plain = plain.then(|| plain_client(connect_timeout));
         Ok(Self { tls, plain })
     }
 
