@@ -79,7 +79,7 @@ const JUDGE_TIMEOUTS: CallTimeouts = CallTimeouts { first_byte: Duration::from_s
 /// text (`None` for a reply without text).
 async fn ask(http: &UpstreamClient, judge: &crate::registry::ModelEntry, messages: Value) -> Result<Option<String>, Error> {
     let body = json!({"model": judge.upstream_model, "messages": messages, "temperature": 0});
-    let request = ChatRequest::parse(body.to_string().as_bytes())?;
+    let request = ChatRequest::parse(body.to_string())?;
     match judge.provider.chat(http, &request, &judge.upstream_model, &HeaderMap::new(), JUDGE_TIMEOUTS).await? {
         UpstreamResponse::Json { body, .. } => Ok(crate::openai::answer_text(&body)),
         UpstreamResponse::Stream(_) => Ok(None),

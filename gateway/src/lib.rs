@@ -11,6 +11,7 @@ pub mod config;
 pub mod dashboard;
 pub mod embeddings;
 pub mod judge;
+pub mod json;
 pub mod error;
 pub mod handlers;
 pub mod ingress;

@@ -1,18 +1,33 @@
 //! The OpenAI chat-completions request as the gateway sees it.
 //!
-//! The body is kept as a JSON object so that fields the gateway does not know (new OpenAI
-//! parameters, vendor extensions) reach the upstream untouched; only the few fields the
-//! gateway acts on are read and checked.
+//! The client's body is kept as it came, so that fields the gateway does not know (new OpenAI
+//! parameters, vendor extensions) reach the upstream byte for byte; only the few fields the
+//! gateway acts on are read and checked. Parsing finds each top-level member's bytes without
+//! building a JSON tree (a `serde_json::Value` map and its re-serialisation were a tenth of the
+//! gateway's own work on a passthrough request); providers that translate the request get the
+//! tree, built once on first use.
 
+use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::Error;
+use crate::json;
 
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
-    /// The whole request object, as sent by the client.
-    pub body: Map<String, Value>,
+    /// The client's body as sent.
+    raw: Bytes,
+    /// The top-level members, each key once (the last occurrence wins, as in any JSON map).
+    members: Vec<json::MemberSpan>,
+    /// Where each message's role (the string's text, between its quotes) and content are.
+    messages: Vec<MessageSpan>,
+    /// The body as a JSON tree, for providers that translate it; built on first use.
+    tree: OnceLock<Map<String, Value>>,
     /// What the client asked for: a model name or a route name.
     pub model: String,
     pub stream: bool,
@@ -20,73 +35,163 @@ pub struct ChatRequest {
     pub client_wants_usage: bool,
 }
 
+#[derive(Debug, Clone)]
+struct MessageSpan {
+    role: Range<usize>,
+    content: Option<Range<usize>>,
+}
+
 impl ChatRequest {
     /// Parses and checks a request body. Errors name the offending parameter.
-    pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::invalid(format!("request body is not valid JSON: {e}")))?;
-        let Value::Object(body) = value else {
-            return Err(Error::invalid("request body must be a JSON object"));
+    pub fn parse(bytes: impl Into<Bytes>) -> Result<Self, Error> {
+        let raw: Bytes = bytes.into();
+        let Some((is_object, index)) = json::index_object(&raw, b"messages") else {
+            let reason = serde_json::from_slice::<Value>(&raw).err().map(|e| e.to_string()).unwrap_or_else(|| "not UTF-8".into());
+            return Err(Error::invalid(format!("request body is not valid JSON: {reason}")));
         };
-        let model = match body.get("model") {
-            Some(Value::String(model)) if !model.is_empty() => model.clone(),
-            Some(_) => return Err(Error::invalid_param("model", "`model` must be a non-empty string")),
+        if !is_object {
+            return Err(Error::invalid("request body must be a JSON object"));
+        }
+        let members = unique(&raw, index.members);
+        let member = |name: &str| members.iter().find(|m| written_is(&raw[m.key.clone()], name));
+        let value_of = |name: &str| member(name).map(|m| &raw[m.value.clone()]);
+        let model = match value_of("model") {
+            Some(value) => match string_value(value) {
+                Some(model) if !model.is_empty() => model,
+                _ => return Err(Error::invalid_param("model", "`model` must be a non-empty string")),
+            },
             None => return Err(Error::invalid_param("model", "you must provide a model parameter")),
         };
-        match body.get("messages") {
-            Some(Value::Array(messages)) if !messages.is_empty() => {
-                for (i, message) in messages.iter().enumerate() {
-                    let role = message.get("role").and_then(Value::as_str);
-                    if role.is_none() {
-                        return Err(Error::invalid_param(
-                            "messages",
-                            format!("messages[{i}] must be an object with a string `role`"),
-                        ));
-                    }
-                }
-            }
-            Some(Value::Array(_)) => {
-                return Err(Error::invalid_param("messages", "`messages` must not be empty"))
-            }
-            Some(_) => return Err(Error::invalid_param("messages", "`messages` must be an array")),
+        let messages = match member("messages") {
+            Some(m) => message_spans(&raw, m, &index.items, &index.item_members)?,
             None => return Err(Error::invalid_param("messages", "missing required parameter: `messages`")),
-        }
-        let stream = match body.get("stream") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(stream)) => *stream,
+        };
+        let stream = match value_of("stream") {
+            None | Some(b"null" | b"false") => false,
+            Some(b"true") => true,
             Some(_) => return Err(Error::invalid_param("stream", "`stream` must be a boolean")),
         };
-        let client_wants_usage = body
-            .get("stream_options")
-            .and_then(|options| options.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        Ok(Self {
-            body,
-            model,
-            stream,
-            client_wants_usage,
-        })
+        let client_wants_usage = value_of("stream_options").is_some_and(|options| {
+            json::members(options).any(|m| written_is(&options[m.key.clone()], "include_usage") && &options[m.value] == b"true")
+        });
+        Ok(Self { raw, members, messages, tree: OnceLock::new(), model, stream, client_wants_usage })
+    }
+
+    /// The top-level members as the client sent them.
+    pub fn members(&self) -> impl Iterator<Item = Member<'_>> {
+        self.members.iter().map(|m| Member { key: &self.raw[m.key.clone()], value: &self.raw[m.value.clone()] })
+    }
+
+    /// The size of the client's body in bytes.
+    pub fn raw_len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// The body as a JSON tree (built on the first call), for providers that translate it.
+    pub fn body(&self) -> &Map<String, Value> {
+        // `parse` checked that the body is a JSON object, so this cannot come out empty.
+        self.tree.get_or_init(|| serde_json::from_slice(&self.raw).unwrap_or_default())
     }
 
     pub fn messages(&self) -> &[Value] {
-        self.body
-            .get("messages")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.body().get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// The text of the last user message, which is what routing and the semantic cache
     /// look at. Content parts of other types (images) are skipped.
     pub fn last_user_text(&self) -> String {
-        self.messages()
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .map(|m| content_text(m.get("content")))
-            .unwrap_or_default()
+        let last_user = self.messages.iter().rev().find(|m| written_is(&self.raw[m.role.clone()], "user"));
+        let Some(content) = last_user.and_then(|m| m.content.clone()) else { return String::new() };
+        let content = &self.raw[content];
+        if let Some(text) = string_value(content) {
+            return text;
+        }
+        content_text(serde_json::from_slice::<Value>(content).ok().as_ref())
     }
+}
+
+/// A top-level member of the request as the client wrote it.
+pub struct Member<'a> {
+    /// The key between its quotes, escapes as written.
+    pub key: &'a [u8],
+    /// The value's JSON.
+    pub value: &'a [u8],
+}
+
+impl Member<'_> {
+    pub fn is(&self, name: &str) -> bool {
+        written_is(self.key, name)
+    }
+}
+
+/// Whether a string written as `written` (between its quotes) reads `name`.
+fn written_is(written: &[u8], name: &str) -> bool {
+    json::text_of(written).as_ref() == name.as_bytes()
+}
+
+/// The text of a JSON string value (`None` when it is not a string).
+fn string_value(value: &[u8]) -> Option<String> {
+    let written = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    String::from_utf8(json::text_of(written).into_owned()).ok()
+}
+
+/// The members with each key once, the last occurrence kept (as a JSON map reads them).
+fn unique(raw: &[u8], mut members: Vec<json::MemberSpan>) -> Vec<json::MemberSpan> {
+    let count = members.len();
+    let written = |i: usize| &raw[members[i].key.clone()];
+    let repeated: Vec<bool> = if count <= 16 && (0..count).all(|i| !written(i).contains(&b'\\')) {
+        // The usual case: a few keys without escapes, compared as written.
+        if (0..count).all(|i| (i + 1..count).all(|j| written(i) != written(j))) {
+            return members;
+        }
+        (0..count).map(|i| (i + 1..count).any(|j| written(i) == written(j))).collect()
+    } else {
+        let keys: Vec<Cow<'_, [u8]>> = (0..count).map(|i| json::text_of(written(i))).collect();
+        // A stable sort brings a key's occurrences together, in order: all but the last go.
+        let mut order: Vec<usize> = (0..count).collect();
+        order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+        let mut repeated = vec![false; count];
+        for pair in order.windows(2) {
+            repeated[pair[0]] = keys[pair[0]] == keys[pair[1]];
+        }
+        repeated
+    };
+    let mut index = 0;
+    members.retain(|_| {
+        index += 1;
+        !repeated[index - 1]
+    });
+    members
+}
+
+/// Checks the `messages` member (a non-empty array of objects, each with a string `role`)
+/// and finds each message's role and content, from the index of the body.
+fn message_spans(raw: &[u8], messages: &json::MemberSpan, items: &[json::ItemSpan], item_members: &[json::MemberSpan]) -> Result<Vec<MessageSpan>, Error> {
+    if raw[messages.value.start] != b'[' {
+        return Err(Error::invalid_param("messages", "`messages` must be an array"));
+    }
+    // Items of an earlier `messages` (a repeated key) are not this one's.
+    let mine = items.iter().filter(|item| item.value.start > messages.value.start && item.value.end < messages.value.end);
+    let mut spans = Vec::new();
+    for (i, item) in mine.enumerate() {
+        let (mut role, mut content) = (None, None);
+        for m in item.members.clone().map(|r| &item_members[r]).unwrap_or_default() {
+            if written_is(&raw[m.key.clone()], "role") {
+                role = Some(m.value.clone());
+            } else if written_is(&raw[m.key.clone()], "content") {
+                content = Some(m.value.clone());
+            }
+        }
+        // The role must be a string; its text is kept between the quotes.
+        match role.filter(|r| raw[r.start] == b'"') {
+            Some(r) => spans.push(MessageSpan { role: r.start + 1..r.end - 1, content }),
+            None => return Err(Error::invalid_param("messages", format!("messages[{i}] must be an object with a string `role`"))),
+        }
+    }
+    if spans.is_empty() {
+        return Err(Error::invalid_param("messages", "`messages` must not be empty"));
+    }
+    Ok(spans)
 }
 
 /// The text of an OpenAI `content` field: a string, or the text parts of an array.
@@ -129,98 +234,12 @@ impl Usage {
 ///
 /// Every non-stream answer passes through here, and serde skipping the other fields (the
 /// answer's text, validated as UTF-8 byte by byte) was ~6,000 instructions a request, about 6%
-/// of the gateway's own. This walks the top-level object's keys, steps over their values by
-/// their brackets and string quotes, and hands only the `usage` value to serde. A body that is
-/// not a JSON object, or is cut short before `usage`, has none.
+/// of the gateway's own. This walks the top-level members ([`json::members`]) and hands only
+/// the `usage` value to serde. A body that is not a JSON object, or is cut short before
+/// `usage`, has none.
 pub fn usage_of(body: &[u8]) -> Option<Usage> {
-    let mut at = skip_whitespace(body, 0);
-    if body.get(at) != Some(&b'{') {
-        return None;
-    }
-    at += 1;
-    loop {
-        at = skip_whitespace(body, at);
-        if body.get(at) != Some(&b'"') {
-            return None; // `}` (no usage) or not an object key
-        }
-        let key_end = string_end(body, at)?;
-        let key = &body[at + 1..key_end - 1];
-        at = skip_whitespace(body, key_end);
-        if body.get(at) != Some(&b':') {
-            return None;
-        }
-        at = skip_whitespace(body, at + 1);
-        if key == b"usage" {
-            let mut value = serde_json::Deserializer::from_slice(&body[at..]);
-            return Option::<Usage>::deserialize(&mut value).ok().flatten();
-        }
-        at = skip_whitespace(body, value_end(body, at)?);
-        match body.get(at) {
-            Some(b',') => at += 1,
-            _ => return None,
-        }
-    }
-}
-
-/// JSON's whitespace (not `u8::is_ascii_whitespace`, which has form feed too).
-fn is_json_whitespace(byte: &u8) -> bool {
-    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-fn skip_whitespace(body: &[u8], mut at: usize) -> usize {
-    while body.get(at).is_some_and(is_json_whitespace) {
-        at += 1;
-    }
-    at
-}
-
-/// Just past the string that opens at `start` (a `"`), stepping over escapes. Most of an
-/// answer's bytes are in strings: `memchr` jumps to the next quote or backslash.
-fn string_end(body: &[u8], start: usize) -> Option<usize> {
-    let mut at = start + 1;
-    loop {
-        at += memchr::memchr2(b'"', b'\\', body.get(at..)?)?;
-        if body.get(at) == Some(&b'"') {
-            return Some(at + 1);
-        }
-        at += 2;
-    }
-}
-
-/// Just past the value that starts at `start`: a string, an object or array (to its matching
-/// bracket, strings inside stepped over), or a number / literal (to the next delimiter).
-fn value_end(body: &[u8], start: usize) -> Option<usize> {
-    match body.get(start)? {
-        b'"' => string_end(body, start),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut at = start;
-            loop {
-                match body.get(at)? {
-                    b'"' => {
-                        at = string_end(body, at)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(at + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                at += 1;
-            }
-        }
-        _ => {
-            let mut at = start;
-            while body.get(at).is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !is_json_whitespace(b)) {
-                at += 1;
-            }
-            (at > start).then_some(at)
-        }
-    }
+    let usage = json::members(body).find(|m| &body[m.key.clone()] == b"usage")?;
+    serde_json::from_slice::<Option<Usage>>(&body[usage.value]).ok().flatten()
 }
 
 /// The first choice's message text of a chat.completion body, if it has one.
@@ -244,7 +263,7 @@ mod tests {
     use super::*;
 
     fn error_param(body: &str) -> Option<String> {
-        match ChatRequest::parse(body.as_bytes()) {
+        match ChatRequest::parse(body.to_owned()) {
             Err(Error::InvalidRequest { param, .. }) => param.map(str::to_owned),
             other => panic!("expected invalid request, got {other:?}"),
         }
@@ -253,11 +272,11 @@ mod tests {
     #[test]
     fn unknown_fields_are_kept() {
         let request = ChatRequest::parse(
-            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logit_bias":{"1":2},"x_vendor":true}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logit_bias":{"1":2},"x_vendor":true}"#,
         )
         .expect("valid");
-        assert_eq!(request.body["x_vendor"], Value::Bool(true));
-        assert_eq!(request.body["logit_bias"]["1"], 2);
+        assert_eq!(request.body()["x_vendor"], Value::Bool(true));
+        assert_eq!(request.body()["logit_bias"]["1"], 2);
         assert!(!request.stream);
     }
 
@@ -276,9 +295,30 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_key_keeps_its_last_value_and_escaped_keys_are_read() {
+        let request = ChatRequest::parse(
+            r#"{"model":"first","messages":[{"role":"system","content":"x"}],"stream":true,"model":"second","m\u0065ssages":[{"r\u006fle":"us\u0065r","content":"hello"}],"stream":false}"#,
+        )
+        .expect("valid");
+        assert_eq!(request.model, "second");
+        assert!(!request.stream);
+        assert_eq!(request.last_user_text(), "hello");
+        assert_eq!(request.members().count(), 3, "each key once");
+        assert_eq!(request.body()["messages"][0]["role"], "user");
+        // Not JSON, or JSON but not an object: no parameter to name.
+        for body in ["{\"model\":\"m\",}", "\"text\"", "{\"model\":\"m\"} x", "{\"a\":\"\u{1}\"}"] {
+            assert_eq!(error_param(body), None, "{body}");
+        }
+        assert_eq!(error_param(r#"{"model":"m","messages":[{"role":"user"},5]}"#).as_deref(), Some("messages"));
+        assert_eq!(error_param(r#"{"model":"m","messages":[{"role":1}]}"#).as_deref(), Some("messages"));
+        assert_eq!(error_param(r#"{"model":"m","messages":{"role":"user"}}"#).as_deref(), Some("messages"));
+        assert_eq!(error_param(r#"{"model":5,"messages":[{"role":"user"}]}"#).as_deref(), Some("model"));
+    }
+
+    #[test]
     fn last_user_text_reads_parts() {
         let request = ChatRequest::parse(
-            br#"{"model":"m","messages":[{"role":"user","content":"first"},{"role":"assistant","content":"a"},{"role":"user","content":[{"type":"text","text":"second"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"first"},{"role":"assistant","content":"a"},{"role":"user","content":[{"type":"text","text":"second"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
         )
         .expect("valid");
         assert_eq!(request.last_user_text(), "second");

@@ -32,6 +32,9 @@ pub struct ModelEntry {
     pub retry: RetryPolicy,
     /// Chat or embedding: each endpoint serves only its own kind.
     pub kind: ModelKind,
+    /// `name` as the `x-switchyard-model` header's value, built once (`None`: not a valid
+    /// header value).
+    pub name_header: Option<http::HeaderValue>,
 }
 
 /// How often and how patiently one model is retried before the request moves on.
@@ -86,6 +89,8 @@ pub struct RouteEntry {
     /// Per-route overrides of the server's upstream timeouts.
     pub first_byte_timeout: Option<std::time::Duration>,
     pub request_timeout: Option<std::time::Duration>,
+    /// `name` as the `x-switchyard-route` header's value, built once.
+    pub name_header: Option<http::HeaderValue>,
 }
 
 /// What a client's `"model"` resolves to.
@@ -186,6 +191,7 @@ impl Registry {
                         max_backoff: std::time::Duration::from_millis(model.retry_max_backoff_ms),
                     },
                     kind: model.kind,
+                    name_header: http::HeaderValue::from_str(name).ok(),
                 }),
             );
         }
@@ -223,6 +229,7 @@ impl Registry {
                     min_advantage: route.min_advantage,
                     first_byte_timeout: route.first_byte_timeout_ms.map(std::time::Duration::from_millis),
                     request_timeout: route.request_timeout_ms.map(std::time::Duration::from_millis),
+                    name_header: http::HeaderValue::from_str(name).ok(),
                 }),
             );
         }

@@ -217,7 +217,7 @@ impl GatewayCache {
 
     pub fn plan(&self, request: &ChatRequest, tenant: Option<&str>, is_route: bool, headers: &HeaderMap) -> CachePlan {
         let config = self.cache.config();
-        let parts = RequestParts::from_body(&request.body);
+        let parts = RequestParts::from_body(request.body());
         let settings = config.settings(&request.model, tenant);
         let cache_control = headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
         let eligibility = eligibility(config, &settings, &parts, cache_control);

@@ -1,10 +1,11 @@
 //! Property tests (bounded case counts, seconds in the normal suite) over the places where the
-//! gateway reads bytes it does not control: the client's request body, the `usage` of an
-//! upstream's answer and the Anthropic event stream.
+//! gateway reads bytes it does not control: the client's request body (and the JSON reader
+//! under it), the `usage` of an upstream's answer and the Anthropic event stream.
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failures should say where
 
-use gateway::openai::{usage_of, ChatRequest, Usage};
+use gateway::json;
+use gateway::openai::{content_text, usage_of, ChatRequest, Usage};
 use gateway::providers::anthropic::{to_anthropic_request, StreamDecoder, StreamTranslator};
 use gateway::Error;
 use proptest::prelude::*;
@@ -82,7 +83,7 @@ proptest! {
 
     #[test]
     fn parse_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        let result = ChatRequest::parse(&bytes);
+        let result = ChatRequest::parse(bytes);
         prop_assert!(is_invalid_request(&result));
         if let Err(error) = result {
             prop_assert_eq!(error.status().as_u16(), 400);
@@ -91,7 +92,7 @@ proptest! {
 
     #[test]
     fn parse_never_panics_on_json(value in any_json()) {
-        let result = ChatRequest::parse(value.to_string().as_bytes());
+        let result = ChatRequest::parse(value.to_string());
         prop_assert!(is_invalid_request(&result));
         // Only objects can be requests.
         if !value.is_object() {
@@ -101,7 +102,7 @@ proptest! {
 
     #[test]
     fn parse_checks_request_shaped_json(value in request_like()) {
-        let result = ChatRequest::parse(value.to_string().as_bytes());
+        let result = ChatRequest::parse(value.to_string());
         prop_assert!(is_invalid_request(&result));
         match result {
             Ok(request) => {
@@ -119,6 +120,75 @@ proptest! {
                 let body = error.body();
                 prop_assert_eq!(&body["error"]["type"], "invalid_request_error");
             }
+        }
+    }
+}
+
+/// What the JSON reader is held to: UTF-8, and serde_json's grammar.
+fn serde_accepts(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok() && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+}
+
+/// JSON text, then up to three edits (a byte replaced, inserted or removed) with bytes that
+/// matter to JSON's grammar: most results are near-misses of JSON, some still JSON.
+fn json_near_misses() -> impl Strategy<Value = Vec<u8>> {
+    let edit = (any::<prop::sample::Index>(), 0..3u8, prop::sample::select(br#"{}[]",:\ -+.eE0159tfnulr"#.to_vec()));
+    (any_json(), any::<bool>(), prop::collection::vec(edit, 0..4)).prop_map(|(value, pretty, edits)| {
+        let mut bytes = if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) }.expect("serialise");
+        for (at, kind, byte) in edits {
+            let at = at.index(bytes.len() + 1);
+            match kind {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                _ if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => {}
+            }
+        }
+        bytes
+    })
+}
+
+/// The text of the last user message, read from a full parse.
+fn last_user_text_by_full_parse(value: &Value) -> String {
+    let messages = value["messages"].as_array().cloned().unwrap_or_default();
+    messages.iter().rev().find(|m| m["role"] == "user").map(|m| content_text(m.get("content"))).unwrap_or_default()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn the_json_reader_accepts_what_serde_json_accepts(bytes in json_near_misses()) {
+        let expected = serde_accepts(&bytes);
+        prop_assert_eq!(json::is_valid(&bytes), expected, "{}", String::from_utf8_lossy(&bytes));
+        prop_assert_eq!(json::index_object(&bytes, b"messages").is_some(), expected, "{}", String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn the_json_reader_accepts_what_serde_json_accepts_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        prop_assert_eq!(json::is_valid(&bytes), serde_accepts(&bytes));
+    }
+
+    #[test]
+    fn a_request_reads_as_a_full_parse_reads_it(value in request_like(), pretty in any::<bool>()) {
+        let body = if pretty { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) }.expect("serialise");
+        // Compared with a full parse of the same text (floats do not survive a round trip).
+        let full: Value = serde_json::from_str(&body).expect("JSON");
+        if let Ok(request) = ChatRequest::parse(body) {
+            let object = full.as_object().expect("an object");
+            // Every member, in place: the same keys, each value's JSON the same value.
+            let mut seen = 0;
+            for member in request.members() {
+                let key: String = serde_json::from_slice(&[b"\"", member.key, b"\""].concat()).expect("a key");
+                let read: Value = serde_json::from_slice(member.value).expect("a value");
+                prop_assert_eq!(Some(&read), object.get(&key), "{}", key);
+                seen += 1;
+            }
+            prop_assert_eq!(seen, object.len());
+            prop_assert_eq!(request.last_user_text(), last_user_text_by_full_parse(&full));
+            prop_assert_eq!(request.body(), object);
         }
     }
 }

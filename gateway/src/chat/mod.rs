@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -131,7 +131,7 @@ impl RequestContext {
         let started = Instant::now();
         let caller = state.auth.authenticate(&headers).await?;
         let bytes = read_body(body, state.max_body_bytes).await?;
-        let request = ChatRequest::parse(&bytes)?;
+        let request = ChatRequest::parse(bytes)?;
         tracing::Span::current().record("model", request.model.as_str());
         let target = state.registry.resolve(&request.model)?;
         let options = ClientOptions::default();
@@ -325,9 +325,9 @@ impl RequestContext {
                     .map_err(|e| Error::Internal(e.to_string()))?
             }
         };
-        let route = self.route().map(|r| r.name.as_str());
+        let route = self.route();
         let headers = response.headers_mut();
-        set_identity_headers(headers, self.request_id, &model.name, route);
+        set_identity_headers(headers, self.request_id, model.name_header.clone(), route.and_then(|r| r.name_header.clone()));
         if route.is_some() {
             headers.insert(HEADER_DECISION, HeaderValue::from_static(decision.kind.as_str()));
             if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", decision.decision_ms)) {
@@ -349,9 +349,9 @@ impl RequestContext {
             outcome.prompt_text = Some(self.request.last_user_text());
         }
         outcome.finish_cache_hit(self.started);
-        let route = self.route().map(|r| r.name.as_str());
+        let route = self.route();
         let headers = response.headers_mut();
-        set_identity_headers(headers, self.request_id, &answer.model, route);
+        set_identity_headers(headers, self.request_id, HeaderValue::from_str(&answer.model).ok(), route.and_then(|r| r.name_header.clone()));
         if route.is_some() {
             headers.insert(HEADER_DECISION, HeaderValue::from_static("cache"));
         }
@@ -373,14 +373,22 @@ impl RequestContext {
     }
 }
 
-fn set_identity_headers(headers: &mut HeaderMap, request_id: Uuid, model: &str, route: Option<&str>) {
-    if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
-        headers.insert(HEADER_REQUEST_ID, value);
+/// Header names as values made once (a `&str` name is parsed and checked at each insert).
+const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
+const MODEL_NAME: HeaderName = HeaderName::from_static(HEADER_MODEL);
+const ROUTE_NAME: HeaderName = HeaderName::from_static(HEADER_ROUTE);
+
+/// The request id, the model that answered and the route asked for (values built once per
+/// model and route, see [`ModelEntry::name_header`]).
+fn set_identity_headers(headers: &mut HeaderMap, request_id: Uuid, model: Option<HeaderValue>, route: Option<HeaderValue>) {
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    if let Ok(value) = HeaderValue::from_bytes(request_id.hyphenated().encode_lower(&mut id).as_bytes()) {
+        headers.insert(REQUEST_ID_NAME, value);
     }
-    if let Ok(value) = HeaderValue::from_str(model) {
-        headers.insert(HEADER_MODEL, value);
+    if let Some(value) = model {
+        headers.insert(MODEL_NAME, value);
     }
-    if let Some(value) = route.and_then(|r| HeaderValue::from_str(r).ok()) {
-        headers.insert(HEADER_ROUTE, value);
+    if let Some(value) = route {
+        headers.insert(ROUTE_NAME, value);
     }
 }

@@ -57,7 +57,7 @@ impl AnthropicProvider {
 
 /// OpenAI chat request → Anthropic Messages request.
 pub fn to_anthropic_request(request: &ChatRequest, upstream_model: &str) -> Result<Value, Error> {
-    let body = &request.body;
+    let body = request.body();
     let mut system_parts: Vec<String> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     for message in request.messages() {
@@ -508,7 +508,7 @@ mod tests {
     use super::*;
 
     fn request(body: Value) -> ChatRequest {
-        ChatRequest::parse(body.to_string().as_bytes()).expect("valid request")
+        ChatRequest::parse(body.to_string()).expect("valid request")
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl GeminiProvider {
 
 /// OpenAI chat request → Gemini `GenerateContentRequest`.
 pub fn to_gemini_request(request: &ChatRequest) -> Result<Value, Error> {
-    let body = &request.body;
+    let body = request.body();
     if body.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()) {
         return Err(Error::invalid_param("tools", "tools are not supported for Gemini models yet"));
     }
@@ -244,7 +244,7 @@ mod tests {
     use super::*;
 
     fn request(body: Value) -> ChatRequest {
-        ChatRequest::parse(body.to_string().as_bytes()).expect("valid request")
+        ChatRequest::parse(body.to_string()).expect("valid request")
     }
 
     #[test]

@@ -116,11 +116,22 @@ pub(crate) fn secret_header(value: &str) -> Result<HeaderValue, Error> {
 pub(crate) async fn post_json(
     http: &UpstreamClient,
     url: &reqwest::Url,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     body: &impl serde::Serialize,
     timeouts: CallTimeouts,
 ) -> Result<UpstreamHttpResponse, Error> {
     let payload = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
+    post_payload(http, url, headers, payload, timeouts).await
+}
+
+/// `post_json` for a body already written as JSON.
+pub(crate) async fn post_payload(
+    http: &UpstreamClient,
+    url: &reqwest::Url,
+    mut headers: HeaderMap,
+    payload: Vec<u8>,
+    timeouts: CallTimeouts,
+) -> Result<UpstreamHttpResponse, Error> {
     headers.extend(crate::telemetry::trace_headers());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let response = send(http.post(url, headers, Bytes::from(payload)), timeouts.first_byte).await?;

@@ -12,7 +12,7 @@ use http::HeaderMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
-use super::{post_json, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamChunks, UpstreamClient, UpstreamHttpResponse, UpstreamResponse};
+use super::{post_json, post_payload, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamChunks, UpstreamClient, UpstreamHttpResponse, UpstreamResponse};
 use crate::error::Error;
 use crate::openai::{usage_of, ChatRequest, Usage};
 use crate::sse::{self, SseParser};
@@ -100,9 +100,9 @@ impl OpenAiProvider {
         extra_headers: &HeaderMap,
         timeouts: CallTimeouts,
     ) -> Result<UpstreamResponse, Error> {
-        let body = UpstreamBody { client: &request.body, model: upstream_model, stream: request.stream };
+        let body = upstream_body(request, upstream_model);
         let url = self.endpoints.url(Api::ChatCompletions, upstream_model)?;
-        let response = post_json(http, &url, self.headers_for(extra_headers), &body, timeouts).await?;
+        let response = post_payload(http, &url, self.headers_for(extra_headers), body, timeouts).await?;
         if !request.stream {
             let body = read_body(response, timeouts.body).await?;
             let usage = usage_of(&body);
@@ -140,34 +140,43 @@ impl OpenAiProvider {
 }
 
 /// The client's body as the upstream gets it: `model` is the upstream's name and a stream
-/// asks for usage (`stream_options.include_usage`). Written straight from the client's object,
-/// without copying it first.
-struct UpstreamBody<'a> {
-    client: &'a Map<String, Value>,
-    model: &'a str,
-    stream: bool,
+/// asks for usage (`stream_options.include_usage`). Every other member is copied as the client
+/// wrote it, byte for byte (numbers, key order and unknown fields untouched). A parsed request
+/// always has a `model` member.
+fn upstream_body(request: &ChatRequest, model: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(request.raw_len() + model.len() + 48);
+    out.push(b'{');
+    let mut has_stream_options = false;
+    for member in request.members() {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(member.key);
+        out.extend_from_slice(b"\":");
+        if member.is("model") {
+            write_json(&mut out, model);
+        } else if member.is("stream_options") && request.stream {
+            has_stream_options = true;
+            match serde_json::from_slice::<Map<String, Value>>(member.value) {
+                Ok(options) => write_json(&mut out, &WithUsage(&options)),
+                Err(_) => write_json(&mut out, &WithUsage(&Map::new())),
+            }
+        } else {
+            out.extend_from_slice(member.value);
+        }
+    }
+    if request.stream && !has_stream_options {
+        out.extend_from_slice(if out.len() > 1 { b"," } else { b"" });
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+    }
+    out.push(b'}');
+    out
 }
 
-impl Serialize for UpstreamBody<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        for (key, value) in self.client {
-            match (key.as_str(), value) {
-                ("model", _) => map.serialize_entry(key, self.model)?,
-                ("stream_options", Value::Object(options)) if self.stream => {
-                    map.serialize_entry(key, &WithUsage(options))?
-                }
-                _ => map.serialize_entry(key, value)?,
-            }
-        }
-        if !self.client.contains_key("model") {
-            map.serialize_entry("model", self.model)?;
-        }
-        if self.stream && !self.client.contains_key("stream_options") {
-            map.serialize_entry("stream_options", &WithUsage(&Map::new()))?;
-        }
-        map.end()
-    }
+/// Appends `value` as JSON (which cannot fail for a string or a map of JSON values).
+fn write_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// The client's `stream_options` with `include_usage: true`.
@@ -320,10 +329,12 @@ mod tests {
     const CONTENT: &str = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}"#;
 
     /// What the upstream gets: the client's object with the two changes, nothing else.
-    fn upstream_json(client: Value, stream: bool) -> Value {
-        let Value::Object(client) = client else { panic!("an object") };
-        let body = UpstreamBody { client: &client, model: "up-model", stream };
-        serde_json::to_value(&body).expect("serialises")
+    fn upstream_json(mut client: Value, stream: bool) -> Value {
+        if stream {
+            client["stream"] = true.into();
+        }
+        let request = ChatRequest::parse(client.to_string()).expect("a valid request");
+        serde_json::from_slice(&upstream_body(&request, "up-model")).expect("the upstream body is JSON")
     }
 
     #[test]
@@ -332,14 +343,27 @@ mod tests {
         let mut expected = client.clone();
         expected["model"] = "up-model".into();
         assert_eq!(upstream_json(client.clone(), false), expected);
+        expected["stream"] = true.into();
         expected["stream_options"] = serde_json::json!({"include_usage": true});
         assert_eq!(upstream_json(client, true), expected);
         // The client's own stream options are kept; include_usage is forced on.
-        let client = serde_json::json!({"model": "m", "messages": [], "stream": true, "stream_options": {"include_usage": false, "continuous_usage_stats": true}});
+        let client = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": {"include_usage": false, "continuous_usage_stats": true}});
         let sent = upstream_json(client, true);
         assert_eq!(sent["stream_options"], serde_json::json!({"include_usage": true, "continuous_usage_stats": true}));
         assert_eq!(sent["stream"], true);
         assert_eq!(sent["model"], "up-model");
+    }
+
+    #[test]
+    fn the_upstream_body_keeps_the_clients_bytes() {
+        // Numbers beyond f64, key order, spacing inside values and escaped keys, as sent.
+        let body = r#"{"seed": 123456789012345678901234567890, "messages" : [ {"role":"user","content":"caf\u00e9"} ],"model":"auto","x\"y":1.50e+3}"#;
+        let request = ChatRequest::parse(body).expect("valid");
+        let sent = String::from_utf8(upstream_body(&request, "up-\"model")).expect("UTF-8");
+        assert_eq!(
+            sent,
+            r#"{"seed":123456789012345678901234567890,"messages":[ {"role":"user","content":"caf\u00e9"} ],"model":"up-\"model","x\"y":1.50e+3}"#
+        );
     }
 
     #[test]

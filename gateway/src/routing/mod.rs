@@ -553,11 +553,11 @@ pub fn request_features(request: &ChatRequest) -> RequestFeatures {
         })
         .collect();
     let turns: Vec<ChatTurn<'_>> = texts.iter().map(|(role, content)| ChatTurn { role, content }).collect();
-    let has_tools = request.body.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+    let has_tools = request.body().get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
     let max_tokens = request
-        .body
+        .body()
         .get("max_completion_tokens")
-        .or_else(|| request.body.get("max_tokens"))
+        .or_else(|| request.body().get("max_tokens"))
         .and_then(Value::as_u64)
         .and_then(|v| u32::try_from(v).ok());
     RequestFeatures::compute(&turns, has_tools, max_tokens, None)
