@@ -250,7 +250,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         // No axum body limit layer: handlers take the raw `Body` and `read_body` enforces
         // `max_body_bytes`, so the 413 carries an OpenAI error body (and a layer per request
         // costs a boxed service clone, a boxed future and an extension).
-        .layer(axum::middleware::from_fn(echo_request_id))
+        .layer(EchoRequestIdLayer)
         .with_state(state)
 }
 
@@ -260,17 +260,69 @@ const MAX_CLIENT_REQUEST_ID: usize = 128;
 /// Every answer, errors included, carries `x-request-id`: the client's own when it sent one
 /// (visible ASCII, at most 128 characters), so one id ties the client's logs to the gateway's
 /// (the chat span and the fallback warning record it as `client_request_id`), else the
-/// gateway's request id. The
-/// gateway's id stays the key of the outcome log and of `/v1/feedback`: clients reuse their
-/// ids (retries, batch jobs), and a repeated key would lose a row.
-async fn echo_request_id(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let client_id = client_request_id(request.headers()).cloned();
-    let mut response = next.run(request).await;
-    let id = client_id.or_else(|| response.headers().get(crate::chat::HEADER_REQUEST_ID).cloned());
-    if let Some(id) = id {
-        response.headers_mut().insert(crate::chat::HEADER_CLIENT_REQUEST_ID, id);
+/// gateway's request id. The gateway's id stays the key of the outcome log and of
+/// `/v1/feedback`: clients reuse their ids (retries, batch jobs), and a repeated key would
+/// lose a row.
+///
+/// A layer of its own rather than `middleware::from_fn`, which clones the (boxed) inner
+/// service and boxes a future for every request.
+#[derive(Clone, Copy)]
+struct EchoRequestIdLayer;
+
+impl<S> tower_layer::Layer<S> for EchoRequestIdLayer {
+    type Service = EchoRequestId<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EchoRequestId { inner }
     }
-    response
+}
+
+#[derive(Clone)]
+struct EchoRequestId<S> {
+    inner: S,
+}
+
+impl<S> tower_service::Service<axum::extract::Request> for EchoRequestId<S>
+where
+    S: tower_service::Service<axum::extract::Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = EchoRequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let client_id = client_request_id(request.headers()).cloned();
+        EchoRequestIdFuture { inner: self.inner.call(request), client_id }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct EchoRequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        client_id: Option<HeaderValue>,
+    }
+}
+
+impl<F, E> std::future::Future for EchoRequestIdFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        let id = this.client_id.take().or_else(|| response.headers().get(crate::chat::HEADER_REQUEST_ID).cloned());
+        if let Some(id) = id {
+            response.headers_mut().insert(crate::chat::HEADER_CLIENT_REQUEST_ID, id);
+        }
+        std::task::Poll::Ready(Ok(response))
+    }
 }
 
 /// The client's `x-request-id` in `headers`, when it is worth echoing and logging.

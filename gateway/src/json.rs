@@ -229,7 +229,8 @@ pub struct ItemSpan {
 pub fn index_object(bytes: &[u8], array_key: &[u8]) -> Option<(bool, ObjectIndex)> {
     std::str::from_utf8(bytes).ok()?;
     let mut check = Checker { bytes, at: 0 };
-    let mut index = ObjectIndex::default();
+    // Room for a typical request without regrowing: a few members, a short conversation.
+    let mut index = ObjectIndex { members: Vec::with_capacity(8), items: Vec::with_capacity(8), item_members: Vec::with_capacity(16) };
     check.skip_whitespace();
     let is_object = check.peek() == Some(b'{');
     if is_object {

@@ -4,10 +4,12 @@
 //! request is counted once, whatever path it took). Gauges that describe a component's state
 //! (embedding queue depth, breaker states, log writer backlog) are read at scrape time.
 
+use std::cell::RefCell;
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::outcome::RequestOutcome;
@@ -169,23 +171,79 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     build().expect("metric definitions are valid")
 });
 
+/// How many label sets each thread keeps at hand (a gateway has a handful of models and routes
+/// and a few statuses; past this, lookups go to the registry each time).
+const MAX_CACHED_SERIES: usize = 64;
+
+thread_local! {
+    /// The series a thread has updated, by label set: `with_label_values` hashes the labels
+    /// and takes a lock, five times for every request; a short list compared by status and
+    /// names finds them for less. Series are never removed from the registry, so a kept one
+    /// stays the registered one.
+    static SERIES: RefCell<Vec<(SeriesKey, RequestSeries)>> = const { RefCell::new(Vec::new()) };
+}
+
+struct SeriesKey {
+    status: u16,
+    route: String,
+    model: String,
+    provider: String,
+}
+
+impl SeriesKey {
+    fn is(&self, status: u16, route: &str, model: &str, provider: &str) -> bool {
+        self.status == status && self.model == model && self.route == route && self.provider == provider
+    }
+}
+
+/// What one finished request updates, for one label set.
+struct RequestSeries {
+    duration: Histogram,
+    first_token: Histogram,
+    prompt_tokens: IntCounter,
+    completion_tokens: IntCounter,
+    cost_usd: Counter,
+}
+
+impl RequestSeries {
+    fn observe(&self, outcome: &RequestOutcome) {
+        self.duration.observe(outcome.latency_ms / 1e3);
+        if let Some(first) = outcome.first_token_ms {
+            self.first_token.observe(first / 1e3);
+        }
+        if let Some(usage) = outcome.usage {
+            self.prompt_tokens.inc_by(usage.prompt_tokens);
+            self.completion_tokens.inc_by(usage.completion_tokens);
+        }
+        if let Some(cost) = outcome.cost_usd {
+            self.cost_usd.inc_by(cost);
+        }
+    }
+}
+
 impl Metrics {
     /// Counts one finished request.
     pub fn observe(&self, outcome: &RequestOutcome) {
         let route = outcome.route.as_deref().unwrap_or("");
-        let status = outcome.status.to_string();
-        let labels = [route, outcome.model.as_str(), outcome.provider.as_str(), status.as_str()];
-        self.request_duration.with_label_values(&labels).observe(outcome.latency_ms / 1e3);
-        if let Some(first) = outcome.first_token_ms {
-            self.first_token.with_label_values(&labels).observe(first / 1e3);
-        }
-        if let Some(usage) = outcome.usage {
-            self.tokens.with_label_values(&[route, &outcome.model, "prompt"]).inc_by(usage.prompt_tokens);
-            self.tokens.with_label_values(&[route, &outcome.model, "completion"]).inc_by(usage.completion_tokens);
-        }
-        if let Some(cost) = outcome.cost_usd {
-            self.cost_usd.with_label_values(&[route, &outcome.model]).inc_by(cost);
-        }
+        SERIES.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            let found = cached.iter().position(|(key, _)| key.is(outcome.status, route, &outcome.model, &outcome.provider));
+            let series = match found {
+                Some(at) => &cached[at].1,
+                None => {
+                    let series = self.series(route, &outcome.model, &outcome.provider, outcome.status);
+                    if cached.len() >= MAX_CACHED_SERIES {
+                        // Beyond the bound (many models, routes and statuses), look up each time.
+                        series.observe(outcome);
+                        return;
+                    }
+                    let key = SeriesKey { status: outcome.status, route: route.into(), model: outcome.model.clone(), provider: outcome.provider.clone() };
+                    cached.push((key, series));
+                    &cached[cached.len() - 1].1
+                }
+            };
+            series.observe(outcome);
+        });
         if let Some(result) = outcome.cache_result {
             self.cache_results.with_label_values(&[result]).inc();
         }
@@ -196,6 +254,19 @@ impl Metrics {
             if let Some(ms) = details.decision_ms {
                 self.decision_seconds.with_label_values(&[route]).observe(ms / 1e3);
             }
+        }
+    }
+
+    /// The series of one route, model, provider and status.
+    fn series(&self, route: &str, model: &str, provider: &str, status: u16) -> RequestSeries {
+        let status = status.to_string();
+        let labels = [route, model, provider, status.as_str()];
+        RequestSeries {
+            duration: self.request_duration.with_label_values(&labels),
+            first_token: self.first_token.with_label_values(&labels),
+            prompt_tokens: self.tokens.with_label_values(&[route, model, "prompt"]),
+            completion_tokens: self.tokens.with_label_values(&[route, model, "completion"]),
+            cost_usd: self.cost_usd.with_label_values(&[route, model]),
         }
     }
 
