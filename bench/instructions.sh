@@ -8,7 +8,8 @@
 #
 # Env: SWITCHYARD_BIN (default target-bench/release/switchyard, then target/release/switchyard),
 #      REQUESTS (3000), CONNS (8), OUT_DIR (default: a temp dir), OHA (as in bench/load.sh),
-#      REQUEST_BODY (the chat request sent; default a one-line question to model static-json).
+#      HISTORY_TURNS (earlier turns sent with each request, ~1.2 KB each; default 0),
+#      REQUEST_BODY (the whole chat request instead; its model must be static-json).
 # Needs valgrind (`apt-get install valgrind`) and nginx (installed by bench/lib.sh when missing).
 # Usage: bench/instructions.sh      -> "instructions a request: N" on stdout
 set -euo pipefail
@@ -51,8 +52,7 @@ GW_PID=$!
 PIDS+=("$GW_PID")
 # Under valgrind the gateway starts some 50 times slower.
 HEALTHY_WITHIN=300 wait_healthy "http://127.0.0.1:$GW_PORT/health" gateway "$GW_PID"
-DEFAULT_BODY='{"model":"static-json","messages":[{"role":"user","content":"Summarise in one sentence why an LLM gateway is useful."}]}'
-BODY="${REQUEST_BODY:-$DEFAULT_BODY}"
+BODY="${REQUEST_BODY:-$(chat_request_body static-json)}"
 load() { timeout 600 "$OHA" --no-tui -n "$1" -c "$CONNS" -m POST -T application/json -d "$BODY" "http://127.0.0.1:$GW_PORT/v1/chat/completions" >"$2"; }
 load 500 /dev/null # warm-up: connection pools, allocator, first batches
 callgrind_control -i on "$GW_PID" >/dev/null

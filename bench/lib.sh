@@ -1,7 +1,8 @@
 # Helpers shared by the bench scripts (sourced, not run). Callers set `ROOT`, `log` and
 # `set -euo pipefail`, and run from $ROOT.
 # Provides: BIN (release switchyard), OHA (installed into .cache/tools when missing),
-# free_port, wait_healthy URL [NAME PID], pin CPUS, PIDS (stopped on exit).
+# free_port, wait_healthy URL [NAME PID], pin CPUS, PIDS (stopped on exit),
+# chat_request_body MODEL [stream] (honours HISTORY_TURNS).
 
 BIN="${SWITCHYARD_BIN:-}"
 for candidate in target-bench/release/switchyard target/release/switchyard; do
@@ -24,6 +25,20 @@ if [[ -z "$OHA" ]]; then
 fi
 command -v python3 >/dev/null || { log "python3 is needed for free ports and oha's JSON"; exit 1; }
 command -v curl >/dev/null || { log "curl is needed for health checks"; exit 1; }
+
+# A chat request as clients send it: HISTORY_TURNS (default 0) earlier question/answer pairs,
+# about 1.2 KB each (a chat client resends the whole conversation every turn, and the gateway
+# reads and forwards all of it), then the question. With `stream`, a stream asking for usage.
+chat_request_body() { # model [stream]
+  local model="$1" stream="${2:-}" history="" i
+  local text="An LLM gateway sits between applications and model providers: it authenticates callers, answers repeated questions from a cache, picks a model for each request, retries and falls back when a provider fails, and logs every request with its cost."
+  for ((i = 0; i < ${HISTORY_TURNS:-0}; i++)); do
+    history+="{\"role\":\"user\",\"content\":\"Question $i: $text $text\"},{\"role\":\"assistant\",\"content\":\"Answer $i: $text $text $text\"},"
+  done
+  local body="{\"model\":\"$model\",\"messages\":[$history{\"role\":\"user\",\"content\":\"Summarise in one sentence why an LLM gateway is useful.\"}]"
+  [[ "$stream" == stream ]] && body+=",\"stream\":true,\"stream_options\":{\"include_usage\":true}"
+  echo "$body}"
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 

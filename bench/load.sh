@@ -23,6 +23,8 @@
 #      OHA (path to oha; default: PATH, then .cache/tools/bin/oha, installed there if absent),
 #      OUT_DIR, LOG_REQUESTS (default true; false: `[database] log_requests = false`),
 #      UPSTREAM (mock | nginx; nginx is installed with apt-get when missing),
+#      HISTORY_TURNS (earlier question/answer pairs sent with each request, ~1.2 KB each, as a
+#      chat client resends its conversation; default 0: one short question),
 #      GATEWAY_WORKERS (the gateway's Tokio worker threads; default: one per CPU),
 #      GATEWAY_RUST_LOG (the gateway's log filter; default: unset, as a user runs it),
 #      GATEWAY_RUNTIME (`[server] runtime`: shared | per_core; default: the gateway's default),
@@ -190,9 +192,9 @@ target_url() { # kind target
 # Same body both ways. The stream body asks for usage itself, so that the mock does the same
 # work and the client reads the same events whether or not the gateway is in between (the
 # gateway always asks its upstream for usage, to cost the request).
-PROMPT="Summarise in one sentence why an LLM gateway is useful."
-NONSTREAM_BODY="{\"model\":\"$NONSTREAM_MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}]}"
-STREAM_BODY="{\"model\":\"$STREAM_MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}],\"stream\":true,\"stream_options\":{\"include_usage\":true}}"
+# HISTORY_TURNS earlier turns go with each request (see chat_request_body in lib.sh).
+NONSTREAM_BODY="$(chat_request_body "$NONSTREAM_MODEL")"
+STREAM_BODY="$(chat_request_body "$STREAM_MODEL" stream)"
 
 # Sanity: both paths answer 200 with the expected shape before we time anything.
 for url in $(for t in "${TARGETS[@]}"; do target_url nonstream "$t"; done); do
