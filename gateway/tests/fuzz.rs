@@ -7,6 +7,7 @@
 use gateway::json;
 use gateway::openai::{content_text, usage_of, ChatRequest, Usage};
 use gateway::providers::anthropic::{to_anthropic_request, StreamDecoder, StreamTranslator};
+use gateway::providers::openai::upstream_body;
 use gateway::Error;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -189,6 +190,17 @@ proptest! {
             prop_assert_eq!(seen, object.len());
             prop_assert_eq!(request.last_user_text(), last_user_text_by_full_parse(&full));
             prop_assert_eq!(request.body(), object);
+            // What an OpenAI-compatible upstream gets: the same object, the model renamed, a
+            // stream asking for usage.
+            let sent: Value = serde_json::from_slice(&upstream_body(&request, "up")).expect("JSON");
+            let mut expected = full.clone();
+            expected["model"] = "up".into();
+            if request.stream {
+                let mut options = match &full["stream_options"] { Value::Object(o) => o.clone(), _ => Map::new() };
+                options.insert("include_usage".into(), true.into());
+                expected["stream_options"] = Value::Object(options);
+            }
+            prop_assert_eq!(sent, expected);
         }
     }
 }

@@ -143,7 +143,7 @@ impl OpenAiProvider {
 /// asks for usage (`stream_options.include_usage`). Every other member is copied as the client
 /// wrote it, byte for byte (numbers, key order and unknown fields untouched). A parsed request
 /// always has a `model` member.
-fn upstream_body(request: &ChatRequest, model: &str) -> Vec<u8> {
+pub fn upstream_body(request: &ChatRequest, model: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(request.raw_len() + model.len() + 48);
     out.push(b'{');
     let mut has_stream_options = false;
