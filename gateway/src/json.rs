@@ -296,13 +296,14 @@ pub struct MemberSpan {
 pub fn members(bytes: &[u8]) -> Members<'_> {
     let at = skip_whitespace(bytes, 0);
     let open = bytes.get(at) == Some(&b'{');
-    Members { bytes, at: at + 1, done: !open }
+    Members { bytes, at: at + 1, done: !open, closed: false }
 }
 
 pub struct Members<'a> {
     bytes: &'a [u8],
     at: usize,
     done: bool,
+    closed: bool,
 }
 
 impl Iterator for Members<'_> {
@@ -321,11 +322,18 @@ impl Iterator for Members<'_> {
 }
 
 impl Members<'_> {
+    /// Whether the object's closing brace was reached (so every member was seen).
+    pub fn reached_the_end(&self) -> bool {
+        self.closed
+    }
+
     fn read(&mut self) -> Option<MemberSpan> {
         let bytes = self.bytes;
         let mut at = skip_whitespace(bytes, self.at);
         if bytes.get(at) != Some(&b'"') {
-            return None; // `}`, or not an object key
+            // `}` (an empty object), or not an object key
+            self.closed = self.at == skip_whitespace(bytes, 0) + 1 && bytes.get(at) == Some(&b'}');
+            return None;
         }
         let key_end = string_end(bytes, at)?;
         let key = at + 1..key_end - 1;
@@ -339,7 +347,10 @@ impl Members<'_> {
         at = skip_whitespace(bytes, value_end);
         match bytes.get(at) {
             Some(b',') => self.at = at + 1,
-            Some(b'}') => self.done = true,
+            Some(b'}') => {
+                self.done = true;
+                self.closed = true;
+            }
             _ => return None,
         }
         // After the closing brace there is nothing more to read, but this member is whole.

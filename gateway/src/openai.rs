@@ -239,7 +239,34 @@ impl Usage {
 /// `usage`, has none.
 pub fn usage_of(body: &[u8]) -> Option<Usage> {
     let usage = json::members(body).find(|m| &body[m.key.clone()] == b"usage")?;
-    serde_json::from_slice::<Option<Usage>>(&body[usage.value]).ok().flatten()
+    let usage = &body[usage.value];
+    plain_usage(usage).or_else(|| serde_json::from_slice::<Option<Usage>>(usage).ok().flatten())
+}
+
+/// The usual `usage`, read without serde (which costs more than the rest of the scan): an
+/// object, whole, whose counts are plain non-negative integers, each once, other members skipped.
+/// Anything else (`null`, a count written `3.0`, a repeated key, a count missing) is left to
+/// serde, so the two always agree.
+fn plain_usage(usage: &[u8]) -> Option<Usage> {
+    let (mut prompt, mut completion, mut total) = (None, None, None);
+    let mut members = json::members(usage);
+    for m in members.by_ref() {
+        let slot = match &usage[m.key.clone()] {
+            b"prompt_tokens" => &mut prompt,
+            b"completion_tokens" => &mut completion,
+            b"total_tokens" => &mut total,
+            _ => continue,
+        };
+        let digits = &usage[m.value];
+        if slot.is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || (digits.len() > 1 && digits[0] == b'0') {
+            return None;
+        }
+        *slot = Some(std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?);
+    }
+    if !members.reached_the_end() {
+        return None;
+    }
+    Some(Usage { prompt_tokens: prompt?, completion_tokens: completion?, total_tokens: total.unwrap_or(0) })
 }
 
 /// The first choice's message text of a chat.completion body, if it has one.
@@ -341,7 +368,21 @@ mod tests {
         let body = br#"{"choices":[{"usage":{"prompt_tokens":9,"completion_tokens":9}}],"content":"usage"}"#;
         assert_eq!(usage_of(body), None);
         // Not an object, cut short, or a usage that is null or not usage.
-        for body in [&br#"[{"usage":{"prompt_tokens":3,"completion_tokens":4}}]"#[..], br#"{"id":"x","usage":{"prompt_tokens":3,"#, br#"{"usage":null}"#, br#"{"usage":{"prompt_tokens":"3"}}"#, b"", b"{"] {
+        let plain = br#"{"usage":{"completion_tokens":4,"prompt_tokens":3,"prompt_tokens_details":{"cached_tokens":1}}}"#;
+        assert_eq!(usage_of(plain), Some(Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 0 }));
+        for body in [
+            &br#"[{"usage":{"prompt_tokens":3,"completion_tokens":4}}]"#[..],
+            br#"{"id":"x","usage":{"prompt_tokens":3,"#,
+            br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7"#,
+            br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens":5}}"#,
+            br#"{"usage":{"prompt_tokens":3.0,"completion_tokens":4}}"#,
+            br#"{"usage":{"prompt_tokens":-3,"completion_tokens":4}}"#,
+            br#"{"usage":{"prompt_tokens":03,"completion_tokens":4}}"#,
+            br#"{"usage":null}"#,
+            br#"{"usage":{"prompt_tokens":"3"}}"#,
+            b"",
+            b"{",
+        ] {
             assert_eq!(usage_of(body), None, "{}", String::from_utf8_lossy(body));
         }
     }
