@@ -11,6 +11,7 @@
 #      A_BIN, B_BIN (a binary per side, e.g. builds before and after a change; default
 #        SWITCHYARD_BIN for both),
 #      CONNS (32), ROUNDS (4), ROUND_SECONDS (6), STREAM (0 | 1), LOG_REQUESTS (true | false),
+#      HISTORY_TURNS (earlier question/answer pairs sent with each request, ~1.2 KB each),
 #      A_LOG_REQUESTS, B_LOG_REQUESTS (per side; default LOG_REQUESTS: the log's own cost),
 #      A_RUST_LOG, B_RUST_LOG (the gateway's log filter per side; default: unset, as a user
 #        runs it),
@@ -82,9 +83,9 @@ EOF
   wait_healthy "http://127.0.0.1:${PORT[$side]}/health"
 done
 
-PROMPT="Summarise in one sentence why an LLM gateway is useful."
-BODY="{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}]}"
-[[ "$STREAM" == 1 ]] && BODY="{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"$PROMPT\"}]}"
+# HISTORY_TURNS earlier turns go with each request (see chat_request_body in lib.sh).
+BODY="$(chat_request_body m)"
+[[ "$STREAM" == 1 ]] && BODY="$(chat_request_body m stream)"
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 load() { # side seconds output
   timeout $(($2 + 30)) $LOADGEN_PIN "$OHA" --no-tui --output-format json -z "${2}s" -c "$CONNS" -m POST -T application/json -d "$BODY" \
