@@ -3,9 +3,10 @@
 //! The client's body is kept as it came, so that fields the gateway does not know (new OpenAI
 //! parameters, vendor extensions) reach the upstream byte for byte; only the few fields the
 //! gateway acts on are read and checked. Parsing finds each top-level member's bytes without
-//! building a JSON tree (a `serde_json::Value` map and its re-serialisation were a tenth of the
-//! gateway's own work on a passthrough request); providers that translate the request get the
-//! tree, built once on first use.
+//! building a JSON tree (a `serde_json::Value` map and its re-serialisation were 6% of the
+//! gateway's instructions on a passthrough request with a one-line question, and over half with
+//! 8 KB of conversation); providers that translate the request get the tree, built once on
+//! first use.
 
 use std::borrow::Cow;
 use std::ops::Range;
