@@ -1,5 +1,5 @@
 //! JSON read without building a tree: a validator that agrees with `serde_json` on what is
-//! JSON, and walks over an object's members or an array's elements as byte ranges.
+//! JSON and indexes an object as byte ranges, and a walk over an object's members.
 //!
 //! Every request body and every non-stream answer passes through the gateway, and it acts on a
 //! handful of their fields. serde_json reads strings a byte at a time (about five instructions
@@ -17,15 +17,7 @@ const MAX_DEPTH: usize = 127;
 /// accepts (its strict grammar, at most [`MAX_DEPTH`] levels of nesting; like serde_json
 /// skipping a value, it does not judge numbers' range or `\u` escapes' code points).
 pub fn is_valid(bytes: &[u8]) -> bool {
-    if std::str::from_utf8(bytes).is_err() {
-        return false;
-    }
-    let mut check = Checker { bytes, at: 0 };
-    check.skip_whitespace();
-    check.value(MAX_DEPTH).is_some() && {
-        check.skip_whitespace();
-        check.at == bytes.len()
-    }
+    index_object(bytes, b"").is_some()
 }
 
 /// A validating cursor; `None` means "not JSON" (the position is then meaningless).
@@ -158,17 +150,8 @@ impl Checker<'_> {
             self.expect(b':')?;
             self.skip_whitespace();
             member(self, key, depth_left - 1)?;
-            self.skip_whitespace();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.skip_whitespace();
-                }
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.after_item(b'}')? {
+                return Some(());
             }
         }
     }
@@ -185,25 +168,32 @@ impl Checker<'_> {
         }
         loop {
             element(self, depth_left - 1)?;
-            self.skip_whitespace();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.skip_whitespace();
-                }
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.after_item(b']')? {
+                return Some(());
             }
+        }
+    }
+
+    /// After a member or element: `,` and the whitespace after it (another follows; `false`),
+    /// or the closing bracket (`true`; the cursor just past it, so a value's range ends there).
+    fn after_item(&mut self, close: u8) -> Option<bool> {
+        self.skip_whitespace();
+        let byte = self.peek()?;
+        self.at += 1;
+        match byte {
+            b',' => {
+                self.skip_whitespace();
+                Some(false)
+            }
+            _ if byte == close => Some(true),
+            _ => None,
         }
     }
 }
 
 /// A JSON object read in one pass, validated: where its members are, and where the members
 /// of the objects in one of its arrays are (a chat request's `messages`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ObjectIndex {
     /// The object's members, in order (a repeated key appears each time).
     pub members: Vec<MemberSpan>,
@@ -216,16 +206,14 @@ pub struct ObjectIndex {
 /// One element of an indexed array.
 #[derive(Debug, Clone)]
 pub struct ItemSpan {
-    /// Which of the object's members the array is (an index into `members`).
-    pub member: usize,
     pub value: Range<usize>,
     /// Its members (a range of `item_members`), when it is an object.
     pub members: Option<Range<usize>>,
 }
 
-/// Validates `bytes` as [`is_valid`] does and, when it is a JSON object, indexes its members
-/// and the elements of the arrays under `array_key` (`None`: not JSON; `Some` with no
-/// members and no items: JSON, but not an object or an empty one — see [`ObjectIndex`]).
+/// Validates `bytes` (UTF-8, JSON's grammar, [`MAX_DEPTH`]) and, when it is a JSON object,
+/// indexes its members and the elements of the arrays under `array_key`. `None`: not JSON;
+/// otherwise whether it is an object, and the index (empty when it is not).
 pub fn index_object(bytes: &[u8], array_key: &[u8]) -> Option<(bool, ObjectIndex)> {
     std::str::from_utf8(bytes).ok()?;
     let mut check = Checker { bytes, at: 0 };
@@ -236,7 +224,6 @@ pub fn index_object(bytes: &[u8], array_key: &[u8]) -> Option<(bool, ObjectIndex
     if is_object {
         check.object_with(MAX_DEPTH, |check, key, depth_left| {
             let value_start = check.at;
-            let member = index.members.len();
             if check.peek() == Some(b'[') && text_of(&bytes[key.clone()]).as_ref() == array_key {
                 check.array_with(depth_left, |check, depth_left| {
                     let start = check.at;
@@ -253,7 +240,7 @@ pub fn index_object(bytes: &[u8], array_key: &[u8]) -> Option<(bool, ObjectIndex
                         check.value(depth_left)?;
                         None
                     };
-                    index.items.push(ItemSpan { member, value: start..check.at, members });
+                    index.items.push(ItemSpan { value: start..check.at, members });
                     Some(())
                 })?;
             } else {
@@ -358,46 +345,6 @@ impl Members<'_> {
     }
 }
 
-/// The elements of the array at the start of `bytes` (after whitespace), as ranges into
-/// `bytes`; like [`members`], it stops early on bytes that are not JSON.
-pub fn elements(bytes: &[u8]) -> Elements<'_> {
-    let at = skip_whitespace(bytes, 0);
-    let open = bytes.get(at) == Some(&b'[');
-    let first = skip_whitespace(bytes, at + 1);
-    Elements { bytes, at: first, done: !open || bytes.get(first) == Some(&b']') }
-}
-
-pub struct Elements<'a> {
-    bytes: &'a [u8],
-    at: usize,
-    done: bool,
-}
-
-impl Iterator for Elements<'_> {
-    type Item = Range<usize>;
-
-    fn next(&mut self) -> Option<Range<usize>> {
-        if self.done {
-            return None;
-        }
-        let start = skip_whitespace(self.bytes, self.at);
-        let Some(end) = value_end(self.bytes, start) else {
-            self.done = true;
-            return None;
-        };
-        let after = skip_whitespace(self.bytes, end);
-        match self.bytes.get(after) {
-            Some(b',') => self.at = after + 1,
-            Some(b']') => self.done = true,
-            _ => {
-                self.done = true;
-                return None;
-            }
-        }
-        Some(start..end)
-    }
-}
-
 /// JSON's whitespace (not `u8::is_ascii_whitespace`, which has form feed too).
 fn is_json_whitespace(byte: &u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
@@ -494,16 +441,12 @@ mod tests {
     }
 
     #[test]
-    fn members_and_elements_are_found_in_place() {
+    fn members_are_found_in_place() {
         let body = br#" { "a" : [1, {"x":"]"}] , "b\"c":"d", "e":-1.5e3,"f":null } "#;
         let found: Vec<(&[u8], &[u8])> = members(body).map(|m| (&body[m.key], &body[m.value])).collect();
         let expected: Vec<(&[u8], &[u8])> =
             vec![(b"a", br#"[1, {"x":"]"}]"#), (br#"b\"c"#, br#""d""#), (b"e", b"-1.5e3"), (b"f", b"null")];
         assert_eq!(found, expected);
-        let array = br#"[ 1 , "two", [3], {"four":4} ]"#;
-        let items: Vec<&[u8]> = elements(array).map(|r| &array[r]).collect();
-        assert_eq!(items, [&b"1"[..], br#""two""#, b"[3]", br#"{"four":4}"#]);
-        assert_eq!(elements(b"[]").count(), 0);
         assert_eq!(members(b"{}").count(), 0);
         assert_eq!(members(b"[1]").count(), 0);
         // Cut short: the whole members only.
