@@ -22,6 +22,7 @@
 #      RATE (fixed-rate cap, default 2000), ROUNDS (default 2), ROUND_SECONDS (default 5),
 #      OHA (path to oha; default: PATH, then .cache/tools/bin/oha, installed there if absent),
 #      OUT_DIR, LOG_REQUESTS (default true; false: `[database] log_requests = false`),
+#      LOG_BATCH_INTERVAL_MS (`[database] batch_interval_ms`; default: the gateway's),
 #      UPSTREAM (mock | nginx; nginx is installed with apt-get when missing),
 #      HISTORY_TURNS (earlier question/answer pairs sent with each request, ~1.2 KB each, as a
 #      chat client resends its conversation; default 0: one short question),
@@ -145,6 +146,7 @@ $UPSTREAM_MODELS
 url = "sqlite://$OUT_DIR/outcomes.db"
 spill_path = "$OUT_DIR/spill.jsonl"
 log_requests = ${LOG_REQUESTS:-true}
+${LOG_BATCH_INTERVAL_MS:+batch_interval_ms = $LOG_BATCH_INTERVAL_MS}
 EOF
 
 if [[ "$UPSTREAM" == nginx ]]; then
@@ -279,11 +281,13 @@ done
 # --- report --------------------------------------------------------------------------------
 echo "Upstream: $UPSTREAM. Gateway: \`$("$BIN" --version 2>/dev/null)\` ($BIN); oha $("$OHA" --version 2>/dev/null | awk '{print $2}'); $(nproc) CPUs; $CONNS connections; saturation runs ${DURATION} s, fixed-rate runs ${ROUNDS} x ${ROUND_SECONDS} s per side, interleaved; TCP_NODELAY shim on mock: $MOCK_NODELAY, on gateway: $GATEWAY_NODELAY; CPUs pinned (gateway / upstream / oha): ${GATEWAY_CPUS:-any} / ${UPSTREAM_CPUS:-any} / ${LOADGEN_CPUS:-any}; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
-python3 - "$OUT_DIR" "$CONNS" "$ROUNDS" "${FIXED_RATE[nonstream]}" "${FIXED_RATE[stream]}" "$REFERENCE_PROXY" <<'PY'
+# The log's batch interval: its inserts recur at that period (200 ms: the gateway's default).
+python3 - "$OUT_DIR" "$CONNS" "$ROUNDS" "${FIXED_RATE[nonstream]}" "${FIXED_RATE[stream]}" "$REFERENCE_PROXY" "${LOG_BATCH_INTERVAL_MS:-200}" <<'PY'
 import csv, json, os, sys
 out, conns, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 fixed = {"nonstream": int(sys.argv[4]), "stream": int(sys.argv[5])}
 references = sys.argv[6].split()
+log_interval_s = int(sys.argv[7]) / 1e3
 REFERENCE = {"nginx": "nginx as a plain reverse proxy (keep-alive upstream connections, one worker per CPU, no buffering)",
              "stack": "the gateway's HTTP stack alone (gateway/examples/bare_proxy.rs: Tokio, a runtime per thread, hyper's server and pooled client; no gateway work)"}
 LABEL = {"nonstream": "non-stream", "stream": "stream"}
@@ -337,7 +341,8 @@ def fixed_rate(kind, target):
     lat.sort()
     p99 = pct(lat, 99)
     return {"rps": ok / seconds if seconds else 0.0, "p50": pct(lat, 50), "p99": p99, "failed": failed,
-            "bunching": bunching(timed, p99, seconds), "requests": ok + failed, "seconds": seconds}
+            "bunching": bunching(timed, p99, seconds), "recurrence": recurrence(timed, p99, log_interval_s),
+            "requests": ok + failed, "seconds": seconds}
 
 def bunching(timed, p99, seconds):
     """Share of the requests slower than p99 that started in the 1% most crowded 50-ms windows:
@@ -349,6 +354,32 @@ def bunching(timed, p99, seconds):
         return 0.0
     worst = max(1, round(0.01 * seconds / WINDOW_S))
     return sum(n for _, n in slow.most_common(worst)) / sum(slow.values())
+
+# Width of the bins in which `recurrence` counts the slowest requests.
+BIN_S = 0.005
+
+def recurrence(timed, p99, period_s):
+    """How much the slowest requests recur every `period_s`: the autocorrelation of the count of
+    requests slower than p99 per 5-ms bin, averaged over rounds, at a lag of `period_s` (the
+    strongest from -5 to +10 ms: a batch's interval starts at its first row). ~0 when nothing
+    periodic makes them. Noisy: nginx alone (nothing periodic at 200 ms) gave -0.004 to 0.098,
+    median 0.015, over 24 runs; compare means of several runs."""
+    by_round = {}
+    for r, start, ms in timed:
+        by_round.setdefault(r, []).append((start, ms > p99))
+    lags = range(max(1, round(period_s / BIN_S) - 1), round(period_s / BIN_S) + 3)
+    sums = {lag: 0.0 for lag in lags}
+    for reqs in by_round.values():
+        bins = [0] * (int(max(start for start, _ in reqs) / BIN_S) + 1)
+        for start, slow in reqs:
+            bins[int(start / BIN_S)] += slow
+        mean = sum(bins) / len(bins)
+        x = [b - mean for b in bins]
+        var = sum(v * v for v in x)
+        for lag in lags:
+            if var and lag < len(x):
+                sums[lag] += sum(x[i] * x[i + lag] for i in range(len(x) - lag)) / var
+    return max(sums.values()) / len(by_round) if by_round else 0.0
 
 def sched(name, proc):
     """(seconds on a CPU, seconds runnable but waiting for one) of a process's threads over a
@@ -413,13 +444,13 @@ for kind in ("nonstream", "stream"):
     d, g = rows[(kind, "sat")]
     print(f"| {LABEL[kind]} | {d['mock_cpu_us']:.0f} | {g['mock_cpu_us']:.0f} | {g['gw_cpu_us']:.0f} |")
 print()
-print(f"Tail bunching at the fixed rate: share of the requests above p99 that started in the 1% most crowded {WINDOW_S * 1e3:.0f}-ms windows (~1%: spread evenly; near 100%: stalls):")
+print(f"Tail bunching at the fixed rate: share of the requests above p99 that started in the 1% most crowded {WINDOW_S * 1e3:.0f}-ms windows (~1%: spread evenly; near 100%: stalls); and how much they recur every {log_interval_s * 1e3:.0f} ms, the log's batch interval (autocorrelation of their count per {BIN_S * 1e3:.0f}-ms bin; ~0: not at all):")
 print()
-print("| case | direct | gateway |")
-print("|---|---:|---:|")
+print("| case | bunching, direct | bunching, gateway | recurrence, direct | recurrence, gateway |")
+print("|---|---:|---:|---:|---:|")
 for kind in ("nonstream", "stream"):
     d, g = rows[(kind, "rate")]
-    print(f"| {LABEL[kind]} | {100 * d['bunching']:.0f}% | {100 * g['bunching']:.0f}% |")
+    print(f"| {LABEL[kind]} | {100 * d['bunching']:.0f}% | {100 * g['bunching']:.0f}% | {d['recurrence']:.3f} | {g['recurrence']:.3f} |")
 print()
 print("Where the time goes at the fixed rate, per request: CPU time of the upstream's and the gateway's threads, and time they were runnable but waiting for a CPU (`/proc/PID/task/*/schedstat`); stolen = share of the vCPUs' time the hypervisor gave to others (`/proc/stat`):")
 print()
