@@ -362,8 +362,8 @@ def recurrence(timed, p99, period_s):
     """How much the slowest requests recur every `period_s`: the autocorrelation of the count of
     requests slower than p99 per 5-ms bin, averaged over rounds, at a lag of `period_s` (the
     strongest from -5 to +10 ms: a batch's interval starts at its first row). ~0 when nothing
-    periodic makes them. Noisy: nginx alone (nothing periodic at 200 ms) gave -0.004 to 0.098,
-    median 0.015, over 24 runs; compare means of several runs."""
+    periodic makes them. Noisy: nginx alone (nothing periodic at 200 ms) gave -0.013 to 0.098,
+    median 0.015, over 20 runs of both kinds; compare means of several runs."""
     by_round = {}
     for r, start, ms in timed:
         by_round.setdefault(r, []).append((start, ms > p99))

@@ -193,10 +193,9 @@ const MAX_PREPARED_INSERTS: usize = 64;
 
 /// Rows inserted between offers of the CPU to whatever else is runnable. A batch holds up to
 /// `batch_interval`'s worth of traffic (1,000 rows at 5,000 req/s, ~2.5 ms of work), and
-/// Linux's scheduler lets a running thread keep its core for a slice even when a request
-/// handler wakes beside it, however nice the thread is: the slowest requests recurred at the
-/// batch interval in `bench/load.sh` (they no longer do). 64 rows are ~150 µs; one system
-/// call each.
+/// Linux lets a running thread keep its core for a slice when a request handler wakes beside
+/// it, however nice the thread is: in `bench/load.sh` the slowest requests recurred at the
+/// batch interval, and no longer do. 64 rows are ~150 µs of work; one system call each.
 const ROWS_BETWEEN_YIELDS: usize = 64;
 
 impl LogConnection {
