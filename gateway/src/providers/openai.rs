@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::{post_json, post_payload, read_body, secret_header, CallTimeouts, StreamPiece, UpstreamChunks, UpstreamClient, UpstreamHttpResponse, UpstreamResponse};
 use crate::error::Error;
+use crate::json;
 use crate::openai::{usage_of, ChatRequest, Usage};
 use crate::sse::{self, SseParser};
 
@@ -158,9 +159,13 @@ pub fn upstream_body(request: &ChatRequest, model: &str) -> Vec<u8> {
             write_json(&mut out, model);
         } else if member.is("stream_options") && request.stream {
             has_stream_options = true;
-            match serde_json::from_slice::<Map<String, Value>>(member.value) {
-                Ok(options) => write_json(&mut out, &WithUsage(&options)),
-                Err(_) => write_json(&mut out, &WithUsage(&Map::new())),
+            if asks_for_usage(member.value) {
+                out.extend_from_slice(member.value);
+            } else {
+                match serde_json::from_slice::<Map<String, Value>>(member.value) {
+                    Ok(options) => write_json(&mut out, &WithUsage(&options)),
+                    Err(_) => write_json(&mut out, &WithUsage(&Map::new())),
+                }
             }
         } else {
             out.extend_from_slice(member.value);
@@ -172,6 +177,21 @@ pub fn upstream_body(request: &ChatRequest, model: &str) -> Vec<u8> {
     }
     out.push(b'}');
     out
+}
+
+/// Whether stream options (valid JSON: the request was checked) already ask for usage, so
+/// they can go upstream as written: the last `include_usage` is `true`, as a JSON map reads it.
+/// Clients that want usage send exactly that; rewriting it through a map cost ~1,000
+/// instructions a streamed request (`STREAM=1 bench/instructions.sh`).
+fn asks_for_usage(options: &[u8]) -> bool {
+    let mut include_usage = None;
+    let mut members = json::members(options);
+    for m in members.by_ref() {
+        if json::text_of(&options[m.key.clone()]).as_ref() == b"include_usage" {
+            include_usage = Some(m.value);
+        }
+    }
+    members.reached_the_end() && include_usage.is_some_and(|value| &options[value] == b"true")
 }
 
 /// Appends `value` as JSON (which cannot fail for a string or a map of JSON values).
@@ -364,6 +384,24 @@ mod tests {
             sent,
             r#"{"seed":123456789012345678901234567890,"messages":[ {"role":"user","content":"caf\u00e9"} ],"model":"up-\"model","x\"y":1.50e+3}"#
         );
+    }
+
+    #[test]
+    fn stream_options_that_ask_for_usage_go_as_written() {
+        let request = |options: &str| {
+            ChatRequest::parse(format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"stream":true,"stream_options":{options}}}"#))
+                .expect("a valid request")
+        };
+        let written = r#"{ "include_usage" : true, "x": [1,2] }"#;
+        let sent = String::from_utf8(upstream_body(&request(written), "up")).expect("UTF-8");
+        assert!(sent.contains(&format!(r#""stream_options":{written}"#)), "{sent}");
+        // The last include_usage is what a map reads: a later false is rewritten to true.
+        for options in [r#"{"include_usage":true,"include_usage":false}"#, r#"{"include_usage":"true"}"#, r#"{"include_usage":1}"#, "{}"] {
+            assert!(!asks_for_usage(options.as_bytes()), "{options}");
+            let sent: Value = serde_json::from_slice(&upstream_body(&request(options), "up")).expect("JSON");
+            assert_eq!(sent["stream_options"]["include_usage"], true, "{options}");
+        }
+        assert!(asks_for_usage(br#"{"include_usage":false,"incl\u0075de_usage":true}"#));
     }
 
     #[test]
