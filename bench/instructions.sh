@@ -34,24 +34,7 @@ cat >"$OUT_DIR/gateway.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GW_PORT"
 
-[providers.json]
-kind = "openai"
-base_url = "http://127.0.0.1:$UPSTREAM_PORT/json/v1"
-
-[providers.sse]
-kind = "openai"
-base_url = "http://127.0.0.1:$UPSTREAM_PORT/sse/v1"
-
-[models.static-sse]
-provider = "sse"
-input_usd_per_mtok = 0.15
-output_usd_per_mtok = 0.6
-
-[models.static-json]
-provider = "json"
-input_usd_per_mtok = 0.15
-output_usd_per_mtok = 0.6
-
+$(static_upstream_models "$UPSTREAM_PORT")
 [database]
 url = "sqlite://$OUT_DIR/outcomes.db"
 spill_path = "$OUT_DIR/spill.jsonl"

@@ -70,6 +70,18 @@ wait_healthy() {
   exit 1
 }
 
+# The gateway's providers and models for the static upstream on 127.0.0.1:PORT (TOML):
+# static-json answers at /json/v1, static-sse streams at /sse/v1 (nginx cannot look into the
+# body, so one model per kind).
+# Usage: static_upstream_models PORT
+static_upstream_models() {
+  local port="$1" kind
+  for kind in json sse; do
+    printf '[providers.%s]\nkind = "openai"\nbase_url = "http://127.0.0.1:%s/%s/v1"\n\n' "$kind" "$port" "$kind"
+    printf '[models.static-%s]\nprovider = "%s"\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\n\n' "$kind" "$kind"
+  done
+}
+
 # The static upstream: nginx (installed with apt-get when missing; one single-process worker,
 # access log off) answering a fixed chat completion at /json/v1/chat/completions and a fixed
 # SSE stream at /sse/v1/chat/completions, on 127.0.0.1:PORT, its files under DIR.

@@ -98,23 +98,7 @@ if [[ "$UPSTREAM" == nginx ]]; then
   NONSTREAM_MODEL="static-json"; STREAM_MODEL="static-sse"
   DIRECT_NONSTREAM_URL="http://127.0.0.1:$MOCK_PORT/json/v1/chat/completions"
   DIRECT_STREAM_URL="http://127.0.0.1:$MOCK_PORT/sse/v1/chat/completions"
-  UPSTREAM_MODELS="[providers.json]
-kind = \"openai\"
-base_url = \"http://127.0.0.1:$MOCK_PORT/json/v1\"
-
-[providers.sse]
-kind = \"openai\"
-base_url = \"http://127.0.0.1:$MOCK_PORT/sse/v1\"
-
-[models.static-json]
-provider = \"json\"
-input_usd_per_mtok = 0.15
-output_usd_per_mtok = 0.6
-
-[models.static-sse]
-provider = \"sse\"
-input_usd_per_mtok = 0.15
-output_usd_per_mtok = 0.6"
+  UPSTREAM_MODELS="$(static_upstream_models "$MOCK_PORT")"
 else
   NONSTREAM_MODEL="$MODEL"; STREAM_MODEL="$MODEL"
   DIRECT_NONSTREAM_URL="http://127.0.0.1:$MOCK_PORT/v1/chat/completions"

@@ -32,7 +32,8 @@ pub struct ChatRequest {
     /// What the client asked for: a model name or a route name.
     pub model: String,
     pub stream: bool,
-    /// Whether the client itself asked for the final usage chunk of a stream.
+    /// Whether the client itself asked for the final usage chunk of a stream (its last
+    /// `stream_options.include_usage` is `true`).
     pub client_wants_usage: bool,
 }
 
@@ -72,8 +73,12 @@ impl ChatRequest {
             Some(b"true") => true,
             Some(_) => return Err(Error::invalid_param("stream", "`stream` must be a boolean")),
         };
+        // The last `include_usage` counts, as a JSON map (and so an upstream) reads it.
         let client_wants_usage = value_of("stream_options").is_some_and(|options| {
-            json::members(options).any(|m| written_is(&options[m.key.clone()], "include_usage") && &options[m.value] == b"true")
+            json::members(options)
+                .filter(|m| written_is(&options[m.key.clone()], "include_usage"))
+                .last()
+                .is_some_and(|m| &options[m.value] == b"true")
         });
         Ok(Self { raw, members, messages, tree: OnceLock::new(), model, stream, client_wants_usage })
     }
